@@ -1,0 +1,36 @@
+//! Atomic-commit protocols as pure state machines.
+//!
+//! ```text
+//!            inputs                                   commands
+//!  Begin{request, branches} ─┐                 ┌─ Send{to, msg}
+//!  Message{from, msg}       ─┤                 ├─ Persist{record, durability}
+//!  Timer(timer)             ─┼──► protocol ────┼─ SetTimer{timer, after_us}
+//!  Persisted(record)        ─┤     core        ├─ Begun{request, txn} / Rejected{request, reason}
+//!  Restart{records}         ─┘  (&mut self)    └─ Outcome{txn, decision}
+//! ```
+//!
+//! A core never touches sockets, files, clocks, randomness or tasks: the driver (the simulator in
+//! `concord-sim`, the tokio runtime later) does, and feeds the results back as inputs.
+//!
+//! **Log before you send is structural.** A core that must not act before a record is durable
+//! emits `Persist` and stops; the driver answers with `Persisted(record)` once the record is
+//! synced, and only then does the core emit what depended on it (a YES vote, a COMMIT). A
+//! `Lazy` record gets no answer: it rides on the next sync, and nothing waits for it.
+//!
+//! Every node starts with `Restart{records}` — empty on the first start — so first start and
+//! recovery are one code path.
+//!
+//! Modules: [`two_phase`] (2PC with presumed abort, read-only and one-phase optimisations,
+//! cooperative termination), [`naive`] (the baseline that shows what 2PC prevents), [`store`]
+//! (a participant's local resource), [`epoch`] (globally unique transaction ids).
+
+pub mod epoch;
+pub mod naive;
+mod protocol;
+pub mod store;
+pub mod two_phase;
+
+pub use protocol::{
+    Branch, Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind,
+    Rejection, Switches,
+};

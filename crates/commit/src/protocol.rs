@@ -1,0 +1,164 @@
+//! The interface between protocol cores and their drivers.
+
+use std::fmt::{Debug, Display};
+use std::hash::Hash;
+
+use concord_types::codec::Encode;
+use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
+
+use crate::store::Store;
+
+/// One participant's part of a transaction: which node, and what it writes there.
+/// An empty write set is a read-only branch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Branch {
+    pub node: NodeId,
+    pub writes: Vec<Write>,
+}
+
+/// What a core is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<M, R, T> {
+    /// A client asks a coordinator to run a transaction over these branches.
+    Begin { request: RequestId, branches: Vec<Branch> },
+    /// A message from another node.
+    Message { from: NodeId, msg: M },
+    /// A timer this core set has fired. Timers are never cancelled: a core ignores stale ones.
+    Timer(T),
+    /// A record this core asked to persist with [`Durability::Forced`] is now durable.
+    Persisted(R),
+    /// The node (re)starts; `records` is its durable log in order, empty on a first start.
+    Restart { records: Vec<R> },
+}
+
+/// Whether the core waits for a record to be durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Synced before the driver answers `Persisted`; the core waits for that answer.
+    Forced,
+    /// Written; made durable by whichever sync comes next. Losing it in a crash is safe.
+    Lazy,
+}
+
+/// Why a coordinator refused a request before naming a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// No branches, the same node twice, or more branches than the configured limit.
+    Invalid,
+    /// The in-flight transaction limit is reached; the client may retry later.
+    Overloaded,
+}
+
+/// What a core asks its driver to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<M, R, T> {
+    Send {
+        to: NodeId,
+        msg: M,
+    },
+    Persist {
+        record: R,
+        durability: Durability,
+    },
+    SetTimer {
+        timer: T,
+        after_us: u64,
+    },
+    /// The coordinator named the client's request.
+    Begun {
+        request: RequestId,
+        txn: TxnId,
+    },
+    /// The coordinator refused the request.
+    Rejected {
+        request: RequestId,
+        reason: Rejection,
+    },
+    /// A coordinator: the outcome to report to the client. A participant: its branch is now
+    /// decided and (for COMMIT) applied to its store — emitted once per branch.
+    Outcome {
+        txn: TxnId,
+        decision: Decision,
+    },
+}
+
+/// A sans-IO protocol state machine.
+pub trait Core {
+    type Msg;
+    type Record;
+    type Timer;
+
+    /// Handles one input, appending the resulting commands to `out`.
+    fn handle(
+        &mut self,
+        input: Input<Self::Msg, Self::Record, Self::Timer>,
+        out: &mut Vec<Command<Self::Msg, Self::Record, Self::Timer>>,
+    );
+}
+
+/// What a driver or checker may read of a participant.
+pub trait ParticipantView {
+    /// Transactions this participant voted YES on and has not yet learned the outcome of.
+    fn in_doubt(&self) -> Vec<TxnId>;
+    /// The participant's applied state.
+    fn store(&self) -> &Store;
+}
+
+/// The protocol-independent meaning of a message, for checkers and diagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Vote { txn: TxnId, vote: Vote },
+    Decision { txn: TxnId, decision: Decision },
+    Other,
+}
+
+/// The protocol-independent meaning of a log record, for checkers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A participant's prepare record: it may vote YES once this is durable.
+    Prepared {
+        txn: TxnId,
+    },
+    /// A coordinator's decision record.
+    Decided {
+        txn: TxnId,
+        decision: Decision,
+    },
+    Other,
+}
+
+/// The optimisations a protocol may offer, each a switch so its effect can be measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Switches {
+    /// Participants with nothing to write vote READ-ONLY and skip phase two.
+    pub read_only: bool,
+    /// A transaction with one participant commits in one round, with no coordinator log.
+    pub one_phase: bool,
+    /// A prepared participant that cannot reach the coordinator asks its peers.
+    pub cooperative_termination: bool,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Switches { read_only: true, one_phase: true, cooperative_termination: true }
+    }
+}
+
+/// An atomic-commit protocol: its message, record and timer types and its two roles.
+pub trait Protocol {
+    /// The name on the command line (`--protocol 2pc`).
+    const NAME: &'static str;
+    type Msg: Clone + Debug + Display + Hash;
+    type Record: Clone + Debug + Hash + Encode;
+    type Timer: Clone + Debug + Hash;
+    type Config: Clone + Debug;
+    type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;
+    type Participant: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>
+        + ParticipantView;
+
+    fn config(switches: Switches) -> Self::Config;
+    fn coordinator(id: NodeId, config: &Self::Config) -> Self::Coordinator;
+    fn participant(id: NodeId, config: &Self::Config) -> Self::Participant;
+    fn message_kind(msg: &Self::Msg) -> MessageKind;
+    fn record_kind(record: &Self::Record) -> RecordKind;
+}

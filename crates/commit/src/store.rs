@@ -1,0 +1,121 @@
+//! A participant's local resource: signed values under keys, exclusive locks, one constraint.
+//!
+//! The constraint — no value may go below zero — stands for every reason a real resource
+//! refuses work (a debit larger than the balance, a unique-key violation). Locks are taken at
+//! prepare and held until the decision; a conflicting prepare is refused at once rather than
+//! waiting, so no deadlock can form.
+
+use std::collections::BTreeMap;
+
+use concord_types::{Key, TxnId, Write};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Store {
+    values: BTreeMap<Key, i64>,
+    locks: BTreeMap<Key, TxnId>,
+}
+
+/// Why a branch's writes were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Locked { key: Key, holder: TxnId },
+    WouldGoNegative { key: Key },
+}
+
+impl Store {
+    pub fn value(&self, key: Key) -> i64 {
+        self.values.get(&key).copied().unwrap_or(0)
+    }
+
+    pub fn values(&self) -> &BTreeMap<Key, i64> {
+        &self.values
+    }
+
+    /// Number of keys currently locked by prepared or committing branches.
+    pub fn locked_keys(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Whether `writes` could be applied by `txn` now (locks free, constraint kept).
+    pub fn check(&self, txn: TxnId, writes: &[Write]) -> Result<(), Refusal> {
+        for w in writes {
+            if let Some(&holder) = self.locks.get(&w.key) {
+                if holder != txn {
+                    return Err(Refusal::Locked { key: w.key, holder });
+                }
+            }
+        }
+        self.check_constraint(writes)
+    }
+
+    /// Whether applying `writes` keeps every value at or above zero (locks not considered).
+    pub fn check_constraint(&self, writes: &[Write]) -> Result<(), Refusal> {
+        let mut after: BTreeMap<Key, i64> = BTreeMap::new();
+        for w in writes {
+            let current = after.get(&w.key).copied().unwrap_or_else(|| self.value(w.key));
+            match current.checked_add(w.delta) {
+                Some(v) if v >= 0 => after.insert(w.key, v),
+                _ => return Err(Refusal::WouldGoNegative { key: w.key }),
+            };
+        }
+        Ok(())
+    }
+
+    pub fn lock(&mut self, txn: TxnId, writes: &[Write]) {
+        for w in writes {
+            let previous = self.locks.insert(w.key, txn);
+            assert!(
+                previous.is_none() || previous == Some(txn),
+                "{txn} locked key {} held by {previous:?}: check() must precede lock()",
+                w.key
+            );
+        }
+    }
+
+    pub fn unlock(&mut self, txn: TxnId, writes: &[Write]) {
+        for w in writes {
+            if self.locks.get(&w.key) == Some(&txn) {
+                self.locks.remove(&w.key);
+            }
+        }
+    }
+
+    /// Applies writes that were checked (and, for locking protocols, locked since the check).
+    pub fn apply(&mut self, writes: &[Write]) {
+        for w in writes {
+            let value = self.values.entry(w.key).or_insert(0);
+            *value = value.checked_add(w.delta).expect("checked writes cannot overflow");
+            assert!(*value >= 0, "applying checked writes took key {} below zero", w.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_types::NodeId;
+
+    fn txn(sequence: u32) -> TxnId {
+        TxnId { coordinator: NodeId(0), epoch: 1, sequence }
+    }
+
+    #[test]
+    fn a_lock_refuses_other_transactions_until_released() {
+        let mut store = Store::default();
+        let w = [Write { key: 1, delta: 5 }];
+        store.lock(txn(1), &w);
+        assert_eq!(store.check(txn(2), &w), Err(Refusal::Locked { key: 1, holder: txn(1) }));
+        assert_eq!(store.check(txn(1), &w), Ok(()));
+        store.unlock(txn(1), &w);
+        assert_eq!(store.check(txn(2), &w), Ok(()));
+    }
+
+    #[test]
+    fn the_constraint_sees_earlier_writes_of_the_same_branch() {
+        let store = Store::default();
+        let ok = [Write { key: 1, delta: 5 }, Write { key: 1, delta: -5 }];
+        let bad = [Write { key: 1, delta: 5 }, Write { key: 1, delta: -6 }];
+        assert_eq!(store.check(txn(1), &ok), Ok(()));
+        assert_eq!(store.check(txn(1), &bad), Err(Refusal::WouldGoNegative { key: 1 }));
+    }
+}

@@ -1,0 +1,377 @@
+//! The 2PC coordinator.
+//!
+//! Per transaction:
+//!
+//! ```text
+//!  Begin ─► Collecting ──all YES──► ForcingCommit ──Persisted──► Committing ──all ACK──► (ENDED)
+//!     │         │ NO / vote timeout                                   ▲ resend with backoff
+//!     │         └──► send ABORT, forget (presumed abort: nothing logged)
+//!     └─ one branch ─► OnePhase ──result──► (forgotten; nothing logged)
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+
+use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
+
+use super::{backoff_us, Config, Msg, Record, Timer};
+use crate::epoch::{EpochClock, Issue};
+use crate::{Branch, Command, Core, Durability, Input, Rejection};
+
+type Out = Vec<Command<Msg, Record, Timer>>;
+
+#[derive(Debug)]
+enum Txn {
+    Collecting {
+        branches: Vec<Branch>,
+        votes: Vec<Option<Vote>>,
+    },
+    /// The commit decision is written but not yet durable: nothing may be sent.
+    ForcingCommit {
+        participants: Vec<NodeId>,
+    },
+    Committing {
+        pending: Vec<NodeId>,
+        attempt: u32,
+    },
+    OnePhase {
+        branch: Branch,
+        attempt: u32,
+    },
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    id: NodeId,
+    config: Config,
+    /// `None` until the first `Restart` input.
+    clock: Option<EpochClock>,
+    txns: BTreeMap<TxnId, Txn>,
+    /// Requests that arrived before the current epoch was durable. Bounded by
+    /// `config.max_queued_begins`.
+    queued: VecDeque<(RequestId, Vec<Branch>)>,
+}
+
+impl Coordinator {
+    pub fn new(id: NodeId, config: Config) -> Self {
+        Coordinator { id, config, clock: None, txns: BTreeMap::new(), queued: VecDeque::new() }
+    }
+
+    /// Transactions in flight (for drivers' status pages).
+    pub fn in_flight(&self) -> usize {
+        self.txns.len()
+    }
+
+    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+        self.txns.clear();
+        self.queued.clear();
+        let mut highest_epoch = None;
+        let mut decided: BTreeMap<TxnId, Vec<NodeId>> = BTreeMap::new();
+        for record in records {
+            match record {
+                Record::EpochStarted { epoch } => highest_epoch = highest_epoch.max(Some(epoch)),
+                Record::CommitDecided { txn, participants } => {
+                    decided.insert(txn, participants);
+                }
+                Record::Ended { txn } => {
+                    decided.remove(&txn);
+                }
+                other => panic!(
+                    "coordinator {} found a participant record in its log: {other:?}",
+                    self.id
+                ),
+            }
+        }
+        // Re-drive every logged decision; everything undecided is aborted by presumption.
+        for (txn, participants) in decided {
+            for &to in &participants {
+                out.push(Command::Send {
+                    to,
+                    msg: Msg::Decision { txn, decision: Decision::Commit },
+                });
+            }
+            self.set_resend_timer(txn, 0, out);
+            self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
+        }
+        let (clock, epoch) = EpochClock::recover(self.id, highest_epoch);
+        self.clock = Some(clock);
+        out.push(Command::Persist {
+            record: Record::EpochStarted { epoch },
+            durability: Durability::Forced,
+        });
+    }
+
+    fn clock(&mut self) -> &mut EpochClock {
+        self.clock.as_mut().expect("drivers deliver Restart before any other input")
+    }
+
+    fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
+        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if branches.is_empty()
+            || nodes.len() != branches.len()
+            || branches.len() > self.config.max_participants
+        {
+            out.push(Command::Rejected { request, reason: Rejection::Invalid });
+            return;
+        }
+        if self.txns.len() >= self.config.max_in_flight {
+            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+            return;
+        }
+        match self.clock().issue() {
+            Issue::Txn(txn) => self.start(request, txn, branches, out),
+            Issue::Wait => self.queue(request, branches, out),
+            Issue::PersistEpoch(epoch) => {
+                out.push(Command::Persist {
+                    record: Record::EpochStarted { epoch },
+                    durability: Durability::Forced,
+                });
+                self.queue(request, branches, out);
+            }
+        }
+    }
+
+    fn queue(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
+        if self.queued.len() >= self.config.max_queued_begins {
+            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+        } else {
+            self.queued.push_back((request, branches));
+        }
+    }
+
+    fn start(&mut self, request: RequestId, txn: TxnId, branches: Vec<Branch>, out: &mut Out) {
+        out.push(Command::Begun { request, txn });
+        if branches.len() == 1 && self.config.switches.one_phase {
+            let branch = branches.into_iter().next().expect("checked: exactly one branch");
+            out.push(Command::Send {
+                to: branch.node,
+                msg: Msg::CommitOnePhase { txn, writes: branch.writes.clone() },
+            });
+            out.push(Command::SetTimer {
+                timer: Timer::OnePhaseRetry { txn, attempt: 0 },
+                after_us: self.config.resend_base_us,
+            });
+            self.txns.insert(txn, Txn::OnePhase { branch, attempt: 0 });
+            return;
+        }
+        let peers: Vec<NodeId> =
+            branches.iter().filter(|b| !b.writes.is_empty()).map(|b| b.node).collect();
+        for b in &branches {
+            out.push(Command::Send {
+                to: b.node,
+                msg: Msg::Prepare { txn, peers: peers.clone(), writes: b.writes.clone() },
+            });
+        }
+        out.push(Command::SetTimer {
+            timer: Timer::VoteTimeout { txn },
+            after_us: self.config.vote_timeout_us,
+        });
+        let votes = vec![None; branches.len()];
+        self.txns.insert(txn, Txn::Collecting { branches, votes });
+    }
+
+    fn on_vote(&mut self, from: NodeId, txn: TxnId, vote: Vote, out: &mut Out) {
+        let Some(Txn::Collecting { branches, votes }) = self.txns.get_mut(&txn) else {
+            if !self.txns.contains_key(&txn) && vote == Vote::Yes {
+                // Presumed abort: a YES for a transaction we have no record of gets ABORT, so
+                // the voter need not wait for its inquiry timer.
+                out.push(Command::Send {
+                    to: from,
+                    msg: Msg::Decision { txn, decision: Decision::Abort },
+                });
+            }
+            return;
+        };
+        let Some(index) = branches.iter().position(|b| b.node == from) else { return };
+        votes[index] = Some(vote);
+        if vote == Vote::No {
+            self.abort_collecting(txn, out);
+            return;
+        }
+        if votes.iter().any(Option::is_none) {
+            return;
+        }
+        let participants: Vec<NodeId> = branches
+            .iter()
+            .zip(votes.iter())
+            .filter(|(_, v)| **v == Some(Vote::Yes))
+            .map(|(b, _)| b.node)
+            .collect();
+        if participants.is_empty() {
+            // Every branch was read-only: nothing to decide durably, nobody to tell.
+            self.txns.remove(&txn);
+            out.push(Command::Outcome { txn, decision: Decision::Commit });
+            return;
+        }
+        out.push(Command::Persist {
+            record: Record::CommitDecided { txn, participants: participants.clone() },
+            durability: Durability::Forced,
+        });
+        self.txns.insert(txn, Txn::ForcingCommit { participants });
+    }
+
+    /// Aborts a transaction still collecting votes: tell every branch that may be prepared.
+    fn abort_collecting(&mut self, txn: TxnId, out: &mut Out) {
+        let Some(Txn::Collecting { branches, votes }) = self.txns.remove(&txn) else {
+            unreachable!("abort_collecting is called only for collecting transactions")
+        };
+        for (b, v) in branches.iter().zip(votes.iter()) {
+            if !matches!(v, Some(Vote::No | Vote::ReadOnly)) {
+                out.push(Command::Send {
+                    to: b.node,
+                    msg: Msg::Decision { txn, decision: Decision::Abort },
+                });
+            }
+        }
+        out.push(Command::Outcome { txn, decision: Decision::Abort });
+    }
+
+    fn on_commit_durable(&mut self, txn: TxnId, out: &mut Out) {
+        let Some(Txn::ForcingCommit { participants }) = self.txns.remove(&txn) else {
+            panic!("commit decision for {txn} became durable, but it was not being forced");
+        };
+        for &to in &participants {
+            out.push(Command::Send { to, msg: Msg::Decision { txn, decision: Decision::Commit } });
+        }
+        out.push(Command::Outcome { txn, decision: Decision::Commit });
+        self.set_resend_timer(txn, 0, out);
+        self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
+    }
+
+    fn set_resend_timer(&self, txn: TxnId, attempt: u32, out: &mut Out) {
+        out.push(Command::SetTimer {
+            timer: Timer::ResendCommit { txn, attempt },
+            after_us: backoff_us(self.config.resend_base_us, self.config.resend_max_us, attempt),
+        });
+    }
+
+    fn on_ack(&mut self, from: NodeId, txn: TxnId, out: &mut Out) {
+        let Some(Txn::Committing { pending, .. }) = self.txns.get_mut(&txn) else { return };
+        pending.retain(|&p| p != from);
+        if pending.is_empty() {
+            self.txns.remove(&txn);
+            out.push(Command::Persist {
+                record: Record::Ended { txn },
+                durability: Durability::Lazy,
+            });
+        }
+    }
+
+    fn on_inquire(&self, from: NodeId, txn: TxnId, out: &mut Out) {
+        if txn.coordinator != self.id {
+            return;
+        }
+        let decision = match self.txns.get(&txn) {
+            Some(Txn::Committing { .. }) => Decision::Commit,
+            // Not decided yet (or decided but not durable): the participant asks again later.
+            Some(Txn::Collecting { .. } | Txn::ForcingCommit { .. } | Txn::OnePhase { .. }) => {
+                return
+            }
+            None => Decision::Abort,
+        };
+        out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
+    }
+
+    fn on_one_phase_result(&mut self, from: NodeId, txn: TxnId, decision: Decision, out: &mut Out) {
+        if matches!(self.txns.get(&txn), Some(Txn::OnePhase { branch, .. }) if branch.node == from)
+        {
+            self.txns.remove(&txn);
+            out.push(Command::Outcome { txn, decision });
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer, out: &mut Out) {
+        match timer {
+            Timer::VoteTimeout { txn } => {
+                if matches!(self.txns.get(&txn), Some(Txn::Collecting { .. })) {
+                    self.abort_collecting(txn, out);
+                }
+            }
+            Timer::ResendCommit { txn, attempt } => {
+                let Some(Txn::Committing { pending, attempt: current }) = self.txns.get_mut(&txn)
+                else {
+                    return;
+                };
+                if *current != attempt {
+                    return;
+                }
+                *current += 1;
+                let next = *current;
+                for &to in pending.iter() {
+                    out.push(Command::Send {
+                        to,
+                        msg: Msg::Decision { txn, decision: Decision::Commit },
+                    });
+                }
+                self.set_resend_timer(txn, next, out);
+            }
+            Timer::OnePhaseRetry { txn, attempt } => {
+                let Some(Txn::OnePhase { branch, attempt: current }) = self.txns.get_mut(&txn)
+                else {
+                    return;
+                };
+                if *current != attempt {
+                    return;
+                }
+                *current += 1;
+                out.push(Command::Send {
+                    to: branch.node,
+                    msg: Msg::CommitOnePhase { txn, writes: branch.writes.clone() },
+                });
+                out.push(Command::SetTimer {
+                    timer: Timer::OnePhaseRetry { txn, attempt: *current },
+                    after_us: backoff_us(
+                        self.config.resend_base_us,
+                        self.config.resend_max_us,
+                        *current,
+                    ),
+                });
+            }
+            Timer::Inquire { .. } => {}
+        }
+    }
+
+    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+        match record {
+            Record::EpochStarted { epoch } => {
+                self.clock().on_persisted(epoch);
+                // Drain what waited for the epoch; stop if the clock needs yet another epoch.
+                while self.clock().is_ready() {
+                    let Some((request, branches)) = self.queued.pop_front() else { break };
+                    self.begin(request, branches, out);
+                }
+            }
+            Record::CommitDecided { txn, .. } => self.on_commit_durable(txn, out),
+            other => panic!(
+                "coordinator {} was told {other:?} is durable; it never forces that",
+                self.id
+            ),
+        }
+    }
+}
+
+impl Core for Coordinator {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+        match input {
+            Input::Restart { records } => self.restart(records, out),
+            Input::Begin { request, branches } => self.begin(request, branches, out),
+            Input::Persisted(record) => self.on_persisted(record, out),
+            Input::Timer(timer) => self.on_timer(timer, out),
+            Input::Message { from, msg } => match msg {
+                Msg::Vote { txn, vote } => self.on_vote(from, txn, vote, out),
+                Msg::Ack { txn } => self.on_ack(from, txn, out),
+                Msg::Inquire { txn } => self.on_inquire(from, txn, out),
+                Msg::OnePhaseResult { txn, decision } => {
+                    self.on_one_phase_result(from, txn, decision, out);
+                }
+                // Participant-bound messages reaching a coordinator are ignored.
+                Msg::Prepare { .. } | Msg::Decision { .. } | Msg::CommitOnePhase { .. } => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Two-phase commit with presumed abort.
+//!
+//! ```text
+//!  coordinator                         participant
+//!     │── PREPARE(txn, peers, writes) ──▶│  check + lock, force PREPARED
+//!     │◀──────────── VOTE YES ───────────│  (only once PREPARED is durable)
+//!     │  force COMMIT-DECIDED             │
+//!     │── DECISION COMMIT ───────────────▶│  force COMMITTED, apply, unlock
+//!     │◀──────────── ACK ─────────────────│
+//!     │  lazy ENDED                        │
+//! ```
+//!
+//! * **Presumed abort**: the coordinator logs nothing for an abort and needs no acks for it; a
+//!   transaction it has no record of is aborted. So it forces exactly one record per committed
+//!   transaction, and none per aborted one.
+//! * **Read-only**: a branch with no writes votes READ-ONLY, forgets the transaction and gets no
+//!   decision. A transaction whose every branch is read-only commits with no log write.
+//! * **One phase**: with one participant the coordinator sends COMMIT-ONE-PHASE; the participant
+//!   decides alone and forces its outcome (either one) before answering, so a retried request
+//!   gets the same answer. The coordinator writes nothing.
+//! * **Termination**: a prepared participant that hears nothing asks the coordinator
+//!   (INQUIRE), with exponential backoff; with cooperative termination it asks its peers too. A
+//!   peer that knows the decision tells it; a peer that has not voted forces an ABORTED record
+//!   and answers ABORT — after which it will vote NO. A prepared participant never decides alone.
+//!
+//! Messages, records and timers are shared by both roles, so one driver can run either.
+
+mod coordinator;
+mod participant;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use concord_types::codec::{DecodeError, Encode, Reader, Writer};
+use concord_types::{Decision, NodeId, TxnId, Vote, Write};
+
+pub use coordinator::Coordinator;
+pub use participant::Participant;
+
+use crate::{MessageKind, Protocol, RecordKind, Switches};
+
+/// The two-phase commit protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct TwoPhase;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Msg {
+    /// Coordinator → participant. `peers` are the branches with writes, for cooperative
+    /// termination (read-only branches are never asked: they forget the transaction).
+    Prepare {
+        txn: TxnId,
+        peers: Vec<NodeId>,
+        writes: Vec<Write>,
+    },
+    Vote {
+        txn: TxnId,
+        vote: Vote,
+    },
+    /// Coordinator → participant, or a peer's answer to INQUIRE.
+    Decision {
+        txn: TxnId,
+        decision: Decision,
+    },
+    Ack {
+        txn: TxnId,
+    },
+    /// Participant → coordinator or peer: what was decided?
+    Inquire {
+        txn: TxnId,
+    },
+    CommitOnePhase {
+        txn: TxnId,
+        writes: Vec<Write>,
+    },
+    OnePhaseResult {
+        txn: TxnId,
+        decision: Decision,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Record {
+    /// Coordinator: ids of this epoch may be issued.
+    EpochStarted { epoch: u32 },
+    /// Coordinator: the decision to commit, with the participants that must learn it.
+    CommitDecided { txn: TxnId, participants: Vec<NodeId> },
+    /// Coordinator: every participant acknowledged; the transaction can be forgotten.
+    Ended { txn: TxnId },
+    /// Participant: prepared, with what it needs to commit after a crash.
+    Prepared { txn: TxnId, peers: Vec<NodeId>, writes: Vec<Write> },
+    /// Participant: a prepared branch committed.
+    Committed { txn: TxnId },
+    /// Participant: a one-phase branch committed.
+    OnePhaseCommitted { txn: TxnId, writes: Vec<Write> },
+    /// Participant: the branch aborted.
+    Aborted { txn: TxnId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    VoteTimeout { txn: TxnId },
+    ResendCommit { txn: TxnId, attempt: u32 },
+    OnePhaseRetry { txn: TxnId, attempt: u32 },
+    Inquire { txn: TxnId, attempt: u32 },
+}
+
+/// Timeouts, limits and switches. Times are in microseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub switches: Switches,
+    /// The coordinator aborts a transaction whose votes are not all in by then.
+    pub vote_timeout_us: u64,
+    /// First delay before the coordinator re-sends COMMIT (or COMMIT-ONE-PHASE); doubles per try.
+    pub resend_base_us: u64,
+    pub resend_max_us: u64,
+    /// A prepared participant first asks for the outcome after this long; doubles per try.
+    pub inquiry_base_us: u64,
+    pub inquiry_max_us: u64,
+    /// The coordinator refuses new transactions beyond this many in flight.
+    pub max_in_flight: usize,
+    /// Requests held while the coordinator's epoch becomes durable.
+    pub max_queued_begins: usize,
+    pub max_participants: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            switches: Switches::default(),
+            vote_timeout_us: 50_000,
+            resend_base_us: 10_000,
+            resend_max_us: 1_000_000,
+            inquiry_base_us: 20_000,
+            inquiry_max_us: 1_000_000,
+            max_in_flight: 10_000,
+            max_queued_begins: 1_024,
+            max_participants: 64,
+        }
+    }
+}
+
+/// `base · 2^attempt`, capped at `max`: the delay before retry number `attempt`.
+pub(crate) fn backoff_us(base_us: u64, max_us: u64, attempt: u32) -> u64 {
+    base_us.saturating_mul(1u64 << attempt.min(32)).min(max_us)
+}
+
+impl Protocol for TwoPhase {
+    const NAME: &'static str = "2pc";
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+    type Config = Config;
+    type Coordinator = Coordinator;
+    type Participant = Participant;
+
+    fn config(switches: Switches) -> Config {
+        Config { switches, ..Config::default() }
+    }
+    fn coordinator(id: NodeId, config: &Config) -> Coordinator {
+        Coordinator::new(id, config.clone())
+    }
+    fn participant(id: NodeId, config: &Config) -> Participant {
+        Participant::new(id, config.clone())
+    }
+    fn message_kind(msg: &Msg) -> MessageKind {
+        match *msg {
+            Msg::Vote { txn, vote } => MessageKind::Vote { txn, vote },
+            Msg::Decision { txn, decision } => MessageKind::Decision { txn, decision },
+            _ => MessageKind::Other,
+        }
+    }
+    fn record_kind(record: &Record) -> RecordKind {
+        match *record {
+            Record::Prepared { txn, .. } => RecordKind::Prepared { txn },
+            Record::CommitDecided { txn, .. } => {
+                RecordKind::Decided { txn, decision: Decision::Commit }
+            }
+            _ => RecordKind::Other,
+        }
+    }
+}
+
+impl fmt::Display for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Msg::Prepare { txn, .. } => write!(f, "PREPARE {txn}"),
+            Msg::Vote { txn, vote } => write!(f, "VOTE {vote} {txn}"),
+            Msg::Decision { txn, decision } => write!(f, "{decision} {txn}"),
+            Msg::Ack { txn } => write!(f, "ACK {txn}"),
+            Msg::Inquire { txn } => write!(f, "INQUIRE {txn}"),
+            Msg::CommitOnePhase { txn, .. } => write!(f, "COMMIT-1PC {txn}"),
+            Msg::OnePhaseResult { txn, decision } => write!(f, "1PC {decision} {txn}"),
+        }
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::EpochStarted { epoch } => write!(f, "epoch {epoch}"),
+            Record::CommitDecided { txn, .. } => write!(f, "commit-decided {txn}"),
+            Record::Ended { txn } => write!(f, "ended {txn}"),
+            Record::Prepared { txn, .. } => write!(f, "prepared {txn}"),
+            Record::Committed { txn } => write!(f, "committed {txn}"),
+            Record::OnePhaseCommitted { txn, .. } => write!(f, "1pc-committed {txn}"),
+            Record::Aborted { txn } => write!(f, "aborted {txn}"),
+        }
+    }
+}
+
+impl Encode for Record {
+    fn encode(&self, w: &mut Writer<'_>) {
+        match self {
+            Record::EpochStarted { epoch } => {
+                w.u8(1);
+                w.u32(*epoch);
+            }
+            Record::CommitDecided { txn, participants } => {
+                w.u8(2);
+                w.txn(*txn);
+                w.nodes(participants);
+            }
+            Record::Ended { txn } => {
+                w.u8(3);
+                w.txn(*txn);
+            }
+            Record::Prepared { txn, peers, writes } => {
+                w.u8(4);
+                w.txn(*txn);
+                w.nodes(peers);
+                w.writes(writes);
+            }
+            Record::Committed { txn } => {
+                w.u8(5);
+                w.txn(*txn);
+            }
+            Record::OnePhaseCommitted { txn, writes } => {
+                w.u8(6);
+                w.txn(*txn);
+                w.writes(writes);
+            }
+            Record::Aborted { txn } => {
+                w.u8(7);
+                w.txn(*txn);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8()? {
+            1 => Record::EpochStarted { epoch: r.u32()? },
+            2 => Record::CommitDecided { txn: r.txn()?, participants: r.nodes()? },
+            3 => Record::Ended { txn: r.txn()? },
+            4 => Record::Prepared { txn: r.txn()?, peers: r.nodes()?, writes: r.writes()? },
+            5 => Record::Committed { txn: r.txn()? },
+            6 => Record::OnePhaseCommitted { txn: r.txn()?, writes: r.writes()? },
+            7 => Record::Aborted { txn: r.txn()? },
+            tag => return Err(DecodeError::UnknownTag { what: "2pc record", tag }),
+        })
+    }
+}

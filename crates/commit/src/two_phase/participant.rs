@@ -1,0 +1,412 @@
+//! The 2PC participant.
+//!
+//! Per branch:
+//!
+//! ```text
+//!  PREPARE ─check+lock─► Preparing ──Persisted──► Prepared ──COMMIT──► Committing ──Persisted──► committed
+//!     │ refused             │ ABORT arrived           │ ABORT             (ACK sent after)
+//!     ▼                     ▼ (abort once durable)    ▼
+//!  VOTE NO, aborted     aborted                    aborted (lazy record)
+//!
+//!  COMMIT-ONE-PHASE ─► OnePhaseCommitting / OnePhaseAborting ──Persisted──► result sent
+//!  INQUIRE from a peer, never voted ─► Refusing ──Persisted(ABORTED)──► answer ABORT
+//! ```
+//!
+//! Decisions are final: once a branch is decided, later messages about it are answered from
+//! `decided` and never change it. `decided` mirrors every decision in the log (checkpointing,
+//! which will bound it, belongs to the durable-log work), so a duplicate PREPARE that arrives
+//! long after the decision is answered, not re-executed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use concord_types::{Decision, NodeId, TxnId, Vote, Write};
+
+use super::{backoff_us, Config, Msg, Record, Timer};
+use crate::store::Store;
+use crate::{Command, Core, Durability, Input, ParticipantView};
+
+type Out = Vec<Command<Msg, Record, Timer>>;
+
+#[derive(Debug)]
+enum Branch {
+    /// PREPARED written, not yet durable; locks held. `abort_requested`: ABORT arrived meanwhile.
+    Preparing {
+        peers: Vec<NodeId>,
+        writes: Vec<Write>,
+        abort_requested: bool,
+    },
+    /// Voted YES; locks held until the decision arrives.
+    Prepared {
+        peers: Vec<NodeId>,
+        writes: Vec<Write>,
+        inquiry_attempt: u32,
+    },
+    /// COMMITTED written, not yet durable.
+    Committing {
+        writes: Vec<Write>,
+    },
+    OnePhaseCommitting {
+        writes: Vec<Write>,
+    },
+    /// One-phase branch refused; its ABORTED record is being forced before the answer.
+    OnePhaseAborting,
+    /// A peer asked about a transaction this node never voted on; ABORTED is being forced
+    /// before answering, so the promise survives a crash.
+    Refusing {
+        asked_by: NodeId,
+    },
+}
+
+#[derive(Debug)]
+pub struct Participant {
+    id: NodeId,
+    config: Config,
+    store: Store,
+    branches: BTreeMap<TxnId, Branch>,
+    decided: HashMap<TxnId, Decision>,
+}
+
+impl Participant {
+    pub fn new(id: NodeId, config: Config) -> Self {
+        Participant {
+            id,
+            config,
+            store: Store::default(),
+            branches: BTreeMap::new(),
+            decided: HashMap::new(),
+        }
+    }
+
+    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+        self.store = Store::default();
+        self.branches.clear();
+        self.decided.clear();
+        for record in records {
+            match record {
+                Record::Prepared { txn, peers, writes } => {
+                    self.store.lock(txn, &writes);
+                    self.branches
+                        .insert(txn, Branch::Prepared { peers, writes, inquiry_attempt: 0 });
+                }
+                Record::Committed { txn } => {
+                    let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+                        panic!("{}: log commits {txn} without a prepare record before it", self.id);
+                    };
+                    self.store.unlock(txn, &writes);
+                    self.store.apply(&writes);
+                    self.decided.insert(txn, Decision::Commit);
+                }
+                Record::OnePhaseCommitted { txn, writes } => {
+                    self.store.apply(&writes);
+                    self.decided.insert(txn, Decision::Commit);
+                }
+                Record::Aborted { txn } => {
+                    if let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) {
+                        self.store.unlock(txn, &writes);
+                    }
+                    self.decided.insert(txn, Decision::Abort);
+                }
+                other => panic!(
+                    "participant {} found a coordinator record in its log: {other:?}",
+                    self.id
+                ),
+            }
+        }
+        // Every branch still prepared asks for its outcome at once.
+        for &txn in self.branches.keys() {
+            out.push(Command::SetTimer { timer: Timer::Inquire { txn, attempt: 0 }, after_us: 0 });
+        }
+    }
+
+    fn send(out: &mut Out, to: NodeId, msg: Msg) {
+        out.push(Command::Send { to, msg });
+    }
+
+    fn on_prepare(&mut self, txn: TxnId, peers: Vec<NodeId>, writes: Vec<Write>, out: &mut Out) {
+        let coordinator = txn.coordinator;
+        match self.decided.get(&txn) {
+            Some(Decision::Abort) => {
+                return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::No })
+            }
+            Some(Decision::Commit) => return, // a stale duplicate: the coordinator already decided
+            None => {}
+        }
+        match self.branches.get(&txn) {
+            Some(Branch::Prepared { .. }) => {
+                return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::Yes });
+            }
+            Some(Branch::Refusing { .. }) => {
+                return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::No });
+            }
+            Some(_) => return, // the vote follows once the pending record is durable
+            None => {}
+        }
+        if writes.is_empty() && self.config.switches.read_only {
+            return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::ReadOnly });
+        }
+        if self.store.check(txn, &writes).is_err() {
+            // Voting NO aborts the branch at once. Nothing is logged: the coordinator cannot
+            // commit without this vote, and a repeated PREPARE is answered from `decided`.
+            self.decided.insert(txn, Decision::Abort);
+            out.push(Command::Outcome { txn, decision: Decision::Abort });
+            return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::No });
+        }
+        self.store.lock(txn, &writes);
+        out.push(Command::Persist {
+            record: Record::Prepared { txn, peers: peers.clone(), writes: writes.clone() },
+            durability: Durability::Forced,
+        });
+        self.branches.insert(txn, Branch::Preparing { peers, writes, abort_requested: false });
+    }
+
+    fn on_prepare_durable(&mut self, txn: TxnId, out: &mut Out) {
+        let Some(Branch::Preparing { peers, writes, abort_requested }) = self.branches.remove(&txn)
+        else {
+            panic!("{}: prepare record of {txn} became durable, but it was not preparing", self.id);
+        };
+        if abort_requested {
+            self.abort_prepared(txn, &writes, out);
+            return;
+        }
+        self.branches.insert(txn, Branch::Prepared { peers, writes, inquiry_attempt: 0 });
+        Self::send(out, txn.coordinator, Msg::Vote { txn, vote: Vote::Yes });
+        out.push(Command::SetTimer {
+            timer: Timer::Inquire { txn, attempt: 0 },
+            after_us: self.config.inquiry_base_us,
+        });
+    }
+
+    /// Aborts a branch whose prepare record is durable: release, and record lazily — should the
+    /// record be lost, recovery finds the branch prepared, asks, and is told ABORT.
+    fn abort_prepared(&mut self, txn: TxnId, writes: &[Write], out: &mut Out) {
+        self.store.unlock(txn, writes);
+        self.decided.insert(txn, Decision::Abort);
+        out.push(Command::Persist {
+            record: Record::Aborted { txn },
+            durability: Durability::Lazy,
+        });
+        out.push(Command::Outcome { txn, decision: Decision::Abort });
+    }
+
+    fn on_decision(&mut self, from: NodeId, txn: TxnId, decision: Decision, out: &mut Out) {
+        if let Some(&known) = self.decided.get(&txn) {
+            // Decisions are final. A repeated COMMIT from the coordinator is acknowledged again
+            // (its first ACK may have been lost) and applied no second time. A contradicting
+            // message can only be stale (e.g. the coordinator answering a duplicate vote after
+            // it forgot the transaction) and is ignored.
+            if known == Decision::Commit && decision == Decision::Commit && from == txn.coordinator
+            {
+                Self::send(out, txn.coordinator, Msg::Ack { txn });
+            }
+            return;
+        }
+        match (self.branches.get_mut(&txn), decision) {
+            (Some(Branch::Prepared { .. }), Decision::Commit) => {
+                let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+                    unreachable!("matched Prepared just above")
+                };
+                out.push(Command::Persist {
+                    record: Record::Committed { txn },
+                    durability: Durability::Forced,
+                });
+                self.branches.insert(txn, Branch::Committing { writes });
+            }
+            (Some(Branch::Prepared { .. }), Decision::Abort) => {
+                let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+                    unreachable!("matched Prepared just above")
+                };
+                self.abort_prepared(txn, &writes, out);
+            }
+            (Some(Branch::Preparing { abort_requested, .. }), Decision::Abort) => {
+                *abort_requested = true;
+            }
+            (Some(Branch::Preparing { .. }), Decision::Commit) => {
+                panic!("{}: told COMMIT for {txn} before its YES vote was sent", self.id);
+            }
+            // Commit record already on its way; the ACK follows it.
+            (Some(Branch::Committing { .. }), _) => {}
+            // One-phase and refusing branches decide themselves; they take no decision messages.
+            (
+                Some(
+                    Branch::OnePhaseCommitting { .. }
+                    | Branch::OnePhaseAborting
+                    | Branch::Refusing { .. },
+                ),
+                _,
+            ) => {}
+            (None, Decision::Abort) => {
+                // ABORT before PREPARE (a vote timeout, reordering): remember it, so a late
+                // PREPARE is answered NO. Volatile is enough: after a crash a late PREPARE would
+                // get YES, and the coordinator, having forgotten the transaction, answers ABORT.
+                self.decided.insert(txn, Decision::Abort);
+            }
+            (None, Decision::Commit) => {
+                // Only a participant that voted YES can be told COMMIT, and a YES vote implies a
+                // durable record, which `decided` or `branches` would show. Leave it unanswered:
+                // the liveness checker reports the coordinator still waiting.
+            }
+        }
+    }
+
+    fn on_commit_durable(&mut self, txn: TxnId, out: &mut Out) {
+        let Some(Branch::Committing { writes }) = self.branches.remove(&txn) else {
+            panic!("{}: commit record of {txn} became durable, but it was not committing", self.id);
+        };
+        self.store.unlock(txn, &writes);
+        self.store.apply(&writes);
+        self.decided.insert(txn, Decision::Commit);
+        out.push(Command::Outcome { txn, decision: Decision::Commit });
+        Self::send(out, txn.coordinator, Msg::Ack { txn });
+    }
+
+    fn on_commit_one_phase(&mut self, txn: TxnId, writes: Vec<Write>, out: &mut Out) {
+        if let Some(&decision) = self.decided.get(&txn) {
+            return Self::send(out, txn.coordinator, Msg::OnePhaseResult { txn, decision });
+        }
+        if self.branches.contains_key(&txn) {
+            return; // answered once the pending record is durable
+        }
+        // Either outcome is forced before the answer: the coordinator may resend, and the
+        // participant must give the same answer every time.
+        if self.store.check(txn, &writes).is_err() {
+            out.push(Command::Persist {
+                record: Record::Aborted { txn },
+                durability: Durability::Forced,
+            });
+            self.branches.insert(txn, Branch::OnePhaseAborting);
+            return;
+        }
+        self.store.lock(txn, &writes);
+        out.push(Command::Persist {
+            record: Record::OnePhaseCommitted { txn, writes: writes.clone() },
+            durability: Durability::Forced,
+        });
+        self.branches.insert(txn, Branch::OnePhaseCommitting { writes });
+    }
+
+    fn on_one_phase_commit_durable(&mut self, txn: TxnId, out: &mut Out) {
+        let Some(Branch::OnePhaseCommitting { writes }) = self.branches.remove(&txn) else {
+            panic!(
+                "{}: one-phase record of {txn} became durable, but it was not committing",
+                self.id
+            );
+        };
+        self.store.unlock(txn, &writes);
+        self.store.apply(&writes);
+        self.decided.insert(txn, Decision::Commit);
+        out.push(Command::Outcome { txn, decision: Decision::Commit });
+        Self::send(out, txn.coordinator, Msg::OnePhaseResult { txn, decision: Decision::Commit });
+    }
+
+    fn on_abort_durable(&mut self, txn: TxnId, out: &mut Out) {
+        match self.branches.remove(&txn) {
+            Some(Branch::OnePhaseAborting) => {
+                self.decided.insert(txn, Decision::Abort);
+                out.push(Command::Outcome { txn, decision: Decision::Abort });
+                let msg = Msg::OnePhaseResult { txn, decision: Decision::Abort };
+                Self::send(out, txn.coordinator, msg);
+            }
+            Some(Branch::Refusing { asked_by }) => {
+                self.decided.insert(txn, Decision::Abort);
+                out.push(Command::Outcome { txn, decision: Decision::Abort });
+                Self::send(out, asked_by, Msg::Decision { txn, decision: Decision::Abort });
+            }
+            other => panic!("{}: forced abort of {txn} became durable in state {other:?}", self.id),
+        }
+    }
+
+    /// Cooperative termination: a peer asks what we know.
+    fn on_inquire(&mut self, from: NodeId, txn: TxnId, out: &mut Out) {
+        if let Some(&decision) = self.decided.get(&txn) {
+            return Self::send(out, from, Msg::Decision { txn, decision });
+        }
+        match self.branches.get(&txn) {
+            Some(Branch::Committing { .. }) => {
+                Self::send(out, from, Msg::Decision { txn, decision: Decision::Commit });
+            }
+            Some(_) => {} // uncertain ourselves, or an answer is being made durable
+            None => {
+                // Never voted: we may abort unilaterally — but only once that is durable, or a
+                // crash followed by a late PREPARE could make us vote YES after all.
+                out.push(Command::Persist {
+                    record: Record::Aborted { txn },
+                    durability: Durability::Forced,
+                });
+                self.branches.insert(txn, Branch::Refusing { asked_by: from });
+            }
+        }
+    }
+
+    fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out) {
+        let Some(Branch::Prepared { peers, inquiry_attempt, .. }) = self.branches.get_mut(&txn)
+        else {
+            return;
+        };
+        if *inquiry_attempt != attempt {
+            return; // a stale timer chain
+        }
+        *inquiry_attempt += 1;
+        out.push(Command::Send { to: txn.coordinator, msg: Msg::Inquire { txn } });
+        if self.config.switches.cooperative_termination {
+            for &peer in peers.iter().filter(|&&p| p != self.id) {
+                out.push(Command::Send { to: peer, msg: Msg::Inquire { txn } });
+            }
+        }
+        let next = *inquiry_attempt;
+        out.push(Command::SetTimer {
+            timer: Timer::Inquire { txn, attempt: next },
+            after_us: backoff_us(self.config.inquiry_base_us, self.config.inquiry_max_us, next),
+        });
+    }
+
+    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+        match record {
+            Record::Prepared { txn, .. } => self.on_prepare_durable(txn, out),
+            Record::Committed { txn } => self.on_commit_durable(txn, out),
+            Record::OnePhaseCommitted { txn, .. } => self.on_one_phase_commit_durable(txn, out),
+            Record::Aborted { txn } => self.on_abort_durable(txn, out),
+            other => panic!(
+                "participant {} was told {other:?} is durable; it never writes that",
+                self.id
+            ),
+        }
+    }
+}
+
+impl Core for Participant {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+        match input {
+            Input::Restart { records } => self.restart(records, out),
+            Input::Persisted(record) => self.on_persisted(record, out),
+            Input::Timer(Timer::Inquire { txn, attempt }) => {
+                self.on_inquiry_timer(txn, attempt, out)
+            }
+            Input::Timer(_) | Input::Begin { .. } => {}
+            Input::Message { from, msg } => match msg {
+                Msg::Prepare { txn, peers, writes } => self.on_prepare(txn, peers, writes, out),
+                Msg::Decision { txn, decision } => self.on_decision(from, txn, decision, out),
+                Msg::CommitOnePhase { txn, writes } => self.on_commit_one_phase(txn, writes, out),
+                Msg::Inquire { txn } => self.on_inquire(from, txn, out),
+                Msg::Vote { .. } | Msg::Ack { .. } | Msg::OnePhaseResult { .. } => {}
+            },
+        }
+    }
+}
+
+impl ParticipantView for Participant {
+    fn in_doubt(&self) -> Vec<TxnId> {
+        self.branches
+            .iter()
+            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
+            .map(|(&txn, _)| txn)
+            .collect()
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+}

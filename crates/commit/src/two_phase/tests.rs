@@ -1,0 +1,656 @@
+//! Core unit tests: feed inputs, assert the exact commands emitted.
+
+use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
+
+use super::{Config, Coordinator, Msg, Participant, Record, Timer};
+use crate::{Branch, Command, Core, Durability, Input, ParticipantView, Rejection, Switches};
+
+type Cmd = Command<Msg, Record, Timer>;
+
+const C: NodeId = NodeId(0);
+const P1: NodeId = NodeId(1);
+const P2: NodeId = NodeId(2);
+
+fn txn(sequence: u32) -> TxnId {
+    TxnId { coordinator: C, epoch: 1, sequence }
+}
+
+fn w(key: u64, delta: i64) -> Vec<Write> {
+    vec![Write { key, delta }]
+}
+
+fn run<N: Core<Msg = Msg, Record = Record, Timer = Timer>>(
+    node: &mut N,
+    input: Input<Msg, Record, Timer>,
+) -> Vec<Cmd> {
+    let mut out = Vec::new();
+    node.handle(input, &mut out);
+    out
+}
+
+fn msg(from: NodeId, msg: Msg) -> Input<Msg, Record, Timer> {
+    Input::Message { from, msg }
+}
+
+fn send(to: NodeId, msg: Msg) -> Cmd {
+    Command::Send { to, msg }
+}
+
+fn forced(record: Record) -> Cmd {
+    Command::Persist { record, durability: Durability::Forced }
+}
+
+fn lazy(record: Record) -> Cmd {
+    Command::Persist { record, durability: Durability::Lazy }
+}
+
+fn decision(txn: TxnId, decision: Decision) -> Msg {
+    Msg::Decision { txn, decision }
+}
+
+fn config() -> Config {
+    Config::default()
+}
+
+/// A coordinator whose first epoch is durable.
+fn ready_coordinator(config: Config) -> Coordinator {
+    let mut c = Coordinator::new(C, config);
+    assert_eq!(
+        run(&mut c, Input::Restart { records: vec![] }),
+        vec![forced(Record::EpochStarted { epoch: 1 })]
+    );
+    assert_eq!(run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 1 })), vec![]);
+    c
+}
+
+fn two_branches() -> Vec<Branch> {
+    vec![Branch { node: P1, writes: w(10, 5) }, Branch { node: P2, writes: w(20, 7) }]
+}
+
+fn prepare(txn: TxnId, writes: Vec<Write>) -> Msg {
+    Msg::Prepare { txn, peers: vec![P1, P2], writes }
+}
+
+#[test]
+fn coordinator_happy_path_forces_the_decision_before_any_commit_is_sent() {
+    let cfg = config();
+    let mut c = ready_coordinator(cfg.clone());
+    let t = txn(1);
+    let out = run(&mut c, Input::Begin { request: RequestId(9), branches: two_branches() });
+    assert_eq!(
+        out,
+        vec![
+            Command::Begun { request: RequestId(9), txn: t },
+            send(P1, prepare(t, w(10, 5))),
+            send(P2, prepare(t, w(20, 7))),
+            Command::SetTimer {
+                timer: Timer::VoteTimeout { txn: t },
+                after_us: cfg.vote_timeout_us
+            },
+        ]
+    );
+    assert_eq!(run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes })), vec![]);
+    assert_eq!(
+        run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::Yes })),
+        vec![forced(Record::CommitDecided { txn: t, participants: vec![P1, P2] })],
+        "the last YES forces the decision and sends nothing yet"
+    );
+    // The vote timeout firing now changes nothing: the transaction is no longer collecting.
+    assert_eq!(run(&mut c, Input::Timer(Timer::VoteTimeout { txn: t })), vec![]);
+    assert_eq!(
+        run(&mut c, Input::Persisted(Record::CommitDecided { txn: t, participants: vec![P1, P2] })),
+        vec![
+            send(P1, decision(t, Decision::Commit)),
+            send(P2, decision(t, Decision::Commit)),
+            Command::Outcome { txn: t, decision: Decision::Commit },
+            Command::SetTimer {
+                timer: Timer::ResendCommit { txn: t, attempt: 0 },
+                after_us: cfg.resend_base_us
+            },
+        ]
+    );
+    assert_eq!(run(&mut c, msg(P1, Msg::Ack { txn: t })), vec![]);
+    assert_eq!(run(&mut c, msg(P2, Msg::Ack { txn: t })), vec![lazy(Record::Ended { txn: t })]);
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn coordinator_resends_commit_with_backoff_to_participants_that_have_not_acked() {
+    let cfg = config();
+    let mut c = ready_coordinator(cfg.clone());
+    let t = txn(1);
+    run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes }));
+    run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::Yes }));
+    run(&mut c, Input::Persisted(Record::CommitDecided { txn: t, participants: vec![P1, P2] }));
+    run(&mut c, msg(P1, Msg::Ack { txn: t }));
+    assert_eq!(
+        run(&mut c, Input::Timer(Timer::ResendCommit { txn: t, attempt: 0 })),
+        vec![
+            send(P2, decision(t, Decision::Commit)),
+            Command::SetTimer {
+                timer: Timer::ResendCommit { txn: t, attempt: 1 },
+                after_us: 2 * cfg.resend_base_us
+            },
+        ]
+    );
+    assert_eq!(
+        run(&mut c, Input::Timer(Timer::ResendCommit { txn: t, attempt: 0 })),
+        vec![],
+        "stale timer"
+    );
+}
+
+#[test]
+fn a_no_vote_aborts_without_logging_and_tells_only_those_that_may_be_prepared() {
+    let mut c = ready_coordinator(config());
+    let t = txn(1);
+    let branches = vec![
+        Branch { node: P1, writes: w(10, 5) },
+        Branch { node: P2, writes: w(20, 7) },
+        Branch { node: NodeId(3), writes: vec![] },
+    ];
+    run(&mut c, Input::Begin { request: RequestId(1), branches });
+    assert_eq!(run(&mut c, msg(NodeId(3), Msg::Vote { txn: t, vote: Vote::ReadOnly })), vec![]);
+    assert_eq!(
+        run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::No })),
+        vec![
+            send(P1, decision(t, Decision::Abort)),
+            Command::Outcome { txn: t, decision: Decision::Abort }
+        ]
+    );
+}
+
+#[test]
+fn vote_timeout_aborts_a_transaction_still_collecting() {
+    let mut c = ready_coordinator(config());
+    let t = txn(1);
+    run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes }));
+    assert_eq!(
+        run(&mut c, Input::Timer(Timer::VoteTimeout { txn: t })),
+        vec![
+            send(P1, decision(t, Decision::Abort)),
+            send(P2, decision(t, Decision::Abort)),
+            Command::Outcome { txn: t, decision: Decision::Abort },
+        ]
+    );
+}
+
+#[test]
+fn all_read_only_commits_with_no_log_write() {
+    let mut c = ready_coordinator(config());
+    let t = txn(1);
+    let branches = vec![Branch { node: P1, writes: vec![] }, Branch { node: P2, writes: vec![] }];
+    let out = run(&mut c, Input::Begin { request: RequestId(1), branches });
+    assert!(out.contains(&send(P1, Msg::Prepare { txn: t, peers: vec![], writes: vec![] })));
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::ReadOnly }));
+    assert_eq!(
+        run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::ReadOnly })),
+        vec![Command::Outcome { txn: t, decision: Decision::Commit }]
+    );
+}
+
+#[test]
+fn one_participant_commits_in_one_phase_with_no_coordinator_log() {
+    let cfg = config();
+    let mut c = ready_coordinator(cfg.clone());
+    let t = txn(1);
+    let out = run(
+        &mut c,
+        Input::Begin {
+            request: RequestId(1),
+            branches: vec![Branch { node: P1, writes: w(1, 1) }],
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            Command::Begun { request: RequestId(1), txn: t },
+            send(P1, Msg::CommitOnePhase { txn: t, writes: w(1, 1) }),
+            Command::SetTimer {
+                timer: Timer::OnePhaseRetry { txn: t, attempt: 0 },
+                after_us: cfg.resend_base_us
+            },
+        ]
+    );
+    assert_eq!(
+        run(&mut c, msg(P1, Msg::OnePhaseResult { txn: t, decision: Decision::Commit })),
+        vec![Command::Outcome { txn: t, decision: Decision::Commit }]
+    );
+}
+
+#[test]
+fn one_phase_switched_off_runs_full_two_phase_for_one_participant() {
+    let mut cfg = config();
+    cfg.switches.one_phase = false;
+    let mut c = ready_coordinator(cfg);
+    let out = run(
+        &mut c,
+        Input::Begin {
+            request: RequestId(1),
+            branches: vec![Branch { node: P1, writes: w(1, 1) }],
+        },
+    );
+    assert!(matches!(out[1], Command::Send { msg: Msg::Prepare { .. }, .. }));
+}
+
+#[test]
+fn requests_wait_for_the_epoch_and_ids_are_never_reused_across_restarts() {
+    let mut c = Coordinator::new(C, config());
+    run(&mut c, Input::Restart { records: vec![] });
+    let branches = vec![Branch { node: P1, writes: w(1, 1) }];
+    assert_eq!(
+        run(&mut c, Input::Begin { request: RequestId(1), branches: branches.clone() }),
+        vec![]
+    );
+    let out = run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 1 }));
+    assert_eq!(out[0], Command::Begun { request: RequestId(1), txn: txn(1) });
+
+    let mut c = Coordinator::new(C, config());
+    let out = run(&mut c, Input::Restart { records: vec![Record::EpochStarted { epoch: 1 }] });
+    assert_eq!(out, vec![forced(Record::EpochStarted { epoch: 2 })]);
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 2 }));
+    let out = run(&mut c, Input::Begin { request: RequestId(2), branches });
+    assert_eq!(
+        out[0],
+        Command::Begun {
+            request: RequestId(2),
+            txn: TxnId { coordinator: C, epoch: 2, sequence: 1 }
+        }
+    );
+}
+
+#[test]
+fn invalid_and_excess_requests_are_rejected() {
+    let mut cfg = config();
+    cfg.max_in_flight = 1;
+    let mut c = ready_coordinator(cfg);
+    let dup = vec![Branch { node: P1, writes: vec![] }, Branch { node: P1, writes: vec![] }];
+    assert_eq!(
+        run(&mut c, Input::Begin { request: RequestId(1), branches: dup }),
+        vec![Command::Rejected { request: RequestId(1), reason: Rejection::Invalid }]
+    );
+    assert_eq!(
+        run(&mut c, Input::Begin { request: RequestId(2), branches: vec![] }),
+        vec![Command::Rejected { request: RequestId(2), reason: Rejection::Invalid }]
+    );
+    run(&mut c, Input::Begin { request: RequestId(3), branches: two_branches() });
+    assert_eq!(
+        run(&mut c, Input::Begin { request: RequestId(4), branches: two_branches() }),
+        vec![Command::Rejected { request: RequestId(4), reason: Rejection::Overloaded }]
+    );
+}
+
+#[test]
+fn coordinator_recovery_redrives_logged_decisions_and_presumes_abort_for_the_rest() {
+    let cfg = config();
+    let mut c = Coordinator::new(C, cfg.clone());
+    let (t1, t2) = (txn(1), txn(2));
+    let records = vec![
+        Record::EpochStarted { epoch: 1 },
+        Record::CommitDecided { txn: t1, participants: vec![P1, P2] },
+        Record::CommitDecided { txn: t2, participants: vec![P1] },
+        Record::Ended { txn: t2 },
+    ];
+    assert_eq!(
+        run(&mut c, Input::Restart { records }),
+        vec![
+            send(P1, decision(t1, Decision::Commit)),
+            send(P2, decision(t1, Decision::Commit)),
+            Command::SetTimer {
+                timer: Timer::ResendCommit { txn: t1, attempt: 0 },
+                after_us: cfg.resend_base_us
+            },
+            forced(Record::EpochStarted { epoch: 2 }),
+        ]
+    );
+    // A participant asking about t1 learns COMMIT; about an unlogged t3, ABORT.
+    assert_eq!(
+        run(&mut c, msg(P2, Msg::Inquire { txn: t1 })),
+        vec![send(P2, decision(t1, Decision::Commit))]
+    );
+    assert_eq!(
+        run(&mut c, msg(P2, Msg::Inquire { txn: txn(3) })),
+        vec![send(P2, decision(txn(3), Decision::Abort))]
+    );
+    // A late YES for a transaction the coordinator has no record of is answered ABORT at once.
+    assert_eq!(
+        run(&mut c, msg(P1, Msg::Vote { txn: txn(4), vote: Vote::Yes })),
+        vec![send(P1, decision(txn(4), Decision::Abort))]
+    );
+}
+
+#[test]
+fn coordinator_gives_no_answer_while_undecided() {
+    let mut c = ready_coordinator(config());
+    let t = txn(1);
+    run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    assert_eq!(run(&mut c, msg(P1, Msg::Inquire { txn: t })), vec![]);
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes }));
+    run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::Yes }));
+    assert_eq!(run(&mut c, msg(P1, Msg::Inquire { txn: t })), vec![], "decision not durable yet");
+}
+
+// ---------------------------------------------------------------- participant
+
+fn participant(cfg: Config) -> Participant {
+    let mut p = Participant::new(P1, cfg);
+    assert_eq!(run(&mut p, Input::Restart { records: vec![] }), vec![]);
+    p
+}
+
+fn prepared_participant(cfg: Config, t: TxnId) -> Participant {
+    let mut p = participant(cfg);
+    run(&mut p, msg(C, prepare(t, w(10, 5))));
+    run(
+        &mut p,
+        Input::Persisted(Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5) }),
+    );
+    p
+}
+
+#[test]
+fn participant_votes_yes_only_after_its_prepare_record_is_durable() {
+    let cfg = config();
+    let mut p = participant(cfg.clone());
+    let t = txn(1);
+    let record = Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5) };
+    assert_eq!(run(&mut p, msg(C, prepare(t, w(10, 5)))), vec![forced(record.clone())]);
+    assert_eq!(p.store().locked_keys(), 1, "locks are taken at prepare");
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t, w(10, 5)))),
+        vec![],
+        "no vote before the record is durable"
+    );
+    assert_eq!(
+        run(&mut p, Input::Persisted(record)),
+        vec![
+            send(C, Msg::Vote { txn: t, vote: Vote::Yes }),
+            Command::SetTimer {
+                timer: Timer::Inquire { txn: t, attempt: 0 },
+                after_us: cfg.inquiry_base_us
+            },
+        ]
+    );
+    assert_eq!(p.in_doubt(), vec![t]);
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t, w(10, 5)))),
+        vec![send(C, Msg::Vote { txn: t, vote: Vote::Yes })]
+    );
+}
+
+#[test]
+fn commit_is_applied_once_and_every_repeat_is_acknowledged() {
+    let t = txn(1);
+    let mut p = prepared_participant(config(), t);
+    assert_eq!(
+        run(&mut p, msg(C, decision(t, Decision::Commit))),
+        vec![forced(Record::Committed { txn: t })]
+    );
+    assert_eq!(
+        run(&mut p, msg(C, decision(t, Decision::Commit))),
+        vec![],
+        "ack waits for the record"
+    );
+    assert_eq!(
+        run(&mut p, Input::Persisted(Record::Committed { txn: t })),
+        vec![Command::Outcome { txn: t, decision: Decision::Commit }, send(C, Msg::Ack { txn: t })]
+    );
+    assert_eq!(p.store().value(10), 5);
+    assert_eq!(p.store().locked_keys(), 0);
+    assert_eq!(
+        run(&mut p, msg(C, decision(t, Decision::Commit))),
+        vec![send(C, Msg::Ack { txn: t })]
+    );
+    assert_eq!(run(&mut p, msg(C, decision(t, Decision::Abort))), vec![], "a decision is final");
+    assert_eq!(p.store().value(10), 5, "applied exactly once");
+}
+
+#[test]
+fn a_refused_prepare_votes_no_and_aborts_at_once() {
+    let mut p = participant(config());
+    let t = txn(1);
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t, w(10, -1)))),
+        vec![
+            Command::Outcome { txn: t, decision: Decision::Abort },
+            send(C, Msg::Vote { txn: t, vote: Vote::No })
+        ]
+    );
+    assert_eq!(p.store().locked_keys(), 0);
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t, w(10, -1)))),
+        vec![send(C, Msg::Vote { txn: t, vote: Vote::No })]
+    );
+}
+
+#[test]
+fn a_lock_conflict_votes_no() {
+    let mut p = prepared_participant(config(), txn(1));
+    let t2 = txn(2);
+    let out = run(&mut p, msg(C, prepare(t2, w(10, 1))));
+    assert_eq!(out.last(), Some(&send(C, Msg::Vote { txn: t2, vote: Vote::No })));
+}
+
+#[test]
+fn read_only_branch_votes_read_only_and_keeps_nothing() {
+    let mut p = participant(config());
+    let t = txn(1);
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t, vec![]))),
+        vec![send(C, Msg::Vote { txn: t, vote: Vote::ReadOnly })]
+    );
+    assert!(p.in_doubt().is_empty());
+
+    let mut cfg = config();
+    cfg.switches.read_only = false;
+    let mut p = participant(cfg);
+    let out = run(&mut p, msg(C, prepare(t, vec![])));
+    assert_eq!(out, vec![forced(Record::Prepared { txn: t, peers: vec![P1, P2], writes: vec![] })]);
+}
+
+#[test]
+fn abort_releases_locks_with_a_lazy_record() {
+    let t = txn(1);
+    let mut p = prepared_participant(config(), t);
+    assert_eq!(
+        run(&mut p, msg(C, decision(t, Decision::Abort))),
+        vec![
+            lazy(Record::Aborted { txn: t }),
+            Command::Outcome { txn: t, decision: Decision::Abort }
+        ]
+    );
+    assert_eq!(p.store().locked_keys(), 0);
+    assert!(p.in_doubt().is_empty());
+}
+
+#[test]
+fn abort_during_prepare_takes_effect_once_the_record_is_durable() {
+    let mut p = participant(config());
+    let t = txn(1);
+    run(&mut p, msg(C, prepare(t, w(10, 5))));
+    assert_eq!(run(&mut p, msg(C, decision(t, Decision::Abort))), vec![]);
+    assert_eq!(
+        run(
+            &mut p,
+            Input::Persisted(Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5) })
+        ),
+        vec![
+            lazy(Record::Aborted { txn: t }),
+            Command::Outcome { txn: t, decision: Decision::Abort }
+        ],
+        "no YES vote after an abort"
+    );
+}
+
+#[test]
+fn in_doubt_participant_asks_coordinator_and_peers_with_backoff() {
+    let cfg = config();
+    let t = txn(1);
+    let mut p = prepared_participant(cfg.clone(), t);
+    assert_eq!(
+        run(&mut p, Input::Timer(Timer::Inquire { txn: t, attempt: 0 })),
+        vec![
+            send(C, Msg::Inquire { txn: t }),
+            send(P2, Msg::Inquire { txn: t }),
+            Command::SetTimer {
+                timer: Timer::Inquire { txn: t, attempt: 1 },
+                after_us: 2 * cfg.inquiry_base_us
+            },
+        ]
+    );
+    let out = run(&mut p, Input::Timer(Timer::Inquire { txn: t, attempt: 1 }));
+    assert_eq!(
+        out.last(),
+        Some(&Command::SetTimer {
+            timer: Timer::Inquire { txn: t, attempt: 2 },
+            after_us: 4 * cfg.inquiry_base_us
+        })
+    );
+    assert_eq!(p.in_doubt(), vec![t], "it never decides alone");
+
+    let mut cfg = config();
+    cfg.switches.cooperative_termination = false;
+    let mut p = prepared_participant(cfg, t);
+    let out = run(&mut p, Input::Timer(Timer::Inquire { txn: t, attempt: 0 }));
+    assert_eq!(out[0], send(C, Msg::Inquire { txn: t }));
+    assert_eq!(out.len(), 2, "only the coordinator is asked");
+}
+
+#[test]
+fn inquiry_backoff_is_capped() {
+    let cfg = config();
+    let t = txn(1);
+    let mut p = prepared_participant(cfg.clone(), t);
+    let mut last = 0;
+    for attempt in 0..40 {
+        let out = run(&mut p, Input::Timer(Timer::Inquire { txn: t, attempt }));
+        let Some(Command::SetTimer { after_us, .. }) = out.last() else { panic!("no timer") };
+        last = *after_us;
+    }
+    assert_eq!(last, cfg.inquiry_max_us);
+}
+
+#[test]
+fn a_peer_that_never_voted_forces_an_abort_before_answering_and_then_votes_no() {
+    let mut p = participant(config());
+    let t = txn(1);
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Inquire { txn: t })),
+        vec![forced(Record::Aborted { txn: t })]
+    );
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t, w(10, 5)))),
+        vec![send(C, Msg::Vote { txn: t, vote: Vote::No })]
+    );
+    assert_eq!(
+        run(&mut p, Input::Persisted(Record::Aborted { txn: t })),
+        vec![
+            Command::Outcome { txn: t, decision: Decision::Abort },
+            send(P2, decision(t, Decision::Abort))
+        ]
+    );
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Inquire { txn: t })),
+        vec![send(P2, decision(t, Decision::Abort))]
+    );
+}
+
+#[test]
+fn a_prepared_peer_cannot_answer_an_inquiry_but_a_committing_one_can() {
+    let t = txn(1);
+    let mut p = prepared_participant(config(), t);
+    assert_eq!(run(&mut p, msg(P2, Msg::Inquire { txn: t })), vec![]);
+    run(&mut p, msg(C, decision(t, Decision::Commit)));
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Inquire { txn: t })),
+        vec![send(P2, decision(t, Decision::Commit))]
+    );
+}
+
+#[test]
+fn participant_recovery_restores_prepared_branches_with_their_locks_and_asks() {
+    let mut p = Participant::new(P1, config());
+    let (t1, t2, t3) = (txn(1), txn(2), txn(3));
+    let records = vec![
+        Record::Prepared { txn: t1, peers: vec![P1, P2], writes: w(10, 5) },
+        Record::Prepared { txn: t2, peers: vec![P1, P2], writes: w(11, 3) },
+        Record::Committed { txn: t2 },
+        Record::OnePhaseCommitted { txn: t3, writes: w(12, 4) },
+    ];
+    assert_eq!(
+        run(&mut p, Input::Restart { records }),
+        vec![Command::SetTimer { timer: Timer::Inquire { txn: t1, attempt: 0 }, after_us: 0 }]
+    );
+    assert_eq!(p.in_doubt(), vec![t1]);
+    assert_eq!(p.store().locked_keys(), 1);
+    assert_eq!((p.store().value(10), p.store().value(11), p.store().value(12)), (0, 3, 4));
+    // Recovered decisions answer repeats without applying them again.
+    assert_eq!(
+        run(&mut p, msg(C, decision(t2, Decision::Commit))),
+        vec![send(C, Msg::Ack { txn: t2 })]
+    );
+    assert_eq!(p.store().value(11), 3);
+}
+
+#[test]
+fn one_phase_participant_forces_either_outcome_before_answering() {
+    let mut p = participant(config());
+    let (t1, t2) = (txn(1), txn(2));
+    let record = Record::OnePhaseCommitted { txn: t1, writes: w(10, 5) };
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t1, writes: w(10, 5) })),
+        vec![forced(record.clone())]
+    );
+    assert_eq!(
+        run(&mut p, Input::Persisted(record)),
+        vec![
+            Command::Outcome { txn: t1, decision: Decision::Commit },
+            send(C, Msg::OnePhaseResult { txn: t1, decision: Decision::Commit }),
+        ]
+    );
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t1, writes: w(10, 5) })),
+        vec![send(C, Msg::OnePhaseResult { txn: t1, decision: Decision::Commit })],
+        "a resent request gets the same answer and is not applied again"
+    );
+    assert_eq!(p.store().value(10), 5);
+
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t2, writes: w(10, -6) })),
+        vec![forced(Record::Aborted { txn: t2 })]
+    );
+    assert_eq!(
+        run(&mut p, Input::Persisted(Record::Aborted { txn: t2 })),
+        vec![
+            Command::Outcome { txn: t2, decision: Decision::Abort },
+            send(C, Msg::OnePhaseResult { txn: t2, decision: Decision::Abort }),
+        ]
+    );
+}
+
+#[test]
+fn records_round_trip_through_their_encoding() {
+    use concord_types::codec::Encode;
+    let t = txn(4);
+    for record in [
+        Record::EpochStarted { epoch: 3 },
+        Record::CommitDecided { txn: t, participants: vec![P1, P2] },
+        Record::Ended { txn: t },
+        Record::Prepared { txn: t, peers: vec![P2], writes: w(1, -2) },
+        Record::Committed { txn: t },
+        Record::OnePhaseCommitted { txn: t, writes: w(3, 4) },
+        Record::Aborted { txn: t },
+    ] {
+        assert_eq!(Record::from_bytes(&record.to_bytes()).unwrap(), record);
+    }
+}
+
+#[test]
+fn switches_default_to_every_optimisation_on() {
+    assert_eq!(
+        Switches::default(),
+        Switches { read_only: true, one_phase: true, cooperative_termination: true }
+    );
+}

@@ -1,0 +1,14 @@
+//! The vocabulary every Concord crate shares.
+//!
+//! * [`NodeId`], [`TxnId`] — who and what. A transaction id is `epoch.sequence` issued by one
+//!   coordinator; the epoch is durably bumped at every coordinator start, so ids are never reused.
+//! * [`Vote`], [`Decision`] — one meaning per word: participants *vote*, coordinators *decide*.
+//! * [`Write`] — the effect a branch applies to its participant's store.
+//! * [`codec`] — fixed-width, little-endian encoding for everything that reaches a disk or a wire.
+
+pub mod codec;
+mod ids;
+mod outcome;
+
+pub use ids::{NodeId, RequestId, TxnId};
+pub use outcome::{Decision, Key, Vote, Write};

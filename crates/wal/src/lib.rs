@@ -1,0 +1,21 @@
+//! The log's byte format and its recovery scan. Pure: bytes in, records out.
+//!
+//! ```text
+//!  ┌──────────────┬──────────────────────────────┬───────────────┐
+//!  │ len: u32 LE  │ crc32c(len ‖ payload): u32 LE │ payload (len) │  … next frame
+//!  └──────────────┴──────────────────────────────┴───────────────┘
+//! ```
+//!
+//! Recovery reads frames from the start. What it may find at the end of the log:
+//! * nothing — a clean end;
+//! * a frame whose declared length runs past the end, or a complete last frame whose checksum
+//!   fails, or zeroed bytes — a **torn tail**: the last write did not finish before the crash.
+//!   It was never acknowledged (acknowledgement waits for the sync), so it is truncated;
+//! * a frame whose checksum fails with more frames after it — **corruption in the middle**. That
+//!   is never silently skipped: the scan reports the offset and the caller refuses to start.
+
+mod crc32c;
+mod frame;
+
+pub use crc32c::crc32c;
+pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
