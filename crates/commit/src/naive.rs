@@ -33,7 +33,7 @@ pub enum Record {
     Applied { txn: TxnId, writes: Vec<Write> },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Timer {
     ReplyTimeout { txn: TxnId },
 }
@@ -62,7 +62,7 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
+    fn begin(&mut self, request: RequestId, branches: &[Branch], out: &mut Out) {
         if branches.is_empty() {
             return out.push(Command::Rejected { request, reason: Rejection::Invalid });
         }
@@ -73,7 +73,7 @@ impl Coordinator {
             return out.push(Command::Rejected { request, reason: Rejection::Overloaded });
         };
         out.push(Command::Begun { request, txn });
-        for b in &branches {
+        for b in branches {
             out.push(Command::Send {
                 to: b.node,
                 msg: Msg::Apply { txn, writes: b.writes.clone() },
@@ -116,7 +116,7 @@ impl Core for Coordinator {
                 }
             }
             Input::Persisted(Record::Applied { .. }) => {}
-            Input::Begin { request, branches } => self.begin(request, branches, out),
+            Input::Begin { request, branches } => self.begin(request, &branches, out),
             Input::Message { from, msg: Msg::Applied { txn, decision } } => {
                 let Some((pending, failed)) = self.waiting.get_mut(&txn) else { return };
                 pending.retain(|&p| p != from);
@@ -248,8 +248,13 @@ impl Protocol for Naive {
     fn message_kind(_msg: &Msg) -> MessageKind {
         MessageKind::Other
     }
-    fn record_kind(_record: &Record) -> RecordKind {
-        RecordKind::Other
+    fn record_kind(record: &Record) -> RecordKind {
+        match *record {
+            Record::Applied { txn, .. } => {
+                RecordKind::BranchDecided { txn, decision: Decision::Commit }
+            }
+            Record::EpochStarted { .. } => RecordKind::Other,
+        }
     }
 }
 
@@ -258,6 +263,15 @@ impl fmt::Display for Msg {
         match self {
             Msg::Apply { txn, .. } => write!(f, "APPLY {txn}"),
             Msg::Applied { txn, decision } => write!(f, "APPLIED {decision} {txn}"),
+        }
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::EpochStarted { epoch } => write!(f, "epoch {epoch}"),
+            Record::Applied { txn, .. } => write!(f, "applied {txn}"),
         }
     }
 }

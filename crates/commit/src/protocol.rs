@@ -124,6 +124,11 @@ pub enum RecordKind {
         txn: TxnId,
         decision: Decision,
     },
+    /// A participant's record of its own branch's outcome (applied on recovery).
+    BranchDecided {
+        txn: TxnId,
+        decision: Decision,
+    },
     Other,
 }
 
@@ -149,7 +154,7 @@ pub trait Protocol {
     /// The name on the command line (`--protocol 2pc`).
     const NAME: &'static str;
     type Msg: Clone + Debug + Display + Hash;
-    type Record: Clone + Debug + Hash + Encode;
+    type Record: Clone + Debug + Display + Hash + Encode;
     type Timer: Clone + Debug + Hash;
     type Config: Clone + Debug;
     type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;

@@ -48,7 +48,7 @@ impl<'a> Writer<'a> {
     pub fn i64(&mut self, v: i64) {
         self.buf().extend_from_slice(&v.to_le_bytes());
     }
-    pub fn len(&mut self, len: usize) {
+    pub fn sequence_len(&mut self, len: usize) {
         let len = u32::try_from(len).expect("sequence lengths are bounded far below u32::MAX");
         assert!(len <= MAX_SEQUENCE_LEN, "encoding a sequence of {len} items, over the limit");
         self.u32(len);
@@ -62,13 +62,13 @@ impl<'a> Writer<'a> {
         self.u32(v.sequence);
     }
     pub fn nodes(&mut self, v: &[NodeId]) {
-        self.len(v.len());
+        self.sequence_len(v.len());
         for n in v {
             self.node(*n);
         }
     }
     pub fn writes(&mut self, v: &[Write]) {
-        self.len(v.len());
+        self.sequence_len(v.len());
         for w in v {
             self.u64(w.key);
             self.i64(w.delta);
@@ -121,7 +121,7 @@ impl<'a> Reader<'a> {
     pub fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(i64::from_le_bytes(self.take()?))
     }
-    pub fn len(&mut self) -> Result<usize, DecodeError> {
+    pub fn sequence_len(&mut self) -> Result<usize, DecodeError> {
         let len = self.u32()?;
         if len > MAX_SEQUENCE_LEN {
             return Err(DecodeError::TooLong { len });
@@ -135,11 +135,11 @@ impl<'a> Reader<'a> {
         Ok(TxnId { coordinator: self.node()?, epoch: self.u32()?, sequence: self.u32()? })
     }
     pub fn nodes(&mut self) -> Result<Vec<NodeId>, DecodeError> {
-        let len = self.len()?;
+        let len = self.sequence_len()?;
         (0..len).map(|_| self.node()).collect()
     }
     pub fn writes(&mut self) -> Result<Vec<Write>, DecodeError> {
-        let len = self.len()?;
+        let len = self.sequence_len()?;
         (0..len).map(|_| Ok(Write { key: self.u64()?, delta: self.i64()? })).collect()
     }
     pub fn decision(&mut self) -> Result<Decision, DecodeError> {

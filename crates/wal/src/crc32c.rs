@@ -9,6 +9,7 @@ const fn build_table() -> [u32; 256] {
     let mut table = [0u32; 256];
     let mut i = 0;
     while i < 256 {
+        #[allow(clippy::cast_possible_truncation)] // i < 256
         let mut crc = i as u32;
         let mut bit = 0;
         while bit < 8 {

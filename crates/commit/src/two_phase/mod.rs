@@ -97,7 +97,7 @@ pub enum Record {
     Aborted { txn: TxnId },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Timer {
     VoteTimeout { txn: TxnId },
     ResendCommit { txn: TxnId, attempt: u32 },
@@ -176,7 +176,11 @@ impl Protocol for TwoPhase {
             Record::CommitDecided { txn, .. } => {
                 RecordKind::Decided { txn, decision: Decision::Commit }
             }
-            _ => RecordKind::Other,
+            Record::Committed { txn } | Record::OnePhaseCommitted { txn, .. } => {
+                RecordKind::BranchDecided { txn, decision: Decision::Commit }
+            }
+            Record::Aborted { txn } => RecordKind::BranchDecided { txn, decision: Decision::Abort },
+            Record::EpochStarted { .. } | Record::Ended { .. } => RecordKind::Other,
         }
     }
 }

@@ -383,7 +383,7 @@ impl Core for Participant {
             Input::Restart { records } => self.restart(records, out),
             Input::Persisted(record) => self.on_persisted(record, out),
             Input::Timer(Timer::Inquire { txn, attempt }) => {
-                self.on_inquiry_timer(txn, attempt, out)
+                self.on_inquiry_timer(txn, attempt, out);
             }
             Input::Timer(_) | Input::Begin { .. } => {}
             Input::Message { from, msg } => match msg {

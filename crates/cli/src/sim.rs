@@ -1,0 +1,346 @@
+//! `concord sim …`: list scenarios, run one with its diagram, sweep random fault schedules.
+
+use std::io::{IsTerminal, Write as _};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Subcommand;
+use concord_commit::naive::Naive;
+use concord_commit::two_phase::TwoPhase;
+use concord_sim::diagram;
+use concord_sim::report::RunReport;
+use concord_sim::scenarios::{self, Scenario, Verdict};
+use concord_sim::sweep::{sweep, SweepSummary};
+
+/// Protocols the simulator can run, by their command-line names.
+const PROTOCOLS: &[&str] = &["naive", "2pc"];
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// List the named scenarios, one line each.
+    Scenarios,
+    /// Run one scenario: print its outcome and a message-sequence diagram.
+    Run {
+        /// naive or 2pc.
+        #[arg(long)]
+        protocol: String,
+        /// A name from `concord sim scenarios`.
+        #[arg(long)]
+        scenario: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the diagram as SVG to this file.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        /// Print the outcome only.
+        #[arg(long)]
+        no_diagram: bool,
+    },
+    /// Run many randomized fault schedules; exit non-zero on any violation.
+    Sweep {
+        /// naive or 2pc.
+        #[arg(long)]
+        protocol: String,
+        #[arg(long, default_value_t = 10_000)]
+        runs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn check_protocol(name: &str) -> Result<(), String> {
+    if PROTOCOLS.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("unknown protocol '{name}' (known: {})", PROTOCOLS.join(", ")))
+    }
+}
+
+/// Calls `$body` with `$P` bound to the protocol type named by `$name`.
+macro_rules! with_protocol {
+    ($name:expr, $P:ident => $body:expr) => {
+        match $name {
+            "naive" => {
+                type $P = Naive;
+                $body
+            }
+            "2pc" => {
+                type $P = TwoPhase;
+                $body
+            }
+            other => unreachable!("protocol {other} was checked"),
+        }
+    };
+}
+
+pub fn run(command: SimCommand) -> Result<ExitCode, String> {
+    match command {
+        SimCommand::Scenarios => {
+            let width = scenarios::ALL.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            for s in scenarios::ALL {
+                println!("{:width$}  {}", s.name, s.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCommand::Run { protocol, scenario, seed, svg, no_diagram } => {
+            check_protocol(&protocol)?;
+            let scenario = scenarios::find(&scenario).ok_or_else(|| {
+                format!("unknown scenario '{scenario}' (run `concord sim scenarios` for the list)")
+            })?;
+            let report =
+                with_protocol!(protocol.as_str(), P => scenarios::run::<P>(scenario, seed, true));
+            run_output(scenario, &report, svg.as_deref(), no_diagram)
+        }
+        SimCommand::Sweep { protocol, runs, seed, threads, json } => {
+            check_protocol(&protocol)?;
+            if runs == 0 {
+                return Err("--runs must be at least 1".to_string());
+            }
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            if threads == 0 {
+                return Err("--threads must be at least 1".to_string());
+            }
+            let bar = ProgressBar::new(runs);
+            let started = Instant::now();
+            let summary = with_protocol!(protocol.as_str(), P => sweep::<P>(seed, runs, threads, &|done| bar.show(done)));
+            bar.finish();
+            let seconds = started.elapsed().as_secs_f64();
+            print_sweep(&protocol, seed, threads, seconds, &summary, json);
+            Ok(if summary.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+fn run_output(
+    scenario: &Scenario,
+    report: &RunReport,
+    svg: Option<&std::path::Path>,
+    no_diagram: bool,
+) -> Result<ExitCode, String> {
+    let title = format!(
+        "{} · {} · seed {} · trace {:016x}",
+        scenario.name, report.protocol, report.seed, report.trace_hash
+    );
+    let trace = report.trace.as_deref().unwrap_or(&[]);
+    let nodes = report.participants + 1;
+    if !no_diagram {
+        println!("{}", diagram::text(trace, nodes, &title));
+    }
+    if let Some(path) = svg {
+        std::fs::write(path, diagram::svg(trace, nodes, &title))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("diagram written to {}", path.display());
+    }
+    println!("{} — {}", scenario.name, scenario.summary);
+    println!(
+        "protocol {}, seed {}, trace hash {:016x}",
+        report.protocol, report.seed, report.trace_hash
+    );
+    let txns = report.txns();
+    if txns.len() <= 5 {
+        for txn in &txns {
+            let who: Vec<String> =
+                report.decisions_of(*txn).iter().map(|(n, d)| format!("{n} {d}")).collect();
+            println!("  {txn}: {}", who.join(", "));
+        }
+        for d in &report.in_doubt {
+            let state = if d.resolved { "" } else { " (unresolved)" };
+            println!("  {} in doubt about {} for {}{state}", d.node, d.txn, ms(d.us));
+        }
+    }
+    println!(
+        "  client: {} committed, {} aborted, {} never told; {} split across participants",
+        report.committed, report.aborted, report.outcome_unknown, report.split_txns
+    );
+    println!(
+        "  {} messages ({} lost, {} duplicated), {} forced log writes, {} events, ended at {}",
+        report.messages_sent,
+        report.messages_lost,
+        report.messages_duplicated,
+        report.syncs,
+        report.events,
+        ms(report.end_us)
+    );
+    if report.violations.is_empty() {
+        println!("  violations: none");
+    } else {
+        println!("  violations: {}", report.violations.len());
+        for v in report.violations.iter().take(10) {
+            println!("    {v}");
+        }
+    }
+    let verdict = (scenario.judge)(report.protocol, report);
+    let ok = match &verdict {
+        Verdict::Expected(words) => {
+            println!("as expected: {words}");
+            true
+        }
+        Verdict::Unexpected(words) => {
+            println!("UNEXPECTED: {words}");
+            false
+        }
+        Verdict::NoExpectation => {
+            println!("(this scenario states no expected outcome for {})", report.protocol);
+            report.violations.is_empty()
+        }
+    };
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_sweep(
+    protocol: &str,
+    seed: u64,
+    threads: usize,
+    seconds: f64,
+    s: &SweepSummary,
+    json: bool,
+) {
+    let txns_per_second = s.txns_begun as f64 / seconds.max(1e-9);
+    let per_core = txns_per_second / threads as f64;
+    if json {
+        let failing: Vec<serde_json::Value> = s
+            .failures
+            .iter()
+            .map(|(index, seed, v)| {
+                serde_json::json!({"run": index, "seed": seed, "property": v.property, "detail": v.detail})
+            })
+            .collect();
+        let value = serde_json::json!({
+            "protocol": protocol,
+            "seed": seed,
+            "runs": s.runs,
+            "violations": s.failed_runs,
+            "failing_runs": failing,
+            "blocked_runs": s.blocked_runs,
+            "transactions": s.txns_begun,
+            "committed": s.committed,
+            "aborted": s.aborted,
+            "outcome_unknown": s.outcome_unknown,
+            "split_transactions": s.split_txns,
+            "messages_per_txn": s.messages_per_txn(),
+            "forced_writes_per_txn": s.forced_writes_per_txn(),
+            "commit_latency_p50_us": s.commit_latency_us.quantile(0.5),
+            "commit_latency_p99_us": s.commit_latency_us.quantile(0.99),
+            "blocking_time_p50": s.in_doubt_us.quantile(0.5),
+            "blocking_time_p99": s.in_doubt_us.quantile(0.99),
+            "blocking_time_max": s.in_doubt_us.max(),
+            "blocking_time_unit": "us",
+            "events": s.events,
+            "threads": threads,
+            "wall_seconds": seconds,
+            "simulated_txns_per_second": txns_per_second,
+            "simulated_txns_per_second_per_core": per_core,
+        });
+        println!("{value}");
+        return;
+    }
+    let pct = |a: u64| 100.0 * a as f64 / s.runs.max(1) as f64;
+    println!("protocol              {protocol}");
+    println!("runs                  {} (seed {seed})", s.runs);
+    println!("runs with violations  {} ({:.3}%)", s.failed_runs, pct(s.failed_runs));
+    println!("blocked runs          {} ({:.2}%)", s.blocked_runs, pct(s.blocked_runs));
+    println!(
+        "transactions          {} begun: {} committed, {} aborted, {} outcome unknown to the client",
+        s.txns_begun, s.committed, s.aborted, s.outcome_unknown
+    );
+    println!("split transactions    {}", s.split_txns);
+    println!("messages / txn        {:.2}", s.messages_per_txn());
+    println!("forced writes / txn   {:.2}", s.forced_writes_per_txn());
+    println!(
+        "commit latency        p50 {}, p99 {}",
+        ms(s.commit_latency_us.quantile(0.5)),
+        ms(s.commit_latency_us.quantile(0.99))
+    );
+    println!(
+        "in-doubt time         p50 {}, p99 {}, max {}",
+        ms(s.in_doubt_us.quantile(0.5)),
+        ms(s.in_doubt_us.quantile(0.99)),
+        ms(s.in_doubt_us.max())
+    );
+    println!(
+        "speed                 {:.0} simulated txns/s on {threads} threads ({:.0}/s per core, {:.1} M/min per core), {:.1} s",
+        txns_per_second,
+        per_core,
+        per_core * 60.0 / 1e6,
+        seconds
+    );
+    for (index, seed, v) in &s.failures {
+        println!("FAILING run {index} seed {seed:#x}: {v}");
+    }
+    if s.failed_runs > s.failures.len() as u64 {
+        println!("… and {} more failing runs", s.failed_runs - s.failures.len() as u64);
+    }
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+struct ProgressBar {
+    total: u64,
+    enabled: bool,
+    last_drawn: Mutex<u64>,
+}
+
+impl ProgressBar {
+    fn new(total: u64) -> Self {
+        ProgressBar { total, enabled: std::io::stderr().is_terminal(), last_drawn: Mutex::new(0) }
+    }
+
+    fn show(&self, done: u64) {
+        if !self.enabled {
+            return;
+        }
+        let mut last =
+            self.last_drawn.lock().expect("progress lock is never poisoned: drawing cannot panic");
+        if done < *last {
+            return;
+        }
+        *last = done;
+        const WIDTH: u64 = 40;
+        let filled = usize::try_from(done * WIDTH / self.total.max(1)).expect("at most 40");
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {done}/{} runs",
+            "#".repeat(filled),
+            " ".repeat(40 - filled),
+            self.total
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
+}
+
+// The simulator's scenario names are part of the command-line interface.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_commit::Protocol;
+
+    #[test]
+    fn unknown_protocol_is_a_one_line_error() {
+        let err = check_protocol("4pc").unwrap_err();
+        assert_eq!(err, "unknown protocol '4pc' (known: naive, 2pc)");
+    }
+
+    #[test]
+    fn protocol_names_match_the_cores() {
+        assert_eq!(PROTOCOLS, &[Naive::NAME, TwoPhase::NAME]);
+    }
+}

@@ -1,0 +1,159 @@
+//! What one simulated run is: the cluster, its network and disks, the workload, and the faults.
+
+use concord_commit::{Branch, Switches};
+use concord_types::{Decision, NodeId, Vote};
+
+/// The coordinator is always node 0; participants are nodes `1..=participants`.
+pub const COORDINATOR: NodeId = NodeId(0);
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub participants: u32,
+    pub switches: Switches,
+    pub network: NetworkConfig,
+    pub disk: DiskConfig,
+    pub workload: Vec<TxnSpec>,
+    /// Faults at fixed virtual times.
+    pub faults: Vec<ScheduledFault>,
+    /// Faults fired by what a node does (the first matching command of that node).
+    pub triggers: Vec<Trigger>,
+    /// When the faults stop: partitions heal, loss and duplication stop, every node restarts.
+    pub heal_at_us: u64,
+    /// After healing, every prepared participant must resolve within this long.
+    pub liveness_bound_us: u64,
+    /// A participant in doubt longer than this makes the run count as blocked.
+    pub blocked_threshold_us: u64,
+    /// Keep a trace for diagrams (slower; off in sweeps).
+    pub record_trace: bool,
+    /// Hard bound on events processed; a run that needs more is reported, not looped.
+    pub max_events: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkConfig {
+    /// One-way delay, uniform in `delay_min_us..=delay_max_us`: different delays reorder.
+    pub delay_min_us: u64,
+    pub delay_max_us: u64,
+    pub drop_rate: f64,
+    pub duplicate_rate: f64,
+    /// Share of messages that take the long road: a delay uniform in
+    /// `delay_max_us..=long_delay_max_us`, long enough to arrive after timeouts have fired.
+    pub long_delay_rate: f64,
+    pub long_delay_max_us: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DiskConfig {
+    /// Time for one fdatasync.
+    pub fsync_us: u64,
+    /// Group commit: one sync covers every record written before it starts. Off: one sync per
+    /// forced record, one at a time.
+    pub group_commit: bool,
+    /// On a crash, keep a random prefix of the unsynced bytes (possibly cutting a record in
+    /// half); off: lose them all.
+    pub torn_writes: bool,
+}
+
+/// One client transaction: when it is submitted and what each branch writes.
+#[derive(Debug, Clone)]
+pub struct TxnSpec {
+    pub at_us: u64,
+    pub branches: Vec<Branch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduledFault {
+    pub at_us: u64,
+    pub action: FaultAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultAction {
+    Crash(NodeId),
+    Restart(NodeId),
+    /// Split the cluster: these nodes on one side, everyone else on the other.
+    Partition(Vec<NodeId>),
+    HealPartition,
+}
+
+/// A fault fired by the first command of `node` that matches `on`.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub node: NodeId,
+    pub on: TriggerOn,
+    /// Crash before the command takes effect (it and the rest of the step are lost) or after.
+    pub timing: TriggerTiming,
+    pub action: TriggerAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerOn {
+    /// The node writes a prepare record.
+    PersistPrepared,
+    /// The node writes a decision record.
+    PersistDecision(Decision),
+    /// The node sends a vote.
+    SendVote(Vote),
+    /// The node sends a decision message.
+    SendDecision(Decision),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerTiming {
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone)]
+pub enum TriggerAction {
+    /// Crash the node; restart it this long afterwards.
+    Crash { restart_after_us: u64 },
+    /// Partition (these nodes against the rest); heal this long afterwards.
+    Partition { side: Vec<NodeId>, heal_after_us: u64 },
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            delay_min_us: 500,
+            delay_max_us: 1_500,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            long_delay_rate: 0.0,
+            long_delay_max_us: 0,
+        }
+    }
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig { fsync_us: 200, group_commit: true, torn_writes: true }
+    }
+}
+
+impl SimConfig {
+    /// A fault-free cluster of `participants` with the given workload.
+    pub fn new(seed: u64, participants: u32, workload: Vec<TxnSpec>) -> Self {
+        let last_submit = workload.iter().map(|t| t.at_us).max().unwrap_or(0);
+        SimConfig {
+            seed,
+            participants,
+            switches: Switches::default(),
+            network: NetworkConfig::default(),
+            disk: DiskConfig::default(),
+            workload,
+            faults: Vec::new(),
+            triggers: Vec::new(),
+            heal_at_us: last_submit + 1,
+            liveness_bound_us: 10_000_000,
+            blocked_threshold_us: 200_000,
+            record_trace: false,
+            max_events: 5_000_000,
+        }
+    }
+
+    pub fn participant_ids(&self) -> impl Iterator<Item = NodeId> {
+        (1..=self.participants).map(NodeId)
+    }
+}

@@ -1,0 +1,44 @@
+//! **Liveness after heal**: once the faults stop (every node up, partitions healed, no loss),
+//! every prepared participant learns the outcome within a bounded virtual time, and every
+//! participant that voted YES on a committed transaction commits it.
+//!
+//! Source: the issue's liveness phase (TigerBeetle's VOPR and FoundationDB's simulation run a
+//! safety phase, then heal and demand progress); DESIGN.md §3 ("recovery re-drives every logged
+//! decision until all acks arrive").
+
+use std::collections::BTreeMap;
+
+use concord_types::{Decision, TxnId};
+
+use super::{History, ParticipantEnd, TxnDecisions};
+
+pub const PROPERTY: &str = "liveness";
+
+pub fn check(
+    history: &History,
+    decisions: &BTreeMap<TxnId, TxnDecisions>,
+    participants: &[ParticipantEnd],
+    found: &mut Vec<(&'static str, String)>,
+) {
+    for p in participants {
+        if !p.up {
+            found.push((PROPERTY, format!("{} is still down after healing", p.node)));
+        }
+        for txn in &p.in_doubt {
+            found.push((
+                PROPERTY,
+                format!("{} is still in doubt about {txn} after healing", p.node),
+            ));
+        }
+    }
+    for &(node, txn) in history.yes_at.keys() {
+        let committed = decisions.get(&txn).is_some_and(|d| d.any(Decision::Commit));
+        let decided = history.participant_decisions.get(&(node, txn)).map(|(d, _)| *d);
+        if committed && decided != Some(Decision::Commit) {
+            found.push((
+                PROPERTY,
+                format!("{node} voted YES on committed {txn} but has {decided:?}"),
+            ));
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! **Log before you send**: a participant's YES vote leaves only once its prepare record is
+//! durable, and a COMMIT decision message (from the coordinator, or a peer repeating it) leaves
+//! only once the coordinator's commit decision is durable. Checked at the moment of sending, so
+//! it holds whatever the scheduling of syncs and crashes.
+//!
+//! Source: DESIGN.md §1 ("log before you send is structural") and §3 ("a participant votes YES
+//! only after its prepare record is durable"; "the coordinator forces its COMMIT decision before
+//! sending any COMMIT"); the seed track's "Handle Coordinator Failure" task.
+
+use concord_commit::MessageKind;
+use concord_types::{Decision, NodeId, Vote};
+
+use super::History;
+
+pub const PROPERTY: &str = "log-before-send";
+
+pub fn on_send(h: &mut History, from: NodeId, kind: MessageKind, now: u64) {
+    match kind {
+        MessageKind::Vote { txn, vote: Vote::Yes } if !h.durable_prepares.contains(&(from, txn)) => {
+            let detail = format!("{from} voted YES on {txn} before its prepare was durable");
+            h.violate(PROPERTY, now, detail);
+        }
+        MessageKind::Decision { txn, decision: Decision::Commit }
+            if h.logged.get(&txn) != Some(&Decision::Commit) =>
+        {
+            let detail = format!("{from} sent COMMIT for {txn} before the decision was durable");
+            h.violate(PROPERTY, now, detail);
+        }
+        _ => {}
+    }
+}

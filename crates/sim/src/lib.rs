@@ -1,0 +1,31 @@
+//! Concord's deterministic fault simulator.
+//!
+//! It runs the real protocol cores from `concord-commit` — not models of them — on a simulated
+//! network (delay, loss, duplication, reordering, partitions) and simulated disks (synced and
+//! unsynced bytes, torn tails), crashes and restarts nodes, and checks every run against the
+//! properties in [`invariants`]. One thread, a virtual clock and one seeded PRNG: the same seed
+//! gives the same run, bit for bit ([`RunReport::trace_hash`]).
+//!
+//! * [`world`] — the engine; [`disk`] — the simulated disk; [`config`] — what a run is.
+//! * [`workload`] — transactions; [`scenarios`] — the named failure stories;
+//!   [`sweep`] — many randomized fault schedules, a safety phase then a liveness phase.
+//! * [`invariants`] — one file per property; [`report`] — what a run produced;
+//!   [`diagram`] — message-sequence diagrams (text and SVG) from a run's trace.
+
+pub mod config;
+pub mod diagram;
+pub mod disk;
+pub mod hash;
+pub mod histogram;
+pub mod invariants;
+pub mod report;
+pub mod rng;
+pub mod scenarios;
+pub mod sweep;
+pub mod trace;
+pub mod workload;
+pub mod world;
+
+pub use config::SimConfig;
+pub use report::RunReport;
+pub use world::simulate;

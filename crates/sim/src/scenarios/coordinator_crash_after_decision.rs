@@ -1,0 +1,51 @@
+//! The coordinator's COMMIT decision is durable, then it crashes before sending it. Recovery
+//! finds the decision in the log and re-sends it: every participant commits.
+
+use concord_types::Decision;
+
+use super::{all_decided, common_checks, one_transfer, verdict, Scenario, Verdict, OUTAGE_US};
+use crate::config::{Trigger, TriggerAction, TriggerOn, TriggerTiming, COORDINATOR};
+use crate::report::RunReport;
+
+pub const SCENARIO: Scenario = Scenario {
+    name: "coordinator-crash-after-decision",
+    summary: "decision logged, coordinator dies before sending it: recovery re-sends COMMIT",
+    build,
+    judge,
+};
+
+fn build(seed: u64) -> crate::SimConfig {
+    let mut config = one_transfer(seed);
+    config.triggers.push(Trigger {
+        node: COORDINATOR,
+        on: TriggerOn::SendDecision(Decision::Commit),
+        timing: TriggerTiming::Before,
+        action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
+    });
+    config
+}
+
+fn judge(protocol: &str, report: &RunReport) -> Verdict {
+    if protocol != "2pc" {
+        return Verdict::NoExpectation;
+    }
+    verdict((|| {
+        common_checks(report)?;
+        all_decided(report, Decision::Commit, &[1, 2, 3])?;
+        if report.outcome_unknown != 1 {
+            return Err(format!(
+                "the client should not have heard (it crashed first); unknown = {}",
+                report.outcome_unknown
+            ));
+        }
+        let min = report.in_doubt.iter().map(|d| d.us).min().unwrap_or(0);
+        if min < OUTAGE_US {
+            return Err(format!(
+                "participants resolved before the coordinator returned: {:?}",
+                report.in_doubt
+            ));
+        }
+        Ok("recovery re-sent the logged COMMIT: all 3 participants committed after the restart"
+            .to_string())
+    })())
+}

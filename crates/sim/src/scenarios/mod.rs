@@ -1,0 +1,108 @@
+//! Named failure stories from the seed documents, each with the outcome it must have.
+//!
+//! A scenario builds a [`SimConfig`] (workload, faults, triggers) for a seed and judges the run's
+//! [`RunReport`] for a protocol. The seed varies delays and the like; the story and its expected
+//! outcome do not.
+
+mod coordinator_crash_after_decision;
+mod coordinator_crash_after_prepare;
+mod duplicate_commit;
+mod naive_partial_failure;
+mod participant_crash_after_yes;
+mod participant_crash_before_vote;
+mod partition_during_commit;
+
+use concord_commit::Branch;
+use concord_types::{Decision, NodeId, Write};
+
+use crate::config::{SimConfig, TxnSpec};
+use crate::report::RunReport;
+
+/// What a scenario says of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The run did what the scenario says this protocol does; the words say what that was.
+    Expected(String),
+    /// It did not; the words say how.
+    Unexpected(String),
+    /// The scenario states no outcome for this protocol.
+    NoExpectation,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: fn(seed: u64) -> SimConfig,
+    pub judge: fn(protocol: &str, report: &RunReport) -> Verdict,
+}
+
+/// Every scenario, in the order `concord sim scenarios` lists them.
+pub const ALL: &[Scenario] = &[
+    coordinator_crash_after_prepare::SCENARIO,
+    coordinator_crash_after_decision::SCENARIO,
+    participant_crash_after_yes::SCENARIO,
+    participant_crash_before_vote::SCENARIO,
+    partition_during_commit::SCENARIO,
+    duplicate_commit::SCENARIO,
+    naive_partial_failure::SCENARIO,
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+/// Runs `scenario` for protocol `P` with `seed`.
+pub fn run<P: concord_commit::Protocol>(
+    scenario: &Scenario,
+    seed: u64,
+    record_trace: bool,
+) -> RunReport {
+    let mut config = (scenario.build)(seed);
+    config.record_trace = record_trace;
+    crate::simulate::<P>(config)
+}
+
+/// How long a crashed coordinator stays down, or a partition lasts, in the stories.
+pub const OUTAGE_US: u64 = 2_000_000;
+
+/// The stories' transaction: one transfer touching all three participants, submitted at 1 ms.
+fn one_transfer(seed: u64) -> SimConfig {
+    let branches =
+        (1..=3).map(|n| Branch { node: NodeId(n), writes: vec![Write { key: 1, delta: 10 }] });
+    let mut config =
+        SimConfig::new(seed, 3, vec![TxnSpec { at_us: 1_000, branches: branches.collect() }]);
+    // Faults stop well after every outage in the stories, so the stories play out unhealed.
+    config.heal_at_us = 3 * OUTAGE_US;
+    // Lose unsynced bytes outright: the stories depend on a record being lost, not on luck.
+    config.disk.torn_writes = false;
+    config
+}
+
+/// Checks shared by the stories; the first failure, if any.
+fn common_checks(report: &RunReport) -> Result<(), String> {
+    if let Some(v) = report.violations.first() {
+        return Err(format!("{} violation(s), first: {v}", report.violations.len()));
+    }
+    Ok(())
+}
+
+fn all_decided(report: &RunReport, decision: Decision, nodes: &[u32]) -> Result<(), String> {
+    let Some(&txn) = report.txns().first() else {
+        return Err("no participant decided anything".to_string());
+    };
+    let got = report.decisions_of(txn);
+    let want: Vec<(NodeId, Decision)> = nodes.iter().map(|&n| (NodeId(n), decision)).collect();
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("expected {want:?}, participants decided {got:?}"))
+    }
+}
+
+fn verdict(result: Result<String, String>) -> Verdict {
+    match result {
+        Ok(words) => Verdict::Expected(words),
+        Err(words) => Verdict::Unexpected(words),
+    }
+}

@@ -1,0 +1,615 @@
+//! The simulation engine: one thread, a virtual clock, a seeded PRNG, and an event queue.
+//!
+//! ```text
+//!   event queue (time, seq) ──► dispatch ──► core.handle(input) ──► commands
+//!        ▲                                                           │
+//!        ├── Deliver  ◄── network: delay, loss, duplication, partition ◄── Send
+//!        ├── SyncDone ◄── disk: group commit, fsync time               ◄── Persist
+//!        ├── Timer    ◄────────────────────────────────────────────────── SetTimer
+//!        └── Submit / Fault / Heal ◄── workload and fault schedule
+//! ```
+//!
+//! Every random choice comes from one [`Rng`] in a fixed order, and ties in time are broken by
+//! insertion order, so a seed determines the run: the trace hash proves it.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use concord_commit::{
+    Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind,
+};
+use concord_types::{Decision, NodeId, RequestId, TxnId};
+
+use crate::config::{
+    FaultAction, SimConfig, Trigger, TriggerAction, TriggerOn, TriggerTiming, COORDINATOR,
+};
+use crate::disk::Disk;
+use crate::hash::Fnv1a;
+use crate::invariants::{self, log_before_send, DecisionSource, History, ParticipantEnd};
+use crate::report::{InDoubt, RunReport};
+use crate::rng::Rng;
+use crate::trace::{TraceEntry, TraceEvent};
+
+type In<P> = Input<<P as Protocol>::Msg, <P as Protocol>::Record, <P as Protocol>::Timer>;
+type Cmd<P> = Command<<P as Protocol>::Msg, <P as Protocol>::Record, <P as Protocol>::Timer>;
+
+enum Event<P: Protocol> {
+    Submit { index: usize },
+    Deliver { id: u64, from: NodeId, to: NodeId, msg: P::Msg },
+    Timer { node: NodeId, incarnation: u32, timer: P::Timer },
+    SyncDone { node: NodeId, incarnation: u32 },
+    Fault(FaultAction),
+    Heal,
+}
+
+struct Scheduled<P: Protocol> {
+    at: u64,
+    seq: u64,
+    event: Event<P>,
+}
+
+impl<P: Protocol> PartialEq for Scheduled<P> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl<P: Protocol> Eq for Scheduled<P> {}
+impl<P: Protocol> PartialOrd for Scheduled<P> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<P: Protocol> Ord for Scheduled<P> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+enum Role<P: Protocol> {
+    Coordinator(P::Coordinator),
+    Participant(P::Participant),
+}
+
+struct Node<P: Protocol> {
+    id: NodeId,
+    core: Option<Role<P>>,
+    /// Bumped at every crash: timers and syncs of an earlier life are ignored.
+    incarnation: u32,
+    disk: Disk<P::Record>,
+}
+
+/// One simulated run of protocol `P`.
+pub struct Simulation<P: Protocol> {
+    config: SimConfig,
+    protocol_config: P::Config,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled<P>>>,
+    nodes: Vec<Node<P>>,
+    /// Side of each node while partitioned.
+    partition: Option<Vec<bool>>,
+    faults_active: bool,
+    drop_rate: f64,
+    duplicate_rate: f64,
+    triggers: Vec<(Trigger, bool)>,
+    history: History,
+    submitted_at: HashMap<RequestId, u64>,
+    txn_submitted_at: HashMap<TxnId, u64>,
+    report: RunReport,
+    next_message_id: u64,
+    hasher: Fnv1a,
+    trace: Option<Vec<TraceEntry>>,
+}
+
+impl<P: Protocol> std::fmt::Debug for Simulation<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation").field("protocol", &P::NAME).field("now", &self.now).finish()
+    }
+}
+
+impl<P: Protocol> Simulation<P> {
+    pub fn new(config: SimConfig) -> Self {
+        let protocol_config = P::config(config.switches);
+        let nodes = (0..=config.participants)
+            .map(|i| Node { id: NodeId(i), core: None, incarnation: 0, disk: Disk::default() })
+            .collect();
+        let report = RunReport {
+            seed: config.seed,
+            protocol: P::NAME,
+            participants: config.participants,
+            ..RunReport::default()
+        };
+        Simulation {
+            rng: Rng::new(config.seed),
+            protocol_config,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            partition: None,
+            faults_active: true,
+            drop_rate: config.network.drop_rate,
+            duplicate_rate: config.network.duplicate_rate,
+            triggers: config.triggers.iter().cloned().map(|t| (t, false)).collect(),
+            history: History::default(),
+            submitted_at: HashMap::new(),
+            txn_submitted_at: HashMap::new(),
+            report,
+            next_message_id: 0,
+            hasher: Fnv1a::default(),
+            trace: config.record_trace.then(Vec::new),
+            config,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, event: Event<P>) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, event }));
+    }
+
+    fn trace(&mut self, event: impl FnOnce() -> TraceEvent) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(TraceEntry { at_us: self.now, event: event() });
+        }
+    }
+
+    /// Runs to the end and checks every property.
+    pub fn run(mut self) -> RunReport {
+        for i in 0..self.nodes.len() {
+            self.boot(i, Vec::new());
+        }
+        for index in 0..self.config.workload.len() {
+            self.schedule(self.config.workload[index].at_us, Event::Submit { index });
+        }
+        for fault in self.config.faults.clone() {
+            self.schedule(fault.at_us, Event::Fault(fault.action));
+        }
+        self.schedule(self.config.heal_at_us, Event::Heal);
+        let deadline = self.config.heal_at_us.saturating_add(self.config.liveness_bound_us);
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at > deadline {
+                break;
+            }
+            if self.report.events >= self.config.max_events {
+                let detail = format!("event budget of {} exhausted", self.config.max_events);
+                self.history.violate("event-budget", self.now, detail);
+                break;
+            }
+            self.report.events += 1;
+            self.now = next.at;
+            self.dispatch(next.event);
+        }
+        self.finish()
+    }
+
+    fn dispatch(&mut self, event: Event<P>) {
+        self.now.hash(&mut self.hasher);
+        match event {
+            Event::Submit { index } => {
+                0u8.hash(&mut self.hasher);
+                index.hash(&mut self.hasher);
+                self.submit(index);
+            }
+            Event::Deliver { id, from, to, msg } => {
+                1u8.hash(&mut self.hasher);
+                (from, to).hash(&mut self.hasher);
+                msg.hash(&mut self.hasher);
+                self.deliver(id, from, to, msg);
+            }
+            Event::Timer { node, incarnation, timer } => {
+                let n = &self.nodes[node.0 as usize];
+                if n.incarnation == incarnation && n.core.is_some() {
+                    2u8.hash(&mut self.hasher);
+                    (node, &timer).hash(&mut self.hasher);
+                    self.input(node, Input::Timer(timer));
+                }
+            }
+            Event::SyncDone { node, incarnation } => {
+                if self.nodes[node.0 as usize].incarnation == incarnation {
+                    3u8.hash(&mut self.hasher);
+                    node.hash(&mut self.hasher);
+                    self.sync_done(node);
+                }
+            }
+            Event::Fault(action) => {
+                4u8.hash(&mut self.hasher);
+                self.fault(&action);
+            }
+            Event::Heal => {
+                5u8.hash(&mut self.hasher);
+                self.heal();
+            }
+        }
+    }
+
+    fn submit(&mut self, index: usize) {
+        self.report.txns_submitted += 1;
+        let request = RequestId(index as u64);
+        let accepted = self.nodes[COORDINATOR.0 as usize].core.is_some();
+        self.trace(|| TraceEvent::Submit { request: request.0, accepted });
+        if !accepted {
+            self.report.txns_not_started += 1;
+            return;
+        }
+        self.submitted_at.insert(request, self.now);
+        let branches = self.config.workload[index].branches.clone();
+        self.input(COORDINATOR, Input::Begin { request, branches });
+    }
+
+    fn partitioned(&self, a: NodeId, b: NodeId) -> bool {
+        self.partition.as_ref().is_some_and(|side| side[a.0 as usize] != side[b.0 as usize])
+    }
+
+    fn deliver(&mut self, id: u64, from: NodeId, to: NodeId, msg: P::Msg) {
+        let reason = if self.partitioned(from, to) {
+            Some("partition")
+        } else if self.nodes[to.0 as usize].core.is_none() {
+            Some("down")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.report.messages_lost += 1;
+            self.trace(|| TraceEvent::Lost { id, from, to, label: msg.to_string(), reason });
+            return;
+        }
+        self.trace(|| TraceEvent::Deliver { id, from, to, label: msg.to_string() });
+        self.input(to, Input::Message { from, msg });
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: P::Msg) {
+        self.report.messages_sent += 1;
+        log_before_send::on_send(&mut self.history, from, P::message_kind(&msg), self.now);
+        match P::message_kind(&msg) {
+            MessageKind::Vote { txn, vote } => {
+                if vote == concord_types::Vote::Yes {
+                    self.history.yes_at.entry((from, txn)).or_insert(self.now);
+                }
+                if vote == concord_types::Vote::No {
+                    self.history.no_votes.insert(txn);
+                }
+            }
+            MessageKind::Decision { .. } | MessageKind::Other => {}
+        }
+        self.next_message_id += 1;
+        let id = self.next_message_id;
+        self.trace(|| TraceEvent::Send { id, from, to, label: msg.to_string() });
+        let dropped = self.rng.chance(self.drop_rate);
+        if self.partitioned(from, to) || dropped {
+            self.report.messages_lost += 1;
+            let reason = if dropped { "drop" } else { "partition" };
+            self.trace(|| TraceEvent::Lost { id, from, to, label: msg.to_string(), reason });
+            return;
+        }
+        let delay = self.delay();
+        if self.rng.chance(self.duplicate_rate) {
+            self.report.messages_duplicated += 1;
+            let again = self.delay();
+            self.schedule(self.now + again, Event::Deliver { id, from, to, msg: msg.clone() });
+        }
+        self.schedule(self.now + delay, Event::Deliver { id, from, to, msg });
+    }
+
+    /// One message's delay: usually short, now and then (after healing, never) very long.
+    fn delay(&mut self) -> u64 {
+        let net = self.config.network;
+        if self.faults_active && self.rng.chance(net.long_delay_rate) {
+            self.rng.range(net.delay_max_us, net.long_delay_max_us.max(net.delay_max_us))
+        } else {
+            self.rng.range(net.delay_min_us, net.delay_max_us)
+        }
+    }
+
+    /// Creates a node's core and hands it its log.
+    fn boot(&mut self, index: usize, records: Vec<P::Record>) {
+        let id = self.nodes[index].id;
+        let role = if id == COORDINATOR {
+            Role::Coordinator(P::coordinator(id, &self.protocol_config))
+        } else {
+            Role::Participant(P::participant(id, &self.protocol_config))
+        };
+        self.nodes[index].core = Some(role);
+        self.input(id, Input::Restart { records });
+    }
+
+    fn crash(&mut self, node: NodeId) {
+        let index = node.0 as usize;
+        if self.nodes[index].core.is_none() {
+            return;
+        }
+        self.nodes[index].core = None;
+        self.nodes[index].incarnation += 1;
+        let torn = self.config.disk.torn_writes;
+        let survivors = self.nodes[index].disk.crash(&mut self.rng, torn);
+        for record in &survivors {
+            self.observe_durable(node, record, true);
+        }
+        self.trace(|| TraceEvent::Crash { node });
+    }
+
+    fn restart(&mut self, node: NodeId) {
+        let index = node.0 as usize;
+        if self.nodes[index].core.is_some() {
+            return;
+        }
+        let records = self.nodes[index].disk.recover();
+        let count = records.len();
+        self.trace(|| TraceEvent::Restart { node, records: count });
+        if node == COORDINATOR {
+            self.report.locked_keys_at_coordinator_restart = (1..self.nodes.len())
+                .filter_map(|i| match &self.nodes[i].core {
+                    Some(Role::Participant(p)) => Some((self.nodes[i].id, p.store().locked_keys())),
+                    _ => None,
+                })
+                .collect();
+        }
+        self.boot(index, records);
+    }
+
+    fn fault(&mut self, action: &FaultAction) {
+        match action {
+            FaultAction::Crash(node) if self.faults_active => self.crash(*node),
+            FaultAction::Partition(side) if self.faults_active => self.start_partition(side),
+            FaultAction::Restart(node) => self.restart(*node),
+            FaultAction::HealPartition => {
+                if self.partition.take().is_some() {
+                    self.trace(|| TraceEvent::Heal);
+                }
+            }
+            FaultAction::Crash(_) | FaultAction::Partition(_) => {} // faults have stopped
+        }
+    }
+
+    fn start_partition(&mut self, side: &[NodeId]) {
+        let mut sides = vec![false; self.nodes.len()];
+        for n in side {
+            sides[n.0 as usize] = true;
+        }
+        self.partition = Some(sides);
+        let side = side.to_vec();
+        self.trace(|| TraceEvent::Partition { side });
+    }
+
+    fn heal(&mut self) {
+        self.faults_active = false;
+        self.drop_rate = 0.0;
+        self.duplicate_rate = 0.0;
+        if self.partition.take().is_some() {
+            self.trace(|| TraceEvent::Heal);
+        }
+        for i in 0..self.nodes.len() {
+            self.restart(self.nodes[i].id);
+        }
+    }
+
+    /// A record became durable (by a sync, or by luck in a crash).
+    fn observe_durable(&mut self, node: NodeId, record: &P::Record, by_crash: bool) {
+        match P::record_kind(record) {
+            RecordKind::Prepared { txn } => {
+                self.history.durable_prepares.insert((node, txn));
+            }
+            RecordKind::Decided { txn, decision } => {
+                self.history.decision_logged(txn, decision, self.now);
+            }
+            RecordKind::BranchDecided { txn, decision } => {
+                // After a sync the core reports its outcome itself; after a crash it never will.
+                if by_crash && !self.history.participant_decisions.contains_key(&(node, txn)) {
+                    let source = DecisionSource::RecoveredRecord;
+                    self.history.participant_decided(node, txn, decision, source, self.now);
+                }
+            }
+            RecordKind::Other => {}
+        }
+    }
+
+    fn sync_done(&mut self, node: NodeId) {
+        let index = node.0 as usize;
+        let done = self.nodes[index].disk.complete_sync();
+        // Everything this sync covered is durable now, whatever the cores do next.
+        for (record, _) in &done {
+            self.observe_durable(node, record, false);
+        }
+        for (record, durability) in done {
+            if durability == Durability::Forced {
+                self.trace(|| TraceEvent::Durable { node, label: record.to_string() });
+                self.input(node, Input::Persisted(record));
+                if self.nodes[index].core.is_none() {
+                    return; // a trigger crashed it
+                }
+            }
+        }
+        self.start_sync(node);
+    }
+
+    fn start_sync(&mut self, node: NodeId) {
+        let index = node.0 as usize;
+        if self.nodes[index].disk.start_sync(self.config.disk.group_commit) {
+            self.report.syncs += 1;
+            let incarnation = self.nodes[index].incarnation;
+            self.schedule(
+                self.now + self.config.disk.fsync_us,
+                Event::SyncDone { node, incarnation },
+            );
+        }
+    }
+
+    /// Hands one input to a node's core and carries out its commands in order.
+    fn input(&mut self, node: NodeId, input: In<P>) {
+        let mut out: Vec<Cmd<P>> = Vec::new();
+        match self.nodes[node.0 as usize].core.as_mut() {
+            Some(Role::Coordinator(c)) => c.handle(input, &mut out),
+            Some(Role::Participant(p)) => p.handle(input, &mut out),
+            None => return,
+        }
+        for command in out {
+            let trigger = self.matching_trigger(node, &command);
+            if let Some((TriggerTiming::Before, action)) = &trigger {
+                if self.fire(node, action) {
+                    return; // crashed: this command and the rest of the step never happen
+                }
+            }
+            self.execute(node, command);
+            if let Some((TriggerTiming::After, action)) = &trigger {
+                if self.fire(node, action) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn matching_trigger(
+        &mut self,
+        node: NodeId,
+        command: &Cmd<P>,
+    ) -> Option<(TriggerTiming, TriggerAction)> {
+        let on = match command {
+            Command::Persist { record, .. } => match P::record_kind(record) {
+                RecordKind::Prepared { .. } => TriggerOn::PersistPrepared,
+                RecordKind::Decided { decision, .. } => TriggerOn::PersistDecision(decision),
+                _ => return None,
+            },
+            Command::Send { msg, .. } => match P::message_kind(msg) {
+                MessageKind::Vote { vote, .. } => TriggerOn::SendVote(vote),
+                MessageKind::Decision { decision, .. } => TriggerOn::SendDecision(decision),
+                MessageKind::Other => return None,
+            },
+            _ => return None,
+        };
+        if !self.faults_active {
+            return None;
+        }
+        let (trigger, fired) =
+            self.triggers.iter_mut().find(|(t, fired)| !fired && t.node == node && t.on == on)?;
+        *fired = true;
+        Some((trigger.timing, trigger.action.clone()))
+    }
+
+    /// Carries out a trigger's action; true if the node crashed.
+    fn fire(&mut self, node: NodeId, action: &TriggerAction) -> bool {
+        match action {
+            TriggerAction::Crash { restart_after_us } => {
+                self.crash(node);
+                self.schedule(
+                    self.now + restart_after_us,
+                    Event::Fault(FaultAction::Restart(node)),
+                );
+                true
+            }
+            TriggerAction::Partition { side, heal_after_us } => {
+                self.start_partition(side);
+                self.schedule(self.now + heal_after_us, Event::Fault(FaultAction::HealPartition));
+                false
+            }
+        }
+    }
+
+    fn execute(&mut self, node: NodeId, command: Cmd<P>) {
+        match command {
+            Command::Send { to, msg } => self.send(node, to, msg),
+            Command::Persist { record, durability } => {
+                self.report.records_written += 1;
+                let forced = durability == Durability::Forced;
+                self.trace(|| TraceEvent::Persist { node, label: record.to_string(), forced });
+                self.nodes[node.0 as usize].disk.append(record, durability);
+                self.start_sync(node);
+            }
+            Command::SetTimer { timer, after_us } => {
+                let incarnation = self.nodes[node.0 as usize].incarnation;
+                self.schedule(self.now + after_us, Event::Timer { node, incarnation, timer });
+            }
+            Command::Begun { request, txn } => {
+                self.report.txns_begun += 1;
+                let branches = self.config.workload
+                    [usize::try_from(request.0).expect("request ids are workload indexes")]
+                .branches
+                .clone();
+                self.history.branches.insert(txn, branches);
+                if let Some(&at) = self.submitted_at.get(&request) {
+                    self.txn_submitted_at.insert(txn, at);
+                }
+            }
+            Command::Rejected { .. } => self.report.txns_not_started += 1,
+            Command::Outcome { txn, decision } => {
+                self.trace(|| TraceEvent::Outcome { node, txn, decision });
+                if node == COORDINATOR {
+                    self.client_outcome(txn, decision);
+                } else {
+                    let source = DecisionSource::Outcome;
+                    self.history.participant_decided(node, txn, decision, source, self.now);
+                }
+            }
+        }
+    }
+
+    fn client_outcome(&mut self, txn: TxnId, decision: Decision) {
+        if !self.history.client_outcomes.contains_key(&txn) {
+            match decision {
+                Decision::Commit => {
+                    self.report.committed += 1;
+                    if let Some(&at) = self.txn_submitted_at.get(&txn) {
+                        self.report.commit_latency_us.push(self.now - at);
+                    }
+                }
+                Decision::Abort => self.report.aborted += 1,
+            }
+        }
+        self.history.client_told(txn, decision, self.now);
+    }
+
+    fn finish(mut self) -> RunReport {
+        let end = self.now;
+        let participants: Vec<ParticipantEnd> = self.nodes[1..]
+            .iter()
+            .map(|n| match &n.core {
+                Some(Role::Participant(p)) => ParticipantEnd {
+                    node: n.id,
+                    up: true,
+                    in_doubt: p.in_doubt(),
+                    values: p.store().values().clone(),
+                },
+                _ => ParticipantEnd {
+                    node: n.id,
+                    up: false,
+                    in_doubt: Vec::new(),
+                    values: Default::default(),
+                },
+            })
+            .collect();
+        invariants::check_end(&mut self.history, &participants, end);
+
+        let mut report = self.report;
+        let history = self.history;
+        report.outcome_unknown =
+            report.txns_begun.saturating_sub(history.client_outcomes.len() as u64);
+        report.split_txns = history.decisions_of().values().filter(|d| d.is_split()).count() as u64;
+        report.in_doubt = history
+            .yes_at
+            .iter()
+            .map(|(&(node, txn), &since)| {
+                let decided = history.participant_decisions.get(&(node, txn));
+                let until = decided.map_or(end, |&(_, at)| at.max(since));
+                InDoubt { node, txn, us: until - since, resolved: decided.is_some() }
+            })
+            .collect();
+        report.in_doubt.sort_unstable_by_key(|d| (d.txn, d.node));
+        report.blocked = report.max_in_doubt_us() > self.config.blocked_threshold_us;
+        report.decisions = history
+            .participant_decisions
+            .iter()
+            .map(|(&(node, txn), &(decision, _))| (node, txn, decision))
+            .collect();
+        report.decisions.sort_unstable_by_key(|&(n, t, _)| (t, n));
+        report.violations = history.violations;
+        report.trace_hash = self.hasher.finish();
+        report.end_us = end;
+        report.trace = self.trace;
+        report
+    }
+}
+
+/// Runs one simulation of protocol `P`.
+pub fn simulate<P: Protocol>(config: SimConfig) -> RunReport {
+    Simulation::<P>::new(config).run()
+}

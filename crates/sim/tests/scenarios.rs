@@ -1,0 +1,73 @@
+//! Every named scenario, run for the protocols it states an outcome for, must have that outcome.
+
+use concord_commit::naive::Naive;
+use concord_commit::two_phase::TwoPhase;
+use concord_commit::Protocol;
+use concord_sim::scenarios::{self, Verdict};
+
+fn assert_expected<P: Protocol>(name: &str) {
+    let scenario = scenarios::find(name).expect("scenario is registered");
+    for seed in [1, 2, 3] {
+        let report = scenarios::run::<P>(scenario, seed, false);
+        match (scenario.judge)(P::NAME, &report) {
+            Verdict::Expected(_) => {}
+            other => panic!(
+                "{name} with {} seed {seed}: {other:?}\nviolations: {:#?}",
+                P::NAME,
+                report.violations
+            ),
+        }
+    }
+}
+
+#[test]
+fn coordinator_crash_after_prepare_blocks_participants_until_it_returns() {
+    assert_expected::<TwoPhase>("coordinator-crash-after-prepare");
+}
+
+#[test]
+fn coordinator_crash_after_decision_is_recovered_from_the_log() {
+    assert_expected::<TwoPhase>("coordinator-crash-after-decision");
+}
+
+#[test]
+fn participant_crash_after_yes_recovers_its_prepared_branch() {
+    assert_expected::<TwoPhase>("participant-crash-after-yes");
+}
+
+#[test]
+fn participant_crash_before_vote_aborts_by_timeout() {
+    assert_expected::<TwoPhase>("participant-crash-before-vote");
+}
+
+#[test]
+fn partition_during_commit_blocks_one_side_but_never_splits() {
+    assert_expected::<TwoPhase>("partition-during-commit");
+}
+
+#[test]
+fn duplicate_commit_is_applied_once() {
+    assert_expected::<TwoPhase>("duplicate-commit");
+}
+
+#[test]
+fn naive_partial_failure_leaves_about_four_percent_split_and_two_phase_none() {
+    assert_expected::<Naive>("naive-partial-failure");
+    assert_expected::<TwoPhase>("naive-partial-failure");
+}
+
+#[test]
+fn every_scenario_has_a_test_above() {
+    // A scenario added to the registry must get its own test; this list must match it.
+    let tested = [
+        "coordinator-crash-after-prepare",
+        "coordinator-crash-after-decision",
+        "participant-crash-after-yes",
+        "participant-crash-before-vote",
+        "partition-during-commit",
+        "duplicate-commit",
+        "naive-partial-failure",
+    ];
+    let registered: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+    assert_eq!(registered, tested);
+}
