@@ -9,6 +9,7 @@ use clap::Subcommand;
 use concord_commit::naive::Naive;
 use concord_commit::two_phase::TwoPhase;
 use concord_sim::diagram;
+use concord_sim::optimizations::{self, Variant};
 use concord_sim::report::RunReport;
 use concord_sim::scenarios::{self, Scenario, Verdict};
 use concord_sim::sweep::{sweep, SweepSummary};
@@ -37,6 +38,20 @@ pub enum SimCommand {
         #[arg(long)]
         no_diagram: bool,
     },
+    /// Measure each optimisation switch (read-only, one-phase, group commit) on one fault-free
+    /// workload: messages and forced log writes per transaction, commit latency.
+    Optimizations {
+        /// naive or 2pc.
+        #[arg(long, default_value = "2pc")]
+        protocol: String,
+        #[arg(long, default_value_t = 1_000)]
+        runs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run many randomized fault schedules; exit non-zero on any violation.
     Sweep {
         /// naive or 2pc.
@@ -53,6 +68,20 @@ pub enum SimCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes a command's output in one go. A reader that went away (`| head`) is not an error.
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 fn check_protocol(name: &str) -> Result<(), String> {
@@ -84,9 +113,11 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
     match command {
         SimCommand::Scenarios => {
             let width = scenarios::ALL.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            let mut out = String::new();
             for s in scenarios::ALL {
-                println!("{:width$}  {}", s.name, s.summary);
+                outln!(out, "{:width$}  {}", s.name, s.summary);
             }
+            emit(&out);
             Ok(ExitCode::SUCCESS)
         }
         SimCommand::Run { protocol, scenario, seed, svg, no_diagram } => {
@@ -97,6 +128,18 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             let report =
                 with_protocol!(protocol.as_str(), P => scenarios::run::<P>(scenario, seed, true));
             run_output(scenario, &report, svg.as_deref(), no_diagram)
+        }
+        SimCommand::Optimizations { protocol, runs, seed, json } => {
+            check_protocol(&protocol)?;
+            if runs == 0 {
+                return Err("--runs must be at least 1".to_string());
+            }
+            let threads =
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            let results = with_protocol!(protocol.as_str(), P => optimizations::measure::<P>(seed, runs, threads));
+            emit(&optimizations_output(&protocol, runs, seed, &results, json));
+            let broken = results.iter().any(|(_, s)| s.failed_runs > 0);
+            Ok(if broken { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         SimCommand::Sweep { protocol, runs, seed, threads, json } => {
             check_protocol(&protocol)?;
@@ -114,7 +157,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             let summary = with_protocol!(protocol.as_str(), P => sweep::<P>(seed, runs, threads, &|done| bar.show(done)));
             bar.finish();
             let seconds = started.elapsed().as_secs_f64();
-            print_sweep(&protocol, seed, threads, seconds, &summary, json);
+            emit(&sweep_output(&protocol, seed, threads, seconds, &summary, json));
             Ok(if summary.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
@@ -130,6 +173,7 @@ fn run_output(
     svg: Option<&std::path::Path>,
     no_diagram: bool,
 ) -> Result<ExitCode, String> {
+    let mut out = String::new();
     let title = format!(
         "{} · {} · seed {} · trace {:016x}",
         scenario.name, report.protocol, report.seed, report.trace_hash
@@ -137,35 +181,43 @@ fn run_output(
     let trace = report.trace.as_deref().unwrap_or(&[]);
     let nodes = report.participants + 1;
     if !no_diagram {
-        println!("{}", diagram::text(trace, nodes, &title));
+        outln!(out, "{}", diagram::text(trace, nodes, &title));
     }
     if let Some(path) = svg {
         std::fs::write(path, diagram::svg(trace, nodes, &title))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("diagram written to {}", path.display());
+        outln!(out, "diagram written to {}", path.display());
     }
-    println!("{} — {}", scenario.name, scenario.summary);
-    println!(
+    outln!(out, "{} — {}", scenario.name, scenario.summary);
+    outln!(
+        out,
         "protocol {}, seed {}, trace hash {:016x}",
-        report.protocol, report.seed, report.trace_hash
+        report.protocol,
+        report.seed,
+        report.trace_hash
     );
     let txns = report.txns();
     if txns.len() <= 5 {
         for txn in &txns {
             let who: Vec<String> =
                 report.decisions_of(*txn).iter().map(|(n, d)| format!("{n} {d}")).collect();
-            println!("  {txn}: {}", who.join(", "));
+            outln!(out, "  {txn}: {}", who.join(", "));
         }
         for d in &report.in_doubt {
             let state = if d.resolved { "" } else { " (unresolved)" };
-            println!("  {} in doubt about {} for {}{state}", d.node, d.txn, ms(d.us));
+            outln!(out, "  {} in doubt about {} for {}{state}", d.node, d.txn, ms(d.us));
         }
     }
-    println!(
+    outln!(
+        out,
         "  client: {} committed, {} aborted, {} never told; {} split across participants",
-        report.committed, report.aborted, report.outcome_unknown, report.split_txns
+        report.committed,
+        report.aborted,
+        report.outcome_unknown,
+        report.split_txns
     );
-    println!(
+    outln!(
+        out,
         "  {} messages ({} lost, {} duplicated), {} forced log writes, {} events, ended at {}",
         report.messages_sent,
         report.messages_lost,
@@ -175,39 +227,41 @@ fn run_output(
         ms(report.end_us)
     );
     if report.violations.is_empty() {
-        println!("  violations: none");
+        outln!(out, "  violations: none");
     } else {
-        println!("  violations: {}", report.violations.len());
+        outln!(out, "  violations: {}", report.violations.len());
         for v in report.violations.iter().take(10) {
-            println!("    {v}");
+            outln!(out, "    {v}");
         }
     }
     let verdict = (scenario.judge)(report.protocol, report);
     let ok = match &verdict {
         Verdict::Expected(words) => {
-            println!("as expected: {words}");
+            outln!(out, "as expected: {words}");
             true
         }
         Verdict::Unexpected(words) => {
-            println!("UNEXPECTED: {words}");
+            outln!(out, "UNEXPECTED: {words}");
             false
         }
         Verdict::NoExpectation => {
-            println!("(this scenario states no expected outcome for {})", report.protocol);
+            outln!(out, "(this scenario states no expected outcome for {})", report.protocol);
             report.violations.is_empty()
         }
     };
+    emit(&out);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn print_sweep(
+fn sweep_output(
     protocol: &str,
     seed: u64,
     threads: usize,
     seconds: f64,
     s: &SweepSummary,
     json: bool,
-) {
+) -> String {
+    let mut out = String::new();
     let txns_per_second = s.txns_begun as f64 / seconds.max(1e-9);
     let per_core = txns_per_second / threads as f64;
     if json {
@@ -244,33 +298,37 @@ fn print_sweep(
             "simulated_txns_per_second": txns_per_second,
             "simulated_txns_per_second_per_core": per_core,
         });
-        println!("{value}");
-        return;
+        outln!(out, "{value}");
+        return out;
     }
     let pct = |a: u64| 100.0 * a as f64 / s.runs.max(1) as f64;
-    println!("protocol              {protocol}");
-    println!("runs                  {} (seed {seed})", s.runs);
-    println!("runs with violations  {} ({:.3}%)", s.failed_runs, pct(s.failed_runs));
-    println!("blocked runs          {} ({:.2}%)", s.blocked_runs, pct(s.blocked_runs));
-    println!(
+    outln!(out, "protocol              {protocol}");
+    outln!(out, "runs                  {} (seed {seed})", s.runs);
+    outln!(out, "runs with violations  {} ({:.3}%)", s.failed_runs, pct(s.failed_runs));
+    outln!(out, "blocked runs          {} ({:.2}%)", s.blocked_runs, pct(s.blocked_runs));
+    outln!(
+        out,
         "transactions          {} begun: {} committed, {} aborted, {} outcome unknown to the client",
         s.txns_begun, s.committed, s.aborted, s.outcome_unknown
     );
-    println!("split transactions    {}", s.split_txns);
-    println!("messages / txn        {:.2}", s.messages_per_txn());
-    println!("forced writes / txn   {:.2}", s.forced_writes_per_txn());
-    println!(
+    outln!(out, "split transactions    {}", s.split_txns);
+    outln!(out, "messages / txn        {:.2}", s.messages_per_txn());
+    outln!(out, "forced writes / txn   {:.2}", s.forced_writes_per_txn());
+    outln!(
+        out,
         "commit latency        p50 {}, p99 {}",
         ms(s.commit_latency_us.quantile(0.5)),
         ms(s.commit_latency_us.quantile(0.99))
     );
-    println!(
+    outln!(
+        out,
         "in-doubt time         p50 {}, p99 {}, max {}",
         ms(s.in_doubt_us.quantile(0.5)),
         ms(s.in_doubt_us.quantile(0.99)),
         ms(s.in_doubt_us.max())
     );
-    println!(
+    outln!(
+        out,
         "speed                 {:.0} simulated txns/s on {threads} threads ({:.0}/s per core, {:.1} M/min per core), {:.1} s",
         txns_per_second,
         per_core,
@@ -278,11 +336,77 @@ fn print_sweep(
         seconds
     );
     for (index, seed, v) in &s.failures {
-        println!("FAILING run {index} seed {seed:#x}: {v}");
+        outln!(out, "FAILING run {index} seed {seed:#x}: {v}");
     }
     if s.failed_runs > s.failures.len() as u64 {
-        println!("… and {} more failing runs", s.failed_runs - s.failures.len() as u64);
+        outln!(out, "… and {} more failing runs", s.failed_runs - s.failures.len() as u64);
     }
+    out
+}
+
+fn optimizations_output(
+    protocol: &str,
+    runs: u64,
+    seed: u64,
+    results: &[(Variant, SweepSummary)],
+    json: bool,
+) -> String {
+    let mut out = String::new();
+    if json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(v, s)| {
+                serde_json::json!({
+                    "variant": v.name,
+                    "read_only": v.switches.read_only,
+                    "one_phase": v.switches.one_phase,
+                    "group_commit": v.group_commit,
+                    "transactions": s.txns_begun,
+                    "violations": s.failed_runs,
+                    "messages_per_txn": s.messages_per_txn(),
+                    "forced_writes_per_txn": s.forced_writes_per_txn(),
+                    "commit_latency_p50_us": s.commit_latency_us.quantile(0.5),
+                    "commit_latency_p99_us": s.commit_latency_us.quantile(0.99),
+                })
+            })
+            .collect();
+        let value =
+            serde_json::json!({"protocol": protocol, "runs": runs, "seed": seed, "variants": rows});
+        outln!(out, "{value}");
+        return out;
+    }
+    let Some((_, base)) = results.first() else { return out };
+    outln!(
+        out,
+        "protocol {protocol}, {runs} runs of 50 transactions each (seed {seed}), no faults"
+    );
+    outln!(
+        out,
+        "{:<16} {:>9} {:>8} {:>13} {:>8} {:>11} {:>11} {:>10}",
+        "switches",
+        "msgs/txn",
+        "vs base",
+        "forced/txn",
+        "vs base",
+        "commit p50",
+        "commit p99",
+        "violations"
+    );
+    for (v, s) in results {
+        outln!(
+            out,
+            "{:<16} {:>9.2} {:>7.0}% {:>13.3} {:>7.0}% {:>11} {:>11} {:>10}",
+            v.name,
+            s.messages_per_txn(),
+            100.0 * s.messages_per_txn() / base.messages_per_txn().max(1e-9),
+            s.forced_writes_per_txn(),
+            100.0 * s.forced_writes_per_txn() / base.forced_writes_per_txn().max(1e-9),
+            ms(s.commit_latency_us.quantile(0.5)),
+            ms(s.commit_latency_us.quantile(0.99)),
+            s.failed_runs
+        );
+    }
+    out
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.

@@ -8,7 +8,8 @@
 //!
 //! * [`world`] — the engine; [`disk`] — the simulated disk; [`config`] — what a run is.
 //! * [`workload`] — transactions; [`scenarios`] — the named failure stories;
-//!   [`sweep`] — many randomized fault schedules, a safety phase then a liveness phase.
+//!   [`sweep`] — many randomized fault schedules, a safety phase then a liveness phase;
+//!   [`optimizations`] — each optimisation switch measured on one workload.
 //! * [`invariants`] — one file per property; [`report`] — what a run produced;
 //!   [`diagram`] — message-sequence diagrams (text and SVG) from a run's trace.
 
@@ -18,6 +19,7 @@ pub mod disk;
 pub mod hash;
 pub mod histogram;
 pub mod invariants;
+pub mod optimizations;
 pub mod report;
 pub mod rng;
 pub mod scenarios;

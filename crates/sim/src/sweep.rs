@@ -172,7 +172,12 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 /// Runs one randomized run, turning a panic in a core into a violation of its own.
 pub fn run_one<P: Protocol>(seed: u64) -> RunReport {
-    let config = random_config(seed);
+    run_config::<P>(random_config(seed))
+}
+
+/// Runs one configuration, turning a panic in a core into a violation of its own.
+pub fn run_config<P: Protocol>(config: SimConfig) -> RunReport {
+    let seed = config.seed;
     catch_unwind(AssertUnwindSafe(|| crate::simulate::<P>(config))).unwrap_or_else(|panic| {
         let detail = panic
             .downcast_ref::<String>()
@@ -196,6 +201,17 @@ pub fn sweep<P: Protocol>(
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> SweepSummary {
+    sweep_configs::<P>(seed, runs, threads, &random_config, progress)
+}
+
+/// Like [`sweep`], with run `i`'s configuration made by `make(run_seed(seed, i))`.
+pub fn sweep_configs<P: Protocol>(
+    seed: u64,
+    runs: u64,
+    threads: usize,
+    make: &(dyn Fn(u64) -> SimConfig + Sync),
+    progress: &(dyn Fn(u64) + Sync),
+) -> SweepSummary {
     let threads = threads.max(1) as u64;
     let done = AtomicU64::new(0);
     let partials: Vec<SweepSummary> = std::thread::scope(|scope| {
@@ -206,7 +222,7 @@ pub fn sweep<P: Protocol>(
                     let mut summary = SweepSummary::default();
                     let mut index = t;
                     while index < runs {
-                        let report = run_one::<P>(run_seed(seed, index));
+                        let report = run_config::<P>(make(run_seed(seed, index)));
                         summary.add(index, &report);
                         let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                         if finished.is_multiple_of(1_000) || finished == runs {

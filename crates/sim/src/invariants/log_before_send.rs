@@ -16,7 +16,9 @@ pub const PROPERTY: &str = "log-before-send";
 
 pub fn on_send(h: &mut History, from: NodeId, kind: MessageKind, now: u64) {
     match kind {
-        MessageKind::Vote { txn, vote: Vote::Yes } if !h.durable_prepares.contains(&(from, txn)) => {
+        MessageKind::Vote { txn, vote: Vote::Yes }
+            if !h.durable_prepares.contains(&(from, txn)) =>
+        {
             let detail = format!("{from} voted YES on {txn} before its prepare was durable");
             h.violate(PROPERTY, now, detail);
         }

@@ -1,0 +1,135 @@
+//! The `concord sim` command line as a user meets it: outputs, exit codes, bad input.
+
+use std::process::{Command, Output};
+
+fn concord(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concord")).args(args).output().expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn scenarios_are_listed_one_per_line() {
+    let out = concord(&["sim", "scenarios"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 7, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("coordinator-crash-after-prepare ")));
+}
+
+#[test]
+fn a_scenario_run_prints_a_diagram_and_its_outcome_and_is_deterministic() {
+    let args = [
+        "sim",
+        "run",
+        "--protocol",
+        "2pc",
+        "--scenario",
+        "coordinator-crash-after-decision",
+        "--seed",
+        "5",
+    ];
+    let first = concord(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(text.contains("time ms"), "no diagram:\n{text}");
+    assert!(text.contains("n0 CRASHES"), "{text}");
+    assert!(text.contains("as expected: recovery re-sent the logged COMMIT"), "{text}");
+    assert_eq!(stdout(&concord(&args)), text, "same seed, same output");
+    let other = concord(&[
+        "sim",
+        "run",
+        "--protocol",
+        "2pc",
+        "--scenario",
+        "coordinator-crash-after-decision",
+        "--seed",
+        "6",
+    ]);
+    assert_ne!(stdout(&other), text, "another seed, another run");
+}
+
+#[test]
+fn svg_diagram_is_written() {
+    let path = std::env::temp_dir().join(format!("concord-cli-test-{}.svg", std::process::id()));
+    let out = concord(&[
+        "sim",
+        "run",
+        "--protocol",
+        "2pc",
+        "--scenario",
+        "partition-during-commit",
+        "--no-diagram",
+        "--svg",
+        path.to_str().expect("utf-8 temp path"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let svg = std::fs::read_to_string(&path).expect("svg written");
+    std::fs::remove_file(&path).ok();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("PARTITION"));
+    assert!(!stdout(&out).contains("time ms"), "--no-diagram prints no text diagram");
+}
+
+#[test]
+fn sweep_json_has_the_documented_keys() {
+    let out =
+        concord(&["sim", "sweep", "--protocol", "2pc", "--runs", "300", "--seed", "9", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    for key in [
+        "runs",
+        "violations",
+        "blocked_runs",
+        "messages_per_txn",
+        "forced_writes_per_txn",
+        "blocking_time_p99",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["runs"], 300);
+    assert_eq!(v["violations"], 0);
+}
+
+#[test]
+fn a_sweep_with_violations_exits_non_zero_and_names_the_seeds() {
+    let out = concord(&["sim", "sweep", "--protocol", "naive", "--runs", "200", "--seed", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("FAILING run"), "{}", stdout(&out));
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_and_a_non_zero_exit() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["sim", "run", "--protocol", "4pc", "--scenario", "duplicate-commit"],
+            "unknown protocol '4pc'",
+        ),
+        (&["sim", "run", "--protocol", "2pc", "--scenario", "nope"], "unknown scenario 'nope'"),
+        (&["sim", "sweep", "--protocol", "2pc", "--runs", "0"], "--runs must be at least 1"),
+        (&["sim", "sweep", "--protocol", "3pc"], "unknown protocol '3pc'"),
+    ];
+    for (args, message) in cases {
+        let out = concord(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(message), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn optimizations_table_lists_every_variant() {
+    let out = concord(&["sim", "optimizations", "--runs", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for name in ["none (baseline)", "read-only", "one-phase", "group commit", "all"] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+}
