@@ -226,6 +226,18 @@ fn run_output(
         report.events,
         ms(report.end_us)
     );
+    if report.txns_begun > 0 {
+        let per_txn = |n: u64| n as f64 / report.txns_begun as f64;
+        let mut latency = report.commit_latency_us.clone();
+        latency.sort_unstable();
+        let p50 = latency.get(latency.len() / 2).map_or_else(|| "-".to_string(), |&l| ms(l));
+        outln!(
+            out,
+            "  per transaction: {:.1} messages, {:.1} forced log writes; commit latency p50 {p50}",
+            per_txn(report.messages_sent),
+            per_txn(report.syncs)
+        );
+    }
     if report.violations.is_empty() {
         outln!(out, "  violations: none");
     } else {
@@ -335,11 +347,13 @@ fn sweep_output(
         per_core * 60.0 / 1e6,
         seconds
     );
-    for (index, seed, v) in &s.failures {
+    const SHOWN: usize = 10;
+    for (index, seed, v) in s.failures.iter().take(SHOWN) {
         outln!(out, "FAILING run {index} seed {seed:#x}: {v}");
     }
-    if s.failed_runs > s.failures.len() as u64 {
-        outln!(out, "… and {} more failing runs", s.failed_runs - s.failures.len() as u64);
+    let shown = s.failures.len().min(SHOWN) as u64;
+    if s.failed_runs > shown {
+        outln!(out, "… and {} more failing runs (--json lists up to 100)", s.failed_runs - shown);
     }
     out
 }

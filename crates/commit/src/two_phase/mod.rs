@@ -117,7 +117,8 @@ pub struct Config {
     /// A prepared participant first asks for the outcome after this long; doubles per try.
     pub inquiry_base_us: u64,
     pub inquiry_max_us: u64,
-    /// The coordinator refuses new transactions beyond this many in flight.
+    /// The coordinator refuses new transactions beyond this many in flight; a participant votes
+    /// NO on a new branch beyond this many undecided ones.
     pub max_in_flight: usize,
     /// Requests held while the coordinator's epoch becomes durable.
     pub max_queued_begins: usize,

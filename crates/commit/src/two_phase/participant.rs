@@ -144,7 +144,8 @@ impl Participant {
         if writes.is_empty() && self.config.switches.read_only {
             return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::ReadOnly });
         }
-        if self.store.check(txn, &writes).is_err() {
+        let full = self.branches.len() >= self.config.max_in_flight;
+        if full || self.store.check(txn, &writes).is_err() {
             // Voting NO aborts the branch at once. Nothing is logged: the coordinator cannot
             // commit without this vote, and a repeated PREPARE is answered from `decided`.
             self.decided.insert(txn, Decision::Abort);
@@ -268,7 +269,8 @@ impl Participant {
         }
         // Either outcome is forced before the answer: the coordinator may resend, and the
         // participant must give the same answer every time.
-        if self.store.check(txn, &writes).is_err() {
+        let full = self.branches.len() >= self.config.max_in_flight;
+        if full || self.store.check(txn, &writes).is_err() {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,

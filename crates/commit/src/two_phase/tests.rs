@@ -434,6 +434,16 @@ fn a_lock_conflict_votes_no() {
 }
 
 #[test]
+fn a_participant_with_too_many_undecided_branches_votes_no() {
+    let mut cfg = config();
+    cfg.max_in_flight = 1;
+    let mut p = prepared_participant(cfg, txn(1));
+    let t2 = txn(2);
+    let out = run(&mut p, msg(C, prepare(t2, w(99, 1))));
+    assert_eq!(out.last(), Some(&send(C, Msg::Vote { txn: t2, vote: Vote::No })));
+}
+
+#[test]
 fn read_only_branch_votes_read_only_and_keeps_nothing() {
     let mut p = participant(config());
     let t = txn(1);
