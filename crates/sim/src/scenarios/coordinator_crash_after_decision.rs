@@ -3,7 +3,7 @@
 
 use concord_types::Decision;
 
-use super::{all_decided, common_checks, one_transfer, verdict, Scenario, Verdict, OUTAGE_US};
+use super::{all_decided, judge_two_phase, one_transfer_with, Scenario, Verdict, OUTAGE_US};
 use crate::config::{Trigger, TriggerAction, TriggerOn, TriggerTiming, COORDINATOR};
 use crate::report::RunReport;
 
@@ -15,22 +15,19 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 fn build(seed: u64) -> crate::SimConfig {
-    let mut config = one_transfer(seed);
-    config.triggers.push(Trigger {
-        node: COORDINATOR,
-        on: TriggerOn::SendDecision(Decision::Commit),
-        timing: TriggerTiming::Before,
-        action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
-    });
-    config
+    one_transfer_with(
+        seed,
+        Trigger {
+            node: COORDINATOR,
+            on: TriggerOn::SendDecision(Decision::Commit),
+            timing: TriggerTiming::Before,
+            action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
+        },
+    )
 }
 
 fn judge(protocol: &str, report: &RunReport) -> Verdict {
-    if protocol != "2pc" {
-        return Verdict::NoExpectation;
-    }
-    verdict((|| {
-        common_checks(report)?;
+    judge_two_phase(protocol, report, |report| {
         all_decided(report, Decision::Commit, &[1, 2, 3])?;
         if report.outcome_unknown != 1 {
             return Err(format!(
@@ -47,5 +44,5 @@ fn judge(protocol: &str, report: &RunReport) -> Verdict {
         }
         Ok("recovery re-sent the logged COMMIT: all 3 participants committed after the restart"
             .to_string())
-    })())
+    })
 }

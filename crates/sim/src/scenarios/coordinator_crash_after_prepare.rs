@@ -4,7 +4,7 @@
 
 use concord_types::Decision;
 
-use super::{all_decided, common_checks, one_transfer, verdict, Scenario, Verdict, OUTAGE_US};
+use super::{all_decided, judge_two_phase, one_transfer_with, Scenario, Verdict, OUTAGE_US};
 use crate::config::{Trigger, TriggerAction, TriggerOn, TriggerTiming, COORDINATOR};
 use crate::report::RunReport;
 
@@ -16,22 +16,19 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 fn build(seed: u64) -> crate::SimConfig {
-    let mut config = one_transfer(seed);
-    config.triggers.push(Trigger {
-        node: COORDINATOR,
-        on: TriggerOn::PersistDecision(Decision::Commit),
-        timing: TriggerTiming::After, // written, not yet synced: lost in the crash
-        action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
-    });
-    config
+    one_transfer_with(
+        seed,
+        Trigger {
+            node: COORDINATOR,
+            on: TriggerOn::PersistDecision(Decision::Commit),
+            timing: TriggerTiming::After, // written, not yet synced: lost in the crash
+            action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
+        },
+    )
 }
 
 fn judge(protocol: &str, report: &RunReport) -> Verdict {
-    if protocol != "2pc" {
-        return Verdict::NoExpectation;
-    }
-    verdict((|| {
-        common_checks(report)?;
+    judge_two_phase(protocol, report, |report| {
         all_decided(report, Decision::Abort, &[1, 2, 3])?;
         let min = report.in_doubt.iter().map(|d| d.us).min().unwrap_or(0);
         if report.in_doubt.len() != 3 || min < OUTAGE_US {
@@ -48,5 +45,5 @@ fn judge(protocol: &str, report: &RunReport) -> Verdict {
             "blocked: all 3 participants in doubt for ≥ {:.0} ms holding their locks, then ABORT (presumed) once the coordinator returned",
             min as f64 / 1000.0
         ))
-    })())
+    })
 }

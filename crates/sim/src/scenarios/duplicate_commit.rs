@@ -3,7 +3,7 @@
 
 use concord_types::Decision;
 
-use super::{all_decided, common_checks, one_transfer, verdict, Scenario, Verdict};
+use super::{all_decided, judge_two_phase, one_transfer, Scenario, Verdict};
 use crate::report::RunReport;
 
 pub const SCENARIO: Scenario = Scenario {
@@ -20,11 +20,7 @@ fn build(seed: u64) -> crate::SimConfig {
 }
 
 fn judge(protocol: &str, report: &RunReport) -> Verdict {
-    if protocol != "2pc" {
-        return Verdict::NoExpectation;
-    }
-    verdict((|| {
-        common_checks(report)?;
+    judge_two_phase(protocol, report, |report| {
         all_decided(report, Decision::Commit, &[1, 2, 3])?;
         if report.messages_duplicated < report.messages_sent {
             return Err(format!(
@@ -36,5 +32,5 @@ fn judge(protocol: &str, report: &RunReport) -> Verdict {
             "all {} messages delivered twice; each participant applied the transfer exactly once",
             report.messages_sent
         ))
-    })())
+    })
 }

@@ -15,7 +15,7 @@ mod partition_during_commit;
 use concord_commit::Branch;
 use concord_types::{Decision, NodeId, Write};
 
-use crate::config::{SimConfig, TxnSpec};
+use crate::config::{SimConfig, Trigger, TxnSpec};
 use crate::report::RunReport;
 
 /// What a scenario says of a run.
@@ -79,12 +79,27 @@ fn one_transfer(seed: u64) -> SimConfig {
     config
 }
 
-/// Checks shared by the stories; the first failure, if any.
-fn common_checks(report: &RunReport) -> Result<(), String> {
-    if let Some(v) = report.violations.first() {
-        return Err(format!("{} violation(s), first: {v}", report.violations.len()));
+/// The stories' transaction, with one fault trigger.
+fn one_transfer_with(seed: u64, trigger: Trigger) -> SimConfig {
+    let mut config = one_transfer(seed);
+    config.triggers.push(trigger);
+    config
+}
+
+/// Judges a story that states an outcome for 2PC only: no violation, then `check`.
+fn judge_two_phase(
+    protocol: &str,
+    report: &RunReport,
+    check: impl FnOnce(&RunReport) -> Result<String, String>,
+) -> Verdict {
+    if protocol != "2pc" {
+        return Verdict::NoExpectation;
     }
-    Ok(())
+    let checked = match report.violations.first() {
+        Some(v) => Err(format!("{} violation(s), first: {v}", report.violations.len())),
+        None => check(report),
+    };
+    verdict(checked)
 }
 
 fn all_decided(report: &RunReport, decision: Decision, nodes: &[u32]) -> Result<(), String> {

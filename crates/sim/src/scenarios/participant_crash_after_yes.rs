@@ -4,7 +4,7 @@
 
 use concord_types::{Decision, NodeId, Vote};
 
-use super::{all_decided, common_checks, one_transfer, verdict, Scenario, Verdict};
+use super::{all_decided, judge_two_phase, one_transfer_with, Scenario, Verdict};
 use crate::config::{Trigger, TriggerAction, TriggerOn, TriggerTiming};
 use crate::report::RunReport;
 
@@ -19,22 +19,19 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 fn build(seed: u64) -> crate::SimConfig {
-    let mut config = one_transfer(seed);
-    config.triggers.push(Trigger {
-        node: NodeId(1),
-        on: TriggerOn::SendVote(Vote::Yes),
-        timing: TriggerTiming::After,
-        action: TriggerAction::Crash { restart_after_us: DOWN_US },
-    });
-    config
+    one_transfer_with(
+        seed,
+        Trigger {
+            node: NodeId(1),
+            on: TriggerOn::SendVote(Vote::Yes),
+            timing: TriggerTiming::After,
+            action: TriggerAction::Crash { restart_after_us: DOWN_US },
+        },
+    )
 }
 
 fn judge(protocol: &str, report: &RunReport) -> Verdict {
-    if protocol != "2pc" {
-        return Verdict::NoExpectation;
-    }
-    verdict((|| {
-        common_checks(report)?;
+    judge_two_phase(protocol, report, |report| {
         all_decided(report, Decision::Commit, &[1, 2, 3])?;
         if report.committed != 1 {
             return Err("the client should have been told COMMIT".to_string());
@@ -47,5 +44,5 @@ fn judge(protocol: &str, report: &RunReport) -> Verdict {
             "n1 recovered its prepared branch and committed after {:.0} ms in doubt",
             n1 as f64 / 1000.0
         ))
-    })())
+    })
 }

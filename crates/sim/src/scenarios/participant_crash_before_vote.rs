@@ -4,7 +4,7 @@
 
 use concord_types::{Decision, NodeId};
 
-use super::{common_checks, one_transfer, verdict, Scenario, Verdict};
+use super::{judge_two_phase, one_transfer_with, Scenario, Verdict};
 use crate::config::{Trigger, TriggerAction, TriggerOn, TriggerTiming};
 use crate::report::RunReport;
 
@@ -20,22 +20,19 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 fn build(seed: u64) -> crate::SimConfig {
-    let mut config = one_transfer(seed);
-    config.triggers.push(Trigger {
-        node: NodeId(1),
-        on: TriggerOn::PersistPrepared,
-        timing: TriggerTiming::After, // written, not yet synced: lost in the crash
-        action: TriggerAction::Crash { restart_after_us: DOWN_US },
-    });
-    config
+    one_transfer_with(
+        seed,
+        Trigger {
+            node: NodeId(1),
+            on: TriggerOn::PersistPrepared,
+            timing: TriggerTiming::After, // written, not yet synced: lost in the crash
+            action: TriggerAction::Crash { restart_after_us: DOWN_US },
+        },
+    )
 }
 
 fn judge(protocol: &str, report: &RunReport) -> Verdict {
-    if protocol != "2pc" {
-        return Verdict::NoExpectation;
-    }
-    verdict((|| {
-        common_checks(report)?;
+    judge_two_phase(protocol, report, |report| {
         if report.aborted != 1 {
             return Err(format!(
                 "the client should have been told ABORT; aborted = {}",
@@ -60,5 +57,5 @@ fn judge(protocol: &str, report: &RunReport) -> Verdict {
             "vote timeout aborted; the others were in doubt at most {:.1} ms",
             report.max_in_doubt_us() as f64 / 1000.0
         ))
-    })())
+    })
 }

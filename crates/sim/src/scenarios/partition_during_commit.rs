@@ -4,7 +4,7 @@
 
 use concord_types::{Decision, NodeId};
 
-use super::{all_decided, common_checks, one_transfer, verdict, Scenario, Verdict, OUTAGE_US};
+use super::{all_decided, judge_two_phase, one_transfer_with, Scenario, Verdict, OUTAGE_US};
 use crate::config::{Trigger, TriggerAction, TriggerOn, TriggerTiming, COORDINATOR};
 use crate::report::RunReport;
 
@@ -17,25 +17,22 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 fn build(seed: u64) -> crate::SimConfig {
-    let mut config = one_transfer(seed);
-    config.triggers.push(Trigger {
-        node: COORDINATOR,
-        on: TriggerOn::SendDecision(Decision::Commit),
-        timing: TriggerTiming::Before,
-        action: TriggerAction::Partition {
-            side: vec![COORDINATOR, NodeId(1)],
-            heal_after_us: OUTAGE_US,
+    one_transfer_with(
+        seed,
+        Trigger {
+            node: COORDINATOR,
+            on: TriggerOn::SendDecision(Decision::Commit),
+            timing: TriggerTiming::Before,
+            action: TriggerAction::Partition {
+                side: vec![COORDINATOR, NodeId(1)],
+                heal_after_us: OUTAGE_US,
+            },
         },
-    });
-    config
+    )
 }
 
 fn judge(protocol: &str, report: &RunReport) -> Verdict {
-    if protocol != "2pc" {
-        return Verdict::NoExpectation;
-    }
-    verdict((|| {
-        common_checks(report)?;
+    judge_two_phase(protocol, report, |report| {
         all_decided(report, Decision::Commit, &[1, 2, 3])?;
         let of = |n: u32| report.in_doubt.iter().find(|d| d.node == NodeId(n)).map_or(0, |d| d.us);
         if of(2) < OUTAGE_US || of(3) < OUTAGE_US {
@@ -52,5 +49,5 @@ fn judge(protocol: &str, report: &RunReport) -> Verdict {
             of(1) as f64 / 1000.0,
             of(2).min(of(3)) as f64 / 1000.0
         ))
-    })())
+    })
 }
