@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use clap::Subcommand;
 use concord_commit::naive::Naive;
+use concord_commit::paxos_commit::PaxosCommit;
+use concord_commit::three_phase::ThreePhase;
 use concord_commit::two_phase::TwoPhase;
 use concord_sim::diagram;
 use concord_sim::optimizations::{self, Variant};
@@ -15,7 +17,7 @@ use concord_sim::scenarios::{self, Scenario, Verdict};
 use concord_sim::sweep::{sweep, SweepSummary};
 
 /// Protocols the simulator can run, by their command-line names.
-const PROTOCOLS: &[&str] = &["naive", "2pc"];
+const PROTOCOLS: &[&str] = &["naive", "2pc", "3pc", "paxos-commit"];
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -23,7 +25,7 @@ pub enum SimCommand {
     Scenarios,
     /// Run one scenario: print its outcome and a message-sequence diagram.
     Run {
-        /// naive or 2pc.
+        /// naive, 2pc, 3pc or paxos-commit.
         #[arg(long)]
         protocol: String,
         /// A name from `concord sim scenarios`.
@@ -41,7 +43,7 @@ pub enum SimCommand {
     /// Measure each optimisation switch (read-only, one-phase, group commit) on one fault-free
     /// workload: messages and forced log writes per transaction, commit latency.
     Optimizations {
-        /// naive or 2pc.
+        /// naive, 2pc, 3pc or paxos-commit.
         #[arg(long, default_value = "2pc")]
         protocol: String,
         #[arg(long, default_value_t = 1_000)]
@@ -52,9 +54,22 @@ pub enum SimCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-run one randomized run of a sweep (a failing seed it printed) with its diagram.
+    Replay {
+        /// naive, 2pc, 3pc or paxos-commit.
+        #[arg(long)]
+        protocol: String,
+        /// The run's seed, decimal or 0x-hex, as the sweep printed it.
+        #[arg(long, value_parser = parse_seed)]
+        seed: u64,
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        #[arg(long)]
+        no_diagram: bool,
+    },
     /// Run many randomized fault schedules; exit non-zero on any violation.
     Sweep {
-        /// naive or 2pc.
+        /// naive, 2pc, 3pc or paxos-commit.
         #[arg(long)]
         protocol: String,
         #[arg(long, default_value_t = 10_000)]
@@ -84,6 +99,14 @@ fn emit(text: &str) {
     let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
+fn parse_seed(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("'{text}' is not a seed (decimal or 0x-hex)"))
+}
+
 fn check_protocol(name: &str) -> Result<(), String> {
     if PROTOCOLS.contains(&name) {
         Ok(())
@@ -102,6 +125,14 @@ macro_rules! with_protocol {
             }
             "2pc" => {
                 type $P = TwoPhase;
+                $body
+            }
+            "3pc" => {
+                type $P = ThreePhase;
+                $body
+            }
+            "paxos-commit" => {
+                type $P = PaxosCommit;
                 $body
             }
             other => unreachable!("protocol {other} was checked"),
@@ -128,6 +159,14 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             let report =
                 with_protocol!(protocol.as_str(), P => scenarios::run::<P>(scenario, seed, true));
             run_output(scenario, &report, svg.as_deref(), no_diagram)
+        }
+        SimCommand::Replay { protocol, seed, svg, no_diagram } => {
+            check_protocol(&protocol)?;
+            let mut config = concord_sim::sweep::random_config(seed);
+            config.record_trace = true;
+            let report = with_protocol!(protocol.as_str(), P => concord_sim::simulate::<P>(config));
+            let title = format!("replay · {} · seed {seed:#x}", report.protocol);
+            replay_output(&title, &report, svg.as_deref(), no_diagram)
         }
         SimCommand::Optimizations { protocol, runs, seed, json } => {
             check_protocol(&protocol)?;
@@ -163,6 +202,49 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
     }
 }
 
+fn replay_output(
+    title: &str,
+    report: &RunReport,
+    svg: Option<&std::path::Path>,
+    no_diagram: bool,
+) -> Result<ExitCode, String> {
+    let mut out = String::new();
+    let trace = report.trace.as_deref().unwrap_or(&[]);
+    let nodes = node_count(report);
+    if !no_diagram {
+        outln!(out, "{}", diagram::text(trace, nodes, title));
+    }
+    if let Some(path) = svg {
+        std::fs::write(path, diagram::svg(trace, nodes, title))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        outln!(out, "diagram written to {}", path.display());
+    }
+    outln!(out, "{title}: {} events, trace hash {:016x}", report.events, report.trace_hash);
+    if report.violations.is_empty() {
+        outln!(out, "violations: none");
+    }
+    for v in &report.violations {
+        outln!(out, "violation {v}");
+    }
+    emit(&out);
+    Ok(if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Lanes in a diagram: every node that appears in the trace.
+fn node_count(report: &RunReport) -> u32 {
+    let from_trace = report
+        .trace
+        .iter()
+        .flatten()
+        .filter_map(|e| match &e.event {
+            concord_sim::trace::TraceEvent::Deliver { from, to, .. } => Some(from.0.max(to.0)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    (report.participants + 1).max(from_trace + 1)
+}
+
 fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
@@ -179,7 +261,7 @@ fn run_output(
         scenario.name, report.protocol, report.seed, report.trace_hash
     );
     let trace = report.trace.as_deref().unwrap_or(&[]);
-    let nodes = report.participants + 1;
+    let nodes = node_count(report);
     if !no_diagram {
         outln!(out, "{}", diagram::text(trace, nodes, &title));
     }
@@ -474,11 +556,11 @@ mod tests {
     #[test]
     fn unknown_protocol_is_a_one_line_error() {
         let err = check_protocol("4pc").unwrap_err();
-        assert_eq!(err, "unknown protocol '4pc' (known: naive, 2pc)");
+        assert_eq!(err, "unknown protocol '4pc' (known: naive, 2pc, 3pc, paxos-commit)");
     }
 
     #[test]
     fn protocol_names_match_the_cores() {
-        assert_eq!(PROTOCOLS, &[Naive::NAME, TwoPhase::NAME]);
+        assert_eq!(PROTOCOLS, &[Naive::NAME, TwoPhase::NAME, ThreePhase::NAME, PaxosCommit::NAME]);
     }
 }

@@ -113,7 +113,7 @@ fn bad_input_gets_a_one_line_error_and_a_non_zero_exit() {
         ),
         (&["sim", "run", "--protocol", "2pc", "--scenario", "nope"], "unknown scenario 'nope'"),
         (&["sim", "sweep", "--protocol", "2pc", "--runs", "0"], "--runs must be at least 1"),
-        (&["sim", "sweep", "--protocol", "3pc"], "unknown protocol '3pc'"),
+        (&["sim", "sweep", "--protocol", "4pc"], "unknown protocol '4pc'"),
     ];
     for (args, message) in cases {
         let out = concord(args);

@@ -6,7 +6,7 @@
 
 use concord_types::{NodeId, TxnId};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EpochClock {
     coordinator: NodeId,
     epoch: u32,

@@ -21,16 +21,20 @@
 //! recovery are one code path.
 //!
 //! Modules: [`two_phase`] (2PC with presumed abort, read-only and one-phase optimisations,
-//! cooperative termination), [`naive`] (the baseline that shows what 2PC prevents), [`store`]
+//! cooperative termination), [`three_phase`] (3PC with a termination protocol),
+//! [`paxos_commit`] (Gray & Lamport's Paxos Commit), [`naive`] (the baseline that shows what
+//! 2PC prevents), [`store`]
 //! (a participant's local resource), [`epoch`] (globally unique transaction ids).
 
 pub mod epoch;
 pub mod naive;
+pub mod paxos_commit;
 mod protocol;
 pub mod store;
+pub mod three_phase;
 pub mod two_phase;
 
 pub use protocol::{
-    Branch, Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind,
-    Rejection, Switches,
+    Branch, Command, Core, Durability, Input, MessageKind, NoRole, ParticipantView, Protocol,
+    RecordKind, Rejection, Switches, Topology,
 };

@@ -5,7 +5,7 @@
 //! prepared, so when one participant fails after the others applied, the transaction is
 //! partially committed and no one can undo it: the seed documents' "structural failure rate".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use concord_types::codec::{DecodeError, Encode, Reader, Writer};
@@ -14,8 +14,8 @@ use concord_types::{Decision, NodeId, RequestId, TxnId, Write};
 use crate::epoch::{EpochClock, Issue};
 use crate::store::Store;
 use crate::{
-    Branch, Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind,
-    Rejection, Switches,
+    Branch, Command, Core, Durability, Input, MessageKind, NoRole, ParticipantView, Protocol,
+    RecordKind, Rejection, Switches, Topology,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +38,7 @@ pub enum Timer {
     ReplyTimeout { txn: TxnId },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     /// The coordinator reports ABORT to the client if not every participant answered by then.
     pub reply_timeout_us: u64,
@@ -52,7 +52,7 @@ impl Default for Config {
 
 type Out = Vec<Command<Msg, Record, Timer>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Coordinator {
     id: NodeId,
     config: Config,
@@ -138,13 +138,13 @@ impl Core for Coordinator {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Participant {
     id: NodeId,
     store: Store,
     /// Branches being made durable.
     applying: BTreeMap<TxnId, Vec<Write>>,
-    decided: HashMap<TxnId, Decision>,
+    decided: BTreeMap<TxnId, Decision>,
 }
 
 impl Core for Participant {
@@ -230,8 +230,9 @@ impl Protocol for Naive {
     type Config = Config;
     type Coordinator = Coordinator;
     type Participant = Participant;
+    type Acceptor = NoRole<Msg, Record, Timer>;
 
-    fn config(_switches: Switches) -> Config {
+    fn config(_switches: Switches, _topology: &Topology) -> Config {
         Config::default()
     }
     fn coordinator(id: NodeId, config: &Config) -> Coordinator {
@@ -242,7 +243,7 @@ impl Protocol for Naive {
             id,
             store: Store::default(),
             applying: BTreeMap::new(),
-            decided: HashMap::new(),
+            decided: BTreeMap::new(),
         }
     }
     fn message_kind(_msg: &Msg) -> MessageKind {

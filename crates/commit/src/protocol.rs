@@ -107,8 +107,23 @@ pub trait ParticipantView {
 /// The protocol-independent meaning of a message, for checkers and diagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
-    Vote { txn: TxnId, vote: Vote },
-    Decision { txn: TxnId, decision: Decision },
+    Vote {
+        txn: TxnId,
+        vote: Vote,
+    },
+    /// Three-phase commit's PRECOMMIT: "everyone voted YES".
+    PreCommit {
+        txn: TxnId,
+    },
+    Decision {
+        txn: TxnId,
+        decision: Decision,
+    },
+    /// An acknowledgement sent after its sender already knows the outcome: not on the path by
+    /// which participants learn it, so not counted in happy-path message counts.
+    Ack {
+        txn: TxnId,
+    },
     Other,
 }
 
@@ -149,10 +164,36 @@ impl Default for Switches {
     }
 }
 
-/// An atomic-commit protocol: its message, record and timer types and its two roles.
+/// Where the other nodes are, as a protocol's configuration needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Topology {
+    /// Acceptor nodes (Paxos Commit), in order; empty for protocols without them.
+    pub acceptors: Vec<NodeId>,
+    /// Failures to tolerate: Paxos Commit runs 2F + 1 acceptors.
+    pub fault_tolerance: u32,
+}
+
+/// A role a protocol does not have. It cannot be constructed, so its `handle` is never called.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NoRole<M, R, T>(std::convert::Infallible, std::marker::PhantomData<(M, R, T)>);
+
+impl<M, R, T> Core for NoRole<M, R, T> {
+    type Msg = M;
+    type Record = R;
+    type Timer = T;
+
+    fn handle(&mut self, _: Input<M, R, T>, _: &mut Vec<Command<M, R, T>>) {
+        match self.0 {}
+    }
+}
+
+/// An atomic-commit protocol: its message, record and timer types and its roles.
 pub trait Protocol {
     /// The name on the command line (`--protocol 2pc`).
     const NAME: &'static str;
+    /// Whether a COMMIT message may only follow a durable coordinator decision record. False for
+    /// Paxos Commit, whose decision is durable at the acceptors instead.
+    const COORDINATOR_LOGS_DECISION: bool = true;
     type Msg: Clone + Debug + Display + Hash;
     type Record: Clone + Debug + Display + Hash + Encode;
     type Timer: Clone + Debug + Hash;
@@ -160,8 +201,16 @@ pub trait Protocol {
     type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;
     type Participant: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>
         + ParticipantView;
+    type Acceptor: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;
 
-    fn config(switches: Switches) -> Self::Config;
+    /// How many acceptor nodes the protocol runs to tolerate `fault_tolerance` failures.
+    fn acceptor_count(_fault_tolerance: u32) -> u32 {
+        0
+    }
+    fn config(switches: Switches, topology: &Topology) -> Self::Config;
+    fn acceptor(_id: NodeId, _config: &Self::Config) -> Self::Acceptor {
+        panic!("{} has no acceptors", Self::NAME)
+    }
     fn coordinator(id: NodeId, config: &Self::Config) -> Self::Coordinator;
     fn participant(id: NodeId, config: &Self::Config) -> Self::Participant;
     fn message_kind(msg: &Self::Msg) -> MessageKind;

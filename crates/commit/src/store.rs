@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use concord_types::{Key, TxnId, Write};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Store {
     values: BTreeMap<Key, i64>,
     locks: BTreeMap<Key, TxnId>,

@@ -10,6 +10,11 @@ pub const COORDINATOR: NodeId = NodeId(0);
 pub struct SimConfig {
     pub seed: u64,
     pub participants: u32,
+    /// F, for protocols with acceptors (Paxos Commit runs 2F + 1 of them, after the participants).
+    pub fault_tolerance: u32,
+    /// Which nodes share a host: messages between them are local — not counted, not delayed,
+    /// never lost.
+    pub placement: Placement,
     pub switches: Switches,
     pub network: NetworkConfig,
     pub disk: DiskConfig,
@@ -28,6 +33,15 @@ pub struct SimConfig {
     pub record_trace: bool,
     /// Hard bound on events processed; a run that needs more is reported, not looped.
     pub max_events: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Every node on a host of its own.
+    Separate,
+    /// Gray & Lamport's co-location: the coordinator on participant 1's host (the initiating
+    /// participant's), acceptor `k` on participant `k`'s host.
+    PaperColocated,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +95,8 @@ pub enum FaultAction {
 #[derive(Debug, Clone)]
 pub struct Trigger {
     pub node: NodeId,
-    pub on: TriggerOn,
+    /// Fires on the first command matching any of these.
+    pub on: Vec<TriggerOn>,
     /// Crash before the command takes effect (it and the rest of the step are lost) or after.
     pub timing: TriggerTiming,
     pub action: TriggerAction,
@@ -97,6 +112,8 @@ pub enum TriggerOn {
     SendVote(Vote),
     /// The node sends a decision message.
     SendDecision(Decision),
+    /// The node sends PRECOMMIT (three-phase commit).
+    SendPreCommit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +156,8 @@ impl SimConfig {
         SimConfig {
             seed,
             participants,
+            fault_tolerance: 1,
+            placement: Placement::Separate,
             switches: Switches::default(),
             network: NetworkConfig::default(),
             disk: DiskConfig::default(),
@@ -155,5 +174,29 @@ impl SimConfig {
 
     pub fn participant_ids(&self) -> impl Iterator<Item = NodeId> {
         (1..=self.participants).map(NodeId)
+    }
+}
+
+impl SimConfig {
+    /// The acceptor nodes a protocol with `count` acceptors gets: right after the participants.
+    pub fn acceptor_ids(&self, count: u32) -> Vec<NodeId> {
+        (0..count).map(|k| NodeId(self.participants + 1 + k)).collect()
+    }
+
+    /// The host a node runs on.
+    pub fn host_of(&self, node: NodeId) -> u32 {
+        match self.placement {
+            Placement::Separate => node.0,
+            Placement::PaperColocated if node == COORDINATOR => 1,
+            Placement::PaperColocated if node.0 > self.participants => {
+                let k = node.0 - self.participants; // acceptor k, from 1
+                assert!(
+                    k <= self.participants,
+                    "co-location needs at least as many participants as acceptors"
+                );
+                k
+            }
+            Placement::PaperColocated => node.0,
+        }
     }
 }

@@ -24,7 +24,7 @@ pub struct Disk<R> {
     unsynced: Vec<u8>,
     /// Records written and not yet covered by a completed sync, with the offset (in the whole
     /// log) where each ends.
-    pending: VecDeque<(usize, R, Durability)>,
+    pending: VecDeque<(usize, R, Durability, u32)>,
     /// A sync in flight makes everything before this offset durable when it completes.
     sync_in_flight: Option<usize>,
 }
@@ -45,11 +45,11 @@ impl<R: Encode + Clone> Disk<R> {
         self.durable.len() + self.unsynced.len()
     }
 
-    /// Writes a record (not yet durable).
-    pub fn append(&mut self, record: R, durability: Durability) {
+    /// Writes a record (not yet durable). `tag` is the driver's, handed back with the record.
+    pub fn append(&mut self, record: R, durability: Durability, tag: u32) {
         append_frame(&mut self.unsynced, &record.to_bytes());
         let end = self.len();
-        self.pending.push_back((end, record, durability));
+        self.pending.push_back((end, record, durability, tag));
     }
 
     /// Starts a sync if none is running and a forced record waits for one. Returns true if it
@@ -59,7 +59,7 @@ impl<R: Encode + Clone> Disk<R> {
             return false;
         }
         let Some(first_forced_end) =
-            self.pending.iter().find(|(_, _, d)| *d == Durability::Forced).map(|(end, _, _)| *end)
+            self.pending.iter().find(|(_, _, d, _)| *d == Durability::Forced).map(|(end, ..)| *end)
         else {
             return false;
         };
@@ -68,14 +68,15 @@ impl<R: Encode + Clone> Disk<R> {
     }
 
     /// The sync in flight completed: returns the records it made durable, in log order.
-    pub fn complete_sync(&mut self) -> Vec<(R, Durability)> {
+    pub fn complete_sync(&mut self) -> Vec<(R, Durability, u32)> {
         let covers = self.sync_in_flight.take().expect("complete_sync follows start_sync");
         let newly = covers - self.durable.len();
         self.durable.extend(self.unsynced.drain(..newly));
         let mut done = Vec::new();
-        while self.pending.front().is_some_and(|(end, _, _)| *end <= covers) {
-            let (_, record, durability) = self.pending.pop_front().expect("checked: non-empty");
-            done.push((record, durability));
+        while self.pending.front().is_some_and(|(end, ..)| *end <= covers) {
+            let (_, record, durability, tag) =
+                self.pending.pop_front().expect("checked: non-empty");
+            done.push((record, durability, tag));
         }
         done
     }
@@ -96,8 +97,8 @@ impl<R: Encode + Clone> Disk<R> {
         let survivors = self
             .pending
             .drain(..)
-            .filter(|(end, _, _)| *end <= kept_end)
-            .map(|(_, record, _)| record)
+            .filter(|(end, ..)| *end <= kept_end)
+            .map(|(_, record, ..)| record)
             .collect();
         survivors
     }
@@ -142,13 +143,13 @@ mod tests {
     #[test]
     fn group_commit_covers_everything_written_before_the_sync_started() {
         let mut d = Disk::default();
-        d.append(R(1), Durability::Forced);
-        d.append(R(2), Durability::Lazy);
-        d.append(R(3), Durability::Forced);
+        d.append(R(1), Durability::Forced, 0);
+        d.append(R(2), Durability::Lazy, 0);
+        d.append(R(3), Durability::Forced, 0);
         assert!(d.start_sync(true));
         assert!(!d.start_sync(true), "one sync at a time");
-        d.append(R(4), Durability::Forced);
-        let done: Vec<_> = d.complete_sync().into_iter().map(|(r, _)| r).collect();
+        d.append(R(4), Durability::Forced, 0);
+        let done: Vec<_> = d.complete_sync().into_iter().map(|(r, ..)| r).collect();
         assert_eq!(done, vec![R(1), R(2), R(3)]);
         assert!(d.start_sync(true));
         assert_eq!(d.complete_sync().len(), 1);
@@ -157,13 +158,13 @@ mod tests {
     #[test]
     fn without_group_commit_each_sync_covers_one_forced_record() {
         let mut d = Disk::default();
-        d.append(R(1), Durability::Lazy);
-        d.append(R(2), Durability::Forced);
-        d.append(R(3), Durability::Forced);
+        d.append(R(1), Durability::Lazy, 0);
+        d.append(R(2), Durability::Forced, 0);
+        d.append(R(3), Durability::Forced, 0);
         assert!(d.start_sync(false));
         assert_eq!(d.complete_sync().len(), 2, "the lazy record before it rides along");
         assert!(d.start_sync(false));
-        assert_eq!(d.complete_sync(), vec![(R(3), Durability::Forced)]);
+        assert_eq!(d.complete_sync(), vec![(R(3), Durability::Forced, 0)]);
         assert!(!d.start_sync(false), "nothing forced is waiting");
     }
 
@@ -173,18 +174,18 @@ mod tests {
         let mut saw_torn = false;
         for _ in 0..200 {
             let mut d = Disk::default();
-            d.append(R(1), Durability::Forced);
+            d.append(R(1), Durability::Forced, 0);
             d.start_sync(true);
             d.complete_sync();
-            d.append(R(2), Durability::Forced);
-            d.append(R(3), Durability::Forced);
+            d.append(R(2), Durability::Forced, 0);
+            d.append(R(3), Durability::Forced, 0);
             let survivors = d.crash(&mut rng, true);
             let before = d.durable_len();
             let recovered = d.recover();
             assert_eq!(recovered[0], R(1), "synced records always survive");
             assert_eq!(recovered[1..], survivors[..], "exactly the whole records kept survive");
             saw_torn |= d.durable_len() < before;
-            d.append(R(9), Durability::Forced);
+            d.append(R(9), Durability::Forced, 0);
             d.start_sync(true);
             d.complete_sync();
             d.crash(&mut rng, true);

@@ -34,6 +34,10 @@ pub struct RunReport {
     pub split_txns: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
+    /// Messages that are not acknowledgements: those by which participants learn the outcome.
+    pub messages_excluding_acks: u64,
+    /// Message delays on the longest causal chain to a participant's decision.
+    pub message_delays: u32,
     /// Messages the network delivered twice.
     pub messages_duplicated: u64,
     /// fdatasync calls: the forced log writes.

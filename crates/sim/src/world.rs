@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use concord_commit::{
-    Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind,
+    Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind, Topology,
 };
 use concord_types::{Decision, NodeId, RequestId, TxnId};
 
@@ -35,10 +35,27 @@ type In<P> = Input<<P as Protocol>::Msg, <P as Protocol>::Record, <P as Protocol
 type Cmd<P> = Command<<P as Protocol>::Msg, <P as Protocol>::Record, <P as Protocol>::Timer>;
 
 enum Event<P: Protocol> {
-    Submit { index: usize },
-    Deliver { id: u64, from: NodeId, to: NodeId, msg: P::Msg },
-    Timer { node: NodeId, incarnation: u32, timer: P::Timer },
-    SyncDone { node: NodeId, incarnation: u32 },
+    Submit {
+        index: usize,
+    },
+    /// `depth`: message delays on the longest causal chain that led to this message.
+    Deliver {
+        id: u64,
+        from: NodeId,
+        to: NodeId,
+        msg: P::Msg,
+        depth: u32,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u32,
+        timer: P::Timer,
+        depth: u32,
+    },
+    SyncDone {
+        node: NodeId,
+        incarnation: u32,
+    },
     Fault(FaultAction),
     Heal,
 }
@@ -69,6 +86,7 @@ impl<P: Protocol> Ord for Scheduled<P> {
 enum Role<P: Protocol> {
     Coordinator(P::Coordinator),
     Participant(P::Participant),
+    Acceptor(P::Acceptor),
 }
 
 struct Node<P: Protocol> {
@@ -111,8 +129,13 @@ impl<P: Protocol> std::fmt::Debug for Simulation<P> {
 
 impl<P: Protocol> Simulation<P> {
     pub fn new(config: SimConfig) -> Self {
-        let protocol_config = P::config(config.switches);
-        let nodes = (0..=config.participants)
+        let acceptors = config.acceptor_ids(P::acceptor_count(config.fault_tolerance));
+        let topology =
+            Topology { acceptors: acceptors.clone(), fault_tolerance: config.fault_tolerance };
+        let protocol_config = P::config(config.switches, &topology);
+        let last_node =
+            config.participants + u32::try_from(acceptors.len()).expect("few acceptors");
+        let nodes = (0..=last_node)
             .map(|i| Node { id: NodeId(i), core: None, incarnation: 0, disk: Disk::default() })
             .collect();
         let report = RunReport {
@@ -192,18 +215,18 @@ impl<P: Protocol> Simulation<P> {
                 index.hash(&mut self.hasher);
                 self.submit(index);
             }
-            Event::Deliver { id, from, to, msg } => {
+            Event::Deliver { id, from, to, msg, depth } => {
                 1u8.hash(&mut self.hasher);
                 (from, to).hash(&mut self.hasher);
                 msg.hash(&mut self.hasher);
-                self.deliver(id, from, to, msg);
+                self.deliver(id, from, to, msg, depth);
             }
-            Event::Timer { node, incarnation, timer } => {
+            Event::Timer { node, incarnation, timer, depth } => {
                 let n = &self.nodes[node.0 as usize];
                 if n.incarnation == incarnation && n.core.is_some() {
                     2u8.hash(&mut self.hasher);
                     (node, &timer).hash(&mut self.hasher);
-                    self.input(node, Input::Timer(timer));
+                    self.input(node, Input::Timer(timer), depth);
                 }
             }
             Event::SyncDone { node, incarnation } => {
@@ -235,15 +258,19 @@ impl<P: Protocol> Simulation<P> {
         }
         self.submitted_at.insert(request, self.now);
         let branches = self.config.workload[index].branches.clone();
-        self.input(COORDINATOR, Input::Begin { request, branches });
+        self.input(COORDINATOR, Input::Begin { request, branches }, 0);
     }
 
     fn partitioned(&self, a: NodeId, b: NodeId) -> bool {
         self.partition.as_ref().is_some_and(|side| side[a.0 as usize] != side[b.0 as usize])
     }
 
-    fn deliver(&mut self, id: u64, from: NodeId, to: NodeId, msg: P::Msg) {
-        let reason = if self.partitioned(from, to) {
+    fn local(&self, a: NodeId, b: NodeId) -> bool {
+        self.config.host_of(a) == self.config.host_of(b)
+    }
+
+    fn deliver(&mut self, id: u64, from: NodeId, to: NodeId, msg: P::Msg, depth: u32) {
+        let reason = if self.partitioned(from, to) && !self.local(from, to) {
             Some("partition")
         } else if self.nodes[to.0 as usize].core.is_none() {
             Some("down")
@@ -256,13 +283,21 @@ impl<P: Protocol> Simulation<P> {
             return;
         }
         self.trace(|| TraceEvent::Deliver { id, from, to, label: msg.to_string() });
-        self.input(to, Input::Message { from, msg });
+        self.input(to, Input::Message { from, msg }, depth);
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, msg: P::Msg) {
-        self.report.messages_sent += 1;
-        log_before_send::on_send(&mut self.history, from, P::message_kind(&msg), self.now);
-        match P::message_kind(&msg) {
+    fn send(&mut self, from: NodeId, to: NodeId, msg: P::Msg, cause_depth: u32) {
+        let kind = P::message_kind(&msg);
+        let logs = P::COORDINATOR_LOGS_DECISION;
+        log_before_send::on_send(&mut self.history, from, kind, logs, self.now);
+        let local = self.local(from, to);
+        if !local {
+            self.report.messages_sent += 1;
+            if !matches!(kind, MessageKind::Ack { .. }) {
+                self.report.messages_excluding_acks += 1;
+            }
+        }
+        match kind {
             MessageKind::Vote { txn, vote } => {
                 if vote == concord_types::Vote::Yes {
                     self.history.yes_at.entry((from, txn)).or_insert(self.now);
@@ -271,11 +306,21 @@ impl<P: Protocol> Simulation<P> {
                     self.history.no_votes.insert(txn);
                 }
             }
-            MessageKind::Decision { .. } | MessageKind::Other => {}
+            MessageKind::PreCommit { .. }
+            | MessageKind::Decision { .. }
+            | MessageKind::Ack { .. }
+            | MessageKind::Other => {}
         }
         self.next_message_id += 1;
         let id = self.next_message_id;
         self.trace(|| TraceEvent::Send { id, from, to, label: msg.to_string() });
+        if local {
+            // Same host: no network, no delay, no loss; and no message delay in the depth.
+            let depth = cause_depth;
+            self.schedule(self.now, Event::Deliver { id, from, to, msg, depth });
+            return;
+        }
+        let depth = cause_depth + 1;
         let dropped = self.rng.chance(self.drop_rate);
         if self.partitioned(from, to) || dropped {
             self.report.messages_lost += 1;
@@ -287,9 +332,10 @@ impl<P: Protocol> Simulation<P> {
         if self.rng.chance(self.duplicate_rate) {
             self.report.messages_duplicated += 1;
             let again = self.delay();
-            self.schedule(self.now + again, Event::Deliver { id, from, to, msg: msg.clone() });
+            let event = Event::Deliver { id, from, to, msg: msg.clone(), depth };
+            self.schedule(self.now + again, event);
         }
-        self.schedule(self.now + delay, Event::Deliver { id, from, to, msg });
+        self.schedule(self.now + delay, Event::Deliver { id, from, to, msg, depth });
     }
 
     /// One message's delay: usually short, now and then (after healing, never) very long.
@@ -307,16 +353,18 @@ impl<P: Protocol> Simulation<P> {
         let id = self.nodes[index].id;
         let role = if id == COORDINATOR {
             Role::Coordinator(P::coordinator(id, &self.protocol_config))
-        } else {
+        } else if id.0 <= self.config.participants {
             Role::Participant(P::participant(id, &self.protocol_config))
+        } else {
+            Role::Acceptor(P::acceptor(id, &self.protocol_config))
         };
         self.nodes[index].core = Some(role);
-        self.input(id, Input::Restart { records });
+        self.input(id, Input::Restart { records }, 0);
     }
 
     fn crash(&mut self, node: NodeId) {
         let index = node.0 as usize;
-        if self.nodes[index].core.is_none() {
+        if index >= self.nodes.len() || self.nodes[index].core.is_none() {
             return;
         }
         self.nodes[index].core = None;
@@ -331,7 +379,7 @@ impl<P: Protocol> Simulation<P> {
 
     fn restart(&mut self, node: NodeId) {
         let index = node.0 as usize;
-        if self.nodes[index].core.is_some() {
+        if index >= self.nodes.len() || self.nodes[index].core.is_some() {
             return;
         }
         let records = self.nodes[index].disk.recover();
@@ -363,8 +411,10 @@ impl<P: Protocol> Simulation<P> {
     }
 
     fn start_partition(&mut self, side: &[NodeId]) {
-        let mut sides = vec![false; self.nodes.len()];
-        for n in side {
+        // Nodes this protocol does not have (another protocol's acceptors) are left out.
+        let count = self.nodes.len();
+        let mut sides = vec![false; count];
+        for n in side.iter().filter(|n| (n.0 as usize) < count) {
             sides[n.0 as usize] = true;
         }
         self.partition = Some(sides);
@@ -408,13 +458,13 @@ impl<P: Protocol> Simulation<P> {
         let index = node.0 as usize;
         let done = self.nodes[index].disk.complete_sync();
         // Everything this sync covered is durable now, whatever the cores do next.
-        for (record, _) in &done {
+        for (record, ..) in &done {
             self.observe_durable(node, record, false);
         }
-        for (record, durability) in done {
+        for (record, durability, depth) in done {
             if durability == Durability::Forced {
                 self.trace(|| TraceEvent::Durable { node, label: record.to_string() });
-                self.input(node, Input::Persisted(record));
+                self.input(node, Input::Persisted(record), depth);
                 if self.nodes[index].core.is_none() {
                     return; // a trigger crashed it
                 }
@@ -435,12 +485,14 @@ impl<P: Protocol> Simulation<P> {
         }
     }
 
-    /// Hands one input to a node's core and carries out its commands in order.
-    fn input(&mut self, node: NodeId, input: In<P>) {
+    /// Hands one input to a node's core and carries out its commands in order. `depth` is the
+    /// message-delay depth of what caused the input.
+    fn input(&mut self, node: NodeId, input: In<P>, depth: u32) {
         let mut out: Vec<Cmd<P>> = Vec::new();
         match self.nodes[node.0 as usize].core.as_mut() {
             Some(Role::Coordinator(c)) => c.handle(input, &mut out),
             Some(Role::Participant(p)) => p.handle(input, &mut out),
+            Some(Role::Acceptor(a)) => a.handle(input, &mut out),
             None => return,
         }
         for command in out {
@@ -450,7 +502,7 @@ impl<P: Protocol> Simulation<P> {
                     return; // crashed: this command and the rest of the step never happen
                 }
             }
-            self.execute(node, command);
+            self.execute(node, command, depth);
             if let Some((TriggerTiming::After, action)) = &trigger {
                 if self.fire(node, action) {
                     return;
@@ -473,15 +525,18 @@ impl<P: Protocol> Simulation<P> {
             Command::Send { msg, .. } => match P::message_kind(msg) {
                 MessageKind::Vote { vote, .. } => TriggerOn::SendVote(vote),
                 MessageKind::Decision { decision, .. } => TriggerOn::SendDecision(decision),
-                MessageKind::Other => return None,
+                MessageKind::PreCommit { .. } => TriggerOn::SendPreCommit,
+                MessageKind::Ack { .. } | MessageKind::Other => return None,
             },
             _ => return None,
         };
         if !self.faults_active {
             return None;
         }
-        let (trigger, fired) =
-            self.triggers.iter_mut().find(|(t, fired)| !fired && t.node == node && t.on == on)?;
+        let (trigger, fired) = self
+            .triggers
+            .iter_mut()
+            .find(|(t, fired)| !fired && t.node == node && t.on.contains(&on))?;
         *fired = true;
         Some((trigger.timing, trigger.action.clone()))
     }
@@ -505,19 +560,22 @@ impl<P: Protocol> Simulation<P> {
         }
     }
 
-    fn execute(&mut self, node: NodeId, command: Cmd<P>) {
+    fn execute(&mut self, node: NodeId, command: Cmd<P>, depth: u32) {
         match command {
-            Command::Send { to, msg } => self.send(node, to, msg),
+            Command::Send { to, msg } => self.send(node, to, msg, depth),
             Command::Persist { record, durability } => {
                 self.report.records_written += 1;
                 let forced = durability == Durability::Forced;
                 self.trace(|| TraceEvent::Persist { node, label: record.to_string(), forced });
-                self.nodes[node.0 as usize].disk.append(record, durability);
+                self.nodes[node.0 as usize].disk.append(record, durability, depth);
                 self.start_sync(node);
             }
             Command::SetTimer { timer, after_us } => {
                 let incarnation = self.nodes[node.0 as usize].incarnation;
-                self.schedule(self.now + after_us, Event::Timer { node, incarnation, timer });
+                self.schedule(
+                    self.now + after_us,
+                    Event::Timer { node, incarnation, timer, depth },
+                );
             }
             Command::Begun { request, txn } => {
                 self.report.txns_begun += 1;
@@ -535,7 +593,8 @@ impl<P: Protocol> Simulation<P> {
                 self.trace(|| TraceEvent::Outcome { node, txn, decision });
                 if node == COORDINATOR {
                     self.client_outcome(txn, decision);
-                } else {
+                } else if node.0 <= self.config.participants {
+                    self.report.message_delays = self.report.message_delays.max(depth);
                     let source = DecisionSource::Outcome;
                     self.history.participant_decided(node, txn, decision, source, self.now);
                 }
@@ -560,7 +619,8 @@ impl<P: Protocol> Simulation<P> {
 
     fn finish(mut self) -> RunReport {
         let end = self.now;
-        let participants: Vec<ParticipantEnd> = self.nodes[1..]
+        let last_participant = self.config.participants as usize;
+        let participants: Vec<ParticipantEnd> = self.nodes[1..=last_participant]
             .iter()
             .map(|n| match &n.core {
                 Some(Role::Participant(p)) => ParticipantEnd {

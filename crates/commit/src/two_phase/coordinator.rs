@@ -19,7 +19,7 @@ use crate::{Branch, Command, Core, Durability, Input, Rejection};
 
 type Out = Vec<Command<Msg, Record, Timer>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Txn {
     Collecting {
         branches: Vec<Branch>,
@@ -39,7 +39,7 @@ enum Txn {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Coordinator {
     id: NodeId,
     config: Config,

@@ -38,7 +38,7 @@ use concord_types::{Decision, NodeId, TxnId, Vote, Write};
 pub use coordinator::Coordinator;
 pub use participant::Participant;
 
-use crate::{MessageKind, Protocol, RecordKind, Switches};
+use crate::{MessageKind, NoRole, Protocol, RecordKind, Switches, Topology};
 
 /// The two-phase commit protocol.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +106,7 @@ pub enum Timer {
 }
 
 /// Timeouts, limits and switches. Times are in microseconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     pub switches: Switches,
     /// The coordinator aborts a transaction whose votes are not all in by then.
@@ -154,8 +154,9 @@ impl Protocol for TwoPhase {
     type Config = Config;
     type Coordinator = Coordinator;
     type Participant = Participant;
+    type Acceptor = NoRole<Msg, Record, Timer>;
 
-    fn config(switches: Switches) -> Config {
+    fn config(switches: Switches, _topology: &Topology) -> Config {
         Config { switches, ..Config::default() }
     }
     fn coordinator(id: NodeId, config: &Config) -> Coordinator {
@@ -168,6 +169,7 @@ impl Protocol for TwoPhase {
         match *msg {
             Msg::Vote { txn, vote } => MessageKind::Vote { txn, vote },
             Msg::Decision { txn, decision } => MessageKind::Decision { txn, decision },
+            Msg::Ack { txn } => MessageKind::Ack { txn },
             _ => MessageKind::Other,
         }
     }

@@ -17,7 +17,7 @@
 //! which will bound it, belongs to the durable-log work), so a duplicate PREPARE that arrives
 //! long after the decision is answered, not re-executed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use concord_types::{Decision, NodeId, TxnId, Vote, Write};
 
@@ -27,7 +27,7 @@ use crate::{Command, Core, Durability, Input, ParticipantView};
 
 type Out = Vec<Command<Msg, Record, Timer>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Branch {
     /// PREPARED written, not yet durable; locks held. `abort_requested`: ABORT arrived meanwhile.
     Preparing {
@@ -57,13 +57,13 @@ enum Branch {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Participant {
     id: NodeId,
     config: Config,
     store: Store,
     branches: BTreeMap<TxnId, Branch>,
-    decided: HashMap<TxnId, Decision>,
+    decided: BTreeMap<TxnId, Decision>,
 }
 
 impl Participant {
@@ -73,7 +73,7 @@ impl Participant {
             config,
             store: Store::default(),
             branches: BTreeMap::new(),
-            decided: HashMap::new(),
+            decided: BTreeMap::new(),
         }
     }
 

@@ -20,10 +20,10 @@ pub fn check(decisions: &BTreeMap<TxnId, TxnDecisions>, found: &mut Vec<(&'stati
             let who: Vec<String> = d.participants.iter().map(|(n, x)| format!("{n} {x}")).collect();
             found.push((PROPERTY, format!("{txn} split: {}", who.join(", "))));
         }
-        for other in [d.logged, d.client].into_iter().flatten() {
+        for (what, other) in [("the log", d.logged), ("the client", d.client)] {
+            let Some(other) = other else { continue };
             for (node, decision) in &d.participants {
                 if *decision != other {
-                    let what = if Some(other) == d.logged { "the log" } else { "the client" };
                     found.push((
                         PROPERTY,
                         format!("{txn}: {node} {decision} but {what} says {other}"),

@@ -35,10 +35,8 @@ pub fn check(
         let committed = decisions.get(&txn).is_some_and(|d| d.any(Decision::Commit));
         let decided = history.participant_decisions.get(&(node, txn)).map(|(d, _)| *d);
         if committed && decided != Some(Decision::Commit) {
-            found.push((
-                PROPERTY,
-                format!("{node} voted YES on committed {txn} but has {decided:?}"),
-            ));
+            let has = decided.map_or_else(|| "no decision".to_string(), |d| format!("decided {d}"));
+            found.push((PROPERTY, format!("{node} voted YES on committed {txn} but {has}")));
         }
     }
 }

@@ -14,7 +14,15 @@ use super::History;
 
 pub const PROPERTY: &str = "log-before-send";
 
-pub fn on_send(h: &mut History, from: NodeId, kind: MessageKind, now: u64) {
+/// `coordinator_logs_decision`: false for protocols whose decision is durable elsewhere (Paxos
+/// Commit's acceptors); then only the YES half applies.
+pub fn on_send(
+    h: &mut History,
+    from: NodeId,
+    kind: MessageKind,
+    coordinator_logs_decision: bool,
+    now: u64,
+) {
     match kind {
         MessageKind::Vote { txn, vote: Vote::Yes }
             if !h.durable_prepares.contains(&(from, txn)) =>
@@ -23,7 +31,7 @@ pub fn on_send(h: &mut History, from: NodeId, kind: MessageKind, now: u64) {
             h.violate(PROPERTY, now, detail);
         }
         MessageKind::Decision { txn, decision: Decision::Commit }
-            if h.logged.get(&txn) != Some(&Decision::Commit) =>
+            if coordinator_logs_decision && h.logged.get(&txn) != Some(&Decision::Commit) =>
         {
             let detail = format!("{from} sent COMMIT for {txn} before the decision was durable");
             h.violate(PROPERTY, now, detail);

@@ -48,7 +48,7 @@ pub fn check_logged(
     decision: Decision,
     now: u64,
 ) {
-    if previous.is_some_and(|before| before != decision) {
-        h.violate(PROPERTY, now, format!("the log holds {txn} {previous:?} and {decision}"));
+    if let Some(before) = previous.filter(|before| *before != decision) {
+        h.violate(PROPERTY, now, format!("the logs hold both {before} and {decision} for {txn}"));
     }
 }

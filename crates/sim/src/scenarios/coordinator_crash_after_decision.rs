@@ -19,7 +19,7 @@ fn build(seed: u64) -> crate::SimConfig {
         seed,
         Trigger {
             node: COORDINATOR,
-            on: TriggerOn::SendDecision(Decision::Commit),
+            on: vec![TriggerOn::SendDecision(Decision::Commit)],
             timing: TriggerTiming::Before,
             action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
         },

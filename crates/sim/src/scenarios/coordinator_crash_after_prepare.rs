@@ -20,7 +20,7 @@ fn build(seed: u64) -> crate::SimConfig {
         seed,
         Trigger {
             node: COORDINATOR,
-            on: TriggerOn::PersistDecision(Decision::Commit),
+            on: vec![TriggerOn::PersistDecision(Decision::Commit)],
             timing: TriggerTiming::After, // written, not yet synced: lost in the crash
             action: TriggerAction::Crash { restart_after_us: OUTAGE_US },
         },

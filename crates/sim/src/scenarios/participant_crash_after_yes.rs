@@ -23,7 +23,7 @@ fn build(seed: u64) -> crate::SimConfig {
         seed,
         Trigger {
             node: NodeId(1),
-            on: TriggerOn::SendVote(Vote::Yes),
+            on: vec![TriggerOn::SendVote(Vote::Yes)],
             timing: TriggerTiming::After,
             action: TriggerAction::Crash { restart_after_us: DOWN_US },
         },

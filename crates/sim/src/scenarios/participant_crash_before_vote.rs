@@ -24,7 +24,7 @@ fn build(seed: u64) -> crate::SimConfig {
         seed,
         Trigger {
             node: NodeId(1),
-            on: TriggerOn::PersistPrepared,
+            on: vec![TriggerOn::PersistPrepared],
             timing: TriggerTiming::After, // written, not yet synced: lost in the crash
             action: TriggerAction::Crash { restart_after_us: DOWN_US },
         },

@@ -21,7 +21,7 @@ fn build(seed: u64) -> crate::SimConfig {
         seed,
         Trigger {
             node: COORDINATOR,
-            on: TriggerOn::SendDecision(Decision::Commit),
+            on: vec![TriggerOn::SendDecision(Decision::Commit)],
             timing: TriggerTiming::Before,
             action: TriggerAction::Partition {
                 side: vec![COORDINATOR, NodeId(1)],

@@ -1,0 +1,201 @@
+//! An acceptor: keeps every instance of a transaction (one per participant) and answers ballots.
+//! It is also a leader candidate, so a transaction can finish with its coordinator gone.
+//!
+//! Everything it promises or accepts is durable before it says so. Ballot-0 acceptances are
+//! bundled: each instance's is written lazily as it arrives, and the one that completes the set
+//! (or any `Aborted`) is forced — covering the earlier ones — before one 2b carries them all.
+
+use std::collections::BTreeMap;
+
+use concord_types::{NodeId, TxnId};
+
+use super::leader::Leader;
+use super::{Ballot, Config, Msg, Record, Timer, Value};
+use crate::{Command, Core, Durability, Input};
+
+type Out = Vec<Command<Msg, Record, Timer>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Acceptor {
+    id: NodeId,
+    config: Config,
+    promised: BTreeMap<TxnId, Ballot>,
+    accepted: BTreeMap<TxnId, BTreeMap<NodeId, (Ballot, Value)>>,
+    participants: BTreeMap<TxnId, Vec<NodeId>>,
+    /// Replies waiting for their record to be durable: (txn, ballot) → leader.
+    awaiting_promise: BTreeMap<(TxnId, Ballot), NodeId>,
+    awaiting_accept: BTreeMap<(TxnId, Ballot), NodeId>,
+    leader: Leader,
+}
+
+impl Acceptor {
+    pub fn new(id: NodeId, config: Config) -> Self {
+        Acceptor {
+            id,
+            leader: Leader::new(id, config.clone()),
+            config,
+            promised: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            participants: BTreeMap::new(),
+            awaiting_promise: BTreeMap::new(),
+            awaiting_accept: BTreeMap::new(),
+        }
+    }
+
+    fn promised(&self, txn: TxnId) -> Ballot {
+        self.promised.get(&txn).copied().unwrap_or(0)
+    }
+
+    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+        *self = Acceptor::new(self.id, self.config.clone());
+        let mut highest_epoch = 0;
+        for record in records {
+            match record {
+                Record::EpochStarted { epoch } => highest_epoch = highest_epoch.max(epoch),
+                Record::Promised { txn, ballot } => {
+                    let p = self.promised.entry(txn).or_insert(0);
+                    *p = (*p).max(ballot);
+                }
+                Record::Accepted { txn, ballot, values, participants } => {
+                    self.accept(txn, ballot, &values, participants);
+                }
+                other => {
+                    panic!("acceptor {} found a participant record in its log: {other:?}", self.id)
+                }
+            }
+        }
+        let epoch = highest_epoch.checked_add(1).expect("epoch space exhausted");
+        out.push(Command::Persist {
+            record: Record::EpochStarted { epoch },
+            durability: Durability::Forced,
+        });
+    }
+
+    fn accept(
+        &mut self,
+        txn: TxnId,
+        ballot: Ballot,
+        values: &[(NodeId, Value)],
+        participants: Vec<NodeId>,
+    ) {
+        let promised = self.promised.entry(txn).or_insert(0);
+        *promised = (*promised).max(ballot);
+        let instances = self.accepted.entry(txn).or_default();
+        for &(instance, value) in values {
+            instances.insert(instance, (ballot, value));
+        }
+        self.participants.entry(txn).or_insert(participants);
+    }
+
+    fn on_phase2a(
+        &mut self,
+        txn: TxnId,
+        ballot: Ballot,
+        values: Vec<(NodeId, Value)>,
+        leader: NodeId,
+        participants: Vec<NodeId>,
+        out: &mut Out,
+    ) {
+        let promised = self.promised(txn);
+        if ballot < promised {
+            if ballot > 0 {
+                out.push(Command::Send { to: leader, msg: Msg::Reject { txn, promised } });
+            }
+            return;
+        }
+        if ballot == 0 {
+            // A ballot-0 value never replaces one accepted at a higher ballot.
+            let higher = self.accepted.get(&txn).is_some_and(|a| a.values().any(|(b, _)| *b > 0));
+            if higher {
+                return;
+            }
+        }
+        self.accept(txn, ballot, &values, participants.clone());
+        let complete = ballot > 0
+            || values.iter().any(|(_, v)| *v == Value::Aborted)
+            || self.participants[&txn].iter().all(|p| self.accepted[&txn].contains_key(p));
+        let durability = if complete { Durability::Forced } else { Durability::Lazy };
+        out.push(Command::Persist {
+            record: Record::Accepted { txn, ballot, values, participants },
+            durability,
+        });
+        if complete {
+            let leader = if ballot == 0 { txn.coordinator } else { leader };
+            self.awaiting_accept.insert((txn, ballot), leader);
+        }
+    }
+
+    fn on_accept_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out) {
+        let Some(leader) = self.awaiting_accept.remove(&(txn, ballot)) else { return };
+        let values: Vec<(NodeId, Value)> = self.accepted[&txn]
+            .iter()
+            .filter(|(_, (b, _))| *b == ballot)
+            .map(|(&instance, &(_, value))| (instance, value))
+            .collect();
+        out.push(Command::Send { to: leader, msg: Msg::Phase2b { txn, ballot, values } });
+    }
+
+    fn on_phase1a(&mut self, txn: TxnId, ballot: Ballot, leader: NodeId, out: &mut Out) {
+        let promised = self.promised(txn);
+        if ballot <= promised {
+            out.push(Command::Send { to: leader, msg: Msg::Reject { txn, promised } });
+            return;
+        }
+        self.promised.insert(txn, ballot);
+        out.push(Command::Persist {
+            record: Record::Promised { txn, ballot },
+            durability: Durability::Forced,
+        });
+        self.awaiting_promise.insert((txn, ballot), leader);
+    }
+
+    fn on_promise_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out) {
+        let Some(leader) = self.awaiting_promise.remove(&(txn, ballot)) else { return };
+        let accepted = self
+            .accepted
+            .get(&txn)
+            .map(|a| a.iter().map(|(&instance, &(b, v))| (instance, b, v)).collect())
+            .unwrap_or_default();
+        out.push(Command::Send { to: leader, msg: Msg::Phase1b { txn, ballot, accepted } });
+    }
+}
+
+impl Core for Acceptor {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+        match input {
+            Input::Restart { records } => self.restart(records, out),
+            Input::Persisted(Record::EpochStarted { epoch }) => self.leader.epoch_durable(epoch),
+            Input::Persisted(Record::Promised { txn, ballot }) => {
+                self.on_promise_durable(txn, ballot, out);
+            }
+            Input::Persisted(Record::Accepted { txn, ballot, .. }) => {
+                self.on_accept_durable(txn, ballot, out);
+            }
+            Input::Persisted(other) => panic!("acceptor {} never forces {other:?}", self.id),
+            Input::Timer(timer) => self.leader.on_timer(timer, out),
+            Input::Begin { .. } => {}
+            Input::Message { from, msg } => match msg {
+                Msg::Phase2a { txn, ballot, values, leader, participants } => {
+                    self.on_phase2a(txn, ballot, values, leader, participants, out);
+                }
+                Msg::Phase1a { txn, ballot, leader } => self.on_phase1a(txn, ballot, leader, out),
+                // Leader-bound messages: this acceptor is leading a ballot.
+                Msg::Phase1b { txn, ballot, accepted } => {
+                    self.leader.on_phase1b(from, txn, ballot, accepted, out);
+                }
+                Msg::Phase2b { txn, ballot, values } => {
+                    self.leader.on_phase2b(from, txn, ballot, values, out);
+                }
+                Msg::Reject { txn, promised } => self.leader.on_reject(txn, promised),
+                Msg::Inquire { txn, participants } => {
+                    self.leader.on_inquire(from, txn, participants, out);
+                }
+                Msg::Prepare { .. } | Msg::Decision { .. } => {}
+            },
+        }
+    }
+}

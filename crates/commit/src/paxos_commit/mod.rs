@@ -1,0 +1,364 @@
+//! Paxos Commit (Gray & Lamport, "Consensus on Transaction Commit", ACM TODS 2006).
+//!
+//! One Paxos instance per participant decides that participant's vote, `Prepared` or
+//! `Aborted`; the transaction commits iff every instance chooses `Prepared`. 2F + 1 acceptors
+//! keep the instances, so the decision survives the coordinator and up to F acceptors failing:
+//! the coordinator keeps no log at all.
+//!
+//! ```text
+//!  leader (coordinator)     participant i            acceptors 1..F+1        acceptors F+2..2F+1
+//!     │── PREPARE ─────────────▶│ check, lock, force PREPARED
+//!     │                         │── 2a(ballot 0, i, Prepared) ──▶│ accept; force once all
+//!     │◀───────────────────── 2b(ballot 0, all instances) ───────│ instances are in (bundled)
+//!     │ every instance chosen Prepared by F+1 acceptors ⇒ COMMIT
+//!     │── DECISION ────────────▶│ force COMMITTED, apply
+//! ```
+//!
+//! * **Ballot 0 is the participant's own**: it sends its vote straight to the acceptors, with no
+//!   phase 1 — the fast path. It forces its vote either way first, so it can never send two
+//!   different ballot-0 values for its instance (even across a crash).
+//! * **Normal case on F + 1 acceptors.** A value is chosen once F + 1 acceptors (a majority of
+//!   2F + 1) accept it, so in the normal case participants send phase 2a to the first F + 1
+//!   acceptors only; the other F are needed only when one of those fails. This reproduces the
+//!   paper's message counts (docs/paxos-commit.md).
+//! * **Any leader may finish.** The coordinator and every acceptor are leader candidates. A
+//!   leader that finds instances undecided (vote timeout, or a participant asking) runs full
+//!   Paxos for all of them at a ballot of its own: phase 1 on all 2F + 1 acceptors, then phase 2
+//!   proposing, per instance, the value accepted at the highest ballot — or `Aborted` where none
+//!   was. With more than F acceptors down there is no majority and the transaction blocks until
+//!   they return.
+//! * **Unique ballots across restarts.** Ballot `((epoch · 2^32 + round) · K) + index + 1` for
+//!   candidate `index` of K, where `epoch` is bumped durably at every start of the node.
+
+mod acceptor;
+mod coordinator;
+mod leader;
+mod participant;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use concord_types::codec::{DecodeError, Encode, Reader, Writer};
+use concord_types::{Decision, NodeId, TxnId, Vote, Write};
+
+pub use acceptor::Acceptor;
+pub use coordinator::Coordinator;
+pub use participant::Participant;
+
+use crate::{MessageKind, Protocol, RecordKind, Switches, Topology};
+
+/// The Paxos Commit protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct PaxosCommit;
+
+/// The value an instance decides: its participant's vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    Prepared,
+    Aborted,
+}
+
+/// A ballot number. 0 belongs to each instance's participant; others to leader candidates.
+pub type Ballot = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Msg {
+    /// Leader → participant.
+    Prepare { txn: TxnId, participants: Vec<NodeId>, writes: Vec<Write> },
+    /// Participant (ballot 0) or leader → acceptor: accept these instances' values. `leader`
+    /// gets the 2b; `participants` lets any acceptor lead later.
+    Phase2a {
+        txn: TxnId,
+        ballot: Ballot,
+        values: Vec<(NodeId, Value)>,
+        leader: NodeId,
+        participants: Vec<NodeId>,
+    },
+    /// Acceptor → leader: accepted (bundled over instances).
+    Phase2b { txn: TxnId, ballot: Ballot, values: Vec<(NodeId, Value)> },
+    /// Leader → acceptors: promise not to accept lower ballots for this transaction.
+    Phase1a { txn: TxnId, ballot: Ballot, leader: NodeId },
+    /// Acceptor → leader: promised; here is what I accepted, per instance: (instance, ballot, value).
+    Phase1b { txn: TxnId, ballot: Ballot, accepted: Vec<(NodeId, Ballot, Value)> },
+    /// Acceptor → leader: your ballot is stale; I promised this one.
+    Reject { txn: TxnId, promised: Ballot },
+    /// Leader → participant.
+    Decision { txn: TxnId, decision: Decision },
+    /// Participant → leader candidate: I am prepared and have heard nothing.
+    Inquire { txn: TxnId, participants: Vec<NodeId> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Record {
+    /// Coordinator and acceptors: transaction ids and ballots of this epoch may be issued.
+    EpochStarted { epoch: u32 },
+    /// Participant: prepared (its ballot-0 vote is Prepared).
+    Prepared { txn: TxnId, participants: Vec<NodeId>, writes: Vec<Write> },
+    /// Participant: committed a prepared branch.
+    Committed { txn: TxnId },
+    /// Participant: aborted (forced when it is its ballot-0 vote, lazy after a decision).
+    Aborted { txn: TxnId },
+    /// Acceptor: promised `ballot` for every instance of `txn`.
+    Promised { txn: TxnId, ballot: Ballot },
+    /// Acceptor: accepted these values at `ballot`.
+    Accepted { txn: TxnId, ballot: Ballot, values: Vec<(NodeId, Value)>, participants: Vec<NodeId> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// The initial leader gives ballot 0 this long, then runs full Paxos (the vote timeout).
+    BallotZero { txn: TxnId },
+    /// A leader's ballot got no majority in time: try a higher one.
+    Ballot { txn: TxnId, ballot: Ballot },
+    /// A prepared participant asks a leader candidate (rotating with each attempt).
+    Inquire { txn: TxnId, attempt: u32 },
+}
+
+/// Timeouts, limits, and where the acceptors are. Times in microseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    pub switches: Switches,
+    /// 2F + 1 acceptors, in order; the first F + 1 take the normal case.
+    pub acceptors: Vec<NodeId>,
+    pub vote_timeout_us: u64,
+    /// A leader's ballot is retried after this long, doubling per attempt, capped.
+    pub ballot_timeout_us: u64,
+    pub ballot_timeout_max_us: u64,
+    pub inquiry_base_us: u64,
+    pub inquiry_max_us: u64,
+    pub max_in_flight: usize,
+    pub max_queued_begins: usize,
+    pub max_participants: usize,
+}
+
+impl Config {
+    pub fn new(acceptors: Vec<NodeId>) -> Self {
+        assert!(
+            acceptors.len() % 2 == 1,
+            "Paxos Commit needs 2F + 1 acceptors, got {}",
+            acceptors.len()
+        );
+        Config {
+            switches: Switches::default(),
+            acceptors,
+            vote_timeout_us: 50_000,
+            ballot_timeout_us: 20_000,
+            ballot_timeout_max_us: 1_000_000,
+            inquiry_base_us: 20_000,
+            inquiry_max_us: 1_000_000,
+            max_in_flight: 10_000,
+            max_queued_begins: 1_024,
+            max_participants: 64,
+        }
+    }
+
+    /// F: how many acceptor failures the protocol tolerates.
+    pub fn fault_tolerance(&self) -> usize {
+        self.acceptors.len() / 2
+    }
+
+    /// F + 1: acceptors whose agreement chooses a value.
+    pub fn majority(&self) -> usize {
+        self.fault_tolerance() + 1
+    }
+
+    /// The acceptors that take ballot 0 in the normal case.
+    pub fn normal_case_acceptors(&self) -> &[NodeId] {
+        &self.acceptors[..self.majority()]
+    }
+
+    /// Leader candidates for a transaction: its coordinator, then every acceptor.
+    pub fn candidates(&self, txn: TxnId) -> Vec<NodeId> {
+        std::iter::once(txn.coordinator).chain(self.acceptors.iter().copied()).collect()
+    }
+}
+
+pub(crate) fn backoff_us(base_us: u64, max_us: u64, attempt: u32) -> u64 {
+    base_us.saturating_mul(1u64 << attempt.min(32)).min(max_us)
+}
+
+impl Protocol for PaxosCommit {
+    const NAME: &'static str = "paxos-commit";
+    const COORDINATOR_LOGS_DECISION: bool = false;
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+    type Config = Config;
+    type Coordinator = Coordinator;
+    type Participant = Participant;
+    type Acceptor = Acceptor;
+
+    fn acceptor_count(fault_tolerance: u32) -> u32 {
+        2 * fault_tolerance.max(1) + 1
+    }
+    fn config(switches: Switches, topology: &Topology) -> Config {
+        Config { switches, ..Config::new(topology.acceptors.clone()) }
+    }
+    fn coordinator(id: NodeId, config: &Config) -> Coordinator {
+        Coordinator::new(id, config.clone())
+    }
+    fn participant(id: NodeId, config: &Config) -> Participant {
+        Participant::new(id, config.clone())
+    }
+    fn acceptor(id: NodeId, config: &Config) -> Acceptor {
+        Acceptor::new(id, config.clone())
+    }
+    fn message_kind(msg: &Msg) -> MessageKind {
+        match msg {
+            Msg::Phase2a { txn, ballot: 0, values, .. } => match values.as_slice() {
+                [(_, Value::Prepared)] => MessageKind::Vote { txn: *txn, vote: Vote::Yes },
+                [(_, Value::Aborted)] => MessageKind::Vote { txn: *txn, vote: Vote::No },
+                _ => MessageKind::Other,
+            },
+            Msg::Decision { txn, decision } => {
+                MessageKind::Decision { txn: *txn, decision: *decision }
+            }
+            _ => MessageKind::Other,
+        }
+    }
+    fn record_kind(record: &Record) -> RecordKind {
+        match *record {
+            Record::Prepared { txn, .. } => RecordKind::Prepared { txn },
+            Record::Committed { txn } => {
+                RecordKind::BranchDecided { txn, decision: Decision::Commit }
+            }
+            Record::Aborted { txn } => RecordKind::BranchDecided { txn, decision: Decision::Abort },
+            Record::EpochStarted { .. } | Record::Promised { .. } | Record::Accepted { .. } => {
+                RecordKind::Other
+            }
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Value::Prepared => "Prepared",
+            Value::Aborted => "Aborted",
+        })
+    }
+}
+
+fn values_label(values: &[(NodeId, Value)]) -> String {
+    let all_prepared = values.iter().all(|(_, v)| *v == Value::Prepared);
+    match values {
+        [(node, v)] => format!("{node}:{v}"),
+        _ if all_prepared => format!("{}×Prepared", values.len()),
+        _ => format!("{} values", values.len()),
+    }
+}
+
+impl fmt::Display for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Msg::Prepare { txn, .. } => write!(f, "PREPARE {txn}"),
+            Msg::Phase2a { txn, ballot, values, .. } => {
+                write!(f, "2a b{ballot} {} {txn}", values_label(values))
+            }
+            Msg::Phase2b { txn, ballot, values } => {
+                write!(f, "2b b{ballot} {} {txn}", values_label(values))
+            }
+            Msg::Phase1a { txn, ballot, .. } => write!(f, "1a b{ballot} {txn}"),
+            Msg::Phase1b { txn, ballot, .. } => write!(f, "1b b{ballot} {txn}"),
+            Msg::Reject { txn, promised } => write!(f, "REJECT <b{promised} {txn}"),
+            Msg::Decision { txn, decision } => write!(f, "{decision} {txn}"),
+            Msg::Inquire { txn, .. } => write!(f, "INQUIRE {txn}"),
+        }
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::EpochStarted { epoch } => write!(f, "epoch {epoch}"),
+            Record::Prepared { txn, .. } => write!(f, "prepared {txn}"),
+            Record::Committed { txn } => write!(f, "committed {txn}"),
+            Record::Aborted { txn } => write!(f, "aborted {txn}"),
+            Record::Promised { txn, ballot } => write!(f, "promised b{ballot} {txn}"),
+            Record::Accepted { txn, ballot, values, .. } => {
+                write!(f, "accepted b{ballot} {} {txn}", values_label(values))
+            }
+        }
+    }
+}
+
+fn encode_values(w: &mut Writer<'_>, values: &[(NodeId, Value)]) {
+    w.sequence_len(values.len());
+    for (node, value) in values {
+        w.node(*node);
+        w.u8(match value {
+            Value::Prepared => 1,
+            Value::Aborted => 2,
+        });
+    }
+}
+
+fn decode_values(r: &mut Reader<'_>) -> Result<Vec<(NodeId, Value)>, DecodeError> {
+    let len = r.sequence_len()?;
+    (0..len)
+        .map(|_| {
+            let node = r.node()?;
+            let value = match r.u8()? {
+                1 => Value::Prepared,
+                2 => Value::Aborted,
+                tag => return Err(DecodeError::UnknownTag { what: "paxos value", tag }),
+            };
+            Ok((node, value))
+        })
+        .collect()
+}
+
+impl Encode for Record {
+    fn encode(&self, w: &mut Writer<'_>) {
+        match self {
+            Record::EpochStarted { epoch } => {
+                w.u8(1);
+                w.u32(*epoch);
+            }
+            Record::Prepared { txn, participants, writes } => {
+                w.u8(2);
+                w.txn(*txn);
+                w.nodes(participants);
+                w.writes(writes);
+            }
+            Record::Committed { txn } => {
+                w.u8(3);
+                w.txn(*txn);
+            }
+            Record::Aborted { txn } => {
+                w.u8(4);
+                w.txn(*txn);
+            }
+            Record::Promised { txn, ballot } => {
+                w.u8(5);
+                w.txn(*txn);
+                w.u64(*ballot);
+            }
+            Record::Accepted { txn, ballot, values, participants } => {
+                w.u8(6);
+                w.txn(*txn);
+                w.u64(*ballot);
+                encode_values(w, values);
+                w.nodes(participants);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8()? {
+            1 => Record::EpochStarted { epoch: r.u32()? },
+            2 => Record::Prepared { txn: r.txn()?, participants: r.nodes()?, writes: r.writes()? },
+            3 => Record::Committed { txn: r.txn()? },
+            4 => Record::Aborted { txn: r.txn()? },
+            5 => Record::Promised { txn: r.txn()?, ballot: r.u64()? },
+            6 => Record::Accepted {
+                txn: r.txn()?,
+                ballot: r.u64()?,
+                values: decode_values(r)?,
+                participants: r.nodes()?,
+            },
+            tag => return Err(DecodeError::UnknownTag { what: "paxos-commit record", tag }),
+        })
+    }
+}

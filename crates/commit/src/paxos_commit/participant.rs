@@ -1,0 +1,306 @@
+//! The Paxos Commit participant (the paper's resource manager). Like a 2PC participant, but it
+//! sends its vote as a ballot-0 phase 2a message to the acceptors, forces its vote either way
+//! first, sends no ACK, and when in doubt asks the leader candidates in turn.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use concord_types::{Decision, NodeId, TxnId, Write};
+
+use super::{backoff_us, Config, Msg, Record, Timer, Value};
+use crate::store::Store;
+use crate::{Command, Core, Durability, Input, ParticipantView};
+
+type Out = Vec<Command<Msg, Record, Timer>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Branch {
+    Preparing {
+        participants: Vec<NodeId>,
+        writes: Vec<Write>,
+        abort_requested: bool,
+    },
+    Prepared {
+        participants: Vec<NodeId>,
+        writes: Vec<Write>,
+        inquiry_attempt: u32,
+    },
+    /// Refused: the ABORTED vote is being forced before it is sent.
+    VotingAbort {
+        participants: Vec<NodeId>,
+    },
+    Committing {
+        writes: Vec<Write>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Participant {
+    id: NodeId,
+    config: Config,
+    store: Store,
+    branches: BTreeMap<TxnId, Branch>,
+    committed: BTreeSet<TxnId>,
+    aborted: BTreeSet<TxnId>,
+}
+
+impl Participant {
+    pub fn new(id: NodeId, config: Config) -> Self {
+        Participant {
+            id,
+            config,
+            store: Store::default(),
+            branches: BTreeMap::new(),
+            committed: BTreeSet::new(),
+            aborted: BTreeSet::new(),
+        }
+    }
+
+    fn decided(&self, txn: TxnId) -> Option<Decision> {
+        if self.committed.contains(&txn) {
+            Some(Decision::Commit)
+        } else if self.aborted.contains(&txn) {
+            Some(Decision::Abort)
+        } else {
+            None
+        }
+    }
+
+    /// The ballot-0 vote, to the acceptors that take the normal case.
+    fn send_vote(&self, txn: TxnId, value: Value, participants: &[NodeId], out: &mut Out) {
+        for &acceptor in self.config.normal_case_acceptors() {
+            let msg = Msg::Phase2a {
+                txn,
+                ballot: 0,
+                values: vec![(self.id, value)],
+                leader: txn.coordinator,
+                participants: participants.to_vec(),
+            };
+            out.push(Command::Send { to: acceptor, msg });
+        }
+    }
+
+    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+        *self = Participant::new(self.id, self.config.clone());
+        for record in records {
+            match record {
+                Record::Prepared { txn, participants, writes } => {
+                    self.store.lock(txn, &writes);
+                    self.branches
+                        .insert(txn, Branch::Prepared { participants, writes, inquiry_attempt: 0 });
+                }
+                Record::Committed { txn } => {
+                    let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+                        panic!("{}: log commits {txn} without a prepare record before it", self.id);
+                    };
+                    self.store.unlock(txn, &writes);
+                    self.store.apply(&writes);
+                    self.committed.insert(txn);
+                }
+                Record::Aborted { txn } => {
+                    if let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) {
+                        self.store.unlock(txn, &writes);
+                    }
+                    self.aborted.insert(txn);
+                }
+                other => panic!("participant {} found {other:?} in its log", self.id),
+            }
+        }
+        // Repeat the vote (the same value: it is durable) and ask at once.
+        let prepared: Vec<(TxnId, Vec<NodeId>)> = self
+            .branches
+            .iter()
+            .filter_map(|(&txn, b)| match b {
+                Branch::Prepared { participants, .. } => Some((txn, participants.clone())),
+                _ => None,
+            })
+            .collect();
+        for (txn, participants) in prepared {
+            self.send_vote(txn, Value::Prepared, &participants, out);
+            out.push(Command::SetTimer {
+                timer: Timer::Inquire { txn, attempt: 0 },
+                after_us: self.config.inquiry_base_us,
+            });
+        }
+    }
+
+    fn on_prepare(
+        &mut self,
+        txn: TxnId,
+        participants: Vec<NodeId>,
+        writes: Vec<Write>,
+        out: &mut Out,
+    ) {
+        if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
+            return; // a duplicate: the vote is already on its way or decided
+        }
+        if self.branches.len() >= self.config.max_in_flight
+            || self.store.check(txn, &writes).is_err()
+        {
+            out.push(Command::Persist {
+                record: Record::Aborted { txn },
+                durability: Durability::Forced,
+            });
+            self.branches.insert(txn, Branch::VotingAbort { participants });
+            return;
+        }
+        self.store.lock(txn, &writes);
+        out.push(Command::Persist {
+            record: Record::Prepared {
+                txn,
+                participants: participants.clone(),
+                writes: writes.clone(),
+            },
+            durability: Durability::Forced,
+        });
+        self.branches
+            .insert(txn, Branch::Preparing { participants, writes, abort_requested: false });
+    }
+
+    fn on_decision(&mut self, txn: TxnId, decision: Decision, out: &mut Out) {
+        if self.decided(txn).is_some() {
+            return; // decisions are final
+        }
+        match (self.branches.remove(&txn), decision) {
+            (Some(Branch::Prepared { writes, .. }), Decision::Commit) => {
+                out.push(Command::Persist {
+                    record: Record::Committed { txn },
+                    durability: Durability::Forced,
+                });
+                self.branches.insert(txn, Branch::Committing { writes });
+            }
+            (Some(Branch::Prepared { writes, .. }), Decision::Abort) => {
+                self.abort_prepared(txn, &writes, out);
+            }
+            (Some(Branch::Preparing { participants, writes, .. }), Decision::Abort) => {
+                self.branches
+                    .insert(txn, Branch::Preparing { participants, writes, abort_requested: true });
+            }
+            (None, Decision::Abort) => {
+                self.aborted.insert(txn);
+            }
+            (Some(other), _) => {
+                // Committing, voting abort, or COMMIT before our vote was durable (impossible:
+                // commit needs our Prepared chosen). Leave it as it is.
+                self.branches.insert(txn, other);
+            }
+            (None, Decision::Commit) => {}
+        }
+    }
+
+    fn abort_prepared(&mut self, txn: TxnId, writes: &[Write], out: &mut Out) {
+        self.store.unlock(txn, writes);
+        self.aborted.insert(txn);
+        out.push(Command::Persist {
+            record: Record::Aborted { txn },
+            durability: Durability::Lazy,
+        });
+        out.push(Command::Outcome { txn, decision: Decision::Abort });
+    }
+
+    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+        match record {
+            Record::Prepared { txn, .. } => {
+                let Some(Branch::Preparing { participants, writes, abort_requested }) =
+                    self.branches.remove(&txn)
+                else {
+                    panic!(
+                        "{}: prepare record of {txn} durable, but it was not preparing",
+                        self.id
+                    );
+                };
+                if abort_requested {
+                    return self.abort_prepared(txn, &writes, out);
+                }
+                self.send_vote(txn, Value::Prepared, &participants, out);
+                out.push(Command::SetTimer {
+                    timer: Timer::Inquire { txn, attempt: 0 },
+                    after_us: self.config.inquiry_base_us,
+                });
+                self.branches
+                    .insert(txn, Branch::Prepared { participants, writes, inquiry_attempt: 0 });
+            }
+            Record::Aborted { txn } => {
+                let Some(Branch::VotingAbort { participants }) = self.branches.remove(&txn) else {
+                    panic!("{}: forced abort vote of {txn} durable in another state", self.id);
+                };
+                self.aborted.insert(txn);
+                out.push(Command::Outcome { txn, decision: Decision::Abort });
+                self.send_vote(txn, Value::Aborted, &participants, out);
+            }
+            Record::Committed { txn } => {
+                let Some(Branch::Committing { writes }) = self.branches.remove(&txn) else {
+                    panic!(
+                        "{}: commit record of {txn} durable, but it was not committing",
+                        self.id
+                    );
+                };
+                self.store.unlock(txn, &writes);
+                self.store.apply(&writes);
+                self.committed.insert(txn);
+                out.push(Command::Outcome { txn, decision: Decision::Commit });
+            }
+            other => panic!("participant {} never forces {other:?}", self.id),
+        }
+    }
+
+    fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out) {
+        let Some(Branch::Prepared { participants, inquiry_attempt, .. }) =
+            self.branches.get_mut(&txn)
+        else {
+            return;
+        };
+        if *inquiry_attempt != attempt {
+            return;
+        }
+        *inquiry_attempt += 1;
+        let candidates = self.config.candidates(txn);
+        let to = candidates[attempt as usize % candidates.len()];
+        out.push(Command::Send {
+            to,
+            msg: Msg::Inquire { txn, participants: participants.clone() },
+        });
+        let after_us =
+            backoff_us(self.config.inquiry_base_us, self.config.inquiry_max_us, attempt + 1);
+        out.push(Command::SetTimer {
+            timer: Timer::Inquire { txn, attempt: attempt + 1 },
+            after_us,
+        });
+    }
+}
+
+impl Core for Participant {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+        match input {
+            Input::Restart { records } => self.restart(records, out),
+            Input::Persisted(record) => self.on_persisted(record, out),
+            Input::Timer(Timer::Inquire { txn, attempt }) => {
+                self.on_inquiry_timer(txn, attempt, out);
+            }
+            Input::Timer(_) | Input::Begin { .. } => {}
+            Input::Message { msg, .. } => match msg {
+                Msg::Prepare { txn, participants, writes } => {
+                    self.on_prepare(txn, participants, writes, out);
+                }
+                Msg::Decision { txn, decision } => self.on_decision(txn, decision, out),
+                _ => {}
+            },
+        }
+    }
+}
+
+impl ParticipantView for Participant {
+    fn in_doubt(&self) -> Vec<TxnId> {
+        self.branches
+            .iter()
+            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
+            .map(|(&t, _)| t)
+            .collect()
+    }
+    fn store(&self) -> &Store {
+        &self.store
+    }
+}

@@ -1,0 +1,1 @@
+//! Core unit tests for three-phase commit.
