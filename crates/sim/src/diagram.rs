@@ -103,6 +103,10 @@ pub fn text(trace: &[TraceEntry], nodes: u32, title: &str) -> String {
         }
         let mut text_note = String::new();
         match &entry.event {
+            TraceEvent::Deliver { from, to, label, .. } if from == to => {
+                line[center(*from)] = '↺';
+                text_note = format!("{label} (to itself)");
+            }
             TraceEvent::Deliver { from, to, label, .. } => {
                 let (a, b) = (center(*from), center(*to));
                 let (lo, hi) = (a.min(b), a.max(b));

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod diagram;
 pub mod disk;
+pub mod happy_path;
 pub mod hash;
 pub mod histogram;
 pub mod invariants;

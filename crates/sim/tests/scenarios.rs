@@ -1,6 +1,8 @@
 //! Every named scenario, run for the protocols it states an outcome for, must have that outcome.
 
 use concord_commit::naive::Naive;
+use concord_commit::paxos_commit::PaxosCommit;
+use concord_commit::three_phase::ThreePhase;
 use concord_commit::two_phase::TwoPhase;
 use concord_commit::Protocol;
 use concord_sim::scenarios::{self, Verdict};
@@ -57,6 +59,32 @@ fn naive_partial_failure_leaves_about_four_percent_split_and_two_phase_none() {
 }
 
 #[test]
+fn coordinator_crash_after_precommit_blocks_2pc_but_not_3pc_or_paxos_commit() {
+    assert_expected::<TwoPhase>("coordinator-crash-after-precommit");
+    assert_expected::<ThreePhase>("coordinator-crash-after-precommit");
+    assert_expected::<PaxosCommit>("coordinator-crash-after-precommit");
+}
+
+#[test]
+fn partition_during_precommit_blocks_2pc_splits_3pc_and_paxos_commit_finishes() {
+    assert_expected::<TwoPhase>("partition-during-precommit");
+    assert_expected::<ThreePhase>("partition-during-precommit");
+    assert_expected::<PaxosCommit>("partition-during-precommit");
+}
+
+#[test]
+fn paxos_commit_survives_the_coordinator_and_f_acceptors() {
+    assert_expected::<PaxosCommit>("paxos-coordinator-and-f-acceptors-crash");
+    assert_expected::<ThreePhase>("paxos-coordinator-and-f-acceptors-crash");
+    assert_expected::<TwoPhase>("paxos-coordinator-and-f-acceptors-crash");
+}
+
+#[test]
+fn paxos_commit_blocks_with_more_than_f_acceptors_down() {
+    assert_expected::<PaxosCommit>("paxos-majority-of-acceptors-down");
+}
+
+#[test]
 fn every_scenario_has_a_test_above() {
     // A scenario added to the registry must get its own test; this list must match it.
     let tested = [
@@ -66,6 +94,10 @@ fn every_scenario_has_a_test_above() {
         "participant-crash-before-vote",
         "partition-during-commit",
         "duplicate-commit",
+        "coordinator-crash-after-precommit",
+        "partition-during-precommit",
+        "paxos-coordinator-and-f-acceptors-crash",
+        "paxos-majority-of-acceptors-down",
         "naive-partial-failure",
     ];
     let registered: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();

@@ -2,6 +2,8 @@
 //! Any violation fails the test and names the seed to replay.
 
 use concord_commit::naive::Naive;
+use concord_commit::paxos_commit::PaxosCommit;
+use concord_commit::three_phase::ThreePhase;
 use concord_commit::two_phase::TwoPhase;
 use concord_sim::rng::run_seed;
 use concord_sim::sweep::{run_one, sweep};
@@ -26,6 +28,30 @@ fn two_phase_commit_survives_a_hundred_thousand_random_fault_schedules() {
     assert!(summary.aborted > CI_RUNS / 10, "aborted {}", summary.aborted);
     assert!(summary.blocked_runs > 0, "no run blocked: the faults are too gentle to test anything");
     assert!(summary.outcome_unknown > 0, "no coordinator crash ever lost a client outcome");
+}
+
+#[test]
+fn paxos_commit_survives_fifty_thousand_random_fault_schedules() {
+    let summary = sweep::<PaxosCommit>(0xC0_4C0D, 50_000, 2, &|_| {});
+    let failures: Vec<String> = summary
+        .failures
+        .iter()
+        .map(|(i, seed, v)| format!("run {i} seed {seed:#x}: {v}"))
+        .collect();
+    assert!(failures.is_empty(), "{} failing runs:\n{}", summary.failed_runs, failures.join("\n"));
+    assert!(summary.committed > 50_000 && summary.aborted > 5_000);
+}
+
+#[test]
+fn three_phase_commit_splits_under_these_faults_but_its_cores_never_fail() {
+    let summary = sweep::<ThreePhase>(0xC0_4C0D, 20_000, 2, &|_| {});
+    assert!(
+        summary.failed_runs > 0,
+        "3PC is not partition-tolerant; 20,000 faulty runs should show it"
+    );
+    let broken: Vec<_> =
+        summary.failures.iter().filter(|(_, _, v)| v.property == "panic").collect();
+    assert!(broken.is_empty(), "a 3PC core panicked: {broken:?}");
 }
 
 #[test]

@@ -5,17 +5,21 @@
 //! outcome do not.
 
 mod coordinator_crash_after_decision;
+mod coordinator_crash_after_precommit;
 mod coordinator_crash_after_prepare;
 mod duplicate_commit;
 mod naive_partial_failure;
 mod participant_crash_after_yes;
 mod participant_crash_before_vote;
 mod partition_during_commit;
+mod partition_during_precommit;
+mod paxos_coordinator_and_f_acceptors_crash;
+mod paxos_majority_of_acceptors_down;
 
 use concord_commit::Branch;
 use concord_types::{Decision, NodeId, Write};
 
-use crate::config::{SimConfig, Trigger, TxnSpec};
+use crate::config::{ScheduledFault, SimConfig, Trigger, TxnSpec};
 use crate::report::RunReport;
 
 /// What a scenario says of a run.
@@ -45,6 +49,10 @@ pub const ALL: &[Scenario] = &[
     participant_crash_before_vote::SCENARIO,
     partition_during_commit::SCENARIO,
     duplicate_commit::SCENARIO,
+    coordinator_crash_after_precommit::SCENARIO,
+    partition_during_precommit::SCENARIO,
+    paxos_coordinator_and_f_acceptors_crash::SCENARIO,
+    paxos_majority_of_acceptors_down::SCENARIO,
     naive_partial_failure::SCENARIO,
 ];
 
@@ -79,6 +87,18 @@ fn one_transfer(seed: u64) -> SimConfig {
     config
 }
 
+/// The stories' transaction, with fault triggers and scheduled faults.
+fn one_transfer_with_faults(
+    seed: u64,
+    triggers: Vec<Trigger>,
+    faults: Vec<ScheduledFault>,
+) -> SimConfig {
+    let mut config = one_transfer(seed);
+    config.triggers = triggers;
+    config.faults = faults;
+    config
+}
+
 /// The stories' transaction, with one fault trigger.
 fn one_transfer_with(seed: u64, trigger: Trigger) -> SimConfig {
     let mut config = one_transfer(seed);
@@ -95,11 +115,54 @@ fn judge_two_phase(
     if protocol != "2pc" {
         return Verdict::NoExpectation;
     }
+    expect_safe(report, || check(report))
+}
+
+/// No violation, then `check`.
+fn expect_safe(report: &RunReport, check: impl FnOnce() -> Result<String, String>) -> Verdict {
     let checked = match report.violations.first() {
         Some(v) => Err(format!("{} violation(s), first: {v}", report.violations.len())),
-        None => check(report),
+        None => check(),
     };
     verdict(checked)
+}
+
+/// The longest any participant was in doubt, and the shortest.
+fn in_doubt_range(report: &RunReport) -> (u64, u64) {
+    let min = report.in_doubt.iter().map(|d| d.us).min().unwrap_or(0);
+    (min, report.max_in_doubt_us())
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.0} ms", us as f64 / 1000.0)
+}
+
+/// Blocked: every participant in doubt for at least the outage.
+fn blocked_for_outage(report: &RunReport) -> Result<(), String> {
+    let (min, _) = in_doubt_range(report);
+    if report.in_doubt.len() == 3 && min >= OUTAGE_US {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected all 3 participants blocked ≥ {}, got {:?}",
+            ms(OUTAGE_US),
+            report.in_doubt
+        ))
+    }
+}
+
+/// Not blocked: every participant resolved well within the outage.
+fn not_blocked(report: &RunReport) -> Result<(), String> {
+    let (_, max) = in_doubt_range(report);
+    if max < OUTAGE_US / 2 && report.in_doubt.iter().all(|d| d.resolved) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected no participant in doubt ≥ {}, got {:?}",
+            ms(OUTAGE_US / 2),
+            report.in_doubt
+        ))
+    }
 }
 
 fn all_decided(report: &RunReport, decision: Decision, nodes: &[u32]) -> Result<(), String> {
