@@ -10,6 +10,7 @@ use concord_commit::naive::Naive;
 use concord_commit::paxos_commit::PaxosCommit;
 use concord_commit::three_phase::ThreePhase;
 use concord_commit::two_phase::TwoPhase;
+use concord_sim::compare::{self, percent, ProtocolResults};
 use concord_sim::diagram;
 use concord_sim::optimizations::{self, Variant};
 use concord_sim::report::RunReport;
@@ -53,6 +54,27 @@ pub enum SimCommand {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Run several protocols on the same seeded workloads and fault schedules, side by side.
+    Compare {
+        /// Comma-separated: naive, 2pc, 3pc, paxos-commit.
+        #[arg(long, default_value = "2pc,3pc,paxos-commit")]
+        protocols: String,
+        /// `all`, `random` (the sweep's schedules), or a scenario name.
+        #[arg(long, default_value = "all")]
+        scenario: String,
+        /// Runs per protocol and workload.
+        #[arg(long, default_value_t = 1_000)]
+        runs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        /// Also write a bar chart of blocking and atomicity violations.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
     /// Re-run one randomized run of a sweep (a failing seed it printed) with its diagram.
     Replay {
@@ -159,6 +181,45 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             let report =
                 with_protocol!(protocol.as_str(), P => scenarios::run::<P>(scenario, seed, true));
             run_output(scenario, &report, svg.as_deref(), no_diagram)
+        }
+        SimCommand::Compare { protocols, scenario, runs, seed, threads, json, svg } => {
+            let protocols: Vec<&str> =
+                protocols.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+            if protocols.is_empty() {
+                return Err("--protocols needs at least one protocol".to_string());
+            }
+            for p in &protocols {
+                check_protocol(p)?;
+            }
+            let workloads = compare::Workload::select(&scenario).ok_or_else(|| {
+                format!("unknown scenario '{scenario}' (all, random, or one of `concord sim scenarios`)")
+            })?;
+            if runs == 0 {
+                return Err("--runs must be at least 1".to_string());
+            }
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let bar = ProgressBar::new(protocols.len() as u64);
+            let mut results = Vec::new();
+            for (i, p) in protocols.iter().enumerate() {
+                results.push(
+                    with_protocol!(*p, P => compare::run::<P>(&workloads, runs, seed, threads)),
+                );
+                bar.show(i as u64 + 1);
+            }
+            bar.finish();
+            let threshold_ms =
+                concord_sim::SimConfig::new(0, 1, Vec::new()).blocked_threshold_us / 1000;
+            if let Some(path) = svg {
+                let title =
+                    format!("Concord protocols compared: {runs} runs per workload, seed {seed}");
+                std::fs::write(&path, compare::svg(&results, threshold_ms, &title))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                eprintln!("chart written to {}", path.display());
+            }
+            emit(&compare_output(&results, runs, seed, threshold_ms, json));
+            Ok(ExitCode::SUCCESS)
         }
         SimCommand::Replay { protocol, seed, svg, no_diagram } => {
             check_protocol(&protocol)?;
@@ -436,6 +497,115 @@ fn sweep_output(
     let shown = s.failures.len().min(SHOWN) as u64;
     if s.failed_runs > shown {
         outln!(out, "… and {} more failing runs (--json lists up to 100)", s.failed_runs - shown);
+    }
+    out
+}
+
+fn compare_output(
+    results: &[ProtocolResults],
+    runs: u64,
+    seed: u64,
+    threshold_ms: u64,
+    json: bool,
+) -> String {
+    let mut out = String::new();
+    if json {
+        let protocols: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let workloads: Vec<serde_json::Value> = r
+                    .workloads
+                    .iter()
+                    .map(|(name, runs, s)| {
+                        serde_json::json!({
+                            "workload": name,
+                            "runs": runs,
+                            "transactions": s.txns_begun,
+                            "blocked_runs": s.blocked_runs,
+                            "blocked_share": percent(s.blocked_runs, *runs) / 100.0,
+                            "runs_with_violations": s.failed_runs,
+                            "split_transactions": s.split_txns,
+                            "forced_writes_per_txn": s.forced_writes_per_txn(),
+                            "messages_per_txn": s.messages_per_txn(),
+                            "commit_latency_p50_us": s.commit_latency_us.quantile(0.5),
+                            "commit_latency_p99_us": s.commit_latency_us.quantile(0.99),
+                            "in_doubt_p50_us": s.in_doubt_us.quantile(0.5),
+                            "in_doubt_p99_us": s.in_doubt_us.quantile(0.99),
+                            "in_doubt_max_us": s.in_doubt_us.max(),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "protocol": r.protocol,
+                    "happy_path": {
+                        "participants": 3,
+                        "fault_tolerance": 1,
+                        "messages": r.happy_path.messages,
+                        "message_delays": r.happy_path.message_delays,
+                        "forced_writes": r.happy_path.forced_writes,
+                    },
+                    "workloads": workloads,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({"runs": runs, "seed": seed, "blocked_threshold_ms": threshold_ms, "protocols": protocols});
+        outln!(out, "{value}");
+        return out;
+    }
+    outln!(out, "happy path: one transaction, 3 participants, F = 1, no faults");
+    outln!(
+        out,
+        "{:<14} {:>9} {:>15} {:>14}",
+        "protocol",
+        "messages",
+        "message delays",
+        "forced writes"
+    );
+    for r in results {
+        let h = r.happy_path;
+        outln!(
+            out,
+            "{:<14} {:>9} {:>15} {:>14}",
+            r.protocol,
+            h.messages,
+            h.message_delays,
+            h.forced_writes
+        );
+    }
+    let Some(first) = results.first() else { return out };
+    for (w, (name, runs, _)) in first.workloads.iter().enumerate() {
+        outln!(out, "\n{name} — {runs} runs per protocol (seed {seed}); blocked = a participant in doubt > {threshold_ms} ms");
+        outln!(
+            out,
+            "{:<14} {:>8} {:>11} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "protocol",
+            "blocked",
+            "violations",
+            "split",
+            "forced/txn",
+            "commit p50",
+            "commit p99",
+            "doubt p50",
+            "doubt p99",
+            "doubt max"
+        );
+        for r in results {
+            let Some((_, runs, s)) = r.workloads.get(w) else { continue };
+            outln!(
+                out,
+                "{:<14} {:>7.2}% {:>10.3}% {:>6} {:>10.2} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                r.protocol,
+                percent(s.blocked_runs, *runs),
+                percent(s.failed_runs, *runs),
+                s.split_txns,
+                s.forced_writes_per_txn(),
+                ms(s.commit_latency_us.quantile(0.5)),
+                ms(s.commit_latency_us.quantile(0.99)),
+                ms(s.in_doubt_us.quantile(0.5)),
+                ms(s.in_doubt_us.quantile(0.99)),
+                ms(s.in_doubt_us.max())
+            );
+        }
     }
     out
 }

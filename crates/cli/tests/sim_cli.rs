@@ -133,3 +133,53 @@ fn optimizations_table_lists_every_variant() {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
 }
+
+#[test]
+fn compare_runs_every_protocol_on_the_same_schedules_with_json_and_a_chart() {
+    let path = std::env::temp_dir().join(format!("concord-compare-{}.svg", std::process::id()));
+    let out = concord(&[
+        "sim",
+        "compare",
+        "--protocols",
+        "2pc,3pc,paxos-commit",
+        "--scenario",
+        "partition-during-precommit",
+        "--runs",
+        "20",
+        "--json",
+        "--svg",
+        path.to_str().expect("utf-8 temp path"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    let protocols = v["protocols"].as_array().expect("protocols");
+    assert_eq!(protocols.len(), 3);
+    let by =
+        |name: &str| protocols.iter().find(|p| p["protocol"] == name).expect("protocol present");
+    // The story: 2PC blocks, 3PC splits, Paxos Commit neither.
+    assert_eq!(by("2pc")["workloads"][0]["blocked_runs"], 20);
+    assert_eq!(by("3pc")["workloads"][0]["runs_with_violations"], 20);
+    assert_eq!(by("paxos-commit")["workloads"][0]["runs_with_violations"], 0);
+    assert_eq!(by("paxos-commit")["workloads"][0]["blocked_runs"], 0);
+    assert_eq!(by("2pc")["happy_path"]["messages"], 9);
+    let svg = std::fs::read_to_string(&path).expect("chart written");
+    std::fs::remove_file(&path).ok();
+    assert!(svg.contains("runs breaking atomicity") && svg.contains("paxos-commit"));
+}
+
+#[test]
+fn a_failing_sweep_seed_can_be_replayed() {
+    let out = concord(&[
+        "sim",
+        "replay",
+        "--protocol",
+        "3pc",
+        "--seed",
+        "0x6d1f035e852a91cf",
+        "--no-diagram",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "this 3PC seed splits: {}", stdout(&out));
+    assert!(stdout(&out).contains("violation [agreement]"), "{}", stdout(&out));
+    let bad = concord(&["sim", "replay", "--protocol", "2pc", "--seed", "0xZZ"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

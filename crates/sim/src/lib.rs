@@ -9,10 +9,12 @@
 //! * [`world`] — the engine; [`disk`] — the simulated disk; [`config`] — what a run is.
 //! * [`workload`] — transactions; [`scenarios`] — the named failure stories;
 //!   [`sweep`] — many randomized fault schedules, a safety phase then a liveness phase;
-//!   [`optimizations`] — each optimisation switch measured on one workload.
+//!   [`optimizations`] — each optimisation switch measured on one workload;
+//!   [`compare`] — protocols side by side on the same schedules; [`happy_path`] — their costs.
 //! * [`invariants`] — one file per property; [`report`] — what a run produced;
 //!   [`diagram`] — message-sequence diagrams (text and SVG) from a run's trace.
 
+pub mod compare;
 pub mod config;
 pub mod diagram;
 pub mod disk;

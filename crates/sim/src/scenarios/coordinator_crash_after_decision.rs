@@ -10,6 +10,7 @@ use crate::report::RunReport;
 pub const SCENARIO: Scenario = Scenario {
     name: "coordinator-crash-after-decision",
     summary: "decision logged, coordinator dies before sending it: recovery re-sends COMMIT",
+    max_runs: u64::MAX,
     build,
     judge,
 };

@@ -16,6 +16,7 @@ pub const SCENARIO: Scenario = Scenario {
     name: "coordinator-crash-after-precommit",
     summary:
         "coordinator dies just before deciding: 2PC blocks; 3PC and Paxos Commit commit without it",
+    max_runs: u64::MAX,
     build,
     judge,
 };

@@ -11,6 +11,7 @@ use crate::report::RunReport;
 pub const SCENARIO: Scenario = Scenario {
     name: "coordinator-crash-after-prepare",
     summary: "all voted YES, coordinator dies before deciding: participants block, holding locks, until it returns",
+    max_runs: u64::MAX,
     build,
     judge,
 };

@@ -9,6 +9,7 @@ use crate::report::RunReport;
 pub const SCENARIO: Scenario = Scenario {
     name: "duplicate-commit",
     summary: "every message delivered twice: COMMIT is acknowledged again but applied once",
+    max_runs: u64::MAX,
     build,
     judge,
 };

@@ -37,6 +37,9 @@ pub enum Verdict {
 pub struct Scenario {
     pub name: &'static str,
     pub summary: &'static str,
+    /// Runs worth doing in a comparison: a story that is itself an experiment of many trials
+    /// (`naive-partial-failure`) is run once.
+    pub max_runs: u64,
     pub build: fn(seed: u64) -> SimConfig,
     pub judge: fn(protocol: &str, report: &RunReport) -> Verdict,
 }

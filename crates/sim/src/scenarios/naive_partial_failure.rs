@@ -20,6 +20,7 @@ pub const SCENARIO: Scenario = Scenario {
     name: "naive-partial-failure",
     summary:
         "10,000 transfers, node failure rates 1%/1%/2%: naive ≈3.9% partially committed, 2PC 0",
+    max_runs: 1,
     build,
     judge,
 };

@@ -14,6 +14,7 @@ pub const SCENARIO: Scenario = Scenario {
     name: "participant-crash-after-yes",
     summary:
         "a participant dies right after voting YES: it recovers its prepared branch and commits",
+    max_runs: u64::MAX,
     build,
     judge,
 };

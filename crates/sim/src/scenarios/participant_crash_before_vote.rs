@@ -15,6 +15,7 @@ const RELEASE_WITHIN_US: u64 = 60_000;
 pub const SCENARIO: Scenario = Scenario {
     name: "participant-crash-before-vote",
     summary: "a participant dies before its vote: the vote timeout aborts, nobody blocks",
+    max_runs: u64::MAX,
     build,
     judge,
 };

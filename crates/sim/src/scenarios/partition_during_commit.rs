@@ -12,6 +12,7 @@ pub const SCENARIO: Scenario = Scenario {
     name: "partition-during-commit",
     summary:
         "{coordinator, n1} | {n2, n3} as COMMIT is sent: n2, n3 block until the heal, then commit",
+    max_runs: u64::MAX,
     build,
     judge,
 };

@@ -16,6 +16,7 @@ use crate::report::RunReport;
 pub const SCENARIO: Scenario = Scenario {
     name: "partition-during-precommit",
     summary: "{coordinator, n1} | the rest as phase two starts: 2PC blocks, 3PC splits, Paxos Commit commits",
+    max_runs: u64::MAX,
     build,
     judge,
 };
