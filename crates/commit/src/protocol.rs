@@ -196,7 +196,7 @@ pub trait Protocol {
     const COORDINATOR_LOGS_DECISION: bool = true;
     type Msg: Clone + Debug + Display + Hash;
     type Record: Clone + Debug + Display + Hash + Encode;
-    type Timer: Clone + Debug + Hash;
+    type Timer: Clone + Debug + Display + Hash;
     type Config: Clone + Debug;
     type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;
     type Participant: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>

@@ -12,12 +12,14 @@
 //!   [`optimizations`] — each optimisation switch measured on one workload;
 //!   [`compare`] — protocols side by side on the same schedules; [`happy_path`] — their costs.
 //! * [`invariants`] — one file per property; [`report`] — what a run produced;
-//!   [`diagram`] — message-sequence diagrams (text and SVG) from a run's trace.
+//!   [`diagram`] — message-sequence diagrams (text and SVG) from a run's trace;
+//!   [`explore`] — exhaustive model checking of the real cores for small configurations.
 
 pub mod compare;
 pub mod config;
 pub mod diagram;
 pub mod disk;
+pub mod explore;
 pub mod happy_path;
 pub mod hash;
 pub mod histogram;

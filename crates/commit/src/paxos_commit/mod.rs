@@ -268,6 +268,16 @@ impl fmt::Display for Msg {
     }
 }
 
+impl fmt::Display for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timer::BallotZero { txn } => write!(f, "ballot-0 (vote) timeout {txn}"),
+            Timer::Ballot { txn, ballot } => write!(f, "ballot b{ballot} timeout {txn}"),
+            Timer::Inquire { txn, attempt } => write!(f, "inquiry #{attempt} {txn}"),
+        }
+    }
+}
+
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -252,10 +252,24 @@ impl Core for Coordinator {
                         });
                     }
                 }
+                // A termination leader decided while we were still undecided: adopt its decision.
+                Msg::Decision { txn, decision } => match (self.txns.get(&txn), decision) {
+                    (Some(Txn::Collecting { .. }), Decision::Abort) => self.abort(txn, out),
+                    (Some(Txn::PreCommitting { participants, .. }), Decision::Abort) => {
+                        for &p in participants {
+                            out.push(Command::Send { to: p, msg: Msg::Decision { txn, decision } });
+                        }
+                        self.txns.remove(&txn);
+                        out.push(Command::Outcome { txn, decision: Decision::Abort });
+                    }
+                    (Some(Txn::PreCommitting { .. }), Decision::Commit) => {
+                        self.force_commit(txn, out);
+                    }
+                    _ => {}
+                },
                 Msg::PreCommitAck { .. }
                 | Msg::CanCommit { .. }
                 | Msg::PreCommit { .. }
-                | Msg::Decision { .. }
                 | Msg::StateRequest { .. }
                 | Msg::StateReport { .. } => {}
             },

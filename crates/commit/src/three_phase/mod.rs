@@ -271,6 +271,20 @@ impl fmt::Display for Msg {
     }
 }
 
+impl fmt::Display for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timer::VoteTimeout { txn } => write!(f, "vote timeout {txn}"),
+            Timer::PreCommitAckTimeout { txn } => write!(f, "PRECOMMIT-ack timeout {txn}"),
+            Timer::ResendCommit { txn, attempt } => write!(f, "resend COMMIT #{attempt} {txn}"),
+            Timer::Termination { txn, term } => {
+                write!(f, "no news in term {term}: next term {txn}")
+            }
+            Timer::Collect { txn, term } => write!(f, "term {term} leader stops waiting {txn}"),
+        }
+    }
+}
+
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -346,6 +346,8 @@ impl Participant {
                 for &p in participants.iter().filter(|&&p| p != self.id) {
                     Self::send(out, p, Msg::Decision { txn, decision });
                 }
+                // The coordinator may still be alive and undecided: it must not decide otherwise.
+                Self::send(out, txn.coordinator, Msg::Decision { txn, decision });
                 self.on_decision(txn, decision, out);
             }
             other => panic!("participant {} never forces {other:?}", self.id),

@@ -202,6 +202,17 @@ impl fmt::Display for Msg {
     }
 }
 
+impl fmt::Display for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timer::VoteTimeout { txn } => write!(f, "vote timeout {txn}"),
+            Timer::ResendCommit { txn, attempt } => write!(f, "resend COMMIT #{attempt} {txn}"),
+            Timer::OnePhaseRetry { txn, attempt } => write!(f, "retry one-phase #{attempt} {txn}"),
+            Timer::Inquire { txn, attempt } => write!(f, "inquiry #{attempt} {txn}"),
+        }
+    }
+}
+
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
