@@ -87,7 +87,16 @@ pub fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
-const COLORS: &[&str] = &["#888888", "#2b6cb0", "#d97706", "#15803d", "#7c3aed"];
+/// One colour per protocol, the same in every chart.
+fn color_of(protocol: &str) -> &'static str {
+    match protocol {
+        "naive" => "#888888",
+        "2pc" => "#2b6cb0",
+        "3pc" => "#d97706",
+        "paxos-commit" => "#15803d",
+        _ => "#7c3aed",
+    }
+}
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
@@ -120,7 +129,7 @@ pub fn svg(results: &[ProtocolResults], threshold_ms: u64, title: &str) -> Strin
     // Legend with the happy-path cost of each protocol.
     for (i, r) in results.iter().enumerate() {
         let (x, y) = (10, 34 + i * 16);
-        let color = COLORS[i % COLORS.len()];
+        let color = color_of(r.protocol);
         let h = r.happy_path;
         let _ = writeln!(s, r#"<rect x="{x}" y="{y}" width="12" height="12" fill="{color}"/>"#);
         let _ = writeln!(
@@ -171,7 +180,7 @@ pub fn svg(results: &[ProtocolResults], threshold_ms: u64, title: &str) -> Strin
         );
         for (p, r) in results.iter().enumerate() {
             let Some((_, runs, summary)) = r.workloads.get(w) else { continue };
-            let color = COLORS[p % COLORS.len()];
+            let color = color_of(r.protocol);
             let y = y0 + p * bar;
             for (panel, value) in [
                 (0usize, percent(summary.blocked_runs, *runs)),

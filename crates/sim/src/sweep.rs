@@ -1,10 +1,11 @@
 //! Many runs with randomized fault schedules: the search for a seed that breaks a property.
 //!
-//! Each run has a **safety phase** — crashes and restarts of any node at random moments,
+//! Each run has a **safety phase** — crashes and restarts of any node (acceptors included, up to
+//! F + 1 of them, with F drawn from 1..=2) at random moments,
 //! partitions, message loss and duplication, torn log tails, optimisations switched on and off
 //! at random — then a **liveness phase**: faults stop, every node restarts, and everything must
 //! resolve within a bound. Run `i` of a sweep seeded `S` uses seed `run_seed(S, i)`, printed when
-//! it fails, so `concord sim run … --seed` style replays reproduce it exactly.
+//! it fails, and `concord sim replay --seed` reproduces it exactly.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +59,11 @@ pub fn random_config(seed: u64) -> SimConfig {
         long_delay_rate: *rng.pick(&[0.0, 0.01, 0.05, 0.2]),
         long_delay_max_us: rng.range(10_000, 200_000),
     };
-    let nodes = participants + 1;
+    // F for protocols with acceptors; their 2F + 1 acceptors come after the participants. Other
+    // protocols have no such nodes, and faults aimed at them are no faults for those protocols.
+    config.fault_tolerance = u32::try_from(rng.range(1, 2)).expect("small");
+    let acceptors = 2 * config.fault_tolerance + 1;
+    let nodes = participants + 1 + acceptors;
     for _ in 0..rng.range(0, 3) {
         let node = if rng.chance(0.4) {
             COORDINATOR
@@ -71,6 +76,16 @@ pub fn random_config(seed: u64) -> SimConfig {
         config
             .faults
             .push(ScheduledFault { at_us: at_us + down_us, action: FaultAction::Restart(node) });
+    }
+    // Acceptor crashes: up to F + 1 of them, so sometimes a majority is gone for a while.
+    for _ in 0..rng.range(0, u64::from(config.fault_tolerance) + 1) {
+        let k = u32::try_from(rng.below(u64::from(acceptors))).expect("small");
+        let node = NodeId(participants + 1 + k);
+        let at_us = rng.below(FAULT_WINDOW_US);
+        let down_us = rng.range(1_000, 50_000);
+        config.faults.push(ScheduledFault { at_us, action: FaultAction::Crash(node) });
+        let restart = ScheduledFault { at_us: at_us + down_us, action: FaultAction::Restart(node) };
+        config.faults.push(restart);
     }
     for _ in 0..rng.range(0, 2) {
         // A random proper, non-empty subset of the nodes on one side.
