@@ -23,9 +23,10 @@
 //! Modules: [`two_phase`] (2PC with presumed abort, read-only and one-phase optimisations,
 //! cooperative termination), [`three_phase`] (3PC with a termination protocol),
 //! [`paxos_commit`] (Gray & Lamport's Paxos Commit), [`naive`] (the baseline that shows what
-//! 2PC prevents), [`store`]
+//! 2PC prevents), [`admission`] (the request checks every coordinator makes), [`store`]
 //! (a participant's local resource), [`epoch`] (globally unique transaction ids).
 
+pub mod admission;
 pub mod epoch;
 pub mod naive;
 pub mod paxos_commit;

@@ -1,79 +1,43 @@
 //! The Paxos Commit coordinator: names transactions, sends PREPARE, and leads ballot 0. It
 //! writes no decision record — the decision is chosen at the acceptors — only its epoch.
 
-use std::collections::VecDeque;
-
 use concord_types::{NodeId, RequestId};
 
 use super::leader::Leader;
 use super::{Config, Msg, Record, Timer};
-use crate::epoch::{EpochClock, Issue};
-use crate::{Branch, Command, Core, Durability, Input, Rejection};
+use crate::admission::{Admission, Limits};
+use crate::{Branch, Command, Core, Durability, Input};
 
 type Out = Vec<Command<Msg, Record, Timer>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Coordinator {
     id: NodeId,
-    config: Config,
-    clock: Option<EpochClock>,
+    admission: Admission,
     leader: Leader,
-    queued: VecDeque<(RequestId, Vec<Branch>)>,
 }
 
 impl Coordinator {
     pub fn new(id: NodeId, config: Config) -> Self {
-        Coordinator {
-            id,
-            leader: Leader::new(id, config.clone()),
-            config,
-            clock: None,
-            queued: VecDeque::new(),
-        }
-    }
-
-    fn clock(&mut self) -> &mut EpochClock {
-        self.clock.as_mut().expect("drivers deliver Restart before any other input")
+        let limits = Limits {
+            max_participants: config.max_participants,
+            max_in_flight: config.max_in_flight,
+            max_queued: config.max_queued_begins,
+        };
+        Coordinator { id, admission: Admission::new(id, limits), leader: Leader::new(id, config) }
     }
 
     fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
-        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        if branches.is_empty()
-            || nodes.len() != branches.len()
-            || branches.len() > self.config.max_participants
-        {
-            return out.push(Command::Rejected { request, reason: Rejection::Invalid });
+        let epoch_record = |epoch| Record::EpochStarted { epoch };
+        let in_flight = self.leader.in_flight();
+        let admitted = self.admission.admit(request, branches, in_flight, epoch_record, out);
+        let Some((txn, branches)) = admitted else { return };
+        let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        for b in branches {
+            let msg = Msg::Prepare { txn, participants: participants.clone(), writes: b.writes };
+            out.push(Command::Send { to: b.node, msg });
         }
-        if self.leader.in_flight() >= self.config.max_in_flight {
-            return out.push(Command::Rejected { request, reason: Rejection::Overloaded });
-        }
-        match self.clock().issue() {
-            Issue::Txn(txn) => {
-                out.push(Command::Begun { request, txn });
-                let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
-                for b in branches {
-                    let msg =
-                        Msg::Prepare { txn, participants: participants.clone(), writes: b.writes };
-                    out.push(Command::Send { to: b.node, msg });
-                }
-                self.leader.begin(txn, participants, out);
-            }
-            Issue::Wait | Issue::PersistEpoch(_)
-                if self.queued.len() >= self.config.max_queued_begins =>
-            {
-                out.push(Command::Rejected { request, reason: Rejection::Overloaded });
-            }
-            Issue::Wait => self.queued.push_back((request, branches)),
-            Issue::PersistEpoch(epoch) => {
-                out.push(Command::Persist {
-                    record: Record::EpochStarted { epoch },
-                    durability: Durability::Forced,
-                });
-                self.queued.push_back((request, branches));
-            }
-        }
+        self.leader.begin(txn, participants, out);
     }
 
     fn emit_outcome(
@@ -102,20 +66,16 @@ impl Core for Coordinator {
                         other => panic!("coordinator {} found {other:?} in its log", self.id),
                     })
                     .max();
-                let (clock, epoch) = EpochClock::recover(self.id, highest);
-                self.clock = Some(clock);
+                let epoch = self.admission.restart(highest);
                 self.leader.restart();
-                self.queued.clear();
                 out.push(Command::Persist {
                     record: Record::EpochStarted { epoch },
                     durability: Durability::Forced,
                 });
             }
             Input::Persisted(Record::EpochStarted { epoch }) => {
-                self.clock().on_persisted(epoch);
                 self.leader.epoch_durable(epoch);
-                while self.clock().is_ready() {
-                    let Some((request, branches)) = self.queued.pop_front() else { break };
+                for (request, branches) in self.admission.epoch_durable(epoch) {
                     self.begin(request, branches, out);
                 }
             }

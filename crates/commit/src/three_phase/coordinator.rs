@@ -3,13 +3,13 @@
 //! It presumes nothing on restart: it re-drives logged commits, and leaves the rest to the
 //! participants' termination protocol.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
 
 use super::{backoff_us, Config, Msg, Record, Timer};
-use crate::epoch::{EpochClock, Issue};
-use crate::{Branch, Command, Core, Durability, Input, Rejection};
+use crate::admission::{Admission, Limits};
+use crate::{Branch, Command, Core, Durability, Input};
 
 type Out = Vec<Command<Msg, Record, Timer>>;
 
@@ -25,23 +25,22 @@ enum Txn {
 pub struct Coordinator {
     id: NodeId,
     config: Config,
-    clock: Option<EpochClock>,
+    admission: Admission,
     txns: BTreeMap<TxnId, Txn>,
-    queued: VecDeque<(RequestId, Vec<Branch>)>,
 }
 
 impl Coordinator {
     pub fn new(id: NodeId, config: Config) -> Self {
-        Coordinator { id, config, clock: None, txns: BTreeMap::new(), queued: VecDeque::new() }
-    }
-
-    fn clock(&mut self) -> &mut EpochClock {
-        self.clock.as_mut().expect("drivers deliver Restart before any other input")
+        let limits = Limits {
+            max_participants: config.max_participants,
+            max_in_flight: config.max_in_flight,
+            max_queued: config.max_queued_begins,
+        };
+        Coordinator { id, admission: Admission::new(id, limits), config, txns: BTreeMap::new() }
     }
 
     fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
         self.txns.clear();
-        self.queued.clear();
         let mut highest_epoch = None;
         let mut decided: BTreeMap<TxnId, Vec<NodeId>> = BTreeMap::new();
         for record in records {
@@ -61,8 +60,7 @@ impl Coordinator {
             self.set_resend(txn, 0, out);
             self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
         }
-        let (clock, epoch) = EpochClock::recover(self.id, highest_epoch);
-        self.clock = Some(clock);
+        let epoch = self.admission.restart(highest_epoch);
         out.push(Command::Persist {
             record: Record::EpochStarted { epoch },
             durability: Durability::Forced,
@@ -84,50 +82,19 @@ impl Coordinator {
     }
 
     fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
-        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        if branches.is_empty()
-            || nodes.len() != branches.len()
-            || branches.len() > self.config.max_participants
-        {
-            return out.push(Command::Rejected { request, reason: Rejection::Invalid });
+        let epoch_record = |epoch| Record::EpochStarted { epoch };
+        let admitted = self.admission.admit(request, branches, self.txns.len(), epoch_record, out);
+        let Some((txn, branches)) = admitted else { return };
+        let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        for b in branches {
+            let msg = Msg::CanCommit { txn, participants: participants.clone(), writes: b.writes };
+            out.push(Command::Send { to: b.node, msg });
         }
-        if self.txns.len() >= self.config.max_in_flight {
-            return out.push(Command::Rejected { request, reason: Rejection::Overloaded });
-        }
-        match self.clock().issue() {
-            Issue::Txn(txn) => {
-                out.push(Command::Begun { request, txn });
-                let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
-                for b in branches {
-                    let msg = Msg::CanCommit {
-                        txn,
-                        participants: participants.clone(),
-                        writes: b.writes,
-                    };
-                    out.push(Command::Send { to: b.node, msg });
-                }
-                out.push(Command::SetTimer {
-                    timer: Timer::VoteTimeout { txn },
-                    after_us: self.config.vote_timeout_us,
-                });
-                self.txns.insert(txn, Txn::Collecting { participants, votes: BTreeMap::new() });
-            }
-            Issue::Wait | Issue::PersistEpoch(_)
-                if self.queued.len() >= self.config.max_queued_begins =>
-            {
-                out.push(Command::Rejected { request, reason: Rejection::Overloaded });
-            }
-            Issue::Wait => self.queued.push_back((request, branches)),
-            Issue::PersistEpoch(epoch) => {
-                out.push(Command::Persist {
-                    record: Record::EpochStarted { epoch },
-                    durability: Durability::Forced,
-                });
-                self.queued.push_back((request, branches));
-            }
-        }
+        out.push(Command::SetTimer {
+            timer: Timer::VoteTimeout { txn },
+            after_us: self.config.vote_timeout_us,
+        });
+        self.txns.insert(txn, Txn::Collecting { participants, votes: BTreeMap::new() });
     }
 
     fn abort(&mut self, txn: TxnId, out: &mut Out) {
@@ -191,9 +158,7 @@ impl Core for Coordinator {
             Input::Restart { records } => self.restart(records, out),
             Input::Begin { request, branches } => self.begin(request, branches, out),
             Input::Persisted(Record::EpochStarted { epoch }) => {
-                self.clock().on_persisted(epoch);
-                while self.clock().is_ready() {
-                    let Some((request, branches)) = self.queued.pop_front() else { break };
+                for (request, branches) in self.admission.epoch_durable(epoch) {
                     self.begin(request, branches, out);
                 }
             }

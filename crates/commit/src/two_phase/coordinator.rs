@@ -9,13 +9,13 @@
 //!     └─ one branch ─► OnePhase ──result──► (forgotten; nothing logged)
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
 
 use super::{backoff_us, Config, Msg, Record, Timer};
-use crate::epoch::{EpochClock, Issue};
-use crate::{Branch, Command, Core, Durability, Input, Rejection};
+use crate::admission::{Admission, Limits};
+use crate::{Branch, Command, Core, Durability, Input};
 
 type Out = Vec<Command<Msg, Record, Timer>>;
 
@@ -43,17 +43,18 @@ enum Txn {
 pub struct Coordinator {
     id: NodeId,
     config: Config,
-    /// `None` until the first `Restart` input.
-    clock: Option<EpochClock>,
+    admission: Admission,
     txns: BTreeMap<TxnId, Txn>,
-    /// Requests that arrived before the current epoch was durable. Bounded by
-    /// `config.max_queued_begins`.
-    queued: VecDeque<(RequestId, Vec<Branch>)>,
 }
 
 impl Coordinator {
     pub fn new(id: NodeId, config: Config) -> Self {
-        Coordinator { id, config, clock: None, txns: BTreeMap::new(), queued: VecDeque::new() }
+        let limits = Limits {
+            max_participants: config.max_participants,
+            max_in_flight: config.max_in_flight,
+            max_queued: config.max_queued_begins,
+        };
+        Coordinator { id, admission: Admission::new(id, limits), config, txns: BTreeMap::new() }
     }
 
     /// Transactions in flight (for drivers' status pages).
@@ -63,7 +64,6 @@ impl Coordinator {
 
     fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
         self.txns.clear();
-        self.queued.clear();
         let mut highest_epoch = None;
         let mut decided: BTreeMap<TxnId, Vec<NodeId>> = BTreeMap::new();
         for record in records {
@@ -92,56 +92,22 @@ impl Coordinator {
             self.set_resend_timer(txn, 0, out);
             self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
         }
-        let (clock, epoch) = EpochClock::recover(self.id, highest_epoch);
-        self.clock = Some(clock);
+        let epoch = self.admission.restart(highest_epoch);
         out.push(Command::Persist {
             record: Record::EpochStarted { epoch },
             durability: Durability::Forced,
         });
     }
 
-    fn clock(&mut self) -> &mut EpochClock {
-        self.clock.as_mut().expect("drivers deliver Restart before any other input")
-    }
-
     fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
-        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        if branches.is_empty()
-            || nodes.len() != branches.len()
-            || branches.len() > self.config.max_participants
-        {
-            out.push(Command::Rejected { request, reason: Rejection::Invalid });
-            return;
-        }
-        if self.txns.len() >= self.config.max_in_flight {
-            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
-            return;
-        }
-        match self.clock().issue() {
-            Issue::Txn(txn) => self.start(request, txn, branches, out),
-            Issue::Wait => self.queue(request, branches, out),
-            Issue::PersistEpoch(epoch) => {
-                out.push(Command::Persist {
-                    record: Record::EpochStarted { epoch },
-                    durability: Durability::Forced,
-                });
-                self.queue(request, branches, out);
-            }
+        let epoch_record = |epoch| Record::EpochStarted { epoch };
+        let admitted = self.admission.admit(request, branches, self.txns.len(), epoch_record, out);
+        if let Some((txn, branches)) = admitted {
+            self.start(txn, branches, out);
         }
     }
 
-    fn queue(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
-        if self.queued.len() >= self.config.max_queued_begins {
-            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
-        } else {
-            self.queued.push_back((request, branches));
-        }
-    }
-
-    fn start(&mut self, request: RequestId, txn: TxnId, branches: Vec<Branch>, out: &mut Out) {
-        out.push(Command::Begun { request, txn });
+    fn start(&mut self, txn: TxnId, branches: Vec<Branch>, out: &mut Out) {
         if branches.len() == 1 && self.config.switches.one_phase {
             let branch = branches.into_iter().next().expect("checked: exactly one branch");
             out.push(Command::Send {
@@ -335,10 +301,7 @@ impl Coordinator {
     fn on_persisted(&mut self, record: Record, out: &mut Out) {
         match record {
             Record::EpochStarted { epoch } => {
-                self.clock().on_persisted(epoch);
-                // Drain what waited for the epoch; stop if the clock needs yet another epoch.
-                while self.clock().is_ready() {
-                    let Some((request, branches)) = self.queued.pop_front() else { break };
+                for (request, branches) in self.admission.epoch_durable(epoch) {
                     self.begin(request, branches, out);
                 }
             }

@@ -1,0 +1,104 @@
+//! Admission: what every coordinator does with a client's request before naming a
+//! transaction — check it, push back when full, and wait for its epoch to be durable.
+//!
+//! ```text
+//!  Begin ─► invalid (no branches, a node twice, too many)  ─► Rejected(Invalid)
+//!        ─► too many in flight                              ─► Rejected(Overloaded)
+//!        ─► epoch not durable yet ─► queued (bounded; full ─► Rejected(Overloaded))
+//!        ─► Begun{request, txn}, and the caller starts the protocol
+//! ```
+
+use std::collections::VecDeque;
+
+use concord_types::{NodeId, RequestId, TxnId};
+
+use crate::epoch::{EpochClock, Issue};
+use crate::{Branch, Command, Durability, Rejection};
+
+/// The bounds a coordinator enforces on requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub max_participants: usize,
+    pub max_in_flight: usize,
+    /// Requests held while the epoch record is being forced.
+    pub max_queued: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Admission {
+    coordinator: NodeId,
+    limits: Limits,
+    /// `None` until the first restart.
+    clock: Option<EpochClock>,
+    queued: VecDeque<(RequestId, Vec<Branch>)>,
+}
+
+impl Admission {
+    pub fn new(coordinator: NodeId, limits: Limits) -> Self {
+        Admission { coordinator, limits, clock: None, queued: VecDeque::new() }
+    }
+
+    /// After a restart whose log's highest epoch was `highest_logged`: forgets queued requests
+    /// and returns the epoch the caller must persist (forced) before any id is issued.
+    pub fn restart(&mut self, highest_logged: Option<u32>) -> u32 {
+        let (clock, epoch) = EpochClock::recover(self.coordinator, highest_logged);
+        self.clock = Some(clock);
+        self.queued.clear();
+        epoch
+    }
+
+    /// The epoch record is durable: returns the requests that waited for it, to admit again.
+    pub fn epoch_durable(&mut self, epoch: u32) -> Vec<(RequestId, Vec<Branch>)> {
+        self.clock_mut().on_persisted(epoch);
+        self.queued.drain(..).collect()
+    }
+
+    fn clock_mut(&mut self) -> &mut EpochClock {
+        self.clock.as_mut().expect("drivers deliver Restart before any other input")
+    }
+
+    /// Checks a request with `in_flight` transactions running. If it is admitted, emits `Begun`
+    /// and returns the transaction's id; otherwise it was rejected or queued (commands emitted).
+    pub fn admit<M, R, T>(
+        &mut self,
+        request: RequestId,
+        branches: Vec<Branch>,
+        in_flight: usize,
+        epoch_record: impl Fn(u32) -> R,
+        out: &mut Vec<Command<M, R, T>>,
+    ) -> Option<(TxnId, Vec<Branch>)> {
+        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if branches.is_empty()
+            || nodes.len() != branches.len()
+            || branches.len() > self.limits.max_participants
+        {
+            out.push(Command::Rejected { request, reason: Rejection::Invalid });
+            return None;
+        }
+        if in_flight >= self.limits.max_in_flight {
+            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+            return None;
+        }
+        match self.clock_mut().issue() {
+            Issue::Txn(txn) => {
+                out.push(Command::Begun { request, txn });
+                return Some((txn, branches));
+            }
+            Issue::Wait => {}
+            Issue::PersistEpoch(epoch) => {
+                out.push(Command::Persist {
+                    record: epoch_record(epoch),
+                    durability: Durability::Forced,
+                });
+            }
+        }
+        if self.queued.len() >= self.limits.max_queued {
+            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+        } else {
+            self.queued.push_back((request, branches));
+        }
+        None
+    }
+}
