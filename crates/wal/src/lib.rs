@@ -1,4 +1,5 @@
-//! The log's byte format and its recovery scan. Pure: bytes in, records out.
+//! Concord's log: the byte format and recovery scan (pure), the segmented file log
+//! ([`FileLog`]) and group commit ([`GroupCommit`]).
 //!
 //! ```text
 //!  ┌──────────────┬──────────────────────────────┬───────────────┐
@@ -15,7 +16,11 @@
 //!   is never silently skipped: the scan reports the offset and the caller refuses to start.
 
 mod crc32c;
+mod file_log;
 mod frame;
+mod group_commit;
 
 pub use crc32c::crc32c;
+pub use file_log::{FileLog, OpenError, MAGIC};
 pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+pub use group_commit::GroupCommit;

@@ -1,0 +1,109 @@
+//! Group commit: many concurrent appends share one fdatasync.
+//!
+//! A thread owns the [`FileLog`]. Appenders queue their records; the thread takes everything
+//! queued (up to [`MAX_BATCH`]), writes it, syncs once, and only then acknowledges each append
+//! in the batch. An append returns once its record is durable, never before.
+//!
+//! An I/O error is final: after a failed fdatasync the kernel may have dropped the dirty pages,
+//! so retrying could report durable what is not. Every later append fails too; the node must
+//! restart and recover from what is on disk.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use crate::file_log::FileLog;
+
+/// Most records written under one sync.
+pub const MAX_BATCH: usize = 4_096;
+
+struct Request {
+    payload: Vec<u8>,
+    done: mpsc::SyncSender<Result<(), String>>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// A [`FileLog`] behind a group-commit thread.
+#[derive(Debug)]
+pub struct GroupCommit {
+    queue: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<FileLog>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Request({} bytes)", self.payload.len())
+    }
+}
+
+impl GroupCommit {
+    pub fn start(mut log: FileLog) -> io::Result<Self> {
+        let (queue, requests) = mpsc::channel::<Request>();
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::clone(&counters);
+        let thread =
+            std::thread::Builder::new().name("concord-wal".to_string()).spawn(move || {
+                let mut failed: Option<String> = None;
+                while let Ok(first) = requests.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match requests.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = match &failed {
+                        Some(error) => Err(error.clone()),
+                        None => batch
+                            .iter()
+                            .try_for_each(|r| log.append(&r.payload))
+                            .and_then(|()| log.sync())
+                            .map_err(|e| e.to_string()),
+                    };
+                    if let Err(error) = &result {
+                        failed.get_or_insert_with(|| error.clone());
+                    } else {
+                        shared.syncs.fetch_add(1, Ordering::Relaxed);
+                        shared.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    for request in batch {
+                        // The appender may have given up waiting; nothing to tell it then.
+                        let _ = request.done.send(result.clone());
+                    }
+                }
+                log
+            })?;
+        Ok(GroupCommit { queue: Some(queue), thread: Some(thread), counters })
+    }
+
+    /// Appends `payload` and returns once it is durable.
+    pub fn append(&self, payload: Vec<u8>) -> io::Result<()> {
+        let (done, wait) = mpsc::sync_channel(1);
+        let queue = self.queue.as_ref().expect("the queue lives until stop()");
+        queue
+            .send(Request { payload, done })
+            .map_err(|_| io::Error::other("the log thread has stopped"))?;
+        wait.recv()
+            .map_err(|_| io::Error::other("the log thread stopped before the sync"))?
+            .map_err(io::Error::other)
+    }
+
+    /// Records made durable, and fdatasync calls that did it.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.counters.appends.load(Ordering::Relaxed), self.counters.syncs.load(Ordering::Relaxed))
+    }
+
+    /// Drains the queue and hands the log back.
+    pub fn stop(mut self) -> FileLog {
+        drop(self.queue.take());
+        let thread = self.thread.take().expect("stop() runs once");
+        thread.join().expect("the log thread does not panic: errors are returned, not raised")
+    }
+}

@@ -1,0 +1,197 @@
+//! The file log against real files in a temporary directory.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use concord_wal::{FileLog, GroupCommit, OpenError};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("concord-wal-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn records(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("record {i}").into_bytes()).collect()
+}
+
+fn segments(dir: &PathBuf) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn records_survive_a_reopen_in_order() {
+    let dir = TempDir::new();
+    let (mut log, found) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    assert!(found.is_empty());
+    for r in records(10) {
+        log.append(&r).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let (_, found) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    assert_eq!(found, records(10));
+}
+
+#[test]
+fn a_torn_last_record_is_truncated_and_the_log_goes_on() {
+    let dir = TempDir::new();
+    let (mut log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    for r in records(3) {
+        log.append(&r).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    // Cut the last record in half, as a crash during its write would.
+    let active = segments(&dir.0).pop().unwrap();
+    let len = fs::metadata(&active).unwrap().len();
+    OpenOptions::new().write(true).open(&active).unwrap().set_len(len - 4).unwrap();
+    let (mut log, found) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    assert_eq!(found, records(2));
+    log.append(b"after").unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (_, found) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    assert_eq!(found, [records(2), vec![b"after".to_vec()]].concat());
+}
+
+#[test]
+fn corruption_in_the_middle_is_an_error_naming_segment_and_offset() {
+    let dir = TempDir::new();
+    let (mut log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    for r in records(3) {
+        log.append(&r).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let active = segments(&dir.0).pop().unwrap();
+    let mut file = OpenOptions::new().read(true).write(true).open(&active).unwrap();
+    file.seek(SeekFrom::Start(9 + 8)).unwrap(); // the first record's payload
+    let mut byte = [0u8];
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(9 + 8)).unwrap();
+    file.write_all(&[byte[0] ^ 0xFF]).unwrap();
+    drop(file);
+    match FileLog::open(&dir.0, 1 << 20) {
+        Err(OpenError::Corrupt { segment, offset, .. }) => {
+            assert_eq!(segment, active);
+            assert_eq!(offset, 9, "the first frame starts after the 9-byte header");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_directory_from_an_incompatible_version_is_refused() {
+    let dir = TempDir::new();
+    fs::create_dir_all(&dir.0).unwrap();
+    fs::write(dir.0.join("00000000000000000001.log"), b"OTHERFMT\x00rest").unwrap();
+    match FileLog::open(&dir.0, 1 << 20) {
+        Err(OpenError::Incompatible { found, .. }) => assert_eq!(found, b"OTHERFMT"),
+        other => panic!("expected an incompatible-version error, got {other:?}"),
+    }
+}
+
+#[test]
+fn segments_roll_over_and_all_are_read_back() {
+    let dir = TempDir::new();
+    let (mut log, _) = FileLog::open(&dir.0, 64).unwrap();
+    for r in records(20) {
+        log.append(&r).unwrap();
+    }
+    log.sync().unwrap();
+    assert!(log.segment_count() > 5, "{} segments", log.segment_count());
+    drop(log);
+    assert_eq!(FileLog::open(&dir.0, 64).unwrap().1, records(20));
+}
+
+#[test]
+fn a_checkpoint_keeps_only_live_records_and_survives_a_crash_at_any_step() {
+    let dir = TempDir::new();
+    let (mut log, _) = FileLog::open(&dir.0, 64).unwrap();
+    for r in records(20) {
+        log.append(&r).unwrap();
+    }
+    log.sync().unwrap();
+    let old_segments: Vec<(PathBuf, Vec<u8>)> =
+        segments(&dir.0).into_iter().map(|p| (p.clone(), fs::read(&p).unwrap())).collect();
+    let live = vec![b"still needed".to_vec()];
+    log.checkpoint(&live).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append(b"after").unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let expected = vec![b"still needed".to_vec(), b"after".to_vec()];
+    assert_eq!(FileLog::open(&dir.0, 64).unwrap().1, expected);
+
+    // Crash after the rename but before the old segments were deleted: they reappear, and
+    // recovery must ignore (and remove) them.
+    for (path, bytes) in &old_segments {
+        fs::write(path, bytes).unwrap();
+    }
+    assert_eq!(FileLog::open(&dir.0, 64).unwrap().1, expected);
+    assert_eq!(segments(&dir.0).len(), 1, "superseded segments are removed");
+
+    // Crash before the rename: a leftover temporary file is not a checkpoint.
+    fs::write(dir.0.join("00000000000000000099.log.tmp"), b"CNCDLOG1\x01junk").unwrap();
+    assert_eq!(FileLog::open(&dir.0, 64).unwrap().1, expected);
+}
+
+#[test]
+fn concurrent_appends_share_syncs_and_each_is_durable_when_acknowledged() {
+    let dir = TempDir::new();
+    let (log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    let group = Arc::new(GroupCommit::start(log).unwrap());
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let group = Arc::clone(&group);
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    group.append(format!("{t}:{i}").into_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (appends, syncs) = group.counts();
+    assert_eq!(appends, 800);
+    assert!(
+        syncs < appends,
+        "group commit should share syncs: {syncs} syncs for {appends} appends"
+    );
+    let log = Arc::into_inner(group).unwrap().stop();
+    drop(log);
+    let found = FileLog::open(&dir.0, 1 << 20).unwrap().1;
+    assert_eq!(found.len(), 800);
+    // Each writer's records are in its own order.
+    for t in 0..8 {
+        let mine: Vec<String> = found
+            .iter()
+            .map(|r| String::from_utf8(r.clone()).unwrap())
+            .filter(|r| r.starts_with(&format!("{t}:")))
+            .collect();
+        let want: Vec<String> = (0..100).map(|i| format!("{t}:{i}")).collect();
+        assert_eq!(mine, want);
+    }
+}
