@@ -1,6 +1,7 @@
 //! `concord` — the one binary. Subcommands arrive with the work that needs them; today:
-//! `concord sim` (scenarios, run, sweep) drives the deterministic simulator.
+//! `concord sim` drives the deterministic simulator; `concord bench` measures this machine.
 
+mod bench;
 mod sim;
 
 use std::process::ExitCode;
@@ -25,12 +26,18 @@ enum Command {
         #[command(subcommand)]
         command: sim::SimCommand,
     },
+    /// Measurements on this machine's disk and network.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim { command } => sim::run(command),
+        Command::Bench { command } => bench::run(command),
     };
     match result {
         Ok(code) => code,

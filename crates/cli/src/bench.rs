@@ -1,0 +1,295 @@
+//! `concord bench …`: measurements on real hardware (never asserted in tests).
+//!
+//! * `floor` — the physical floor every commit protocol pays: fdatasync on the data directory's
+//!   disk, and a loopback TCP round trip.
+//! * `log` — the durable log's append throughput and latency with N concurrent writers, with
+//!   group commit and, as the same-run baseline, one fdatasync per append.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use concord_sim::histogram::Histogram;
+use concord_wal::{FileLog, GroupCommit};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// fdatasync p50/p99 on the data directory and loopback TCP round trip p50/p99.
+    Floor {
+        #[arg(long, default_value = "./concord-data/bench")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2_000)]
+        samples: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Durable appends per second with group commit against one fdatasync per append.
+    Log {
+        #[arg(long, default_value = "./concord-data/bench")]
+        dir: PathBuf,
+        /// Comma-separated writer counts.
+        #[arg(long, default_value = "1,16,64")]
+        clients: String,
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Bytes per record.
+        #[arg(long, default_value_t = 64)]
+        record_bytes: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 =
+        number.parse().map_err(|_| format!("'{text}' is not a duration like 3s or 500ms"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("'{text}' is not a duration like 3s or 500ms")),
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn fresh_dir(dir: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
+    match command {
+        BenchCommand::Floor { dir, samples, json } => {
+            if samples == 0 {
+                return Err("--samples must be at least 1".to_string());
+            }
+            fresh_dir(&dir)?;
+            let fsync = fsync_floor(&dir, samples)
+                .map_err(|e| format!("fdatasync on {}: {e}", dir.display()))?;
+            let rtt = loopback_round_trip(samples).map_err(|e| format!("loopback TCP: {e}"))?;
+            let _ = std::fs::remove_dir_all(&dir);
+            let q = |h: &Histogram, p| h.quantile(p);
+            if json {
+                let value = serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "samples": samples,
+                    "fsync_p50_us": q(&fsync, 0.5), "fsync_p99_us": q(&fsync, 0.99),
+                    "rtt_p50_us": q(&rtt, 0.5), "rtt_p99_us": q(&rtt, 0.99),
+                });
+                println!("{value}");
+            } else {
+                println!(
+                    "fdatasync on {} ({samples} samples): p50 {} µs, p99 {} µs",
+                    dir.display(),
+                    q(&fsync, 0.5),
+                    q(&fsync, 0.99)
+                );
+                println!(
+                    "loopback TCP round trip ({samples} samples): p50 {} µs, p99 {} µs",
+                    q(&rtt, 0.5),
+                    q(&rtt, 0.99)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Log { dir, clients, duration, record_bytes, json } => {
+            let clients: Vec<usize> = clients
+                .split(',')
+                .map(|c| c.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    format!("--clients takes positive numbers like 1,16,64, not '{clients}'")
+                })?;
+            let mut rows = Vec::new();
+            for &n in &clients {
+                // Interleaved: the baseline and the group-commit run back to back per client count.
+                for grouped in [false, true] {
+                    fresh_dir(&dir)?;
+                    let row = log_run(&dir, n, duration, record_bytes, grouped)
+                        .map_err(|e| format!("log bench: {e}"))?;
+                    rows.push(row);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            if json {
+                let rows: Vec<serde_json::Value> = rows.iter().map(LogRow::json).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "record_bytes": record_bytes, "seconds": duration.as_secs_f64(), "runs": rows })
+                );
+            } else {
+                println!(
+                    "{:<8} {:<14} {:>12} {:>11} {:>13} {:>10} {:>10}",
+                    "clients", "mode", "appends/s", "syncs/s", "appends/sync", "p50 µs", "p99 µs"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<8} {:<14} {:>12.0} {:>11.0} {:>13.1} {:>10} {:>10}",
+                        r.clients,
+                        r.mode,
+                        r.appends_per_s,
+                        r.syncs_per_s,
+                        r.appends_per_sync,
+                        r.p50_us,
+                        r.p99_us
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn fsync_floor(dir: &Path, samples: u32) -> std::io::Result<Histogram> {
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("fsync.bin"))?;
+    let mut h = Histogram::default();
+    let block = [0u8; 64];
+    for _ in 0..samples {
+        file.write_all(&block)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        h.record(us(started.elapsed()));
+    }
+    Ok(h)
+}
+
+fn loopback_round_trip(samples: u32) -> std::io::Result<Histogram> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut byte = [0u8; 1];
+        while stream.read_exact(&mut byte).is_ok() {
+            stream.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let mut client = TcpStream::connect(addr)?;
+    client.set_nodelay(true)?;
+    client.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut h = Histogram::default();
+    let mut byte = [7u8; 1];
+    for _ in 0..samples {
+        let started = Instant::now();
+        client.write_all(&byte)?;
+        client.read_exact(&mut byte)?;
+        h.record(us(started.elapsed()));
+    }
+    drop(client);
+    echo.join().map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    Ok(h)
+}
+
+struct LogRow {
+    clients: usize,
+    mode: &'static str,
+    appends_per_s: f64,
+    syncs_per_s: f64,
+    appends_per_sync: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl LogRow {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "clients": self.clients, "mode": self.mode, "appends_per_s": self.appends_per_s,
+            "syncs_per_s": self.syncs_per_s, "appends_per_sync": self.appends_per_sync,
+            "p50_us": self.p50_us, "p99_us": self.p99_us,
+        })
+    }
+}
+
+/// `clients` writers append for `duration`; with `grouped` through [`GroupCommit`], otherwise
+/// each append takes a shared lock, writes and syncs alone (the baseline).
+fn log_run(
+    dir: &Path,
+    clients: usize,
+    duration: Duration,
+    record_bytes: usize,
+    grouped: bool,
+) -> std::io::Result<LogRow> {
+    let (log, _) = FileLog::open(dir, 64 << 20).map_err(std::io::Error::other)?;
+    let record = vec![0xAB; record_bytes];
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let (group, single) = if grouped {
+        (Some(Arc::new(GroupCommit::start(log)?)), None)
+    } else {
+        (None, Some(Arc::new(std::sync::Mutex::new(FileLogSync { log, appends: 0, syncs: 0 }))))
+    };
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (group, single, record) = (group.clone(), single.clone(), record.clone());
+            std::thread::spawn(move || -> std::io::Result<Histogram> {
+                let mut h = Histogram::default();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match (&group, &single) {
+                        (Some(g), _) => g.append(record.clone())?,
+                        (None, Some(s)) => s
+                            .lock()
+                            .map_err(|_| std::io::Error::other("poisoned"))?
+                            .append(&record)?,
+                        (None, None) => unreachable!("one of the two modes is set"),
+                    }
+                    h.record(us(t.elapsed()));
+                }
+                Ok(h)
+            })
+        })
+        .collect();
+    let mut latency = Histogram::default();
+    for handle in handles {
+        latency.merge(&handle.join().map_err(|_| std::io::Error::other("writer panicked"))??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (appends, syncs) = match (group, single) {
+        (Some(g), _) => {
+            let counts = g.counts();
+            drop(Arc::into_inner(g).map(GroupCommit::stop));
+            counts
+        }
+        (_, Some(s)) => {
+            let s = s.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            (s.appends, s.syncs)
+        }
+        (None, None) => unreachable!("one of the two modes is set"),
+    };
+    Ok(LogRow {
+        clients,
+        mode: if grouped { "group commit" } else { "sync each" },
+        appends_per_s: appends as f64 / seconds,
+        syncs_per_s: syncs as f64 / seconds,
+        appends_per_sync: if syncs == 0 { 0.0 } else { appends as f64 / syncs as f64 },
+        p50_us: latency.quantile(0.5),
+        p99_us: latency.quantile(0.99),
+    })
+}
+
+/// The baseline: the same file log, one fdatasync per append, appends serialised by a lock.
+struct FileLogSync {
+    log: FileLog,
+    appends: u64,
+    syncs: u64,
+}
+
+impl FileLogSync {
+    fn append(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.log.append(record)?;
+        self.log.sync()?;
+        self.appends += 1;
+        self.syncs += 1;
+        Ok(())
+    }
+}

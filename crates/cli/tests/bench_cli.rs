@@ -1,0 +1,47 @@
+//! `concord bench` runs and reports what it says it does. Values are not asserted: timing
+//! belongs in BENCHMARKS.md, never in tests.
+
+use std::process::Command;
+
+fn concord(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_concord")).args(args).output().expect("the binary runs")
+}
+
+fn scratch(name: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("concord-bench-test-{name}-{}", std::process::id()))
+        .display()
+        .to_string()
+}
+
+#[test]
+fn floor_reports_fsync_and_loopback_quantiles() {
+    let out = concord(&["bench", "floor", "--dir", &scratch("floor"), "--samples", "20", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["fsync_p50_us", "fsync_p99_us", "rtt_p50_us", "rtt_p99_us"] {
+        assert!(v[key].is_u64(), "{key} missing in {v}");
+    }
+}
+
+#[test]
+fn log_bench_compares_group_commit_with_a_sync_per_append() {
+    let out = concord(&[
+        "bench",
+        "log",
+        "--dir",
+        &scratch("log"),
+        "--clients",
+        "1,4",
+        "--duration",
+        "200ms",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "two client counts × two modes");
+    assert!(runs.iter().all(|r| r["appends_per_s"].as_f64().is_some_and(|a| a > 0.0)));
+    let bad = concord(&["bench", "log", "--clients", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
