@@ -36,6 +36,6 @@ pub mod three_phase;
 pub mod two_phase;
 
 pub use protocol::{
-    Branch, Command, Core, Durability, Input, MessageKind, NoRole, ParticipantView, Protocol,
-    RecordKind, Rejection, Switches, Topology,
+    backoff_us, Branch, Command, Core, Durability, Input, MessageKind, NoRole, ParticipantView,
+    Protocol, RecordKind, Rejection, Switches, Topology,
 };

@@ -147,6 +147,12 @@ pub enum RecordKind {
     Other,
 }
 
+/// The delay before retry number `attempt`: `base · 2^attempt`, capped at `max`. Every retry
+/// loop in the cores (resends, inquiries, ballots, termination terms) backs off this way.
+pub fn backoff_us(base_us: u64, max_us: u64, attempt: u32) -> u64 {
+    base_us.saturating_mul(1u64 << attempt.min(32)).min(max_us)
+}
+
 /// The optimisations a protocol may offer, each a switch so its effect can be measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Switches {

@@ -2,7 +2,8 @@
 //!
 //! A thread owns the [`FileLog`]. Appenders queue their records; the thread takes everything
 //! queued (up to [`MAX_BATCH`]), writes it, syncs once, and only then acknowledges each append
-//! in the batch. An append returns once its record is durable, never before.
+//! in the batch. An append returns once its record is durable, never before. The queue holds at
+//! most [`MAX_QUEUED`] appends; beyond that appenders wait (back-pressure, not memory growth).
 //!
 //! An I/O error is final: after a failed fdatasync the kernel may have dropped the dirty pages,
 //! so retrying could report durable what is not. Every later append fails too; the node must
@@ -17,6 +18,8 @@ use crate::file_log::FileLog;
 
 /// Most records written under one sync.
 pub const MAX_BATCH: usize = 4_096;
+/// Appends waiting for the log thread; an appender blocks when the queue is full.
+pub const MAX_QUEUED: usize = 4 * MAX_BATCH;
 
 struct Request {
     payload: Vec<u8>,
@@ -32,7 +35,7 @@ struct Counters {
 /// A [`FileLog`] behind a group-commit thread.
 #[derive(Debug)]
 pub struct GroupCommit {
-    queue: Option<mpsc::Sender<Request>>,
+    queue: Option<mpsc::SyncSender<Request>>,
     thread: Option<JoinHandle<FileLog>>,
     counters: Arc<Counters>,
 }
@@ -45,7 +48,7 @@ impl std::fmt::Debug for Request {
 
 impl GroupCommit {
     pub fn start(mut log: FileLog) -> io::Result<Self> {
-        let (queue, requests) = mpsc::channel::<Request>();
+        let (queue, requests) = mpsc::sync_channel::<Request>(MAX_QUEUED);
         let counters = Arc::new(Counters::default());
         let shared = Arc::clone(&counters);
         let thread =

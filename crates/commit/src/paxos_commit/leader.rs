@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use concord_types::{Decision, NodeId, TxnId};
 
-use super::{backoff_us, Ballot, Config, Msg, Record, Timer, Value};
+use super::{Ballot, Config, Msg, Record, Timer, Value};
+use crate::backoff_us;
 use crate::Command;
 
 type Out = Vec<Command<Msg, Record, Timer>>;

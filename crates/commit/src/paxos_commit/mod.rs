@@ -174,10 +174,6 @@ impl Config {
     }
 }
 
-pub(crate) fn backoff_us(base_us: u64, max_us: u64, attempt: u32) -> u64 {
-    base_us.saturating_mul(1u64 << attempt.min(32)).min(max_us)
-}
-
 impl Protocol for PaxosCommit {
     const NAME: &'static str = "paxos-commit";
     const COORDINATOR_LOGS_DECISION: bool = false;

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::{Decision, NodeId, TxnId, Write};
 
-use super::{backoff_us, Config, Msg, Record, Timer, Value};
+use super::{Config, Msg, Record, Timer, Value};
+use crate::backoff_us;
 use crate::store::Store;
 use crate::{Command, Core, Durability, Input, ParticipantView};
 

@@ -189,10 +189,6 @@ impl Default for Config {
     }
 }
 
-pub(crate) fn backoff_us(base_us: u64, max_us: u64, attempt: u32) -> u64 {
-    base_us.saturating_mul(1u64 << attempt.min(32)).min(max_us)
-}
-
 /// The leader of termination term `term` (≥ 1).
 pub fn term_leader(participants: &[NodeId], term: u32) -> NodeId {
     assert!(term >= 1 && !participants.is_empty(), "term 0 is the coordinator's");

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::{Decision, NodeId, TxnId, Vote, Write};
 
-use super::{backoff_us, term_leader, Config, Msg, Record, State, Timer};
+use super::{term_leader, Config, Msg, Record, State, Timer};
+use crate::backoff_us;
 use crate::store::Store;
 use crate::{Command, Core, Durability, Input, ParticipantView};
 

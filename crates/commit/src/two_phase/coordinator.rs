@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
 
-use super::{backoff_us, Config, Msg, Record, Timer};
+use super::{Config, Msg, Record, Timer};
 use crate::admission::{Admission, Limits};
+use crate::backoff_us;
 use crate::{Branch, Command, Core, Durability, Input};
 
 type Out = Vec<Command<Msg, Record, Timer>>;

@@ -141,11 +141,6 @@ impl Default for Config {
     }
 }
 
-/// `base · 2^attempt`, capped at `max`: the delay before retry number `attempt`.
-pub(crate) fn backoff_us(base_us: u64, max_us: u64, attempt: u32) -> u64 {
-    base_us.saturating_mul(1u64 << attempt.min(32)).min(max_us)
-}
-
 impl Protocol for TwoPhase {
     const NAME: &'static str = "2pc";
     type Msg = Msg;

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 
 use concord_types::{Decision, NodeId, TxnId, Vote, Write};
 
-use super::{backoff_us, Config, Msg, Record, Timer};
+use super::{Config, Msg, Record, Timer};
+use crate::backoff_us;
 use crate::store::Store;
 use crate::{Command, Core, Durability, Input, ParticipantView};
 
