@@ -53,6 +53,16 @@ impl Admission {
         self.queued.drain(..).collect()
     }
 
+    /// The current epoch (`None` before the first restart).
+    pub fn epoch(&self) -> Option<u32> {
+        self.clock.as_ref().map(EpochClock::epoch)
+    }
+
+    /// Whether `txn` is an id this coordinator has handed out.
+    pub fn has_issued(&self, txn: TxnId) -> bool {
+        self.clock.as_ref().is_some_and(|c| c.has_issued(txn))
+    }
+
     fn clock_mut(&mut self) -> &mut EpochClock {
         self.clock.as_mut().expect("drivers deliver Restart before any other input")
     }

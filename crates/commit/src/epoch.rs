@@ -60,6 +60,18 @@ impl EpochClock {
         Issue::Txn(txn)
     }
 
+    /// The epoch ids are issued in (durable or being made durable).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Whether `txn` is one of this coordinator's ids that has been handed out.
+    pub fn has_issued(&self, txn: TxnId) -> bool {
+        txn.coordinator == self.coordinator
+            && (txn.epoch < self.epoch
+                || (txn.epoch == self.epoch && txn.sequence < self.next_sequence))
+    }
+
     pub fn is_ready(&self) -> bool {
         self.durable
     }

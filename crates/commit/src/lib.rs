@@ -36,6 +36,6 @@ pub mod three_phase;
 pub mod two_phase;
 
 pub use protocol::{
-    backoff_us, Branch, Command, Core, Durability, Input, MessageKind, NoRole, ParticipantView,
-    Protocol, RecordKind, Rejection, Switches, Topology,
+    backoff_us, Branch, Checkpoint, Command, Core, Durability, Input, MessageKind, NoRole,
+    ParticipantView, Protocol, RecordKind, Rejection, Switches, Topology,
 };

@@ -96,6 +96,13 @@ pub trait Core {
     );
 }
 
+/// A core that can say which of its records are still needed, so the log can drop the rest
+/// (a checkpoint). Replaying `live_records` after a restart must rebuild the same durable state
+/// as replaying the whole log: the decisions, the prepared branches, the applied values.
+pub trait Checkpoint: Core {
+    fn live_records(&self) -> Vec<Self::Record>;
+}
+
 /// What a driver or checker may read of a participant.
 pub trait ParticipantView {
     /// Transactions this participant voted YES on and has not yet learned the outcome of.

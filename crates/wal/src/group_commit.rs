@@ -5,6 +5,11 @@
 //! in the batch. An append returns once its record is durable, never before. The queue holds at
 //! most [`MAX_QUEUED`] appends; beyond that appenders wait (back-pressure, not memory growth).
 //!
+//! Appends may wait ([`GroupCommit::append`]) or be handed a callback
+//! ([`GroupCommit::submit`]), which is how an async driver uses the log without blocking its
+//! executor. Either way records reach the file in the order they were queued, and a checkpoint
+//! ([`GroupCommit::checkpoint`]) takes its place in that order too.
+//!
 //! An I/O error is final: after a failed fdatasync the kernel may have dropped the dirty pages,
 //! so retrying could report durable what is not. Every later append fails too; the node must
 //! restart and recover from what is on disk.
@@ -21,15 +26,31 @@ pub const MAX_BATCH: usize = 4_096;
 /// Appends waiting for the log thread; an appender blocks when the queue is full.
 pub const MAX_QUEUED: usize = 4 * MAX_BATCH;
 
+/// Called on the log thread once a submitted record is durable (or the log has failed).
+pub type OnDurable = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+enum Job {
+    Append(Vec<u8>),
+    /// Replace the log with these records: see [`FileLog::checkpoint`].
+    Checkpoint(Vec<Vec<u8>>),
+}
+
+enum Done {
+    Wait(mpsc::SyncSender<Result<(), String>>),
+    Notify(OnDurable),
+    Nothing,
+}
+
 struct Request {
-    payload: Vec<u8>,
-    done: mpsc::SyncSender<Result<(), String>>,
+    job: Job,
+    done: Done,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     appends: AtomicU64,
     syncs: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 /// A [`FileLog`] behind a group-commit thread.
@@ -42,7 +63,10 @@ pub struct GroupCommit {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Request({} bytes)", self.payload.len())
+        match &self.job {
+            Job::Append(payload) => write!(f, "Append({} bytes)", payload.len()),
+            Job::Checkpoint(live) => write!(f, "Checkpoint({} records)", live.len()),
+        }
     }
 }
 
@@ -66,7 +90,13 @@ impl GroupCommit {
                         Some(error) => Err(error.clone()),
                         None => batch
                             .iter()
-                            .try_for_each(|r| log.append(&r.payload))
+                            .try_for_each(|r| match &r.job {
+                                Job::Append(payload) => log.append(payload),
+                                Job::Checkpoint(live) => {
+                                    shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+                                    log.checkpoint(live)
+                                }
+                            })
                             .and_then(|()| log.sync())
                             .map_err(|e| e.to_string()),
                     };
@@ -74,11 +104,17 @@ impl GroupCommit {
                         failed.get_or_insert_with(|| error.clone());
                     } else {
                         shared.syncs.fetch_add(1, Ordering::Relaxed);
-                        shared.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        let appends =
+                            batch.iter().filter(|r| matches!(r.job, Job::Append(_))).count();
+                        shared.appends.fetch_add(appends as u64, Ordering::Relaxed);
                     }
                     for request in batch {
-                        // The appender may have given up waiting; nothing to tell it then.
-                        let _ = request.done.send(result.clone());
+                        match request.done {
+                            // The appender may have given up waiting; nothing to tell it then.
+                            Done::Wait(waiter) => drop(waiter.send(result.clone())),
+                            Done::Notify(callback) => callback(result.clone()),
+                            Done::Nothing => {}
+                        }
                     }
                 }
                 log
@@ -86,16 +122,40 @@ impl GroupCommit {
         Ok(GroupCommit { queue: Some(queue), thread: Some(thread), counters })
     }
 
+    fn enqueue(&self, job: Job, done: Done) -> io::Result<()> {
+        let queue = self.queue.as_ref().expect("the queue lives until stop()");
+        queue
+            .send(Request { job, done })
+            .map_err(|_| io::Error::other("the log thread has stopped"))
+    }
+
     /// Appends `payload` and returns once it is durable.
     pub fn append(&self, payload: Vec<u8>) -> io::Result<()> {
         let (done, wait) = mpsc::sync_channel(1);
-        let queue = self.queue.as_ref().expect("the queue lives until stop()");
-        queue
-            .send(Request { payload, done })
-            .map_err(|_| io::Error::other("the log thread has stopped"))?;
+        self.enqueue(Job::Append(payload), Done::Wait(done))?;
         wait.recv()
             .map_err(|_| io::Error::other("the log thread stopped before the sync"))?
             .map_err(io::Error::other)
+    }
+
+    /// Queues `payload` and returns at once; `on_durable` runs on the log thread after the sync
+    /// that covers it (or with the error that makes the log unusable). `None`: nobody waits —
+    /// the record is durable with the next sync, for records whose loss in a crash is safe.
+    /// Blocks only while the queue is full.
+    pub fn submit(&self, payload: Vec<u8>, on_durable: Option<OnDurable>) -> io::Result<()> {
+        let done = on_durable.map_or(Done::Nothing, Done::Notify);
+        self.enqueue(Job::Append(payload), done)
+    }
+
+    /// Queues a checkpoint: once every record queued before it is written, the log is replaced
+    /// by `live`. The caller computes `live` from the state those earlier records produced.
+    pub fn checkpoint(&self, live: Vec<Vec<u8>>) -> io::Result<()> {
+        self.enqueue(Job::Checkpoint(live), Done::Nothing)
+    }
+
+    /// Checkpoints written so far.
+    pub fn checkpoints(&self) -> u64 {
+        self.counters.checkpoints.load(Ordering::Relaxed)
     }
 
     /// Records made durable, and fdatasync calls that did it.

@@ -23,4 +23,4 @@ mod group_commit;
 pub use crc32c::crc32c;
 pub use file_log::{FileLog, OpenError, MAGIC};
 pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
-pub use group_commit::GroupCommit;
+pub use group_commit::{GroupCommit, OnDurable};

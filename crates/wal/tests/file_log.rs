@@ -195,3 +195,27 @@ fn concurrent_appends_share_syncs_and_each_is_durable_when_acknowledged() {
         assert_eq!(mine, want);
     }
 }
+
+#[test]
+fn submitted_records_and_checkpoints_keep_queue_order_and_callbacks_follow_the_sync() {
+    let dir = TempDir::new();
+    let (log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    let group = GroupCommit::start(log).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..10u8 {
+        let tx = tx.clone();
+        let notify: concord_wal::OnDurable = Box::new(move |r| tx.send((i, r)).unwrap());
+        group.submit(vec![i], Some(notify)).unwrap();
+    }
+    // The checkpoint keeps only the even records; later appends follow it.
+    group.checkpoint((0..10u8).filter(|i| i % 2 == 0).map(|i| vec![i]).collect()).unwrap();
+    group.submit(vec![100], None).unwrap();
+    group.append(vec![101]).unwrap(); // waits: everything before it is durable too
+    let mut told: Vec<u8> = rx.try_iter().map(|(i, r)| r.map(|()| i).unwrap()).collect();
+    told.sort_unstable();
+    assert_eq!(told, (0..10).collect::<Vec<_>>(), "every callback ran once, with success");
+    assert_eq!(group.checkpoints(), 1);
+    drop(group.stop());
+    let found = FileLog::open(&dir.0, 1 << 20).unwrap().1;
+    assert_eq!(found, vec![vec![0], vec![2], vec![4], vec![6], vec![8], vec![100], vec![101]]);
+}

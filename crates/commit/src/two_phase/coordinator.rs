@@ -63,6 +63,16 @@ impl Coordinator {
         self.txns.len()
     }
 
+    /// Whether `txn` is an id this coordinator has handed out (in this or an earlier epoch).
+    pub fn has_issued(&self, txn: TxnId) -> bool {
+        self.admission.has_issued(txn)
+    }
+
+    /// Whether `txn` is still running here (collecting votes, or committing until every ack).
+    pub fn is_running(&self, txn: TxnId) -> bool {
+        self.txns.contains_key(&txn)
+    }
+
     fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
         self.txns.clear();
         let mut highest_epoch = None;
@@ -312,6 +322,31 @@ impl Coordinator {
                 self.id
             ),
         }
+    }
+}
+
+impl crate::Checkpoint for Coordinator {
+    /// The current epoch, and every commit decision not yet acknowledged by all participants.
+    /// Everything else is presumed aborted or finished.
+    fn live_records(&self) -> Vec<Record> {
+        let mut live: Vec<Record> = self
+            .admission
+            .epoch()
+            .map(|epoch| Record::EpochStarted { epoch })
+            .into_iter()
+            .collect();
+        for (&txn, state) in &self.txns {
+            match state {
+                Txn::ForcingCommit { participants } => {
+                    live.push(Record::CommitDecided { txn, participants: participants.clone() });
+                }
+                Txn::Committing { pending, .. } => {
+                    live.push(Record::CommitDecided { txn, participants: pending.clone() });
+                }
+                Txn::Collecting { .. } | Txn::OnePhase { .. } => {}
+            }
+        }
+        live
     }
 }
 

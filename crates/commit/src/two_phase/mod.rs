@@ -95,6 +95,9 @@ pub enum Record {
     OnePhaseCommitted { txn: TxnId, writes: Vec<Write> },
     /// Participant: the branch aborted.
     Aborted { txn: TxnId },
+    /// Participant, written only by a checkpoint: the applied values and the decisions it
+    /// still remembers, standing for every record it replaces.
+    Snapshot { values: Vec<Write>, decided: Vec<(TxnId, Decision)> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -178,7 +181,9 @@ impl Protocol for TwoPhase {
                 RecordKind::BranchDecided { txn, decision: Decision::Commit }
             }
             Record::Aborted { txn } => RecordKind::BranchDecided { txn, decision: Decision::Abort },
-            Record::EpochStarted { .. } | Record::Ended { .. } => RecordKind::Other,
+            Record::EpochStarted { .. } | Record::Ended { .. } | Record::Snapshot { .. } => {
+                RecordKind::Other
+            }
         }
     }
 }
@@ -218,6 +223,9 @@ impl fmt::Display for Record {
             Record::Committed { txn } => write!(f, "committed {txn}"),
             Record::OnePhaseCommitted { txn, .. } => write!(f, "1pc-committed {txn}"),
             Record::Aborted { txn } => write!(f, "aborted {txn}"),
+            Record::Snapshot { values, decided } => {
+                write!(f, "snapshot of {} values, {} decisions", values.len(), decided.len())
+            }
         }
     }
 }
@@ -257,6 +265,15 @@ impl Encode for Record {
                 w.u8(7);
                 w.txn(*txn);
             }
+            Record::Snapshot { values, decided } => {
+                w.u8(8);
+                w.writes(values);
+                w.sequence_len(decided.len());
+                for &(txn, decision) in decided {
+                    w.txn(txn);
+                    w.decision(decision);
+                }
+            }
         }
     }
 
@@ -269,7 +286,71 @@ impl Encode for Record {
             5 => Record::Committed { txn: r.txn()? },
             6 => Record::OnePhaseCommitted { txn: r.txn()?, writes: r.writes()? },
             7 => Record::Aborted { txn: r.txn()? },
+            8 => {
+                let values = r.writes()?;
+                let len = r.sequence_len()?;
+                let mut decided = Vec::with_capacity(len);
+                for _ in 0..len {
+                    decided.push((r.txn()?, r.decision()?));
+                }
+                Record::Snapshot { values, decided }
+            }
             tag => return Err(DecodeError::UnknownTag { what: "2pc record", tag }),
+        })
+    }
+}
+
+/// Messages cross real networks in this form (the runtime's peer frames).
+impl Encode for Msg {
+    fn encode(&self, w: &mut Writer<'_>) {
+        match self {
+            Msg::Prepare { txn, peers, writes } => {
+                w.u8(1);
+                w.txn(*txn);
+                w.nodes(peers);
+                w.writes(writes);
+            }
+            Msg::Vote { txn, vote } => {
+                w.u8(2);
+                w.txn(*txn);
+                w.vote(*vote);
+            }
+            Msg::Decision { txn, decision } => {
+                w.u8(3);
+                w.txn(*txn);
+                w.decision(*decision);
+            }
+            Msg::Ack { txn } => {
+                w.u8(4);
+                w.txn(*txn);
+            }
+            Msg::Inquire { txn } => {
+                w.u8(5);
+                w.txn(*txn);
+            }
+            Msg::CommitOnePhase { txn, writes } => {
+                w.u8(6);
+                w.txn(*txn);
+                w.writes(writes);
+            }
+            Msg::OnePhaseResult { txn, decision } => {
+                w.u8(7);
+                w.txn(*txn);
+                w.decision(*decision);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8()? {
+            1 => Msg::Prepare { txn: r.txn()?, peers: r.nodes()?, writes: r.writes()? },
+            2 => Msg::Vote { txn: r.txn()?, vote: r.vote()? },
+            3 => Msg::Decision { txn: r.txn()?, decision: r.decision()? },
+            4 => Msg::Ack { txn: r.txn()? },
+            5 => Msg::Inquire { txn: r.txn()? },
+            6 => Msg::CommitOnePhase { txn: r.txn()?, writes: r.writes()? },
+            7 => Msg::OnePhaseResult { txn: r.txn()?, decision: r.decision()? },
+            tag => return Err(DecodeError::UnknownTag { what: "2pc message", tag }),
         })
     }
 }

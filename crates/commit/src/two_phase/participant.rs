@@ -13,9 +13,11 @@
 //! ```
 //!
 //! Decisions are final: once a branch is decided, later messages about it are answered from
-//! `decided` and never change it. `decided` mirrors every decision in the log (checkpointing,
-//! which will bound it, belongs to the durable-log work), so a duplicate PREPARE that arrives
-//! long after the decision is answered, not re-executed.
+//! `decided` and never change it. `decided` mirrors every decision in the log, so a duplicate
+//! PREPARE that arrives long after the decision is answered, not re-executed. A checkpoint
+//! keeps it (a few bytes per transaction, against a full record per write before): forgetting
+//! a commit would let a peer's inquiry be answered with a forced ABORT, so bounding it needs
+//! the coordinator to say which transactions every participant has acknowledged.
 
 use std::collections::BTreeMap;
 
@@ -78,6 +80,11 @@ impl Participant {
         }
     }
 
+    /// Every decision this participant remembers (aborts include NO votes it never logged).
+    pub fn decisions(&self) -> &BTreeMap<TxnId, Decision> {
+        &self.decided
+    }
+
     fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
         self.store = Store::default();
         self.branches.clear();
@@ -106,6 +113,10 @@ impl Participant {
                         self.store.unlock(txn, &writes);
                     }
                     self.decided.insert(txn, Decision::Abort);
+                }
+                Record::Snapshot { values, decided } => {
+                    self.store.apply(&values);
+                    self.decided.extend(decided);
                 }
                 other => panic!(
                     "participant {} found a coordinator record in its log: {other:?}",
@@ -397,6 +408,39 @@ impl Core for Participant {
                 Msg::Vote { .. } | Msg::Ack { .. } | Msg::OnePhaseResult { .. } => {}
             },
         }
+    }
+}
+
+impl crate::Checkpoint for Participant {
+    /// The snapshot, then every branch still open as the records that rebuild it.
+    fn live_records(&self) -> Vec<Record> {
+        let values =
+            self.store.values().iter().map(|(&key, &delta)| Write { key, delta }).collect();
+        let decided = self.decided.iter().map(|(&txn, &d)| (txn, d)).collect();
+        let mut live = vec![Record::Snapshot { values, decided }];
+        for (&txn, branch) in &self.branches {
+            match branch {
+                Branch::Preparing { peers, writes, .. }
+                | Branch::Prepared { peers, writes, .. } => {
+                    live.push(Record::Prepared {
+                        txn,
+                        peers: peers.clone(),
+                        writes: writes.clone(),
+                    });
+                }
+                Branch::Committing { writes } => {
+                    live.push(Record::Prepared { txn, peers: Vec::new(), writes: writes.clone() });
+                    live.push(Record::Committed { txn });
+                }
+                Branch::OnePhaseCommitting { writes } => {
+                    live.push(Record::OnePhaseCommitted { txn, writes: writes.clone() });
+                }
+                Branch::OnePhaseAborting | Branch::Refusing { .. } => {
+                    live.push(Record::Aborted { txn });
+                }
+            }
+        }
+        live
     }
 }
 
