@@ -1,9 +1,14 @@
-//! `concord` — the one binary. Subcommands arrive with the work that needs them; today:
-//! `concord sim` drives the deterministic simulator; `concord bench` measures this machine.
+//! `concord` — the one binary: `dev` and `serve` run nodes; `txn`, `transfer` and `shard` talk
+//! to them; `sim` drives the deterministic simulator; `bench` measures; `crash-test` kills
+//! real processes and checks what survives.
 
 mod bench;
+mod client;
+mod cluster;
 mod sim;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +26,48 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A coordinator and shards on loopback in this process, data under ./concord-data.
+    Dev {
+        #[arg(long, default_value = "./concord-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// The coordinator's port; shards take the next ones.
+        #[arg(long, default_value_t = 7700)]
+        port: u16,
+    },
+    /// One node of a cluster described by a configuration file (see docs/configuration.md).
+    Serve {
+        #[arg(long, default_value = "concord.toml")]
+        config: PathBuf,
+        /// Which node of the file this process is.
+        #[arg(long)]
+        node: String,
+        /// Default: ./concord-data/NODE.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Transactions: submit one, list recent ones, show one by id.
+    Txn {
+        #[command(subcommand)]
+        command: client::TxnCommand,
+    },
+    /// Move an amount between two accounts (SHARD:KEY), atomically.
+    Transfer {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: i64,
+        #[arg(long, default_value = client::DEFAULT_COORDINATOR)]
+        coordinator: SocketAddr,
+    },
+    /// Read a shard's values.
+    Shard {
+        #[command(subcommand)]
+        command: client::ShardCommand,
+    },
     /// The deterministic fault simulator: run the real protocol code under seeded faults.
     Sim {
         #[command(subcommand)]
@@ -36,6 +83,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev { data_dir, shards, port } => cluster::dev(&data_dir, shards, port),
+        Command::Serve { config, node, data_dir } => cluster::serve(&config, &node, data_dir),
+        Command::Txn { command } => client::run_txn(command),
+        Command::Transfer { from, to, amount, coordinator } => {
+            client::run_transfer(&from, &to, amount, coordinator)
+        }
+        Command::Shard { command } => client::run_shard(command),
         Command::Sim { command } => sim::run(command),
         Command::Bench { command } => bench::run(command),
     };

@@ -1,1 +1,231 @@
+//! Concord's runtime: the protocol cores on real disks and real sockets.
+//!
+//! One process (or one task, under `concord dev`) runs one node: the coordinator or a shard.
+//! [`serve`] opens the node's log, replays it into the core, and serves three gRPC services on
+//! the node's address: `Peer` (protocol frames), `Client` (submit, status, list) and `Node`
+//! (health, shard reads). See `proto/concord.proto` for the wire contract.
 
+pub mod config;
+mod coordinator;
+mod driver;
+mod service;
+
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
+    tonic::include_proto!("concord.v1");
+}
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_commit::two_phase::{self, Coordinator, Participant, Record};
+use concord_commit::{Input, Switches};
+use concord_types::codec::Encode;
+use concord_types::NodeId;
+use concord_wal::{FileLog, GroupCommit};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{ClusterConfig, NodeConfig, Role};
+use crate::coordinator::CoordinatorRole;
+use crate::driver::{Io, Node, RoleState};
+use crate::service::Handle;
+
+/// Largest gRPC message a node accepts (a frame of many messages, or a large request).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no node named `{0}` in the configuration")]
+    UnknownNode(String),
+    #[error(transparent)]
+    Log(#[from] concord_wal::OpenError),
+    #[error("{path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the data directory was made for; a node refuses a directory made for another.
+const IDENTITY_FILE: &str = "IDENTITY";
+const DATA_FORMAT: u32 = 1;
+
+fn identity(config: &ClusterConfig, node: &NodeConfig) -> String {
+    format!(
+        "format = {DATA_FORMAT}\ncluster = {}\nnode = {}\nid = {}\nrole = {}\n",
+        config.cluster, node.name, node.id, node.role
+    )
+}
+
+fn check_data_dir(dir: &Path, expected: &str) -> Result<(), NodeError> {
+    let err = |reason: String| NodeError::DataDir { path: dir.to_path_buf(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == expected => Ok(()),
+        Ok(found) => Err(err(format!(
+            "this directory belongs to another node or version of Concord; refusing to touch it.\n  it holds: {}\n  this node: {}",
+            found.trim().replace('\n', ", "),
+            expected.trim().replace('\n', ", ")
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.next().is_some() {
+                return Err(err(format!("not empty and has no {IDENTITY_FILE} file: not a Concord data directory")));
+            }
+            let tmp = dir.join("IDENTITY.tmp");
+            std::fs::write(&tmp, expected).map_err(|e| err(e.to_string()))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| err(e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| err(e.to_string()))
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn core_config(config: &ClusterConfig) -> two_phase::Config {
+    let t = &config.timeouts;
+    two_phase::Config {
+        switches: Switches::default(),
+        vote_timeout_us: t.vote_ms * 1_000,
+        resend_base_us: t.resend_base_ms * 1_000,
+        resend_max_us: t.resend_max_ms * 1_000,
+        inquiry_base_us: t.inquiry_base_ms * 1_000,
+        inquiry_max_us: t.inquiry_max_ms * 1_000,
+        ..two_phase::Config::default()
+    }
+}
+
+/// A lazily connected channel to `address` with bounded connect and request times.
+pub fn channel(address: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{address}"))
+        .expect("a socket address is a valid URI")
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// Sends one peer's messages, many per frame. A failed frame is dropped: the cores resend.
+async fn deliver_loop(
+    me: NodeId,
+    cluster: String,
+    to: SocketAddr,
+    mut outbox: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut client = proto::peer_client::PeerClient::new(channel(to))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut backoff = Duration::from_millis(10);
+    while let Some(first) = outbox.recv().await {
+        let mut messages = vec![first];
+        while messages.len() < driver::MAX_MESSAGES_PER_FRAME {
+            match outbox.try_recv() {
+                Ok(next) => messages.push(next),
+                Err(_) => break,
+            }
+        }
+        let frame = proto::Frame { from: me.0, cluster: cluster.clone(), messages };
+        let mut request = tonic::Request::new(frame);
+        request.set_timeout(Duration::from_secs(5));
+        if client.deliver(request).await.is_ok() {
+            backoff = Duration::from_millis(10);
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Runs the node `name` of `config` with its data under `data_dir` until `shutdown` becomes
+/// true. Returns an error if the node cannot start, or if its log fails while running.
+pub async fn serve(
+    config: ClusterConfig,
+    name: &str,
+    data_dir: &Path,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let me = config.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
+    check_data_dir(data_dir, &identity(&config, &me))?;
+    let log_dir = data_dir.join("log");
+    let segment_bytes = config.log.segment_bytes;
+    let (log, raw) = tokio::task::spawn_blocking(move || FileLog::open(&log_dir, segment_bytes))
+        .await
+        .map_err(|e| NodeError::Failed(e.to_string()))??;
+    let mut records = Vec::with_capacity(raw.len());
+    for (i, bytes) in raw.iter().enumerate() {
+        records.push(Record::from_bytes(bytes).map_err(|e| NodeError::DataDir {
+            path: data_dir.join("log"),
+            reason: format!(
+                "record {i} cannot be read ({e:?}): written by an incompatible version?"
+            ),
+        })?);
+    }
+    let listener = tokio::net::TcpListener::bind(me.listen)
+        .await
+        .map_err(|source| NodeError::Listen { address: me.listen, source })?;
+    let log = Arc::new(GroupCommit::start(log).map_err(|e| NodeError::Failed(e.to_string()))?);
+
+    let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+    let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
+    let mut outboxes = HashMap::new();
+    for peer in config.nodes.iter().filter(|n| n.id != me.id) {
+        let (tx, rx) = mpsc::channel(driver::OUTBOX_CAPACITY);
+        outboxes.insert(NodeId(peer.id), tx);
+        tokio::spawn(deliver_loop(NodeId(me.id), config.cluster.clone(), peer.listen, rx));
+    }
+    let core_config = core_config(&config);
+    let id = NodeId(me.id);
+    let role = match me.role {
+        Role::Coordinator => {
+            let shards: BTreeMap<NodeId, String> =
+                config.shards().map(|n| (NodeId(n.id), n.name.clone())).collect();
+            let mut role = CoordinatorRole::new(id, Coordinator::new(id, core_config), shards);
+            role.recovered(&records);
+            RoleState::Coordinator(Box::new(role))
+        }
+        Role::Shard => RoleState::Shard(Box::new(Participant::new(id, core_config))),
+    };
+    let io = Io {
+        outboxes,
+        log: Arc::clone(&log),
+        internal: internal_tx,
+        records_since_checkpoint: 0,
+        checkpoint_every: config.log.checkpoint_every,
+        dropped_sends: 0,
+    };
+    let mut node = Node { role, io };
+    node.step(Input::Restart { records });
+
+    let handle = Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
+    let (stop_loop, loop_stopped) = watch::channel(false);
+    let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            proto::peer_server::PeerServer::new(handle.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            proto::client_server::ClientServer::new(handle.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(proto::node_server::NodeServer::new(handle))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(server);
+    tokio::pin!(node_loop);
+    let result = tokio::select! {
+        served = &mut server => served.map_err(|e| NodeError::Failed(e.to_string())),
+        ended = &mut node_loop => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(NodeError::Failed(error)),
+            Err(panic) => Err(NodeError::Failed(format!("the node loop panicked: {panic}"))),
+        },
+    };
+    let _ = stop_loop.send(true);
+    result
+}

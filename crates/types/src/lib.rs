@@ -10,5 +10,5 @@ pub mod codec;
 mod ids;
 mod outcome;
 
-pub use ids::{NodeId, RequestId, TxnId};
+pub use ids::{NodeId, ParseTxnIdError, RequestId, TxnId};
 pub use outcome::{Decision, Key, Vote, Write};

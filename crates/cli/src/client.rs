@@ -1,0 +1,328 @@
+//! Client commands: `concord txn submit|ls|show`, `concord transfer`, `concord shard read`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use concord_node::proto::{
+    self, client_client::ClientClient, node_client::NodeClient, submit_event, State,
+    TransactionInfo,
+};
+use tonic::transport::Channel;
+
+use crate::cluster::runtime;
+
+pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:7700";
+
+#[derive(Debug, Subcommand)]
+pub enum TxnCommand {
+    /// Run one transaction: each write is SHARD:KEY=DELTA, e.g. shard-1:7=+100 shard-2:9=-100.
+    Submit {
+        #[arg(required = true)]
+        writes: Vec<String>,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent and running transactions, newest first.
+    Ls {
+        /// Only transactions not yet finished.
+        #[arg(long)]
+        running: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One transaction: state, each shard's vote and acknowledgement, age.
+    Show {
+        id: String,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardCommand {
+    /// A shard's values (all, or the keys given), locked keys and in-doubt transactions.
+    Read {
+        shard: String,
+        keys: Vec<u64>,
+        #[arg(long, default_value = DEFAULT_COORDINATOR)]
+        coordinator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `SHARD:KEY=DELTA`.
+pub fn parse_write(text: &str) -> Result<proto::WriteOp, String> {
+    let bad = || format!("`{text}` is not a write; expected SHARD:KEY=DELTA, e.g. shard-1:7=+100");
+    let (shard, rest) = text.rsplit_once(':').ok_or_else(bad)?;
+    let (key, delta) = rest.split_once('=').ok_or_else(bad)?;
+    let key = key.parse().map_err(|_| bad())?;
+    let delta = delta.trim_start_matches('+').parse().map_err(|_| bad())?;
+    if shard.is_empty() {
+        return Err(bad());
+    }
+    Ok(proto::WriteOp { shard: shard.to_string(), key, delta })
+}
+
+fn status_error(what: &str, status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unavailable => {
+            format!("{what}: the node is unreachable ({})", status.message())
+        }
+        _ => format!("{what}: {}", status.message()),
+    }
+}
+
+pub fn client(address: SocketAddr) -> ClientClient<Channel> {
+    ClientClient::new(concord_node::channel(address))
+        .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES)
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match State::try_from(state).unwrap_or(State::Unspecified) {
+        State::Unspecified => "?",
+        State::CollectingVotes => "collecting-votes",
+        State::Deciding => "deciding",
+        State::Committing => "committing",
+        State::Committed => "committed",
+        State::Aborted => "aborted",
+        State::Unknown => "unknown",
+    }
+}
+
+fn info_json(info: &TransactionInfo) -> serde_json::Value {
+    serde_json::json!({
+        "txn": info.txn,
+        "state": state_name(info.state),
+        "age_ms": info.age_ms,
+        "source": info.source,
+        "detail": info.detail,
+        "branches": info.branches.iter().map(|b| serde_json::json!({
+            "shard": b.shard, "vote": b.vote, "acknowledged": b.acknowledged, "writes": b.writes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_info(info: &TransactionInfo) {
+    println!("transaction {}", info.txn);
+    println!("  state    {}", state_name(info.state));
+    println!("  age      {} ms", info.age_ms);
+    println!("  source   {}", info.source);
+    if !info.detail.is_empty() {
+        println!("  detail   {}", info.detail);
+    }
+    for b in &info.branches {
+        let vote = if b.vote.is_empty() { "-" } else { &b.vote };
+        println!(
+            "  branch   {:<10} writes {:<3} vote {:<9} ack {}",
+            b.shard,
+            b.writes,
+            vote,
+            if b.acknowledged { "yes" } else { "no" }
+        );
+    }
+}
+
+/// Submits and waits for the outcome; returns the transaction id (if named) and the outcome.
+pub async fn submit(
+    client: &mut ClientClient<Channel>,
+    writes: Vec<proto::WriteOp>,
+) -> (Option<String>, Result<TransactionInfo, tonic::Status>) {
+    let mut stream = match client.submit(proto::SubmitRequest { writes }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (None, Err(status)),
+    };
+    let mut id = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(proto::SubmitEvent { event: Some(submit_event::Event::Begun(txn)) })) => {
+                id = Some(txn);
+            }
+            Ok(Some(proto::SubmitEvent { event: Some(submit_event::Event::Outcome(info)) })) => {
+                return (id, Ok(info));
+            }
+            Ok(Some(proto::SubmitEvent { event: None })) => {}
+            Ok(None) => {
+                return (id, Err(tonic::Status::unavailable("the coordinator closed the stream")))
+            }
+            Err(status) => return (id, Err(status)),
+        }
+    }
+}
+
+pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
+    runtime()?.block_on(async move {
+        match command {
+            TxnCommand::Submit { writes, coordinator, json } => {
+                let writes = writes.iter().map(|w| parse_write(w)).collect::<Result<Vec<_>, _>>()?;
+                let (id, outcome) = submit(&mut client(coordinator), writes).await;
+                match outcome {
+                    Ok(info) => {
+                        if json {
+                            println!("{}", info_json(&info));
+                        } else {
+                            println!("{} {}", info.txn, state_name(info.state));
+                        }
+                        Ok(if info.state == State::Committed as i32 {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(1)
+                        })
+                    }
+                    Err(status) => Err(match id {
+                        Some(id) => format!(
+                            "{}; the transaction is {id}: `concord txn show {id}` gives its outcome",
+                            status_error("submit", &status)
+                        ),
+                        None => status_error("submit", &status),
+                    }),
+                }
+            }
+            TxnCommand::Ls { running, limit, coordinator, json } => {
+                let reply = client(coordinator)
+                    .list(proto::ListRequest { limit, running_only: running })
+                    .await
+                    .map_err(|s| status_error("txn ls", &s))?
+                    .into_inner();
+                if json {
+                    let all: Vec<_> = reply.transactions.iter().map(info_json).collect();
+                    println!("{}", serde_json::Value::Array(all));
+                } else {
+                    println!("{:<16} {:<17} {:>9}  branches (shard:vote/ack)", "TXN", "STATE", "AGE");
+                    for t in &reply.transactions {
+                        let branches: Vec<String> = t
+                            .branches
+                            .iter()
+                            .map(|b| {
+                                let vote = if b.vote.is_empty() { "-" } else { &b.vote };
+                                format!("{}:{vote}/{}", b.shard, if b.acknowledged { "ack" } else { "-" })
+                            })
+                            .collect();
+                        println!(
+                            "{:<16} {:<17} {:>7}ms  {}",
+                            t.txn,
+                            state_name(t.state),
+                            t.age_ms,
+                            branches.join(" ")
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            TxnCommand::Show { id, coordinator, json } => {
+                let info = client(coordinator)
+                    .status(proto::StatusRequest { txn: id.clone() })
+                    .await
+                    .map_err(|s| status_error(&format!("txn show {id}"), &s))?
+                    .into_inner();
+                if json {
+                    println!("{}", info_json(&info));
+                } else {
+                    print_info(&info);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+pub fn run_transfer(
+    from: &str,
+    to: &str,
+    amount: i64,
+    coordinator: SocketAddr,
+) -> Result<ExitCode, String> {
+    if amount <= 0 {
+        return Err("--amount must be positive".into());
+    }
+    let debit = parse_write(&format!("{from}=-{amount}"))
+        .map_err(|_| format!("--from `{from}`: expected SHARD:KEY, e.g. shard-1:7"))?;
+    let credit = parse_write(&format!("{to}=+{amount}"))
+        .map_err(|_| format!("--to `{to}`: expected SHARD:KEY, e.g. shard-2:9"))?;
+    run_txn(TxnCommand::Submit {
+        writes: vec![
+            format!("{}:{}={}", debit.shard, debit.key, debit.delta),
+            format!("{}:{}=+{}", credit.shard, credit.key, credit.delta),
+        ],
+        coordinator,
+        json: false,
+    })
+}
+
+/// The address of node `name`, from the coordinator's topology.
+pub async fn node_address(coordinator: SocketAddr, name: &str) -> Result<SocketAddr, String> {
+    let topology = client(coordinator)
+        .topology(proto::TopologyRequest {})
+        .await
+        .map_err(|s| status_error("topology", &s))?
+        .into_inner();
+    let node = topology.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+        let names: Vec<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
+        format!("no node `{name}`; the cluster has {}", names.join(", "))
+    })?;
+    node.address.parse().map_err(|_| format!("bad address `{}` for {name}", node.address))
+}
+
+pub async fn read_shard(
+    address: SocketAddr,
+    keys: Vec<u64>,
+) -> Result<proto::ReadShardReply, String> {
+    let mut request = tonic::Request::new(proto::ReadShardRequest { keys });
+    request.set_timeout(Duration::from_secs(10));
+    Ok(NodeClient::new(concord_node::channel(address))
+        .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES)
+        .read_shard(request)
+        .await
+        .map_err(|s| status_error("read", &s))?
+        .into_inner())
+}
+
+pub fn run_shard(command: ShardCommand) -> Result<ExitCode, String> {
+    let ShardCommand::Read { shard, keys, coordinator, json } = command;
+    runtime()?.block_on(async move {
+        let address = node_address(coordinator, &shard).await?;
+        let reply = read_shard(address, keys).await?;
+        if json {
+            let values: serde_json::Map<String, serde_json::Value> =
+                reply.values.iter().map(|kv| (kv.key.to_string(), kv.value.into())).collect();
+            println!(
+                "{}",
+                serde_json::json!({"shard": shard, "values": values, "locked_keys": reply.locked_keys, "in_doubt": reply.in_doubt})
+            );
+        } else {
+            println!("{shard}: {} keys, {} locked, {} in doubt", reply.values.len(), reply.locked_keys, reply.in_doubt.len());
+            for kv in &reply.values {
+                println!("  {:>12} = {}", kv.key, kv.value);
+            }
+            for txn in &reply.in_doubt {
+                println!("  in doubt: {txn}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_parse_with_signs_and_refuse_the_rest() {
+        let w = parse_write("shard-1:7=+100").unwrap();
+        assert_eq!((w.shard.as_str(), w.key, w.delta), ("shard-1", 7, 100));
+        assert_eq!(parse_write("s:1=-5").unwrap().delta, -5);
+        for bad in ["shard-1:7", "shard-1=5", ":1=5", "s:x=1", "s:1=y"] {
+            assert!(parse_write(bad).is_err(), "{bad}");
+        }
+    }
+}

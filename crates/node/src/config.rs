@@ -1,0 +1,298 @@
+//! The cluster configuration file (`concord.toml`), shared by every node of a cluster.
+//!
+//! ```toml
+//! cluster = "prod-eu"            # frames from another cluster are refused
+//!
+//! [[node]]
+//! name = "coordinator"
+//! id = 0
+//! role = "coordinator"           # "coordinator" or "shard"
+//! listen = "10.0.0.1:7700"
+//!
+//! [[node]]
+//! name = "shard-1"
+//! id = 1
+//! role = "shard"
+//! listen = "10.0.0.2:7701"
+//!
+//! [timeouts]                     # all optional; milliseconds
+//! vote_ms = 2000                 # coordinator aborts when votes are not all in by then
+//! resend_base_ms = 50            # first COMMIT resend; doubles per try, capped at resend_max_ms
+//! resend_max_ms = 2000
+//! inquiry_base_ms = 200          # a prepared shard first asks for the outcome after this long
+//! inquiry_max_ms = 2000
+//!
+//! [log]                          # optional
+//! segment_bytes = 67108864       # a segment is sealed at about this size
+//! checkpoint_every = 100000      # records appended between checkpoints
+//! ```
+//!
+//! Unknown fields are errors that name the field and where it is, so a typo never silently
+//! falls back to a default.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Limits on what one client request may ask for.
+pub const MAX_WRITES_PER_TXN: usize = 1_024;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster: String,
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Coordinator,
+    Shard,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Coordinator => "coordinator",
+            Role::Shard => "shard",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    pub id: u32,
+    pub role: Role,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub vote_ms: u64,
+    pub resend_base_ms: u64,
+    pub resend_max_ms: u64,
+    pub inquiry_base_ms: u64,
+    pub inquiry_max_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            vote_ms: 2_000,
+            resend_base_ms: 50,
+            resend_max_ms: 2_000,
+            inquiry_base_ms: 200,
+            inquiry_max_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub checkpoint_every: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { segment_bytes: 64 << 20, checkpoint_every: 100_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: shown, message },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: shown, message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates; errors say which field is wrong.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: String::new(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError::Invalid { path: String::new(), message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cluster.is_empty() {
+            return Err("field `cluster` must not be empty".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let at = format!("node[{i}] ({})", node.name);
+            if node.name.is_empty()
+                || !node.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!("{at}: field `name` must be letters, digits, `-` or `_`"));
+            }
+            if !names.insert(&node.name) {
+                return Err(format!("{at}: field `name` repeats an earlier node's"));
+            }
+            if !ids.insert(node.id) {
+                return Err(format!("{at}: field `id` {} repeats an earlier node's", node.id));
+            }
+            if !addresses.insert(node.listen) {
+                return Err(format!(
+                    "{at}: field `listen` {} repeats an earlier node's",
+                    node.listen
+                ));
+            }
+        }
+        let coordinators = self.nodes.iter().filter(|n| n.role == Role::Coordinator).count();
+        if coordinators != 1 {
+            return Err(format!(
+                "exactly one node must have role = \"coordinator\" (found {coordinators})"
+            ));
+        }
+        if !self.nodes.iter().any(|n| n.role == Role::Shard) {
+            return Err("at least one node must have role = \"shard\"".into());
+        }
+        let t = &self.timeouts;
+        for (field, value) in [
+            ("vote_ms", t.vote_ms),
+            ("resend_base_ms", t.resend_base_ms),
+            ("resend_max_ms", t.resend_max_ms),
+            ("inquiry_base_ms", t.inquiry_base_ms),
+            ("inquiry_max_ms", t.inquiry_max_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("timeouts: field `{field}` must be at least 1"));
+            }
+        }
+        if self.log.checkpoint_every == 0 {
+            return Err("log: field `checkpoint_every` must be at least 1".into());
+        }
+        if self.log.segment_bytes < 4_096 {
+            return Err("log: field `segment_bytes` must be at least 4096".into());
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn coordinator(&self) -> &NodeConfig {
+        self.nodes.iter().find(|n| n.role == Role::Coordinator).expect("validated: one coordinator")
+    }
+
+    pub fn shards(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| n.role == Role::Shard)
+    }
+
+    /// A cluster of one coordinator and `shards` shards on loopback ports from `base_port`.
+    pub fn local(cluster: &str, shards: u32, base_port: u16) -> Self {
+        let mut nodes = vec![NodeConfig {
+            name: "coordinator".into(),
+            id: 0,
+            role: Role::Coordinator,
+            listen: SocketAddr::from(([127, 0, 0, 1], base_port)),
+        }];
+        for i in 1..=shards {
+            nodes.push(NodeConfig {
+                name: format!("shard-{i}"),
+                id: i,
+                role: Role::Shard,
+                listen: SocketAddr::from((
+                    [127, 0, 0, 1],
+                    base_port + u16::try_from(i).expect("a handful of local shards"),
+                )),
+            });
+        }
+        ClusterConfig {
+            cluster: cluster.into(),
+            nodes,
+            timeouts: Timeouts::default(),
+            log: LogConfig::default(),
+        }
+    }
+
+    /// The file form of this configuration (what `concord dev` writes next to its data).
+    pub fn to_toml(&self) -> String {
+        let mut s = format!("cluster = \"{}\"\n", self.cluster);
+        for n in &self.nodes {
+            s += &format!(
+                "\n[[node]]\nname = \"{}\"\nid = {}\nrole = \"{}\"\nlisten = \"{}\"\n",
+                n.name, n.id, n.role, n.listen
+            );
+        }
+        let t = &self.timeouts;
+        s += &format!(
+            "\n[timeouts]\nvote_ms = {}\nresend_base_ms = {}\nresend_max_ms = {}\ninquiry_base_ms = {}\ninquiry_max_ms = {}\n",
+            t.vote_ms, t.resend_base_ms, t.resend_max_ms, t.inquiry_base_ms, t.inquiry_max_ms
+        );
+        s += &format!(
+            "\n[log]\nsegment_bytes = {}\ncheckpoint_every = {}\n",
+            self.log.segment_bytes, self.log.checkpoint_every
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_form_reads_back() {
+        let config = ClusterConfig::local("dev", 3, 7700);
+        assert_eq!(ClusterConfig::parse(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn a_misspelt_field_is_named() {
+        let text = ClusterConfig::local("dev", 1, 7700).to_toml().replace("listen =", "adress =");
+        let error = ClusterConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("adress"), "{error}");
+        let text =
+            ClusterConfig::local("dev", 1, 7700).to_toml().replace("vote_ms", "vote_timeout");
+        let error = ClusterConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("vote_timeout"), "{error}");
+    }
+
+    #[test]
+    fn inconsistent_clusters_are_refused_with_the_field() {
+        let text = ClusterConfig::local("dev", 2, 7700).to_toml().replace("id = 2", "id = 1");
+        let error = ClusterConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("field `id` 1 repeats"), "{error}");
+        let text = ClusterConfig::local("dev", 1, 7700)
+            .to_toml()
+            .replace("\"coordinator\"\nlisten", "\"shard\"\nlisten");
+        let error = ClusterConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("exactly one node"), "{error}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The coordinator node: the 2PC coordinator core, plus what its clients need around it —
+//! replies to waiting requests, a table of recent transactions (`concord txn ls/show`), and
+//! status answers for transactions it no longer remembers, found by asking the shards.
+//!
+//! Status of a transaction the table does not hold (evicted, or from before a restart):
+//! * never issued by this coordinator ⇒ "no such transaction";
+//! * otherwise every shard is asked (INQUIRE). A shard that committed says COMMIT; a shard that
+//!   never saw it forces an ABORTED record first, so its answer is a promise. One COMMIT ⇒
+//!   committed; ABORT from every shard ⇒ aborted; silence ⇒ UNKNOWN, ask again later. This is
+//!   what makes one-phase transactions (which the coordinator never logs) answerable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use concord_commit::two_phase::{Coordinator, Msg, Record, Timer};
+use concord_commit::{Branch, Command, Input, Rejection};
+use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::driver::{Event, Io, Node, RoleState};
+use crate::proto::{self, submit_event, State, TransactionInfo};
+
+/// Finished transactions kept in memory for `txn ls` / `txn show`.
+const FINISHED_KEPT: usize = 100_000;
+/// How long a status query waits for the shards.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) type SubmitReply = mpsc::Sender<Result<proto::SubmitEvent, Status>>;
+
+struct BranchEntry {
+    node: NodeId,
+    writes: u32,
+    vote: Option<Vote>,
+    acknowledged: bool,
+}
+
+struct Entry {
+    started: Instant,
+    state: State,
+    branches: Vec<BranchEntry>,
+    source: &'static str,
+}
+
+struct Resolver {
+    aborted: BTreeSet<NodeId>,
+    waiters: Vec<oneshot::Sender<Result<TransactionInfo, Status>>>,
+}
+
+pub(crate) struct CoordinatorRole {
+    pub core: Coordinator,
+    me: NodeId,
+    shards: BTreeMap<NodeId, String>,
+    next_request: u64,
+    submits: HashMap<RequestId, (SubmitReply, Vec<Branch>)>,
+    waiting: HashMap<TxnId, SubmitReply>,
+    table: HashMap<TxnId, Entry>,
+    finished: VecDeque<TxnId>,
+    resolving: HashMap<TxnId, Resolver>,
+}
+
+fn vote_name(vote: Option<Vote>) -> &'static str {
+    match vote {
+        None => "",
+        Some(Vote::Yes) => "YES",
+        Some(Vote::No) => "NO",
+        Some(Vote::ReadOnly) => "READ-ONLY",
+    }
+}
+
+impl CoordinatorRole {
+    pub fn new(me: NodeId, core: Coordinator, shards: BTreeMap<NodeId, String>) -> Self {
+        CoordinatorRole {
+            core,
+            me,
+            shards,
+            next_request: 0,
+            submits: HashMap::new(),
+            waiting: HashMap::new(),
+            table: HashMap::new(),
+            finished: VecDeque::new(),
+            resolving: HashMap::new(),
+        }
+    }
+
+    /// Seeds the table from the log replayed at start: logged decisions are commits.
+    pub fn recovered(&mut self, records: &[Record]) {
+        for record in records {
+            match record {
+                Record::CommitDecided { txn, participants } => {
+                    let branches = participants
+                        .iter()
+                        .map(|&node| BranchEntry {
+                            node,
+                            writes: 0,
+                            vote: Some(Vote::Yes),
+                            acknowledged: false,
+                        })
+                        .collect();
+                    let entry = Entry {
+                        started: Instant::now(),
+                        state: State::Committing,
+                        branches,
+                        source: "log",
+                    };
+                    self.table.insert(*txn, entry);
+                }
+                Record::Ended { txn } => {
+                    // Ended is written once every participant acknowledged.
+                    if let Some(entry) = self.table.get_mut(txn) {
+                        entry.state = State::Committed;
+                        entry.branches.iter_mut().for_each(|b| b.acknowledged = true);
+                        self.finished.push_back(*txn);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn info(&self, txn: TxnId, entry: &Entry) -> TransactionInfo {
+        TransactionInfo {
+            txn: txn.to_string(),
+            state: entry.state.into(),
+            branches: entry
+                .branches
+                .iter()
+                .map(|b| proto::BranchInfo {
+                    shard: self.shards.get(&b.node).cloned().unwrap_or_else(|| b.node.to_string()),
+                    vote: vote_name(b.vote).to_string(),
+                    acknowledged: b.acknowledged,
+                    writes: b.writes,
+                })
+                .collect(),
+            age_ms: u64::try_from(entry.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            source: entry.source.to_string(),
+            detail: String::new(),
+        }
+    }
+
+    fn finish(&mut self, txn: TxnId, state: State) {
+        let Some(entry) = self.table.get_mut(&txn) else { return };
+        let was_finished = matches!(entry.state, State::Committed | State::Aborted);
+        entry.state = state;
+        if !was_finished {
+            self.finished.push_back(txn);
+        }
+        while self.finished.len() > FINISHED_KEPT {
+            if let Some(old) = self.finished.pop_front() {
+                self.table.remove(&old);
+            }
+        }
+    }
+
+    /// A coordinator command meant for the client side.
+    pub fn on_client_command(&mut self, command: Command<Msg, Record, Timer>) {
+        match command {
+            Command::Begun { request, txn } => {
+                let Some((reply, branches)) = self.submits.remove(&request) else { return };
+                let entry = Entry {
+                    started: Instant::now(),
+                    state: State::CollectingVotes,
+                    branches: branches
+                        .iter()
+                        .map(|b| BranchEntry {
+                            node: b.node,
+                            writes: u32::try_from(b.writes.len()).unwrap_or(u32::MAX),
+                            vote: None,
+                            acknowledged: false,
+                        })
+                        .collect(),
+                    source: "coordinator",
+                };
+                self.table.insert(txn, entry);
+                let begun =
+                    proto::SubmitEvent { event: Some(submit_event::Event::Begun(txn.to_string())) };
+                if reply.try_send(Ok(begun)).is_ok() {
+                    self.waiting.insert(txn, reply);
+                }
+            }
+            Command::Rejected { request, reason } => {
+                let Some((reply, _)) = self.submits.remove(&request) else { return };
+                let status = match reason {
+                    Rejection::Overloaded => Status::resource_exhausted(
+                        "the coordinator is at its in-flight limit; retry later",
+                    ),
+                    Rejection::Invalid => Status::invalid_argument(
+                        "the transaction names the same shard twice or too many shards",
+                    ),
+                };
+                let _ = reply.try_send(Err(status));
+            }
+            Command::Outcome { txn, decision } => {
+                let state = match decision {
+                    Decision::Abort => State::Aborted,
+                    Decision::Commit => {
+                        let all_acked = self.table.get(&txn).is_none_or(|e| {
+                            e.branches.iter().all(|b| b.vote != Some(Vote::Yes) || b.acknowledged)
+                        });
+                        if all_acked {
+                            State::Committed
+                        } else {
+                            State::Committing
+                        }
+                    }
+                };
+                if matches!(state, State::Committed | State::Aborted) {
+                    self.finish(txn, state);
+                } else if let Some(entry) = self.table.get_mut(&txn) {
+                    entry.state = state;
+                }
+                if let Some(reply) = self.waiting.remove(&txn) {
+                    let mut info = self.table.get(&txn).map_or_else(
+                        || TransactionInfo { txn: txn.to_string(), ..TransactionInfo::default() },
+                        |e| self.info(txn, e),
+                    );
+                    // To the client a durable COMMIT decision is the outcome.
+                    info.state = if decision == Decision::Commit {
+                        State::Committed
+                    } else {
+                        State::Aborted
+                    }
+                    .into();
+                    let outcome =
+                        proto::SubmitEvent { event: Some(submit_event::Event::Outcome(info)) };
+                    let _ = reply.try_send(Ok(outcome));
+                }
+            }
+            Command::Send { .. } | Command::Persist { .. } | Command::SetTimer { .. } => {
+                unreachable!("the driver carries these out itself")
+            }
+        }
+    }
+
+    pub fn observe_record(&mut self, record: &Record) {
+        match record {
+            Record::CommitDecided { txn, .. } => {
+                if let Some(entry) = self.table.get_mut(txn) {
+                    entry.state = State::Deciding;
+                }
+            }
+            Record::Ended { txn } => self.finish(*txn, State::Committed),
+            _ => {}
+        }
+    }
+
+    pub fn observe_message(&mut self, from: NodeId, msg: &Msg) {
+        match *msg {
+            Msg::Vote { txn, vote } => self.with_branch(txn, from, |b| b.vote = Some(vote)),
+            Msg::Ack { txn } => {
+                self.with_branch(txn, from, |b| b.acknowledged = true);
+            }
+            Msg::OnePhaseResult { txn, decision } => self.with_branch(txn, from, |b| {
+                b.vote = Some(if decision == Decision::Commit { Vote::Yes } else { Vote::No });
+                b.acknowledged = true;
+            }),
+            Msg::Decision { txn, decision } => self.on_shard_answer(from, txn, decision),
+            _ => {}
+        }
+    }
+
+    fn with_branch(&mut self, txn: TxnId, node: NodeId, change: impl FnOnce(&mut BranchEntry)) {
+        if let Some(branch) =
+            self.table.get_mut(&txn).and_then(|e| e.branches.iter_mut().find(|b| b.node == node))
+        {
+            change(branch);
+        }
+    }
+
+    /// Status by id: from the table, else from the shards.
+    pub fn status(
+        &mut self,
+        txn: TxnId,
+        reply: oneshot::Sender<Result<TransactionInfo, Status>>,
+        io: &mut Io,
+    ) {
+        if let Some(entry) = self.table.get(&txn) {
+            let _ = reply.send(Ok(self.info(txn, entry)));
+            return;
+        }
+        if txn.coordinator != self.me || !self.core.has_issued(txn) {
+            let _ = reply.send(Err(Status::not_found(format!(
+                "no transaction {txn}: this coordinator ({}) never issued that id",
+                self.me
+            ))));
+            return;
+        }
+        if let Some(resolver) = self.resolving.get_mut(&txn) {
+            resolver.waiters.push(reply);
+            return;
+        }
+        for &shard in self.shards.keys() {
+            io.send(shard, &Msg::Inquire { txn });
+        }
+        self.resolving.insert(txn, Resolver { aborted: BTreeSet::new(), waiters: vec![reply] });
+        let internal = io.internal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESOLVE_TIMEOUT).await;
+            let call: crate::driver::Call = Box::new(move |node: &mut Node| {
+                if let RoleState::Coordinator(c) = &mut node.role {
+                    c.resolve_timed_out(txn);
+                }
+            });
+            let _ = internal.send(Event::Call(call));
+        });
+    }
+
+    fn on_shard_answer(&mut self, from: NodeId, txn: TxnId, decision: Decision) {
+        let Some(resolver) = self.resolving.get_mut(&txn) else { return };
+        let state = match decision {
+            Decision::Commit => State::Committed,
+            Decision::Abort => {
+                resolver.aborted.insert(from);
+                if resolver.aborted.len() < self.shards.len() {
+                    return;
+                }
+                State::Aborted
+            }
+        };
+        let resolver = self.resolving.remove(&txn).expect("just found");
+        let entry =
+            Entry { started: Instant::now(), state, branches: Vec::new(), source: "shards" };
+        self.table.insert(txn, entry);
+        self.finished.push_back(txn);
+        let info = self.info(txn, &self.table[&txn]);
+        for waiter in resolver.waiters {
+            let _ = waiter.send(Ok(info.clone()));
+        }
+    }
+
+    fn resolve_timed_out(&mut self, txn: TxnId) {
+        let Some(resolver) = self.resolving.remove(&txn) else { return };
+        let silent: Vec<&str> = self
+            .shards
+            .iter()
+            .filter(|(node, _)| !resolver.aborted.contains(node))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        let info = TransactionInfo {
+            txn: txn.to_string(),
+            state: State::Unknown.into(),
+            source: "shards".into(),
+            detail: format!("no answer from {}; ask again once they are up", silent.join(", ")),
+            ..TransactionInfo::default()
+        };
+        for waiter in resolver.waiters {
+            let _ = waiter.send(Ok(info.clone()));
+        }
+    }
+
+    /// Newest first.
+    pub fn list(&self, limit: usize, running_only: bool) -> Vec<TransactionInfo> {
+        let mut txns: Vec<(&TxnId, &Entry)> = self
+            .table
+            .iter()
+            .filter(|(_, e)| !running_only || !matches!(e.state, State::Committed | State::Aborted))
+            .collect();
+        txns.sort_by(|a, b| b.0.cmp(a.0));
+        txns.into_iter().take(limit).map(|(&txn, e)| self.info(txn, e)).collect()
+    }
+}
+
+impl Node {
+    pub(crate) fn coordinator(&mut self) -> Option<&mut CoordinatorRole> {
+        match &mut self.role {
+            RoleState::Coordinator(c) => Some(c),
+            RoleState::Shard(_) => None,
+        }
+    }
+
+    /// Starts a client's transaction; its events go to `reply`.
+    pub(crate) fn submit(&mut self, branches: Vec<Branch>, reply: SubmitReply) {
+        let Some(c) = self.coordinator() else {
+            let _ = reply.try_send(Err(Status::failed_precondition("this node is a shard")));
+            return;
+        };
+        c.next_request += 1;
+        let request = RequestId(c.next_request);
+        c.submits.insert(request, (reply, branches.clone()));
+        self.step(Input::Begin { request, branches });
+    }
+}

@@ -1,0 +1,201 @@
+//! The node loop: one task owns a protocol core and carries out its commands on real I/O.
+//!
+//! ```text
+//!   gRPC Peer/Client/Node ──(bounded)──► external ─┐
+//!   timers, log callbacks ──────────────► internal ┴─► loop: core.handle(input) ─► commands
+//!                                                         Send     ─► outbox[peer] ─► batcher task ─► Deliver(frame)
+//!                                                         Persist  ─► group commit (callback ─► Persisted)
+//!                                                         SetTimer ─► sleeping task ─► Timer
+//! ```
+//!
+//! The core is never shared: everything reaches it as an event on the loop, which is the one
+//! place its state changes. Internal events (timers, durable records) are unbounded because
+//! the core bounds them itself (its in-flight limits); external ones are bounded, so a flood of
+//! frames or requests waits at the socket instead of growing memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_commit::two_phase::{Msg, Participant, Record, Timer};
+use concord_commit::{Checkpoint, Command, Core, Durability, Input};
+use concord_types::codec::Encode;
+use concord_types::NodeId;
+use concord_wal::{GroupCommit, OnDurable};
+use tokio::sync::mpsc;
+
+use crate::coordinator::CoordinatorRole;
+
+/// Frames waiting for one peer; beyond this, messages are dropped (the cores resend).
+pub(crate) const OUTBOX_CAPACITY: usize = 65_536;
+/// Most messages in one frame.
+pub(crate) const MAX_MESSAGES_PER_FRAME: usize = 4_096;
+/// Requests and frames waiting for the loop.
+pub(crate) const EXTERNAL_CAPACITY: usize = 4_096;
+
+pub(crate) type Call = Box<dyn FnOnce(&mut Node) + Send>;
+
+pub(crate) enum Event {
+    Message {
+        from: NodeId,
+        msg: Msg,
+    },
+    Timer(Timer),
+    Persisted(Record),
+    LogFailed(String),
+    /// Run a closure on the node inside the loop: queries and client requests.
+    Call(Call),
+}
+
+pub(crate) enum RoleState {
+    Coordinator(Box<CoordinatorRole>),
+    Shard(Box<Participant>),
+}
+
+/// What the core's commands act on.
+pub(crate) struct Io {
+    pub outboxes: HashMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    pub log: Arc<GroupCommit>,
+    pub internal: mpsc::UnboundedSender<Event>,
+    pub records_since_checkpoint: u64,
+    pub checkpoint_every: u64,
+    pub dropped_sends: u64,
+}
+
+pub(crate) struct Node {
+    pub role: RoleState,
+    pub io: Io,
+}
+
+impl Io {
+    pub fn send(&mut self, to: NodeId, msg: &Msg) {
+        let Some(outbox) = self.outboxes.get(&to) else {
+            // A message for a node not in the configuration (a stale peer list in a record).
+            self.dropped_sends += 1;
+            return;
+        };
+        if outbox.try_send(msg.to_bytes()).is_err() {
+            self.dropped_sends += 1; // full or closed: the core's own retries cover a loss
+        }
+    }
+
+    fn persist(&mut self, record: Record, durability: Durability) {
+        let bytes = record.to_bytes();
+        let notify: Option<OnDurable> = match durability {
+            Durability::Lazy => None,
+            Durability::Forced => {
+                let internal = self.internal.clone();
+                Some(Box::new(move |result| {
+                    let event = match result {
+                        Ok(()) => Event::Persisted(record),
+                        Err(error) => Event::LogFailed(error),
+                    };
+                    // The loop may be gone (shutting down); then nobody needs to know.
+                    let _ = internal.send(event);
+                }))
+            }
+        };
+        if let Err(error) = self.log.submit(bytes, notify) {
+            let _ = self.internal.send(Event::LogFailed(error.to_string()));
+        }
+        self.records_since_checkpoint += 1;
+    }
+
+    fn set_timer(&self, timer: Timer, after_us: u64) {
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(after_us)).await;
+            let _ = internal.send(Event::Timer(timer));
+        });
+    }
+}
+
+impl Node {
+    /// Feeds one input to the core and carries out what it asks, in order.
+    pub fn step(&mut self, input: Input<Msg, Record, Timer>) {
+        let mut out = Vec::new();
+        match &mut self.role {
+            RoleState::Coordinator(c) => c.core.handle(input, &mut out),
+            RoleState::Shard(p) => p.handle(input, &mut out),
+        }
+        for command in out {
+            match command {
+                Command::Send { to, msg } => self.io.send(to, &msg),
+                Command::Persist { record, durability } => {
+                    if let RoleState::Coordinator(c) = &mut self.role {
+                        c.observe_record(&record);
+                    }
+                    self.io.persist(record, durability);
+                }
+                Command::SetTimer { timer, after_us } => self.io.set_timer(timer, after_us),
+                client @ (Command::Begun { .. }
+                | Command::Rejected { .. }
+                | Command::Outcome { .. }) => {
+                    if let RoleState::Coordinator(c) = &mut self.role {
+                        c.on_client_command(client);
+                    }
+                }
+            }
+        }
+        self.maybe_checkpoint();
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: Msg) {
+        if let RoleState::Coordinator(c) = &mut self.role {
+            c.observe_message(from, &msg);
+        }
+        self.step(Input::Message { from, msg });
+    }
+
+    /// Replaces the log by the core's live records once enough has been appended since the
+    /// last checkpoint. Queued behind every record already submitted, so it sees their effect.
+    fn maybe_checkpoint(&mut self) {
+        if self.io.records_since_checkpoint < self.io.checkpoint_every {
+            return;
+        }
+        self.io.records_since_checkpoint = 0;
+        let live: Vec<Vec<u8>> = match &self.role {
+            RoleState::Coordinator(c) => {
+                c.core.live_records().iter().map(Encode::to_bytes).collect()
+            }
+            RoleState::Shard(p) => p.live_records().iter().map(Encode::to_bytes).collect(),
+        };
+        if let Err(error) = self.io.log.checkpoint(live) {
+            let _ = self.io.internal.send(Event::LogFailed(error.to_string()));
+        }
+    }
+
+    /// Transactions the core is working on (coordinator) or holding prepared (shard).
+    pub fn in_flight(&self) -> usize {
+        match &self.role {
+            RoleState::Coordinator(c) => c.core.in_flight(),
+            RoleState::Shard(p) => concord_commit::ParticipantView::in_doubt(p.as_ref()).len(),
+        }
+    }
+}
+
+/// Runs the loop until `shutdown` fires or the log fails (the error is returned: after a
+/// failed sync the node must restart and recover from what is on disk).
+pub(crate) async fn run(
+    mut node: Node,
+    mut internal: mpsc::UnboundedReceiver<Event>,
+    mut external: mpsc::Receiver<Event>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            Some(event) = internal.recv() => event,
+            Some(event) = external.recv() => event,
+            else => return Ok(()),
+        };
+        match event {
+            Event::Message { from, msg } => node.on_message(from, msg),
+            Event::Timer(timer) => node.step(Input::Timer(timer)),
+            Event::Persisted(record) => node.step(Input::Persisted(record)),
+            Event::LogFailed(error) => return Err(format!("the log failed: {error}")),
+            Event::Call(call) => call(&mut node),
+        }
+    }
+}

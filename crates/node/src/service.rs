@@ -1,0 +1,246 @@
+//! The gRPC services: each request becomes an event on the node loop, validated first.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use concord_commit::two_phase::Msg;
+use concord_commit::{Branch, ParticipantView};
+use concord_types::codec::Encode;
+use concord_types::{NodeId, TxnId, Write};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::config::{ClusterConfig, Role, MAX_WRITES_PER_TXN};
+use crate::driver::{Call, Event, Node, RoleState};
+use crate::proto;
+
+/// What every service holds: the way into the loop, and the cluster it belongs to.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub events: mpsc::Sender<Event>,
+    pub config: std::sync::Arc<ClusterConfig>,
+    pub me: String,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handle({})", self.me)
+    }
+}
+
+impl Handle {
+    /// Runs `f` on the node and waits for its answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        let call: Call = Box::new(move |node| {
+            let _ = tx.send(f(node));
+        });
+        self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())
+    }
+}
+
+fn stopping() -> Status {
+    Status::unavailable("the node is stopping")
+}
+
+#[tonic::async_trait]
+impl proto::peer_server::Peer for Handle {
+    async fn deliver(
+        &self,
+        request: Request<proto::Frame>,
+    ) -> Result<Response<proto::Delivered>, Status> {
+        let frame = request.into_inner();
+        if frame.cluster != self.config.cluster {
+            return Err(Status::permission_denied(format!(
+                "frame from cluster `{}`, this is `{}`",
+                frame.cluster, self.config.cluster
+            )));
+        }
+        if !self.config.nodes.iter().any(|n| n.id == frame.from) {
+            return Err(Status::permission_denied(format!(
+                "node id {} is not configured",
+                frame.from
+            )));
+        }
+        let from = NodeId(frame.from);
+        // Decode the whole frame before delivering any of it: a bad frame is refused whole.
+        let mut messages = Vec::with_capacity(frame.messages.len());
+        for (i, bytes) in frame.messages.iter().enumerate() {
+            let msg = Msg::from_bytes(bytes).map_err(|e| {
+                Status::invalid_argument(format!("message {i} of the frame is malformed: {e:?}"))
+            })?;
+            messages.push(msg);
+        }
+        for msg in messages {
+            self.events.send(Event::Message { from, msg }).await.map_err(|_| stopping())?;
+        }
+        Ok(Response::new(proto::Delivered {}))
+    }
+}
+
+type SubmitStream = Pin<Box<dyn Stream<Item = Result<proto::SubmitEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::client_server::Client for Handle {
+    type SubmitStream = SubmitStream;
+
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<SubmitStream>, Status> {
+        let branches = self.branches(&request.into_inner().writes)?;
+        let (reply, events) = mpsc::channel(4);
+        let call: Call = Box::new(move |node| node.submit(branches, reply));
+        self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::TransactionInfo>, Status> {
+        let txn: TxnId =
+            request.into_inner().txn.parse().map_err(|e: concord_types::ParseTxnIdError| {
+                Status::invalid_argument(e.to_string())
+            })?;
+        let (tx, rx) = oneshot::channel();
+        self.ask(move |node| match node.coordinator() {
+            Some(_) => {
+                let RoleState::Coordinator(c) = &mut node.role else { unreachable!() };
+                c.status(txn, tx, &mut node.io);
+            }
+            None => {
+                let _ = tx.send(Err(Status::failed_precondition("ask the coordinator")));
+            }
+        })
+        .await?;
+        let info = rx.await.map_err(|_| stopping())??;
+        Ok(Response::new(info))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListReply>, Status> {
+        let request = request.into_inner();
+        let limit = if request.limit == 0 { 50 } else { request.limit as usize };
+        let transactions = self
+            .ask(move |node| node.coordinator().map(|c| c.list(limit, request.running_only)))
+            .await?
+            .ok_or_else(|| Status::failed_precondition("ask the coordinator"))?;
+        Ok(Response::new(proto::ListReply { transactions }))
+    }
+
+    async fn topology(
+        &self,
+        _: Request<proto::TopologyRequest>,
+    ) -> Result<Response<proto::TopologyReply>, Status> {
+        let nodes = self
+            .config
+            .nodes
+            .iter()
+            .map(|n| proto::NodeInfo {
+                name: n.name.clone(),
+                id: n.id,
+                role: n.role.to_string(),
+                address: n.listen.to_string(),
+            })
+            .collect();
+        Ok(Response::new(proto::TopologyReply { cluster: self.config.cluster.clone(), nodes }))
+    }
+}
+
+impl Handle {
+    /// Validates a client's writes and groups them into one branch per shard.
+    fn branches(&self, writes: &[proto::WriteOp]) -> Result<Vec<Branch>, Status> {
+        if writes.is_empty() {
+            return Err(Status::invalid_argument("a transaction needs at least one write"));
+        }
+        if writes.len() > MAX_WRITES_PER_TXN {
+            return Err(Status::invalid_argument(format!(
+                "{} writes; at most {MAX_WRITES_PER_TXN} per transaction",
+                writes.len()
+            )));
+        }
+        let mut by_shard: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
+        for op in writes {
+            let shard = self
+                .config
+                .nodes
+                .iter()
+                .find(|n| n.name == op.shard && n.role == Role::Shard)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = self.config.shards().map(|n| n.name.as_str()).collect();
+                    Status::invalid_argument(format!(
+                        "unknown shard `{}`; the shards are {}",
+                        op.shard,
+                        known.join(", ")
+                    ))
+                })?;
+            by_shard.entry(shard.id).or_default().push(Write { key: op.key, delta: op.delta });
+        }
+        Ok(by_shard.into_iter().map(|(id, writes)| Branch { node: NodeId(id), writes }).collect())
+    }
+}
+
+#[tonic::async_trait]
+impl proto::node_server::Node for Handle {
+    async fn health(
+        &self,
+        _: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthReply>, Status> {
+        let me = self.me.clone();
+        let role = self.config.node(&me).map(|n| n.role.to_string()).unwrap_or_default();
+        let reply = self
+            .ask(move |node| {
+                let (appends, syncs) = node.io.log.counts();
+                proto::HealthReply {
+                    name: me,
+                    role,
+                    log_records: appends,
+                    log_syncs: syncs,
+                    checkpoints: node.io.log.checkpoints(),
+                    in_flight: u32::try_from(node.in_flight()).unwrap_or(u32::MAX),
+                }
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn read_shard(
+        &self,
+        request: Request<proto::ReadShardRequest>,
+    ) -> Result<Response<proto::ReadShardReply>, Status> {
+        let keys = request.into_inner().keys;
+        let reply = self
+            .ask(move |node| {
+                let RoleState::Shard(p) = &node.role else { return None };
+                let store = p.store();
+                let values = if keys.is_empty() {
+                    store
+                        .values()
+                        .iter()
+                        .map(|(&key, &value)| proto::KeyValue { key, value })
+                        .collect()
+                } else {
+                    keys.iter()
+                        .map(|&key| proto::KeyValue { key, value: store.value(key) })
+                        .collect()
+                };
+                Some(proto::ReadShardReply {
+                    values,
+                    locked_keys: u32::try_from(store.locked_keys()).unwrap_or(u32::MAX),
+                    in_doubt: p.in_doubt().iter().map(ToString::to_string).collect(),
+                })
+            })
+            .await?
+            .ok_or_else(|| Status::failed_precondition("this node is not a shard"))?;
+        Ok(Response::new(reply))
+    }
+}
