@@ -5,6 +5,7 @@
 mod bench;
 mod client;
 mod cluster;
+mod crash_test;
 mod sim;
 
 use std::net::SocketAddr;
@@ -63,6 +64,21 @@ enum Command {
         #[arg(long, default_value = client::DEFAULT_COORDINATOR)]
         coordinator: SocketAddr,
     },
+    /// Kill random nodes (real processes, SIGKILL) under load, restart them, check atomicity.
+    CrashTest {
+        #[arg(long, default_value_t = 50)]
+        cycles: u32,
+        /// A long run for manual use: 1000 cycles unless --cycles says otherwise.
+        #[arg(long)]
+        soak: bool,
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Working directory (emptied first); node logs stay here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Read a shard's values.
     Shard {
         #[command(subcommand)]
@@ -90,6 +106,11 @@ fn main() -> ExitCode {
             client::run_transfer(&from, &to, amount, coordinator)
         }
         Command::Shard { command } => client::run_shard(command),
+        Command::CrashTest { cycles, soak, clients, seed, dir } => {
+            let cycles = if soak && cycles == 50 { 1_000 } else { cycles };
+            let dir = dir.unwrap_or_else(crash_test::default_dir);
+            crash_test::run(&crash_test::Options { cycles, clients, seed, dir })
+        }
         Command::Sim { command } => sim::run(command),
         Command::Bench { command } => bench::run(command),
     };

@@ -153,8 +153,8 @@ impl CoordinatorRole {
     }
 
     /// A coordinator command meant for the client side.
-    pub fn on_client_command(&mut self, command: Command<Msg, Record, Timer>) {
-        match command {
+    pub fn on_client_command(&mut self, command: &Command<Msg, Record, Timer>) {
+        match *command {
             Command::Begun { request, txn } => {
                 let Some((reply, branches)) = self.submits.remove(&request) else { return };
                 let entry = Entry {

@@ -132,7 +132,7 @@ impl Node {
                 | Command::Rejected { .. }
                 | Command::Outcome { .. }) => {
                     if let RoleState::Coordinator(c) = &mut self.role {
-                        c.on_client_command(client);
+                        c.on_client_command(&client);
                     }
                 }
             }

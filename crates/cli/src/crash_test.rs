@@ -1,0 +1,434 @@
+//! `concord crash-test`: real processes on loopback, transfers from several clients, SIGKILL of
+//! a random node at random moments, restart, repeat; then check what survived.
+//!
+//! Each transfer i debits the client's own funding account on shard A and credits a key used by
+//! no other transfer (its *marker*) on shard B. So after the run, for every transfer, the marker
+//! says whether it was applied, and the funding accounts say whether every applied credit has
+//! its debit. The checks:
+//! * acknowledged COMMITTED ⇒ marker applied; acknowledged ABORTED ⇒ not applied;
+//! * outcome lost with the connection ⇒ `Status` by id must now give a definite answer that
+//!   matches the marker;
+//! * each funding account = initial − Σ applied markers debited from it (no half-applied
+//!   transfer), no value negative, the grand total unchanged;
+//! * once every node is up, nothing stays prepared or locked.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_node::config::{ClusterConfig, LogConfig, Timeouts};
+use concord_node::proto::{self, State};
+
+use crate::client::{client, read_shard, submit};
+use crate::cluster::runtime;
+
+const FUND: i64 = 1_000_000;
+const MARKER_BASE: u64 = 1 << 32;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cycles: u32,
+    pub clients: u32,
+    pub seed: u64,
+    pub dir: PathBuf,
+}
+
+/// A small xorshift: the test's choices are reproducible from `--seed`.
+struct Rng(u64);
+impl Rng {
+    /// Seeds through splitmix64, so nearby seeds give unrelated streams.
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Known {
+    Committed,
+    Aborted,
+    /// The connection dropped after the coordinator named it: resolved by id at the end.
+    Lost(String),
+    /// The connection dropped before the coordinator named it.
+    Unnamed,
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    client: u32,
+    from_shard: String,
+    to_shard: String,
+    marker: u64,
+    amount: i64,
+    known: Known,
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot find free ports: {e}"))?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
+}
+
+struct Cluster {
+    config: ClusterConfig,
+    config_path: PathBuf,
+    dir: PathBuf,
+    children: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    fn start_node(&mut self, name: &str) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.out")))
+            .map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(self.dir.join(name))
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        self.children.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    fn kill(&mut self, name: &str) -> Result<(), String> {
+        if let Some(mut child) = self.children.remove(name) {
+            child.kill().map_err(|e| format!("SIGKILL {name}: {e}"))?; // SIGKILL on Unix
+            child.wait().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn address(&self, name: &str) -> SocketAddr {
+        self.config.node(name).expect("a configured node").listen
+    }
+
+    /// Waits (bounded) until `name` answers its health check; fails if it exited.
+    async fn wait_healthy(&mut self, name: &str) -> Result<(), String> {
+        let address = self.address(name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.children.get_mut(name) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let out = std::fs::read_to_string(self.dir.join(format!("{name}.out")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = out.lines().rev().take(5).collect();
+                    return Err(format!("{name} exited with {status}: {}", tail.join(" | ")));
+                }
+            }
+            let mut node = proto::node_client::NodeClient::new(concord_node::channel(address));
+            let mut request = tonic::Request::new(proto::HealthRequest {});
+            request.set_timeout(Duration::from_millis(500));
+            if node.health(request).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{name} did not become healthy within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run(options: &Options) -> Result<ExitCode, String> {
+    if options.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    let _ = std::fs::remove_dir_all(&options.dir);
+    std::fs::create_dir_all(&options.dir)
+        .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
+    let ports = free_ports(4)?;
+    let mut config = ClusterConfig::local("crash-test", 3, 0);
+    for (node, port) in config.nodes.iter_mut().zip(&ports) {
+        node.listen.set_port(*port);
+    }
+    // Short timeouts keep the run fast; frequent checkpoints put them under the knife too.
+    config.timeouts = Timeouts {
+        vote_ms: 500,
+        resend_base_ms: 50,
+        resend_max_ms: 500,
+        inquiry_base_ms: 100,
+        inquiry_max_ms: 500,
+    };
+    config.log = LogConfig { segment_bytes: 4_096, checkpoint_every: 64 };
+    let config_path = options.dir.join("concord.toml");
+    std::fs::write(&config_path, config.to_toml()).map_err(|e| e.to_string())?;
+    let mut cluster =
+        Cluster { config, config_path, dir: options.dir.clone(), children: BTreeMap::new() };
+    runtime()?.block_on(run_cluster(&mut cluster, options))
+}
+
+async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCode, String> {
+    let names: Vec<String> = cluster.config.nodes.iter().map(|n| n.name.clone()).collect();
+    let shards: Vec<String> = cluster.config.shards().map(|n| n.name.clone()).collect();
+    for name in &names {
+        cluster.start_node(name)?;
+    }
+    for name in &names {
+        cluster.wait_healthy(name).await?;
+    }
+    let coordinator = cluster.address("coordinator");
+    // Fund every client's account on every shard (one-phase each), before any fault.
+    for c in 0..options.clients {
+        for shard in &shards {
+            let op = proto::WriteOp { shard: shard.clone(), key: u64::from(c), delta: FUND };
+            let (_, outcome) = submit(&mut client(coordinator), vec![op]).await;
+            match outcome {
+                Ok(info) if info.state == State::Committed as i32 => {}
+                other => return Err(format!("funding {shard}:{c} failed: {other:?}")),
+            }
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for c in 0..options.clients {
+        let (stop, shards) = (Arc::clone(&stop), shards.clone());
+        let mut rng = Rng::new(options.seed.wrapping_mul(1_000) + u64::from(c) + 1);
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            let mut rpc = client(coordinator);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let a = usize::try_from(rng.below(shards.len() as u64)).expect("small");
+                let b =
+                    (a + 1 + usize::try_from(rng.below(shards.len() as u64 - 1)).expect("small"))
+                        % shards.len();
+                let amount = i64::try_from(1 + rng.below(1_000)).expect("small");
+                let marker = MARKER_BASE + (u64::from(c) << 24) + n;
+                n += 1;
+                let writes = vec![
+                    proto::WriteOp { shard: shards[a].clone(), key: u64::from(c), delta: -amount },
+                    proto::WriteOp { shard: shards[b].clone(), key: marker, delta: amount },
+                ];
+                let (id, outcome) = submit(&mut rpc, writes).await;
+                let known = match (outcome, id) {
+                    (Ok(info), _) if info.state == State::Committed as i32 => Known::Committed,
+                    (Ok(_), _) => Known::Aborted,
+                    // Refused before it began (e.g. overloaded, or the coordinator restarting).
+                    (Err(s), None)
+                        if s.code() != tonic::Code::Unavailable
+                            && s.code() != tonic::Code::Unknown
+                            && s.code() != tonic::Code::Cancelled =>
+                    {
+                        Known::Aborted
+                    }
+                    (Err(_), Some(id)) => Known::Lost(id),
+                    (Err(_), None) => Known::Unnamed,
+                };
+                if matches!(known, Known::Lost(_) | Known::Unnamed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                done.push(Transfer {
+                    client: c,
+                    from_shard: shards[a].clone(),
+                    to_shard: shards[b].clone(),
+                    marker,
+                    amount,
+                    known,
+                });
+            }
+            done
+        });
+    }
+
+    let mut rng = Rng::new(options.seed);
+    let mut kills: BTreeMap<String, u32> = BTreeMap::new();
+    let started = Instant::now();
+    for cycle in 0..options.cycles {
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
+        let victim = names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
+        cluster.kill(&victim)?;
+        *kills.entry(victim.clone()).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+        cluster.start_node(&victim)?;
+        cluster.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut transfers = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        transfers.extend(done.map_err(|e| format!("a client task failed: {e}"))?);
+    }
+    let run_time = started.elapsed();
+
+    // Every node is up: in-doubt branches must resolve (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reads = BTreeMap::new();
+    loop {
+        reads.clear();
+        let mut unsettled = Vec::new();
+        for shard in &shards {
+            let reply = read_shard(cluster.address(shard), Vec::new()).await?;
+            if reply.locked_keys > 0 || !reply.in_doubt.is_empty() {
+                unsettled.push(format!(
+                    "{shard}: {} locked, in doubt {:?}",
+                    reply.locked_keys, reply.in_doubt
+                ));
+            }
+            reads.insert(shard.clone(), reply);
+        }
+        if unsettled.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "still prepared 30 s after every node is up: {}",
+                unsettled.join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let value = |shard: &str, key: u64| -> i64 {
+        reads[shard].values.iter().find(|kv| kv.key == key).map_or(0, |kv| kv.value)
+    };
+
+    let mut violations = Vec::new();
+    let mut resolved = 0u32;
+    let mut rpc = client(coordinator);
+    for t in &mut transfers {
+        if let Known::Lost(id) = &t.known {
+            let id = id.clone();
+            let mut answer = None;
+            for _ in 0..20 {
+                match rpc.status(proto::StatusRequest { txn: id.clone() }).await {
+                    Ok(info) => {
+                        let info = info.into_inner();
+                        if info.state == State::Committed as i32 {
+                            answer = Some(Known::Committed);
+                        } else if info.state == State::Aborted as i32 {
+                            answer = Some(Known::Aborted);
+                        }
+                    }
+                    Err(status) => violations.push(format!("status of {id}: {}", status.message())),
+                }
+                if answer.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match answer {
+                Some(known) => {
+                    resolved += 1;
+                    t.known = known;
+                }
+                None => violations.push(format!("{id}: no definite status once every node is up")),
+            }
+        }
+    }
+    let mut debited: BTreeMap<(u32, String), i64> = BTreeMap::new();
+    let mut counts = [0u32; 3];
+    for t in &transfers {
+        let applied = value(&t.to_shard, t.marker);
+        if applied != 0 && applied != t.amount {
+            violations.push(format!(
+                "marker {} on {} is {applied}, not 0 or {}",
+                t.marker, t.to_shard, t.amount
+            ));
+        }
+        match t.known {
+            Known::Committed if applied != t.amount => violations.push(format!(
+                "a transfer acknowledged COMMITTED is missing on {} (marker {})",
+                t.to_shard, t.marker
+            )),
+            Known::Aborted if applied != 0 => violations.push(format!(
+                "a transfer acknowledged ABORTED was applied on {} (marker {})",
+                t.to_shard, t.marker
+            )),
+            _ => {}
+        }
+        counts[match t.known {
+            Known::Committed => 0,
+            Known::Aborted => 1,
+            _ => 2,
+        }] += 1;
+        if applied == t.amount {
+            *debited.entry((t.client, t.from_shard.clone())).or_default() += t.amount;
+        }
+    }
+    let mut total = 0i64;
+    for (shard, read) in &reads {
+        for kv in &read.values {
+            total += kv.value;
+            if kv.value < 0 {
+                violations.push(format!("{shard}:{} is negative ({})", kv.key, kv.value));
+            }
+        }
+    }
+    for c in 0..options.clients {
+        for shard in &shards {
+            let expected = FUND - debited.get(&(c, shard.clone())).copied().unwrap_or(0);
+            let found = value(shard, u64::from(c));
+            if found != expected {
+                violations.push(format!(
+                    "{shard}:{c} is {found}, but its applied transfers leave {expected}: a transfer was half-applied"
+                ));
+            }
+        }
+    }
+    let expected_total = FUND * i64::from(options.clients) * shards.len() as i64;
+    if total != expected_total {
+        violations.push(format!("total balance {total}, expected {expected_total}"));
+    }
+
+    println!(
+        "crash-test: {} kill/restart cycles in {:.1} s ({}), {} transfers: {} committed, {} aborted; {} outcomes learned by id after the connection dropped; {} never named",
+        options.cycles,
+        run_time.as_secs_f64(),
+        kills.iter().map(|(n, k)| format!("{n} ×{k}")).collect::<Vec<_>>().join(", "),
+        transfers.len(),
+        counts[0],
+        counts[1],
+        resolved,
+        counts[2],
+    );
+    println!(
+        "crash-test: total balance {total} (expected {expected_total}); nothing left prepared"
+    );
+    if violations.is_empty() {
+        println!("crash-test: OK — every check held");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for v in violations.iter().take(20) {
+            println!("VIOLATION: {v}");
+        }
+        println!("crash-test: {} violations (logs in {})", violations.len(), cluster.dir.display());
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub fn default_dir() -> PathBuf {
+    Path::new("./concord-data").join("crash-test")
+}
