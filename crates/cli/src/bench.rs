@@ -27,6 +27,20 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Durable cross-shard transfers through a cluster on loopback, against the same run's floor.
+    Transfer {
+        #[arg(long, default_value = "./concord-data/bench")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// Comma-separated client counts.
+        #[arg(long, default_value = "1,16,64")]
+        clients: String,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable appends per second with group commit against one fdatasync per append.
     Log {
         #[arg(long, default_value = "./concord-data/bench")]
@@ -54,6 +68,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         _ => Err(format!("'{text}' is not a duration like 3s or 500ms")),
     }
+}
+
+fn parse_clients(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(|c| c.trim().parse::<usize>().ok().filter(|&n| (1..=4_096).contains(&n)))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("--clients takes numbers from 1 to 4096 like 1,16,64, not '{text}'"))
 }
 
 fn us(d: Duration) -> u64 {
@@ -100,14 +121,18 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Transfer { dir, shards, clients, duration, json } => {
+            let clients = parse_clients(&clients)?;
+            crate::bench_transfer::run(&crate::bench_transfer::Options {
+                dir: &dir,
+                shards,
+                clients,
+                duration,
+                json,
+            })
+        }
         BenchCommand::Log { dir, clients, duration, record_bytes, json } => {
-            let clients: Vec<usize> = clients
-                .split(',')
-                .map(|c| c.trim().parse::<usize>().ok().filter(|&n| n > 0))
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    format!("--clients takes positive numbers like 1,16,64, not '{clients}'")
-                })?;
+            let clients = parse_clients(&clients)?;
             let mut rows = Vec::new();
             for &n in &clients {
                 // Interleaved: the baseline and the group-commit run back to back per client count.
@@ -148,7 +173,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn fsync_floor(dir: &Path, samples: u32) -> std::io::Result<Histogram> {
+pub fn fsync_floor(dir: &Path, samples: u32) -> std::io::Result<Histogram> {
     let mut file =
         std::fs::OpenOptions::new().create(true).append(true).open(dir.join("fsync.bin"))?;
     let mut h = Histogram::default();
@@ -162,7 +187,7 @@ fn fsync_floor(dir: &Path, samples: u32) -> std::io::Result<Histogram> {
     Ok(h)
 }
 
-fn loopback_round_trip(samples: u32) -> std::io::Result<Histogram> {
+pub fn loopback_round_trip(samples: u32) -> std::io::Result<Histogram> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {

@@ -3,6 +3,7 @@
 //! real processes and checks what survives.
 
 mod bench;
+mod bench_transfer;
 mod client;
 mod cluster;
 mod crash_test;

@@ -202,7 +202,8 @@ pub async fn serve(
     let handle = Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
     let (stop_loop, loop_stopped) = watch::channel(false);
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .add_service(
             proto::peer_server::PeerServer::new(handle.clone())
