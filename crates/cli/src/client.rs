@@ -133,29 +133,40 @@ fn print_info(info: &TransactionInfo) {
     }
 }
 
+/// How long a client waits for an outcome. The coordinator's vote timeout bounds it on the
+/// server side; this bounds it when the coordinator itself stops answering.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Submits and waits for the outcome; returns the transaction id (if named) and the outcome.
 pub async fn submit(
     client: &mut ClientClient<Channel>,
     writes: Vec<proto::WriteOp>,
 ) -> (Option<String>, Result<TransactionInfo, tonic::Status>) {
-    let mut stream = match client.submit(proto::SubmitRequest { writes }).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return (None, Err(status)),
-    };
     let mut id = None;
+    let waited =
+        tokio::time::timeout(SUBMIT_DEADLINE, submit_stream(client, writes, &mut id)).await;
+    match waited {
+        Ok(outcome) => (id, outcome),
+        Err(_) => (id, Err(tonic::Status::deadline_exceeded("no outcome within 30 s"))),
+    }
+}
+
+async fn submit_stream(
+    client: &mut ClientClient<Channel>,
+    writes: Vec<proto::WriteOp>,
+    id: &mut Option<String>,
+) -> Result<TransactionInfo, tonic::Status> {
+    let mut stream = client.submit(proto::SubmitRequest { writes }).await?.into_inner();
     loop {
-        match stream.message().await {
-            Ok(Some(proto::SubmitEvent { event: Some(submit_event::Event::Begun(txn)) })) => {
-                id = Some(txn);
+        match stream.message().await? {
+            Some(proto::SubmitEvent { event: Some(submit_event::Event::Begun(txn)) }) => {
+                *id = Some(txn);
             }
-            Ok(Some(proto::SubmitEvent { event: Some(submit_event::Event::Outcome(info)) })) => {
-                return (id, Ok(info));
+            Some(proto::SubmitEvent { event: Some(submit_event::Event::Outcome(info)) }) => {
+                return Ok(info);
             }
-            Ok(Some(proto::SubmitEvent { event: None })) => {}
-            Ok(None) => {
-                return (id, Err(tonic::Status::unavailable("the coordinator closed the stream")))
-            }
-            Err(status) => return (id, Err(status)),
+            Some(proto::SubmitEvent { event: None }) => {}
+            None => return Err(tonic::Status::unavailable("the coordinator closed the stream")),
         }
     }
 }

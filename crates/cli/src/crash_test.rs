@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use concord_node::config::{ClusterConfig, LogConfig, Timeouts};
 use concord_node::proto::{self, State};
+use concord_sim::rng::{run_seed, Rng};
 
 use crate::client::{client, read_shard, submit};
 use crate::cluster::runtime;
@@ -35,25 +36,6 @@ pub struct Options {
     pub clients: u32,
     pub seed: u64,
     pub dir: PathBuf,
-}
-
-/// A small xorshift: the test's choices are reproducible from `--seed`.
-struct Rng(u64);
-impl Rng {
-    /// Seeds through splitmix64, so nearby seeds give unrelated streams.
-    fn new(seed: u64) -> Self {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -217,7 +199,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
     let mut workers = tokio::task::JoinSet::new();
     for c in 0..options.clients {
         let (stop, shards) = (Arc::clone(&stop), shards.clone());
-        let mut rng = Rng::new(options.seed.wrapping_mul(1_000) + u64::from(c) + 1);
+        let mut rng = Rng::new(run_seed(options.seed, u64::from(c) + 1));
         workers.spawn(async move {
             let mut done = Vec::new();
             let mut rpc = client(coordinator);
@@ -238,11 +220,16 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
                 let known = match (outcome, id) {
                     (Ok(info), _) if info.state == State::Committed as i32 => Known::Committed,
                     (Ok(_), _) => Known::Aborted,
-                    // Refused before it began (e.g. overloaded, or the coordinator restarting).
+                    // Refused before it began (e.g. overloaded). A transport failure or a timeout
+                    // may have come after the coordinator began it: that one stays unnamed.
                     (Err(s), None)
-                        if s.code() != tonic::Code::Unavailable
-                            && s.code() != tonic::Code::Unknown
-                            && s.code() != tonic::Code::Cancelled =>
+                        if !matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Cancelled
+                                | tonic::Code::DeadlineExceeded
+                        ) =>
                     {
                         Known::Aborted
                     }

@@ -110,12 +110,9 @@ impl proto::client_server::Client for Handle {
                 Status::invalid_argument(e.to_string())
             })?;
         let (tx, rx) = oneshot::channel();
-        self.ask(move |node| match node.coordinator() {
-            Some(_) => {
-                let RoleState::Coordinator(c) = &mut node.role else { unreachable!() };
-                c.status(txn, tx, &mut node.io);
-            }
-            None => {
+        self.ask(move |node| match &mut node.role {
+            RoleState::Coordinator(c) => c.status(txn, tx, &mut node.io),
+            RoleState::Shard(_) => {
                 let _ = tx.send(Err(Status::failed_precondition("ask the coordinator")));
             }
         })
@@ -207,6 +204,7 @@ impl proto::node_server::Node for Handle {
                     log_syncs: syncs,
                     checkpoints: node.io.log.checkpoints(),
                     in_flight: u32::try_from(node.in_flight()).unwrap_or(u32::MAX),
+                    dropped_sends: node.io.dropped_sends,
                 }
             })
             .await?;
