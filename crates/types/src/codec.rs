@@ -19,6 +19,8 @@ pub enum DecodeError {
     TooLong { len: u32 },
     #[error("{trailing} bytes left after the record")]
     Trailing { trailing: usize },
+    #[error("text field is not UTF-8")]
+    NotUtf8,
 }
 
 /// Appends fixed-width values.
@@ -55,6 +57,14 @@ impl<'a> Writer<'a> {
     }
     pub fn node(&mut self, v: NodeId) {
         self.u32(v.0);
+    }
+    /// A length-prefixed byte string (at most [`MAX_SEQUENCE_LEN`] bytes).
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.sequence_len(v.len());
+        self.buf().extend_from_slice(v);
+    }
+    pub fn text(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
     }
     pub fn txn(&mut self, v: TxnId) {
         self.node(v.coordinator);
@@ -131,6 +141,19 @@ impl<'a> Reader<'a> {
     pub fn node(&mut self) -> Result<NodeId, DecodeError> {
         Ok(NodeId(self.u32()?))
     }
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.sequence_len()?;
+        if self.rest.len() < len {
+            return Err(DecodeError::Truncated { needed: len - self.rest.len() });
+        }
+        let (head, tail) = self.rest.split_at(len);
+        self.rest = tail;
+        Ok(head)
+    }
+    pub fn text(&mut self) -> Result<String, DecodeError> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8)
+    }
     pub fn txn(&mut self) -> Result<TxnId, DecodeError> {
         Ok(TxnId { coordinator: self.node()?, epoch: self.u32()?, sequence: self.u32()? })
     }
@@ -200,12 +223,14 @@ mod tests {
         w.nodes(&[NodeId(1), NodeId(2)]);
         w.decision(Decision::Abort);
         w.vote(Vote::ReadOnly);
+        w.text("héllo");
         let mut r = Reader::new(&buf);
         assert_eq!(r.txn().unwrap(), txn);
         assert_eq!(r.writes().unwrap(), vec![Write { key: 5, delta: -3 }]);
         assert_eq!(r.nodes().unwrap(), vec![NodeId(1), NodeId(2)]);
         assert_eq!(r.decision().unwrap(), Decision::Abort);
         assert_eq!(r.vote().unwrap(), Vote::ReadOnly);
+        assert_eq!(r.text().unwrap(), "héllo");
         r.finish().unwrap();
     }
 

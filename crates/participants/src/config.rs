@@ -1,0 +1,196 @@
+//! The database coordinator's configuration file (`databases.toml`).
+//!
+//! ```toml
+//! cluster = "prod"                 # part of every gid; letters, digits, - and _, ≤ 16
+//! node_id = 9                      # part of every transaction id; unique per coordinator
+//! listen = "127.0.0.1:7800"        # HTTP: the API the CLI uses, and Prometheus /metrics
+//!
+//! [[database]]
+//! name = "ledger"
+//! kind = "postgres"                # needs max_prepared_transactions > 0
+//! url = "host=127.0.0.1 user=postgres dbname=bank"
+//!
+//! [[database]]
+//! name = "wallet"
+//! kind = "mariadb"                 # MariaDB or MySQL, InnoDB tables
+//! url = "mysql://root@127.0.0.1:3306/wallet"
+//!
+//! [recovery]                       # optional; milliseconds
+//! interval_ms = 5000               # how often prepared branches are reconciled with the log
+//! grace_ms = 30000                 # an undecided branch of this run is rolled back after this
+//!
+//! [timeouts]                       # optional; milliseconds
+//! statement_ms = 5000              # every database call (connect, statement, prepare, commit)
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::gid::{valid_cluster_name, MAX_CLUSTER_NAME};
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabasesConfig {
+    pub cluster: String,
+    pub node_id: u32,
+    pub listen: SocketAddr,
+    #[serde(rename = "database")]
+    pub databases: Vec<DatabaseConfig>,
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Postgres,
+    Mariadb,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub name: String,
+    pub kind: Kind,
+    /// PostgreSQL: a libpq-style string (`host=… user=… dbname=…`) or URL;
+    /// MariaDB/MySQL: `mysql://user:password@host:port/database`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    pub interval_ms: u64,
+    pub grace_ms: u64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig { interval_ms: 5_000, grace_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    pub statement_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig { statement_ms: 5_000 }
+    }
+}
+
+/// Most databases one coordinator drives (each branch index must fit a gid).
+pub const MAX_DATABASES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl DatabasesConfig {
+    pub fn load(path: &Path) -> Result<DatabasesConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: shown.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError { path: shown, message })
+    }
+
+    pub fn parse(text: &str) -> Result<DatabasesConfig, String> {
+        let config: DatabasesConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !valid_cluster_name(&self.cluster) {
+            return Err(format!(
+                "cluster `{}`: use 1 to {MAX_CLUSTER_NAME} letters, digits, `-` or `_` (it is part of every gid)",
+                self.cluster
+            ));
+        }
+        if self.databases.is_empty() {
+            return Err("no [[database]] entries: the coordinator has nothing to drive".into());
+        }
+        if self.databases.len() > MAX_DATABASES {
+            return Err(format!("{} databases; at most {MAX_DATABASES}", self.databases.len()));
+        }
+        let mut names = BTreeSet::new();
+        for db in &self.databases {
+            if db.name.is_empty() || db.name.contains(char::is_whitespace) {
+                return Err(format!(
+                    "database name `{}` must be non-empty without spaces",
+                    db.name
+                ));
+            }
+            if !names.insert(db.name.as_str()) {
+                return Err(format!("database `{}` is configured twice", db.name));
+            }
+        }
+        if self.timeouts.statement_ms == 0 || self.recovery.interval_ms == 0 {
+            return Err("timeouts.statement_ms and recovery.interval_ms must be above 0".into());
+        }
+        // A branch of this run may sit prepared while its siblings prepare and the decision is
+        // forced; rolling it back in that window would turn a commit into a heuristic outcome.
+        if self.recovery.grace_ms < 4 * self.timeouts.statement_ms {
+            return Err(format!(
+                "recovery.grace_ms ({}) must be at least 4 × timeouts.statement_ms ({}): an undecided branch younger than a transaction's longest prepare phase may still be committed",
+                self.recovery.grace_ms, self.timeouts.statement_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "t"
+node_id = 9
+listen = "127.0.0.1:7800"
+[[database]]
+name = "ledger"
+kind = "postgres"
+url = "host=127.0.0.1 user=postgres dbname=test"
+[[database]]
+name = "wallet"
+kind = "mariadb"
+url = "mysql://root@127.0.0.1:3306/test"
+"#;
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let config = DatabasesConfig::parse(GOOD).unwrap();
+        assert_eq!(config.databases.len(), 2);
+        assert_eq!(config.databases[1].kind, Kind::Mariadb);
+        assert_eq!(config.recovery, RecoveryConfig::default());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (GOOD.replace("kind = \"postgres\"", "kind = \"oracle\""), "oracle"),
+            (GOOD.replace("node_id", "nodeid"), "nodeid"),
+            (GOOD.replace("cluster = \"t\"", "cluster = \"a'b\""), "cluster `a'b`"),
+            (GOOD.replace("name = \"wallet\"", "name = \"ledger\""), "configured twice"),
+            (format!("{GOOD}[recovery]\ngrace_ms = 100\n"), "grace_ms"),
+        ];
+        for (text, expected) in cases {
+            let error = DatabasesConfig::parse(&text).unwrap_err();
+            assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! One configured database as a 2PC participant, whatever its kind.
+//!
+//! A branch's life: [`Database::begin`] opens a local transaction and writes the branch's
+//! marker row (`concord_branch`, keyed by gid) inside it; the application's statements run on
+//! that connection ([`OpenBranch::execute`], or the raw client); [`OpenBranch::prepare`] makes it
+//! durable and votes. After the decision, [`Database::finish`] commits or rolls back the
+//! prepared branch — on the branch's own connection when it still has one (MariaDB only lets
+//! another session finish an XA branch once the preparing session is gone).
+//!
+//! The marker row commits or rolls back with the branch, so once a branch is no longer
+//! prepared, [`Database::branch_state`] tells which way it went. That is how a heuristic
+//! outcome (someone ran `ROLLBACK PREPARED` by hand after a COMMIT decision) is detected
+//! rather than mistaken for a branch already committed.
+//!
+//! Every call is bounded by the configured statement timeout.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use concord_types::Decision;
+
+use crate::config::{DatabaseConfig, Kind};
+use crate::gid::Gid;
+use crate::{mariadb, postgres};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    #[error("{database}: {what}: {reason}")]
+    Failed { database: String, what: &'static str, reason: String },
+    #[error("{database}: {what}: no answer within {timeout_ms} ms")]
+    Timeout { database: String, what: &'static str, timeout_ms: u64 },
+    #[error("{database}: invalid configuration: {reason}")]
+    Config { database: String, reason: String },
+}
+
+/// A participant's vote on its branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    Yes(PreparedBranch),
+    /// The branch is not prepared (a statement failed, the database refused, the connection was
+    /// lost). It may still have reached the database as prepared if the connection broke during
+    /// PREPARE, so an aborting coordinator rolls back every gid it tried.
+    No(String),
+}
+
+/// A branch that voted YES: its gid and, while it lasts, the connection that prepared it.
+#[derive(Debug)]
+pub struct PreparedBranch {
+    pub gid: String,
+    pub(crate) connection: Option<Connection>,
+}
+
+impl PreparedBranch {
+    /// A branch known by name only (recovery, operator actions).
+    pub fn named(gid: &str) -> PreparedBranch {
+        PreparedBranch { gid: gid.to_string(), connection: None }
+    }
+}
+
+impl Clone for PreparedBranch {
+    /// A clone names the branch but does not share its connection.
+    fn clone(&self) -> Self {
+        PreparedBranch { gid: self.gid.clone(), connection: None }
+    }
+}
+
+impl PartialEq for PreparedBranch {
+    fn eq(&self, other: &Self) -> bool {
+        self.gid == other.gid
+    }
+}
+impl Eq for PreparedBranch {}
+
+/// What COMMIT PREPARED / ROLLBACK PREPARED found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Done,
+    /// No prepared branch with that gid: it was finished before (by us, or by hand).
+    NotPrepared,
+}
+
+/// Where a branch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchState {
+    Prepared,
+    Committed,
+    /// Rolled back, or never prepared.
+    Absent,
+}
+
+impl BranchState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BranchState::Prepared => "prepared",
+            BranchState::Committed => "committed",
+            BranchState::Absent => "rolled-back",
+        }
+    }
+}
+
+/// A prepared branch as the database lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedBranch {
+    pub gid: String,
+    /// Known for PostgreSQL (`pg_prepared_xacts.prepared`); MariaDB does not say.
+    pub age_ms: Option<u64>,
+}
+
+/// A connection of either kind.
+#[derive(Debug)]
+pub(crate) enum Connection {
+    Postgres(tokio_postgres::Client),
+    Mariadb(mysql_async::Conn),
+}
+
+/// Idle connections kept for reuse.
+const IDLE_CONNECTIONS: usize = 8;
+
+#[derive(Debug)]
+pub struct Database {
+    pub name: String,
+    pub kind: Kind,
+    timeout: Duration,
+    backend: Backend,
+    idle: Mutex<Vec<Connection>>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Postgres(postgres::Postgres),
+    Mariadb(mariadb::Mariadb),
+}
+
+impl Database {
+    pub fn new(config: &DatabaseConfig, timeout: Duration) -> Result<Database, DbError> {
+        let backend = match config.kind {
+            Kind::Postgres => Backend::Postgres(postgres::Postgres::new(&config.url)),
+            Kind::Mariadb => Backend::Mariadb(
+                mariadb::Mariadb::new(&config.url)
+                    .map_err(|reason| DbError::Config { database: config.name.clone(), reason })?,
+            ),
+        };
+        Ok(Database {
+            name: config.name.clone(),
+            kind: config.kind,
+            timeout,
+            backend,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `fut` with this database's timeout, naming the database and the step on failure.
+    pub(crate) async fn bounded<T, E: Display>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, DbError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                Err(DbError::Failed { database: self.name.clone(), what, reason: e.to_string() })
+            }
+            Err(_) => Err(DbError::Timeout {
+                database: self.name.clone(),
+                what,
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    pub(crate) async fn connection(&self) -> Result<Connection, DbError> {
+        let idle = self.idle.lock().expect("the idle list's holders do not panic").pop();
+        if let Some(connection) = idle {
+            return Ok(connection);
+        }
+        match &self.backend {
+            Backend::Postgres(pg) => pg.connect(self).await.map(Connection::Postgres),
+            Backend::Mariadb(maria) => maria.connect(self).await.map(Connection::Mariadb),
+        }
+    }
+
+    /// Returns a healthy connection for reuse. Callers drop connections that saw an error.
+    pub(crate) fn release(&self, connection: Connection) {
+        if let Connection::Postgres(client) = &connection {
+            if client.is_closed() {
+                return;
+            }
+        }
+        let mut idle = self.idle.lock().expect("the idle list's holders do not panic");
+        if idle.len() < IDLE_CONNECTIONS {
+            idle.push(connection);
+        }
+    }
+
+    /// Creates the marker table if it is missing.
+    pub async fn ensure_schema(&self) -> Result<(), DbError> {
+        let mut connection = self.connection().await?;
+        match &mut connection {
+            Connection::Postgres(client) => postgres::ensure_schema(self, client).await?,
+            Connection::Mariadb(conn) => mariadb::ensure_schema(self, conn).await?,
+        }
+        self.release(connection);
+        Ok(())
+    }
+
+    /// Opens branch `gid`: a local transaction with the marker row written.
+    pub async fn begin(&self, gid: &Gid) -> Result<OpenBranch<'_>, DbError> {
+        let gid = gid.to_string();
+        let mut connection = self.connection().await?;
+        match &mut connection {
+            Connection::Postgres(client) => postgres::begin(self, client, &gid).await?,
+            Connection::Mariadb(conn) => mariadb::begin(self, conn, &gid).await?,
+        }
+        Ok(OpenBranch { database: self, gid, connection })
+    }
+
+    /// Commits or rolls back a prepared branch, on the connection that prepared it if the
+    /// branch still has it, else on any.
+    pub async fn finish(
+        &self,
+        branch: PreparedBranch,
+        decision: Decision,
+    ) -> Result<Finish, DbError> {
+        let PreparedBranch { gid, connection } = branch;
+        let gid = gid.as_str();
+        let mut connection = match connection {
+            Some(c) => c,
+            None => self.connection().await?,
+        };
+        let result = match &mut connection {
+            Connection::Postgres(client) => postgres::finish(self, client, gid, decision).await,
+            Connection::Mariadb(conn) => mariadb::finish(self, conn, gid, decision).await,
+        };
+        if result.is_ok() {
+            self.release(connection);
+        }
+        result
+    }
+
+    /// Where branch `gid` stands: still prepared, committed (its marker row exists), or absent.
+    pub async fn branch_state(&self, gid: &str) -> Result<BranchState, DbError> {
+        let mut connection = self.connection().await?;
+        let state = match &mut connection {
+            Connection::Postgres(client) => postgres::branch_state(self, client, gid).await?,
+            Connection::Mariadb(conn) => mariadb::branch_state(self, conn, gid).await?,
+        };
+        self.release(connection);
+        Ok(state)
+    }
+
+    /// Every prepared branch the database lists (Concord's and anyone else's).
+    pub async fn list_prepared(&self) -> Result<Vec<ListedBranch>, DbError> {
+        let mut connection = self.connection().await?;
+        let listed = match &mut connection {
+            Connection::Postgres(client) => postgres::list_prepared(self, client).await?,
+            Connection::Mariadb(conn) => mariadb::list_prepared(self, conn).await?,
+        };
+        self.release(connection);
+        Ok(listed)
+    }
+
+    /// Deletes marker rows older than `older_than_s`, except those of `keep` (branches whose
+    /// outcome may still need checking). Returns how many were deleted.
+    pub async fn forget_markers(&self, keep: &[String], older_than_s: u64) -> Result<u64, DbError> {
+        let mut connection = self.connection().await?;
+        let deleted = match &mut connection {
+            Connection::Postgres(client) => {
+                postgres::forget_markers(self, client, keep, older_than_s).await?
+            }
+            Connection::Mariadb(conn) => {
+                mariadb::forget_markers(self, conn, keep, older_than_s).await?
+            }
+        };
+        self.release(connection);
+        Ok(deleted)
+    }
+}
+
+/// A branch between `begin` and `prepare`: run the application's statements on it.
+#[derive(Debug)]
+pub struct OpenBranch<'a> {
+    database: &'a Database,
+    gid: String,
+    connection: Connection,
+}
+
+impl OpenBranch<'_> {
+    pub fn gid(&self) -> &str {
+        &self.gid
+    }
+
+    pub fn database(&self) -> &Database {
+        self.database
+    }
+
+    /// Runs one statement; returns the rows it affected.
+    pub async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
+        match &mut self.connection {
+            Connection::Postgres(client) => {
+                self.database.bounded("statement", client.execute(sql, &[])).await
+            }
+            Connection::Mariadb(conn) => mariadb::execute(self.database, conn, sql).await,
+        }
+    }
+
+    /// The PostgreSQL connection, for statements with parameters or queries.
+    pub fn postgres(&self) -> Option<&tokio_postgres::Client> {
+        match &self.connection {
+            Connection::Postgres(client) => Some(client),
+            Connection::Mariadb(_) => None,
+        }
+    }
+
+    /// The MariaDB/MySQL connection, for statements with parameters or queries.
+    pub fn mariadb(&mut self) -> Option<&mut mysql_async::Conn> {
+        match &mut self.connection {
+            Connection::Mariadb(conn) => Some(conn),
+            Connection::Postgres(_) => None,
+        }
+    }
+
+    /// Prepares the branch and votes. YES only once the database has the branch prepared.
+    pub async fn prepare(self) -> Vote {
+        let OpenBranch { database, gid, mut connection } = self;
+        let result = match &mut connection {
+            Connection::Postgres(client) => postgres::prepare(database, client, &gid).await,
+            Connection::Mariadb(conn) => mariadb::prepare(database, conn, &gid).await,
+        };
+        match result {
+            Ok(()) => Vote::Yes(PreparedBranch { gid, connection: Some(connection) }),
+            Err(e) => Vote::No(e.to_string()),
+        }
+    }
+
+    /// Abandons the branch before prepare (the connection is dropped, which rolls it back).
+    pub fn abandon(self) {}
+}

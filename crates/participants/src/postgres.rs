@@ -1,0 +1,166 @@
+//! PostgreSQL as a participant: `BEGIN … PREPARE TRANSACTION 'gid'`, `COMMIT PREPARED`,
+//! `ROLLBACK PREPARED`, and `pg_prepared_xacts` for recovery.
+//!
+//! Two PostgreSQL facts shape this file. `PREPARE TRANSACTION` on a transaction that already
+//! failed reports success but rolls back, so a YES vote waits until the gid is listed in
+//! `pg_prepared_xacts`. And the gid is a quoted literal, not a parameter (`PREPARE TRANSACTION
+//! $1` is a syntax error), which is why gids are restricted to quote-free characters.
+//! The server needs `max_prepared_transactions > 0` (scripts/setup-databases.sh sets it).
+
+use concord_types::Decision;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::database::{BranchState, Database, DbError, Finish, ListedBranch};
+use crate::gid::Gid;
+
+#[derive(Debug)]
+pub(crate) struct Postgres {
+    url: String,
+}
+
+/// The marker table: a branch's row commits or rolls back with the branch.
+const MARKER_TABLE: &str = "CREATE TABLE IF NOT EXISTS concord_branch (
+    gid text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now())";
+
+fn literal(gid: &str) -> String {
+    assert!(Gid::parse(gid).is_some(), "only Concord gids are spliced into SQL: {gid:?}");
+    format!("'{gid}'")
+}
+
+impl Postgres {
+    pub(crate) fn new(url: &str) -> Postgres {
+        Postgres { url: url.to_string() }
+    }
+
+    pub(crate) async fn connect(&self, db: &Database) -> Result<Client, DbError> {
+        let (client, connection) =
+            db.bounded("connect", tokio_postgres::connect(&self.url, NoTls)).await?;
+        // The connection future drives the socket; it ends when the client is dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+pub(crate) async fn ensure_schema(db: &Database, client: &Client) -> Result<(), DbError> {
+    db.bounded("create marker table", client.batch_execute(MARKER_TABLE)).await
+}
+
+pub(crate) async fn begin(db: &Database, client: &Client, gid: &str) -> Result<(), DbError> {
+    db.bounded("begin", client.batch_execute("BEGIN")).await?;
+    db.bounded(
+        "write marker",
+        client.execute("INSERT INTO concord_branch (gid) VALUES ($1)", &[&gid]),
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn prepare(db: &Database, client: &Client, gid: &str) -> Result<(), DbError> {
+    let statement = format!("PREPARE TRANSACTION {}", literal(gid));
+    db.bounded("prepare", client.batch_execute(&statement)).await?;
+    if is_prepared(db, client, gid).await? {
+        Ok(())
+    } else {
+        Err(DbError::Failed {
+            database: db.name.clone(),
+            what: "prepare",
+            reason: "PREPARE TRANSACTION reported success but the branch is not in pg_prepared_xacts (the transaction had failed and was rolled back)".into(),
+        })
+    }
+}
+
+async fn is_prepared(db: &Database, client: &Client, gid: &str) -> Result<bool, DbError> {
+    let row = db
+        .bounded(
+            "read pg_prepared_xacts",
+            client.query_one(
+                "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()",
+                &[&gid],
+            ),
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
+pub(crate) async fn finish(
+    db: &Database,
+    client: &Client,
+    gid: &str,
+    decision: Decision,
+) -> Result<Finish, DbError> {
+    let (statement, what) = match decision {
+        Decision::Commit => (format!("COMMIT PREPARED {}", literal(gid)), "commit prepared"),
+        Decision::Abort => (format!("ROLLBACK PREPARED {}", literal(gid)), "rollback prepared"),
+    };
+    db.bounded(what, async {
+        match client.batch_execute(&statement).await {
+            Ok(()) => Ok(Finish::Done),
+            // "prepared transaction with identifier … does not exist"
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(Finish::NotPrepared),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+pub(crate) async fn branch_state(
+    db: &Database,
+    client: &Client,
+    gid: &str,
+) -> Result<BranchState, DbError> {
+    if is_prepared(db, client, gid).await? {
+        return Ok(BranchState::Prepared);
+    }
+    let row = db
+        .bounded(
+            "read marker",
+            client.query_one("SELECT count(*) FROM concord_branch WHERE gid = $1", &[&gid]),
+        )
+        .await?;
+    Ok(if row.get::<_, i64>(0) > 0 { BranchState::Committed } else { BranchState::Absent })
+}
+
+pub(crate) async fn list_prepared(
+    db: &Database,
+    client: &Client,
+) -> Result<Vec<ListedBranch>, DbError> {
+    let rows = db
+        .bounded(
+            "read pg_prepared_xacts",
+            client.query(
+                "SELECT gid, (extract(epoch FROM now() - prepared) * 1000)::bigint
+                   FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared",
+                &[],
+            ),
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ListedBranch {
+            gid: row.get(0),
+            age_ms: Some(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
+        })
+        .collect())
+}
+
+pub(crate) async fn forget_markers(
+    db: &Database,
+    client: &Client,
+    keep: &[String],
+    older_than_s: u64,
+) -> Result<u64, DbError> {
+    let older_than_s = f64::from(u32::try_from(older_than_s).unwrap_or(u32::MAX));
+    db.bounded(
+        "forget markers",
+        client.execute(
+            "DELETE FROM concord_branch
+              WHERE created_at < now() - make_interval(secs => $1) AND gid <> ALL($2)",
+            &[&older_than_s, &keep],
+        ),
+    )
+    .await
+}
