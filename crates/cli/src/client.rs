@@ -26,11 +26,21 @@ pub enum TxnCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Recent and running transactions, newest first.
+    /// Recent and running transactions, newest first; with --in-doubt, the database
+    /// coordinator's transactions with a prepared branch or an unapplied decision.
     Ls {
         /// Only transactions not yet finished.
         #[arg(long)]
         running: bool,
+        /// In-doubt transactions of the database coordinator (--db).
+        #[arg(long)]
+        in_doubt: bool,
+        /// With --in-doubt: also transactions with a recorded heuristic outcome.
+        #[arg(long, requires = "in_doubt")]
+        heuristic: bool,
+        /// The database coordinator's address (default with --in-doubt: 127.0.0.1:7800).
+        #[arg(long)]
+        db: Option<SocketAddr>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
         #[arg(long, default_value = DEFAULT_COORDINATOR)]
@@ -38,11 +48,30 @@ pub enum TxnCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One transaction: state, each shard's vote and acknowledgement, age.
+    /// One transaction: state, each shard's vote and acknowledgement, age. With --db, a
+    /// database transaction: every branch with its database, state and age.
     Show {
         id: String,
+        /// Ask the database coordinator at this address.
+        #[arg(long)]
+        db: Option<SocketAddr>,
         #[arg(long, default_value = DEFAULT_COORDINATOR)]
         coordinator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide an in-doubt database transaction by hand. Refuses to contradict the logged
+    /// decision (or presumed abort) unless --force, which records a heuristic outcome.
+    Resolve {
+        id: String,
+        #[arg(long, conflicts_with = "abort", required_unless_present = "abort")]
+        commit: bool,
+        #[arg(long)]
+        abort: bool,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = crate::databases::DEFAULT_DB_COORDINATOR)]
+        db: SocketAddr,
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +201,19 @@ async fn submit_stream(
 }
 
 pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
+    let default_db = || crate::databases::DEFAULT_DB_COORDINATOR.parse().expect("a valid address");
+    match command {
+        TxnCommand::Ls { in_doubt, heuristic, db, json, .. } if in_doubt || db.is_some() => {
+            return crate::databases::ls_in_doubt(db.unwrap_or_else(default_db), heuristic, json);
+        }
+        TxnCommand::Show { id, db: Some(db), json, .. } => {
+            return crate::databases::show(db, &id, json);
+        }
+        TxnCommand::Resolve { id, commit, force, db, json, .. } => {
+            return crate::databases::resolve(db, &id, commit, force, json);
+        }
+        _ => {}
+    }
     runtime()?.block_on(async move {
         match command {
             TxnCommand::Submit { writes, coordinator, json } => {
@@ -199,7 +241,8 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
                     }),
                 }
             }
-            TxnCommand::Ls { running, limit, coordinator, json } => {
+            TxnCommand::Resolve { .. } => unreachable!("handled above"),
+            TxnCommand::Ls { running, limit, coordinator, json, .. } => {
                 let reply = client(coordinator)
                     .list(proto::ListRequest { limit, running_only: running })
                     .await
@@ -230,7 +273,7 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            TxnCommand::Show { id, coordinator, json } => {
+            TxnCommand::Show { id, coordinator, json, .. } => {
                 let info = client(coordinator)
                     .status(proto::StatusRequest { txn: id.clone() })
                     .await

@@ -7,6 +7,7 @@ mod bench_transfer;
 mod client;
 mod cluster;
 mod crash_test;
+mod databases;
 mod sim;
 
 use std::net::SocketAddr;
@@ -80,6 +81,22 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Real databases (PostgreSQL, MariaDB/MySQL) as 2PC participants: run the database
+    /// coordinator, run a transaction across databases.
+    Db {
+        #[command(subcommand)]
+        command: databases::DbCommand,
+    },
+    /// Reconcile the databases' prepared branches with the database coordinator's log now;
+    /// --dry-run prints what it would do without doing it.
+    Recover {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = databases::DEFAULT_DB_COORDINATOR)]
+        db: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read a shard's values.
     Shard {
         #[command(subcommand)]
@@ -107,6 +124,8 @@ fn main() -> ExitCode {
             client::run_transfer(&from, &to, amount, coordinator)
         }
         Command::Shard { command } => client::run_shard(command),
+        Command::Db { command } => databases::run(command),
+        Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
         Command::CrashTest { cycles, soak, clients, seed, dir } => {
             let cycles = if soak && cycles == 50 { 1_000 } else { cycles };
             let dir = dir.unwrap_or_else(crash_test::default_dir);

@@ -14,7 +14,6 @@
 //!
 //! Every call is bounded by the configured statement timeout.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,6 +32,18 @@ pub enum DbError {
     Timeout { database: String, what: &'static str, timeout_ms: u64 },
     #[error("{database}: invalid configuration: {reason}")]
     Config { database: String, reason: String },
+}
+
+/// An error with its causes: tokio-postgres says only "db error" at the top level.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A participant's vote on its branch.
@@ -152,7 +163,7 @@ impl Database {
     }
 
     /// Runs `fut` with this database's timeout, naming the database and the step on failure.
-    pub(crate) async fn bounded<T, E: Display>(
+    pub(crate) async fn bounded<T, E: std::error::Error>(
         &self,
         what: &'static str,
         fut: impl Future<Output = Result<T, E>>,
@@ -160,7 +171,7 @@ impl Database {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                Err(DbError::Failed { database: self.name.clone(), what, reason: e.to_string() })
+                Err(DbError::Failed { database: self.name.clone(), what, reason: error_chain(&e) })
             }
             Err(_) => Err(DbError::Timeout {
                 database: self.name.clone(),
@@ -171,9 +182,14 @@ impl Database {
     }
 
     pub(crate) async fn connection(&self) -> Result<Connection, DbError> {
-        let idle = self.idle.lock().expect("the idle list's holders do not panic").pop();
-        if let Some(connection) = idle {
-            return Ok(connection);
+        loop {
+            let idle = self.idle.lock().expect("the idle list's holders do not panic").pop();
+            match idle {
+                // Closed by the server (a restart) while idle: drop it, try the next.
+                Some(Connection::Postgres(client)) if client.is_closed() => {}
+                Some(connection) => return Ok(connection),
+                None => break,
+            }
         }
         match &self.backend {
             Backend::Postgres(pg) => pg.connect(self).await.map(Connection::Postgres),
@@ -224,11 +240,23 @@ impl Database {
         decision: Decision,
     ) -> Result<Finish, DbError> {
         let PreparedBranch { gid, connection } = branch;
-        let gid = gid.as_str();
-        let mut connection = match connection {
-            Some(c) => c,
-            None => self.connection().await?,
-        };
+        if let Some(own) = connection {
+            // The preparing connection may have died (a database restart): then any other
+            // connection may finish the branch, which survives in the database.
+            if let Ok(finished) = self.finish_on(own, &gid, decision).await {
+                return Ok(finished);
+            }
+        }
+        let fresh = self.connection().await?;
+        self.finish_on(fresh, &gid, decision).await
+    }
+
+    async fn finish_on(
+        &self,
+        mut connection: Connection,
+        gid: &str,
+        decision: Decision,
+    ) -> Result<Finish, DbError> {
         let result = match &mut connection {
             Connection::Postgres(client) => postgres::finish(self, client, gid, decision).await,
             Connection::Mariadb(conn) => mariadb::finish(self, conn, gid, decision).await,

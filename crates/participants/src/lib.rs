@@ -18,6 +18,7 @@ pub mod config;
 pub mod coordinator;
 pub mod database;
 pub mod gid;
+pub mod http;
 pub mod log;
 mod mariadb;
 pub mod metrics;
