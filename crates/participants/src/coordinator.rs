@@ -287,7 +287,8 @@ impl Coordinator {
                 running: HashMap::new(),
                 first_seen: HashMap::new(),
                 appended_since_checkpoint: 0,
-                markers_forgotten_at_ms: 0,
+                // The first clean-up waits an interval: nothing is old right after a start.
+                markers_forgotten_at_ms: now_ms(),
             }),
             metrics: Metrics::default(),
             fault,
@@ -395,7 +396,8 @@ impl Coordinator {
         }
         let txn = self.issue().await?;
         let started = Instant::now();
-        let transaction = Transaction { coordinator: self, txn, started, branches: Vec::new() };
+        // Owns the id from here: whatever happens next, dropping it ends "running".
+        let mut transaction = Transaction { coordinator: self, txn, started, branches: Vec::new() };
         let opened = join_all(chosen.iter().enumerate().map(|(index, db)| {
             let index = u16::try_from(index).expect("at most MAX_BRANCHES branches");
             let gid = Gid::new(&self.cluster, txn, index);
@@ -413,7 +415,8 @@ impl Coordinator {
                 }
             }
         }
-        Ok(Transaction { branches, ..transaction })
+        transaction.branches = branches;
+        Ok(transaction)
     }
 
     async fn issue(&self) -> Result<TxnId, BeginError> {

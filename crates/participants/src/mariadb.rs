@@ -146,14 +146,25 @@ pub(crate) async fn forget_markers(
     keep: &[String],
     older_than_s: u64,
 ) -> Result<u64, DbError> {
-    let mut statement = format!(
-        "DELETE FROM concord_branch WHERE created_at < NOW(3) - INTERVAL {older_than_s} SECOND"
-    );
-    let kept: Vec<String> =
-        keep.iter().filter(|g| Gid::parse(g).is_some()).map(|g| literal(g)).collect();
-    if !kept.is_empty() {
-        statement.push_str(&format!(" AND gid NOT IN ({})", kept.join(",")));
+    // A consistent (non-locking) read first: a scanning DELETE would wait on the rows of
+    // prepared branches and lock gaps that new branches' markers need.
+    let old: Vec<String> = db
+        .bounded(
+            "find old markers",
+            conn.query(format!(
+                "SELECT gid FROM concord_branch WHERE created_at < NOW(3) - INTERVAL {older_than_s} SECOND LIMIT 10000"
+            )),
+        )
+        .await?;
+    let doomed: Vec<String> = old
+        .iter()
+        .filter(|g| !keep.contains(g) && Gid::parse(g).is_some())
+        .map(|g| literal(g))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(0);
     }
+    let statement = format!("DELETE FROM concord_branch WHERE gid IN ({})", doomed.join(","));
     db.bounded("forget markers", conn.query_drop(statement)).await?;
     Ok(conn.affected_rows())
 }
