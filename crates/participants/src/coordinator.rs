@@ -642,7 +642,7 @@ impl Coordinator {
                 let covers_all = {
                     let state = self.state();
                     state.ledger.get(txn).is_some_and(|d| !d.finished)
-                        && self.all_branches_seen(&state.ledger, txn, &actions)
+                        && Self::all_branches_seen(&state.ledger, txn, &actions)
                 };
                 if done && covers_all {
                     if let Err(e) = self.persist(Record::Finished { txn }, false).await {
@@ -656,7 +656,7 @@ impl Coordinator {
     }
 
     /// Whether this pass acted on or verified every branch of `txn`.
-    fn all_branches_seen(&self, ledger: &Ledger, txn: TxnId, actions: &[Action]) -> bool {
+    fn all_branches_seen(ledger: &Ledger, txn: TxnId, actions: &[Action]) -> bool {
         let Some(decided) = ledger.get(txn) else { return false };
         decided.branches.iter().all(|b| {
             actions.iter().any(|a| match a {
@@ -764,7 +764,7 @@ impl Coordinator {
         (by_txn, errors)
     }
 
-    fn view_of(&self, state: &State, txn: TxnId, prepared: &[BranchView], now: u64) -> TxnView {
+    fn view_of(state: &State, txn: TxnId, prepared: &[BranchView], now: u64) -> TxnView {
         let mut branches: Vec<BranchView> = prepared.to_vec();
         let (label, decided_by, age_ms, heuristics) = match state.ledger.get(txn) {
             Some(d) => {
@@ -845,7 +845,7 @@ impl Coordinator {
         txns.sort();
         let views = txns
             .into_iter()
-            .map(|t| self.view_of(&state, t, prepared.get(&t).map_or(&[][..], Vec::as_slice), now))
+            .map(|t| Self::view_of(&state, t, prepared.get(&t).map_or(&[][..], Vec::as_slice), now))
             .collect();
         (views, errors)
     }
@@ -855,7 +855,7 @@ impl Coordinator {
         let (prepared, _) = self.own_prepared().await;
         let mut view = {
             let state = self.state();
-            self.view_of(&state, txn, prepared.get(&txn).map_or(&[][..], Vec::as_slice), now_ms())
+            Self::view_of(&state, txn, prepared.get(&txn).map_or(&[][..], Vec::as_slice), now_ms())
         };
         for branch in &mut view.branches {
             if branch.state != "not-prepared" {
@@ -1121,7 +1121,7 @@ impl<'c> Transaction<'c> {
         c.metrics.record_transaction(Outcome::Committed, elapsed_us(self.started));
         let mut view = {
             let state = c.state();
-            c.view_of(&state, txn, &[], now_ms())
+            Coordinator::view_of(&state, txn, &[], now_ms())
         };
         for (v, actual) in view.branches.iter_mut().zip(&views) {
             if v.gid == actual.gid {
