@@ -76,7 +76,15 @@ fn error(status: u16, message: &str) -> Response {
 /// Serves until the listener fails; each connection on its own task.
 pub async fn serve(coordinator: Arc<Coordinator>, listener: TcpListener) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                eprintln!("concord: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let coordinator = Arc::clone(&coordinator);
         tokio::spawn(async move {
             let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await
