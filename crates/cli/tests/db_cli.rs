@@ -185,10 +185,8 @@ statement_ms = 2000
             ),
         )
         .expect("write config");
-        let log = self.dir.join(format!(
-            "serve-{}.log",
-            Instant::now().elapsed().as_nanos() ^ u128::from(rand_u32())
-        ));
+        let starts = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
+        let log = self.dir.join(format!("serve-{starts}.log"));
         let out = File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
         command
@@ -298,10 +296,6 @@ statement_ms = 2000
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
             .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
     }
-}
-
-fn rand_u32() -> u32 {
-    std::process::id().wrapping_mul(2_654_435_761)
 }
 
 fn stdout(out: &Output) -> String {

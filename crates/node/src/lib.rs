@@ -52,7 +52,6 @@ pub enum NodeError {
 }
 
 /// What the data directory was made for; a node refuses a directory made for another.
-const IDENTITY_FILE: &str = "IDENTITY";
 const DATA_FORMAT: u32 = 1;
 
 fn identity(config: &ClusterConfig, node: &NodeConfig) -> String {
@@ -63,28 +62,8 @@ fn identity(config: &ClusterConfig, node: &NodeConfig) -> String {
 }
 
 fn check_data_dir(dir: &Path, expected: &str) -> Result<(), NodeError> {
-    let err = |reason: String| NodeError::DataDir { path: dir.to_path_buf(), reason };
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let path = dir.join(IDENTITY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == expected => Ok(()),
-        Ok(found) => Err(err(format!(
-            "this directory belongs to another node or version of Concord; refusing to touch it.\n  it holds: {}\n  this node: {}",
-            found.trim().replace('\n', ", "),
-            expected.trim().replace('\n', ", ")
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.next().is_some() {
-                return Err(err(format!("not empty and has no {IDENTITY_FILE} file: not a Concord data directory")));
-            }
-            let tmp = dir.join("IDENTITY.tmp");
-            std::fs::write(&tmp, expected).map_err(|e| err(e.to_string()))?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| err(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| err(e.to_string()))
-        }
-        Err(e) => Err(err(e.to_string())),
-    }
+    concord_wal::claim_data_dir(dir, expected)
+        .map_err(|reason| NodeError::DataDir { path: dir.to_path_buf(), reason })
 }
 
 fn core_config(config: &ClusterConfig) -> two_phase::Config {

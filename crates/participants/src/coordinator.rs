@@ -48,6 +48,8 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 pub const MARKER_RETENTION_S: u64 = 24 * 3600;
 /// Most branches (databases) one transaction may span.
 pub const MAX_BRANCHES: usize = crate::config::MAX_DATABASES;
+/// Longest a `begin` waits for another task to make a new epoch durable.
+const EPOCH_WAIT_LIMIT: Duration = Duration::from_secs(10);
 /// Longest a fault-injection pause waits for its resume file.
 const FAULT_PAUSE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -220,33 +222,13 @@ pub struct Coordinator {
     fault: Option<Fault>,
 }
 
-const IDENTITY_FILE: &str = "IDENTITY";
-
 fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<(), OpenError> {
-    let err = |reason: String| OpenError::DataDir { path: dir.to_path_buf(), reason };
     let expected = format!(
         "format = 1\nrole = database-coordinator\ncluster = {}\nnode_id = {}\n",
         config.cluster, config.node_id
     );
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let path = dir.join(IDENTITY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == expected => Ok(()),
-        Ok(found) => Err(err(format!(
-            "belongs to another coordinator ({}); this one is {} — refusing to touch it",
-            found.trim().replace('\n', ", "),
-            expected.trim().replace('\n', ", ")
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.next().is_some() {
-                return Err(err(format!(
-                    "not empty and has no {IDENTITY_FILE}: not a Concord data directory"
-                )));
-            }
-            std::fs::write(&path, expected).map_err(|e| err(e.to_string()))
-        }
-        Err(e) => Err(err(e.to_string())),
-    }
+    concord_wal::claim_data_dir(dir, &expected)
+        .map_err(|reason| OpenError::DataDir { path: dir.to_path_buf(), reason })
 }
 
 impl Coordinator {
@@ -420,6 +402,7 @@ impl Coordinator {
     }
 
     async fn issue(&self) -> Result<TxnId, BeginError> {
+        let deadline = Instant::now() + EPOCH_WAIT_LIMIT;
         loop {
             let issued = {
                 let mut state = self.state();
@@ -436,7 +419,14 @@ impl Coordinator {
                     self.state().clock.on_persisted(epoch);
                 }
                 // Another task is making the new epoch durable.
-                Issue::Wait => tokio::time::sleep(Duration::from_millis(1)).await,
+                Issue::Wait if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Issue::Wait => {
+                    return Err(BeginError::Log(format!(
+                        "the new epoch is not durable after {EPOCH_WAIT_LIMIT:?}"
+                    )))
+                }
             }
         }
     }
@@ -1123,12 +1113,8 @@ impl<'c> Transaction<'c> {
             let state = c.state();
             Coordinator::view_of(&state, txn, &[], now_ms())
         };
-        for (v, actual) in view.branches.iter_mut().zip(&views) {
-            if v.gid == actual.gid {
-                v.state.clone_from(&actual.state);
-                v.detail.clone_from(&actual.detail);
-            }
-        }
+        // The ledger's branches are `refs`, in order; show what completing them found.
+        view.branches = views;
         if view.heuristics.is_empty() {
             view.state = "committed".into();
         }

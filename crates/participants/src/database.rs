@@ -47,7 +47,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// A participant's vote on its branch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Vote {
     Yes(PreparedBranch),
     /// The branch is not prepared (a statement failed, the database refused, the connection was
@@ -69,20 +69,6 @@ impl PreparedBranch {
         PreparedBranch { gid: gid.to_string(), connection: None }
     }
 }
-
-impl Clone for PreparedBranch {
-    /// A clone names the branch but does not share its connection.
-    fn clone(&self) -> Self {
-        PreparedBranch { gid: self.gid.clone(), connection: None }
-    }
-}
-
-impl PartialEq for PreparedBranch {
-    fn eq(&self, other: &Self) -> bool {
-        self.gid == other.gid
-    }
-}
-impl Eq for PreparedBranch {}
 
 /// What COMMIT PREPARED / ROLLBACK PREPARED found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,11 +16,13 @@
 //!   is never silently skipped: the scan reports the offset and the caller refuses to start.
 
 mod crc32c;
+mod data_dir;
 mod file_log;
 mod frame;
 mod group_commit;
 
 pub use crc32c::crc32c;
+pub use data_dir::{claim_data_dir, IDENTITY_FILE};
 pub use file_log::{FileLog, OpenError, MAGIC};
 pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use group_commit::{GroupCommit, OnDurable};
