@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use concord_types::{NodeId, RequestId, TxnId};
+use concord_types::{NodeId, RequestId, TxnId, Write};
 
 use crate::epoch::{EpochClock, Issue};
 use crate::{Branch, Command, Durability, Rejection};
@@ -24,16 +24,17 @@ pub struct Limits {
     pub max_queued: usize,
 }
 
+/// `C` is a branch's change, as in [`Branch`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Admission {
+pub struct Admission<C = Vec<Write>> {
     coordinator: NodeId,
     limits: Limits,
     /// `None` until the first restart.
     clock: Option<EpochClock>,
-    queued: VecDeque<(RequestId, Vec<Branch>)>,
+    queued: VecDeque<(RequestId, Vec<Branch<C>>)>,
 }
 
-impl Admission {
+impl<C> Admission<C> {
     pub fn new(coordinator: NodeId, limits: Limits) -> Self {
         Admission { coordinator, limits, clock: None, queued: VecDeque::new() }
     }
@@ -48,7 +49,7 @@ impl Admission {
     }
 
     /// The epoch record is durable: returns the requests that waited for it, to admit again.
-    pub fn epoch_durable(&mut self, epoch: u32) -> Vec<(RequestId, Vec<Branch>)> {
+    pub fn epoch_durable(&mut self, epoch: u32) -> Vec<(RequestId, Vec<Branch<C>>)> {
         self.clock_mut().on_persisted(epoch);
         self.queued.drain(..).collect()
     }
@@ -72,11 +73,11 @@ impl Admission {
     pub fn admit<M, R, T>(
         &mut self,
         request: RequestId,
-        branches: Vec<Branch>,
+        branches: Vec<Branch<C>>,
         in_flight: usize,
         epoch_record: impl Fn(u32) -> R,
         out: &mut Vec<Command<M, R, T>>,
-    ) -> Option<(TxnId, Vec<Branch>)> {
+    ) -> Option<(TxnId, Vec<Branch<C>>)> {
         let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
         nodes.sort_unstable();
         nodes.dedup();

@@ -23,14 +23,15 @@
 //! Modules: [`two_phase`] (2PC with presumed abort, read-only and one-phase optimisations,
 //! cooperative termination), [`three_phase`] (3PC with a termination protocol),
 //! [`paxos_commit`] (Gray & Lamport's Paxos Commit), [`naive`] (the baseline that shows what
-//! 2PC prevents), [`admission`] (the request checks every coordinator makes), [`store`]
-//! (a participant's local resource), [`epoch`] (globally unique transaction ids).
+//! 2PC prevents), [`admission`] (the request checks every coordinator makes), [`Resource`]
+//! (what a participant commits; [`store`] is the simulator's), [`epoch`] (globally unique transaction ids).
 
 pub mod admission;
 pub mod epoch;
 pub mod naive;
 pub mod paxos_commit;
 mod protocol;
+mod resource;
 pub mod store;
 pub mod three_phase;
 pub mod two_phase;
@@ -39,3 +40,4 @@ pub use protocol::{
     backoff_us, Branch, Checkpoint, Command, Core, Durability, Input, MessageKind, NoRole,
     ParticipantView, Protocol, RecordKind, Rejection, Switches, Topology,
 };
+pub use resource::{Change, Resource};

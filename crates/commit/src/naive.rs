@@ -91,6 +91,7 @@ impl Core for Coordinator {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
+    type Change = Vec<concord_types::Write>;
 
     fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
         match input {
@@ -151,6 +152,7 @@ impl Core for Participant {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
+    type Change = Vec<concord_types::Write>;
 
     fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
         match input {

@@ -8,19 +8,20 @@ use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
 
 use crate::store::Store;
 
-/// One participant's part of a transaction: which node, and what it writes there.
-/// An empty write set is a read-only branch.
+/// One participant's part of a transaction: which node, and what it changes there — in the
+/// participant resource's own terms (`C`; the simulator's deltas by default). A change that
+/// writes nothing is a read-only branch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Branch {
+pub struct Branch<C = Vec<Write>> {
     pub node: NodeId,
-    pub writes: Vec<Write>,
+    pub writes: C,
 }
 
 /// What a core is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Input<M, R, T> {
+pub enum Input<M, R, T, C = Vec<Write>> {
     /// A client asks a coordinator to run a transaction over these branches.
-    Begin { request: RequestId, branches: Vec<Branch> },
+    Begin { request: RequestId, branches: Vec<Branch<C>> },
     /// A message from another node.
     Message { from: NodeId, msg: M },
     /// A timer this core set has fired. Timers are never cancelled: a core ignores stale ones.
@@ -87,11 +88,13 @@ pub trait Core {
     type Msg;
     type Record;
     type Timer;
+    /// What a branch changes (see [`Branch`]).
+    type Change;
 
     /// Handles one input, appending the resulting commands to `out`.
     fn handle(
         &mut self,
-        input: Input<Self::Msg, Self::Record, Self::Timer>,
+        input: Input<Self::Msg, Self::Record, Self::Timer, Self::Change>,
         out: &mut Vec<Command<Self::Msg, Self::Record, Self::Timer>>,
     );
 }
@@ -194,6 +197,7 @@ impl<M, R, T> Core for NoRole<M, R, T> {
     type Msg = M;
     type Record = R;
     type Timer = T;
+    type Change = Vec<Write>;
 
     fn handle(&mut self, _: Input<M, R, T>, _: &mut Vec<Command<M, R, T>>) {
         match self.0 {}
@@ -211,10 +215,20 @@ pub trait Protocol {
     type Record: Clone + Debug + Display + Hash + Encode;
     type Timer: Clone + Debug + Display + Hash;
     type Config: Clone + Debug;
-    type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;
-    type Participant: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>
+    type Coordinator: Core<
+        Msg = Self::Msg,
+        Record = Self::Record,
+        Timer = Self::Timer,
+        Change = Vec<Write>,
+    >;
+    type Participant: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer, Change = Vec<Write>>
         + ParticipantView;
-    type Acceptor: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer>;
+    type Acceptor: Core<
+        Msg = Self::Msg,
+        Record = Self::Record,
+        Timer = Self::Timer,
+        Change = Vec<Write>,
+    >;
 
     /// How many acceptor nodes the protocol runs to tolerate `fault_tolerance` failures.
     fn acceptor_count(_fault_tolerance: u32) -> u32 {

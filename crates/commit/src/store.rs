@@ -16,7 +16,7 @@ pub struct Store {
 }
 
 /// Why a branch's writes were refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     Locked { key: Key, holder: TxnId },
     WouldGoNegative { key: Key },
@@ -87,6 +87,32 @@ impl Store {
             *value = value.checked_add(w.delta).expect("checked writes cannot overflow");
             assert!(*value >= 0, "applying checked writes took key {} below zero", w.key);
         }
+    }
+}
+
+/// The simulator's resource: a branch's change is its list of deltas, a snapshot the values.
+impl crate::Resource for Store {
+    type Change = Vec<Write>;
+    type Snapshot = Vec<Write>;
+    type Refusal = Refusal;
+
+    fn check(&self, txn: TxnId, change: &Vec<Write>) -> Result<(), Refusal> {
+        Store::check(self, txn, change)
+    }
+    fn lock(&mut self, txn: TxnId, change: &Vec<Write>) {
+        Store::lock(self, txn, change);
+    }
+    fn unlock(&mut self, txn: TxnId, change: &Vec<Write>) {
+        Store::unlock(self, txn, change);
+    }
+    fn apply(&mut self, _txn: TxnId, change: &Vec<Write>) {
+        Store::apply(self, change);
+    }
+    fn snapshot(&self) -> Vec<Write> {
+        self.values.iter().map(|(&key, &delta)| Write { key, delta }).collect()
+    }
+    fn restore(&mut self, snapshot: Vec<Write>) {
+        Store::apply(self, &snapshot);
     }
 }
 

@@ -209,6 +209,16 @@ pub trait Encode: Sized {
     }
 }
 
+/// A branch of writes, as the bank-style [`crate::Write`] resources carry it.
+impl Encode for Vec<Write> {
+    fn encode(&self, w: &mut Writer<'_>) {
+        w.writes(self);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.writes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ impl Core for Coordinator {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
+    type Change = Vec<concord_types::Write>;
 
     fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
         match input {

@@ -273,6 +273,7 @@ impl Core for Participant {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
+    type Change = Vec<concord_types::Write>;
 
     fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
         match input {

@@ -15,7 +15,7 @@ fn txn() -> TxnId {
     TxnId { coordinator: C, epoch: 1, sequence: 1 }
 }
 
-fn run<N: Core<Msg = Msg, Record = Record, Timer = Timer>>(
+fn run<N: Core<Msg = Msg, Record = Record, Timer = Timer, Change = Vec<Write>>>(
     node: &mut N,
     input: Input<Msg, Record, Timer>,
 ) -> Vec<Cmd> {

@@ -11,19 +11,19 @@
 
 use std::collections::BTreeMap;
 
-use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
+use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
 
 use super::{Config, Msg, Record, Timer};
 use crate::admission::{Admission, Limits};
 use crate::backoff_us;
-use crate::{Branch, Command, Core, Durability, Input};
+use crate::{Branch, Change, Command, Core, Durability, Input};
 
-type Out = Vec<Command<Msg, Record, Timer>>;
+type Out<C, S> = Vec<Command<Msg<C>, Record<C, S>, Timer>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Txn {
+enum Txn<C> {
     Collecting {
-        branches: Vec<Branch>,
+        branches: Vec<Branch<C>>,
         votes: Vec<Option<Vote>>,
     },
     /// The commit decision is written but not yet durable: nothing may be sent.
@@ -35,27 +35,36 @@ enum Txn {
         attempt: u32,
     },
     OnePhase {
-        branch: Branch,
+        branch: Branch<C>,
         attempt: u32,
     },
 }
 
+/// `C` is a branch's change and `S` a participant's snapshot (only so that one record type
+/// serves both roles); the simulator's deltas by default.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Coordinator {
+pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     id: NodeId,
     config: Config,
-    admission: Admission,
-    txns: BTreeMap<TxnId, Txn>,
+    admission: Admission<C>,
+    txns: BTreeMap<TxnId, Txn<C>>,
+    snapshot: std::marker::PhantomData<S>,
 }
 
-impl Coordinator {
+impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
     pub fn new(id: NodeId, config: Config) -> Self {
         let limits = Limits {
             max_participants: config.max_participants,
             max_in_flight: config.max_in_flight,
             max_queued: config.max_queued_begins,
         };
-        Coordinator { id, admission: Admission::new(id, limits), config, txns: BTreeMap::new() }
+        Coordinator {
+            id,
+            admission: Admission::new(id, limits),
+            config,
+            txns: BTreeMap::new(),
+            snapshot: std::marker::PhantomData,
+        }
     }
 
     /// Transactions in flight (for drivers' status pages).
@@ -73,7 +82,7 @@ impl Coordinator {
         self.txns.contains_key(&txn)
     }
 
-    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+    fn restart(&mut self, records: Vec<Record<C, S>>, out: &mut Out<C, S>) {
         self.txns.clear();
         let mut highest_epoch = None;
         let mut decided: BTreeMap<TxnId, Vec<NodeId>> = BTreeMap::new();
@@ -110,7 +119,7 @@ impl Coordinator {
         });
     }
 
-    fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
+    fn begin(&mut self, request: RequestId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
         let epoch_record = |epoch| Record::EpochStarted { epoch };
         let admitted = self.admission.admit(request, branches, self.txns.len(), epoch_record, out);
         if let Some((txn, branches)) = admitted {
@@ -118,7 +127,7 @@ impl Coordinator {
         }
     }
 
-    fn start(&mut self, txn: TxnId, branches: Vec<Branch>, out: &mut Out) {
+    fn start(&mut self, txn: TxnId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
         if branches.len() == 1 && self.config.switches.one_phase {
             let branch = branches.into_iter().next().expect("checked: exactly one branch");
             out.push(Command::Send {
@@ -133,7 +142,7 @@ impl Coordinator {
             return;
         }
         let peers: Vec<NodeId> =
-            branches.iter().filter(|b| !b.writes.is_empty()).map(|b| b.node).collect();
+            branches.iter().filter(|b| !b.writes.is_read_only()).map(|b| b.node).collect();
         for b in &branches {
             out.push(Command::Send {
                 to: b.node,
@@ -148,7 +157,7 @@ impl Coordinator {
         self.txns.insert(txn, Txn::Collecting { branches, votes });
     }
 
-    fn on_vote(&mut self, from: NodeId, txn: TxnId, vote: Vote, out: &mut Out) {
+    fn on_vote(&mut self, from: NodeId, txn: TxnId, vote: Vote, out: &mut Out<C, S>) {
         let Some(Txn::Collecting { branches, votes }) = self.txns.get_mut(&txn) else {
             if !self.txns.contains_key(&txn) && vote == Vote::Yes {
                 // Presumed abort: a YES for a transaction we have no record of gets ABORT, so
@@ -189,7 +198,7 @@ impl Coordinator {
     }
 
     /// Aborts a transaction still collecting votes: tell every branch that may be prepared.
-    fn abort_collecting(&mut self, txn: TxnId, out: &mut Out) {
+    fn abort_collecting(&mut self, txn: TxnId, out: &mut Out<C, S>) {
         let Some(Txn::Collecting { branches, votes }) = self.txns.remove(&txn) else {
             unreachable!("abort_collecting is called only for collecting transactions")
         };
@@ -204,7 +213,7 @@ impl Coordinator {
         out.push(Command::Outcome { txn, decision: Decision::Abort });
     }
 
-    fn on_commit_durable(&mut self, txn: TxnId, out: &mut Out) {
+    fn on_commit_durable(&mut self, txn: TxnId, out: &mut Out<C, S>) {
         let Some(Txn::ForcingCommit { participants }) = self.txns.remove(&txn) else {
             panic!("commit decision for {txn} became durable, but it was not being forced");
         };
@@ -216,14 +225,14 @@ impl Coordinator {
         self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
     }
 
-    fn set_resend_timer(&self, txn: TxnId, attempt: u32, out: &mut Out) {
+    fn set_resend_timer(&self, txn: TxnId, attempt: u32, out: &mut Out<C, S>) {
         out.push(Command::SetTimer {
             timer: Timer::ResendCommit { txn, attempt },
             after_us: backoff_us(self.config.resend_base_us, self.config.resend_max_us, attempt),
         });
     }
 
-    fn on_ack(&mut self, from: NodeId, txn: TxnId, out: &mut Out) {
+    fn on_ack(&mut self, from: NodeId, txn: TxnId, out: &mut Out<C, S>) {
         let Some(Txn::Committing { pending, .. }) = self.txns.get_mut(&txn) else { return };
         pending.retain(|&p| p != from);
         if pending.is_empty() {
@@ -235,7 +244,7 @@ impl Coordinator {
         }
     }
 
-    fn on_inquire(&self, from: NodeId, txn: TxnId, out: &mut Out) {
+    fn on_inquire(&self, from: NodeId, txn: TxnId, out: &mut Out<C, S>) {
         if txn.coordinator != self.id {
             return;
         }
@@ -250,7 +259,13 @@ impl Coordinator {
         out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
     }
 
-    fn on_one_phase_result(&mut self, from: NodeId, txn: TxnId, decision: Decision, out: &mut Out) {
+    fn on_one_phase_result(
+        &mut self,
+        from: NodeId,
+        txn: TxnId,
+        decision: Decision,
+        out: &mut Out<C, S>,
+    ) {
         if matches!(self.txns.get(&txn), Some(Txn::OnePhase { branch, .. }) if branch.node == from)
         {
             self.txns.remove(&txn);
@@ -258,7 +273,7 @@ impl Coordinator {
         }
     }
 
-    fn on_timer(&mut self, timer: Timer, out: &mut Out) {
+    fn on_timer(&mut self, timer: Timer, out: &mut Out<C, S>) {
         match timer {
             Timer::VoteTimeout { txn } => {
                 if matches!(self.txns.get(&txn), Some(Txn::Collecting { .. })) {
@@ -309,7 +324,7 @@ impl Coordinator {
         }
     }
 
-    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+    fn on_persisted(&mut self, record: Record<C, S>, out: &mut Out<C, S>) {
         match record {
             Record::EpochStarted { epoch } => {
                 for (request, branches) in self.admission.epoch_durable(epoch) {
@@ -325,11 +340,11 @@ impl Coordinator {
     }
 }
 
-impl crate::Checkpoint for Coordinator {
+impl<C: Change, S: std::fmt::Debug> crate::Checkpoint for Coordinator<C, S> {
     /// The current epoch, and every commit decision not yet acknowledged by all participants.
     /// Everything else is presumed aborted or finished.
-    fn live_records(&self) -> Vec<Record> {
-        let mut live: Vec<Record> = self
+    fn live_records(&self) -> Vec<Record<C, S>> {
+        let mut live: Vec<Record<C, S>> = self
             .admission
             .epoch()
             .map(|epoch| Record::EpochStarted { epoch })
@@ -350,12 +365,13 @@ impl crate::Checkpoint for Coordinator {
     }
 }
 
-impl Core for Coordinator {
-    type Msg = Msg;
-    type Record = Record;
+impl<C: Change, S: std::fmt::Debug> Core for Coordinator<C, S> {
+    type Msg = Msg<C>;
+    type Record = Record<C, S>;
     type Timer = Timer;
+    type Change = C;
 
-    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+    fn handle(&mut self, input: Input<Msg<C>, Record<C, S>, Timer, C>, out: &mut Out<C, S>) {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Begin { request, branches } => self.begin(request, branches, out),

@@ -44,14 +44,16 @@ use crate::{MessageKind, NoRole, Protocol, RecordKind, Switches, Topology};
 #[derive(Debug, Clone, Copy)]
 pub struct TwoPhase;
 
+/// `C` is a branch's change in the participant resource's terms (the simulator's deltas by
+/// default; the KV store's intents and read set in `concord-kv`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Msg {
+pub enum Msg<C = Vec<Write>> {
     /// Coordinator → participant. `peers` are the branches with writes, for cooperative
     /// termination (read-only branches are never asked: they forget the transaction).
     Prepare {
         txn: TxnId,
         peers: Vec<NodeId>,
-        writes: Vec<Write>,
+        writes: C,
     },
     Vote {
         txn: TxnId,
@@ -71,7 +73,7 @@ pub enum Msg {
     },
     CommitOnePhase {
         txn: TxnId,
-        writes: Vec<Write>,
+        writes: C,
     },
     OnePhaseResult {
         txn: TxnId,
@@ -79,8 +81,9 @@ pub enum Msg {
     },
 }
 
+/// `C` as in [`Msg`]; `S` is the resource's applied state as a checkpoint writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Record {
+pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// Coordinator: ids of this epoch may be issued.
     EpochStarted { epoch: u32 },
     /// Coordinator: the decision to commit, with the participants that must learn it.
@@ -88,16 +91,16 @@ pub enum Record {
     /// Coordinator: every participant acknowledged; the transaction can be forgotten.
     Ended { txn: TxnId },
     /// Participant: prepared, with what it needs to commit after a crash.
-    Prepared { txn: TxnId, peers: Vec<NodeId>, writes: Vec<Write> },
+    Prepared { txn: TxnId, peers: Vec<NodeId>, writes: C },
     /// Participant: a prepared branch committed.
     Committed { txn: TxnId },
     /// Participant: a one-phase branch committed.
-    OnePhaseCommitted { txn: TxnId, writes: Vec<Write> },
+    OnePhaseCommitted { txn: TxnId, writes: C },
     /// Participant: the branch aborted.
     Aborted { txn: TxnId },
     /// Participant, written only by a checkpoint: the applied values and the decisions it
     /// still remembers, standing for every record it replaces.
-    Snapshot { values: Vec<Write>, decided: Vec<(TxnId, Decision)> },
+    Snapshot { values: S, decided: Vec<(TxnId, Decision)> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -188,7 +191,7 @@ impl Protocol for TwoPhase {
     }
 }
 
-impl fmt::Display for Msg {
+impl<C> fmt::Display for Msg<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Msg::Prepare { txn, .. } => write!(f, "PREPARE {txn}"),
@@ -213,7 +216,7 @@ impl fmt::Display for Timer {
     }
 }
 
-impl fmt::Display for Record {
+impl<C, S> fmt::Display for Record<C, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Record::EpochStarted { epoch } => write!(f, "epoch {epoch}"),
@@ -223,14 +226,14 @@ impl fmt::Display for Record {
             Record::Committed { txn } => write!(f, "committed {txn}"),
             Record::OnePhaseCommitted { txn, .. } => write!(f, "1pc-committed {txn}"),
             Record::Aborted { txn } => write!(f, "aborted {txn}"),
-            Record::Snapshot { values, decided } => {
-                write!(f, "snapshot of {} values, {} decisions", values.len(), decided.len())
+            Record::Snapshot { decided, .. } => {
+                write!(f, "snapshot with {} decisions", decided.len())
             }
         }
     }
 }
 
-impl Encode for Record {
+impl<C: Encode, S: Encode> Encode for Record<C, S> {
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
             Record::EpochStarted { epoch } => {
@@ -250,7 +253,7 @@ impl Encode for Record {
                 w.u8(4);
                 w.txn(*txn);
                 w.nodes(peers);
-                w.writes(writes);
+                writes.encode(w);
             }
             Record::Committed { txn } => {
                 w.u8(5);
@@ -259,7 +262,7 @@ impl Encode for Record {
             Record::OnePhaseCommitted { txn, writes } => {
                 w.u8(6);
                 w.txn(*txn);
-                w.writes(writes);
+                writes.encode(w);
             }
             Record::Aborted { txn } => {
                 w.u8(7);
@@ -267,7 +270,7 @@ impl Encode for Record {
             }
             Record::Snapshot { values, decided } => {
                 w.u8(8);
-                w.writes(values);
+                values.encode(w);
                 w.sequence_len(decided.len());
                 for &(txn, decision) in decided {
                     w.txn(txn);
@@ -282,12 +285,12 @@ impl Encode for Record {
             1 => Record::EpochStarted { epoch: r.u32()? },
             2 => Record::CommitDecided { txn: r.txn()?, participants: r.nodes()? },
             3 => Record::Ended { txn: r.txn()? },
-            4 => Record::Prepared { txn: r.txn()?, peers: r.nodes()?, writes: r.writes()? },
+            4 => Record::Prepared { txn: r.txn()?, peers: r.nodes()?, writes: C::decode(r)? },
             5 => Record::Committed { txn: r.txn()? },
-            6 => Record::OnePhaseCommitted { txn: r.txn()?, writes: r.writes()? },
+            6 => Record::OnePhaseCommitted { txn: r.txn()?, writes: C::decode(r)? },
             7 => Record::Aborted { txn: r.txn()? },
             8 => {
-                let values = r.writes()?;
+                let values = S::decode(r)?;
                 let len = r.sequence_len()?;
                 let mut decided = Vec::with_capacity(len);
                 for _ in 0..len {
@@ -301,14 +304,14 @@ impl Encode for Record {
 }
 
 /// Messages cross real networks in this form (the runtime's peer frames).
-impl Encode for Msg {
+impl<C: Encode> Encode for Msg<C> {
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
             Msg::Prepare { txn, peers, writes } => {
                 w.u8(1);
                 w.txn(*txn);
                 w.nodes(peers);
-                w.writes(writes);
+                writes.encode(w);
             }
             Msg::Vote { txn, vote } => {
                 w.u8(2);
@@ -331,7 +334,7 @@ impl Encode for Msg {
             Msg::CommitOnePhase { txn, writes } => {
                 w.u8(6);
                 w.txn(*txn);
-                w.writes(writes);
+                writes.encode(w);
             }
             Msg::OnePhaseResult { txn, decision } => {
                 w.u8(7);
@@ -343,12 +346,12 @@ impl Encode for Msg {
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8()? {
-            1 => Msg::Prepare { txn: r.txn()?, peers: r.nodes()?, writes: r.writes()? },
+            1 => Msg::Prepare { txn: r.txn()?, peers: r.nodes()?, writes: C::decode(r)? },
             2 => Msg::Vote { txn: r.txn()?, vote: r.vote()? },
             3 => Msg::Decision { txn: r.txn()?, decision: r.decision()? },
             4 => Msg::Ack { txn: r.txn()? },
             5 => Msg::Inquire { txn: r.txn()? },
-            6 => Msg::CommitOnePhase { txn: r.txn()?, writes: r.writes()? },
+            6 => Msg::CommitOnePhase { txn: r.txn()?, writes: C::decode(r)? },
             7 => Msg::OnePhaseResult { txn: r.txn()?, decision: r.decision()? },
             tag => return Err(DecodeError::UnknownTag { what: "2pc message", tag }),
         })

@@ -21,35 +21,42 @@
 
 use std::collections::BTreeMap;
 
-use concord_types::{Decision, NodeId, TxnId, Vote, Write};
+use concord_types::{Decision, NodeId, TxnId, Vote};
 
 use super::{Config, Msg, Record, Timer};
 use crate::backoff_us;
 use crate::store::Store;
-use crate::{Command, Core, Durability, Input, ParticipantView};
+use crate::{Change, Command, Core, Durability, Input, ParticipantView, Resource};
 
-type Out = Vec<Command<Msg, Record, Timer>>;
+type Out<R> = Vec<
+    Command<
+        Msg<<R as Resource>::Change>,
+        Record<<R as Resource>::Change, <R as Resource>::Snapshot>,
+        Timer,
+    >,
+>;
+type Rec<R> = Record<<R as Resource>::Change, <R as Resource>::Snapshot>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Branch {
+enum Branch<C> {
     /// PREPARED written, not yet durable; locks held. `abort_requested`: ABORT arrived meanwhile.
     Preparing {
         peers: Vec<NodeId>,
-        writes: Vec<Write>,
+        writes: C,
         abort_requested: bool,
     },
     /// Voted YES; locks held until the decision arrives.
     Prepared {
         peers: Vec<NodeId>,
-        writes: Vec<Write>,
+        writes: C,
         inquiry_attempt: u32,
     },
     /// COMMITTED written, not yet durable.
     Committing {
-        writes: Vec<Write>,
+        writes: C,
     },
     OnePhaseCommitting {
-        writes: Vec<Write>,
+        writes: C,
     },
     /// One-phase branch refused; its ABORTED record is being forced before the answer.
     OnePhaseAborting,
@@ -60,24 +67,101 @@ enum Branch {
     },
 }
 
+/// A 2PC participant over resource `R` (the simulator's [`Store`] by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Participant {
+pub struct Participant<R: Resource = Store> {
     id: NodeId,
     config: Config,
-    store: Store,
-    branches: BTreeMap<TxnId, Branch>,
+    store: R,
+    branches: BTreeMap<TxnId, Branch<R::Change>>,
     decided: BTreeMap<TxnId, Decision>,
+    /// Why recent NO votes were cast, newest last (bounded), so a driver can tell its client.
+    refusals: Diagnostics<(TxnId, R::Refusal)>,
 }
 
-impl Participant {
+/// What a participant remembers only to explain itself. It is not protocol state: equality and
+/// hashing ignore it, so the model checker does not count two states that differ only in it.
+#[derive(Debug, Clone)]
+struct Diagnostics<T>(std::collections::VecDeque<T>);
+
+impl<T> PartialEq for Diagnostics<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<T> Eq for Diagnostics<T> {}
+impl<T> std::hash::Hash for Diagnostics<T> {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+/// How many refusal reasons a participant remembers.
+const REMEMBERED_REFUSALS: usize = 1024;
+
+impl<R: Resource> Participant<R> {
     pub fn new(id: NodeId, config: Config) -> Self {
+        Self::with_resource(id, config, R::default())
+    }
+
+    /// A participant over a resource the driver made (e.g. one configured with limits).
+    pub fn with_resource(id: NodeId, config: Config, resource: R) -> Self {
         Participant {
             id,
             config,
-            store: Store::default(),
+            store: resource,
             branches: BTreeMap::new(),
             decided: BTreeMap::new(),
+            refusals: Diagnostics(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The resource, for reads a driver serves outside the protocol.
+    pub fn resource(&self) -> &R {
+        &self.store
+    }
+
+    /// The resource, for drivers that feed it what the protocol does not carry (a clock).
+    pub fn resource_mut(&mut self) -> &mut R {
+        &mut self.store
+    }
+
+    /// Why this participant voted NO on `txn`, if it still remembers.
+    pub fn refusal(&self, txn: TxnId) -> Option<&R::Refusal> {
+        self.refusals.0.iter().rev().find(|(t, _)| *t == txn).map(|(_, r)| r)
+    }
+
+    /// Whether `txn` is decided here, and how (aborts include NO votes never logged).
+    pub fn decision(&self, txn: TxnId) -> Option<Decision> {
+        self.decided.get(&txn).copied()
+    }
+
+    /// Whether `txn` is prepared here and waiting for its decision.
+    pub fn is_prepared(&self, txn: TxnId) -> bool {
+        matches!(
+            self.branches.get(&txn),
+            Some(Branch::Preparing { .. } | Branch::Prepared { .. } | Branch::Committing { .. })
+        )
+    }
+
+    /// Checks a new branch against the in-flight limit and the resource, remembering why a
+    /// refused one was refused.
+    fn admit(&mut self, txn: TxnId, change: &R::Change) -> bool {
+        if self.branches.len() >= self.config.max_in_flight {
+            return false;
+        }
+        match self.store.check(txn, change) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.remember_refusal(txn, refusal);
+                false
+            }
+        }
+    }
+
+    fn remember_refusal(&mut self, txn: TxnId, refusal: R::Refusal) {
+        if self.refusals.0.len() >= REMEMBERED_REFUSALS {
+            self.refusals.0.pop_front();
+        }
+        self.refusals.0.push_back((txn, refusal));
     }
 
     /// Every decision this participant remembers (aborts include NO votes it never logged).
@@ -85,8 +169,8 @@ impl Participant {
         &self.decided
     }
 
-    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
-        self.store = Store::default();
+    fn restart(&mut self, records: Vec<Rec<R>>, out: &mut Out<R>) {
+        self.store = R::default();
         self.branches.clear();
         self.decided.clear();
         for record in records {
@@ -101,11 +185,11 @@ impl Participant {
                         panic!("{}: log commits {txn} without a prepare record before it", self.id);
                     };
                     self.store.unlock(txn, &writes);
-                    self.store.apply(&writes);
+                    self.store.apply(txn, &writes);
                     self.decided.insert(txn, Decision::Commit);
                 }
                 Record::OnePhaseCommitted { txn, writes } => {
-                    self.store.apply(&writes);
+                    self.store.apply(txn, &writes);
                     self.decided.insert(txn, Decision::Commit);
                 }
                 Record::Aborted { txn } => {
@@ -115,7 +199,7 @@ impl Participant {
                     self.decided.insert(txn, Decision::Abort);
                 }
                 Record::Snapshot { values, decided } => {
-                    self.store.apply(&values);
+                    self.store.restore(values);
                     self.decided.extend(decided);
                 }
                 other => panic!(
@@ -130,11 +214,11 @@ impl Participant {
         }
     }
 
-    fn send(out: &mut Out, to: NodeId, msg: Msg) {
+    fn send(out: &mut Out<R>, to: NodeId, msg: Msg<R::Change>) {
         out.push(Command::Send { to, msg });
     }
 
-    fn on_prepare(&mut self, txn: TxnId, peers: Vec<NodeId>, writes: Vec<Write>, out: &mut Out) {
+    fn on_prepare(&mut self, txn: TxnId, peers: Vec<NodeId>, writes: R::Change, out: &mut Out<R>) {
         let coordinator = txn.coordinator;
         match self.decided.get(&txn) {
             Some(Decision::Abort) => {
@@ -153,11 +237,10 @@ impl Participant {
             Some(_) => return, // the vote follows once the pending record is durable
             None => {}
         }
-        if writes.is_empty() && self.config.switches.read_only {
+        if writes.is_read_only() && self.config.switches.read_only {
             return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::ReadOnly });
         }
-        let full = self.branches.len() >= self.config.max_in_flight;
-        if full || self.store.check(txn, &writes).is_err() {
+        if !self.admit(txn, &writes) {
             // Voting NO aborts the branch at once. Nothing is logged: the coordinator cannot
             // commit without this vote, and a repeated PREPARE is answered from `decided`.
             self.decided.insert(txn, Decision::Abort);
@@ -172,7 +255,7 @@ impl Participant {
         self.branches.insert(txn, Branch::Preparing { peers, writes, abort_requested: false });
     }
 
-    fn on_prepare_durable(&mut self, txn: TxnId, out: &mut Out) {
+    fn on_prepare_durable(&mut self, txn: TxnId, out: &mut Out<R>) {
         let Some(Branch::Preparing { peers, writes, abort_requested }) = self.branches.remove(&txn)
         else {
             panic!("{}: prepare record of {txn} became durable, but it was not preparing", self.id);
@@ -191,7 +274,7 @@ impl Participant {
 
     /// Aborts a branch whose prepare record is durable: release, and record lazily — should the
     /// record be lost, recovery finds the branch prepared, asks, and is told ABORT.
-    fn abort_prepared(&mut self, txn: TxnId, writes: &[Write], out: &mut Out) {
+    fn abort_prepared(&mut self, txn: TxnId, writes: &R::Change, out: &mut Out<R>) {
         self.store.unlock(txn, writes);
         self.decided.insert(txn, Decision::Abort);
         out.push(Command::Persist {
@@ -201,7 +284,7 @@ impl Participant {
         out.push(Command::Outcome { txn, decision: Decision::Abort });
     }
 
-    fn on_decision(&mut self, from: NodeId, txn: TxnId, decision: Decision, out: &mut Out) {
+    fn on_decision(&mut self, from: NodeId, txn: TxnId, decision: Decision, out: &mut Out<R>) {
         if let Some(&known) = self.decided.get(&txn) {
             // Decisions are final. A repeated COMMIT from the coordinator is acknowledged again
             // (its first ACK may have been lost) and applied no second time. A contradicting
@@ -261,18 +344,18 @@ impl Participant {
         }
     }
 
-    fn on_commit_durable(&mut self, txn: TxnId, out: &mut Out) {
+    fn on_commit_durable(&mut self, txn: TxnId, out: &mut Out<R>) {
         let Some(Branch::Committing { writes }) = self.branches.remove(&txn) else {
             panic!("{}: commit record of {txn} became durable, but it was not committing", self.id);
         };
         self.store.unlock(txn, &writes);
-        self.store.apply(&writes);
+        self.store.apply(txn, &writes);
         self.decided.insert(txn, Decision::Commit);
         out.push(Command::Outcome { txn, decision: Decision::Commit });
         Self::send(out, txn.coordinator, Msg::Ack { txn });
     }
 
-    fn on_commit_one_phase(&mut self, txn: TxnId, writes: Vec<Write>, out: &mut Out) {
+    fn on_commit_one_phase(&mut self, txn: TxnId, writes: R::Change, out: &mut Out<R>) {
         if let Some(&decision) = self.decided.get(&txn) {
             return Self::send(out, txn.coordinator, Msg::OnePhaseResult { txn, decision });
         }
@@ -281,8 +364,7 @@ impl Participant {
         }
         // Either outcome is forced before the answer: the coordinator may resend, and the
         // participant must give the same answer every time.
-        let full = self.branches.len() >= self.config.max_in_flight;
-        if full || self.store.check(txn, &writes).is_err() {
+        if !self.admit(txn, &writes) {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,
@@ -298,7 +380,7 @@ impl Participant {
         self.branches.insert(txn, Branch::OnePhaseCommitting { writes });
     }
 
-    fn on_one_phase_commit_durable(&mut self, txn: TxnId, out: &mut Out) {
+    fn on_one_phase_commit_durable(&mut self, txn: TxnId, out: &mut Out<R>) {
         let Some(Branch::OnePhaseCommitting { writes }) = self.branches.remove(&txn) else {
             panic!(
                 "{}: one-phase record of {txn} became durable, but it was not committing",
@@ -306,13 +388,13 @@ impl Participant {
             );
         };
         self.store.unlock(txn, &writes);
-        self.store.apply(&writes);
+        self.store.apply(txn, &writes);
         self.decided.insert(txn, Decision::Commit);
         out.push(Command::Outcome { txn, decision: Decision::Commit });
         Self::send(out, txn.coordinator, Msg::OnePhaseResult { txn, decision: Decision::Commit });
     }
 
-    fn on_abort_durable(&mut self, txn: TxnId, out: &mut Out) {
+    fn on_abort_durable(&mut self, txn: TxnId, out: &mut Out<R>) {
         match self.branches.remove(&txn) {
             Some(Branch::OnePhaseAborting) => {
                 self.decided.insert(txn, Decision::Abort);
@@ -330,7 +412,7 @@ impl Participant {
     }
 
     /// Cooperative termination: a peer asks what we know.
-    fn on_inquire(&mut self, from: NodeId, txn: TxnId, out: &mut Out) {
+    fn on_inquire(&mut self, from: NodeId, txn: TxnId, out: &mut Out<R>) {
         if let Some(&decision) = self.decided.get(&txn) {
             return Self::send(out, from, Msg::Decision { txn, decision });
         }
@@ -351,7 +433,7 @@ impl Participant {
         }
     }
 
-    fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out) {
+    fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out<R>) {
         let Some(Branch::Prepared { peers, inquiry_attempt, .. }) = self.branches.get_mut(&txn)
         else {
             return;
@@ -373,7 +455,7 @@ impl Participant {
         });
     }
 
-    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+    fn on_persisted(&mut self, record: Rec<R>, out: &mut Out<R>) {
         match record {
             Record::Prepared { txn, .. } => self.on_prepare_durable(txn, out),
             Record::Committed { txn } => self.on_commit_durable(txn, out),
@@ -387,12 +469,13 @@ impl Participant {
     }
 }
 
-impl Core for Participant {
-    type Msg = Msg;
-    type Record = Record;
+impl<R: Resource> Core for Participant<R> {
+    type Msg = Msg<R::Change>;
+    type Record = Rec<R>;
     type Timer = Timer;
+    type Change = R::Change;
 
-    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+    fn handle(&mut self, input: Input<Self::Msg, Rec<R>, Timer, R::Change>, out: &mut Out<R>) {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Persisted(record) => self.on_persisted(record, out),
@@ -411,11 +494,10 @@ impl Core for Participant {
     }
 }
 
-impl crate::Checkpoint for Participant {
+impl<R: Resource> crate::Checkpoint for Participant<R> {
     /// The snapshot, then every branch still open as the records that rebuild it.
-    fn live_records(&self) -> Vec<Record> {
-        let values =
-            self.store.values().iter().map(|(&key, &delta)| Write { key, delta }).collect();
+    fn live_records(&self) -> Vec<Rec<R>> {
+        let values = self.store.snapshot();
         let decided = self.decided.iter().map(|(&txn, &d)| (txn, d)).collect();
         let mut live = vec![Record::Snapshot { values, decided }];
         for (&txn, branch) in &self.branches {
@@ -444,7 +526,7 @@ impl crate::Checkpoint for Participant {
     }
 }
 
-impl ParticipantView for Participant {
+impl ParticipantView for Participant<Store> {
     fn in_doubt(&self) -> Vec<TxnId> {
         self.branches
             .iter()

@@ -19,7 +19,7 @@ fn w(key: u64, delta: i64) -> Vec<Write> {
     vec![Write { key, delta }]
 }
 
-fn run<N: Core<Msg = Msg, Record = Record, Timer = Timer>>(
+fn run<N: Core<Msg = Msg, Record = Record, Timer = Timer, Change = Vec<Write>>>(
     node: &mut N,
     input: Input<Msg, Record, Timer>,
 ) -> Vec<Cmd> {
@@ -653,7 +653,7 @@ fn records_round_trip_through_their_encoding() {
         Record::OnePhaseCommitted { txn: t, writes: w(3, 4) },
         Record::Aborted { txn: t },
     ] {
-        assert_eq!(Record::from_bytes(&record.to_bytes()).unwrap(), record);
+        assert_eq!(<Record>::from_bytes(&record.to_bytes()).unwrap(), record);
     }
 }
 
@@ -782,5 +782,5 @@ fn every_message_survives_its_wire_form() {
     ] {
         assert_eq!(Msg::from_bytes(&m.to_bytes()), Ok(m));
     }
-    assert!(Msg::from_bytes(&[99]).is_err());
+    assert!(<Msg>::from_bytes(&[99]).is_err());
 }

@@ -1,0 +1,50 @@
+//! What a participant commits: the resource behind its branches.
+//!
+//! The protocol cores carry each branch's change without looking inside it, the way an XA
+//! transaction manager never sees the SQL: the coordinator routes it, the participant's
+//! resource checks, locks, applies or releases it. [`Store`](crate::store::Store) (signed
+//! values, the simulator's bank) is one resource; the MVCC shard of `concord-kv` is another.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use concord_types::codec::Encode;
+use concord_types::TxnId;
+
+/// A participant's resource. Calls come in a fixed order per branch: `check` then `lock` at
+/// prepare (or `lock` alone when a prepared branch is rebuilt from the log), then either
+/// `unlock` + `apply` (commit) or `unlock` (abort). `apply` without a prior `lock` replays a
+/// one-phase commit from the log.
+pub trait Resource: Clone + Debug + Default + PartialEq + Eq + Hash {
+    /// One branch's change, as it travels in PREPARE and sits in prepare records.
+    type Change: Change;
+    /// The applied state, as a checkpoint writes it.
+    type Snapshot: Clone + Debug + PartialEq + Eq + Hash + Encode;
+    /// Why a change was refused.
+    type Refusal: Clone + Debug + PartialEq + Eq + Hash;
+
+    /// Whether `txn` could apply `change` now (no conflicting lock, constraints kept).
+    fn check(&self, txn: TxnId, change: &Self::Change) -> Result<(), Self::Refusal>;
+    /// Holds what `change` needs until the decision. Only after a successful `check`.
+    fn lock(&mut self, txn: TxnId, change: &Self::Change);
+    /// Releases what `lock` took.
+    fn unlock(&mut self, txn: TxnId, change: &Self::Change);
+    /// Applies a committed change. Called exactly once per committed branch.
+    fn apply(&mut self, txn: TxnId, change: &Self::Change);
+    /// The applied state, standing for every applied change in a checkpoint.
+    fn snapshot(&self) -> Self::Snapshot;
+    /// Rebuilds the applied state from a checkpoint's snapshot (on a freshly reset resource).
+    fn restore(&mut self, snapshot: Self::Snapshot);
+}
+
+/// A branch's change as the coordinator sees it: opaque except for whether it writes.
+pub trait Change: Clone + Debug + PartialEq + Eq + Hash + Encode {
+    /// Writes nothing: its branch may vote READ-ONLY and skip phase two.
+    fn is_read_only(&self) -> bool;
+}
+
+impl Change for Vec<concord_types::Write> {
+    fn is_read_only(&self) -> bool {
+        self.is_empty()
+    }
+}
