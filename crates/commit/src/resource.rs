@@ -35,6 +35,19 @@ pub trait Resource: Clone + Debug + Default + PartialEq + Eq + Hash {
     fn snapshot(&self) -> Self::Snapshot;
     /// Rebuilds the applied state from a checkpoint's snapshot (on a freshly reset resource).
     fn restore(&mut self, snapshot: Self::Snapshot);
+
+    /// Forgets the applied state before a restart replays the log. Configuration the driver
+    /// gave the resource survives; the default replaces the resource wholesale.
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// A branch that writes nothing is about to vote READ-ONLY and be forgotten: the last
+    /// chance to refuse it (a resource that validates reads does so here) and to leave behind
+    /// what must outlive it. The default only checks.
+    fn finish_read_only(&mut self, txn: TxnId, change: &Self::Change) -> Result<(), Self::Refusal> {
+        self.check(txn, change)
+    }
 }
 
 /// A branch's change as the coordinator sees it: opaque except for whether it writes.

@@ -170,7 +170,7 @@ impl<R: Resource> Participant<R> {
     }
 
     fn restart(&mut self, records: Vec<Rec<R>>, out: &mut Out<R>) {
-        self.store = R::default();
+        self.store.reset();
         self.branches.clear();
         self.decided.clear();
         for record in records {
@@ -237,10 +237,20 @@ impl<R: Resource> Participant<R> {
             Some(_) => return, // the vote follows once the pending record is durable
             None => {}
         }
-        if writes.is_read_only() && self.config.switches.read_only {
-            return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::ReadOnly });
-        }
-        if !self.admit(txn, &writes) {
+        let refused = if writes.is_read_only() && self.config.switches.read_only {
+            match self.store.finish_read_only(txn, &writes) {
+                Ok(()) => {
+                    return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::ReadOnly })
+                }
+                Err(refusal) => {
+                    self.remember_refusal(txn, refusal);
+                    true
+                }
+            }
+        } else {
+            !self.admit(txn, &writes)
+        };
+        if refused {
             // Voting NO aborts the branch at once. Nothing is logged: the coordinator cannot
             // commit without this vote, and a repeated PREPARE is answered from `decided`.
             self.decided.insert(txn, Decision::Abort);

@@ -1,0 +1,32 @@
+//! Concord's transactional key-value store, as pure parts the drivers assemble.
+//!
+//! * [`hlc`] — hybrid logical clocks: timestamps for snapshots and commits, and the
+//!   maximum-offset refusal.
+//! * [`change`] — keys, ranges, isolation levels, and [`KvChange`]: what one transaction asks
+//!   of one shard at commit.
+//! * [`shard`] — [`MvccShard`], the multi-version store behind a 2PC participant
+//!   (`concord_commit::two_phase::Participant<MvccShard>`): versions, intents, read
+//!   timestamps, validation, garbage collection.
+//! * [`session`] — a transaction as its gateway keeps it: snapshot, read set, buffered writes,
+//!   limits; and [`ShardMap`], range sharding by split points.
+//!
+//! Cross-shard commits run through the 2PC core unchanged: `Coordinator<KvChange, KvSnapshot>`
+//! routes each shard's change; a single-shard transaction commits in one phase.
+
+pub mod change;
+pub mod hlc;
+pub mod session;
+pub mod shard;
+
+pub use change::{Isolation, Key, KeyRange, KvChange, Value};
+pub use hlc::{Hlc, Timestamp};
+pub use session::{LimitError, Limits, ShardMap, Transaction};
+pub use shard::{KvSnapshot, MvccShard, ReadError, Refusal, Version};
+
+/// The 2PC participant of a KV shard.
+pub type ShardParticipant = concord_commit::two_phase::Participant<MvccShard>;
+/// The 2PC coordinator of KV transactions.
+pub type KvCoordinator = concord_commit::two_phase::Coordinator<KvChange, KvSnapshot>;
+/// The messages and records both exchange.
+pub type KvMsg = concord_commit::two_phase::Msg<KvChange>;
+pub type KvRecord = concord_commit::two_phase::Record<KvChange, KvSnapshot>;
