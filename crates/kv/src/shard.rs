@@ -697,8 +697,8 @@ mod tests {
     #[test]
     fn scans_respect_the_limit_and_record_only_what_they_covered() {
         let mut s = shard();
-        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
-            commit(&mut s, txn(i as u32 + 1), &put(1, 10 + i as u64, k, "v"));
+        for (i, k) in (1u32..).zip(["a", "b", "c", "d"]) {
+            commit(&mut s, txn(i), &put(1, 10 + u64::from(i), k, "v"));
         }
         commit(
             &mut s,
