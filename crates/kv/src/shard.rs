@@ -302,10 +302,11 @@ impl MvccShard {
 
     /// After the log has been replayed: every key counts as read up to the physical clock plus
     /// the maximum offset, so no write lands below a read served before the crash.
+    /// (The clock itself is not moved there: it would then run ahead by the maximum offset and
+    /// its peers would refuse it. Writes are refused instead, for at most the offset.)
     pub fn restarted(&mut self) {
         let ceiling = Timestamp::new(self.physical_us + self.clock.max_offset_us(), 0);
         self.reads.prune(ceiling);
-        self.clock.witness(ceiling);
     }
 
     /// Every committed version, per key (oldest first).

@@ -14,6 +14,8 @@
 //! * [`invariants`] — one file per property; [`report`] — what a run produced;
 //!   [`diagram`] — message-sequence diagrams (text and SVG) from a run's trace;
 //!   [`explore`] — exhaustive model checking of the real cores for small configurations.
+//! * [`kv`] — the key-value store's shard and coordinator cores under faults, with the bank
+//!   and list-append workloads and their checkers.
 
 pub mod compare;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod happy_path;
 pub mod hash;
 pub mod histogram;
 pub mod invariants;
+pub mod kv;
 pub mod optimizations;
 pub mod report;
 pub mod rng;
