@@ -81,10 +81,12 @@ impl KeyRange {
         (!range.is_empty()).then_some(range)
     }
 
-    /// `std::ops::RangeBounds` for `BTreeMap::range`.
+    /// `std::ops::RangeBounds` for `BTreeMap::range`. An empty (or inverted) range gives
+    /// bounds that select nothing — `BTreeMap::range` panics on an inverted one.
     pub fn bounds(&self) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) {
         use std::ops::Bound;
         let end = match &self.end {
+            _ if self.is_empty() => Bound::Excluded(self.start.as_slice()),
             Some(end) => Bound::Excluded(end.as_slice()),
             None => Bound::Unbounded,
         };
@@ -233,5 +235,8 @@ mod tests {
         assert_eq!(r.intersect(&KeyRange::new(b"x".to_vec(), None)), None);
         assert!(KeyRange::new(b"b".to_vec(), Some(b"b".to_vec())).is_empty());
         assert!(KeyRange::new(b"a".to_vec(), Some(key_after(b"a"))).contains(b"a"));
+        let inverted = KeyRange::new(b"z".to_vec(), Some(b"a".to_vec()));
+        let map: std::collections::BTreeMap<Vec<u8>, ()> = [(b"m".to_vec(), ())].into();
+        assert_eq!(map.range::<[u8], _>(inverted.bounds()).count(), 0, "selects nothing, no panic");
     }
 }
