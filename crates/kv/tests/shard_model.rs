@@ -109,7 +109,7 @@ impl Harness {
                     pending.extend(self.handle(Input::Persisted(record)));
                 }
                 Command::Send { msg: Msg::OnePhaseResult { decision: d, .. }, .. } => {
-                    decision = Some(d)
+                    decision = Some(d);
                 }
                 _ => {}
             }
