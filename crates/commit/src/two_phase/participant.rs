@@ -157,6 +157,21 @@ impl<R: Resource> Participant<R> {
         }
     }
 
+    /// A reader is blocked on `txn`'s prepared write: asks for the outcome now instead of at the
+    /// next inquiry timer — the termination protocol on demand, so a reader never waits longer
+    /// than one round trip to a live coordinator (or a peer that knows). Returns whether `txn`
+    /// is prepared here (otherwise nothing is sent).
+    pub fn inquire_now(&mut self, txn: TxnId, out: &mut Out<R>) -> bool {
+        let Some(Branch::Prepared { peers, .. }) = self.branches.get(&txn) else { return false };
+        out.push(Command::Send { to: txn.coordinator, msg: Msg::Inquire { txn } });
+        if self.config.switches.cooperative_termination {
+            for &peer in peers.iter().filter(|&&p| p != self.id) {
+                out.push(Command::Send { to: peer, msg: Msg::Inquire { txn } });
+            }
+        }
+        true
+    }
+
     fn remember_refusal(&mut self, txn: TxnId, refusal: R::Refusal) {
         if self.refusals.0.len() >= REMEMBERED_REFUSALS {
             self.refusals.0.pop_front();

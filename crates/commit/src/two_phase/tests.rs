@@ -784,3 +784,20 @@ fn every_message_survives_its_wire_form() {
     }
     assert!(<Msg>::from_bytes(&[99]).is_err());
 }
+
+#[test]
+fn a_blocked_reader_can_make_a_prepared_participant_ask_at_once() {
+    let cfg = config();
+    let t = txn(1);
+    let mut p = prepared_participant(cfg, t);
+    let mut out = Vec::new();
+    assert!(p.inquire_now(t, &mut out));
+    assert_eq!(
+        out,
+        vec![send(C, Msg::Inquire { txn: t }), send(P2, Msg::Inquire { txn: t })],
+        "the coordinator, and the peers under cooperative termination"
+    );
+    let mut out = Vec::new();
+    assert!(!p.inquire_now(txn(2), &mut out), "not prepared here: nothing to ask");
+    assert!(out.is_empty());
+}

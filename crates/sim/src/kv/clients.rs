@@ -266,10 +266,10 @@ impl Clients {
 fn short(reason: &str) -> String {
     let words: Vec<&str> = reason
         .split_whitespace()
-        .take_while(|w| {
+        .filter(|w| {
             !w.starts_with('`') && !w.starts_with("0x") && !w.contains(|c: char| c.is_ascii_digit())
         })
-        .take(6)
+        .take(8)
         .collect();
     words.join(" ")
 }
@@ -355,7 +355,7 @@ fn read(
     shard.set_physical_time(physical);
     let result = shard.get(key, txn.start_ts);
     let shard_clock = shard.clock().last();
-    let value = handle_read(result, blocked)?;
+    let value = handle_read(world, s, result, blocked)?;
     txn.record_read(key);
     witness(world, shard_clock)?;
     Ok(value)
@@ -379,7 +379,7 @@ fn scan(
         shard.set_physical_time(physical);
         let result = shard.scan(&piece, txn.start_ts, fetch);
         let shard_clock = shard.clock().last();
-        let (found, exhausted) = handle_read(result, blocked)?;
+        let (found, exhausted) = handle_read(world, s, result, blocked)?;
         witness(world, shard_clock)?;
         let (merged, complete) = txn.merge_scan(&piece, found, exhausted, limit - rows.len());
         rows.extend(merged);
@@ -390,11 +390,22 @@ fn scan(
     Ok(rows)
 }
 
-fn handle_read<T>(result: Result<T, ReadError>, blocked: &mut u32) -> Result<T, StopKind> {
+/// Every this many retries, a blocked reader has the shard ask for the intent's outcome.
+const RESOLVE_EVERY: u32 = 5;
+
+fn handle_read<T>(
+    world: &mut KvWorld,
+    shard: usize,
+    result: Result<T, ReadError>,
+    blocked: &mut u32,
+) -> Result<T, StopKind> {
     match result {
         Ok(value) => Ok(value),
         Err(ReadError::Blocked { holder, .. }) => {
             *blocked += 1;
+            if *blocked % RESOLVE_EVERY == 0 {
+                world.resolve_intent(shard, holder);
+            }
             if *blocked > MAX_BLOCKED_RETRIES {
                 Err(StopKind::Abort(format!("blocked by prepared transaction {holder}")))
             } else {

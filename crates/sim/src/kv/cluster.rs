@@ -373,6 +373,14 @@ impl KvWorld {
         self.carry_out(shard_node(s), out);
     }
 
+    /// A reader is blocked on `txn` at shard `s`: the shard asks for the outcome now.
+    pub(super) fn resolve_intent(&mut self, s: usize, txn: TxnId) {
+        let mut out = Vec::new();
+        if self.shards[s].inquire_now(txn, &mut out) {
+            self.carry_out(shard_node(s), out);
+        }
+    }
+
     fn carry_out(&mut self, node: NodeId, commands: Vec<Command<KvMsg, KvRecord, Timer>>) {
         for command in commands {
             match command {
