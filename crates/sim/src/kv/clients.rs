@@ -403,7 +403,7 @@ fn handle_read<T>(
         Ok(value) => Ok(value),
         Err(ReadError::Blocked { holder, .. }) => {
             *blocked += 1;
-            if *blocked % RESOLVE_EVERY == 0 {
+            if blocked.is_multiple_of(RESOLVE_EVERY) {
                 world.resolve_intent(shard, holder);
             }
             if *blocked > MAX_BLOCKED_RETRIES {
