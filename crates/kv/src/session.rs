@@ -76,10 +76,6 @@ impl ShardMap {
         self.splits.len() + 1
     }
 
-    pub fn splits(&self) -> &[Key] {
-        &self.splits
-    }
-
     pub fn shard_of(&self, key: &[u8]) -> usize {
         self.splits.partition_point(|split| split.as_slice() <= key)
     }
@@ -147,10 +143,6 @@ impl Transaction {
             });
         }
         Ok(())
-    }
-
-    pub fn is_expired(&self, now_us: u64) -> bool {
-        self.check_alive(now_us).is_err()
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), LimitError> {
@@ -271,10 +263,6 @@ impl Transaction {
     /// transaction read one consistent snapshot, which is serializable at its start timestamp.
     pub fn is_read_only(&self) -> bool {
         self.writes.is_empty()
-    }
-
-    pub fn write_count(&self) -> usize {
-        self.writes.len()
     }
 
     /// Each shard's part of the commit at `commit_ts`, in shard order. Shards the transaction

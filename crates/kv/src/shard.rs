@@ -291,11 +291,6 @@ impl MvccShard {
         self.physical_us = physical_us;
     }
 
-    /// A timestamp from this shard's clock (for clients that ask a shard for one).
-    pub fn now(&mut self) -> Timestamp {
-        self.clock.now(self.physical_us)
-    }
-
     pub fn clock(&self) -> &Hlc {
         &self.clock
     }

@@ -9,7 +9,7 @@ fn sweep(
     seeds: std::ops::Range<u64>,
 ) -> Vec<(u64, Vec<String>)> {
     let mut failures = Vec::new();
-    let (mut committed, mut failed, mut info, mut crashes) = (0, 0, 0, 0);
+    let (mut committed, mut failed, mut info, mut crashes, mut collected) = (0, 0, 0, 0, 0);
     let mut reasons = std::collections::BTreeMap::new();
     for seed in seeds {
         let mut config = KvSimConfig::new(seed, workload);
@@ -19,6 +19,7 @@ fn sweep(
         failed += report.failed;
         info += report.indeterminate;
         crashes += report.crashes;
+        collected += report.versions_collected;
         for (r, n) in &report.aborts_by_reason {
             *reasons.entry(r.clone()).or_insert(0) += n;
         }
@@ -27,7 +28,11 @@ fn sweep(
             failures.push((seed, problems));
         }
     }
-    eprintln!("{workload:?} {isolation}: committed {committed}, failed {failed}, unknown {info}, crashes {crashes}; aborts {reasons:?}");
+    eprintln!(
+        "{workload:?} {isolation}: committed {committed}, failed {failed}, unknown {info}, \
+         crashes {crashes}, versions collected {collected}; aborts {reasons:?}"
+    );
+    assert!(collected > 0, "garbage collection ran under the workload");
     failures
 }
 

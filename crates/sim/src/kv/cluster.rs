@@ -25,15 +25,45 @@ pub(super) fn shard_node(shard: usize) -> NodeId {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: NodeId, from: NodeId, msg: KvMsg },
-    Timer { node: NodeId, incarnation: u32, timer: Timer },
-    Sync { node: NodeId, incarnation: u32, upto: usize },
-    Client { client: usize },
-    Crash { node: NodeId },
-    Restart { node: NodeId },
-    Partition { shard: usize, heal_after_us: u64 },
-    Heal { shard: usize },
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        msg: KvMsg,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u32,
+        timer: Timer,
+    },
+    Sync {
+        node: NodeId,
+        incarnation: u32,
+        upto: usize,
+    },
+    Client {
+        client: usize,
+    },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Partition {
+        shard: usize,
+        heal_after_us: u64,
+    },
+    Heal {
+        shard: usize,
+    },
+    /// Garbage collection and read-timestamp pruning on every shard that is up.
+    Maintenance,
 }
+
+/// How often shards collect garbage, and how far behind their clock the safe point trails.
+const MAINTENANCE_EVERY_US: u64 = 20_000;
+const GC_BEHIND_US: u64 = 100_000;
+const READS_KEPT_US: u64 = 50_000;
 
 #[derive(Debug)]
 struct LogEntry {
@@ -185,6 +215,7 @@ impl KvWorld {
         if self.config.faults {
             self.schedule_faults();
         }
+        self.schedule(MAINTENANCE_EVERY_US, Event::Maintenance);
         let end = self.config.workload_us + self.config.quiet_us;
         while let Some(Reverse((at, _, index))) = self.queue.pop() {
             if at > end {
@@ -282,6 +313,21 @@ impl KvWorld {
                 }
             }
             Event::Heal { shard } => self.partitioned[shard] = false,
+            Event::Maintenance => {
+                for s in 0..self.shards.len() {
+                    if !self.shard_hosts[s].up {
+                        continue;
+                    }
+                    let physical = self.physical_us(shard_node(s));
+                    let shard = self.shards[s].resource_mut();
+                    shard.set_physical_time(physical);
+                    let dropped = shard
+                        .collect_garbage(Timestamp::new(physical.saturating_sub(GC_BEHIND_US), 0));
+                    self.report.versions_collected += dropped as u64;
+                    shard.prune_reads(Timestamp::new(physical.saturating_sub(READS_KEPT_US), 0));
+                }
+                self.schedule(MAINTENANCE_EVERY_US, Event::Maintenance);
+            }
         }
     }
 

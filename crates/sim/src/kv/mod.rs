@@ -87,6 +87,8 @@ pub struct KvRunReport {
     pub violations: Vec<String>,
     pub crashes: u64,
     pub partitions: u64,
+    /// Old versions dropped by garbage collection.
+    pub versions_collected: u64,
 }
 
 impl KvRunReport {
