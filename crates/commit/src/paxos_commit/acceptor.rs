@@ -7,16 +7,17 @@
 
 use std::collections::BTreeMap;
 
-use concord_types::{NodeId, TxnId};
+use concord_types::{NodeId, TxnId, Write};
 
 use super::leader::Leader;
 use super::{Ballot, Config, Msg, Record, Timer, Value};
 use crate::{Command, Core, Durability, Input};
 
-type Out = Vec<Command<Msg, Record, Timer>>;
+type Out<C> = Vec<Command<Msg<C>, Record<C>, Timer>>;
 
+/// `C` is the branch change the messages carry (an acceptor never looks at it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Acceptor {
+pub struct Acceptor<C = Vec<Write>> {
     id: NodeId,
     config: Config,
     promised: BTreeMap<TxnId, Ballot>,
@@ -26,9 +27,10 @@ pub struct Acceptor {
     awaiting_promise: BTreeMap<(TxnId, Ballot), NodeId>,
     awaiting_accept: BTreeMap<(TxnId, Ballot), NodeId>,
     leader: Leader,
+    change: std::marker::PhantomData<C>,
 }
 
-impl Acceptor {
+impl<C: Clone + std::fmt::Debug> Acceptor<C> {
     pub fn new(id: NodeId, config: Config) -> Self {
         Acceptor {
             id,
@@ -39,6 +41,7 @@ impl Acceptor {
             participants: BTreeMap::new(),
             awaiting_promise: BTreeMap::new(),
             awaiting_accept: BTreeMap::new(),
+            change: std::marker::PhantomData,
         }
     }
 
@@ -46,7 +49,7 @@ impl Acceptor {
         self.promised.get(&txn).copied().unwrap_or(0)
     }
 
-    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+    fn restart(&mut self, records: Vec<Record<C>>, out: &mut Out<C>) {
         *self = Acceptor::new(self.id, self.config.clone());
         let mut highest_epoch = 0;
         for record in records {
@@ -94,7 +97,7 @@ impl Acceptor {
         values: Vec<(NodeId, Value)>,
         leader: NodeId,
         participants: Vec<NodeId>,
-        out: &mut Out,
+        out: &mut Out<C>,
     ) {
         let promised = self.promised(txn);
         if ballot < promised {
@@ -125,7 +128,7 @@ impl Acceptor {
         }
     }
 
-    fn on_accept_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out) {
+    fn on_accept_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out<C>) {
         let Some(leader) = self.awaiting_accept.remove(&(txn, ballot)) else { return };
         let values: Vec<(NodeId, Value)> = self.accepted[&txn]
             .iter()
@@ -135,7 +138,7 @@ impl Acceptor {
         out.push(Command::Send { to: leader, msg: Msg::Phase2b { txn, ballot, values } });
     }
 
-    fn on_phase1a(&mut self, txn: TxnId, ballot: Ballot, leader: NodeId, out: &mut Out) {
+    fn on_phase1a(&mut self, txn: TxnId, ballot: Ballot, leader: NodeId, out: &mut Out<C>) {
         let promised = self.promised(txn);
         if ballot <= promised {
             out.push(Command::Send { to: leader, msg: Msg::Reject { txn, promised } });
@@ -149,7 +152,7 @@ impl Acceptor {
         self.awaiting_promise.insert((txn, ballot), leader);
     }
 
-    fn on_promise_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out) {
+    fn on_promise_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out<C>) {
         let Some(leader) = self.awaiting_promise.remove(&(txn, ballot)) else { return };
         let accepted = self
             .accepted
@@ -160,13 +163,13 @@ impl Acceptor {
     }
 }
 
-impl Core for Acceptor {
-    type Msg = Msg;
-    type Record = Record;
+impl<C: Clone + std::fmt::Debug> Core for Acceptor<C> {
+    type Msg = Msg<C>;
+    type Record = Record<C>;
     type Timer = Timer;
-    type Change = Vec<concord_types::Write>;
+    type Change = C;
 
-    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+    fn handle(&mut self, input: Input<Msg<C>, Record<C>, Timer, C>, out: &mut Out<C>) {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Persisted(Record::EpochStarted { epoch }) => self.leader.epoch_durable(epoch),

@@ -1,23 +1,24 @@
 //! The Paxos Commit coordinator: names transactions, sends PREPARE, and leads ballot 0. It
 //! writes no decision record — the decision is chosen at the acceptors — only its epoch.
 
-use concord_types::{NodeId, RequestId};
+use concord_types::{NodeId, RequestId, Write};
 
 use super::leader::Leader;
 use super::{Config, Msg, Record, Timer};
 use crate::admission::{Admission, Limits};
 use crate::{Branch, Command, Core, Durability, Input};
 
-type Out = Vec<Command<Msg, Record, Timer>>;
+type Out<C> = Vec<Command<Msg<C>, Record<C>, Timer>>;
 
+/// `C` is a branch's change, routed to its participant unopened.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Coordinator {
+pub struct Coordinator<C = Vec<Write>> {
     id: NodeId,
-    admission: Admission,
+    admission: Admission<C>,
     leader: Leader,
 }
 
-impl Coordinator {
+impl<C: Clone + std::fmt::Debug> Coordinator<C> {
     pub fn new(id: NodeId, config: Config) -> Self {
         let limits = Limits {
             max_participants: config.max_participants,
@@ -27,7 +28,7 @@ impl Coordinator {
         Coordinator { id, admission: Admission::new(id, limits), leader: Leader::new(id, config) }
     }
 
-    fn begin(&mut self, request: RequestId, branches: Vec<Branch>, out: &mut Out) {
+    fn begin(&mut self, request: RequestId, branches: Vec<Branch<C>>, out: &mut Out<C>) {
         let epoch_record = |epoch| Record::EpochStarted { epoch };
         let in_flight = self.leader.in_flight();
         let admitted = self.admission.admit(request, branches, in_flight, epoch_record, out);
@@ -41,7 +42,7 @@ impl Coordinator {
     }
 
     fn emit_outcome(
-        out: &mut Out,
+        out: &mut Out<C>,
         decided: Option<concord_types::Decision>,
         txn: concord_types::TxnId,
     ) {
@@ -51,13 +52,13 @@ impl Coordinator {
     }
 }
 
-impl Core for Coordinator {
-    type Msg = Msg;
-    type Record = Record;
+impl<C: Clone + std::fmt::Debug> Core for Coordinator<C> {
+    type Msg = Msg<C>;
+    type Record = Record<C>;
     type Timer = Timer;
-    type Change = Vec<concord_types::Write>;
+    type Change = C;
 
-    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+    fn handle(&mut self, input: Input<Msg<C>, Record<C>, Timer, C>, out: &mut Out<C>) {
         match input {
             Input::Restart { records } => {
                 let highest = records

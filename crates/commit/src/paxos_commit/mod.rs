@@ -62,10 +62,11 @@ pub enum Value {
 /// A ballot number. 0 belongs to each instance's participant; others to leader candidates.
 pub type Ballot = u64;
 
+/// `C` is a branch's change, as in the 2PC messages (the simulator's deltas by default).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Msg {
+pub enum Msg<C = Vec<Write>> {
     /// Leader → participant.
-    Prepare { txn: TxnId, participants: Vec<NodeId>, writes: Vec<Write> },
+    Prepare { txn: TxnId, participants: Vec<NodeId>, writes: C },
     /// Participant (ballot 0) or leader → acceptor: accept these instances' values. `leader`
     /// gets the 2b; `participants` lets any acceptor lead later.
     Phase2a {
@@ -90,11 +91,11 @@ pub enum Msg {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Record {
+pub enum Record<C = Vec<Write>> {
     /// Coordinator and acceptors: transaction ids and ballots of this epoch may be issued.
     EpochStarted { epoch: u32 },
     /// Participant: prepared (its ballot-0 vote is Prepared).
-    Prepared { txn: TxnId, participants: Vec<NodeId>, writes: Vec<Write> },
+    Prepared { txn: TxnId, participants: Vec<NodeId>, writes: C },
     /// Participant: committed a prepared branch.
     Committed { txn: TxnId },
     /// Participant: aborted (forced when it is its ballot-0 vote, lazy after a decision).
@@ -245,7 +246,7 @@ fn values_label(values: &[(NodeId, Value)]) -> String {
     }
 }
 
-impl fmt::Display for Msg {
+impl<C> fmt::Display for Msg<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Msg::Prepare { txn, .. } => write!(f, "PREPARE {txn}"),
@@ -274,7 +275,7 @@ impl fmt::Display for Timer {
     }
 }
 
-impl fmt::Display for Record {
+impl<C> fmt::Display for Record<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Record::EpochStarted { epoch } => write!(f, "epoch {epoch}"),
@@ -315,7 +316,7 @@ fn decode_values(r: &mut Reader<'_>) -> Result<Vec<(NodeId, Value)>, DecodeError
         .collect()
 }
 
-impl Encode for Record {
+impl<C: Encode> Encode for Record<C> {
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
             Record::EpochStarted { epoch } => {
@@ -326,7 +327,7 @@ impl Encode for Record {
                 w.u8(2);
                 w.txn(*txn);
                 w.nodes(participants);
-                w.writes(writes);
+                writes.encode(w);
             }
             Record::Committed { txn } => {
                 w.u8(3);
@@ -354,7 +355,7 @@ impl Encode for Record {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8()? {
             1 => Record::EpochStarted { epoch: r.u32()? },
-            2 => Record::Prepared { txn: r.txn()?, participants: r.nodes()?, writes: r.writes()? },
+            2 => Record::Prepared { txn: r.txn()?, participants: r.nodes()?, writes: C::decode(r)? },
             3 => Record::Committed { txn: r.txn()? },
             4 => Record::Aborted { txn: r.txn()? },
             5 => Record::Promised { txn: r.txn()?, ballot: r.u64()? },

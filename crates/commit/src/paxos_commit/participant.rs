@@ -4,25 +4,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use concord_types::{Decision, NodeId, TxnId, Write};
+use concord_types::{Decision, NodeId, TxnId};
 
 use super::{Config, Msg, Record, Timer, Value};
 use crate::backoff_us;
 use crate::store::Store;
-use crate::{Command, Core, Durability, Input, ParticipantView};
+use crate::{Command, Core, Durability, Input, ParticipantView, Resource};
 
-type Out = Vec<Command<Msg, Record, Timer>>;
+type Out<R> = Vec<Command<Msg<<R as Resource>::Change>, Record<<R as Resource>::Change>, Timer>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Branch {
+enum Branch<C> {
     Preparing {
         participants: Vec<NodeId>,
-        writes: Vec<Write>,
+        writes: C,
         abort_requested: bool,
     },
     Prepared {
         participants: Vec<NodeId>,
-        writes: Vec<Write>,
+        writes: C,
         inquiry_attempt: u32,
     },
     /// Refused: the ABORTED vote is being forced before it is sent.
@@ -30,26 +30,32 @@ enum Branch {
         participants: Vec<NodeId>,
     },
     Committing {
-        writes: Vec<Write>,
+        writes: C,
     },
 }
 
+/// A Paxos Commit participant over resource `R` (the simulator's [`Store`] by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Participant {
+pub struct Participant<R: Resource = Store> {
     id: NodeId,
     config: Config,
-    store: Store,
-    branches: BTreeMap<TxnId, Branch>,
+    store: R,
+    branches: BTreeMap<TxnId, Branch<R::Change>>,
     committed: BTreeSet<TxnId>,
     aborted: BTreeSet<TxnId>,
 }
 
-impl Participant {
+impl<R: Resource> Participant<R> {
     pub fn new(id: NodeId, config: Config) -> Self {
+        Self::with_resource(id, config, R::default())
+    }
+
+    /// A participant over a resource the driver made.
+    pub fn with_resource(id: NodeId, config: Config, resource: R) -> Self {
         Participant {
             id,
             config,
-            store: Store::default(),
+            store: resource,
             branches: BTreeMap::new(),
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
@@ -67,7 +73,7 @@ impl Participant {
     }
 
     /// The ballot-0 vote, to the acceptors that take the normal case.
-    fn send_vote(&self, txn: TxnId, value: Value, participants: &[NodeId], out: &mut Out) {
+    fn send_vote(&self, txn: TxnId, value: Value, participants: &[NodeId], out: &mut Out<R>) {
         for &acceptor in self.config.normal_case_acceptors() {
             let msg = Msg::Phase2a {
                 txn,
@@ -80,7 +86,7 @@ impl Participant {
         }
     }
 
-    fn restart(&mut self, records: Vec<Record>, out: &mut Out) {
+    fn restart(&mut self, records: Vec<Record<R::Change>>, out: &mut Out<R>) {
         *self = Participant::new(self.id, self.config.clone());
         for record in records {
             match record {
@@ -94,7 +100,7 @@ impl Participant {
                         panic!("{}: log commits {txn} without a prepare record before it", self.id);
                     };
                     self.store.unlock(txn, &writes);
-                    self.store.apply(&writes);
+                    self.store.apply(txn, &writes);
                     self.committed.insert(txn);
                 }
                 Record::Aborted { txn } => {
@@ -128,14 +134,13 @@ impl Participant {
         &mut self,
         txn: TxnId,
         participants: Vec<NodeId>,
-        writes: Vec<Write>,
-        out: &mut Out,
+        writes: R::Change,
+        out: &mut Out<R>,
     ) {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
             return; // a duplicate: the vote is already on its way or decided
         }
-        if self.branches.len() >= self.config.max_in_flight
-            || self.store.check(txn, &writes).is_err()
+        if self.branches.len() >= self.config.max_in_flight || self.store.check(txn, &writes).is_err()
         {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
@@ -157,7 +162,7 @@ impl Participant {
             .insert(txn, Branch::Preparing { participants, writes, abort_requested: false });
     }
 
-    fn on_decision(&mut self, txn: TxnId, decision: Decision, out: &mut Out) {
+    fn on_decision(&mut self, txn: TxnId, decision: Decision, out: &mut Out<R>) {
         if self.decided(txn).is_some() {
             return; // decisions are final
         }
@@ -188,7 +193,7 @@ impl Participant {
         }
     }
 
-    fn abort_prepared(&mut self, txn: TxnId, writes: &[Write], out: &mut Out) {
+    fn abort_prepared(&mut self, txn: TxnId, writes: &R::Change, out: &mut Out<R>) {
         self.store.unlock(txn, writes);
         self.aborted.insert(txn);
         out.push(Command::Persist {
@@ -198,7 +203,7 @@ impl Participant {
         out.push(Command::Outcome { txn, decision: Decision::Abort });
     }
 
-    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+    fn on_persisted(&mut self, record: Record<R::Change>, out: &mut Out<R>) {
         match record {
             Record::Prepared { txn, .. } => {
                 let Some(Branch::Preparing { participants, writes, abort_requested }) =
@@ -236,7 +241,7 @@ impl Participant {
                     );
                 };
                 self.store.unlock(txn, &writes);
-                self.store.apply(&writes);
+                self.store.apply(txn, &writes);
                 self.committed.insert(txn);
                 out.push(Command::Outcome { txn, decision: Decision::Commit });
             }
@@ -244,7 +249,7 @@ impl Participant {
         }
     }
 
-    fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out) {
+    fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out<R>) {
         let Some(Branch::Prepared { participants, inquiry_attempt, .. }) =
             self.branches.get_mut(&txn)
         else {
@@ -269,13 +274,13 @@ impl Participant {
     }
 }
 
-impl Core for Participant {
-    type Msg = Msg;
-    type Record = Record;
+impl<R: Resource> Core for Participant<R> {
+    type Msg = Msg<R::Change>;
+    type Record = Record<R::Change>;
     type Timer = Timer;
-    type Change = Vec<concord_types::Write>;
+    type Change = R::Change;
 
-    fn handle(&mut self, input: Input<Msg, Record, Timer>, out: &mut Out) {
+    fn handle(&mut self, input: Input<Self::Msg, Self::Record, Timer, R::Change>, out: &mut Out<R>) {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Persisted(record) => self.on_persisted(record, out),
@@ -294,7 +299,7 @@ impl Core for Participant {
     }
 }
 
-impl ParticipantView for Participant {
+impl ParticipantView for Participant<Store> {
     fn in_doubt(&self) -> Vec<TxnId> {
         self.branches
             .iter()

@@ -90,7 +90,7 @@ fn the_coordinator_prepares_every_participant_and_waits_for_ballot_zero() {
 #[test]
 fn a_participant_votes_to_f_plus_one_acceptors_only_after_its_prepare_is_durable() {
     let cfg = config();
-    let mut p = Participant::new(P1, cfg.clone());
+    let mut p = <Participant>::new(P1, cfg.clone());
     run(&mut p, Input::Restart { records: vec![] });
     let t = txn();
     let prepared = Record::Prepared { txn: t, participants: vec![P1, P2], writes: w() };
@@ -114,7 +114,7 @@ fn a_participant_votes_to_f_plus_one_acceptors_only_after_its_prepare_is_durable
 
 #[test]
 fn a_refusing_participant_forces_its_abort_vote_before_sending_it() {
-    let mut p = Participant::new(P1, config());
+    let mut p = <Participant>::new(P1, config());
     run(&mut p, Input::Restart { records: vec![] });
     let t = txn();
     let refused = vec![Write { key: 1, delta: -5 }];
