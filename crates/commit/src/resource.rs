@@ -52,12 +52,17 @@ pub trait Resource: Clone + Debug + Default + PartialEq + Eq + Hash {
 
 /// A branch's change as the coordinator sees it: opaque except for whether it writes.
 pub trait Change: Clone + Debug + PartialEq + Eq + Hash + Encode {
+    /// How many keys it writes (for status pages).
+    fn write_count(&self) -> usize;
+
     /// Writes nothing: its branch may vote READ-ONLY and skip phase two.
-    fn is_read_only(&self) -> bool;
+    fn is_read_only(&self) -> bool {
+        self.write_count() == 0
+    }
 }
 
 impl Change for Vec<concord_types::Write> {
-    fn is_read_only(&self) -> bool {
-        self.is_empty()
+    fn write_count(&self) -> usize {
+        self.len()
     }
 }

@@ -139,10 +139,11 @@ pub struct KvChange {
     pub ranges: Vec<KeyRange>,
 }
 
+/// A branch that only read still votes READ-ONLY after its reads are validated at prepare
+/// (`MvccShard::finish_read_only`).
 impl concord_commit::Change for KvChange {
-    /// A branch that only read still votes: its reads are validated at prepare.
-    fn is_read_only(&self) -> bool {
-        self.writes.is_empty()
+    fn write_count(&self) -> usize {
+        self.writes.len()
     }
 }
 

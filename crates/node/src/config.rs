@@ -25,7 +25,14 @@
 //! [log]                          # optional
 //! segment_bytes = 67108864       # a segment is sealed at about this size
 //! checkpoint_every = 100000      # records appended between checkpoints
+//!
+//! [kv]                           # optional: makes the cluster a key-value store
+//! splits = ["g", "n"]            # shard i holds keys from splits[i-1] to splits[i] (shards by id)
+//! max_offset_ms = 500            # timestamps further ahead of a node's clock are refused
+//! gc_ttl_ms = 60000              # versions older than this (and superseded) are collected
 //! ```
+//!
+//! Without `[kv]` the shards hold the delta model (`concord txn submit`, `concord transfer`).
 //!
 //! Unknown fields are errors that name the field and where it is, so a typo never silently
 //! falls back to a default.
@@ -49,6 +56,43 @@ pub struct ClusterConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub log: LogConfig,
+    /// Present: the shards are a key-value store.
+    #[serde(default)]
+    pub kv: Option<KvConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// Split points between shards (shards in id order); empty: even splits of the first byte.
+    pub splits: Vec<String>,
+    pub max_offset_ms: u64,
+    pub gc_ttl_ms: u64,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { splits: Vec::new(), max_offset_ms: 500, gc_ttl_ms: 60_000 }
+    }
+}
+
+impl KvConfig {
+    /// The shard map for `shards` shards.
+    pub fn shard_map(&self, shards: usize) -> Result<concord_kv::ShardMap, String> {
+        let splits: Vec<Vec<u8>> = if self.splits.is_empty() {
+            (1..shards).map(|i| vec![u8::try_from(i * 256 / shards).expect("below 256")]).collect()
+        } else {
+            self.splits.iter().map(|s| s.as_bytes().to_vec()).collect()
+        };
+        if splits.len() + 1 != shards {
+            return Err(format!(
+                "kv: {} split points for {shards} shards (need {})",
+                splits.len(),
+                shards - 1
+            ));
+        }
+        concord_kv::ShardMap::new(splits).map_err(|e| format!("kv: field `splits`: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -199,6 +243,12 @@ impl ClusterConfig {
         if self.log.segment_bytes < 4_096 {
             return Err("log: field `segment_bytes` must be at least 4096".into());
         }
+        if let Some(kv) = &self.kv {
+            kv.shard_map(self.shards().count())?;
+            if kv.max_offset_ms == 0 {
+                return Err("kv: field `max_offset_ms` must be at least 1".into());
+            }
+        }
         Ok(())
     }
 
@@ -238,7 +288,15 @@ impl ClusterConfig {
             nodes,
             timeouts: Timeouts::default(),
             log: LogConfig::default(),
+            kv: None,
         }
+    }
+
+    /// Shard nodes in id order (shard index `i` of the key-value store is the `i`-th).
+    pub fn shards_by_id(&self) -> Vec<&NodeConfig> {
+        let mut shards: Vec<&NodeConfig> = self.shards().collect();
+        shards.sort_by_key(|n| n.id);
+        shards
     }
 
     /// The file form of this configuration (what `concord dev` writes next to its data).
@@ -259,6 +317,15 @@ impl ClusterConfig {
             "\n[log]\nsegment_bytes = {}\ncheckpoint_every = {}\n",
             self.log.segment_bytes, self.log.checkpoint_every
         );
+        if let Some(kv) = &self.kv {
+            let splits: Vec<String> = kv.splits.iter().map(|s| format!("{s:?}")).collect();
+            s += &format!(
+                "\n[kv]\nsplits = [{}]\nmax_offset_ms = {}\ngc_ttl_ms = {}\n",
+                splits.join(", "),
+                kv.max_offset_ms,
+                kv.gc_ttl_ms
+            );
+        }
         s
     }
 }
@@ -269,8 +336,13 @@ mod tests {
 
     #[test]
     fn the_written_form_reads_back() {
-        let config = ClusterConfig::local("dev", 3, 7700);
+        let mut config = ClusterConfig::local("dev", 3, 7700);
         assert_eq!(ClusterConfig::parse(&config.to_toml()).unwrap(), config);
+        config.kv = Some(KvConfig { splits: vec!["g".into(), "n".into()], ..KvConfig::default() });
+        assert_eq!(ClusterConfig::parse(&config.to_toml()).unwrap(), config);
+        config.kv = Some(KvConfig { splits: vec!["g".into()], ..KvConfig::default() });
+        let error = ClusterConfig::parse(&config.to_toml()).unwrap_err().to_string();
+        assert!(error.contains("1 split points for 3 shards"), "{error}");
     }
 
     #[test]

@@ -12,13 +12,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use concord_commit::two_phase::{Coordinator, Msg, Record, Timer};
-use concord_commit::{Branch, Command, Input, Rejection};
+use concord_commit::two_phase::{self, Coordinator, Timer};
+use concord_commit::{Branch, Change as _, Command, Input, Rejection};
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::driver::{Event, Io, Node, RoleState};
+use crate::model::{Change, Model, Msg, Record, Snapshot};
 use crate::proto::{self, submit_event, State, TransactionInfo};
 
 /// Finished transactions kept in memory for `txn ls` / `txn show`.
@@ -27,6 +28,7 @@ const FINISHED_KEPT: usize = 100_000;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) type SubmitReply = mpsc::Sender<Result<proto::SubmitEvent, Status>>;
+type PendingSubmit<M> = (SubmitReply, Vec<Branch<Change<M>>>);
 
 struct BranchEntry {
     node: NodeId,
@@ -47,12 +49,13 @@ struct Resolver {
     waiters: Vec<oneshot::Sender<Result<TransactionInfo, Status>>>,
 }
 
-pub(crate) struct CoordinatorRole {
-    pub core: Coordinator,
+pub(crate) struct CoordinatorRole<M: Model> {
+    pub core: Coordinator<Change<M>, Snapshot<M>>,
     me: NodeId,
     shards: BTreeMap<NodeId, String>,
     next_request: u64,
-    submits: HashMap<RequestId, (SubmitReply, Vec<Branch>)>,
+    /// Requests not yet named by the core, with where to answer and what they asked.
+    submits: HashMap<RequestId, PendingSubmit<M>>,
     waiting: HashMap<TxnId, SubmitReply>,
     table: HashMap<TxnId, Entry>,
     finished: VecDeque<TxnId>,
@@ -68,8 +71,12 @@ fn vote_name(vote: Option<Vote>) -> &'static str {
     }
 }
 
-impl CoordinatorRole {
-    pub fn new(me: NodeId, core: Coordinator, shards: BTreeMap<NodeId, String>) -> Self {
+impl<M: Model> CoordinatorRole<M> {
+    pub fn new(
+        me: NodeId,
+        core: Coordinator<Change<M>, Snapshot<M>>,
+        shards: BTreeMap<NodeId, String>,
+    ) -> Self {
         CoordinatorRole {
             core,
             me,
@@ -84,10 +91,10 @@ impl CoordinatorRole {
     }
 
     /// Seeds the table from the log replayed at start: logged decisions are commits.
-    pub fn recovered(&mut self, records: &[Record]) {
+    pub fn recovered(&mut self, records: &[Record<M>]) {
         for record in records {
             match record {
-                Record::CommitDecided { txn, participants } => {
+                two_phase::Record::CommitDecided { txn, participants } => {
                     let branches = participants
                         .iter()
                         .map(|&node| BranchEntry {
@@ -105,7 +112,7 @@ impl CoordinatorRole {
                     };
                     self.table.insert(*txn, entry);
                 }
-                Record::Ended { txn } => {
+                two_phase::Record::Ended { txn } => {
                     // Ended is written once every participant acknowledged.
                     if let Some(entry) = self.table.get_mut(txn) {
                         entry.state = State::Committed;
@@ -153,7 +160,7 @@ impl CoordinatorRole {
     }
 
     /// A coordinator command meant for the client side.
-    pub fn on_client_command(&mut self, command: &Command<Msg, Record, Timer>) {
+    pub fn on_client_command(&mut self, command: &Command<Msg<M>, Record<M>, Timer>) {
         match *command {
             Command::Begun { request, txn } => {
                 let Some((reply, branches)) = self.submits.remove(&request) else { return };
@@ -164,7 +171,7 @@ impl CoordinatorRole {
                         .iter()
                         .map(|b| BranchEntry {
                             node: b.node,
-                            writes: u32::try_from(b.writes.len()).unwrap_or(u32::MAX),
+                            writes: u32::try_from(b.writes.write_count()).unwrap_or(u32::MAX),
                             vote: None,
                             acknowledged: false,
                         })
@@ -232,29 +239,31 @@ impl CoordinatorRole {
         }
     }
 
-    pub fn observe_record(&mut self, record: &Record) {
+    pub fn observe_record(&mut self, record: &Record<M>) {
         match record {
-            Record::CommitDecided { txn, .. } => {
+            two_phase::Record::CommitDecided { txn, .. } => {
                 if let Some(entry) = self.table.get_mut(txn) {
                     entry.state = State::Deciding;
                 }
             }
-            Record::Ended { txn } => self.finish(*txn, State::Committed),
+            two_phase::Record::Ended { txn } => self.finish(*txn, State::Committed),
             _ => {}
         }
     }
 
-    pub fn observe_message(&mut self, from: NodeId, msg: &Msg) {
+    pub fn observe_message(&mut self, from: NodeId, msg: &Msg<M>) {
         match *msg {
-            Msg::Vote { txn, vote } => self.with_branch(txn, from, |b| b.vote = Some(vote)),
-            Msg::Ack { txn } => {
+            two_phase::Msg::Vote { txn, vote } => {
+                self.with_branch(txn, from, |b| b.vote = Some(vote));
+            }
+            two_phase::Msg::Ack { txn } => {
                 self.with_branch(txn, from, |b| b.acknowledged = true);
             }
-            Msg::OnePhaseResult { txn, decision } => self.with_branch(txn, from, |b| {
+            two_phase::Msg::OnePhaseResult { txn, decision } => self.with_branch(txn, from, |b| {
                 b.vote = Some(if decision == Decision::Commit { Vote::Yes } else { Vote::No });
                 b.acknowledged = true;
             }),
-            Msg::Decision { txn, decision } => self.on_shard_answer(from, txn, decision),
+            two_phase::Msg::Decision { txn, decision } => self.on_shard_answer(from, txn, decision),
             _ => {}
         }
     }
@@ -272,7 +281,7 @@ impl CoordinatorRole {
         &mut self,
         txn: TxnId,
         reply: oneshot::Sender<Result<TransactionInfo, Status>>,
-        io: &mut Io,
+        io: &mut Io<M>,
     ) {
         if let Some(entry) = self.table.get(&txn) {
             let _ = reply.send(Ok(self.info(txn, entry)));
@@ -290,13 +299,13 @@ impl CoordinatorRole {
             return;
         }
         for &shard in self.shards.keys() {
-            io.send(shard, &Msg::Inquire { txn });
+            io.send(shard, &two_phase::Msg::Inquire { txn });
         }
         self.resolving.insert(txn, Resolver { aborted: BTreeSet::new(), waiters: vec![reply] });
         let internal = io.internal.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RESOLVE_TIMEOUT).await;
-            let call: crate::driver::Call = Box::new(move |node: &mut Node| {
+            let call: crate::driver::Call<M> = Box::new(move |node: &mut Node<M>| {
                 if let RoleState::Coordinator(c) = &mut node.role {
                     c.resolve_timed_out(txn);
                 }
@@ -360,8 +369,8 @@ impl CoordinatorRole {
     }
 }
 
-impl Node {
-    pub(crate) fn coordinator(&mut self) -> Option<&mut CoordinatorRole> {
+impl<M: Model> Node<M> {
+    pub(crate) fn coordinator(&mut self) -> Option<&mut CoordinatorRole<M>> {
         match &mut self.role {
             RoleState::Coordinator(c) => Some(c),
             RoleState::Shard(_) => None,
@@ -369,7 +378,7 @@ impl Node {
     }
 
     /// Starts a client's transaction; its events go to `reply`.
-    pub(crate) fn submit(&mut self, branches: Vec<Branch>, reply: SubmitReply) {
+    pub(crate) fn submit(&mut self, branches: Vec<Branch<Change<M>>>, reply: SubmitReply) {
         let Some(c) = self.coordinator() else {
             let _ = reply.try_send(Err(Status::failed_precondition("this node is a shard")));
             return;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_commit::two_phase::{Msg, Participant, Record, Timer};
+use concord_commit::two_phase::{Participant, Timer};
 use concord_commit::{Checkpoint, Command, Core, Durability, Input};
 use concord_types::codec::Encode;
 use concord_types::NodeId;
@@ -25,6 +25,7 @@ use concord_wal::{GroupCommit, OnDurable};
 use tokio::sync::mpsc;
 
 use crate::coordinator::CoordinatorRole;
+use crate::model::{Change, Model, Msg, Record};
 
 /// Frames waiting for one peer; beyond this, messages are dropped (the cores resend).
 pub(crate) const OUTBOX_CAPACITY: usize = 65_536;
@@ -33,42 +34,42 @@ pub(crate) const MAX_MESSAGES_PER_FRAME: usize = 4_096;
 /// Requests and frames waiting for the loop.
 pub(crate) const EXTERNAL_CAPACITY: usize = 4_096;
 
-pub(crate) type Call = Box<dyn FnOnce(&mut Node) + Send>;
+pub(crate) type Call<M> = Box<dyn FnOnce(&mut Node<M>) + Send>;
 
-pub(crate) enum Event {
+pub(crate) enum Event<M: Model> {
     Message {
         from: NodeId,
-        msg: Msg,
+        msg: Msg<M>,
     },
     Timer(Timer),
-    Persisted(Record),
+    Persisted(Record<M>),
     LogFailed(String),
     /// Run a closure on the node inside the loop: queries and client requests.
-    Call(Call),
+    Call(Call<M>),
 }
 
-pub(crate) enum RoleState {
-    Coordinator(Box<CoordinatorRole>),
-    Shard(Box<Participant>),
+pub(crate) enum RoleState<M: Model> {
+    Coordinator(Box<CoordinatorRole<M>>),
+    Shard(Box<Participant<M::Resource>>),
 }
 
 /// What the core's commands act on.
-pub(crate) struct Io {
+pub(crate) struct Io<M: Model> {
     pub outboxes: HashMap<NodeId, mpsc::Sender<Vec<u8>>>,
     pub log: Arc<GroupCommit>,
-    pub internal: mpsc::UnboundedSender<Event>,
+    pub internal: mpsc::UnboundedSender<Event<M>>,
     pub records_since_checkpoint: u64,
     pub checkpoint_every: u64,
     pub dropped_sends: u64,
 }
 
-pub(crate) struct Node {
-    pub role: RoleState,
-    pub io: Io,
+pub(crate) struct Node<M: Model> {
+    pub role: RoleState<M>,
+    pub io: Io<M>,
 }
 
-impl Io {
-    pub fn send(&mut self, to: NodeId, msg: &Msg) {
+impl<M: Model> Io<M> {
+    pub fn send(&mut self, to: NodeId, msg: &Msg<M>) {
         let Some(outbox) = self.outboxes.get(&to) else {
             // A message for a node not in the configuration (a stale peer list in a record).
             self.dropped_sends += 1;
@@ -79,7 +80,7 @@ impl Io {
         }
     }
 
-    fn persist(&mut self, record: Record, durability: Durability) {
+    fn persist(&mut self, record: Record<M>, durability: Durability) {
         let bytes = record.to_bytes();
         let notify: Option<OnDurable> = match durability {
             Durability::Lazy => None,
@@ -110,14 +111,22 @@ impl Io {
     }
 }
 
-impl Node {
+impl<M: Model> Node<M> {
     /// Feeds one input to the core and carries out what it asks, in order.
-    pub fn step(&mut self, input: Input<Msg, Record, Timer>) {
+    pub fn step(&mut self, input: Input<Msg<M>, Record<M>, Timer, Change<M>>) {
         let mut out = Vec::new();
         match &mut self.role {
             RoleState::Coordinator(c) => c.core.handle(input, &mut out),
-            RoleState::Shard(p) => p.handle(input, &mut out),
+            RoleState::Shard(p) => {
+                M::before_input(p);
+                p.handle(input, &mut out);
+            }
         }
+        self.carry_out(out);
+    }
+
+    /// Carries out a core's commands, in order.
+    pub fn carry_out(&mut self, out: Vec<Command<Msg<M>, Record<M>, Timer>>) {
         for command in out {
             match command {
                 Command::Send { to, msg } => self.io.send(to, &msg),
@@ -140,7 +149,7 @@ impl Node {
         self.maybe_checkpoint();
     }
 
-    fn on_message(&mut self, from: NodeId, msg: Msg) {
+    fn on_message(&mut self, from: NodeId, msg: Msg<M>) {
         if let RoleState::Coordinator(c) = &mut self.role {
             c.observe_message(from, &msg);
         }
@@ -169,17 +178,17 @@ impl Node {
     pub fn in_flight(&self) -> usize {
         match &self.role {
             RoleState::Coordinator(c) => c.core.in_flight(),
-            RoleState::Shard(p) => concord_commit::ParticipantView::in_doubt(p.as_ref()).len(),
+            RoleState::Shard(p) => p.in_doubt().len(),
         }
     }
 }
 
 /// Runs the loop until `shutdown` fires or the log fails (the error is returned: after a
 /// failed sync the node must restart and recover from what is on disk).
-pub(crate) async fn run(
-    mut node: Node,
-    mut internal: mpsc::UnboundedReceiver<Event>,
-    mut external: mpsc::Receiver<Event>,
+pub(crate) async fn run<M: Model>(
+    mut node: Node<M>,
+    mut internal: mpsc::UnboundedReceiver<Event<M>>,
+    mut external: mpsc::Receiver<Event<M>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {

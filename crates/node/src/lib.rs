@@ -8,6 +8,8 @@
 pub mod config;
 mod coordinator;
 mod driver;
+mod kv;
+mod model;
 mod service;
 
 pub mod proto {
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_commit::two_phase::{self, Coordinator, Participant, Record};
+use concord_commit::two_phase::{self, Coordinator, Participant};
 use concord_commit::{Input, Switches};
 use concord_types::codec::Encode;
 use concord_types::NodeId;
@@ -32,6 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::{ClusterConfig, NodeConfig, Role};
 use crate::coordinator::CoordinatorRole;
 use crate::driver::{Io, Node, RoleState};
+use crate::model::{Deltas, KvStore, Model, Record};
 use crate::service::Handle;
 
 /// Largest gRPC message a node accepts (a frame of many messages, or a large request).
@@ -120,7 +123,21 @@ async fn deliver_loop(
 
 /// Runs the node `name` of `config` with its data under `data_dir` until `shutdown` becomes
 /// true. Returns an error if the node cannot start, or if its log fails while running.
+/// A configuration with a `[kv]` section runs the key-value store, otherwise the delta model.
 pub async fn serve(
+    config: ClusterConfig,
+    name: &str,
+    data_dir: &Path,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    if config.kv.is_some() {
+        serve_model::<KvStore>(config, name, data_dir, shutdown).await
+    } else {
+        serve_model::<Deltas>(config, name, data_dir, shutdown).await
+    }
+}
+
+async fn serve_model<M: Model>(
     config: ClusterConfig,
     name: &str,
     data_dir: &Path,
@@ -135,7 +152,7 @@ pub async fn serve(
         .map_err(|e| NodeError::Failed(e.to_string()))??;
     let mut records = Vec::with_capacity(raw.len());
     for (i, bytes) in raw.iter().enumerate() {
-        records.push(Record::from_bytes(bytes).map_err(|e| NodeError::DataDir {
+        records.push(Record::<M>::from_bytes(bytes).map_err(|e| NodeError::DataDir {
             path: data_dir.join("log"),
             reason: format!(
                 "record {i} cannot be read ({e:?}): written by an incompatible version?"
@@ -161,11 +178,14 @@ pub async fn serve(
         Role::Coordinator => {
             let shards: BTreeMap<NodeId, String> =
                 config.shards().map(|n| (NodeId(n.id), n.name.clone())).collect();
-            let mut role = CoordinatorRole::new(id, Coordinator::new(id, core_config), shards);
+            let mut role = CoordinatorRole::<M>::new(id, Coordinator::new(id, core_config), shards);
             role.recovered(&records);
             RoleState::Coordinator(Box::new(role))
         }
-        Role::Shard => RoleState::Shard(Box::new(Participant::new(id, core_config))),
+        Role::Shard => {
+            let resource = M::resource(&config);
+            RoleState::Shard(Box::new(Participant::with_resource(id, core_config, resource)))
+        }
     };
     let io = Io {
         outboxes,
@@ -177,8 +197,13 @@ pub async fn serve(
     };
     let mut node = Node { role, io };
     node.step(Input::Restart { records });
+    if let RoleState::Shard(p) = &mut node.role {
+        M::after_restart(p);
+    }
 
-    let handle = Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
+    let handle: Handle<M> =
+        Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
+    let (gateway, shard_reads) = M::kv_services(&handle, me.role);
     let (stop_loop, loop_stopped) = watch::channel(false);
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
     // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).
@@ -193,6 +218,10 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(proto::node_server::NodeServer::new(handle))
+        .add_optional_service(gateway.map(|g| {
+            proto::kv_server::KvServer::new(g).max_decoding_message_size(MAX_MESSAGE_BYTES)
+        }))
+        .add_optional_service(shard_reads.map(proto::kv_shard_server::KvShardServer::new))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         });

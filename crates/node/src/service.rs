@@ -1,42 +1,45 @@
 //! The gRPC services: each request becomes an event on the node loop, validated first.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 
-use concord_commit::two_phase::Msg;
-use concord_commit::{Branch, ParticipantView};
 use concord_types::codec::Encode;
-use concord_types::{NodeId, TxnId, Write};
+use concord_types::{NodeId, TxnId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::config::{ClusterConfig, Role, MAX_WRITES_PER_TXN};
+use crate::config::ClusterConfig;
 use crate::driver::{Call, Event, Node, RoleState};
+use crate::model::{Model, Msg};
 use crate::proto;
 
 /// What every service holds: the way into the loop, and the cluster it belongs to.
-#[derive(Clone)]
-pub(crate) struct Handle {
-    pub events: mpsc::Sender<Event>,
+pub(crate) struct Handle<M: Model> {
+    pub events: mpsc::Sender<Event<M>>,
     pub config: std::sync::Arc<ClusterConfig>,
     pub me: String,
 }
 
-impl std::fmt::Debug for Handle {
+impl<M: Model> Clone for Handle<M> {
+    fn clone(&self) -> Self {
+        Handle { events: self.events.clone(), config: self.config.clone(), me: self.me.clone() }
+    }
+}
+
+impl<M: Model> std::fmt::Debug for Handle<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Handle({})", self.me)
     }
 }
 
-impl Handle {
+impl<M: Model> Handle<M> {
     /// Runs `f` on the node and waits for its answer.
-    async fn ask<T: Send + 'static>(
+    pub(crate) async fn ask<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Node) -> T + Send + 'static,
+        f: impl FnOnce(&mut Node<M>) -> T + Send + 'static,
     ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        let call: Call = Box::new(move |node| {
+        let call: Call<M> = Box::new(move |node| {
             let _ = tx.send(f(node));
         });
         self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
@@ -44,12 +47,12 @@ impl Handle {
     }
 }
 
-fn stopping() -> Status {
+pub(crate) fn stopping() -> Status {
     Status::unavailable("the node is stopping")
 }
 
 #[tonic::async_trait]
-impl proto::peer_server::Peer for Handle {
+impl<M: Model> proto::peer_server::Peer for Handle<M> {
     async fn deliver(
         &self,
         request: Request<proto::Frame>,
@@ -71,7 +74,7 @@ impl proto::peer_server::Peer for Handle {
         // Decode the whole frame before delivering any of it: a bad frame is refused whole.
         let mut messages = Vec::with_capacity(frame.messages.len());
         for (i, bytes) in frame.messages.iter().enumerate() {
-            let msg = Msg::from_bytes(bytes).map_err(|e| {
+            let msg = Msg::<M>::from_bytes(bytes).map_err(|e| {
                 Status::invalid_argument(format!("message {i} of the frame is malformed: {e:?}"))
             })?;
             messages.push(msg);
@@ -86,16 +89,16 @@ impl proto::peer_server::Peer for Handle {
 type SubmitStream = Pin<Box<dyn Stream<Item = Result<proto::SubmitEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl proto::client_server::Client for Handle {
+impl<M: Model> proto::client_server::Client for Handle<M> {
     type SubmitStream = SubmitStream;
 
     async fn submit(
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<SubmitStream>, Status> {
-        let branches = self.branches(&request.into_inner().writes)?;
+        let branches = M::branches(&self.config, &request.into_inner().writes)?;
         let (reply, events) = mpsc::channel(4);
-        let call: Call = Box::new(move |node| node.submit(branches, reply));
+        let call: Call<M> = Box::new(move |node| node.submit(branches, reply));
         self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events);
         Ok(Response::new(Box::pin(stream)))
@@ -153,41 +156,8 @@ impl proto::client_server::Client for Handle {
     }
 }
 
-impl Handle {
-    /// Validates a client's writes and groups them into one branch per shard.
-    fn branches(&self, writes: &[proto::WriteOp]) -> Result<Vec<Branch>, Status> {
-        if writes.is_empty() {
-            return Err(Status::invalid_argument("a transaction needs at least one write"));
-        }
-        if writes.len() > MAX_WRITES_PER_TXN {
-            return Err(Status::invalid_argument(format!(
-                "{} writes; at most {MAX_WRITES_PER_TXN} per transaction",
-                writes.len()
-            )));
-        }
-        let mut by_shard: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
-        for op in writes {
-            let shard = self
-                .config
-                .nodes
-                .iter()
-                .find(|n| n.name == op.shard && n.role == Role::Shard)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = self.config.shards().map(|n| n.name.as_str()).collect();
-                    Status::invalid_argument(format!(
-                        "unknown shard `{}`; the shards are {}",
-                        op.shard,
-                        known.join(", ")
-                    ))
-                })?;
-            by_shard.entry(shard.id).or_default().push(Write { key: op.key, delta: op.delta });
-        }
-        Ok(by_shard.into_iter().map(|(id, writes)| Branch { node: NodeId(id), writes }).collect())
-    }
-}
-
 #[tonic::async_trait]
-impl proto::node_server::Node for Handle {
+impl<M: Model> proto::node_server::Node for Handle<M> {
     async fn health(
         &self,
         _: Request<proto::HealthRequest>,
@@ -217,28 +187,13 @@ impl proto::node_server::Node for Handle {
     ) -> Result<Response<proto::ReadShardReply>, Status> {
         let keys = request.into_inner().keys;
         let reply = self
-            .ask(move |node| {
-                let RoleState::Shard(p) = &node.role else { return None };
-                let store = p.store();
-                let values = if keys.is_empty() {
-                    store
-                        .values()
-                        .iter()
-                        .map(|(&key, &value)| proto::KeyValue { key, value })
-                        .collect()
-                } else {
-                    keys.iter()
-                        .map(|&key| proto::KeyValue { key, value: store.value(key) })
-                        .collect()
-                };
-                Some(proto::ReadShardReply {
-                    values,
-                    locked_keys: u32::try_from(store.locked_keys()).unwrap_or(u32::MAX),
-                    in_doubt: p.in_doubt().iter().map(ToString::to_string).collect(),
-                })
+            .ask(move |node| match &node.role {
+                RoleState::Shard(p) => M::read_shard(p, &keys),
+                RoleState::Coordinator(_) => {
+                    Err(Status::failed_precondition("this node is not a shard"))
+                }
             })
-            .await?
-            .ok_or_else(|| Status::failed_precondition("this node is not a shard"))?;
+            .await??;
         Ok(Response::new(reply))
     }
 }

@@ -103,7 +103,13 @@ impl Leader {
         *seen = (*seen).max(ballot);
     }
 
-    fn start_phase1<C>(&mut self, txn: TxnId, participants: Vec<NodeId>, attempt: u32, out: &mut Out<C>) {
+    fn start_phase1<C>(
+        &mut self,
+        txn: TxnId,
+        participants: Vec<NodeId>,
+        attempt: u32,
+        out: &mut Out<C>,
+    ) {
         let Some(ballot) = self.next_ballot(txn) else { return };
         self.see(txn, ballot);
         for &acceptor in &self.config.acceptors {

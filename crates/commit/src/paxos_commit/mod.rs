@@ -355,7 +355,9 @@ impl<C: Encode> Encode for Record<C> {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8()? {
             1 => Record::EpochStarted { epoch: r.u32()? },
-            2 => Record::Prepared { txn: r.txn()?, participants: r.nodes()?, writes: C::decode(r)? },
+            2 => {
+                Record::Prepared { txn: r.txn()?, participants: r.nodes()?, writes: C::decode(r)? }
+            }
             3 => Record::Committed { txn: r.txn()? },
             4 => Record::Aborted { txn: r.txn()? },
             5 => Record::Promised { txn: r.txn()?, ballot: r.u64()? },

@@ -140,7 +140,8 @@ impl<R: Resource> Participant<R> {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
             return; // a duplicate: the vote is already on its way or decided
         }
-        if self.branches.len() >= self.config.max_in_flight || self.store.check(txn, &writes).is_err()
+        if self.branches.len() >= self.config.max_in_flight
+            || self.store.check(txn, &writes).is_err()
         {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
@@ -280,7 +281,11 @@ impl<R: Resource> Core for Participant<R> {
     type Timer = Timer;
     type Change = R::Change;
 
-    fn handle(&mut self, input: Input<Self::Msg, Self::Record, Timer, R::Change>, out: &mut Out<R>) {
+    fn handle(
+        &mut self,
+        input: Input<Self::Msg, Self::Record, Timer, R::Change>,
+        out: &mut Out<R>,
+    ) {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Persisted(record) => self.on_persisted(record, out),

@@ -134,6 +134,15 @@ impl<R: Resource> Participant<R> {
         self.decided.get(&txn).copied()
     }
 
+    /// Transactions this participant voted YES on and has not yet learned the outcome of.
+    pub fn in_doubt(&self) -> Vec<TxnId> {
+        self.branches
+            .iter()
+            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
+            .map(|(&txn, _)| txn)
+            .collect()
+    }
+
     /// Whether `txn` is prepared here and waiting for its decision.
     pub fn is_prepared(&self, txn: TxnId) -> bool {
         matches!(
@@ -553,11 +562,7 @@ impl<R: Resource> crate::Checkpoint for Participant<R> {
 
 impl ParticipantView for Participant<Store> {
     fn in_doubt(&self) -> Vec<TxnId> {
-        self.branches
-            .iter()
-            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
-            .map(|(&txn, _)| txn)
-            .collect()
+        Participant::in_doubt(self)
     }
 
     fn store(&self) -> &Store {

@@ -1,0 +1,508 @@
+//! The key-value store on the runtime: the gateway (the `Kv` service, at the coordinator) and
+//! the shards' read service (`KvShard`).
+//!
+//! The gateway keeps each open transaction ([`Transaction`]) in memory: reads go to the shards
+//! at the snapshot timestamp over gRPC, writes are buffered, and a commit becomes a request to
+//! the coordinator's 2PC core — one branch per shard, one phase for a single shard. Nothing is
+//! sent to a shard before commit, so a client that disappears leaves nothing locked; its
+//! session expires with the transaction lifetime. A gateway crash loses open sessions (their
+//! clients get "no open transaction") and nothing else: a commit in flight is decided by the
+//! coordinator's recovery like any other.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use concord_commit::Branch;
+use concord_kv::{Hlc, Isolation, KeyRange, Limits, ReadError, ShardMap, Timestamp, Transaction};
+use concord_types::{NodeId, TxnId};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::config::ClusterConfig;
+use crate::driver::{Call, RoleState};
+use crate::model::{KvStore, Model};
+use crate::proto::kv_shard_client::KvShardClient;
+use crate::proto::{self, submit_event, State};
+use crate::service::{stopping, Handle};
+
+/// The wall clock in microseconds since the Unix epoch: the physical part of every timestamp.
+pub(crate) fn physical_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_proto(ts: Timestamp) -> proto::Timestamp {
+    proto::Timestamp { wall: ts.wall, logical: ts.logical }
+}
+
+fn from_proto(ts: Option<proto::Timestamp>) -> Timestamp {
+    ts.map_or(Timestamp::ZERO, |t| Timestamp::new(t.wall, t.logical))
+}
+
+fn range_from_proto(range: Option<proto::KeyRange>) -> KeyRange {
+    let range = range.unwrap_or_default();
+    KeyRange { start: range.start, end: (!range.to_the_end).then_some(range.end) }
+}
+
+fn range_to_proto(range: &KeyRange) -> proto::KeyRange {
+    proto::KeyRange {
+        start: range.start.clone(),
+        end: range.end.clone().unwrap_or_default(),
+        to_the_end: range.end.is_none(),
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// How long a shard read waits for prepared writes it meets, and how often it retries.
+const READ_WAIT: Duration = Duration::from_millis(500);
+const READ_RETRY: Duration = Duration::from_millis(5);
+/// Every this many retries, the shard asks the blocking transaction's coordinator.
+const RESOLVE_EVERY: u32 = 4;
+/// A gateway's call to a shard, and its wait for a commit's outcome.
+const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_SCAN_LIMIT: usize = 100;
+
+/// The gateway: open transactions and the way to the shards and the coordinator core.
+pub(crate) struct Gateway {
+    handle: Handle<KvStore>,
+    sessions: Mutex<HashMap<u64, Transaction>>,
+    next_session: AtomicU64,
+    clock: Mutex<Hlc>,
+    map: ShardMap,
+    /// Shard index → (node, client).
+    shards: Vec<(NodeId, KvShardClient<Channel>)>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gateway({} shards)", self.shards.len())
+    }
+}
+
+enum Lookup<T> {
+    Local(T),
+    Remote(Timestamp),
+}
+
+impl Gateway {
+    pub(crate) fn start(handle: Handle<KvStore>, config: &ClusterConfig) -> Arc<Gateway> {
+        let kv = config.kv.clone().expect("a key-value cluster has a [kv] section");
+        let shard_nodes = config.shards_by_id();
+        let map = kv.shard_map(shard_nodes.len()).expect("validated with the configuration");
+        let shards = shard_nodes
+            .iter()
+            .map(|n| {
+                let client = KvShardClient::new(crate::channel(n.listen))
+                    .max_decoding_message_size(crate::MAX_MESSAGE_BYTES);
+                (NodeId(n.id), client)
+            })
+            .collect();
+        let gateway = Arc::new(Gateway {
+            handle,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            clock: Mutex::new(Hlc::new(kv.max_offset_ms * 1_000)),
+            map,
+            shards,
+            limits: Limits::default(),
+        });
+        tokio::spawn(sweep_expired(Arc::downgrade(&gateway)));
+        gateway
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.lock().expect("clock lock").now(physical_now_us())
+    }
+
+    /// Runs `f` on open transaction `session`; an expired one is dropped and refused.
+    fn with<T>(
+        &self,
+        session: u64,
+        f: impl FnOnce(&mut Transaction) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let Some(txn) = sessions.get_mut(&session) else {
+            return Err(Status::failed_precondition(format!(
+                "no open transaction {session} (committed, aborted, expired, or the gateway restarted)"
+            )));
+        };
+        if let Err(e) = txn.check_alive(physical_now_us()) {
+            sessions.remove(&session);
+            return Err(Status::failed_precondition(e.to_string()));
+        }
+        f(txn)
+    }
+
+    async fn read(
+        &self,
+        shard: usize,
+        request: proto::ShardReadRequest,
+    ) -> Result<proto::ShardReadReply, Status> {
+        let mut client = self.shards[shard].1.clone();
+        let mut request = Request::new(request);
+        request.set_timeout(SHARD_CALL_TIMEOUT);
+        let reply = client.read(request).await.map_err(|e| match e.code() {
+            tonic::Code::Aborted
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument => e,
+            _ => Status::unavailable(format!("shard {} cannot be reached: {}", shard, e.message())),
+        })?;
+        let reply = reply.into_inner();
+        // The hybrid logical clock's receive rule: move past the shard's clock.
+        self.clock
+            .lock()
+            .expect("clock lock")
+            .observe(from_proto(reply.clock), physical_now_us())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(reply)
+    }
+
+    /// Why a shard refused `txn`, from the first branch that remembers.
+    async fn refusal(&self, txn: TxnId, shards: &[usize]) -> Option<String> {
+        for &s in shards {
+            let mut client = self.shards[s].1.clone();
+            let mut request = Request::new(proto::RefusalRequest { txn: txn.to_string() });
+            request.set_timeout(SHARD_CALL_TIMEOUT);
+            if let Ok(reply) = client.refusal(request).await {
+                let reason = reply.into_inner().reason;
+                if !reason.is_empty() {
+                    return Some(reason);
+                }
+            }
+        }
+        None
+    }
+
+    /// Submits the branches to the coordinator core and waits for the outcome.
+    async fn commit_branches(
+        &self,
+        branches: Vec<Branch<concord_kv::KvChange>>,
+        shards: &[usize],
+    ) -> Result<String, Status> {
+        let (reply, mut events) = mpsc::channel(4);
+        let call: Call<KvStore> = Box::new(move |node| node.submit(branches, reply));
+        self.handle.events.send(crate::driver::Event::Call(call)).await.map_err(|_| stopping())?;
+        let mut txn: Option<String> = None;
+        let outcome = tokio::time::timeout(COMMIT_TIMEOUT, async {
+            while let Some(event) = events.recv().await {
+                match event?.event {
+                    Some(submit_event::Event::Begun(id)) => txn = Some(id),
+                    Some(submit_event::Event::Outcome(info)) => return Ok(Some(info)),
+                    None => {}
+                }
+            }
+            Ok::<_, Status>(None)
+        })
+        .await;
+        let unknown = |txn: &Option<String>| {
+            Status::unknown(format!(
+                "the outcome of {} is unknown; ask `concord txn show {0}`",
+                txn.as_deref().unwrap_or("the transaction")
+            ))
+        };
+        let info = match outcome {
+            Ok(Ok(Some(info))) => info,
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) | Err(_) => return Err(unknown(&txn)),
+        };
+        match State::try_from(info.state) {
+            Ok(State::Committed | State::Committing) => Ok(info.txn),
+            Ok(State::Aborted) => {
+                let id: Option<TxnId> = info.txn.parse().ok();
+                let reason = match id {
+                    Some(id) => self.refusal(id, shards).await,
+                    None => None,
+                }
+                .unwrap_or_else(|| "a vote timed out or a shard could not be reached".into());
+                Err(Status::aborted(format!(
+                    "{} aborted: {reason}; retry the transaction",
+                    info.txn
+                )))
+            }
+            _ => Err(unknown(&Some(info.txn))),
+        }
+    }
+}
+
+/// Drops transactions that outlived their lifetime (their clients are gone or too slow).
+async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(gateway) = gateway.upgrade() else { return };
+        let now = physical_now_us();
+        gateway.sessions.lock().expect("sessions lock").retain(|_, t| t.check_alive(now).is_ok());
+    }
+}
+
+#[tonic::async_trait]
+impl proto::kv_server::Kv for Arc<Gateway> {
+    async fn begin(
+        &self,
+        request: Request<proto::KvBeginRequest>,
+    ) -> Result<Response<proto::KvBeginReply>, Status> {
+        let isolation = match request.into_inner().isolation.as_str() {
+            "" => Isolation::default(),
+            other => other.parse().map_err(invalid)?,
+        };
+        let start = self.now();
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
+        self.sessions.lock().expect("sessions lock").insert(session, txn);
+        Ok(Response::new(proto::KvBeginReply { session, start: Some(to_proto(start)) }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::KvGetRequest>,
+    ) -> Result<Response<proto::KvGetReply>, Status> {
+        let proto::KvGetRequest { session, key } = request.into_inner();
+        let lookup = self.with(session, |t| {
+            if let Some(own) = t.buffered(&key) {
+                return Ok(Lookup::Local(own.cloned()));
+            }
+            t.check_read(&key).map_err(invalid)?;
+            Ok(Lookup::Remote(t.start_ts))
+        })?;
+        let value = match lookup {
+            Lookup::Local(value) => value,
+            Lookup::Remote(at) => {
+                let shard = self.map.shard_of(&key);
+                let request = proto::ShardReadRequest {
+                    at: Some(to_proto(at)),
+                    key: key.clone(),
+                    range: None,
+                    limit: 0,
+                };
+                let reply = self.read(shard, request).await?;
+                self.with(session, |t| {
+                    t.record_read(&key);
+                    Ok(())
+                })?;
+                reply.found.then_some(reply.value)
+            }
+        };
+        Ok(Response::new(proto::KvGetReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<proto::KvScanRequest>,
+    ) -> Result<Response<proto::KvScanReply>, Status> {
+        let proto::KvScanRequest { session, range, limit } = request.into_inner();
+        let range = range_from_proto(range);
+        let limit = if limit == 0 { DEFAULT_SCAN_LIMIT } else { limit as usize };
+        let at = self.with(session, |t| {
+            t.check_scan(limit).map_err(invalid)?;
+            Ok(t.start_ts)
+        })?;
+        let mut rows = Vec::new();
+        let mut complete = true;
+        for (shard, piece) in self.map.pieces(&range) {
+            let remaining = limit - rows.len();
+            if remaining == 0 {
+                complete = false;
+                break;
+            }
+            let fetch = self.with(session, |t| Ok(t.scan_fetch_limit(&piece, remaining)))?;
+            let request = proto::ShardReadRequest {
+                at: Some(to_proto(at)),
+                key: Vec::new(),
+                range: Some(range_to_proto(&piece)),
+                limit: u32::try_from(fetch).unwrap_or(u32::MAX),
+            };
+            let reply = self.read(shard, request).await?;
+            let found = reply.rows.into_iter().map(|p| (p.key, p.value)).collect();
+            let (merged, piece_complete) = self
+                .with(session, |t| Ok(t.merge_scan(&piece, found, reply.exhausted, remaining)))?;
+            rows.extend(merged);
+            if !piece_complete {
+                complete = false;
+                break;
+            }
+        }
+        let rows = rows.into_iter().map(|(key, value)| proto::KvPair { key, value }).collect();
+        Ok(Response::new(proto::KvScanReply { rows, more: !complete }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<proto::KvPutRequest>,
+    ) -> Result<Response<proto::KvWriteReply>, Status> {
+        let proto::KvPutRequest { session, key, value } = request.into_inner();
+        self.with(session, |t| t.put(key, value).map_err(invalid))?;
+        Ok(Response::new(proto::KvWriteReply {}))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::KvDeleteRequest>,
+    ) -> Result<Response<proto::KvWriteReply>, Status> {
+        let proto::KvDeleteRequest { session, key } = request.into_inner();
+        self.with(session, |t| t.delete(key).map_err(invalid))?;
+        Ok(Response::new(proto::KvWriteReply {}))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<proto::KvCommitRequest>,
+    ) -> Result<Response<proto::KvCommitReply>, Status> {
+        let session = request.into_inner().session;
+        // Checked (alive) and taken: a commit consumes its session whatever the outcome.
+        self.with(session, |_| Ok(()))?;
+        let txn = self.sessions.lock().expect("sessions lock").remove(&session);
+        let Some(txn) = txn else {
+            return Err(Status::failed_precondition(format!("no open transaction {session}")));
+        };
+        if txn.is_read_only() {
+            // One consistent snapshot: nothing to validate or write.
+            return Ok(Response::new(proto::KvCommitReply { txn: String::new(), commit: None }));
+        }
+        let commit = self.now();
+        let changes = txn.changes(&self.map, commit);
+        let shards: Vec<usize> = changes.iter().map(|(s, _)| *s).collect();
+        let branches = changes
+            .into_iter()
+            .map(|(s, change)| Branch { node: self.shards[s].0, writes: change })
+            .collect();
+        let id = self.commit_branches(branches, &shards).await?;
+        Ok(Response::new(proto::KvCommitReply { txn: id, commit: Some(to_proto(commit)) }))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<proto::KvAbortRequest>,
+    ) -> Result<Response<proto::KvAbortReply>, Status> {
+        self.sessions.lock().expect("sessions lock").remove(&request.into_inner().session);
+        Ok(Response::new(proto::KvAbortReply {}))
+    }
+}
+
+/// What one attempt of a shard read found.
+enum Attempt {
+    Done(proto::ShardReadReply),
+    Blocked(TxnId),
+}
+
+#[tonic::async_trait]
+impl proto::kv_shard_server::KvShard for Handle<KvStore> {
+    async fn read(
+        &self,
+        request: Request<proto::ShardReadRequest>,
+    ) -> Result<Response<proto::ShardReadReply>, Status> {
+        let request = request.into_inner();
+        let at = from_proto(request.at);
+        let range = request.range.map(|r| range_from_proto(Some(r)));
+        let deadline = tokio::time::Instant::now() + READ_WAIT;
+        for attempt in 1u32.. {
+            let (key, range, limit) = (request.key.clone(), range.clone(), request.limit as usize);
+            let resolve = attempt.is_multiple_of(RESOLVE_EVERY);
+            let result = self
+                .ask(move |node| {
+                    let RoleState::Shard(p) = &mut node.role else {
+                        return Err(Status::failed_precondition("this node is not a shard"));
+                    };
+                    KvStore::before_input(p);
+                    let shard = p.resource_mut();
+                    let result = match &range {
+                        None => shard.get(&key, at).map(|value| proto::ShardReadReply {
+                            found: value.is_some(),
+                            value: value.unwrap_or_default(),
+                            ..Default::default()
+                        }),
+                        Some(range) => shard.scan(range, at, limit).map(|(rows, exhausted)| {
+                            proto::ShardReadReply {
+                                rows: rows
+                                    .into_iter()
+                                    .map(|(key, value)| proto::KvPair { key, value })
+                                    .collect(),
+                                exhausted,
+                                ..Default::default()
+                            }
+                        }),
+                    };
+                    let clock = Some(to_proto(shard.clock().last()));
+                    match result {
+                        Ok(reply) => Ok(Attempt::Done(proto::ShardReadReply { clock, ..reply })),
+                        Err(ReadError::Blocked { holder, .. }) => {
+                            if resolve {
+                                let mut out = Vec::new();
+                                p.inquire_now(holder, &mut out);
+                                node.carry_out(out);
+                            }
+                            Ok(Attempt::Blocked(holder))
+                        }
+                        Err(ReadError::TooOld { gc_point }) => Err(Status::failed_precondition(
+                            format!("read below the garbage-collection point {gc_point}: begin a new transaction"),
+                        )),
+                        Err(ReadError::Clock(e)) => Err(Status::failed_precondition(e.to_string())),
+                    }
+                })
+                .await??;
+            match result {
+                Attempt::Done(reply) => return Ok(Response::new(reply)),
+                Attempt::Blocked(holder) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Status::aborted(format!(
+                        "a read waited {} ms for prepared transaction {holder}, whose outcome could not be learned; retry",
+                        READ_WAIT.as_millis()
+                    )));
+                }
+                Attempt::Blocked(_) => tokio::time::sleep(READ_RETRY).await,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn refusal(
+        &self,
+        request: Request<proto::RefusalRequest>,
+    ) -> Result<Response<proto::RefusalReply>, Status> {
+        let txn: TxnId = request
+            .into_inner()
+            .txn
+            .parse()
+            .map_err(|e: concord_types::ParseTxnIdError| invalid(e))?;
+        let reason = self
+            .ask(move |node| match &node.role {
+                RoleState::Shard(p) => p.refusal(txn).map(ToString::to_string).unwrap_or_default(),
+                RoleState::Coordinator(_) => String::new(),
+            })
+            .await?;
+        Ok(Response::new(proto::RefusalReply { reason }))
+    }
+}
+
+/// Collects garbage on a shard now and then: versions older than `gc_ttl` that a newer one
+/// superseded, and read timestamps older than that.
+pub(crate) async fn collect_garbage(handle: Handle<KvStore>, gc_ttl: Duration) {
+    let every = (gc_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let ttl_us = u64::try_from(gc_ttl.as_micros()).unwrap_or(u64::MAX);
+        let asked = handle
+            .ask(move |node| {
+                if let RoleState::Shard(p) = &mut node.role {
+                    KvStore::before_input(p);
+                    let safe = Timestamp::new(physical_now_us().saturating_sub(ttl_us), 0);
+                    p.resource_mut().collect_garbage(safe);
+                    p.resource_mut().prune_reads(safe);
+                }
+            })
+            .await;
+        if asked.is_err() {
+            return; // the node is stopping
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! What a cluster's shards hold. The node loop, the coordinator and the peer protocol are the
+//! same for every model; a model says what a branch's change is and serves what only it can
+//! (the delta API's submissions and shard reads).
+//!
+//! * [`Deltas`] — signed values under `u64` keys, changed by deltas that may not take a value
+//!   below zero (`concord txn submit`, `concord transfer`, the crash test and the transfer bench).
+//! * [`KvStore`] — the transactional key-value store: MVCC shards, interactive transactions at
+//!   the coordinator (`concord kv`).
+
+use concord_commit::store::Store;
+use concord_commit::two_phase::{self, Participant};
+use concord_commit::{Branch, Resource};
+use concord_kv::MvccShard;
+use concord_types::{NodeId, Write};
+use tonic::Status;
+
+use std::sync::Arc;
+
+use crate::config::{ClusterConfig, Role, MAX_WRITES_PER_TXN};
+use crate::kv::Gateway;
+use crate::proto;
+use crate::service::Handle;
+
+pub(crate) type Change<M> = <<M as Model>::Resource as Resource>::Change;
+pub(crate) type Snapshot<M> = <<M as Model>::Resource as Resource>::Snapshot;
+pub(crate) type Msg<M> = two_phase::Msg<Change<M>>;
+pub(crate) type Record<M> = two_phase::Record<Change<M>, Snapshot<M>>;
+
+pub(crate) trait Model: Send + Sync + Sized + 'static {
+    type Resource: Resource<Change: Send + Sync, Snapshot: Send + Sync, Refusal: Send + Sync>
+        + Send
+        + Sync
+        + 'static;
+
+    /// A shard's resource, as the configuration asks for it.
+    fn resource(config: &ClusterConfig) -> Self::Resource;
+
+    /// The delta API: a client's writes as one branch per shard.
+    fn branches(
+        config: &ClusterConfig,
+        writes: &[proto::WriteOp],
+    ) -> Result<Vec<Branch<Change<Self>>>, Status>;
+
+    /// The delta API: a shard's values.
+    fn read_shard(
+        shard: &Participant<Self::Resource>,
+        keys: &[u64],
+    ) -> Result<proto::ReadShardReply, Status>;
+
+    /// Before every input to a shard's core (the KV store reads its clock here).
+    fn before_input(_shard: &mut Participant<Self::Resource>) {}
+
+    /// After a shard replayed its log.
+    fn after_restart(_shard: &mut Participant<Self::Resource>) {}
+
+    /// The key-value services a node of this role serves: the gateway at the coordinator, the
+    /// read service at shards (with its garbage collector started). None for other models.
+    fn kv_services(
+        _handle: &Handle<Self>,
+        _role: Role,
+    ) -> (Option<Arc<Gateway>>, Option<Handle<KvStore>>) {
+        (None, None)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Deltas;
+
+impl Model for Deltas {
+    type Resource = Store;
+
+    fn resource(_: &ClusterConfig) -> Store {
+        Store::default()
+    }
+
+    fn branches(
+        config: &ClusterConfig,
+        writes: &[proto::WriteOp],
+    ) -> Result<Vec<Branch<Vec<Write>>>, Status> {
+        if writes.is_empty() {
+            return Err(Status::invalid_argument("a transaction needs at least one write"));
+        }
+        if writes.len() > MAX_WRITES_PER_TXN {
+            return Err(Status::invalid_argument(format!(
+                "{} writes; at most {MAX_WRITES_PER_TXN} per transaction",
+                writes.len()
+            )));
+        }
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<Write>> = Default::default();
+        for op in writes {
+            let shard = config
+                .nodes
+                .iter()
+                .find(|n| n.name == op.shard && n.role == Role::Shard)
+                .ok_or_else(|| {
+                let known: Vec<&str> = config.shards().map(|n| n.name.as_str()).collect();
+                Status::invalid_argument(format!(
+                    "unknown shard `{}`; the shards are {}",
+                    op.shard,
+                    known.join(", ")
+                ))
+            })?;
+            by_shard.entry(shard.id).or_default().push(Write { key: op.key, delta: op.delta });
+        }
+        Ok(by_shard.into_iter().map(|(id, writes)| Branch { node: NodeId(id), writes }).collect())
+    }
+
+    fn read_shard(
+        shard: &Participant<Store>,
+        keys: &[u64],
+    ) -> Result<proto::ReadShardReply, Status> {
+        let store = shard.resource();
+        let values = if keys.is_empty() {
+            store.values().iter().map(|(&key, &value)| proto::KeyValue { key, value }).collect()
+        } else {
+            keys.iter().map(|&key| proto::KeyValue { key, value: store.value(key) }).collect()
+        };
+        Ok(proto::ReadShardReply {
+            values,
+            locked_keys: u32::try_from(store.locked_keys()).unwrap_or(u32::MAX),
+            in_doubt: shard.in_doubt().iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct KvStore;
+
+impl Model for KvStore {
+    type Resource = MvccShard;
+
+    fn resource(config: &ClusterConfig) -> MvccShard {
+        MvccShard::new(config.kv.as_ref().map_or(500, |kv| kv.max_offset_ms) * 1_000)
+    }
+
+    fn branches(
+        _: &ClusterConfig,
+        _: &[proto::WriteOp],
+    ) -> Result<Vec<Branch<Change<Self>>>, Status> {
+        Err(Status::failed_precondition(
+            "this cluster is a key-value store: use its transactions (`concord kv`), not deltas",
+        ))
+    }
+
+    fn read_shard(_: &Participant<MvccShard>, _: &[u64]) -> Result<proto::ReadShardReply, Status> {
+        Err(Status::failed_precondition(
+            "this cluster is a key-value store: read it with `concord kv get` or `scan`",
+        ))
+    }
+
+    fn before_input(shard: &mut Participant<MvccShard>) {
+        shard.resource_mut().set_physical_time(crate::kv::physical_now_us());
+    }
+
+    fn after_restart(shard: &mut Participant<MvccShard>) {
+        Self::before_input(shard);
+        shard.resource_mut().restarted();
+    }
+
+    fn kv_services(
+        handle: &Handle<Self>,
+        role: Role,
+    ) -> (Option<Arc<Gateway>>, Option<Handle<KvStore>>) {
+        match role {
+            Role::Coordinator => (Some(Gateway::start(handle.clone(), &handle.config)), None),
+            Role::Shard => {
+                let ttl = handle.config.kv.as_ref().map_or(60_000, |kv| kv.gc_ttl_ms);
+                tokio::spawn(crate::kv::collect_garbage(
+                    handle.clone(),
+                    std::time::Duration::from_millis(ttl),
+                ));
+                (None, Some(handle.clone()))
+            }
+        }
+    }
+}
