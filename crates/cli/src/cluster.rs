@@ -46,40 +46,60 @@ pub fn serve(config: &Path, node: &str, data_dir: Option<PathBuf>) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// The configuration a dev directory already holds (its nodes' data must keep their names),
+/// or a new one, written there.
+fn dev_config(path: &Path, new: impl FnOnce() -> ClusterConfig) -> Result<ClusterConfig, String> {
+    if path.exists() {
+        return ClusterConfig::load(path).map_err(|e| e.to_string());
+    }
+    let config = new();
+    std::fs::write(path, config.to_toml())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(config)
+}
+
 /// `concord dev`: a coordinator and shards on loopback, in this process.
 pub fn dev(data_dir: &Path, shards: u32, port: u16) -> Result<ExitCode, String> {
-    if !(1..=16).contains(&shards) {
-        return Err("--shards must be between 1 and 16".into());
+    // The key-value store's ports start at --port + 10.
+    if !(1..=9).contains(&shards) {
+        return Err("--shards must be between 1 and 9".into());
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let config_path = data_dir.join("concord.toml");
-    let config = if config_path.exists() {
-        // The cluster this directory already holds: its nodes' data must keep their names.
-        ClusterConfig::load(&config_path).map_err(|e| e.to_string())?
-    } else {
-        let config = ClusterConfig::local("dev", shards, port);
-        std::fs::write(&config_path, config.to_toml())
-            .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let config =
+        dev_config(&data_dir.join("concord.toml"), || ClusterConfig::local("dev", shards, port))?;
+    let kv_dir = data_dir.join("kv");
+    std::fs::create_dir_all(&kv_dir)
+        .map_err(|e| format!("cannot create {}: {e}", kv_dir.display()))?;
+    let kv_config = dev_config(&kv_dir.join("concord.toml"), || {
+        let mut config = ClusterConfig::local("dev-kv", shards, port + 10);
+        config.kv = Some(concord_node::config::KvConfig::default());
         config
-    };
+    })?;
     let coordinator = config.coordinator().listen;
+    let gateway = kv_config.coordinator().listen;
     runtime()?.block_on(async move {
         let shutdown = shutdown_on_signal();
         let mut nodes = tokio::task::JoinSet::new();
-        for node in &config.nodes {
-            let (config, name, dir) =
-                (config.clone(), node.name.clone(), data_dir.join(&node.name));
-            let shutdown = shutdown.clone();
-            nodes.spawn(async move {
-                concord_node::serve(config, &name, &dir, shutdown)
-                    .await
-                    .map_err(|e| format!("{name}: {e}"))
-            });
+        for (config, dir) in [(&config, data_dir), (&kv_config, kv_dir.as_path())] {
+            for node in &config.nodes {
+                let (config, name, dir) = (config.clone(), node.name.clone(), dir.join(&node.name));
+                let shutdown = shutdown.clone();
+                nodes.spawn(async move {
+                    concord_node::serve(config, &name, &dir, shutdown)
+                        .await
+                        .map_err(|e| format!("{name}: {e}"))
+                });
+            }
         }
         println!("Concord dev cluster `{}` (2PC, durable logs under {})", config.cluster, data_dir.display());
         for node in &config.nodes {
             println!("  {:<12} {:<12} {}", node.name, node.role.to_string(), node.listen);
+        }
+        println!("Key-value store `{}` (MVCC shards, serializable; data under {})", kv_config.cluster, kv_dir.display());
+        for node in &kv_config.nodes {
+            let role = if node.role == concord_node::config::Role::Coordinator { "gateway".to_string() } else { node.role.to_string() };
+            println!("  {:<12} {:<12} {}", node.name, role, node.listen);
         }
         let first = config.shards().next().map_or("shard-1", |n| n.name.as_str()).to_string();
         let second = config.shards().nth(1).map_or(first.as_str(), |n| n.name.as_str()).to_string();
@@ -90,6 +110,8 @@ pub fn dev(data_dir: &Path, shards: u32, port: u16) -> Result<ExitCode, String> 
         println!("  concord txn show <ID>");
         println!("  concord shard read {first}");
         println!("  concord bench transfer --shards 3 --clients 1,16 --duration 5s");
+        println!("  concord kv put greeting hello       # add --gateway {gateway} if you changed the port");
+        println!("  concord kv txn 'get greeting; put counter 1; scan'");
         println!("\nCtrl-C stops the cluster; its data stays in {}.", data_dir.display());
         while let Some(ended) = nodes.join_next().await {
             match ended {

@@ -8,6 +8,7 @@ mod client;
 mod cluster;
 mod crash_test;
 mod databases;
+mod kv;
 mod sim;
 
 use std::net::SocketAddr;
@@ -29,7 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// A coordinator and shards on loopback in this process, data under ./concord-data.
+    /// Two clusters on loopback in this process, data under ./concord-data: the delta cluster
+    /// (coordinator on --port, shards after it) and the key-value store (gateway on --port + 10).
     Dev {
         #[arg(long, default_value = "./concord-data")]
         data_dir: PathBuf,
@@ -54,6 +56,16 @@ enum Command {
     Txn {
         #[command(subcommand)]
         command: client::TxnCommand,
+    },
+    /// The transactional key-value store: get, put, del, scan, or a script run atomically.
+    Kv {
+        #[arg(long, default_value = kv::DEFAULT_GATEWAY, global = true)]
+        gateway: SocketAddr,
+        /// serializable (default) or snapshot.
+        #[arg(long, default_value = "serializable", global = true)]
+        isolation: String,
+        #[command(subcommand)]
+        command: kv::KvCommand,
     },
     /// Move an amount between two accounts (SHARD:KEY), atomically.
     Transfer {
@@ -120,6 +132,7 @@ fn main() -> ExitCode {
         Command::Dev { data_dir, shards, port } => cluster::dev(&data_dir, shards, port),
         Command::Serve { config, node, data_dir } => cluster::serve(&config, &node, data_dir),
         Command::Txn { command } => client::run_txn(command),
+        Command::Kv { gateway, isolation, command } => kv::run(gateway, &isolation, command),
         Command::Transfer { from, to, amount, coordinator } => {
             client::run_transfer(&from, &to, amount, coordinator)
         }

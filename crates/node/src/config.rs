@@ -27,7 +27,8 @@
 //! checkpoint_every = 100000      # records appended between checkpoints
 //!
 //! [kv]                           # optional: makes the cluster a key-value store
-//! splits = ["g", "n"]            # shard i holds keys from splits[i-1] to splits[i] (shards by id)
+//! splits = ["g", "n"]            # shard i holds keys from splits[i-1] to splits[i] (shards by id);
+//!                                # default: even splits of the letters a…z
 //! max_offset_ms = 500            # timestamps further ahead of a node's clock are refused
 //! gc_ttl_ms = 60000              # versions older than this (and superseded) are collected
 //! ```
@@ -64,7 +65,7 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvConfig {
-    /// Split points between shards (shards in id order); empty: even splits of the first byte.
+    /// Split points between shards (shards in id order); empty: even splits of `a`…`z`.
     pub splits: Vec<String>,
     pub max_offset_ms: u64,
     pub gc_ttl_ms: u64,
@@ -80,7 +81,10 @@ impl KvConfig {
     /// The shard map for `shards` shards.
     pub fn shard_map(&self, shards: usize) -> Result<concord_kv::ShardMap, String> {
         let splits: Vec<Vec<u8>> = if self.splits.is_empty() {
-            (1..shards).map(|i| vec![u8::try_from(i * 256 / shards).expect("below 256")]).collect()
+            // Even splits of the lowercase alphabet: human-typed keys spread over the shards.
+            (1..shards)
+                .map(|i| vec![b'a' + u8::try_from(i * 26 / shards).expect("below 26")])
+                .collect()
         } else {
             self.splits.iter().map(|s| s.as_bytes().to_vec()).collect()
         };

@@ -1,0 +1,261 @@
+//! A client for Concord's transactional key-value store.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), concord_client::KvError> {
+//! let kv = concord_client::KvClient::connect("127.0.0.1:7710".parse().unwrap());
+//! // Moves 10 from a to b; retried (bounded) on conflicts.
+//! kv.transact(async |txn| {
+//!     let a: i64 = txn.get_str("a").await?.map_or(0, |v| v.parse().unwrap_or(0));
+//!     let b: i64 = txn.get_str("b").await?.map_or(0, |v| v.parse().unwrap_or(0));
+//!     txn.put("a", (a - 10).to_string()).await?;
+//!     txn.put("b", (b + 10).to_string()).await?;
+//!     Ok(())
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Errors say what the caller can do: [`KvError::is_retryable`] conflicts and unreachable
+//! shards (run the transaction again — `transact` does), [`KvError::OutcomeUnknown`] (ask for
+//! the named transaction's status; do not blindly retry a non-idempotent transaction),
+//! [`KvError::Invalid`] (a limit; fix the request).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use concord_node::proto::{self, kv_client};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Isolation levels (see docs/kv.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    #[default]
+    Serializable,
+    Snapshot,
+}
+
+impl Isolation {
+    fn name(self) -> &'static str {
+        match self {
+            Isolation::Serializable => "serializable",
+            Isolation::Snapshot => "snapshot",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// Another transaction got in the way (which key, which transaction: in the message).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The transaction is unknown, expired or older than garbage collection allows.
+    #[error("transaction too old or gone: {0}")]
+    TooOld(String),
+    /// The commit may or may not have happened; the message names the transaction to ask about.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A limit or a malformed request.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The gateway or a shard could not be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl KvError {
+    /// Whether running the whole transaction again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, KvError::Conflict(_) | KvError::TooOld(_) | KvError::Unavailable(_))
+    }
+}
+
+impl From<Status> for KvError {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Aborted => KvError::Conflict(message),
+            Code::FailedPrecondition => KvError::TooOld(message),
+            Code::Unknown => KvError::OutcomeUnknown(message),
+            Code::InvalidArgument | Code::ResourceExhausted => KvError::Invalid(message),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                KvError::Unavailable(message)
+            }
+            _ => KvError::Other(format!("{:?}: {message}", status.code())),
+        }
+    }
+}
+
+/// Per-call deadline for reads and writes; a commit may take longer (it waits for the log).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(35);
+/// `transact` tries this many times, backing off from 2 ms, doubling, capped at 200 ms.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// A connection to a key-value cluster's gateway (its coordinator).
+#[derive(Clone, Debug)]
+pub struct KvClient {
+    inner: kv_client::KvClient<Channel>,
+    isolation: Isolation,
+}
+
+impl KvClient {
+    /// Connects lazily: the first call opens the connection. Call it inside a tokio runtime.
+    pub fn connect(gateway: SocketAddr) -> Self {
+        let inner = kv_client::KvClient::new(concord_node::channel(gateway))
+            .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES);
+        KvClient { inner, isolation: Isolation::default() }
+    }
+
+    /// Transactions begun from now on use `isolation`.
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    pub async fn begin(&self) -> Result<Txn, KvError> {
+        let mut inner = self.inner.clone();
+        let begin = proto::KvBeginRequest { isolation: self.isolation.name().into() };
+        let reply = inner.begin(request(begin, CALL_TIMEOUT)).await?.into_inner();
+        Ok(Txn { inner, session: reply.session })
+    }
+
+    /// Runs `body` in a transaction and commits it, running it again (bounded, with backoff)
+    /// when it fails with a retryable error. The body may run more than once: keep effects
+    /// outside the database out of it.
+    pub async fn transact<T>(
+        &self,
+        mut body: impl AsyncFnMut(&mut Txn) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let mut backoff = Duration::from_millis(2);
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let mut txn = self.begin().await?;
+                match body(&mut txn).await {
+                    Ok(value) => {
+                        txn.commit().await?;
+                        Ok(value)
+                    }
+                    Err(error) => {
+                        let _ = txn.abort().await;
+                        Err(error)
+                    }
+                }
+            }
+            .await;
+            match result {
+                Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    // Jitter from the clock's low bits spreads clients that collided.
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos());
+                    let jitter = backoff.mul_f64(f64::from(nanos % 1_000) / 1_000.0);
+                    tokio::time::sleep(backoff / 2 + jitter / 2).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// An open transaction. Dropping it without `commit` abandons it (the gateway drops it when its
+/// lifetime ends); `abort` says so at once.
+#[derive(Debug)]
+pub struct Txn {
+    inner: kv_client::KvClient<Channel>,
+    session: u64,
+}
+
+impl Txn {
+    pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, KvError> {
+        let get = proto::KvGetRequest { session: self.session, key: key.as_ref().to_vec() };
+        let reply = self.inner.get(request(get, CALL_TIMEOUT)).await?.into_inner();
+        Ok(reply.found.then_some(reply.value))
+    }
+
+    /// `get` for text values.
+    pub async fn get_str(&mut self, key: impl AsRef<[u8]>) -> Result<Option<String>, KvError> {
+        let value = self.get(key).await?;
+        value
+            .map(|v| {
+                String::from_utf8(v).map_err(|_| KvError::Invalid("the value is not text".into()))
+            })
+            .transpose()
+    }
+
+    pub async fn put(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), KvError> {
+        let put = proto::KvPutRequest {
+            session: self.session,
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        };
+        self.inner.put(request(put, CALL_TIMEOUT)).await?;
+        Ok(())
+    }
+
+    pub async fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<(), KvError> {
+        let delete = proto::KvDeleteRequest { session: self.session, key: key.as_ref().to_vec() };
+        self.inner.delete(request(delete, CALL_TIMEOUT)).await?;
+        Ok(())
+    }
+
+    /// Up to `limit` rows from `start` (inclusive) to `end` (exclusive; `None`: to the end), in
+    /// key order, and whether more remain.
+    pub async fn scan(
+        &mut self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), KvError> {
+        let range = proto::KeyRange {
+            start: start.as_ref().to_vec(),
+            end: end.map(<[u8]>::to_vec).unwrap_or_default(),
+            to_the_end: end.is_none(),
+        };
+        let scan = proto::KvScanRequest { session: self.session, range: Some(range), limit };
+        let reply = self.inner.scan(request(scan, CALL_TIMEOUT)).await?.into_inner();
+        Ok((reply.rows.into_iter().map(|p| (p.key, p.value)).collect(), reply.more))
+    }
+
+    /// Commits; returns the transaction id (`None` for a read-only transaction, which has
+    /// nothing to commit).
+    pub async fn commit(mut self) -> Result<Option<String>, KvError> {
+        let commit = proto::KvCommitRequest { session: self.session };
+        let reply = self.inner.commit(request(commit, COMMIT_TIMEOUT)).await;
+        match reply {
+            Ok(reply) => {
+                let txn = reply.into_inner().txn;
+                Ok((!txn.is_empty()).then_some(txn))
+            }
+            // A lost connection during commit leaves the outcome unknown, not failed.
+            Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
+                Err(KvError::OutcomeUnknown(format!(
+                    "the gateway did not answer the commit ({}); list recent transactions with `concord txn ls`",
+                    status.message()
+                )))
+            }
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    pub async fn abort(mut self) -> Result<(), KvError> {
+        let abort = proto::KvAbortRequest { session: self.session };
+        self.inner.abort(request(abort, CALL_TIMEOUT)).await?;
+        Ok(())
+    }
+}
