@@ -36,6 +36,8 @@ pub struct Options {
     pub clients: u32,
     pub seed: u64,
     pub dir: PathBuf,
+    /// Run the key-value store's bank workload instead of the delta transfers.
+    pub kv: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,15 +68,15 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
     listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
 }
 
-struct Cluster {
-    config: ClusterConfig,
-    config_path: PathBuf,
-    dir: PathBuf,
-    children: BTreeMap<String, Child>,
+pub(crate) struct Cluster {
+    pub config: ClusterConfig,
+    pub config_path: PathBuf,
+    pub dir: PathBuf,
+    pub children: BTreeMap<String, Child>,
 }
 
 impl Cluster {
-    fn start_node(&mut self, name: &str) -> Result<(), String> {
+    pub fn start_node(&mut self, name: &str) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,7 +99,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn kill(&mut self, name: &str) -> Result<(), String> {
+    pub fn kill(&mut self, name: &str) -> Result<(), String> {
         if let Some(mut child) = self.children.remove(name) {
             child.kill().map_err(|e| format!("SIGKILL {name}: {e}"))?; // SIGKILL on Unix
             child.wait().map_err(|e| e.to_string())?;
@@ -105,12 +107,12 @@ impl Cluster {
         Ok(())
     }
 
-    fn address(&self, name: &str) -> SocketAddr {
+    pub fn address(&self, name: &str) -> SocketAddr {
         self.config.node(name).expect("a configured node").listen
     }
 
     /// Waits (bounded) until `name` answers its health check; fails if it exited.
-    async fn wait_healthy(&mut self, name: &str) -> Result<(), String> {
+    pub async fn wait_healthy(&mut self, name: &str) -> Result<(), String> {
         let address = self.address(name);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -154,6 +156,9 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
     let ports = free_ports(4)?;
     let mut config = ClusterConfig::local("crash-test", 3, 0);
+    if options.kv {
+        config.kv = Some(crate::crash_kv::kv_config());
+    }
     for (node, port) in config.nodes.iter_mut().zip(&ports) {
         node.listen.set_port(*port);
     }
@@ -170,6 +175,9 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
     std::fs::write(&config_path, config.to_toml()).map_err(|e| e.to_string())?;
     let mut cluster =
         Cluster { config, config_path, dir: options.dir.clone(), children: BTreeMap::new() };
+    if options.kv {
+        return runtime()?.block_on(crate::crash_kv::run(&mut cluster, options));
+    }
     runtime()?.block_on(run_cluster(&mut cluster, options))
 }
 

@@ -6,6 +6,7 @@ mod bench;
 mod bench_transfer;
 mod client;
 mod cluster;
+mod crash_kv;
 mod crash_test;
 mod databases;
 mod kv;
@@ -92,6 +93,10 @@ enum Command {
         /// Working directory (emptied first); node logs stay here.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The key-value store's bank workload: transfers and full-table audits through
+        /// interactive transactions; every audit must see the constant total.
+        #[arg(long)]
+        kv: bool,
     },
     /// Real databases (PostgreSQL, MariaDB/MySQL) as 2PC participants: run the database
     /// coordinator, run a transaction across databases.
@@ -139,10 +144,10 @@ fn main() -> ExitCode {
         Command::Shard { command } => client::run_shard(command),
         Command::Db { command } => databases::run(command),
         Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
-        Command::CrashTest { cycles, soak, clients, seed, dir } => {
+        Command::CrashTest { cycles, soak, clients, seed, dir, kv } => {
             let cycles = if soak && cycles == 50 { 1_000 } else { cycles };
             let dir = dir.unwrap_or_else(crash_test::default_dir);
-            crash_test::run(&crash_test::Options { cycles, clients, seed, dir })
+            crash_test::run(&crash_test::Options { cycles, clients, seed, dir, kv })
         }
         Command::Sim { command } => sim::run(command),
         Command::Bench { command } => bench::run(command),

@@ -17,15 +17,17 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// Four consecutive free ports (coordinator and three shards).
+/// A free port for `concord dev`: it and the next three (the delta cluster), and 10 to 13 after
+/// it (the key-value store).
 fn free_base_port() -> u16 {
     for _ in 0..100 {
         let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base < 60_000 && (1..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        let free = |i: u16| TcpListener::bind(("127.0.0.1", base + i)).is_ok();
+        if base < 60_000 && (1..4).chain(10..14).all(free) {
             return base;
         }
     }
-    panic!("no four free consecutive ports");
+    panic!("no free ports for a dev cluster");
 }
 
 struct Dev {
@@ -152,5 +154,82 @@ fn a_misspelt_config_field_and_a_foreign_data_directory_are_refused_by_name() {
     assert!(out.contains("belongs to another node or version"), "{out}");
     let out = text(&concord(&["serve", "--config", config.to_str().unwrap(), "--node", "zz"]));
     assert!(out.contains("no such node"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `concord kv` against the key-value store `concord dev` serves next to the delta cluster.
+#[test]
+fn the_dev_key_value_store_answers_concord_kv_and_keeps_its_data_across_a_kill() {
+    let dir = temp("dev-kv");
+    let port = free_base_port();
+    let gateway = format!("127.0.0.1:{}", port + 10);
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv", "--gateway", &gateway];
+        all.extend(args);
+        concord(&all)
+    };
+    let ok = |output: Output| {
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let wait_for_gateway = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !kv(&["get", "probe"]).status.success() {
+            assert!(Instant::now() < deadline, "the key-value store did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut dev = start_dev(&dir, port);
+    wait_for_gateway();
+    ok(kv(&["put", "greeting", "hello"]));
+    assert_eq!(ok(kv(&["get", "greeting"])), "greeting = hello\n");
+    let script = ok(kv(&["txn", "get greeting; put counter 1; put zebra z; del nothing; scan"]));
+    assert_eq!(
+        script,
+        "greeting = hello\nput counter\nput zebra\ndeleted nothing\ncounter = 1\ngreeting = hello\nzebra = z\ncommitted\n"
+    );
+    ok(kv(&["del", "counter"]));
+    assert_eq!(ok(kv(&["scan", "a", "h"])), "greeting = hello\n");
+    assert_eq!(ok(kv(&["get", "counter"])), "counter (not found)\n");
+    assert_eq!(
+        ok(kv(&["--isolation", "snapshot", "scan", "--limit", "1"])),
+        "greeting = hello\n… (more than 1; use --limit or narrow the range)\n"
+    );
+
+    // Clear errors: a limit, a script mistake, an empty key.
+    let big = kv(&["get", ""]);
+    assert!(
+        !big.status.success() && text(&big).contains("keys may not be empty"),
+        "{}",
+        text(&big)
+    );
+    let bad = kv(&["txn", "get a; frob b"]);
+    assert!(!bad.status.success() && text(&bad).contains("operation 2 `frob b`"), "{}", text(&bad));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["kv", "--gateway", &gateway, "txn", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let value = "x".repeat(300 << 10);
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), format!("put big {value}").as_bytes())
+        .unwrap();
+    drop(child.stdin.take());
+    let too_big = child.wait_with_output().unwrap();
+    assert!(
+        !too_big.status.success() && text(&too_big).contains("exceeds the limit of 262144"),
+        "{}",
+        text(&too_big)
+    );
+
+    // SIGKILL the whole dev process; its data survives in the logs.
+    let _ = dev.child.kill();
+    let _ = dev.child.wait();
+    dev = start_dev(&dir, port);
+    wait_for_gateway();
+    assert_eq!(ok(kv(&["get", "greeting"])), "greeting = hello\n");
+    assert_eq!(ok(kv(&["get", "zebra"])), "zebra = z\n");
+    drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }

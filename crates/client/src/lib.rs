@@ -131,6 +131,10 @@ impl KvClient {
     /// Runs `body` in a transaction and commits it, running it again (bounded, with backoff)
     /// when it fails with a retryable error. The body may run more than once: keep effects
     /// outside the database out of it.
+    ///
+    /// Rust cannot yet prove an async closure's future `Send`, so run `transact` on the task
+    /// that awaits it (or in a `tokio::task::LocalSet`), not inside `tokio::spawn`; or use
+    /// [`KvClient::begin`] and the [`Txn`] methods directly, which are `Send`.
     pub async fn transact<T>(
         &self,
         mut body: impl AsyncFnMut(&mut Txn) -> Result<T, KvError>,
