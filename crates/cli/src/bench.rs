@@ -27,6 +27,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Interactive transactions on the key-value store (3 shards, durable): single-shard,
+    /// cross-shard and a mixed read/write workload, against the same run's floor.
+    Kv {
+        #[arg(long, default_value = "./concord-data/bench")]
+        dir: PathBuf,
+        /// Comma-separated: single, cross, mixed.
+        #[arg(long, default_value = "single,cross,mixed")]
+        workloads: String,
+        /// Comma-separated client counts.
+        #[arg(long, default_value = "1,16,64")]
+        clients: String,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable cross-shard transfers through a cluster on loopback, against the same run's floor.
     Transfer {
         #[arg(long, default_value = "./concord-data/bench")]
@@ -120,6 +136,15 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Kv { dir, workloads, clients, duration, json } => {
+            crate::bench_kv::run(&crate::bench_kv::Options {
+                dir: &dir,
+                workloads: crate::bench_kv::Workload::parse_list(&workloads)?,
+                clients: parse_clients(&clients)?,
+                duration,
+                json,
+            })
         }
         BenchCommand::Transfer { dir, shards, clients, duration, json } => {
             let clients = parse_clients(&clients)?;

@@ -3,6 +3,7 @@
 //! real processes and checks what survives.
 
 mod bench;
+mod bench_kv;
 mod bench_transfer;
 mod client;
 mod cluster;

@@ -45,3 +45,28 @@ fn log_bench_compares_group_commit_with_a_sync_per_append() {
     let bad = concord(&["bench", "log", "--clients", "0"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn kv_bench_runs_every_workload_and_reports_the_floor() {
+    let out = concord(&[
+        "bench",
+        "kv",
+        "--dir",
+        &scratch("kv"),
+        "--clients",
+        "2",
+        "--duration",
+        "500ms",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["floor"]["fsync_p50_us"].is_u64(), "{v}");
+    let runs = v["runs"].as_array().expect("runs");
+    let workloads: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    assert_eq!(workloads, ["single", "cross", "mixed"]);
+    for run in runs {
+        assert!(run["committed"].as_u64().unwrap() > 0, "nothing committed: {run}");
+        assert_eq!(run["failed"].as_u64(), Some(0), "{run}");
+    }
+}
