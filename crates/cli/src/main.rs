@@ -125,6 +125,9 @@ enum Command {
         #[command(subcommand)]
         command: sim::SimCommand,
     },
+    /// Check a list-append history in Elle's JSON format (from `concord sim kv --history` or
+    /// any other system) for G0, G1a, G1b, G1c, G-single and G2.
+    Check { history: PathBuf },
     /// Measurements on this machine's disk and network.
     Bench {
         #[command(subcommand)]
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
             crash_test::run(&crash_test::Options { cycles, clients, seed, dir, kv })
         }
         Command::Sim { command } => sim::run(command),
+        Command::Check { history } => check_history(&history),
         Command::Bench { command } => bench::run(command),
     };
     match result {
@@ -160,4 +164,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `concord check FILE`: the list-append checker on a recorded history.
+fn check_history(path: &std::path::Path) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let history = concord_check::History::from_elle_json(&text)
+        .map_err(|e| format!("{}: not an Elle list-append history: {e}", path.display()))?;
+    let report = concord_check::check(&history);
+    println!("{report}");
+    Ok(if report.is_valid() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -184,3 +184,41 @@ fn a_failing_sweep_seed_can_be_replayed() {
     let bad = concord(&["sim", "replay", "--protocol", "2pc", "--seed", "0xZZ"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn kv_histories_are_written_in_elle_json_and_checked_by_concord_check() {
+    let dir = std::env::temp_dir().join(format!("concord-sim-kv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let serializable = dir.join("serializable.json");
+    let out = concord(&["sim", "kv", "--runs", "5", "--history", serializable.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("0 runs with anomalies"), "{}", stdout(&out));
+    let text = std::fs::read_to_string(&serializable).unwrap();
+    assert!(text.starts_with("[{") && text.contains(r#""f":"txn""#), "Elle JSON");
+    let check = concord(&["check", serializable.to_str().unwrap()]);
+    assert!(
+        check.status.success() && stdout(&check).contains("no anomalies"),
+        "{}",
+        stdout(&check)
+    );
+
+    // Snapshot isolation allows write skew: the checker reports it and exits 1.
+    let snapshot = dir.join("snapshot.json");
+    let out = concord(&[
+        "sim",
+        "kv",
+        "--runs",
+        "1",
+        "--seed",
+        "1",
+        "--isolation",
+        "snapshot",
+        "--history",
+        snapshot.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let check = concord(&["check", snapshot.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(stdout(&check).contains("G2"), "{}", stdout(&check));
+    let _ = std::fs::remove_dir_all(&dir);
+}
