@@ -79,10 +79,11 @@ impl From<Status> for KvError {
             Code::Aborted => KvError::Conflict(message),
             Code::FailedPrecondition => KvError::TooOld(message),
             Code::Unknown => KvError::OutcomeUnknown(message),
-            Code::InvalidArgument | Code::ResourceExhausted => KvError::Invalid(message),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                KvError::Unavailable(message)
-            }
+            Code::InvalidArgument => KvError::Invalid(message),
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted => KvError::Unavailable(message),
             _ => KvError::Other(format!("{:?}: {message}", status.code())),
         }
     }

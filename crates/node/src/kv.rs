@@ -70,6 +70,8 @@ const RESOLVE_EVERY: u32 = 4;
 const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SCAN_LIMIT: usize = 100;
+/// Open transactions a gateway holds at most; beyond, `begin` is refused (RESOURCE_EXHAUSTED).
+const MAX_OPEN_TRANSACTIONS: usize = 100_000;
 
 /// The gateway: open transactions and the way to the shards and the coordinator core.
 pub(crate) struct Gateway {
@@ -257,7 +259,14 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         let start = self.now();
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
-        self.sessions.lock().expect("sessions lock").insert(session, txn);
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions.len() >= MAX_OPEN_TRANSACTIONS {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_OPEN_TRANSACTIONS} transactions are open at this gateway; commit or abort some, or retry later"
+            )));
+        }
+        sessions.insert(session, txn);
+        drop(sessions);
         Ok(Response::new(proto::KvBeginReply { session, start: Some(to_proto(start)) }))
     }
 
