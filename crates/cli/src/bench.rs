@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
+use concord_node::config::ClusterConfig;
 use concord_sim::histogram::Histogram;
 use concord_wal::{FileLog, GroupCommit};
 
@@ -195,6 +196,109 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A run's physical floor, measured on the bench directory before the cluster loads the
+/// machine: fdatasync latency and the loopback TCP round trip.
+#[derive(Debug)]
+pub struct Floor {
+    pub fsync: Histogram,
+    pub rtt: Histogram,
+}
+
+impl Floor {
+    /// Empties and creates `dir`, then measures.
+    pub fn measure(dir: &Path) -> Result<Floor, String> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let fsync =
+            fsync_floor(dir, 2_000).map_err(|e| format!("fdatasync on {}: {e}", dir.display()))?;
+        let rtt = loopback_round_trip(2_000).map_err(|e| format!("loopback TCP: {e}"))?;
+        Ok(Floor { fsync, rtt })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "fsync_p50_us": self.fsync.quantile(0.5), "fsync_p99_us": self.fsync.quantile(0.99),
+            "rtt_p50_us": self.rtt.quantile(0.5), "rtt_p99_us": self.rtt.quantile(0.99),
+        })
+    }
+
+    pub fn describe(&self, dir: &Path) -> String {
+        format!(
+            "floor on {}: fdatasync p50 {} µs (p99 {}), loopback RTT p50 {} µs (p99 {})",
+            dir.display(),
+            self.fsync.quantile(0.5),
+            self.fsync.quantile(0.99),
+            self.rtt.quantile(0.5),
+            self.rtt.quantile(0.99)
+        )
+    }
+}
+
+/// A bench cluster in this process: every node of `config` as a task, data under `dir`.
+pub struct LocalCluster {
+    stop: tokio::sync::watch::Sender<bool>,
+    pub nodes: tokio::task::JoinSet<Result<(), concord_node::NodeError>>,
+}
+
+impl LocalCluster {
+    /// `ClusterConfig::local` on free loopback ports.
+    pub fn config(name: &str, shards: u32) -> Result<ClusterConfig, String> {
+        let ports = crate::crash_test::free_ports(1 + shards as usize)?;
+        let mut config = ClusterConfig::local(name, shards, 0);
+        for (node, port) in config.nodes.iter_mut().zip(&ports) {
+            node.listen.set_port(*port);
+        }
+        Ok(config)
+    }
+
+    /// Starts every node (inside a tokio runtime).
+    pub fn start(config: &ClusterConfig, dir: &Path) -> LocalCluster {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut nodes = tokio::task::JoinSet::new();
+        for node in &config.nodes {
+            let (config, name) = (config.clone(), node.name.clone());
+            let (dir, stopped) = (dir.join(&name), stopped.clone());
+            nodes.spawn(async move { concord_node::serve(config, &name, &dir, stopped).await });
+        }
+        LocalCluster { stop, nodes }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.nodes.join_next().await.is_some() {}
+    }
+}
+
+/// What a set of benchmark clients did: outcomes, and the latency of the committed ones.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub committed: u64,
+    pub aborted: u64,
+    pub failed: u64,
+    pub latency: Histogram,
+}
+
+impl Tally {
+    /// Counts a commit that took `started.elapsed()`.
+    pub fn commit(&mut self, started: std::time::Instant) {
+        self.committed += 1;
+        self.latency.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds the tallies of finished client tasks.
+    pub async fn join(tasks: &mut tokio::task::JoinSet<Tally>) -> Tally {
+        let mut total = Tally::default();
+        while let Some(Ok(t)) = tasks.join_next().await {
+            total.committed += t.committed;
+            total.aborted += t.aborted;
+            total.failed += t.failed;
+            total.latency.merge(&t.latency);
+        }
+        total
     }
 }
 

@@ -16,10 +16,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use concord_client::{KvClient, KvError};
-use concord_node::config::{ClusterConfig, KvConfig};
-use concord_sim::histogram::Histogram;
+use concord_node::config::KvConfig;
+
+use crate::bench::{Floor, LocalCluster, Tally};
 use concord_sim::rng::{run_seed, Rng};
-use tokio::sync::watch;
 
 use crate::cluster::runtime;
 
@@ -69,42 +69,22 @@ pub struct Options<'a> {
 struct Row {
     workload: Workload,
     clients: usize,
-    committed: u64,
-    aborted: u64,
-    failed: u64,
     seconds: f64,
-    latency: Histogram,
+    tally: Tally,
 }
 
 impl Row {
     fn tps(&self) -> f64 {
-        self.committed as f64 / self.seconds
+        self.tally.committed as f64 / self.seconds
     }
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
-    let _ = std::fs::remove_dir_all(options.dir);
-    std::fs::create_dir_all(options.dir)
-        .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
-    let fsync = crate::bench::fsync_floor(options.dir, 2_000)
-        .map_err(|e| format!("fdatasync on {}: {e}", options.dir.display()))?;
-    let rtt = crate::bench::loopback_round_trip(2_000).map_err(|e| format!("loopback TCP: {e}"))?;
-
-    let ports = crate::crash_test::free_ports(4)?;
-    let mut config = ClusterConfig::local("bench-kv", 3, 0);
-    for (node, port) in config.nodes.iter_mut().zip(&ports) {
-        node.listen.set_port(*port);
-    }
+    let floor = Floor::measure(options.dir)?;
+    let mut config = LocalCluster::config("bench-kv", 3)?;
     config.kv = Some(KvConfig::default());
     let rows = runtime()?.block_on(async {
-        let (stop, stopped) = watch::channel(false);
-        let mut nodes = tokio::task::JoinSet::new();
-        for node in &config.nodes {
-            let (config, name) = (config.clone(), node.name.clone());
-            let dir = options.dir.join(&name);
-            let stopped = stopped.clone();
-            nodes.spawn(async move { concord_node::serve(config, &name, &dir, stopped).await });
-        }
+        let cluster = LocalCluster::start(&config, options.dir);
         let gateway = config.coordinator().listen;
         wait_up(gateway).await?;
         let mut rows = Vec::new();
@@ -113,12 +93,11 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                 rows.push(measure(gateway, workload, n, options.duration).await);
             }
         }
-        let _ = stop.send(true);
-        while nodes.join_next().await.is_some() {}
+        cluster.stop().await;
         Ok::<_, String>(rows)
     })?;
     let _ = std::fs::remove_dir_all(options.dir);
-    report(options, &rows, &fsync, &rtt);
+    report(options, &rows, &floor);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -202,74 +181,48 @@ async fn measure(
         tasks.spawn(async move {
             let kv = KvClient::connect(gateway);
             let mut rng = Rng::new(run_seed(7, c as u64));
-            let mut latency = Histogram::default();
-            let (mut committed, mut aborted, mut failed) = (0u64, 0u64, 0u64);
+            let mut tally = Tally::default();
             let mut i = 0;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match transaction(&kv, workload, c, i, &mut rng).await {
                     Ok(()) => {
-                        committed += 1;
-                        latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        tally.commit(t0);
                     }
-                    Err(KvError::Conflict(_)) => aborted += 1,
-                    Err(_) => failed += 1,
+                    Err(KvError::Conflict(_)) => tally.aborted += 1,
+                    Err(_) => tally.failed += 1,
                 }
                 i += 1;
             }
-            (committed, aborted, failed, latency)
+            tally
         });
     }
-    let mut row = Row {
-        workload,
-        clients,
-        committed: 0,
-        aborted: 0,
-        failed: 0,
-        seconds: 0.0,
-        latency: Histogram::default(),
-    };
-    while let Some(Ok((committed, aborted, failed, latency))) = tasks.join_next().await {
-        row.committed += committed;
-        row.aborted += aborted;
-        row.failed += failed;
-        row.latency.merge(&latency);
-    }
-    row.seconds = started.elapsed().as_secs_f64();
-    row
+    let tally = Tally::join(&mut tasks).await;
+    Row { workload, clients, seconds: started.elapsed().as_secs_f64(), tally }
 }
 
-fn report(options: &Options<'_>, rows: &[Row], fsync: &Histogram, rtt: &Histogram) {
-    let (fsync_p50, rtt_p50) = (fsync.quantile(0.5), rtt.quantile(0.5));
+fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
     if options.json {
         let runs: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 serde_json::json!({
                     "workload": r.workload.name(), "clients": r.clients, "tps": r.tps(),
-                    "committed": r.committed, "aborted": r.aborted, "failed": r.failed,
-                    "seconds": r.seconds,
-                    "p50_us": r.latency.quantile(0.5), "p99_us": r.latency.quantile(0.99),
+                    "committed": r.tally.committed, "aborted": r.tally.aborted,
+                    "failed": r.tally.failed, "seconds": r.seconds,
+                    "p50_us": r.tally.latency.quantile(0.5),
+                    "p99_us": r.tally.latency.quantile(0.99),
                 })
             })
             .collect();
         let value = serde_json::json!({
             "shards": 3, "durable": true, "isolation": "serializable",
-            "floor": {
-                "fsync_p50_us": fsync_p50, "fsync_p99_us": fsync.quantile(0.99),
-                "rtt_p50_us": rtt_p50, "rtt_p99_us": rtt.quantile(0.99),
-            },
-            "runs": runs,
+            "floor": floor.json(), "runs": runs,
         });
         println!("{value}");
         return;
     }
-    println!(
-        "floor on {}: fdatasync p50 {fsync_p50} µs (p99 {}), loopback RTT p50 {rtt_p50} µs (p99 {})",
-        options.dir.display(),
-        fsync.quantile(0.99),
-        rtt.quantile(0.99)
-    );
+    println!("{}", floor.describe(options.dir));
     println!(
         "{:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10}",
         "workload", "clients", "txn/s", "committed", "aborted", "failed", "p50 µs", "p99 µs"
@@ -280,11 +233,11 @@ fn report(options: &Options<'_>, rows: &[Row], fsync: &Histogram, rtt: &Histogra
             r.workload.name(),
             r.clients,
             r.tps(),
-            r.committed,
-            r.aborted,
-            r.failed,
-            r.latency.quantile(0.5),
-            r.latency.quantile(0.99),
+            r.tally.committed,
+            r.tally.aborted,
+            r.tally.failed,
+            r.tally.latency.quantile(0.5),
+            r.tally.latency.quantile(0.99),
         );
     }
 }

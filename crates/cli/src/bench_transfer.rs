@@ -10,10 +10,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use concord_node::config::ClusterConfig;
 use concord_node::proto::{self, State};
-use concord_sim::histogram::Histogram;
-use tokio::sync::watch;
+
+use crate::bench::{Floor, LocalCluster, Tally};
 
 use crate::client::{client, submit};
 use crate::cluster::runtime;
@@ -35,16 +34,13 @@ pub struct Options<'a> {
 
 struct Row {
     clients: usize,
-    committed: u64,
-    aborted: u64,
-    failed: u64,
     seconds: f64,
-    latency: Histogram,
+    tally: Tally,
 }
 
 impl Row {
     fn tps(&self) -> f64 {
-        self.committed as f64 / self.seconds
+        self.tally.committed as f64 / self.seconds
     }
 }
 
@@ -52,32 +48,15 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     if !(2..=16).contains(&options.shards) {
         return Err("--shards must be between 2 and 16 (a transfer spans two shards)".into());
     }
-    let _ = std::fs::remove_dir_all(options.dir);
-    std::fs::create_dir_all(options.dir)
-        .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
     // The floor first, on the same disk, before the cluster loads the machine.
-    let fsync = crate::bench::fsync_floor(options.dir, 2_000)
-        .map_err(|e| format!("fdatasync on {}: {e}", options.dir.display()))?;
-    let rtt = crate::bench::loopback_round_trip(2_000).map_err(|e| format!("loopback TCP: {e}"))?;
-
-    let ports = crate::crash_test::free_ports(1 + options.shards as usize)?;
-    let mut config = ClusterConfig::local("bench", options.shards, 0);
-    for (node, port) in config.nodes.iter_mut().zip(&ports) {
-        node.listen.set_port(*port);
-    }
+    let floor = Floor::measure(options.dir)?;
+    let config = LocalCluster::config("bench", options.shards)?;
     let max_clients = options.clients.iter().copied().max().unwrap_or(1);
     let rows = runtime()?.block_on(async {
-        let (stop, stopped) = watch::channel(false);
-        let mut nodes = tokio::task::JoinSet::new();
-        for node in &config.nodes {
-            let (config, name) = (config.clone(), node.name.clone());
-            let dir = options.dir.join(&name);
-            let stopped = stopped.clone();
-            nodes.spawn(async move { concord_node::serve(config, &name, &dir, stopped).await });
-        }
+        let mut cluster = LocalCluster::start(&config, options.dir);
         let coordinator = config.coordinator().listen;
         let shards: Vec<String> = config.shards().map(|n| n.name.clone()).collect();
-        wait_up(coordinator, &mut nodes).await?;
+        wait_up(coordinator, &mut cluster.nodes).await?;
         // Every client's account on every shard, one transaction per shard.
         let keys: Vec<u64> = (0..(max_clients * KEYS_PER_CLIENT) as u64).collect();
         for shard in &shards {
@@ -96,12 +75,11 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
         for &n in &options.clients {
             rows.push(measure(coordinator, &shards, n, options.duration).await);
         }
-        let _ = stop.send(true);
-        while nodes.join_next().await.is_some() {}
+        cluster.stop().await;
         Ok::<_, String>(rows)
     })?;
     let _ = std::fs::remove_dir_all(options.dir);
-    report(options, &rows, &fsync, &rtt);
+    report(options, &rows, &floor);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -137,8 +115,7 @@ async fn measure(
         let shards = shards.to_vec();
         tasks.spawn(async move {
             let mut rpc = client(coordinator);
-            let mut latency = Histogram::default();
-            let (mut committed, mut aborted, mut failed) = (0u64, 0u64, 0u64);
+            let mut tally = Tally::default();
             let mut i = 0;
             while Instant::now() < deadline {
                 let a = i % shards.len();
@@ -152,36 +129,21 @@ async fn measure(
                 let t0 = Instant::now();
                 match submit(&mut rpc, writes).await.1 {
                     Ok(info) if info.state == State::Committed as i32 => {
-                        committed += 1;
-                        latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        tally.commit(t0);
                     }
-                    Ok(_) => aborted += 1,
-                    Err(_) => failed += 1,
+                    Ok(_) => tally.aborted += 1,
+                    Err(_) => tally.failed += 1,
                 }
             }
-            (committed, aborted, failed, latency)
+            tally
         });
     }
-    let mut row = Row {
-        clients,
-        committed: 0,
-        aborted: 0,
-        failed: 0,
-        seconds: 0.0,
-        latency: Histogram::default(),
-    };
-    while let Some(Ok((committed, aborted, failed, latency))) = tasks.join_next().await {
-        row.committed += committed;
-        row.aborted += aborted;
-        row.failed += failed;
-        row.latency.merge(&latency);
-    }
-    row.seconds = started.elapsed().as_secs_f64();
-    row
+    let tally = Tally::join(&mut tasks).await;
+    Row { clients, seconds: started.elapsed().as_secs_f64(), tally }
 }
 
-fn report(options: &Options<'_>, rows: &[Row], fsync: &Histogram, rtt: &Histogram) {
-    let (fsync_p50, rtt_p50) = (fsync.quantile(0.5), rtt.quantile(0.5));
+fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
+    let (fsync_p50, rtt_p50) = (floor.fsync.quantile(0.5), floor.rtt.quantile(0.5));
     // 2PC's unavoidable cost per transaction: two forced writes in sequence (the shard's
     // prepare, the coordinator's decision) and two round trips (prepare/vote, submit/outcome).
     let floor_us = 2 * fsync_p50 + 2 * rtt_p50;
@@ -189,39 +151,32 @@ fn report(options: &Options<'_>, rows: &[Row], fsync: &Histogram, rtt: &Histogra
     let one_client_ratio = rows
         .iter()
         .find(|r| r.clients == 1)
-        .map(|r| r.latency.quantile(0.5) as f64 / floor_us.max(1) as f64);
+        .map(|r| r.tally.latency.quantile(0.5) as f64 / floor_us.max(1) as f64);
     if options.json {
         let runs: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "clients": r.clients, "tps": r.tps(), "committed": r.committed,
-                    "aborted": r.aborted, "failed": r.failed, "seconds": r.seconds,
-                    "p50_us": r.latency.quantile(0.5), "p99_us": r.latency.quantile(0.99),
-                    "p50_over_floor": r.latency.quantile(0.5) as f64 / floor_us.max(1) as f64,
+                    "clients": r.clients, "tps": r.tps(), "committed": r.tally.committed,
+                    "aborted": r.tally.aborted, "failed": r.tally.failed, "seconds": r.seconds,
+                    "p50_us": r.tally.latency.quantile(0.5), "p99_us": r.tally.latency.quantile(0.99),
+                    "p50_over_floor": r.tally.latency.quantile(0.5) as f64 / floor_us.max(1) as f64,
                 })
             })
             .collect();
+        let mut floor_json = floor.json();
+        floor_json["two_fsyncs_two_rtts_us"] = floor_us.into();
         let value = serde_json::json!({
             "protocol": "2pc", "shards": options.shards, "durable": true,
             "tps": best,
-            "floor": {
-                "fsync_p50_us": fsync_p50, "fsync_p99_us": fsync.quantile(0.99),
-                "rtt_p50_us": rtt_p50, "rtt_p99_us": rtt.quantile(0.99),
-                "two_fsyncs_two_rtts_us": floor_us,
-            },
+            "floor": floor_json,
             "one_client_p50_over_floor": one_client_ratio,
             "runs": runs,
         });
         println!("{value}");
         return;
     }
-    println!(
-        "floor on {}: fdatasync p50 {fsync_p50} µs (p99 {}), loopback RTT p50 {rtt_p50} µs (p99 {}); 2 fsyncs + 2 RTTs = {floor_us} µs",
-        options.dir.display(),
-        fsync.quantile(0.99),
-        rtt.quantile(0.99)
-    );
+    println!("{}; 2 fsyncs + 2 RTTs = {floor_us} µs", floor.describe(options.dir));
     println!(
         "{:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>12}",
         "clients", "tps", "committed", "aborted", "failed", "p50 µs", "p99 µs", "p50/floor"
@@ -231,12 +186,12 @@ fn report(options: &Options<'_>, rows: &[Row], fsync: &Histogram, rtt: &Histogra
             "{:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10} {:>12.2}",
             r.clients,
             r.tps(),
-            r.committed,
-            r.aborted,
-            r.failed,
-            r.latency.quantile(0.5),
-            r.latency.quantile(0.99),
-            r.latency.quantile(0.5) as f64 / floor_us.max(1) as f64
+            r.tally.committed,
+            r.tally.aborted,
+            r.tally.failed,
+            r.tally.latency.quantile(0.5),
+            r.tally.latency.quantile(0.99),
+            r.tally.latency.quantile(0.5) as f64 / floor_us.max(1) as f64
         );
     }
     println!("best throughput: {best:.0} transfers/s (durable 2PC over {} shards)", options.shards);

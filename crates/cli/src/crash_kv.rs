@@ -120,18 +120,8 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         });
     }
 
-    let mut rng = Rng::new(options.seed);
     let started = Instant::now();
-    let mut kills = std::collections::BTreeMap::<String, u32>::new();
-    for cycle in 0..options.cycles {
-        tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
-        let victim = names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
-        cluster.kill(&victim)?;
-        *kills.entry(victim.clone()).or_default() += 1;
-        tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
-        cluster.start_node(&victim)?;
-        cluster.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
-    }
+    let kills = cluster.kill_cycles(&names, options.cycles, options.seed).await?;
     stop.store(true, Ordering::Relaxed);
     let (mut committed, mut failed, mut reads) = (0, 0, Vec::new());
     while let Some(done) = workers.join_next().await {
@@ -162,7 +152,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         "crash-test --kv: {} kill/restart cycles in {:.1} s ({}); {committed} transfers committed, {failed} given up after retries; {audits} audits during the run",
         options.cycles,
         run_time.as_secs_f64(),
-        kills.iter().map(|(n, k)| format!("{n} ×{k}")).collect::<Vec<_>>().join(", "),
+        crate::crash_test::kills_summary(&kills),
     );
     let final_total: i64 = final_read.balances.values().sum();
     println!(

@@ -138,6 +138,36 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `cycles` times: wait a random moment, SIGKILL a random node of `names`, wait a little,
+    /// restart it and wait until it is healthy. Returns how often each node was killed.
+    pub async fn kill_cycles(
+        &mut self,
+        names: &[String],
+        cycles: u32,
+        seed: u64,
+    ) -> Result<BTreeMap<String, u32>, String> {
+        let mut rng = Rng::new(seed);
+        let mut kills: BTreeMap<String, u32> = BTreeMap::new();
+        for cycle in 0..cycles {
+            tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
+            let victim =
+                names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
+            self.kill(&victim)?;
+            *kills.entry(victim.clone()).or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+            self.start_node(&victim)?;
+            self.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
+        }
+        Ok(kills)
+    }
+}
+
+/// "coordinator ×3, shard-1 ×2": how often each node was killed.
+pub fn kills_summary(kills: &BTreeMap<String, u32>) -> String {
+    kills.iter().map(|(n, k)| format!("{n} ×{k}")).collect::<Vec<_>>().join(", ")
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for child in self.children.values_mut() {
@@ -260,18 +290,8 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
         });
     }
 
-    let mut rng = Rng::new(options.seed);
-    let mut kills: BTreeMap<String, u32> = BTreeMap::new();
     let started = Instant::now();
-    for cycle in 0..options.cycles {
-        tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
-        let victim = names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
-        cluster.kill(&victim)?;
-        *kills.entry(victim.clone()).or_default() += 1;
-        tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
-        cluster.start_node(&victim)?;
-        cluster.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
-    }
+    let kills = cluster.kill_cycles(&names, options.cycles, options.seed).await?;
     stop.store(true, Ordering::Relaxed);
     let mut transfers = Vec::new();
     while let Some(done) = workers.join_next().await {
@@ -402,7 +422,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
         "crash-test: {} kill/restart cycles in {:.1} s ({}), {} transfers: {} committed, {} aborted; {} outcomes learned by id after the connection dropped; {} never named",
         options.cycles,
         run_time.as_secs_f64(),
-        kills.iter().map(|(n, k)| format!("{n} ×{k}")).collect::<Vec<_>>().join(", "),
+        kills_summary(&kills),
         transfers.len(),
         counts[0],
         counts[1],
