@@ -477,7 +477,10 @@ impl Coordinator {
             forced,
             at_ms: now_ms(),
         };
-        self.persist(record, true).await
+        self.persist(record, true).await?;
+        let count = self.state().ledger.heuristic_count() as u64;
+        self.metrics.set_heuristic_transactions(count);
+        Ok(())
     }
 
     /// After a branch of a decided transaction was found not prepared: was it finished the

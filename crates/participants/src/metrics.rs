@@ -78,6 +78,12 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets the heuristic-transaction gauge at once (the others wait for the next
+    /// reconciliation pass): an operator's alert on it must not lag a detected contradiction.
+    pub fn set_heuristic_transactions(&self, count: u64) {
+        self.gauges.lock().expect("gauge holders do not panic").heuristic_transactions = count;
+    }
+
     pub fn set_gauges(&self, gauges: Gauges) {
         *self.gauges.lock().expect("gauge holders do not panic") = gauges;
     }
