@@ -41,6 +41,9 @@ pub enum SimCommand {
         /// No crashes or partitions (loss, duplication and delays still vary).
         #[arg(long)]
         no_faults: bool,
+        /// Commit through Paxos Commit (three acceptors) instead of 2PC.
+        #[arg(long)]
+        paxos_commit: bool,
         #[arg(long)]
         history: Option<std::path::PathBuf>,
     },
@@ -225,8 +228,9 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             emit(&out);
             Ok(ExitCode::SUCCESS)
         }
-        SimCommand::Kv { workload, isolation, runs, seed, no_faults, history } => {
-            kv_runs(&workload, &isolation, runs, seed, no_faults, history.as_deref())
+        SimCommand::Kv { workload, isolation, runs, seed, no_faults, paxos_commit, history } => {
+            let options = KvRuns { runs, seed, faults: !no_faults, paxos_commit };
+            kv_runs(&workload, &isolation, &options, history.as_deref())
         }
         SimCommand::Run { protocol, scenario, seed, svg, no_diagram } => {
             check_protocol(&protocol)?;
@@ -860,15 +864,21 @@ impl ProgressBar {
 }
 
 // The simulator's scenario names are part of the command-line interface.
+struct KvRuns {
+    runs: u64,
+    seed: u64,
+    faults: bool,
+    paxos_commit: bool,
+}
+
 /// `concord sim kv`: seeded runs of a key-value workload, each checked.
 fn kv_runs(
     workload: &str,
     isolation: &str,
-    runs: u64,
-    seed: u64,
-    no_faults: bool,
+    options: &KvRuns,
     history: Option<&std::path::Path>,
 ) -> Result<ExitCode, String> {
+    let KvRuns { runs, seed, .. } = *options;
     use concord_sim::kv::{simulate_kv, KvSimConfig, KvWorkload};
     let workload = match workload {
         "bank" => KvWorkload::Bank,
@@ -881,7 +891,8 @@ fn kv_runs(
     for i in 0..runs {
         let mut config = KvSimConfig::new(seed + i, workload);
         config.isolation = isolation;
-        config.faults = !no_faults;
+        config.faults = options.faults;
+        config.paxos_commit = options.paxos_commit;
         let report = simulate_kv(&config);
         committed += report.committed;
         failed += report.failed;
@@ -902,7 +913,8 @@ fn kv_runs(
         println!("history of seed {} written to {} (Elle JSON)", seed + runs - 1, path.display());
     }
     println!(
-        "{runs} runs ({isolation}): {committed} committed, {failed} refused or failed, {unknown} unknown, {crashes} crashes; {failing} runs with anomalies"
+        "{runs} runs ({isolation}, {}): {committed} committed, {failed} refused or failed, {unknown} unknown, {crashes} crashes; {failing} runs with anomalies",
+        if options.paxos_commit { "Paxos Commit" } else { "2PC" }
     );
     Ok(if failing == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

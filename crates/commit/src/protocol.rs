@@ -191,15 +191,18 @@ pub struct Topology {
 
 /// A role a protocol does not have. It cannot be constructed, so its `handle` is never called.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NoRole<M, R, T>(std::convert::Infallible, std::marker::PhantomData<(M, R, T)>);
+pub struct NoRole<M, R, T, C = Vec<Write>>(
+    std::convert::Infallible,
+    std::marker::PhantomData<(M, R, T, C)>,
+);
 
-impl<M, R, T> Core for NoRole<M, R, T> {
+impl<M, R, T, C> Core for NoRole<M, R, T, C> {
     type Msg = M;
     type Record = R;
     type Timer = T;
-    type Change = Vec<Write>;
+    type Change = C;
 
-    fn handle(&mut self, _: Input<M, R, T>, _: &mut Vec<Command<M, R, T>>) {
+    fn handle(&mut self, _: Input<M, R, T, C>, _: &mut Vec<Command<M, R, T>>) {
         match self.0 {}
     }
 }

@@ -68,3 +68,30 @@ fn snapshot_isolation_shows_write_skew_and_the_checker_finds_it() {
         }
     }
 }
+
+fn sweep_paxos(workload: KvWorkload, seeds: std::ops::Range<u64>) -> Vec<(u64, Vec<String>)> {
+    let mut failures = Vec::new();
+    let (mut committed, mut crashes) = (0, 0);
+    for seed in seeds {
+        let mut config = KvSimConfig::new(seed, workload);
+        config.paxos_commit = true;
+        let report = simulate_kv(&config);
+        committed += report.committed;
+        crashes += report.crashes;
+        let problems = report.problems(&config);
+        if !problems.is_empty() {
+            failures.push((seed, problems));
+        }
+    }
+    eprintln!("{workload:?} over Paxos Commit: committed {committed}, crashes {crashes}");
+    assert!(committed > 0);
+    failures
+}
+
+#[test]
+fn paxos_commit_under_the_kv_store_keeps_the_bank_and_serializability() {
+    let failures = sweep_paxos(KvWorkload::Bank, 0..100);
+    assert!(failures.is_empty(), "{failures:#?}");
+    let failures = sweep_paxos(KvWorkload::ListAppend, 0..100);
+    assert!(failures.is_empty(), "{failures:#?}");
+}

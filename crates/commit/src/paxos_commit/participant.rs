@@ -62,6 +62,36 @@ impl<R: Resource> Participant<R> {
         }
     }
 
+    /// The resource, for reads a driver serves outside the protocol.
+    pub fn resource(&self) -> &R {
+        &self.store
+    }
+
+    /// The resource, for drivers that feed it what the protocol does not carry (a clock).
+    pub fn resource_mut(&mut self) -> &mut R {
+        &mut self.store
+    }
+
+    /// Every decision this participant knows, commits first.
+    pub fn decisions(&self) -> impl Iterator<Item = (TxnId, Decision)> + '_ {
+        let commits = self.committed.iter().map(|&t| (t, Decision::Commit));
+        commits.chain(self.aborted.iter().map(|&t| (t, Decision::Abort)))
+    }
+
+    /// A reader is blocked on `txn`'s prepared write: asks a leader candidate for the outcome
+    /// now (the coordinator first) instead of at the next inquiry timer. Returns whether `txn`
+    /// is prepared here.
+    pub fn inquire_now(&mut self, txn: TxnId, out: &mut Out<R>) -> bool {
+        let Some(Branch::Prepared { participants, .. }) = self.branches.get(&txn) else {
+            return false;
+        };
+        for to in self.config.candidates(txn) {
+            let msg = Msg::Inquire { txn, participants: participants.clone() };
+            out.push(Command::Send { to, msg });
+        }
+        true
+    }
+
     fn decided(&self, txn: TxnId) -> Option<Decision> {
         if self.committed.contains(&txn) {
             Some(Decision::Commit)
@@ -87,7 +117,11 @@ impl<R: Resource> Participant<R> {
     }
 
     fn restart(&mut self, records: Vec<Record<R::Change>>, out: &mut Out<R>) {
-        *self = Participant::new(self.id, self.config.clone());
+        // Forget everything volatile; the resource keeps the configuration its driver gave it.
+        self.store.reset();
+        self.branches.clear();
+        self.committed.clear();
+        self.aborted.clear();
         for record in records {
             match record {
                 Record::Prepared { txn, participants, writes } => {

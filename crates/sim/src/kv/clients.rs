@@ -8,6 +8,7 @@ use concord_commit::Branch;
 use concord_kv::{Key, KeyRange, Limits, ReadError, ShardMap, Transaction, Value};
 
 use super::cluster::{shard_node, KvWorld, GATEWAY};
+use super::protocol::KvProtocol;
 use super::{KvSimConfig, KvWorkload};
 
 pub(super) const BANK_ACCOUNTS: usize = 8;
@@ -103,7 +104,7 @@ impl Clients {
         }
     }
 
-    fn new_program(&mut self, world: &mut KvWorld) -> Program {
+    fn new_program<P: KvProtocol>(&mut self, world: &mut KvWorld<P>) -> Program {
         match self.workload {
             KvWorkload::Bank => {
                 if world.rng.chance(0.25) {
@@ -134,8 +135,8 @@ impl Clients {
         }
     }
 
-    pub(super) fn step(&mut self, world: &mut KvWorld, client: usize) {
-        if !world.gateway.up {
+    pub(super) fn step<P: KvProtocol>(&mut self, world: &mut KvWorld<P>, client: usize) {
+        if !world.gateway_up() {
             world.schedule_client(client, 5_000);
             return;
         }
@@ -173,7 +174,12 @@ impl Clients {
     }
 
     /// The coordinator's answer to a commit (or the gateway's for a read-only transaction).
-    pub(super) fn finished(&mut self, world: &mut KvWorld, client: usize, outcome: Outcome) {
+    pub(super) fn finished<P: KvProtocol>(
+        &mut self,
+        world: &mut KvWorld<P>,
+        client: usize,
+        outcome: Outcome,
+    ) {
         match outcome {
             Outcome::Committed => {
                 world.report.committed += 1;
@@ -191,7 +197,7 @@ impl Clients {
         }
     }
 
-    fn end(&mut self, world: &mut KvWorld, client: usize, kind: EventType) {
+    fn end<P: KvProtocol>(&mut self, world: &mut KvWorld<P>, client: usize, kind: EventType) {
         let Some(session) = self.sessions[client].take() else { return };
         match session.program {
             Program::ListAppend { invoked, results } => {
@@ -207,7 +213,7 @@ impl Clients {
         world.schedule_client(client, think);
     }
 
-    pub(super) fn gateway_crashed(&mut self, world: &mut KvWorld) {
+    pub(super) fn gateway_crashed<P: KvProtocol>(&mut self, world: &mut KvWorld<P>) {
         for client in 0..self.sessions.len() {
             let Some(session) = &self.sessions[client] else { continue };
             let outcome = if session.committing {
@@ -220,14 +226,15 @@ impl Clients {
     }
 
     /// After the quiet phase: one more read of everything, which must not be blocked.
-    pub(super) fn final_read(&mut self, world: &mut KvWorld) {
+    pub(super) fn final_read<P: KvProtocol>(&mut self, world: &mut KvWorld<P>) {
         let ts = world.gateway_now();
         let mut rows = Vec::new();
-        for s in 0..world.shards.len() {
+        for s in 0..world.config.shards {
             let physical = world.physical_us(shard_node(s));
-            let shard = world.shards[s].resource_mut();
+            let range = world.map.range_of(s);
+            let shard = world.shard_mut(s);
             shard.set_physical_time(physical);
-            match shard.scan(&world.map.range_of(s), ts, usize::MAX) {
+            match shard.scan(&range, ts, usize::MAX) {
                 Ok((found, _)) => rows.extend(found),
                 Err(e) => world.report.violations.push(format!("final read of shard {s}: {e}")),
             }
@@ -275,7 +282,7 @@ fn short(reason: &str) -> String {
 }
 
 /// Runs the session's next operation. `Ok(true)`: ready to commit.
-fn advance(world: &mut KvWorld, session: &mut Session) -> Result<bool, StopKind> {
+fn advance<P: KvProtocol>(world: &mut KvWorld<P>, session: &mut Session) -> Result<bool, StopKind> {
     let physical = world.physical_us(GATEWAY);
     session.txn.check_alive(physical).map_err(|e| StopKind::Abort(e.to_string()))?;
     match &mut session.program {
@@ -336,8 +343,8 @@ enum StopKind {
     Abort(String),
 }
 
-fn read(
-    world: &mut KvWorld,
+fn read<P: KvProtocol>(
+    world: &mut KvWorld<P>,
     txn: &mut Transaction,
     blocked: &mut u32,
     key: &[u8],
@@ -351,7 +358,7 @@ fn read(
         return Err(StopKind::Abort("shard unreachable".into()));
     }
     let physical = world.physical_us(shard_node(s));
-    let shard = world.shards[s].resource_mut();
+    let shard = world.shard_mut(s);
     shard.set_physical_time(physical);
     let result = shard.get(key, txn.start_ts);
     let shard_clock = shard.clock().last();
@@ -361,8 +368,8 @@ fn read(
     Ok(value)
 }
 
-fn scan(
-    world: &mut KvWorld,
+fn scan<P: KvProtocol>(
+    world: &mut KvWorld<P>,
     txn: &mut Transaction,
     blocked: &mut u32,
     range: &KeyRange,
@@ -375,7 +382,7 @@ fn scan(
         }
         let fetch = txn.scan_fetch_limit(&piece, limit - rows.len());
         let physical = world.physical_us(shard_node(s));
-        let shard = world.shards[s].resource_mut();
+        let shard = world.shard_mut(s);
         shard.set_physical_time(physical);
         let result = shard.scan(&piece, txn.start_ts, fetch);
         let shard_clock = shard.clock().last();
@@ -393,8 +400,8 @@ fn scan(
 /// Every this many retries, a blocked reader has the shard ask for the intent's outcome.
 const RESOLVE_EVERY: u32 = 5;
 
-fn handle_read<T>(
-    world: &mut KvWorld,
+fn handle_read<T, P: KvProtocol>(
+    world: &mut KvWorld<P>,
     shard: usize,
     result: Result<T, ReadError>,
     blocked: &mut u32,
@@ -417,7 +424,10 @@ fn handle_read<T>(
 }
 
 /// The gateway's clock takes in the shard's (the HLC receive rule).
-fn witness(world: &mut KvWorld, shard_clock: concord_kv::Timestamp) -> Result<(), StopKind> {
+fn witness<P: KvProtocol>(
+    world: &mut KvWorld<P>,
+    shard_clock: concord_kv::Timestamp,
+) -> Result<(), StopKind> {
     let physical = world.physical_us(GATEWAY);
     world
         .gateway_clock
@@ -426,7 +436,7 @@ fn witness(world: &mut KvWorld, shard_clock: concord_kv::Timestamp) -> Result<()
         .map_err(|e| StopKind::Abort(e.to_string()))
 }
 
-fn commit(world: &mut KvWorld, client: usize, session: &mut Session) {
+fn commit<P: KvProtocol>(world: &mut KvWorld<P>, client: usize, session: &mut Session) {
     if session.txn.is_read_only() {
         // One consistent snapshot: nothing to validate or write.
         world.finish_later(client, Outcome::Committed);

@@ -1,19 +1,19 @@
-//! The simulated KV cluster: a gateway node (the 2PC coordinator core plus the clients'
-//! open transactions) and shard nodes (the 2PC participant over an MVCC shard), an event
-//! queue in virtual time, a lossy network, disks that lose unsynced records in a crash, and
-//! a skewed physical clock per node.
+//! The simulated KV cluster: a gateway node (the commit protocol's coordinator core plus the
+//! clients' open transactions), shard nodes (its participant over an MVCC shard), and, for
+//! Paxos Commit, acceptor nodes; an event queue in virtual time, a lossy network, disks that
+//! lose unsynced records in a crash, and a skewed physical clock per node.
+//!
+//! Node ids: 0 is the gateway, 1..=S the shards, then the acceptors.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use concord_commit::two_phase::{Config as CoreConfig, Timer};
 use concord_commit::{Branch, Command, Core, Durability, Input};
-use concord_kv::{
-    Hlc, KvCoordinator, KvMsg, KvRecord, MvccShard, ShardMap, ShardParticipant, Timestamp,
-};
+use concord_kv::{Hlc, KvChange, MvccShard, ShardMap, Timestamp};
 use concord_types::{Decision, NodeId, RequestId, TxnId};
 
 use super::clients::{Clients, Outcome};
+use super::protocol::{KvProtocol, Out};
 use super::{KvRunReport, KvSimConfig};
 use crate::rng::Rng;
 
@@ -23,17 +23,27 @@ pub(super) fn shard_node(shard: usize) -> NodeId {
     NodeId(u32::try_from(shard + 1).expect("few shards"))
 }
 
+#[derive(Debug, Clone, Copy)]
+enum NodeKind {
+    Gateway,
+    Shard(usize),
+    Acceptor(usize),
+}
+
+type KvInput<P> =
+    Input<<P as KvProtocol>::Msg, <P as KvProtocol>::Record, <P as KvProtocol>::Timer, KvChange>;
+
 #[derive(Debug)]
-enum Event {
+enum Event<P: KvProtocol> {
     Deliver {
         to: NodeId,
         from: NodeId,
-        msg: KvMsg,
+        msg: P::Msg,
     },
     Timer {
         node: NodeId,
         incarnation: u32,
-        timer: Timer,
+        timer: P::Timer,
     },
     Sync {
         node: NodeId,
@@ -66,8 +76,8 @@ const GC_BEHIND_US: u64 = 100_000;
 const READS_KEPT_US: u64 = 50_000;
 
 #[derive(Debug)]
-struct LogEntry {
-    record: KvRecord,
+struct LogEntry<R> {
+    record: R,
     synced: bool,
     /// A forced record whose `Persisted` has not been delivered yet.
     awaiting: bool,
@@ -75,14 +85,14 @@ struct LogEntry {
 
 /// What every node has besides its core.
 #[derive(Debug)]
-pub(super) struct Host {
+pub(super) struct Host<R> {
     pub up: bool,
     incarnation: u32,
-    log: Vec<LogEntry>,
+    log: Vec<LogEntry<R>>,
     skew_us: i64,
 }
 
-impl Host {
+impl<R> Host<R> {
     fn new(skew_us: i64) -> Self {
         Host { up: true, incarnation: 0, log: Vec::new(), skew_us }
     }
@@ -90,18 +100,19 @@ impl Host {
 
 /// The simulated world. Clients reach into it through `pub(super)` fields.
 #[derive(Debug)]
-pub struct KvWorld {
+pub struct KvWorld<P: KvProtocol> {
     pub(super) config: KvSimConfig,
     pub(super) now_us: u64,
     pub(super) rng: Rng,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Option<Event>>,
+    events: Vec<Option<Event<P>>>,
     sequence: u64,
-    pub(super) coordinator: KvCoordinator,
-    pub(super) gateway: Host,
+    coordinator: P::Coordinator,
+    shards: Vec<P::Participant>,
+    acceptors: Vec<P::Acceptor>,
+    /// Every node's host, by node id.
+    hosts: Vec<Host<P::Record>>,
     pub(super) gateway_clock: Hlc,
-    pub(super) shards: Vec<ShardParticipant>,
-    pub(super) shard_hosts: Vec<Host>,
     pub(super) map: ShardMap,
     partitioned: Vec<bool>,
     /// Client requests the coordinator has not named yet, and the transactions it named.
@@ -115,7 +126,7 @@ pub struct KvWorld {
     outcomes: Vec<(usize, Outcome)>,
 }
 
-impl KvWorld {
+impl<P: KvProtocol> KvWorld<P> {
     pub fn new(config: KvSimConfig) -> Self {
         let mut rng = Rng::new(config.seed);
         let skew = |rng: &mut Rng| {
@@ -123,34 +134,29 @@ impl KvWorld {
             i64::try_from(rng.range(0, 2 * span)).expect("small")
                 - i64::try_from(span).expect("small")
         };
-        let core = CoreConfig {
-            vote_timeout_us: 50_000,
-            resend_base_us: 10_000,
-            inquiry_base_us: 20_000,
-            ..CoreConfig::default()
-        };
         let map = super::clients::shard_map(config.workload, config.shards);
+        let acceptor_ids: Vec<NodeId> = (0..P::acceptor_count())
+            .map(|i| NodeId(u32::try_from(config.shards + 1 + i).expect("few nodes")))
+            .collect();
         let shards = (0..config.shards)
             .map(|s| {
-                ShardParticipant::with_resource(
-                    shard_node(s),
-                    core.clone(),
-                    MvccShard::new(config.max_offset_us),
-                )
+                P::participant(shard_node(s), &acceptor_ids, MvccShard::new(config.max_offset_us))
             })
             .collect();
-        let shard_hosts = (0..config.shards).map(|_| Host::new(skew(&mut rng))).collect();
-        let gateway = Host::new(skew(&mut rng));
+        let acceptors = acceptor_ids.iter().map(|&id| P::acceptor(id, &acceptor_ids)).collect();
+        let hosts = (0..1 + config.shards + acceptor_ids.len())
+            .map(|_| Host::new(skew(&mut rng)))
+            .collect();
         let mut world = KvWorld {
             now_us: 0,
             queue: BinaryHeap::new(),
             events: Vec::new(),
             sequence: 0,
-            coordinator: KvCoordinator::new(GATEWAY, core),
-            gateway,
-            gateway_clock: Hlc::new(config.max_offset_us),
+            coordinator: P::coordinator(GATEWAY, &acceptor_ids),
             shards,
-            shard_hosts,
+            acceptors,
+            hosts,
+            gateway_clock: Hlc::new(config.max_offset_us),
             partitioned: vec![false; config.shards],
             map,
             requests: BTreeMap::new(),
@@ -167,7 +173,7 @@ impl KvWorld {
         world
     }
 
-    fn schedule(&mut self, after_us: u64, event: Event) {
+    fn schedule(&mut self, after_us: u64, event: Event<P>) {
         let at = self.now_us + after_us;
         self.sequence += 1;
         self.events.push(Some(event));
@@ -176,18 +182,33 @@ impl KvWorld {
 
     /// A node's physical clock: virtual time plus its skew.
     pub(super) fn physical_us(&self, node: NodeId) -> u64 {
-        let skew = if node == GATEWAY {
-            self.gateway.skew_us
-        } else {
-            self.shard_hosts[node.0 as usize - 1].skew_us
-        };
+        let skew = self.hosts[node.0 as usize].skew_us;
         u64::try_from((i64::try_from(self.now_us).expect("small") + skew).max(0))
             .expect("non-negative")
     }
 
+    /// Which core a node id names.
+    fn kind(&self, node: NodeId) -> NodeKind {
+        let i = node.0 as usize;
+        match i {
+            0 => NodeKind::Gateway,
+            _ if i <= self.config.shards => NodeKind::Shard(i - 1),
+            _ => NodeKind::Acceptor(i - 1 - self.config.shards),
+        }
+    }
+
+    pub(super) fn gateway_up(&self) -> bool {
+        self.hosts[0].up
+    }
+
+    /// The MVCC store of shard `s` (clients read from it directly, at the driver level).
+    pub(super) fn shard_mut(&mut self, s: usize) -> &mut MvccShard {
+        P::shard_mut(&mut self.shards[s])
+    }
+
     /// Whether the gateway can talk to `shard` now.
     pub(super) fn reachable(&self, shard: usize) -> bool {
-        self.gateway.up && self.shard_hosts[shard].up && !self.partitioned[shard]
+        self.hosts[0].up && self.hosts[shard + 1].up && !self.partitioned[shard]
     }
 
     /// A network delay: mostly short, sometimes long enough to outlast timeouts.
@@ -204,10 +225,9 @@ impl KvWorld {
     }
 
     pub fn run(mut self) -> KvRunReport {
-        for s in 0..self.config.shards {
-            self.restart_shard(s);
+        for node in 0..self.hosts.len() {
+            self.restart(NodeId(u32::try_from(node).expect("few nodes")));
         }
-        self.restart_gateway();
         for client in 0..self.config.clients {
             let start = self.rng.range(0, 2_000);
             self.schedule(start, Event::Client { client });
@@ -234,7 +254,7 @@ impl KvWorld {
         let until = self.config.faults_until_us;
         let mut at = self.rng.range(5_000, 30_000);
         while at < until {
-            let target = self.rng.below(u64::try_from(self.config.shards).expect("few") + 1);
+            let target = self.rng.below(u64::try_from(self.hosts.len()).expect("few"));
             let saved = self.now_us;
             self.now_us = 0;
             if self.rng.chance(0.5) {
@@ -254,7 +274,7 @@ impl KvWorld {
             at += self.rng.range(10_000, 60_000);
         }
         // The heal: everyone up and connected once faults end.
-        for node in 0..=self.config.shards {
+        for node in 0..self.hosts.len() {
             let node = NodeId(u32::try_from(node).expect("few"));
             self.schedule(until, Event::Restart { node });
         }
@@ -263,30 +283,17 @@ impl KvWorld {
         }
     }
 
-    fn dispatch(&mut self, event: Event) {
+    fn dispatch(&mut self, event: Event<P>) {
         match event {
             Event::Deliver { to, from, msg } => {
-                if to == GATEWAY {
-                    if self.gateway.up {
-                        self.step_gateway(Input::Message { from, msg });
-                    }
-                } else {
-                    let s = to.0 as usize - 1;
-                    if self.shard_hosts[s].up {
-                        self.step_shard(s, Input::Message { from, msg });
-                    }
+                if self.hosts[to.0 as usize].up {
+                    self.step(to, Input::Message { from, msg });
                 }
             }
             Event::Timer { node, incarnation, timer } => {
-                if node == GATEWAY {
-                    if self.gateway.up && self.gateway.incarnation == incarnation {
-                        self.step_gateway(Input::Timer(timer));
-                    }
-                } else {
-                    let s = node.0 as usize - 1;
-                    if self.shard_hosts[s].up && self.shard_hosts[s].incarnation == incarnation {
-                        self.step_shard(s, Input::Timer(timer));
-                    }
+                let host = &self.hosts[node.0 as usize];
+                if host.up && host.incarnation == incarnation {
+                    self.step(node, Input::Timer(timer));
                 }
             }
             Event::Sync { node, incarnation, upto } => self.sync(node, incarnation, upto),
@@ -297,12 +304,8 @@ impl KvWorld {
             }
             Event::Crash { node } => self.crash(node),
             Event::Restart { node } => {
-                if node == GATEWAY {
-                    if !self.gateway.up {
-                        self.restart_gateway();
-                    }
-                } else if !self.shard_hosts[node.0 as usize - 1].up {
-                    self.restart_shard(node.0 as usize - 1);
+                if !self.hosts[node.0 as usize].up {
+                    self.restart(node);
                 }
             }
             Event::Partition { shard, heal_after_us } => {
@@ -315,36 +318,28 @@ impl KvWorld {
             Event::Heal { shard } => self.partitioned[shard] = false,
             Event::Maintenance => {
                 for s in 0..self.shards.len() {
-                    if !self.shard_hosts[s].up {
+                    if !self.hosts[s + 1].up {
                         continue;
                     }
                     let physical = self.physical_us(shard_node(s));
-                    let shard = self.shards[s].resource_mut();
+                    let shard = self.shard_mut(s);
                     shard.set_physical_time(physical);
                     let dropped = shard
                         .collect_garbage(Timestamp::new(physical.saturating_sub(GC_BEHIND_US), 0));
-                    self.report.versions_collected += dropped as u64;
                     shard.prune_reads(Timestamp::new(physical.saturating_sub(READS_KEPT_US), 0));
+                    self.report.versions_collected += dropped as u64;
                 }
                 self.schedule(MAINTENANCE_EVERY_US, Event::Maintenance);
             }
         }
     }
 
-    fn host(&mut self, node: NodeId) -> &mut Host {
-        if node == GATEWAY {
-            &mut self.gateway
-        } else {
-            &mut self.shard_hosts[node.0 as usize - 1]
-        }
-    }
-
     fn crash(&mut self, node: NodeId) {
-        if !self.faults_active() || !self.host(node).up {
+        if !self.faults_active() || !self.hosts[node.0 as usize].up {
             return;
         }
         self.report.crashes += 1;
-        let host = self.host(node);
+        let host = &mut self.hosts[node.0 as usize];
         host.up = false;
         host.incarnation += 1;
         host.log.retain(|e| e.synced);
@@ -358,30 +353,22 @@ impl KvWorld {
         }
     }
 
-    fn synced_records(&self, node: NodeId) -> Vec<KvRecord> {
-        let host =
-            if node == GATEWAY { &self.gateway } else { &self.shard_hosts[node.0 as usize - 1] };
-        host.log.iter().map(|e| e.record.clone()).collect()
-    }
-
-    fn restart_gateway(&mut self) {
-        self.gateway.up = true;
-        let records = self.synced_records(GATEWAY);
-        self.step_gateway(Input::Restart { records });
-    }
-
-    fn restart_shard(&mut self, s: usize) {
-        self.shard_hosts[s].up = true;
-        let records = self.synced_records(shard_node(s));
-        self.step_shard(s, Input::Restart { records });
-        let physical = self.physical_us(shard_node(s));
-        let resource = self.shards[s].resource_mut();
-        resource.set_physical_time(physical);
-        resource.restarted();
+    /// (Re)starts a node from its synced log (empty on the first start).
+    fn restart(&mut self, node: NodeId) {
+        let host = &mut self.hosts[node.0 as usize];
+        host.up = true;
+        let records = host.log.iter().map(|e| e.record.clone()).collect();
+        self.step(node, Input::Restart { records });
+        if let NodeKind::Shard(s) = self.kind(node) {
+            let physical = self.physical_us(node);
+            let shard = self.shard_mut(s);
+            shard.set_physical_time(physical);
+            shard.restarted();
+        }
     }
 
     fn sync(&mut self, node: NodeId, incarnation: u32, upto: usize) {
-        let host = self.host(node);
+        let host = &mut self.hosts[node.0 as usize];
         if !host.up || host.incarnation != incarnation {
             return;
         }
@@ -394,46 +381,39 @@ impl KvWorld {
             }
         }
         for record in durable {
-            if node == GATEWAY {
-                self.step_gateway(Input::Persisted(record));
-            } else {
-                self.step_shard(node.0 as usize - 1, Input::Persisted(record));
-            }
+            self.step(node, Input::Persisted(record));
         }
     }
 
-    pub(super) fn step_gateway(
-        &mut self,
-        input: Input<KvMsg, KvRecord, Timer, concord_kv::KvChange>,
-    ) {
+    /// Feeds one input to a node's core and carries out its commands.
+    fn step(&mut self, node: NodeId, input: KvInput<P>) {
         let mut out = Vec::new();
-        self.coordinator.handle(input, &mut out);
-        self.carry_out(GATEWAY, out);
-    }
-
-    fn step_shard(&mut self, s: usize, input: Input<KvMsg, KvRecord, Timer, concord_kv::KvChange>) {
-        let physical = self.physical_us(shard_node(s));
-        self.shards[s].resource_mut().set_physical_time(physical);
-        let mut out = Vec::new();
-        self.shards[s].handle(input, &mut out);
-        self.carry_out(shard_node(s), out);
+        match self.kind(node) {
+            NodeKind::Gateway => self.coordinator.handle(input, &mut out),
+            NodeKind::Shard(s) => {
+                let physical = self.physical_us(node);
+                self.shard_mut(s).set_physical_time(physical);
+                self.shards[s].handle(input, &mut out);
+            }
+            NodeKind::Acceptor(a) => self.acceptors[a].handle(input, &mut out),
+        }
+        self.carry_out(node, out);
     }
 
     /// A reader is blocked on `txn` at shard `s`: the shard asks for the outcome now.
     pub(super) fn resolve_intent(&mut self, s: usize, txn: TxnId) {
         let mut out = Vec::new();
-        if self.shards[s].inquire_now(txn, &mut out) {
-            self.carry_out(shard_node(s), out);
-        }
+        P::inquire_now(&mut self.shards[s], txn, &mut out);
+        self.carry_out(shard_node(s), out);
     }
 
-    fn carry_out(&mut self, node: NodeId, commands: Vec<Command<KvMsg, KvRecord, Timer>>) {
+    fn carry_out(&mut self, node: NodeId, commands: Out<P>) {
         for command in commands {
             match command {
                 Command::Send { to, msg } => self.send(node, to, &msg),
                 Command::Persist { record, durability } => {
                     let forced = durability == Durability::Forced;
-                    let host = self.host(node);
+                    let host = &mut self.hosts[node.0 as usize];
                     host.log.push(LogEntry { record, synced: false, awaiting: forced });
                     let (incarnation, upto) = (host.incarnation, host.log.len());
                     if forced {
@@ -442,7 +422,7 @@ impl KvWorld {
                     }
                 }
                 Command::SetTimer { timer, after_us } => {
-                    let incarnation = self.host(node).incarnation;
+                    let incarnation = self.hosts[node.0 as usize].incarnation;
                     self.schedule(after_us, Event::Timer { node, incarnation, timer });
                 }
                 Command::Begun { request, txn } => {
@@ -476,8 +456,8 @@ impl KvWorld {
     fn abort_reason(&self, txn: TxnId) -> String {
         self.shards
             .iter()
-            .find_map(|s| s.refusal(txn))
-            .map_or_else(|| "aborted (timeout or lost vote)".to_string(), ToString::to_string)
+            .find_map(|s| P::refusal(s, txn))
+            .unwrap_or_else(|| "aborted (timeout or lost vote)".to_string())
     }
 
     fn finish_client(&mut self, client: usize, outcome: Outcome) {
@@ -501,9 +481,13 @@ impl KvWorld {
         self.clients = Some(clients);
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, msg: &KvMsg) {
+    fn send(&mut self, from: NodeId, to: NodeId, msg: &P::Msg) {
+        // Partitions cut a shard off from the gateway (acceptors stay reachable).
         let crosses_partition = |world: &Self, a: NodeId, b: NodeId| {
-            let cut = |n: NodeId| n != GATEWAY && world.partitioned[n.0 as usize - 1];
+            let cut = |n: NodeId| match world.kind(n) {
+                NodeKind::Shard(s) => world.partitioned[s],
+                NodeKind::Gateway | NodeKind::Acceptor(_) => false,
+            };
             (a == GATEWAY && cut(b)) || (b == GATEWAY && cut(a))
         };
         if crosses_partition(self, from, to) {
@@ -521,15 +505,11 @@ impl KvWorld {
     }
 
     /// Starts a commit for `client` over `branches`; the outcome arrives through `finished`.
-    pub(super) fn begin_commit(
-        &mut self,
-        client: usize,
-        branches: Vec<Branch<concord_kv::KvChange>>,
-    ) {
+    pub(super) fn begin_commit(&mut self, client: usize, branches: Vec<Branch<KvChange>>) {
         self.next_request += 1;
         let request = RequestId(self.next_request);
         self.requests.insert(request, client);
-        self.step_gateway(Input::Begin { request, branches });
+        self.step(GATEWAY, Input::Begin { request, branches });
     }
 
     pub(super) fn schedule_client(&mut self, client: usize, after_us: u64) {
@@ -543,28 +523,25 @@ impl KvWorld {
     }
 
     fn final_checks(&mut self) {
+        // No transaction may be committed at one shard and aborted at another, nor differ from
+        // what the coordinator reported. (A shard that voted NO holds ABORT, but then no shard
+        // can have been told COMMIT.)
+        let mut seen: BTreeMap<TxnId, (usize, Decision)> = BTreeMap::new();
         for (s, shard) in self.shards.iter().enumerate() {
-            if shard.resource().locked_keys() > 0 {
+            let locked = P::shard(shard).locked_keys();
+            if locked > 0 {
                 self.report.violations.push(format!(
-                    "liveness: shard {s} still holds {} prepared writes after the quiet phase",
-                    shard.resource().locked_keys()
+                    "liveness: shard {s} still holds {locked} prepared writes after the quiet phase"
                 ));
             }
-            for (txn, decision) in shard.decisions() {
-                if let Some(reported) = self.reported.get(txn) {
+            for (txn, decision) in P::decisions(shard) {
+                if let Some(&reported) = self.reported.get(&txn) {
                     if reported != decision {
                         self.report.violations.push(format!(
                             "agreement: the coordinator reported {reported} for {txn}, shard {s} applied {decision}"
                         ));
                     }
                 }
-            }
-        }
-        // No transaction may be committed at one shard and aborted at another. (A shard that
-        // voted NO holds ABORT, but then no shard can have been told COMMIT.)
-        let mut seen: BTreeMap<TxnId, (usize, Decision)> = BTreeMap::new();
-        for (s, shard) in self.shards.iter().enumerate() {
-            for (&txn, &decision) in shard.decisions() {
                 match seen.get(&txn) {
                     Some(&(other, earlier)) if earlier != decision => {
                         self.report.violations.push(format!(

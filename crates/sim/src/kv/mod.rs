@@ -16,12 +16,14 @@
 
 mod clients;
 mod cluster;
+mod protocol;
 
 use concord_check::bank::BankRead;
 use concord_check::History;
 use concord_kv::Isolation;
 
 pub use cluster::KvWorld;
+pub use protocol::{KvProtocol, PaxosCommit, TwoPc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvWorkload {
@@ -49,6 +51,8 @@ pub struct KvSimConfig {
     pub max_skew_us: u64,
     /// The shards' configured maximum offset.
     pub max_offset_us: u64,
+    /// Commit through Paxos Commit (three acceptors, which crash too) instead of 2PC.
+    pub paxos_commit: bool,
     /// After the workload: how long until every lock must be gone.
     pub quiet_us: u64,
 }
@@ -68,6 +72,7 @@ impl KvSimConfig {
             duplication: 0.02,
             max_skew_us: 2_000,
             max_offset_us: 10_000,
+            paxos_commit: false,
             quiet_us: 3_000_000,
         }
     }
@@ -118,7 +123,11 @@ impl KvRunReport {
 
 /// Runs one simulation.
 pub fn simulate_kv(config: &KvSimConfig) -> KvRunReport {
-    KvWorld::new(config.clone()).run()
+    if config.paxos_commit {
+        KvWorld::<PaxosCommit>::new(config.clone()).run()
+    } else {
+        KvWorld::<TwoPc>::new(config.clone()).run()
+    }
 }
 
 #[cfg(test)]
