@@ -6,7 +6,10 @@
 //! transactions (read both balances, write both if the source covers it); an auditor scans all
 //! accounts in read-only transactions. Every audit must see the constant total and no
 //! negative balance ([`concord_check::bank`]); once every node is up again, a final audit must
-//! succeed within a bounded time (nothing left prepared) and hold too.
+//! succeed within a bounded time (nothing left prepared) and hold too. Each transfer also
+//! increments its client's own counter key, so durability is checked as well: a counter must
+//! be at least the client's acknowledged commits, and at most those plus its unknown outcomes
+//! (a checkpoint that lost versions would bring counters — and balances — back to zero).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +28,10 @@ const INITIAL: i64 = 100;
 
 fn account(i: usize) -> String {
     format!("acct/{i:02}")
+}
+
+fn counter(client: u32) -> String {
+    format!("count/{client:02}")
 }
 
 /// Three shards, the accounts split between them.
@@ -53,6 +60,16 @@ async fn audit(txn: &mut Txn) -> Result<BankRead, KvError> {
     Ok(read)
 }
 
+/// What one worker did.
+struct Work {
+    /// The transfer client's number; `None` for the auditor.
+    client: Option<u32>,
+    committed: u64,
+    failed: u64,
+    unknown: u64,
+    reads: Vec<BankRead>,
+}
+
 pub(crate) async fn run(cluster: &mut Cluster, options: &Options) -> Result<ExitCode, String> {
     // `transact` takes an async closure, whose futures Rust cannot yet prove `Send`: the
     // clients run as local tasks on this thread.
@@ -75,7 +92,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         let mut rng = Rng::new(run_seed(options.seed, u64::from(c) + 1));
         workers.spawn_local(async move {
             let kv = KvClient::connect(gateway);
-            let (mut committed, mut failed) = (0u64, 0u64);
+            let (mut committed, mut failed, mut unknown) = (0u64, 0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let n = ACCOUNTS as u64;
                 let from = usize::try_from(rng.below(n)).expect("small");
@@ -89,18 +106,23 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
                             txn.put(account(from), (a - amount).to_string()).await?;
                             txn.put(account(to), (b + amount).to_string()).await?;
                         }
+                        let n = txn.get_str(counter(c)).await?.map_or(Ok(0), |v| {
+                            v.parse::<u64>().map_err(|_| KvError::Invalid(format!("counter `{v}`")))
+                        })?;
+                        txn.put(counter(c), (n + 1).to_string()).await?;
                         Ok(())
                     })
                     .await;
                 match result {
                     Ok(()) => committed += 1,
+                    Err(KvError::OutcomeUnknown(_)) => unknown += 1,
                     Err(_) => {
                         failed += 1;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
-            (committed, failed, Vec::new())
+            Work { client: Some(c), committed, failed, unknown, reads: Vec::new() }
         });
     }
     {
@@ -116,7 +138,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (0, failed, reads)
+            Work { client: None, committed: 0, failed, unknown: 0, reads }
         });
     }
 
@@ -124,11 +146,15 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     let kills = cluster.kill_cycles(&names, options.cycles, options.seed).await?;
     stop.store(true, Ordering::Relaxed);
     let (mut committed, mut failed, mut reads) = (0, 0, Vec::new());
+    let mut clients = Vec::new();
     while let Some(done) = workers.join_next().await {
-        let (c, f, r) = done.map_err(|e| format!("a client task failed: {e}"))?;
-        committed += c;
-        failed += f;
-        reads.extend(r);
+        let work = done.map_err(|e| format!("a client task failed: {e}"))?;
+        committed += work.committed;
+        failed += work.failed;
+        reads.extend(work.reads);
+        if let Some(c) = work.client {
+            clients.push((c, work.committed, work.unknown));
+        }
     }
     let run_time = started.elapsed();
     let audits = reads.len();
@@ -147,7 +173,22 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     };
     reads.push(final_read.clone());
     let total = INITIAL * ACCOUNTS as i64;
-    let violations = check_bank(&reads, ACCOUNTS, total);
+    let mut violations: Vec<String> =
+        check_bank(&reads, ACCOUNTS, total).iter().map(|v| format!("{v:?}")).collect();
+    // Durability: every acknowledged commit survived the kills (and nothing more than the
+    // unknown outcomes was applied on top).
+    for (c, acknowledged, unknown) in clients {
+        let count = kv
+            .transact(async |txn| txn.get_str(counter(c)).await)
+            .await
+            .map_err(|e| format!("reading client {c}'s counter: {e}"))?
+            .map_or(0, |v| v.parse::<u64>().unwrap_or(u64::MAX));
+        if count < acknowledged || count > acknowledged + unknown {
+            violations.push(format!(
+                "client {c}: counter {count}, but {acknowledged} commits were acknowledged and {unknown} outcomes unknown"
+            ));
+        }
+    }
     println!(
         "crash-test --kv: {} kill/restart cycles in {:.1} s ({}); {committed} transfers committed, {failed} given up after retries; {audits} audits during the run",
         options.cycles,
@@ -159,11 +200,13 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         "crash-test --kv: final total {final_total} (expected {total}); nothing left prepared"
     );
     if violations.is_empty() && audits > 0 {
-        println!("crash-test --kv: OK — every audit saw the total, no balance went negative");
+        println!(
+            "crash-test --kv: OK — every audit saw the total, no balance went negative, every acknowledged commit survived"
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         for v in violations.iter().take(20) {
-            println!("VIOLATION: {v:?}");
+            println!("VIOLATION: {v}");
         }
         if audits == 0 {
             println!("VIOLATION: no audit succeeded during the run");

@@ -21,7 +21,9 @@ pub mod shard;
 pub use change::{Isolation, Key, KeyRange, KvChange, Value};
 pub use hlc::{Hlc, Timestamp};
 pub use session::{LimitError, Limits, ShardMap, Transaction};
-pub use shard::{KvSnapshot, MvccShard, ReadError, Refusal, Version};
+pub use shard::{
+    decode_versions, encode_versions, KvSnapshot, MvccShard, ReadError, Refusal, Version,
+};
 
 /// The 2PC participant of a KV shard.
 pub type ShardParticipant = concord_commit::two_phase::Participant<MvccShard>;

@@ -211,23 +211,43 @@ pub struct KvSnapshot {
     pub versions: Vec<(Key, Vec<Version>)>,
 }
 
+/// One key's versions, as snapshots and the runtime's version store write them.
+pub fn encode_versions(versions: &[Version], w: &mut Writer<'_>) {
+    w.sequence_len(versions.len());
+    for v in versions {
+        v.ts.encode(w);
+        match &v.value {
+            None => w.u8(0),
+            Some(value) => {
+                w.u8(1);
+                w.bytes(value);
+            }
+        }
+    }
+}
+
+pub fn decode_versions(r: &mut Reader<'_>) -> Result<Vec<Version>, DecodeError> {
+    let n = r.sequence_len()?;
+    let mut versions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ts = Timestamp::decode(r)?;
+        let value = match r.u8()? {
+            0 => None,
+            1 => Some(r.bytes()?.to_vec()),
+            tag => return Err(DecodeError::UnknownTag { what: "version", tag }),
+        };
+        versions.push(Version { ts, value });
+    }
+    Ok(versions)
+}
+
 impl Encode for KvSnapshot {
     fn encode(&self, w: &mut Writer<'_>) {
         self.gc_point.encode(w);
         w.u64(self.versions.len() as u64);
         for (key, versions) in &self.versions {
             w.bytes(key);
-            w.sequence_len(versions.len());
-            for v in versions {
-                v.ts.encode(w);
-                match &v.value {
-                    None => w.u8(0),
-                    Some(value) => {
-                        w.u8(1);
-                        w.bytes(value);
-                    }
-                }
-            }
+            encode_versions(versions, w);
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -237,18 +257,7 @@ impl Encode for KvSnapshot {
         let mut out = Vec::new();
         for _ in 0..keys {
             let key = r.bytes()?.to_vec();
-            let n = r.sequence_len()?;
-            let mut versions = Vec::with_capacity(n);
-            for _ in 0..n {
-                let ts = Timestamp::decode(r)?;
-                let value = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.bytes()?.to_vec()),
-                    tag => return Err(DecodeError::UnknownTag { what: "version", tag }),
-                };
-                versions.push(Version { ts, value });
-            }
-            out.push((key, versions));
+            out.push((key, decode_versions(r)?));
         }
         Ok(KvSnapshot { gc_point, versions: out })
     }
@@ -406,6 +415,22 @@ impl MvccShard {
             !versions.is_empty()
         });
         dropped
+    }
+
+    /// Takes in versions kept elsewhere (the runtime's version store) on top of what the log
+    /// rebuilt: a version already present (same key and timestamp) is the same write, kept once.
+    pub fn merge(&mut self, snapshot: KvSnapshot) {
+        self.gc_point = self.gc_point.max(snapshot.gc_point);
+        for (key, versions) in snapshot.versions {
+            let kept = self.versions.entry(key).or_default();
+            for version in versions {
+                self.clock.witness(version.ts);
+                let at = kept.partition_point(|v| v.ts < version.ts);
+                if kept.get(at).is_none_or(|v| v.ts != version.ts) {
+                    kept.insert(at, version);
+                }
+            }
+        }
     }
 
     /// Forgets read timestamps older than `before` (counting every key as read at `before`).
@@ -761,6 +786,19 @@ mod tests {
         ));
         s.set_physical_time(200);
         assert!(s.check(txn(1), &put(1, 1_151, "k", "v")).is_ok());
+    }
+
+    #[test]
+    fn merging_kept_versions_keeps_each_write_once() {
+        let mut s = shard();
+        commit(&mut s, txn(1), &put(1, 10, "k", "a"));
+        commit(&mut s, txn(2), &put(11, 20, "k", "b"));
+        let mut other = shard();
+        commit(&mut other, txn(2), &put(11, 20, "k", "b"));
+        commit(&mut other, txn(3), &put(21, 30, "k", "c"));
+        s.merge(other.snapshot());
+        let ts: Vec<u64> = s.versions()[b"k".as_slice()].iter().map(|v| v.ts.wall).collect();
+        assert_eq!(ts, vec![10, 20, 30]);
     }
 
     #[test]

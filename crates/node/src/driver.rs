@@ -61,6 +61,8 @@ pub(crate) struct Io<M: Model> {
     pub records_since_checkpoint: u64,
     pub checkpoint_every: u64,
     pub dropped_sends: u64,
+    /// A shard's storage beside its log (the KV store's redb file).
+    pub storage: Option<M::Storage>,
 }
 
 pub(crate) struct Node<M: Model> {
@@ -163,13 +165,16 @@ impl<M: Model> Node<M> {
             return;
         }
         self.io.records_since_checkpoint = 0;
-        let live: Vec<Vec<u8>> = match &self.role {
+        let live: Result<Vec<Vec<u8>>, String> = match &self.role {
             RoleState::Coordinator(c) => {
-                c.core.live_records().iter().map(Encode::to_bytes).collect()
+                Ok(c.core.live_records().iter().map(Encode::to_bytes).collect())
             }
-            RoleState::Shard(p) => p.live_records().iter().map(Encode::to_bytes).collect(),
+            RoleState::Shard(p) => M::checkpoint(self.io.storage.as_ref(), p)
+                .map(|live| live.iter().map(Encode::to_bytes).collect()),
         };
-        if let Err(error) = self.io.log.checkpoint(live) {
+        let checkpointed =
+            live.and_then(|live| self.io.log.checkpoint(live).map_err(|e| e.to_string()));
+        if let Err(error) = checkpointed {
             let _ = self.io.internal.send(Event::LogFailed(error.to_string()));
         }
     }

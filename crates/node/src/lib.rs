@@ -11,6 +11,7 @@ mod driver;
 mod kv;
 mod model;
 mod service;
+mod versions;
 
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
@@ -164,6 +165,13 @@ async fn serve_model<M: Model>(
         .map_err(|source| NodeError::Listen { address: me.listen, source })?;
     let log = Arc::new(GroupCommit::start(log).map_err(|e| NodeError::Failed(e.to_string()))?);
 
+    let storage = match me.role {
+        Role::Shard => Some(
+            M::open_storage(data_dir)
+                .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?,
+        ),
+        Role::Coordinator => None,
+    };
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
     let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
     let mut outboxes = HashMap::new();
@@ -194,10 +202,13 @@ async fn serve_model<M: Model>(
         records_since_checkpoint: 0,
         checkpoint_every: config.log.checkpoint_every,
         dropped_sends: 0,
+        storage,
     };
     let mut node = Node { role, io };
     node.step(Input::Restart { records });
     if let RoleState::Shard(p) = &mut node.role {
+        M::load(node.io.storage.as_ref(), p)
+            .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?;
         M::after_restart(p);
     }
 

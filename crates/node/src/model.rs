@@ -32,6 +32,28 @@ pub(crate) trait Model: Send + Sync + Sized + 'static {
         + Sync
         + 'static;
 
+    /// Durable storage a shard keeps beside its log (`()` when the log is all there is).
+    type Storage: Send + 'static;
+
+    fn open_storage(data_dir: &std::path::Path) -> Result<Self::Storage, String>;
+
+    /// After the log was replayed: takes in what the storage holds.
+    fn load(
+        _storage: Option<&Self::Storage>,
+        _shard: &mut Participant<Self::Resource>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The records that replace a shard's log at a checkpoint. A model with storage moves
+    /// state there first — durably, since the log forgets it once these records are in.
+    fn checkpoint(
+        _storage: Option<&Self::Storage>,
+        shard: &Participant<Self::Resource>,
+    ) -> Result<Vec<Record<Self>>, String> {
+        Ok(concord_commit::Checkpoint::live_records(shard))
+    }
+
     /// A shard's resource, as the configuration asks for it.
     fn resource(config: &ClusterConfig) -> Self::Resource;
 
@@ -68,6 +90,11 @@ pub(crate) struct Deltas;
 
 impl Model for Deltas {
     type Resource = Store;
+    type Storage = ();
+
+    fn open_storage(_: &std::path::Path) -> Result<(), String> {
+        Ok(())
+    }
 
     fn resource(_: &ClusterConfig) -> Store {
         Store::default()
@@ -128,6 +155,37 @@ pub(crate) struct KvStore;
 
 impl Model for KvStore {
     type Resource = MvccShard;
+    type Storage = crate::versions::VersionStore;
+
+    fn open_storage(data_dir: &std::path::Path) -> Result<Self::Storage, String> {
+        crate::versions::VersionStore::open(&data_dir.join("versions.redb"))
+    }
+
+    fn load(
+        storage: Option<&Self::Storage>,
+        shard: &mut Participant<MvccShard>,
+    ) -> Result<(), String> {
+        match storage {
+            Some(storage) => storage.load_into(shard.resource_mut()),
+            None => Ok(()),
+        }
+    }
+
+    fn checkpoint(
+        storage: Option<&Self::Storage>,
+        shard: &Participant<MvccShard>,
+    ) -> Result<Vec<Record<Self>>, String> {
+        let mut live = concord_commit::Checkpoint::live_records(shard);
+        let Some(storage) = storage else { return Ok(live) };
+        // The versions go to redb (durably); the log's snapshot keeps the decisions only.
+        storage.save(&shard.resource().snapshot())?;
+        for record in &mut live {
+            if let two_phase::Record::Snapshot { values, .. } = record {
+                values.versions.clear();
+            }
+        }
+        Ok(live)
+    }
 
     fn resource(config: &ClusterConfig) -> MvccShard {
         MvccShard::new(config.kv.as_ref().map_or(500, |kv| kv.max_offset_ms) * 1_000)
