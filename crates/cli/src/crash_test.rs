@@ -60,12 +60,37 @@ struct Transfer {
     known: Known,
 }
 
+/// `n` free loopback ports below the kernel's ephemeral range. A port the kernel hands out
+/// (binding port 0) is in that range, and once its node is killed, any outgoing connection —
+/// a client's, a peer's — may take it as its source port, and the restarted node cannot listen
+/// ("address already in use"). Ports below the range are only ever taken by a bind.
 pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot find free ports: {e}"))?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1).max(10_001));
+    let span = u64::from(high - low);
+    let mut rng = Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
+            ^ u64::from(std::process::id()),
+    );
+    let mut held: Vec<TcpListener> = Vec::new();
+    for _ in 0..10_000 {
+        if held.len() == n {
+            break;
+        }
+        let port = low + u16::try_from(rng.below(span)).expect("below the span");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < n {
+        return Err(format!("cannot find {n} free ports between {low} and {high}"));
+    }
+    held.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
 }
 
 pub(crate) struct Cluster {
