@@ -70,6 +70,9 @@ const RESOLVE_EVERY: u32 = 4;
 const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SCAN_LIMIT: usize = 100;
+/// Most rows one shard read returns: a gateway asks for a scan's limit plus the transaction's
+/// own deletions in the range, each bounded by `Limits`; anything beyond is refused work.
+const MAX_SHARD_SCAN_ROWS: usize = 20_000;
 /// Open transactions a gateway holds at most; beyond, `begin` is refused (RESOURCE_EXHAUSTED).
 const MAX_OPEN_TRANSACTIONS: usize = 100_000;
 
@@ -416,7 +419,8 @@ impl proto::kv_shard_server::KvShard for Handle<KvStore> {
         let range = request.range.map(|r| range_from_proto(Some(r)));
         let deadline = tokio::time::Instant::now() + READ_WAIT;
         for attempt in 1u32.. {
-            let (key, range, limit) = (request.key.clone(), range.clone(), request.limit as usize);
+            let limit = (request.limit as usize).min(MAX_SHARD_SCAN_ROWS);
+            let (key, range) = (request.key.clone(), range.clone());
             let resolve = attempt.is_multiple_of(RESOLVE_EVERY);
             let result = self
                 .ask(move |node| {
