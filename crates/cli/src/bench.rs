@@ -273,6 +273,21 @@ impl LocalCluster {
     }
 }
 
+/// One measured load: how many clients, for how long, and what they did.
+#[derive(Debug)]
+pub struct Measured {
+    pub clients: usize,
+    pub seconds: f64,
+    pub tally: Tally,
+}
+
+impl Measured {
+    /// Committed transactions per second.
+    pub fn tps(&self) -> f64 {
+        self.tally.committed as f64 / self.seconds
+    }
+}
+
 /// What a set of benchmark clients did: outcomes, and the latency of the committed ones.
 #[derive(Debug, Default)]
 pub struct Tally {

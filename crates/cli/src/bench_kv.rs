@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use concord_client::{KvClient, KvError};
 use concord_node::config::KvConfig;
 
-use crate::bench::{Floor, LocalCluster, Tally};
+use crate::bench::{Floor, LocalCluster, Measured, Tally};
 use concord_sim::rng::{run_seed, Rng};
 
 use crate::cluster::runtime;
@@ -68,15 +68,7 @@ pub struct Options<'a> {
 
 struct Row {
     workload: Workload,
-    clients: usize,
-    seconds: f64,
-    tally: Tally,
-}
-
-impl Row {
-    fn tps(&self) -> f64 {
-        self.tally.committed as f64 / self.seconds
-    }
+    run: Measured,
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
@@ -198,7 +190,7 @@ async fn measure(
         });
     }
     let tally = Tally::join(&mut tasks).await;
-    Row { workload, clients, seconds: started.elapsed().as_secs_f64(), tally }
+    Row { workload, run: Measured { clients, seconds: started.elapsed().as_secs_f64(), tally } }
 }
 
 fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
@@ -207,11 +199,11 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "workload": r.workload.name(), "clients": r.clients, "tps": r.tps(),
-                    "committed": r.tally.committed, "aborted": r.tally.aborted,
-                    "failed": r.tally.failed, "seconds": r.seconds,
-                    "p50_us": r.tally.latency.quantile(0.5),
-                    "p99_us": r.tally.latency.quantile(0.99),
+                    "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
+                    "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
+                    "failed": r.run.tally.failed, "seconds": r.run.seconds,
+                    "p50_us": r.run.tally.latency.quantile(0.5),
+                    "p99_us": r.run.tally.latency.quantile(0.99),
                 })
             })
             .collect();
@@ -231,13 +223,13 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         println!(
             "{:<8} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10}",
             r.workload.name(),
-            r.clients,
-            r.tps(),
-            r.tally.committed,
-            r.tally.aborted,
-            r.tally.failed,
-            r.tally.latency.quantile(0.5),
-            r.tally.latency.quantile(0.99),
+            r.run.clients,
+            r.run.tps(),
+            r.run.tally.committed,
+            r.run.tally.aborted,
+            r.run.tally.failed,
+            r.run.tally.latency.quantile(0.5),
+            r.run.tally.latency.quantile(0.99),
         );
     }
 }

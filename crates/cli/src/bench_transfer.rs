@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use concord_node::proto::{self, State};
 
-use crate::bench::{Floor, LocalCluster, Tally};
+use crate::bench::{Floor, LocalCluster, Measured, Tally};
 
 use crate::client::{client, submit};
 use crate::cluster::runtime;
@@ -30,18 +30,6 @@ pub struct Options<'a> {
     pub clients: Vec<usize>,
     pub duration: Duration,
     pub json: bool,
-}
-
-struct Row {
-    clients: usize,
-    seconds: f64,
-    tally: Tally,
-}
-
-impl Row {
-    fn tps(&self) -> f64 {
-        self.tally.committed as f64 / self.seconds
-    }
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
@@ -107,7 +95,7 @@ async fn measure(
     shards: &[String],
     clients: usize,
     duration: Duration,
-) -> Row {
+) -> Measured {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -139,15 +127,15 @@ async fn measure(
         });
     }
     let tally = Tally::join(&mut tasks).await;
-    Row { clients, seconds: started.elapsed().as_secs_f64(), tally }
+    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
 }
 
-fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
+fn report(options: &Options<'_>, rows: &[Measured], floor: &Floor) {
     let (fsync_p50, rtt_p50) = (floor.fsync.quantile(0.5), floor.rtt.quantile(0.5));
     // 2PC's unavoidable cost per transaction: two forced writes in sequence (the shard's
     // prepare, the coordinator's decision) and two round trips (prepare/vote, submit/outcome).
     let floor_us = 2 * fsync_p50 + 2 * rtt_p50;
-    let best = rows.iter().map(Row::tps).fold(0.0, f64::max);
+    let best = rows.iter().map(Measured::tps).fold(0.0, f64::max);
     let one_client_ratio = rows
         .iter()
         .find(|r| r.clients == 1)

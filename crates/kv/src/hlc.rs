@@ -42,11 +42,6 @@ impl Timestamp {
             None => Timestamp { wall: self.wall + 1, logical: 0 },
         }
     }
-
-    /// This timestamp moved back by `us` microseconds of wall time (saturating at zero).
-    pub fn minus_us(self, us: u64) -> Timestamp {
-        Timestamp { wall: self.wall.saturating_sub(us), logical: self.logical }
-    }
 }
 
 impl fmt::Display for Timestamp {

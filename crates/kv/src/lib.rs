@@ -10,8 +10,8 @@
 //! * [`session`] — a transaction as its gateway keeps it: snapshot, read set, buffered writes,
 //!   limits; and [`ShardMap`], range sharding by split points.
 //!
-//! Cross-shard commits run through the 2PC core unchanged: `Coordinator<KvChange, KvSnapshot>`
-//! routes each shard's change; a single-shard transaction commits in one phase.
+//! Cross-shard commits run through the 2PC core unchanged: `two_phase::Coordinator<KvChange,
+//! KvSnapshot>` routes each shard's change; a single-shard transaction commits in one phase.
 
 pub mod change;
 pub mod hlc;
@@ -27,8 +27,5 @@ pub use shard::{
 
 /// The 2PC participant of a KV shard.
 pub type ShardParticipant = concord_commit::two_phase::Participant<MvccShard>;
-/// The 2PC coordinator of KV transactions.
-pub type KvCoordinator = concord_commit::two_phase::Coordinator<KvChange, KvSnapshot>;
-/// The messages and records both exchange.
-pub type KvMsg = concord_commit::two_phase::Msg<KvChange>;
+/// The records a KV shard's 2PC participant writes.
 pub type KvRecord = concord_commit::two_phase::Record<KvChange, KvSnapshot>;

@@ -129,11 +129,6 @@ impl<R: Resource> Participant<R> {
         self.refusals.0.iter().rev().find(|(t, _)| *t == txn).map(|(_, r)| r)
     }
 
-    /// Whether `txn` is decided here, and how (aborts include NO votes never logged).
-    pub fn decision(&self, txn: TxnId) -> Option<Decision> {
-        self.decided.get(&txn).copied()
-    }
-
     /// Transactions this participant voted YES on and has not yet learned the outcome of.
     pub fn in_doubt(&self) -> Vec<TxnId> {
         self.branches
@@ -141,14 +136,6 @@ impl<R: Resource> Participant<R> {
             .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
             .map(|(&txn, _)| txn)
             .collect()
-    }
-
-    /// Whether `txn` is prepared here and waiting for its decision.
-    pub fn is_prepared(&self, txn: TxnId) -> bool {
-        matches!(
-            self.branches.get(&txn),
-            Some(Branch::Preparing { .. } | Branch::Prepared { .. } | Branch::Committing { .. })
-        )
     }
 
     /// Checks a new branch against the in-flight limit and the resource, remembering why a
