@@ -11,15 +11,17 @@ use concord_types::{NodeId, TxnId, Write};
 
 use super::leader::Leader;
 use super::{Ballot, Config, Msg, Record, Timer, Value};
-use crate::{Command, Core, Durability, Input};
+use crate::{Checkpoint, Command, Core, Durability, Input};
 
-type Out<C> = Vec<Command<Msg<C>, Record<C>, Timer>>;
+type Out<C, S> = Vec<Command<Msg<C>, Record<C, S>, Timer>>;
 
 /// `C` is the branch change the messages carry (an acceptor never looks at it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Acceptor<C = Vec<Write>> {
+pub struct Acceptor<C = Vec<Write>, S = Vec<Write>> {
     id: NodeId,
     config: Config,
+    /// This start's epoch (0 before the first restart); a checkpoint keeps it.
+    epoch: u32,
     promised: BTreeMap<TxnId, Ballot>,
     accepted: BTreeMap<TxnId, BTreeMap<NodeId, (Ballot, Value)>>,
     participants: BTreeMap<TxnId, Vec<NodeId>>,
@@ -27,15 +29,16 @@ pub struct Acceptor<C = Vec<Write>> {
     awaiting_promise: BTreeMap<(TxnId, Ballot), NodeId>,
     awaiting_accept: BTreeMap<(TxnId, Ballot), NodeId>,
     leader: Leader,
-    change: std::marker::PhantomData<C>,
+    change: std::marker::PhantomData<(C, S)>,
 }
 
-impl<C: Clone + std::fmt::Debug> Acceptor<C> {
+impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Acceptor<C, S> {
     pub fn new(id: NodeId, config: Config) -> Self {
         Acceptor {
             id,
             leader: Leader::new(id, config.clone()),
             config,
+            epoch: 0,
             promised: BTreeMap::new(),
             accepted: BTreeMap::new(),
             participants: BTreeMap::new(),
@@ -49,7 +52,7 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
         self.promised.get(&txn).copied().unwrap_or(0)
     }
 
-    fn restart(&mut self, records: Vec<Record<C>>, out: &mut Out<C>) {
+    fn restart(&mut self, records: Vec<Record<C, S>>, out: &mut Out<C, S>) {
         *self = Acceptor::new(self.id, self.config.clone());
         let mut highest_epoch = 0;
         for record in records {
@@ -68,6 +71,7 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
             }
         }
         let epoch = highest_epoch.checked_add(1).expect("epoch space exhausted");
+        self.epoch = epoch;
         out.push(Command::Persist {
             record: Record::EpochStarted { epoch },
             durability: Durability::Forced,
@@ -97,7 +101,7 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
         values: Vec<(NodeId, Value)>,
         leader: NodeId,
         participants: Vec<NodeId>,
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
     ) {
         let promised = self.promised(txn);
         if ballot < promised {
@@ -128,7 +132,7 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
         }
     }
 
-    fn on_accept_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out<C>) {
+    fn on_accept_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out<C, S>) {
         let Some(leader) = self.awaiting_accept.remove(&(txn, ballot)) else { return };
         let values: Vec<(NodeId, Value)> = self.accepted[&txn]
             .iter()
@@ -138,7 +142,7 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
         out.push(Command::Send { to: leader, msg: Msg::Phase2b { txn, ballot, values } });
     }
 
-    fn on_phase1a(&mut self, txn: TxnId, ballot: Ballot, leader: NodeId, out: &mut Out<C>) {
+    fn on_phase1a(&mut self, txn: TxnId, ballot: Ballot, leader: NodeId, out: &mut Out<C, S>) {
         let promised = self.promised(txn);
         if ballot <= promised {
             out.push(Command::Send { to: leader, msg: Msg::Reject { txn, promised } });
@@ -152,7 +156,7 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
         self.awaiting_promise.insert((txn, ballot), leader);
     }
 
-    fn on_promise_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out<C>) {
+    fn on_promise_durable(&mut self, txn: TxnId, ballot: Ballot, out: &mut Out<C, S>) {
         let Some(leader) = self.awaiting_promise.remove(&(txn, ballot)) else { return };
         let accepted = self
             .accepted
@@ -163,13 +167,13 @@ impl<C: Clone + std::fmt::Debug> Acceptor<C> {
     }
 }
 
-impl<C: Clone + std::fmt::Debug> Core for Acceptor<C> {
+impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Acceptor<C, S> {
     type Msg = Msg<C>;
-    type Record = Record<C>;
+    type Record = Record<C, S>;
     type Timer = Timer;
     type Change = C;
 
-    fn handle(&mut self, input: Input<Msg<C>, Record<C>, Timer, C>, out: &mut Out<C>) {
+    fn handle(&mut self, input: Input<Msg<C>, Record<C, S>, Timer, C>, out: &mut Out<C, S>) {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Persisted(Record::EpochStarted { epoch }) => self.leader.epoch_durable(epoch),
@@ -201,5 +205,33 @@ impl<C: Clone + std::fmt::Debug> Core for Acceptor<C> {
                 Msg::Prepare { .. } | Msg::Decision { .. } => {}
             },
         }
+    }
+}
+
+impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Checkpoint for Acceptor<C, S> {
+    /// The epoch, and for every transaction its promise and what it accepted at which ballot:
+    /// an acceptor cannot know when every participant has learned a decision, so it forgets
+    /// nothing (see ARCHITECTURE.md, known limits).
+    fn live_records(&self) -> Vec<Record<C, S>> {
+        let mut live = Vec::new();
+        if self.epoch > 0 {
+            live.push(Record::EpochStarted { epoch: self.epoch });
+        }
+        for (&txn, &promised) in &self.promised {
+            let participants = self.participants.get(&txn).cloned().unwrap_or_default();
+            let mut by_ballot: BTreeMap<Ballot, Vec<(NodeId, Value)>> = BTreeMap::new();
+            for (&instance, &(ballot, value)) in self.accepted.get(&txn).into_iter().flatten() {
+                by_ballot.entry(ballot).or_default().push((instance, value));
+            }
+            let highest_accepted = by_ballot.keys().next_back().copied().unwrap_or(0);
+            for (ballot, values) in by_ballot {
+                let participants = participants.clone();
+                live.push(Record::Accepted { txn, ballot, values, participants });
+            }
+            if promised > highest_accepted {
+                live.push(Record::Promised { txn, ballot: promised });
+            }
+        }
+        live
     }
 }

@@ -6,29 +6,35 @@ use concord_types::{NodeId, RequestId, Write};
 use super::leader::Leader;
 use super::{Config, Msg, Record, Timer};
 use crate::admission::{Admission, Limits};
-use crate::{Branch, Command, Core, Durability, Input};
+use crate::{Branch, Checkpoint, Command, Core, Durability, Input};
 
-type Out<C> = Vec<Command<Msg<C>, Record<C>, Timer>>;
+type Out<C, S> = Vec<Command<Msg<C>, Record<C, S>, Timer>>;
 
 /// `C` is a branch's change, routed to its participant unopened.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Coordinator<C = Vec<Write>> {
+pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     id: NodeId,
     admission: Admission<C>,
     leader: Leader,
+    snapshot: std::marker::PhantomData<S>,
 }
 
-impl<C: Clone + std::fmt::Debug> Coordinator<C> {
+impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
     pub fn new(id: NodeId, config: Config) -> Self {
         let limits = Limits {
             max_participants: config.max_participants,
             max_in_flight: config.max_in_flight,
             max_queued: config.max_queued_begins,
         };
-        Coordinator { id, admission: Admission::new(id, limits), leader: Leader::new(id, config) }
+        Coordinator {
+            id,
+            admission: Admission::new(id, limits),
+            leader: Leader::new(id, config),
+            snapshot: std::marker::PhantomData,
+        }
     }
 
-    fn begin(&mut self, request: RequestId, branches: Vec<Branch<C>>, out: &mut Out<C>) {
+    fn begin(&mut self, request: RequestId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
         let epoch_record = |epoch| Record::EpochStarted { epoch };
         let in_flight = self.leader.in_flight();
         let admitted = self.admission.admit(request, branches, in_flight, epoch_record, out);
@@ -42,7 +48,7 @@ impl<C: Clone + std::fmt::Debug> Coordinator<C> {
     }
 
     fn emit_outcome(
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
         decided: Option<concord_types::Decision>,
         txn: concord_types::TxnId,
     ) {
@@ -52,13 +58,13 @@ impl<C: Clone + std::fmt::Debug> Coordinator<C> {
     }
 }
 
-impl<C: Clone + std::fmt::Debug> Core for Coordinator<C> {
+impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> {
     type Msg = Msg<C>;
-    type Record = Record<C>;
+    type Record = Record<C, S>;
     type Timer = Timer;
     type Change = C;
 
-    fn handle(&mut self, input: Input<Msg<C>, Record<C>, Timer, C>, out: &mut Out<C>) {
+    fn handle(&mut self, input: Input<Msg<C>, Record<C, S>, Timer, C>, out: &mut Out<C, S>) {
         match input {
             Input::Restart { records } => {
                 let highest = records
@@ -106,5 +112,12 @@ impl<C: Clone + std::fmt::Debug> Core for Coordinator<C> {
                 | Msg::Decision { .. } => {}
             },
         }
+    }
+}
+
+impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Checkpoint for Coordinator<C, S> {
+    /// Only the epoch: the decisions are at the acceptors.
+    fn live_records(&self) -> Vec<Record<C, S>> {
+        self.admission.epoch().map(|epoch| Record::EpochStarted { epoch }).into_iter().collect()
     }
 }

@@ -9,7 +9,7 @@ use super::{Ballot, Config, Msg, Record, Timer, Value};
 use crate::backoff_us;
 use crate::Command;
 
-type Out<C> = Vec<Command<Msg<C>, Record<C>, Timer>>;
+type Out<C, S> = Vec<Command<Msg<C>, Record<C, S>, Timer>>;
 
 /// Decisions remembered to answer inquiries without a new ballot. Forgetting is safe: the
 /// decision is chosen at the acceptors, and a new ballot finds it again.
@@ -73,7 +73,7 @@ impl Leader {
     }
 
     /// The initial leader starts a transaction: wait for ballot-0 votes, up to the vote timeout.
-    pub(super) fn begin<C>(&mut self, txn: TxnId, participants: Vec<NodeId>, out: &mut Out<C>) {
+    pub(super) fn begin<C, S>(&mut self, txn: TxnId, participants: Vec<NodeId>, out: &mut Out<C, S>) {
         out.push(Command::SetTimer {
             timer: Timer::BallotZero { txn },
             after_us: self.config.vote_timeout_us,
@@ -103,12 +103,12 @@ impl Leader {
         *seen = (*seen).max(ballot);
     }
 
-    fn start_phase1<C>(
+    fn start_phase1<C, S>(
         &mut self,
         txn: TxnId,
         participants: Vec<NodeId>,
         attempt: u32,
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
     ) {
         let Some(ballot) = self.next_ballot(txn) else { return };
         self.see(txn, ballot);
@@ -125,19 +125,19 @@ impl Leader {
         );
     }
 
-    fn set_ballot_timer<C>(&self, txn: TxnId, ballot: Ballot, attempt: u32, out: &mut Out<C>) {
+    fn set_ballot_timer<C, S>(&self, txn: TxnId, ballot: Ballot, attempt: u32, out: &mut Out<C, S>) {
         let after_us =
             backoff_us(self.config.ballot_timeout_us, self.config.ballot_timeout_max_us, attempt);
         out.push(Command::SetTimer { timer: Timer::Ballot { txn, ballot }, after_us });
     }
 
     /// Sends the decision to every participant and forgets the round. Returns it if it is new.
-    fn decide<C>(
+    fn decide<C, S>(
         &mut self,
         txn: TxnId,
         participants: &[NodeId],
         decision: Decision,
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
     ) -> Option<Decision> {
         self.rounds.remove(&txn);
         for &p in participants {
@@ -163,13 +163,13 @@ impl Leader {
         }
     }
 
-    pub(super) fn on_phase2b<C>(
+    pub(super) fn on_phase2b<C, S>(
         &mut self,
         from: NodeId,
         txn: TxnId,
         ballot: Ballot,
         values: Vec<(NodeId, Value)>,
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
     ) -> Option<Decision> {
         self.see(txn, ballot);
         let majority = self.config.majority();
@@ -202,13 +202,13 @@ impl Leader {
         }
     }
 
-    pub(super) fn on_phase1b<C>(
+    pub(super) fn on_phase1b<C, S>(
         &mut self,
         from: NodeId,
         txn: TxnId,
         ballot: Ballot,
         accepted: Vec<(NodeId, Ballot, Value)>,
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
     ) {
         self.see(txn, ballot);
         let majority = self.config.majority();
@@ -260,12 +260,12 @@ impl Leader {
     }
 
     /// A participant asks: answer from memory, or find out with a ballot of our own.
-    pub(super) fn on_inquire<C>(
+    pub(super) fn on_inquire<C, S>(
         &mut self,
         from: NodeId,
         txn: TxnId,
         participants: Vec<NodeId>,
-        out: &mut Out<C>,
+        out: &mut Out<C, S>,
     ) {
         if let Some(&decision) = self.decided.get(&txn) {
             out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
@@ -276,7 +276,7 @@ impl Leader {
         }
     }
 
-    pub(super) fn on_timer<C>(&mut self, timer: Timer, out: &mut Out<C>) {
+    pub(super) fn on_timer<C, S>(&mut self, timer: Timer, out: &mut Out<C, S>) {
         match timer {
             Timer::BallotZero { txn } => {
                 if let Some(Round::BallotZero { participants, .. }) = self.rounds.get(&txn) {

@@ -90,8 +90,9 @@ pub enum Msg<C = Vec<Write>> {
     Inquire { txn: TxnId, participants: Vec<NodeId> },
 }
 
+/// `C` as in [`Msg`]; `S` is a participant resource's applied state as a checkpoint writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Record<C = Vec<Write>> {
+pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// Coordinator and acceptors: transaction ids and ballots of this epoch may be issued.
     EpochStarted { epoch: u32 },
     /// Participant: prepared (its ballot-0 vote is Prepared).
@@ -104,6 +105,9 @@ pub enum Record<C = Vec<Write>> {
     Promised { txn: TxnId, ballot: Ballot },
     /// Acceptor: accepted these values at `ballot`.
     Accepted { txn: TxnId, ballot: Ballot, values: Vec<(NodeId, Value)>, participants: Vec<NodeId> },
+    /// Participant, written only by a checkpoint: the applied values and the decisions it
+    /// remembers, standing for every record it replaces.
+    Snapshot { values: S, committed: Vec<TxnId>, aborted: Vec<TxnId> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -221,9 +225,10 @@ impl Protocol for PaxosCommit {
                 RecordKind::BranchDecided { txn, decision: Decision::Commit }
             }
             Record::Aborted { txn } => RecordKind::BranchDecided { txn, decision: Decision::Abort },
-            Record::EpochStarted { .. } | Record::Promised { .. } | Record::Accepted { .. } => {
-                RecordKind::Other
-            }
+            Record::EpochStarted { .. }
+            | Record::Promised { .. }
+            | Record::Accepted { .. }
+            | Record::Snapshot { .. } => RecordKind::Other,
         }
     }
 }
@@ -275,7 +280,7 @@ impl fmt::Display for Timer {
     }
 }
 
-impl<C> fmt::Display for Record<C> {
+impl<C, S> fmt::Display for Record<C, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Record::EpochStarted { epoch } => write!(f, "epoch {epoch}"),
@@ -286,6 +291,9 @@ impl<C> fmt::Display for Record<C> {
             Record::Accepted { txn, ballot, values, .. } => {
                 write!(f, "accepted b{ballot} {} {txn}", values_label(values))
             }
+            Record::Snapshot { committed, aborted, .. } => {
+                write!(f, "snapshot ({} committed, {} aborted)", committed.len(), aborted.len())
+            }
         }
     }
 }
@@ -294,29 +302,43 @@ fn encode_values(w: &mut Writer<'_>, values: &[(NodeId, Value)]) {
     w.sequence_len(values.len());
     for (node, value) in values {
         w.node(*node);
-        w.u8(match value {
-            Value::Prepared => 1,
-            Value::Aborted => 2,
-        });
+        w.u8(value_tag(*value));
+    }
+}
+
+fn value_tag(value: Value) -> u8 {
+    match value {
+        Value::Prepared => 1,
+        Value::Aborted => 2,
+    }
+}
+
+fn decode_value(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
+    match r.u8()? {
+        1 => Ok(Value::Prepared),
+        2 => Ok(Value::Aborted),
+        tag => Err(DecodeError::UnknownTag { what: "paxos value", tag }),
     }
 }
 
 fn decode_values(r: &mut Reader<'_>) -> Result<Vec<(NodeId, Value)>, DecodeError> {
     let len = r.sequence_len()?;
-    (0..len)
-        .map(|_| {
-            let node = r.node()?;
-            let value = match r.u8()? {
-                1 => Value::Prepared,
-                2 => Value::Aborted,
-                tag => return Err(DecodeError::UnknownTag { what: "paxos value", tag }),
-            };
-            Ok((node, value))
-        })
-        .collect()
+    (0..len).map(|_| Ok((r.node()?, decode_value(r)?))).collect()
 }
 
-impl<C: Encode> Encode for Record<C> {
+fn encode_txns(w: &mut Writer<'_>, txns: &[TxnId]) {
+    w.sequence_len(txns.len());
+    for &txn in txns {
+        w.txn(txn);
+    }
+}
+
+fn decode_txns(r: &mut Reader<'_>) -> Result<Vec<TxnId>, DecodeError> {
+    let len = r.sequence_len()?;
+    (0..len).map(|_| r.txn()).collect()
+}
+
+impl<C: Encode, S: Encode> Encode for Record<C, S> {
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
             Record::EpochStarted { epoch } => {
@@ -349,6 +371,12 @@ impl<C: Encode> Encode for Record<C> {
                 encode_values(w, values);
                 w.nodes(participants);
             }
+            Record::Snapshot { values, committed, aborted } => {
+                w.u8(7);
+                values.encode(w);
+                encode_txns(w, committed);
+                encode_txns(w, aborted);
+            }
         }
     }
 
@@ -367,7 +395,99 @@ impl<C: Encode> Encode for Record<C> {
                 values: decode_values(r)?,
                 participants: r.nodes()?,
             },
+            7 => Record::Snapshot {
+                values: S::decode(r)?,
+                committed: decode_txns(r)?,
+                aborted: decode_txns(r)?,
+            },
             tag => return Err(DecodeError::UnknownTag { what: "paxos-commit record", tag }),
+        })
+    }
+}
+
+/// Messages cross real networks in this form (the runtime's peer frames).
+impl<C: Encode> Encode for Msg<C> {
+    fn encode(&self, w: &mut Writer<'_>) {
+        match self {
+            Msg::Prepare { txn, participants, writes } => {
+                w.u8(1);
+                w.txn(*txn);
+                w.nodes(participants);
+                writes.encode(w);
+            }
+            Msg::Phase2a { txn, ballot, values, leader, participants } => {
+                w.u8(2);
+                w.txn(*txn);
+                w.u64(*ballot);
+                encode_values(w, values);
+                w.node(*leader);
+                w.nodes(participants);
+            }
+            Msg::Phase2b { txn, ballot, values } => {
+                w.u8(3);
+                w.txn(*txn);
+                w.u64(*ballot);
+                encode_values(w, values);
+            }
+            Msg::Phase1a { txn, ballot, leader } => {
+                w.u8(4);
+                w.txn(*txn);
+                w.u64(*ballot);
+                w.node(*leader);
+            }
+            Msg::Phase1b { txn, ballot, accepted } => {
+                w.u8(5);
+                w.txn(*txn);
+                w.u64(*ballot);
+                w.sequence_len(accepted.len());
+                for &(instance, at, value) in accepted {
+                    w.node(instance);
+                    w.u64(at);
+                    w.u8(value_tag(value));
+                }
+            }
+            Msg::Reject { txn, promised } => {
+                w.u8(6);
+                w.txn(*txn);
+                w.u64(*promised);
+            }
+            Msg::Decision { txn, decision } => {
+                w.u8(7);
+                w.txn(*txn);
+                w.decision(*decision);
+            }
+            Msg::Inquire { txn, participants } => {
+                w.u8(8);
+                w.txn(*txn);
+                w.nodes(participants);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8()? {
+            1 => Msg::Prepare { txn: r.txn()?, participants: r.nodes()?, writes: C::decode(r)? },
+            2 => Msg::Phase2a {
+                txn: r.txn()?,
+                ballot: r.u64()?,
+                values: decode_values(r)?,
+                leader: r.node()?,
+                participants: r.nodes()?,
+            },
+            3 => Msg::Phase2b { txn: r.txn()?, ballot: r.u64()?, values: decode_values(r)? },
+            4 => Msg::Phase1a { txn: r.txn()?, ballot: r.u64()?, leader: r.node()? },
+            5 => {
+                let (txn, ballot) = (r.txn()?, r.u64()?);
+                let len = r.sequence_len()?;
+                let accepted = (0..len)
+                    .map(|_| Ok((r.node()?, r.u64()?, decode_value(r)?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Msg::Phase1b { txn, ballot, accepted }
+            }
+            6 => Msg::Reject { txn: r.txn()?, promised: r.u64()? },
+            7 => Msg::Decision { txn: r.txn()?, decision: r.decision()? },
+            8 => Msg::Inquire { txn: r.txn()?, participants: r.nodes()? },
+            tag => return Err(DecodeError::UnknownTag { what: "paxos-commit message", tag }),
         })
     }
 }

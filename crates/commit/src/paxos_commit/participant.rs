@@ -9,9 +9,10 @@ use concord_types::{Decision, NodeId, TxnId};
 use super::{Config, Msg, Record, Timer, Value};
 use crate::backoff_us;
 use crate::store::Store;
-use crate::{Command, Core, Durability, Input, ParticipantView, Resource};
+use crate::{Checkpoint, Command, Core, Durability, Input, ParticipantView, Resource};
 
-type Out<R> = Vec<Command<Msg<<R as Resource>::Change>, Record<<R as Resource>::Change>, Timer>>;
+type Rec<R> = Record<<R as Resource>::Change, <R as Resource>::Snapshot>;
+type Out<R> = Vec<Command<Msg<<R as Resource>::Change>, Rec<R>, Timer>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Branch<C> {
@@ -116,7 +117,7 @@ impl<R: Resource> Participant<R> {
         }
     }
 
-    fn restart(&mut self, records: Vec<Record<R::Change>>, out: &mut Out<R>) {
+    fn restart(&mut self, records: Vec<Rec<R>>, out: &mut Out<R>) {
         // Forget everything volatile; the resource keeps the configuration its driver gave it.
         self.store.reset();
         self.branches.clear();
@@ -124,6 +125,11 @@ impl<R: Resource> Participant<R> {
         self.aborted.clear();
         for record in records {
             match record {
+                Record::Snapshot { values, committed, aborted } => {
+                    self.store.restore(values);
+                    self.committed.extend(committed);
+                    self.aborted.extend(aborted);
+                }
                 Record::Prepared { txn, participants, writes } => {
                     self.store.lock(txn, &writes);
                     self.branches
@@ -238,7 +244,7 @@ impl<R: Resource> Participant<R> {
         out.push(Command::Outcome { txn, decision: Decision::Abort });
     }
 
-    fn on_persisted(&mut self, record: Record<R::Change>, out: &mut Out<R>) {
+    fn on_persisted(&mut self, record: Rec<R>, out: &mut Out<R>) {
         match record {
             Record::Prepared { txn, .. } => {
                 let Some(Branch::Preparing { participants, writes, abort_requested }) =
@@ -311,7 +317,7 @@ impl<R: Resource> Participant<R> {
 
 impl<R: Resource> Core for Participant<R> {
     type Msg = Msg<R::Change>;
-    type Record = Record<R::Change>;
+    type Record = Rec<R>;
     type Timer = Timer;
     type Change = R::Change;
 
@@ -335,6 +341,34 @@ impl<R: Resource> Core for Participant<R> {
                 _ => {}
             },
         }
+    }
+}
+
+impl<R: Resource> Checkpoint for Participant<R> {
+    /// The applied state and the decisions, then what every open branch needs after a crash.
+    fn live_records(&self) -> Vec<Rec<R>> {
+        let mut live = vec![Record::Snapshot {
+            values: self.store.snapshot(),
+            committed: self.committed.iter().copied().collect(),
+            aborted: self.aborted.iter().copied().collect(),
+        }];
+        for (&txn, branch) in &self.branches {
+            match branch {
+                Branch::Preparing { participants, writes, .. }
+                | Branch::Prepared { participants, writes, .. } => {
+                    let (participants, writes) = (participants.clone(), writes.clone());
+                    live.push(Record::Prepared { txn, participants, writes });
+                }
+                // Its commit record is already on its way to the log, ahead of this checkpoint.
+                Branch::Committing { writes } => {
+                    let writes = writes.clone();
+                    live.push(Record::Prepared { txn, participants: Vec::new(), writes });
+                    live.push(Record::Committed { txn });
+                }
+                Branch::VotingAbort { .. } => live.push(Record::Aborted { txn }),
+            }
+        }
+        live
     }
 }
 

@@ -98,11 +98,11 @@ fn paxos_config(acceptors: &[NodeId]) -> paxos_commit::Config {
 impl KvProtocol for PaxosCommit {
     const NAME: &'static str = "paxos-commit";
     type Msg = paxos_commit::Msg<KvChange>;
-    type Record = paxos_commit::Record<KvChange>;
+    type Record = paxos_commit::Record<KvChange, KvSnapshot>;
     type Timer = paxos_commit::Timer;
-    type Coordinator = paxos_commit::Coordinator<KvChange>;
+    type Coordinator = paxos_commit::Coordinator<KvChange, KvSnapshot>;
     type Participant = paxos_commit::Participant<MvccShard>;
-    type Acceptor = paxos_commit::Acceptor<KvChange>;
+    type Acceptor = paxos_commit::Acceptor<KvChange, KvSnapshot>;
 
     fn acceptor_count() -> usize {
         3
