@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use concord_node::config::ClusterConfig;
+use concord_node::config::{ClusterConfig, CommitProtocol};
 use tokio::sync::watch;
 
 /// The tokio runtime every networked command runs on.
@@ -59,22 +59,37 @@ fn dev_config(path: &Path, new: impl FnOnce() -> ClusterConfig) -> Result<Cluste
 }
 
 /// `concord dev`: a coordinator and shards on loopback, in this process.
-pub fn dev(data_dir: &Path, shards: u32, port: u16) -> Result<ExitCode, String> {
-    // The key-value store's ports start at --port + 10.
-    if !(1..=9).contains(&shards) {
-        return Err("--shards must be between 1 and 9".into());
+pub fn dev(
+    data_dir: &Path,
+    shards: u32,
+    port: u16,
+    protocol: CommitProtocol,
+) -> Result<ExitCode, String> {
+    // The key-value store's ports start at --port + 10; Paxos Commit's acceptors follow the
+    // shards of each cluster.
+    let acceptors = match protocol {
+        CommitProtocol::TwoPhase => 0,
+        CommitProtocol::PaxosCommit => 3,
+    };
+    if shards < 1 || shards + acceptors > 9 {
+        return Err(format!("--shards must be between 1 and {} with {protocol}", 9 - acceptors));
     }
+    let on_protocol = |config: ClusterConfig| match protocol {
+        CommitProtocol::TwoPhase => config,
+        CommitProtocol::PaxosCommit => config.with_paxos_commit(acceptors),
+    };
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let config =
-        dev_config(&data_dir.join("concord.toml"), || ClusterConfig::local("dev", shards, port))?;
+    let config = dev_config(&data_dir.join("concord.toml"), || {
+        on_protocol(ClusterConfig::local("dev", shards, port))
+    })?;
     let kv_dir = data_dir.join("kv");
     std::fs::create_dir_all(&kv_dir)
         .map_err(|e| format!("cannot create {}: {e}", kv_dir.display()))?;
     let kv_config = dev_config(&kv_dir.join("concord.toml"), || {
         let mut config = ClusterConfig::local("dev-kv", shards, port + 10);
         config.kv = Some(concord_node::config::KvConfig::default());
-        config
+        on_protocol(config)
     })?;
     let coordinator = config.coordinator().listen;
     let gateway = kv_config.coordinator().listen;
@@ -92,11 +107,11 @@ pub fn dev(data_dir: &Path, shards: u32, port: u16) -> Result<ExitCode, String> 
                 });
             }
         }
-        println!("Concord dev cluster `{}` (2PC, durable logs under {})", config.cluster, data_dir.display());
+        println!("Concord dev cluster `{}` ({}, durable logs under {})", config.cluster, config.protocol, data_dir.display());
         for node in &config.nodes {
             println!("  {:<12} {:<12} {}", node.name, node.role.to_string(), node.listen);
         }
-        println!("Key-value store `{}` (MVCC shards, serializable; data under {})", kv_config.cluster, kv_dir.display());
+        println!("Key-value store `{}` (MVCC shards, serializable, {}; data under {})", kv_config.cluster, kv_config.protocol, kv_dir.display());
         for node in &kv_config.nodes {
             let role = if node.role == concord_node::config::Role::Coordinator { "gateway".to_string() } else { node.role.to_string() };
             println!("  {:<12} {:<12} {}", node.name, role, node.listen);

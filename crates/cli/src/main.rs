@@ -42,6 +42,10 @@ enum Command {
         /// The coordinator's port; shards take the next ones.
         #[arg(long, default_value_t = 7700)]
         port: u16,
+        /// How transactions commit in new clusters: 2pc, or paxos-commit (adds three
+        /// acceptor nodes after the shards). An existing data directory keeps its own.
+        #[arg(long, default_value = "2pc")]
+        protocol: concord_node::config::CommitProtocol,
     },
     /// One node of a cluster described by a configuration file (see docs/configuration.md).
     Serve {
@@ -138,7 +142,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev { data_dir, shards, port } => cluster::dev(&data_dir, shards, port),
+        Command::Dev { data_dir, shards, port, protocol } => {
+            cluster::dev(&data_dir, shards, port, protocol)
+        }
         Command::Serve { config, node, data_dir } => cluster::serve(&config, &node, data_dir),
         Command::Txn { command } => client::run_txn(command),
         Command::Kv { gateway, isolation, command } => kv::run(gateway, &isolation, command),

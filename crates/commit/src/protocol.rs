@@ -207,6 +207,12 @@ impl<M, R, T, C> Core for NoRole<M, R, T, C> {
     }
 }
 
+impl<M, R, T, C> Checkpoint for NoRole<M, R, T, C> {
+    fn live_records(&self) -> Vec<R> {
+        match self.0 {}
+    }
+}
+
 /// An atomic-commit protocol: its message, record and timer types and its roles.
 pub trait Protocol {
     /// The name on the command line (`--protocol 2pc`).

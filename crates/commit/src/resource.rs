@@ -66,3 +66,41 @@ impl Change for Vec<concord_types::Write> {
         self.len()
     }
 }
+
+/// Why a participant refused its recent branches, newest last (bounded), so a driver can tell
+/// the client. Only there to explain: equality and hashing ignore it, so the model checker does
+/// not count two participant states that differ only in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusals<T>(std::collections::VecDeque<(TxnId, T)>);
+
+/// How many refusal reasons a participant remembers.
+const REMEMBERED_REFUSALS: usize = 1024;
+
+impl<T> Default for Refusals<T> {
+    fn default() -> Self {
+        Refusals(std::collections::VecDeque::new())
+    }
+}
+
+impl<T> Refusals<T> {
+    pub(crate) fn remember(&mut self, txn: TxnId, refusal: T) {
+        if self.0.len() >= REMEMBERED_REFUSALS {
+            self.0.pop_front();
+        }
+        self.0.push_back((txn, refusal));
+    }
+
+    pub(crate) fn find(&self, txn: TxnId) -> Option<&T> {
+        self.0.iter().rev().find(|(t, _)| *t == txn).map(|(_, r)| r)
+    }
+}
+
+impl<T> PartialEq for Refusals<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<T> Eq for Refusals<T> {}
+impl<T> Hash for Refusals<T> {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}

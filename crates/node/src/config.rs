@@ -2,11 +2,12 @@
 //!
 //! ```toml
 //! cluster = "prod-eu"            # frames from another cluster are refused
+//! protocol = "2pc"               # optional: "2pc" (default) or "paxos-commit"
 //!
 //! [[node]]
 //! name = "coordinator"
 //! id = 0
-//! role = "coordinator"           # "coordinator" or "shard"
+//! role = "coordinator"           # "coordinator", "shard" or "acceptor" (Paxos Commit: 2F+1 of them)
 //! listen = "10.0.0.1:7700"
 //!
 //! [[node]]
@@ -51,6 +52,9 @@ pub const MAX_WRITES_PER_TXN: usize = 1_024;
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub cluster: String,
+    /// How cross-shard transactions commit.
+    #[serde(default)]
+    pub protocol: CommitProtocol,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
@@ -99,11 +103,45 @@ impl KvConfig {
     }
 }
 
+/// The atomic-commit protocol a cluster runs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum CommitProtocol {
+    /// Two-phase commit with presumed abort: the coordinator's log decides.
+    #[default]
+    #[serde(rename = "2pc")]
+    TwoPhase,
+    /// Paxos Commit: 2F + 1 acceptor nodes decide; survives the coordinator and F acceptors.
+    #[serde(rename = "paxos-commit")]
+    PaxosCommit,
+}
+
+impl std::fmt::Display for CommitProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CommitProtocol::TwoPhase => "2pc",
+            CommitProtocol::PaxosCommit => "paxos-commit",
+        })
+    }
+}
+
+impl std::str::FromStr for CommitProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "2pc" => Ok(CommitProtocol::TwoPhase),
+            "paxos-commit" => Ok(CommitProtocol::PaxosCommit),
+            other => Err(format!("unknown protocol `{other}`: use 2pc or paxos-commit")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Coordinator,
     Shard,
+    /// Paxos Commit only: keeps the instances that decide each participant's vote.
+    Acceptor,
 }
 
 impl std::fmt::Display for Role {
@@ -111,6 +149,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Coordinator => "coordinator",
             Role::Shard => "shard",
+            Role::Acceptor => "acceptor",
         })
     }
 }
@@ -229,6 +268,20 @@ impl ClusterConfig {
         if !self.nodes.iter().any(|n| n.role == Role::Shard) {
             return Err("at least one node must have role = \"shard\"".into());
         }
+        let acceptors = self.acceptors().len();
+        match self.protocol {
+            CommitProtocol::TwoPhase if acceptors > 0 => {
+                return Err(format!(
+                    "{acceptors} node(s) have role = \"acceptor\", which only protocol = \"paxos-commit\" uses"
+                ));
+            }
+            CommitProtocol::PaxosCommit if acceptors % 2 == 0 => {
+                return Err(format!(
+                    "protocol = \"paxos-commit\" needs an odd number (2F + 1) of nodes with role = \"acceptor\" (found {acceptors})"
+                ));
+            }
+            _ => {}
+        }
         let t = &self.timeouts;
         for (field, value) in [
             ("vote_ms", t.vote_ms),
@@ -268,6 +321,33 @@ impl ClusterConfig {
         self.nodes.iter().filter(|n| n.role == Role::Shard)
     }
 
+    /// Acceptor node ids in id order (Paxos Commit's first F + 1 take the normal case).
+    pub fn acceptors(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> =
+            self.nodes.iter().filter(|n| n.role == Role::Acceptor).map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// This cluster on Paxos Commit, with `count` acceptors on the ports after its last node.
+    pub fn with_paxos_commit(mut self, count: u32) -> Self {
+        let next_id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let next_port = self.nodes.iter().map(|n| n.listen.port()).max().unwrap_or(7700) + 1;
+        for i in 0..count {
+            self.nodes.push(NodeConfig {
+                name: format!("acceptor-{}", i + 1),
+                id: next_id + i,
+                role: Role::Acceptor,
+                listen: SocketAddr::from((
+                    [127, 0, 0, 1],
+                    next_port + u16::try_from(i).expect("a handful of local acceptors"),
+                )),
+            });
+        }
+        self.protocol = CommitProtocol::PaxosCommit;
+        self
+    }
+
     /// A cluster of one coordinator and `shards` shards on loopback ports from `base_port`.
     pub fn local(cluster: &str, shards: u32, base_port: u16) -> Self {
         let mut nodes = vec![NodeConfig {
@@ -289,6 +369,7 @@ impl ClusterConfig {
         }
         ClusterConfig {
             cluster: cluster.into(),
+            protocol: CommitProtocol::default(),
             nodes,
             timeouts: Timeouts::default(),
             log: LogConfig::default(),
@@ -305,7 +386,7 @@ impl ClusterConfig {
 
     /// The file form of this configuration (what `concord dev` writes next to its data).
     pub fn to_toml(&self) -> String {
-        let mut s = format!("cluster = \"{}\"\n", self.cluster);
+        let mut s = format!("cluster = \"{}\"\nprotocol = \"{}\"\n", self.cluster, self.protocol);
         for n in &self.nodes {
             s += &format!(
                 "\n[[node]]\nname = \"{}\"\nid = {}\nrole = \"{}\"\nlisten = \"{}\"\n",
@@ -347,6 +428,25 @@ mod tests {
         config.kv = Some(KvConfig { splits: vec!["g".into()], ..KvConfig::default() });
         let error = ClusterConfig::parse(&config.to_toml()).unwrap_err().to_string();
         assert!(error.contains("1 split points for 3 shards"), "{error}");
+        let paxos = ClusterConfig::local("dev", 3, 7700).with_paxos_commit(3);
+        assert_eq!(ClusterConfig::parse(&paxos.to_toml()).unwrap(), paxos);
+        assert_eq!(paxos.acceptors(), vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn acceptors_belong_to_paxos_commit_and_come_in_odd_numbers() {
+        let even = ClusterConfig::local("dev", 2, 7700).with_paxos_commit(2).to_toml();
+        let error = ClusterConfig::parse(&even).unwrap_err().to_string();
+        assert!(error.contains("odd number (2F + 1)"), "{error}");
+        let stray = ClusterConfig::local("dev", 2, 7700)
+            .with_paxos_commit(1)
+            .to_toml()
+            .replace("protocol = \"paxos-commit\"", "protocol = \"2pc\"");
+        let error = ClusterConfig::parse(&stray).unwrap_err().to_string();
+        assert!(error.contains("only protocol = \"paxos-commit\" uses"), "{error}");
+        let typo = stray.replace("protocol = \"2pc\"", "protocol = \"3pc\"");
+        let error = ClusterConfig::parse(&typo).unwrap_err().to_string();
+        assert!(error.contains("3pc"), "{error}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The coordinator node: the 2PC coordinator core, plus what its clients need around it —
+//! The coordinator node: the protocol's coordinator core, plus what its clients need around it —
 //! replies to waiting requests, a table of recent transactions (`concord txn ls/show`), and
 //! status answers for transactions it no longer remembers, found by asking the shards.
 //!
-//! Status of a transaction the table does not hold (evicted, or from before a restart):
+//! Status of a transaction the table does not hold (evicted, or from before a restart), under
+//! 2PC (under Paxos Commit it is reported unknown: the decision is at the acceptors):
 //! * never issued by this coordinator ⇒ "no such transaction";
 //! * otherwise every shard is asked (INQUIRE). A shard that committed says COMMIT; a shard that
 //!   never saw it forces an ABORTED record first, so its answer is a promise. One COMMIT ⇒
@@ -12,14 +13,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use concord_commit::two_phase::{self, Coordinator, Timer};
 use concord_commit::{Branch, Change as _, Command, Input, Rejection};
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::driver::{Event, Io, Node, RoleState};
-use crate::model::{Change, Model, Msg, Record, Snapshot};
+use crate::engine::{Engine, Logged, Seen};
+use crate::model::Change;
 use crate::proto::{self, submit_event, State, TransactionInfo};
 
 /// Finished transactions kept in memory for `txn ls` / `txn show`.
@@ -28,7 +29,7 @@ const FINISHED_KEPT: usize = 100_000;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) type SubmitReply = mpsc::Sender<Result<proto::SubmitEvent, Status>>;
-type PendingSubmit<M> = (SubmitReply, Vec<Branch<Change<M>>>);
+type PendingSubmit<E> = (SubmitReply, Vec<Branch<Change<<E as Engine>::Model>>>);
 
 struct BranchEntry {
     node: NodeId,
@@ -49,13 +50,13 @@ struct Resolver {
     waiters: Vec<oneshot::Sender<Result<TransactionInfo, Status>>>,
 }
 
-pub(crate) struct CoordinatorRole<M: Model> {
-    pub core: Coordinator<Change<M>, Snapshot<M>>,
+pub(crate) struct CoordinatorRole<E: Engine> {
+    pub core: E::Coordinator,
     me: NodeId,
     shards: BTreeMap<NodeId, String>,
     next_request: u64,
     /// Requests not yet named by the core, with where to answer and what they asked.
-    submits: HashMap<RequestId, PendingSubmit<M>>,
+    submits: HashMap<RequestId, PendingSubmit<E>>,
     waiting: HashMap<TxnId, SubmitReply>,
     table: HashMap<TxnId, Entry>,
     finished: VecDeque<TxnId>,
@@ -71,12 +72,8 @@ fn vote_name(vote: Option<Vote>) -> &'static str {
     }
 }
 
-impl<M: Model> CoordinatorRole<M> {
-    pub fn new(
-        me: NodeId,
-        core: Coordinator<Change<M>, Snapshot<M>>,
-        shards: BTreeMap<NodeId, String>,
-    ) -> Self {
+impl<E: Engine> CoordinatorRole<E> {
+    pub fn new(me: NodeId, core: E::Coordinator, shards: BTreeMap<NodeId, String>) -> Self {
         CoordinatorRole {
             core,
             me,
@@ -91,10 +88,10 @@ impl<M: Model> CoordinatorRole<M> {
     }
 
     /// Seeds the table from the log replayed at start: logged decisions are commits.
-    pub fn recovered(&mut self, records: &[Record<M>]) {
+    pub fn recovered(&mut self, records: &[E::Record]) {
         for record in records {
-            match record {
-                two_phase::Record::CommitDecided { txn, participants } => {
+            match E::logged(record) {
+                Logged::CommitDecided { txn, participants } => {
                     let branches = participants
                         .iter()
                         .map(|&node| BranchEntry {
@@ -110,17 +107,17 @@ impl<M: Model> CoordinatorRole<M> {
                         branches,
                         source: "log",
                     };
-                    self.table.insert(*txn, entry);
+                    self.table.insert(txn, entry);
                 }
-                two_phase::Record::Ended { txn } => {
+                Logged::Ended { txn } => {
                     // Ended is written once every participant acknowledged.
-                    if let Some(entry) = self.table.get_mut(txn) {
+                    if let Some(entry) = self.table.get_mut(&txn) {
                         entry.state = State::Committed;
                         entry.branches.iter_mut().for_each(|b| b.acknowledged = true);
-                        self.finished.push_back(*txn);
+                        self.finished.push_back(txn);
                     }
                 }
-                _ => {}
+                Logged::Nothing => {}
             }
         }
     }
@@ -160,7 +157,7 @@ impl<M: Model> CoordinatorRole<M> {
     }
 
     /// A coordinator command meant for the client side.
-    pub fn on_client_command(&mut self, command: &Command<Msg<M>, Record<M>, Timer>) {
+    pub fn on_client_command(&mut self, command: &Command<E::Msg, E::Record, E::Timer>) {
         match *command {
             Command::Begun { request, txn } => {
                 let Some((reply, branches)) = self.submits.remove(&request) else { return };
@@ -200,6 +197,8 @@ impl<M: Model> CoordinatorRole<M> {
             Command::Outcome { txn, decision } => {
                 let state = match decision {
                     Decision::Abort => State::Aborted,
+                    // Without acknowledgements (Paxos Commit) a chosen decision is the end.
+                    Decision::Commit if !E::ACKNOWLEDGED => State::Committed,
                     Decision::Commit => {
                         let all_acked = self.table.get(&txn).is_none_or(|e| {
                             e.branches.iter().all(|b| b.vote != Some(Vote::Yes) || b.acknowledged)
@@ -239,32 +238,34 @@ impl<M: Model> CoordinatorRole<M> {
         }
     }
 
-    pub fn observe_record(&mut self, record: &Record<M>) {
-        match record {
-            two_phase::Record::CommitDecided { txn, .. } => {
-                if let Some(entry) = self.table.get_mut(txn) {
+    pub fn observe_record(&mut self, record: &E::Record) {
+        match E::logged(record) {
+            Logged::CommitDecided { txn, .. } => {
+                if let Some(entry) = self.table.get_mut(&txn) {
                     entry.state = State::Deciding;
                 }
             }
-            two_phase::Record::Ended { txn } => self.finish(*txn, State::Committed),
-            _ => {}
+            Logged::Ended { txn } => self.finish(txn, State::Committed),
+            Logged::Nothing => {}
         }
     }
 
-    pub fn observe_message(&mut self, from: NodeId, msg: &Msg<M>) {
-        match *msg {
-            two_phase::Msg::Vote { txn, vote } => {
-                self.with_branch(txn, from, |b| b.vote = Some(vote));
+    pub fn observe_message(&mut self, from: NodeId, msg: &E::Msg) {
+        match E::seen(from, msg) {
+            Seen::Votes { txn, votes } => {
+                for (node, vote) in votes {
+                    self.with_branch(txn, node, |b| b.vote = Some(vote));
+                }
             }
-            two_phase::Msg::Ack { txn } => {
+            Seen::Acknowledged { txn } => {
                 self.with_branch(txn, from, |b| b.acknowledged = true);
             }
-            two_phase::Msg::OnePhaseResult { txn, decision } => self.with_branch(txn, from, |b| {
+            Seen::OnePhase { txn, decision } => self.with_branch(txn, from, |b| {
                 b.vote = Some(if decision == Decision::Commit { Vote::Yes } else { Vote::No });
                 b.acknowledged = true;
             }),
-            two_phase::Msg::Decision { txn, decision } => self.on_shard_answer(from, txn, decision),
-            _ => {}
+            Seen::Answer { txn, decision } => self.on_shard_answer(from, txn, decision),
+            Seen::Nothing => {}
         }
     }
 
@@ -281,31 +282,43 @@ impl<M: Model> CoordinatorRole<M> {
         &mut self,
         txn: TxnId,
         reply: oneshot::Sender<Result<TransactionInfo, Status>>,
-        io: &mut Io<M>,
+        io: &mut Io<E>,
     ) {
         if let Some(entry) = self.table.get(&txn) {
             let _ = reply.send(Ok(self.info(txn, entry)));
             return;
         }
-        if txn.coordinator != self.me || !self.core.has_issued(txn) {
+        if txn.coordinator != self.me || !E::has_issued(&self.core, txn) {
             let _ = reply.send(Err(Status::not_found(format!(
                 "no transaction {txn}: this coordinator ({}) never issued that id",
                 self.me
             ))));
             return;
         }
+        let Some(inquiry) = E::status_inquiry(txn) else {
+            let _ = reply.send(Ok(TransactionInfo {
+                txn: txn.to_string(),
+                state: State::Unknown.into(),
+                source: "coordinator".into(),
+                detail: "no longer in this coordinator's table; under Paxos Commit the decision \
+                         is at the acceptors, and every prepared shard learns it"
+                    .into(),
+                ..TransactionInfo::default()
+            }));
+            return;
+        };
         if let Some(resolver) = self.resolving.get_mut(&txn) {
             resolver.waiters.push(reply);
             return;
         }
         for &shard in self.shards.keys() {
-            io.send(shard, &two_phase::Msg::Inquire { txn });
+            io.send(shard, &inquiry);
         }
         self.resolving.insert(txn, Resolver { aborted: BTreeSet::new(), waiters: vec![reply] });
         let internal = io.internal.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RESOLVE_TIMEOUT).await;
-            let call: crate::driver::Call<M> = Box::new(move |node: &mut Node<M>| {
+            let call: crate::driver::Call<E> = Box::new(move |node: &mut Node<E>| {
                 if let RoleState::Coordinator(c) = &mut node.role {
                     c.resolve_timed_out(txn);
                 }
@@ -369,16 +382,16 @@ impl<M: Model> CoordinatorRole<M> {
     }
 }
 
-impl<M: Model> Node<M> {
-    pub(crate) fn coordinator(&mut self) -> Option<&mut CoordinatorRole<M>> {
+impl<E: Engine> Node<E> {
+    pub(crate) fn coordinator(&mut self) -> Option<&mut CoordinatorRole<E>> {
         match &mut self.role {
             RoleState::Coordinator(c) => Some(c),
-            RoleState::Shard(_) => None,
+            RoleState::Shard(_) | RoleState::Acceptor(_) => None,
         }
     }
 
     /// Starts a client's transaction; its events go to `reply`.
-    pub(crate) fn submit(&mut self, branches: Vec<Branch<Change<M>>>, reply: SubmitReply) {
+    pub(crate) fn submit(&mut self, branches: Vec<Branch<Change<E::Model>>>, reply: SubmitReply) {
         let Some(c) = self.coordinator() else {
             let _ = reply.try_send(Err(Status::failed_precondition("this node is a shard")));
             return;

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_commit::two_phase::{Participant, Timer};
 use concord_commit::{Checkpoint, Command, Core, Durability, Input};
 use concord_types::codec::Encode;
 use concord_types::NodeId;
@@ -25,7 +24,12 @@ use concord_wal::{GroupCommit, OnDurable};
 use tokio::sync::mpsc;
 
 use crate::coordinator::CoordinatorRole;
-use crate::model::{Change, Model, Msg, Record};
+use crate::engine::Engine;
+use crate::model::{Change, Model};
+
+type Msg<E> = <E as Engine>::Msg;
+type Record<E> = <E as Engine>::Record;
+type Timer<E> = <E as Engine>::Timer;
 
 /// Frames waiting for one peer; beyond this, messages are dropped (the cores resend).
 pub(crate) const OUTBOX_CAPACITY: usize = 65_536;
@@ -34,44 +38,46 @@ pub(crate) const MAX_MESSAGES_PER_FRAME: usize = 4_096;
 /// Requests and frames waiting for the loop.
 pub(crate) const EXTERNAL_CAPACITY: usize = 4_096;
 
-pub(crate) type Call<M> = Box<dyn FnOnce(&mut Node<M>) + Send>;
+pub(crate) type Call<E> = Box<dyn FnOnce(&mut Node<E>) + Send>;
 
-pub(crate) enum Event<M: Model> {
+pub(crate) enum Event<E: Engine> {
     Message {
         from: NodeId,
-        msg: Msg<M>,
+        msg: Msg<E>,
     },
-    Timer(Timer),
-    Persisted(Record<M>),
+    Timer(Timer<E>),
+    Persisted(Record<E>),
     LogFailed(String),
     /// Run a closure on the node inside the loop: queries and client requests.
-    Call(Call<M>),
+    Call(Call<E>),
 }
 
-pub(crate) enum RoleState<M: Model> {
-    Coordinator(Box<CoordinatorRole<M>>),
-    Shard(Box<Participant<M::Resource>>),
+pub(crate) enum RoleState<E: Engine> {
+    Coordinator(Box<CoordinatorRole<E>>),
+    Shard(Box<E::Participant>),
+    /// Paxos Commit's acceptor (also a leader candidate that can finish a transaction).
+    Acceptor(Box<E::Acceptor>),
 }
 
 /// What the core's commands act on.
-pub(crate) struct Io<M: Model> {
+pub(crate) struct Io<E: Engine> {
     pub outboxes: HashMap<NodeId, mpsc::Sender<Vec<u8>>>,
     pub log: Arc<GroupCommit>,
-    pub internal: mpsc::UnboundedSender<Event<M>>,
+    pub internal: mpsc::UnboundedSender<Event<E>>,
     pub records_since_checkpoint: u64,
     pub checkpoint_every: u64,
     pub dropped_sends: u64,
     /// A shard's storage beside its log (the KV store's redb file).
-    pub storage: Option<M::Storage>,
+    pub storage: Option<<E::Model as Model>::Storage>,
 }
 
-pub(crate) struct Node<M: Model> {
-    pub role: RoleState<M>,
-    pub io: Io<M>,
+pub(crate) struct Node<E: Engine> {
+    pub role: RoleState<E>,
+    pub io: Io<E>,
 }
 
-impl<M: Model> Io<M> {
-    pub fn send(&mut self, to: NodeId, msg: &Msg<M>) {
+impl<E: Engine> Io<E> {
+    pub fn send(&mut self, to: NodeId, msg: &Msg<E>) {
         let Some(outbox) = self.outboxes.get(&to) else {
             // A message for a node not in the configuration (a stale peer list in a record).
             self.dropped_sends += 1;
@@ -82,7 +88,7 @@ impl<M: Model> Io<M> {
         }
     }
 
-    fn persist(&mut self, record: Record<M>, durability: Durability) {
+    fn persist(&mut self, record: Record<E>, durability: Durability) {
         let bytes = record.to_bytes();
         let notify: Option<OnDurable> = match durability {
             Durability::Lazy => None,
@@ -104,7 +110,7 @@ impl<M: Model> Io<M> {
         self.records_since_checkpoint += 1;
     }
 
-    fn set_timer(&self, timer: Timer, after_us: u64) {
+    fn set_timer(&self, timer: Timer<E>, after_us: u64) {
         let internal = self.internal.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(after_us)).await;
@@ -113,22 +119,23 @@ impl<M: Model> Io<M> {
     }
 }
 
-impl<M: Model> Node<M> {
+impl<E: Engine> Node<E> {
     /// Feeds one input to the core and carries out what it asks, in order.
-    pub fn step(&mut self, input: Input<Msg<M>, Record<M>, Timer, Change<M>>) {
+    pub fn step(&mut self, input: Input<Msg<E>, Record<E>, Timer<E>, Change<E::Model>>) {
         let mut out = Vec::new();
         match &mut self.role {
             RoleState::Coordinator(c) => c.core.handle(input, &mut out),
             RoleState::Shard(p) => {
-                M::before_input(p);
+                E::Model::before_input(E::resource_mut(p));
                 p.handle(input, &mut out);
             }
+            RoleState::Acceptor(a) => a.handle(input, &mut out),
         }
         self.carry_out(out);
     }
 
     /// Carries out a core's commands, in order.
-    pub fn carry_out(&mut self, out: Vec<Command<Msg<M>, Record<M>, Timer>>) {
+    pub fn carry_out(&mut self, out: Vec<Command<Msg<E>, Record<E>, Timer<E>>>) {
         for command in out {
             match command {
                 Command::Send { to, msg } => self.io.send(to, &msg),
@@ -151,7 +158,7 @@ impl<M: Model> Node<M> {
         self.maybe_checkpoint();
     }
 
-    fn on_message(&mut self, from: NodeId, msg: Msg<M>) {
+    fn on_message(&mut self, from: NodeId, msg: Msg<E>) {
         if let RoleState::Coordinator(c) = &mut self.role {
             c.observe_message(from, &msg);
         }
@@ -169,8 +176,15 @@ impl<M: Model> Node<M> {
             RoleState::Coordinator(c) => {
                 Ok(c.core.live_records().iter().map(Encode::to_bytes).collect())
             }
-            RoleState::Shard(p) => M::checkpoint(self.io.storage.as_ref(), p)
-                .map(|live| live.iter().map(Encode::to_bytes).collect()),
+            RoleState::Shard(p) => {
+                let mut live = E::participant_checkpoint(p);
+                let storage = self.io.storage.as_ref();
+                live.iter_mut()
+                    .filter_map(E::snapshot_mut)
+                    .try_for_each(|s| E::Model::checkpoint(storage, E::resource(p), s))
+                    .map(|()| live.iter().map(Encode::to_bytes).collect())
+            }
+            RoleState::Acceptor(a) => Ok(a.live_records().iter().map(Encode::to_bytes).collect()),
         };
         let checkpointed =
             live.and_then(|live| self.io.log.checkpoint(live).map_err(|e| e.to_string()));
@@ -179,21 +193,23 @@ impl<M: Model> Node<M> {
         }
     }
 
-    /// Transactions the core is working on (coordinator) or holding prepared (shard).
+    /// Transactions the core is working on (coordinator) or holding prepared (shard); an
+    /// acceptor reports none.
     pub fn in_flight(&self) -> usize {
         match &self.role {
-            RoleState::Coordinator(c) => c.core.in_flight(),
-            RoleState::Shard(p) => p.in_doubt().len(),
+            RoleState::Coordinator(c) => E::in_flight(&c.core),
+            RoleState::Shard(p) => E::in_doubt(p).len(),
+            RoleState::Acceptor(_) => 0,
         }
     }
 }
 
 /// Runs the loop until `shutdown` fires or the log fails (the error is returned: after a
 /// failed sync the node must restart and recover from what is on disk).
-pub(crate) async fn run<M: Model>(
-    mut node: Node<M>,
-    mut internal: mpsc::UnboundedReceiver<Event<M>>,
-    mut external: mpsc::Receiver<Event<M>>,
+pub(crate) async fn run<E: Engine>(
+    mut node: Node<E>,
+    mut internal: mpsc::UnboundedReceiver<Event<E>>,
+    mut external: mpsc::Receiver<Event<E>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {

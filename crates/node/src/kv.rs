@@ -3,30 +3,121 @@
 //!
 //! The gateway keeps each open transaction ([`Transaction`]) in memory: reads go to the shards
 //! at the snapshot timestamp over gRPC, writes are buffered, and a commit becomes a request to
-//! the coordinator's 2PC core — one branch per shard, one phase for a single shard. Nothing is
+//! the coordinator's core — one branch per shard (under 2PC one phase for a single shard; under
+//! Paxos Commit every transaction runs the full protocol). Nothing is
 //! sent to a shard before commit, so a client that disappears leaves nothing locked; its
 //! session expires with the transaction lifetime. A gateway crash loses open sessions (their
 //! clients get "no open transaction") and nothing else: a commit in flight is decided by the
 //! coordinator's recovery like any other.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_commit::Branch;
-use concord_kv::{Hlc, Isolation, KeyRange, Limits, ReadError, ShardMap, Timestamp, Transaction};
+use concord_kv::{
+    Hlc, Isolation, KeyRange, KvChange, Limits, MvccShard, ReadError, ShardMap, Timestamp,
+    Transaction,
+};
 use concord_types::{NodeId, TxnId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::config::ClusterConfig;
-use crate::driver::{Call, RoleState};
+use crate::coordinator::SubmitReply;
+use crate::driver::{Call, Event, Node, RoleState};
+use crate::engine::Engine;
 use crate::model::{KvStore, Model};
 use crate::proto::kv_shard_client::KvShardClient;
 use crate::proto::{self, submit_event, State};
 use crate::service::{stopping, Handle};
+
+/// What the key-value services need of the node loop, whatever protocol it runs.
+pub(crate) trait KvNode {
+    /// The MVCC shard, its clock brought up to now; `None` on a node that is not a shard.
+    fn shard(&mut self) -> Option<&mut MvccShard>;
+    /// A reader is blocked on `txn`'s prepared write: ask for its outcome now.
+    fn inquire_now(&mut self, txn: TxnId);
+    /// Why this shard refused `txn`, if it remembers.
+    fn refusal(&self, txn: TxnId) -> Option<String>;
+    /// Hands a transaction's branches to the coordinator core.
+    fn submit(&mut self, branches: Vec<Branch<KvChange>>, reply: SubmitReply);
+}
+
+impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
+    fn shard(&mut self) -> Option<&mut MvccShard> {
+        let RoleState::Shard(p) = &mut self.role else { return None };
+        let shard = E::resource_mut(p);
+        KvStore::before_input(shard);
+        Some(shard)
+    }
+
+    fn inquire_now(&mut self, txn: TxnId) {
+        if let RoleState::Shard(p) = &mut self.role {
+            let mut out = Vec::new();
+            E::inquire_now(p, txn, &mut out);
+            self.carry_out(out);
+        }
+    }
+
+    fn refusal(&self, txn: TxnId) -> Option<String> {
+        match &self.role {
+            RoleState::Shard(p) => E::refusal(p, txn).map(ToString::to_string),
+            RoleState::Coordinator(_) | RoleState::Acceptor(_) => None,
+        }
+    }
+
+    fn submit(&mut self, branches: Vec<Branch<KvChange>>, reply: SubmitReply) {
+        Node::submit(self, branches, reply);
+    }
+}
+
+type KvCall = Box<dyn FnOnce(&mut dyn KvNode) + Send>;
+type Sent = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// The way into the node loop for the key-value services, with the protocol erased: the
+/// gateway and the shard reads are written once for every engine.
+#[derive(Clone)]
+pub(crate) struct KvHandle {
+    send: Arc<dyn Fn(KvCall) -> Sent + Send + Sync>,
+}
+
+impl std::fmt::Debug for KvHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvHandle")
+    }
+}
+
+impl KvHandle {
+    pub(crate) fn new<E: Engine<Model = KvStore>>(handle: &Handle<E>) -> Self {
+        let events = handle.events.clone();
+        let send = move |call: KvCall| -> Sent {
+            let events = events.clone();
+            Box::pin(async move {
+                let call: Call<E> = Box::new(move |node: &mut Node<E>| call(node));
+                events.send(Event::Call(call)).await.map_err(|_| stopping())
+            })
+        };
+        KvHandle { send: Arc::new(send) }
+    }
+
+    /// Runs `f` on the node and waits for its answer.
+    pub(crate) async fn ask<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn KvNode) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        (self.send)(Box::new(move |node| {
+            let _ = tx.send(f(node));
+        }))
+        .await?;
+        rx.await.map_err(|_| stopping())
+    }
+}
 
 /// The wall clock in microseconds since the Unix epoch: the physical part of every timestamp.
 pub(crate) fn physical_now_us() -> u64 {
@@ -78,7 +169,7 @@ const MAX_OPEN_TRANSACTIONS: usize = 100_000;
 
 /// The gateway: open transactions and the way to the shards and the coordinator core.
 pub(crate) struct Gateway {
-    handle: Handle<KvStore>,
+    handle: KvHandle,
     sessions: Mutex<HashMap<u64, Transaction>>,
     next_session: AtomicU64,
     clock: Mutex<Hlc>,
@@ -100,7 +191,7 @@ enum Lookup<T> {
 }
 
 impl Gateway {
-    pub(crate) fn start(handle: Handle<KvStore>, config: &ClusterConfig) -> Arc<Gateway> {
+    pub(crate) fn start(handle: KvHandle, config: &ClusterConfig) -> Arc<Gateway> {
         let kv = config.kv.clone().expect("a key-value cluster has a [kv] section");
         let shard_nodes = config.shards_by_id();
         let map = kv.shard_map(shard_nodes.len()).expect("validated with the configuration");
@@ -195,8 +286,7 @@ impl Gateway {
         shards: &[usize],
     ) -> Result<String, Status> {
         let (reply, mut events) = mpsc::channel(4);
-        let call: Call<KvStore> = Box::new(move |node| node.submit(branches, reply));
-        self.handle.events.send(crate::driver::Event::Call(call)).await.map_err(|_| stopping())?;
+        self.handle.ask(move |node| node.submit(branches, reply)).await?;
         let mut txn: Option<String> = None;
         let outcome = tokio::time::timeout(COMMIT_TIMEOUT, async {
             while let Some(event) = events.recv().await {
@@ -409,7 +499,7 @@ enum Attempt {
 }
 
 #[tonic::async_trait]
-impl proto::kv_shard_server::KvShard for Handle<KvStore> {
+impl proto::kv_shard_server::KvShard for KvHandle {
     async fn read(
         &self,
         request: Request<proto::ShardReadRequest>,
@@ -424,11 +514,9 @@ impl proto::kv_shard_server::KvShard for Handle<KvStore> {
             let resolve = attempt.is_multiple_of(RESOLVE_EVERY);
             let result = self
                 .ask(move |node| {
-                    let RoleState::Shard(p) = &mut node.role else {
+                    let Some(shard) = node.shard() else {
                         return Err(Status::failed_precondition("this node is not a shard"));
                     };
-                    KvStore::before_input(p);
-                    let shard = p.resource_mut();
                     let result = match &range {
                         None => shard.get(&key, at).map(|value| proto::ShardReadReply {
                             found: value.is_some(),
@@ -451,9 +539,7 @@ impl proto::kv_shard_server::KvShard for Handle<KvStore> {
                         Ok(reply) => Ok(Attempt::Done(proto::ShardReadReply { clock, ..reply })),
                         Err(ReadError::Blocked { holder, .. }) => {
                             if resolve {
-                                let mut out = Vec::new();
-                                p.inquire_now(holder, &mut out);
-                                node.carry_out(out);
+                                node.inquire_now(holder);
                             }
                             Ok(Attempt::Blocked(holder))
                         }
@@ -487,30 +573,24 @@ impl proto::kv_shard_server::KvShard for Handle<KvStore> {
             .txn
             .parse()
             .map_err(|e: concord_types::ParseTxnIdError| invalid(e))?;
-        let reason = self
-            .ask(move |node| match &node.role {
-                RoleState::Shard(p) => p.refusal(txn).map(ToString::to_string).unwrap_or_default(),
-                RoleState::Coordinator(_) => String::new(),
-            })
-            .await?;
+        let reason = self.ask(move |node| node.refusal(txn).unwrap_or_default()).await?;
         Ok(Response::new(proto::RefusalReply { reason }))
     }
 }
 
 /// Collects garbage on a shard now and then: versions older than `gc_ttl` that a newer one
 /// superseded, and read timestamps older than that.
-pub(crate) async fn collect_garbage(handle: Handle<KvStore>, gc_ttl: Duration) {
+pub(crate) async fn collect_garbage(handle: KvHandle, gc_ttl: Duration) {
     let every = (gc_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         tokio::time::sleep(every).await;
         let ttl_us = u64::try_from(gc_ttl.as_micros()).unwrap_or(u64::MAX);
         let asked = handle
             .ask(move |node| {
-                if let RoleState::Shard(p) = &mut node.role {
-                    KvStore::before_input(p);
+                if let Some(shard) = node.shard() {
                     let safe = Timestamp::new(physical_now_us().saturating_sub(ttl_us), 0);
-                    p.resource_mut().collect_garbage(safe);
-                    p.resource_mut().prune_reads(safe);
+                    shard.collect_garbage(safe);
+                    shard.prune_reads(safe);
                 }
             })
             .await;

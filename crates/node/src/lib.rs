@@ -8,6 +8,7 @@
 pub mod config;
 mod coordinator;
 mod driver;
+mod engine;
 mod kv;
 mod model;
 mod service;
@@ -24,18 +25,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_commit::two_phase::{self, Coordinator, Participant};
-use concord_commit::{Input, Switches};
+use concord_commit::Input;
 use concord_types::codec::Encode;
 use concord_types::NodeId;
 use concord_wal::{FileLog, GroupCommit};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::{ClusterConfig, NodeConfig, Role};
+use crate::config::{ClusterConfig, CommitProtocol, NodeConfig, Role};
 use crate::coordinator::CoordinatorRole;
 use crate::driver::{Io, Node, RoleState};
-use crate::model::{Deltas, KvStore, Model, Record};
+use crate::engine::{Engine, PaxosCommit, TwoPc};
+use crate::model::{Deltas, KvStore, Model};
 use crate::service::Handle;
 
 /// Largest gRPC message a node accepts (a frame of many messages, or a large request).
@@ -68,19 +69,6 @@ fn identity(config: &ClusterConfig, node: &NodeConfig) -> String {
 fn check_data_dir(dir: &Path, expected: &str) -> Result<(), NodeError> {
     concord_wal::claim_data_dir(dir, expected)
         .map_err(|reason| NodeError::DataDir { path: dir.to_path_buf(), reason })
-}
-
-fn core_config(config: &ClusterConfig) -> two_phase::Config {
-    let t = &config.timeouts;
-    two_phase::Config {
-        switches: Switches::default(),
-        vote_timeout_us: t.vote_ms * 1_000,
-        resend_base_us: t.resend_base_ms * 1_000,
-        resend_max_us: t.resend_max_ms * 1_000,
-        inquiry_base_us: t.inquiry_base_ms * 1_000,
-        inquiry_max_us: t.inquiry_max_ms * 1_000,
-        ..two_phase::Config::default()
-    }
 }
 
 /// A lazily connected channel to `address` with bounded connect and request times.
@@ -124,21 +112,31 @@ async fn deliver_loop(
 
 /// Runs the node `name` of `config` with its data under `data_dir` until `shutdown` becomes
 /// true. Returns an error if the node cannot start, or if its log fails while running.
-/// A configuration with a `[kv]` section runs the key-value store, otherwise the delta model.
+/// A configuration with a `[kv]` section runs the key-value store, otherwise the delta model;
+/// either over the configured protocol.
 pub async fn serve(
     config: ClusterConfig,
     name: &str,
     data_dir: &Path,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    if config.kv.is_some() {
-        serve_model::<KvStore>(config, name, data_dir, shutdown).await
-    } else {
-        serve_model::<Deltas>(config, name, data_dir, shutdown).await
+    match (config.kv.is_some(), config.protocol) {
+        (true, CommitProtocol::TwoPhase) => {
+            serve_engine::<TwoPc<KvStore>>(config, name, data_dir, shutdown).await
+        }
+        (true, CommitProtocol::PaxosCommit) => {
+            serve_engine::<PaxosCommit<KvStore>>(config, name, data_dir, shutdown).await
+        }
+        (false, CommitProtocol::TwoPhase) => {
+            serve_engine::<TwoPc<Deltas>>(config, name, data_dir, shutdown).await
+        }
+        (false, CommitProtocol::PaxosCommit) => {
+            serve_engine::<PaxosCommit<Deltas>>(config, name, data_dir, shutdown).await
+        }
     }
 }
 
-async fn serve_model<M: Model>(
+async fn serve_engine<E: Engine>(
     config: ClusterConfig,
     name: &str,
     data_dir: &Path,
@@ -153,7 +151,7 @@ async fn serve_model<M: Model>(
         .map_err(|e| NodeError::Failed(e.to_string()))??;
     let mut records = Vec::with_capacity(raw.len());
     for (i, bytes) in raw.iter().enumerate() {
-        records.push(Record::<M>::from_bytes(bytes).map_err(|e| NodeError::DataDir {
+        records.push(E::Record::from_bytes(bytes).map_err(|e| NodeError::DataDir {
             path: data_dir.join("log"),
             reason: format!(
                 "record {i} cannot be read ({e:?}): written by an incompatible version?"
@@ -167,10 +165,10 @@ async fn serve_model<M: Model>(
 
     let storage = match me.role {
         Role::Shard => Some(
-            M::open_storage(data_dir)
+            E::Model::open_storage(data_dir)
                 .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?,
         ),
-        Role::Coordinator => None,
+        Role::Coordinator | Role::Acceptor => None,
     };
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
     let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
@@ -180,19 +178,24 @@ async fn serve_model<M: Model>(
         outboxes.insert(NodeId(peer.id), tx);
         tokio::spawn(deliver_loop(NodeId(me.id), config.cluster.clone(), peer.listen, rx));
     }
-    let core_config = core_config(&config);
     let id = NodeId(me.id);
     let role = match me.role {
         Role::Coordinator => {
             let shards: BTreeMap<NodeId, String> =
                 config.shards().map(|n| (NodeId(n.id), n.name.clone())).collect();
-            let mut role = CoordinatorRole::<M>::new(id, Coordinator::new(id, core_config), shards);
+            let mut role = CoordinatorRole::<E>::new(id, E::coordinator(id, &config), shards);
             role.recovered(&records);
             RoleState::Coordinator(Box::new(role))
         }
         Role::Shard => {
-            let resource = M::resource(&config);
-            RoleState::Shard(Box::new(Participant::with_resource(id, core_config, resource)))
+            let resource = E::Model::resource(&config);
+            RoleState::Shard(Box::new(E::participant(id, &config, resource)))
+        }
+        Role::Acceptor => {
+            let acceptor = E::acceptor(id, &config).ok_or_else(|| {
+                NodeError::Failed(format!("protocol {} has no acceptors", config.protocol))
+            })?;
+            RoleState::Acceptor(Box::new(acceptor))
         }
     };
     let io = Io {
@@ -207,14 +210,14 @@ async fn serve_model<M: Model>(
     let mut node = Node { role, io };
     node.step(Input::Restart { records });
     if let RoleState::Shard(p) = &mut node.role {
-        M::load(node.io.storage.as_ref(), p)
+        E::Model::load(node.io.storage.as_ref(), E::resource_mut(p))
             .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?;
-        M::after_restart(p);
+        E::Model::after_restart(E::resource_mut(p));
     }
 
-    let handle: Handle<M> =
+    let handle: Handle<E> =
         Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
-    let (gateway, shard_reads) = M::kv_services(&handle, me.role);
+    let (gateway, shard_reads) = E::Model::kv_services(&handle, me.role);
     let (stop_loop, loop_stopped) = watch::channel(false);
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
     // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).

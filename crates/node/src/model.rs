@@ -8,23 +8,21 @@
 //!   the coordinator (`concord kv`).
 
 use concord_commit::store::Store;
-use concord_commit::two_phase::{self, Participant};
 use concord_commit::{Branch, Resource};
-use concord_kv::MvccShard;
-use concord_types::{NodeId, Write};
+use concord_kv::{KvSnapshot, MvccShard};
+use concord_types::{NodeId, TxnId, Write};
 use tonic::Status;
 
 use std::sync::Arc;
 
 use crate::config::{ClusterConfig, Role, MAX_WRITES_PER_TXN};
-use crate::kv::Gateway;
+use crate::engine::Engine;
+use crate::kv::{Gateway, KvHandle};
 use crate::proto;
 use crate::service::Handle;
 
 pub(crate) type Change<M> = <<M as Model>::Resource as Resource>::Change;
 pub(crate) type Snapshot<M> = <<M as Model>::Resource as Resource>::Snapshot;
-pub(crate) type Msg<M> = two_phase::Msg<Change<M>>;
-pub(crate) type Record<M> = two_phase::Record<Change<M>, Snapshot<M>>;
 
 pub(crate) trait Model: Send + Sync + Sized + 'static {
     type Resource: Resource<Change: Send + Sync, Snapshot: Send + Sync, Refusal: Send + Sync>
@@ -38,20 +36,19 @@ pub(crate) trait Model: Send + Sync + Sized + 'static {
     fn open_storage(data_dir: &std::path::Path) -> Result<Self::Storage, String>;
 
     /// After the log was replayed: takes in what the storage holds.
-    fn load(
-        _storage: Option<&Self::Storage>,
-        _shard: &mut Participant<Self::Resource>,
-    ) -> Result<(), String> {
+    fn load(_storage: Option<&Self::Storage>, _shard: &mut Self::Resource) -> Result<(), String> {
         Ok(())
     }
 
-    /// The records that replace a shard's log at a checkpoint. A model with storage moves
-    /// state there first — durably, since the log forgets it once these records are in.
+    /// At a checkpoint, before `snapshot` (the shard's applied state) goes into the log: a
+    /// model with storage moves the state there — durably, since the log forgets it once the
+    /// checkpoint is in — and leaves in `snapshot` only what the storage does not keep.
     fn checkpoint(
         _storage: Option<&Self::Storage>,
-        shard: &Participant<Self::Resource>,
-    ) -> Result<Vec<Record<Self>>, String> {
-        Ok(concord_commit::Checkpoint::live_records(shard))
+        _shard: &Self::Resource,
+        _snapshot: &mut Snapshot<Self>,
+    ) -> Result<(), String> {
+        Ok(())
     }
 
     /// A shard's resource, as the configuration asks for it.
@@ -63,24 +60,25 @@ pub(crate) trait Model: Send + Sync + Sized + 'static {
         writes: &[proto::WriteOp],
     ) -> Result<Vec<Branch<Change<Self>>>, Status>;
 
-    /// The delta API: a shard's values.
+    /// The delta API: a shard's values (`in_doubt`: its branches waiting for an outcome).
     fn read_shard(
-        shard: &Participant<Self::Resource>,
+        shard: &Self::Resource,
+        in_doubt: Vec<TxnId>,
         keys: &[u64],
     ) -> Result<proto::ReadShardReply, Status>;
 
     /// Before every input to a shard's core (the KV store reads its clock here).
-    fn before_input(_shard: &mut Participant<Self::Resource>) {}
+    fn before_input(_shard: &mut Self::Resource) {}
 
     /// After a shard replayed its log.
-    fn after_restart(_shard: &mut Participant<Self::Resource>) {}
+    fn after_restart(_shard: &mut Self::Resource) {}
 
     /// The key-value services a node of this role serves: the gateway at the coordinator, the
     /// read service at shards (with its garbage collector started). None for other models.
-    fn kv_services(
-        _handle: &Handle<Self>,
+    fn kv_services<E: Engine<Model = Self>>(
+        _handle: &Handle<E>,
         _role: Role,
-    ) -> (Option<Arc<Gateway>>, Option<Handle<KvStore>>) {
+    ) -> (Option<Arc<Gateway>>, Option<KvHandle>) {
         (None, None)
     }
 }
@@ -133,10 +131,10 @@ impl Model for Deltas {
     }
 
     fn read_shard(
-        shard: &Participant<Store>,
+        store: &Store,
+        in_doubt: Vec<TxnId>,
         keys: &[u64],
     ) -> Result<proto::ReadShardReply, Status> {
-        let store = shard.resource();
         let values = if keys.is_empty() {
             store.values().iter().map(|(&key, &value)| proto::KeyValue { key, value }).collect()
         } else {
@@ -145,7 +143,7 @@ impl Model for Deltas {
         Ok(proto::ReadShardReply {
             values,
             locked_keys: u32::try_from(store.locked_keys()).unwrap_or(u32::MAX),
-            in_doubt: shard.in_doubt().iter().map(ToString::to_string).collect(),
+            in_doubt: in_doubt.iter().map(ToString::to_string).collect(),
         })
     }
 }
@@ -161,30 +159,23 @@ impl Model for KvStore {
         crate::versions::VersionStore::open(&data_dir.join("versions.redb"))
     }
 
-    fn load(
-        storage: Option<&Self::Storage>,
-        shard: &mut Participant<MvccShard>,
-    ) -> Result<(), String> {
+    fn load(storage: Option<&Self::Storage>, shard: &mut MvccShard) -> Result<(), String> {
         match storage {
-            Some(storage) => storage.load_into(shard.resource_mut()),
+            Some(storage) => storage.load_into(shard),
             None => Ok(()),
         }
     }
 
     fn checkpoint(
         storage: Option<&Self::Storage>,
-        shard: &Participant<MvccShard>,
-    ) -> Result<Vec<Record<Self>>, String> {
-        let mut live = concord_commit::Checkpoint::live_records(shard);
-        let Some(storage) = storage else { return Ok(live) };
-        // The versions go to redb (durably); the log's snapshot keeps the decisions only.
-        storage.save(&shard.resource().snapshot())?;
-        for record in &mut live {
-            if let two_phase::Record::Snapshot { values, .. } = record {
-                values.versions.clear();
-            }
-        }
-        Ok(live)
+        _shard: &MvccShard,
+        snapshot: &mut KvSnapshot,
+    ) -> Result<(), String> {
+        let Some(storage) = storage else { return Ok(()) };
+        // The versions go to redb (durably); the log's snapshot keeps the GC point only.
+        storage.save(snapshot)?;
+        snapshot.versions.clear();
+        Ok(())
     }
 
     fn resource(config: &ClusterConfig) -> MvccShard {
@@ -200,35 +191,41 @@ impl Model for KvStore {
         ))
     }
 
-    fn read_shard(_: &Participant<MvccShard>, _: &[u64]) -> Result<proto::ReadShardReply, Status> {
+    fn read_shard(
+        _: &MvccShard,
+        _: Vec<TxnId>,
+        _: &[u64],
+    ) -> Result<proto::ReadShardReply, Status> {
         Err(Status::failed_precondition(
             "this cluster is a key-value store: read it with `concord kv get` or `scan`",
         ))
     }
 
-    fn before_input(shard: &mut Participant<MvccShard>) {
-        shard.resource_mut().set_physical_time(crate::kv::physical_now_us());
+    fn before_input(shard: &mut MvccShard) {
+        shard.set_physical_time(crate::kv::physical_now_us());
     }
 
-    fn after_restart(shard: &mut Participant<MvccShard>) {
+    fn after_restart(shard: &mut MvccShard) {
         Self::before_input(shard);
-        shard.resource_mut().restarted();
+        shard.restarted();
     }
 
-    fn kv_services(
-        handle: &Handle<Self>,
+    fn kv_services<E: Engine<Model = Self>>(
+        handle: &Handle<E>,
         role: Role,
-    ) -> (Option<Arc<Gateway>>, Option<Handle<KvStore>>) {
+    ) -> (Option<Arc<Gateway>>, Option<KvHandle>) {
+        let kv = KvHandle::new(handle);
         match role {
-            Role::Coordinator => (Some(Gateway::start(handle.clone(), &handle.config)), None),
+            Role::Coordinator => (Some(Gateway::start(kv, &handle.config)), None),
             Role::Shard => {
                 let ttl = handle.config.kv.as_ref().map_or(60_000, |kv| kv.gc_ttl_ms);
                 tokio::spawn(crate::kv::collect_garbage(
-                    handle.clone(),
+                    kv.clone(),
                     std::time::Duration::from_millis(ttl),
                 ));
-                (None, Some(handle.clone()))
+                (None, Some(kv))
             }
+            Role::Acceptor => (None, None),
         }
     }
 }

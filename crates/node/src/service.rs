@@ -10,36 +10,37 @@ use tonic::{Request, Response, Status};
 
 use crate::config::ClusterConfig;
 use crate::driver::{Call, Event, Node, RoleState};
-use crate::model::{Model, Msg};
+use crate::engine::Engine;
+use crate::model::Model;
 use crate::proto;
 
 /// What every service holds: the way into the loop, and the cluster it belongs to.
-pub(crate) struct Handle<M: Model> {
-    pub events: mpsc::Sender<Event<M>>,
+pub(crate) struct Handle<E: Engine> {
+    pub events: mpsc::Sender<Event<E>>,
     pub config: std::sync::Arc<ClusterConfig>,
     pub me: String,
 }
 
-impl<M: Model> Clone for Handle<M> {
+impl<E: Engine> Clone for Handle<E> {
     fn clone(&self) -> Self {
         Handle { events: self.events.clone(), config: self.config.clone(), me: self.me.clone() }
     }
 }
 
-impl<M: Model> std::fmt::Debug for Handle<M> {
+impl<E: Engine> std::fmt::Debug for Handle<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Handle({})", self.me)
     }
 }
 
-impl<M: Model> Handle<M> {
+impl<E: Engine> Handle<E> {
     /// Runs `f` on the node and waits for its answer.
     pub(crate) async fn ask<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Node<M>) -> T + Send + 'static,
+        f: impl FnOnce(&mut Node<E>) -> T + Send + 'static,
     ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        let call: Call<M> = Box::new(move |node| {
+        let call: Call<E> = Box::new(move |node| {
             let _ = tx.send(f(node));
         });
         self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
@@ -52,7 +53,7 @@ pub(crate) fn stopping() -> Status {
 }
 
 #[tonic::async_trait]
-impl<M: Model> proto::peer_server::Peer for Handle<M> {
+impl<E: Engine> proto::peer_server::Peer for Handle<E> {
     async fn deliver(
         &self,
         request: Request<proto::Frame>,
@@ -74,7 +75,7 @@ impl<M: Model> proto::peer_server::Peer for Handle<M> {
         // Decode the whole frame before delivering any of it: a bad frame is refused whole.
         let mut messages = Vec::with_capacity(frame.messages.len());
         for (i, bytes) in frame.messages.iter().enumerate() {
-            let msg = Msg::<M>::from_bytes(bytes).map_err(|e| {
+            let msg = E::Msg::from_bytes(bytes).map_err(|e| {
                 Status::invalid_argument(format!("message {i} of the frame is malformed: {e:?}"))
             })?;
             messages.push(msg);
@@ -89,16 +90,16 @@ impl<M: Model> proto::peer_server::Peer for Handle<M> {
 type SubmitStream = Pin<Box<dyn Stream<Item = Result<proto::SubmitEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<M: Model> proto::client_server::Client for Handle<M> {
+impl<E: Engine> proto::client_server::Client for Handle<E> {
     type SubmitStream = SubmitStream;
 
     async fn submit(
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<SubmitStream>, Status> {
-        let branches = M::branches(&self.config, &request.into_inner().writes)?;
+        let branches = E::Model::branches(&self.config, &request.into_inner().writes)?;
         let (reply, events) = mpsc::channel(4);
-        let call: Call<M> = Box::new(move |node| node.submit(branches, reply));
+        let call: Call<E> = Box::new(move |node| node.submit(branches, reply));
         self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events);
         Ok(Response::new(Box::pin(stream)))
@@ -115,7 +116,7 @@ impl<M: Model> proto::client_server::Client for Handle<M> {
         let (tx, rx) = oneshot::channel();
         self.ask(move |node| match &mut node.role {
             RoleState::Coordinator(c) => c.status(txn, tx, &mut node.io),
-            RoleState::Shard(_) => {
+            RoleState::Shard(_) | RoleState::Acceptor(_) => {
                 let _ = tx.send(Err(Status::failed_precondition("ask the coordinator")));
             }
         })
@@ -157,7 +158,7 @@ impl<M: Model> proto::client_server::Client for Handle<M> {
 }
 
 #[tonic::async_trait]
-impl<M: Model> proto::node_server::Node for Handle<M> {
+impl<E: Engine> proto::node_server::Node for Handle<E> {
     async fn health(
         &self,
         _: Request<proto::HealthRequest>,
@@ -188,8 +189,8 @@ impl<M: Model> proto::node_server::Node for Handle<M> {
         let keys = request.into_inner().keys;
         let reply = self
             .ask(move |node| match &node.role {
-                RoleState::Shard(p) => M::read_shard(p, &keys),
-                RoleState::Coordinator(_) => {
+                RoleState::Shard(p) => E::Model::read_shard(E::resource(p), E::in_doubt(p), &keys),
+                RoleState::Coordinator(_) | RoleState::Acceptor(_) => {
                     Err(Status::failed_precondition("this node is not a shard"))
                 }
             })

@@ -34,6 +34,16 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         }
     }
 
+    /// Transactions whose decision this coordinator is still collecting.
+    pub fn in_flight(&self) -> usize {
+        self.leader.in_flight()
+    }
+
+    /// Whether `txn` is an id this coordinator has handed out.
+    pub fn has_issued(&self, txn: concord_types::TxnId) -> bool {
+        self.admission.has_issued(txn)
+    }
+
     fn begin(&mut self, request: RequestId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
         let epoch_record = |epoch| Record::EpochStarted { epoch };
         let in_flight = self.leader.in_flight();

@@ -73,7 +73,12 @@ impl Leader {
     }
 
     /// The initial leader starts a transaction: wait for ballot-0 votes, up to the vote timeout.
-    pub(super) fn begin<C, S>(&mut self, txn: TxnId, participants: Vec<NodeId>, out: &mut Out<C, S>) {
+    pub(super) fn begin<C, S>(
+        &mut self,
+        txn: TxnId,
+        participants: Vec<NodeId>,
+        out: &mut Out<C, S>,
+    ) {
         out.push(Command::SetTimer {
             timer: Timer::BallotZero { txn },
             after_us: self.config.vote_timeout_us,
@@ -125,7 +130,13 @@ impl Leader {
         );
     }
 
-    fn set_ballot_timer<C, S>(&self, txn: TxnId, ballot: Ballot, attempt: u32, out: &mut Out<C, S>) {
+    fn set_ballot_timer<C, S>(
+        &self,
+        txn: TxnId,
+        ballot: Ballot,
+        attempt: u32,
+        out: &mut Out<C, S>,
+    ) {
         let after_us =
             backoff_us(self.config.ballot_timeout_us, self.config.ballot_timeout_max_us, attempt);
         out.push(Command::SetTimer { timer: Timer::Ballot { txn, ballot }, after_us });

@@ -8,6 +8,7 @@ use concord_types::{Decision, NodeId, TxnId};
 
 use super::{Config, Msg, Record, Timer, Value};
 use crate::backoff_us;
+use crate::resource::Refusals;
 use crate::store::Store;
 use crate::{Checkpoint, Command, Core, Durability, Input, ParticipantView, Resource};
 
@@ -44,6 +45,7 @@ pub struct Participant<R: Resource = Store> {
     branches: BTreeMap<TxnId, Branch<R::Change>>,
     committed: BTreeSet<TxnId>,
     aborted: BTreeSet<TxnId>,
+    refusals: Refusals<R::Refusal>,
 }
 
 impl<R: Resource> Participant<R> {
@@ -60,6 +62,7 @@ impl<R: Resource> Participant<R> {
             branches: BTreeMap::new(),
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -71,6 +74,20 @@ impl<R: Resource> Participant<R> {
     /// The resource, for drivers that feed it what the protocol does not carry (a clock).
     pub fn resource_mut(&mut self) -> &mut R {
         &mut self.store
+    }
+
+    /// Why this participant voted `Aborted` on `txn`, if it still remembers.
+    pub fn refusal(&self, txn: TxnId) -> Option<&R::Refusal> {
+        self.refusals.find(txn)
+    }
+
+    /// Branches prepared here whose outcome this participant has not learned.
+    pub fn in_doubt(&self) -> Vec<TxnId> {
+        self.branches
+            .iter()
+            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
+            .map(|(&t, _)| t)
+            .collect()
     }
 
     /// Every decision this participant knows, commits first.
@@ -180,9 +197,15 @@ impl<R: Resource> Participant<R> {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
             return; // a duplicate: the vote is already on its way or decided
         }
-        if self.branches.len() >= self.config.max_in_flight
-            || self.store.check(txn, &writes).is_err()
-        {
+        let refused = if self.branches.len() >= self.config.max_in_flight {
+            true
+        } else if let Err(refusal) = self.store.check(txn, &writes) {
+            self.refusals.remember(txn, refusal);
+            true
+        } else {
+            false
+        };
+        if refused {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,
@@ -374,11 +397,7 @@ impl<R: Resource> Checkpoint for Participant<R> {
 
 impl ParticipantView for Participant<Store> {
     fn in_doubt(&self) -> Vec<TxnId> {
-        self.branches
-            .iter()
-            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
-            .map(|(&t, _)| t)
-            .collect()
+        Participant::in_doubt(self)
     }
     fn store(&self) -> &Store {
         &self.store

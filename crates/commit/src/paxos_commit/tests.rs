@@ -288,9 +288,17 @@ fn every_message_and_record_survives_its_wire_form() {
     for m in [
         Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() },
         vote(P1, Value::Prepared),
-        Msg::Phase2b { txn: t, ballot: 9, values: vec![(P1, Value::Prepared), (P2, Value::Aborted)] },
+        Msg::Phase2b {
+            txn: t,
+            ballot: 9,
+            values: vec![(P1, Value::Prepared), (P2, Value::Aborted)],
+        },
         Msg::Phase1a { txn: t, ballot: 17, leader: A2 },
-        Msg::Phase1b { txn: t, ballot: 17, accepted: vec![(P1, 0, Value::Prepared), (P2, 9, Value::Aborted)] },
+        Msg::Phase1b {
+            txn: t,
+            ballot: 17,
+            accepted: vec![(P1, 0, Value::Prepared), (P2, 9, Value::Aborted)],
+        },
         Msg::Reject { txn: t, promised: 33 },
         Msg::Decision { txn: t, decision: Decision::Commit },
         Msg::Inquire { txn: t, participants: vec![P1, P2] },
@@ -298,8 +306,11 @@ fn every_message_and_record_survives_its_wire_form() {
         assert_eq!(Msg::from_bytes(&m.to_bytes()), Ok(m));
     }
     assert!(<Msg>::from_bytes(&[99]).is_err());
-    let snapshot: Record =
-        Record::Snapshot { values: w(), committed: vec![t], aborted: vec![TxnId { sequence: 2, ..t }] };
+    let snapshot: Record = Record::Snapshot {
+        values: w(),
+        committed: vec![t],
+        aborted: vec![TxnId { sequence: 2, ..t }],
+    };
     assert_eq!(Record::from_bytes(&snapshot.to_bytes()), Ok(snapshot));
 }
 

@@ -25,6 +25,7 @@ use concord_types::{Decision, NodeId, TxnId, Vote};
 
 use super::{Config, Msg, Record, Timer};
 use crate::backoff_us;
+use crate::resource::Refusals;
 use crate::store::Store;
 use crate::{Change, Command, Core, Durability, Input, ParticipantView, Resource};
 
@@ -76,26 +77,8 @@ pub struct Participant<R: Resource = Store> {
     branches: BTreeMap<TxnId, Branch<R::Change>>,
     decided: BTreeMap<TxnId, Decision>,
     /// Why recent NO votes were cast, newest last (bounded), so a driver can tell its client.
-    refusals: Diagnostics<(TxnId, R::Refusal)>,
+    refusals: Refusals<R::Refusal>,
 }
-
-/// What a participant remembers only to explain itself. It is not protocol state: equality and
-/// hashing ignore it, so the model checker does not count two states that differ only in it.
-#[derive(Debug, Clone)]
-struct Diagnostics<T>(std::collections::VecDeque<T>);
-
-impl<T> PartialEq for Diagnostics<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl<T> Eq for Diagnostics<T> {}
-impl<T> std::hash::Hash for Diagnostics<T> {
-    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
-}
-
-/// How many refusal reasons a participant remembers.
-const REMEMBERED_REFUSALS: usize = 1024;
 
 impl<R: Resource> Participant<R> {
     pub fn new(id: NodeId, config: Config) -> Self {
@@ -110,7 +93,7 @@ impl<R: Resource> Participant<R> {
             store: resource,
             branches: BTreeMap::new(),
             decided: BTreeMap::new(),
-            refusals: Diagnostics(std::collections::VecDeque::new()),
+            refusals: Refusals::default(),
         }
     }
 
@@ -126,7 +109,7 @@ impl<R: Resource> Participant<R> {
 
     /// Why this participant voted NO on `txn`, if it still remembers.
     pub fn refusal(&self, txn: TxnId) -> Option<&R::Refusal> {
-        self.refusals.0.iter().rev().find(|(t, _)| *t == txn).map(|(_, r)| r)
+        self.refusals.find(txn)
     }
 
     /// Transactions this participant voted YES on and has not yet learned the outcome of.
@@ -147,7 +130,7 @@ impl<R: Resource> Participant<R> {
         match self.store.check(txn, change) {
             Ok(()) => true,
             Err(refusal) => {
-                self.remember_refusal(txn, refusal);
+                self.refusals.remember(txn, refusal);
                 false
             }
         }
@@ -166,13 +149,6 @@ impl<R: Resource> Participant<R> {
             }
         }
         true
-    }
-
-    fn remember_refusal(&mut self, txn: TxnId, refusal: R::Refusal) {
-        if self.refusals.0.len() >= REMEMBERED_REFUSALS {
-            self.refusals.0.pop_front();
-        }
-        self.refusals.0.push_back((txn, refusal));
     }
 
     /// Every decision this participant remembers (aborts include NO votes it never logged).
@@ -254,7 +230,7 @@ impl<R: Resource> Participant<R> {
                     return Self::send(out, coordinator, Msg::Vote { txn, vote: Vote::ReadOnly })
                 }
                 Err(refusal) => {
-                    self.remember_refusal(txn, refusal);
+                    self.refusals.remember(txn, refusal);
                     true
                 }
             }
