@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_node::config::{ClusterConfig, LogConfig, Timeouts};
+use concord_node::config::{ClusterConfig, CommitProtocol, LogConfig, Timeouts};
 use concord_node::proto::{self, State};
 use concord_sim::rng::{run_seed, Rng};
 
@@ -38,6 +38,7 @@ pub struct Options {
     pub dir: PathBuf,
     /// Run the key-value store's bank workload instead of the delta transfers.
     pub kv: bool,
+    pub protocol: CommitProtocol,
 }
 
 #[derive(Debug, Clone)]
@@ -209,8 +210,11 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
     let _ = std::fs::remove_dir_all(&options.dir);
     std::fs::create_dir_all(&options.dir)
         .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
-    let ports = free_ports(4)?;
     let mut config = ClusterConfig::local("crash-test", 3, 0);
+    if options.protocol == CommitProtocol::PaxosCommit {
+        config = config.with_paxos_commit(3);
+    }
+    let ports = free_ports(config.nodes.len())?;
     if options.kv {
         config.kv = Some(crate::crash_kv::kv_config());
     }

@@ -102,6 +102,9 @@ enum Command {
         /// interactive transactions; every audit must see the constant total.
         #[arg(long)]
         kv: bool,
+        /// 2pc, or paxos-commit (three acceptor processes, killed like the others).
+        #[arg(long, default_value = "2pc")]
+        protocol: concord_node::config::CommitProtocol,
     },
     /// Real databases (PostgreSQL, MariaDB/MySQL) as 2PC participants: run the database
     /// coordinator, run a transaction across databases.
@@ -154,10 +157,10 @@ fn main() -> ExitCode {
         Command::Shard { command } => client::run_shard(command),
         Command::Db { command } => databases::run(command),
         Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
-        Command::CrashTest { cycles, soak, clients, seed, dir, kv } => {
+        Command::CrashTest { cycles, soak, clients, seed, dir, kv, protocol } => {
             let cycles = if soak && cycles == 50 { 1_000 } else { cycles };
             let dir = dir.unwrap_or_else(crash_test::default_dir);
-            crash_test::run(&crash_test::Options { cycles, clients, seed, dir, kv })
+            crash_test::run(&crash_test::Options { cycles, clients, seed, dir, kv, protocol })
         }
         Command::Sim { command } => sim::run(command),
         Command::Check { history } => check_history(&history),

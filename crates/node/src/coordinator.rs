@@ -2,8 +2,8 @@
 //! replies to waiting requests, a table of recent transactions (`concord txn ls/show`), and
 //! status answers for transactions it no longer remembers, found by asking the shards.
 //!
-//! Status of a transaction the table does not hold (evicted, or from before a restart), under
-//! 2PC (under Paxos Commit it is reported unknown: the decision is at the acceptors):
+//! Status of a transaction the table does not hold (evicted, or from before a restart; under
+//! Paxos Commit the coordinator logs no decisions, so after a restart that is every one):
 //! * never issued by this coordinator ⇒ "no such transaction";
 //! * otherwise every shard is asked (INQUIRE). A shard that committed says COMMIT; a shard that
 //!   never saw it forces an ABORTED record first, so its answer is a promise. One COMMIT ⇒
@@ -295,18 +295,7 @@ impl<E: Engine> CoordinatorRole<E> {
             ))));
             return;
         }
-        let Some(inquiry) = E::status_inquiry(txn) else {
-            let _ = reply.send(Ok(TransactionInfo {
-                txn: txn.to_string(),
-                state: State::Unknown.into(),
-                source: "coordinator".into(),
-                detail: "no longer in this coordinator's table; under Paxos Commit the decision \
-                         is at the acceptors, and every prepared shard learns it"
-                    .into(),
-                ..TransactionInfo::default()
-            }));
-            return;
-        };
+        let inquiry = E::status_inquiry(txn);
         if let Some(resolver) = self.resolving.get_mut(&txn) {
             resolver.waiters.push(reply);
             return;

@@ -11,7 +11,7 @@
 //! | coordinator log | epochs, commit decisions, ends | epochs only |
 //! | a votes arrives as | the shard's VOTE | the acceptors' bundled 2b |
 //! | committed for the table | every YES voter acknowledged | the decision is chosen |
-//! | status of a forgotten txn | ask every shard (INQUIRE) | unknown (it is at the acceptors) |
+//! | status of a forgotten txn | ask every shard (INQUIRE) | the same |
 
 use std::marker::PhantomData;
 
@@ -113,8 +113,9 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     fn in_flight(c: &Self::Coordinator) -> usize;
     fn seen(from: NodeId, msg: &Self::Msg) -> Seen;
     fn logged(record: &Self::Record) -> Logged;
-    /// The message that asks a shard for `txn`'s outcome, if shards can answer it.
-    fn status_inquiry(txn: TxnId) -> Option<Self::Msg>;
+    /// The message that asks a shard for `txn`'s outcome (an undecided shard that never saw
+    /// `txn` promises ABORT before it answers).
+    fn status_inquiry(txn: TxnId) -> Self::Msg;
 }
 
 /// Two-phase commit with presumed abort (`protocol = "2pc"`).
@@ -200,8 +201,8 @@ impl<M: Model> Engine for TwoPc<M> {
             _ => Logged::Nothing,
         }
     }
-    fn status_inquiry(txn: TxnId) -> Option<Self::Msg> {
-        Some(two_phase::Msg::Inquire { txn })
+    fn status_inquiry(txn: TxnId) -> Self::Msg {
+        two_phase::Msg::Inquire { txn }
     }
 }
 
@@ -287,13 +288,16 @@ impl<M: Model> Engine for PaxosCommit<M> {
                     })
                     .collect(),
             },
+            paxos_commit::Msg::Decision { txn, decision } => {
+                Seen::Answer { txn: *txn, decision: *decision }
+            }
             _ => Seen::Nothing,
         }
     }
     fn logged(_: &Self::Record) -> Logged {
         Logged::Nothing
     }
-    fn status_inquiry(_: TxnId) -> Option<Self::Msg> {
-        None
+    fn status_inquiry(txn: TxnId) -> Self::Msg {
+        paxos_commit::Msg::Inquire { txn, participants: Vec::new() }
     }
 }

@@ -86,7 +86,9 @@ pub enum Msg<C = Vec<Write>> {
     Reject { txn: TxnId, promised: Ballot },
     /// Leader → participant.
     Decision { txn: TxnId, decision: Decision },
-    /// Participant → leader candidate: I am prepared and have heard nothing.
+    /// Participant → leader candidate: I am prepared and have heard nothing. Also a
+    /// coordinator → participant status query (a runtime client asking about a transaction
+    /// the coordinator forgot), with no participants.
     Inquire { txn: TxnId, participants: Vec<NodeId> },
 }
 

@@ -34,6 +34,11 @@ enum Branch<C> {
     Committing {
         writes: C,
     },
+    /// Never prepared here, and its coordinator asked for the outcome: an ABORTED record is
+    /// being forced — a promise never to prepare it — before the answer goes to `to`.
+    PromisingAbort {
+        to: NodeId,
+    },
 }
 
 /// A Paxos Commit participant over resource `R` (the simulator's [`Store`] by default).
@@ -289,14 +294,21 @@ impl<R: Resource> Participant<R> {
                 self.branches
                     .insert(txn, Branch::Prepared { participants, writes, inquiry_attempt: 0 });
             }
-            Record::Aborted { txn } => {
-                let Some(Branch::VotingAbort { participants }) = self.branches.remove(&txn) else {
-                    panic!("{}: forced abort vote of {txn} durable in another state", self.id);
-                };
-                self.aborted.insert(txn);
-                out.push(Command::Outcome { txn, decision: Decision::Abort });
-                self.send_vote(txn, Value::Aborted, &participants, out);
-            }
+            Record::Aborted { txn } => match self.branches.remove(&txn) {
+                Some(Branch::VotingAbort { participants }) => {
+                    self.aborted.insert(txn);
+                    out.push(Command::Outcome { txn, decision: Decision::Abort });
+                    self.send_vote(txn, Value::Aborted, &participants, out);
+                }
+                Some(Branch::PromisingAbort { to }) => {
+                    self.aborted.insert(txn);
+                    out.push(Command::Send {
+                        to,
+                        msg: Msg::Decision { txn, decision: Decision::Abort },
+                    });
+                }
+                _ => panic!("{}: forced abort of {txn} durable in another state", self.id),
+            },
             Record::Committed { txn } => {
                 let Some(Branch::Committing { writes }) = self.branches.remove(&txn) else {
                     panic!(
@@ -310,6 +322,25 @@ impl<R: Resource> Participant<R> {
                 out.push(Command::Outcome { txn, decision: Decision::Commit });
             }
             other => panic!("participant {} never forces {other:?}", self.id),
+        }
+    }
+
+    /// The transaction's coordinator asks for the outcome (a client's status query after the
+    /// coordinator forgot it). A decided branch answers; a prepared one cannot yet; one never
+    /// seen here promises, durably, never to prepare — without this participant's Prepared
+    /// the transaction cannot commit, so ABORT is then its final answer.
+    fn on_status_inquiry(&mut self, from: NodeId, txn: TxnId, out: &mut Out<R>) {
+        if from != txn.coordinator {
+            return;
+        }
+        if let Some(decision) = self.decided(txn) {
+            out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
+        } else if !self.branches.contains_key(&txn) {
+            out.push(Command::Persist {
+                record: Record::Aborted { txn },
+                durability: Durability::Forced,
+            });
+            self.branches.insert(txn, Branch::PromisingAbort { to: from });
         }
     }
 
@@ -356,11 +387,12 @@ impl<R: Resource> Core for Participant<R> {
                 self.on_inquiry_timer(txn, attempt, out);
             }
             Input::Timer(_) | Input::Begin { .. } => {}
-            Input::Message { msg, .. } => match msg {
+            Input::Message { from, msg } => match msg {
                 Msg::Prepare { txn, participants, writes } => {
                     self.on_prepare(txn, participants, writes, out);
                 }
                 Msg::Decision { txn, decision } => self.on_decision(txn, decision, out),
+                Msg::Inquire { txn, .. } => self.on_status_inquiry(from, txn, out),
                 _ => {}
             },
         }
@@ -388,7 +420,9 @@ impl<R: Resource> Checkpoint for Participant<R> {
                     live.push(Record::Prepared { txn, participants: Vec::new(), writes });
                     live.push(Record::Committed { txn });
                 }
-                Branch::VotingAbort { .. } => live.push(Record::Aborted { txn }),
+                Branch::VotingAbort { .. } | Branch::PromisingAbort { .. } => {
+                    live.push(Record::Aborted { txn });
+                }
             }
         }
         live

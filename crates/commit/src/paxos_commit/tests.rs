@@ -452,3 +452,33 @@ fn a_checkpoint_rebuilds_the_same_acceptor_as_the_whole_log() {
     }
     assert!(log.iter().any(|r| matches!(r, Record::Accepted { ballot, .. } if *ballot > 0)));
 }
+
+/// The coordinator asks about a transaction it forgot: a participant that never prepared it
+/// promises durably never to (so it cannot commit) before answering ABORT; a decided one
+/// answers its decision; a prepared one stays silent; anyone but the coordinator is ignored.
+#[test]
+fn a_participant_answers_its_coordinators_status_query() {
+    let t = txn();
+    let query = Msg::Inquire { txn: t, participants: vec![] };
+    let mut p: Participant = Participant::new(P1, config());
+    run(&mut p, Input::Restart { records: vec![] });
+    assert_eq!(run(&mut p, msg(A1, query.clone())), vec![], "only the coordinator asks");
+    assert_eq!(run(&mut p, msg(C, query.clone())), vec![forced(Record::Aborted { txn: t })]);
+    let prepare = Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() };
+    assert_eq!(run(&mut p, msg(C, prepare.clone())), vec![], "promised: never prepares it");
+    let answer = Msg::Decision { txn: t, decision: Decision::Abort };
+    assert_eq!(
+        run(&mut p, Input::Persisted(Record::Aborted { txn: t })),
+        vec![send(C, answer.clone())]
+    );
+    assert_eq!(run(&mut p, msg(C, query.clone())), vec![send(C, answer)], "decided: answers");
+    assert_eq!(run(&mut p, msg(C, prepare)), vec![], "still never prepares it");
+
+    let t2 = TxnId { sequence: 2, ..t };
+    let mut q: Participant = Participant::new(P1, config());
+    run(&mut q, Input::Restart { records: vec![] });
+    let prepare = Msg::Prepare { txn: t2, participants: vec![P1, P2], writes: w() };
+    run(&mut q, msg(C, prepare));
+    let query = Msg::Inquire { txn: t2, participants: vec![] };
+    assert_eq!(run(&mut q, msg(C, query)), vec![], "in doubt: no answer yet");
+}
