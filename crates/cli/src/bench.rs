@@ -39,6 +39,9 @@ pub enum BenchCommand {
         /// Comma-separated client counts.
         #[arg(long, default_value = "1,16,64")]
         clients: String,
+        /// Comma-separated: 2pc, paxos-commit. Several: one cluster each, runs interleaved.
+        #[arg(long, default_value = "2pc")]
+        protocols: String,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
         #[arg(long)]
@@ -138,11 +141,15 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Kv { dir, workloads, clients, duration, json } => {
+        BenchCommand::Kv { dir, workloads, clients, protocols, duration, json } => {
             crate::bench_kv::run(&crate::bench_kv::Options {
                 dir: &dir,
                 workloads: crate::bench_kv::Workload::parse_list(&workloads)?,
                 clients: parse_clients(&clients)?,
+                protocols: protocols
+                    .split(',')
+                    .map(|p| p.trim().parse())
+                    .collect::<Result<_, _>>()?,
                 duration,
                 json,
             })
@@ -245,10 +252,17 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// `ClusterConfig::local` on free loopback ports.
-    pub fn config(name: &str, shards: u32) -> Result<ClusterConfig, String> {
-        let ports = crate::crash_test::free_ports(1 + shards as usize)?;
+    /// `ClusterConfig::local` on free loopback ports (with three acceptors under Paxos Commit).
+    pub fn config(
+        name: &str,
+        shards: u32,
+        protocol: concord_node::config::CommitProtocol,
+    ) -> Result<ClusterConfig, String> {
         let mut config = ClusterConfig::local(name, shards, 0);
+        if protocol == concord_node::config::CommitProtocol::PaxosCommit {
+            config = config.with_paxos_commit(3);
+        }
+        let ports = crate::crash_test::free_ports(config.nodes.len())?;
         for (node, port) in config.nodes.iter_mut().zip(&ports) {
             node.listen.set_port(*port);
         }

@@ -3,20 +3,25 @@
 //!
 //! Workloads, each at every client count:
 //! * `single` — read a key and write it back, one shard: commits in one phase.
-//! * `cross` — read two keys on two shards and write both: commits through 2PC.
+//! * `cross` — read two keys on two shards and write both: commits through 2PC (or Paxos
+//!   Commit).
 //! * `mixed` — 80% read-only transactions of two random keys (nothing to commit), 20%
 //!   read-modify-writes of two random keys, all over 1,000 shared keys (conflicts happen and
 //!   are counted as aborts).
 //!
 //! In `single` and `cross` every client has its own keys, so nothing conflicts: what is
 //! measured is the transaction path. Clients and nodes share this machine's cores.
+//!
+//! With several `--protocols`, one cluster per protocol runs (the others idle), and each
+//! workload × client count is measured on every protocol back to back, so drift in the machine
+//! hits them alike; the report gives Paxos Commit's p50 latency as a ratio of 2PC's.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use concord_client::{KvClient, KvError};
-use concord_node::config::KvConfig;
+use concord_node::config::{CommitProtocol, KvConfig};
 
 use crate::bench::{Floor, LocalCluster, Measured, Tally};
 use concord_sim::rng::{run_seed, Rng};
@@ -62,30 +67,48 @@ pub struct Options<'a> {
     pub dir: &'a Path,
     pub workloads: Vec<Workload>,
     pub clients: Vec<usize>,
+    pub protocols: Vec<CommitProtocol>,
     pub duration: Duration,
     pub json: bool,
 }
 
 struct Row {
+    protocol: CommitProtocol,
     workload: Workload,
     run: Measured,
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
+    if options.protocols.is_empty() {
+        return Err("--protocols names none".into());
+    }
     let floor = Floor::measure(options.dir)?;
-    let mut config = LocalCluster::config("bench-kv", 3)?;
-    config.kv = Some(KvConfig::default());
+    let mut configs = Vec::new();
+    for &protocol in &options.protocols {
+        let mut config = LocalCluster::config(&format!("bench-kv-{protocol}"), 3, protocol)?;
+        config.kv = Some(KvConfig::default());
+        configs.push((protocol, config));
+    }
     let rows = runtime()?.block_on(async {
-        let cluster = LocalCluster::start(&config, options.dir);
-        let gateway = config.coordinator().listen;
-        wait_up(gateway).await?;
+        let mut clusters = Vec::new();
+        for (protocol, config) in &configs {
+            let cluster = LocalCluster::start(config, &options.dir.join(protocol.to_string()));
+            let gateway = config.coordinator().listen;
+            wait_up(gateway).await?;
+            clusters.push((*protocol, gateway, cluster));
+        }
         let mut rows = Vec::new();
         for &workload in &options.workloads {
             for &n in &options.clients {
-                rows.push(measure(gateway, workload, n, options.duration).await);
+                for (protocol, gateway, _) in &clusters {
+                    let run = measure(*gateway, workload, n, options.duration).await;
+                    rows.push(Row { protocol: *protocol, workload, run });
+                }
             }
         }
-        cluster.stop().await;
+        for (_, _, cluster) in clusters {
+            cluster.stop().await;
+        }
         Ok::<_, String>(rows)
     })?;
     let _ = std::fs::remove_dir_all(options.dir);
@@ -165,7 +188,7 @@ async fn measure(
     workload: Workload,
     clients: usize,
     duration: Duration,
-) -> Row {
+) -> Measured {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -190,7 +213,7 @@ async fn measure(
         });
     }
     let tally = Tally::join(&mut tasks).await;
-    Row { workload, run: Measured { clients, seconds: started.elapsed().as_secs_f64(), tally } }
+    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
 }
 
 fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
@@ -199,6 +222,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .iter()
             .map(|r| {
                 serde_json::json!({
+                    "protocol": r.protocol.to_string(),
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
                     "failed": r.run.tally.failed, "seconds": r.run.seconds,
@@ -216,20 +240,43 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
     }
     println!("{}", floor.describe(options.dir));
     println!(
-        "{:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10}",
-        "workload", "clients", "txn/s", "committed", "aborted", "failed", "p50 µs", "p99 µs"
+        "{:<13} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
+        "protocol",
+        "workload",
+        "clients",
+        "txn/s",
+        "committed",
+        "aborted",
+        "failed",
+        "p50 µs",
+        "p99 µs",
+        "p50/2pc"
     );
     for r in rows {
+        let p50 = r.run.tally.latency.quantile(0.5);
+        let two_pc = rows.iter().find(|o| {
+            o.protocol == CommitProtocol::TwoPhase
+                && o.workload == r.workload
+                && o.run.clients == r.run.clients
+        });
+        let ratio = match two_pc {
+            Some(o) if r.protocol != CommitProtocol::TwoPhase => {
+                format!("{:.2}×", p50 as f64 / o.run.tally.latency.quantile(0.5).max(1) as f64)
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:<8} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10}",
+            "{:<13} {:<8} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
+            r.protocol.to_string(),
             r.workload.name(),
             r.run.clients,
             r.run.tps(),
             r.run.tally.committed,
             r.run.tally.aborted,
             r.run.tally.failed,
-            r.run.tally.latency.quantile(0.5),
+            p50,
             r.run.tally.latency.quantile(0.99),
+            ratio,
         );
     }
 }

@@ -55,6 +55,8 @@ fn kv_bench_runs_every_workload_and_reports_the_floor() {
         &scratch("kv"),
         "--clients",
         "2",
+        "--protocols",
+        "2pc,paxos-commit",
         "--duration",
         "500ms",
         "--json",
@@ -64,7 +66,9 @@ fn kv_bench_runs_every_workload_and_reports_the_floor() {
     assert!(v["floor"]["fsync_p50_us"].is_u64(), "{v}");
     let runs = v["runs"].as_array().expect("runs");
     let workloads: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap()).collect();
-    assert_eq!(workloads, ["single", "cross", "mixed"]);
+    assert_eq!(workloads, ["single", "single", "cross", "cross", "mixed", "mixed"]);
+    let protocols: Vec<&str> = runs.iter().map(|r| r["protocol"].as_str().unwrap()).collect();
+    assert_eq!(protocols[..2], ["2pc", "paxos-commit"], "interleaved per load");
     for run in runs {
         assert!(run["committed"].as_u64().unwrap() > 0, "nothing committed: {run}");
         assert_eq!(run["failed"].as_u64(), Some(0), "{run}");

@@ -41,3 +41,17 @@ fn the_kv_bank_keeps_its_total_through_sigkills() {
     assert!(stdout.contains("every audit saw the total"), "{stdout}");
     assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
 }
+
+/// Both workloads over Paxos Commit: the acceptors (three more processes) are killed like
+/// every other node; lost outcomes are resolved by asking the shards, as under 2PC.
+#[test]
+fn paxos_commit_keeps_both_workloads_whole_through_sigkills() {
+    let args = ["--protocol", "paxos-commit", "--clients", "4", "--seed", "5"];
+    let stdout = crash_test("crash-paxos", &args, "30");
+    assert!(stdout.contains("acceptor-"), "acceptors were among the victims: {stdout}");
+    assert!(stdout.contains("every check held"), "{stdout}");
+    let args = ["--kv", "--protocol", "paxos-commit", "--clients", "4", "--seed", "13"];
+    let stdout = crash_test("crash-paxos-kv", &args, "30");
+    assert!(stdout.contains("every audit saw the total"), "{stdout}");
+    assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+}

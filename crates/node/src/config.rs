@@ -275,7 +275,7 @@ impl ClusterConfig {
                     "{acceptors} node(s) have role = \"acceptor\", which only protocol = \"paxos-commit\" uses"
                 ));
             }
-            CommitProtocol::PaxosCommit if acceptors % 2 == 0 => {
+            CommitProtocol::PaxosCommit if acceptors.is_multiple_of(2) => {
                 return Err(format!(
                     "protocol = \"paxos-commit\" needs an odd number (2F + 1) of nodes with role = \"acceptor\" (found {acceptors})"
                 ));

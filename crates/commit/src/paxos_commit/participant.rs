@@ -335,12 +335,12 @@ impl<R: Resource> Participant<R> {
         }
         if let Some(decision) = self.decided(txn) {
             out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
-        } else if !self.branches.contains_key(&txn) {
+        } else if let std::collections::btree_map::Entry::Vacant(entry) = self.branches.entry(txn) {
+            entry.insert(Branch::PromisingAbort { to: from });
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,
             });
-            self.branches.insert(txn, Branch::PromisingAbort { to: from });
         }
     }
 
