@@ -60,10 +60,16 @@ pub enum NodeError {
 const DATA_FORMAT: u32 = 1;
 
 fn identity(config: &ClusterConfig, node: &NodeConfig) -> String {
-    format!(
+    let mut identity = format!(
         "format = {DATA_FORMAT}\ncluster = {}\nnode = {}\nid = {}\nrole = {}\n",
         config.cluster, node.name, node.id, node.role
-    )
+    );
+    // The protocols' logs are not interchangeable. Named only when it is not the default, so
+    // directories made before there was a choice (2PC) keep their identity.
+    if config.protocol != CommitProtocol::TwoPhase {
+        identity += &format!("protocol = {}\n", config.protocol);
+    }
+    identity
 }
 
 fn check_data_dir(dir: &Path, expected: &str) -> Result<(), NodeError> {
@@ -251,4 +257,23 @@ async fn serve_engine<E: Engine>(
     };
     let _ = stop_loop.send(true);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory made under one protocol is refused under the other (their logs differ);
+    /// 2PC directories made before the choice existed keep their identity.
+    #[test]
+    fn a_data_directory_remembers_its_protocol() {
+        let two_pc = ClusterConfig::local("c", 1, 7700);
+        let paxos = two_pc.clone().with_paxos_commit(3);
+        let shard = two_pc.node("shard-1").unwrap();
+        assert_eq!(
+            identity(&two_pc, shard),
+            "format = 1\ncluster = c\nnode = shard-1\nid = 1\nrole = shard\n"
+        );
+        assert!(identity(&paxos, shard).ends_with("protocol = paxos-commit\n"));
+    }
 }
