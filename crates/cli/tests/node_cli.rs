@@ -20,9 +20,17 @@ fn text(output: &Output) -> String {
 /// A free port for `concord dev`: it and the next three (the delta cluster), and 10 to 13 after
 /// it (the key-value store). Below the kernel's ephemeral range (32768 and up here), so a
 /// killed cluster's ports cannot be taken by some connection's source port before it restarts.
+/// Tests run in parallel in one process: each call starts elsewhere (by a counter and the
+/// clock's nanoseconds), or two tests picking in the same second would share a base, and one
+/// dev cluster would fail to bind while its test talked to the other's.
 fn free_base_port() -> u16 {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let seed = u64::from(std::process::id())
-        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        ^ now.as_secs()
+        ^ u64::from(now.subsec_nanos())
+        ^ call.wrapping_mul(0x9e37_79b9);
     for attempt in 0..1_000u64 {
         let base = 10_000
             + u16::try_from((seed.wrapping_mul(7_919) + attempt * 104_729) % 22_000).unwrap();
