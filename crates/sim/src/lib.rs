@@ -16,6 +16,8 @@
 //!   [`explore`] — exhaustive model checking of the real cores for small configurations.
 //! * [`kv`] — the key-value store's shard and coordinator cores under faults, with the bank
 //!   and list-append workloads and their checkers.
+//! * [`saga`] — the saga and TCC orchestrator against services with idempotency barriers,
+//!   under orchestrator crashes, service outages, loss and duplication.
 
 pub mod compare;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod kv;
 pub mod optimizations;
 pub mod report;
 pub mod rng;
+pub mod saga;
 pub mod scenarios;
 pub mod sweep;
 pub mod trace;

@@ -1,0 +1,572 @@
+//! The saga orchestrator: many sagas, each a small state machine driven by replies and timers.
+//!
+//! ```text
+//!  Start ─► force Started ─► call step 0 ─► success ─► force StepDone ─► call step 1 … ─► Completed
+//!                              │ business failure, or the deadline
+//!                              ▼
+//!                     force Compensating{from} ─► compensate from-1 … 0 (retried until done) ─► Compensated
+//!  TCC: all tries done ─► confirm 0 … n-1 (retried until done) ─► Completed
+//! ```
+//!
+//! Rules, each enforced here:
+//! * **Log before acting.** Every transition (started, a step done, turned around, ended) is
+//!   forced before the call it leads to; replies and timers that arrive meanwhile are ignored
+//!   (the call is re-issued after a restart anyway).
+//! * **Idempotent calls.** Each call carries the key `{saga}:{step}:{phase}`, the same on every
+//!   retry and after a restart; participants' barriers make repeats no-ops
+//!   ([`crate::barrier`]).
+//! * **Retryable failures and timeouts retry** with capped exponential backoff and jitter (the
+//!   jitter is a hash of the call, so the core stays deterministic). A forward call retries until
+//!   the saga's deadline; then the saga compensates — *including* the step in flight, whose
+//!   action may have applied (if it did not, its compensation is a null compensation).
+//!   Compensations and confirms retry until they succeed.
+//! * **A business failure** means the step's local transaction did not apply: the saga
+//!   compensates the steps before it (TCC cancels it too, as a null cancel is harmless).
+
+use std::collections::BTreeMap;
+
+use crate::definition::{Kind, Phase, SagaDef};
+
+/// A saga's id, chosen by whoever starts it (so a repeated start is recognised).
+pub type SagaId = String;
+
+/// What a participant answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StepResult {
+    Success,
+    /// The step cannot succeed; its local transaction did not apply. Not retried.
+    BusinessFailure(String),
+    /// Try again later (overload, a dependency down, a network error).
+    Retryable(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Completed,
+    /// Compensated (TCC: cancelled) because of `reason`.
+    Compensated {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    Start {
+        saga: SagaId,
+        def: SagaDef,
+        payload: String,
+        now_us: u64,
+    },
+    Reply {
+        saga: SagaId,
+        step: usize,
+        phase: Phase,
+        result: StepResult,
+    },
+    Timer(Timer),
+    Persisted(Record),
+    /// Every start, with the durable records (empty at the first); `now_us` is the wall clock,
+    /// against which the logged deadlines are measured.
+    Restart {
+        records: Vec<Record>,
+        now_us: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// A call got no reply in its step's timeout.
+    CallTimeout {
+        saga: SagaId,
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+    },
+    /// Backoff before the next attempt.
+    Retry {
+        saga: SagaId,
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+    },
+    Deadline {
+        saga: SagaId,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Durability {
+    Forced,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Record {
+    Started {
+        saga: SagaId,
+        def: SagaDef,
+        payload: String,
+        deadline_at_us: u64,
+    },
+    /// A call of `step` in `phase` succeeded.
+    StepDone {
+        saga: SagaId,
+        step: usize,
+        phase: Phase,
+    },
+    /// Turned around: compensate steps `0..from`, last first.
+    Compensating {
+        saga: SagaId,
+        from: usize,
+        reason: String,
+    },
+    Ended {
+        saga: SagaId,
+        outcome: Outcome,
+    },
+}
+
+impl Record {
+    pub fn saga(&self) -> &SagaId {
+        match self {
+            Record::Started { saga, .. }
+            | Record::StepDone { saga, .. }
+            | Record::Compensating { saga, .. }
+            | Record::Ended { saga, .. } => saga,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// Call `endpoint` with `payload`, the idempotency key in a header. Answer with `Reply`.
+    Call {
+        saga: SagaId,
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        key: String,
+        endpoint: String,
+        payload: String,
+    },
+    Persist {
+        record: Record,
+        durability: Durability,
+    },
+    SetTimer {
+        timer: Timer,
+        after_us: u64,
+    },
+    Finished {
+        saga: SagaId,
+        outcome: Outcome,
+    },
+    /// The start was refused (an invalid definition); nothing was logged.
+    Rejected {
+        saga: SagaId,
+        reason: String,
+    },
+}
+
+/// Where a saga is, as `concord saga ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SagaState {
+    Running,
+    Compensating,
+    /// TCC: every try succeeded; confirming.
+    Confirming,
+    Done(Outcome),
+}
+
+/// The call a saga is on, and whether it waits for a reply or for its retry timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Current {
+    step: usize,
+    phase: Phase,
+    attempt: u32,
+    in_flight: bool,
+}
+
+/// Where a saga's last durable record left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Position {
+    Started,
+    Done(usize, Phase),
+    TurnedAround { from: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Instance {
+    def: SagaDef,
+    payload: String,
+    deadline_at_us: u64,
+    state: SagaState,
+    position: Position,
+    /// Why it turned around, and from which step.
+    turned: Option<(usize, String)>,
+    current: Option<Current>,
+    /// A transition record is being forced: nothing moves until it is durable.
+    persisting: bool,
+    deadline_passed: bool,
+}
+
+/// Finished sagas remembered for status queries and repeated starts.
+const FINISHED_KEPT: usize = 100_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Orchestrator {
+    sagas: BTreeMap<SagaId, Instance>,
+    finished: std::collections::VecDeque<SagaId>,
+}
+
+type Out = Vec<Command>;
+
+/// A deterministic stand-in for randomness: spreads retries of different calls apart.
+fn jitter_permille(saga: &str, step: usize, attempt: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in saga.bytes().chain(step.to_le_bytes()).chain(attempt.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h % 1_001
+}
+
+impl Orchestrator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn handle(&mut self, input: Input, out: &mut Out) {
+        match input {
+            Input::Start { saga, def, payload, now_us } => {
+                self.start(saga, def, payload, now_us, out);
+            }
+            Input::Reply { saga, step, phase, result } => {
+                self.on_reply(&saga, step, phase, result, out);
+            }
+            Input::Timer(timer) => self.on_timer(timer, out),
+            Input::Persisted(record) => self.on_persisted(record, out),
+            Input::Restart { records, now_us } => self.restart(records, now_us, out),
+        }
+    }
+
+    /// A saga's state, if this orchestrator knows it.
+    pub fn state(&self, saga: &str) -> Option<&SagaState> {
+        self.sagas.get(saga).map(|i| &i.state)
+    }
+
+    /// Sagas not yet finished.
+    pub fn running(&self) -> usize {
+        self.sagas.values().filter(|i| !matches!(i.state, SagaState::Done(_))).count()
+    }
+
+    /// What a checkpoint keeps: each saga's start and where it is — for a finished one, its
+    /// outcome (so a status query or a repeated start still finds it, up to the
+    /// finished-sagas bound).
+    pub fn live_records(&self) -> Vec<Record> {
+        let mut live = Vec::new();
+        for (saga, i) in &self.sagas {
+            live.push(Record::Started {
+                saga: saga.clone(),
+                def: i.def.clone(),
+                payload: i.payload.clone(),
+                deadline_at_us: i.deadline_at_us,
+            });
+            if let SagaState::Done(outcome) = &i.state {
+                live.push(Record::Ended { saga: saga.clone(), outcome: outcome.clone() });
+                continue;
+            }
+            if let Some((from, reason)) = &i.turned {
+                let (from, reason) = (*from, reason.clone());
+                live.push(Record::Compensating { saga: saga.clone(), from, reason });
+            }
+            if let Position::Done(step, phase) = i.position {
+                live.push(Record::StepDone { saga: saga.clone(), step, phase });
+            }
+        }
+        live
+    }
+
+    fn start(&mut self, saga: SagaId, def: SagaDef, payload: String, now_us: u64, out: &mut Out) {
+        if self.sagas.contains_key(&saga) {
+            return; // a repeated start: the saga is already under way (or done)
+        }
+        if let Err(reason) = def.validate() {
+            out.push(Command::Rejected { saga, reason: reason.to_string() });
+            return;
+        }
+        let deadline_at_us = now_us.saturating_add(def.deadline_us);
+        let record = Record::Started {
+            saga: saga.clone(),
+            def: def.clone(),
+            payload: payload.clone(),
+            deadline_at_us,
+        };
+        out.push(Command::Persist { record, durability: Durability::Forced });
+        out.push(Command::SetTimer {
+            timer: Timer::Deadline { saga: saga.clone() },
+            after_us: def.deadline_us,
+        });
+        let mut instance = Instance::new(def, payload, deadline_at_us);
+        instance.persisting = true;
+        self.sagas.insert(saga, instance);
+    }
+
+    fn on_persisted(&mut self, record: Record, out: &mut Out) {
+        let saga = record.saga().clone();
+        let Some(instance) = self.sagas.get_mut(&saga) else { return };
+        instance.persisting = false;
+        instance.apply(&record);
+        if let Record::Ended { outcome, .. } = record {
+            out.push(Command::Finished { saga: saga.clone(), outcome });
+            self.finished.push_back(saga);
+            while self.finished.len() > FINISHED_KEPT {
+                if let Some(old) = self.finished.pop_front() {
+                    self.sagas.remove(&old);
+                }
+            }
+        } else {
+            instance.resume(&saga, out);
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        saga: &str,
+        step: usize,
+        phase: Phase,
+        result: StepResult,
+        out: &mut Out,
+    ) {
+        let Some(instance) = self.sagas.get_mut(saga) else { return };
+        let Some(current) = instance.current else { return };
+        if instance.persisting || current.step != step || current.phase != phase {
+            return; // stale: an earlier call's late reply, or a transition is being logged
+        }
+        match (result, phase) {
+            (StepResult::Success, _) => {
+                instance.current = None;
+                instance.persisting = true;
+                let record = Record::StepDone { saga: saga.into(), step, phase };
+                out.push(Command::Persist { record, durability: Durability::Forced });
+            }
+            (StepResult::BusinessFailure(reason), Phase::Action) => {
+                // Its local transaction did not apply: undo what came before (TCC: cancel it too).
+                let from = if instance.def.kind == Kind::Tcc { step + 1 } else { step };
+                let reason = format!("step `{}` failed: {reason}", instance.def.steps[step].name);
+                instance.turn_around(saga, from, reason, out);
+            }
+            // Compensations and confirms must succeed: anything else is retried.
+            (StepResult::BusinessFailure(_) | StepResult::Retryable(_), _) => {
+                if current.in_flight {
+                    instance.retry_later(saga, current, out);
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer, out: &mut Out) {
+        match timer {
+            Timer::CallTimeout { saga, step, phase, attempt } => {
+                let Some(instance) = self.sagas.get_mut(&saga) else { return };
+                let expected = Current { step, phase, attempt, in_flight: true };
+                if instance.current == Some(expected) && !instance.persisting {
+                    instance.retry_later(&saga, expected, out);
+                }
+            }
+            Timer::Retry { saga, step, phase, attempt } => {
+                let Some(instance) = self.sagas.get_mut(&saga) else { return };
+                let expected = Current { step, phase, attempt, in_flight: false };
+                if instance.current == Some(expected) && !instance.persisting {
+                    if phase == Phase::Action && instance.deadline_passed {
+                        instance.deadline_turn_around(&saga, step, out);
+                    } else {
+                        instance.call(&saga, step, phase, attempt, out);
+                    }
+                }
+            }
+            Timer::Deadline { saga } => {
+                let Some(instance) = self.sagas.get_mut(&saga) else { return };
+                if instance.state != SagaState::Running {
+                    return;
+                }
+                instance.deadline_passed = true;
+                // While a transition is being logged, the next move checks the flag instead.
+                if let (false, Some(current)) = (instance.persisting, instance.current) {
+                    instance.deadline_turn_around(&saga, current.step, out);
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, records: Vec<Record>, now_us: u64, out: &mut Out) {
+        self.sagas.clear();
+        self.finished.clear();
+        for record in records {
+            let saga = record.saga().clone();
+            match &record {
+                Record::Started { def, payload, deadline_at_us, .. } => {
+                    let instance = Instance::new(def.clone(), payload.clone(), *deadline_at_us);
+                    self.sagas.insert(saga, instance);
+                }
+                _ => {
+                    let Some(instance) = self.sagas.get_mut(&saga) else { continue };
+                    instance.apply(&record);
+                    if matches!(record, Record::Ended { .. }) {
+                        self.finished.push_back(saga);
+                    }
+                }
+            }
+        }
+        for (saga, instance) in &mut self.sagas {
+            if matches!(instance.state, SagaState::Done(_)) {
+                continue;
+            }
+            instance.deadline_passed = instance.deadline_at_us <= now_us;
+            if instance.state == SagaState::Running && !instance.deadline_passed {
+                out.push(Command::SetTimer {
+                    timer: Timer::Deadline { saga: saga.clone() },
+                    after_us: instance.deadline_at_us - now_us,
+                });
+            }
+            instance.resume(saga, out);
+        }
+    }
+}
+
+impl Instance {
+    fn new(def: SagaDef, payload: String, deadline_at_us: u64) -> Self {
+        Instance {
+            def,
+            payload,
+            deadline_at_us,
+            state: SagaState::Running,
+            position: Position::Started,
+            turned: None,
+            current: None,
+            persisting: false,
+            deadline_passed: false,
+        }
+    }
+
+    /// A durable record's effect on where the saga is (live, or replayed after a restart).
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Started { .. } => self.position = Position::Started,
+            Record::StepDone { step, phase, .. } => {
+                self.position = Position::Done(*step, *phase);
+                let last = *step + 1 == self.def.steps.len();
+                if *phase == Phase::Confirm
+                    || (self.def.kind == Kind::Tcc && last && *phase == Phase::Action)
+                {
+                    self.state = SagaState::Confirming;
+                }
+            }
+            Record::Compensating { from, reason, .. } => {
+                self.state = SagaState::Compensating;
+                self.position = Position::TurnedAround { from: *from };
+                self.turned = Some((*from, reason.clone()));
+            }
+            Record::Ended { outcome, .. } => self.state = SagaState::Done(outcome.clone()),
+        }
+    }
+
+    /// Makes the move that follows the saga's durable position.
+    fn resume(&mut self, saga: &str, out: &mut Out) {
+        let steps = self.def.steps.len();
+        match self.position {
+            Position::Started if self.deadline_passed => self.deadline_turn_around(saga, 0, out),
+            Position::Started => self.call(saga, 0, Phase::Action, 1, out),
+            Position::TurnedAround { from } => self.compensate_below(saga, from, out),
+            Position::Done(step, Phase::Compensation) => self.compensate_below(saga, step, out),
+            Position::Done(step, Phase::Action) if self.state == SagaState::Running => {
+                if step + 1 == steps {
+                    self.end(saga, out); // a saga's last action: done
+                } else if self.deadline_passed {
+                    // Done, but too late to go on: undo it and everything before.
+                    self.deadline_turn_around(saga, step + 1, out);
+                } else {
+                    self.call(saga, step + 1, Phase::Action, 1, out);
+                }
+            }
+            // TCC: every try done (the last one just now), confirm in order.
+            Position::Done(_, Phase::Action) => self.call(saga, 0, Phase::Confirm, 1, out),
+            Position::Done(step, Phase::Confirm) if step + 1 < steps => {
+                self.call(saga, step + 1, Phase::Confirm, 1, out);
+            }
+            Position::Done(_, Phase::Confirm) => self.end(saga, out),
+        }
+    }
+
+    fn key(saga: &str, step: &str, phase: Phase) -> String {
+        format!("{saga}:{step}:{}", phase.name())
+    }
+
+    fn call(&mut self, saga: &str, step: usize, phase: Phase, attempt: u32, out: &mut Out) {
+        let def = &self.def.steps[step];
+        let endpoint =
+            def.endpoint(phase).expect("only phases the step has are called").to_string();
+        out.push(Command::Call {
+            saga: saga.into(),
+            step,
+            phase,
+            attempt,
+            key: Self::key(saga, &def.name, phase),
+            endpoint,
+            payload: self.payload.clone(),
+        });
+        out.push(Command::SetTimer {
+            timer: Timer::CallTimeout { saga: saga.into(), step, phase, attempt },
+            after_us: def.timeout_us,
+        });
+        self.current = Some(Current { step, phase, attempt, in_flight: true });
+    }
+
+    fn retry_later(&mut self, saga: &str, current: Current, out: &mut Out) {
+        if current.phase == Phase::Action && self.deadline_passed {
+            return self.deadline_turn_around(saga, current.step, out);
+        }
+        let next = current.attempt + 1;
+        let retry = self.def.steps[current.step].retry;
+        let after_us = retry.delay_us(current.attempt, jitter_permille(saga, current.step, next));
+        self.current = Some(Current { attempt: next, in_flight: false, ..current });
+        let (step, phase) = (current.step, current.phase);
+        out.push(Command::SetTimer {
+            timer: Timer::Retry { saga: saga.into(), step, phase, attempt: next },
+            after_us,
+        });
+    }
+
+    /// The deadline passed with `step` the forward step in flight or retrying: its action may
+    /// have applied, so it is compensated too (a null compensation if it did not).
+    fn deadline_turn_around(&mut self, saga: &str, step: usize, out: &mut Out) {
+        let name = self.def.steps.get(step).map_or("(all done)", |s| s.name.as_str());
+        let reason = format!("the saga's deadline passed at step `{name}`");
+        self.turn_around(saga, (step + 1).min(self.def.steps.len()), reason, out);
+    }
+
+    fn turn_around(&mut self, saga: &str, from: usize, reason: String, out: &mut Out) {
+        self.current = None;
+        self.state = SagaState::Compensating;
+        self.persisting = true;
+        let record = Record::Compensating { saga: saga.into(), from, reason };
+        out.push(Command::Persist { record, durability: Durability::Forced });
+    }
+
+    /// Compensates the highest step below `from` that has a compensation, or ends.
+    fn compensate_below(&mut self, saga: &str, from: usize, out: &mut Out) {
+        match (0..from).rev().find(|&s| self.def.steps[s].compensation.is_some()) {
+            Some(step) => self.call(saga, step, Phase::Compensation, 1, out),
+            None => self.end(saga, out),
+        }
+    }
+
+    fn end(&mut self, saga: &str, out: &mut Out) {
+        self.current = None;
+        self.persisting = true;
+        let outcome = match &self.turned {
+            Some((_, reason)) => Outcome::Compensated { reason: reason.clone() },
+            None => Outcome::Completed,
+        };
+        let record = Record::Ended { saga: saga.into(), outcome };
+        out.push(Command::Persist { record, durability: Durability::Forced });
+    }
+}
