@@ -11,25 +11,18 @@
 //!   GET  /health
 //! ```
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use concord_types::{Decision, TxnId};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use concord_http::{Request, Response};
 use tokio::net::TcpListener;
 
 use crate::coordinator::{BeginError, Coordinator, ResolveError, RunError};
 
-/// Largest request head (request line and headers).
-const MAX_HEAD_BYTES: usize = 16 << 10;
-/// Largest request body.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// A client must send its whole request within this time.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,108 +52,21 @@ struct RecoverRequest {
     dry_run: bool,
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-}
-
 fn json_response(status: u16, value: &serde_json::Value) -> Response {
-    Response { status, content_type: "application/json", body: value.to_string() }
+    Response::json(status, value)
 }
 
 fn error(status: u16, message: &str) -> Response {
-    json_response(status, &json!({ "error": message }))
+    Response::error(status, message)
 }
 
 /// Serves until the listener fails; each connection on its own task.
 pub async fn serve(coordinator: Arc<Coordinator>, listener: TcpListener) {
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, say: back off instead of spinning.
-                eprintln!("concord: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    concord_http::serve(listener, move |request: Request| {
         let coordinator = Arc::clone(&coordinator);
-        tokio::spawn(async move {
-            let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await
-            {
-                Ok(Ok((method, target, body))) => {
-                    route(&coordinator, &method, &target, &body).await
-                }
-                Ok(Err(message)) => error(400, &message),
-                Err(_) => error(408, "request not received in time"),
-            };
-            let reason = match response.status {
-                200 => "OK",
-                400 => "Bad Request",
-                404 => "Not Found",
-                409 => "Conflict",
-                _ => "Error",
-            };
-            let head = format!(
-                "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                response.status,
-                response.content_type,
-                response.body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(response.body.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
-}
-
-async fn read_request(
-    stream: &mut tokio::net::TcpStream,
-) -> Result<(String, String, String), String> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err("request head too large".into());
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed mid-request".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "request head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split(' ');
-    let method = request_line.next().unwrap_or_default().to_string();
-    let target = request_line.next().unwrap_or_default().to_string();
-    let mut length = 0usize;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().map_err(|_| "bad Content-Length")?;
-            }
-        }
-    }
-    if length > MAX_BODY_BYTES {
-        return Err(format!("body of {length} bytes exceeds {MAX_BODY_BYTES}"));
-    }
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        let mut chunk = vec![0u8; length - body.len()];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed mid-body".into());
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
-    let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
-    Ok((method, target, body))
+        async move { route(&coordinator, &request.method, &request.target, &request.body).await }
+    })
+    .await;
 }
 
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, Response> {
@@ -257,30 +163,6 @@ pub fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let unreachable =
-        |e: std::io::Error| format!("database coordinator at {address} is unreachable: {e}");
-    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(unreachable)?;
-    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
-    stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
-    let body = body.unwrap_or("");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).map_err(unreachable)?;
-    stream.write_all(body.as_bytes()).map_err(unreachable)?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("no complete answer from {address}: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("malformed answer from {address} (connection closed early?)"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("malformed status line from {address}"))?;
-    Ok((status, body.to_string()))
+    concord_http::request(address, method, path, body, timeout)
+        .map_err(|e| format!("database coordinator: {e}"))
 }

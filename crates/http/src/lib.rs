@@ -1,0 +1,320 @@
+//! A small HTTP/1.1 server and client: enough for Concord's JSON APIs (the database
+//! coordinator, the saga orchestrator) and for saga step calls. One request per connection
+//! (`Connection: close`), bodies sized by `Content-Length`, every size and wait bounded.
+//! Not a general HTTP implementation: no chunked bodies, no keep-alive, no TLS.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Largest request or response head (start line and headers).
+pub const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Largest body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// A client must send its whole request within this time.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Request {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The path's segments, without empty ones: `/v1/sagas/x` → `["v1", "sagas", "x"]`.
+    pub fn segments(&self) -> Vec<&str> {
+        let path = self.target.split_once('?').map_or(self.target.as_str(), |(p, _)| p);
+        path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Whether the query has `name=true` or a bare `name`.
+    pub fn flag(&self, name: &str) -> bool {
+        let query = self.target.split_once('?').map_or("", |(_, q)| q);
+        query.split('&').any(|kv| kv == name || kv == format!("{name}=true"))
+    }
+
+    /// The query's `name=value`, if present.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let query = self.target.split_once('?').map_or("", |(_, q)| q);
+        query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Response { status, content_type: "application/json", body: value.to_string() }
+    }
+
+    /// `{"error": message}` with `status`.
+    pub fn error(status: u16, message: &str) -> Self {
+        Self::json(status, &serde_json::json!({ "error": message }))
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.status {
+            200 => "OK",
+            201 => "Created",
+            202 => "Accepted",
+            400 => "Bad Request",
+            404 => "Not Found",
+            408 => "Request Timeout",
+            409 => "Conflict",
+            422 => "Unprocessable Entity",
+            503 => "Service Unavailable",
+            _ => "Error",
+        }
+    }
+}
+
+/// Reads a head (up to the blank line) and the body it announces, bounded.
+async fn read_message<S: AsyncReadExt + Unpin>(
+    stream: &mut S,
+) -> Result<(String, Vec<(String, String)>, String), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err("head too large".into());
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed mid-message".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let start = lines.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().map_err(|_| "bad Content-Length")?;
+            }
+            headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    if length > MAX_BODY_BYTES {
+        return Err(format!("body of {length} bytes exceeds {MAX_BODY_BYTES}"));
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed mid-body".into());
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
+    Ok((start, headers, body))
+}
+
+/// Reads one request.
+pub async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<Request, String> {
+    let (start, headers, body) = read_message(stream).await?;
+    let mut parts = start.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    Ok(Request { method, target, headers, body })
+}
+
+async fn write_response<S: AsyncWriteExt + Unpin>(stream: &mut S, response: &Response) {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.reason(),
+        response.content_type,
+        response.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(response.body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves `listener` until it fails, each connection on its own task, answering each request
+/// with `handler`. Malformed or slow requests get 400 / 408 without reaching the handler.
+pub async fn serve<H, F>(listener: TcpListener, handler: H)
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                eprintln!("concord: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await
+            {
+                Ok(Ok(request)) => handler(request).await,
+                Ok(Err(message)) => Response::error(400, &message),
+                Err(_) => Response::error(408, "request not received in time"),
+            };
+            write_response(&mut stream, &response).await;
+        });
+    }
+}
+
+fn request_head(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head + "\r\n"
+}
+
+/// An HTTP call from async code, all of it (connect, send, answer) within `timeout`.
+/// Returns the status and body.
+pub async fn call(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("{address} is unreachable: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let head = request_head(address, method, path, headers, body);
+        stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+        stream.write_all(body.as_bytes()).await.map_err(|e| e.to_string())?;
+        let (start, _, body) = read_message(&mut stream).await?;
+        let status = start
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("malformed status line from {address}"))?;
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{address} did not answer within {} ms", timeout.as_millis()))?
+}
+
+/// A blocking HTTP call, for the CLI and tests. Returns the status and body.
+pub fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let unreachable = |e: std::io::Error| format!("{address} is unreachable: {e}");
+    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(unreachable)?;
+    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
+    let body = body.unwrap_or("");
+    let head = request_head(address, method, path, &[], body);
+    stream.write_all(head.as_bytes()).map_err(unreachable)?;
+    stream.write_all(body.as_bytes()).map_err(unreachable)?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("no complete answer from {address}: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed answer from {address} (connection closed early?)"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("malformed status line from {address}"))?;
+    Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_with_its_headers_and_body() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, |request: Request| async move {
+                let key = request.header("idempotency-key").unwrap_or("none").to_string();
+                let echo = serde_json::json!({
+                    "key": key, "body": request.body, "segments": request.segments(),
+                    "flag": request.flag("all"), "limit": request.query("limit"),
+                });
+                Response::json(201, &echo)
+            }));
+            let headers = [("Idempotency-Key", "s1:pay:action")];
+            let target = "/v1/sagas/s1?all&limit=5";
+            let (status, body) =
+                call(address, "POST", target, &headers, "{\"x\":1}", Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            assert_eq!(status, 201);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["key"], "s1:pay:action");
+            assert_eq!(v["body"], "{\"x\":1}");
+            assert_eq!(v["segments"], serde_json::json!(["v1", "sagas", "s1"]));
+            assert_eq!((v["flag"].as_bool(), v["limit"].as_str()), (Some(true), Some("5")));
+        });
+    }
+
+    #[test]
+    fn a_silent_server_is_a_timeout_not_a_hang() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            // Accepts, never answers.
+            tokio::spawn(async move {
+                let _held = listener.accept().await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+            let error = call(address, "GET", "/", &[], "", Duration::from_millis(200))
+                .await
+                .unwrap_err();
+            assert!(error.contains("did not answer within 200 ms"), "{error}");
+        });
+    }
+}
