@@ -11,6 +11,7 @@ mod crash_kv;
 mod crash_test;
 mod databases;
 mod kv;
+mod saga;
 mod sim;
 
 use std::net::SocketAddr;
@@ -122,6 +123,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sagas and TCC: run the orchestrator, start a saga, list them, show one's timeline.
+    Saga {
+        #[command(subcommand)]
+        command: saga::SagaCommand,
+    },
     /// Read a shard's values.
     Shard {
         #[command(subcommand)]
@@ -155,6 +161,7 @@ fn main() -> ExitCode {
             client::run_transfer(&from, &to, amount, coordinator)
         }
         Command::Shard { command } => client::run_shard(command),
+        Command::Saga { command } => saga::run(command),
         Command::Db { command } => databases::run(command),
         Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
         Command::CrashTest { cycles, soak, clients, seed, dir, kv, protocol } => {

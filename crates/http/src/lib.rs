@@ -311,9 +311,8 @@ mod tests {
                 let _held = listener.accept().await;
                 tokio::time::sleep(Duration::from_secs(60)).await;
             });
-            let error = call(address, "GET", "/", &[], "", Duration::from_millis(200))
-                .await
-                .unwrap_err();
+            let error =
+                call(address, "GET", "/", &[], "", Duration::from_millis(200)).await.unwrap_err();
             assert!(error.contains("did not answer within 200 ms"), "{error}");
         });
     }

@@ -15,14 +15,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_http::{Request, Response};
 use concord_types::{Decision, TxnId};
 use serde::Deserialize;
 use serde_json::json;
-use concord_http::{Request, Response};
 use tokio::net::TcpListener;
 
 use crate::coordinator::{BeginError, Coordinator, ResolveError, RunError};
-
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

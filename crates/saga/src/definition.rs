@@ -1,7 +1,8 @@
 //! What a saga is: named steps, each with an action and (usually) a compensation.
 
 /// Which protocol a definition runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// Actions in order; on failure, compensations of the applied steps in reverse.
     Saga,
@@ -12,7 +13,10 @@ pub enum Kind {
 }
 
 /// Which of a step's calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// The forward call (TCC: Try).
     Action,
@@ -42,7 +46,7 @@ impl std::fmt::Display for Phase {
 /// Retries of a call that failed retryably or timed out: exponential backoff with jitter,
 /// capped. Forward calls stop retrying at the saga deadline; compensations and confirms never
 /// stop (they must eventually succeed; an operator sees them in `concord saga ls`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Retry {
     pub base_us: u64,
     pub max_us: u64,
@@ -66,7 +70,7 @@ impl Retry {
 }
 
 /// One step. Endpoints are opaque to the core (the driver's URLs).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct StepDef {
     pub name: String,
     pub action: String,
@@ -101,7 +105,7 @@ impl StepDef {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SagaDef {
     pub name: String,
     pub kind: Kind,

@@ -25,5 +25,6 @@ pub mod orchestrator;
 pub use barrier::{Barrier, BarrierVerdict};
 pub use definition::{Kind, Phase, Retry, SagaDef, StepDef};
 pub use orchestrator::{
-    Command, Durability, Input, Orchestrator, Outcome, Record, SagaId, SagaState, StepResult, Timer,
+    Command, Durability, Input, Orchestrator, Outcome, Record, SagaId, SagaState, SagaView,
+    StepResult, Timer,
 };

@@ -31,7 +31,7 @@ use crate::definition::{Kind, Phase, SagaDef};
 pub type SagaId = String;
 
 /// What a participant answered.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepResult {
     Success,
     /// The step cannot succeed; its local transaction did not apply. Not retried.
@@ -40,7 +40,7 @@ pub enum StepResult {
     Retryable(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Completed,
     /// Compensated (TCC: cancelled) because of `reason`.
@@ -99,7 +99,7 @@ pub enum Durability {
     Forced,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Record {
     Started {
         saga: SagaId,
@@ -147,6 +147,8 @@ pub enum Command {
         key: String,
         endpoint: String,
         payload: String,
+        /// The step's timeout: a reply after it is no longer awaited.
+        timeout_us: u64,
     },
     Persist {
         record: Record,
@@ -175,6 +177,18 @@ pub enum SagaState {
     /// TCC: every try succeeded; confirming.
     Confirming,
     Done(Outcome),
+}
+
+/// What `concord saga ls/show` shows of a saga.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaView {
+    pub saga: SagaId,
+    pub name: String,
+    pub kind: Kind,
+    pub state: SagaState,
+    /// The call it is on: step index, phase, attempt.
+    pub current: Option<(usize, Phase, u32)>,
+    pub steps: Vec<String>,
 }
 
 /// The call a saga is on, and whether it waits for a reply or for its retry timer.
@@ -251,6 +265,24 @@ impl Orchestrator {
     /// A saga's state, if this orchestrator knows it.
     pub fn state(&self, saga: &str) -> Option<&SagaState> {
         self.sagas.get(saga).map(|i| &i.state)
+    }
+
+    /// One saga, as status pages show it.
+    pub fn view(&self, saga: &str) -> Option<SagaView> {
+        let i = self.sagas.get(saga)?;
+        Some(SagaView {
+            saga: saga.to_string(),
+            name: i.def.name.clone(),
+            kind: i.def.kind,
+            state: i.state.clone(),
+            current: i.current.map(|c| (c.step, c.phase, c.attempt)),
+            steps: i.def.steps.iter().map(|s| s.name.clone()).collect(),
+        })
+    }
+
+    /// Every saga this orchestrator remembers, by id.
+    pub fn list(&self) -> Vec<SagaView> {
+        self.sagas.keys().filter_map(|saga| self.view(saga)).collect()
     }
 
     /// Sagas not yet finished.
@@ -512,6 +544,7 @@ impl Instance {
             key: Self::key(saga, &def.name, phase),
             endpoint,
             payload: self.payload.clone(),
+            timeout_us: def.timeout_us,
         });
         out.push(Command::SetTimer {
             timer: Timer::CallTimeout { saga: saga.into(), step, phase, attempt },

@@ -1,0 +1,182 @@
+//! `concord saga`: run the orchestrator, start sagas, list them, show one's timeline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::cluster::runtime;
+
+pub const DEFAULT_ORCHESTRATOR: &str = "127.0.0.1:7800";
+
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// Run the saga orchestrator: its log under --data-dir, its API on --listen.
+    Serve {
+        #[arg(long, default_value = DEFAULT_ORCHESTRATOR)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "./concord-data/orchestrator")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        checkpoint_every: u64,
+    },
+    /// Start a saga described by a JSON file (or - for standard input); see docs/sagas.md.
+    Start {
+        file: PathBuf,
+        /// Wait for the outcome and print the timeline.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = DEFAULT_ORCHESTRATOR)]
+        orchestrator: SocketAddr,
+    },
+    /// Sagas the orchestrator remembers, newest id last.
+    Ls {
+        /// Only those still running, compensating or confirming.
+        #[arg(long)]
+        running: bool,
+        #[arg(long, default_value = DEFAULT_ORCHESTRATOR)]
+        orchestrator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One saga: its state and a timeline of every call with attempts, times and results.
+    Show {
+        id: String,
+        #[arg(long, default_value = DEFAULT_ORCHESTRATOR)]
+        orchestrator: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
+    match command {
+        SagaCommand::Serve { listen, data_dir, checkpoint_every } => {
+            println!("concord: saga orchestrator on {listen}, data in {}", data_dir.display());
+            let options = concord_orchestrator::Options { listen, data_dir, checkpoint_every };
+            runtime()?.block_on(async move {
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = stop.send(true);
+                });
+                concord_orchestrator::serve(options, stopped).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SagaCommand::Start { file, wait, orchestrator } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| e.to_string())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+            };
+            let mut request: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+            if wait {
+                request["wait"] = Value::Bool(true);
+            }
+            // Waiting is bounded by the saga's own deadline and compensations; allow for both.
+            let timeout = Duration::from_secs(if wait { 600 } else { 10 });
+            let answer =
+                call(orchestrator, "POST", "/v1/sagas", Some(&request.to_string()), timeout)?;
+            if wait {
+                print_saga(&answer);
+            } else {
+                println!(
+                    "{} {}",
+                    answer["id"].as_str().unwrap_or("?"),
+                    answer["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SagaCommand::Ls { running, orchestrator, json } => {
+            let path = if running { "/v1/sagas?running" } else { "/v1/sagas" };
+            let answer = call(orchestrator, "GET", path, None, Duration::from_secs(10))?;
+            if json {
+                println!("{answer}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<32} {:<14} {:<13} NOW", "SAGA", "NAME", "STATE");
+            for saga in answer["sagas"].as_array().into_iter().flatten() {
+                let now = saga["current"].as_object().map_or(String::new(), |c| {
+                    format!(
+                        "{} {} #{}",
+                        c["step"].as_str().unwrap_or(""),
+                        c["phase"].as_str().unwrap_or(""),
+                        c["attempt"]
+                    )
+                });
+                println!(
+                    "{:<32} {:<14} {:<13} {now}",
+                    saga["id"].as_str().unwrap_or(""),
+                    saga["name"].as_str().unwrap_or(""),
+                    saga["state"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SagaCommand::Show { id, orchestrator, json } => {
+            let answer = call(
+                orchestrator,
+                "GET",
+                &format!("/v1/sagas/{id}"),
+                None,
+                Duration::from_secs(10),
+            )?;
+            if json {
+                println!("{answer}");
+            } else {
+                print_saga(&answer);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(
+    orchestrator: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let (status, body) = concord_http::request(orchestrator, method, path, body, timeout)
+        .map_err(|e| format!("saga orchestrator: {e} (is `concord saga serve` running?)"))?;
+    let value: Value = serde_json::from_str(&body)
+        .map_err(|_| format!("saga orchestrator answered {status}: {body}"))?;
+    if !(200..300).contains(&status) {
+        return Err(value["error"].as_str().map_or_else(|| body.clone(), str::to_string));
+    }
+    Ok(value)
+}
+
+fn print_saga(saga: &Value) {
+    let reason = saga["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    println!(
+        "{} {} [{}] {}{reason}",
+        saga["id"].as_str().unwrap_or(""),
+        saga["name"].as_str().unwrap_or(""),
+        saga["kind"].as_str().unwrap_or(""),
+        saga["state"].as_str().unwrap_or("")
+    );
+    for entry in saga["timeline"].as_array().into_iter().flatten() {
+        let took = entry["took_ms"].as_u64().map_or(String::new(), |ms| format!(" in {ms} ms"));
+        println!(
+            "  +{:>6} ms  {:<16} {:<13} #{:<3} {}{took}",
+            entry["at_ms"],
+            entry["step"].as_str().unwrap_or(""),
+            entry["phase"].as_str().unwrap_or(""),
+            entry["attempt"],
+            entry["result"].as_str().unwrap_or("")
+        );
+    }
+}

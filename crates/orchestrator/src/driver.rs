@@ -1,0 +1,343 @@
+//! The loop: one task owns the orchestrator core; HTTP requests, step replies, timers and
+//! durable-record callbacks reach it as events, and it carries out the core's commands.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_http::{Request, Response};
+use concord_saga::{Command, Input, Orchestrator, Phase, Record, StepResult, Timer};
+use concord_wal::{FileLog, GroupCommit, OnDurable};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::api::{state_json, view_json, StartRequest};
+use crate::timeline::Timelines;
+
+/// What the data directory was made for.
+const IDENTITY: &str = "format = 1\nkind = saga-orchestrator\n";
+/// Requests waiting for the loop.
+const API_CAPACITY: usize = 4_096;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Log records between checkpoints.
+    pub checkpoint_every: u64,
+}
+
+type Answer = oneshot::Sender<Response>;
+
+enum Event {
+    Start {
+        request: StartRequest,
+        answer: Answer,
+    },
+    List {
+        running_only: bool,
+        answer: Answer,
+    },
+    Show {
+        saga: String,
+        answer: Answer,
+    },
+    Reply {
+        saga: String,
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        result: StepResult,
+        shown: String,
+    },
+    Timer(Timer),
+    Persisted(Record),
+    LogFailed(String),
+}
+
+/// `http://host:port/path` → (address, path). Host names are resolved at call time.
+pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(String, String), String> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("endpoint `{endpoint}`: only http:// URLs are supported"))?;
+    let (host, path) =
+        rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    if !host.contains(':') {
+        return Err(format!("endpoint `{endpoint}`: give the port (http://host:port/path)"));
+    }
+    Ok((host.to_string(), path))
+}
+
+/// A step call: 2xx ⇒ success; 409/422 ⇒ business failure; anything else ⇒ retry.
+async fn call_step(
+    endpoint: &str,
+    key: &str,
+    payload: &str,
+    timeout: Duration,
+) -> (StepResult, String) {
+    let (host, path) = match parse_endpoint(endpoint) {
+        Ok(parts) => parts,
+        Err(e) => return (StepResult::Retryable(e.clone()), e),
+    };
+    let Ok(Some(address)) = tokio::net::lookup_host(&host).await.map(|mut a| a.next()) else {
+        let e = format!("cannot resolve {host}");
+        return (StepResult::Retryable(e.clone()), e);
+    };
+    let headers = [("Idempotency-Key", key)];
+    match concord_http::call(address, "POST", &path, &headers, payload, timeout).await {
+        Ok((status, _)) if (200..300).contains(&status) => {
+            (StepResult::Success, format!("{status}"))
+        }
+        Ok((status @ (409 | 422), body)) => {
+            (StepResult::BusinessFailure(body.clone()), format!("{status} {body}"))
+        }
+        Ok((status, body)) => {
+            let shown = format!("{status} {body}");
+            (StepResult::Retryable(shown.clone()), shown)
+        }
+        Err(e) => (StepResult::Retryable(e.clone()), e),
+    }
+}
+
+struct Loop {
+    core: Orchestrator,
+    log: Arc<GroupCommit>,
+    internal: mpsc::UnboundedSender<Event>,
+    timelines: Timelines,
+    /// Starts waiting for their `Started` record, or (wait = true) for the end.
+    acks: HashMap<String, Vec<Answer>>,
+    finishes: HashMap<String, Vec<Answer>>,
+    records_since_checkpoint: u64,
+    checkpoint_every: u64,
+    next_id: u64,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Loop {
+    fn feed(&mut self, input: Input) -> Result<(), String> {
+        let mut out = Vec::new();
+        self.core.handle(input, &mut out);
+        for command in out {
+            self.carry_out(command)?;
+        }
+        if self.records_since_checkpoint >= self.checkpoint_every {
+            self.records_since_checkpoint = 0;
+            let live = self.core.live_records().iter().map(encode).collect();
+            self.log.checkpoint(live).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, command: Command) -> Result<(), String> {
+        match command {
+            Command::Call { saga, step, phase, attempt, key, endpoint, payload, timeout_us } => {
+                let name = self.core.view(&saga).map(|v| v.steps[step].clone()).unwrap_or_default();
+                self.timelines.called(&saga, &name, phase, attempt);
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    let timeout = Duration::from_micros(timeout_us);
+                    let (result, shown) = call_step(&endpoint, &key, &payload, timeout).await;
+                    let _ =
+                        internal.send(Event::Reply { saga, step, phase, attempt, result, shown });
+                });
+            }
+            Command::Persist { record, .. } => {
+                let internal = self.internal.clone();
+                let bytes = encode(&record);
+                let notify: OnDurable = Box::new(move |result| {
+                    let _ = internal.send(match result {
+                        Ok(()) => Event::Persisted(record),
+                        Err(e) => Event::LogFailed(e),
+                    });
+                });
+                self.log.submit(bytes, Some(notify)).map_err(|e| e.to_string())?;
+                self.records_since_checkpoint += 1;
+            }
+            Command::SetTimer { timer, after_us } => {
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_micros(after_us)).await;
+                    let _ = internal.send(Event::Timer(timer));
+                });
+            }
+            Command::Finished { saga, .. } => {
+                let response = self.show(&saga);
+                for answer in self.finishes.remove(&saga).unwrap_or_default() {
+                    let _ = answer.send(response.clone());
+                }
+            }
+            Command::Rejected { saga, reason } => {
+                for answer in self.acks.remove(&saga).unwrap_or_default() {
+                    let _ = answer.send(Response::error(400, &reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn show(&self, saga: &str) -> Response {
+        match self.core.view(saga) {
+            Some(view) => {
+                let mut value = view_json(&view);
+                value["timeline"] = self.timelines.json(saga);
+                Response::json(200, &value)
+            }
+            None => Response::error(404, &format!("no saga `{saga}`")),
+        }
+    }
+
+    fn start(&mut self, request: &StartRequest, answer: Answer) -> Result<(), String> {
+        let def = match request.definition() {
+            Ok(def) => def,
+            Err(e) => {
+                let _ = answer.send(Response::error(400, &e));
+                return Ok(());
+            }
+        };
+        let saga = request.id.clone().unwrap_or_else(|| {
+            self.next_id += 1;
+            format!("{}-{:x}-{}", request.name, now_us(), self.next_id)
+        });
+        if let Some(view) = self.core.view(&saga) {
+            // A repeated start: say where the saga is (or wait for it, as asked).
+            if request.wait && !matches!(state_json(&view.state).0, "completed" | "compensated") {
+                self.finishes.entry(saga).or_default().push(answer);
+            } else {
+                let _ = answer.send(Response::json(200, &view_json(&view)));
+            }
+            return Ok(());
+        }
+        if request.wait {
+            self.finishes.entry(saga.clone()).or_default().push(answer);
+        } else {
+            self.acks.entry(saga.clone()).or_default().push(answer);
+        }
+        let payload = request.payload.to_string();
+        self.feed(Input::Start { saga, def, payload, now_us: now_us() })
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Start { request, answer } => self.start(&request, answer)?,
+            Event::List { running_only, answer } => {
+                let sagas: Vec<Value> = self
+                    .core
+                    .list()
+                    .iter()
+                    .filter(|v| {
+                        !running_only
+                            || !matches!(state_json(&v.state).0, "completed" | "compensated")
+                    })
+                    .map(view_json)
+                    .collect();
+                let _ = answer.send(Response::json(200, &json!({ "sagas": sagas })));
+            }
+            Event::Show { saga, answer } => {
+                let _ = answer.send(self.show(&saga));
+            }
+            Event::Reply { saga, step, phase, attempt, result, shown } => {
+                self.timelines.answered(&saga, phase, attempt, shown);
+                self.feed(Input::Reply { saga, step, phase, result })?;
+            }
+            Event::Timer(timer) => self.feed(Input::Timer(timer))?,
+            Event::Persisted(record) => {
+                if let Record::Started { saga, .. } = &record {
+                    let accepted = Response::json(202, &json!({ "id": saga, "state": "running" }));
+                    for answer in self.acks.remove(saga).unwrap_or_default() {
+                        let _ = answer.send(accepted.clone());
+                    }
+                }
+                self.feed(Input::Persisted(record))?;
+            }
+            Event::LogFailed(error) => return Err(format!("the log failed: {error}")),
+        }
+        Ok(())
+    }
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records serialise")
+}
+
+async fn route(api: mpsc::Sender<Event>, request: Request) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let event = match (request.method.as_str(), request.segments().as_slice()) {
+        ("GET", ["health"]) => return Response::json(200, &json!({ "ok": true })),
+        ("POST", ["v1", "sagas"]) => match serde_json::from_str::<StartRequest>(&request.body) {
+            Ok(start) => Event::Start { request: start, answer: tx },
+            Err(e) => return Response::error(400, &format!("invalid saga: {e}")),
+        },
+        ("GET", ["v1", "sagas"]) => {
+            Event::List { running_only: request.flag("running"), answer: tx }
+        }
+        ("GET", ["v1", "sagas", id]) => Event::Show { saga: (*id).to_string(), answer: tx },
+        (method, _) => {
+            return Response::error(404, &format!("no route for {method} {}", request.target))
+        }
+    };
+    if api.send(event).await.is_err() {
+        return Response::error(503, "the orchestrator is stopping");
+    }
+    rx.await.unwrap_or_else(|_| Response::error(503, "the orchestrator is stopping"))
+}
+
+/// Runs the orchestrator until `shutdown` turns true (or its log fails).
+pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let dir = &options.data_dir;
+    concord_wal::claim_data_dir(dir, IDENTITY).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log_dir: PathBuf = Path::new(dir).join("log");
+    let (log, raw) = tokio::task::spawn_blocking(move || FileLog::open(&log_dir, 64 << 20))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let records = raw
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            serde_json::from_slice::<Record>(bytes)
+                .map_err(|e| format!("{}: log record {i} cannot be read: {e}", dir.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let log = Arc::new(GroupCommit::start(log).map_err(|e| e.to_string())?);
+    let (internal, mut internal_rx) = mpsc::unbounded_channel();
+    let (api, mut api_rx) = mpsc::channel(API_CAPACITY);
+    let mut state = Loop {
+        core: Orchestrator::new(),
+        log,
+        internal,
+        timelines: Timelines::default(),
+        acks: HashMap::new(),
+        finishes: HashMap::new(),
+        records_since_checkpoint: 0,
+        checkpoint_every: options.checkpoint_every.max(1),
+        next_id: 0,
+    };
+    state.feed(Input::Restart { records, now_us: now_us() })?;
+    let server =
+        tokio::spawn(concord_http::serve(listener, move |request| route(api.clone(), request)));
+    let result = loop {
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break Ok(()),
+            Some(event) = internal_rx.recv() => event,
+            Some(event) = api_rx.recv() => event,
+        };
+        if let Err(e) = state.on_event(event) {
+            break Err(e);
+        }
+    };
+    server.abort();
+    result
+}
