@@ -13,7 +13,9 @@
 //! * [`reconcile`] — what to do with each listed branch; pure, so `recover --dry-run` is exact.
 //! * [`coordinator`] — the running coordinator: transactions, recovery, operator actions.
 //! * [`metrics`] and [`http`] — Prometheus text and the small HTTP API the CLI speaks.
+//! * [`barrier`] — the saga idempotency barrier as marker rows in a step's own PostgreSQL.
 
+pub mod barrier;
 pub mod config;
 pub mod coordinator;
 pub mod database;
