@@ -325,9 +325,12 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         next_id: 0,
     };
     state.feed(Input::Restart { records, now_us: now_us() })?;
-    let server =
-        tokio::spawn(concord_http::serve(listener, move |request| route(api.clone(), request)));
-    let result = loop {
+    // Aborted when this function returns or its future is dropped (a killed task must not
+    // leave its listener answering for a loop that is gone).
+    let _server = AbortOnDrop(tokio::spawn(concord_http::serve(listener, move |request| {
+        route(api.clone(), request)
+    })));
+    loop {
         let event = tokio::select! {
             biased;
             _ = shutdown.changed() => break Ok(()),
@@ -337,7 +340,13 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         if let Err(e) = state.on_event(event) {
             break Err(e);
         }
-    };
-    server.abort();
-    result
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
