@@ -22,6 +22,16 @@ pub enum SagaCommand {
         data_dir: PathBuf,
         #[arg(long, default_value_t = 10_000)]
         checkpoint_every: u64,
+        /// Keep saga state in this PostgreSQL database (`host=… user=… dbname=…`) instead of
+        /// the log, so several orchestrators share the work and finish each other's sagas.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// This orchestrator's name in the shared store; keep it across restarts.
+        #[arg(long, default_value = "orchestrator-1")]
+        instance: String,
+        /// How long a saga stays with an orchestrator that stopped renewing it.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
     },
     /// Start a saga described by a JSON file (or - for standard input); see docs/sagas.md.
     Start {
@@ -54,9 +64,18 @@ pub enum SagaCommand {
 
 pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
     match command {
-        SagaCommand::Serve { listen, data_dir, checkpoint_every } => {
-            println!("concord: saga orchestrator on {listen}, data in {}", data_dir.display());
-            let options = concord_orchestrator::Options { listen, data_dir, checkpoint_every };
+        SagaCommand::Serve { listen, data_dir, checkpoint_every, postgres, instance, lease_ms } => {
+            match &postgres {
+                Some(url) => println!("concord: saga orchestrator {instance} on {listen}, sagas in PostgreSQL ({url})"),
+                None => println!("concord: saga orchestrator on {listen}, data in {}", data_dir.display()),
+            }
+            let postgres = postgres.map(|url| concord_orchestrator::PostgresOptions {
+                url,
+                instance,
+                lease: Duration::from_millis(lease_ms.max(100)),
+            });
+            let options =
+                concord_orchestrator::Options { postgres, listen, data_dir, checkpoint_every };
             runtime()?.block_on(async move {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{state_json, view_json, StartRequest};
+use crate::pg_store::{PgStore, Written};
 use crate::timeline::Timelines;
 
 /// What the data directory was made for.
@@ -25,9 +26,28 @@ const API_CAPACITY: usize = 4_096;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub listen: SocketAddr,
+    /// The log's directory (unused with `postgres`).
     pub data_dir: PathBuf,
     /// Log records between checkpoints.
     pub checkpoint_every: u64,
+    /// Keep saga state in PostgreSQL instead of the log, shared with other orchestrators.
+    pub postgres: Option<PostgresOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// `host=… user=… dbname=…`
+    pub url: String,
+    /// This orchestrator's name, stable across its restarts (it resumes what it owned).
+    pub instance: String,
+    /// How long a saga stays with an orchestrator that stopped renewing it.
+    pub lease: Duration,
+}
+
+/// Where the core's records go.
+enum Storage {
+    Log { log: Arc<GroupCommit>, since_checkpoint: u64, checkpoint_every: u64 },
+    Postgres(Arc<PgStore>),
 }
 
 type Answer = oneshot::Sender<Response>;
@@ -56,6 +76,11 @@ enum Event {
     Timer(Timer),
     Persisted(Record),
     LogFailed(String),
+    /// The saga store says another orchestrator owns this saga.
+    Lost(String),
+    /// The sweeper's turn: renew our leases, claim stuck sagas.
+    Sweep,
+    Adopt(Vec<Record>),
 }
 
 /// `http://host:port/path` → (address, path). Host names are resolved at call time.
@@ -104,14 +129,12 @@ async fn call_step(
 
 struct Loop {
     core: Orchestrator,
-    log: Arc<GroupCommit>,
+    storage: Storage,
     internal: mpsc::UnboundedSender<Event>,
     timelines: Timelines,
     /// Starts waiting for their `Started` record, or (wait = true) for the end.
     acks: HashMap<String, Vec<Answer>>,
     finishes: HashMap<String, Vec<Answer>>,
-    records_since_checkpoint: u64,
-    checkpoint_every: u64,
     next_id: u64,
 }
 
@@ -129,10 +152,12 @@ impl Loop {
         for command in out {
             self.carry_out(command)?;
         }
-        if self.records_since_checkpoint >= self.checkpoint_every {
-            self.records_since_checkpoint = 0;
-            let live = self.core.live_records().iter().map(encode).collect();
-            self.log.checkpoint(live).map_err(|e| e.to_string())?;
+        if let Storage::Log { log, since_checkpoint, checkpoint_every } = &mut self.storage {
+            if *since_checkpoint >= *checkpoint_every {
+                *since_checkpoint = 0;
+                let live = self.core.live_records().iter().map(encode).collect();
+                log.checkpoint(live).map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }
@@ -150,18 +175,26 @@ impl Loop {
                         internal.send(Event::Reply { saga, step, phase, attempt, result, shown });
                 });
             }
-            Command::Persist { record, .. } => {
-                let internal = self.internal.clone();
-                let bytes = encode(&record);
-                let notify: OnDurable = Box::new(move |result| {
-                    let _ = internal.send(match result {
-                        Ok(()) => Event::Persisted(record),
-                        Err(e) => Event::LogFailed(e),
+            Command::Persist { record, .. } => match &mut self.storage {
+                Storage::Log { log, since_checkpoint, .. } => {
+                    let internal = self.internal.clone();
+                    let bytes = encode(&record);
+                    let notify: OnDurable = Box::new(move |result| {
+                        let _ = internal.send(match result {
+                            Ok(()) => Event::Persisted(record),
+                            Err(e) => Event::LogFailed(e),
+                        });
                     });
-                });
-                self.log.submit(bytes, Some(notify)).map_err(|e| e.to_string())?;
-                self.records_since_checkpoint += 1;
-            }
+                    log.submit(bytes, Some(notify)).map_err(|e| e.to_string())?;
+                    *since_checkpoint += 1;
+                }
+                Storage::Postgres(store) => {
+                    let (store, internal) = (Arc::clone(store), self.internal.clone());
+                    tokio::spawn(async move {
+                        let _ = internal.send(write_with_retries(&store, record).await);
+                    });
+                }
+            },
             Command::SetTimer { timer, after_us } => {
                 let internal = self.internal.clone();
                 tokio::spawn(async move {
@@ -259,8 +292,65 @@ impl Loop {
                 self.feed(Input::Persisted(record))?;
             }
             Event::LogFailed(error) => return Err(format!("the log failed: {error}")),
+            Event::Lost(saga) => {
+                let lost =
+                    Response::error(409, &format!("saga `{saga}` belongs to another orchestrator"));
+                for answer in
+                    self.acks.remove(&saga).into_iter().chain(self.finishes.remove(&saga)).flatten()
+                {
+                    let _ = answer.send(lost.clone());
+                }
+                self.feed(Input::Release { saga })?;
+            }
+            Event::Sweep => {
+                if let Storage::Postgres(store) = &self.storage {
+                    let running: Vec<String> = self
+                        .core
+                        .list()
+                        .into_iter()
+                        .filter(|v| !matches!(state_json(&v.state).0, "completed" | "compensated"))
+                        .map(|v| v.saga)
+                        .collect();
+                    let (store, internal) = (Arc::clone(store), self.internal.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = store.renew(&running).await {
+                            eprintln!("concord: renewing saga leases: {e}");
+                        }
+                        match store.claim_stuck(100).await {
+                            Ok(records) if !records.is_empty() => {
+                                let _ = internal.send(Event::Adopt(records));
+                            }
+                            Ok(_) => {}
+                            Err(e) => eprintln!("concord: sweeping stuck sagas: {e}"),
+                        }
+                    });
+                }
+            }
+            Event::Adopt(records) => self.feed(Input::Adopt { records, now_us: now_us() })?,
         }
         Ok(())
+    }
+}
+
+/// A record written to PostgreSQL, retried while the database is unreachable (bounded: after
+/// that the saga is released here, and a sweeper — maybe this one — adopts it once its lease
+/// runs out).
+async fn write_with_retries(store: &PgStore, record: Record) -> Event {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.write(&record).await {
+            Ok(Written::Durable) => return Event::Persisted(record),
+            Ok(Written::NotOurs) => return Event::Lost(record.saga().clone()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                eprintln!("concord: giving up writing {}: {e}", record.saga());
+                return Event::Lost(record.saga().clone());
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
 
@@ -290,8 +380,8 @@ async fn route(api: mpsc::Sender<Event>, request: Request) -> Response {
     rx.await.unwrap_or_else(|_| Response::error(503, "the orchestrator is stopping"))
 }
 
-/// Runs the orchestrator until `shutdown` turns true (or its log fails).
-pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+/// Opens the log under the data directory and reads its records.
+async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>), String> {
     let dir = &options.data_dir;
     concord_wal::claim_data_dir(dir, IDENTITY).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log_dir: PathBuf = Path::new(dir).join("log");
@@ -307,21 +397,48 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
                 .map_err(|e| format!("{}: log record {i} cannot be read: {e}", dir.display()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let log = Arc::new(GroupCommit::start(log).map_err(|e| e.to_string())?);
+    let storage = Storage::Log {
+        log,
+        since_checkpoint: 0,
+        checkpoint_every: options.checkpoint_every.max(1),
+    };
+    Ok((storage, records))
+}
+
+/// Runs the orchestrator until `shutdown` turns true (or its log fails).
+pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let (storage, records) = match &options.postgres {
+        Some(pg) => {
+            let store = PgStore::connect(&pg.url, &pg.instance, pg.lease).await?;
+            let records = store.own().await?;
+            (Storage::Postgres(Arc::new(store)), records)
+        }
+        None => open_log(&options).await?,
+    };
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
-    let log = Arc::new(GroupCommit::start(log).map_err(|e| e.to_string())?);
     let (internal, mut internal_rx) = mpsc::unbounded_channel();
     let (api, mut api_rx) = mpsc::channel(API_CAPACITY);
+    if let Some(pg) = &options.postgres {
+        let (internal, every) = (internal.clone(), pg.lease / 3);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if internal.send(Event::Sweep).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut state = Loop {
         core: Orchestrator::new(),
-        log,
+        storage,
         internal,
         timelines: Timelines::default(),
         acks: HashMap::new(),
         finishes: HashMap::new(),
-        records_since_checkpoint: 0,
-        checkpoint_every: options.checkpoint_every.max(1),
         next_id: 0,
     };
     state.feed(Input::Restart { records, now_us: now_us() })?;

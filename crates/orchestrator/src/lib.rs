@@ -15,7 +15,8 @@
 
 mod api;
 mod driver;
+mod pg_store;
 mod timeline;
 
 pub use api::{StartRequest, StepRequest};
-pub use driver::{serve, Options};
+pub use driver::{serve, Options, PostgresOptions};

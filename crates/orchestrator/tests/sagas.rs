@@ -100,6 +100,7 @@ fn free_address() -> SocketAddr {
 async fn start_orchestrator(dir: &Path, address: SocketAddr) -> Orchestrator {
     let (stop, stopped) = watch::channel(false);
     let options = concord_orchestrator::Options {
+        postgres: None,
         listen: address,
         data_dir: dir.to_path_buf(),
         checkpoint_every: 5,

@@ -71,6 +71,16 @@ pub enum Input {
         records: Vec<Record>,
         now_us: u64,
     },
+    /// Several orchestrators share a saga store: take over these sagas (a dead peer's, found
+    /// by the sweeper), given as their records in order.
+    Adopt {
+        records: Vec<Record>,
+        now_us: u64,
+    },
+    /// Ownership of `saga` was lost to another orchestrator: forget it.
+    Release {
+        saga: SagaId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -259,6 +269,12 @@ impl Orchestrator {
             Input::Timer(timer) => self.on_timer(timer, out),
             Input::Persisted(record) => self.on_persisted(record, out),
             Input::Restart { records, now_us } => self.restart(records, now_us, out),
+            Input::Adopt { records, now_us } => self.adopt(records, now_us, out),
+            Input::Release { saga } => {
+                // Another orchestrator owns it now: stop driving it (late replies and timers
+                // find nothing).
+                self.sagas.remove(&saga);
+            }
         }
     }
 
@@ -432,13 +448,25 @@ impl Orchestrator {
     fn restart(&mut self, records: Vec<Record>, now_us: u64, out: &mut Out) {
         self.sagas.clear();
         self.finished.clear();
+        self.adopt(records, now_us, out);
+    }
+
+    /// Takes over the sagas `records` describe (their own records, in order) and resumes
+    /// them; sagas this orchestrator already runs are left alone.
+    fn adopt(&mut self, records: Vec<Record>, now_us: u64, out: &mut Out) {
+        let mut adopted = std::collections::BTreeSet::new();
         for record in records {
             let saga = record.saga().clone();
             match &record {
                 Record::Started { def, payload, deadline_at_us, .. } => {
+                    if self.sagas.contains_key(&saga) {
+                        continue;
+                    }
                     let instance = Instance::new(def.clone(), payload.clone(), *deadline_at_us);
-                    self.sagas.insert(saga, instance);
+                    self.sagas.insert(saga.clone(), instance);
+                    adopted.insert(saga);
                 }
+                _ if !adopted.contains(&saga) => {}
                 _ => {
                     let Some(instance) = self.sagas.get_mut(&saga) else { continue };
                     instance.apply(&record);
@@ -448,7 +476,8 @@ impl Orchestrator {
                 }
             }
         }
-        for (saga, instance) in &mut self.sagas {
+        for saga in adopted {
+            let Some(instance) = self.sagas.get_mut(&saga) else { continue };
             if matches!(instance.state, SagaState::Done(_)) {
                 continue;
             }
@@ -459,7 +488,7 @@ impl Orchestrator {
                     after_us: instance.deadline_at_us - now_us,
                 });
             }
-            instance.resume(saga, out);
+            instance.resume(&saga, out);
         }
     }
 }

@@ -113,7 +113,9 @@ async fn shop(test: &str) -> Shop {
     }
     let (db, connection) = tokio_postgres::connect(DB, NoTls).await.unwrap();
     tokio::spawn(connection);
-    let run = format!("{test}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let run = format!("{test}-{}-{nanos}", std::process::id());
     let (sku, customer) = (format!("kettle-{run}"), format!("ada-{run}"));
     db.execute("INSERT INTO inventory.stock (sku, available) VALUES ($1, 10)", &[&sku])
         .await
@@ -140,11 +142,31 @@ struct Orchestrator {
 }
 
 async fn orchestrator(dir: &Path, address: Option<SocketAddr>) -> Orchestrator {
+    orchestrator_on(dir, address, None).await
+}
+
+/// An orchestrator keeping its sagas in PostgreSQL as `instance`, with a short lease, in the
+/// schema `schema` (each test run its own: a sweeper claims every stuck saga it can see).
+async fn shared_orchestrator(schema: &str, instance: &str) -> Orchestrator {
+    let postgres = concord_orchestrator::PostgresOptions {
+        url: format!("{DB} options='-c search_path={schema}'"),
+        instance: instance.into(),
+        lease: Duration::from_millis(900),
+    };
+    orchestrator_on(Path::new("/nonexistent"), None, Some(postgres)).await
+}
+
+async fn orchestrator_on(
+    dir: &Path,
+    address: Option<SocketAddr>,
+    postgres: Option<concord_orchestrator::PostgresOptions>,
+) -> Orchestrator {
     let address = address.unwrap_or_else(|| {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
     });
     let (stop, stopped) = watch::channel(false);
     let options = concord_orchestrator::Options {
+        postgres,
         listen: address,
         data_dir: dir.to_path_buf(),
         checkpoint_every: 100,
@@ -198,7 +220,7 @@ impl Shop {
     }
 }
 
-async fn run(orchestrator: &Orchestrator, saga: &Value) -> Value {
+async fn run_saga(orchestrator: &Orchestrator, saga: &Value) -> Value {
     let (status, body) = concord_http::call(
         orchestrator.address,
         "POST",
@@ -226,7 +248,8 @@ async fn the_happy_path_reserves_charges_and_ships() {
     let o = orchestrator(&shop.dir, None).await;
     let order_id = id(&shop, "o1");
     let done =
-        run(&o, &shop.saga(&order_id, &shop.order(&order_id, 2, 4_900, "1 Main St"), true)).await;
+        run_saga(&o, &shop.saga(&order_id, &shop.order(&order_id, 2, 4_900, "1 Main St"), true))
+            .await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!((shop.stock().await, shop.balance().await), (8, 10_000 - 4_900));
     assert_eq!(
@@ -245,7 +268,8 @@ async fn a_declined_payment_releases_the_stock() {
     let o = orchestrator(&shop.dir, None).await;
     let order_id = id(&shop, "o2");
     let done =
-        run(&o, &shop.saga(&order_id, &shop.order(&order_id, 3, 99_999, "1 Main St"), true)).await;
+        run_saga(&o, &shop.saga(&order_id, &shop.order(&order_id, 3, 99_999, "1 Main St"), true))
+            .await;
     assert_eq!(done["state"], "compensated", "{done}");
     assert!(done["reason"].as_str().unwrap().contains("declined"), "{done}");
     assert_eq!((shop.stock().await, shop.balance().await), (10, 10_000));
@@ -270,7 +294,8 @@ async fn a_failed_shipment_refunds_the_payment_and_releases_the_stock() {
     let o = orchestrator(&shop.dir, None).await;
     let order_id = id(&shop, "o3");
     let done =
-        run(&o, &shop.saga(&order_id, &shop.order(&order_id, 1, 2_500, "nowhere"), true)).await;
+        run_saga(&o, &shop.saga(&order_id, &shop.order(&order_id, 1, 2_500, "nowhere"), true))
+            .await;
     assert_eq!(done["state"], "compensated", "{done}");
     assert_eq!((shop.stock().await, shop.balance().await), (10, 10_000));
     let refunded = "SELECT count(*) FROM payment.charges WHERE order_id = $1 AND refunded";
@@ -289,10 +314,10 @@ async fn every_request_delivered_twice_charges_nobody_twice() {
     }
     let o = orchestrator(&shop.dir, None).await;
     let ok = id(&shop, "o4");
-    let done = run(&o, &shop.saga(&ok, &shop.order(&ok, 2, 1_000, "1 Main St"), true)).await;
+    let done = run_saga(&o, &shop.saga(&ok, &shop.order(&ok, 2, 1_000, "1 Main St"), true)).await;
     assert_eq!(done["state"], "completed", "{done}");
     let bad = id(&shop, "o5");
-    let done = run(&o, &shop.saga(&bad, &shop.order(&bad, 2, 1_000, "nowhere"), true)).await;
+    let done = run_saga(&o, &shop.saga(&bad, &shop.order(&bad, 2, 1_000, "nowhere"), true)).await;
     assert_eq!(done["state"], "compensated", "{done}");
     // o4 applied once, o5 applied and undone once each.
     assert_eq!((shop.stock().await, shop.balance().await), (8, 9_000));
@@ -311,7 +336,8 @@ async fn an_orchestrator_killed_mid_saga_finishes_it_after_a_restart() {
     let o = orchestrator(&shop.dir, None).await;
     let order_id = id(&shop, "o6");
     let started =
-        run(&o, &shop.saga(&order_id, &shop.order(&order_id, 1, 700, "1 Main St"), false)).await;
+        run_saga(&o, &shop.saga(&order_id, &shop.order(&order_id, 1, 700, "1 Main St"), false))
+            .await;
     assert_eq!(started["state"], "running", "{started}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     o.task.abort(); // killed with the charge in flight: no shutdown path runs
@@ -340,4 +366,59 @@ async fn an_orchestrator_killed_mid_saga_finishes_it_after_a_restart() {
     tokio::time::sleep(Duration::from_millis(1_200)).await; // the held first charge lands too
     assert_eq!((shop.stock().await, shop.balance().await), (9, 10_000 - 700), "charged once");
     let _ = o.stop.send(true);
+}
+
+/// Two orchestrators share their sagas in PostgreSQL. One is killed with a charge in flight;
+/// once its lease runs out the other's sweeper claims the saga (`FOR UPDATE SKIP LOCKED`) and
+/// finishes it — and a saga that should compensate is finished compensating the same way.
+#[tokio::test]
+async fn the_sweeper_finishes_a_dead_orchestrators_sagas() {
+    if !postgres_ready() {
+        return;
+    }
+    let shop = shop("sweeper").await;
+    let run = shop.sku.clone();
+    shop.faults[1].hold_ms.store(1_000, Ordering::Relaxed);
+    let schema: String =
+        run.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    shop.db.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let a = shared_orchestrator(&schema, &format!("a-{run}")).await;
+    let b = shared_orchestrator(&schema, &format!("b-{run}")).await;
+    let (ok, bad) = (id(&shop, "o7"), id(&shop, "o8"));
+    let started = run_saga(&a, &shop.saga(&ok, &shop.order(&ok, 1, 300, "1 Main St"), false)).await;
+    assert_eq!(started["state"], "running", "{started}");
+    let started = run_saga(&a, &shop.saga(&bad, &shop.order(&bad, 1, 300, "nowhere"), false)).await;
+    assert_eq!(started["state"], "running", "{started}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.task.abort(); // A dies with both charges in flight
+    let _ = a.task.await;
+    shop.faults[1].hold_ms.store(0, Ordering::Relaxed);
+    for (saga, expected) in [(&ok, "completed"), (&bad, "compensated")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let path = format!("/v1/sagas/{saga}");
+            let (_, body) =
+                concord_http::call(b.address, "GET", &path, &[], "", Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            let view: Value = serde_json::from_str(&body).unwrap();
+            if view["state"] == expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{saga} not {expected} by B: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // A's held charges land too
+                                                            // o7: reserved and charged once; o8: reserved, charged, refunded, released.
+    assert_eq!((shop.stock().await, shop.balance().await), (9, 10_000 - 300));
+    let owner: String = shop
+        .db
+        .query_one(&format!("SELECT owner FROM {schema}.concord_sagas WHERE id = $1"), &[&ok])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, format!("b-{run}"), "B claimed it");
+    let _ = b.stop.send(true);
+    shop.db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
