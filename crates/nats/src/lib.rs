@@ -59,6 +59,7 @@ impl Drop for Nats {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(io)`
 fn io(e: std::io::Error) -> String {
     e.to_string()
 }
