@@ -11,6 +11,7 @@ mod crash_kv;
 mod crash_test;
 mod databases;
 mod kv;
+mod outbox;
 mod saga;
 mod sim;
 
@@ -128,6 +129,11 @@ enum Command {
         #[command(subcommand)]
         command: saga::SagaCommand,
     },
+    /// The transactional outbox: relay a service's outbox table to NATS JetStream.
+    Outbox {
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
+    },
     /// Read a shard's values.
     Shard {
         #[command(subcommand)]
@@ -162,6 +168,7 @@ fn main() -> ExitCode {
         }
         Command::Shard { command } => client::run_shard(command),
         Command::Saga { command } => saga::run(command),
+        Command::Outbox { command } => outbox::run(command),
         Command::Db { command } => databases::run(command),
         Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
         Command::CrashTest { cycles, soak, clients, seed, dir, kv, protocol } => {

@@ -14,6 +14,7 @@
 //! * [`coordinator`] — the running coordinator: transactions, recovery, operator actions.
 //! * [`metrics`] and [`http`] — Prometheus text and the small HTTP API the CLI speaks.
 //! * [`barrier`] — the saga idempotency barrier as marker rows in a step's own PostgreSQL.
+//! * [`outbox`] — the transactional outbox, its relay to NATS JetStream, consumer de-duplication.
 
 pub mod barrier;
 pub mod config;
@@ -24,5 +25,6 @@ pub mod http;
 pub mod log;
 mod mariadb;
 pub mod metrics;
+pub mod outbox;
 mod postgres;
 pub mod reconcile;
