@@ -9,7 +9,10 @@
 //!
 //! Every call's body is the order (`{"order", "sku", "qty", "customer", "amount", "address"}`)
 //! and its `Idempotency-Key` header names the (saga, step, phase) the barrier marks.
-//! [`checkout_saga`] is the orchestrated saga over them (`concord saga start`).
+//! [`checkout_saga`] is the orchestrated saga over them (`concord saga start`);
+//! [`choreography`] runs the same steps with no orchestrator, as events over NATS JetStream.
+
+pub mod choreography;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +75,7 @@ impl std::str::FromStr for Service {
 }
 
 /// A business failure: the local transaction rolls back and the step answers 409.
-struct Declined(String);
+pub(crate) struct Declined(pub(crate) String);
 
 type Db = Arc<Mutex<Client>>;
 
@@ -110,7 +113,7 @@ fn number(order: &Value, name: &str) -> Result<i64, String> {
 }
 
 /// The step's effect, inside the transaction that holds its barrier marker.
-async fn apply(
+pub(crate) async fn apply(
     service: Service,
     phase: Phase,
     txn: &tokio_postgres::Transaction<'_>,
