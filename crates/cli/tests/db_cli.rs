@@ -10,35 +10,18 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use concord_testkit::servers_ready;
 
 /// The tests share two databases and one restarts PostgreSQL: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-static READY: OnceLock<bool> = OnceLock::new();
 
 fn databases_ready() -> bool {
-    *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-databases.sh");
-        let problem = match Command::new("bash").arg(&script).output() {
-            Ok(out) if out.status.success() => return true,
-            Ok(out) => format!(
-                "{} failed:\n{}{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => format!("cannot run {}: {e}", script.display()),
-        };
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and PostgreSQL/MariaDB are not ready: {problem}"
-        );
-        eprintln!("\n######## SKIPPING database participant tests: {problem}\n########\n");
-        false
-    })
+    servers_ready(&[concord_testkit::Server::Databases], "the database participant tests")
 }
 
 fn serial() -> MutexGuard<'static, ()> {

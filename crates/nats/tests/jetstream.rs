@@ -3,32 +3,13 @@
 //! NATS on 127.0.0.1:4222 (`scripts/setup-nats.sh`, run here); without it the tests skip
 //! loudly, except under `CI=true`, where they fail.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use concord_nats::Nats;
-
-static READY: OnceLock<bool> = OnceLock::new();
+use concord_testkit::{servers_ready, Server};
 
 fn nats_ready() -> bool {
-    *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-nats.sh");
-        let problem = match Command::new("bash").arg(&script).output() {
-            Ok(out) if out.status.success() => return true,
-            Ok(out) => {
-                format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr))
-            }
-            Err(e) => format!("cannot run {}: {e}", script.display()),
-        };
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and NATS is not ready: {problem}"
-        );
-        eprintln!("\n######## SKIPPING the NATS tests: {problem}\n########\n");
-        false
-    })
+    servers_ready(&[Server::Nats], "the NATS tests")
 }
 
 fn unique(name: &str) -> String {

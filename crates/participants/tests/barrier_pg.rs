@@ -4,34 +4,15 @@
 //! (`scripts/setup-databases.sh`, run here); without it the tests skip loudly, except under
 //! `CI=true`, where they fail.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use concord_participants::barrier::{barrier, ensure_table, forget_older_than};
 use concord_saga::{Barrier, BarrierVerdict, Phase};
+use concord_testkit::{servers_ready, Server};
 use tokio_postgres::{Client, NoTls};
 
-static READY: OnceLock<bool> = OnceLock::new();
-
 fn postgres_ready() -> bool {
-    *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-databases.sh");
-        let problem = match Command::new("bash").arg(&script).output() {
-            Ok(out) if out.status.success() => return true,
-            Ok(out) => {
-                format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr))
-            }
-            Err(e) => format!("cannot run {}: {e}", script.display()),
-        };
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and PostgreSQL is not ready: {problem}"
-        );
-        eprintln!("\n######## SKIPPING the PostgreSQL barrier tests: {problem}\n########\n");
-        false
-    })
+    servers_ready(&[Server::Databases], "the PostgreSQL barrier tests")
 }
 
 async fn connect() -> Client {

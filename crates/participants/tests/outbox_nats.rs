@@ -4,38 +4,15 @@
 //! both servers on their standard loopback ports (the setup scripts run here); without them
 //! the tests skip loudly, except under `CI=true`, where they fail.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use concord_nats::Nats;
 use concord_participants::outbox::{enqueue, ensure_tables, first_time, relay_once};
+use concord_testkit::{servers_ready, Server};
 use tokio_postgres::{Client, NoTls};
 
-static READY: OnceLock<bool> = OnceLock::new();
-
-fn servers_ready() -> bool {
-    *READY.get_or_init(|| {
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
-        for script in ["setup-databases.sh", "setup-nats.sh"] {
-            let path = scripts.join(script);
-            let problem = match Command::new("bash").arg(&path).output() {
-                Ok(out) if out.status.success() => continue,
-                Ok(out) => {
-                    format!("{} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr))
-                }
-                Err(e) => format!("cannot run {}: {e}", path.display()),
-            };
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true and a server is not ready: {problem}"
-            );
-            eprintln!("\n######## SKIPPING the outbox tests: {problem}\n########\n");
-            return false;
-        }
-        true
-    })
+fn ready() -> bool {
+    servers_ready(&[Server::Databases, Server::Nats], "the outbox tests")
 }
 
 /// A connection whose tables live in a schema of this run's own.
@@ -52,7 +29,7 @@ async fn connect(schema: &str) -> Client {
 
 #[tokio::test]
 async fn committed_events_are_published_once_and_consumed_once() {
-    if !servers_ready() {
+    if !ready() {
         return;
     }
     let nanos =

@@ -6,13 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_checkout::{checkout_saga, connect, serve, Service};
 use concord_http::{Request, Response};
+use concord_testkit::{servers_ready, Server};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,25 +20,8 @@ use tokio_postgres::{Client, NoTls};
 
 const DB: &str = "host=127.0.0.1 user=postgres dbname=concord_test";
 
-static READY: OnceLock<bool> = OnceLock::new();
-
 fn postgres_ready() -> bool {
-    *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-databases.sh");
-        let problem = match Command::new("bash").arg(&script).output() {
-            Ok(out) if out.status.success() => return true,
-            Ok(out) => {
-                format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr))
-            }
-            Err(e) => format!("cannot run {}: {e}", script.display()),
-        };
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and PostgreSQL is not ready: {problem}"
-        );
-        eprintln!("\n######## SKIPPING the checkout example's tests: {problem}\n########\n");
-        false
-    })
+    servers_ready(&[Server::Databases], "the checkout example's tests")
 }
 
 /// What a proxy in front of a service does to each request.

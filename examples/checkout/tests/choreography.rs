@@ -3,44 +3,20 @@
 //! standard loopback ports (the setup scripts run here); without them the tests skip loudly,
 //! except under `CI=true`, where they fail.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_checkout::choreography::{place_order, run, Setup};
 use concord_checkout::Service;
 use concord_nats::Nats;
+use concord_testkit::{servers_ready, Server};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
 const DB: &str = "host=127.0.0.1 user=postgres dbname=concord_test";
 
-static READY: OnceLock<bool> = OnceLock::new();
-
-fn servers_ready() -> bool {
-    *READY.get_or_init(|| {
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
-        for script in ["setup-databases.sh", "setup-nats.sh"] {
-            let path = scripts.join(script);
-            let problem = match Command::new("bash").arg(&path).output() {
-                Ok(out) if out.status.success() => continue,
-                Ok(out) => {
-                    format!("{} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr))
-                }
-                Err(e) => format!("cannot run {}: {e}", path.display()),
-            };
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true and a server is not ready: {problem}"
-            );
-            eprintln!(
-                "\n######## SKIPPING the choreographed checkout tests: {problem}\n########\n"
-            );
-            return false;
-        }
-        true
-    })
+fn ready() -> bool {
+    servers_ready(&[Server::Databases, Server::Nats], "the choreographed checkout tests")
 }
 
 struct Shop {
@@ -166,7 +142,7 @@ impl Shop {
 
 #[tokio::test]
 async fn events_carry_an_order_through_reserve_charge_and_ship() {
-    if !servers_ready() {
+    if !ready() {
         return;
     }
     let shop = shop("happy", false).await;
@@ -186,7 +162,7 @@ async fn events_carry_an_order_through_reserve_charge_and_ship() {
 
 #[tokio::test]
 async fn a_declined_payment_releases_the_stock_and_a_failed_shipment_refunds_and_releases() {
-    if !servers_ready() {
+    if !ready() {
         return;
     }
     let shop = shop("failures", false).await;
@@ -205,7 +181,7 @@ async fn a_declined_payment_releases_the_stock_and_a_failed_shipment_refunds_and
 /// twice; the order is placed twice as well. Nobody is charged or reserved twice.
 #[tokio::test]
 async fn every_event_delivered_twice_charges_nobody_twice() {
-    if !servers_ready() {
+    if !ready() {
         return;
     }
     let shop = shop("twice", true).await;

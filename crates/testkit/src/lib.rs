@@ -1,0 +1,69 @@
+//! What Concord's tests share.
+//!
+//! [`servers_ready`] runs the project's setup scripts (`scripts/setup-databases.sh`,
+//! `scripts/setup-nats.sh`), which start the local PostgreSQL, MariaDB or NATS when they are
+//! stopped. A test that needs them returns early when this says no: loudly, with the reason —
+//! and under `CI=true` it panics instead, so CI never passes by skipping.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The servers a test can ask for, by the script that readies them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Server {
+    /// PostgreSQL (with `max_prepared_transactions`) and MariaDB.
+    Databases,
+    /// NATS with JetStream.
+    Nats,
+}
+
+impl Server {
+    fn script(self) -> &'static str {
+        match self {
+            Server::Databases => "setup-databases.sh",
+            Server::Nats => "setup-nats.sh",
+        }
+    }
+}
+
+/// Each script runs once per test process.
+static READY: Mutex<BTreeMap<Server, Result<(), String>>> = Mutex::new(BTreeMap::new());
+
+fn ready(server: Server) -> Result<(), String> {
+    let mut ready = READY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    ready
+        .entry(server)
+        .or_insert_with(|| {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(server.script());
+            match Command::new("bash").arg(&script).output() {
+                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) => Err(format!(
+                    "{} failed:\n{}{}",
+                    script.display(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+                Err(e) => Err(format!("cannot run {}: {e}", script.display())),
+            }
+        })
+        .clone()
+}
+
+/// Whether every server in `servers` is up (started by its script if it was not). Without one:
+/// under `CI=true` this panics; otherwise it prints why `what` is skipped and returns false.
+pub fn servers_ready(servers: &[Server], what: &str) -> bool {
+    for &server in servers {
+        if let Err(problem) = ready(server) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true and {server:?} is not ready for {what}: {problem}"
+            );
+            eprintln!("\n######## SKIPPING {what}: {problem}\n########\n");
+            return false;
+        }
+    }
+    true
+}
