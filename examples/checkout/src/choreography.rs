@@ -25,7 +25,7 @@ use concord_saga::Phase;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
-use crate::{apply, Declined, Service};
+use crate::{apply, AbortOnDrop, Declined, Service};
 
 /// What a service does with an event: the step, and the events it emits on success and on a
 /// business failure.
@@ -160,14 +160,6 @@ pub async fn run(
                 nats.ack(&message).await?;
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

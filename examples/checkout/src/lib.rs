@@ -275,9 +275,27 @@ async fn handle(service: Service, db: &Db, request: Request) -> Response {
     outcome.unwrap_or_else(|e| Response::error(503, &e))
 }
 
-/// Serves `service` on `listener` until the task is dropped.
+/// How long barrier markers are kept: far beyond any checkout saga's deadline (20 s) plus its
+/// compensations' retries, after which no call for them can still arrive.
+pub const BARRIER_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Serves `service` on `listener` until the task is dropped; every ten minutes it deletes
+/// barrier markers older than [`BARRIER_RETENTION`].
 pub async fn serve(service: Service, client: Client, listener: TcpListener) {
     let db: Db = Arc::new(Mutex::new(client));
+    let cleaner = Arc::clone(&db);
+    let _cleanup = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let client = cleaner.lock().await;
+            if let Err(e) =
+                concord_participants::barrier::forget_older_than(&client, BARRIER_RETENTION).await
+            {
+                eprintln!("{}: cleaning old barrier markers: {e}", service.name());
+            }
+            drop(client);
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    }));
     concord_http::serve(listener, move |request| {
         let db = Arc::clone(&db);
         async move { handle(service, &db, request).await }
@@ -309,4 +327,12 @@ pub fn checkout_saga(
               "retry_base_ms": 20, "retry_max_ms": 200 },
         ],
     })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
