@@ -191,10 +191,10 @@ fn print_saga(saga: &Value) {
         let took = entry["took_ms"].as_u64().map_or(String::new(), |ms| format!(" in {ms} ms"));
         println!(
             "  +{:>6} ms  {:<16} {:<13} #{:<3} {}{took}",
-            entry["at_ms"],
+            entry["at_ms"].as_u64().unwrap_or(0),
             entry["step"].as_str().unwrap_or(""),
             entry["phase"].as_str().unwrap_or(""),
-            entry["attempt"],
+            entry["attempt"].as_u64().unwrap_or(0),
             entry["result"].as_str().unwrap_or("")
         );
     }

@@ -49,6 +49,14 @@ pub(crate) enum Written {
     NotOurs,
 }
 
+/// A database error with the server's own message ("db error" alone says nothing).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 fn json(record: &Record) -> String {
     serde_json::to_string(record).expect("records serialise")
 }
@@ -69,7 +77,7 @@ impl PgStore {
                 "BEGIN; SELECT pg_advisory_xact_lock(7336023); {TABLE_SQL} COMMIT;"
             ))
             .await
-            .map_err(|e| format!("the sagas table: {e}"))?;
+            .map_err(|e| format!("the sagas table: {}", describe(&e)))?;
         let sweeper = tokio::sync::Mutex::new(open(url).await?);
         let (instance, lease_secs) = (instance.to_string(), lease.as_secs_f64());
         Ok(PgStore { client, sweeper, instance, lease_secs })
@@ -138,7 +146,7 @@ impl PgStore {
                 &[&self.instance],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| describe(&e))?;
         let mut records = Vec::new();
         for row in &rows {
             records.extend(Self::records(row)?);
@@ -160,7 +168,7 @@ impl PgStore {
     /// The sweeper: claims up to `limit` unfinished sagas whose lease ran out, and returns their
     /// records to adopt.
     pub(crate) async fn claim_stuck(&self, limit: i64) -> Result<Vec<Record>, String> {
-        let e = |e: tokio_postgres::Error| e.to_string();
+        let e = |e: tokio_postgres::Error| describe(&e);
         let mut sweeper = self.sweeper.lock().await;
         let txn = sweeper.transaction().await.map_err(e)?;
         let stuck: Vec<String> = txn
