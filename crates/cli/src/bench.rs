@@ -28,6 +28,19 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Saga throughput with empty HTTP steps (DTM's benchmark workload: two steps with
+    /// compensations) through the orchestrator on a durable log, against the floor.
+    Saga {
+        #[arg(long, default_value = "./concord-data/bench")]
+        dir: PathBuf,
+        /// Comma-separated client counts.
+        #[arg(long, default_value = "1,16,64")]
+        clients: String,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Interactive transactions on the key-value store (3 shards, durable): single-shard,
     /// cross-shard and a mixed read/write workload, against the same run's floor.
     Kv {
@@ -140,6 +153,14 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Saga { dir, clients, duration, json } => {
+            crate::bench_saga::run(&crate::bench_saga::Options {
+                dir: &dir,
+                clients: parse_clients(&clients)?,
+                duration,
+                json,
+            })
         }
         BenchCommand::Kv { dir, workloads, clients, protocols, duration, json } => {
             crate::bench_kv::run(&crate::bench_kv::Options {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_kv;
+mod bench_saga;
 mod bench_transfer;
 mod client;
 mod cluster;

@@ -1,8 +1,11 @@
 //! A small HTTP/1.1 server and client: enough for Concord's JSON APIs (the database
-//! coordinator, the saga orchestrator) and for saga step calls. One request per connection
-//! (`Connection: close`), bodies sized by `Content-Length`, every size and wait bounded.
-//! Not a general HTTP implementation: no chunked bodies, no keep-alive, no TLS.
+//! coordinator, the saga orchestrator) and for saga step calls. Bodies sized by
+//! `Content-Length`, every size and wait bounded. Connections are kept alive: the server serves
+//! requests on a connection until the client closes it, asks `Connection: close`, or stays idle
+//! past [`IDLE_TIMEOUT`]; the async client keeps idle connections per address and reuses them.
+//! Not a general HTTP implementation: no chunked bodies, no pipelining, no TLS.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,6 +20,10 @@ pub const MAX_HEAD_BYTES: usize = 16 << 10;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// A client must send its whole request within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A kept-alive connection with no request for this long is closed by the server.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections the client keeps per address.
+const POOLED_PER_ADDRESS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -85,6 +92,9 @@ impl Response {
     }
 }
 
+/// How a read that got no byte at all fails: on a kept-alive connection, the peer closed it.
+const NOTHING_READ: &str = "connection ended before anything was read";
+
 /// Reads a head (up to the blank line) and the body it announces, bounded.
 async fn read_message<S: AsyncReadExt + Unpin>(
     stream: &mut S,
@@ -98,7 +108,16 @@ async fn read_message<S: AsyncReadExt + Unpin>(
             return Err("head too large".into());
         }
         let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = stream.read(&mut chunk).await.map_err(|e| {
+            if buf.is_empty() {
+                format!("{NOTHING_READ}: {e}")
+            } else {
+                e.to_string()
+            }
+        })?;
+        if n == 0 && buf.is_empty() {
+            return Err(format!("{NOTHING_READ}: closed"));
+        }
         if n == 0 {
             return Err("connection closed mid-message".into());
         }
@@ -144,17 +163,23 @@ pub async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<Req
     Ok(Request { method, target, headers, body })
 }
 
-async fn write_response<S: AsyncWriteExt + Unpin>(stream: &mut S, response: &Response) {
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+/// Writes a response; false when the connection is no good any more.
+async fn write_response<S: AsyncWriteExt + Unpin>(
+    stream: &mut S,
+    response: &Response,
+    close: bool,
+) -> bool {
+    let connection = if close { "close" } else { "keep-alive" };
+    let mut bytes = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
         response.status,
         response.reason(),
         response.content_type,
         response.body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(response.body.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    )
+    .into_bytes();
+    bytes.extend_from_slice(response.body.as_bytes());
+    stream.write_all(&bytes).await.is_ok()
 }
 
 /// Serves `listener` until it fails, each connection on its own task, answering each request
@@ -164,8 +189,15 @@ where
     H: Fn(Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
+    // Connections live in this set: when the future of `serve` is dropped (its owner stopped
+    // or was killed), every kept-alive connection goes with it instead of answering on.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let mut stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+        };
+        let mut stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors, say: back off instead of spinning.
@@ -175,14 +207,34 @@ where
             }
         };
         let handler = handler.clone();
-        tokio::spawn(async move {
-            let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await
-            {
-                Ok(Ok(request)) => handler(request).await,
-                Ok(Err(message)) => Response::error(400, &message),
-                Err(_) => Response::error(408, "request not received in time"),
-            };
-            write_response(&mut stream, &response).await;
+        connections.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            loop {
+                // Waiting for the next request on a kept-alive connection is bounded too.
+                let Ok(first) = tokio::time::timeout(IDLE_TIMEOUT, stream.readable()).await else {
+                    break;
+                };
+                if first.is_err() {
+                    break;
+                }
+                let (response, close) =
+                    match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+                        Ok(Ok(request)) => {
+                            let close = request
+                                .header("connection")
+                                .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+                            (handler(request).await, close)
+                        }
+                        // The client closed between requests: nothing to answer.
+                        Ok(Err(message)) if message.starts_with(NOTHING_READ) => break,
+                        Ok(Err(message)) => (Response::error(400, &message), true),
+                        Err(_) => (Response::error(408, "request not received in time"), true),
+                    };
+                if !write_response(&mut stream, &response, close).await || close {
+                    break;
+                }
+            }
+            let _ = stream.shutdown().await;
         });
     }
 }
@@ -193,9 +245,11 @@ fn request_head(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
+    keep_alive: bool,
 ) -> String {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -204,8 +258,59 @@ fn request_head(
     head + "\r\n"
 }
 
+/// Whether [`call`] keeps connections alive (on by default). Off only to measure what it
+/// saves (`concord bench saga` runs both, interleaved).
+static KEEP_ALIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_keep_alive(enabled: bool) {
+    KEEP_ALIVE.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Idle kept-alive connections, per address.
+static POOL: std::sync::Mutex<Option<HashMap<SocketAddr, Vec<tokio::net::TcpStream>>>> =
+    std::sync::Mutex::new(None);
+
+fn pooled(address: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pool.get_or_insert_with(HashMap::new).get_mut(&address)?.pop()
+}
+
+fn give_back(address: SocketAddr, stream: tokio::net::TcpStream) {
+    let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let idle = pool.get_or_insert_with(HashMap::new).entry(address).or_default();
+    if idle.len() < POOLED_PER_ADDRESS {
+        idle.push(stream);
+    }
+}
+
+/// One exchange on `stream`; the connection is returned if the server keeps it open.
+async fn exchange(
+    mut stream: tokio::net::TcpStream,
+    address: SocketAddr,
+    request: &[u8],
+) -> Result<(u16, String), (bool, String)> {
+    // `false`: the failure came before any answer arrived (safe to retry on a new connection).
+    stream.write_all(request).await.map_err(|e| (false, e.to_string()))?;
+    let (start, headers, body) =
+        read_message(&mut stream).await.map_err(|e| (!e.starts_with(NOTHING_READ), e))?;
+    let status = start
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| (true, format!("malformed status line from {address}")))?;
+    let close = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+    if !close {
+        give_back(address, stream);
+    }
+    Ok((status, body))
+}
+
 /// An HTTP call from async code, all of it (connect, send, answer) within `timeout`.
-/// Returns the status and body.
+/// Returns the status and body. Reuses an idle connection to `address` when there is one; a
+/// reused connection the server had already closed is replaced once, transparently (the
+/// request cannot have been processed: the server closes only between requests).
 pub async fn call(
     address: SocketAddr,
     method: &str,
@@ -214,23 +319,24 @@ pub async fn call(
     body: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address)
+    let keep_alive = KEEP_ALIVE.load(std::sync::atomic::Ordering::Relaxed);
+    let mut request = request_head(address, method, path, headers, body, keep_alive).into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    let attempt = async {
+        if let Some(stream) = pooled(address).filter(|_| keep_alive) {
+            match exchange(stream, address, &request).await {
+                Ok(answer) => return Ok(answer),
+                Err((true, e)) => return Err(e),
+                Err((false, _)) => {} // a stale connection: try a new one
+            }
+        }
+        let stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| format!("{address} is unreachable: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let head = request_head(address, method, path, headers, body);
-        stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
-        stream.write_all(body.as_bytes()).await.map_err(|e| e.to_string())?;
-        let (start, _, body) = read_message(&mut stream).await?;
-        let status = start
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("malformed status line from {address}"))?;
-        Ok((status, body))
+        exchange(stream, address, &request).await.map_err(|(_, e)| e)
     };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| format!("{address} did not answer within {} ms", timeout.as_millis()))?
 }
@@ -248,7 +354,7 @@ pub fn request(
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
     let body = body.unwrap_or("");
-    let head = request_head(address, method, path, &[], body);
+    let head = request_head(address, method, path, &[], body, false);
     stream.write_all(head.as_bytes()).map_err(unreachable)?;
     stream.write_all(body.as_bytes()).map_err(unreachable)?;
     let mut response = Vec::new();
@@ -314,6 +420,38 @@ mod tests {
             let error =
                 call(address, "GET", "/", &[], "", Duration::from_millis(200)).await.unwrap_err();
             assert!(error.contains("did not answer within 200 ms"), "{error}");
+        });
+    }
+}
+
+#[cfg(test)]
+mod keep_alive_tests {
+    use super::*;
+
+    /// A pooled connection whose server went away (and came back on the same port) is
+    /// replaced transparently; a stopped server's kept-alive connections stop answering.
+    #[test]
+    fn a_stale_pooled_connection_is_replaced_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let first = tokio::spawn(serve(listener, |_: Request| async {
+                Response::json(200, &serde_json::json!({ "server": 1 }))
+            }));
+            let timeout = Duration::from_secs(5);
+            let (_, body) = call(address, "GET", "/", &[], "", timeout).await.unwrap();
+            assert!(body.contains("\"server\":1"));
+            first.abort(); // the listener and its kept-alive connection go away
+            let _ = first.await;
+            let listener = TcpListener::bind(address).await.unwrap();
+            tokio::spawn(serve(listener, |_: Request| async {
+                Response::json(200, &serde_json::json!({ "server": 2 }))
+            }));
+            let (_, body) = call(address, "GET", "/", &[], "", timeout).await.unwrap();
+            assert!(body.contains("\"server\":2"), "answered by the new server: {body}");
+            let (_, body) = call(address, "GET", "/", &[], "", timeout).await.unwrap();
+            assert!(body.contains("\"server\":2"));
         });
     }
 }

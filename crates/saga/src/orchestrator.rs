@@ -235,6 +235,8 @@ struct Instance {
 
 /// Finished sagas remembered for status queries and repeated starts.
 const FINISHED_KEPT: usize = 100_000;
+/// Of those, how many a checkpoint keeps in the log.
+const FINISHED_IN_CHECKPOINT: usize = 1_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Orchestrator {
@@ -306,12 +308,19 @@ impl Orchestrator {
         self.sagas.values().filter(|i| !matches!(i.state, SagaState::Done(_))).count()
     }
 
-    /// What a checkpoint keeps: each saga's start and where it is — for a finished one, its
-    /// outcome (so a status query or a repeated start still finds it, up to the
-    /// finished-sagas bound).
+    /// What a checkpoint keeps: each unfinished saga's start and where it is, and the most
+    /// recent finished ones' start and outcome (so a status query or a repeated start still
+    /// finds them after a restart). Older finished sagas stay in memory until evicted but leave
+    /// the log: a checkpoint's cost follows the sagas in flight, not the history.
     pub fn live_records(&self) -> Vec<Record> {
+        let recent: std::collections::BTreeSet<&SagaId> =
+            self.finished.iter().rev().take(FINISHED_IN_CHECKPOINT).collect();
         let mut live = Vec::new();
         for (saga, i) in &self.sagas {
+            let done = matches!(i.state, SagaState::Done(_));
+            if done && !recent.contains(saga) {
+                continue;
+            }
             live.push(Record::Started {
                 saga: saga.clone(),
                 def: i.def.clone(),
