@@ -74,3 +74,27 @@ fn kv_bench_runs_every_workload_and_reports_the_floor() {
         assert_eq!(run["failed"].as_u64(), Some(0), "{run}");
     }
 }
+
+#[test]
+fn saga_bench_runs_with_and_without_keep_alive() {
+    let out = concord(&[
+        "bench",
+        "saga",
+        "--dir",
+        &scratch("saga"),
+        "--clients",
+        "2",
+        "--duration",
+        "300ms",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = v["runs"].as_array().expect("runs");
+    let modes: Vec<bool> = runs.iter().map(|r| r["keep_alive"].as_bool().unwrap()).collect();
+    assert_eq!(modes, [false, true], "the baseline first, interleaved");
+    for run in runs {
+        assert!(run["completed"].as_u64().unwrap() > 0, "nothing completed: {run}");
+        assert_eq!(run["failed"].as_u64(), Some(0), "{run}");
+    }
+}
