@@ -1,7 +1,8 @@
 //! The loop: one task owns the orchestrator core; HTTP requests, step replies, timers and
 //! durable-record callbacks reach it as events, and it carries out the core's commands.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,7 +74,6 @@ enum Event {
         result: StepResult,
         shown: String,
     },
-    Timer(Timer),
     Persisted(Record),
     LogFailed(String),
     /// The saga store says another orchestrator owns this saga.
@@ -136,6 +136,12 @@ struct Loop {
     acks: HashMap<String, Vec<Answer>>,
     finishes: HashMap<String, Vec<Answer>>,
     next_id: u64,
+    /// Armed timers, soonest first. One heap in the loop rather than a sleeping task per
+    /// timer: every saga arms a deadline and a timeout per call, hundreds of thousands at a
+    /// time under load.
+    timers: BinaryHeap<Reverse<(tokio::time::Instant, u64)>>,
+    timer_payloads: HashMap<u64, Timer>,
+    next_timer: u64,
 }
 
 fn now_us() -> u64 {
@@ -196,11 +202,10 @@ impl Loop {
                 }
             },
             Command::SetTimer { timer, after_us } => {
-                let internal = self.internal.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_micros(after_us)).await;
-                    let _ = internal.send(Event::Timer(timer));
-                });
+                let at = tokio::time::Instant::now() + Duration::from_micros(after_us);
+                self.timers.push(Reverse((at, self.next_timer)));
+                self.timer_payloads.insert(self.next_timer, timer);
+                self.next_timer += 1;
             }
             Command::Finished { saga, .. } => {
                 let response = self.show(&saga);
@@ -281,7 +286,6 @@ impl Loop {
                 self.timelines.answered(&saga, phase, attempt, shown);
                 self.feed(Input::Reply { saga, step, phase, result })?;
             }
-            Event::Timer(timer) => self.feed(Input::Timer(timer))?,
             Event::Persisted(record) => {
                 if let Record::Started { saga, .. } = &record {
                     let accepted = Response::json(202, &json!({ "id": saga, "state": "running" }));
@@ -351,6 +355,27 @@ async fn write_with_retries(store: &PgStore, record: Record) -> Event {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+impl Loop {
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Fires every timer that is due.
+    fn fire_due(&mut self) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(timer) = self.timer_payloads.remove(&id) {
+                self.feed(Input::Timer(timer))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -440,6 +465,9 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         acks: HashMap::new(),
         finishes: HashMap::new(),
         next_id: 0,
+        timers: BinaryHeap::new(),
+        timer_payloads: HashMap::new(),
+        next_timer: 0,
     };
     state.feed(Input::Restart { records, now_us: now_us() })?;
     // Aborted when this function returns or its future is dropped (a killed task must not
@@ -448,9 +476,22 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         route(api.clone(), request)
     })));
     loop {
+        let next = state.next_deadline();
+        let due = async move {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             biased;
             _ = shutdown.changed() => break Ok(()),
+            () = due => {
+                if let Err(e) = state.fire_due() {
+                    break Err(e);
+                }
+                continue;
+            }
             Some(event) = internal_rx.recv() => event,
             Some(event) = api_rx.recv() => event,
         };
