@@ -38,6 +38,6 @@ pub mod two_phase;
 
 pub use protocol::{
     backoff_us, Branch, Checkpoint, Command, Core, Durability, Input, MessageKind, NoRole,
-    ParticipantView, Protocol, RecordKind, Rejection, Switches, Topology,
+    ParticipantView, Protocol, RecordKind, Rejection, ResourceParticipant, Switches, Topology,
 };
 pub use resource::{Change, Resource};

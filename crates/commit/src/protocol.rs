@@ -106,6 +106,30 @@ pub trait Checkpoint: Core {
     fn live_records(&self) -> Vec<Self::Record>;
 }
 
+/// A participant core over a resource the driver made — what drivers of real resources (the
+/// KV store, on the runtime and in the simulator) use of it, whichever protocol it speaks.
+pub trait ResourceParticipant: Checkpoint {
+    type Resource: crate::Resource<Change = Self::Change>;
+
+    /// The resource, for reads a driver serves outside the protocol.
+    fn resource(&self) -> &Self::Resource;
+    /// The resource, for what the protocol does not carry (a clock).
+    fn resource_mut(&mut self) -> &mut Self::Resource;
+    /// Branches prepared here whose outcome this participant has not learned.
+    fn in_doubt(&self) -> Vec<TxnId>;
+    /// Why it refused `txn`, if it still remembers.
+    fn refusal(&self, txn: TxnId) -> Option<&<Self::Resource as crate::Resource>::Refusal>;
+    /// A reader is blocked on `txn`'s prepared write: ask for the outcome now. Returns whether
+    /// `txn` is prepared here.
+    fn inquire_now(
+        &mut self,
+        txn: TxnId,
+        out: &mut Vec<Command<Self::Msg, Self::Record, Self::Timer>>,
+    ) -> bool;
+    /// Every decision it knows.
+    fn decided(&self) -> Vec<(TxnId, Decision)>;
+}
+
 /// What a driver or checker may read of a participant.
 pub trait ParticipantView {
     /// Transactions this participant voted YES on and has not yet learned the outcome of.

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::coordinator::CoordinatorRole;
 use crate::engine::Engine;
 use crate::model::{Change, Model};
+use concord_commit::ResourceParticipant as _;
 
 type Msg<E> = <E as Engine>::Msg;
 type Record<E> = <E as Engine>::Record;
@@ -126,7 +127,7 @@ impl<E: Engine> Node<E> {
         match &mut self.role {
             RoleState::Coordinator(c) => c.core.handle(input, &mut out),
             RoleState::Shard(p) => {
-                E::Model::before_input(E::resource_mut(p));
+                E::Model::before_input(p.resource_mut());
                 p.handle(input, &mut out);
             }
             RoleState::Acceptor(a) => a.handle(input, &mut out),
@@ -177,11 +178,11 @@ impl<E: Engine> Node<E> {
                 Ok(c.core.live_records().iter().map(Encode::to_bytes).collect())
             }
             RoleState::Shard(p) => {
-                let mut live = E::participant_checkpoint(p);
+                let mut live = p.live_records();
                 let storage = self.io.storage.as_ref();
                 live.iter_mut()
                     .filter_map(E::snapshot_mut)
-                    .try_for_each(|s| E::Model::checkpoint(storage, E::resource(p), s))
+                    .try_for_each(|s| E::Model::checkpoint(storage, p.resource(), s))
                     .map(|()| live.iter().map(Encode::to_bytes).collect())
             }
             RoleState::Acceptor(a) => Ok(a.live_records().iter().map(Encode::to_bytes).collect()),
@@ -198,7 +199,7 @@ impl<E: Engine> Node<E> {
     pub fn in_flight(&self) -> usize {
         match &self.role {
             RoleState::Coordinator(c) => E::in_flight(&c.core),
-            RoleState::Shard(p) => E::in_doubt(p).len(),
+            RoleState::Shard(p) => p.in_doubt().len(),
             RoleState::Acceptor(_) => 0,
         }
     }

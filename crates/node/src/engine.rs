@@ -15,14 +15,12 @@
 
 use std::marker::PhantomData;
 
-use concord_commit::{paxos_commit, two_phase, Checkpoint, Command, Core, Resource};
+use concord_commit::{paxos_commit, two_phase, Checkpoint, Core, ResourceParticipant};
 use concord_types::{Decision, NodeId, TxnId, Vote};
 
 use crate::config::ClusterConfig;
 use crate::model::{Change, Model, Snapshot};
 
-pub(crate) type Out<E> =
-    Vec<Command<<E as Engine>::Msg, <E as Engine>::Record, <E as Engine>::Timer>>;
 pub(crate) type ResourceOf<E> = <<E as Engine>::Model as Model>::Resource;
 
 /// What a peer message tells the coordinator's transaction table.
@@ -68,7 +66,8 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
             Change = Change<Self::Model>,
         > + Checkpoint
         + Send;
-    type Participant: Core<
+    type Participant: ResourceParticipant<
+            Resource = ResourceOf<Self>,
             Msg = Self::Msg,
             Record = Self::Record,
             Timer = Self::Timer,
@@ -94,18 +93,6 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// `None`: this protocol has no acceptors (the configuration refuses such nodes).
     fn acceptor(id: NodeId, config: &ClusterConfig) -> Option<Self::Acceptor>;
 
-    fn resource(p: &Self::Participant) -> &ResourceOf<Self>;
-    fn resource_mut(p: &mut Self::Participant) -> &mut ResourceOf<Self>;
-    fn in_doubt(p: &Self::Participant) -> Vec<TxnId>;
-    /// Why the participant voted NO on `txn`, if it remembers.
-    fn refusal(
-        p: &Self::Participant,
-        txn: TxnId,
-    ) -> Option<&<ResourceOf<Self> as Resource>::Refusal>;
-    /// A reader is blocked on `txn`: ask for its outcome now.
-    fn inquire_now(p: &mut Self::Participant, txn: TxnId, out: &mut Out<Self>);
-    /// The records a shard's checkpoint keeps.
-    fn participant_checkpoint(p: &Self::Participant) -> Vec<Self::Record>;
     /// The applied state inside a checkpoint record, if it is one.
     fn snapshot_mut(record: &mut Self::Record) -> Option<&mut Snapshot<Self::Model>>;
 
@@ -152,24 +139,6 @@ impl<M: Model> Engine for TwoPc<M> {
     }
     fn acceptor(_: NodeId, _: &ClusterConfig) -> Option<Self::Acceptor> {
         None
-    }
-    fn resource(p: &Self::Participant) -> &M::Resource {
-        p.resource()
-    }
-    fn resource_mut(p: &mut Self::Participant) -> &mut M::Resource {
-        p.resource_mut()
-    }
-    fn in_doubt(p: &Self::Participant) -> Vec<TxnId> {
-        p.in_doubt()
-    }
-    fn refusal(p: &Self::Participant, txn: TxnId) -> Option<&<M::Resource as Resource>::Refusal> {
-        p.refusal(txn)
-    }
-    fn inquire_now(p: &mut Self::Participant, txn: TxnId, out: &mut Out<Self>) {
-        p.inquire_now(txn, out);
-    }
-    fn participant_checkpoint(p: &Self::Participant) -> Vec<Self::Record> {
-        p.live_records()
     }
     fn snapshot_mut(record: &mut Self::Record) -> Option<&mut Snapshot<M>> {
         match record {
@@ -241,24 +210,6 @@ impl<M: Model> Engine for PaxosCommit<M> {
     }
     fn acceptor(id: NodeId, config: &ClusterConfig) -> Option<Self::Acceptor> {
         Some(paxos_commit::Acceptor::new(id, paxos_config(config)))
-    }
-    fn resource(p: &Self::Participant) -> &M::Resource {
-        p.resource()
-    }
-    fn resource_mut(p: &mut Self::Participant) -> &mut M::Resource {
-        p.resource_mut()
-    }
-    fn in_doubt(p: &Self::Participant) -> Vec<TxnId> {
-        p.in_doubt()
-    }
-    fn refusal(p: &Self::Participant, txn: TxnId) -> Option<&<M::Resource as Resource>::Refusal> {
-        p.refusal(txn)
-    }
-    fn inquire_now(p: &mut Self::Participant, txn: TxnId, out: &mut Out<Self>) {
-        p.inquire_now(txn, out);
-    }
-    fn participant_checkpoint(p: &Self::Participant) -> Vec<Self::Record> {
-        p.live_records()
     }
     fn snapshot_mut(record: &mut Self::Record) -> Option<&mut Snapshot<M>> {
         match record {

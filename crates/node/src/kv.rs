@@ -35,6 +35,7 @@ use crate::model::{KvStore, Model};
 use crate::proto::kv_shard_client::KvShardClient;
 use crate::proto::{self, submit_event, State};
 use crate::service::{stopping, Handle};
+use concord_commit::ResourceParticipant as _;
 
 /// What the key-value services need of the node loop, whatever protocol it runs.
 pub(crate) trait KvNode {
@@ -51,7 +52,7 @@ pub(crate) trait KvNode {
 impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
     fn shard(&mut self) -> Option<&mut MvccShard> {
         let RoleState::Shard(p) = &mut self.role else { return None };
-        let shard = E::resource_mut(p);
+        let shard = p.resource_mut();
         KvStore::before_input(shard);
         Some(shard)
     }
@@ -59,14 +60,14 @@ impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
     fn inquire_now(&mut self, txn: TxnId) {
         if let RoleState::Shard(p) = &mut self.role {
             let mut out = Vec::new();
-            E::inquire_now(p, txn, &mut out);
+            p.inquire_now(txn, &mut out);
             self.carry_out(out);
         }
     }
 
     fn refusal(&self, txn: TxnId) -> Option<String> {
         match &self.role {
-            RoleState::Shard(p) => E::refusal(p, txn).map(ToString::to_string),
+            RoleState::Shard(p) => p.refusal(txn).map(ToString::to_string),
             RoleState::Coordinator(_) | RoleState::Acceptor(_) => None,
         }
     }

@@ -38,6 +38,7 @@ use crate::driver::{Io, Node, RoleState};
 use crate::engine::{Engine, PaxosCommit, TwoPc};
 use crate::model::{Deltas, KvStore, Model};
 use crate::service::Handle;
+use concord_commit::ResourceParticipant as _;
 
 /// Largest gRPC message a node accepts (a frame of many messages, or a large request).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -216,9 +217,9 @@ async fn serve_engine<E: Engine>(
     let mut node = Node { role, io };
     node.step(Input::Restart { records });
     if let RoleState::Shard(p) = &mut node.role {
-        E::Model::load(node.io.storage.as_ref(), E::resource_mut(p))
+        E::Model::load(node.io.storage.as_ref(), p.resource_mut())
             .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?;
-        E::Model::after_restart(E::resource_mut(p));
+        E::Model::after_restart(p.resource_mut());
     }
 
     let handle: Handle<E> =

@@ -13,6 +13,7 @@ use crate::driver::{Call, Event, Node, RoleState};
 use crate::engine::Engine;
 use crate::model::Model;
 use crate::proto;
+use concord_commit::ResourceParticipant as _;
 
 /// What every service holds: the way into the loop, and the cluster it belongs to.
 pub(crate) struct Handle<E: Engine> {
@@ -189,7 +190,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         let keys = request.into_inner().keys;
         let reply = self
             .ask(move |node| match &node.role {
-                RoleState::Shard(p) => E::Model::read_shard(E::resource(p), E::in_doubt(p), &keys),
+                RoleState::Shard(p) => E::Model::read_shard(p.resource(), p.in_doubt(), &keys),
                 RoleState::Coordinator(_) | RoleState::Acceptor(_) => {
                     Err(Status::failed_precondition("this node is not a shard"))
                 }

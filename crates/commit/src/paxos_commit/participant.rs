@@ -437,3 +437,26 @@ impl ParticipantView for Participant<Store> {
         &self.store
     }
 }
+
+impl<R: Resource> crate::ResourceParticipant for Participant<R> {
+    type Resource = R;
+
+    fn resource(&self) -> &R {
+        Participant::resource(self)
+    }
+    fn resource_mut(&mut self) -> &mut R {
+        Participant::resource_mut(self)
+    }
+    fn in_doubt(&self) -> Vec<TxnId> {
+        Participant::in_doubt(self)
+    }
+    fn refusal(&self, txn: TxnId) -> Option<&R::Refusal> {
+        Participant::refusal(self, txn)
+    }
+    fn inquire_now(&mut self, txn: TxnId, out: &mut Out<R>) -> bool {
+        Participant::inquire_now(self, txn, out)
+    }
+    fn decided(&self) -> Vec<(TxnId, Decision)> {
+        self.decisions().collect()
+    }
+}

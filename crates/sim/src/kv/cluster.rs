@@ -8,6 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use concord_commit::ResourceParticipant as _;
 use concord_commit::{Branch, Command, Core, Durability, Input};
 use concord_kv::{Hlc, KvChange, MvccShard, ShardMap, Timestamp};
 use concord_types::{Decision, NodeId, RequestId, TxnId};
@@ -203,7 +204,7 @@ impl<P: KvProtocol> KvWorld<P> {
 
     /// The MVCC store of shard `s` (clients read from it directly, at the driver level).
     pub(super) fn shard_mut(&mut self, s: usize) -> &mut MvccShard {
-        P::shard_mut(&mut self.shards[s])
+        self.shards[s].resource_mut()
     }
 
     /// Whether the gateway can talk to `shard` now.
@@ -403,7 +404,7 @@ impl<P: KvProtocol> KvWorld<P> {
     /// A reader is blocked on `txn` at shard `s`: the shard asks for the outcome now.
     pub(super) fn resolve_intent(&mut self, s: usize, txn: TxnId) {
         let mut out = Vec::new();
-        P::inquire_now(&mut self.shards[s], txn, &mut out);
+        self.shards[s].inquire_now(txn, &mut out);
         self.carry_out(shard_node(s), out);
     }
 
@@ -456,7 +457,7 @@ impl<P: KvProtocol> KvWorld<P> {
     fn abort_reason(&self, txn: TxnId) -> String {
         self.shards
             .iter()
-            .find_map(|s| P::refusal(s, txn))
+            .find_map(|s| s.refusal(txn).map(ToString::to_string))
             .unwrap_or_else(|| "aborted (timeout or lost vote)".to_string())
     }
 
@@ -528,13 +529,13 @@ impl<P: KvProtocol> KvWorld<P> {
         // can have been told COMMIT.)
         let mut seen: BTreeMap<TxnId, (usize, Decision)> = BTreeMap::new();
         for (s, shard) in self.shards.iter().enumerate() {
-            let locked = P::shard(shard).locked_keys();
+            let locked = shard.resource().locked_keys();
             if locked > 0 {
                 self.report.violations.push(format!(
                     "liveness: shard {s} still holds {locked} prepared writes after the quiet phase"
                 ));
             }
-            for (txn, decision) in P::decisions(shard) {
+            for (txn, decision) in shard.decided() {
                 if let Some(&reported) = self.reported.get(&txn) {
                     if reported != decision {
                         self.report.violations.push(format!(

@@ -3,9 +3,9 @@
 
 use std::fmt::Debug;
 
-use concord_commit::{paxos_commit, two_phase, Command, Core};
+use concord_commit::{paxos_commit, two_phase, Command, Core, ResourceParticipant};
 use concord_kv::{KvChange, KvSnapshot, MvccShard};
-use concord_types::{Decision, NodeId, TxnId};
+use concord_types::NodeId;
 
 pub(super) type Out<P> =
     Vec<Command<<P as KvProtocol>::Msg, <P as KvProtocol>::Record, <P as KvProtocol>::Timer>>;
@@ -17,8 +17,13 @@ pub trait KvProtocol: Sized + 'static {
     type Timer: Clone + Debug;
     type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer, Change = KvChange>
         + Debug;
-    type Participant: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer, Change = KvChange>
-        + Debug;
+    type Participant: ResourceParticipant<
+            Resource = MvccShard,
+            Msg = Self::Msg,
+            Record = Self::Record,
+            Timer = Self::Timer,
+            Change = KvChange,
+        > + Debug;
     type Acceptor: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer, Change = KvChange>
         + Debug;
 
@@ -27,13 +32,6 @@ pub trait KvProtocol: Sized + 'static {
     fn coordinator(id: NodeId, acceptors: &[NodeId]) -> Self::Coordinator;
     fn participant(id: NodeId, acceptors: &[NodeId], shard: MvccShard) -> Self::Participant;
     fn acceptor(id: NodeId, acceptors: &[NodeId]) -> Self::Acceptor;
-    fn shard(p: &Self::Participant) -> &MvccShard;
-    fn shard_mut(p: &mut Self::Participant) -> &mut MvccShard;
-    fn decisions(p: &Self::Participant) -> Vec<(TxnId, Decision)>;
-    /// Why the participant voted NO, if the protocol remembers.
-    fn refusal(p: &Self::Participant, txn: TxnId) -> Option<String>;
-    /// Ask for `txn`'s outcome now, on behalf of a blocked reader.
-    fn inquire_now(p: &mut Self::Participant, txn: TxnId, out: &mut Out<Self>);
 }
 
 fn two_phase_config() -> two_phase::Config {
@@ -70,21 +68,6 @@ impl KvProtocol for TwoPc {
     fn acceptor(_: NodeId, _: &[NodeId]) -> Self::Acceptor {
         unreachable!("2PC has no acceptors")
     }
-    fn shard(p: &Self::Participant) -> &MvccShard {
-        p.resource()
-    }
-    fn shard_mut(p: &mut Self::Participant) -> &mut MvccShard {
-        p.resource_mut()
-    }
-    fn decisions(p: &Self::Participant) -> Vec<(TxnId, Decision)> {
-        p.decisions().iter().map(|(&t, &d)| (t, d)).collect()
-    }
-    fn refusal(p: &Self::Participant, txn: TxnId) -> Option<String> {
-        p.refusal(txn).map(ToString::to_string)
-    }
-    fn inquire_now(p: &mut Self::Participant, txn: TxnId, out: &mut Out<Self>) {
-        p.inquire_now(txn, out);
-    }
 }
 
 /// Paxos Commit with three acceptors (F = 1).
@@ -115,20 +98,5 @@ impl KvProtocol for PaxosCommit {
     }
     fn acceptor(id: NodeId, acceptors: &[NodeId]) -> Self::Acceptor {
         paxos_commit::Acceptor::new(id, paxos_config(acceptors))
-    }
-    fn shard(p: &Self::Participant) -> &MvccShard {
-        p.resource()
-    }
-    fn shard_mut(p: &mut Self::Participant) -> &mut MvccShard {
-        p.resource_mut()
-    }
-    fn decisions(p: &Self::Participant) -> Vec<(TxnId, Decision)> {
-        p.decisions().collect()
-    }
-    fn refusal(_: &Self::Participant, _: TxnId) -> Option<String> {
-        None
-    }
-    fn inquire_now(p: &mut Self::Participant, txn: TxnId, out: &mut Out<Self>) {
-        p.inquire_now(txn, out);
     }
 }
