@@ -60,6 +60,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The coordinator's tax over real databases: transfers across two PostgreSQL databases and
+    /// across PostgreSQL + MariaDB through Concord, against the databases' own PREPARE/COMMIT
+    /// PREPARED (or XA) driven directly, interleaved. Run scripts/setup-databases.sh first.
+    Databases {
+        #[arg(long, default_value = "./concord-data/bench")]
+        dir: PathBuf,
+        /// Comma-separated: pg-pg, pg-mariadb.
+        #[arg(long, default_value = "pg-pg,pg-mariadb")]
+        pairs: String,
+        /// Comma-separated client counts (each client holds a connection per database).
+        #[arg(long, default_value = "1,4,16,32")]
+        clients: String,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// libpq-style connection string, without dbname.
+        #[arg(long, default_value = "host=127.0.0.1 user=postgres")]
+        postgres: String,
+        /// MariaDB/MySQL server URL, without the database.
+        #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+        mariadb: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable cross-shard transfers through a cluster on loopback, against the same run's floor.
     Transfer {
         #[arg(long, default_value = "./concord-data/bench")]
@@ -172,6 +195,17 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                     .map(|p| p.trim().parse())
                     .collect::<Result<_, _>>()?,
                 duration,
+                json,
+            })
+        }
+        BenchCommand::Databases { dir, pairs, clients, duration, postgres, mariadb, json } => {
+            crate::bench_databases::run(&crate::bench_databases::Options {
+                dir: &dir,
+                pairs: crate::bench_databases::Pair::parse_list(&pairs)?,
+                clients: parse_clients(&clients)?,
+                duration,
+                postgres,
+                mariadb,
                 json,
             })
         }

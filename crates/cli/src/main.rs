@@ -3,6 +3,7 @@
 //! real processes and checks what survives.
 
 mod bench;
+mod bench_databases;
 mod bench_kv;
 mod bench_saga;
 mod bench_transfer;
