@@ -72,6 +72,9 @@ pub enum BenchCommand {
         /// Comma-separated client counts (each client holds a connection per database).
         #[arg(long, default_value = "1,4,16,32")]
         clients: String,
+        /// Comma-separated: direct, concord (one alone: to profile it).
+        #[arg(long, default_value = "direct,concord")]
+        ways: String,
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: Duration,
         /// libpq-style connection string, without dbname.
@@ -198,11 +201,26 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 json,
             })
         }
-        BenchCommand::Databases { dir, pairs, clients, duration, postgres, mariadb, json } => {
+        BenchCommand::Databases {
+            dir,
+            pairs,
+            clients,
+            ways,
+            duration,
+            postgres,
+            mariadb,
+            json,
+        } => {
+            let ways: Vec<&str> = ways.split(',').map(str::trim).collect();
+            if let Some(bad) = ways.iter().find(|w| !["direct", "concord"].contains(w)) {
+                return Err(format!("--ways takes direct and concord, not '{bad}'"));
+            }
             crate::bench_databases::run(&crate::bench_databases::Options {
                 dir: &dir,
                 pairs: crate::bench_databases::Pair::parse_list(&pairs)?,
                 clients: parse_clients(&clients)?,
+                direct: ways.contains(&"direct"),
+                concord: ways.contains(&"concord"),
                 duration,
                 postgres,
                 mariadb,

@@ -73,6 +73,9 @@ pub struct Options<'a> {
     pub dir: &'a Path,
     pub pairs: Vec<Pair>,
     pub clients: Vec<usize>,
+    /// Run the direct baseline / Concord (both by default; one alone is for profiling).
+    pub direct: bool,
+    pub concord: bool,
     pub duration: Duration,
     /// libpq-style connection string without `dbname`.
     pub postgres: String,
@@ -177,9 +180,9 @@ impl Connection {
     async fn prepare(&mut self, gid: &str) -> Result<(), String> {
         match self {
             Connection::Postgres(_) => self.run(&format!("PREPARE TRANSACTION '{gid}'")).await,
+            // One message, as Concord sends it.
             Connection::Mariadb(_) => {
-                self.run(&format!("XA END '{gid}'")).await?;
-                self.run(&format!("XA PREPARE '{gid}'")).await
+                self.run(&format!("XA END '{gid}'; XA PREPARE '{gid}'")).await
             }
         }
     }
@@ -422,10 +425,14 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                     .await
                     .map_err(|e| e.to_string())?;
             for &n in &options.clients {
-                let direct = measure_direct(&targets, n, options.duration).await?;
-                rows.push(Row { pair, concord: false, measured: direct });
-                let concord = measure_concord(&coordinator, n, options.duration).await;
-                rows.push(Row { pair, concord: true, measured: concord });
+                if options.direct {
+                    let direct = measure_direct(&targets, n, options.duration).await?;
+                    rows.push(Row { pair, concord: false, measured: direct });
+                }
+                if options.concord {
+                    let concord = measure_concord(&coordinator, n, options.duration).await;
+                    rows.push(Row { pair, concord: true, measured: concord });
+                }
             }
             drop(coordinator);
             let _ = std::fs::remove_dir_all(&data_dir);
@@ -488,5 +495,5 @@ fn report(options: &Options<'_>, floor: &Floor, rows: &[Row]) {
 
 /// tokio-postgres shows a server error as "db error"; the server's message is the cause.
 fn pg_error(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map_or_else(|| e.to_string(), |db| db.to_string())
+    e.as_db_error().map_or_else(|| e.to_string(), ToString::to_string)
 }

@@ -112,8 +112,10 @@ pub(crate) enum Connection {
     Mariadb(mysql_async::Conn),
 }
 
-/// Idle connections kept for reuse.
-const IDLE_CONNECTIONS: usize = 8;
+/// Idle connections kept for reuse. Enough for every concurrently running branch of a busy
+/// coordinator: with 8, sixteen concurrent transactions closed and reopened connections (a
+/// new PostgreSQL backend process each) on every other transaction.
+const IDLE_CONNECTIONS: usize = 64;
 
 #[derive(Debug)]
 pub struct Database {
@@ -207,12 +209,13 @@ impl Database {
         Ok(())
     }
 
-    /// Opens branch `gid`: a local transaction with the marker row written.
+    /// Opens branch `gid`: a local transaction (MariaDB: with the marker row written;
+    /// PostgreSQL writes it with the prepare).
     pub async fn begin(&self, gid: &Gid) -> Result<OpenBranch<'_>, DbError> {
         let gid = gid.to_string();
         let mut connection = self.connection().await?;
         match &mut connection {
-            Connection::Postgres(client) => postgres::begin(self, client, &gid).await?,
+            Connection::Postgres(client) => postgres::begin(self, client).await?,
             Connection::Mariadb(conn) => mariadb::begin(self, conn, &gid).await?,
         }
         Ok(OpenBranch { database: self, gid, connection })

@@ -48,13 +48,12 @@ pub(crate) async fn ensure_schema(db: &Database, conn: &mut Conn) -> Result<(), 
     db.bounded("create marker table", conn.query_drop(MARKER_TABLE)).await
 }
 
+/// `XA START` and the marker row in one message (one round trip; the gid is a validated
+/// literal). A failed `XA START` stops the message before the insert.
 pub(crate) async fn begin(db: &Database, conn: &mut Conn, gid: &str) -> Result<(), DbError> {
-    db.bounded("xa start", conn.query_drop(format!("XA START {}", literal(gid)))).await?;
-    db.bounded(
-        "write marker",
-        conn.exec_drop("INSERT INTO concord_branch (gid) VALUES (?)", (gid,)),
-    )
-    .await
+    let gid = literal(gid);
+    let statement = format!("XA START {gid}; INSERT INTO concord_branch (gid) VALUES ({gid})");
+    db.bounded("xa start and write marker", conn.query_drop(statement)).await
 }
 
 pub(crate) async fn execute(db: &Database, conn: &mut Conn, sql: &str) -> Result<u64, DbError> {
@@ -62,9 +61,11 @@ pub(crate) async fn execute(db: &Database, conn: &mut Conn, sql: &str) -> Result
     Ok(conn.affected_rows())
 }
 
+/// `XA END` and `XA PREPARE` in one message: one round trip.
 pub(crate) async fn prepare(db: &Database, conn: &mut Conn, gid: &str) -> Result<(), DbError> {
-    db.bounded("xa end", conn.query_drop(format!("XA END {}", literal(gid)))).await?;
-    db.bounded("xa prepare", conn.query_drop(format!("XA PREPARE {}", literal(gid)))).await
+    let gid = literal(gid);
+    db.bounded("xa end and prepare", conn.query_drop(format!("XA END {gid}; XA PREPARE {gid}")))
+        .await
 }
 
 pub(crate) async fn finish(

@@ -49,26 +49,46 @@ pub(crate) async fn ensure_schema(db: &Database, client: &Client) -> Result<(), 
     db.bounded("create marker table", client.batch_execute(MARKER_TABLE)).await
 }
 
-pub(crate) async fn begin(db: &Database, client: &Client, gid: &str) -> Result<(), DbError> {
-    db.bounded("begin", client.batch_execute("BEGIN")).await?;
-    db.bounded(
-        "write marker",
-        client.execute("INSERT INTO concord_branch (gid) VALUES ($1)", &[&gid]),
-    )
-    .await?;
-    Ok(())
+pub(crate) async fn begin(db: &Database, client: &Client) -> Result<(), DbError> {
+    db.bounded("begin", client.batch_execute("BEGIN")).await
 }
 
+/// The marker row and `PREPARE TRANSACTION` in one message: one round trip, no statement to
+/// parse twice, and no query afterwards to check that the branch really is prepared. That check
+/// is built into the message instead, covering both ways `PREPARE TRANSACTION` reports success
+/// without preparing the branch:
+///
+/// * the transaction had already failed (it then acts as `ROLLBACK`): the insert fails first
+///   with "current transaction is aborted", and the rest of the message is skipped;
+/// * no transaction is open any more (the application ended it on the branch's connection): the
+///   message would run in an implicit transaction of its own, which `PREPARE TRANSACTION` would
+///   prepare. The insert is that transaction's first command, where `now()` (the transaction's
+///   start) equals `statement_timestamp()` (this message's) — PostgreSQL documents the two as
+///   equal exactly then — so the gid it inserts is NULL, the primary key refuses it, and the
+///   message stops. In the branch's own transaction `now()` is the earlier `BEGIN`'s time.
 pub(crate) async fn prepare(db: &Database, client: &Client, gid: &str) -> Result<(), DbError> {
-    let statement = format!("PREPARE TRANSACTION {}", literal(gid));
-    db.bounded("prepare", client.batch_execute(&statement)).await?;
-    if is_prepared(db, client, gid).await? {
+    let gid = literal(gid);
+    let statement = format!(
+        "INSERT INTO concord_branch (gid) VALUES (CASE WHEN now() <> statement_timestamp() THEN {gid} END); \
+         PREPARE TRANSACTION {gid}"
+    );
+    let prepared = db
+        .bounded("write marker and prepare", async {
+            match client.batch_execute(&statement).await {
+                Err(e) if e.code() == Some(&SqlState::NOT_NULL_VIOLATION) => Ok(false),
+                other => other.map(|()| true),
+            }
+        })
+        .await?;
+    if prepared {
         Ok(())
     } else {
         Err(DbError::Failed {
             database: db.name.clone(),
             what: "prepare",
-            reason: "PREPARE TRANSACTION reported success but the branch is not in pg_prepared_xacts (the transaction had failed and was rolled back)".into(),
+            reason:
+                "no transaction is open on the branch's connection (it was ended outside Concord)"
+                    .into(),
         })
     }
 }

@@ -78,6 +78,8 @@ impl GroupCommit {
         let thread =
             std::thread::Builder::new().name("concord-wal".to_string()).spawn(move || {
                 let mut failed: Option<String> = None;
+                // Lazy records written since the last sync: durable with the next one.
+                let mut unsynced = 0u64;
                 while let Ok(first) = requests.recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
@@ -86,6 +88,14 @@ impl GroupCommit {
                             Err(_) => break,
                         }
                     }
+                    let appends = batch.iter().filter(|r| matches!(r.job, Job::Append(_))).count();
+                    // Nobody waits for a batch of lazy appends: write it (the page cache has it
+                    // if the process dies) and let the next forced record's sync cover it,
+                    // instead of a sync of its own that the next forced record would queue
+                    // behind.
+                    let lazy_only = batch
+                        .iter()
+                        .all(|r| matches!((&r.job, &r.done), (Job::Append(_), Done::Nothing)));
                     let result = match &failed {
                         Some(error) => Err(error.clone()),
                         None => batch
@@ -97,16 +107,17 @@ impl GroupCommit {
                                     log.checkpoint(live)
                                 }
                             })
-                            .and_then(|()| log.sync())
+                            .and_then(|()| if lazy_only { Ok(()) } else { log.sync() })
                             .map_err(|e| e.to_string()),
                     };
                     if let Err(error) = &result {
                         failed.get_or_insert_with(|| error.clone());
+                    } else if lazy_only {
+                        unsynced += appends as u64;
                     } else {
                         shared.syncs.fetch_add(1, Ordering::Relaxed);
-                        let appends =
-                            batch.iter().filter(|r| matches!(r.job, Job::Append(_))).count();
-                        shared.appends.fetch_add(appends as u64, Ordering::Relaxed);
+                        shared.appends.fetch_add(appends as u64 + unsynced, Ordering::Relaxed);
+                        unsynced = 0;
                     }
                     for request in batch {
                         match request.done {
@@ -116,6 +127,11 @@ impl GroupCommit {
                             Done::Nothing => {}
                         }
                     }
+                }
+                // Stopping: what was queued is durable when stop() returns.
+                if unsynced > 0 && failed.is_none() && log.sync().is_ok() {
+                    shared.syncs.fetch_add(1, Ordering::Relaxed);
+                    shared.appends.fetch_add(unsynced, Ordering::Relaxed);
                 }
                 log
             })?;
@@ -140,7 +156,8 @@ impl GroupCommit {
 
     /// Queues `payload` and returns at once; `on_durable` runs on the log thread after the sync
     /// that covers it (or with the error that makes the log unusable). `None`: nobody waits —
-    /// the record is durable with the next sync, for records whose loss in a crash is safe.
+    /// the record is written at once but durable only with the next sync some waited-for record
+    /// (or `stop`) causes, for records whose loss in a machine crash is safe.
     /// Blocks only while the queue is full.
     pub fn submit(&self, payload: Vec<u8>, on_durable: Option<OnDurable>) -> io::Result<()> {
         let done = on_durable.map_or(Done::Nothing, Done::Notify);

@@ -219,3 +219,23 @@ fn submitted_records_and_checkpoints_keep_queue_order_and_callbacks_follow_the_s
     let found = FileLog::open(&dir.0, 1 << 20).unwrap().1;
     assert_eq!(found, vec![vec![0], vec![2], vec![4], vec![6], vec![8], vec![100], vec![101]]);
 }
+
+#[test]
+fn lazy_records_wait_for_the_next_forced_sync_and_keep_their_order() {
+    let dir = TempDir::new();
+    let (log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    let group = GroupCommit::start(log).unwrap();
+    for i in 0..3 {
+        group.submit(format!("lazy {i}").into_bytes(), None).unwrap();
+    }
+    // Give the log thread time to take the lazy batch on its own (the case that used to sync).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(group.counts(), (0, 0), "a batch of lazy records alone is not synced");
+    group.append(b"forced".to_vec()).unwrap();
+    assert_eq!(group.counts(), (4, 1), "the forced record's sync covers the lazy ones");
+    group.submit(b"lazy after".to_vec(), None).unwrap();
+    drop(group.stop());
+    let found = FileLog::open(&dir.0, 1 << 20).unwrap().1;
+    let found: Vec<String> = found.into_iter().map(|r| String::from_utf8(r).unwrap()).collect();
+    assert_eq!(found, ["lazy 0", "lazy 1", "lazy 2", "forced", "lazy after"]);
+}

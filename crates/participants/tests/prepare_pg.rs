@@ -1,0 +1,99 @@
+//! A PostgreSQL branch votes YES only when `PREPARE TRANSACTION` really prepared it. The
+//! statement reports success in two cases where it prepares nothing the application did: the
+//! transaction had already failed (an error the application swallowed), and no transaction is
+//! open any more (the application ended it on the branch's connection). Both must vote NO and
+//! leave nothing prepared. Needs PostgreSQL on its standard loopback port
+//! (`scripts/setup-databases.sh`, run here); without it the tests skip loudly, except under
+//! `CI=true`, where they fail.
+
+use concord_participants::config::DatabasesConfig;
+use concord_participants::coordinator::Coordinator;
+use concord_testkit::{servers_ready, Server};
+use tokio_postgres::NoTls;
+
+const URL: &str = "host=127.0.0.1 user=postgres dbname=concord_test";
+
+fn postgres_ready() -> bool {
+    servers_ready(&[Server::Databases], "the PostgreSQL prepare tests")
+}
+
+/// A name no other run or test uses.
+fn unique(test: &str) -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{test}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+async fn coordinator(dir: &std::path::Path, cluster: &str) -> std::sync::Arc<Coordinator> {
+    let config = DatabasesConfig::parse(&format!(
+        "cluster = \"{cluster}\"\nnode_id = 1\nlisten = \"127.0.0.1:0\"\n\
+         [[database]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{URL}\"\n"
+    ))
+    .expect("a valid config");
+    Coordinator::open(&config, dir, None).await.expect("the coordinator opens")
+}
+
+async fn psql(sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(URL, NoTls).await.expect("PostgreSQL");
+    tokio::spawn(connection);
+    client.query(sql, &[]).await.expect(sql)
+}
+
+/// Runs `misuse` on a branch that inserted a row into a fresh table, commits through Concord,
+/// and returns the outcome's state and reason, checking that no branch is left prepared.
+async fn commit_after(test: &str, misuse: &str) -> (String, String, i64) {
+    let table = unique(test);
+    psql(&format!("CREATE TABLE {table} (id int PRIMARY KEY)")).await;
+    let dir = std::env::temp_dir().join(unique("concord-prepare-pg"));
+    let cluster = format!("{}{}", &test[..3], std::process::id() % 100_000);
+    let coordinator = coordinator(&dir, &cluster).await;
+    let mut txn = coordinator.begin(&["pg"]).await.expect("begin");
+    let branch = txn.branch("pg").expect("the branch");
+    branch.execute(&format!("INSERT INTO {table} VALUES (1)")).await.expect("insert");
+    // The application's mistake: an error it ignores, or a statement that ends the transaction.
+    let _ = branch.postgres().expect("a PostgreSQL branch").batch_execute(misuse).await;
+    let view = txn.commit().await.expect("an outcome");
+    let prepared = psql(&format!(
+        "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'concord:{cluster}:%'"
+    ))
+    .await[0]
+        .get::<_, i64>(0);
+    let rows = psql(&format!("SELECT count(*) FROM {table}")).await[0].get::<_, i64>(0);
+    psql(&format!("DROP TABLE {table}")).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(prepared, 0, "nothing may be left prepared: {view:?}");
+    (view.state, view.reason.unwrap_or_default(), rows)
+}
+
+#[tokio::test]
+async fn a_healthy_branch_commits() {
+    if !postgres_ready() {
+        return;
+    }
+    let (state, reason, rows) = commit_after("healthy", "SELECT 1").await;
+    assert_eq!((state.as_str(), rows), ("committed", 1), "{reason}");
+}
+
+#[tokio::test]
+async fn a_branch_whose_transaction_failed_votes_no() {
+    if !postgres_ready() {
+        return;
+    }
+    let (state, reason, rows) = commit_after("failed", "SELECT 1/0").await;
+    assert_eq!(state, "aborted");
+    assert!(reason.contains("current transaction is aborted"), "{reason}");
+    assert_eq!(rows, 0, "the failed transaction's insert is rolled back");
+}
+
+#[tokio::test]
+async fn a_branch_whose_transaction_was_ended_outside_concord_votes_no() {
+    if !postgres_ready() {
+        return;
+    }
+    let (state, reason, rows) = commit_after("ended", "COMMIT").await;
+    assert_eq!(state, "aborted");
+    assert!(reason.contains("no transaction is open"), "{reason}");
+    // The application committed its insert itself, outside the protocol: Concord cannot undo
+    // that, but it must not report the branch prepared.
+    assert_eq!(rows, 1);
+}
