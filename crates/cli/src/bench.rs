@@ -55,6 +55,10 @@ pub enum BenchCommand {
         /// Comma-separated: 2pc, paxos-commit. Several: one cluster each, runs interleaved.
         #[arg(long, default_value = "2pc")]
         protocols: String,
+        /// Comma-separated: buffered (writes travel with the commit), per-call (a call per
+        /// write, the baseline). Several: interleaved.
+        #[arg(long, default_value = "buffered")]
+        writes: String,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
         #[arg(long)]
@@ -188,7 +192,15 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 json,
             })
         }
-        BenchCommand::Kv { dir, workloads, clients, protocols, duration, json } => {
+        BenchCommand::Kv { dir, workloads, clients, protocols, writes, duration, json } => {
+            let buffering = writes
+                .split(',')
+                .map(|w| match w.trim() {
+                    "buffered" => Ok(true),
+                    "per-call" => Ok(false),
+                    other => Err(format!("--writes takes buffered and per-call, not '{other}'")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             crate::bench_kv::run(&crate::bench_kv::Options {
                 dir: &dir,
                 workloads: crate::bench_kv::Workload::parse_list(&workloads)?,
@@ -197,6 +209,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                     .split(',')
                     .map(|p| p.trim().parse())
                     .collect::<Result<_, _>>()?,
+                buffering,
                 duration,
                 json,
             })

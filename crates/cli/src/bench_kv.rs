@@ -68,12 +68,16 @@ pub struct Options<'a> {
     pub workloads: Vec<Workload>,
     pub clients: Vec<usize>,
     pub protocols: Vec<CommitProtocol>,
+    /// Client write buffering to measure (`true`: writes travel with the commit; `false`: a
+    /// call per write, the baseline before buffering). Several: interleaved.
+    pub buffering: Vec<bool>,
     pub duration: Duration,
     pub json: bool,
 }
 
 struct Row {
     protocol: CommitProtocol,
+    buffered: bool,
     workload: Workload,
     run: Measured,
 }
@@ -100,9 +104,11 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
         let mut rows = Vec::new();
         for &workload in &options.workloads {
             for &n in &options.clients {
-                for (protocol, gateway, _) in &clusters {
-                    let run = measure(*gateway, workload, n, options.duration).await;
-                    rows.push(Row { protocol: *protocol, workload, run });
+                for &buffered in &options.buffering {
+                    for (protocol, gateway, _) in &clusters {
+                        let run = measure(*gateway, workload, n, buffered, options.duration).await;
+                        rows.push(Row { protocol: *protocol, buffered, workload, run });
+                    }
                 }
             }
         }
@@ -187,6 +193,7 @@ async fn measure(
     gateway: SocketAddr,
     workload: Workload,
     clients: usize,
+    buffered: bool,
     duration: Duration,
 ) -> Measured {
     let started = Instant::now();
@@ -194,7 +201,7 @@ async fn measure(
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
         tasks.spawn(async move {
-            let kv = KvClient::connect(gateway);
+            let kv = KvClient::connect(gateway).with_write_buffering(buffered);
             let mut rng = Rng::new(run_seed(7, c as u64));
             let mut tally = Tally::default();
             let mut i = 0;
@@ -222,7 +229,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "protocol": r.protocol.to_string(),
+                    "protocol": r.protocol.to_string(), "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
                     "failed": r.run.tally.failed, "seconds": r.run.seconds,
@@ -240,8 +247,9 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
     }
     println!("{}", floor.describe(options.dir));
     println!(
-        "{:<13} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
+        "{:<13} {:<11} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
         "protocol",
+        "writes",
         "workload",
         "clients",
         "txn/s",
@@ -256,6 +264,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         let p50 = r.run.tally.latency.quantile(0.5);
         let two_pc = rows.iter().find(|o| {
             o.protocol == CommitProtocol::TwoPhase
+                && o.buffered == r.buffered
                 && o.workload == r.workload
                 && o.run.clients == r.run.clients
         });
@@ -266,8 +275,9 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             _ => String::new(),
         };
         println!(
-            "{:<13} {:<8} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
+            "{:<13} {:<11} {:<8} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
             r.protocol.to_string(),
+            if r.buffered { "buffered" } else { "per call" },
             r.workload.name(),
             r.run.clients,
             r.run.tps(),

@@ -200,6 +200,13 @@ fn the_dev_key_value_store_answers_concord_kv_and_keeps_its_data_across_a_kill()
         script,
         "greeting = hello\nput counter\nput zebra\ndeleted nothing\ncounter = 1\ngreeting = hello\nzebra = z\ncommitted\n"
     );
+    // The client buffers writes until commit: reads in the transaction still see them.
+    assert_eq!(
+        ok(kv(&["txn", "put own 1; get own; del own; get own; put own 2; get own"])),
+        "put own\nown = 1\ndeleted own\nown (not found)\nput own\nown = 2\ncommitted\n"
+    );
+    assert_eq!(ok(kv(&["get", "own"])), "own = 2\n");
+    ok(kv(&["del", "own"]));
     ok(kv(&["del", "counter"]));
     assert_eq!(ok(kv(&["scan", "a", "h"])), "greeting = hello\n");
     assert_eq!(ok(kv(&["get", "counter"])), "counter (not found)\n");

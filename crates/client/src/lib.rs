@@ -106,6 +106,7 @@ fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 pub struct KvClient {
     inner: kv_client::KvClient<Channel>,
     isolation: Isolation,
+    buffer_writes: bool,
 }
 
 impl KvClient {
@@ -113,7 +114,7 @@ impl KvClient {
     pub fn connect(gateway: SocketAddr) -> Self {
         let inner = kv_client::KvClient::new(concord_node::channel(gateway))
             .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES);
-        KvClient { inner, isolation: Isolation::default() }
+        KvClient { inner, isolation: Isolation::default(), buffer_writes: true }
     }
 
     /// Transactions begun from now on use `isolation`.
@@ -122,11 +123,23 @@ impl KvClient {
         self
     }
 
+    /// `false`: every `put` and `delete` is its own call to the gateway, as before write
+    /// buffering (kept as the benchmark's same-run baseline).
+    pub fn with_write_buffering(mut self, on: bool) -> Self {
+        self.buffer_writes = on;
+        self
+    }
+
     pub async fn begin(&self) -> Result<Txn, KvError> {
         let mut inner = self.inner.clone();
         let begin = proto::KvBeginRequest { isolation: self.isolation.name().into() };
         let reply = inner.begin(request(begin, CALL_TIMEOUT)).await?.into_inner();
-        Ok(Txn { inner, session: reply.session })
+        Ok(Txn {
+            inner,
+            session: reply.session,
+            buffer_writes: self.buffer_writes,
+            writes: Vec::new(),
+        })
     }
 
     /// Runs `body` in a transaction and commits it, running it again (bounded, with backoff)
@@ -176,15 +189,29 @@ impl KvClient {
 
 /// An open transaction. Dropping it without `commit` abandons it (the gateway drops it when its
 /// lifetime ends); `abort` says so at once.
+///
+/// Writes are buffered here and travel with the commit (the gateway buffers them until then
+/// anyway; nothing reaches a shard before commit), so a transaction costs one call per read
+/// plus begin and commit, not one per write too. Reads see the transaction's own writes: a
+/// `get` of a written key is answered from the buffer, and a `scan` first sends the buffer.
+/// A write the gateway refuses (a key or value over its limits, too many writes) is therefore
+/// reported by the call that sends it: the next `scan`, or `commit`.
 #[derive(Debug)]
 pub struct Txn {
     inner: kv_client::KvClient<Channel>,
     session: u64,
+    buffer_writes: bool,
+    /// Unsent writes, in order; `None` deletes.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Txn {
     pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, KvError> {
-        let get = proto::KvGetRequest { session: self.session, key: key.as_ref().to_vec() };
+        let key = key.as_ref();
+        if let Some((_, own)) = self.writes.iter().rev().find(|(k, _)| k == key) {
+            return Ok(own.clone());
+        }
+        let get = proto::KvGetRequest { session: self.session, key: key.to_vec() };
         let reply = self.inner.get(request(get, CALL_TIMEOUT)).await?.into_inner();
         Ok(reply.found.then_some(reply.value))
     }
@@ -204,18 +231,36 @@ impl Txn {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<(), KvError> {
-        let put = proto::KvPutRequest {
-            session: self.session,
-            key: key.as_ref().to_vec(),
-            value: value.as_ref().to_vec(),
-        };
-        self.inner.put(request(put, CALL_TIMEOUT)).await?;
-        Ok(())
+        self.writes.push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+        if self.buffer_writes {
+            return Ok(());
+        }
+        self.send_writes().await
     }
 
     pub async fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<(), KvError> {
-        let delete = proto::KvDeleteRequest { session: self.session, key: key.as_ref().to_vec() };
-        self.inner.delete(request(delete, CALL_TIMEOUT)).await?;
+        self.writes.push((key.as_ref().to_vec(), None));
+        if self.buffer_writes {
+            return Ok(());
+        }
+        self.send_writes().await
+    }
+
+    /// Sends the buffered writes as Put/Delete calls (before a scan, which the gateway merges
+    /// with them; and unbuffered, each write at once).
+    async fn send_writes(&mut self) -> Result<(), KvError> {
+        for (key, value) in std::mem::take(&mut self.writes) {
+            match value {
+                Some(value) => {
+                    let put = proto::KvPutRequest { session: self.session, key, value };
+                    self.inner.put(request(put, CALL_TIMEOUT)).await?;
+                }
+                None => {
+                    let delete = proto::KvDeleteRequest { session: self.session, key };
+                    self.inner.delete(request(delete, CALL_TIMEOUT)).await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -227,6 +272,7 @@ impl Txn {
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), KvError> {
+        self.send_writes().await?;
         let range = proto::KeyRange {
             start: start.as_ref().to_vec(),
             end: end.map(<[u8]>::to_vec).unwrap_or_default(),
@@ -240,7 +286,15 @@ impl Txn {
     /// Commits; returns the transaction id (`None` for a read-only transaction, which has
     /// nothing to commit).
     pub async fn commit(mut self) -> Result<Option<String>, KvError> {
-        let commit = proto::KvCommitRequest { session: self.session };
+        let writes = std::mem::take(&mut self.writes)
+            .into_iter()
+            .map(|(key, value)| proto::KvWrite {
+                key,
+                delete: value.is_none(),
+                value: value.unwrap_or_default(),
+            })
+            .collect();
+        let commit = proto::KvCommitRequest { session: self.session, writes };
         let reply = self.inner.commit(request(commit, COMMIT_TIMEOUT)).await;
         match reply {
             Ok(reply) => {

@@ -462,9 +462,23 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvCommitRequest>,
     ) -> Result<Response<proto::KvCommitReply>, Status> {
-        let session = request.into_inner().session;
-        // Checked (alive) and taken: a commit consumes its session whatever the outcome.
-        self.with(session, |_| Ok(()))?;
+        let proto::KvCommitRequest { session, writes } = request.into_inner();
+        // The client's buffered writes first, exactly as Put/Delete calls would have applied
+        // them. Checked (alive) and taken: a commit consumes its session whatever the outcome.
+        let applied = self.with(session, |t| {
+            for write in writes {
+                if write.delete {
+                    t.delete(write.key).map_err(invalid)?;
+                } else {
+                    t.put(write.key, write.value).map_err(invalid)?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(refused) = applied {
+            self.sessions.lock().expect("sessions lock").remove(&session);
+            return Err(refused);
+        }
         let txn = self.sessions.lock().expect("sessions lock").remove(&session);
         let Some(txn) = txn else {
             return Err(Status::failed_precondition(format!("no open transaction {session}")));
