@@ -130,16 +130,21 @@ impl KvClient {
         self
     }
 
+    /// A new transaction. With write buffering (the default) this makes no call: the first
+    /// get, scan or the commit begins it at the gateway in the same call, so its snapshot is
+    /// taken then. Without, it begins at once (the baseline the benchmark keeps).
     pub async fn begin(&self) -> Result<Txn, KvError> {
-        let mut inner = self.inner.clone();
-        let begin = proto::KvBeginRequest { isolation: self.isolation.name().into() };
-        let reply = inner.begin(request(begin, CALL_TIMEOUT)).await?.into_inner();
-        Ok(Txn {
-            inner,
-            session: reply.session,
+        let mut txn = Txn {
+            inner: self.inner.clone(),
+            session: None,
+            isolation: self.isolation,
             buffer_writes: self.buffer_writes,
             writes: Vec::new(),
-        })
+        };
+        if !self.buffer_writes {
+            txn.ensure_session().await?;
+        }
+        Ok(txn)
     }
 
     /// Runs `body` in a transaction and commits it, running it again (bounded, with backoff)
@@ -195,24 +200,49 @@ impl KvClient {
 /// plus begin and commit, not one per write too. Reads see the transaction's own writes: a
 /// `get` of a written key is answered from the buffer, and a `scan` first sends the buffer.
 /// A write the gateway refuses (a key or value over its limits, too many writes) is therefore
-/// reported by the call that sends it: the next `scan`, or `commit`.
+/// reported by the call that sends it: the next `scan`, or `commit`. Likewise the transaction
+/// begins at the gateway with its first get, scan or commit, in that call: a blind-write
+/// transaction is one call, a read-modify-write of one key two.
 #[derive(Debug)]
 pub struct Txn {
     inner: kv_client::KvClient<Channel>,
-    session: u64,
+    /// The gateway's session, once a call has begun the transaction there.
+    session: Option<u64>,
+    isolation: Isolation,
     buffer_writes: bool,
     /// Unsent writes, in order; `None` deletes.
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Txn {
+    /// What a call sends: the session, or the request to begin one.
+    fn session_or_begin(&self) -> (u64, Option<proto::KvBeginRequest>) {
+        match self.session {
+            Some(session) => (session, None),
+            None => (0, Some(proto::KvBeginRequest { isolation: self.isolation.name().into() })),
+        }
+    }
+
+    /// Begins at the gateway now if no call has yet (before Put/Delete calls, which cannot).
+    async fn ensure_session(&mut self) -> Result<u64, KvError> {
+        if let Some(session) = self.session {
+            return Ok(session);
+        }
+        let begin = proto::KvBeginRequest { isolation: self.isolation.name().into() };
+        let reply = self.inner.begin(request(begin, CALL_TIMEOUT)).await?.into_inner();
+        self.session = Some(reply.session);
+        Ok(reply.session)
+    }
+
     pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, KvError> {
         let key = key.as_ref();
         if let Some((_, own)) = self.writes.iter().rev().find(|(k, _)| k == key) {
             return Ok(own.clone());
         }
-        let get = proto::KvGetRequest { session: self.session, key: key.to_vec() };
+        let (session, begin) = self.session_or_begin();
+        let get = proto::KvGetRequest { session, key: key.to_vec(), begin };
         let reply = self.inner.get(request(get, CALL_TIMEOUT)).await?.into_inner();
+        self.session = Some(reply.session);
         Ok(reply.found.then_some(reply.value))
     }
 
@@ -249,14 +279,18 @@ impl Txn {
     /// Sends the buffered writes as Put/Delete calls (before a scan, which the gateway merges
     /// with them; and unbuffered, each write at once).
     async fn send_writes(&mut self) -> Result<(), KvError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let session = self.ensure_session().await?;
         for (key, value) in std::mem::take(&mut self.writes) {
             match value {
                 Some(value) => {
-                    let put = proto::KvPutRequest { session: self.session, key, value };
+                    let put = proto::KvPutRequest { session, key, value };
                     self.inner.put(request(put, CALL_TIMEOUT)).await?;
                 }
                 None => {
-                    let delete = proto::KvDeleteRequest { session: self.session, key };
+                    let delete = proto::KvDeleteRequest { session, key };
                     self.inner.delete(request(delete, CALL_TIMEOUT)).await?;
                 }
             }
@@ -278,15 +312,17 @@ impl Txn {
             end: end.map(<[u8]>::to_vec).unwrap_or_default(),
             to_the_end: end.is_none(),
         };
-        let scan = proto::KvScanRequest { session: self.session, range: Some(range), limit };
+        let (session, begin) = self.session_or_begin();
+        let scan = proto::KvScanRequest { session, range: Some(range), limit, begin };
         let reply = self.inner.scan(request(scan, CALL_TIMEOUT)).await?.into_inner();
+        self.session = Some(reply.session);
         Ok((reply.rows.into_iter().map(|p| (p.key, p.value)).collect(), reply.more))
     }
 
     /// Commits; returns the transaction id (`None` for a read-only transaction, which has
     /// nothing to commit).
     pub async fn commit(mut self) -> Result<Option<String>, KvError> {
-        let writes = std::mem::take(&mut self.writes)
+        let writes: Vec<proto::KvWrite> = std::mem::take(&mut self.writes)
             .into_iter()
             .map(|(key, value)| proto::KvWrite {
                 key,
@@ -294,7 +330,12 @@ impl Txn {
                 value: value.unwrap_or_default(),
             })
             .collect();
-        let commit = proto::KvCommitRequest { session: self.session, writes };
+        if self.session.is_none() && writes.is_empty() {
+            // Nothing read, nothing written: there is nothing to commit, not even a session.
+            return Ok(None);
+        }
+        let (session, begin) = self.session_or_begin();
+        let commit = proto::KvCommitRequest { session, writes, begin };
         let reply = self.inner.commit(request(commit, COMMIT_TIMEOUT)).await;
         match reply {
             Ok(reply) => {
@@ -313,7 +354,8 @@ impl Txn {
     }
 
     pub async fn abort(mut self) -> Result<(), KvError> {
-        let abort = proto::KvAbortRequest { session: self.session };
+        let Some(session) = self.session else { return Ok(()) };
+        let abort = proto::KvAbortRequest { session };
         self.inner.abort(request(abort, CALL_TIMEOUT)).await?;
         Ok(())
     }

@@ -222,6 +222,37 @@ impl Gateway {
     }
 
     /// Runs `f` on open transaction `session`; an expired one is dropped and refused.
+    /// Begins a transaction: its session and snapshot timestamp.
+    fn open(&self, begin: &proto::KvBeginRequest) -> Result<(u64, Timestamp), Status> {
+        let isolation = match begin.isolation.as_str() {
+            "" => Isolation::default(),
+            other => other.parse().map_err(invalid)?,
+        };
+        let start = self.now();
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions.len() >= MAX_OPEN_TRANSACTIONS {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_OPEN_TRANSACTIONS} transactions are open at this gateway; commit or abort some, or retry later"
+            )));
+        }
+        sessions.insert(session, txn);
+        Ok((session, start))
+    }
+
+    /// The request's session, or a new one if it asks to begin.
+    fn session_of(
+        &self,
+        session: u64,
+        begin: Option<&proto::KvBeginRequest>,
+    ) -> Result<u64, Status> {
+        match begin {
+            Some(begin) => self.open(begin).map(|(session, _)| session),
+            None => Ok(session),
+        }
+    }
+
     fn with<T>(
         &self,
         session: u64,
@@ -346,21 +377,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvBeginRequest>,
     ) -> Result<Response<proto::KvBeginReply>, Status> {
-        let isolation = match request.into_inner().isolation.as_str() {
-            "" => Isolation::default(),
-            other => other.parse().map_err(invalid)?,
-        };
-        let start = self.now();
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        if sessions.len() >= MAX_OPEN_TRANSACTIONS {
-            return Err(Status::resource_exhausted(format!(
-                "{MAX_OPEN_TRANSACTIONS} transactions are open at this gateway; commit or abort some, or retry later"
-            )));
-        }
-        sessions.insert(session, txn);
-        drop(sessions);
+        let (session, start) = self.open(&request.into_inner())?;
         Ok(Response::new(proto::KvBeginReply { session, start: Some(to_proto(start)) }))
     }
 
@@ -368,7 +385,8 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvGetRequest>,
     ) -> Result<Response<proto::KvGetReply>, Status> {
-        let proto::KvGetRequest { session, key } = request.into_inner();
+        let proto::KvGetRequest { session, key, begin } = request.into_inner();
+        let session = self.session_of(session, begin.as_ref())?;
         let lookup = self.with(session, |t| {
             if let Some(own) = t.buffered(&key) {
                 return Ok(Lookup::Local(own.cloned()));
@@ -397,6 +415,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         Ok(Response::new(proto::KvGetReply {
             found: value.is_some(),
             value: value.unwrap_or_default(),
+            session,
         }))
     }
 
@@ -404,7 +423,8 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvScanRequest>,
     ) -> Result<Response<proto::KvScanReply>, Status> {
-        let proto::KvScanRequest { session, range, limit } = request.into_inner();
+        let proto::KvScanRequest { session, range, limit, begin } = request.into_inner();
+        let session = self.session_of(session, begin.as_ref())?;
         let range = range_from_proto(range);
         let limit = if limit == 0 { DEFAULT_SCAN_LIMIT } else { limit as usize };
         let at = self.with(session, |t| {
@@ -437,7 +457,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             }
         }
         let rows = rows.into_iter().map(|(key, value)| proto::KvPair { key, value }).collect();
-        Ok(Response::new(proto::KvScanReply { rows, more: !complete }))
+        Ok(Response::new(proto::KvScanReply { rows, more: !complete, session }))
     }
 
     async fn put(
@@ -462,7 +482,8 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvCommitRequest>,
     ) -> Result<Response<proto::KvCommitReply>, Status> {
-        let proto::KvCommitRequest { session, writes } = request.into_inner();
+        let proto::KvCommitRequest { session, writes, begin } = request.into_inner();
+        let session = self.session_of(session, begin.as_ref())?;
         // The client's buffered writes first, exactly as Put/Delete calls would have applied
         // them. Checked (alive) and taken: a commit consumes its session whatever the outcome.
         let applied = self.with(session, |t| {
