@@ -388,6 +388,27 @@ impl Measured {
     }
 }
 
+/// Runs `clients` closed-loop clients until `duration` has passed and totals what they did.
+/// `client(i, deadline)` is client `i`'s loop: it runs transactions one after another until
+/// `deadline` and returns its tally.
+pub async fn closed_loop<Fut>(
+    clients: usize,
+    duration: Duration,
+    mut client: impl FnMut(usize, Instant) -> Fut,
+) -> Measured
+where
+    Fut: std::future::Future<Output = Tally> + Send + 'static,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        tasks.spawn(client(i, deadline));
+    }
+    let tally = Tally::join(&mut tasks).await;
+    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
+}
+
 /// What a set of benchmark clients did: outcomes, and the latency of the committed ones.
 #[derive(Debug, Default)]
 pub struct Tally {

@@ -25,7 +25,7 @@ use concord_participants::coordinator::Coordinator;
 use serde_json::json;
 use tokio_postgres::NoTls;
 
-use crate::bench::{Floor, Measured, Tally};
+use crate::bench::{closed_loop, Floor, Measured, Tally};
 use crate::cluster::runtime;
 
 /// The bench's own databases, created (and their tables rebuilt) at every run.
@@ -317,11 +317,10 @@ async fn measure_direct(
     for _ in 0..clients {
         connections.push((connect(&targets[0]).await?, connect(&targets[1]).await?));
     }
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (client, (mut a, mut b)) in connections.into_iter().enumerate() {
-        tasks.spawn(async move {
+    let mut connections = connections.into_iter();
+    let measured = closed_loop(clients, duration, |client, deadline| {
+        let (mut a, mut b) = connections.next().expect("a pair of connections per client");
+        async move {
             let mut tally = Tally::default();
             let mut sequence = 0u64;
             while Instant::now() < deadline {
@@ -341,10 +340,10 @@ async fn measure_direct(
                 }
             }
             tally
-        });
-    }
-    let tally = Tally::join(&mut tasks).await;
-    Ok(Measured { clients, seconds: started.elapsed().as_secs_f64(), tally })
+        }
+    })
+    .await;
+    Ok(measured)
 }
 
 fn coordinator_config(pair: Pair, targets: &[Target; 2]) -> Result<DatabasesConfig, String> {
@@ -365,12 +364,9 @@ async fn measure_concord(
     clients: usize,
     duration: Duration,
 ) -> Measured {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for client in 0..clients {
+    closed_loop(clients, duration, |client, deadline| {
         let coordinator = Arc::clone(coordinator);
-        tasks.spawn(async move {
+        async move {
             let mut tally = Tally::default();
             let branches =
                 [("a".to_string(), vec![debit(client)]), ("b".to_string(), vec![credit(client)])];
@@ -397,10 +393,9 @@ async fn measure_concord(
                 }
             }
             tally
-        });
-    }
-    let tally = Tally::join(&mut tasks).await;
-    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
+        }
+    })
+    .await
 }
 
 /// One measured load of one way over one pair.

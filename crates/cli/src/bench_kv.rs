@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use concord_client::{KvClient, KvError};
 use concord_node::config::{CommitProtocol, KvConfig};
 
-use crate::bench::{Floor, LocalCluster, Measured, Tally};
+use crate::bench::{closed_loop, Floor, LocalCluster, Measured, Tally};
 use concord_sim::rng::{run_seed, Rng};
 
 use crate::cluster::runtime;
@@ -196,31 +196,25 @@ async fn measure(
     buffered: bool,
     duration: Duration,
 ) -> Measured {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
-        tasks.spawn(async move {
-            let kv = KvClient::connect(gateway).with_write_buffering(buffered);
-            let mut rng = Rng::new(run_seed(7, c as u64));
-            let mut tally = Tally::default();
-            let mut i = 0;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                match transaction(&kv, workload, c, i, &mut rng).await {
-                    Ok(()) => {
-                        tally.commit(t0);
-                    }
-                    Err(KvError::Conflict(_)) => tally.aborted += 1,
-                    Err(_) => tally.failed += 1,
+    closed_loop(clients, duration, |c, deadline| async move {
+        let kv = KvClient::connect(gateway).with_write_buffering(buffered);
+        let mut rng = Rng::new(run_seed(7, c as u64));
+        let mut tally = Tally::default();
+        let mut i = 0;
+        while Instant::now() < deadline {
+            let t0 = Instant::now();
+            match transaction(&kv, workload, c, i, &mut rng).await {
+                Ok(()) => {
+                    tally.commit(t0);
                 }
-                i += 1;
+                Err(KvError::Conflict(_)) => tally.aborted += 1,
+                Err(_) => tally.failed += 1,
             }
-            tally
-        });
-    }
-    let tally = Tally::join(&mut tasks).await;
-    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
+            i += 1;
+        }
+        tally
+    })
+    .await
 }
 
 fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use concord_http::{Request, Response};
 use serde_json::json;
 
-use crate::bench::{Floor, Measured, Tally};
+use crate::bench::{closed_loop, Floor, Measured, Tally};
 use crate::cluster::runtime;
 
 #[derive(Debug)]
@@ -53,12 +53,9 @@ async fn measure(
     keep_alive: bool,
 ) -> Measured {
     concord_http::set_keep_alive(keep_alive);
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
+    closed_loop(clients, duration, |_, deadline| {
         let body = body.to_string();
-        tasks.spawn(async move {
+        async move {
             let mut tally = Tally::default();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
@@ -78,10 +75,9 @@ async fn measure(
                 }
             }
             tally
-        });
-    }
-    let tally = Tally::join(&mut tasks).await;
-    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
+        }
+    })
+    .await
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use concord_node::proto::{self, State};
 
-use crate::bench::{Floor, LocalCluster, Measured, Tally};
+use crate::bench::{closed_loop, Floor, LocalCluster, Measured, Tally};
 
 use crate::client::{client, submit};
 use crate::cluster::runtime;
@@ -96,12 +96,9 @@ async fn measure(
     clients: usize,
     duration: Duration,
 ) -> Measured {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
+    closed_loop(clients, duration, |c, deadline| {
         let shards = shards.to_vec();
-        tasks.spawn(async move {
+        async move {
             let mut rpc = client(coordinator);
             let mut tally = Tally::default();
             let mut i = 0;
@@ -124,10 +121,9 @@ async fn measure(
                 }
             }
             tally
-        });
-    }
-    let tally = Tally::join(&mut tasks).await;
-    Measured { clients, seconds: started.elapsed().as_secs_f64(), tally }
+        }
+    })
+    .await
 }
 
 fn report(options: &Options<'_>, rows: &[Measured], floor: &Floor) {
