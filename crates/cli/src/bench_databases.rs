@@ -33,6 +33,8 @@ const PG_DATABASES: [&str; 2] = ["concord_bench_a", "concord_bench_b"];
 const MARIADB_DATABASE: &str = "concord_bench";
 const ACCOUNTS: &str = "bench_accounts";
 const OPENING_BALANCE: i64 = 1_000_000_000;
+/// The most one direct transfer may take (Concord's default statement timeout per call).
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pair {
@@ -327,7 +329,12 @@ async fn measure_direct(
                 sequence += 1;
                 let txn = format!("direct-{client}-{sequence}");
                 let t0 = Instant::now();
-                match direct_transfer(&mut a, &mut b, client, &txn).await {
+                let transfer = direct_transfer(&mut a, &mut b, client, &txn);
+                // Bounded like Concord's database calls (its default statement timeout).
+                let outcome = tokio::time::timeout(DIRECT_TIMEOUT, transfer)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {DIRECT_TIMEOUT:?}")));
+                match outcome {
                     Ok(()) => tally.commit(t0),
                     Err(e) => {
                         if tally.failed == 0 {
