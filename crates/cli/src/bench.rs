@@ -52,7 +52,8 @@ pub enum BenchCommand {
         /// Comma-separated client counts.
         #[arg(long, default_value = "1,16,64")]
         clients: String,
-        /// Comma-separated: 2pc, paxos-commit. Several: one cluster each, runs interleaved.
+        /// Comma-separated: 2pc, 2pc-early-ack, paxos-commit. Several: one cluster each, runs
+        /// interleaved; each is reported against 2pc's latency.
         #[arg(long, default_value = "2pc")]
         protocols: String,
         /// Comma-separated: buffered (writes travel with the commit), per-call (a call per
@@ -342,12 +343,9 @@ impl LocalCluster {
     pub fn config(
         name: &str,
         shards: u32,
-        protocol: concord_node::config::CommitProtocol,
+        protocol: crate::cluster::ProtocolChoice,
     ) -> Result<ClusterConfig, String> {
-        let mut config = ClusterConfig::local(name, shards, 0);
-        if protocol == concord_node::config::CommitProtocol::PaxosCommit {
-            config = config.with_paxos_commit(3);
-        }
+        let mut config = protocol.apply(ClusterConfig::local(name, shards, 0));
         let ports = crate::crash_test::free_ports(config.nodes.len())?;
         for (node, port) in config.nodes.iter_mut().zip(&ports) {
             node.listen.set_port(*port);

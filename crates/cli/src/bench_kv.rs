@@ -14,14 +14,17 @@
 //!
 //! With several `--protocols`, one cluster per protocol runs (the others idle), and each
 //! workload × client count is measured on every protocol back to back, so drift in the machine
-//! hits them alike; the report gives Paxos Commit's p50 latency as a ratio of 2PC's.
+//! hits them alike; the report gives each one's p50 latency as a ratio of plain 2PC's
+//! (`2pc-early-ack` is 2PC answering once every prepare is durable).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use concord_client::{KvClient, KvError};
-use concord_node::config::{CommitProtocol, KvConfig};
+use concord_node::config::KvConfig;
+
+use crate::cluster::ProtocolChoice;
 
 use crate::bench::{closed_loop, Floor, LocalCluster, Measured, Tally};
 use concord_sim::rng::{run_seed, Rng};
@@ -67,7 +70,7 @@ pub struct Options<'a> {
     pub dir: &'a Path,
     pub workloads: Vec<Workload>,
     pub clients: Vec<usize>,
-    pub protocols: Vec<CommitProtocol>,
+    pub protocols: Vec<ProtocolChoice>,
     /// Client write buffering to measure (`true`: writes travel with the commit; `false`: a
     /// call per write, the baseline before buffering). Several: interleaved.
     pub buffering: Vec<bool>,
@@ -76,7 +79,7 @@ pub struct Options<'a> {
 }
 
 struct Row {
-    protocol: CommitProtocol,
+    protocol: ProtocolChoice,
     buffered: bool,
     workload: Workload,
     run: Measured,
@@ -257,13 +260,13 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
     for r in rows {
         let p50 = r.run.tally.latency.quantile(0.5);
         let two_pc = rows.iter().find(|o| {
-            o.protocol == CommitProtocol::TwoPhase
+            o.protocol == ProtocolChoice::TWO_PHASE
                 && o.buffered == r.buffered
                 && o.workload == r.workload
                 && o.run.clients == r.run.clients
         });
         let ratio = match two_pc {
-            Some(o) if r.protocol != CommitProtocol::TwoPhase => {
+            Some(o) if r.protocol != ProtocolChoice::TWO_PHASE => {
                 format!("{:.2}×", p50 as f64 / o.run.tally.latency.quantile(0.5).max(1) as f64)
             }
             _ => String::new(),

@@ -38,7 +38,8 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     }
     // The floor first, on the same disk, before the cluster loads the machine.
     let floor = Floor::measure(options.dir)?;
-    let config = LocalCluster::config("bench", options.shards, Default::default())?;
+    let config =
+        LocalCluster::config("bench", options.shards, crate::cluster::ProtocolChoice::TWO_PHASE)?;
     let max_clients = options.clients.iter().copied().max().unwrap_or(1);
     let rows = runtime()?.block_on(async {
         let mut cluster = LocalCluster::start(&config, options.dir);

@@ -4,6 +4,57 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use concord_node::config::{ClusterConfig, CommitProtocol};
+
+/// What `--protocol` / `--protocols` name: a commit protocol and, for 2PC, whether it
+/// acknowledges early (`2pc-early-ack`: `protocol = "2pc"` with `early_ack = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolChoice {
+    pub protocol: CommitProtocol,
+    pub early_ack: bool,
+}
+
+impl ProtocolChoice {
+    /// Plain 2PC, the default.
+    pub const TWO_PHASE: ProtocolChoice =
+        ProtocolChoice { protocol: CommitProtocol::TwoPhase, early_ack: false };
+
+    /// Acceptor nodes this choice adds to a local cluster.
+    pub fn acceptors(self) -> u32 {
+        match self.protocol {
+            CommitProtocol::TwoPhase => 0,
+            CommitProtocol::PaxosCommit => 3,
+        }
+    }
+
+    /// `config` on this protocol (acceptors after its last node under Paxos Commit).
+    pub fn apply(self, config: ClusterConfig) -> ClusterConfig {
+        let mut config = match self.protocol {
+            CommitProtocol::TwoPhase => config,
+            CommitProtocol::PaxosCommit => config.with_paxos_commit(self.acceptors()),
+        };
+        config.early_ack = self.early_ack;
+        config
+    }
+}
+
+impl std::fmt::Display for ProtocolChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.protocol, if self.early_ack { "-early-ack" } else { "" })
+    }
+}
+
+impl std::str::FromStr for ProtocolChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "2pc-early-ack" => Ok(ProtocolChoice { early_ack: true, ..Self::TWO_PHASE }),
+            other => other
+                .parse()
+                .map(|protocol| ProtocolChoice { protocol, early_ack: false })
+                .map_err(|e: String| format!("{e}, or 2pc-early-ack")),
+        }
+    }
+}
 use tokio::sync::watch;
 
 /// The tokio runtime every networked command runs on.
@@ -63,21 +114,15 @@ pub fn dev(
     data_dir: &Path,
     shards: u32,
     port: u16,
-    protocol: CommitProtocol,
+    protocol: ProtocolChoice,
 ) -> Result<ExitCode, String> {
     // The key-value store's ports start at --port + 10; Paxos Commit's acceptors follow the
     // shards of each cluster.
-    let acceptors = match protocol {
-        CommitProtocol::TwoPhase => 0,
-        CommitProtocol::PaxosCommit => 3,
-    };
+    let acceptors = protocol.acceptors();
     if shards < 1 || shards + acceptors > 9 {
         return Err(format!("--shards must be between 1 and {} with {protocol}", 9 - acceptors));
     }
-    let on_protocol = |config: ClusterConfig| match protocol {
-        CommitProtocol::TwoPhase => config,
-        CommitProtocol::PaxosCommit => config.with_paxos_commit(acceptors),
-    };
+    let on_protocol = |config: ClusterConfig| protocol.apply(config);
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let config = dev_config(&data_dir.join("concord.toml"), || {

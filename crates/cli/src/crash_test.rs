@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_node::config::{ClusterConfig, CommitProtocol, LogConfig, Timeouts};
+use concord_node::config::{ClusterConfig, LogConfig, Timeouts};
+
+use crate::cluster::ProtocolChoice;
 use concord_node::proto::{self, State};
 use concord_sim::rng::{run_seed, Rng};
 
@@ -38,7 +40,7 @@ pub struct Options {
     pub dir: PathBuf,
     /// Run the key-value store's bank workload instead of the delta transfers.
     pub kv: bool,
-    pub protocol: CommitProtocol,
+    pub protocol: ProtocolChoice,
 }
 
 #[derive(Debug, Clone)]
@@ -210,10 +212,7 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
     let _ = std::fs::remove_dir_all(&options.dir);
     std::fs::create_dir_all(&options.dir)
         .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
-    let mut config = ClusterConfig::local("crash-test", 3, 0);
-    if options.protocol == CommitProtocol::PaxosCommit {
-        config = config.with_paxos_commit(3);
-    }
+    let mut config = options.protocol.apply(ClusterConfig::local("crash-test", 3, 0));
     let ports = free_ports(config.nodes.len())?;
     if options.kv {
         config.kv = Some(crate::crash_kv::kv_config());

@@ -46,10 +46,11 @@ enum Command {
         /// The coordinator's port; shards take the next ones.
         #[arg(long, default_value_t = 7700)]
         port: u16,
-        /// How transactions commit in new clusters: 2pc, or paxos-commit (adds three
-        /// acceptor nodes after the shards). An existing data directory keeps its own.
+        /// How transactions commit in new clusters: 2pc, 2pc-early-ack (answers once every
+        /// prepare is durable), or paxos-commit (adds three acceptor nodes after the shards).
+        /// An existing data directory keeps its own configuration.
         #[arg(long, default_value = "2pc")]
-        protocol: concord_node::config::CommitProtocol,
+        protocol: cluster::ProtocolChoice,
     },
     /// One node of a cluster described by a configuration file (see docs/configuration.md).
     Serve {
@@ -106,9 +107,10 @@ enum Command {
         /// interactive transactions; every audit must see the constant total.
         #[arg(long)]
         kv: bool,
-        /// 2pc, or paxos-commit (three acceptor processes, killed like the others).
+        /// 2pc, 2pc-early-ack, or paxos-commit (three acceptor processes, killed like the
+        /// others).
         #[arg(long, default_value = "2pc")]
-        protocol: concord_node::config::CommitProtocol,
+        protocol: cluster::ProtocolChoice,
     },
     /// Real databases (PostgreSQL, MariaDB/MySQL) as 2PC participants: run the database
     /// coordinator, run a transaction across databases.

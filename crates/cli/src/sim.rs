@@ -128,6 +128,9 @@ pub enum SimCommand {
         /// `anytime` (asynchronous) or `quiescent` (synchronous: only when nothing else can happen).
         #[arg(long, default_value = "anytime")]
         timeouts: String,
+        /// 2PC: acknowledge once every prepare is durable (early acknowledgement).
+        #[arg(long)]
+        early_ack: bool,
         #[arg(long, default_value_t = 20_000_000)]
         max_states: u64,
     },
@@ -290,6 +293,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             partitions,
             timers,
             timeouts,
+            early_ack,
             max_states,
         } => {
             let timeouts = match timeouts.as_str() {
@@ -314,6 +318,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
                 partitions,
                 timer_fires: timers,
                 timeouts,
+                early_ack,
                 max_states,
             };
             let started = Instant::now();
@@ -614,7 +619,8 @@ fn check_output(
     let mut out = String::new();
     outln!(
         out,
-        "{protocol}: {} participants, F = {}, up to {} crash(es){}, {} lost message(s), {} partition(s), {} timer firing(s) {}",
+        "{protocol}{}: {} participants, F = {}, up to {} crash(es){}, {} lost message(s), {} partition(s), {} timer firing(s) {}",
+        if b.early_ack { " (early acknowledgement)" } else { "" },
         b.participants,
         b.fault_tolerance,
         b.crashes,

@@ -55,3 +55,17 @@ fn paxos_commit_keeps_both_workloads_whole_through_sigkills() {
     assert!(stdout.contains("every audit saw the total"), "{stdout}");
     assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
 }
+
+/// Both workloads over 2PC with early acknowledgement: a client hears COMMIT once every
+/// prepare is durable, before the coordinator's (lazy) decision record — so a coordinator
+/// SIGKILLed just after answering leaves only the shards' prepare records to finish from.
+#[test]
+fn early_acknowledgement_keeps_both_workloads_whole_through_sigkills() {
+    let args = ["--protocol", "2pc-early-ack", "--clients", "4", "--seed", "17"];
+    let stdout = crash_test("crash-early-ack", &args, "30");
+    assert!(stdout.contains("every check held"), "{stdout}");
+    let args = ["--kv", "--protocol", "2pc-early-ack", "--clients", "4", "--seed", "19"];
+    let stdout = crash_test("crash-early-ack-kv", &args, "30");
+    assert!(stdout.contains("every audit saw the total"), "{stdout}");
+    assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+}

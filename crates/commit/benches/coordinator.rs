@@ -91,7 +91,10 @@ fn participant_prepare_and_commit(bencher: divan::Bencher) {
         let writes = vec![Write { key: u64::from(sequence % 1_000), delta: 1 }];
         feed(
             &mut p,
-            Input::Message { from: C, msg: Msg::Prepare { txn, peers: vec![P1, P2], writes } },
+            Input::Message {
+                from: C,
+                msg: Msg::Prepare { txn, peers: vec![P1, P2], writes, early_ack: false },
+            },
             &mut out,
         );
         persist_all(&mut p, &mut out); // the prepare record ⇒ YES

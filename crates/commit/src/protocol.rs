@@ -164,9 +164,12 @@ pub enum MessageKind {
 /// The protocol-independent meaning of a log record, for checkers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
-    /// A participant's prepare record: it may vote YES once this is durable.
+    /// A participant's prepare record: it may vote YES once this is durable. `early_ack`: the
+    /// transaction is committed once every branch's prepare is durable (2PC's early
+    /// acknowledgement), so a COMMIT may be sent before any decision record is durable.
     Prepared {
         txn: TxnId,
+        early_ack: bool,
     },
     /// A coordinator's decision record.
     Decided {
@@ -196,11 +199,19 @@ pub struct Switches {
     pub one_phase: bool,
     /// A prepared participant that cannot reach the coordinator asks its peers.
     pub cooperative_termination: bool,
+    /// 2PC: a transaction whose every branch writes is acknowledged to the client once every
+    /// prepare is durable, before the coordinator logs anything (the two_phase module docs).
+    pub early_ack: bool,
 }
 
 impl Default for Switches {
     fn default() -> Self {
-        Switches { read_only: true, one_phase: true, cooperative_termination: true }
+        Switches {
+            read_only: true,
+            one_phase: true,
+            cooperative_termination: true,
+            early_ack: false,
+        }
     }
 }
 

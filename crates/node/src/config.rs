@@ -3,6 +3,8 @@
 //! ```toml
 //! cluster = "prod-eu"            # frames from another cluster are refused
 //! protocol = "2pc"               # optional: "2pc" (default) or "paxos-commit"
+//! early_ack = true               # optional, 2pc only: a cross-shard commit is acknowledged once
+//!                                # every prepare is durable (one round of fsyncs, not two)
 //!
 //! [[node]]
 //! name = "coordinator"
@@ -18,6 +20,7 @@
 //!
 //! [timeouts]                     # all optional; milliseconds
 //! vote_ms = 2000                 # coordinator aborts when votes are not all in by then
+//!                                # (early_ack: asks the silent shards instead, again each time)
 //! resend_base_ms = 50            # first COMMIT resend; doubles per try, capped at resend_max_ms
 //! resend_max_ms = 2000
 //! inquiry_base_ms = 200          # a prepared shard first asks for the outcome after this long
@@ -55,6 +58,10 @@ pub struct ClusterConfig {
     /// How cross-shard transactions commit.
     #[serde(default)]
     pub protocol: CommitProtocol,
+    /// 2PC's early acknowledgement (`concord_commit::two_phase` module docs). Safe to switch
+    /// either way between restarts: the participants read it from each PREPARE.
+    #[serde(default)]
+    pub early_ack: bool,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
@@ -282,6 +289,12 @@ impl ClusterConfig {
             }
             _ => {}
         }
+        if self.early_ack && self.protocol != CommitProtocol::TwoPhase {
+            return Err(format!(
+                "early_ack = true is 2PC's option; protocol = \"{}\" decides with its acceptors",
+                self.protocol
+            ));
+        }
         let t = &self.timeouts;
         for (field, value) in [
             ("vote_ms", t.vote_ms),
@@ -370,6 +383,7 @@ impl ClusterConfig {
         ClusterConfig {
             cluster: cluster.into(),
             protocol: CommitProtocol::default(),
+            early_ack: false,
             nodes,
             timeouts: Timeouts::default(),
             log: LogConfig::default(),
@@ -387,6 +401,9 @@ impl ClusterConfig {
     /// The file form of this configuration (what `concord dev` writes next to its data).
     pub fn to_toml(&self) -> String {
         let mut s = format!("cluster = \"{}\"\nprotocol = \"{}\"\n", self.cluster, self.protocol);
+        if self.early_ack {
+            s += "early_ack = true\n";
+        }
         for n in &self.nodes {
             s += &format!(
                 "\n[[node]]\nname = \"{}\"\nid = {}\nrole = \"{}\"\nlisten = \"{}\"\n",
@@ -431,6 +448,19 @@ mod tests {
         let paxos = ClusterConfig::local("dev", 3, 7700).with_paxos_commit(3);
         assert_eq!(ClusterConfig::parse(&paxos.to_toml()).unwrap(), paxos);
         assert_eq!(paxos.acceptors(), vec![4, 5, 6]);
+        let early = ClusterConfig { early_ack: true, ..ClusterConfig::local("dev", 3, 7700) };
+        assert_eq!(ClusterConfig::parse(&early.to_toml()).unwrap(), early);
+    }
+
+    #[test]
+    fn early_acknowledgement_is_two_phase_commits_option() {
+        let paxos = ClusterConfig::local("dev", 2, 7700).with_paxos_commit(3);
+        let text = paxos.to_toml().replace(
+            "protocol = \"paxos-commit\"\n",
+            "protocol = \"paxos-commit\"\nearly_ack = true\n",
+        );
+        let error = ClusterConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("early_ack = true is 2PC's option"), "{error}");
     }
 
     #[test]

@@ -241,8 +241,12 @@ impl<E: Engine> CoordinatorRole<E> {
     pub fn observe_record(&mut self, record: &E::Record) {
         match E::logged(record) {
             Logged::CommitDecided { txn, .. } => {
+                // Under early acknowledgement the record follows the outcome (and is lazy):
+                // the transaction is committing already, not deciding.
                 if let Some(entry) = self.table.get_mut(&txn) {
-                    entry.state = State::Deciding;
+                    if entry.state == State::CollectingVotes {
+                        entry.state = State::Deciding;
+                    }
                 }
             }
             Logged::Ended { txn } => self.finish(txn, State::Committed),

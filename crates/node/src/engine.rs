@@ -12,6 +12,7 @@
 //! | a votes arrives as | the shard's VOTE | the acceptors' bundled 2b |
 //! | committed for the table | every YES voter acknowledged | the decision is chosen |
 //! | status of a forgotten txn | ask every shard (INQUIRE) | the same |
+//! | `early_ack = true` | the client hears COMMIT at the last YES; the decision record is lazy | refused |
 
 use std::marker::PhantomData;
 
@@ -110,13 +111,15 @@ pub(crate) struct TwoPc<M>(PhantomData<M>);
 
 pub(crate) fn two_phase_config(config: &ClusterConfig) -> two_phase::Config {
     let t = &config.timeouts;
+    let defaults = two_phase::Config::default();
     two_phase::Config {
+        switches: concord_commit::Switches { early_ack: config.early_ack, ..defaults.switches },
         vote_timeout_us: t.vote_ms * 1_000,
         resend_base_us: t.resend_base_ms * 1_000,
         resend_max_us: t.resend_max_ms * 1_000,
         inquiry_base_us: t.inquiry_base_ms * 1_000,
         inquiry_max_us: t.inquiry_max_ms * 1_000,
-        ..two_phase::Config::default()
+        ..defaults
     }
 }
 

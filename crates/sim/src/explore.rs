@@ -44,6 +44,8 @@ pub struct Bounds {
     pub partitions: u8,
     pub timer_fires: u8,
     pub timeouts: Timeouts,
+    /// 2PC's early acknowledgement switch (the other switches keep their defaults).
+    pub early_ack: bool,
     /// Give up (and say so) past this many distinct states.
     pub max_states: u64,
 }
@@ -419,10 +421,12 @@ where
 {
     let acceptor_count = P::acceptor_count(bounds.fault_tolerance);
     let acceptors = (0..acceptor_count).map(|k| NodeId(bounds.participants + 1 + k)).collect();
-    let config = P::config(
-        concord_commit::Switches::default(),
-        &Topology { acceptors, fault_tolerance: bounds.fault_tolerance },
-    );
+    let switches = concord_commit::Switches {
+        early_ack: bounds.early_ack,
+        ..concord_commit::Switches::default()
+    };
+    let config =
+        P::config(switches, &Topology { acceptors, fault_tolerance: bounds.fault_tolerance });
     let model = Model::<P> {
         config,
         participants: bounds.participants,

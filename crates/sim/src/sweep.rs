@@ -45,6 +45,7 @@ pub fn random_config(seed: u64) -> SimConfig {
         read_only: rng.chance(0.7),
         one_phase: rng.chance(0.7),
         cooperative_termination: rng.chance(0.7),
+        early_ack: false, // drawn last (below), so the rest of every seed's schedule is unchanged
     };
     config.disk = DiskConfig {
         fsync_us: rng.range(100, 500),
@@ -99,6 +100,7 @@ pub fn random_config(seed: u64) -> SimConfig {
             .push(ScheduledFault { at_us: at_us + lasts_us, action: FaultAction::HealPartition });
     }
     config.heal_at_us = FAULT_WINDOW_US + 60_000;
+    config.switches.early_ack = rng.chance(0.5);
     config
 }
 

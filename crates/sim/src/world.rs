@@ -437,8 +437,11 @@ impl<P: Protocol> Simulation<P> {
     /// A record became durable (by a sync, or by luck in a crash).
     fn observe_durable(&mut self, node: NodeId, record: &P::Record, by_crash: bool) {
         match P::record_kind(record) {
-            RecordKind::Prepared { txn } => {
+            RecordKind::Prepared { txn, early_ack } => {
                 self.history.durable_prepares.insert((node, txn));
+                if early_ack {
+                    self.history.early_ack.insert(txn);
+                }
             }
             RecordKind::Decided { txn, decision } => {
                 self.history.decision_logged(txn, decision, self.now);

@@ -53,6 +53,11 @@ fn duplicate_commit_is_applied_once() {
 }
 
 #[test]
+fn early_ack_coordinator_crash_after_the_outcome_leaves_the_participants_to_commit_alone() {
+    assert_expected::<TwoPhase>("early-ack-coordinator-crash-after-outcome");
+}
+
+#[test]
 fn naive_partial_failure_leaves_about_four_percent_split_and_two_phase_none() {
     assert_expected::<Naive>("naive-partial-failure");
     assert_expected::<TwoPhase>("naive-partial-failure");
@@ -94,6 +99,7 @@ fn every_scenario_has_a_test_above() {
         "participant-crash-before-vote",
         "partition-during-commit",
         "duplicate-commit",
+        "early-ack-coordinator-crash-after-outcome",
         "coordinator-crash-after-precommit",
         "partition-during-precommit",
         "paxos-coordinator-and-f-acceptors-crash",

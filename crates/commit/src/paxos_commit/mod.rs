@@ -222,7 +222,7 @@ impl Protocol for PaxosCommit {
     }
     fn record_kind(record: &Record) -> RecordKind {
         match *record {
-            Record::Prepared { txn, .. } => RecordKind::Prepared { txn },
+            Record::Prepared { txn, .. } => RecordKind::Prepared { txn, early_ack: false },
             Record::Committed { txn } => {
                 RecordKind::BranchDecided { txn, decision: Decision::Commit }
             }

@@ -225,7 +225,7 @@ impl Protocol for ThreePhase {
     }
     fn record_kind(record: &Record) -> RecordKind {
         match *record {
-            Record::Prepared { txn, .. } => RecordKind::Prepared { txn },
+            Record::Prepared { txn, .. } => RecordKind::Prepared { txn, early_ack: false },
             Record::CommitDecided { txn, .. } => {
                 RecordKind::Decided { txn, decision: Decision::Commit }
             }

@@ -7,6 +7,11 @@
 //!     │         │ NO / vote timeout                                   ▲ resend with backoff
 //!     │         └──► send ABORT, forget (presumed abort: nothing logged)
 //!     └─ one branch ─► OnePhase ──result──► (forgotten; nothing logged)
+//!
+//!  early acknowledgement (every branch writes, switch on):
+//!  Begin ─► Collecting ──all YES──► tell the client COMMIT, send COMMIT, lazy COMMIT-DECIDED ─► Committing
+//!               │ NO (forced at the voter) / a silent branch refuses when asked ─► send ABORT, forget
+//!               └ vote timeout ─► ask the silent branches (INQUIRE), again every vote timeout
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,6 +30,8 @@ enum Txn<C> {
     Collecting {
         branches: Vec<Branch<C>>,
         votes: Vec<Option<Vote>>,
+        /// The prepares decide the outcome (the module docs of `two_phase`).
+        early_ack: bool,
     },
     /// The commit decision is written but not yet durable: nothing may be sent.
     ForcingCommit {
@@ -48,6 +55,9 @@ pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     config: Config,
     admission: Admission<C>,
     txns: BTreeMap<TxnId, Txn<C>>,
+    /// The first epoch of this incarnation: ids below it were issued before the last restart,
+    /// and of those this coordinator knows only what its log kept.
+    first_epoch: Option<u32>,
     snapshot: std::marker::PhantomData<S>,
 }
 
@@ -63,6 +73,7 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
             admission: Admission::new(id, limits),
             config,
             txns: BTreeMap::new(),
+            first_epoch: None,
             snapshot: std::marker::PhantomData,
         }
     }
@@ -113,6 +124,7 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
             self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
         }
         let epoch = self.admission.restart(highest_epoch);
+        self.first_epoch = Some(epoch);
         out.push(Command::Persist {
             record: Record::EpochStarted { epoch },
             durability: Durability::Forced,
@@ -143,23 +155,26 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         }
         let peers: Vec<NodeId> =
             branches.iter().filter(|b| !b.writes.is_read_only()).map(|b| b.node).collect();
+        // Early acknowledgement needs every branch among the peers: a read-only branch forgets
+        // the transaction after voting, so its vote could not be recovered from the branches.
+        let early_ack =
+            self.config.switches.early_ack && branches.len() >= 2 && peers.len() == branches.len();
         for b in &branches {
-            out.push(Command::Send {
-                to: b.node,
-                msg: Msg::Prepare { txn, peers: peers.clone(), writes: b.writes.clone() },
-            });
+            let msg =
+                Msg::Prepare { txn, peers: peers.clone(), writes: b.writes.clone(), early_ack };
+            out.push(Command::Send { to: b.node, msg });
         }
         out.push(Command::SetTimer {
             timer: Timer::VoteTimeout { txn },
             after_us: self.config.vote_timeout_us,
         });
         let votes = vec![None; branches.len()];
-        self.txns.insert(txn, Txn::Collecting { branches, votes });
+        self.txns.insert(txn, Txn::Collecting { branches, votes, early_ack });
     }
 
     fn on_vote(&mut self, from: NodeId, txn: TxnId, vote: Vote, out: &mut Out<C, S>) {
-        let Some(Txn::Collecting { branches, votes }) = self.txns.get_mut(&txn) else {
-            if !self.txns.contains_key(&txn) && vote == Vote::Yes {
+        let Some(Txn::Collecting { branches, votes, early_ack }) = self.txns.get_mut(&txn) else {
+            if !self.txns.contains_key(&txn) && vote == Vote::Yes && self.may_presume_abort(txn) {
                 // Presumed abort: a YES for a transaction we have no record of gets ABORT, so
                 // the voter need not wait for its inquiry timer.
                 out.push(Command::Send {
@@ -178,12 +193,18 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         if votes.iter().any(Option::is_none) {
             return;
         }
+        let early_ack = *early_ack;
         let participants: Vec<NodeId> = branches
             .iter()
             .zip(votes.iter())
             .filter(|(_, v)| **v == Some(Vote::Yes))
             .map(|(b, _)| b.node)
             .collect();
+        if early_ack {
+            // Every prepare is durable: the transaction is committed, whatever crashes now.
+            self.commit_early(txn, participants, out);
+            return;
+        }
         if participants.is_empty() {
             // Every branch was read-only: nothing to decide durably, nobody to tell.
             self.txns.remove(&txn);
@@ -197,9 +218,63 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         self.txns.insert(txn, Txn::ForcingCommit { participants });
     }
 
+    /// Early acknowledgement: the client hears COMMIT now, the participants at once, and the
+    /// decision record rides on a later sync — it only saves the participants asking each other
+    /// after a coordinator crash; their prepare records already decide the outcome.
+    fn commit_early(&mut self, txn: TxnId, participants: Vec<NodeId>, out: &mut Out<C, S>) {
+        out.push(Command::Outcome { txn, decision: Decision::Commit });
+        for &to in &participants {
+            out.push(Command::Send { to, msg: Msg::Decision { txn, decision: Decision::Commit } });
+        }
+        out.push(Command::Persist {
+            record: Record::CommitDecided { txn, participants: participants.clone() },
+            durability: Durability::Lazy,
+        });
+        self.set_resend_timer(txn, 0, out);
+        self.txns.insert(txn, Txn::Committing { pending: participants, attempt: 0 });
+    }
+
+    /// Whether a YES for a transaction this coordinator has no record of may be answered ABORT
+    /// at once: only if this incarnation issued it, so it was aborted or has ended. One issued
+    /// before the last restart may have run with early acknowledgement — committed by its
+    /// prepares, its lazy decision record lost — and whether it did is not in the log, whatever
+    /// the switch says now (it may have been on before the restart). A classic voter loses
+    /// little: its INQUIRE is answered by presumption (`on_inquire`) one inquiry interval later.
+    fn may_presume_abort(&self, txn: TxnId) -> bool {
+        self.first_epoch.is_some_and(|e| txn.epoch >= e)
+    }
+
+    /// Early acknowledgement, on a vote timeout: ask every branch that has not voted. A branch
+    /// that never prepared refuses durably and answers ABORT; a prepared one repeats YES.
+    fn ask_silent_branches(&self, txn: TxnId, out: &mut Out<C, S>) {
+        let Some(Txn::Collecting { branches, votes, .. }) = self.txns.get(&txn) else { return };
+        for (b, v) in branches.iter().zip(votes.iter()) {
+            if v.is_none() {
+                out.push(Command::Send { to: b.node, msg: Msg::Inquire { txn } });
+            }
+        }
+        out.push(Command::SetTimer {
+            timer: Timer::VoteTimeout { txn },
+            after_us: self.config.vote_timeout_us,
+        });
+    }
+
+    /// A branch answered the coordinator's inquiry with ABORT: it refused durably (early
+    /// acknowledgement), so the transaction can never have every prepare.
+    fn on_branch_refused(&mut self, from: NodeId, txn: TxnId, out: &mut Out<C, S>) {
+        let Some(Txn::Collecting { branches, votes, early_ack: true }) = self.txns.get_mut(&txn)
+        else {
+            return;
+        };
+        if let Some(i) = branches.iter().position(|b| b.node == from) {
+            votes[i] = Some(Vote::No); // it has aborted already: no ABORT for it
+            self.abort_collecting(txn, out);
+        }
+    }
+
     /// Aborts a transaction still collecting votes: tell every branch that may be prepared.
     fn abort_collecting(&mut self, txn: TxnId, out: &mut Out<C, S>) {
-        let Some(Txn::Collecting { branches, votes }) = self.txns.remove(&txn) else {
+        let Some(Txn::Collecting { branches, votes, .. }) = self.txns.remove(&txn) else {
             unreachable!("abort_collecting is called only for collecting transactions")
         };
         for (b, v) in branches.iter().zip(votes.iter()) {
@@ -254,6 +329,8 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
             Some(Txn::Collecting { .. } | Txn::ForcingCommit { .. } | Txn::OnePhase { .. }) => {
                 return
             }
+            // Presumed abort. Safe under early acknowledgement too: its participants never ask
+            // the coordinator (they ask each other), so whoever asks is in a classic transaction.
             None => Decision::Abort,
         };
         out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
@@ -275,11 +352,13 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
 
     fn on_timer(&mut self, timer: Timer, out: &mut Out<C, S>) {
         match timer {
-            Timer::VoteTimeout { txn } => {
-                if matches!(self.txns.get(&txn), Some(Txn::Collecting { .. })) {
-                    self.abort_collecting(txn, out);
+            Timer::VoteTimeout { txn } => match self.txns.get(&txn) {
+                Some(Txn::Collecting { early_ack: true, .. }) => {
+                    self.ask_silent_branches(txn, out);
                 }
-            }
+                Some(Txn::Collecting { early_ack: false, .. }) => self.abort_collecting(txn, out),
+                _ => {}
+            },
             Timer::ResendCommit { txn, attempt } => {
                 let Some(Txn::Committing { pending, attempt: current }) = self.txns.get_mut(&txn)
                 else {
@@ -384,8 +463,20 @@ impl<C: Change, S: std::fmt::Debug> Core for Coordinator<C, S> {
                 Msg::OnePhaseResult { txn, decision } => {
                     self.on_one_phase_result(from, txn, decision, out);
                 }
+                // Answers to the inquiry of an early-acknowledged transaction's silent branches.
+                Msg::Decision { txn, decision: Decision::Abort } => {
+                    self.on_branch_refused(from, txn, out);
+                }
+                Msg::Decision { txn, decision: Decision::Commit } => {
+                    // The branch learned the outcome from its peers: it was prepared, so this
+                    // stands for its lost YES.
+                    if matches!(self.txns.get(&txn), Some(Txn::Collecting { early_ack: true, .. }))
+                    {
+                        self.on_vote(from, txn, Vote::Yes, out);
+                    }
+                }
                 // Participant-bound messages reaching a coordinator are ignored.
-                Msg::Prepare { .. } | Msg::Decision { .. } | Msg::CommitOnePhase { .. } => {}
+                Msg::Prepare { .. } | Msg::CommitOnePhase { .. } => {}
             },
         }
     }

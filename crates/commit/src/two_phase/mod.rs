@@ -23,6 +23,20 @@
 //!   peer that knows the decision tells it; a peer that has not voted forces an ABORTED record
 //!   and answers ABORT — after which it will vote NO. A prepared participant never decides alone.
 //!
+//! * **Early acknowledgement** (switch `early_ack`, for transactions whose every branch writes):
+//!   the transaction is committed the moment every branch's prepare record is durable, so the
+//!   coordinator tells the client at the last YES, sends COMMIT at once and logs its decision
+//!   lazily — the client waits for one round of fsyncs, not two. The outcome can always be
+//!   recovered from the participants: a prepared branch asks its peers (never the coordinator,
+//!   whose presumed abort would be a lie here), a peer that is prepared answers YES, and once
+//!   every peer has, the asker commits. Abort therefore has to be made *impossible to undo*
+//!   before anyone acts on it: a branch votes NO, or refuses a peer's or the coordinator's
+//!   inquiry, only after a forced ABORTED record, and the coordinator never aborts on a vote
+//!   timeout — it asks the silent branches instead (a branch that never saw PREPARE refuses,
+//!   durably; a prepared one repeats YES). So "every branch durably prepared" and "some branch
+//!   durably refused" exclude each other, and exactly one of them fixes the outcome. The price:
+//!   a coordinator can no longer abort alone while a branch is unreachable before voting.
+//!
 //! Messages, records and timers are shared by both roles, so one driver can run either.
 
 mod coordinator;
@@ -50,10 +64,12 @@ pub struct TwoPhase;
 pub enum Msg<C = Vec<Write>> {
     /// Coordinator → participant. `peers` are the branches with writes, for cooperative
     /// termination (read-only branches are never asked: they forget the transaction).
+    /// `early_ack`: the prepares decide the outcome (module docs); every branch writes.
     Prepare {
         txn: TxnId,
         peers: Vec<NodeId>,
         writes: C,
+        early_ack: bool,
     },
     Vote {
         txn: TxnId,
@@ -90,8 +106,9 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     CommitDecided { txn: TxnId, participants: Vec<NodeId> },
     /// Coordinator: every participant acknowledged; the transaction can be forgotten.
     Ended { txn: TxnId },
-    /// Participant: prepared, with what it needs to commit after a crash.
-    Prepared { txn: TxnId, peers: Vec<NodeId>, writes: C },
+    /// Participant: prepared, with what it needs to commit after a crash (and, for an
+    /// early-acknowledged transaction, to find the outcome from its peers).
+    Prepared { txn: TxnId, peers: Vec<NodeId>, writes: C, early_ack: bool },
     /// Participant: a prepared branch committed.
     Committed { txn: TxnId },
     /// Participant: a one-phase branch committed.
@@ -176,7 +193,7 @@ impl Protocol for TwoPhase {
     }
     fn record_kind(record: &Record) -> RecordKind {
         match *record {
-            Record::Prepared { txn, .. } => RecordKind::Prepared { txn },
+            Record::Prepared { txn, early_ack, .. } => RecordKind::Prepared { txn, early_ack },
             Record::CommitDecided { txn, .. } => {
                 RecordKind::Decided { txn, decision: Decision::Commit }
             }
@@ -194,7 +211,8 @@ impl Protocol for TwoPhase {
 impl<C> fmt::Display for Msg<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Msg::Prepare { txn, .. } => write!(f, "PREPARE {txn}"),
+            Msg::Prepare { txn, early_ack: false, .. } => write!(f, "PREPARE {txn}"),
+            Msg::Prepare { txn, early_ack: true, .. } => write!(f, "PREPARE-EARLY-ACK {txn}"),
             Msg::Vote { txn, vote } => write!(f, "VOTE {vote} {txn}"),
             Msg::Decision { txn, decision } => write!(f, "{decision} {txn}"),
             Msg::Ack { txn } => write!(f, "ACK {txn}"),
@@ -249,8 +267,9 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 w.u8(3);
                 w.txn(*txn);
             }
-            Record::Prepared { txn, peers, writes } => {
-                w.u8(4);
+            Record::Prepared { txn, peers, writes, early_ack } => {
+                // A tag of its own for the early-acknowledged form keeps older logs readable.
+                w.u8(if *early_ack { 9 } else { 4 });
                 w.txn(*txn);
                 w.nodes(peers);
                 writes.encode(w);
@@ -285,7 +304,12 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
             1 => Record::EpochStarted { epoch: r.u32()? },
             2 => Record::CommitDecided { txn: r.txn()?, participants: r.nodes()? },
             3 => Record::Ended { txn: r.txn()? },
-            4 => Record::Prepared { txn: r.txn()?, peers: r.nodes()?, writes: C::decode(r)? },
+            tag @ (4 | 9) => Record::Prepared {
+                txn: r.txn()?,
+                peers: r.nodes()?,
+                writes: C::decode(r)?,
+                early_ack: tag == 9,
+            },
             5 => Record::Committed { txn: r.txn()? },
             6 => Record::OnePhaseCommitted { txn: r.txn()?, writes: C::decode(r)? },
             7 => Record::Aborted { txn: r.txn()? },
@@ -307,8 +331,8 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
 impl<C: Encode> Encode for Msg<C> {
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
-            Msg::Prepare { txn, peers, writes } => {
-                w.u8(1);
+            Msg::Prepare { txn, peers, writes, early_ack } => {
+                w.u8(if *early_ack { 8 } else { 1 });
                 w.txn(*txn);
                 w.nodes(peers);
                 writes.encode(w);
@@ -346,7 +370,12 @@ impl<C: Encode> Encode for Msg<C> {
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8()? {
-            1 => Msg::Prepare { txn: r.txn()?, peers: r.nodes()?, writes: C::decode(r)? },
+            tag @ (1 | 8) => Msg::Prepare {
+                txn: r.txn()?,
+                peers: r.nodes()?,
+                writes: C::decode(r)?,
+                early_ack: tag == 8,
+            },
             2 => Msg::Vote { txn: r.txn()?, vote: r.vote()? },
             3 => Msg::Decision { txn: r.txn()?, decision: r.decision()? },
             4 => Msg::Ack { txn: r.txn()? },

@@ -10,6 +10,10 @@
 //!
 //!  COMMIT-ONE-PHASE ─► OnePhaseCommitting / OnePhaseAborting ──Persisted──► result sent
 //!  INQUIRE from a peer, never voted ─► Refusing ──Persisted(ABORTED)──► answer ABORT
+//!
+//!  early acknowledgement: refused ─► VotingNo ──Persisted(ABORTED)──► VOTE NO
+//!                         Prepared: INQUIRE (peer or coordinator) ─► answer VOTE YES;
+//!                                   asks the peers, not the coordinator; YES from every peer ─► commit
 //! ```
 //!
 //! Decisions are final: once a branch is decided, later messages about it are answered from
@@ -45,12 +49,17 @@ enum Branch<C> {
         peers: Vec<NodeId>,
         writes: C,
         abort_requested: bool,
+        early_ack: bool,
     },
     /// Voted YES; locks held until the decision arrives.
     Prepared {
         peers: Vec<NodeId>,
         writes: C,
         inquiry_attempt: u32,
+        /// The prepares decide the outcome (the `two_phase` module docs).
+        early_ack: bool,
+        /// Early acknowledgement: peers that answered YES (each is durably prepared, for good).
+        confirmed: Vec<NodeId>,
     },
     /// COMMITTED written, not yet durable.
     Committing {
@@ -66,6 +75,9 @@ enum Branch<C> {
     Refusing {
         asked_by: NodeId,
     },
+    /// Early acknowledgement: a refused branch forces ABORTED before it votes NO, so it can
+    /// never prepare later (after a crash, a late PREPARE) and complete the set of prepares.
+    VotingNo,
 }
 
 /// A 2PC participant over resource `R` (the simulator's [`Store`] by default).
@@ -141,14 +153,24 @@ impl<R: Resource> Participant<R> {
     /// than one round trip to a live coordinator (or a peer that knows). Returns whether `txn`
     /// is prepared here (otherwise nothing is sent).
     pub fn inquire_now(&mut self, txn: TxnId, out: &mut Out<R>) -> bool {
-        let Some(Branch::Prepared { peers, .. }) = self.branches.get(&txn) else { return false };
-        out.push(Command::Send { to: txn.coordinator, msg: Msg::Inquire { txn } });
-        if self.config.switches.cooperative_termination {
+        let Some(Branch::Prepared { peers, early_ack, .. }) = self.branches.get(&txn) else {
+            return false;
+        };
+        self.ask_for_outcome(txn, peers, *early_ack, out);
+        true
+    }
+
+    /// A prepared branch asks who may know. Early-acknowledged ones ask only their peers: the
+    /// coordinator, having lost its lazy decision record in a crash, would presume abort.
+    fn ask_for_outcome(&self, txn: TxnId, peers: &[NodeId], early_ack: bool, out: &mut Out<R>) {
+        if !early_ack {
+            out.push(Command::Send { to: txn.coordinator, msg: Msg::Inquire { txn } });
+        }
+        if early_ack || self.config.switches.cooperative_termination {
             for &peer in peers.iter().filter(|&&p| p != self.id) {
                 out.push(Command::Send { to: peer, msg: Msg::Inquire { txn } });
             }
         }
-        true
     }
 
     /// Every decision this participant remembers (aborts include NO votes it never logged).
@@ -162,10 +184,17 @@ impl<R: Resource> Participant<R> {
         self.decided.clear();
         for record in records {
             match record {
-                Record::Prepared { txn, peers, writes } => {
+                Record::Prepared { txn, peers, writes, early_ack } => {
                     self.store.lock(txn, &writes);
-                    self.branches
-                        .insert(txn, Branch::Prepared { peers, writes, inquiry_attempt: 0 });
+                    let confirmed = Vec::new();
+                    let branch = Branch::Prepared {
+                        peers,
+                        writes,
+                        inquiry_attempt: 0,
+                        early_ack,
+                        confirmed,
+                    };
+                    self.branches.insert(txn, branch);
                 }
                 Record::Committed { txn } => {
                     let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
@@ -205,7 +234,14 @@ impl<R: Resource> Participant<R> {
         out.push(Command::Send { to, msg });
     }
 
-    fn on_prepare(&mut self, txn: TxnId, peers: Vec<NodeId>, writes: R::Change, out: &mut Out<R>) {
+    fn on_prepare(
+        &mut self,
+        txn: TxnId,
+        peers: Vec<NodeId>,
+        writes: R::Change,
+        early_ack: bool,
+        out: &mut Out<R>,
+    ) {
         let coordinator = txn.coordinator;
         match self.decided.get(&txn) {
             Some(Decision::Abort) => {
@@ -237,6 +273,15 @@ impl<R: Resource> Participant<R> {
         } else {
             !self.admit(txn, &writes)
         };
+        if refused && early_ack {
+            // The refusal must outlive a crash: the prepares alone decide this transaction.
+            out.push(Command::Persist {
+                record: Record::Aborted { txn },
+                durability: Durability::Forced,
+            });
+            self.branches.insert(txn, Branch::VotingNo);
+            return;
+        }
         if refused {
             // Voting NO aborts the branch at once. Nothing is logged: the coordinator cannot
             // commit without this vote, and a repeated PREPARE is answered from `decided`.
@@ -246,14 +291,21 @@ impl<R: Resource> Participant<R> {
         }
         self.store.lock(txn, &writes);
         out.push(Command::Persist {
-            record: Record::Prepared { txn, peers: peers.clone(), writes: writes.clone() },
+            record: Record::Prepared {
+                txn,
+                peers: peers.clone(),
+                writes: writes.clone(),
+                early_ack,
+            },
             durability: Durability::Forced,
         });
-        self.branches.insert(txn, Branch::Preparing { peers, writes, abort_requested: false });
+        let branch = Branch::Preparing { peers, writes, abort_requested: false, early_ack };
+        self.branches.insert(txn, branch);
     }
 
     fn on_prepare_durable(&mut self, txn: TxnId, out: &mut Out<R>) {
-        let Some(Branch::Preparing { peers, writes, abort_requested }) = self.branches.remove(&txn)
+        let Some(Branch::Preparing { peers, writes, abort_requested, early_ack }) =
+            self.branches.remove(&txn)
         else {
             panic!("{}: prepare record of {txn} became durable, but it was not preparing", self.id);
         };
@@ -261,7 +313,9 @@ impl<R: Resource> Participant<R> {
             self.abort_prepared(txn, &writes, out);
             return;
         }
-        self.branches.insert(txn, Branch::Prepared { peers, writes, inquiry_attempt: 0 });
+        let confirmed = Vec::new();
+        let branch = Branch::Prepared { peers, writes, inquiry_attempt: 0, early_ack, confirmed };
+        self.branches.insert(txn, branch);
         Self::send(out, txn.coordinator, Msg::Vote { txn, vote: Vote::Yes });
         out.push(Command::SetTimer {
             timer: Timer::Inquire { txn, attempt: 0 },
@@ -294,16 +348,7 @@ impl<R: Resource> Participant<R> {
             return;
         }
         match (self.branches.get_mut(&txn), decision) {
-            (Some(Branch::Prepared { .. }), Decision::Commit) => {
-                let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
-                    unreachable!("matched Prepared just above")
-                };
-                out.push(Command::Persist {
-                    record: Record::Committed { txn },
-                    durability: Durability::Forced,
-                });
-                self.branches.insert(txn, Branch::Committing { writes });
-            }
+            (Some(Branch::Prepared { .. }), Decision::Commit) => self.commit_prepared(txn, out),
             (Some(Branch::Prepared { .. }), Decision::Abort) => {
                 let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
                     unreachable!("matched Prepared just above")
@@ -323,7 +368,8 @@ impl<R: Resource> Participant<R> {
                 Some(
                     Branch::OnePhaseCommitting { .. }
                     | Branch::OnePhaseAborting
-                    | Branch::Refusing { .. },
+                    | Branch::Refusing { .. }
+                    | Branch::VotingNo,
                 ),
                 _,
             ) => {}
@@ -338,6 +384,38 @@ impl<R: Resource> Participant<R> {
                 // durable record, which `decided` or `branches` would show. Leave it unanswered:
                 // the liveness checker reports the coordinator still waiting.
             }
+        }
+    }
+
+    /// A prepared branch learned COMMIT: force the record; apply and acknowledge once durable.
+    fn commit_prepared(&mut self, txn: TxnId, out: &mut Out<R>) {
+        let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+            unreachable!("commit_prepared is called only for prepared branches")
+        };
+        out.push(Command::Persist {
+            record: Record::Committed { txn },
+            durability: Durability::Forced,
+        });
+        self.branches.insert(txn, Branch::Committing { writes });
+    }
+
+    /// Early acknowledgement: a peer says it is durably prepared. Once every peer has, every
+    /// prepare is durable — the transaction is committed, whoever else knows it.
+    fn on_peer_vote(&mut self, from: NodeId, txn: TxnId, vote: Vote, out: &mut Out<R>) {
+        let me = self.id;
+        let Some(Branch::Prepared { peers, early_ack: true, confirmed, .. }) =
+            self.branches.get_mut(&txn)
+        else {
+            return;
+        };
+        if vote != Vote::Yes || from == me || !peers.contains(&from) {
+            return;
+        }
+        if !confirmed.contains(&from) {
+            confirmed.push(from);
+        }
+        if peers.iter().all(|p| *p == me || confirmed.contains(p)) {
+            self.commit_prepared(txn, out);
         }
     }
 
@@ -404,6 +482,11 @@ impl<R: Resource> Participant<R> {
                 out.push(Command::Outcome { txn, decision: Decision::Abort });
                 Self::send(out, asked_by, Msg::Decision { txn, decision: Decision::Abort });
             }
+            Some(Branch::VotingNo) => {
+                self.decided.insert(txn, Decision::Abort);
+                out.push(Command::Outcome { txn, decision: Decision::Abort });
+                Self::send(out, txn.coordinator, Msg::Vote { txn, vote: Vote::No });
+            }
             other => panic!("{}: forced abort of {txn} became durable in state {other:?}", self.id),
         }
     }
@@ -416,6 +499,11 @@ impl<R: Resource> Participant<R> {
         match self.branches.get(&txn) {
             Some(Branch::Committing { .. }) => {
                 Self::send(out, from, Msg::Decision { txn, decision: Decision::Commit });
+            }
+            // Early acknowledgement: "I am durably prepared" is half of the answer the asker
+            // needs (a coordinator counts it as the vote it missed).
+            Some(Branch::Prepared { early_ack: true, .. }) => {
+                Self::send(out, from, Msg::Vote { txn, vote: Vote::Yes });
             }
             Some(_) => {} // uncertain ourselves, or an answer is being made durable
             None => {
@@ -431,21 +519,17 @@ impl<R: Resource> Participant<R> {
     }
 
     fn on_inquiry_timer(&mut self, txn: TxnId, attempt: u32, out: &mut Out<R>) {
-        let Some(Branch::Prepared { peers, inquiry_attempt, .. }) = self.branches.get_mut(&txn)
-        else {
+        let Some(Branch::Prepared { inquiry_attempt, .. }) = self.branches.get_mut(&txn) else {
             return;
         };
         if *inquiry_attempt != attempt {
             return; // a stale timer chain
         }
         *inquiry_attempt += 1;
-        out.push(Command::Send { to: txn.coordinator, msg: Msg::Inquire { txn } });
-        if self.config.switches.cooperative_termination {
-            for &peer in peers.iter().filter(|&&p| p != self.id) {
-                out.push(Command::Send { to: peer, msg: Msg::Inquire { txn } });
-            }
-        }
         let next = *inquiry_attempt;
+        if let Some(Branch::Prepared { peers, early_ack, .. }) = self.branches.get(&txn) {
+            self.ask_for_outcome(txn, peers, *early_ack, out);
+        }
         out.push(Command::SetTimer {
             timer: Timer::Inquire { txn, attempt: next },
             after_us: backoff_us(self.config.inquiry_base_us, self.config.inquiry_max_us, next),
@@ -481,11 +565,14 @@ impl<R: Resource> Core for Participant<R> {
             }
             Input::Timer(_) | Input::Begin { .. } => {}
             Input::Message { from, msg } => match msg {
-                Msg::Prepare { txn, peers, writes } => self.on_prepare(txn, peers, writes, out),
+                Msg::Prepare { txn, peers, writes, early_ack } => {
+                    self.on_prepare(txn, peers, writes, early_ack, out);
+                }
                 Msg::Decision { txn, decision } => self.on_decision(from, txn, decision, out),
                 Msg::CommitOnePhase { txn, writes } => self.on_commit_one_phase(txn, writes, out),
                 Msg::Inquire { txn } => self.on_inquire(from, txn, out),
-                Msg::Vote { .. } | Msg::Ack { .. } | Msg::OnePhaseResult { .. } => {}
+                Msg::Vote { txn, vote } => self.on_peer_vote(from, txn, vote, out),
+                Msg::Ack { .. } | Msg::OnePhaseResult { .. } => {}
             },
         }
     }
@@ -499,22 +586,25 @@ impl<R: Resource> crate::Checkpoint for Participant<R> {
         let mut live = vec![Record::Snapshot { values, decided }];
         for (&txn, branch) in &self.branches {
             match branch {
-                Branch::Preparing { peers, writes, .. }
-                | Branch::Prepared { peers, writes, .. } => {
+                Branch::Preparing { peers, writes, early_ack, .. }
+                | Branch::Prepared { peers, writes, early_ack, .. } => {
                     live.push(Record::Prepared {
                         txn,
                         peers: peers.clone(),
                         writes: writes.clone(),
+                        early_ack: *early_ack,
                     });
                 }
                 Branch::Committing { writes } => {
-                    live.push(Record::Prepared { txn, peers: Vec::new(), writes: writes.clone() });
+                    let peers = Vec::new();
+                    let writes = writes.clone();
+                    live.push(Record::Prepared { txn, peers, writes, early_ack: false });
                     live.push(Record::Committed { txn });
                 }
                 Branch::OnePhaseCommitting { writes } => {
                     live.push(Record::OnePhaseCommitted { txn, writes: writes.clone() });
                 }
-                Branch::OnePhaseAborting | Branch::Refusing { .. } => {
+                Branch::OnePhaseAborting | Branch::Refusing { .. } | Branch::VotingNo => {
                     live.push(Record::Aborted { txn });
                 }
             }

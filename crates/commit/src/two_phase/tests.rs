@@ -68,7 +68,7 @@ fn two_branches() -> Vec<Branch> {
 }
 
 fn prepare(txn: TxnId, writes: Vec<Write>) -> Msg {
-    Msg::Prepare { txn, peers: vec![P1, P2], writes }
+    Msg::Prepare { txn, peers: vec![P1, P2], writes, early_ack: false }
 }
 
 #[test]
@@ -183,7 +183,10 @@ fn all_read_only_commits_with_no_log_write() {
     let t = txn(1);
     let branches = vec![Branch { node: P1, writes: vec![] }, Branch { node: P2, writes: vec![] }];
     let out = run(&mut c, Input::Begin { request: RequestId(1), branches });
-    assert!(out.contains(&send(P1, Msg::Prepare { txn: t, peers: vec![], writes: vec![] })));
+    assert!(out.contains(&send(
+        P1,
+        Msg::Prepare { txn: t, peers: vec![], writes: vec![], early_ack: false }
+    )));
     run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::ReadOnly }));
     assert_eq!(
         run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::ReadOnly })),
@@ -314,10 +317,15 @@ fn coordinator_recovery_redrives_logged_decisions_and_presumes_abort_for_the_res
         run(&mut c, msg(P2, Msg::Inquire { txn: txn(3) })),
         vec![send(P2, decision(txn(3), Decision::Abort))]
     );
-    // A late YES for a transaction the coordinator has no record of is answered ABORT at once.
+    // A late YES for an earlier incarnation's transaction is not answered by presumption (it
+    // may have run with early acknowledgement); the voter's INQUIRE is, as t3's above.
+    assert_eq!(run(&mut c, msg(P1, Msg::Vote { txn: txn(4), vote: Vote::Yes })), vec![]);
+    // One of this incarnation that it no longer holds is answered ABORT at once.
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 2 }));
+    let t5 = TxnId { coordinator: C, epoch: 2, sequence: 5 };
     assert_eq!(
-        run(&mut c, msg(P1, Msg::Vote { txn: txn(4), vote: Vote::Yes })),
-        vec![send(P1, decision(txn(4), Decision::Abort))]
+        run(&mut c, msg(P1, Msg::Vote { txn: t5, vote: Vote::Yes })),
+        vec![send(P1, decision(t5, Decision::Abort))]
     );
 }
 
@@ -345,7 +353,12 @@ fn prepared_participant(cfg: Config, t: TxnId) -> Participant {
     run(&mut p, msg(C, prepare(t, w(10, 5))));
     run(
         &mut p,
-        Input::Persisted(Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5) }),
+        Input::Persisted(Record::Prepared {
+            txn: t,
+            peers: vec![P1, P2],
+            writes: w(10, 5),
+            early_ack: false,
+        }),
     );
     p
 }
@@ -355,7 +368,8 @@ fn participant_votes_yes_only_after_its_prepare_record_is_durable() {
     let cfg = config();
     let mut p = participant(cfg.clone());
     let t = txn(1);
-    let record = Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5) };
+    let record =
+        Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5), early_ack: false };
     assert_eq!(run(&mut p, msg(C, prepare(t, w(10, 5)))), vec![forced(record.clone())]);
     assert_eq!(p.store().locked_keys(), 1, "locks are taken at prepare");
     assert_eq!(
@@ -457,7 +471,15 @@ fn read_only_branch_votes_read_only_and_keeps_nothing() {
     cfg.switches.read_only = false;
     let mut p = participant(cfg);
     let out = run(&mut p, msg(C, prepare(t, vec![])));
-    assert_eq!(out, vec![forced(Record::Prepared { txn: t, peers: vec![P1, P2], writes: vec![] })]);
+    assert_eq!(
+        out,
+        vec![forced(Record::Prepared {
+            txn: t,
+            peers: vec![P1, P2],
+            writes: vec![],
+            early_ack: false
+        })]
+    );
 }
 
 #[test]
@@ -484,7 +506,12 @@ fn abort_during_prepare_takes_effect_once_the_record_is_durable() {
     assert_eq!(
         run(
             &mut p,
-            Input::Persisted(Record::Prepared { txn: t, peers: vec![P1, P2], writes: w(10, 5) })
+            Input::Persisted(Record::Prepared {
+                txn: t,
+                peers: vec![P1, P2],
+                writes: w(10, 5),
+                early_ack: false
+            })
         ),
         vec![
             lazy(Record::Aborted { txn: t }),
@@ -584,8 +611,8 @@ fn participant_recovery_restores_prepared_branches_with_their_locks_and_asks() {
     let mut p = Participant::new(P1, config());
     let (t1, t2, t3) = (txn(1), txn(2), txn(3));
     let records = vec![
-        Record::Prepared { txn: t1, peers: vec![P1, P2], writes: w(10, 5) },
-        Record::Prepared { txn: t2, peers: vec![P1, P2], writes: w(11, 3) },
+        Record::Prepared { txn: t1, peers: vec![P1, P2], writes: w(10, 5), early_ack: false },
+        Record::Prepared { txn: t2, peers: vec![P1, P2], writes: w(11, 3), early_ack: false },
         Record::Committed { txn: t2 },
         Record::OnePhaseCommitted { txn: t3, writes: w(12, 4) },
     ];
@@ -648,7 +675,7 @@ fn records_round_trip_through_their_encoding() {
         Record::EpochStarted { epoch: 3 },
         Record::CommitDecided { txn: t, participants: vec![P1, P2] },
         Record::Ended { txn: t },
-        Record::Prepared { txn: t, peers: vec![P2], writes: w(1, -2) },
+        Record::Prepared { txn: t, peers: vec![P2], writes: w(1, -2), early_ack: false },
         Record::Committed { txn: t },
         Record::OnePhaseCommitted { txn: t, writes: w(3, 4) },
         Record::Aborted { txn: t },
@@ -658,10 +685,17 @@ fn records_round_trip_through_their_encoding() {
 }
 
 #[test]
-fn switches_default_to_every_optimisation_on() {
+fn switches_default_to_every_classic_optimisation_on_and_early_acknowledgement_off() {
+    // Early acknowledgement is the runtime's choice (its configuration), not the cores' default:
+    // the simulator's pinned baselines measure classic 2PC.
     assert_eq!(
         Switches::default(),
-        Switches { read_only: true, one_phase: true, cooperative_termination: true }
+        Switches {
+            read_only: true,
+            one_phase: true,
+            cooperative_termination: true,
+            early_ack: false
+        }
     );
 }
 
@@ -800,4 +834,235 @@ fn a_blocked_reader_can_make_a_prepared_participant_ask_at_once() {
     let mut out = Vec::new();
     assert!(!p.inquire_now(txn(2), &mut out), "not prepared here: nothing to ask");
     assert!(out.is_empty());
+}
+
+// ---- Early acknowledgement (the `two_phase` module docs) ----
+
+fn early_config() -> Config {
+    let mut cfg = config();
+    cfg.switches.early_ack = true;
+    cfg
+}
+
+fn early_prepare(txn: TxnId, writes: Vec<Write>) -> Msg {
+    Msg::Prepare { txn, peers: vec![P1, P2], writes, early_ack: true }
+}
+
+fn early_prepared_record(txn: TxnId) -> Record {
+    Record::Prepared { txn, peers: vec![P1, P2], writes: w(10, 5), early_ack: true }
+}
+
+fn early_prepared_participant(t: TxnId) -> Participant {
+    let mut p = participant(config());
+    assert_eq!(
+        run(&mut p, msg(C, early_prepare(t, w(10, 5)))),
+        vec![forced(early_prepared_record(t))]
+    );
+    run(&mut p, Input::Persisted(early_prepared_record(t)));
+    p
+}
+
+#[test]
+fn early_ack_tells_the_client_at_the_last_yes_and_logs_the_decision_lazily() {
+    let cfg = early_config();
+    let mut c = ready_coordinator(cfg.clone());
+    let t = txn(1);
+    let out = run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    assert!(out.contains(&send(P1, early_prepare(t, w(10, 5)))));
+    assert!(out.contains(&send(P2, early_prepare(t, w(20, 7)))));
+    assert_eq!(run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes })), vec![]);
+    assert_eq!(
+        run(&mut c, msg(P2, Msg::Vote { txn: t, vote: Vote::Yes })),
+        vec![
+            Command::Outcome { txn: t, decision: Decision::Commit },
+            send(P1, decision(t, Decision::Commit)),
+            send(P2, decision(t, Decision::Commit)),
+            lazy(Record::CommitDecided { txn: t, participants: vec![P1, P2] }),
+            Command::SetTimer {
+                timer: Timer::ResendCommit { txn: t, attempt: 0 },
+                after_us: cfg.resend_base_us
+            },
+        ],
+        "every prepare is durable: no forced record stands between the votes and the outcome"
+    );
+    run(&mut c, msg(P1, Msg::Ack { txn: t }));
+    assert_eq!(run(&mut c, msg(P2, Msg::Ack { txn: t })), vec![lazy(Record::Ended { txn: t })]);
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn early_ack_is_not_used_when_a_branch_only_reads_or_there_is_one_branch() {
+    let mut c = ready_coordinator(early_config());
+    let branches = vec![Branch { node: P1, writes: w(10, 5) }, Branch { node: P2, writes: vec![] }];
+    let out = run(&mut c, Input::Begin { request: RequestId(1), branches });
+    let t = txn(1);
+    assert!(
+        out.contains(&send(
+            P2,
+            Msg::Prepare { txn: t, peers: vec![P1], writes: vec![], early_ack: false }
+        )),
+        "a read-only branch forgets the transaction after voting: the prepares could not decide it"
+    );
+    let one = vec![Branch { node: P1, writes: w(10, 5) }];
+    let out = run(&mut c, Input::Begin { request: RequestId(2), branches: one });
+    assert!(out.contains(&send(P1, Msg::CommitOnePhase { txn: txn(2), writes: w(10, 5) })));
+}
+
+#[test]
+fn early_ack_never_aborts_on_a_vote_timeout_but_asks_the_silent_branches() {
+    let cfg = early_config();
+    let mut c = ready_coordinator(cfg.clone());
+    let t = txn(1);
+    run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes }));
+    assert_eq!(
+        run(&mut c, Input::Timer(Timer::VoteTimeout { txn: t })),
+        vec![
+            send(P2, Msg::Inquire { txn: t }),
+            Command::SetTimer {
+                timer: Timer::VoteTimeout { txn: t },
+                after_us: cfg.vote_timeout_us
+            },
+        ],
+        "P2 may be durably prepared with its YES lost: aborting now could contradict its peers"
+    );
+    // A branch that never saw PREPARE refuses durably and answers ABORT: now abort is final.
+    assert_eq!(
+        run(&mut c, msg(P2, decision(t, Decision::Abort))),
+        vec![
+            send(P1, decision(t, Decision::Abort)),
+            Command::Outcome { txn: t, decision: Decision::Abort }
+        ]
+    );
+}
+
+#[test]
+fn early_ack_counts_a_silent_branchs_repeated_yes_or_its_commit_as_the_lost_vote() {
+    let mut c = ready_coordinator(early_config());
+    let t = txn(1);
+    run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes }));
+    run(&mut c, Input::Timer(Timer::VoteTimeout { txn: t }));
+    let out = run(&mut c, msg(P2, decision(t, Decision::Commit)));
+    assert_eq!(out[0], Command::Outcome { txn: t, decision: Decision::Commit });
+
+    // Classic 2PC ignores a participant's decision message: only its votes count.
+    let mut c = ready_coordinator(config());
+    run(&mut c, Input::Begin { request: RequestId(1), branches: two_branches() });
+    run(&mut c, msg(P1, Msg::Vote { txn: t, vote: Vote::Yes }));
+    assert_eq!(run(&mut c, msg(P2, decision(t, Decision::Abort))), vec![]);
+}
+
+#[test]
+fn no_presumed_abort_for_a_yes_from_before_the_restart_whatever_the_switch() {
+    let t_old = TxnId { coordinator: C, epoch: 1, sequence: 1 };
+    let mut c = Coordinator::new(C, early_config());
+    run(&mut c, Input::Restart { records: vec![Record::EpochStarted { epoch: 1 }] });
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 2 }));
+    assert_eq!(
+        run(&mut c, msg(P1, Msg::Vote { txn: t_old, vote: Vote::Yes })),
+        vec![],
+        "its decision record may have been lazy and lost: the prepares may have committed it"
+    );
+    let t_new = TxnId { coordinator: C, epoch: 2, sequence: 1 };
+    assert_eq!(
+        run(&mut c, msg(P1, Msg::Vote { txn: t_new, vote: Vote::Yes })),
+        vec![send(P1, decision(t_new, Decision::Abort))],
+        "one of this incarnation it no longer holds has ended or was refused durably"
+    );
+    // Nor with the switch off now: it may have been on before the restart.
+    let mut c = Coordinator::new(C, config());
+    run(&mut c, Input::Restart { records: vec![Record::EpochStarted { epoch: 1 }] });
+    assert_eq!(run(&mut c, msg(P1, Msg::Vote { txn: t_old, vote: Vote::Yes })), vec![]);
+}
+
+#[test]
+fn early_ack_refusal_is_forced_before_the_no_vote() {
+    let mut p = participant(config());
+    let t = txn(1);
+    assert_eq!(
+        run(&mut p, msg(C, early_prepare(t, w(10, -1)))),
+        vec![forced(Record::Aborted { txn: t })],
+        "a refusal forgotten in a crash could let a late PREPARE complete the set of prepares"
+    );
+    assert_eq!(
+        run(&mut p, Input::Persisted(Record::Aborted { txn: t })),
+        vec![
+            Command::Outcome { txn: t, decision: Decision::Abort },
+            send(C, Msg::Vote { txn: t, vote: Vote::No })
+        ]
+    );
+    // After a crash the refusal is still there: a repeated PREPARE cannot prepare.
+    let mut restarted: Participant = Participant::new(P1, config());
+    run(&mut restarted, Input::Restart { records: vec![Record::Aborted { txn: t }] });
+    assert_eq!(
+        run(&mut restarted, msg(C, early_prepare(t, w(10, 5)))),
+        vec![send(C, Msg::Vote { txn: t, vote: Vote::No })]
+    );
+}
+
+#[test]
+fn early_ack_participant_asks_only_its_peers_and_commits_once_every_peer_is_prepared() {
+    let cfg = config();
+    let t = txn(1);
+    let mut p = early_prepared_participant(t);
+    assert_eq!(
+        run(&mut p, Input::Timer(Timer::Inquire { txn: t, attempt: 0 })),
+        vec![
+            send(P2, Msg::Inquire { txn: t }),
+            Command::SetTimer {
+                timer: Timer::Inquire { txn: t, attempt: 1 },
+                after_us: 2 * cfg.inquiry_base_us
+            },
+        ],
+        "not the coordinator: with its lazy decision record lost it would presume abort"
+    );
+    assert_eq!(
+        run(&mut p, msg(NodeId(3), Msg::Vote { txn: t, vote: Vote::Yes })),
+        vec![],
+        "a node that is not a peer proves nothing"
+    );
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Vote { txn: t, vote: Vote::Yes })),
+        vec![forced(Record::Committed { txn: t })],
+        "every branch is durably prepared: the transaction is committed"
+    );
+}
+
+#[test]
+fn early_ack_prepared_participant_answers_an_inquiry_with_its_yes() {
+    let t = txn(1);
+    let mut p = early_prepared_participant(t);
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Inquire { txn: t })),
+        vec![send(P2, Msg::Vote { txn: t, vote: Vote::Yes })]
+    );
+    assert_eq!(
+        run(&mut p, msg(C, Msg::Inquire { txn: t })),
+        vec![send(C, Msg::Vote { txn: t, vote: Vote::Yes })],
+        "the coordinator asks a branch whose vote it missed"
+    );
+    // A classic prepared branch stays silent (it knows nothing a peer could use).
+    let mut classic = prepared_participant(config(), t);
+    assert_eq!(run(&mut classic, msg(P2, Msg::Inquire { txn: t })), vec![]);
+}
+
+#[test]
+fn early_ack_prepared_record_survives_restart_and_checkpoint_with_its_flag() {
+    use crate::Checkpoint;
+    use concord_types::codec::Encode;
+    let t = txn(1);
+    let record = early_prepared_record(t);
+    assert_eq!(Record::from_bytes(&record.to_bytes()), Ok(record.clone()));
+    let m = early_prepare(t, w(1, 2));
+    assert_eq!(Msg::from_bytes(&m.to_bytes()), Ok(m));
+    let p = early_prepared_participant(t);
+    assert!(p.live_records().contains(&record));
+    let mut restarted: Participant = Participant::new(P1, config());
+    run(&mut restarted, Input::Restart { records: vec![record] });
+    assert_eq!(
+        run(&mut restarted, Input::Timer(Timer::Inquire { txn: t, attempt: 0 }))[0],
+        send(P2, Msg::Inquire { txn: t }),
+        "after a restart it still asks its peers, not the coordinator"
+    );
 }

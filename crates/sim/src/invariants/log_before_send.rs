@@ -1,14 +1,16 @@
 //! **Log before you send**: a participant's YES vote leaves only once its prepare record is
 //! durable, and a COMMIT decision message (from the coordinator, or a peer repeating it) leaves
-//! only once the coordinator's commit decision is durable. Checked at the moment of sending, so
-//! it holds whatever the scheduling of syncs and crashes.
+//! only once the coordinator's commit decision is durable — or, for a transaction run with
+//! 2PC's early acknowledgement, once every one of its branches' prepare records is (those
+//! records are then the decision). Checked at the moment of sending, so it holds whatever the
+//! scheduling of syncs and crashes.
 //!
 //! Source: DESIGN.md §1 ("log before you send is structural") and §3 ("a participant votes YES
 //! only after its prepare record is durable"; "the coordinator forces its COMMIT decision before
 //! sending any COMMIT"); the seed track's "Handle Coordinator Failure" task.
 
 use concord_commit::MessageKind;
-use concord_types::{Decision, NodeId, Vote};
+use concord_types::{Decision, NodeId, TxnId, Vote};
 
 use super::History;
 
@@ -31,11 +33,21 @@ pub fn on_send(
             h.violate(PROPERTY, now, detail);
         }
         MessageKind::Decision { txn, decision: Decision::Commit }
-            if coordinator_logs_decision && h.logged.get(&txn) != Some(&Decision::Commit) =>
+            if coordinator_logs_decision
+                && h.logged.get(&txn) != Some(&Decision::Commit)
+                && !every_prepare_durable(h, txn) =>
         {
             let detail = format!("{from} sent COMMIT for {txn} before the decision was durable");
             h.violate(PROPERTY, now, detail);
         }
         _ => {}
     }
+}
+
+/// Early acknowledgement's commit point: every branch of `txn` has a durable prepare record.
+fn every_prepare_durable(h: &History, txn: TxnId) -> bool {
+    h.early_ack.contains(&txn)
+        && h.branches.get(&txn).is_some_and(|branches| {
+            branches.iter().all(|b| h.durable_prepares.contains(&(b.node, txn)))
+        })
 }

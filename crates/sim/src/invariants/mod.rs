@@ -67,6 +67,9 @@ pub struct History {
     pub logged: HashMap<TxnId, Decision>,
     /// Participant prepare records that became durable.
     pub durable_prepares: HashSet<(NodeId, TxnId)>,
+    /// Transactions run with early acknowledgement: committed once every branch's prepare
+    /// record is durable (seen from their prepare records).
+    pub early_ack: HashSet<TxnId>,
     pub violations: Vec<Violation>,
 }
 

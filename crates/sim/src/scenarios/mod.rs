@@ -8,6 +8,7 @@ mod coordinator_crash_after_decision;
 mod coordinator_crash_after_precommit;
 mod coordinator_crash_after_prepare;
 mod duplicate_commit;
+mod early_ack_coordinator_crash_after_outcome;
 mod naive_partial_failure;
 mod participant_crash_after_yes;
 mod participant_crash_before_vote;
@@ -52,6 +53,7 @@ pub const ALL: &[Scenario] = &[
     participant_crash_before_vote::SCENARIO,
     partition_during_commit::SCENARIO,
     duplicate_commit::SCENARIO,
+    early_ack_coordinator_crash_after_outcome::SCENARIO,
     coordinator_crash_after_precommit::SCENARIO,
     partition_during_precommit::SCENARIO,
     paxos_coordinator_and_f_acceptors_crash::SCENARIO,
