@@ -1,7 +1,7 @@
 //! The cluster configuration file (`concord.toml`), shared by every node of a cluster.
 //!
 //! ```toml
-//! cluster = "prod-eu"            # frames from another cluster are refused
+//! cluster = "prod-eu"            # peer links from another cluster are refused
 //! protocol = "2pc"               # optional: "2pc" (default) or "paxos-commit"
 //! early_ack = true               # optional, 2pc only: a cross-shard commit is acknowledged once
 //!                                # every prepare is durable (one round of fsyncs, not two)

@@ -1,9 +1,9 @@
 //! The node loop: one task owns a protocol core and carries out its commands on real I/O.
 //!
 //! ```text
-//!   gRPC Peer/Client/Node ──(bounded)──► external ─┐
-//!   timers, log callbacks ──────────────► internal ┴─► loop: core.handle(input) ─► commands
-//!                                                         Send     ─► outbox[peer] ─► batcher task ─► Deliver(frame)
+//!   peer links, gRPC Client/Node ──(bounded)──► external ─┐
+//!   timers, log callbacks ─────────────────────► internal ┴─► loop: core.handle(input) ─► commands
+//!                                                         Send     ─► outbox[peer] ─► writer task ─► TCP link
 //!                                                         Persist  ─► group commit (callback ─► Persisted)
 //!                                                         SetTimer ─► sleeping task ─► Timer
 //! ```
@@ -26,25 +26,23 @@ use tokio::sync::mpsc;
 use crate::coordinator::CoordinatorRole;
 use crate::engine::Engine;
 use crate::model::{Change, Model};
+use crate::peer_link::PeerSender;
 use concord_commit::ResourceParticipant as _;
 
 type Msg<E> = <E as Engine>::Msg;
 type Record<E> = <E as Engine>::Record;
 type Timer<E> = <E as Engine>::Timer;
 
-/// Frames waiting for one peer; beyond this, messages are dropped (the cores resend).
-pub(crate) const OUTBOX_CAPACITY: usize = 65_536;
-/// Most messages in one frame.
-pub(crate) const MAX_MESSAGES_PER_FRAME: usize = 4_096;
-/// Requests and frames waiting for the loop.
+/// Requests and batches of peer messages waiting for the loop.
 pub(crate) const EXTERNAL_CAPACITY: usize = 4_096;
 
 pub(crate) type Call<E> = Box<dyn FnOnce(&mut Node<E>) + Send>;
 
 pub(crate) enum Event<E: Engine> {
-    Message {
+    /// What one read of a peer link brought, in order.
+    Messages {
         from: NodeId,
-        msg: Msg<E>,
+        msgs: Vec<Msg<E>>,
     },
     Timer(Timer<E>),
     Persisted(Record<E>),
@@ -62,7 +60,7 @@ pub(crate) enum RoleState<E: Engine> {
 
 /// What the core's commands act on.
 pub(crate) struct Io<E: Engine> {
-    pub outboxes: HashMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    pub outboxes: HashMap<NodeId, PeerSender>,
     pub log: Arc<GroupCommit>,
     pub internal: mpsc::UnboundedSender<Event<E>>,
     pub records_since_checkpoint: u64,
@@ -84,9 +82,13 @@ impl<E: Engine> Io<E> {
             self.dropped_sends += 1;
             return;
         };
-        if outbox.try_send(msg.to_bytes()).is_err() {
-            self.dropped_sends += 1; // full or closed: the core's own retries cover a loss
-        }
+        // A full outbox drops the message and counts it; the core's own retries cover a loss.
+        outbox.0.push(msg);
+    }
+
+    /// Messages not sent: for a node not configured, or to a full outbox.
+    pub fn dropped_sends(&self) -> u64 {
+        self.dropped_sends + self.outboxes.values().map(|o| o.0.dropped()).sum::<u64>()
     }
 
     fn persist(&mut self, record: Record<E>, durability: Durability) {
@@ -222,7 +224,11 @@ pub(crate) async fn run<E: Engine>(
             else => return Ok(()),
         };
         match event {
-            Event::Message { from, msg } => node.on_message(from, msg),
+            Event::Messages { from, msgs } => {
+                for msg in msgs {
+                    node.on_message(from, msg);
+                }
+            }
             Event::Timer(timer) => node.step(Input::Timer(timer)),
             Event::Persisted(record) => node.step(Input::Persisted(record)),
             Event::LogFailed(error) => return Err(format!("the log failed: {error}")),

@@ -1,9 +1,10 @@
 //! Concord's runtime: the protocol cores on real disks and real sockets.
 //!
 //! One process (or one task, under `concord dev`) runs one node: the coordinator or a shard.
-//! [`serve`] opens the node's log, replays it into the core, and serves three gRPC services on
-//! the node's address: `Peer` (protocol frames), `Client` (submit, status, list) and `Node`
-//! (health, shard reads). See `proto/concord.proto` for the wire contract.
+//! [`serve`] opens the node's log, replays it into the core, and serves on the node's address
+//! both the peer links (protocol messages between nodes, plain TCP: `peer_link.rs`) and the
+//! gRPC services `Client` (submit, status, list), `Node` (health, shard reads) and, for the
+//! key-value store, `Kv` and `KvShard`. See `proto/concord.proto` for the gRPC contract.
 
 pub mod config;
 mod coordinator;
@@ -11,6 +12,7 @@ mod driver;
 mod engine;
 mod kv;
 mod model;
+mod peer_link;
 mod service;
 mod versions;
 
@@ -29,19 +31,22 @@ use concord_commit::Input;
 use concord_types::codec::Encode;
 use concord_types::NodeId;
 use concord_wal::{FileLog, GroupCommit};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{ClusterConfig, CommitProtocol, NodeConfig, Role};
 use crate::coordinator::CoordinatorRole;
-use crate::driver::{Io, Node, RoleState};
+use crate::driver::{Event, Io, Node, RoleState};
 use crate::engine::{Engine, PaxosCommit, TwoPc};
 use crate::model::{Deltas, KvStore, Model};
 use crate::service::Handle;
 use concord_commit::ResourceParticipant as _;
 
-/// Largest gRPC message a node accepts (a frame of many messages, or a large request).
+/// Largest gRPC message a node accepts (a large request), and largest protocol message.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Accepted gRPC connections waiting for the server to take them.
+const ACCEPT_QUEUE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -87,33 +92,71 @@ pub fn channel(address: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
-/// Sends one peer's messages, many per frame. A failed frame is dropped: the cores resend.
-async fn deliver_loop(
-    me: NodeId,
-    cluster: String,
-    to: SocketAddr,
-    mut outbox: mpsc::Receiver<Vec<u8>>,
+/// Accepts connections on the node's port until `stopped`: a peer link (its first byte is the
+/// peer magic's) is served here, anything else is handed to the gRPC server.
+async fn accept_loop<E: Engine>(
+    listener: TcpListener,
+    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+    handle: Handle<E>,
+    mut stopped: watch::Receiver<bool>,
 ) {
-    let mut client = proto::peer_client::PeerClient::new(channel(to))
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut backoff = Duration::from_millis(10);
-    while let Some(first) = outbox.recv().await {
-        let mut messages = vec![first];
-        while messages.len() < driver::MAX_MESSAGES_PER_FRAME {
-            match outbox.try_recv() {
-                Ok(next) => messages.push(next),
-                Err(_) => break,
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, say: do not spin; connections wait in the backlog.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).
+        let _ = stream.set_nodelay(true);
+        let (grpc, handle, stopped) = (grpc.clone(), handle.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(peer_link::HELLO_TIMEOUT, stream.peek(&mut first));
+            match peeked.await {
+                Ok(Ok(1)) if first[0] == peer_link::MAGIC[0] => {
+                    serve_peer(stream, handle, stopped).await;
+                }
+                Ok(Ok(1)) => {
+                    let _ = grpc.send(Ok(stream)).await;
+                }
+                _ => {} // closed or silent: dropped
             }
+        });
+    }
+}
+
+/// One accepted peer link: its hello checked, then its messages into the loop, a batch per read.
+async fn serve_peer<E: Engine>(
+    mut stream: TcpStream,
+    handle: Handle<E>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let hello = tokio::time::timeout(
+        peer_link::HELLO_TIMEOUT,
+        peer_link::read_hello(&mut stream, &handle.config),
+    );
+    let from = match hello.await {
+        Ok(Ok(from)) => from,
+        Ok(Err(reason)) => {
+            eprintln!("{}: refused a peer connection: {reason}", handle.me);
+            return;
         }
-        let frame = proto::Frame { from: me.0, cluster: cluster.clone(), messages };
-        let mut request = tonic::Request::new(frame);
-        request.set_timeout(Duration::from_secs(5));
-        if client.deliver(request).await.is_ok() {
-            backoff = Duration::from_millis(10);
-        } else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
+        Err(_) => return,
+    };
+    let deliver = |msgs| {
+        let events = handle.events.clone();
+        async move { events.send(Event::Messages { from, msgs }).await.is_ok() }
+    };
+    let received = tokio::select! {
+        _ = stopped.wait_for(|stop| *stop) => Ok(()),
+        received = peer_link::receive_loop::<E::Msg, _>(stream, deliver) => received,
+    };
+    if let Err(reason) = received {
+        eprintln!("{}: dropped the peer link from {from}: {reason}", handle.me);
     }
 }
 
@@ -181,9 +224,10 @@ async fn serve_engine<E: Engine>(
     let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
     let mut outboxes = HashMap::new();
     for peer in config.nodes.iter().filter(|n| n.id != me.id) {
-        let (tx, rx) = mpsc::channel(driver::OUTBOX_CAPACITY);
-        outboxes.insert(NodeId(peer.id), tx);
-        tokio::spawn(deliver_loop(NodeId(me.id), config.cluster.clone(), peer.listen, rx));
+        let outbox = Arc::new(peer_link::Outbox::default());
+        outboxes.insert(NodeId(peer.id), peer_link::PeerSender(Arc::clone(&outbox)));
+        let cluster = config.cluster.clone();
+        tokio::spawn(peer_link::send_loop(NodeId(me.id), cluster, peer.listen, outbox));
     }
     let id = NodeId(me.id);
     let role = match me.role {
@@ -226,14 +270,11 @@ async fn serve_engine<E: Engine>(
         Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
     let (gateway, shard_reads) = E::Model::kv_services(&handle, me.role);
     let (stop_loop, loop_stopped) = watch::channel(false);
+    let (grpc_tx, grpc_rx) = mpsc::channel(ACCEPT_QUEUE);
+    tokio::spawn(accept_loop(listener, grpc_tx, handle.clone(), loop_stopped.clone()));
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
-    // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let server = tonic::transport::Server::builder()
-        .add_service(
-            proto::peer_server::PeerServer::new(handle.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
         .add_service(
             proto::client_server::ClientServer::new(handle.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

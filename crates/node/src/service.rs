@@ -2,8 +2,7 @@
 
 use std::pin::Pin;
 
-use concord_types::codec::Encode;
-use concord_types::{NodeId, TxnId};
+use concord_types::TxnId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -51,41 +50,6 @@ impl<E: Engine> Handle<E> {
 
 pub(crate) fn stopping() -> Status {
     Status::unavailable("the node is stopping")
-}
-
-#[tonic::async_trait]
-impl<E: Engine> proto::peer_server::Peer for Handle<E> {
-    async fn deliver(
-        &self,
-        request: Request<proto::Frame>,
-    ) -> Result<Response<proto::Delivered>, Status> {
-        let frame = request.into_inner();
-        if frame.cluster != self.config.cluster {
-            return Err(Status::permission_denied(format!(
-                "frame from cluster `{}`, this is `{}`",
-                frame.cluster, self.config.cluster
-            )));
-        }
-        if !self.config.nodes.iter().any(|n| n.id == frame.from) {
-            return Err(Status::permission_denied(format!(
-                "node id {} is not configured",
-                frame.from
-            )));
-        }
-        let from = NodeId(frame.from);
-        // Decode the whole frame before delivering any of it: a bad frame is refused whole.
-        let mut messages = Vec::with_capacity(frame.messages.len());
-        for (i, bytes) in frame.messages.iter().enumerate() {
-            let msg = E::Msg::from_bytes(bytes).map_err(|e| {
-                Status::invalid_argument(format!("message {i} of the frame is malformed: {e:?}"))
-            })?;
-            messages.push(msg);
-        }
-        for msg in messages {
-            self.events.send(Event::Message { from, msg }).await.map_err(|_| stopping())?;
-        }
-        Ok(Response::new(proto::Delivered {}))
-    }
 }
 
 type SubmitStream = Pin<Box<dyn Stream<Item = Result<proto::SubmitEvent, Status>> + Send>>;
@@ -176,7 +140,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
                     log_syncs: syncs,
                     checkpoints: node.io.log.checkpoints(),
                     in_flight: u32::try_from(node.in_flight()).unwrap_or(u32::MAX),
-                    dropped_sends: node.io.dropped_sends,
+                    dropped_sends: node.io.dropped_sends(),
                 }
             })
             .await?;
