@@ -413,6 +413,8 @@ pub struct Tally {
     pub committed: u64,
     pub aborted: u64,
     pub failed: u64,
+    /// What the first failure said, so a report with failures says why.
+    pub first_failure: Option<String>,
     pub latency: Histogram,
 }
 
@@ -423,6 +425,14 @@ impl Tally {
         self.latency.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
     }
 
+    /// Counts a failure (neither committed nor a conflict), keeping the first one's words.
+    pub fn fail(&mut self, why: impl std::fmt::Display) {
+        self.failed += 1;
+        if self.first_failure.is_none() {
+            self.first_failure = Some(why.to_string());
+        }
+    }
+
     /// Adds the tallies of finished client tasks.
     pub async fn join(tasks: &mut tokio::task::JoinSet<Tally>) -> Tally {
         let mut total = Tally::default();
@@ -430,6 +440,7 @@ impl Tally {
             total.committed += t.committed;
             total.aborted += t.aborted;
             total.failed += t.failed;
+            total.first_failure = total.first_failure.or(t.first_failure);
             total.latency.merge(&t.latency);
         }
         total

@@ -211,7 +211,7 @@ async fn measure(
                     tally.commit(t0);
                 }
                 Err(KvError::Conflict(_)) => tally.aborted += 1,
-                Err(_) => tally.failed += 1,
+                Err(error) => tally.fail(error),
             }
             i += 1;
         }
@@ -229,7 +229,8 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
                     "protocol": r.protocol.to_string(), "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
-                    "failed": r.run.tally.failed, "seconds": r.run.seconds,
+                    "failed": r.run.tally.failed, "first_failure": r.run.tally.first_failure,
+                    "seconds": r.run.seconds,
                     "p50_us": r.run.tally.latency.quantile(0.5),
                     "p99_us": r.run.tally.latency.quantile(0.99),
                 })
@@ -285,5 +286,8 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             r.run.tally.latency.quantile(0.99),
             ratio,
         );
+        if let Some(why) = &r.run.tally.first_failure {
+            println!("{:<13} first failure: {why}", "");
+        }
     }
 }

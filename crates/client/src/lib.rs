@@ -23,8 +23,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use concord_node::proto::{self, kv_client};
-use tonic::transport::Channel;
+use concord_node::call_link::{CallClient, Method};
+use concord_node::proto;
 use tonic::{Code, Status};
 
 /// Isolation levels (see docs/kv.md).
@@ -95,26 +95,26 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(35);
 /// `transact` tries this many times, backing off from 2 ms, doubling, capped at 200 ms.
 pub const MAX_ATTEMPTS: u32 = 10;
 
-fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
-/// A connection to a key-value cluster's gateway (its coordinator).
+/// A connection to a key-value cluster's gateway (its coordinator), shared by every clone and
+/// every transaction begun from them: concurrent calls travel together on it (a call link,
+/// `concord_node::call_link`; the gateway also serves the same methods over gRPC for other
+/// languages).
 #[derive(Clone, Debug)]
 pub struct KvClient {
-    inner: kv_client::KvClient<Channel>,
+    inner: CallClient,
     isolation: Isolation,
     buffer_writes: bool,
 }
 
 impl KvClient {
-    /// Connects lazily: the first call opens the connection. Call it inside a tokio runtime.
+    /// Connects lazily: the first call opens the connection (and the next call after it
+    /// breaks opens it again). Call it inside a tokio runtime.
     pub fn connect(gateway: SocketAddr) -> Self {
-        let inner = kv_client::KvClient::new(concord_node::channel(gateway))
-            .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES);
-        KvClient { inner, isolation: Isolation::default(), buffer_writes: true }
+        KvClient {
+            inner: CallClient::new(gateway),
+            isolation: Isolation::default(),
+            buffer_writes: true,
+        }
     }
 
     /// Transactions begun from now on use `isolation`.
@@ -205,7 +205,7 @@ impl KvClient {
 /// transaction is one call, a read-modify-write of one key two.
 #[derive(Debug)]
 pub struct Txn {
-    inner: kv_client::KvClient<Channel>,
+    inner: CallClient,
     /// The gateway's session, once a call has begun the transaction there.
     session: Option<u64>,
     isolation: Isolation,
@@ -229,7 +229,8 @@ impl Txn {
             return Ok(session);
         }
         let begin = proto::KvBeginRequest { isolation: self.isolation.name().into() };
-        let reply = self.inner.begin(request(begin, CALL_TIMEOUT)).await?.into_inner();
+        let reply: proto::KvBeginReply =
+            self.inner.call(Method::KvBegin, &begin, CALL_TIMEOUT).await?;
         self.session = Some(reply.session);
         Ok(reply.session)
     }
@@ -241,7 +242,7 @@ impl Txn {
         }
         let (session, begin) = self.session_or_begin();
         let get = proto::KvGetRequest { session, key: key.to_vec(), begin };
-        let reply = self.inner.get(request(get, CALL_TIMEOUT)).await?.into_inner();
+        let reply: proto::KvGetReply = self.inner.call(Method::KvGet, &get, CALL_TIMEOUT).await?;
         self.session = Some(reply.session);
         Ok(reply.found.then_some(reply.value))
     }
@@ -287,11 +288,13 @@ impl Txn {
             match value {
                 Some(value) => {
                     let put = proto::KvPutRequest { session, key, value };
-                    self.inner.put(request(put, CALL_TIMEOUT)).await?;
+                    let _: proto::KvWriteReply =
+                        self.inner.call(Method::KvPut, &put, CALL_TIMEOUT).await?;
                 }
                 None => {
                     let delete = proto::KvDeleteRequest { session, key };
-                    self.inner.delete(request(delete, CALL_TIMEOUT)).await?;
+                    let _: proto::KvWriteReply =
+                        self.inner.call(Method::KvDelete, &delete, CALL_TIMEOUT).await?;
                 }
             }
         }
@@ -314,7 +317,8 @@ impl Txn {
         };
         let (session, begin) = self.session_or_begin();
         let scan = proto::KvScanRequest { session, range: Some(range), limit, begin };
-        let reply = self.inner.scan(request(scan, CALL_TIMEOUT)).await?.into_inner();
+        let reply: proto::KvScanReply =
+            self.inner.call(Method::KvScan, &scan, CALL_TIMEOUT).await?;
         self.session = Some(reply.session);
         Ok((reply.rows.into_iter().map(|p| (p.key, p.value)).collect(), reply.more))
     }
@@ -336,12 +340,9 @@ impl Txn {
         }
         let (session, begin) = self.session_or_begin();
         let commit = proto::KvCommitRequest { session, writes, begin };
-        let reply = self.inner.commit(request(commit, COMMIT_TIMEOUT)).await;
+        let reply = self.inner.call(Method::KvCommit, &commit, COMMIT_TIMEOUT).await;
         match reply {
-            Ok(reply) => {
-                let txn = reply.into_inner().txn;
-                Ok((!txn.is_empty()).then_some(txn))
-            }
+            Ok(proto::KvCommitReply { txn, .. }) => Ok((!txn.is_empty()).then_some(txn)),
             // A lost connection during commit leaves the outcome unknown, not failed.
             Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
                 Err(KvError::OutcomeUnknown(format!(
@@ -353,10 +354,10 @@ impl Txn {
         }
     }
 
-    pub async fn abort(mut self) -> Result<(), KvError> {
+    pub async fn abort(self) -> Result<(), KvError> {
         let Some(session) = self.session else { return Ok(()) };
         let abort = proto::KvAbortRequest { session };
-        self.inner.abort(request(abort, CALL_TIMEOUT)).await?;
+        let _: proto::KvAbortReply = self.inner.call(Method::KvAbort, &abort, CALL_TIMEOUT).await?;
         Ok(())
     }
 }

@@ -41,3 +41,8 @@ pub use protocol::{
     ParticipantView, Protocol, RecordKind, Rejection, ResourceParticipant, Switches, Topology,
 };
 pub use resource::{Change, Resource};
+
+/// Most decisions one checkpoint record carries: a participant that remembers more writes
+/// them in several records, so no record outgrows the log's frame (about 13 bytes each: 50,000
+/// is ~650 KB, far below 16 MiB).
+pub const CHECKPOINT_CHUNK: usize = 50_000;

@@ -83,7 +83,7 @@ impl<E: Engine> Io<E> {
             return;
         };
         // A full outbox drops the message and counts it; the core's own retries cover a loss.
-        outbox.0.push(msg);
+        outbox.send(msg);
     }
 
     /// Messages not sent: for a node not configured, or to a full outbox.

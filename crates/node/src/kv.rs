@@ -1,8 +1,8 @@
-//! The key-value store on the runtime: the gateway (the `Kv` service, at the coordinator) and
-//! the shards' read service (`KvShard`).
+//! The key-value store on the runtime: the gateway (the `Kv` service, at the coordinator:
+//! gRPC, and the same methods as calls on a call link) and the shards' reads (calls).
 //!
 //! The gateway keeps each open transaction ([`Transaction`]) in memory: reads go to the shards
-//! at the snapshot timestamp over gRPC, writes are buffered, and a commit becomes a request to
+//! at the snapshot timestamp as calls (`call_link`), writes are buffered, and a commit becomes a request to
 //! the coordinator's core — one branch per shard (under 2PC one phase for a single shard; under
 //! Paxos Commit every transaction runs the full protocol). Nothing is
 //! sent to a shard before commit, so a client that disappears leaves nothing locked; its
@@ -23,16 +23,16 @@ use concord_kv::{
     Transaction,
 };
 use concord_types::{NodeId, TxnId};
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::call_link::{self, CallClient, Method, Serve, Served};
 use crate::config::ClusterConfig;
 use crate::coordinator::SubmitReply;
 use crate::driver::{Call, Event, Node, RoleState};
 use crate::engine::Engine;
 use crate::model::{KvStore, Model};
-use crate::proto::kv_shard_client::KvShardClient;
 use crate::proto::{self, submit_event, State};
 use crate::service::{stopping, Handle};
 use concord_commit::ResourceParticipant as _;
@@ -175,8 +175,8 @@ pub(crate) struct Gateway {
     next_session: AtomicU64,
     clock: Mutex<Hlc>,
     map: ShardMap,
-    /// Shard index → (node, client).
-    shards: Vec<(NodeId, KvShardClient<Channel>)>,
+    /// Shard index → (node, its calls).
+    shards: Vec<(NodeId, CallClient)>,
     limits: Limits,
 }
 
@@ -196,14 +196,8 @@ impl Gateway {
         let kv = config.kv.clone().expect("a key-value cluster has a [kv] section");
         let shard_nodes = config.shards_by_id();
         let map = kv.shard_map(shard_nodes.len()).expect("validated with the configuration");
-        let shards = shard_nodes
-            .iter()
-            .map(|n| {
-                let client = KvShardClient::new(crate::channel(n.listen))
-                    .max_decoding_message_size(crate::MAX_MESSAGE_BYTES);
-                (NodeId(n.id), client)
-            })
-            .collect();
+        let shards =
+            shard_nodes.iter().map(|n| (NodeId(n.id), CallClient::new(n.listen))).collect();
         let gateway = Arc::new(Gateway {
             handle,
             sessions: Mutex::new(HashMap::new()),
@@ -276,16 +270,20 @@ impl Gateway {
         shard: usize,
         request: proto::ShardReadRequest,
     ) -> Result<proto::ShardReadReply, Status> {
-        let mut client = self.shards[shard].1.clone();
-        let mut request = Request::new(request);
-        request.set_timeout(SHARD_CALL_TIMEOUT);
-        let reply = client.read(request).await.map_err(|e| match e.code() {
-            tonic::Code::Aborted
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::InvalidArgument => e,
-            _ => Status::unavailable(format!("shard {} cannot be reached: {}", shard, e.message())),
-        })?;
-        let reply = reply.into_inner();
+        let client = &self.shards[shard].1;
+        let reply: proto::ShardReadReply = client
+            .call(Method::ShardRead, &request, SHARD_CALL_TIMEOUT)
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::Aborted
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::InvalidArgument => e,
+                _ => Status::unavailable(format!(
+                    "shard {} cannot be reached: {}",
+                    shard,
+                    e.message()
+                )),
+            })?;
         // The hybrid logical clock's receive rule: move past the shard's clock.
         self.clock
             .lock()
@@ -298,11 +296,9 @@ impl Gateway {
     /// Why a shard refused `txn`, from the first branch that remembers.
     async fn refusal(&self, txn: TxnId, shards: &[usize]) -> Option<String> {
         for &s in shards {
-            let mut client = self.shards[s].1.clone();
-            let mut request = Request::new(proto::RefusalRequest { txn: txn.to_string() });
-            request.set_timeout(SHARD_CALL_TIMEOUT);
-            if let Ok(reply) = client.refusal(request).await {
-                let reason = reply.into_inner().reason;
+            let request = proto::RefusalRequest { txn: txn.to_string() };
+            let reply = self.shards[s].1.call(Method::ShardRefusal, &request, SHARD_CALL_TIMEOUT);
+            if let Ok(proto::RefusalReply { reason }) = reply.await {
                 if !reason.is_empty() {
                     return Some(reason);
                 }
@@ -528,19 +524,61 @@ impl proto::kv_server::Kv for Arc<Gateway> {
     }
 }
 
+/// The gateway's methods as calls: the same code as its gRPC service.
+impl Serve for Gateway {
+    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>) -> Served {
+        use call_link::{decode, encode};
+        use proto::kv_server::Kv;
+        Box::pin(async move {
+            match method {
+                Method::KvBegin => encode(Kv::begin(&self, decode(&request)?).await?),
+                Method::KvGet => encode(Kv::get(&self, decode(&request)?).await?),
+                Method::KvScan => encode(Kv::scan(&self, decode(&request)?).await?),
+                Method::KvPut => encode(Kv::put(&self, decode(&request)?).await?),
+                Method::KvDelete => encode(Kv::delete(&self, decode(&request)?).await?),
+                Method::KvCommit => encode(Kv::commit(&self, decode(&request)?).await?),
+                Method::KvAbort => encode(Kv::abort(&self, decode(&request)?).await?),
+                Method::ShardRead | Method::ShardRefusal => {
+                    Err(Status::failed_precondition("this node is a gateway, not a shard"))
+                }
+            }
+        })
+    }
+}
+
+/// A shard's reads, as calls from its gateway.
+impl Serve for KvHandle {
+    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>) -> Served {
+        use call_link::decode;
+        Box::pin(async move {
+            match method {
+                Method::ShardRead => {
+                    Ok(self.read(decode(&request)?.into_inner()).await?.encode_to_vec())
+                }
+                Method::ShardRefusal => {
+                    Ok(self.refusal(decode(&request)?.into_inner()).await?.encode_to_vec())
+                }
+                _ => Err(Status::failed_precondition(
+                    "this node is a shard: ask the gateway (the coordinator)",
+                )),
+            }
+        })
+    }
+}
+
 /// What one attempt of a shard read found.
 enum Attempt {
     Done(proto::ShardReadReply),
     Blocked(TxnId),
 }
 
-#[tonic::async_trait]
-impl proto::kv_shard_server::KvShard for KvHandle {
+impl KvHandle {
+    /// A point read or a scan at a timestamp. Waits (bounded) for prepared writes due at or
+    /// before it, asking their coordinator for the outcome.
     async fn read(
         &self,
-        request: Request<proto::ShardReadRequest>,
-    ) -> Result<Response<proto::ShardReadReply>, Status> {
-        let request = request.into_inner();
+        request: proto::ShardReadRequest,
+    ) -> Result<proto::ShardReadReply, Status> {
         let at = from_proto(request.at);
         let range = request.range.map(|r| range_from_proto(Some(r)));
         let deadline = tokio::time::Instant::now() + READ_WAIT;
@@ -587,7 +625,7 @@ impl proto::kv_shard_server::KvShard for KvHandle {
                 })
                 .await??;
             match result {
-                Attempt::Done(reply) => return Ok(Response::new(reply)),
+                Attempt::Done(reply) => return Ok(reply),
                 Attempt::Blocked(holder) if tokio::time::Instant::now() >= deadline => {
                     return Err(Status::aborted(format!(
                         "a read waited {} ms for prepared transaction {holder}, whose outcome could not be learned; retry",
@@ -600,17 +638,12 @@ impl proto::kv_shard_server::KvShard for KvHandle {
         unreachable!("the loop returns")
     }
 
-    async fn refusal(
-        &self,
-        request: Request<proto::RefusalRequest>,
-    ) -> Result<Response<proto::RefusalReply>, Status> {
-        let txn: TxnId = request
-            .into_inner()
-            .txn
-            .parse()
-            .map_err(|e: concord_types::ParseTxnIdError| invalid(e))?;
+    /// Why this shard voted NO on a transaction, if it remembers.
+    async fn refusal(&self, request: proto::RefusalRequest) -> Result<proto::RefusalReply, Status> {
+        let txn: TxnId =
+            request.txn.parse().map_err(|e: concord_types::ParseTxnIdError| invalid(e))?;
         let reason = self.ask(move |node| node.refusal(txn).unwrap_or_default()).await?;
-        Ok(Response::new(proto::RefusalReply { reason }))
+        Ok(proto::RefusalReply { reason })
     }
 }
 

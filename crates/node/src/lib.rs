@@ -1,16 +1,23 @@
 //! Concord's runtime: the protocol cores on real disks and real sockets.
 //!
 //! One process (or one task, under `concord dev`) runs one node: the coordinator or a shard.
-//! [`serve`] opens the node's log, replays it into the core, and serves on the node's address
-//! both the peer links (protocol messages between nodes, plain TCP: `peer_link.rs`) and the
-//! gRPC services `Client` (submit, status, list), `Node` (health, shard reads) and, for the
-//! key-value store, `Kv` and `KvShard`. See `proto/concord.proto` for the gRPC contract.
+//! [`serve`] opens the node's log, replays it into the core, and serves on the node's one
+//! address three kinds of connection, told apart by their first bytes:
+//! * peer links — protocol messages between nodes (plain TCP, `peer_link.rs`);
+//! * call links — requests and replies for the key-value store: the Rust client to the
+//!   gateway, the gateway to its shards (plain TCP, [`call_link`]);
+//! * gRPC — `Client` (submit, status, list), `Node` (health, shard reads) and, for the
+//!   key-value store, `Kv` (the public contract, the same methods as the call link's).
+//!
+//! See `proto/concord.proto` for the gRPC contract and the call bodies.
 
+pub mod call_link;
 pub mod config;
 mod coordinator;
 mod driver;
 mod engine;
 mod kv;
+mod link;
 mod model;
 mod peer_link;
 mod service;
@@ -47,6 +54,8 @@ use concord_commit::ResourceParticipant as _;
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Accepted gRPC connections waiting for the server to take them.
 const ACCEPT_QUEUE: usize = 64;
+/// An accepted connection must say what it is (its first bytes, a peer's hello) within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -92,12 +101,13 @@ pub fn channel(address: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
-/// Accepts connections on the node's port until `stopped`: a peer link (its first byte is the
-/// peer magic's) is served here, anything else is handed to the gRPC server.
+/// Accepts connections on the node's port until `stopped`: a Concord link (peer or call) is
+/// served here, anything else is handed to the gRPC server.
 async fn accept_loop<E: Engine>(
     listener: TcpListener,
     grpc: mpsc::Sender<std::io::Result<TcpStream>>,
     handle: Handle<E>,
+    calls: Option<Arc<dyn call_link::Serve>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -112,13 +122,14 @@ async fn accept_loop<E: Engine>(
         };
         // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).
         let _ = stream.set_nodelay(true);
-        let (grpc, handle, stopped) = (grpc.clone(), handle.clone(), stopped.clone());
+        let (grpc, handle, calls, stopped) =
+            (grpc.clone(), handle.clone(), calls.clone(), stopped.clone());
         tokio::spawn(async move {
             let mut first = [0u8; 1];
-            let peeked = tokio::time::timeout(peer_link::HELLO_TIMEOUT, stream.peek(&mut first));
+            let peeked = tokio::time::timeout(HELLO_TIMEOUT, stream.peek(&mut first));
             match peeked.await {
-                Ok(Ok(1)) if first[0] == peer_link::MAGIC[0] => {
-                    serve_peer(stream, handle, stopped).await;
+                Ok(Ok(1)) if first[0] == link::FIRST_BYTE => {
+                    serve_link(stream, handle, calls, stopped).await;
                 }
                 Ok(Ok(1)) => {
                     let _ = grpc.send(Ok(stream)).await;
@@ -129,16 +140,40 @@ async fn accept_loop<E: Engine>(
     }
 }
 
+/// A connection that opened like a Concord link: its magic says which.
+async fn serve_link<E: Engine>(
+    mut stream: TcpStream,
+    handle: Handle<E>,
+    calls: Option<Arc<dyn call_link::Serve>>,
+    stopped: watch::Receiver<bool>,
+) {
+    let kind = match tokio::time::timeout(HELLO_TIMEOUT, link::read_magic(&mut stream)).await {
+        Ok(Ok(kind)) => kind,
+        Ok(Err(reason)) => {
+            eprintln!("{}: refused a connection: {reason}", handle.me);
+            return;
+        }
+        Err(_) => return,
+    };
+    match (kind, calls) {
+        (link::LinkKind::Peer, _) => serve_peer(stream, handle, stopped).await,
+        (link::LinkKind::Call, Some(calls)) => {
+            call_link::serve_connection(stream, calls, stopped).await;
+        }
+        (link::LinkKind::Call, None) => {
+            eprintln!("{}: refused a call link: this node serves no calls", handle.me);
+        }
+    }
+}
+
 /// One accepted peer link: its hello checked, then its messages into the loop, a batch per read.
 async fn serve_peer<E: Engine>(
     mut stream: TcpStream,
     handle: Handle<E>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let hello = tokio::time::timeout(
-        peer_link::HELLO_TIMEOUT,
-        peer_link::read_hello(&mut stream, &handle.config),
-    );
+    let hello =
+        tokio::time::timeout(HELLO_TIMEOUT, peer_link::read_hello(&mut stream, &handle.config));
     let from = match hello.await {
         Ok(Ok(from)) => from,
         Ok(Err(reason)) => {
@@ -224,7 +259,7 @@ async fn serve_engine<E: Engine>(
     let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
     let mut outboxes = HashMap::new();
     for peer in config.nodes.iter().filter(|n| n.id != me.id) {
-        let outbox = Arc::new(peer_link::Outbox::default());
+        let outbox = Arc::new(link::Outbox::default());
         outboxes.insert(NodeId(peer.id), peer_link::PeerSender(Arc::clone(&outbox)));
         let cluster = config.cluster.clone();
         tokio::spawn(peer_link::send_loop(NodeId(me.id), cluster, peer.listen, outbox));
@@ -269,9 +304,15 @@ async fn serve_engine<E: Engine>(
     let handle: Handle<E> =
         Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
     let (gateway, shard_reads) = E::Model::kv_services(&handle, me.role);
+    let calls: Option<Arc<dyn call_link::Serve>> = match (&gateway, shard_reads) {
+        (Some(gateway), _) => Some(Arc::clone(gateway) as Arc<dyn call_link::Serve>),
+        (None, Some(shard)) => Some(Arc::new(shard)),
+        (None, None) => None,
+    };
     let (stop_loop, loop_stopped) = watch::channel(false);
     let (grpc_tx, grpc_rx) = mpsc::channel(ACCEPT_QUEUE);
-    tokio::spawn(accept_loop(listener, grpc_tx, handle.clone(), loop_stopped.clone()));
+    let accepting = accept_loop(listener, grpc_tx, handle.clone(), calls, loop_stopped.clone());
+    tokio::spawn(accepting);
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let server = tonic::transport::Server::builder()
@@ -283,7 +324,6 @@ async fn serve_engine<E: Engine>(
         .add_optional_service(gateway.map(|g| {
             proto::kv_server::KvServer::new(g).max_decoding_message_size(MAX_MESSAGE_BYTES)
         }))
-        .add_optional_service(shard_reads.map(proto::kv_shard_server::KvShardServer::new))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         });

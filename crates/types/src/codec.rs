@@ -1,13 +1,16 @@
 //! Fixed-width little-endian encoding for records and messages.
 //!
 //! Deliberately tiny: a [`Writer`] that appends to a `Vec<u8>` and a [`Reader`] that consumes a
-//! slice and reports exactly what was missing. Lengths of sequences are `u32`; every decoder
-//! bounds them by [`MAX_SEQUENCE_LEN`] before allocating, so a corrupt length cannot exhaust memory.
+//! slice and reports exactly what was missing. Lengths of sequences are `u32`; a decoder
+//! refuses a length greater than the bytes left (every item takes at least one) or than
+//! [`MAX_SEQUENCE_LEN`] before allocating, so a corrupt length cannot ask for more memory than
+//! the record it sits in.
 
 use crate::{Decision, NodeId, TxnId, Vote, Write};
 
-/// Upper bound on any decoded sequence length (participants of a transaction, writes of a branch).
-pub const MAX_SEQUENCE_LEN: u32 = 1 << 16;
+/// Upper bound on any sequence length. Records are at most 16 MiB (the log's frame), so this is
+/// a sanity bound; the real one is the record's own length.
+pub const MAX_SEQUENCE_LEN: u32 = 1 << 24;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -136,7 +139,11 @@ impl<'a> Reader<'a> {
         if len > MAX_SEQUENCE_LEN {
             return Err(DecodeError::TooLong { len });
         }
-        Ok(len as usize)
+        let len = len as usize;
+        if len > self.rest.len() {
+            return Err(DecodeError::Truncated { needed: len - self.rest.len() });
+        }
+        Ok(len)
     }
     pub fn node(&mut self) -> Result<NodeId, DecodeError> {
         Ok(NodeId(self.u32()?))
@@ -254,5 +261,12 @@ mod tests {
     fn corrupt_length_is_refused_before_allocating() {
         let bytes = u32::MAX.to_le_bytes();
         assert_eq!(Reader::new(&bytes).writes(), Err(DecodeError::TooLong { len: u32::MAX }));
+        // Under the sanity bound but more items than bytes left: refused before allocating.
+        let mut bytes = 1_000_000u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 10]);
+        assert_eq!(
+            Reader::new(&bytes).writes(),
+            Err(DecodeError::Truncated { needed: 1_000_000 - 10 })
+        );
     }
 }

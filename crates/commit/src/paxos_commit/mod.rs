@@ -110,6 +110,9 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// Participant, written only by a checkpoint: the applied values and the decisions it
     /// remembers, standing for every record it replaces.
     Snapshot { values: S, committed: Vec<TxnId>, aborted: Vec<TxnId> },
+    /// Participant, written only by a checkpoint, after its `Snapshot`: more remembered
+    /// decisions ([`crate::CHECKPOINT_CHUNK`] to a record at most, in all).
+    Decisions { committed: Vec<TxnId>, aborted: Vec<TxnId> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -230,7 +233,8 @@ impl Protocol for PaxosCommit {
             Record::EpochStarted { .. }
             | Record::Promised { .. }
             | Record::Accepted { .. }
-            | Record::Snapshot { .. } => RecordKind::Other,
+            | Record::Snapshot { .. }
+            | Record::Decisions { .. } => RecordKind::Other,
         }
     }
 }
@@ -295,6 +299,9 @@ impl<C, S> fmt::Display for Record<C, S> {
             }
             Record::Snapshot { committed, aborted, .. } => {
                 write!(f, "snapshot ({} committed, {} aborted)", committed.len(), aborted.len())
+            }
+            Record::Decisions { committed, aborted } => {
+                write!(f, "{} more committed, {} more aborted", committed.len(), aborted.len())
             }
         }
     }
@@ -379,6 +386,11 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 encode_txns(w, committed);
                 encode_txns(w, aborted);
             }
+            Record::Decisions { committed, aborted } => {
+                w.u8(8);
+                encode_txns(w, committed);
+                encode_txns(w, aborted);
+            }
         }
     }
 
@@ -402,6 +414,7 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 committed: decode_txns(r)?,
                 aborted: decode_txns(r)?,
             },
+            8 => Record::Decisions { committed: decode_txns(r)?, aborted: decode_txns(r)? },
             tag => return Err(DecodeError::UnknownTag { what: "paxos-commit record", tag }),
         })
     }

@@ -152,6 +152,10 @@ impl<R: Resource> Participant<R> {
                     self.committed.extend(committed);
                     self.aborted.extend(aborted);
                 }
+                Record::Decisions { committed, aborted } => {
+                    self.committed.extend(committed);
+                    self.aborted.extend(aborted);
+                }
                 Record::Prepared { txn, participants, writes } => {
                     self.store.lock(txn, &writes);
                     self.branches
@@ -402,11 +406,22 @@ impl<R: Resource> Core for Participant<R> {
 impl<R: Resource> Checkpoint for Participant<R> {
     /// The applied state and the decisions, then what every open branch needs after a crash.
     fn live_records(&self) -> Vec<Rec<R>> {
+        // The decisions in chunks: the first ones ride in the snapshot, the rest follow it.
+        let committed: Vec<TxnId> = self.committed.iter().copied().collect();
+        let aborted: Vec<TxnId> = self.aborted.iter().copied().collect();
+        let chunk = |list: &[TxnId], i: usize| -> Vec<TxnId> {
+            list.chunks(crate::CHECKPOINT_CHUNK).nth(i).map(<[_]>::to_vec).unwrap_or_default()
+        };
+        let chunks = committed.len().max(aborted.len()).div_ceil(crate::CHECKPOINT_CHUNK).max(1);
         let mut live = vec![Record::Snapshot {
             values: self.store.snapshot(),
-            committed: self.committed.iter().copied().collect(),
-            aborted: self.aborted.iter().copied().collect(),
+            committed: chunk(&committed, 0),
+            aborted: chunk(&aborted, 0),
         }];
+        live.extend((1..chunks).map(|i| Record::Decisions {
+            committed: chunk(&committed, i),
+            aborted: chunk(&aborted, i),
+        }));
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { participants, writes, .. }

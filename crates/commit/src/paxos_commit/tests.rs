@@ -482,3 +482,35 @@ fn a_participant_answers_its_coordinators_status_query() {
     let query = Msg::Inquire { txn: t2, participants: vec![] };
     assert_eq!(run(&mut q, msg(C, query)), vec![], "in doubt: no answer yet");
 }
+
+#[test]
+fn a_checkpoint_of_many_decisions_splits_into_records_that_each_fit_and_rebuild_them_all() {
+    use crate::Checkpoint;
+    use concord_types::codec::Encode;
+    let n = u32::try_from(2 * crate::CHECKPOINT_CHUNK + 7).unwrap();
+    let mut log = Vec::new();
+    for sequence in 1..=n {
+        let t = TxnId { coordinator: C, epoch: 1, sequence };
+        if sequence % 3 == 0 {
+            log.push(Record::Prepared { txn: t, participants: vec![P1, P2], writes: w() });
+            log.push(Record::Committed { txn: t });
+        } else {
+            log.push(Record::Aborted { txn: t });
+        }
+    }
+    let mut p = <Participant>::new(P1, config());
+    run(&mut p, Input::Restart { records: log });
+    let live = p.live_records();
+    assert_eq!(live.len(), 2, "aborts (2/3 of {n}) need two chunks");
+    for record in &live {
+        let bytes = record.to_bytes();
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        assert_eq!(Record::from_bytes(&bytes).as_ref(), Ok(record));
+    }
+    let mut restarted = <Participant>::new(P1, config());
+    run(&mut restarted, Input::Restart { records: live });
+    let before: Vec<_> = p.decisions().collect();
+    let after: Vec<_> = restarted.decisions().collect();
+    assert_eq!(after.len(), n as usize);
+    assert_eq!(after, before);
+}

@@ -118,6 +118,10 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// Participant, written only by a checkpoint: the applied values and the decisions it
     /// still remembers, standing for every record it replaces.
     Snapshot { values: S, decided: Vec<(TxnId, Decision)> },
+    /// Participant, written only by a checkpoint, after its `Snapshot`: more remembered
+    /// decisions (a checkpoint writes them [`crate::CHECKPOINT_CHUNK`] to a record, so no record
+    /// outgrows the log's frame however many it remembers).
+    Decisions { decided: Vec<(TxnId, Decision)> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -201,9 +205,10 @@ impl Protocol for TwoPhase {
                 RecordKind::BranchDecided { txn, decision: Decision::Commit }
             }
             Record::Aborted { txn } => RecordKind::BranchDecided { txn, decision: Decision::Abort },
-            Record::EpochStarted { .. } | Record::Ended { .. } | Record::Snapshot { .. } => {
-                RecordKind::Other
-            }
+            Record::EpochStarted { .. }
+            | Record::Ended { .. }
+            | Record::Snapshot { .. }
+            | Record::Decisions { .. } => RecordKind::Other,
         }
     }
 }
@@ -247,6 +252,7 @@ impl<C, S> fmt::Display for Record<C, S> {
             Record::Snapshot { decided, .. } => {
                 write!(f, "snapshot with {} decisions", decided.len())
             }
+            Record::Decisions { decided } => write!(f, "{} more decisions", decided.len()),
         }
     }
 }
@@ -290,11 +296,11 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
             Record::Snapshot { values, decided } => {
                 w.u8(8);
                 values.encode(w);
-                w.sequence_len(decided.len());
-                for &(txn, decision) in decided {
-                    w.txn(txn);
-                    w.decision(decision);
-                }
+                encode_decisions(w, decided);
+            }
+            Record::Decisions { decided } => {
+                w.u8(10);
+                encode_decisions(w, decided);
             }
         }
     }
@@ -313,18 +319,28 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
             5 => Record::Committed { txn: r.txn()? },
             6 => Record::OnePhaseCommitted { txn: r.txn()?, writes: C::decode(r)? },
             7 => Record::Aborted { txn: r.txn()? },
-            8 => {
-                let values = S::decode(r)?;
-                let len = r.sequence_len()?;
-                let mut decided = Vec::with_capacity(len);
-                for _ in 0..len {
-                    decided.push((r.txn()?, r.decision()?));
-                }
-                Record::Snapshot { values, decided }
-            }
+            8 => Record::Snapshot { values: S::decode(r)?, decided: decode_decisions(r)? },
+            10 => Record::Decisions { decided: decode_decisions(r)? },
             tag => return Err(DecodeError::UnknownTag { what: "2pc record", tag }),
         })
     }
+}
+
+fn encode_decisions(w: &mut Writer<'_>, decided: &[(TxnId, Decision)]) {
+    w.sequence_len(decided.len());
+    for &(txn, decision) in decided {
+        w.txn(txn);
+        w.decision(decision);
+    }
+}
+
+fn decode_decisions(r: &mut Reader<'_>) -> Result<Vec<(TxnId, Decision)>, DecodeError> {
+    let len = r.sequence_len()?;
+    let mut decided = Vec::with_capacity(len);
+    for _ in 0..len {
+        decided.push((r.txn()?, r.decision()?));
+    }
+    Ok(decided)
 }
 
 /// Messages cross real networks in this form (the runtime's peer frames).

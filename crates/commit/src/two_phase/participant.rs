@@ -218,6 +218,7 @@ impl<R: Resource> Participant<R> {
                     self.store.restore(values);
                     self.decided.extend(decided);
                 }
+                Record::Decisions { decided } => self.decided.extend(decided),
                 other => panic!(
                     "participant {} found a coordinator record in its log: {other:?}",
                     self.id
@@ -582,8 +583,12 @@ impl<R: Resource> crate::Checkpoint for Participant<R> {
     /// The snapshot, then every branch still open as the records that rebuild it.
     fn live_records(&self) -> Vec<Rec<R>> {
         let values = self.store.snapshot();
-        let decided = self.decided.iter().map(|(&txn, &d)| (txn, d)).collect();
-        let mut live = vec![Record::Snapshot { values, decided }];
+        let decided: Vec<(TxnId, Decision)> =
+            self.decided.iter().map(|(&txn, &d)| (txn, d)).collect();
+        let mut chunks = decided.chunks(crate::CHECKPOINT_CHUNK);
+        let first = chunks.next().map(<[_]>::to_vec).unwrap_or_default();
+        let mut live = vec![Record::Snapshot { values, decided: first }];
+        live.extend(chunks.map(|chunk| Record::Decisions { decided: chunk.to_vec() }));
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { peers, writes, early_ack, .. }

@@ -1066,3 +1066,33 @@ fn early_ack_prepared_record_survives_restart_and_checkpoint_with_its_flag() {
         "after a restart it still asks its peers, not the coordinator"
     );
 }
+
+#[test]
+fn a_checkpoint_of_many_decisions_splits_into_records_that_each_fit_and_rebuild_them_all() {
+    use crate::Checkpoint;
+    use concord_types::codec::Encode;
+    let mut p = participant(config());
+    let n = u32::try_from(2 * crate::CHECKPOINT_CHUNK + 7).unwrap();
+    for sequence in 1..=n {
+        // One-phase commits and refused prepares: remembered decisions, nothing left open.
+        let t = txn(sequence);
+        if sequence % 2 == 0 {
+            let writes = w(u64::from(sequence % 100), 1);
+            run(&mut p, msg(C, Msg::CommitOnePhase { txn: t, writes: writes.clone() }));
+            run(&mut p, Input::Persisted(Record::OnePhaseCommitted { txn: t, writes }));
+        } else {
+            run(&mut p, msg(C, prepare(t, w(1, -1))));
+        }
+    }
+    let live = p.live_records();
+    assert_eq!(live.len(), 3, "a snapshot and two more records of decisions");
+    for record in &live {
+        let bytes = record.to_bytes();
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        assert_eq!(Record::from_bytes(&bytes).as_ref(), Ok(record));
+    }
+    let mut restarted: Participant = Participant::new(P1, config());
+    run(&mut restarted, Input::Restart { records: live });
+    assert_eq!(restarted.decisions(), p.decisions());
+    assert_eq!(restarted.decisions().len(), n as usize);
+}

@@ -1,0 +1,244 @@
+//! What the two plain-TCP links share: a byte outbox that frames in place, the writer loop
+//! that drains it, and the split of a read buffer into complete frames.
+//!
+//! Both links ([`crate::peer_link`] for protocol messages between nodes, [`crate::call_link`]
+//! for requests and replies) open with an 8-byte magic whose first byte is not HTTP/2's `P`, so
+//! a node serves them and gRPC on one port. After the magic, each side writes frames:
+//! `[length: u32 LE][body]`, at most [`MAX_FRAME_BYTES`] of body.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::MAX_MESSAGE_BYTES;
+
+/// The largest frame body (a protocol message, or a call and its few header bytes).
+pub(crate) const MAX_FRAME_BYTES: usize = MAX_MESSAGE_BYTES + 64;
+/// Bytes queued for one connection at most; past this, frames are refused.
+pub(crate) const OUTBOX_BYTES: usize = 32 << 20;
+/// A write the other side does not take within this long breaks the connection.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes asked of the socket per read.
+pub(crate) const READ_CHUNK: usize = 64 << 10;
+/// The first byte of every Concord link; a connection that starts otherwise is gRPC (HTTP/2
+/// starts with `P`).
+pub(crate) const FIRST_BYTE: u8 = b'C';
+
+/// Which link a connection opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkKind {
+    Peer,
+    Call,
+}
+
+/// Reads a connection's 8-byte magic: which link it is.
+pub(crate) async fn read_magic(reader: &mut (impl AsyncRead + Unpin)) -> Result<LinkKind, String> {
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).await.map_err(|e| format!("no magic: {e}"))?;
+    match magic {
+        crate::peer_link::MAGIC => Ok(LinkKind::Peer),
+        crate::call_link::MAGIC => Ok(LinkKind::Call),
+        _ => Err(format!("not a Concord link (magic {magic:02x?})")),
+    }
+}
+
+/// Frames waiting for one connection's writer, already framed.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pending: Mutex<Vec<u8>>,
+    ready: Notify,
+    /// No more frames will come: the writer stops once it has sent what is queued.
+    closed: AtomicBool,
+    /// Frames refused because the outbox was full.
+    dropped: AtomicU64,
+}
+
+impl Outbox {
+    /// Appends one frame whose body `write` produces; `false` (and nothing queued) if the
+    /// outbox is full.
+    pub fn push(&self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut pending = self.pending.lock().expect("no code panics while holding the outbox");
+        if pending.len() >= OUTBOX_BYTES {
+            drop(pending);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let was_empty = pending.is_empty();
+        let start = pending.len();
+        pending.extend_from_slice(&[0; 4]);
+        write(&mut pending);
+        let length = pending.len() - start - 4;
+        assert!(length <= MAX_FRAME_BYTES, "a {length}-byte frame: over the limit");
+        let length = u32::try_from(length).expect("bounded by MAX_FRAME_BYTES just above");
+        pending[start..start + 4].copy_from_slice(&length.to_le_bytes());
+        drop(pending);
+        if was_empty {
+            // A permit is kept if the writer is not waiting yet, so no wake-up is lost.
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to stop once the queue is empty.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Everything queued, swapped into `batch` (emptied first; the outbox keeps its buffer,
+    /// so neither side allocates in the steady state).
+    pub fn take(&self, batch: &mut Vec<u8>) {
+        batch.clear();
+        let mut pending = self.pending.lock().expect("no code panics while holding the outbox");
+        std::mem::swap(&mut *pending, batch);
+    }
+}
+
+/// Why a writer stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WriterEnd {
+    /// The outbox was closed and everything queued was sent.
+    Closed,
+    /// A write failed or timed out; what it carried is lost.
+    Broken,
+    /// `idle_watch` saw the other side close the connection.
+    ClosedByPeer,
+}
+
+/// Writes whatever `outbox` holds, one write per wake-up, until it is closed or the
+/// connection breaks. With `idle_watch` (the read half of a connection the other side never
+/// writes to), an idle writer notices at once when the other side closes.
+pub(crate) async fn write_loop(
+    writer: &mut (impl AsyncWrite + Unpin),
+    outbox: &Outbox,
+    mut idle_watch: Option<&mut (impl AsyncRead + Unpin)>,
+) -> WriterEnd {
+    let mut batch = Vec::new();
+    let mut probe = [0u8; 1];
+    loop {
+        outbox.take(&mut batch);
+        if batch.is_empty() {
+            if outbox.is_closed() {
+                return WriterEnd::Closed;
+            }
+            match idle_watch.as_deref_mut() {
+                Some(watch) => {
+                    tokio::select! {
+                        () = outbox.ready.notified() => {}
+                        _ = watch.read(&mut probe) => return WriterEnd::ClosedByPeer,
+                    }
+                }
+                None => outbox.ready.notified().await,
+            }
+            continue;
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return WriterEnd::Broken,
+        }
+    }
+}
+
+/// Reads into `buf` (at least [`READ_CHUNK`] of room); `false` once the connection is closed
+/// or broken.
+pub(crate) async fn read_more(reader: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> bool {
+    if buf.capacity() - buf.len() < READ_CHUNK {
+        buf.reserve(READ_CHUNK);
+    }
+    matches!(reader.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// The bodies of every complete frame at the front of `buf`, and how many bytes they take. A
+/// partial frame at the end is left for the next read; an oversized one is an error.
+pub(crate) fn complete_frames(buf: &[u8]) -> Result<(Vec<Range<usize>>, usize), String> {
+    let mut at = 0;
+    let mut bodies = Vec::new();
+    while let Some(head) = buf.get(at..at + 4) {
+        let length = u32::from_le_bytes(head.try_into().expect("four bytes")) as usize;
+        if length > MAX_FRAME_BYTES {
+            return Err(format!("a {length}-byte frame, over the limit"));
+        }
+        if buf.len() < at + 4 + length {
+            break;
+        }
+        bodies.push(at + 4..at + 4 + length);
+        at += 4 + length;
+    }
+    Ok((bodies, at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(bodies: &[&[u8]]) -> Vec<u8> {
+        let outbox = Outbox::default();
+        for body in bodies {
+            assert!(outbox.push(|buf| buf.extend_from_slice(body)));
+        }
+        let mut batch = Vec::new();
+        outbox.take(&mut batch);
+        batch
+    }
+
+    #[test]
+    fn frames_split_whole_at_every_cut() {
+        let bodies: [&[u8]; 4] = [b"one", b"", b"three", &[7; 300]];
+        let bytes = framed(&bodies);
+        for cut in 0..=bytes.len() {
+            let (first, used) = complete_frames(&bytes[..cut]).unwrap();
+            assert!(used <= cut);
+            let mut got: Vec<Vec<u8>> = first.into_iter().map(|r| bytes[r].to_vec()).collect();
+            let (rest, used_rest) = complete_frames(&bytes[used..]).unwrap();
+            assert_eq!(used + used_rest, bytes.len(), "cut {cut}");
+            got.extend(rest.into_iter().map(|r| bytes[used..][r].to_vec()));
+            assert_eq!(got, bodies.map(<[u8]>::to_vec), "cut {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_magic_names_the_link_and_every_magic_starts_unlike_http2() {
+        for (magic, kind) in
+            [(crate::peer_link::MAGIC, LinkKind::Peer), (crate::call_link::MAGIC, LinkKind::Call)]
+        {
+            assert_eq!(magic[0], FIRST_BYTE);
+            assert_eq!(read_magic(&mut &magic[..]).await, Ok(kind));
+        }
+        assert_ne!(FIRST_BYTE, b'P', "HTTP/2's preface starts with P");
+        let error = read_magic(&mut &b"PRI * HTTP/2.0"[..]).await.unwrap_err();
+        assert!(error.contains("not a Concord link"), "{error}");
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused() {
+        let huge = u32::try_from(MAX_FRAME_BYTES + 1).unwrap().to_le_bytes();
+        assert!(complete_frames(&huge).unwrap_err().contains("over the limit"));
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_and_counts_until_the_writer_takes_its_bytes() {
+        let outbox = Outbox::default();
+        let body = vec![1u8; 1 << 20];
+        let mut pushed = 0;
+        while outbox.push(|buf| buf.extend_from_slice(&body)) {
+            pushed += 1;
+        }
+        assert_eq!((pushed, outbox.dropped()), (32, 1));
+        let mut batch = Vec::new();
+        outbox.take(&mut batch);
+        assert!(batch.len() >= OUTBOX_BYTES);
+        assert!(outbox.push(|buf| buf.extend_from_slice(&body)), "room again");
+    }
+}
