@@ -131,6 +131,9 @@ pub enum SimCommand {
         /// 2PC: acknowledge once every prepare is durable (early acknowledgement).
         #[arg(long)]
         early_ack: bool,
+        /// 2PC: the coordinator sends FORGET after every finished transaction.
+        #[arg(long)]
+        forget: bool,
         #[arg(long, default_value_t = 20_000_000)]
         max_states: u64,
     },
@@ -294,6 +297,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             timers,
             timeouts,
             early_ack,
+            forget,
             max_states,
         } => {
             let timeouts = match timeouts.as_str() {
@@ -319,6 +323,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
                 timer_fires: timers,
                 timeouts,
                 early_ack,
+                forget,
                 max_states,
             };
             let started = Instant::now();
@@ -620,7 +625,12 @@ fn check_output(
     outln!(
         out,
         "{protocol}{}: {} participants, F = {}, up to {} crash(es){}, {} lost message(s), {} partition(s), {} timer firing(s) {}",
-        if b.early_ack { " (early acknowledgement)" } else { "" },
+        match (b.early_ack, b.forget) {
+            (false, false) => "",
+            (true, false) => " (early acknowledgement)",
+            (false, true) => " (forgetting)",
+            (true, true) => " (early acknowledgement, forgetting)",
+        },
         b.participants,
         b.fault_tolerance,
         b.crashes,

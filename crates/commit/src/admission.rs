@@ -59,6 +59,12 @@ impl<C> Admission<C> {
         self.clock.as_ref().map(EpochClock::epoch)
     }
 
+    /// The current epoch and the sequence its next id will have (`None` before the first
+    /// restart): every id of the epoch below it has been handed out.
+    pub fn next_id(&self) -> Option<(u32, u32)> {
+        self.clock.as_ref().map(|c| (c.epoch(), c.next_sequence()))
+    }
+
     /// Whether `txn` is an id this coordinator has handed out.
     pub fn has_issued(&self, txn: TxnId) -> bool {
         self.clock.as_ref().is_some_and(|c| c.has_issued(txn))

@@ -75,6 +75,11 @@ impl EpochClock {
     pub fn is_ready(&self) -> bool {
         self.durable
     }
+
+    /// The sequence the next id of the current epoch will have.
+    pub fn next_sequence(&self) -> u32 {
+        self.next_sequence
+    }
 }
 
 #[cfg(test)]

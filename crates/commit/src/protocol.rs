@@ -158,6 +158,8 @@ pub enum MessageKind {
     Ack {
         txn: TxnId,
     },
+    /// Bookkeeping after outcomes (2PC's FORGET): on no transaction's path, not counted.
+    Housekeeping,
     Other,
 }
 
@@ -202,6 +204,9 @@ pub struct Switches {
     /// 2PC: a transaction whose every branch writes is acknowledged to the client once every
     /// prepare is durable, before the coordinator logs anything (the two_phase module docs).
     pub early_ack: bool,
+    /// 2PC: the coordinator tells its participants when its transactions have finished, and
+    /// they forget their decisions on them (the two_phase module docs, "Forgetting").
+    pub forget: bool,
 }
 
 impl Default for Switches {
@@ -211,6 +216,7 @@ impl Default for Switches {
             one_phase: true,
             cooperative_termination: true,
             early_ack: false,
+            forget: true,
         }
     }
 }

@@ -196,6 +196,14 @@ impl<E: Engine> Node<E> {
         }
     }
 
+    /// Decisions a shard remembers; other roles report none.
+    pub fn decisions_remembered(&self) -> u64 {
+        match &self.role {
+            RoleState::Shard(p) => p.decided().len() as u64,
+            RoleState::Coordinator(_) | RoleState::Acceptor(_) => 0,
+        }
+    }
+
     /// Transactions the core is working on (coordinator) or holding prepared (shard); an
     /// acceptor reports none.
     pub fn in_flight(&self) -> usize {

@@ -141,6 +141,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
                     checkpoints: node.io.log.checkpoints(),
                     in_flight: u32::try_from(node.in_flight()).unwrap_or(u32::MAX),
                     dropped_sends: node.io.dropped_sends(),
+                    decisions_remembered: node.decisions_remembered(),
                 }
             })
             .await?;

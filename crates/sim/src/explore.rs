@@ -46,6 +46,8 @@ pub struct Bounds {
     pub timeouts: Timeouts,
     /// 2PC's early acknowledgement switch (the other switches keep their defaults).
     pub early_ack: bool,
+    /// 2PC's forgetting switch: FORGET after every finished transaction.
+    pub forget: bool,
     /// Give up (and say so) past this many distinct states.
     pub max_states: u64,
 }
@@ -423,6 +425,7 @@ where
     let acceptors = (0..acceptor_count).map(|k| NodeId(bounds.participants + 1 + k)).collect();
     let switches = concord_commit::Switches {
         early_ack: bounds.early_ack,
+        forget: bounds.forget,
         ..concord_commit::Switches::default()
     };
     let config =

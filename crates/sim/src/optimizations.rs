@@ -25,6 +25,7 @@ const NONE: Switches = Switches {
     one_phase: false,
     cooperative_termination: true,
     early_ack: false,
+    forget: false,
 };
 
 /// Baseline, each switch alone, then all together.
@@ -53,6 +54,7 @@ pub const VARIANTS: &[Variant] = &[
             one_phase: true,
             cooperative_termination: true,
             early_ack: true,
+            forget: true,
         },
         group_commit: true,
     },

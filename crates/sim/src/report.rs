@@ -32,7 +32,10 @@ pub struct RunReport {
     pub outcome_unknown: u64,
     /// Transactions some participants committed and others aborted.
     pub split_txns: u64,
+    /// Messages of the protocol (housekeeping apart).
     pub messages_sent: u64,
+    /// Housekeeping messages (2PC's FORGET).
+    pub housekeeping_sent: u64,
     pub messages_lost: u64,
     /// Messages that are not acknowledgements: those by which participants learn the outcome.
     pub messages_excluding_acks: u64,

@@ -45,7 +45,9 @@ pub fn random_config(seed: u64) -> SimConfig {
         read_only: rng.chance(0.7),
         one_phase: rng.chance(0.7),
         cooperative_termination: rng.chance(0.7),
-        early_ack: false, // drawn last (below), so the rest of every seed's schedule is unchanged
+        // Drawn last (below), so the rest of every seed's schedule is unchanged.
+        early_ack: false,
+        forget: false,
     };
     config.disk = DiskConfig {
         fsync_us: rng.range(100, 500),
@@ -101,6 +103,7 @@ pub fn random_config(seed: u64) -> SimConfig {
     }
     config.heal_at_us = FAULT_WINDOW_US + 60_000;
     config.switches.early_ack = rng.chance(0.5);
+    config.switches.forget = rng.chance(0.5);
     config
 }
 

@@ -17,6 +17,7 @@ const NO_FAULTS: Bounds = Bounds {
     timer_fires: 0,
     timeouts: Timeouts::Anytime,
     early_ack: false,
+    forget: false,
     max_states: 5_000_000,
 };
 
@@ -75,6 +76,35 @@ fn two_phase_commit_with_early_acknowledgement_keeps_agreement_through_a_partiti
         ..NO_FAULTS
     };
     assert_safe("2pc early ack", &explore::<TwoPhase>(bounds), 959_779);
+}
+
+#[test]
+fn two_phase_commit_with_forgetting_keeps_agreement_with_a_crash_a_loss_and_a_timeout() {
+    // FORGET after the transaction ends races every late duplicate the loss and the crash can
+    // leave in flight: a PREPARE, a COMMIT, an INQUIRE of a restarted participant.
+    let bounds = Bounds {
+        participants: 2,
+        crashes: 1,
+        losses: 1,
+        timer_fires: 2,
+        forget: true,
+        ..NO_FAULTS
+    };
+    assert_safe("2pc forgetting", &explore::<TwoPhase>(bounds), 1_874_288);
+}
+
+#[test]
+fn two_phase_commit_with_forgetting_and_early_acknowledgement_keeps_agreement() {
+    let bounds = Bounds {
+        participants: 2,
+        crashes: 1,
+        losses: 1,
+        timer_fires: 2,
+        early_ack: true,
+        forget: true,
+        ..NO_FAULTS
+    };
+    assert_safe("2pc forgetting, early ack", &explore::<TwoPhase>(bounds), 2_362_464);
 }
 
 #[test]

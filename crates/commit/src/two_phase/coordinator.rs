@@ -14,7 +14,7 @@
 //!               └ vote timeout ─► ask the silent branches (INQUIRE), again every vote timeout
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
 
@@ -58,6 +58,10 @@ pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     /// The first epoch of this incarnation: ids below it were issued before the last restart,
     /// and of those this coordinator knows only what its log kept.
     first_epoch: Option<u32>,
+    /// Every node that has been a branch of this incarnation's transactions: who hears FORGET.
+    participants: BTreeSet<NodeId>,
+    /// The last FORGET sent: (epoch, below).
+    forgotten: (u32, u32),
     snapshot: std::marker::PhantomData<S>,
 }
 
@@ -74,6 +78,8 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
             config,
             txns: BTreeMap::new(),
             first_epoch: None,
+            participants: BTreeSet::new(),
+            forgotten: (0, 0),
             snapshot: std::marker::PhantomData,
         }
     }
@@ -95,6 +101,8 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
 
     fn restart(&mut self, records: Vec<Record<C, S>>, out: &mut Out<C, S>) {
         self.txns.clear();
+        self.participants.clear();
+        self.forgotten = (0, 0);
         let mut highest_epoch = None;
         let mut decided: BTreeMap<TxnId, Vec<NodeId>> = BTreeMap::new();
         for record in records {
@@ -139,7 +147,34 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         }
     }
 
+    /// Sends FORGET once the current epoch's low-water mark — every id below it handed out
+    /// and no longer running — has moved `forget_every` transactions since the last one.
+    fn maybe_forget(&mut self, out: &mut Out<C, S>) {
+        if !self.config.switches.forget {
+            return;
+        }
+        let Some((epoch, next)) = self.admission.next_id() else { return };
+        let epoch_start = TxnId { coordinator: self.id, epoch, sequence: 0 };
+        let low = self
+            .txns
+            .range(epoch_start..)
+            .next()
+            .filter(|(t, _)| t.epoch == epoch)
+            .map_or(next, |(t, _)| t.sequence);
+        // Sequences start at 1: nothing of a new epoch has been forgotten yet.
+        let (last_epoch, last_below) = self.forgotten;
+        let since = if last_epoch == epoch { last_below } else { 1 };
+        if low < since.saturating_add(self.config.forget_every) {
+            return;
+        }
+        self.forgotten = (epoch, low);
+        for &to in &self.participants {
+            out.push(Command::Send { to, msg: Msg::Forget { epoch, below: low } });
+        }
+    }
+
     fn start(&mut self, txn: TxnId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
+        self.participants.extend(branches.iter().map(|b| b.node));
         if branches.len() == 1 && self.config.switches.one_phase {
             let branch = branches.into_iter().next().expect("checked: exactly one branch");
             out.push(Command::Send {
@@ -476,8 +511,9 @@ impl<C: Change, S: std::fmt::Debug> Core for Coordinator<C, S> {
                     }
                 }
                 // Participant-bound messages reaching a coordinator are ignored.
-                Msg::Prepare { .. } | Msg::CommitOnePhase { .. } => {}
+                Msg::Prepare { .. } | Msg::CommitOnePhase { .. } | Msg::Forget { .. } => {}
             },
         }
+        self.maybe_forget(out);
     }
 }

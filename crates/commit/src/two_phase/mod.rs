@@ -37,6 +37,23 @@
 //!   durably refused" exclude each other, and exactly one of them fixes the outcome. The price:
 //!   a coordinator can no longer abort alone while a branch is unreachable before voting.
 //!
+//! * **Forgetting.** A participant's remembered decisions answer duplicates (a repeated COMMIT
+//!   is acknowledged, not applied twice), late PREPAREs (an aborted transaction stays aborted)
+//!   and peers' inquiries. Kept forever they grow with every transaction. The coordinator knows
+//!   when none of that can matter any more: every transaction of its current epoch below its
+//!   low-water mark (the lowest one still running) has finished — committed and acknowledged
+//!   by every branch, aborted, or answered in one phase. Once the mark has moved
+//!   `forget_every` transactions it sends FORGET(epoch, below) to its participants, which then
+//!   drop those decisions and answer from the promise instead: a PREPARE, COMMIT-ONE-PHASE,
+//!   COMMIT or ABORT below the mark is a late duplicate of something finished and is ignored
+//!   (preparing or applying it again would do it twice; nobody waits for it), and a peer's INQUIRE is
+//!   answered ABORT — only an aborted transaction can still have a prepared branch below the
+//!   mark, since a committed one was acknowledged by all. Open branches are never forgotten.
+//!   The mark is written in every checkpoint, so after a restart each transaction is covered by
+//!   its decision (in the log since the checkpoint, or in it) or by the checkpoint's mark.
+//!   Earlier epochs are never announced: after a coordinator restart nobody can tell when
+//!   their transactions finished.
+//!
 //! Messages, records and timers are shared by both roles, so one driver can run either.
 
 mod coordinator;
@@ -95,6 +112,14 @@ pub enum Msg<C = Vec<Write>> {
         txn: TxnId,
         decision: Decision,
     },
+    /// Coordinator → participants: every transaction of the sender's `epoch` with a sequence
+    /// below `below` has finished (committed and acknowledged by every branch, aborted, or
+    /// answered in one phase). A participant forgets its decisions on them and answers
+    /// anything about them from this promise (the module docs, "Forgetting").
+    Forget {
+        epoch: u32,
+        below: u32,
+    },
 }
 
 /// `C` as in [`Msg`]; `S` is the resource's applied state as a checkpoint writes it.
@@ -122,6 +147,9 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// decisions (a checkpoint writes them [`crate::CHECKPOINT_CHUNK`] to a record, so no record
     /// outgrows the log's frame however many it remembers).
     Decisions { decided: Vec<(TxnId, Decision)> },
+    /// Participant, written only by a checkpoint: the transactions of `coordinator`'s `epoch`
+    /// below sequence `below` are finished and forgotten (its latest FORGET).
+    Forgotten { coordinator: NodeId, epoch: u32, below: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -150,6 +178,9 @@ pub struct Config {
     /// Requests held while the coordinator's epoch becomes durable.
     pub max_queued_begins: usize,
     pub max_participants: usize,
+    /// The coordinator sends FORGET once its low-water mark has moved this many transactions
+    /// since the last one (1: after every finished transaction, as the simulator runs it).
+    pub forget_every: u32,
 }
 
 impl Default for Config {
@@ -164,6 +195,7 @@ impl Default for Config {
             max_in_flight: 10_000,
             max_queued_begins: 1_024,
             max_participants: 64,
+            forget_every: 1_024,
         }
     }
 }
@@ -179,7 +211,9 @@ impl Protocol for TwoPhase {
     type Acceptor = NoRole<Msg, Record, Timer>;
 
     fn config(switches: Switches, _topology: &Topology) -> Config {
-        Config { switches, ..Config::default() }
+        // Forget after every finished transaction: the simulator and the model checker see
+        // FORGET racing every late message there is.
+        Config { switches, forget_every: 1, ..Config::default() }
     }
     fn coordinator(id: NodeId, config: &Config) -> Coordinator {
         Coordinator::new(id, config.clone())
@@ -192,6 +226,7 @@ impl Protocol for TwoPhase {
             Msg::Vote { txn, vote } => MessageKind::Vote { txn, vote },
             Msg::Decision { txn, decision } => MessageKind::Decision { txn, decision },
             Msg::Ack { txn } => MessageKind::Ack { txn },
+            Msg::Forget { .. } => MessageKind::Housekeeping,
             _ => MessageKind::Other,
         }
     }
@@ -208,7 +243,8 @@ impl Protocol for TwoPhase {
             Record::EpochStarted { .. }
             | Record::Ended { .. }
             | Record::Snapshot { .. }
-            | Record::Decisions { .. } => RecordKind::Other,
+            | Record::Decisions { .. }
+            | Record::Forgotten { .. } => RecordKind::Other,
         }
     }
 }
@@ -224,6 +260,7 @@ impl<C> fmt::Display for Msg<C> {
             Msg::Inquire { txn } => write!(f, "INQUIRE {txn}"),
             Msg::CommitOnePhase { txn, .. } => write!(f, "COMMIT-1PC {txn}"),
             Msg::OnePhaseResult { txn, decision } => write!(f, "1PC {decision} {txn}"),
+            Msg::Forget { epoch, below } => write!(f, "FORGET {epoch}.<{below}"),
         }
     }
 }
@@ -253,6 +290,9 @@ impl<C, S> fmt::Display for Record<C, S> {
                 write!(f, "snapshot with {} decisions", decided.len())
             }
             Record::Decisions { decided } => write!(f, "{} more decisions", decided.len()),
+            Record::Forgotten { coordinator, epoch, below } => {
+                write!(f, "forgotten {epoch}.*@{coordinator} below {below}")
+            }
         }
     }
 }
@@ -302,6 +342,12 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 w.u8(10);
                 encode_decisions(w, decided);
             }
+            Record::Forgotten { coordinator, epoch, below } => {
+                w.u8(11);
+                w.node(*coordinator);
+                w.u32(*epoch);
+                w.u32(*below);
+            }
         }
     }
 
@@ -321,6 +367,7 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
             7 => Record::Aborted { txn: r.txn()? },
             8 => Record::Snapshot { values: S::decode(r)?, decided: decode_decisions(r)? },
             10 => Record::Decisions { decided: decode_decisions(r)? },
+            11 => Record::Forgotten { coordinator: r.node()?, epoch: r.u32()?, below: r.u32()? },
             tag => return Err(DecodeError::UnknownTag { what: "2pc record", tag }),
         })
     }
@@ -381,6 +428,11 @@ impl<C: Encode> Encode for Msg<C> {
                 w.txn(*txn);
                 w.decision(*decision);
             }
+            Msg::Forget { epoch, below } => {
+                w.u8(9);
+                w.u32(*epoch);
+                w.u32(*below);
+            }
         }
     }
 
@@ -398,6 +450,7 @@ impl<C: Encode> Encode for Msg<C> {
             5 => Msg::Inquire { txn: r.txn()? },
             6 => Msg::CommitOnePhase { txn: r.txn()?, writes: C::decode(r)? },
             7 => Msg::OnePhaseResult { txn: r.txn()?, decision: r.decision()? },
+            9 => Msg::Forget { epoch: r.u32()?, below: r.u32()? },
             tag => return Err(DecodeError::UnknownTag { what: "2pc message", tag }),
         })
     }

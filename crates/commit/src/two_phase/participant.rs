@@ -88,6 +88,9 @@ pub struct Participant<R: Resource = Store> {
     store: R,
     branches: BTreeMap<TxnId, Branch<R::Change>>,
     decided: BTreeMap<TxnId, Decision>,
+    /// Per coordinator and epoch, the sequence below which every transaction has finished and
+    /// its decision here is forgotten (the coordinator's latest FORGET; module docs).
+    forgotten: BTreeMap<(NodeId, u32), u32>,
     /// Why recent NO votes were cast, newest last (bounded), so a driver can tell its client.
     refusals: Refusals<R::Refusal>,
 }
@@ -105,6 +108,7 @@ impl<R: Resource> Participant<R> {
             store: resource,
             branches: BTreeMap::new(),
             decided: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
             refusals: Refusals::default(),
         }
     }
@@ -122,6 +126,28 @@ impl<R: Resource> Participant<R> {
     /// Why this participant voted NO on `txn`, if it still remembers.
     pub fn refusal(&self, txn: TxnId) -> Option<&R::Refusal> {
         self.refusals.find(txn)
+    }
+
+    /// Whether `txn` is below its coordinator's low-water mark: finished, and forgotten here.
+    fn is_forgotten(&self, txn: TxnId) -> bool {
+        self.forgotten.get(&(txn.coordinator, txn.epoch)).is_some_and(|&below| txn.sequence < below)
+    }
+
+    /// FORGET from `coordinator`: drop the decisions below its new mark. Open branches stay
+    /// (a prepared branch below the mark belongs to an aborted transaction whose ABORT was
+    /// lost: it still asks, and is answered from the mark).
+    fn on_forget(&mut self, coordinator: NodeId, epoch: u32, below: u32) {
+        let mark = self.forgotten.entry((coordinator, epoch)).or_insert(0);
+        if below <= *mark {
+            return; // an older or repeated FORGET
+        }
+        *mark = below;
+        let from = TxnId { coordinator, epoch, sequence: 0 };
+        let to = TxnId { coordinator, epoch, sequence: below };
+        let finished: Vec<TxnId> = self.decided.range(from..to).map(|(&txn, _)| txn).collect();
+        for txn in finished {
+            self.decided.remove(&txn);
+        }
     }
 
     /// Transactions this participant voted YES on and has not yet learned the outcome of.
@@ -182,6 +208,7 @@ impl<R: Resource> Participant<R> {
         self.store.reset();
         self.branches.clear();
         self.decided.clear();
+        self.forgotten.clear();
         for record in records {
             match record {
                 Record::Prepared { txn, peers, writes, early_ack } => {
@@ -219,6 +246,9 @@ impl<R: Resource> Participant<R> {
                     self.decided.extend(decided);
                 }
                 Record::Decisions { decided } => self.decided.extend(decided),
+                Record::Forgotten { coordinator, epoch, below } => {
+                    self.on_forget(coordinator, epoch, below);
+                }
                 other => panic!(
                     "participant {} found a coordinator record in its log: {other:?}",
                     self.id
@@ -260,6 +290,11 @@ impl<R: Resource> Participant<R> {
             }
             Some(_) => return, // the vote follows once the pending record is durable
             None => {}
+        }
+        if self.is_forgotten(txn) {
+            // A late duplicate of a finished transaction: it must not prepare again, and nobody
+            // waits for a vote (a NO would also misstate a transaction that committed).
+            return;
         }
         let refused = if writes.is_read_only() && self.config.switches.read_only {
             match self.store.finish_read_only(txn, &writes) {
@@ -348,6 +383,7 @@ impl<R: Resource> Participant<R> {
             }
             return;
         }
+        let forgotten = self.is_forgotten(txn);
         match (self.branches.get_mut(&txn), decision) {
             (Some(Branch::Prepared { .. }), Decision::Commit) => self.commit_prepared(txn, out),
             (Some(Branch::Prepared { .. }), Decision::Abort) => {
@@ -374,6 +410,8 @@ impl<R: Resource> Participant<R> {
                 ),
                 _,
             ) => {}
+            // A late duplicate about a finished transaction: nothing to remember.
+            (None, _) if forgotten => {}
             (None, Decision::Abort) => {
                 // ABORT before PREPARE (a vote timeout, reordering): remember it, so a late
                 // PREPARE is answered NO. Volatile is enough: after a crash a late PREPARE would
@@ -437,6 +475,9 @@ impl<R: Resource> Participant<R> {
         }
         if self.branches.contains_key(&txn) {
             return; // answered once the pending record is durable
+        }
+        if self.is_forgotten(txn) {
+            return; // a late duplicate: applying it would apply it twice; nobody waits for it
         }
         // Either outcome is forced before the answer: the coordinator may resend, and the
         // participant must give the same answer every time.
@@ -507,6 +548,11 @@ impl<R: Resource> Participant<R> {
                 Self::send(out, from, Msg::Vote { txn, vote: Vote::Yes });
             }
             Some(_) => {} // uncertain ourselves, or an answer is being made durable
+            // Finished and forgotten: only an aborted transaction can still have a branch in
+            // doubt (a committed one was acknowledged by every branch).
+            None if self.is_forgotten(txn) => {
+                Self::send(out, from, Msg::Decision { txn, decision: Decision::Abort });
+            }
             None => {
                 // Never voted: we may abort unilaterally — but only once that is durable, or a
                 // crash followed by a late PREPARE could make us vote YES after all.
@@ -573,6 +619,7 @@ impl<R: Resource> Core for Participant<R> {
                 Msg::CommitOnePhase { txn, writes } => self.on_commit_one_phase(txn, writes, out),
                 Msg::Inquire { txn } => self.on_inquire(from, txn, out),
                 Msg::Vote { txn, vote } => self.on_peer_vote(from, txn, vote, out),
+                Msg::Forget { epoch, below } => self.on_forget(from, epoch, below),
                 Msg::Ack { .. } | Msg::OnePhaseResult { .. } => {}
             },
         }
@@ -589,6 +636,9 @@ impl<R: Resource> crate::Checkpoint for Participant<R> {
         let first = chunks.next().map(<[_]>::to_vec).unwrap_or_default();
         let mut live = vec![Record::Snapshot { values, decided: first }];
         live.extend(chunks.map(|chunk| Record::Decisions { decided: chunk.to_vec() }));
+        live.extend(self.forgotten.iter().map(|(&(coordinator, epoch), &below)| {
+            Record::Forgotten { coordinator, epoch, below }
+        }));
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { peers, writes, early_ack, .. }

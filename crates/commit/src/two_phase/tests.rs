@@ -685,7 +685,8 @@ fn records_round_trip_through_their_encoding() {
 }
 
 #[test]
-fn switches_default_to_every_classic_optimisation_on_and_early_acknowledgement_off() {
+fn switches_default_to_every_classic_optimisation_and_forgetting_on_and_early_acknowledgement_off()
+{
     // Early acknowledgement is the runtime's choice (its configuration), not the cores' default:
     // the simulator's pinned baselines measure classic 2PC.
     assert_eq!(
@@ -694,7 +695,8 @@ fn switches_default_to_every_classic_optimisation_on_and_early_acknowledgement_o
             read_only: true,
             one_phase: true,
             cooperative_termination: true,
-            early_ack: false
+            early_ack: false,
+            forget: true,
         }
     );
 }
@@ -734,10 +736,13 @@ fn a_checkpoint_rebuilds_the_same_participant_as_the_whole_log() {
         yes
     };
     feed(&mut p, Input::Restart { records: vec![] }, &mut log, &mut pending);
+    // FORGET now and then, its mark rising through the run: decisions below it may be missing
+    // from the checkpoint (the mark stands for them), never from a restart of the whole log.
+    let mut mark = 0;
     for step in 0..3_000u32 {
-        let t = txn(1 + u32::try_from(next(40)).unwrap());
+        let t = txn(1 + step / 100 + u32::try_from(next(40)).unwrap());
         let key = next(6);
-        let input = match next(7) {
+        let input = match next(8) {
             0 | 1 => msg(C, prepare(t, w(key, i64::try_from(next(9)).unwrap() - 3))),
             2 if !voted_yes.is_empty() => {
                 let i = usize::try_from(next(voted_yes.len() as u64)).unwrap();
@@ -746,6 +751,10 @@ fn a_checkpoint_rebuilds_the_same_participant_as_the_whole_log() {
             3 => msg(C, decision(t, Decision::Abort)),
             4 => msg(C, Msg::CommitOnePhase { txn: t, writes: w(key, 2) }),
             5 => msg(P2, Msg::Inquire { txn: t }),
+            6 if step % 50 == 0 => {
+                mark = step / 100;
+                msg(C, Msg::Forget { epoch: 1, below: mark })
+            }
             _ if !pending.is_empty() => {
                 let i = usize::try_from(next(pending.len() as u64)).unwrap();
                 Input::Persisted(pending.swap_remove(i))
@@ -765,7 +774,9 @@ fn a_checkpoint_rebuilds_the_same_participant_as_the_whole_log() {
             // memory but never logged (presumed abort). Making it durable only strengthens it.
             let (logged, kept) = (from_log.decisions(), from_checkpoint.decisions());
             for (txn, d) in logged {
-                assert_eq!(kept.get(txn), Some(d), "step {step}: {txn} kept its decision");
+                if txn.sequence >= mark {
+                    assert_eq!(kept.get(txn), Some(d), "step {step}: {txn} kept its decision");
+                }
             }
             for (txn, d) in kept {
                 assert!(logged.get(txn) == Some(d) || *d == Decision::Abort, "step {step}: {txn}");
@@ -1095,4 +1106,120 @@ fn a_checkpoint_of_many_decisions_splits_into_records_that_each_fit_and_rebuild_
     run(&mut restarted, Input::Restart { records: live });
     assert_eq!(restarted.decisions(), p.decisions());
     assert_eq!(restarted.decisions().len(), n as usize);
+}
+
+// ---- Forgetting (the `two_phase` module docs) ----
+
+fn one_phase(c: &mut Coordinator, request: u64, node: NodeId, key: u64) -> TxnId {
+    let out = run(
+        c,
+        Input::Begin {
+            request: RequestId(request),
+            branches: vec![Branch { node, writes: w(key, 1) }],
+        },
+    );
+    let Some(Command::Begun { txn, .. }) = out.first() else { panic!("not begun: {out:?}") };
+    *txn
+}
+
+#[test]
+fn the_coordinator_says_forget_once_its_low_water_mark_moved_forget_every_transactions() {
+    let mut cfg = config();
+    cfg.forget_every = 2;
+    let mut c = ready_coordinator(cfg);
+    let (t1, t2, t3) =
+        (one_phase(&mut c, 1, P1, 1), one_phase(&mut c, 2, P2, 2), one_phase(&mut c, 3, P1, 3));
+    let result = |txn| Msg::OnePhaseResult { txn, decision: Decision::Commit };
+    // t2 finishes first: t1 still runs, so the mark stays at t1.
+    assert!(!run(&mut c, msg(P2, result(t2)))
+        .iter()
+        .any(|c| matches!(c, Command::Send { msg: Msg::Forget { .. }, .. })));
+    // t1 finishes: the mark jumps to t3 (sequence 3), two past the start.
+    let out = run(&mut c, msg(P1, result(t1)));
+    let forgets: Vec<&Cmd> =
+        out.iter().filter(|c| matches!(c, Command::Send { msg: Msg::Forget { .. }, .. })).collect();
+    assert_eq!(
+        forgets,
+        vec![
+            &send(P1, Msg::Forget { epoch: 1, below: 3 }),
+            &send(P2, Msg::Forget { epoch: 1, below: 3 })
+        ],
+        "every node that was a branch hears it"
+    );
+    // t3 finishing moves the mark by one only: not yet worth a FORGET.
+    assert!(!run(&mut c, msg(P1, result(t3)))
+        .iter()
+        .any(|c| matches!(c, Command::Send { msg: Msg::Forget { .. }, .. })));
+}
+
+#[test]
+fn a_participant_forgets_below_the_mark_and_answers_late_duplicates_from_it() {
+    let mut p = participant(config());
+    let (t1, t2, t3) = (txn(1), txn(2), txn(3));
+    // t1 committed in one phase, t2 refused, t3 prepared and still open (its ABORT was lost).
+    run(&mut p, msg(C, Msg::CommitOnePhase { txn: t1, writes: w(10, 5) }));
+    run(&mut p, Input::Persisted(Record::OnePhaseCommitted { txn: t1, writes: w(10, 5) }));
+    run(&mut p, msg(C, prepare(t2, w(11, -1))));
+    run(&mut p, msg(C, prepare(t3, w(12, 1))));
+    run(
+        &mut p,
+        Input::Persisted(Record::Prepared {
+            txn: t3,
+            peers: vec![P1, P2],
+            writes: w(12, 1),
+            early_ack: false,
+        }),
+    );
+    assert_eq!(p.decisions().len(), 2);
+
+    assert_eq!(run(&mut p, msg(C, Msg::Forget { epoch: 1, below: 4 })), vec![]);
+    assert!(p.decisions().is_empty(), "decisions below the mark are forgotten");
+    assert_eq!(p.in_doubt(), vec![t3], "an open branch is never forgotten");
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t1, writes: w(10, 5) })),
+        vec![],
+        "a late duplicate is not applied twice"
+    );
+    assert_eq!(p.store().value(10), 5);
+    let t0 = txn(0);
+    assert_eq!(
+        run(&mut p, msg(C, prepare(t0, w(13, 1)))),
+        vec![],
+        "a late PREPARE below the mark does not prepare"
+    );
+    assert_eq!(p.store().locked_keys(), 1, "only t3's lock");
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Inquire { txn: t2 })),
+        vec![send(P2, decision(t2, Decision::Abort))],
+        "answered from the mark, with nothing forced"
+    );
+    assert_eq!(run(&mut p, msg(C, decision(t2, Decision::Abort))), vec![]);
+    assert!(p.decisions().is_empty(), "nothing about a forgotten transaction is remembered again");
+    // The mark never moves back.
+    run(&mut p, msg(C, Msg::Forget { epoch: 1, below: 2 }));
+    assert_eq!(
+        run(&mut p, msg(C, prepare(txn(3), w(12, 1)))),
+        vec![send(C, Msg::Vote { txn: t3, vote: Vote::Yes })]
+    );
+}
+
+#[test]
+fn the_mark_survives_a_checkpoint_and_a_restart() {
+    use crate::Checkpoint;
+    let mut p = participant(config());
+    let t1 = txn(1);
+    run(&mut p, msg(C, Msg::CommitOnePhase { txn: t1, writes: w(10, 5) }));
+    run(&mut p, Input::Persisted(Record::OnePhaseCommitted { txn: t1, writes: w(10, 5) }));
+    run(&mut p, msg(C, Msg::Forget { epoch: 1, below: 2 }));
+    let live = p.live_records();
+    assert!(live.contains(&Record::Forgotten { coordinator: C, epoch: 1, below: 2 }));
+    let mut restarted: Participant = Participant::new(P1, config());
+    run(&mut restarted, Input::Restart { records: live });
+    assert_eq!(restarted.store().value(10), 5);
+    assert_eq!(
+        run(&mut restarted, msg(C, Msg::CommitOnePhase { txn: t1, writes: w(10, 5) })),
+        vec![],
+        "still a duplicate after the restart"
+    );
+    assert_eq!(restarted.store().value(10), 5, "applied once");
 }
