@@ -60,6 +60,11 @@ pub enum BenchCommand {
         /// write, the baseline). Several: interleaved.
         #[arg(long, default_value = "buffered")]
         writes: String,
+        /// Client connections to the gateway, shared round-robin by the clients (as the tasks
+        /// of one application share its client). Default: one per client, as if each client
+        /// were a process of its own.
+        #[arg(long)]
+        connections: Option<usize>,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
         #[arg(long)]
@@ -193,7 +198,16 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 json,
             })
         }
-        BenchCommand::Kv { dir, workloads, clients, protocols, writes, duration, json } => {
+        BenchCommand::Kv {
+            dir,
+            workloads,
+            clients,
+            protocols,
+            writes,
+            connections,
+            duration,
+            json,
+        } => {
             let buffering = writes
                 .split(',')
                 .map(|w| match w.trim() {
@@ -211,6 +225,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                     .map(|p| p.trim().parse())
                     .collect::<Result<_, _>>()?,
                 buffering,
+                connections,
                 duration,
                 json,
             })

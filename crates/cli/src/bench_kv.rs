@@ -74,6 +74,8 @@ pub struct Options<'a> {
     /// Client write buffering to measure (`true`: writes travel with the commit; `false`: a
     /// call per write, the baseline before buffering). Several: interleaved.
     pub buffering: Vec<bool>,
+    /// Gateway connections the clients share (`None`: one per client).
+    pub connections: Option<usize>,
     pub duration: Duration,
     pub json: bool,
 }
@@ -109,7 +111,10 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
             for &n in &options.clients {
                 for &buffered in &options.buffering {
                     for (protocol, gateway, _) in &clusters {
-                        let run = measure(*gateway, workload, n, buffered, options.duration).await;
+                        let connections = options.connections.unwrap_or(n).clamp(1, n);
+                        let run =
+                            measure(*gateway, workload, n, connections, buffered, options.duration)
+                                .await;
                         rows.push(Row { protocol: *protocol, buffered, workload, run });
                     }
                 }
@@ -196,26 +201,32 @@ async fn measure(
     gateway: SocketAddr,
     workload: Workload,
     clients: usize,
+    connections: usize,
     buffered: bool,
     duration: Duration,
 ) -> Measured {
-    closed_loop(clients, duration, |c, deadline| async move {
-        let kv = KvClient::connect(gateway).with_write_buffering(buffered);
-        let mut rng = Rng::new(run_seed(7, c as u64));
-        let mut tally = Tally::default();
-        let mut i = 0;
-        while Instant::now() < deadline {
-            let t0 = Instant::now();
-            match transaction(&kv, workload, c, i, &mut rng).await {
-                Ok(()) => {
-                    tally.commit(t0);
+    let pool: Vec<KvClient> = (0..connections)
+        .map(|_| KvClient::connect(gateway).with_write_buffering(buffered))
+        .collect();
+    closed_loop(clients, duration, |c, deadline| {
+        let kv = pool[c % connections].clone();
+        async move {
+            let mut rng = Rng::new(run_seed(7, c as u64));
+            let mut tally = Tally::default();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match transaction(&kv, workload, c, i, &mut rng).await {
+                    Ok(()) => {
+                        tally.commit(t0);
+                    }
+                    Err(KvError::Conflict(_)) => tally.aborted += 1,
+                    Err(error) => tally.fail(error),
                 }
-                Err(KvError::Conflict(_)) => tally.aborted += 1,
-                Err(error) => tally.fail(error),
+                i += 1;
             }
-            i += 1;
+            tally
         }
-        tally
     })
     .await
 }
@@ -238,12 +249,17 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .collect();
         let value = serde_json::json!({
             "shards": 3, "durable": true, "isolation": "serializable",
+            "connections": options.connections,
             "floor": floor.json(), "runs": runs,
         });
         println!("{value}");
         return;
     }
     println!("{}", floor.describe(options.dir));
+    match options.connections {
+        None => println!("connections to the gateway: one per client"),
+        Some(n) => println!("connections to the gateway: {n}, shared by the clients"),
+    }
     println!(
         "{:<13} {:<11} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
         "protocol",

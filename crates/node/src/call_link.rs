@@ -46,7 +46,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"CNCRDCL1";
 pub const MAX_CALLS_IN_FLIGHT: usize = 100_000;
 /// Calls a served connection runs at once; past it, the server stops reading until one ends.
 pub(crate) const MAX_CALLS_PER_CONNECTION: usize = 10_000;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Room for one SYN retransmission (1 s) and a busy runtime: a call that fails to connect
+/// fails as UNAVAILABLE, which a client counts as a failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a call asks for; each takes and returns the proto messages named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
