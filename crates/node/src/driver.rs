@@ -5,7 +5,7 @@
 //!   timers, log callbacks ─────────────────────► internal ┴─► loop: core.handle(input) ─► commands
 //!                                                         Send     ─► outbox[peer] ─► writer task ─► TCP link
 //!                                                         Persist  ─► group commit (callback ─► Persisted)
-//!                                                         SetTimer ─► sleeping task ─► Timer
+//!                                                         SetTimer ─► the loop's timer heap
 //! ```
 //!
 //! The core is never shared: everything reaches it as an event on the loop, which is the one
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use concord_commit::{Checkpoint, Command, Core, Durability, Input};
 use concord_types::codec::Encode;
-use concord_types::NodeId;
+use concord_types::{NodeId, TimerHeap};
 use concord_wal::{GroupCommit, OnDurable};
 use tokio::sync::mpsc;
 
@@ -44,7 +44,6 @@ pub(crate) enum Event<E: Engine> {
         from: NodeId,
         msgs: Vec<Msg<E>>,
     },
-    Timer(Timer<E>),
     Persisted(Record<E>),
     LogFailed(String),
     /// Run a closure on the node inside the loop: queries and client requests.
@@ -68,6 +67,9 @@ pub(crate) struct Io<E: Engine> {
     pub dropped_sends: u64,
     /// A shard's storage beside its log (the KV store's redb file).
     pub storage: Option<<E::Model as Model>::Storage>,
+    /// The core's armed timers: one heap the loop watches rather than a sleeping task each
+    /// (a task per timer cost an allocation, a wake-up and a channel send, stale or not).
+    pub timers: TimerHeap<tokio::time::Instant, Timer<E>>,
 }
 
 pub(crate) struct Node<E: Engine> {
@@ -113,12 +115,9 @@ impl<E: Engine> Io<E> {
         self.records_since_checkpoint += 1;
     }
 
-    fn set_timer(&self, timer: Timer<E>, after_us: u64) {
-        let internal = self.internal.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_micros(after_us)).await;
-            let _ = internal.send(Event::Timer(timer));
-        });
+    fn set_timer(&mut self, timer: Timer<E>, after_us: u64) {
+        let at = tokio::time::Instant::now() + Duration::from_micros(after_us);
+        self.timers.push(at, timer);
     }
 }
 
@@ -223,13 +222,31 @@ pub(crate) async fn run<E: Engine>(
     mut external: mpsc::Receiver<Event<E>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
+    // One sleep for the soonest timer, moved only when that deadline changes (not a new one
+    // per event). Once it has fired it must be re-armed, or it would stay ready.
+    let idle = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+    let sleep = tokio::time::sleep_until(idle);
+    tokio::pin!(sleep);
+    let mut armed_for = Some(idle);
     loop {
+        let next = node.io.timers.next_deadline().unwrap_or(idle);
+        if armed_for != Some(next) {
+            sleep.as_mut().reset(next);
+            armed_for = Some(next);
+        }
         let event = tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(()),
             Some(event) = internal.recv() => event,
+            () = &mut sleep => {
+                armed_for = None;
+                let now = tokio::time::Instant::now();
+                while let Some(timer) = node.io.timers.pop_due(now) {
+                    node.step(Input::Timer(timer));
+                }
+                continue;
+            }
             Some(event) = external.recv() => event,
-            else => return Ok(()),
         };
         match event {
             Event::Messages { from, msgs } => {
@@ -237,7 +254,6 @@ pub(crate) async fn run<E: Engine>(
                     node.on_message(from, msg);
                 }
             }
-            Event::Timer(timer) => node.step(Input::Timer(timer)),
             Event::Persisted(record) => node.step(Input::Persisted(record)),
             Event::LogFailed(error) => return Err(format!("the log failed: {error}")),
             Event::Call(call) => call(&mut node),

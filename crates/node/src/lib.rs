@@ -292,6 +292,7 @@ async fn serve_engine<E: Engine>(
         checkpoint_every: config.log.checkpoint_every,
         dropped_sends: 0,
         storage,
+        timers: concord_types::TimerHeap::default(),
     };
     let mut node = Node { role, io };
     node.step(Input::Restart { records });

@@ -1,8 +1,7 @@
 //! The loop: one task owns the orchestrator core; HTTP requests, step replies, timers and
 //! durable-record callbacks reach it as events, and it carries out the core's commands.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,9 +138,7 @@ struct Loop {
     /// Armed timers, soonest first. One heap in the loop rather than a sleeping task per
     /// timer: every saga arms a deadline and a timeout per call, hundreds of thousands at a
     /// time under load.
-    timers: BinaryHeap<Reverse<(tokio::time::Instant, u64)>>,
-    timer_payloads: HashMap<u64, Timer>,
-    next_timer: u64,
+    timers: concord_types::TimerHeap<tokio::time::Instant, Timer>,
 }
 
 fn now_us() -> u64 {
@@ -203,9 +200,7 @@ impl Loop {
             },
             Command::SetTimer { timer, after_us } => {
                 let at = tokio::time::Instant::now() + Duration::from_micros(after_us);
-                self.timers.push(Reverse((at, self.next_timer)));
-                self.timer_payloads.insert(self.next_timer, timer);
-                self.next_timer += 1;
+                self.timers.push(at, timer);
             }
             Command::Finished { saga, .. } => {
                 let response = self.show(&saga);
@@ -360,20 +355,14 @@ async fn write_with_retries(store: &PgStore, record: Record) -> Event {
 
 impl Loop {
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.next_deadline()
     }
 
     /// Fires every timer that is due.
     fn fire_due(&mut self) -> Result<(), String> {
         let now = tokio::time::Instant::now();
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            if let Some(timer) = self.timer_payloads.remove(&id) {
-                self.feed(Input::Timer(timer))?;
-            }
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.feed(Input::Timer(timer))?;
         }
         Ok(())
     }
@@ -465,9 +454,7 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         acks: HashMap::new(),
         finishes: HashMap::new(),
         next_id: 0,
-        timers: BinaryHeap::new(),
-        timer_payloads: HashMap::new(),
-        next_timer: 0,
+        timers: concord_types::TimerHeap::default(),
     };
     state.feed(Input::Restart { records, now_us: now_us() })?;
     // Aborted when this function returns or its future is dropped (a killed task must not

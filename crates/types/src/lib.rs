@@ -5,10 +5,13 @@
 //! * [`Vote`], [`Decision`] — one meaning per word: participants *vote*, coordinators *decide*.
 //! * [`Write`] — the effect a branch applies to its participant's store.
 //! * [`codec`] — fixed-width, little-endian encoding for everything that reaches a disk or a wire.
+//! * [`TimerHeap`] — a driver loop's armed timers, soonest first.
 
 pub mod codec;
 mod ids;
 mod outcome;
+mod timer_heap;
 
 pub use ids::{NodeId, ParseTxnIdError, RequestId, TxnId};
 pub use outcome::{Decision, Key, Vote, Write};
+pub use timer_heap::TimerHeap;
