@@ -92,8 +92,14 @@ impl From<Status> for KvError {
 /// Per-call deadline for reads and writes; a commit may take longer (it waits for the log).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(35);
-/// `transact` tries this many times, backing off from 2 ms, doubling, capped at 200 ms.
+/// `transact` tries at least this many times, backing off from 2 ms, doubling, capped at
+/// 200 ms, and goes on retrying for [`MIN_RETRY_WINDOW`] if those attempts end sooner.
 pub const MAX_ATTEMPTS: u32 = 10;
+/// How long `transact` keeps retrying a retryable error however few attempts that took. A
+/// shard that restarted refuses writes below its clock plus the maximum offset (500 ms by
+/// default) until its clock passes that point, so a budget counted only in attempts (about
+/// 330-650 ms of backoff) could give up on a write that would succeed a moment later.
+pub const MIN_RETRY_WINDOW: Duration = Duration::from_secs(2);
 
 /// A connection to a key-value cluster's gateway (its coordinator), shared by every clone and
 /// every transaction begun from them: concurrent calls travel together on it (a call link,
@@ -160,6 +166,7 @@ impl KvClient {
     ) -> Result<T, KvError> {
         let mut backoff = Duration::from_millis(2);
         let mut attempt = 1;
+        let started = std::time::Instant::now();
         loop {
             let result = async {
                 let mut txn = self.begin().await?;
@@ -176,7 +183,10 @@ impl KvClient {
             }
             .await;
             match result {
-                Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => {
+                Err(error)
+                    if error.is_retryable()
+                        && (attempt < MAX_ATTEMPTS || started.elapsed() < MIN_RETRY_WINDOW) =>
+                {
                     attempt += 1;
                     // Jitter from the clock's low bits spreads clients that collided.
                     let nanos = std::time::SystemTime::now()
