@@ -245,6 +245,9 @@ impl<M: Model> Engine for PaxosCommit<M> {
             paxos_commit::Msg::Decision { txn, decision } => {
                 Seen::Answer { txn: *txn, decision: *decision }
             }
+            paxos_commit::Msg::OnePhaseResult { txn, decision } => {
+                Seen::OnePhase { txn: *txn, decision: *decision }
+            }
             _ => Seen::Nothing,
         }
     }

@@ -202,7 +202,10 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Acceptor<C, S> {
                 Msg::Inquire { txn, participants } => {
                     self.leader.on_inquire(from, txn, participants, out);
                 }
-                Msg::Prepare { .. } | Msg::Decision { .. } => {}
+                Msg::Prepare { .. }
+                | Msg::Decision { .. }
+                | Msg::CommitOnePhase { .. }
+                | Msg::OnePhaseResult { .. } => {}
             },
         }
     }

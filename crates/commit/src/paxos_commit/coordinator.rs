@@ -1,12 +1,20 @@
 //! The Paxos Commit coordinator: names transactions, sends PREPARE, and leads ballot 0. It
 //! writes no decision record — the decision is chosen at the acceptors — only its epoch.
+//!
+//! A transaction of one participant (switch `one_phase`) skips the instances altogether: with
+//! one participant its vote is the outcome, so the coordinator sends COMMIT-ONE-PHASE and the
+//! participant decides alone, forcing its outcome before it answers (as 2PC's one-phase path).
+//! Nothing here can block it: the participant never waits for anyone, and a coordinator that
+//! crashed meanwhile learns the outcome by the status query like any other.
 
-use concord_types::{NodeId, RequestId, Write};
+use std::collections::BTreeMap;
+
+use concord_types::{Decision, NodeId, RequestId, TxnId, Write};
 
 use super::leader::Leader;
 use super::{Config, Msg, Record, Timer};
 use crate::admission::{Admission, Limits};
-use crate::{Branch, Checkpoint, Command, Core, Durability, Input};
+use crate::{backoff_us, Branch, Checkpoint, Command, Core, Durability, Input};
 
 type Out<C, S> = Vec<Command<Msg<C>, Record<C, S>, Timer>>;
 
@@ -16,6 +24,9 @@ pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     id: NodeId,
     admission: Admission<C>,
     leader: Leader,
+    /// One-phase transactions waiting for their participant's result: the branch, the attempt.
+    one_phase: BTreeMap<TxnId, (Branch<C>, u32)>,
+    config: Config,
     snapshot: std::marker::PhantomData<S>,
 }
 
@@ -29,14 +40,16 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         Coordinator {
             id,
             admission: Admission::new(id, limits),
-            leader: Leader::new(id, config),
+            leader: Leader::new(id, config.clone()),
+            one_phase: BTreeMap::new(),
+            config,
             snapshot: std::marker::PhantomData,
         }
     }
 
     /// Transactions whose decision this coordinator is still collecting.
     pub fn in_flight(&self) -> usize {
-        self.leader.in_flight()
+        self.leader.in_flight() + self.one_phase.len()
     }
 
     /// Whether `txn` is an id this coordinator has handed out.
@@ -46,15 +59,52 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
 
     fn begin(&mut self, request: RequestId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
         let epoch_record = |epoch| Record::EpochStarted { epoch };
-        let in_flight = self.leader.in_flight();
+        let in_flight = self.in_flight();
         let admitted = self.admission.admit(request, branches, in_flight, epoch_record, out);
         let Some((txn, branches)) = admitted else { return };
+        if branches.len() == 1 && self.config.switches.one_phase {
+            let branch = branches.into_iter().next().expect("checked: exactly one branch");
+            self.send_one_phase(txn, &branch, 0, out);
+            self.one_phase.insert(txn, (branch, 0));
+            return;
+        }
         let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
         for b in branches {
             let msg = Msg::Prepare { txn, participants: participants.clone(), writes: b.writes };
             out.push(Command::Send { to: b.node, msg });
         }
         self.leader.begin(txn, participants, out);
+    }
+
+    fn send_one_phase(&self, txn: TxnId, branch: &Branch<C>, attempt: u32, out: &mut Out<C, S>) {
+        let msg = Msg::CommitOnePhase { txn, writes: branch.writes.clone() };
+        out.push(Command::Send { to: branch.node, msg });
+        let after_us =
+            backoff_us(self.config.ballot_timeout_us, self.config.ballot_timeout_max_us, attempt);
+        out.push(Command::SetTimer { timer: Timer::OnePhaseRetry { txn, attempt }, after_us });
+    }
+
+    fn on_one_phase_retry(&mut self, txn: TxnId, attempt: u32, out: &mut Out<C, S>) {
+        let Some((branch, current)) = self.one_phase.get_mut(&txn) else { return };
+        if *current != attempt {
+            return; // a stale timer chain
+        }
+        *current += 1;
+        let (branch, next) = (branch.clone(), *current);
+        self.send_one_phase(txn, &branch, next, out);
+    }
+
+    fn on_one_phase_result(
+        &mut self,
+        from: NodeId,
+        txn: TxnId,
+        decision: Decision,
+        out: &mut Out<C, S>,
+    ) {
+        if self.one_phase.get(&txn).is_some_and(|(branch, _)| branch.node == from) {
+            self.one_phase.remove(&txn);
+            out.push(Command::Outcome { txn, decision });
+        }
     }
 
     fn emit_outcome(
@@ -86,6 +136,7 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                     .max();
                 let epoch = self.admission.restart(highest);
                 self.leader.restart();
+                self.one_phase.clear();
                 out.push(Command::Persist {
                     record: Record::EpochStarted { epoch },
                     durability: Durability::Forced,
@@ -99,6 +150,9 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
             }
             Input::Persisted(other) => panic!("coordinator {} never forces {other:?}", self.id),
             Input::Begin { request, branches } => self.begin(request, branches, out),
+            Input::Timer(Timer::OnePhaseRetry { txn, attempt }) => {
+                self.on_one_phase_retry(txn, attempt, out);
+            }
             Input::Timer(timer) => {
                 let before = out.len();
                 self.leader.on_timer(timer, out);
@@ -116,10 +170,14 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                 Msg::Inquire { txn, participants } => {
                     self.leader.on_inquire(from, txn, participants, out);
                 }
+                Msg::OnePhaseResult { txn, decision } => {
+                    self.on_one_phase_result(from, txn, decision, out);
+                }
                 Msg::Prepare { .. }
                 | Msg::Phase2a { .. }
                 | Msg::Phase1a { .. }
-                | Msg::Decision { .. } => {}
+                | Msg::Decision { .. }
+                | Msg::CommitOnePhase { .. } => {}
             },
         }
     }

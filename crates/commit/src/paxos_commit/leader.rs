@@ -307,7 +307,7 @@ impl Leader {
                 };
                 self.start_phase1(txn, participants, attempt + 1, out);
             }
-            Timer::Inquire { .. } => {}
+            Timer::Inquire { .. } | Timer::OnePhaseRetry { .. } => {}
         }
     }
 }

@@ -90,6 +90,11 @@ pub enum Msg<C = Vec<Write>> {
     /// coordinator → participant status query (a runtime client asking about a transaction
     /// the coordinator forgot), with no participants.
     Inquire { txn: TxnId, participants: Vec<NodeId> },
+    /// Coordinator → the only participant: decide alone (no instance, no acceptor: with one
+    /// participant its vote is the outcome).
+    CommitOnePhase { txn: TxnId, writes: C },
+    /// Participant → coordinator: the one-phase outcome (forced before it is sent).
+    OnePhaseResult { txn: TxnId, decision: Decision },
 }
 
 /// `C` as in [`Msg`]; `S` is a participant resource's applied state as a checkpoint writes it.
@@ -113,6 +118,8 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// Participant, written only by a checkpoint, after its `Snapshot`: more remembered
     /// decisions ([`crate::CHECKPOINT_CHUNK`] to a record at most, in all).
     Decisions { committed: Vec<TxnId>, aborted: Vec<TxnId> },
+    /// Participant: a one-phase branch committed (forced before the result is sent).
+    OnePhaseCommitted { txn: TxnId, writes: C },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +130,8 @@ pub enum Timer {
     Ballot { txn: TxnId, ballot: Ballot },
     /// A prepared participant asks a leader candidate (rotating with each attempt).
     Inquire { txn: TxnId, attempt: u32 },
+    /// The coordinator resends COMMIT-ONE-PHASE (doubling, capped).
+    OnePhaseRetry { txn: TxnId, attempt: u32 },
 }
 
 /// Timeouts, limits, and where the acceptors are. Times in microseconds.
@@ -226,7 +235,7 @@ impl Protocol for PaxosCommit {
     fn record_kind(record: &Record) -> RecordKind {
         match *record {
             Record::Prepared { txn, .. } => RecordKind::Prepared { txn, early_ack: false },
-            Record::Committed { txn } => {
+            Record::Committed { txn } | Record::OnePhaseCommitted { txn, .. } => {
                 RecordKind::BranchDecided { txn, decision: Decision::Commit }
             }
             Record::Aborted { txn } => RecordKind::BranchDecided { txn, decision: Decision::Abort },
@@ -272,6 +281,8 @@ impl<C> fmt::Display for Msg<C> {
             Msg::Reject { txn, promised } => write!(f, "REJECT <b{promised} {txn}"),
             Msg::Decision { txn, decision } => write!(f, "{decision} {txn}"),
             Msg::Inquire { txn, .. } => write!(f, "INQUIRE {txn}"),
+            Msg::CommitOnePhase { txn, .. } => write!(f, "COMMIT-1PC {txn}"),
+            Msg::OnePhaseResult { txn, decision } => write!(f, "1PC {decision} {txn}"),
         }
     }
 }
@@ -282,6 +293,7 @@ impl fmt::Display for Timer {
             Timer::BallotZero { txn } => write!(f, "ballot-0 (vote) timeout {txn}"),
             Timer::Ballot { txn, ballot } => write!(f, "ballot b{ballot} timeout {txn}"),
             Timer::Inquire { txn, attempt } => write!(f, "inquiry #{attempt} {txn}"),
+            Timer::OnePhaseRetry { txn, attempt } => write!(f, "1pc retry #{attempt} {txn}"),
         }
     }
 }
@@ -303,6 +315,7 @@ impl<C, S> fmt::Display for Record<C, S> {
             Record::Decisions { committed, aborted } => {
                 write!(f, "{} more committed, {} more aborted", committed.len(), aborted.len())
             }
+            Record::OnePhaseCommitted { txn, .. } => write!(f, "1pc-committed {txn}"),
         }
     }
 }
@@ -391,6 +404,11 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 encode_txns(w, committed);
                 encode_txns(w, aborted);
             }
+            Record::OnePhaseCommitted { txn, writes } => {
+                w.u8(9);
+                w.txn(*txn);
+                writes.encode(w);
+            }
         }
     }
 
@@ -415,6 +433,7 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 aborted: decode_txns(r)?,
             },
             8 => Record::Decisions { committed: decode_txns(r)?, aborted: decode_txns(r)? },
+            9 => Record::OnePhaseCommitted { txn: r.txn()?, writes: C::decode(r)? },
             tag => return Err(DecodeError::UnknownTag { what: "paxos-commit record", tag }),
         })
     }
@@ -476,6 +495,16 @@ impl<C: Encode> Encode for Msg<C> {
                 w.txn(*txn);
                 w.nodes(participants);
             }
+            Msg::CommitOnePhase { txn, writes } => {
+                w.u8(9);
+                w.txn(*txn);
+                writes.encode(w);
+            }
+            Msg::OnePhaseResult { txn, decision } => {
+                w.u8(10);
+                w.txn(*txn);
+                w.decision(*decision);
+            }
         }
     }
 
@@ -502,6 +531,8 @@ impl<C: Encode> Encode for Msg<C> {
             6 => Msg::Reject { txn: r.txn()?, promised: r.u64()? },
             7 => Msg::Decision { txn: r.txn()?, decision: r.decision()? },
             8 => Msg::Inquire { txn: r.txn()?, participants: r.nodes()? },
+            9 => Msg::CommitOnePhase { txn: r.txn()?, writes: C::decode(r)? },
+            10 => Msg::OnePhaseResult { txn: r.txn()?, decision: r.decision()? },
             tag => return Err(DecodeError::UnknownTag { what: "paxos-commit message", tag }),
         })
     }

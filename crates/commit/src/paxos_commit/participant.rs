@@ -39,6 +39,12 @@ enum Branch<C> {
     PromisingAbort {
         to: NodeId,
     },
+    /// One phase: the outcome is being forced before it is answered (the coordinator may
+    /// resend, and every answer must be the same).
+    OnePhaseCommitting {
+        writes: C,
+    },
+    OnePhaseAborting,
 }
 
 /// A Paxos Commit participant over resource `R` (the simulator's [`Store`] by default).
@@ -175,6 +181,10 @@ impl<R: Resource> Participant<R> {
                     }
                     self.aborted.insert(txn);
                 }
+                Record::OnePhaseCommitted { txn, writes } => {
+                    self.store.apply(txn, &writes);
+                    self.committed.insert(txn);
+                }
                 other => panic!("participant {} found {other:?} in its log", self.id),
             }
         }
@@ -266,6 +276,39 @@ impl<R: Resource> Participant<R> {
         }
     }
 
+    /// The only participant: decide alone. Either outcome is forced before it is answered.
+    fn on_commit_one_phase(&mut self, txn: TxnId, writes: R::Change, out: &mut Out<R>) {
+        if let Some(decision) = self.decided(txn) {
+            let msg = Msg::OnePhaseResult { txn, decision };
+            return out.push(Command::Send { to: txn.coordinator, msg });
+        }
+        if self.branches.contains_key(&txn) {
+            return; // answered once the pending record is durable
+        }
+        let refused = if self.branches.len() >= self.config.max_in_flight {
+            true
+        } else if let Err(refusal) = self.store.check(txn, &writes) {
+            self.refusals.remember(txn, refusal);
+            true
+        } else {
+            false
+        };
+        if refused {
+            out.push(Command::Persist {
+                record: Record::Aborted { txn },
+                durability: Durability::Forced,
+            });
+            self.branches.insert(txn, Branch::OnePhaseAborting);
+            return;
+        }
+        self.store.lock(txn, &writes);
+        out.push(Command::Persist {
+            record: Record::OnePhaseCommitted { txn, writes: writes.clone() },
+            durability: Durability::Forced,
+        });
+        self.branches.insert(txn, Branch::OnePhaseCommitting { writes });
+    }
+
     fn abort_prepared(&mut self, txn: TxnId, writes: &R::Change, out: &mut Out<R>) {
         self.store.unlock(txn, writes);
         self.aborted.insert(txn);
@@ -311,6 +354,12 @@ impl<R: Resource> Participant<R> {
                         msg: Msg::Decision { txn, decision: Decision::Abort },
                     });
                 }
+                Some(Branch::OnePhaseAborting) => {
+                    self.aborted.insert(txn);
+                    out.push(Command::Outcome { txn, decision: Decision::Abort });
+                    let msg = Msg::OnePhaseResult { txn, decision: Decision::Abort };
+                    out.push(Command::Send { to: txn.coordinator, msg });
+                }
                 _ => panic!("{}: forced abort of {txn} durable in another state", self.id),
             },
             Record::Committed { txn } => {
@@ -324,6 +373,20 @@ impl<R: Resource> Participant<R> {
                 self.store.apply(txn, &writes);
                 self.committed.insert(txn);
                 out.push(Command::Outcome { txn, decision: Decision::Commit });
+            }
+            Record::OnePhaseCommitted { txn, .. } => {
+                let Some(Branch::OnePhaseCommitting { writes }) = self.branches.remove(&txn) else {
+                    panic!(
+                        "{}: one-phase record of {txn} durable, but it was not committing",
+                        self.id
+                    );
+                };
+                self.store.unlock(txn, &writes);
+                self.store.apply(txn, &writes);
+                self.committed.insert(txn);
+                out.push(Command::Outcome { txn, decision: Decision::Commit });
+                let msg = Msg::OnePhaseResult { txn, decision: Decision::Commit };
+                out.push(Command::Send { to: txn.coordinator, msg });
             }
             other => panic!("participant {} never forces {other:?}", self.id),
         }
@@ -397,6 +460,7 @@ impl<R: Resource> Core for Participant<R> {
                 }
                 Msg::Decision { txn, decision } => self.on_decision(txn, decision, out),
                 Msg::Inquire { txn, .. } => self.on_status_inquiry(from, txn, out),
+                Msg::CommitOnePhase { txn, writes } => self.on_commit_one_phase(txn, writes, out),
                 _ => {}
             },
         }
@@ -435,8 +499,13 @@ impl<R: Resource> Checkpoint for Participant<R> {
                     live.push(Record::Prepared { txn, participants: Vec::new(), writes });
                     live.push(Record::Committed { txn });
                 }
-                Branch::VotingAbort { .. } | Branch::PromisingAbort { .. } => {
+                Branch::VotingAbort { .. }
+                | Branch::PromisingAbort { .. }
+                | Branch::OnePhaseAborting => {
                     live.push(Record::Aborted { txn });
+                }
+                Branch::OnePhaseCommitting { writes } => {
+                    live.push(Record::OnePhaseCommitted { txn, writes: writes.clone() });
                 }
             }
         }

@@ -514,3 +514,86 @@ fn a_checkpoint_of_many_decisions_splits_into_records_that_each_fit_and_rebuild_
     assert_eq!(after.len(), n as usize);
     assert_eq!(after, before);
 }
+
+#[test]
+fn one_participant_commits_in_one_phase_without_the_acceptors() {
+    let cfg = config();
+    let mut c = ready_coordinator();
+    let t = txn();
+    let out = run(
+        &mut c,
+        Input::Begin { request: RequestId(1), branches: vec![Branch { node: P1, writes: w() }] },
+    );
+    assert_eq!(
+        out,
+        vec![
+            Command::Begun { request: RequestId(1), txn: t },
+            send(P1, Msg::CommitOnePhase { txn: t, writes: w() }),
+            Command::SetTimer {
+                timer: Timer::OnePhaseRetry { txn: t, attempt: 0 },
+                after_us: cfg.ballot_timeout_us
+            },
+        ],
+        "no PREPARE, no ballot: the only participant's vote is the outcome"
+    );
+    assert_eq!(c.in_flight(), 1);
+    let resent = run(&mut c, Input::Timer(Timer::OnePhaseRetry { txn: t, attempt: 0 }));
+    assert_eq!(resent[0], send(P1, Msg::CommitOnePhase { txn: t, writes: w() }));
+    assert_eq!(
+        run(&mut c, Input::Timer(Timer::OnePhaseRetry { txn: t, attempt: 0 })),
+        vec![],
+        "stale"
+    );
+    let result = Msg::OnePhaseResult { txn: t, decision: Decision::Commit };
+    assert_eq!(run(&mut c, msg(P2, result.clone())), vec![], "only the branch answers");
+    assert_eq!(
+        run(&mut c, msg(P1, result)),
+        vec![Command::Outcome { txn: t, decision: Decision::Commit }]
+    );
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn a_one_phase_participant_forces_either_outcome_and_repeats_it() {
+    let mut p = <Participant>::new(P1, config());
+    run(&mut p, Input::Restart { records: vec![] });
+    let t = txn();
+    let record = Record::OnePhaseCommitted { txn: t, writes: w() };
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t, writes: w() })),
+        vec![forced(record.clone())]
+    );
+    assert_eq!(run(&mut p, msg(C, Msg::CommitOnePhase { txn: t, writes: w() })), vec![], "pending");
+    let committed = Msg::OnePhaseResult { txn: t, decision: Decision::Commit };
+    assert_eq!(
+        run(&mut p, Input::Persisted(record)),
+        vec![Command::Outcome { txn: t, decision: Decision::Commit }, send(C, committed.clone())]
+    );
+    assert_eq!(p.resource().value(1), 1);
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t, writes: w() })),
+        vec![send(C, committed)]
+    );
+    assert_eq!(p.resource().value(1), 1, "applied once");
+
+    let t2 = TxnId { sequence: 2, ..t };
+    let refused = vec![Write { key: 1, delta: -5 }];
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: t2, writes: refused })),
+        vec![forced(Record::Aborted { txn: t2 })]
+    );
+    let aborted = Msg::OnePhaseResult { txn: t2, decision: Decision::Abort };
+    assert_eq!(
+        run(&mut p, Input::Persisted(Record::Aborted { txn: t2 })),
+        vec![Command::Outcome { txn: t2, decision: Decision::Abort }, send(C, aborted)]
+    );
+    // A restart keeps both outcomes.
+    use crate::Checkpoint;
+    let mut again = <Participant>::new(P1, config());
+    run(&mut again, Input::Restart { records: p.live_records() });
+    assert_eq!(again.resource().value(1), 1);
+    assert_eq!(
+        again.decisions().collect::<Vec<_>>(),
+        vec![(t, Decision::Commit), (t2, Decision::Abort)]
+    );
+}

@@ -1,6 +1,8 @@
 //! **Liveness after heal**: once the faults stop (every node up, partitions healed, no loss),
-//! every prepared participant learns the outcome within a bounded virtual time, and every
-//! participant that voted YES on a committed transaction commits it.
+//! every prepared participant learns the outcome within a bounded virtual time, every
+//! participant that voted YES on a committed transaction commits it, and every branch that
+//! writes commits a transaction its client was told committed (an acknowledged commit is never
+//! lost — the one-phase paths' answer must wait for the participant's record).
 //!
 //! Source: the issue's liveness phase (TigerBeetle's VOPR and FoundationDB's simulation run a
 //! safety phase, then heal and demand progress); DESIGN.md §3 ("recovery re-drives every logged
@@ -37,6 +39,21 @@ pub fn check(
         if committed && decided != Some(Decision::Commit) {
             let has = decided.map_or_else(|| "no decision".to_string(), |d| format!("decided {d}"));
             found.push((PROPERTY, format!("{node} voted YES on committed {txn} but {has}")));
+        }
+    }
+    for (&txn, _) in history.client_outcomes.iter().filter(|(_, d)| **d == Decision::Commit) {
+        let branches = history.branches.get(&txn).map_or(&[][..], Vec::as_slice);
+        for branch in branches.iter().filter(|b| !b.writes.is_empty()) {
+            let node = branch.node;
+            let decided = history.participant_decisions.get(&(node, txn)).map(|(d, _)| *d);
+            if decided != Some(Decision::Commit) {
+                let has =
+                    decided.map_or_else(|| "no decision".to_string(), |d| format!("decided {d}"));
+                found.push((
+                    PROPERTY,
+                    format!("the client was told {txn} committed, but {node} has {has}"),
+                ));
+            }
         }
     }
 }
