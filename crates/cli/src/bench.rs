@@ -46,7 +46,8 @@ pub enum BenchCommand {
     Kv {
         #[arg(long, default_value = "./concord-data/bench")]
         dir: PathBuf,
-        /// Comma-separated: single, cross, mixed.
+        /// Comma-separated: single, cross, single-blind, cross-blind (the writes alone, one
+        /// call), mixed.
         #[arg(long, default_value = "single,cross,mixed")]
         workloads: String,
         /// Comma-separated client counts.

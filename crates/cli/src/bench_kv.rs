@@ -5,6 +5,10 @@
 //! * `single` — read a key and write it back, one shard: commits in one phase.
 //! * `cross` — read two keys on two shards and write both: commits through 2PC (or Paxos
 //!   Commit).
+//! * `single-blind`, `cross-blind` — the same writes without the reads (a counter bumped
+//!   blindly, a transfer whose amounts the client already knows): the whole transaction is
+//!   one call, the commit, so at one client its latency is the commit path alone, the one to
+//!   hold against the floor of two fsyncs and two round trips.
 //! * `mixed` — 80% read-only transactions of two random keys (nothing to commit), 20%
 //!   read-modify-writes of two random keys, all over 1,000 shared keys (conflicts happen and
 //!   are counted as aborts).
@@ -41,6 +45,8 @@ const SHARD_PREFIX: [char; 3] = ['a', 'j', 's'];
 pub enum Workload {
     Single,
     Cross,
+    SingleBlind,
+    CrossBlind,
     Mixed,
 }
 
@@ -50,8 +56,12 @@ impl Workload {
             .map(|w| match w.trim() {
                 "single" => Ok(Workload::Single),
                 "cross" => Ok(Workload::Cross),
+                "single-blind" => Ok(Workload::SingleBlind),
+                "cross-blind" => Ok(Workload::CrossBlind),
                 "mixed" => Ok(Workload::Mixed),
-                other => Err(format!("unknown workload `{other}` (single, cross, mixed)")),
+                other => Err(format!(
+                    "unknown workload `{other}` (single, cross, single-blind, cross-blind, mixed)"
+                )),
             })
             .collect()
     }
@@ -60,6 +70,8 @@ impl Workload {
         match self {
             Workload::Single => "single",
             Workload::Cross => "cross",
+            Workload::SingleBlind => "single-blind",
+            Workload::CrossBlind => "cross-blind",
             Workload::Mixed => "mixed",
         }
     }
@@ -179,6 +191,11 @@ async fn transaction(
             let (va, vb) = (txn.get(&a).await?, txn.get(&b).await?);
             txn.put(&a, increment(va)).await?;
             txn.put(&b, increment(vb)).await?;
+        }
+        Workload::SingleBlind => txn.put(&key(i % 3, c, i), i.to_string()).await?,
+        Workload::CrossBlind => {
+            txn.put(&key(i % 3, c, i), i.to_string()).await?;
+            txn.put(&key((i + 1) % 3, c, i), i.to_string()).await?;
         }
         Workload::Mixed => {
             let shared = |rng: &mut Rng| {
