@@ -23,6 +23,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc's per-thread free lists instead of glibc malloc: the nodes allocate and free a
+/// message's buffers on different threads all the time, and malloc/free were a fifth of the
+/// CPU at saturation (BENCHMARKS.md, "Where the CPU goes at saturation").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "concord",
