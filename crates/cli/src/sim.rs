@@ -134,6 +134,9 @@ pub enum SimCommand {
         /// 2PC: the coordinator sends FORGET after every finished transaction.
         #[arg(long)]
         forget: bool,
+        /// The last participant refuses its write, so the transaction must abort.
+        #[arg(long)]
+        refuse: bool,
         #[arg(long, default_value_t = 20_000_000)]
         max_states: u64,
     },
@@ -298,6 +301,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             timeouts,
             early_ack,
             forget,
+            refuse,
             max_states,
         } => {
             let timeouts = match timeouts.as_str() {
@@ -324,6 +328,7 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
                 timeouts,
                 early_ack,
                 forget,
+                refuse,
                 max_states,
             };
             let started = Instant::now();
@@ -624,13 +629,14 @@ fn check_output(
     let mut out = String::new();
     outln!(
         out,
-        "{protocol}{}: {} participants, F = {}, up to {} crash(es){}, {} lost message(s), {} partition(s), {} timer firing(s) {}",
+        "{protocol}{}{}: {} participants, F = {}, up to {} crash(es){}, {} lost message(s), {} partition(s), {} timer firing(s) {}",
         match (b.early_ack, b.forget) {
             (false, false) => "",
             (true, false) => " (early acknowledgement)",
             (false, true) => " (forgetting)",
             (true, true) => " (early acknowledgement, forgetting)",
         },
+        if b.refuse { ", the last participant refusing" } else { "" },
         b.participants,
         b.fault_tolerance,
         b.crashes,

@@ -48,6 +48,9 @@ pub struct Bounds {
     pub early_ack: bool,
     /// 2PC's forgetting switch: FORGET after every finished transaction.
     pub forget: bool,
+    /// The last participant refuses its write (it would take a value below zero), so the
+    /// transaction must abort: the NO vote, the one-phase abort and their records explored.
+    pub refuse: bool,
     /// Give up (and say so) past this many distinct states.
     pub max_states: u64,
 }
@@ -191,6 +194,7 @@ struct Model<P: Protocol> {
     participants: u32,
     timeouts: Timeouts,
     restarts: bool,
+    refuse: bool,
 }
 
 impl<P: Explorable> Model<P>
@@ -364,8 +368,12 @@ where
         match action {
             Action::Submit => {
                 w.submitted = true;
+                let delta = |n| if self.refuse && n == self.participants { -1 } else { 1 };
                 let branches = (1..=self.participants)
-                    .map(|n| Branch { node: NodeId(n), writes: vec![Write { key: 1, delta: 1 }] })
+                    .map(|n| Branch {
+                        node: NodeId(n),
+                        writes: vec![Write { key: 1, delta: delta(n) }],
+                    })
                     .collect();
                 Self::input(&mut w, 0, Input::Begin { request: RequestId(0), branches });
             }
@@ -435,6 +443,7 @@ where
         participants: bounds.participants,
         timeouts: bounds.timeouts,
         restarts: bounds.restarts,
+        refuse: bounds.refuse,
     };
     let nodes = (1 + bounds.participants + acceptor_count) as usize;
     let mut world = World::<P> {

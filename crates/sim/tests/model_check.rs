@@ -18,6 +18,7 @@ const NO_FAULTS: Bounds = Bounds {
     timeouts: Timeouts::Anytime,
     early_ack: false,
     forget: false,
+    refuse: false,
     max_states: 5_000_000,
 };
 
@@ -105,6 +106,54 @@ fn two_phase_commit_with_forgetting_and_early_acknowledgement_keeps_agreement() 
         ..NO_FAULTS
     };
     assert_safe("2pc forgetting, early ack", &explore::<TwoPhase>(bounds), 2_362_464);
+}
+
+#[test]
+fn two_phase_commit_aborts_everywhere_when_a_participant_refuses() {
+    // The NO vote, the coordinator's abort and the other branch's rollback, under a crash, a
+    // loss and early timers: nobody may commit, and the client may not hear COMMIT.
+    let bounds = Bounds {
+        participants: 2,
+        crashes: 1,
+        losses: 1,
+        timer_fires: 2,
+        refuse: true,
+        ..NO_FAULTS
+    };
+    assert_safe("2pc, refusing", &explore::<TwoPhase>(bounds), 54_423);
+}
+
+#[test]
+fn two_phase_commit_with_early_acknowledgement_aborts_everywhere_when_a_participant_refuses() {
+    // Early acknowledgement: the NO is a forced record the prepares decide by.
+    let bounds = Bounds {
+        participants: 2,
+        crashes: 1,
+        losses: 1,
+        timer_fires: 2,
+        early_ack: true,
+        refuse: true,
+        ..NO_FAULTS
+    };
+    assert_safe("2pc early ack, refusing", &explore::<TwoPhase>(bounds), 101_928);
+}
+
+#[test]
+fn paxos_commit_one_phase_tells_the_client_what_its_participant_decided() {
+    // One participant: COMMIT-ONE-PHASE, no instance. The participant refuses, so an answer
+    // of COMMIT anywhere (a crash, a resend, a partition, a status query) breaks agreement.
+    // (Answering COMMIT before the refusal's record is found here at once; without `refuse`
+    // the model's one transaction always commits and that mutation passes.)
+    let bounds = Bounds {
+        participants: 1,
+        crashes: 1,
+        losses: 1,
+        partitions: 1,
+        timer_fires: 2,
+        refuse: true,
+        ..NO_FAULTS
+    };
+    assert_safe("paxos-commit one phase, refusing", &explore::<PaxosCommit>(bounds), 69_696);
 }
 
 #[test]
