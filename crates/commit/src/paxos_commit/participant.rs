@@ -206,6 +206,21 @@ impl<R: Resource> Participant<R> {
         }
     }
 
+    /// Whether a new branch must be refused: too many in flight, or the resource says no (the
+    /// reason is remembered for the driver).
+    fn refuses(&mut self, txn: TxnId, writes: &R::Change) -> bool {
+        if self.branches.len() >= self.config.max_in_flight {
+            return true;
+        }
+        match self.store.check(txn, writes) {
+            Ok(()) => false,
+            Err(refusal) => {
+                self.refusals.remember(txn, refusal);
+                true
+            }
+        }
+    }
+
     fn on_prepare(
         &mut self,
         txn: TxnId,
@@ -216,14 +231,7 @@ impl<R: Resource> Participant<R> {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
             return; // a duplicate: the vote is already on its way or decided
         }
-        let refused = if self.branches.len() >= self.config.max_in_flight {
-            true
-        } else if let Err(refusal) = self.store.check(txn, &writes) {
-            self.refusals.remember(txn, refusal);
-            true
-        } else {
-            false
-        };
+        let refused = self.refuses(txn, &writes);
         if refused {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
@@ -285,14 +293,7 @@ impl<R: Resource> Participant<R> {
         if self.branches.contains_key(&txn) {
             return; // answered once the pending record is durable
         }
-        let refused = if self.branches.len() >= self.config.max_in_flight {
-            true
-        } else if let Err(refusal) = self.store.check(txn, &writes) {
-            self.refusals.remember(txn, refusal);
-            true
-        } else {
-            false
-        };
+        let refused = self.refuses(txn, &writes);
         if refused {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
