@@ -7,32 +7,16 @@
 use std::time::{Duration, Instant};
 
 use concord_client::KvClient;
-use concord_node::config::{ClusterConfig, KvConfig};
 use concord_node::proto::{self, node_client};
+
+mod common;
 
 const TRANSACTIONS: u64 = 3_000;
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_under_load_remembers_a_bounded_number_of_decisions() {
-    let dir = std::env::temp_dir().join(format!("concord-client-forget-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = ClusterConfig::local("forget-test", 1, 0);
-    config.kv = Some(KvConfig::default());
-    for (node, port) in config.nodes.iter_mut().zip(free_ports(2)) {
-        node.listen.set_port(port);
-    }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    for node in &config.nodes {
-        let (config, name, data) = (config.clone(), node.name.clone(), dir.join(&node.name));
-        let stopped = stopped.clone();
-        tokio::spawn(async move { concord_node::serve(config, &name, &data, stopped).await });
-    }
+    let cluster = common::LocalKv::start("forget-test", 1);
+    let config = &cluster.config;
     let kv = KvClient::connect(config.coordinator().listen);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut committed = 0;
@@ -63,6 +47,4 @@ async fn a_shard_under_load_remembers_a_bounded_number_of_decisions() {
         "after {committed} transactions the shard remembers {} decisions",
         reply.decisions_remembered
     );
-    let _ = stop.send(true);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,31 +5,14 @@
 use std::time::{Duration, Instant};
 
 use concord_client::KvClient;
-use concord_node::config::{ClusterConfig, KvConfig};
 use concord_node::proto::{self, kv_client};
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_service_and_the_call_link_are_one_store() {
-    let dir = std::env::temp_dir().join(format!("concord-client-grpc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = ClusterConfig::local("client-test", 2, 0);
-    config.kv = Some(KvConfig::default());
-    for (node, port) in config.nodes.iter_mut().zip(free_ports(3)) {
-        node.listen.set_port(port);
-    }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    for node in &config.nodes {
-        let (config, name, data) = (config.clone(), node.name.clone(), dir.join(&node.name));
-        let stopped = stopped.clone();
-        tokio::spawn(async move { concord_node::serve(config, &name, &data, stopped).await });
-    }
-    let gateway = config.coordinator().listen;
+    let cluster = common::LocalKv::start("client-test", 2);
+    let gateway = cluster.config.coordinator().listen;
 
     // Over the call link; shards refuse writes for the clock's maximum offset after they start.
     let kv = KvClient::connect(gateway);
@@ -73,7 +56,4 @@ async fn the_grpc_service_and_the_call_link_are_one_store() {
     let keys: Vec<&[u8]> = rows.iter().map(|(k, _)| k.as_slice()).collect();
     assert_eq!((keys, more), (vec![&b"a"[..], b"b", b"z"], false));
     txn.commit().await.unwrap();
-
-    let _ = stop.send(true);
-    let _ = std::fs::remove_dir_all(&dir);
 }
