@@ -90,6 +90,28 @@ impl<T> Refusals<T> {
         self.0.push_back((txn, refusal));
     }
 
+    /// Whether a new branch of `txn` may go ahead: fewer than `limit` branches in flight and
+    /// `store` accepts `change`. Why a refused one was refused is remembered. Every
+    /// participant core admits its branches this way.
+    pub(crate) fn admit<R: Resource<Refusal = T>>(
+        &mut self,
+        store: &R,
+        txn: TxnId,
+        change: &R::Change,
+        (in_flight, limit): (usize, usize),
+    ) -> bool {
+        if in_flight >= limit {
+            return false;
+        }
+        match store.check(txn, change) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.remember(txn, refusal);
+                false
+            }
+        }
+    }
+
     pub(crate) fn find(&self, txn: TxnId) -> Option<&T> {
         self.0.iter().rev().find(|(t, _)| *t == txn).map(|(_, r)| r)
     }

@@ -206,19 +206,11 @@ impl<R: Resource> Participant<R> {
         }
     }
 
-    /// Whether a new branch must be refused: too many in flight, or the resource says no (the
-    /// reason is remembered for the driver).
-    fn refuses(&mut self, txn: TxnId, writes: &R::Change) -> bool {
-        if self.branches.len() >= self.config.max_in_flight {
-            return true;
-        }
-        match self.store.check(txn, writes) {
-            Ok(()) => false,
-            Err(refusal) => {
-                self.refusals.remember(txn, refusal);
-                true
-            }
-        }
+    /// Checks a new branch against the in-flight limit and the resource, remembering why a
+    /// refused one was refused.
+    fn admit(&mut self, txn: TxnId, change: &R::Change) -> bool {
+        let limits = (self.branches.len(), self.config.max_in_flight);
+        self.refusals.admit(&self.store, txn, change, limits)
     }
 
     fn on_prepare(
@@ -231,8 +223,7 @@ impl<R: Resource> Participant<R> {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
             return; // a duplicate: the vote is already on its way or decided
         }
-        let refused = self.refuses(txn, &writes);
-        if refused {
+        if !self.admit(txn, &writes) {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,
@@ -293,8 +284,7 @@ impl<R: Resource> Participant<R> {
         if self.branches.contains_key(&txn) {
             return; // answered once the pending record is durable
         }
-        let refused = self.refuses(txn, &writes);
-        if refused {
+        if !self.admit(txn, &writes) {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,

@@ -162,16 +162,8 @@ impl<R: Resource> Participant<R> {
     /// Checks a new branch against the in-flight limit and the resource, remembering why a
     /// refused one was refused.
     fn admit(&mut self, txn: TxnId, change: &R::Change) -> bool {
-        if self.branches.len() >= self.config.max_in_flight {
-            return false;
-        }
-        match self.store.check(txn, change) {
-            Ok(()) => true,
-            Err(refusal) => {
-                self.refusals.remember(txn, refusal);
-                false
-            }
-        }
+        let limits = (self.branches.len(), self.config.max_in_flight);
+        self.refusals.admit(&self.store, txn, change, limits)
     }
 
     /// A reader is blocked on `txn`'s prepared write: asks for the outcome now instead of at the
