@@ -26,7 +26,6 @@ pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     leader: Leader,
     /// One-phase transactions waiting for their participant's result: the branch, the attempt.
     one_phase: BTreeMap<TxnId, (Branch<C>, u32)>,
-    config: Config,
     snapshot: std::marker::PhantomData<S>,
 }
 
@@ -40,9 +39,8 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         Coordinator {
             id,
             admission: Admission::new(id, limits),
-            leader: Leader::new(id, config.clone()),
+            leader: Leader::new(id, config),
             one_phase: BTreeMap::new(),
-            config,
             snapshot: std::marker::PhantomData,
         }
     }
@@ -62,7 +60,7 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         let in_flight = self.in_flight();
         let admitted = self.admission.admit(request, branches, in_flight, epoch_record, out);
         let Some((txn, branches)) = admitted else { return };
-        if branches.len() == 1 && self.config.switches.one_phase {
+        if branches.len() == 1 && self.leader.config().switches.one_phase {
             let branch = branches.into_iter().next().expect("checked: exactly one branch");
             self.send_one_phase(txn, &branch, 0, out);
             self.one_phase.insert(txn, (branch, 0));
@@ -79,8 +77,8 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
     fn send_one_phase(&self, txn: TxnId, branch: &Branch<C>, attempt: u32, out: &mut Out<C, S>) {
         let msg = Msg::CommitOnePhase { txn, writes: branch.writes.clone() };
         out.push(Command::Send { to: branch.node, msg });
-        let after_us =
-            backoff_us(self.config.ballot_timeout_us, self.config.ballot_timeout_max_us, attempt);
+        let config = self.leader.config();
+        let after_us = backoff_us(config.ballot_timeout_us, config.ballot_timeout_max_us, attempt);
         out.push(Command::SetTimer { timer: Timer::OnePhaseRetry { txn, attempt }, after_us });
     }
 

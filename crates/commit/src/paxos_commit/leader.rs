@@ -47,6 +47,10 @@ pub(super) struct Leader {
 }
 
 impl Leader {
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub(super) fn new(id: NodeId, config: Config) -> Self {
         Leader {
             id,
