@@ -68,8 +68,14 @@ fn default_retry_max_ms() -> u64 {
 }
 
 impl StartRequest {
-    /// The core's definition; endpoints are checked to be callable.
+    /// The core's definition, every field checked against its range (docs/sagas.md,
+    /// "Limits") and every endpoint to be a callable `http://host:port/path`; the error names
+    /// the field. Milliseconds become microseconds without overflow: a value too large to
+    /// convert is out of range anyway, and saturating keeps it so.
     pub fn definition(&self) -> Result<SagaDef, String> {
+        if let Some(id) = &self.id {
+            concord_saga::definition::check_saga_id(id).map_err(|e| e.to_string())?;
+        }
         let steps = self
             .steps
             .iter()
@@ -77,7 +83,8 @@ impl StartRequest {
                 for endpoint in
                     std::iter::once(&s.action).chain(s.compensation.iter()).chain(s.confirm.iter())
                 {
-                    crate::driver::parse_endpoint(endpoint)?;
+                    crate::driver::parse_endpoint(endpoint)
+                        .map_err(|e| format!("step `{}`: {e}", s.name))?;
                 }
                 Ok(StepDef {
                     name: s.name.clone(),
@@ -86,8 +93,8 @@ impl StartRequest {
                     confirm: s.confirm.clone(),
                     timeout_us: s.timeout_ms.saturating_mul(1_000),
                     retry: Retry {
-                        base_us: s.retry_base_ms.max(1).saturating_mul(1_000),
-                        max_us: s.retry_max_ms.max(s.retry_base_ms).saturating_mul(1_000),
+                        base_us: s.retry_base_ms.saturating_mul(1_000),
+                        max_us: s.retry_max_ms.saturating_mul(1_000),
                     },
                 })
             })
@@ -110,6 +117,7 @@ pub(crate) fn state_json(state: &SagaState) -> (&'static str, Option<String>) {
         SagaState::Confirming => ("confirming", None),
         SagaState::Done(Outcome::Completed) => ("completed", None),
         SagaState::Done(Outcome::Compensated { reason }) => ("compensated", Some(reason.clone())),
+        SagaState::FailedToDrive { reason } => ("failed-to-drive", Some(reason.clone())),
     }
 }
 

@@ -46,7 +46,13 @@ pub struct PostgresOptions {
 
 /// Where the core's records go.
 enum Storage {
-    Log { log: Arc<GroupCommit>, since_checkpoint: u64, checkpoint_every: u64 },
+    Log {
+        log: Arc<GroupCommit>,
+        since_checkpoint: u64,
+        checkpoint_every: u64,
+        /// The data directory's lock, held while the log is in use.
+        _dir_lock: concord_wal::DirLock,
+    },
     Postgres(Arc<PgStore>),
 }
 
@@ -84,13 +90,27 @@ enum Event {
 
 /// `http://host:port/path` → (address, path). Host names are resolved at call time.
 pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(String, String), String> {
+    let shown: String = endpoint.chars().take(80).collect();
     let rest = endpoint
         .strip_prefix("http://")
-        .ok_or_else(|| format!("endpoint `{endpoint}`: only http:// URLs are supported"))?;
+        .ok_or_else(|| format!("endpoint `{shown}`: only http:// URLs are supported"))?;
     let (host, path) =
         rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    if !host.contains(':') {
-        return Err(format!("endpoint `{endpoint}`: give the port (http://host:port/path)"));
+    let Some((name, port)) = host.rsplit_once(':') else {
+        return Err(format!("endpoint `{shown}`: give the port (http://host:port/path)"));
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if !name_ok {
+        return Err(format!("endpoint `{shown}`: the host is empty or not a host name"));
+    }
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return Err(format!("endpoint `{shown}`: the port must be 1 to 65535"));
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("endpoint `{shown}`: the path holds spaces or control characters"));
     }
     Ok((host.to_string(), path))
 }
@@ -155,7 +175,7 @@ impl Loop {
         for command in out {
             self.carry_out(command)?;
         }
-        if let Storage::Log { log, since_checkpoint, checkpoint_every } = &mut self.storage {
+        if let Storage::Log { log, since_checkpoint, checkpoint_every, .. } = &mut self.storage {
             if *since_checkpoint >= *checkpoint_every {
                 *since_checkpoint = 0;
                 let live = self.core.live_records().iter().map(encode).collect();
@@ -199,7 +219,7 @@ impl Loop {
                 }
             },
             Command::SetTimer { timer, after_us } => {
-                let at = tokio::time::Instant::now() + Duration::from_micros(after_us);
+                let at = deadline_after_us(after_us);
                 self.timers.push(at, timer);
             }
             Command::Finished { saga, .. } => {
@@ -394,39 +414,67 @@ async fn route(api: mpsc::Sender<Event>, request: Request) -> Response {
     rx.await.unwrap_or_else(|_| Response::error(503, "the orchestrator is stopping"))
 }
 
+/// The instant `after_us` from now, capped a year ahead: `Instant + Duration` panics on
+/// overflow, and a timer that far out never fires in a process's life anyway.
+fn deadline_after_us(after_us: u64) -> tokio::time::Instant {
+    const YEAR_US: u64 = 365 * 24 * 3_600 * 1_000_000;
+    tokio::time::Instant::now() + Duration::from_micros(after_us.min(YEAR_US))
+}
+
 /// Opens the log under the data directory and reads its records.
-async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>), String> {
+/// A log record that could not be read: its index, the saga it names (if that much can be
+/// read), and why. Set aside and reported; the other records replay.
+type Unreadable = (usize, Option<String>, String);
+
+async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>, Vec<Unreadable>), String> {
     let dir = &options.data_dir;
-    concord_wal::claim_data_dir(dir, IDENTITY).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir_lock = concord_wal::claim_data_dir(dir, IDENTITY)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let log_dir: PathBuf = Path::new(dir).join("log");
     let (log, raw) = tokio::task::spawn_blocking(move || FileLog::open(&log_dir, 64 << 20))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let records = raw
-        .iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            serde_json::from_slice::<Record>(bytes)
-                .map_err(|e| format!("{}: log record {i} cannot be read: {e}", dir.display()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut records = Vec::with_capacity(raw.len());
+    let mut unreadable = Vec::new();
+    for (i, bytes) in raw.iter().enumerate() {
+        match serde_json::from_slice::<Record>(bytes) {
+            Ok(record) => records.push(record),
+            Err(e) => {
+                // The frame's checksum held, so these are the bytes that were written: a record
+                // of another version, or one a bug wrote. Its saga is set aside, not guessed at.
+                let saga = serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| {
+                    let body = v.as_object()?.values().next()?.clone();
+                    body.get("saga")?.as_str().map(str::to_string)
+                });
+                eprintln!(
+                    "concord saga: {}: log record {i} cannot be read ({e}); {}",
+                    dir.display(),
+                    saga.as_ref().map_or("it names no saga; skipped".to_string(), |s| format!(
+                        "saga {s} is set aside as failed-to-drive"
+                    ))
+                );
+                unreadable.push((i, saga, e.to_string()));
+            }
+        }
+    }
     let log = Arc::new(GroupCommit::start(log).map_err(|e| e.to_string())?);
     let storage = Storage::Log {
         log,
         since_checkpoint: 0,
         checkpoint_every: options.checkpoint_every.max(1),
+        _dir_lock: dir_lock,
     };
-    Ok((storage, records))
+    Ok((storage, records, unreadable))
 }
 
 /// Runs the orchestrator until `shutdown` turns true (or its log fails).
 pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let (storage, records) = match &options.postgres {
+    let (storage, records, unreadable) = match &options.postgres {
         Some(pg) => {
             let store = PgStore::connect(&pg.url, &pg.instance, pg.lease).await?;
             let records = store.own().await?;
-            (Storage::Postgres(Arc::new(store)), records)
+            (Storage::Postgres(Arc::new(store)), records, Vec::new())
         }
         None => open_log(&options).await?,
     };
@@ -456,7 +504,17 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         next_id: 0,
         timers: concord_types::TimerHeap::default(),
     };
+    // A saga with an unreadable record is not driven from the rest of its records (that could
+    // repeat or skip what the lost record said): it is set aside whole.
+    let set_aside: std::collections::HashSet<&String> =
+        unreadable.iter().filter_map(|(_, saga, _)| saga.as_ref()).collect();
+    let records = records.into_iter().filter(|r| !set_aside.contains(r.saga())).collect();
     state.feed(Input::Restart { records, now_us: now_us() })?;
+    for (index, saga, reason) in unreadable {
+        if let Some(saga) = saga {
+            state.core.set_aside(saga, format!("its log record {index} cannot be read: {reason}"));
+        }
+    }
     // Aborted when this function returns or its future is dropped (a killed task must not
     // leave its listener answering for a loop that is gone).
     let _server = AbortOnDrop(tokio::spawn(concord_http::serve(listener, move |request| {

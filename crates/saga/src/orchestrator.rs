@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::definition::{Kind, Phase, SagaDef};
+use crate::definition::{check_saga_id, Kind, Phase, SagaDef};
 
 /// A saga's id, chosen by whoever starts it (so a repeated start is recognised).
 pub type SagaId = String;
@@ -187,6 +187,11 @@ pub enum SagaState {
     /// TCC: every try succeeded; confirming.
     Confirming,
     Done(Outcome),
+    /// Its records cannot be driven (a definition outside today's limits, a record that does
+    /// not fit its saga): set aside and reported, never acted on, so the other sagas go on.
+    FailedToDrive {
+        reason: String,
+    },
 }
 
 /// What `concord saga ls/show` shows of a saga.
@@ -235,6 +240,8 @@ struct Instance {
 
 /// Finished sagas remembered for status queries and repeated starts.
 const FINISHED_KEPT: usize = 100_000;
+/// Sagas set aside as impossible to drive, remembered for `saga ls` (the oldest forgotten).
+const PARKED_KEPT: usize = 10_000;
 /// Of those, how many a checkpoint keeps in the log.
 const FINISHED_IN_CHECKPOINT: usize = 1_000;
 
@@ -242,6 +249,8 @@ const FINISHED_IN_CHECKPOINT: usize = 1_000;
 pub struct Orchestrator {
     sagas: BTreeMap<SagaId, Instance>,
     finished: std::collections::VecDeque<SagaId>,
+    /// Sagas whose records could not be driven: their name and why ([`SagaState::FailedToDrive`]).
+    parked: BTreeMap<SagaId, (String, String)>,
 }
 
 type Out = Vec<Command>;
@@ -280,13 +289,43 @@ impl Orchestrator {
         }
     }
 
-    /// A saga's state, if this orchestrator knows it.
+    /// A saga's state, if this orchestrator drives it.
     pub fn state(&self, saga: &str) -> Option<&SagaState> {
         self.sagas.get(saga).map(|i| &i.state)
     }
 
+    /// Sagas set aside because their records cannot be driven: (saga, name, why).
+    pub fn parked(&self) -> impl Iterator<Item = (&SagaId, &str, &str)> {
+        self.parked.iter().map(|(saga, (name, why))| (saga, name.as_str(), why.as_str()))
+    }
+
+    /// Sets a saga aside as failed-to-drive (its driver could not read one of its records):
+    /// nothing more is done for it; `saga ls` shows it with `reason`.
+    pub fn set_aside(&mut self, saga: SagaId, reason: String) {
+        let name = self.sagas.get(&saga).map_or_else(String::new, |i| i.def.name.clone());
+        self.park(saga, name, reason);
+    }
+
+    fn park(&mut self, saga: SagaId, name: String, reason: String) {
+        self.sagas.remove(&saga);
+        self.parked.insert(saga, (name, reason));
+        while self.parked.len() > PARKED_KEPT {
+            self.parked.pop_first();
+        }
+    }
+
     /// One saga, as status pages show it.
     pub fn view(&self, saga: &str) -> Option<SagaView> {
+        if let Some((name, reason)) = self.parked.get(saga) {
+            return Some(SagaView {
+                saga: saga.to_string(),
+                name: name.clone(),
+                kind: Kind::Saga,
+                state: SagaState::FailedToDrive { reason: reason.clone() },
+                current: None,
+                steps: Vec::new(),
+            });
+        }
         let i = self.sagas.get(saga)?;
         Some(SagaView {
             saga: saga.to_string(),
@@ -298,9 +337,11 @@ impl Orchestrator {
         })
     }
 
-    /// Every saga this orchestrator remembers, by id.
+    /// Every saga this orchestrator remembers, by id (those it could not drive included).
     pub fn list(&self) -> Vec<SagaView> {
-        self.sagas.keys().filter_map(|saga| self.view(saga)).collect()
+        let mut ids: Vec<&SagaId> = self.sagas.keys().chain(self.parked.keys()).collect();
+        ids.sort();
+        ids.into_iter().filter_map(|saga| self.view(saga)).collect()
     }
 
     /// Sagas not yet finished.
@@ -346,7 +387,7 @@ impl Orchestrator {
         if self.sagas.contains_key(&saga) {
             return; // a repeated start: the saga is already under way (or done)
         }
-        if let Err(reason) = def.validate() {
+        if let Err(reason) = check_saga_id(&saga).and_then(|()| def.validate()) {
             out.push(Command::Rejected { saga, reason: reason.to_string() });
             return;
         }
@@ -457,6 +498,7 @@ impl Orchestrator {
     fn restart(&mut self, records: Vec<Record>, now_us: u64, out: &mut Out) {
         self.sagas.clear();
         self.finished.clear();
+        self.parked.clear();
         self.adopt(records, now_us, out);
     }
 
@@ -468,7 +510,14 @@ impl Orchestrator {
             let saga = record.saga().clone();
             match &record {
                 Record::Started { def, payload, deadline_at_us, .. } => {
-                    if self.sagas.contains_key(&saga) {
+                    if self.sagas.contains_key(&saga) || self.parked.contains_key(&saga) {
+                        continue;
+                    }
+                    // Replay meets the same checks as a start: a record logged before a limit
+                    // existed is set aside, not driven into arithmetic it was never meant for.
+                    if let Err(reason) = check_saga_id(&saga).and_then(|()| def.validate()) {
+                        let reason = format!("its definition is invalid: {reason}");
+                        self.park(saga, def.name.clone(), reason);
                         continue;
                     }
                     let instance = Instance::new(def.clone(), payload.clone(), *deadline_at_us);
@@ -478,6 +527,12 @@ impl Orchestrator {
                 _ if !adopted.contains(&saga) => {}
                 _ => {
                     let Some(instance) = self.sagas.get_mut(&saga) else { continue };
+                    if let Err(reason) = instance.fits(&record) {
+                        let name = instance.def.name.clone();
+                        adopted.remove(&saga);
+                        self.park(saga, name, format!("a record does not fit it: {reason}"));
+                        continue;
+                    }
                     instance.apply(&record);
                     if matches!(record, Record::Ended { .. }) {
                         self.finished.push_back(saga);
@@ -514,6 +569,24 @@ impl Instance {
             current: None,
             persisting: false,
             deadline_passed: false,
+        }
+    }
+
+    /// Whether a replayed record can belong to this saga: its step and phase exist.
+    fn fits(&self, record: &Record) -> Result<(), String> {
+        let steps = self.def.steps.len();
+        match record {
+            Record::StepDone { step, phase, .. } => match self.def.steps.get(*step) {
+                None => Err(format!("step {step} done, of a saga of {steps} steps")),
+                Some(s) if s.endpoint(*phase).is_none() => {
+                    Err(format!("{phase} of step `{}`, which has none", s.name))
+                }
+                Some(_) => Ok(()),
+            },
+            Record::Compensating { from, .. } if *from > steps => {
+                Err(format!("compensating from step {from}, of a saga of {steps} steps"))
+            }
+            Record::Started { .. } | Record::Compensating { .. } | Record::Ended { .. } => Ok(()),
         }
     }
 
@@ -595,7 +668,7 @@ impl Instance {
         if current.phase == Phase::Action && self.deadline_passed {
             return self.deadline_turn_around(saga, current.step, out);
         }
-        let next = current.attempt + 1;
+        let next = current.attempt.saturating_add(1);
         let retry = self.def.steps[current.step].retry;
         let after_us = retry.delay_us(current.attempt, jitter_permille(saga, current.step, next));
         self.current = Some(Current { attempt: next, in_flight: false, ..current });
@@ -639,5 +712,79 @@ impl Instance {
         };
         let record = Record::Ended { saga: saga.into(), outcome };
         out.push(Command::Persist { record, durability: Durability::Forced });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::StepDef;
+
+    fn def(name: &str) -> SagaDef {
+        let step = |n: &str| StepDef::new(n, "http://x:1/a", Some("http://x:1/c"));
+        SagaDef::saga(name, vec![step("a"), step("b")], 30_000_000)
+    }
+
+    fn started(saga: &str, def: SagaDef) -> Record {
+        Record::Started { saga: saga.into(), def, payload: String::new(), deadline_at_us: 1 << 40 }
+    }
+
+    fn calls(out: &[Command]) -> Vec<&str> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Call { saga, .. } => Some(saga.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_poison_record_is_set_aside_at_replay_and_the_other_sagas_go_on() {
+        let mut huge = def("huge");
+        huge.steps[1].retry.base_us = 40_000_000_000_000_000;
+        let records = vec![
+            started("good", def("order")),
+            started("poison", huge),
+            started("stray", def("order")),
+            Record::StepDone { saga: "stray".into(), step: 99, phase: Phase::Action },
+            started("bad:id", def("order")),
+        ];
+        let mut core = Orchestrator::new();
+        let mut out = Vec::new();
+        core.handle(Input::Restart { records, now_us: 0 }, &mut out);
+        assert_eq!(calls(&out), vec!["good"], "only the sound saga is driven");
+        for saga in ["poison", "stray", "bad:id"] {
+            let view = core.view(saga).unwrap();
+            assert!(matches!(view.state, SagaState::FailedToDrive { .. }), "{saga}: {view:?}");
+        }
+        let parked: Vec<&SagaId> = core.parked().map(|(s, ..)| s).collect();
+        assert_eq!(parked, ["bad:id", "poison", "stray"]);
+        assert_eq!(core.list().len(), 4);
+        assert_eq!(core.running(), 1);
+        let mut next = Vec::new();
+        let reply = StepResult::Retryable("busy".into());
+        let input =
+            Input::Reply { saga: "good".into(), step: 0, phase: Phase::Action, result: reply };
+        core.handle(input, &mut next);
+        let retry = |c: &Command| matches!(c, Command::SetTimer { timer: Timer::Retry { .. }, .. });
+        assert!(next.iter().any(retry), "{next:?}");
+    }
+
+    #[test]
+    fn a_start_outside_the_limits_is_rejected_naming_the_field() {
+        let mut core = Orchestrator::new();
+        let mut out = Vec::new();
+        let mut huge = def("huge");
+        huge.steps[0].retry.base_us = 40_000_000_000_000_000;
+        let start =
+            Input::Start { saga: "s1".into(), def: huge, payload: String::new(), now_us: 0 };
+        core.handle(start, &mut out);
+        let [Command::Rejected { reason, .. }] = out.as_slice() else { panic!("{out:?}") };
+        assert!(reason.contains("steps[0].retry_base_ms"), "{reason}");
+        out.clear();
+        let start =
+            Input::Start { saga: "a:b".into(), def: def("d"), payload: String::new(), now_us: 0 };
+        core.handle(start, &mut out);
+        assert!(matches!(out.as_slice(), [Command::Rejected { .. }]), "{out:?}");
     }
 }
