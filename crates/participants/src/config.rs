@@ -29,6 +29,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use concord_types::fields::{check_name, check_range};
+
 use crate::gid::{valid_cluster_name, MAX_CLUSTER_NAME};
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -89,6 +91,10 @@ impl Default for TimeoutConfig {
 
 /// Most databases one coordinator drives (each branch index must fit a gid).
 pub const MAX_DATABASES: usize = 64;
+/// Database names: 1 to this many letters, digits, `-` or `_`.
+pub const MAX_DATABASE_NAME: usize = 64;
+/// A connection string's length at most.
+pub const MAX_URL_BYTES: usize = 4_096;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -126,21 +132,19 @@ impl DatabasesConfig {
         if self.databases.len() > MAX_DATABASES {
             return Err(format!("{} databases; at most {MAX_DATABASES}", self.databases.len()));
         }
+        check_range("listen (port)", self.listen.port(), 1..=u16::MAX)?;
         let mut names = BTreeSet::new();
-        for db in &self.databases {
-            if db.name.is_empty() || db.name.contains(char::is_whitespace) {
-                return Err(format!(
-                    "database name `{}` must be non-empty without spaces",
-                    db.name
-                ));
-            }
+        for (i, db) in self.databases.iter().enumerate() {
+            let within = |e: String| format!("database[{i}]: {e}");
+            check_name("name", &db.name, MAX_DATABASE_NAME).map_err(within)?;
+            check_range("url (bytes)", db.url.len(), 1..=MAX_URL_BYTES).map_err(within)?;
             if !names.insert(db.name.as_str()) {
                 return Err(format!("database `{}` is configured twice", db.name));
             }
         }
-        if self.timeouts.statement_ms == 0 || self.recovery.interval_ms == 0 {
-            return Err("timeouts.statement_ms and recovery.interval_ms must be above 0".into());
-        }
+        check_range("timeouts.statement_ms", self.timeouts.statement_ms, 1..=600_000)?;
+        check_range("recovery.interval_ms", self.recovery.interval_ms, 10..=3_600_000)?;
+        check_range("recovery.grace_ms", self.recovery.grace_ms, 1..=86_400_000)?;
         // A branch of this run may sit prepared while its siblings prepare and the decision is
         // forced; rolling it back in that window would turn a commit into a heuristic outcome.
         if self.recovery.grace_ms < 4 * self.timeouts.statement_ms {
@@ -187,6 +191,13 @@ url = "mysql://root@127.0.0.1:3306/test"
             (GOOD.replace("cluster = \"t\"", "cluster = \"a'b\""), "cluster `a'b`"),
             (GOOD.replace("name = \"wallet\"", "name = \"ledger\""), "configured twice"),
             (format!("{GOOD}[recovery]\ngrace_ms = 100\n"), "grace_ms"),
+            (format!("{GOOD}[timeouts]\nstatement_ms = 18446744073709551615\n"), "statement_ms"),
+            (format!("{GOOD}[timeouts]\nstatement_ms = 600001\n"), "statement_ms"),
+            (format!("{GOOD}[recovery]\ninterval_ms = 0\n"), "interval_ms"),
+            (GOOD.replace("127.0.0.1:7800", "127.0.0.1:0"), "listen (port)"),
+            (GOOD.replace("node_id = 9", "node_id = 4294967296"), "node_id"),
+            (GOOD.replace("name = \"wallet\"", "name = \"wal let\""), "`name`"),
+            (GOOD.replace("url = \"mysql://root@127.0.0.1:3306/test\"", "url = \"\""), "url"),
         ];
         for (text, expected) in cases {
             let error = DatabasesConfig::parse(&text).unwrap_err();

@@ -220,9 +220,11 @@ pub struct Coordinator {
     state: Mutex<State>,
     metrics: Metrics,
     fault: Option<Fault>,
+    /// The data directory's lock, held for as long as this coordinator exists.
+    _dir_lock: concord_wal::DirLock,
 }
 
-fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<(), OpenError> {
+fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<concord_wal::DirLock, OpenError> {
     let expected = format!(
         "format = 1\nrole = database-coordinator\ncluster = {}\nnode_id = {}\n",
         config.cluster, config.node_id
@@ -239,7 +241,7 @@ impl Coordinator {
         data_dir: &Path,
         fault: Option<Fault>,
     ) -> Result<Arc<Coordinator>, OpenError> {
-        check_data_dir(data_dir, config)?;
+        let dir_lock = check_data_dir(data_dir, config)?;
         let (file_log, payloads) = FileLog::open(&data_dir.join("log"), SEGMENT_BYTES)?;
         let mut records = Vec::with_capacity(payloads.len());
         for (index, payload) in payloads.iter().enumerate() {
@@ -274,6 +276,7 @@ impl Coordinator {
             }),
             metrics: Metrics::default(),
             fault,
+            _dir_lock: dir_lock,
         };
         coordinator.persist(Record::Epoch(epoch), true).await.map_err(OpenError::LogWrite)?;
         coordinator.state().clock.on_persisted(epoch);

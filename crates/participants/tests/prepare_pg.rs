@@ -26,7 +26,7 @@ fn unique(test: &str) -> String {
 
 async fn coordinator(dir: &std::path::Path, cluster: &str) -> std::sync::Arc<Coordinator> {
     let config = DatabasesConfig::parse(&format!(
-        "cluster = \"{cluster}\"\nnode_id = 1\nlisten = \"127.0.0.1:0\"\n\
+        "cluster = \"{cluster}\"\nnode_id = 1\nlisten = \"127.0.0.1:7899\"\n\
          [[database]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{URL}\"\n"
     ))
     .expect("a valid config");

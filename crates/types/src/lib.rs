@@ -6,8 +6,10 @@
 //! * [`Write`] — the effect a branch applies to its participant's store.
 //! * [`codec`] — fixed-width, little-endian encoding for everything that reaches a disk or a wire.
 //! * [`TimerHeap`] — a driver loop's armed timers, soonest first.
+//! * [`fields`] — range and name checks for values from outside, with errors naming the field.
 
 pub mod codec;
+pub mod fields;
 mod ids;
 mod outcome;
 mod timer_heap;

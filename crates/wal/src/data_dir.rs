@@ -1,16 +1,70 @@
 //! Data directories carry an `IDENTITY` file saying what they were made for (format, cluster,
-//! node, role), so a process pointed at another node's directory refuses it untouched.
+//! node, role), so a process pointed at another node's directory refuses it untouched; and a
+//! `LOCK` file that the process using the directory holds an advisory lock on for its whole
+//! life, so a second process pointed at the same directory refuses it, naming the first.
 
 use std::fs;
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 pub const IDENTITY_FILE: &str = "IDENTITY";
+pub const LOCK_FILE: &str = "LOCK";
 
-/// Creates `dir` if needed and checks (or, in an empty directory, durably writes) its identity
-/// `expected`. Errors are the reason, for the caller to name the directory.
-pub fn claim_data_dir(dir: &Path, expected: &str) -> Result<(), String> {
+/// The advisory lock on a data directory: held until dropped (or the process ends, however it
+/// ends — the kernel releases it, so a SIGKILLed process leaves no stale lock behind).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Takes the directory's lock, or says which process holds it.
+fn lock(dir: &Path) -> Result<DirLock, String> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { "another process" } else { holder };
+            return Err(format!(
+                "in use by {holder} (it holds {}); stop it first, or point this one at another directory",
+                path.display()
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", path.display()))
+        }
+    }
+    // Who holds it, for the message a second process prints. Not synced: it is a hint.
+    let me = format!("process {}", std::process::id());
+    let written =
+        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(me.as_bytes()));
+    written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(DirLock { _file: file })
+}
+
+/// Creates `dir` if needed, takes its lock (refusing a directory another process uses) and
+/// checks (or, in an empty directory, durably writes) its identity `expected`. Keep the
+/// returned lock for as long as the directory is in use. Errors are the reason, for the caller
+/// to name the directory.
+pub fn claim_data_dir(dir: &Path, expected: &str) -> Result<DirLock, String> {
     let text = |e: std::io::Error| e.to_string();
     fs::create_dir_all(dir).map_err(text)?;
+    let lock = lock(dir)?;
+    check_identity(dir, expected)?;
+    Ok(lock)
+}
+
+fn check_identity(dir: &Path, expected: &str) -> Result<(), String> {
+    let text = |e: std::io::Error| e.to_string();
     let path = dir.join(IDENTITY_FILE);
     match fs::read_to_string(&path) {
         Ok(found) if found == expected => Ok(()),
@@ -20,7 +74,8 @@ pub fn claim_data_dir(dir: &Path, expected: &str) -> Result<(), String> {
             expected.trim().replace('\n', ", ")
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if fs::read_dir(dir).map_err(text)?.next().is_some() {
+            let mut entries = fs::read_dir(dir).map_err(text)?;
+            if entries.any(|e| e.map_or(true, |e| e.file_name() != LOCK_FILE)) {
                 return Err(format!(
                     "not empty and has no {IDENTITY_FILE} file: not a Concord data directory"
                 ));
@@ -32,5 +87,43 @@ pub fn claim_data_dir(dir: &Path, expected: &str) -> Result<(), String> {
             fs::File::open(dir).and_then(|f| f.sync_all()).map_err(text)
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("concord-dir-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_naming_its_holder_until_released() {
+        let dir = scratch("lock");
+        let held = claim_data_dir(&dir, "node = a\n").unwrap();
+        let error = claim_data_dir(&dir, "node = a\n").unwrap_err();
+        let me = format!("process {}", std::process::id());
+        assert!(error.contains(&me) && error.contains("LOCK"), "{error}");
+        drop(held);
+        let again = claim_data_dir(&dir, "node = a\n").unwrap();
+        drop(again);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn another_nodes_directory_is_refused_and_a_stranger_directory_too() {
+        let dir = scratch("identity");
+        drop(claim_data_dir(&dir, "node = a\n").unwrap());
+        let error = claim_data_dir(&dir, "node = b\n").unwrap_err();
+        assert!(error.contains("belongs to another node"), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let error = claim_data_dir(&dir, "node = a\n").unwrap_err();
+        assert!(error.contains("not a Concord data directory"), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,7 +22,7 @@ mod frame;
 mod group_commit;
 
 pub use crc32c::crc32c;
-pub use data_dir::{claim_data_dir, IDENTITY_FILE};
+pub use data_dir::{claim_data_dir, DirLock, IDENTITY_FILE, LOCK_FILE};
 pub use file_log::{FileLog, OpenError, MAGIC};
 pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use group_commit::{GroupCommit, OnDurable};
