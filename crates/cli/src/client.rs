@@ -126,6 +126,7 @@ pub fn state_name(state: i32) -> &'static str {
         State::Committed => "committed",
         State::Aborted => "aborted",
         State::Unknown => "unknown",
+        State::Forgotten => "forgotten",
     }
 }
 

@@ -137,6 +137,13 @@ pub enum SimCommand {
         /// The last participant refuses its write, so the transaction must abort.
         #[arg(long)]
         refuse: bool,
+        /// Status queries a client may make at any moment (node 0 asks every participant; the
+        /// verdict must agree with every decision).
+        #[arg(long, default_value_t = 0)]
+        status_probes: u8,
+        /// 2PC: forgotten outcomes a participant keeps for status queries (0: none).
+        #[arg(long, default_value_t = 0)]
+        forgotten_kept: u32,
         #[arg(long, default_value_t = 20_000_000)]
         max_states: u64,
     },
@@ -302,6 +309,8 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             early_ack,
             forget,
             refuse,
+            status_probes,
+            forgotten_kept,
             max_states,
         } => {
             let timeouts = match timeouts.as_str() {
@@ -329,6 +338,8 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
                 early_ack,
                 forget,
                 refuse,
+                status_probes,
+                forgotten_kept,
                 max_states,
             };
             let started = Instant::now();
@@ -636,7 +647,12 @@ fn check_output(
             (false, true) => " (forgetting)",
             (true, true) => " (early acknowledgement, forgetting)",
         },
-        if b.refuse { ", the last participant refusing" } else { "" },
+        match (b.refuse, b.status_probes) {
+            (false, 0) => String::new(),
+            (true, 0) => ", the last participant refusing".to_string(),
+            (false, n) => format!(", {n} status quer(ies)"),
+            (true, n) => format!(", the last participant refusing, {n} status quer(ies)"),
+        },
         b.participants,
         b.fault_tolerance,
         b.crashes,

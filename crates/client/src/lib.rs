@@ -20,8 +20,11 @@
 //! the named transaction's status; do not blindly retry a non-idempotent transaction),
 //! [`KvError::Invalid`] (a limit; fix the request).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use concord_kv::{LimitError, Limits};
 
 use concord_node::call_link::{CallClient, Method};
 use concord_node::proto;
@@ -146,6 +149,8 @@ impl KvClient {
             isolation: self.isolation,
             buffer_writes: self.buffer_writes,
             writes: Vec::new(),
+            buffered: HashMap::new(),
+            buffered_bytes: 0,
         };
         if !self.buffer_writes {
             txn.ensure_session().await?;
@@ -220,8 +225,14 @@ pub struct Txn {
     session: Option<u64>,
     isolation: Isolation,
     buffer_writes: bool,
-    /// Unsent writes, in order; `None` deletes.
+    /// Unsent writes, one per key, in the order each key was first written; `None` deletes.
+    /// A later write of a key replaces its entry: the gateway would keep only the last anyway.
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Where each key's write is in `writes`.
+    buffered: HashMap<Vec<u8>, usize>,
+    /// The size of `writes` as the gateway's per-transaction limit counts it: the client
+    /// refuses a buffer the gateway would refuse, before it builds a request too large to send.
+    buffered_bytes: usize,
 }
 
 impl Txn {
@@ -247,8 +258,8 @@ impl Txn {
 
     pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, KvError> {
         let key = key.as_ref();
-        if let Some((_, own)) = self.writes.iter().rev().find(|(k, _)| k == key) {
-            return Ok(own.clone());
+        if let Some(&i) = self.buffered.get(key) {
+            return Ok(self.writes[i].1.clone());
         }
         let (session, begin) = self.session_or_begin();
         let get = proto::KvGetRequest { session, key: key.to_vec(), begin };
@@ -267,12 +278,60 @@ impl Txn {
             .transpose()
     }
 
+    /// Checks one write against the gateway's limits (docs/kv.md) and buffers it.
+    fn buffer(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
+        let limits = Limits::default();
+        let refuse = |e: LimitError| Err(KvError::Invalid(e.to_string()));
+        if key.is_empty() {
+            return refuse(LimitError::EmptyKey);
+        }
+        if key.len() > limits.max_key_bytes {
+            return refuse(LimitError::KeyTooLarge { len: key.len(), max: limits.max_key_bytes });
+        }
+        if let Some(value) = value.filter(|v| v.len() > limits.max_value_bytes) {
+            let max = limits.max_value_bytes;
+            return refuse(LimitError::ValueTooLarge { len: value.len(), max });
+        }
+        let size = |v: Option<&[u8]>| {
+            key.len() + v.map_or(0, <[u8]>::len) + concord_kv::ENTRY_OVERHEAD_BYTES
+        };
+        let index = self.buffered.get(key).copied();
+        let before = index.map_or(0, |i| size(self.writes[i].1.as_deref()));
+        let after = self.buffered_bytes - before + size(value);
+        if after > limits.max_txn_bytes {
+            return refuse(LimitError::TxnTooLarge { bytes: after, max: limits.max_txn_bytes });
+        }
+        if index.is_none() && self.buffered.len() >= limits.max_keys_per_txn {
+            return refuse(LimitError::TooManyKeys { max: limits.max_keys_per_txn });
+        }
+        self.buffered_bytes = after;
+        let value = value.map(<[u8]>::to_vec);
+        match index {
+            Some(i) => self.writes[i].1 = value,
+            None => {
+                self.buffered.insert(key.to_vec(), self.writes.len());
+                self.writes.push((key.to_vec(), value));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the buffered writes to send.
+    fn take_writes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.buffered.clear();
+        self.buffered_bytes = 0;
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Buffers a write (or, without write buffering, sends it at once). A key or value over
+    /// the gateway's limits, or a transaction that grows past them, is refused here as
+    /// [`KvError::Invalid`], naming the limit.
     pub async fn put(
         &mut self,
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<(), KvError> {
-        self.writes.push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+        self.buffer(key.as_ref(), Some(value.as_ref()))?;
         if self.buffer_writes {
             return Ok(());
         }
@@ -280,7 +339,7 @@ impl Txn {
     }
 
     pub async fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<(), KvError> {
-        self.writes.push((key.as_ref().to_vec(), None));
+        self.buffer(key.as_ref(), None)?;
         if self.buffer_writes {
             return Ok(());
         }
@@ -294,7 +353,7 @@ impl Txn {
             return Ok(());
         }
         let session = self.ensure_session().await?;
-        for (key, value) in std::mem::take(&mut self.writes) {
+        for (key, value) in self.take_writes() {
             match value {
                 Some(value) => {
                     let put = proto::KvPutRequest { session, key, value };
@@ -336,7 +395,8 @@ impl Txn {
     /// Commits; returns the transaction id (`None` for a read-only transaction, which has
     /// nothing to commit).
     pub async fn commit(mut self) -> Result<Option<String>, KvError> {
-        let writes: Vec<proto::KvWrite> = std::mem::take(&mut self.writes)
+        let writes: Vec<proto::KvWrite> = self
+            .take_writes()
             .into_iter()
             .map(|(key, value)| proto::KvWrite {
                 key,

@@ -24,7 +24,8 @@
 //! cooperative termination), [`three_phase`] (3PC with a termination protocol),
 //! [`paxos_commit`] (Gray & Lamport's Paxos Commit), [`naive`] (the baseline that shows what
 //! 2PC prevents), [`admission`] (the request checks every coordinator makes), [`Resource`]
-//! (what a participant commits; [`store`] is the simulator's), [`epoch`] (globally unique transaction ids).
+//! (what a participant commits; [`store`] is the simulator's), [`epoch`] (globally unique transaction ids),
+//! [`status`] (status by id, from the participants when the coordinator no longer knows).
 
 pub mod admission;
 pub mod epoch;
@@ -32,6 +33,7 @@ pub mod naive;
 pub mod paxos_commit;
 mod protocol;
 mod resource;
+pub mod status;
 pub mod store;
 pub mod three_phase;
 pub mod two_phase;

@@ -207,6 +207,11 @@ pub struct Switches {
     /// 2PC: the coordinator tells its participants when its transactions have finished, and
     /// they forget their decisions on them (the two_phase module docs, "Forgetting").
     pub forget: bool,
+    /// 2PC, with `forget`: how many forgotten decisions a participant still keeps, only to
+    /// answer status queries with the outcome rather than FORGOTTEN (the newest ones; a
+    /// checkpoint keeps them too). Not an optimisation but a memory bound: 0 answers FORGOTTEN
+    /// for everything below the mark, as the model checker explores it.
+    pub forgotten_kept: u32,
 }
 
 impl Default for Switches {
@@ -217,6 +222,7 @@ impl Default for Switches {
             cooperative_termination: true,
             early_ack: false,
             forget: true,
+            forgotten_kept: 100_000,
         }
     }
 }
@@ -292,4 +298,14 @@ pub trait Protocol {
     fn participant(id: NodeId, config: &Self::Config) -> Self::Participant;
     fn message_kind(msg: &Self::Msg) -> MessageKind;
     fn record_kind(record: &Self::Record) -> RecordKind;
+
+    /// The message that asks a participant for `txn`'s outcome on behalf of a status query
+    /// ([`crate::status`]), if the protocol answers status queries.
+    fn status_inquiry(_txn: TxnId) -> Option<Self::Msg> {
+        None
+    }
+    /// A participant's answer to a status inquiry, if `msg` is one.
+    fn status_answer(_msg: &Self::Msg) -> Option<(TxnId, crate::status::Answer)> {
+        None
+    }
 }

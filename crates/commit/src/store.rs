@@ -15,11 +15,37 @@ pub struct Store {
     locks: BTreeMap<Key, TxnId>,
 }
 
+/// Keys one store holds at most (values, and keys locked by branches not yet applied): a
+/// checkpoint writes them all in one record, which must stay well inside the log's 16 MiB frame
+/// (about 20 bytes a key), and a delta shard's full read returns them all.
+pub const MAX_KEYS: usize = 100_000;
+
 /// Why a branch's writes were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    Locked { key: Key, holder: TxnId },
-    WouldGoNegative { key: Key },
+    Locked {
+        key: Key,
+        holder: TxnId,
+    },
+    WouldGoNegative {
+        key: Key,
+    },
+    /// The branch would take the store past [`MAX_KEYS`].
+    Full {
+        max_keys: usize,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Locked { key, holder } => write!(f, "key {key} is locked by {holder}"),
+            Refusal::WouldGoNegative { key } => write!(f, "key {key} would go below zero"),
+            Refusal::Full { max_keys } => {
+                write!(f, "the shard holds its limit of {max_keys} keys; new keys are refused")
+            }
+        }
+    }
 }
 
 impl Store {
@@ -36,7 +62,9 @@ impl Store {
         self.locks.len()
     }
 
-    /// Whether `writes` could be applied by `txn` now (locks free, constraint kept).
+    /// Whether `writes` could be applied by `txn` now (locks free, constraint kept, room for
+    /// its new keys: counted against every value and every lock, so branches prepared at once
+    /// cannot together overshoot [`MAX_KEYS`]).
     pub fn check(&self, txn: TxnId, writes: &[Write]) -> Result<(), Refusal> {
         for w in writes {
             if let Some(&holder) = self.locks.get(&w.key) {
@@ -44,6 +72,13 @@ impl Store {
                     return Err(Refusal::Locked { key: w.key, holder });
                 }
             }
+        }
+        let new = writes
+            .iter()
+            .filter(|w| !self.values.contains_key(&w.key) && !self.locks.contains_key(&w.key))
+            .count();
+        if new > 0 && self.values.len() + self.locks.len() + new > MAX_KEYS {
+            return Err(Refusal::Full { max_keys: MAX_KEYS });
         }
         self.check_constraint(writes)
     }
@@ -123,6 +158,23 @@ mod tests {
 
     fn txn(sequence: u32) -> TxnId {
         TxnId { coordinator: NodeId(0), epoch: 1, sequence }
+    }
+
+    #[test]
+    fn new_keys_are_refused_at_the_limit_and_existing_ones_still_change() {
+        let mut store = Store::default();
+        let fill: Vec<Write> =
+            (0..MAX_KEYS as u64 - 1).map(|key| Write { key, delta: 1 }).collect();
+        store.apply(&fill);
+        let last = [Write { key: u64::MAX, delta: 1 }];
+        assert_eq!(store.check(txn(1), &last), Ok(()), "the last key fits");
+        store.lock(txn(1), &last);
+        let one_more = [Write { key: u64::MAX - 1, delta: 1 }];
+        assert_eq!(store.check(txn(2), &one_more), Err(Refusal::Full { max_keys: MAX_KEYS }));
+        assert_eq!(store.check(txn(2), &[Write { key: 7, delta: -1 }]), Ok(()));
+        store.unlock(txn(1), &last);
+        store.apply(&last);
+        assert_eq!(store.check(txn(2), &one_more), Err(Refusal::Full { max_keys: MAX_KEYS }));
     }
 
     #[test]

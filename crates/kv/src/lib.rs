@@ -20,7 +20,7 @@ pub mod shard;
 
 pub use change::{Isolation, Key, KeyRange, KvChange, Value};
 pub use hlc::{Hlc, Timestamp};
-pub use session::{LimitError, Limits, ShardMap, Transaction};
+pub use session::{LimitError, Limits, ShardMap, Transaction, ENTRY_OVERHEAD_BYTES};
 pub use shard::{
     decode_versions, encode_versions, KvSnapshot, MvccShard, ReadError, Refusal, Version,
 };

@@ -21,9 +21,21 @@ pub struct Limits {
     pub max_keys_per_txn: usize,
     /// Rows one scan may return.
     pub max_scan_rows: usize,
+    /// Key and value bytes one scan (and one shard read) returns at most; a scan that reaches
+    /// it stops early and says there is more. Keeps every reply well inside a frame.
+    pub max_scan_bytes: usize,
     /// A transaction older than this is aborted at its next operation.
     pub max_lifetime_us: u64,
+    /// What a transaction carries to its shards at commit, in bytes: every write's key and
+    /// value, every read key and every scanned range's bounds, each counted with
+    /// [`ENTRY_OVERHEAD_BYTES`]. Bounded well below the 16 MiB frame of the links and the log,
+    /// which a shard's part of the commit (its PREPARE, and its prepare record) must fit in.
+    pub max_txn_bytes: usize,
 }
+
+/// What each write, read key or scanned range counts in a transaction's size on top of its
+/// key and value bytes: the length prefixes and flags of its encoding, rounded up.
+pub const ENTRY_OVERHEAD_BYTES: usize = 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -32,7 +44,9 @@ impl Default for Limits {
             max_value_bytes: 256 << 10,
             max_keys_per_txn: 10_000,
             max_scan_rows: 10_000,
+            max_scan_bytes: 4 << 20,
             max_lifetime_us: 30_000_000,
+            max_txn_bytes: 8 << 20,
         }
     }
 }
@@ -52,6 +66,10 @@ pub enum LimitError {
     ScanTooLarge { asked: usize, max: usize },
     #[error("the transaction is {age_ms} ms old, beyond the lifetime limit of {max_ms} ms")]
     TooOld { age_ms: u64, max_ms: u64 },
+    #[error(
+        "the transaction's writes, reads and scans come to {bytes} bytes, over the limit of {max} bytes per transaction"
+    )]
+    TxnTooLarge { bytes: usize, max: usize },
 }
 
 /// Range sharding: shard `i` holds keys from `splits[i - 1]` (inclusive) to `splits[i]`.
@@ -104,6 +122,12 @@ pub struct Transaction {
     writes: BTreeMap<Key, Option<Value>>,
     reads: BTreeSet<Key>,
     ranges: Vec<KeyRange>,
+    /// The size of `writes`, `reads` and `ranges` as [`Limits::max_txn_bytes`] counts it.
+    bytes: usize,
+}
+
+fn write_bytes(key: &[u8], value: Option<&Value>) -> usize {
+    key.len() + value.map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES
 }
 
 impl fmt::Display for Transaction {
@@ -130,7 +154,37 @@ impl Transaction {
             writes: BTreeMap::new(),
             reads: BTreeSet::new(),
             ranges: Vec::new(),
+            bytes: 0,
         }
+    }
+
+    /// The transaction's size so far, as [`Limits::max_txn_bytes`] counts it.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Refuses growing to `bytes`.
+    fn check_bytes(&self, bytes: usize) -> Result<(), LimitError> {
+        if bytes > self.limits.max_txn_bytes {
+            return Err(LimitError::TxnTooLarge { bytes, max: self.limits.max_txn_bytes });
+        }
+        Ok(())
+    }
+
+    /// Refuses to commit a transaction whose scans took it past the size limit (a scan's
+    /// range is recorded after the read, so only the commit can refuse it).
+    pub fn check_size(&self) -> Result<(), LimitError> {
+        self.check_bytes(self.bytes)
+    }
+
+    /// Records `key`'s new buffered write, keeping `bytes` up to date.
+    fn buffer(&mut self, key: Key, value: Option<Value>) -> Result<(), LimitError> {
+        let before = self.writes.get(&key).map_or(0, |old| write_bytes(&key, old.as_ref()));
+        let after = self.bytes - before + write_bytes(&key, value.as_ref());
+        self.check_bytes(after)?;
+        self.bytes = after;
+        self.writes.insert(key, value);
+        Ok(())
     }
 
     /// Refuses any operation once the transaction has outlived its limit.
@@ -171,13 +225,17 @@ impl Transaction {
     /// Checks a key about to be read from a shard, before the read.
     pub fn check_read(&self, key: &[u8]) -> Result<(), LimitError> {
         self.check_key(key)?;
-        self.check_room(key)
+        self.check_room(key)?;
+        self.check_bytes(self.bytes + key.len() + ENTRY_OVERHEAD_BYTES)
     }
 
     /// Remembers a key read from a shard.
     pub fn record_read(&mut self, key: &[u8]) {
-        if self.isolation == Isolation::Serializable && !self.writes.contains_key(key) {
-            self.reads.insert(key.to_vec());
+        if self.isolation == Isolation::Serializable
+            && !self.writes.contains_key(key)
+            && self.reads.insert(key.to_vec())
+        {
+            self.bytes += key.len() + ENTRY_OVERHEAD_BYTES;
         }
     }
 
@@ -190,22 +248,21 @@ impl Transaction {
             });
         }
         self.check_room(&key)?;
-        self.writes.insert(key, Some(value));
-        Ok(())
+        self.buffer(key, Some(value))
     }
 
     pub fn delete(&mut self, key: Key) -> Result<(), LimitError> {
         self.check_key(&key)?;
         self.check_room(&key)?;
-        self.writes.insert(key, None);
-        Ok(())
+        self.buffer(key, None)
     }
 
+    /// Checks a scan's row limit, and that the transaction has room left to record a range.
     pub fn check_scan(&self, limit: usize) -> Result<(), LimitError> {
         if limit > self.limits.max_scan_rows {
             return Err(LimitError::ScanTooLarge { asked: limit, max: self.limits.max_scan_rows });
         }
-        Ok(())
+        self.check_bytes(self.bytes + ENTRY_OVERHEAD_BYTES)
     }
 
     /// How many rows to ask a shard for, so that `limit` rows remain after this transaction's
@@ -217,14 +274,16 @@ impl Transaction {
     }
 
     /// Overlays this transaction's writes in `piece` on what the shard returned for it
-    /// (`exhausted`: the shard returned every row of the piece), keeps at most `limit` rows, and
-    /// records what was read. Returns the rows and whether the piece was read to its end.
+    /// (`exhausted`: the shard returned every row of the piece), keeps at most `limit` rows
+    /// and at most `max_bytes` of keys and values (but always the first row), and records what
+    /// was read. Returns the rows and whether the piece was read to its end.
     pub fn merge_scan(
         &mut self,
         piece: &KeyRange,
         shard_rows: Vec<(Key, Value)>,
         exhausted: bool,
         limit: usize,
+        max_bytes: usize,
     ) -> (Vec<(Key, Value)>, bool) {
         // Rows past the shard's last one are unknown unless the shard reached the end.
         let known_until: Option<Key> =
@@ -243,8 +302,17 @@ impl Transaction {
                 None => rows.remove(key),
             };
         }
-        let complete = exhausted && rows.len() <= limit;
-        let rows: Vec<(Key, Value)> = rows.into_iter().take(limit).collect();
+        let total = rows.len();
+        let mut bytes = 0;
+        let rows: Vec<(Key, Value)> = rows
+            .into_iter()
+            .take(limit)
+            .take_while(|(k, v)| {
+                bytes += k.len() + v.len();
+                bytes <= max_bytes || bytes == k.len() + v.len()
+            })
+            .collect();
+        let complete = exhausted && rows.len() == total;
         if self.isolation == Isolation::Serializable {
             let covered = if complete {
                 piece.clone()
@@ -253,6 +321,9 @@ impl Transaction {
                 KeyRange { start: piece.start.clone(), end }
             };
             if !covered.is_empty() {
+                self.bytes += covered.start.len()
+                    + covered.end.as_ref().map_or(0, Vec::len)
+                    + ENTRY_OVERHEAD_BYTES;
                 self.ranges.push(covered);
             }
         }

@@ -112,7 +112,12 @@ pub(crate) fn encode<T: Message>(reply: tonic::Response<T>) -> Result<Vec<u8>, S
     Ok(reply.into_inner().encode_to_vec())
 }
 
-fn push_call(outbox: &Outbox, id: u64, method: Method, request: &impl Message) -> bool {
+fn push_call(
+    outbox: &Outbox,
+    id: u64,
+    method: Method,
+    request: &impl Message,
+) -> Result<(), link::PushError> {
     outbox.push(|buf| {
         buf.extend_from_slice(&id.to_le_bytes());
         buf.push(method as u8);
@@ -120,7 +125,23 @@ fn push_call(outbox: &Outbox, id: u64, method: Method, request: &impl Message) -
     })
 }
 
+/// Queues a call's reply. One too large for a frame is answered with an error that says so
+/// instead (the services bound their replies below the frame; this is the last guard).
 fn push_reply(outbox: &Outbox, id: u64, reply: &Result<Vec<u8>, Status>) {
+    if let Err(link::PushError::TooLarge { bytes }) = push_reply_once(outbox, id, reply) {
+        let status = Status::resource_exhausted(format!(
+            "the reply of {bytes} bytes exceeds the call link's frame limit of {} bytes",
+            link::MAX_FRAME_BYTES
+        ));
+        let _ = push_reply_once(outbox, id, &Err(status));
+    }
+}
+
+fn push_reply_once(
+    outbox: &Outbox,
+    id: u64,
+    reply: &Result<Vec<u8>, Status>,
+) -> Result<(), link::PushError> {
     outbox.push(|buf| {
         buf.extend_from_slice(&id.to_le_bytes());
         match reply {
@@ -138,7 +159,7 @@ fn push_reply(outbox: &Outbox, id: u64, reply: &Result<Vec<u8>, Status>) {
                 buf.extend_from_slice(status.message().as_bytes());
             }
         }
-    });
+    })
 }
 
 /// `id · tag · body` at the front of a frame.
@@ -279,9 +300,15 @@ impl CallClient {
             }
             waiting.insert(id, tx);
         }
-        if !push_call(&connection.outbox, id, method, request) {
+        if let Err(refused) = push_call(&connection.outbox, id, method, request) {
             connection.waiting.lock().expect("not poisoned").remove(&id);
-            return Err(self.unavailable("too much is queued for this connection"));
+            return Err(match refused {
+                link::PushError::Full => self.unavailable("too much is queued for this connection"),
+                link::PushError::TooLarge { bytes } => Status::invalid_argument(format!(
+                    "the request of {bytes} bytes exceeds the call link's frame limit of {} bytes",
+                    link::MAX_FRAME_BYTES
+                )),
+            });
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(body))) => Rep::decode(body.as_slice())

@@ -46,10 +46,20 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use concord_types::fields::{check_name, check_range};
 use serde::Deserialize;
 
 /// Limits on what one client request may ask for.
 pub const MAX_WRITES_PER_TXN: usize = 1_024;
+/// Cluster and node names: 1 to this many letters, digits, `-` or `_`.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Nodes one cluster configures at most, and the highest node id.
+pub const MAX_NODES: usize = 1_024;
+pub const MAX_NODE_ID: u32 = 65_535;
+/// Every timeout is at most an hour: longer is a typo (and would overflow in microseconds).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// A split point is a key, at most as long as a key may be.
+pub const MAX_SPLIT_BYTES: usize = 4_096;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -239,20 +249,19 @@ impl ClusterConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        if self.cluster.is_empty() {
-            return Err("field `cluster` must not be empty".into());
-        }
+    /// Every field in range and the nodes consistent; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("cluster", &self.cluster, MAX_NAME_BYTES)?;
+        check_range("node (count)", self.nodes.len(), 1..=MAX_NODES)?;
         let mut names = BTreeSet::new();
         let mut ids = BTreeSet::new();
         let mut addresses = BTreeSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let at = format!("node[{i}] ({})", node.name);
-            if node.name.is_empty()
-                || !node.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(format!("{at}: field `name` must be letters, digits, `-` or `_`"));
-            }
+            let within = |e: String| format!("{at}: {e}");
+            check_name("name", &node.name, MAX_NAME_BYTES).map_err(within)?;
+            check_range("id", node.id, 0..=MAX_NODE_ID).map_err(within)?;
+            check_range("listen (port)", node.listen.port(), 1..=u16::MAX).map_err(within)?;
             if !names.insert(&node.name) {
                 return Err(format!("{at}: field `name` repeats an earlier node's"));
             }
@@ -296,28 +305,26 @@ impl ClusterConfig {
             ));
         }
         let t = &self.timeouts;
-        for (field, value) in [
-            ("vote_ms", t.vote_ms),
-            ("resend_base_ms", t.resend_base_ms),
-            ("resend_max_ms", t.resend_max_ms),
-            ("inquiry_base_ms", t.inquiry_base_ms),
-            ("inquiry_max_ms", t.inquiry_max_ms),
-        ] {
-            if value == 0 {
-                return Err(format!("timeouts: field `{field}` must be at least 1"));
-            }
-        }
-        if self.log.checkpoint_every == 0 {
-            return Err("log: field `checkpoint_every` must be at least 1".into());
-        }
-        if self.log.segment_bytes < 4_096 {
-            return Err("log: field `segment_bytes` must be at least 4096".into());
-        }
+        let timeouts = |e: String| format!("timeouts: {e}");
+        check_range("vote_ms", t.vote_ms, 1..=MAX_TIMEOUT_MS).map_err(timeouts)?;
+        check_range("resend_base_ms", t.resend_base_ms, 1..=MAX_TIMEOUT_MS).map_err(timeouts)?;
+        check_range("resend_max_ms", t.resend_max_ms, t.resend_base_ms..=MAX_TIMEOUT_MS)
+            .map_err(timeouts)?;
+        check_range("inquiry_base_ms", t.inquiry_base_ms, 1..=MAX_TIMEOUT_MS).map_err(timeouts)?;
+        check_range("inquiry_max_ms", t.inquiry_max_ms, t.inquiry_base_ms..=MAX_TIMEOUT_MS)
+            .map_err(timeouts)?;
+        let log = |e: String| format!("log: {e}");
+        check_range("checkpoint_every", self.log.checkpoint_every, 1..=100_000_000).map_err(log)?;
+        check_range("segment_bytes", self.log.segment_bytes, 4_096..=1 << 30).map_err(log)?;
         if let Some(kv) = &self.kv {
-            kv.shard_map(self.shards().count())?;
-            if kv.max_offset_ms == 0 {
-                return Err("kv: field `max_offset_ms` must be at least 1".into());
+            let within = |e: String| format!("kv: {e}");
+            for (i, split) in kv.splits.iter().enumerate() {
+                let field = format!("splits[{i}] (bytes)");
+                check_range(&field, split.len(), 1..=MAX_SPLIT_BYTES).map_err(within)?;
             }
+            kv.shard_map(self.shards().count())?;
+            check_range("max_offset_ms", kv.max_offset_ms, 1..=60_000).map_err(within)?;
+            check_range("gc_ttl_ms", kv.gc_ttl_ms, 1_000..=86_400_000).map_err(within)?;
         }
         Ok(())
     }
@@ -488,6 +495,43 @@ mod tests {
             ClusterConfig::local("dev", 1, 7700).to_toml().replace("vote_ms", "vote_timeout");
         let error = ClusterConfig::parse(&text).unwrap_err().to_string();
         assert!(error.contains("vote_timeout"), "{error}");
+    }
+
+    #[test]
+    fn every_value_is_range_checked_at_load_naming_its_field() {
+        let good = ClusterConfig::local("dev", 2, 7700).to_toml();
+        let cases = [
+            ("vote_ms = 2000", "vote_ms = 18446744073709551615", "`vote_ms`"),
+            ("vote_ms = 2000", "vote_ms = 3600001", "`vote_ms`"),
+            ("vote_ms = 2000", "vote_ms = 0", "`vote_ms`"),
+            ("resend_max_ms = 2000", "resend_max_ms = 10", "`resend_max_ms`"),
+            ("inquiry_max_ms = 2000", "inquiry_max_ms = 199", "`inquiry_max_ms`"),
+            ("checkpoint_every = 100000", "checkpoint_every = 0", "`checkpoint_every`"),
+            ("segment_bytes = 67108864", "segment_bytes = 4095", "`segment_bytes`"),
+            ("cluster = \"dev\"", "cluster = \"\"", "`cluster`"),
+            ("name = \"shard-1\"", "name = \"shard 1\"", "`name`"),
+            ("listen = \"127.0.0.1:7701\"", "listen = \"127.0.0.1:0\"", "`listen (port)`"),
+            ("id = 2", "id = 70000", "`id`"),
+        ];
+        for (from, to, named) in cases {
+            assert!(good.contains(from), "{from}");
+            let error = ClusterConfig::parse(&good.replace(from, to)).unwrap_err().to_string();
+            assert!(error.contains(named), "{to}: {error}");
+        }
+        let long =
+            good.replace("cluster = \"dev\"", &format!("cluster = \"{}\"", "c".repeat(2_000)));
+        let error = ClusterConfig::parse(&long).unwrap_err().to_string();
+        assert!(error.contains("`cluster`") && error.contains("1 to 64"), "{error}");
+        let at_the_limit =
+            good.replace("cluster = \"dev\"", &format!("cluster = \"{}\"", "c".repeat(64)));
+        assert!(ClusterConfig::parse(&at_the_limit).is_ok());
+        let mut kv = ClusterConfig::local("dev", 2, 7700);
+        kv.kv = Some(KvConfig { max_offset_ms: 60_001, ..KvConfig::default() });
+        let error = ClusterConfig::parse(&kv.to_toml()).unwrap_err().to_string();
+        assert!(error.contains("kv: field `max_offset_ms`"), "{error}");
+        kv.kv = Some(KvConfig { splits: vec!["m".repeat(4_097)], ..KvConfig::default() });
+        let error = ClusterConfig::parse(&kv.to_toml()).unwrap_err().to_string();
+        assert!(error.contains("splits[0]"), "{error}");
     }
 
     #[test]

@@ -5,14 +5,18 @@
 //! Status of a transaction the table does not hold (evicted, or from before a restart; under
 //! Paxos Commit the coordinator logs no decisions, so after a restart that is every one):
 //! * never issued by this coordinator ⇒ "no such transaction";
-//! * otherwise every shard is asked (INQUIRE). A shard that committed says COMMIT; a shard that
-//!   never saw it forces an ABORTED record first, so its answer is a promise. One COMMIT ⇒
-//!   committed; ABORT from every shard ⇒ aborted; silence ⇒ UNKNOWN, ask again later. This is
-//!   what makes one-phase transactions (which the coordinator never logs) answerable.
+//! * otherwise every shard is asked (INQUIRE), and `concord_commit::status` reads the answers:
+//!   a shard that committed says COMMIT; a shard that never saw it forces an ABORTED record
+//!   first, so its answer is a promise; a shard that finished it and no longer keeps the
+//!   outcome says FORGOTTEN. One COMMIT ⇒ committed; ABORT from every shard ⇒ aborted; every
+//!   shard answered but one forgot ⇒ FORGOTTEN ("finished; the outcome is no longer kept" —
+//!   never a guessed ABORT); silence ⇒ UNKNOWN, ask again later. This is what makes one-phase
+//!   transactions (which the coordinator never logs) answerable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use concord_commit::status::{Answer, StatusQuery, Verdict};
 use concord_commit::{Branch, Change as _, Command, Input, Rejection};
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
 use tokio::sync::{mpsc, oneshot};
@@ -46,7 +50,7 @@ struct Entry {
 }
 
 struct Resolver {
-    aborted: BTreeSet<NodeId>,
+    query: StatusQuery,
     waiters: Vec<oneshot::Sender<Result<TransactionInfo, Status>>>,
 }
 
@@ -268,7 +272,7 @@ impl<E: Engine> CoordinatorRole<E> {
                 b.vote = Some(if decision == Decision::Commit { Vote::Yes } else { Vote::No });
                 b.acknowledged = true;
             }),
-            Seen::Answer { txn, decision } => self.on_shard_answer(from, txn, decision),
+            Seen::Answer { txn, answer } => self.on_shard_answer(from, txn, answer),
             Seen::Nothing => {}
         }
     }
@@ -307,7 +311,8 @@ impl<E: Engine> CoordinatorRole<E> {
         for &shard in self.shards.keys() {
             io.send(shard, &inquiry);
         }
-        self.resolving.insert(txn, Resolver { aborted: BTreeSet::new(), waiters: vec![reply] });
+        let query = StatusQuery::new(self.shards.keys().copied());
+        self.resolving.insert(txn, Resolver { query, waiters: vec![reply] });
         let internal = io.internal.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RESOLVE_TIMEOUT).await;
@@ -320,37 +325,49 @@ impl<E: Engine> CoordinatorRole<E> {
         });
     }
 
-    fn on_shard_answer(&mut self, from: NodeId, txn: TxnId, decision: Decision) {
+    fn on_shard_answer(&mut self, from: NodeId, txn: TxnId, answer: Answer) {
         let Some(resolver) = self.resolving.get_mut(&txn) else { return };
-        let state = match decision {
-            Decision::Commit => State::Committed,
-            Decision::Abort => {
-                resolver.aborted.insert(from);
-                if resolver.aborted.len() < self.shards.len() {
-                    return;
-                }
-                State::Aborted
+        let Some(verdict) = resolver.query.answer(from, answer) else { return };
+        let resolver = self.resolving.remove(&txn).expect("just found");
+        let (state, detail) = match verdict {
+            Verdict::Committed => (State::Committed, String::new()),
+            Verdict::Aborted => (State::Aborted, String::new()),
+            Verdict::Forgotten => {
+                let names: Vec<&str> = resolver.query.forgetful().map(|n| self.name(n)).collect();
+                let detail = format!(
+                    "finished long enough ago that {} no longer keep(s) its outcome, and no shard remembers it: it may have committed or aborted",
+                    names.join(", ")
+                );
+                (State::Forgotten, detail)
             }
         };
-        let resolver = self.resolving.remove(&txn).expect("just found");
-        let entry =
-            Entry { started: Instant::now(), state, branches: Vec::new(), source: "shards" };
-        self.table.insert(txn, entry);
-        self.finished.push_back(txn);
-        let info = self.info(txn, &self.table[&txn]);
+        // A forgotten outcome is not cached: a later question gets the shards' answer afresh.
+        if state != State::Forgotten {
+            let entry =
+                Entry { started: Instant::now(), state, branches: Vec::new(), source: "shards" };
+            self.table.insert(txn, entry);
+            self.finished.push_back(txn);
+        }
+        let info = TransactionInfo {
+            txn: txn.to_string(),
+            state: state.into(),
+            source: "shards".into(),
+            detail,
+            ..TransactionInfo::default()
+        };
         for waiter in resolver.waiters {
             let _ = waiter.send(Ok(info.clone()));
         }
     }
 
+    /// A node's configured name (`shard-1`), or its id if it has none.
+    fn name(&self, node: NodeId) -> &str {
+        self.shards.get(&node).map_or("an unknown node", String::as_str)
+    }
+
     fn resolve_timed_out(&mut self, txn: TxnId) {
         let Some(resolver) = self.resolving.remove(&txn) else { return };
-        let silent: Vec<&str> = self
-            .shards
-            .iter()
-            .filter(|(node, _)| !resolver.aborted.contains(node))
-            .map(|(_, name)| name.as_str())
-            .collect();
+        let silent: Vec<&str> = resolver.query.silent().map(|n| self.name(n)).collect();
         let info = TransactionInfo {
             txn: txn.to_string(),
             state: State::Unknown.into(),

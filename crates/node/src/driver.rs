@@ -77,6 +77,13 @@ pub(crate) struct Node<E: Engine> {
     pub io: Io<E>,
 }
 
+/// The instant `after_us` from now, capped a year ahead: `Instant + Duration` panics on
+/// overflow, and a timer that far out never fires in a process's life anyway.
+fn deadline_after_us(after_us: u64) -> tokio::time::Instant {
+    const YEAR_US: u64 = 365 * 24 * 3_600 * 1_000_000;
+    tokio::time::Instant::now() + Duration::from_micros(after_us.min(YEAR_US))
+}
+
 impl<E: Engine> Io<E> {
     pub fn send(&mut self, to: NodeId, msg: &Msg<E>) {
         let Some(outbox) = self.outboxes.get(&to) else {
@@ -116,7 +123,7 @@ impl<E: Engine> Io<E> {
     }
 
     fn set_timer(&mut self, timer: Timer<E>, after_us: u64) {
-        let at = tokio::time::Instant::now() + Duration::from_micros(after_us);
+        let at = deadline_after_us(after_us);
         self.timers.push(at, timer);
     }
 }

@@ -43,7 +43,7 @@ pub(crate) enum Seen {
     /// The sender's answer to the coordinator's status inquiry.
     Answer {
         txn: TxnId,
-        decision: Decision,
+        answer: concord_commit::status::Answer,
     },
     Nothing,
 }
@@ -57,7 +57,7 @@ pub(crate) enum Logged {
 
 pub(crate) trait Engine: Send + Sync + Sized + 'static {
     type Model: Model;
-    type Msg: concord_types::codec::Encode + Send + 'static;
+    type Msg: concord_types::codec::Encode + std::fmt::Display + Send + 'static;
     type Record: concord_types::codec::Encode + Send + 'static;
     type Timer: Send + 'static;
     type Coordinator: Core<
@@ -160,8 +160,10 @@ impl<M: Model> Engine for TwoPc<M> {
             two_phase::Msg::Vote { txn, vote } => Seen::Votes { txn, votes: vec![(from, vote)] },
             two_phase::Msg::Ack { txn } => Seen::Acknowledged { txn },
             two_phase::Msg::OnePhaseResult { txn, decision } => Seen::OnePhase { txn, decision },
-            two_phase::Msg::Decision { txn, decision } => Seen::Answer { txn, decision },
-            _ => Seen::Nothing,
+            _ => match two_phase::status_answer(msg) {
+                Some((txn, answer)) => Seen::Answer { txn, answer },
+                None => Seen::Nothing,
+            },
         }
     }
     fn logged(record: &Self::Record) -> Logged {
@@ -242,13 +244,13 @@ impl<M: Model> Engine for PaxosCommit<M> {
                     })
                     .collect(),
             },
-            paxos_commit::Msg::Decision { txn, decision } => {
-                Seen::Answer { txn: *txn, decision: *decision }
-            }
             paxos_commit::Msg::OnePhaseResult { txn, decision } => {
                 Seen::OnePhase { txn: *txn, decision: *decision }
             }
-            _ => Seen::Nothing,
+            _ => match paxos_commit::status_answer(msg) {
+                Some((txn, answer)) => Seen::Answer { txn, answer },
+                None => Seen::Nothing,
+            },
         }
     }
     fn logged(_: &Self::Record) -> Logged {

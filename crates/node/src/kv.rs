@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use concord_commit::Branch;
 use concord_kv::{
-    Hlc, Isolation, KeyRange, KvChange, Limits, MvccShard, ReadError, ShardMap, Timestamp,
-    Transaction,
+    Hlc, Isolation, Key, KeyRange, KvChange, Limits, MvccShard, ReadError, ShardMap, Timestamp,
+    Transaction, Value,
 };
 use concord_types::{NodeId, TxnId};
 use prost::Message as _;
@@ -428,10 +428,12 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             Ok(t.start_ts)
         })?;
         let mut rows = Vec::new();
+        let mut bytes = 0;
         let mut complete = true;
         for (shard, piece) in self.map.pieces(&range) {
             let remaining = limit - rows.len();
-            if remaining == 0 {
+            let room = self.limits.max_scan_bytes.saturating_sub(bytes);
+            if remaining == 0 || room == 0 {
                 complete = false;
                 break;
             }
@@ -444,8 +446,10 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             };
             let reply = self.read(shard, request).await?;
             let found = reply.rows.into_iter().map(|p| (p.key, p.value)).collect();
-            let (merged, piece_complete) = self
-                .with(session, |t| Ok(t.merge_scan(&piece, found, reply.exhausted, remaining)))?;
+            let (merged, piece_complete) = self.with(session, |t| {
+                Ok(t.merge_scan(&piece, found, reply.exhausted, remaining, room))
+            })?;
+            bytes += merged.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
             rows.extend(merged);
             if !piece_complete {
                 complete = false;
@@ -500,6 +504,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         let Some(txn) = txn else {
             return Err(Status::failed_precondition(format!("no open transaction {session}")));
         };
+        txn.check_size().map_err(invalid)?;
         if txn.is_read_only() {
             // One consistent snapshot: nothing to validate or write.
             return Ok(Response::new(proto::KvCommitReply { txn: String::new(), commit: None }));
@@ -566,6 +571,24 @@ impl Serve for KvHandle {
     }
 }
 
+/// A shard read's rows cut to [`Limits::max_scan_bytes`] of keys and values (always the first
+/// row): the reply must fit a call link's frame whatever the rows hold. A cut reply is not
+/// exhausted, so the gateway reads on from its last key if it needs more.
+fn cap_reply_bytes(rows: Vec<(Key, Value)>, exhausted: bool) -> (Vec<(Key, Value)>, bool) {
+    let max = Limits::default().max_scan_bytes;
+    let total = rows.len();
+    let mut bytes = 0;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .take_while(|(k, v)| {
+            bytes += k.len() + v.len();
+            bytes <= max || bytes == k.len() + v.len()
+        })
+        .collect();
+    let exhausted = exhausted && rows.len() == total;
+    (rows, exhausted)
+}
+
 /// What one attempt of a shard read found.
 enum Attempt {
     Done(proto::ShardReadReply),
@@ -598,6 +621,7 @@ impl KvHandle {
                             ..Default::default()
                         }),
                         Some(range) => shard.scan(range, at, limit).map(|(rows, exhausted)| {
+                            let (rows, exhausted) = cap_reply_bytes(rows, exhausted);
                             proto::ShardReadReply {
                                 rows: rows
                                     .into_iter()

@@ -67,6 +67,8 @@ pub enum NodeError {
     DataDir { path: PathBuf, reason: String },
     #[error("cannot listen on {address}: {source}")]
     Listen { address: SocketAddr, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -87,7 +89,7 @@ fn identity(config: &ClusterConfig, node: &NodeConfig) -> String {
     identity
 }
 
-fn check_data_dir(dir: &Path, expected: &str) -> Result<(), NodeError> {
+fn check_data_dir(dir: &Path, expected: &str) -> Result<concord_wal::DirLock, NodeError> {
     concord_wal::claim_data_dir(dir, expected)
         .map_err(|reason| NodeError::DataDir { path: dir.to_path_buf(), reason })
 }
@@ -205,6 +207,8 @@ pub async fn serve(
     data_dir: &Path,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
+    // A configuration built in code (`concord dev`, tests) meets the same checks as a file.
+    config.validate().map_err(NodeError::Config)?;
     match (config.kv.is_some(), config.protocol) {
         (true, CommitProtocol::TwoPhase) => {
             serve_engine::<TwoPc<KvStore>>(config, name, data_dir, shutdown).await
@@ -228,7 +232,8 @@ async fn serve_engine<E: Engine>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let me = config.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
-    check_data_dir(data_dir, &identity(&config, &me))?;
+    // Held until this function returns: the node's whole life.
+    let _dir_lock = check_data_dir(data_dir, &identity(&config, &me))?;
     let log_dir = data_dir.join("log");
     let segment_bytes = config.log.segment_bytes;
     let (log, raw) = tokio::task::spawn_blocking(move || FileLog::open(&log_dir, segment_bytes))
@@ -330,15 +335,28 @@ async fn serve_engine<E: Engine>(
         });
     tokio::pin!(server);
     tokio::pin!(node_loop);
+    let mut loop_ended = false;
     let result = tokio::select! {
         served = &mut server => served.map_err(|e| NodeError::Failed(e.to_string())),
-        ended = &mut node_loop => match ended {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(NodeError::Failed(error)),
-            Err(panic) => Err(NodeError::Failed(format!("the node loop panicked: {panic}"))),
-        },
+        ended = &mut node_loop => {
+            loop_ended = true;
+            match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(NodeError::Failed(error)),
+                Err(panic) => Err(NodeError::Failed(format!("the node loop panicked: {panic}"))),
+            }
+        }
     };
+    // The loop and the log end before the data directory's lock is let go, so a node started
+    // again at once on the same directory (in the same process, in tests) never meets a log
+    // still being written.
     let _ = stop_loop.send(true);
+    if !loop_ended {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut node_loop).await;
+    }
+    if let Ok(log) = Arc::try_unwrap(log) {
+        let _ = tokio::task::spawn_blocking(move || drop(log.stop())).await;
+    }
     result
 }
 

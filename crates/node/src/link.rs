@@ -46,6 +46,26 @@ pub(crate) async fn read_magic(reader: &mut (impl AsyncRead + Unpin)) -> Result<
     }
 }
 
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// [`OUTBOX_BYTES`] are already waiting for the writer.
+    Full,
+    /// The body is larger than [`MAX_FRAME_BYTES`].
+    TooLarge { bytes: usize },
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Full => write!(f, "{OUTBOX_BYTES} bytes are already queued"),
+            PushError::TooLarge { bytes } => {
+                write!(f, "a {bytes}-byte frame exceeds the link's limit of {MAX_FRAME_BYTES}")
+            }
+        }
+    }
+}
+
 /// Frames waiting for one connection's writer, already framed.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
@@ -58,29 +78,36 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Appends one frame whose body `write` produces; `false` (and nothing queued) if the
-    /// outbox is full.
-    pub fn push(&self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// Appends one frame whose body `write` produces. Refused, with nothing queued, when the
+    /// outbox is full or the body came out larger than a frame may be: the callers' limits keep
+    /// bodies below [`MAX_FRAME_BYTES`], and a body that is not is refused here, never asserted
+    /// on (an assert under this lock would poison the outbox for every later frame).
+    pub fn push(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), PushError> {
         let mut pending = self.pending.lock().expect("no code panics while holding the outbox");
         if pending.len() >= OUTBOX_BYTES {
             drop(pending);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Err(PushError::Full);
         }
         let was_empty = pending.is_empty();
         let start = pending.len();
         pending.extend_from_slice(&[0; 4]);
         write(&mut pending);
         let length = pending.len() - start - 4;
-        assert!(length <= MAX_FRAME_BYTES, "a {length}-byte frame: over the limit");
-        let length = u32::try_from(length).expect("bounded by MAX_FRAME_BYTES just above");
+        let Some(length) = u32::try_from(length).ok().filter(|&l| l as usize <= MAX_FRAME_BYTES)
+        else {
+            pending.truncate(start);
+            drop(pending);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(PushError::TooLarge { bytes: length });
+        };
         pending[start..start + 4].copy_from_slice(&length.to_le_bytes());
         drop(pending);
         if was_empty {
             // A permit is kept if the writer is not waiting yet, so no wake-up is lost.
             self.ready.notify_one();
         }
-        true
+        Ok(())
     }
 
     pub fn dropped(&self) -> u64 {
@@ -186,7 +213,7 @@ mod tests {
     fn framed(bodies: &[&[u8]]) -> Vec<u8> {
         let outbox = Outbox::default();
         for body in bodies {
-            assert!(outbox.push(|buf| buf.extend_from_slice(body)));
+            outbox.push(|buf| buf.extend_from_slice(body)).unwrap();
         }
         let mut batch = Vec::new();
         outbox.take(&mut batch);
@@ -232,13 +259,29 @@ mod tests {
         let outbox = Outbox::default();
         let body = vec![1u8; 1 << 20];
         let mut pushed = 0;
-        while outbox.push(|buf| buf.extend_from_slice(&body)) {
+        while outbox.push(|buf| buf.extend_from_slice(&body)).is_ok() {
             pushed += 1;
         }
         assert_eq!((pushed, outbox.dropped()), (32, 1));
         let mut batch = Vec::new();
         outbox.take(&mut batch);
         assert!(batch.len() >= OUTBOX_BYTES);
-        assert!(outbox.push(|buf| buf.extend_from_slice(&body)), "room again");
+        assert!(outbox.push(|buf| buf.extend_from_slice(&body)).is_ok(), "room again");
+    }
+
+    #[test]
+    fn an_oversized_body_is_refused_and_the_outbox_goes_on() {
+        let outbox = Outbox::default();
+        outbox.push(|buf| buf.extend_from_slice(b"before")).unwrap();
+        let refused = outbox.push(|buf| buf.resize(buf.len() + MAX_FRAME_BYTES + 1, 7));
+        assert_eq!(refused, Err(PushError::TooLarge { bytes: MAX_FRAME_BYTES + 1 }));
+        outbox.push(|buf| buf.resize(buf.len() + MAX_FRAME_BYTES, 7)).unwrap();
+        outbox.push(|buf| buf.extend_from_slice(b"after")).unwrap();
+        let mut batch = Vec::new();
+        outbox.take(&mut batch);
+        let (frames, used) = complete_frames(&batch).unwrap();
+        assert_eq!(used, batch.len());
+        let lengths: Vec<usize> = frames.iter().map(ExactSizeIterator::len).collect();
+        assert_eq!(lengths, vec![6, MAX_FRAME_BYTES, 5]);
     }
 }

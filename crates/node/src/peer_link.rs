@@ -41,9 +41,16 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct PeerSender(pub Arc<Outbox>);
 
 impl PeerSender {
-    /// Queues `msg` for the peer; a full outbox drops it (and counts it).
-    pub fn send<M: Encode>(&self, msg: &M) {
-        self.0.push(|buf| msg.encode(&mut Writer::new(buf)));
+    /// Queues `msg` for the peer; a full outbox drops it (and counts it). A message too large
+    /// for a frame is dropped, counted and reported: the limits on transactions keep every
+    /// protocol message below the frame, so this is a bug, not a client's mistake — and a
+    /// dropped message is one the cores resend or time out on, never a wrong outcome.
+    pub fn send<M: Encode + std::fmt::Display>(&self, msg: &M) {
+        if let Err(crate::link::PushError::TooLarge { bytes }) =
+            self.0.push(|buf| msg.encode(&mut Writer::new(buf)))
+        {
+            eprintln!("peer link: dropped {msg}: {bytes} bytes, over the frame limit");
+        }
     }
 }
 

@@ -31,6 +31,10 @@ pub struct SimConfig {
     pub blocked_threshold_us: u64,
     /// Keep a trace for diagrams (slower; off in sweeps).
     pub record_trace: bool,
+    /// Ask every participant for the status of transactions now and then (some while they
+    /// run, each once after healing), as a client with an unknown outcome would, and check
+    /// every verdict against what was applied (`invariants/status_honesty.rs`).
+    pub status_probes: bool,
     /// Hard bound on events processed; a run that needs more is reported, not looped.
     pub max_events: u64,
 }
@@ -168,6 +172,7 @@ impl SimConfig {
             liveness_bound_us: 10_000_000,
             blocked_threshold_us: 200_000,
             record_trace: false,
+            status_probes: false,
             max_events: 5_000_000,
         }
     }

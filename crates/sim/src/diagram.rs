@@ -61,6 +61,9 @@ fn note(event: &TraceEvent) -> Option<(Option<NodeId>, char, String)> {
             (None, '═', format!("PARTITION: {{{}}} cut off from the rest", names.join(",")))
         }
         TraceEvent::Heal => (None, '═', "partition healed".to_string()),
+        TraceEvent::Status { txn, verdict } => {
+            (Some(COORDINATOR), '?', format!("status of {txn} from the participants: {verdict}"))
+        }
         TraceEvent::Send { .. } | TraceEvent::Deliver { .. } => return None,
     })
 }

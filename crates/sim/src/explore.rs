@@ -17,8 +17,9 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
+use concord_commit::status::{StatusQuery, Verdict};
 use concord_commit::{Branch, Command, Core, Durability, Input, Protocol, Topology};
-use concord_types::{Decision, NodeId, RequestId, Write};
+use concord_types::{Decision, NodeId, RequestId, TxnId, Write};
 
 use crate::config::COORDINATOR;
 use crate::hash::Fnv1a;
@@ -51,6 +52,13 @@ pub struct Bounds {
     /// The last participant refuses its write (it would take a value below zero), so the
     /// transaction must abort: the NO vote, the one-phase abort and their records explored.
     pub refuse: bool,
+    /// Status queries a client may make, at any moment once the transaction has an id: node 0
+    /// asks every participant, and the verdict must agree with every decision, before and
+    /// after it (`invariants/status_honesty.rs`).
+    pub status_probes: u8,
+    /// 2PC: forgotten outcomes a participant keeps for status queries (0: none, so every
+    /// question below the forget mark meets FORGOTTEN).
+    pub forgotten_kept: u32,
     /// Give up (and say so) past this many distinct states.
     pub max_states: u64,
 }
@@ -141,6 +149,12 @@ struct World<P: Protocol> {
     cut: Option<Vec<bool>>,
     decisions: Vec<Option<Decision>>,
     client: Option<Decision>,
+    /// The transaction's id, once the coordinator named it.
+    txn: Option<TxnId>,
+    probes_left: u8,
+    /// A status query waiting for answers, and the verdict of the last one.
+    query: Option<StatusQuery>,
+    verdict: Option<Verdict>,
     violation: Option<String>,
 }
 
@@ -165,6 +179,10 @@ where
             cut: self.cut.clone(),
             decisions: self.decisions.clone(),
             client: self.client,
+            txn: self.txn,
+            probes_left: self.probes_left,
+            query: self.query.clone(),
+            verdict: self.verdict,
             violation: self.violation.clone(),
         }
     }
@@ -181,6 +199,21 @@ enum Action {
     Restart(usize),
     /// Cut the nodes whose bit is set in the mask (node 0's side is the other).
     Partition(u32),
+    /// A client asks for the transaction's status: node 0 asks every participant.
+    Probe,
+}
+
+/// A decision made after a status verdict must not contradict it.
+fn check_verdict<P: Protocol>(w: &mut World<P>, decision: Decision, who: &str) {
+    let contradicts = matches!(
+        (w.verdict, decision),
+        (Some(Verdict::Committed), Decision::Abort) | (Some(Verdict::Aborted), Decision::Commit)
+    );
+    if contradicts {
+        let verdict = w.verdict.expect("matched Some");
+        w.violation
+            .get_or_insert(format!("status-honesty: status said {verdict}, then {who} {decision}"));
+    }
 }
 
 fn fingerprint<T: Hash + ?Sized>(value: &T) -> u64 {
@@ -227,6 +260,7 @@ where
         }
         (w.submitted, w.crashes_left, w.losses_left, w.partitions_left, w.timers_left).hash(&mut h);
         (&w.cut, &w.decisions, w.client).hash(&mut h);
+        (w.txn, w.probes_left, &w.query, w.verdict).hash(&mut h);
         h.finish()
     }
 
@@ -264,6 +298,7 @@ where
                             "agreement: the client was told {decision} {txn} against a participant"
                         ));
                     }
+                    check_verdict(w, decision, "the client was told");
                     w.client = Some(decision);
                 }
                 Command::Outcome { txn, decision } => {
@@ -285,9 +320,39 @@ where
                     if w.client.is_some_and(|c| c != decision) {
                         w.violation.get_or_insert(format!("agreement: {id} decided {txn} {decision} against what the client was told"));
                     }
+                    check_verdict(w, decision, &format!("{id} decided"));
                 }
-                Command::Begun { .. } | Command::Rejected { .. } => {}
+                Command::Begun { txn, .. } => w.txn = Some(txn),
+                Command::Rejected { .. } => {}
             }
+        }
+    }
+
+    /// A message reaching node 0 that answers the waiting status query.
+    fn status_answer(w: &mut World<P>, from: NodeId, msg: &P::Msg) {
+        let Some((txn, answer)) = P::status_answer(msg) else { return };
+        if Some(txn) != w.txn {
+            return;
+        }
+        let Some(query) = w.query.as_mut() else { return };
+        let Some(verdict) = query.answer(from, answer) else { return };
+        w.query = None;
+        w.verdict = Some(verdict);
+        let against = match verdict {
+            Verdict::Committed => Decision::Abort,
+            Verdict::Aborted => Decision::Commit,
+            Verdict::Forgotten => return,
+        };
+        let participant = w.decisions.iter().position(|d| *d == Some(against));
+        if let Some(index) = participant {
+            w.violation.get_or_insert(format!(
+                "status-honesty: status said {verdict}, but n{} decided {against}",
+                index + 1
+            ));
+        } else if w.client == Some(against) {
+            w.violation.get_or_insert(format!(
+                "status-honesty: status said {verdict}, but the client was told {against}"
+            ));
         }
     }
 
@@ -317,6 +382,9 @@ where
         }
         if w.losses_left > 0 {
             actions.extend((0..w.network.len()).map(Action::Lose));
+        }
+        if w.probes_left > 0 && w.query.is_none() && w.txn.is_some() && w.nodes[0].is_some() {
+            actions.push(Action::Probe);
         }
         if w.partitions_left > 0 && w.cut.is_none() {
             let nodes = u32::try_from(w.nodes.len()).expect("few nodes");
@@ -356,6 +424,7 @@ where
             }
             Action::Crash(n) => format!("n{n} CRASHES (unsynced records lost)"),
             Action::Restart(n) => format!("n{n} restarts"),
+            Action::Probe => "a client asks n0 for the status; n0 asks every participant".into(),
             Action::Partition(mask) => {
                 let far: Vec<String> =
                     (0..32).filter(|i| mask & (1 << i) != 0).map(|i| format!("n{i}")).collect();
@@ -379,7 +448,26 @@ where
             }
             Action::Deliver(i) => {
                 let (_, from, to, msg) = w.network.remove(i);
+                if to == COORDINATOR {
+                    Self::status_answer(&mut w, from, &msg);
+                }
                 Self::input(&mut w, to.0 as usize, Input::Message { from, msg });
+            }
+            Action::Probe => {
+                w.probes_left -= 1;
+                let txn = w.txn.expect("probes wait for the id");
+                let inquiry =
+                    P::status_inquiry(txn).expect("probes only for protocols that answer");
+                let participants: Vec<NodeId> = (1..=self.participants).map(NodeId).collect();
+                w.query = Some(StatusQuery::new(participants.iter().copied()));
+                for to in participants {
+                    if w.cut.as_ref().is_some_and(|side| side[0] != side[to.0 as usize]) {
+                        continue;
+                    }
+                    let fp = fingerprint(&(COORDINATOR, to, &inquiry));
+                    let at = w.network.partition_point(|(f, ..)| *f < fp);
+                    w.network.insert(at, (fp, COORDINATOR, to, inquiry.clone()));
+                }
             }
             Action::Lose(i) => {
                 w.network.remove(i);
@@ -434,6 +522,7 @@ where
     let switches = concord_commit::Switches {
         early_ack: bounds.early_ack,
         forget: bounds.forget,
+        forgotten_kept: bounds.forgotten_kept,
         ..concord_commit::Switches::default()
     };
     let config =
@@ -460,6 +549,10 @@ where
         cut: None,
         decisions: vec![None; bounds.participants as usize],
         client: None,
+        txn: None,
+        probes_left: bounds.status_probes,
+        query: None,
+        verdict: None,
         violation: None,
     };
     for n in 0..nodes {

@@ -26,6 +26,7 @@ const NONE: Switches = Switches {
     cooperative_termination: true,
     early_ack: false,
     forget: false,
+    forgotten_kept: 0,
 };
 
 /// Baseline, each switch alone, then all together.
@@ -55,6 +56,7 @@ pub const VARIANTS: &[Variant] = &[
             cooperative_termination: true,
             early_ack: true,
             forget: true,
+            forgotten_kept: 0,
         },
         group_commit: true,
     },

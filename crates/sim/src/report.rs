@@ -55,6 +55,9 @@ pub struct RunReport {
     pub locked_keys_at_coordinator_restart: Vec<(NodeId, usize)>,
     /// Every participant decision: (participant, transaction, decision).
     pub decisions: Vec<(NodeId, TxnId, Decision)>,
+    /// Status queries sent, and those whose verdict was FORGOTTEN (no participant kept it).
+    pub status_probes: u64,
+    pub status_forgotten: u64,
     pub violations: Vec<Violation>,
     pub trace_hash: u64,
     pub events: u64,

@@ -48,6 +48,7 @@ pub fn random_config(seed: u64) -> SimConfig {
         // Drawn last (below), so the rest of every seed's schedule is unchanged.
         early_ack: false,
         forget: false,
+        forgotten_kept: 0,
     };
     config.disk = DiskConfig {
         fsync_us: rng.range(100, 500),
@@ -104,6 +105,9 @@ pub fn random_config(seed: u64) -> SimConfig {
     config.heal_at_us = FAULT_WINDOW_US + 60_000;
     config.switches.early_ack = rng.chance(0.5);
     config.switches.forget = rng.chance(0.5);
+    // Status answers from memory (the newest decisions kept) and from none at all.
+    config.switches.forgotten_kept = *rng.pick(&[0, 1, 100_000]);
+    config.status_probes = true;
     config
 }
 
@@ -124,6 +128,9 @@ pub struct SweepSummary {
     pub messages_sent: u64,
     pub syncs: u64,
     pub events: u64,
+    /// Status queries sent by the prober, and the verdicts that were FORGOTTEN.
+    pub status_probes: u64,
+    pub status_forgotten: u64,
     pub commit_latency_us: Histogram,
     pub in_doubt_us: Histogram,
 }
@@ -146,6 +153,8 @@ impl SweepSummary {
         self.messages_sent += report.messages_sent;
         self.syncs += report.syncs;
         self.events += report.events;
+        self.status_probes += report.status_probes;
+        self.status_forgotten += report.status_forgotten;
         for &l in &report.commit_latency_us {
             self.commit_latency_us.record(l);
         }
@@ -169,6 +178,8 @@ impl SweepSummary {
         self.messages_sent += other.messages_sent;
         self.syncs += other.syncs;
         self.events += other.events;
+        self.status_probes += other.status_probes;
+        self.status_forgotten += other.status_forgotten;
         self.commit_latency_us.merge(&other.commit_latency_us);
         self.in_doubt_us.merge(&other.in_doubt_us);
     }

@@ -62,4 +62,9 @@ pub enum TraceEvent {
         side: Vec<NodeId>,
     },
     Heal,
+    /// A status query about `txn` reached its verdict (from the participants' answers).
+    Status {
+        txn: TxnId,
+        verdict: concord_commit::status::Verdict,
+    },
 }

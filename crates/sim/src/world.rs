@@ -16,6 +16,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 
+use concord_commit::status::StatusQuery;
 use concord_commit::{
     Command, Core, Durability, Input, MessageKind, ParticipantView, Protocol, RecordKind, Topology,
 };
@@ -58,6 +59,10 @@ enum Event<P: Protocol> {
     },
     Fault(FaultAction),
     Heal,
+    /// A client asks for `txn`'s status: node 0 asks every participant.
+    StatusProbe {
+        txn: TxnId,
+    },
 }
 
 struct Scheduled<P: Protocol> {
@@ -115,6 +120,8 @@ pub struct Simulation<P: Protocol> {
     history: History,
     submitted_at: HashMap<RequestId, u64>,
     txn_submitted_at: HashMap<TxnId, u64>,
+    /// Status queries waiting for answers, one per transaction at a time.
+    probes: HashMap<TxnId, StatusQuery>,
     report: RunReport,
     next_message_id: u64,
     hasher: Fnv1a,
@@ -159,6 +166,7 @@ impl<P: Protocol> Simulation<P> {
             history: History::default(),
             submitted_at: HashMap::new(),
             txn_submitted_at: HashMap::new(),
+            probes: HashMap::new(),
             report,
             next_message_id: 0,
             hasher: Fnv1a::default(),
@@ -244,6 +252,11 @@ impl<P: Protocol> Simulation<P> {
                 5u8.hash(&mut self.hasher);
                 self.heal();
             }
+            Event::StatusProbe { txn } => {
+                6u8.hash(&mut self.hasher);
+                txn.hash(&mut self.hasher);
+                self.probe(txn);
+            }
         }
     }
 
@@ -283,7 +296,36 @@ impl<P: Protocol> Simulation<P> {
             return;
         }
         self.trace(|| TraceEvent::Deliver { id, from, to, label: msg.to_string() });
+        if to == COORDINATOR {
+            self.status_answer(from, &msg);
+        }
         self.input(to, Input::Message { from, msg }, depth);
+    }
+
+    /// Node 0 asks every participant about `txn` (the runtime's status query, on behalf of a
+    /// client), unless a query for it is already waiting or node 0 is down.
+    fn probe(&mut self, txn: TxnId) {
+        if self.probes.contains_key(&txn) || self.nodes[COORDINATOR.0 as usize].core.is_none() {
+            return;
+        }
+        let Some(inquiry) = P::status_inquiry(txn) else { return };
+        let asked: Vec<NodeId> = self.config.participant_ids().collect();
+        self.probes.insert(txn, StatusQuery::new(asked.iter().copied()));
+        self.report.status_probes += 1;
+        for to in asked {
+            self.send(COORDINATOR, to, inquiry.clone(), 0);
+        }
+    }
+
+    /// A message reaching node 0 that answers a waiting status query.
+    fn status_answer(&mut self, from: NodeId, msg: &P::Msg) {
+        let Some((txn, answer)) = P::status_answer(msg) else { return };
+        let Some(query) = self.probes.get_mut(&txn) else { return };
+        if let Some(verdict) = query.answer(from, answer) {
+            self.probes.remove(&txn);
+            self.trace(|| TraceEvent::Status { txn, verdict });
+            self.history.status_told(txn, verdict, self.now);
+        }
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: P::Msg, cause_depth: u32) {
@@ -308,8 +350,16 @@ impl<P: Protocol> Simulation<P> {
                 if vote == concord_types::Vote::Yes {
                     self.history.yes_at.entry((from, txn)).or_insert(self.now);
                 }
-                if vote == concord_types::Vote::No {
+                // A read-only voter forgets the transaction; if a status query then makes it
+                // refuse (forcing ABORTED), a duplicate PREPARE meets that refusal. Its first
+                // vote is the one the outcome rests on.
+                if vote == concord_types::Vote::No
+                    && !self.history.read_only_votes.contains(&(from, txn))
+                {
                     self.history.no_votes.insert(txn);
+                }
+                if vote == concord_types::Vote::ReadOnly {
+                    self.history.read_only_votes.insert((from, txn));
                 }
             }
             MessageKind::PreCommit { .. }
@@ -599,6 +649,16 @@ impl<P: Protocol> Simulation<P> {
                 if let Some(&at) = self.submitted_at.get(&request) {
                     self.txn_submitted_at.insert(txn, at);
                 }
+                if self.config.status_probes {
+                    // Some while the transaction runs (a client whose answer was lost asks at
+                    // once), and every one once everything has healed and restarted.
+                    if self.rng.chance(0.5) {
+                        let at = self.now + self.rng.range(0, 20_000);
+                        self.schedule(at, Event::StatusProbe { txn });
+                    }
+                    let after_heal = self.config.heal_at_us + 2_000_000;
+                    self.schedule(after_heal.max(self.now), Event::StatusProbe { txn });
+                }
             }
             Command::Rejected { .. } => self.report.txns_not_started += 1,
             Command::Outcome { txn, decision } => {
@@ -673,6 +733,11 @@ impl<P: Protocol> Simulation<P> {
             .map(|(&(node, txn), &(decision, _))| (node, txn, decision))
             .collect();
         report.decisions.sort_unstable_by_key(|&(n, t, _)| (t, n));
+        report.status_forgotten = history
+            .status_verdicts
+            .iter()
+            .filter(|(_, v, _)| *v == concord_commit::status::Verdict::Forgotten)
+            .count() as u64;
         report.violations = history.violations;
         report.trace_hash = self.hasher.finish();
         report.end_us = end;

@@ -19,6 +19,8 @@ const NO_FAULTS: Bounds = Bounds {
     early_ack: false,
     forget: false,
     refuse: false,
+    status_probes: 0,
+    forgotten_kept: 0,
     max_states: 5_000_000,
 };
 
@@ -91,7 +93,7 @@ fn two_phase_commit_with_forgetting_keeps_agreement_with_a_crash_a_loss_and_a_ti
         forget: true,
         ..NO_FAULTS
     };
-    assert_safe("2pc forgetting", &explore::<TwoPhase>(bounds), 1_874_288);
+    assert_safe("2pc forgetting", &explore::<TwoPhase>(bounds), 1_923_890);
 }
 
 #[test]
@@ -105,7 +107,7 @@ fn two_phase_commit_with_forgetting_and_early_acknowledgement_keeps_agreement() 
         forget: true,
         ..NO_FAULTS
     };
-    assert_safe("2pc forgetting, early ack", &explore::<TwoPhase>(bounds), 2_362_464);
+    assert_safe("2pc forgetting, early ack", &explore::<TwoPhase>(bounds), 2_572_380);
 }
 
 #[test]
@@ -190,4 +192,36 @@ fn three_phase_commit_splits_under_a_partition_and_the_counterexample_shows_how(
     );
     assert!(c.steps.iter().any(|s| s.contains("termination-decided")), "{}", c.steps.join("\n"));
     assert_eq!(r.states, 18_296, "the search path to the counterexample changed");
+}
+
+#[test]
+fn two_phase_commit_status_queries_never_contradict_what_was_applied() {
+    // One participant: the one-phase commit, forgotten at once (FORGET after every finished
+    // transaction), crashes, a loss and early timers — and two status queries at any moment.
+    // A participant that answered ABORT for what it had forgotten is found here at depth 10.
+    let bounds = Bounds {
+        participants: 1,
+        crashes: 1,
+        losses: 1,
+        timer_fires: 2,
+        forget: true,
+        status_probes: 2,
+        ..NO_FAULTS
+    };
+    assert_safe("2pc status, nothing kept", &explore::<TwoPhase>(bounds), 9_254);
+    let kept = Bounds { forgotten_kept: 1, ..bounds };
+    assert_safe("2pc status, one outcome kept", &explore::<TwoPhase>(kept), 8_039);
+}
+
+#[test]
+fn paxos_commit_status_queries_never_contradict_what_was_applied() {
+    let bounds = Bounds {
+        participants: 1,
+        crashes: 1,
+        losses: 1,
+        timer_fires: 1,
+        status_probes: 1,
+        ..NO_FAULTS
+    };
+    assert_safe("paxos commit status", &explore::<PaxosCommit>(bounds), 17_128);
 }

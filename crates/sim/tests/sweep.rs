@@ -28,6 +28,9 @@ fn two_phase_commit_survives_a_hundred_thousand_random_fault_schedules() {
     assert!(summary.aborted > CI_RUNS / 10, "aborted {}", summary.aborted);
     assert!(summary.blocked_runs > 0, "no run blocked: the faults are too gentle to test anything");
     assert!(summary.outcome_unknown > 0, "no coordinator crash ever lost a client outcome");
+    // Status queries asked, and some of them about transactions every participant forgot.
+    assert!(summary.status_probes > summary.txns_begun, "probes {}", summary.status_probes);
+    assert!(summary.status_forgotten > 0, "no status query met a forgotten transaction");
 }
 
 #[test]

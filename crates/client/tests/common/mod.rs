@@ -1,7 +1,12 @@
 //! What this crate's integration tests share: a key-value cluster (a gateway and `shards`
-//! shards) served in this process on free loopback ports.
+//! shards) served in this process on free loopback ports, each node stoppable and restartable
+//! on its own data (as a process killed and started again would be, minus the kill).
 
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use concord_node::config::{ClusterConfig, KvConfig};
 
@@ -9,13 +14,23 @@ use concord_node::config::{ClusterConfig, KvConfig};
 pub struct LocalKv {
     pub config: ClusterConfig,
     dir: PathBuf,
+    nodes: HashMap<String, Running>,
+}
+
+struct Running {
     stop: tokio::sync::watch::Sender<bool>,
+    served: tokio::task::JoinHandle<()>,
 }
 
 impl LocalKv {
     /// Starts every node of a `shards`-shard KV cluster named `name` (data in a fresh
     /// temporary directory). Call it inside a tokio runtime.
     pub fn start(name: &str, shards: u32) -> LocalKv {
+        Self::start_with(name, shards, |_| {})
+    }
+
+    /// As [`LocalKv::start`], with the configuration adjusted by `adjust` first.
+    pub fn start_with(name: &str, shards: u32, adjust: impl FnOnce(&mut ClusterConfig)) -> LocalKv {
         let dir = std::env::temp_dir().join(format!("concord-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = ClusterConfig::local(name, shards, 0);
@@ -24,19 +39,43 @@ impl LocalKv {
         for (node, port) in config.nodes.iter_mut().zip(ports) {
             node.listen.set_port(port);
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        for node in &config.nodes {
-            let (config, name, data) = (config.clone(), node.name.clone(), dir.join(&node.name));
-            let stopped = stopped.clone();
-            tokio::spawn(async move { concord_node::serve(config, &name, &data, stopped).await });
+        adjust(&mut config);
+        let mut cluster = LocalKv { config, dir, nodes: HashMap::new() };
+        let names: Vec<String> = cluster.config.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in names {
+            cluster.run(&name);
         }
-        LocalKv { config, dir, stop }
+        cluster
+    }
+
+    fn run(&mut self, name: &str) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (config, node, data) = (self.config.clone(), name.to_string(), self.dir.join(name));
+        let served = tokio::spawn(async move {
+            if let Err(e) = concord_node::serve(config, &node, &data, stopped).await {
+                eprintln!("{node}: {e}");
+            }
+        });
+        self.nodes.insert(name.to_string(), Running { stop, served });
+    }
+
+    /// Stops node `name` (waiting until it has let go of its data) and starts it again.
+    pub async fn restart(&mut self, name: &str) {
+        let running = self.nodes.remove(name).expect("a node of this cluster");
+        let _ = running.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), running.served)
+            .await
+            .expect("the node stops within 30 s")
+            .expect("the node's task does not panic");
+        self.run(name);
     }
 }
 
 impl Drop for LocalKv {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        for running in self.nodes.values() {
+            let _ = running.stop.send(true);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -232,6 +232,12 @@ impl Protocol for PaxosCommit {
             _ => MessageKind::Other,
         }
     }
+    fn status_inquiry(txn: TxnId) -> Option<Msg> {
+        Some(Msg::Inquire { txn, participants: Vec::new() })
+    }
+    fn status_answer(msg: &Msg) -> Option<(TxnId, crate::status::Answer)> {
+        status_answer(msg)
+    }
     fn record_kind(record: &Record) -> RecordKind {
         match *record {
             Record::Prepared { txn, .. } => RecordKind::Prepared { txn, early_ack: false },
@@ -263,6 +269,15 @@ fn values_label(values: &[(NodeId, Value)]) -> String {
         [(node, v)] => format!("{node}:{v}"),
         _ if all_prepared => format!("{}×Prepared", values.len()),
         _ => format!("{} values", values.len()),
+    }
+}
+
+/// A participant's answer to a status inquiry (an `Inquire` with no participants), as
+/// [`crate::status`] reads it.
+pub fn status_answer<C>(msg: &Msg<C>) -> Option<(TxnId, crate::status::Answer)> {
+    match *msg {
+        Msg::Decision { txn, decision } => Some((txn, crate::status::Answer::Decided(decision))),
+        _ => None,
     }
 }
 

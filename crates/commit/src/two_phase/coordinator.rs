@@ -510,8 +510,13 @@ impl<C: Change, S: std::fmt::Debug> Core for Coordinator<C, S> {
                         self.on_vote(from, txn, Vote::Yes, out);
                     }
                 }
-                // Participant-bound messages reaching a coordinator are ignored.
-                Msg::Prepare { .. } | Msg::CommitOnePhase { .. } | Msg::Forget { .. } => {}
+                // Participant-bound messages reaching a coordinator are ignored. FORGOTTEN answers
+                // a status query (the driver's); a transaction still running here is never
+                // below the mark, so no running transaction can be meant.
+                Msg::Prepare { .. }
+                | Msg::CommitOnePhase { .. }
+                | Msg::Forget { .. }
+                | Msg::Forgotten { .. } => {}
             },
         }
         self.maybe_forget(out);

@@ -54,6 +54,14 @@
 //!   Earlier epochs are never announced: after a coordinator restart nobody can tell when
 //!   their transactions finished.
 //!
+//! * **Status answers are honest** ([`crate::status`]). INQUIRE about a transaction below the
+//!   mark is answered from the outcomes a participant still keeps for status queries (the
+//!   newest `forgotten_kept` of those it forgot, checkpointed), else with FORGOTTEN — never
+//!   with ABORT, which would claim a knowledge it dropped: a one-phase commit is forgotten like
+//!   any other transaction. A prepared branch told FORGOTTEN by a peer aborts, by the mark's
+//!   promise (a committed transaction below it was acknowledged by every branch, so a branch
+//!   still prepared there belongs to an aborted one).
+//!
 //! Messages, records and timers are shared by both roles, so one driver can run either.
 
 mod coordinator;
@@ -120,6 +128,11 @@ pub enum Msg<C = Vec<Write>> {
         epoch: u32,
         below: u32,
     },
+    /// Participant → asker (a peer, or a status query): `txn` finished (it is below its
+    /// coordinator's mark) and its outcome is no longer kept here.
+    Forgotten {
+        txn: TxnId,
+    },
 }
 
 /// `C` as in [`Msg`]; `S` is the resource's applied state as a checkpoint writes it.
@@ -150,6 +163,9 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     /// Participant, written only by a checkpoint: the transactions of `coordinator`'s `epoch`
     /// below sequence `below` are finished and forgotten (its latest FORGET).
     Forgotten { coordinator: NodeId, epoch: u32, below: u32 },
+    /// Participant, written only by a checkpoint: outcomes of forgotten transactions still kept
+    /// to answer status queries (chunked like `Decisions`).
+    KeptOutcomes { kept: Vec<(TxnId, Decision)> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -230,6 +246,12 @@ impl Protocol for TwoPhase {
             _ => MessageKind::Other,
         }
     }
+    fn status_inquiry(txn: TxnId) -> Option<Msg> {
+        Some(Msg::Inquire { txn })
+    }
+    fn status_answer(msg: &Msg) -> Option<(TxnId, crate::status::Answer)> {
+        status_answer(msg)
+    }
     fn record_kind(record: &Record) -> RecordKind {
         match *record {
             Record::Prepared { txn, early_ack, .. } => RecordKind::Prepared { txn, early_ack },
@@ -244,8 +266,19 @@ impl Protocol for TwoPhase {
             | Record::Ended { .. }
             | Record::Snapshot { .. }
             | Record::Decisions { .. }
-            | Record::Forgotten { .. } => RecordKind::Other,
+            | Record::Forgotten { .. }
+            | Record::KeptOutcomes { .. } => RecordKind::Other,
         }
+    }
+}
+
+/// A participant's answer to an INQUIRE, as a status query reads it (for every change type:
+/// the runtime's engines read their messages with it too).
+pub fn status_answer<C>(msg: &Msg<C>) -> Option<(TxnId, crate::status::Answer)> {
+    match *msg {
+        Msg::Decision { txn, decision } => Some((txn, crate::status::Answer::Decided(decision))),
+        Msg::Forgotten { txn } => Some((txn, crate::status::Answer::Forgotten)),
+        _ => None,
     }
 }
 
@@ -261,6 +294,7 @@ impl<C> fmt::Display for Msg<C> {
             Msg::CommitOnePhase { txn, .. } => write!(f, "COMMIT-1PC {txn}"),
             Msg::OnePhaseResult { txn, decision } => write!(f, "1PC {decision} {txn}"),
             Msg::Forget { epoch, below } => write!(f, "FORGET {epoch}.<{below}"),
+            Msg::Forgotten { txn } => write!(f, "FORGOTTEN {txn}"),
         }
     }
 }
@@ -293,6 +327,7 @@ impl<C, S> fmt::Display for Record<C, S> {
             Record::Forgotten { coordinator, epoch, below } => {
                 write!(f, "forgotten {epoch}.*@{coordinator} below {below}")
             }
+            Record::KeptOutcomes { kept } => write!(f, "{} kept outcomes", kept.len()),
         }
     }
 }
@@ -348,6 +383,10 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 w.u32(*epoch);
                 w.u32(*below);
             }
+            Record::KeptOutcomes { kept } => {
+                w.u8(12);
+                encode_decisions(w, kept);
+            }
         }
     }
 
@@ -368,6 +407,7 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
             8 => Record::Snapshot { values: S::decode(r)?, decided: decode_decisions(r)? },
             10 => Record::Decisions { decided: decode_decisions(r)? },
             11 => Record::Forgotten { coordinator: r.node()?, epoch: r.u32()?, below: r.u32()? },
+            12 => Record::KeptOutcomes { kept: decode_decisions(r)? },
             tag => return Err(DecodeError::UnknownTag { what: "2pc record", tag }),
         })
     }
@@ -433,6 +473,10 @@ impl<C: Encode> Encode for Msg<C> {
                 w.u32(*epoch);
                 w.u32(*below);
             }
+            Msg::Forgotten { txn } => {
+                w.u8(10);
+                w.txn(*txn);
+            }
         }
     }
 
@@ -451,6 +495,7 @@ impl<C: Encode> Encode for Msg<C> {
             6 => Msg::CommitOnePhase { txn: r.txn()?, writes: C::decode(r)? },
             7 => Msg::OnePhaseResult { txn: r.txn()?, decision: r.decision()? },
             9 => Msg::Forget { epoch: r.u32()?, below: r.u32()? },
+            10 => Msg::Forgotten { txn: r.txn()? },
             tag => return Err(DecodeError::UnknownTag { what: "2pc message", tag }),
         })
     }

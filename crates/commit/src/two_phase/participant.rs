@@ -91,6 +91,10 @@ pub struct Participant<R: Resource = Store> {
     /// Per coordinator and epoch, the sequence below which every transaction has finished and
     /// its decision here is forgotten (the coordinator's latest FORGET; module docs).
     forgotten: BTreeMap<(NodeId, u32), u32>,
+    /// Decisions forgotten by the protocol but kept, the newest `switches.forgotten_kept`, for
+    /// one purpose: to answer a status query with the outcome rather than FORGOTTEN. Nothing
+    /// else reads them (a late PREPARE or COMMIT below the mark is still ignored).
+    kept: BTreeMap<TxnId, Decision>,
     /// Why recent NO votes were cast, newest last (bounded), so a driver can tell its client.
     refusals: Refusals<R::Refusal>,
 }
@@ -109,6 +113,7 @@ impl<R: Resource> Participant<R> {
             branches: BTreeMap::new(),
             decided: BTreeMap::new(),
             forgotten: BTreeMap::new(),
+            kept: BTreeMap::new(),
             refusals: Refusals::default(),
         }
     }
@@ -146,7 +151,20 @@ impl<R: Resource> Participant<R> {
         let to = TxnId { coordinator, epoch, sequence: below };
         let finished: Vec<TxnId> = self.decided.range(from..to).map(|(&txn, _)| txn).collect();
         for txn in finished {
-            self.decided.remove(&txn);
+            let decision = self.decided.remove(&txn).expect("listed just above");
+            self.keep(txn, decision);
+        }
+    }
+
+    /// Keeps a forgotten decision for status queries, dropping the oldest beyond the bound.
+    fn keep(&mut self, txn: TxnId, decision: Decision) {
+        let bound = self.config.switches.forgotten_kept as usize;
+        if bound == 0 {
+            return;
+        }
+        self.kept.insert(txn, decision);
+        while self.kept.len() > bound {
+            self.kept.pop_first();
         }
     }
 
@@ -201,6 +219,7 @@ impl<R: Resource> Participant<R> {
         self.branches.clear();
         self.decided.clear();
         self.forgotten.clear();
+        self.kept.clear();
         for record in records {
             match record {
                 Record::Prepared { txn, peers, writes, early_ack } => {
@@ -240,6 +259,11 @@ impl<R: Resource> Participant<R> {
                 Record::Decisions { decided } => self.decided.extend(decided),
                 Record::Forgotten { coordinator, epoch, below } => {
                     self.on_forget(coordinator, epoch, below);
+                }
+                Record::KeptOutcomes { kept } => {
+                    for (txn, decision) in kept {
+                        self.keep(txn, decision);
+                    }
                 }
                 other => panic!(
                     "participant {} found a coordinator record in its log: {other:?}",
@@ -540,11 +564,13 @@ impl<R: Resource> Participant<R> {
                 Self::send(out, from, Msg::Vote { txn, vote: Vote::Yes });
             }
             Some(_) => {} // uncertain ourselves, or an answer is being made durable
-            // Finished and forgotten: only an aborted transaction can still have a branch in
-            // doubt (a committed one was acknowledged by every branch).
-            None if self.is_forgotten(txn) => {
-                Self::send(out, from, Msg::Decision { txn, decision: Decision::Abort });
-            }
+            // Finished and forgotten. The outcome, if it is still kept; otherwise say so — not
+            // ABORT: a status query may be asking about a transaction that committed (a peer in
+            // doubt reads FORGOTTEN as ABORT itself, by the mark's promise).
+            None if self.is_forgotten(txn) => match self.kept.get(&txn) {
+                Some(&decision) => Self::send(out, from, Msg::Decision { txn, decision }),
+                None => Self::send(out, from, Msg::Forgotten { txn }),
+            },
             None => {
                 // Never voted: we may abort unilaterally — but only once that is durable, or a
                 // crash followed by a late PREPARE could make us vote YES after all.
@@ -554,6 +580,18 @@ impl<R: Resource> Participant<R> {
                 });
                 self.branches.insert(txn, Branch::Refusing { asked_by: from });
             }
+        }
+    }
+
+    /// A peer asked about `txn` says it finished and was forgotten. A committed transaction
+    /// below the mark was acknowledged by every branch, this one included; so if this branch is
+    /// still prepared, the transaction aborted.
+    fn on_peer_forgot(&mut self, txn: TxnId, out: &mut Out<R>) {
+        if matches!(self.branches.get(&txn), Some(Branch::Prepared { .. })) {
+            let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+                unreachable!("matched Prepared just above")
+            };
+            self.abort_prepared(txn, &writes, out);
         }
     }
 
@@ -612,6 +650,7 @@ impl<R: Resource> Core for Participant<R> {
                 Msg::Inquire { txn } => self.on_inquire(from, txn, out),
                 Msg::Vote { txn, vote } => self.on_peer_vote(from, txn, vote, out),
                 Msg::Forget { epoch, below } => self.on_forget(from, epoch, below),
+                Msg::Forgotten { txn } => self.on_peer_forgot(txn, out),
                 Msg::Ack { .. } | Msg::OnePhaseResult { .. } => {}
             },
         }
@@ -631,6 +670,11 @@ impl<R: Resource> crate::Checkpoint for Participant<R> {
         live.extend(self.forgotten.iter().map(|(&(coordinator, epoch), &below)| {
             Record::Forgotten { coordinator, epoch, below }
         }));
+        let kept: Vec<(TxnId, Decision)> = self.kept.iter().map(|(&t, &d)| (t, d)).collect();
+        live.extend(
+            kept.chunks(crate::CHECKPOINT_CHUNK)
+                .map(|chunk| Record::KeptOutcomes { kept: chunk.to_vec() }),
+        );
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { peers, writes, early_ack, .. }

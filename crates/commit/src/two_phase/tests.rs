@@ -697,6 +697,7 @@ fn switches_default_to_every_classic_optimisation_and_forgetting_on_and_early_ac
             cooperative_termination: true,
             early_ack: false,
             forget: true,
+            forgotten_kept: 100_000,
         }
     );
 }

@@ -2,7 +2,8 @@
 //! durable, and a COMMIT decision message (from the coordinator, or a peer repeating it) leaves
 //! only once the coordinator's commit decision is durable — or, for a transaction run with
 //! 2PC's early acknowledgement, once every one of its branches' prepare records is (those
-//! records are then the decision). Checked at the moment of sending, so it holds whatever the
+//! records are then the decision), or, from a participant answering a status query, once its
+//! own commit record is (a one-phase branch's is the decision). Checked at the moment of sending, so it holds whatever the
 //! scheduling of syncs and crashes.
 //!
 //! Source: DESIGN.md §1 ("log before you send is structural") and §3 ("a participant votes YES
@@ -35,7 +36,11 @@ pub fn on_send(
         MessageKind::Decision { txn, decision: Decision::Commit }
             if coordinator_logs_decision
                 && h.logged.get(&txn) != Some(&Decision::Commit)
-                && !every_prepare_durable(h, txn) =>
+                && !every_prepare_durable(h, txn)
+                && !h
+                    .participant_decisions
+                    .get(&(from, txn))
+                    .is_some_and(|(d, _)| *d == Decision::Commit) =>
         {
             let detail = format!("{from} sent COMMIT for {txn} before the decision was durable");
             h.violate(PROPERTY, now, detail);

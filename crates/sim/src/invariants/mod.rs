@@ -12,12 +12,14 @@
 //! | applied exactly once| `exactly_once.rs`   | both   |
 //! | liveness after heal | `liveness.rs`       | end    |
 //! | log before send     | `log_before_send.rs`| online |
+//! | status honesty      | `status_honesty.rs` | end    |
 
 pub mod agreement;
 pub mod exactly_once;
 pub mod liveness;
 pub mod log_before_send;
 pub mod no_reversal;
+pub mod status_honesty;
 pub mod validity;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -57,6 +59,8 @@ pub struct History {
     pub branches: HashMap<TxnId, Vec<Branch>>,
     /// Transactions some participant voted NO on.
     pub no_votes: HashSet<TxnId>,
+    /// Branches that voted READ-ONLY (and so forgot the transaction).
+    pub read_only_votes: HashSet<(NodeId, TxnId)>,
     /// When each participant first sent YES for a transaction.
     pub yes_at: HashMap<(NodeId, TxnId), u64>,
     /// Each participant's first decision per transaction, and when.
@@ -70,6 +74,8 @@ pub struct History {
     /// Transactions run with early acknowledgement: committed once every branch's prepare
     /// record is durable (seen from their prepare records).
     pub early_ack: HashSet<TxnId>,
+    /// Every status verdict, and when it was reached.
+    pub status_verdicts: Vec<(TxnId, concord_commit::status::Verdict, u64)>,
     pub violations: Vec<Violation>,
 }
 
@@ -87,6 +93,14 @@ impl History {
         source: DecisionSource,
         now: u64,
     ) {
+        // Only a branch that took part has a decision to agree on. A node asked about a
+        // transaction it never held, or a read-only voter asked after it forgot its vote,
+        // forces an ABORTED record before answering: a promise not to take part later, about
+        // nothing it holds.
+        let branch = self.branches.get(&txn).is_none_or(|b| b.iter().any(|b| b.node == node));
+        if !branch || self.read_only_votes.contains(&(node, txn)) {
+            return;
+        }
         let previous = self.participant_decisions.get(&(node, txn)).copied();
         no_reversal::check_participant(self, node, txn, previous, decision, now);
         exactly_once::check_outcome(self, node, txn, previous, decision, source, now);
@@ -98,6 +112,11 @@ impl History {
         let previous = self.client_outcomes.get(&txn).copied();
         no_reversal::check_client(self, txn, previous, decision, now);
         self.client_outcomes.entry(txn).or_insert(decision);
+    }
+
+    /// A status query reached its verdict.
+    pub fn status_told(&mut self, txn: TxnId, verdict: concord_commit::status::Verdict, now: u64) {
+        self.status_verdicts.push((txn, verdict, now));
     }
 
     /// A coordinator decision record became durable.
@@ -165,6 +184,7 @@ pub fn check_end(history: &mut History, participants: &[ParticipantEnd], end_us:
     validity::check(history, &decisions, &mut found);
     exactly_once::check_stores(history, participants, &mut found);
     liveness::check(history, &decisions, participants, &mut found);
+    status_honesty::check(&history.status_verdicts, &decisions, &history.branches, &mut found);
     for (property, detail) in found {
         history.violate(property, end_us, detail);
     }

@@ -388,7 +388,8 @@ fn scan<P: KvProtocol>(
         let shard_clock = shard.clock().last();
         let (found, exhausted) = handle_read(world, s, result, blocked)?;
         witness(world, shard_clock)?;
-        let (merged, complete) = txn.merge_scan(&piece, found, exhausted, limit - rows.len());
+        let (merged, complete) =
+            txn.merge_scan(&piece, found, exhausted, limit - rows.len(), usize::MAX);
         rows.extend(merged);
         if !complete {
             break;
