@@ -10,7 +10,11 @@
 //!   matches the marker;
 //! * each funding account = initial − Σ applied markers debited from it (no half-applied
 //!   transfer), no value negative, the grand total unchanged;
-//! * once every node is up, nothing stays prepared or locked.
+//! * once every node is up, nothing stays prepared or locked;
+//! * status honesty: after one more coordinator kill and restart (its table of recent
+//!   transactions gone, so every answer comes from the shards), `Status` of every transfer
+//!   that was named agrees with its marker — COMMITTED only if applied, ABORTED only if not;
+//!   FORGOTTEN is allowed (and counted), a contradiction never.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -61,6 +65,8 @@ struct Transfer {
     marker: u64,
     amount: i64,
     known: Known,
+    /// The id the coordinator gave it, if the client heard it.
+    id: Option<String>,
 }
 
 /// `n` free loopback ports below the kernel's ephemeral range. A port the kernel hands out
@@ -191,6 +197,53 @@ impl Cluster {
     }
 }
 
+/// Kills and restarts the coordinator (so its table of recent transactions is gone), then asks
+/// `Status` of every named transfer and checks each answer against its marker (`applied`).
+/// Returns how many answers were COMMITTED, ABORTED and FORGOTTEN.
+async fn status_honesty(
+    cluster: &mut Cluster,
+    transfers: &[Transfer],
+    applied: &impl Fn(&str, u64) -> i64,
+    violations: &mut Vec<String>,
+) -> Result<[u32; 3], String> {
+    cluster.kill("coordinator")?;
+    cluster.start_node("coordinator")?;
+    cluster.wait_healthy("coordinator").await?;
+    let mut rpc = client(cluster.address("coordinator"));
+    let mut counts = [0u32; 3];
+    for t in transfers {
+        let Some(id) = &t.id else { continue };
+        let was_applied = applied(&t.to_shard, t.marker) == t.amount;
+        let mut state = State::Unknown;
+        // UNKNOWN means a shard did not answer in time: ask again, a bounded number of times.
+        for _ in 0..20 {
+            match rpc.status(proto::StatusRequest { txn: id.clone() }).await {
+                Ok(info) => {
+                    state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown);
+                }
+                Err(status) => violations.push(format!("status of {id}: {}", status.message())),
+            }
+            if state != State::Unknown {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match (state, was_applied) {
+            // A logged decision whose lazy end record was lost reads COMMITTING after a restart.
+            (State::Committed | State::Committing, true) => counts[0] += 1,
+            (State::Aborted, false) => counts[1] += 1,
+            (State::Forgotten, _) => counts[2] += 1,
+            (state, applied) => violations.push(format!(
+                "status of {id} says {state:?}, but its transfer was {}applied (marker {} on {})",
+                if applied { "" } else { "not " },
+                t.marker,
+                t.to_shard
+            )),
+        }
+    }
+    Ok(counts)
+}
+
 /// "coordinator ×3, shard-1 ×2": how often each node was killed.
 pub fn kills_summary(kills: &BTreeMap<String, u32>) -> String {
     kills.iter().map(|(n, k)| format!("{n} ×{k}")).collect::<Vec<_>>().join(", ")
@@ -283,6 +336,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
                     proto::WriteOp { shard: shards[b].clone(), key: marker, delta: amount },
                 ];
                 let (id, outcome) = submit(&mut rpc, writes).await;
+                let named = id.clone();
                 let known = match (outcome, id) {
                     (Ok(info), _) if info.state == State::Committed as i32 => Known::Committed,
                     (Ok(_), _) => Known::Aborted,
@@ -312,6 +366,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
                     marker,
                     amount,
                     known,
+                    id: named,
                 });
             }
             done
@@ -445,6 +500,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
     if total != expected_total {
         violations.push(format!("total balance {total}, expected {expected_total}"));
     }
+    let honesty = status_honesty(cluster, &transfers, &value, &mut violations).await?;
 
     println!(
         "crash-test: {} kill/restart cycles in {:.1} s ({}), {} transfers: {} committed, {} aborted; {} outcomes learned by id after the connection dropped; {} never named",
@@ -459,6 +515,10 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
     );
     println!(
         "crash-test: total balance {total} (expected {expected_total}); nothing left prepared"
+    );
+    println!(
+        "crash-test: status after a last coordinator restart: {} committed, {} aborted, {} forgotten — none contradicting what was applied",
+        honesty[0], honesty[1], honesty[2]
     );
     if violations.is_empty() {
         println!("crash-test: OK — every check held");

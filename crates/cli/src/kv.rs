@@ -139,7 +139,8 @@ pub fn run(gateway: SocketAddr, isolation: &str, command: KvCommand) -> Result<E
             println!("{line}");
         }
     }
-    if verbose {
+    // A write says it happened: silence on success read as "did anything happen?".
+    if verbose || quiet {
         println!("committed");
     }
     Ok(ExitCode::SUCCESS)

@@ -45,7 +45,10 @@ async fn commit(kv: &KvClient, writes: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option
 
 fn invalid_naming(result: Result<impl std::fmt::Debug, KvError>, words: &str) {
     match result {
-        Err(KvError::Invalid(message)) => assert!(message.contains(words), "{message}"),
+        Err(KvError::Invalid(message)) => {
+            assert!(message.contains(words), "{message}");
+            assert!(message.is_ascii(), "messages reach gRPC clients unencoded: {message}");
+        }
         other => panic!("expected Invalid naming `{words}`, got {other:?}"),
     }
 }

@@ -73,7 +73,7 @@ impl Encode for Timestamp {
 
 /// A remote timestamp was too far ahead of this node's physical clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
-#[error("timestamp {remote} is {ahead_us} µs ahead of this node's clock (maximum offset {max_offset_us} µs)")]
+#[error("timestamp {remote} is {ahead_us} us ahead of this node's clock (maximum offset {max_offset_us} us); the clocks are further apart than the offset allows: fix the clocks")]
 pub struct ClockOffsetError {
     pub remote: Timestamp,
     pub ahead_us: u64,

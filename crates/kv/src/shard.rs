@@ -68,6 +68,9 @@ pub enum Refusal {
     ReadInvalidated { key: Key, committed_at: Timestamp },
     /// A later reader already saw the key as it was; writing below that read would change it.
     ReadByLater { key: Key, read_at: Timestamp },
+    /// The shard restarted and forgot which reads it served: it refuses writes below its
+    /// clock at the restart plus the maximum offset, for at most that offset.
+    RestartFence { key: Key, fence: Timestamp },
     /// The snapshot is older than the garbage-collection point.
     TooOld { gc_point: Timestamp },
     /// The commit timestamp is beyond the maximum clock offset of this shard's clock.
@@ -95,6 +98,11 @@ impl fmt::Display for Refusal {
             Refusal::ReadByLater { key, read_at } => write!(
                 f,
                 "key {} was read at {read_at}, after this transaction's commit timestamp",
+                show_key(key)
+            ),
+            Refusal::RestartFence { key, fence } => write!(
+                f,
+                "key {}: the shard restarted and refuses writes timestamped before {fence} (its clock at the restart plus the maximum offset: reads it served before the restart are not remembered); retry in a moment",
                 show_key(key)
             ),
             Refusal::TooOld { gc_point } => {
@@ -150,6 +158,8 @@ struct ReadTimestamps {
     ranges: Vec<(KeyRange, Timestamp)>,
     /// Every key counts as read at this time (what pruning and restarts forgot).
     low_water: Timestamp,
+    /// The low-water mark the last restart set, to say so when it refuses a write.
+    restart_fence: Timestamp,
 }
 
 impl ReadTimestamps {
@@ -178,6 +188,13 @@ impl ReadTimestamps {
             self.ranges = keep;
         }
         self.ranges.push((range, ts));
+    }
+
+    /// The newest time `key` was read, counting only reads actually served (not the marks).
+    fn latest_served(&self, key: &[u8]) -> Timestamp {
+        let point = self.points.get(key).copied().unwrap_or_default();
+        let range = self.ranges.iter().filter(|(r, _)| r.contains(key)).map(|(_, t)| *t).max();
+        point.max(range.unwrap_or_default())
     }
 
     fn latest(&self, key: &[u8]) -> Timestamp {
@@ -311,6 +328,7 @@ impl MvccShard {
     pub fn restarted(&mut self) {
         let ceiling = Timestamp::new(self.physical_us + self.clock.max_offset_us(), 0);
         self.reads.prune(ceiling);
+        self.reads.restart_fence = self.reads.low_water;
     }
 
     /// Every committed version, per key (oldest first).
@@ -520,6 +538,11 @@ impl Resource for MvccShard {
             }
             let read_at = self.reads.latest(key);
             if read_at >= change.commit_ts {
+                // Say what happened: a reader, or only the restart's fence.
+                let fence = self.reads.restart_fence;
+                if self.reads.latest_served(key) < change.commit_ts && read_at == fence {
+                    return Err(Refusal::RestartFence { key: key.clone(), fence });
+                }
                 return Err(Refusal::ReadByLater { key: key.clone(), read_at });
             }
         }
@@ -780,10 +803,15 @@ mod tests {
         s.reset();
         s.set_physical_time(150);
         s.restarted();
-        assert!(matches!(
-            s.check(txn(1), &put(1, 1_000, "k", "v")),
-            Err(Refusal::ReadByLater { .. })
-        ));
+        // Refused — and the refusal names the restart, not a reader that never was.
+        let refused = s.check(txn(1), &put(1, 1_000, "k", "v")).unwrap_err();
+        assert!(matches!(refused, Refusal::RestartFence { .. }), "{refused:?}");
+        assert!(refused.to_string().contains("the shard restarted"), "{refused}");
+        // A read served after the restart, above the fence, is a reader again.
+        s.set_physical_time(300);
+        s.get(b"r", ts(1_200)).unwrap();
+        let refused = s.check(txn(2), &put(1, 1_190, "r", "v")).unwrap_err();
+        assert!(matches!(refused, Refusal::ReadByLater { .. }), "{refused:?}");
         s.set_physical_time(200);
         assert!(s.check(txn(1), &put(1, 1_151, "k", "v")).is_ok());
     }

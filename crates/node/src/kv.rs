@@ -158,8 +158,10 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 const READ_RETRY: Duration = Duration::from_millis(5);
 /// Every this many retries, the shard asks the blocking transaction's coordinator.
 const RESOLVE_EVERY: u32 = 4;
-/// A gateway's call to a shard, and its wait for a commit's outcome.
-const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A gateway's call to a shard (shortened to the client's own deadline when it sends one), and
+/// its wait for a commit's outcome. Well under a client's usual deadline, so a client hears
+/// UNAVAILABLE naming the shard rather than its own DEADLINE_EXCEEDED.
+const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SCAN_LIMIT: usize = 100;
 /// Most rows one shard read returns: a gateway asks for a scan's limit plus the transaction's
@@ -177,6 +179,8 @@ pub(crate) struct Gateway {
     map: ShardMap,
     /// Shard index → (node, its calls).
     shards: Vec<(NodeId, CallClient)>,
+    /// Shard index → the node's configured name (`shard-1`), for messages.
+    names: Vec<String>,
     limits: Limits,
 }
 
@@ -198,6 +202,7 @@ impl Gateway {
         let map = kv.shard_map(shard_nodes.len()).expect("validated with the configuration");
         let shards =
             shard_nodes.iter().map(|n| (NodeId(n.id), CallClient::new(n.listen))).collect();
+        let names = shard_nodes.iter().map(|n| n.name.clone()).collect();
         let gateway = Arc::new(Gateway {
             handle,
             sessions: Mutex::new(HashMap::new()),
@@ -205,6 +210,7 @@ impl Gateway {
             clock: Mutex::new(Hlc::new(kv.max_offset_ms * 1_000)),
             map,
             shards,
+            names,
             limits: Limits::default(),
         });
         tokio::spawn(sweep_expired(Arc::downgrade(&gateway)));
@@ -269,20 +275,20 @@ impl Gateway {
         &self,
         shard: usize,
         request: proto::ShardReadRequest,
+        timeout: Duration,
     ) -> Result<proto::ShardReadReply, Status> {
         let client = &self.shards[shard].1;
+        let name = &self.names[shard];
         let reply: proto::ShardReadReply = client
-            .call(Method::ShardRead, &request, SHARD_CALL_TIMEOUT)
+            .call(Method::ShardRead, &request, timeout)
             .await
             .map_err(|e| match e.code() {
                 tonic::Code::Aborted
                 | tonic::Code::FailedPrecondition
-                | tonic::Code::InvalidArgument => e,
-                _ => Status::unavailable(format!(
-                    "shard {} cannot be reached: {}",
-                    shard,
-                    e.message()
-                )),
+                | tonic::Code::InvalidArgument => {
+                    Status::new(e.code(), format!("{name}: {}", e.message()))
+                }
+                _ => Status::unavailable(format!("{name} cannot be reached: {}", e.message())),
             })?;
         // The hybrid logical clock's receive rule: move past the shard's clock.
         self.clock
@@ -357,6 +363,33 @@ impl Gateway {
     }
 }
 
+/// How long the gateway gives a shard read: [`SHARD_CALL_TIMEOUT`], or less when the client's
+/// gRPC deadline (`grpc-timeout`) leaves less, keeping a tenth of it to answer in.
+fn shard_timeout<T>(request: &Request<T>) -> Duration {
+    let client = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|d| d - d / 10);
+    client.map_or(SHARD_CALL_TIMEOUT, |d| d.min(SHARD_CALL_TIMEOUT))
+}
+
+/// A `grpc-timeout` header value: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3_600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Drops transactions that outlived their lifetime (their clients are gone or too slow).
 async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
     loop {
@@ -381,6 +414,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvGetRequest>,
     ) -> Result<Response<proto::KvGetReply>, Status> {
+        let timeout = shard_timeout(&request);
         let proto::KvGetRequest { session, key, begin } = request.into_inner();
         let session = self.session_of(session, begin.as_ref())?;
         let lookup = self.with(session, |t| {
@@ -400,7 +434,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                     range: None,
                     limit: 0,
                 };
-                let reply = self.read(shard, request).await?;
+                let reply = self.read(shard, request, timeout).await?;
                 self.with(session, |t| {
                     t.record_read(&key);
                     Ok(())
@@ -419,6 +453,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvScanRequest>,
     ) -> Result<Response<proto::KvScanReply>, Status> {
+        let timeout = shard_timeout(&request);
         let proto::KvScanRequest { session, range, limit, begin } = request.into_inner();
         let session = self.session_of(session, begin.as_ref())?;
         let range = range_from_proto(range);
@@ -444,7 +479,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                 range: Some(range_to_proto(&piece)),
                 limit: u32::try_from(fetch).unwrap_or(u32::MAX),
             };
-            let reply = self.read(shard, request).await?;
+            let reply = self.read(shard, request, timeout).await?;
             let found = reply.rows.into_iter().map(|p| (p.key, p.value)).collect();
             let (merged, piece_complete) = self.with(session, |t| {
                 Ok(t.merge_scan(&piece, found, reply.exhausted, remaining, room))
@@ -690,5 +725,38 @@ pub(crate) async fn collect_garbage(handle: KvHandle, gc_ttl: Duration) {
         if asked.is_err() {
             return; // the node is stopping
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clients_grpc_deadline_shortens_the_shard_call() {
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1_500)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7_200)));
+        for bad in ["", "m", "12", "5x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        let mut request = Request::new(());
+        assert_eq!(shard_timeout(&request), SHARD_CALL_TIMEOUT);
+        request.metadata_mut().insert("grpc-timeout", "1000m".parse().unwrap());
+        assert_eq!(shard_timeout(&request), Duration::from_millis(900));
+        request.metadata_mut().insert("grpc-timeout", "60S".parse().unwrap());
+        assert_eq!(shard_timeout(&request), SHARD_CALL_TIMEOUT);
+    }
+
+    #[test]
+    fn a_shard_reply_is_cut_to_the_scan_byte_limit_but_keeps_one_row() {
+        let max = Limits::default().max_scan_bytes;
+        let row = |i: u8, n: usize| (vec![i], vec![0; n]);
+        let (rows, exhausted) = cap_reply_bytes(vec![row(1, max), row(2, 1)], true);
+        assert_eq!((rows.len(), exhausted), (1, false));
+        let (rows, exhausted) = cap_reply_bytes(vec![row(1, 2 * max)], true);
+        assert_eq!((rows.len(), exhausted), (1, true), "one row always goes");
+        let (rows, exhausted) = cap_reply_bytes(vec![row(1, 10), row(2, 10)], true);
+        assert_eq!((rows.len(), exhausted), (2, true));
     }
 }

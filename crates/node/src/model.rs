@@ -191,14 +191,24 @@ impl Model for KvStore {
         ))
     }
 
+    /// No values (they are versioned byte strings: `concord kv get` and `scan` read them), but
+    /// what an operator needs to see: the branches prepared here and waiting for an outcome,
+    /// and how many keys their intents lock.
     fn read_shard(
-        _: &MvccShard,
-        _: Vec<TxnId>,
-        _: &[u64],
+        shard: &MvccShard,
+        in_doubt: Vec<TxnId>,
+        keys: &[u64],
     ) -> Result<proto::ReadShardReply, Status> {
-        Err(Status::failed_precondition(
-            "this cluster is a key-value store: read it with `concord kv get` or `scan`",
-        ))
+        if !keys.is_empty() {
+            return Err(Status::invalid_argument(
+                "this cluster is a key-value store: read its keys with `concord kv get` or `scan`",
+            ));
+        }
+        Ok(proto::ReadShardReply {
+            values: Vec::new(),
+            locked_keys: u32::try_from(shard.locked_keys()).unwrap_or(u32::MAX),
+            in_doubt: in_doubt.iter().map(ToString::to_string).collect(),
+        })
     }
 
     fn before_input(shard: &mut MvccShard) {
