@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use concord_node::config::ClusterConfig;
+
+use crate::cluster::ProtocolChoice;
 use concord_sim::histogram::Histogram;
 use concord_wal::{FileLog, GroupCommit};
 
@@ -68,6 +70,10 @@ pub enum BenchCommand {
         connections: Option<usize>,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+        /// Repeat every run this many times, interleaved; the report adds each figure's median
+        /// and spread over the rounds (ratios worth quoting need at least 5).
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
         #[arg(long)]
         json: bool,
     },
@@ -207,6 +213,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             writes,
             connections,
             duration,
+            rounds,
             json,
         } => {
             let buffering = writes
@@ -228,6 +235,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 buffering,
                 connections,
                 duration,
+                rounds,
                 json,
             })
         }
@@ -310,10 +318,12 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
 }
 
 /// A run's physical floor, measured on the bench directory before the cluster loads the
-/// machine: fdatasync latency and the loopback TCP round trip.
+/// machine: fdatasync latency (one file alone, and two files synced at once on the same device,
+/// as two shards' logs are: the slower of the pair), and the loopback TCP round trip.
 #[derive(Debug)]
 pub struct Floor {
     pub fsync: Histogram,
+    pub fsync_parallel2: Histogram,
     pub rtt: Histogram,
 }
 
@@ -323,28 +333,54 @@ impl Floor {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let fsync =
-            fsync_floor(dir, 2_000).map_err(|e| format!("fdatasync on {}: {e}", dir.display()))?;
+        let io = |e: std::io::Error| format!("fdatasync on {}: {e}", dir.display());
+        let fsync = fsync_floor(dir, 2_000).map_err(io)?;
+        let fsync_parallel2 = parallel_fsync_floor(dir, 2, 1_000).map_err(io)?;
         let rtt = loopback_round_trip(2_000).map_err(|e| format!("loopback TCP: {e}"))?;
-        Ok(Floor { fsync, rtt })
+        Ok(Floor { fsync, fsync_parallel2, rtt })
     }
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "fsync_p50_us": self.fsync.quantile(0.5), "fsync_p99_us": self.fsync.quantile(0.99),
+            "fsync_parallel2_p50_us": self.fsync_parallel2.quantile(0.5),
             "rtt_p50_us": self.rtt.quantile(0.5), "rtt_p99_us": self.rtt.quantile(0.99),
         })
     }
 
     pub fn describe(&self, dir: &Path) -> String {
         format!(
-            "floor on {}: fdatasync p50 {} µs (p99 {}), loopback RTT p50 {} µs (p99 {})",
+            "floor on {}: fdatasync p50 {} µs (p99 {}), two at once on one device p50 {} µs, loopback RTT p50 {} µs (p99 {})",
             dir.display(),
             self.fsync.quantile(0.5),
             self.fsync.quantile(0.99),
+            self.fsync_parallel2.quantile(0.5),
             self.rtt.quantile(0.5),
             self.rtt.quantile(0.99)
         )
+    }
+
+    /// The p50 floor of one cross-shard commit of blind writes (the whole transaction is the
+    /// commit call), path by path, with every durable step on this run's device:
+    /// * 2PC: client → gateway, PREPARE, VOTE, reply (2 round trips); the two shards' prepare
+    ///   records synced at once, then the coordinator's decision record;
+    /// * 2PC with early acknowledgement: the same messages; only the two prepares are synced
+    ///   before the reply;
+    /// * Paxos Commit: client → gateway, PREPARE, 2a to the acceptors, 2b, reply (2.5 round
+    ///   trips); the two prepares synced at once, then the acceptors' accepts, at once.
+    pub fn cross_commit_us(&self, protocol: ProtocolChoice) -> u64 {
+        let (fsync, par2, rtt) =
+            (self.fsync.quantile(0.5), self.fsync_parallel2.quantile(0.5), self.rtt.quantile(0.5));
+        match (protocol.protocol, protocol.early_ack) {
+            (concord_node::config::CommitProtocol::PaxosCommit, _) => 2 * par2 + rtt * 5 / 2,
+            (_, true) => par2 + 2 * rtt,
+            (_, false) => par2 + fsync + 2 * rtt,
+        }
+    }
+
+    /// The same for a single-shard blind commit (one phase): 2 round trips, one sync.
+    pub fn single_commit_us(&self) -> u64 {
+        self.fsync.quantile(0.5) + 2 * self.rtt.quantile(0.5)
     }
 }
 
@@ -473,6 +509,47 @@ pub fn fsync_floor(dir: &Path, samples: u32) -> std::io::Result<Histogram> {
         let started = Instant::now();
         file.sync_data()?;
         h.record(us(started.elapsed()));
+    }
+    Ok(h)
+}
+
+/// `files` files on `dir`'s device, each appended to and synced by its own thread at the same
+/// moment, `samples` times: how long until the slowest of them is durable (the wait of a
+/// commit whose branches sync their logs in parallel).
+pub fn parallel_fsync_floor(dir: &Path, files: usize, samples: u32) -> std::io::Result<Histogram> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(files + 1));
+    let done = std::sync::Arc::new(std::sync::Barrier::new(files + 1));
+    let mut workers = Vec::new();
+    for i in 0..files {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("fsync-{i}.bin")))?;
+        let (start, done) = (std::sync::Arc::clone(&start), std::sync::Arc::clone(&done));
+        workers.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let block = [0u8; 64];
+            // Every round is taken even after a failure, so no barrier waits for this thread.
+            let mut failed = Ok(());
+            for _ in 0..samples {
+                start.wait();
+                let result = file.write_all(&block).and_then(|()| file.sync_data());
+                done.wait();
+                if failed.is_ok() {
+                    failed = result;
+                }
+            }
+            failed
+        }));
+    }
+    let mut h = Histogram::default();
+    for _ in 0..samples {
+        start.wait();
+        let started = Instant::now();
+        done.wait();
+        h.record(us(started.elapsed()));
+    }
+    for worker in workers {
+        worker.join().expect("an fsync thread does not panic")?;
     }
     Ok(h)
 }

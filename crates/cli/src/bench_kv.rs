@@ -89,14 +89,37 @@ pub struct Options<'a> {
     /// Gateway connections the clients share (`None`: one per client).
     pub connections: Option<usize>,
     pub duration: Duration,
+    /// Times the whole set of runs is repeated, interleaved (round 1 of everything, then round
+    /// 2, …): the report gives each ratio's spread over the rounds, not one round's.
+    pub rounds: u32,
     pub json: bool,
 }
 
 struct Row {
+    round: u32,
     protocol: ProtocolChoice,
     buffered: bool,
     workload: Workload,
     run: Measured,
+}
+
+impl Row {
+    fn p50(&self) -> u64 {
+        self.run.tally.latency.quantile(0.5)
+    }
+
+    /// The floor of this row's commit path, where the transaction is the commit alone (the
+    /// blind workloads) at one client; `None` elsewhere.
+    fn floor_us(&self, floor: &Floor) -> Option<u64> {
+        if self.run.clients != 1 {
+            return None;
+        }
+        match self.workload {
+            Workload::CrossBlind => Some(floor.cross_commit_us(self.protocol)),
+            Workload::SingleBlind => Some(floor.single_commit_us()),
+            _ => None,
+        }
+    }
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
@@ -119,15 +142,24 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
             clusters.push((*protocol, gateway, cluster));
         }
         let mut rows = Vec::new();
-        for &workload in &options.workloads {
-            for &n in &options.clients {
-                for &buffered in &options.buffering {
-                    for (protocol, gateway, _) in &clusters {
-                        let connections = options.connections.unwrap_or(n).clamp(1, n);
-                        let run =
-                            measure(*gateway, workload, n, connections, buffered, options.duration)
-                                .await;
-                        rows.push(Row { protocol: *protocol, buffered, workload, run });
+        for round in 1..=options.rounds.max(1) {
+            for &workload in &options.workloads {
+                for &n in &options.clients {
+                    for &buffered in &options.buffering {
+                        for (protocol, gateway, _) in &clusters {
+                            let connections = options.connections.unwrap_or(n).clamp(1, n);
+                            let run = measure(
+                                *gateway,
+                                workload,
+                                n,
+                                connections,
+                                buffered,
+                                options.duration,
+                            )
+                            .await;
+                            let protocol = *protocol;
+                            rows.push(Row { round, protocol, buffered, workload, run });
+                        }
                     }
                 }
             }
@@ -249,24 +281,34 @@ async fn measure(
 }
 
 fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
+    let same_run = |a: &Row, b: &Row| {
+        a.round == b.round
+            && a.buffered == b.buffered
+            && a.workload == b.workload
+            && a.run.clients == b.run.clients
+    };
+    let two_pc_of =
+        |r: &Row| rows.iter().find(|o| o.protocol == ProtocolChoice::TWO_PHASE && same_run(o, r));
     if options.json {
         let runs: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 serde_json::json!({
+                    "round": r.round,
                     "protocol": r.protocol.to_string(), "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
                     "failed": r.run.tally.failed, "first_failure": r.run.tally.first_failure,
                     "seconds": r.run.seconds,
-                    "p50_us": r.run.tally.latency.quantile(0.5),
+                    "p50_us": r.p50(),
                     "p99_us": r.run.tally.latency.quantile(0.99),
+                    "floor_us": r.floor_us(floor),
                 })
             })
             .collect();
         let value = serde_json::json!({
             "shards": 3, "durable": true, "isolation": "serializable",
-            "connections": options.connections,
+            "connections": options.connections, "rounds": options.rounds,
             "floor": floor.json(), "runs": runs,
         });
         println!("{value}");
@@ -278,7 +320,8 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         Some(n) => println!("connections to the gateway: {n}, shared by the clients"),
     }
     println!(
-        "{:<13} {:<11} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
+        "{:>5} {:<13} {:<11} {:<12} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "round",
         "protocol",
         "writes",
         "workload",
@@ -287,26 +330,24 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         "committed",
         "aborted",
         "failed",
-        "p50 µs",
-        "p99 µs",
+        "p50 us",
+        "p99 us",
+        "p50/floor",
         "p50/2pc"
     );
     for r in rows {
-        let p50 = r.run.tally.latency.quantile(0.5);
-        let two_pc = rows.iter().find(|o| {
-            o.protocol == ProtocolChoice::TWO_PHASE
-                && o.buffered == r.buffered
-                && o.workload == r.workload
-                && o.run.clients == r.run.clients
-        });
-        let ratio = match two_pc {
+        let ratio = match two_pc_of(r) {
             Some(o) if r.protocol != ProtocolChoice::TWO_PHASE => {
-                format!("{:.2}×", p50 as f64 / o.run.tally.latency.quantile(0.5).max(1) as f64)
+                format!("{:.2}x", r.p50() as f64 / o.p50().max(1) as f64)
             }
             _ => String::new(),
         };
+        let to_floor = r
+            .floor_us(floor)
+            .map_or(String::new(), |f| format!("{:.2}x", r.p50() as f64 / f.max(1) as f64));
         println!(
-            "{:<13} {:<11} {:<8} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9}",
+            "{:>5} {:<13} {:<11} {:<12} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            r.round,
             r.protocol.to_string(),
             if r.buffered { "buffered" } else { "per call" },
             r.workload.name(),
@@ -315,12 +356,79 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             r.run.tally.committed,
             r.run.tally.aborted,
             r.run.tally.failed,
-            p50,
+            r.p50(),
             r.run.tally.latency.quantile(0.99),
+            to_floor,
             ratio,
         );
         if let Some(why) = &r.run.tally.first_failure {
             println!("{:<13} first failure: {why}", "");
         }
+    }
+    if options.rounds > 1 {
+        summary(rows, floor, &two_pc_of);
+    }
+}
+
+/// Over the rounds, per protocol, workload and client count: the median and the spread
+/// (lowest to highest) of throughput, p50, p50 against the floor and against plain 2PC.
+fn summary<'a>(rows: &'a [Row], floor: &Floor, two_pc_of: &dyn Fn(&Row) -> Option<&'a Row>) {
+    println!(
+        "\nover {} rounds: median [lowest - highest]",
+        rows.iter().map(|r| r.round).max().unwrap_or(1)
+    );
+    println!(
+        "{:<13} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24}",
+        "protocol", "writes", "workload", "clients", "txn/s", "p50 us", "p50/floor", "p50/2pc"
+    );
+    let spread = |mut values: Vec<f64>, unit: &str, digits: usize| -> String {
+        if values.is_empty() {
+            return String::new();
+        }
+        values.sort_by(f64::total_cmp);
+        let median = values[values.len() / 2];
+        let (low, high) = (values[0], values[values.len() - 1]);
+        format!("{median:.digits$}{unit} [{low:.digits$} - {high:.digits$}]")
+    };
+    let mut seen = Vec::new();
+    for r in rows.iter().filter(|r| r.round == 1) {
+        let key = (r.protocol.to_string(), r.buffered, r.workload, r.run.clients);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let mine: Vec<&Row> = rows
+            .iter()
+            .filter(|o| {
+                o.protocol == r.protocol
+                    && o.buffered == r.buffered
+                    && o.workload == r.workload
+                    && o.run.clients == r.run.clients
+            })
+            .collect();
+        let tps = mine.iter().map(|o| o.run.tps()).collect();
+        let p50 = mine.iter().map(|o| o.p50() as f64).collect();
+        let to_floor = mine
+            .iter()
+            .filter_map(|o| o.floor_us(floor).map(|f| o.p50() as f64 / f.max(1) as f64))
+            .collect();
+        let to_2pc = if r.protocol == ProtocolChoice::TWO_PHASE {
+            Vec::new()
+        } else {
+            mine.iter()
+                .filter_map(|o| two_pc_of(o).map(|t| o.p50() as f64 / t.p50().max(1) as f64))
+                .collect()
+        };
+        println!(
+            "{:<13} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24}",
+            r.protocol.to_string(),
+            if r.buffered { "buffered" } else { "per call" },
+            r.workload.name(),
+            r.run.clients,
+            spread(tps, "", 0),
+            spread(p50, "", 0),
+            spread(to_floor, "x", 2),
+            spread(to_2pc, "x", 2),
+        );
     }
 }

@@ -162,6 +162,34 @@ fn push_reply_once(
     })
 }
 
+/// Every complete call frame at the front of `bytes`, each request decoded as its method's
+/// message (what `serve_connection` and the services do with them, minus the serving): the
+/// number of calls, or why the connection would be dropped. For the fuzzers.
+pub(crate) fn decode_calls(bytes: &[u8]) -> Result<usize, String> {
+    use crate::proto;
+    let (frames, _) = link::complete_frames(bytes)?;
+    let mut calls = 0;
+    for frame in frames {
+        let (_, tag, request) = split_frame(&bytes[frame])?;
+        let decoded = match Method::from_u8(tag) {
+            None => continue, // answered UNIMPLEMENTED
+            Some(Method::KvBegin) => decode::<proto::KvBeginRequest>(request).map(drop),
+            Some(Method::KvGet) => decode::<proto::KvGetRequest>(request).map(drop),
+            Some(Method::KvScan) => decode::<proto::KvScanRequest>(request).map(drop),
+            Some(Method::KvPut) => decode::<proto::KvPutRequest>(request).map(drop),
+            Some(Method::KvDelete) => decode::<proto::KvDeleteRequest>(request).map(drop),
+            Some(Method::KvCommit) => decode::<proto::KvCommitRequest>(request).map(drop),
+            Some(Method::KvAbort) => decode::<proto::KvAbortRequest>(request).map(drop),
+            Some(Method::ShardRead) => decode::<proto::ShardReadRequest>(request).map(drop),
+            Some(Method::ShardRefusal) => decode::<proto::RefusalRequest>(request).map(drop),
+        };
+        if decoded.is_ok() {
+            calls += 1;
+        }
+    }
+    Ok(calls)
+}
+
 /// `id · tag · body` at the front of a frame.
 fn split_frame(frame: &[u8]) -> Result<(u64, u8, &[u8]), String> {
     if frame.len() < 9 {

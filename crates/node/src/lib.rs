@@ -13,6 +13,24 @@
 
 pub mod call_link;
 pub mod config;
+
+/// The decoders that bytes from a socket reach, for the fuzzers (`crates/fuzzing`): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use concord_types::codec::Encode;
+
+    /// Splits `bytes` into peer-link frames and decodes each as a message `M`, as a node's
+    /// reader does; the number of messages, or why the link would be dropped.
+    pub fn peer_frames<M: Encode>(bytes: &[u8]) -> Result<usize, String> {
+        crate::peer_link::decode_complete::<M>(bytes).map(|(messages, _)| messages.len())
+    }
+
+    /// Splits `bytes` into call-link frames and decodes each call's request as its method's
+    /// message, as a node serving calls does; the number of calls decoded.
+    pub fn call_frames(bytes: &[u8]) -> Result<usize, String> {
+        crate::call_link::decode_calls(bytes)
+    }
+}
 mod coordinator;
 mod driver;
 mod engine;

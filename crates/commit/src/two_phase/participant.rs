@@ -411,9 +411,10 @@ impl<R: Resource> Participant<R> {
             (Some(Branch::Preparing { abort_requested, .. }), Decision::Abort) => {
                 *abort_requested = true;
             }
-            (Some(Branch::Preparing { .. }), Decision::Commit) => {
-                panic!("{}: told COMMIT for {txn} before its YES vote was sent", self.id);
-            }
+            // Only a YES voter can be told COMMIT, and this branch has not voted: the message
+            // is forged or from a broken sender. Nothing changes (it must not crash the shard:
+            // it is input, not an invariant of this core).
+            (Some(Branch::Preparing { .. }), Decision::Commit) => {}
             // Commit record already on its way; the ACK follows it.
             (Some(Branch::Committing { .. }), _) => {}
             // One-phase and refusing branches decide themselves; they take no decision messages.

@@ -1,0 +1,249 @@
+//! The entry points Concord's fuzzers drive: every decoder and handler that bytes from outside
+//! reach — peer-link and call-link frames, log records and checkpoints, `concord.toml` and
+//! `databases.toml`, saga start requests, HTTP requests — and the protocol cores fed whatever
+//! a forged peer could send. Each function must return for any input: a panic is a bug (the
+//! door validates, the core asserts only what input cannot reach).
+//!
+//! `fuzz/fuzz_targets/*.rs` calls these under libFuzzer (`scripts/fuzz.sh`, bounded, in CI);
+//! `tests/corpus.rs` replays `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` in the
+//! ordinary test run.
+
+use concord_commit::{paxos_commit, two_phase, Checkpoint, Command, Core, Input};
+use concord_kv::{KvChange, KvSnapshot, MvccShard};
+use concord_types::codec::Encode;
+use concord_types::NodeId;
+
+/// One fuzz target: bytes in, and it returns (a panic is the bug).
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets, by name: what `fuzz/fuzz_targets/<name>.rs` runs and what the corpus test
+/// replays.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("peer_frames", peer_frames),
+    ("call_frames", call_frames),
+    ("log_records", log_records),
+    ("config", config),
+    ("saga_start", saga_start),
+    ("http_request", http_request),
+    ("participant_messages", participant_messages),
+];
+
+type KvMsg2pc = two_phase::Msg<KvChange>;
+type KvMsgPaxos = paxos_commit::Msg<KvChange>;
+
+/// Peer-link bytes (after the hello), decoded as every engine's message type.
+pub fn peer_frames(data: &[u8]) {
+    let _ = concord_node::fuzzing::peer_frames::<KvMsg2pc>(data);
+    let _ = concord_node::fuzzing::peer_frames::<two_phase::Msg>(data);
+    let _ = concord_node::fuzzing::peer_frames::<KvMsgPaxos>(data);
+    let _ = concord_node::fuzzing::peer_frames::<paxos_commit::Msg>(data);
+}
+
+/// Call-link bytes (after the magic): frames, their headers and every request body.
+pub fn call_frames(data: &[u8]) {
+    let _ = concord_node::fuzzing::call_frames(data);
+}
+
+/// Decodes `bytes` as a `T`; if that works, encoding it again must decode to the same value.
+fn round_trip<T: Encode + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
+    if let Ok(value) = T::from_bytes(bytes) {
+        let again = T::from_bytes(&value.to_bytes()).expect("what was encoded decodes");
+        assert_eq!(again, value, "a record changed through encode and decode");
+    }
+}
+
+/// A log segment's bytes: the recovery scan, then every payload (and the bytes themselves, as
+/// a record whose checksum held but whose contents are anything) as every record type,
+/// checkpoints included.
+pub fn log_records(data: &[u8]) {
+    let mut payloads = vec![data];
+    if let Ok(scanned) = concord_wal::scan(data) {
+        payloads.extend(scanned.payloads);
+    }
+    for payload in payloads {
+        round_trip::<two_phase::Record<KvChange, KvSnapshot>>(payload);
+        round_trip::<two_phase::Record>(payload);
+        round_trip::<paxos_commit::Record<KvChange, KvSnapshot>>(payload);
+        round_trip::<paxos_commit::Record>(payload);
+        round_trip::<KvMsg2pc>(payload);
+        round_trip::<KvMsgPaxos>(payload);
+    }
+}
+
+/// Configuration files: `concord.toml` and `databases.toml`.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(config) = concord_node::config::ClusterConfig::parse(text) {
+        // What parses must say the same when written back.
+        let again = concord_node::config::ClusterConfig::parse(&config.to_toml());
+        assert_eq!(again.ok().as_ref(), Some(&config), "concord.toml did not survive to_toml");
+    }
+    let _ = concord_participants::config::DatabasesConfig::parse(text);
+}
+
+/// A saga start request (the body of `POST /v1/sagas`): parsed, checked, and if accepted,
+/// started and replayed by the orchestrator core, whose arithmetic must hold for any value
+/// the door lets through.
+pub fn saga_start(data: &[u8]) {
+    use concord_saga::orchestrator::{Input as SagaInput, Orchestrator};
+    let Ok(request) = serde_json::from_slice::<concord_orchestrator::StartRequest>(data) else {
+        return;
+    };
+    let Ok(def) = request.definition() else { return };
+    let mut core = Orchestrator::new();
+    let mut out = Vec::new();
+    let saga = request.id.clone().unwrap_or_else(|| "fuzz".into());
+    let start = SagaInput::Start { saga, def, payload: String::new(), now_us: u64::MAX / 2 };
+    core.handle(start, &mut out);
+    let records: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            concord_saga::orchestrator::Command::Persist { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut replayed = Orchestrator::new();
+    replayed.handle(SagaInput::Restart { records, now_us: u64::MAX - 1 }, &mut Vec::new());
+}
+
+/// An HTTP request as the small server reads it (the database coordinator's and the saga
+/// orchestrator's APIs).
+pub fn http_request(data: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+    let mut stream = data;
+    let _ = runtime.block_on(concord_http::read_request(&mut stream));
+}
+
+/// Whatever a forged or buggy peer could send, fed to the protocol cores: a 2PC participant
+/// and coordinator, a Paxos Commit participant, acceptor and coordinator, each over the
+/// key-value store's shard. `data` is a sequence of steps: `[0..=127][sender][length][message]`
+/// delivers a message; a first byte of 128 or more makes every record a core asked to force so
+/// far durable (`Persisted`), as a driver's sync would — so messages also arrive while records
+/// are pending. A core may ignore nonsense; it must not panic on it.
+pub fn participant_messages(data: &[u8]) {
+    let me = NodeId(1);
+    let acceptors = vec![NodeId(4), NodeId(5), NodeId(6)];
+    let paxos_config = paxos_commit::Config::new(acceptors);
+    let mut cores = Cores {
+        two_pc: Pending::new(two_phase::Participant::<MvccShard>::new(
+            me,
+            two_phase::Config::default(),
+        )),
+        coordinator: Pending::new(two_phase::Coordinator::<KvChange, KvSnapshot>::new(
+            NodeId(0),
+            two_phase::Config::default(),
+        )),
+        paxos: Pending::new(paxos_commit::Participant::<MvccShard>::new(me, paxos_config.clone())),
+        acceptor: Pending::new(paxos_commit::Acceptor::<KvChange, KvSnapshot>::new(
+            NodeId(4),
+            paxos_config.clone(),
+        )),
+        paxos_coordinator: Pending::new(paxos_commit::Coordinator::<KvChange, KvSnapshot>::new(
+            NodeId(0),
+            paxos_config,
+        )),
+    };
+    cores.each_sync();
+    let mut rest = data;
+    loop {
+        match rest {
+            [step, tail @ ..] if *step >= 128 => {
+                cores.each_sync();
+                rest = tail;
+            }
+            [_, from, length, tail @ ..] => {
+                let length = usize::from(*length).min(tail.len());
+                let (body, after) = tail.split_at(length);
+                rest = after;
+                let from = NodeId(u32::from(*from % 8));
+                if let Ok(msg) = KvMsg2pc::from_bytes(body) {
+                    cores.two_pc.input(Input::Message { from, msg: msg.clone() });
+                    cores.coordinator.input(Input::Message { from, msg });
+                }
+                if let Ok(msg) = KvMsgPaxos::from_bytes(body) {
+                    cores.paxos.input(Input::Message { from, msg: msg.clone() });
+                    cores.acceptor.input(Input::Message { from, msg: msg.clone() });
+                    cores.paxos_coordinator.input(Input::Message { from, msg });
+                }
+            }
+            _ => break,
+        }
+    }
+    cores.each_sync();
+    // And what they would write at a checkpoint rebuilds them.
+    let _ = cores.two_pc.core.live_records();
+    let _ = cores.paxos.core.live_records();
+    let _ = cores.acceptor.core.live_records();
+}
+
+struct Cores {
+    two_pc: Pending<two_phase::Participant<MvccShard>>,
+    coordinator: Pending<two_phase::Coordinator<KvChange, KvSnapshot>>,
+    paxos: Pending<paxos_commit::Participant<MvccShard>>,
+    acceptor: Pending<paxos_commit::Acceptor<KvChange, KvSnapshot>>,
+    paxos_coordinator: Pending<paxos_commit::Coordinator<KvChange, KvSnapshot>>,
+}
+
+impl Cores {
+    fn each_sync(&mut self) {
+        self.two_pc.sync();
+        self.coordinator.sync();
+        self.paxos.sync();
+        self.acceptor.sync();
+        self.paxos_coordinator.sync();
+    }
+}
+
+/// A core and the records it asked to force that are not durable yet (the first sync makes
+/// them durable, answering `Restart` first).
+struct Pending<C: Core> {
+    core: C,
+    started: bool,
+    forced: Vec<C::Record>,
+}
+
+impl<C: Core> Pending<C>
+where
+    C::Record: Clone,
+{
+    fn new(core: C) -> Self {
+        Pending { core, started: false, forced: Vec::new() }
+    }
+
+    fn input(&mut self, input: Input<C::Msg, C::Record, C::Timer, C::Change>) {
+        if !self.started {
+            self.started = true;
+            self.input(Input::Restart { records: Vec::new() });
+        }
+        let mut out: Vec<Command<C::Msg, C::Record, C::Timer>> = Vec::new();
+        self.core.handle(input, &mut out);
+        for command in out {
+            if let Command::Persist { record, durability: concord_commit::Durability::Forced } =
+                command
+            {
+                self.forced.push(record);
+            }
+        }
+    }
+
+    /// Makes every pending forced record durable, and those their answers force, a bounded
+    /// number of rounds.
+    fn sync(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.input(Input::Restart { records: Vec::new() });
+        }
+        for _ in 0..8 {
+            let durable = std::mem::take(&mut self.forced);
+            if durable.is_empty() {
+                return;
+            }
+            for record in durable {
+                self.input(Input::Persisted(record));
+            }
+        }
+    }
+}
