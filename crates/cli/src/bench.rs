@@ -74,6 +74,10 @@ pub enum BenchCommand {
         /// and spread over the rounds (ratios worth quoting need at least 5).
         #[arg(long, default_value_t = 1)]
         rounds: u32,
+        /// Comma-separated: `none` (every node up) and node names (e.g. acceptor-1) to leave
+        /// down for the whole run, one cluster each — a row per failed node, against `none`.
+        #[arg(long, default_value = "none")]
+        down: String,
         #[arg(long)]
         json: bool,
     },
@@ -214,8 +218,16 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             connections,
             duration,
             rounds,
+            down,
             json,
         } => {
+            let down = down
+                .split(',')
+                .map(|d| match d.trim() {
+                    "none" => None,
+                    node => Some(node.to_string()),
+                })
+                .collect();
             let buffering = writes
                 .split(',')
                 .map(|w| match w.trim() {
@@ -236,6 +248,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 connections,
                 duration,
                 rounds,
+                down,
                 json,
             })
         }
@@ -407,9 +420,14 @@ impl LocalCluster {
 
     /// Starts every node (inside a tokio runtime).
     pub fn start(config: &ClusterConfig, dir: &Path) -> LocalCluster {
+        Self::start_without(config, dir, &[])
+    }
+
+    /// Starts every node but those named in `down` (as if they had failed before the run).
+    pub fn start_without(config: &ClusterConfig, dir: &Path, down: &[String]) -> LocalCluster {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut nodes = tokio::task::JoinSet::new();
-        for node in &config.nodes {
+        for node in config.nodes.iter().filter(|n| !down.contains(&n.name)) {
             let (config, name) = (config.clone(), node.name.clone());
             let (dir, stopped) = (dir.join(&name), stopped.clone());
             nodes.spawn(async move { concord_node::serve(config, &name, &dir, stopped).await });

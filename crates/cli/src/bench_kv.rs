@@ -92,12 +92,16 @@ pub struct Options<'a> {
     /// Times the whole set of runs is repeated, interleaved (round 1 of everything, then round
     /// 2, …): the report gives each ratio's spread over the rounds, not one round's.
     pub rounds: u32,
+    /// Clusters to run with a node left down (`None`: all up), each protocol with each.
+    pub down: Vec<Option<String>>,
     pub json: bool,
 }
 
 struct Row {
     round: u32,
     protocol: ProtocolChoice,
+    /// The node left down for the run, if any.
+    down: Option<String>,
     buffered: bool,
     workload: Workload,
     run: Measured,
@@ -106,6 +110,14 @@ struct Row {
 impl Row {
     fn p50(&self) -> u64 {
         self.run.tally.latency.quantile(0.5)
+    }
+
+    /// The protocol, and the node left down if one was.
+    fn label(&self) -> String {
+        match &self.down {
+            None => self.protocol.to_string(),
+            Some(node) => format!("{} w/o {node}", self.protocol),
+        }
     }
 
     /// The floor of this row's commit path, where the transaction is the commit alone (the
@@ -129,24 +141,38 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let floor = Floor::measure(options.dir)?;
     let mut configs = Vec::new();
     for &protocol in &options.protocols {
-        let mut config = LocalCluster::config(&format!("bench-kv-{protocol}"), 3, protocol)?;
-        config.kv = Some(KvConfig::default());
-        configs.push((protocol, config));
+        for down in &options.down {
+            let name = format!("bench-kv-{protocol}");
+            let mut config = LocalCluster::config(&name, 3, protocol)?;
+            config.kv = Some(KvConfig::default());
+            if let Some(node) = down {
+                if config.node(node).is_none() {
+                    return Err(format!("--down {node}: {protocol}'s cluster has no such node"));
+                }
+            }
+            configs.push((protocol, down.clone(), config));
+        }
     }
     let rows = runtime()?.block_on(async {
         let mut clusters = Vec::new();
-        for (protocol, config) in &configs {
-            let cluster = LocalCluster::start(config, &options.dir.join(protocol.to_string()));
+        for (i, (protocol, down, config)) in configs.iter().enumerate() {
+            let dir = options.dir.join(format!("{protocol}-{i}"));
+            let cluster = LocalCluster::start_without(config, &dir, down.as_slice());
             let gateway = config.coordinator().listen;
             wait_up(gateway).await?;
-            clusters.push((*protocol, gateway, cluster));
+            if down.is_some() {
+                // The failure has been noticed (a first cross-shard commit may wait out a
+                // timeout) before anything is measured: the rows are the steady state.
+                warm_up_across(gateway).await?;
+            }
+            clusters.push((*protocol, down.clone(), gateway, cluster));
         }
         let mut rows = Vec::new();
         for round in 1..=options.rounds.max(1) {
             for &workload in &options.workloads {
                 for &n in &options.clients {
                     for &buffered in &options.buffering {
-                        for (protocol, gateway, _) in &clusters {
+                        for (protocol, down, gateway, _) in &clusters {
                             let connections = options.connections.unwrap_or(n).clamp(1, n);
                             let run = measure(
                                 *gateway,
@@ -157,14 +183,14 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                                 options.duration,
                             )
                             .await;
-                            let protocol = *protocol;
-                            rows.push(Row { round, protocol, buffered, workload, run });
+                            let (protocol, down) = (*protocol, down.clone());
+                            rows.push(Row { round, protocol, down, buffered, workload, run });
                         }
                     }
                 }
             }
         }
-        for (_, _, cluster) in clusters {
+        for (_, _, _, cluster) in clusters {
             cluster.stop().await;
         }
         Ok::<_, String>(rows)
@@ -172,6 +198,27 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let _ = std::fs::remove_dir_all(options.dir);
     report(options, &rows, &floor);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One cross-shard commit through, however long the first takes (bounded).
+async fn warm_up_across(gateway: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kv = KvClient::connect(gateway);
+    loop {
+        let attempt = async {
+            let mut txn = kv.begin().await?;
+            txn.put(key(0, 9_999, 0), "1").await?;
+            txn.put(key(1, 9_999, 0), "1").await?;
+            txn.commit().await
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("no cross-shard commit within 60 s: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 async fn wait_up(gateway: SocketAddr) -> Result<(), String> {
@@ -289,13 +336,18 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
     };
     let two_pc_of =
         |r: &Row| rows.iter().find(|o| o.protocol == ProtocolChoice::TWO_PHASE && same_run(o, r));
+    // A run with a node down against the same protocol with every node up, same round.
+    let all_up_of = |r: &Row| {
+        rows.iter().find(|o| o.protocol == r.protocol && o.down.is_none() && same_run(o, r))
+    };
     if options.json {
         let runs: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 serde_json::json!({
                     "round": r.round,
-                    "protocol": r.protocol.to_string(), "writes_buffered": r.buffered,
+                    "protocol": r.protocol.to_string(), "down": r.down,
+                    "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
                     "failed": r.run.tally.failed, "first_failure": r.run.tally.first_failure,
@@ -320,7 +372,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         Some(n) => println!("connections to the gateway: {n}, shared by the clients"),
     }
     println!(
-        "{:>5} {:<13} {:<11} {:<12} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "round",
         "protocol",
         "writes",
@@ -333,11 +385,16 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         "p50 us",
         "p99 us",
         "p50/floor",
-        "p50/2pc"
+        "p50/2pc",
+        "tps/up"
     );
     for r in rows {
+        let to_up = match (&r.down, all_up_of(r)) {
+            (Some(_), Some(up)) => format!("{:.2}x", r.run.tps() / up.run.tps().max(1e-9)),
+            _ => String::new(),
+        };
         let ratio = match two_pc_of(r) {
-            Some(o) if r.protocol != ProtocolChoice::TWO_PHASE => {
+            Some(o) if r.protocol != ProtocolChoice::TWO_PHASE || r.down.is_some() => {
                 format!("{:.2}x", r.p50() as f64 / o.p50().max(1) as f64)
             }
             _ => String::new(),
@@ -346,9 +403,9 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .floor_us(floor)
             .map_or(String::new(), |f| format!("{:.2}x", r.p50() as f64 / f.max(1) as f64));
         println!(
-            "{:>5} {:<13} {:<11} {:<12} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
             r.round,
-            r.protocol.to_string(),
+            r.label(),
             if r.buffered { "buffered" } else { "per call" },
             r.workload.name(),
             r.run.clients,
@@ -360,26 +417,40 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             r.run.tally.latency.quantile(0.99),
             to_floor,
             ratio,
+            to_up,
         );
         if let Some(why) = &r.run.tally.first_failure {
             println!("{:<13} first failure: {why}", "");
         }
     }
     if options.rounds > 1 {
-        summary(rows, floor, &two_pc_of);
+        summary(rows, floor, &two_pc_of, &all_up_of);
     }
 }
 
 /// Over the rounds, per protocol, workload and client count: the median and the spread
 /// (lowest to highest) of throughput, p50, p50 against the floor and against plain 2PC.
-fn summary<'a>(rows: &'a [Row], floor: &Floor, two_pc_of: &dyn Fn(&Row) -> Option<&'a Row>) {
+fn summary<'a>(
+    rows: &'a [Row],
+    floor: &Floor,
+    two_pc_of: &dyn Fn(&Row) -> Option<&'a Row>,
+    all_up_of: &dyn Fn(&Row) -> Option<&'a Row>,
+) {
     println!(
         "\nover {} rounds: median [lowest - highest]",
         rows.iter().map(|r| r.round).max().unwrap_or(1)
     );
     println!(
-        "{:<13} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24}",
-        "protocol", "writes", "workload", "clients", "txn/s", "p50 us", "p50/floor", "p50/2pc"
+        "{:<26} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24} {:>24}",
+        "protocol",
+        "writes",
+        "workload",
+        "clients",
+        "txn/s",
+        "p50 us",
+        "p50/floor",
+        "p50/2pc",
+        "tps/all up"
     );
     let spread = |mut values: Vec<f64>, unit: &str, digits: usize| -> String {
         if values.is_empty() {
@@ -392,7 +463,7 @@ fn summary<'a>(rows: &'a [Row], floor: &Floor, two_pc_of: &dyn Fn(&Row) -> Optio
     };
     let mut seen = Vec::new();
     for r in rows.iter().filter(|r| r.round == 1) {
-        let key = (r.protocol.to_string(), r.buffered, r.workload, r.run.clients);
+        let key = (r.label(), r.buffered, r.workload, r.run.clients);
         if seen.contains(&key) {
             continue;
         }
@@ -401,6 +472,7 @@ fn summary<'a>(rows: &'a [Row], floor: &Floor, two_pc_of: &dyn Fn(&Row) -> Optio
             .iter()
             .filter(|o| {
                 o.protocol == r.protocol
+                    && o.down == r.down
                     && o.buffered == r.buffered
                     && o.workload == r.workload
                     && o.run.clients == r.run.clients
@@ -412,16 +484,23 @@ fn summary<'a>(rows: &'a [Row], floor: &Floor, two_pc_of: &dyn Fn(&Row) -> Optio
             .iter()
             .filter_map(|o| o.floor_us(floor).map(|f| o.p50() as f64 / f.max(1) as f64))
             .collect();
-        let to_2pc = if r.protocol == ProtocolChoice::TWO_PHASE {
+        let to_2pc = if r.protocol == ProtocolChoice::TWO_PHASE && r.down.is_none() {
             Vec::new()
         } else {
             mine.iter()
                 .filter_map(|o| two_pc_of(o).map(|t| o.p50() as f64 / t.p50().max(1) as f64))
                 .collect()
         };
+        let to_up = if r.down.is_none() {
+            Vec::new()
+        } else {
+            mine.iter()
+                .filter_map(|o| all_up_of(o).map(|u| o.run.tps() / u.run.tps().max(1e-9)))
+                .collect()
+        };
         println!(
-            "{:<13} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24}",
-            r.protocol.to_string(),
+            "{:<26} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24} {:>24}",
+            r.label(),
             if r.buffered { "buffered" } else { "per call" },
             r.workload.name(),
             r.run.clients,
@@ -429,6 +508,7 @@ fn summary<'a>(rows: &'a [Row], floor: &Floor, two_pc_of: &dyn Fn(&Row) -> Optio
             spread(p50, "", 0),
             spread(to_floor, "x", 2),
             spread(to_2pc, "x", 2),
+            spread(to_up, "x", 2),
         );
     }
 }

@@ -82,7 +82,12 @@ fn paxos_messages() -> Vec<paxos_commit::Msg<KvChange>> {
     use paxos_commit::{Msg, Value};
     let participants = vec![NodeId(1), NodeId(2)];
     vec![
-        Msg::Prepare { txn: txn(1), participants: participants.clone(), writes: change() },
+        Msg::Prepare {
+            txn: txn(1),
+            participants: participants.clone(),
+            writes: change(),
+            wide: true,
+        },
         Msg::Phase2a {
             txn: txn(1),
             ballot: 0,

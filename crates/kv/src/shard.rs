@@ -523,6 +523,12 @@ impl Resource for MvccShard {
                 change.commit_ts, change.start_ts
             )));
         }
+        // A gateway writes each key once (its buffer is a map); a change that writes one twice
+        // did not come from one, and applying it would write two versions at one timestamp.
+        let mut written = std::collections::BTreeSet::new();
+        if let Some((key, _)) = change.writes.iter().find(|(key, _)| !written.insert(key)) {
+            return Err(Refusal::Invalid(format!("key {} written twice", show_key(key))));
+        }
         self.clock.check(change.commit_ts, self.physical_us).map_err(Refusal::Clock)?;
         if change.start_ts < self.gc_point {
             return Err(Refusal::TooOld { gc_point: self.gc_point });

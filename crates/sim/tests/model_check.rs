@@ -163,7 +163,7 @@ fn paxos_commit_keeps_agreement_with_a_loss_and_an_early_ballot() {
     // An early timer starts a leader's ballot racing the participants' ballot-0 votes, or has a
     // participant hand the transaction to an acceptor to lead.
     let bounds = Bounds { participants: 2, losses: 1, timer_fires: 1, ..NO_FAULTS };
-    assert_safe("paxos-commit", &explore::<PaxosCommit>(bounds), 1_835_682);
+    assert_safe("paxos-commit", &explore::<PaxosCommit>(bounds), 1_918_738);
 }
 
 #[test]

@@ -26,6 +26,13 @@ pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     leader: Leader,
     /// One-phase transactions waiting for their participant's result: the branch, the attempt.
     one_phase: BTreeMap<TxnId, (Branch<C>, u32)>,
+    /// Ballot 0 goes to every acceptor (`mod.rs`, "Losing an acceptor of the normal case"):
+    /// since a ballot 0 timed out, until every acceptor has answered one of a transaction
+    /// begun since (`wide_from`, the first such).
+    wide: bool,
+    wide_from: Option<TxnId>,
+    /// Per acceptor, the newest transaction it sent a ballot-0 2b for.
+    heard: BTreeMap<NodeId, TxnId>,
     snapshot: std::marker::PhantomData<S>,
 }
 
@@ -41,6 +48,9 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
             admission: Admission::new(id, limits),
             leader: Leader::new(id, config),
             one_phase: BTreeMap::new(),
+            wide: false,
+            wide_from: None,
+            heard: BTreeMap::new(),
             snapshot: std::marker::PhantomData,
         }
     }
@@ -67,11 +77,37 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
             return;
         }
         let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        let wide = self.wide;
+        if wide && self.wide_from.is_none() {
+            self.wide_from = Some(txn);
+        }
         for b in branches {
-            let msg = Msg::Prepare { txn, participants: participants.clone(), writes: b.writes };
+            let participants = participants.clone();
+            let msg = Msg::Prepare { txn, participants, writes: b.writes, wide };
             out.push(Command::Send { to: b.node, msg });
         }
         self.leader.begin(txn, participants, out);
+    }
+
+    /// A ballot 0 timed out: some acceptor of the normal case may be down. Go wide.
+    fn ballot_zero_timed_out(&mut self) {
+        if !self.wide {
+            self.wide = true;
+            self.wide_from = None;
+        }
+    }
+
+    /// `from` answered a ballot-0 vote of `txn`. Once every acceptor has answered one of a
+    /// transaction begun wide, all of them are up: back to the normal case.
+    fn heard_from(&mut self, from: NodeId, txn: TxnId) {
+        let newest = self.heard.entry(from).or_insert(txn);
+        *newest = (*newest).max(txn);
+        let Some(first_wide) = self.wide_from else { return };
+        let acceptors = &self.leader.config().acceptors;
+        if acceptors.iter().all(|a| self.heard.get(a).is_some_and(|&t| t >= first_wide)) {
+            self.wide = false;
+            self.wide_from = None;
+        }
     }
 
     fn send_one_phase(&self, txn: TxnId, branch: &Branch<C>, attempt: u32, out: &mut Out<C, S>) {
@@ -135,6 +171,9 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                 let epoch = self.admission.restart(highest);
                 self.leader.restart();
                 self.one_phase.clear();
+                self.wide = false;
+                self.wide_from = None;
+                self.heard.clear();
                 out.push(Command::Persist {
                     record: Record::EpochStarted { epoch },
                     durability: Durability::Forced,
@@ -152,12 +191,20 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                 self.on_one_phase_retry(txn, attempt, out);
             }
             Input::Timer(timer) => {
+                if let Timer::BallotZero { txn } = timer {
+                    if self.leader.in_ballot_zero(txn) {
+                        self.ballot_zero_timed_out();
+                    }
+                }
                 let before = out.len();
                 self.leader.on_timer(timer, out);
                 debug_assert!(out[before..].iter().all(|c| !matches!(c, Command::Outcome { .. })));
             }
             Input::Message { from, msg } => match msg {
                 Msg::Phase2b { txn, ballot, values } => {
+                    if ballot == 0 {
+                        self.heard_from(from, txn);
+                    }
                     let decided = self.leader.on_phase2b(from, txn, ballot, values, out);
                     Self::emit_outcome(out, decided, txn);
                 }

@@ -76,6 +76,11 @@ impl Leader {
         self.rounds.len()
     }
 
+    /// Whether `txn` still waits for its ballot-0 votes.
+    pub(super) fn in_ballot_zero(&self, txn: TxnId) -> bool {
+        matches!(self.rounds.get(&txn), Some(Round::BallotZero { .. }))
+    }
+
     /// The initial leader starts a transaction: wait for ballot-0 votes, up to the vote timeout.
     pub(super) fn begin<C, S>(
         &mut self,

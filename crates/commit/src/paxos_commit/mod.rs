@@ -27,6 +27,16 @@
 //!   proposing, per instance, the value accepted at the highest ballot — or `Aborted` where none
 //!   was. With more than F acceptors down there is no majority and the transaction blocks until
 //!   they return.
+//! * **Losing an acceptor of the normal case.** With only F + 1 acceptors taking ballot 0, one
+//!   of them down leaves every transaction without a majority at ballot 0: each would wait
+//!   for the vote timeout and a full ballot (throughput fell twentyfold with acceptor 1 or 2
+//!   down, not at all with acceptor 3). So a coordinator whose ballot 0 times out goes *wide*:
+//!   its PREPAREs say so, and participants send their ballot-0 vote to all 2F + 1 acceptors,
+//!   of which any F + 1 choose. It returns to the normal case once every acceptor has answered
+//!   a ballot-0 vote of a transaction begun since it went wide — evidence that the normal
+//!   case's acceptors are all back. A participant repeating its vote after a restart votes
+//!   wide. Safety does not depend on any of this: a ballot-0 value is the participant's own,
+//!   the same whichever acceptors receive it.
 //! * **Unique ballots across restarts.** Ballot `((epoch · 2^32 + round) · K) + index + 1` for
 //!   candidate `index` of K, where `epoch` is bumped durably at every start of the node.
 
@@ -65,8 +75,9 @@ pub type Ballot = u64;
 /// `C` is a branch's change, as in the 2PC messages (the simulator's deltas by default).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Msg<C = Vec<Write>> {
-    /// Leader → participant.
-    Prepare { txn: TxnId, participants: Vec<NodeId>, writes: C },
+    /// Leader → participant. `wide`: vote to every acceptor, not only the normal case's F + 1
+    /// (the coordinator found one of those silent; see "Losing an acceptor" above).
+    Prepare { txn: TxnId, participants: Vec<NodeId>, writes: C, wide: bool },
     /// Participant (ballot 0) or leader → acceptor: accept these instances' values. `leader`
     /// gets the 2b; `participants` lets any acceptor lead later.
     Phase2a {
@@ -187,6 +198,16 @@ impl Config {
         &self.acceptors[..self.majority()]
     }
 
+    /// Where a participant sends its ballot-0 vote: the normal case's acceptors, or (`wide`)
+    /// every one.
+    pub fn vote_acceptors(&self, wide: bool) -> &[NodeId] {
+        if wide {
+            &self.acceptors
+        } else {
+            self.normal_case_acceptors()
+        }
+    }
+
     /// Leader candidates for a transaction: its coordinator, then every acceptor.
     pub fn candidates(&self, txn: TxnId) -> Vec<NodeId> {
         std::iter::once(txn.coordinator).chain(self.acceptors.iter().copied()).collect()
@@ -284,7 +305,8 @@ pub fn status_answer<C>(msg: &Msg<C>) -> Option<(TxnId, crate::status::Answer)> 
 impl<C> fmt::Display for Msg<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Msg::Prepare { txn, .. } => write!(f, "PREPARE {txn}"),
+            Msg::Prepare { txn, wide: false, .. } => write!(f, "PREPARE {txn}"),
+            Msg::Prepare { txn, wide: true, .. } => write!(f, "PREPARE-WIDE {txn}"),
             Msg::Phase2a { txn, ballot, values, .. } => {
                 write!(f, "2a b{ballot} {} {txn}", values_label(values))
             }
@@ -458,8 +480,9 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
 impl<C: Encode> Encode for Msg<C> {
     fn encode(&self, w: &mut Writer<'_>) {
         match self {
-            Msg::Prepare { txn, participants, writes } => {
-                w.u8(1);
+            Msg::Prepare { txn, participants, writes, wide } => {
+                // A tag of its own for the wide form, as 2PC does for early acknowledgement.
+                w.u8(if *wide { 11 } else { 1 });
                 w.txn(*txn);
                 w.nodes(participants);
                 writes.encode(w);
@@ -525,7 +548,12 @@ impl<C: Encode> Encode for Msg<C> {
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8()? {
-            1 => Msg::Prepare { txn: r.txn()?, participants: r.nodes()?, writes: C::decode(r)? },
+            tag @ (1 | 11) => Msg::Prepare {
+                txn: r.txn()?,
+                participants: r.nodes()?,
+                writes: C::decode(r)?,
+                wide: tag == 11,
+            },
             2 => Msg::Phase2a {
                 txn: r.txn()?,
                 ballot: r.u64()?,

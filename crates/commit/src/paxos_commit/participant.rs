@@ -21,6 +21,8 @@ enum Branch<C> {
         participants: Vec<NodeId>,
         writes: C,
         abort_requested: bool,
+        /// The vote goes to every acceptor, not only the normal case's (the PREPARE said so).
+        wide: bool,
     },
     Prepared {
         participants: Vec<NodeId>,
@@ -30,6 +32,7 @@ enum Branch<C> {
     /// Refused: the ABORTED vote is being forced before it is sent.
     VotingAbort {
         participants: Vec<NodeId>,
+        wide: bool,
     },
     Committing {
         writes: C,
@@ -131,9 +134,17 @@ impl<R: Resource> Participant<R> {
         }
     }
 
-    /// The ballot-0 vote, to the acceptors that take the normal case.
-    fn send_vote(&self, txn: TxnId, value: Value, participants: &[NodeId], out: &mut Out<R>) {
-        for &acceptor in self.config.normal_case_acceptors() {
+    /// The ballot-0 vote, to the acceptors that take the normal case — or, `wide`, to every
+    /// acceptor (the coordinator found one of the normal case's silent; `mod.rs`).
+    fn send_vote(
+        &self,
+        txn: TxnId,
+        value: Value,
+        participants: &[NodeId],
+        wide: bool,
+        out: &mut Out<R>,
+    ) {
+        for &acceptor in self.config.vote_acceptors(wide) {
             let msg = Msg::Phase2a {
                 txn,
                 ballot: 0,
@@ -198,7 +209,8 @@ impl<R: Resource> Participant<R> {
             })
             .collect();
         for (txn, participants) in prepared {
-            self.send_vote(txn, Value::Prepared, &participants, out);
+            // Wide: whichever acceptors are down now, a majority of the others gets it.
+            self.send_vote(txn, Value::Prepared, &participants, true, out);
             out.push(Command::SetTimer {
                 timer: Timer::Inquire { txn, attempt: 0 },
                 after_us: self.config.inquiry_base_us,
@@ -218,6 +230,7 @@ impl<R: Resource> Participant<R> {
         txn: TxnId,
         participants: Vec<NodeId>,
         writes: R::Change,
+        wide: bool,
         out: &mut Out<R>,
     ) {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
@@ -228,7 +241,7 @@ impl<R: Resource> Participant<R> {
                 record: Record::Aborted { txn },
                 durability: Durability::Forced,
             });
-            self.branches.insert(txn, Branch::VotingAbort { participants });
+            self.branches.insert(txn, Branch::VotingAbort { participants, wide });
             return;
         }
         self.store.lock(txn, &writes);
@@ -240,8 +253,9 @@ impl<R: Resource> Participant<R> {
             },
             durability: Durability::Forced,
         });
+        let abort_requested = false;
         self.branches
-            .insert(txn, Branch::Preparing { participants, writes, abort_requested: false });
+            .insert(txn, Branch::Preparing { participants, writes, abort_requested, wide });
     }
 
     fn on_decision(&mut self, txn: TxnId, decision: Decision, out: &mut Out<R>) {
@@ -259,9 +273,10 @@ impl<R: Resource> Participant<R> {
             (Some(Branch::Prepared { writes, .. }), Decision::Abort) => {
                 self.abort_prepared(txn, &writes, out);
             }
-            (Some(Branch::Preparing { participants, writes, .. }), Decision::Abort) => {
+            (Some(Branch::Preparing { participants, writes, wide, .. }), Decision::Abort) => {
+                let abort_requested = true;
                 self.branches
-                    .insert(txn, Branch::Preparing { participants, writes, abort_requested: true });
+                    .insert(txn, Branch::Preparing { participants, writes, abort_requested, wide });
             }
             (None, Decision::Abort) => {
                 self.aborted.insert(txn);
@@ -313,7 +328,7 @@ impl<R: Resource> Participant<R> {
     fn on_persisted(&mut self, record: Rec<R>, out: &mut Out<R>) {
         match record {
             Record::Prepared { txn, .. } => {
-                let Some(Branch::Preparing { participants, writes, abort_requested }) =
+                let Some(Branch::Preparing { participants, writes, abort_requested, wide }) =
                     self.branches.remove(&txn)
                 else {
                     panic!(
@@ -324,7 +339,7 @@ impl<R: Resource> Participant<R> {
                 if abort_requested {
                     return self.abort_prepared(txn, &writes, out);
                 }
-                self.send_vote(txn, Value::Prepared, &participants, out);
+                self.send_vote(txn, Value::Prepared, &participants, wide, out);
                 out.push(Command::SetTimer {
                     timer: Timer::Inquire { txn, attempt: 0 },
                     after_us: self.config.inquiry_base_us,
@@ -333,10 +348,10 @@ impl<R: Resource> Participant<R> {
                     .insert(txn, Branch::Prepared { participants, writes, inquiry_attempt: 0 });
             }
             Record::Aborted { txn } => match self.branches.remove(&txn) {
-                Some(Branch::VotingAbort { participants }) => {
+                Some(Branch::VotingAbort { participants, wide }) => {
                     self.aborted.insert(txn);
                     out.push(Command::Outcome { txn, decision: Decision::Abort });
-                    self.send_vote(txn, Value::Aborted, &participants, out);
+                    self.send_vote(txn, Value::Aborted, &participants, wide, out);
                 }
                 Some(Branch::PromisingAbort { to }) => {
                     self.aborted.insert(txn);
@@ -446,8 +461,8 @@ impl<R: Resource> Core for Participant<R> {
             }
             Input::Timer(_) | Input::Begin { .. } => {}
             Input::Message { from, msg } => match msg {
-                Msg::Prepare { txn, participants, writes } => {
-                    self.on_prepare(txn, participants, writes, out);
+                Msg::Prepare { txn, participants, writes, wide } => {
+                    self.on_prepare(txn, participants, writes, wide, out);
                 }
                 Msg::Decision { txn, decision } => self.on_decision(txn, decision, out),
                 Msg::Inquire { txn, .. } => self.on_status_inquiry(from, txn, out),

@@ -77,8 +77,8 @@ fn the_coordinator_prepares_every_participant_and_waits_for_ballot_zero() {
         begin(&mut c),
         vec![
             Command::Begun { request: RequestId(7), txn: t },
-            send(P1, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() }),
-            send(P2, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() }),
+            send(P1, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false }),
+            send(P2, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false }),
             Command::SetTimer {
                 timer: Timer::BallotZero { txn: t },
                 after_us: config().vote_timeout_us
@@ -95,7 +95,10 @@ fn a_participant_votes_to_f_plus_one_acceptors_only_after_its_prepare_is_durable
     let t = txn();
     let prepared = Record::Prepared { txn: t, participants: vec![P1, P2], writes: w() };
     assert_eq!(
-        run(&mut p, msg(C, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() })),
+        run(
+            &mut p,
+            msg(C, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false })
+        ),
         vec![forced(prepared.clone())]
     );
     assert_eq!(
@@ -119,7 +122,13 @@ fn a_refusing_participant_forces_its_abort_vote_before_sending_it() {
     let t = txn();
     let refused = vec![Write { key: 1, delta: -5 }];
     assert_eq!(
-        run(&mut p, msg(C, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: refused })),
+        run(
+            &mut p,
+            msg(
+                C,
+                Msg::Prepare { txn: t, participants: vec![P1, P2], writes: refused, wide: false }
+            )
+        ),
         vec![forced(Record::Aborted { txn: t })]
     );
     assert_eq!(
@@ -286,7 +295,7 @@ fn every_message_and_record_survives_its_wire_form() {
     use concord_types::codec::Encode;
     let t = txn();
     for m in [
-        Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() },
+        Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false },
         vote(P1, Value::Prepared),
         Msg::Phase2b {
             txn: t,
@@ -363,7 +372,7 @@ fn a_checkpoint_rebuilds_the_same_participant_as_the_whole_log() {
                 let key = next(6);
                 let delta = i64::try_from(next(9)).unwrap() - 3;
                 let writes = vec![Write { key, delta }];
-                msg(C, Msg::Prepare { txn: t, participants: vec![P1, P2], writes })
+                msg(C, Msg::Prepare { txn: t, participants: vec![P1, P2], writes, wide: false })
             }
             2 if !voted_prepared.is_empty() => {
                 let i = usize::try_from(next(voted_prepared.len() as u64)).unwrap();
@@ -464,7 +473,7 @@ fn a_participant_answers_its_coordinators_status_query() {
     run(&mut p, Input::Restart { records: vec![] });
     assert_eq!(run(&mut p, msg(A1, query.clone())), vec![], "only the coordinator asks");
     assert_eq!(run(&mut p, msg(C, query.clone())), vec![forced(Record::Aborted { txn: t })]);
-    let prepare = Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w() };
+    let prepare = Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false };
     assert_eq!(run(&mut p, msg(C, prepare.clone())), vec![], "promised: never prepares it");
     let answer = Msg::Decision { txn: t, decision: Decision::Abort };
     assert_eq!(
@@ -477,7 +486,7 @@ fn a_participant_answers_its_coordinators_status_query() {
     let t2 = TxnId { sequence: 2, ..t };
     let mut q: Participant = Participant::new(P1, config());
     run(&mut q, Input::Restart { records: vec![] });
-    let prepare = Msg::Prepare { txn: t2, participants: vec![P1, P2], writes: w() };
+    let prepare = Msg::Prepare { txn: t2, participants: vec![P1, P2], writes: w(), wide: false };
     run(&mut q, msg(C, prepare));
     let query = Msg::Inquire { txn: t2, participants: vec![] };
     assert_eq!(run(&mut q, msg(C, query)), vec![], "in doubt: no answer yet");
@@ -596,4 +605,70 @@ fn a_one_phase_participant_forces_either_outcome_and_repeats_it() {
         again.decisions().collect::<Vec<_>>(),
         vec![(t, Decision::Commit), (t2, Decision::Abort)]
     );
+}
+
+/// Whether the PREPAREs among `out` say wide.
+fn prepares_wide(out: &[Cmd]) -> Vec<bool> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Send { msg: Msg::Prepare { wide, .. }, .. } => Some(*wide),
+            _ => None,
+        })
+        .collect()
+}
+
+fn begun(out: &[Cmd]) -> TxnId {
+    out.iter()
+        .find_map(|c| match c {
+            Command::Begun { txn, .. } => Some(*txn),
+            _ => None,
+        })
+        .expect("begun")
+}
+
+#[test]
+fn a_ballot_zero_timeout_sends_votes_to_every_acceptor_until_all_answer_again() {
+    let mut c = ready_coordinator();
+    let first = begin(&mut c);
+    assert_eq!(prepares_wide(&first), vec![false, false], "the normal case: F + 1 acceptors");
+    // Acceptor 1 is down: ballot 0 never completes, and its timer fires.
+    let t1 = begun(&first);
+    run(&mut c, Input::Timer(Timer::BallotZero { txn: t1 }));
+    let second = begin(&mut c);
+    assert_eq!(prepares_wide(&second), vec![true, true], "wide after a ballot-0 timeout");
+    let t2 = begun(&second);
+    // Only A2 and A3 answer the wide transaction: still wide.
+    let b = |t: TxnId| Msg::Phase2b { txn: t, ballot: 0, values: vec![(P1, Value::Prepared)] };
+    run(&mut c, msg(A2, b(t2)));
+    run(&mut c, msg(A3, b(t2)));
+    assert_eq!(prepares_wide(&begin(&mut c)), vec![true, true]);
+    // A1 is back and answers too: the normal case again.
+    run(&mut c, msg(A1, b(t2)));
+    assert_eq!(prepares_wide(&begin(&mut c)), vec![false, false]);
+    // A timer of a transaction no longer in ballot 0 says nothing about the acceptors.
+    run(&mut c, Input::Timer(Timer::BallotZero { txn: TxnId { sequence: 99, ..t1 } }));
+    assert_eq!(prepares_wide(&begin(&mut c)), vec![false, false]);
+}
+
+#[test]
+fn a_wide_prepare_sends_the_vote_to_every_acceptor() {
+    let mut p: Participant = Participant::new(P1, config());
+    run(&mut p, Input::Restart { records: vec![] });
+    let t = txn();
+    run(
+        &mut p,
+        msg(C, Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: true }),
+    );
+    let out = run(
+        &mut p,
+        Input::Persisted(Record::Prepared { txn: t, participants: vec![P1, P2], writes: w() }),
+    );
+    let to: Vec<NodeId> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Send { to, msg: Msg::Phase2a { .. } } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to, vec![A1, A2, A3]);
 }
