@@ -78,6 +78,10 @@ pub enum BenchCommand {
         /// down for the whole run, one cluster each — a row per failed node, against `none`.
         #[arg(long, default_value = "none")]
         down: String,
+        /// Comma-separated: ahead (clients name each transaction before its commit, the
+        /// default), none (they do not: the baseline that measures naming's cost).
+        #[arg(long, default_value = "ahead")]
+        ids: String,
         #[arg(long)]
         json: bool,
     },
@@ -219,8 +223,17 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             duration,
             rounds,
             down,
+            ids,
             json,
         } => {
+            let ids_ahead = ids
+                .split(',')
+                .map(|i| match i.trim() {
+                    "ahead" => Ok(true),
+                    "none" => Ok(false),
+                    other => Err(format!("--ids takes ahead and none, not '{other}'")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let down = down
                 .split(',')
                 .map(|d| match d.trim() {
@@ -249,6 +262,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 duration,
                 rounds,
                 down,
+                ids_ahead,
                 json,
             })
         }

@@ -94,6 +94,9 @@ pub struct Options<'a> {
     pub rounds: u32,
     /// Clusters to run with a node left down (`None`: all up), each protocol with each.
     pub down: Vec<Option<String>>,
+    /// Whether clients name each transaction before its commit (`true`, the default), or not
+    /// (the baseline that measures its cost). Several: interleaved.
+    pub ids_ahead: Vec<bool>,
     pub json: bool,
 }
 
@@ -102,6 +105,7 @@ struct Row {
     protocol: ProtocolChoice,
     /// The node left down for the run, if any.
     down: Option<String>,
+    ids_ahead: bool,
     buffered: bool,
     workload: Workload,
     run: Measured,
@@ -114,9 +118,10 @@ impl Row {
 
     /// The protocol, and the node left down if one was.
     fn label(&self) -> String {
+        let ids = if self.ids_ahead { "" } else { " no-ids" };
         match &self.down {
-            None => self.protocol.to_string(),
-            Some(node) => format!("{} w/o {node}", self.protocol),
+            None => format!("{}{ids}", self.protocol),
+            Some(node) => format!("{}{ids} w/o {node}", self.protocol),
         }
     }
 
@@ -172,19 +177,30 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
             for &workload in &options.workloads {
                 for &n in &options.clients {
                     for &buffered in &options.buffering {
-                        for (protocol, down, gateway, _) in &clusters {
-                            let connections = options.connections.unwrap_or(n).clamp(1, n);
-                            let run = measure(
-                                *gateway,
-                                workload,
-                                n,
-                                connections,
-                                buffered,
-                                options.duration,
-                            )
-                            .await;
-                            let (protocol, down) = (*protocol, down.clone());
-                            rows.push(Row { round, protocol, down, buffered, workload, run });
+                        for &ids_ahead in &options.ids_ahead {
+                            for (protocol, down, gateway, _) in &clusters {
+                                let connections = options.connections.unwrap_or(n).clamp(1, n);
+                                let client = (buffered, ids_ahead);
+                                let run = measure(
+                                    *gateway,
+                                    workload,
+                                    n,
+                                    connections,
+                                    client,
+                                    options.duration,
+                                )
+                                .await;
+                                let (protocol, down) = (*protocol, down.clone());
+                                rows.push(Row {
+                                    round,
+                                    protocol,
+                                    down,
+                                    ids_ahead,
+                                    buffered,
+                                    workload,
+                                    run,
+                                });
+                            }
                         }
                     }
                 }
@@ -298,11 +314,13 @@ async fn measure(
     workload: Workload,
     clients: usize,
     connections: usize,
-    buffered: bool,
+    (buffered, ids_ahead): (bool, bool),
     duration: Duration,
 ) -> Measured {
     let pool: Vec<KvClient> = (0..connections)
-        .map(|_| KvClient::connect(gateway).with_write_buffering(buffered))
+        .map(|_| {
+            KvClient::connect(gateway).with_write_buffering(buffered).with_ids_ahead(ids_ahead)
+        })
         .collect();
     closed_loop(clients, duration, |c, deadline| {
         let kv = pool[c % connections].clone();
@@ -330,6 +348,7 @@ async fn measure(
 fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
     let same_run = |a: &Row, b: &Row| {
         a.round == b.round
+            && a.ids_ahead == b.ids_ahead
             && a.buffered == b.buffered
             && a.workload == b.workload
             && a.run.clients == b.run.clients
@@ -346,7 +365,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .map(|r| {
                 serde_json::json!({
                     "round": r.round,
-                    "protocol": r.protocol.to_string(), "down": r.down,
+                    "protocol": r.protocol.to_string(), "down": r.down, "ids_ahead": r.ids_ahead,
                     "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
@@ -473,6 +492,7 @@ fn summary<'a>(
             .filter(|o| {
                 o.protocol == r.protocol
                     && o.down == r.down
+                    && o.ids_ahead == r.ids_ahead
                     && o.buffered == r.buffered
                     && o.workload == r.workload
                     && o.run.clients == r.run.clients

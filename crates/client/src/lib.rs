@@ -19,10 +19,18 @@
 //! shards (run the transaction again — `transact` does), [`KvError::OutcomeUnknown`] (ask for
 //! the named transaction's status; do not blindly retry a non-idempotent transaction),
 //! [`KvError::Invalid`] (a limit; fix the request).
+//!
+//! **Every commit has an id before it is sent.** A transaction's id is reserved when it begins
+//! (each commit's reply carries a session opened ahead for the next transaction, so a blind
+//! write is still one call), and a commit whose reply is lost is resolved by that id: the
+//! client asks the gateway for its status, for up to [`RESOLVE_FOR`], and answers what
+//! happened — committed, or aborted (retryable: nothing was applied) — before it gives up with
+//! [`KvError::OutcomeUnknown`] naming the id.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use concord_kv::{LimitError, Limits};
 
@@ -103,6 +111,21 @@ pub const MAX_ATTEMPTS: u32 = 10;
 /// default) until its clock passes that point, so a budget counted only in attempts (about
 /// 330-650 ms of backoff) could give up on a write that would succeed a moment later.
 pub const MIN_RETRY_WINDOW: Duration = Duration::from_secs(2);
+/// How long a commit whose reply was lost is resolved by its id before the client gives up
+/// with [`KvError::OutcomeUnknown`].
+pub const RESOLVE_FOR: Duration = Duration::from_secs(10);
+/// Sessions opened ahead (with their ids) a client keeps at most, and how old one may be when
+/// it is used (the gateway drops sessions after 30 s).
+const AHEAD_KEPT: usize = 16;
+const AHEAD_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// A session the gateway opened ahead for a future transaction, and the id reserved for it.
+#[derive(Debug)]
+struct Ahead {
+    session: u64,
+    txn: String,
+    opened: Instant,
+}
 
 /// A connection to a key-value cluster's gateway (its coordinator), shared by every clone and
 /// every transaction begun from them: concurrent calls travel together on it (a call link,
@@ -113,6 +136,11 @@ pub struct KvClient {
     inner: CallClient,
     isolation: Isolation,
     buffer_writes: bool,
+    /// Sessions opened ahead, newest last, shared by every clone.
+    ahead: Arc<Mutex<Vec<Ahead>>>,
+    /// Name every transaction before its commit (the default; off only as a benchmark's
+    /// baseline: a commit that loses its reply may then have no id).
+    name_ahead: bool,
 }
 
 impl KvClient {
@@ -123,12 +151,25 @@ impl KvClient {
             inner: CallClient::new(gateway),
             isolation: Isolation::default(),
             buffer_writes: true,
+            ahead: Arc::new(Mutex::new(Vec::new())),
+            name_ahead: true,
         }
     }
 
-    /// Transactions begun from now on use `isolation`.
+    /// Transactions begun from now on use `isolation` (sessions opened ahead under another are
+    /// dropped: their isolation is fixed).
     pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        if isolation != self.isolation {
+            self.ahead = Arc::new(Mutex::new(Vec::new()));
+        }
         self.isolation = isolation;
+        self
+    }
+
+    /// `false`: transactions are not named before their commit (the cost of naming them,
+    /// measured against; a commit that loses its reply may then have no id to resolve).
+    pub fn with_ids_ahead(mut self, on: bool) -> Self {
+        self.name_ahead = on;
         self
     }
 
@@ -143,14 +184,24 @@ impl KvClient {
     /// get, scan or the commit begins it at the gateway in the same call, so its snapshot is
     /// taken then. Without, it begins at once (the baseline the benchmark keeps).
     pub async fn begin(&self) -> Result<Txn, KvError> {
+        let ahead = {
+            let mut pool = self.ahead.lock().expect("no code panics holding the pool");
+            pool.retain(|a| a.opened.elapsed() < AHEAD_MAX_AGE);
+            // Oldest first: a reserved id holds its coordinator's forget mark until it runs
+            // or is given back, so none may linger at the bottom of the pool.
+            (!pool.is_empty()).then(|| pool.remove(0))
+        };
         let mut txn = Txn {
             inner: self.inner.clone(),
-            session: None,
+            session: ahead.as_ref().map(|a| a.session),
+            id: ahead.map(|a| a.txn),
             isolation: self.isolation,
             buffer_writes: self.buffer_writes,
             writes: Vec::new(),
             buffered: HashMap::new(),
             buffered_bytes: 0,
+            ahead: Arc::clone(&self.ahead),
+            name_ahead: self.name_ahead,
         };
         if !self.buffer_writes {
             txn.ensure_session().await?;
@@ -221,8 +272,14 @@ impl KvClient {
 #[derive(Debug)]
 pub struct Txn {
     inner: CallClient,
-    /// The gateway's session, once a call has begun the transaction there.
+    /// The gateway's session, once a call has begun the transaction there (or one opened
+    /// ahead was taken).
     session: Option<u64>,
+    /// The id the commit will run under, reserved when the session opened.
+    id: Option<String>,
+    /// The client's sessions opened ahead, to refill from the commit's reply.
+    ahead: Arc<Mutex<Vec<Ahead>>>,
+    name_ahead: bool,
     isolation: Isolation,
     buffer_writes: bool,
     /// Unsent writes, one per key, in the order each key was first written; `None` deletes.
@@ -236,23 +293,42 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// What a call sends: the session, or the request to begin one.
+    /// The id this transaction's commit will run under, once the gateway named it (at its
+    /// first call; before any call only if it took a session opened ahead).
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn begin_request(&self) -> proto::KvBeginRequest {
+        proto::KvBeginRequest { isolation: self.isolation.name().into(), reserve: self.name_ahead }
+    }
+
+    /// What a call sends: the session, or the request to begin one (reserving its id).
     fn session_or_begin(&self) -> (u64, Option<proto::KvBeginRequest>) {
         match self.session {
             Some(session) => (session, None),
-            None => (0, Some(proto::KvBeginRequest { isolation: self.isolation.name().into() })),
+            None => (0, Some(self.begin_request())),
         }
     }
 
-    /// Begins at the gateway now if no call has yet (before Put/Delete calls, which cannot).
+    /// Records what a call that may have begun the transaction said about it.
+    fn begun(&mut self, session: u64, txn: String) {
+        self.session = Some(session);
+        if !txn.is_empty() {
+            self.id = Some(txn);
+        }
+    }
+
+    /// Begins at the gateway now if no call has yet (before Put/Delete calls, which cannot,
+    /// and before a commit that would otherwise be the first call: so its id is known first).
     async fn ensure_session(&mut self) -> Result<u64, KvError> {
         if let Some(session) = self.session {
             return Ok(session);
         }
-        let begin = proto::KvBeginRequest { isolation: self.isolation.name().into() };
+        let begin = self.begin_request();
         let reply: proto::KvBeginReply =
             self.inner.call(Method::KvBegin, &begin, CALL_TIMEOUT).await?;
-        self.session = Some(reply.session);
+        self.begun(reply.session, reply.txn);
         Ok(reply.session)
     }
 
@@ -264,7 +340,7 @@ impl Txn {
         let (session, begin) = self.session_or_begin();
         let get = proto::KvGetRequest { session, key: key.to_vec(), begin };
         let reply: proto::KvGetReply = self.inner.call(Method::KvGet, &get, CALL_TIMEOUT).await?;
-        self.session = Some(reply.session);
+        self.begun(reply.session, reply.txn);
         Ok(reply.found.then_some(reply.value))
     }
 
@@ -388,13 +464,23 @@ impl Txn {
         let scan = proto::KvScanRequest { session, range: Some(range), limit, begin };
         let reply: proto::KvScanReply =
             self.inner.call(Method::KvScan, &scan, CALL_TIMEOUT).await?;
-        self.session = Some(reply.session);
+        self.begun(reply.session, reply.txn);
         Ok((reply.rows.into_iter().map(|p| (p.key, p.value)).collect(), reply.more))
     }
 
     /// Commits; returns the transaction id (`None` for a read-only transaction, which has
-    /// nothing to commit).
+    /// nothing to commit). A commit whose reply is lost is resolved by its id (known before
+    /// the commit was sent) for up to [`RESOLVE_FOR`]; only then is it
+    /// [`KvError::OutcomeUnknown`], naming the id.
     pub async fn commit(mut self) -> Result<Option<String>, KvError> {
+        if self.session.is_none() && self.writes.is_empty() {
+            // Nothing read, nothing written: there is nothing to commit, not even a session.
+            return Ok(None);
+        }
+        if self.id.is_none() && self.name_ahead {
+            // No session opened ahead to take: open one now, so the commit has a name.
+            self.ensure_session().await?;
+        }
         let writes: Vec<proto::KvWrite> = self
             .take_writes()
             .into_iter()
@@ -404,30 +490,76 @@ impl Txn {
                 value: value.unwrap_or_default(),
             })
             .collect();
-        if self.session.is_none() && writes.is_empty() {
-            // Nothing read, nothing written: there is nothing to commit, not even a session.
-            return Ok(None);
-        }
         let (session, begin) = self.session_or_begin();
-        let commit = proto::KvCommitRequest { session, writes, begin };
+        let reserve_next = self.name_ahead
+            && self.ahead.lock().expect("no code panics holding the pool").len() < AHEAD_KEPT;
+        let commit = proto::KvCommitRequest { session, writes, begin, reserve_next };
         let reply = self.inner.call(Method::KvCommit, &commit, COMMIT_TIMEOUT).await;
         match reply {
-            Ok(proto::KvCommitReply { txn, .. }) => Ok((!txn.is_empty()).then_some(txn)),
-            // A lost connection during commit leaves the outcome unknown, not failed.
-            Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
-                Err(KvError::OutcomeUnknown(format!(
-                    "the gateway did not answer the commit ({}); list recent transactions with `concord txn ls`",
-                    status.message()
-                )))
+            Ok(proto::KvCommitReply { txn, next, .. }) => {
+                if let Some(next) = next.filter(|n| !n.txn.is_empty()) {
+                    let ahead = Ahead { session: next.session, txn: next.txn, opened: Instant::now() };
+                    self.ahead.lock().expect("no code panics holding the pool").push(ahead);
+                }
+                Ok((!txn.is_empty()).then_some(txn))
+            }
+            // A lost connection or a gateway that gave up waiting leaves the outcome unknown,
+            // not failed: find it out by the id.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                ) =>
+            {
+                match self.id.clone() {
+                    Some(id) => resolve(&self.inner, &id, status.message()).await,
+                    None => Err(KvError::OutcomeUnknown(format!(
+                        "the gateway did not answer the commit ({}), and the transaction had no id yet",
+                        status.message()
+                    ))),
+                }
             }
             Err(status) => Err(status.into()),
         }
     }
 
+    /// Ends the transaction at the gateway (a session opened ahead included: its reserved id
+    /// is given back).
     pub async fn abort(self) -> Result<(), KvError> {
         let Some(session) = self.session else { return Ok(()) };
         let abort = proto::KvAbortRequest { session };
         let _: proto::KvAbortReply = self.inner.call(Method::KvAbort, &abort, CALL_TIMEOUT).await?;
         Ok(())
+    }
+}
+
+/// Finds out what happened to commit `id` whose reply was lost (`why`), asking the gateway for
+/// its status until it is known or [`RESOLVE_FOR`] has passed.
+async fn resolve(inner: &CallClient, id: &str, why: &str) -> Result<Option<String>, KvError> {
+    use proto::State;
+    let deadline = Instant::now() + RESOLVE_FOR;
+    loop {
+        let asked = proto::StatusRequest { txn: id.to_string() };
+        let answer: Result<proto::TransactionInfo, Status> =
+            inner.call(Method::TxnStatus, &asked, CALL_TIMEOUT).await;
+        let last = match answer.map(|info| (State::try_from(info.state), info)) {
+            Ok((Ok(State::Committed | State::Committing), _)) => return Ok(Some(id.to_string())),
+            Ok((Ok(State::Aborted), _)) => {
+                return Err(KvError::Conflict(format!(
+                    "{id} aborted (its commit's reply was lost: {why}); nothing was applied, run it again"
+                )))
+            }
+            Ok((state, info)) => {
+                format!("{:?} {}", state.unwrap_or(State::Unspecified), info.detail)
+            }
+            Err(status) => status.message().to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(KvError::OutcomeUnknown(format!(
+                "{id}: the commit's reply was lost ({why}) and its status is still unknown after {} s ({last}); ask `concord txn show {id}`",
+                RESOLVE_FOR.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -45,7 +45,12 @@ async fn the_grpc_service_and_the_call_link_are_one_store() {
     }
     let put = proto::KvPutRequest { session: begun.session, key: "b".into(), value: "2".into() };
     grpc.put(put).await.unwrap();
-    let commit = proto::KvCommitRequest { session: begun.session, writes: vec![], begin: None };
+    let commit = proto::KvCommitRequest {
+        session: begun.session,
+        writes: vec![],
+        begin: None,
+        reserve_next: false,
+    };
     let committed = grpc.commit(commit).await.unwrap().into_inner();
     assert!(!committed.txn.is_empty());
 

@@ -93,11 +93,21 @@ async fn every_kv_limit_holds_at_the_limit_and_is_refused_just_past_it() {
             .collect()
     };
     let begin = || Some(proto::KvBeginRequest::default());
-    let seventy = proto::KvCommitRequest { session: 0, writes: kv_writes(70), begin: begin() };
+    let seventy = proto::KvCommitRequest {
+        session: 0,
+        writes: kv_writes(70),
+        begin: begin(),
+        reserve_next: false,
+    };
     let refused = grpc.commit(seventy.clone()).await.expect_err("17.5 MiB over gRPC");
     assert_ne!(refused.code(), Code::Ok);
     // …the gateway refuses 40 (10 MiB: within gRPC's message, past the transaction)…
-    let forty = proto::KvCommitRequest { session: 0, writes: kv_writes(40), begin: begin() };
+    let forty = proto::KvCommitRequest {
+        session: 0,
+        writes: kv_writes(40),
+        begin: begin(),
+        reserve_next: false,
+    };
     let refused = grpc.commit(forty).await.expect_err("10 MiB in one transaction");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("per transaction"), "{}", refused.message());

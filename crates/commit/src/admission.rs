@@ -8,7 +8,7 @@
 //!        ─► Begun{request, txn}, and the caller starts the protocol
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use concord_types::{NodeId, RequestId, TxnId, Write};
 
@@ -32,11 +32,20 @@ pub struct Admission<C = Vec<Write>> {
     /// `None` until the first restart.
     clock: Option<EpochClock>,
     queued: VecDeque<(RequestId, Vec<Branch<C>>)>,
+    /// Ids reserved and not yet begun or released (`crate::Reservation`), at most
+    /// `max_in_flight` (the oldest is dropped past it: its transaction can no longer run).
+    reserved: BTreeSet<TxnId>,
 }
 
 impl<C> Admission<C> {
     pub fn new(coordinator: NodeId, limits: Limits) -> Self {
-        Admission { coordinator, limits, clock: None, queued: VecDeque::new() }
+        Admission {
+            coordinator,
+            limits,
+            clock: None,
+            queued: VecDeque::new(),
+            reserved: BTreeSet::new(),
+        }
     }
 
     /// After a restart whose log's highest epoch was `highest_logged`: forgets queued requests
@@ -45,6 +54,7 @@ impl<C> Admission<C> {
         let (clock, epoch) = EpochClock::recover(self.coordinator, highest_logged);
         self.clock = Some(clock);
         self.queued.clear();
+        self.reserved.clear();
         epoch
     }
 
@@ -70,6 +80,89 @@ impl<C> Admission<C> {
         self.clock.as_ref().is_some_and(|c| c.has_issued(txn))
     }
 
+    /// Names an id now for a transaction that will run later; `None` (and `Rejected`) while the
+    /// epoch is not durable yet — the client can begin without a reservation, or retry.
+    pub fn reserve<M, R, T>(
+        &mut self,
+        request: RequestId,
+        epoch_record: impl Fn(u32) -> R,
+        out: &mut Vec<Command<M, R, T>>,
+    ) -> Option<TxnId> {
+        let txn = match self.clock_mut().issue() {
+            Issue::Txn(txn) => txn,
+            Issue::Wait => {
+                out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+                return None;
+            }
+            Issue::PersistEpoch(epoch) => {
+                // The epoch's sequences ran out: the next one is being made durable.
+                out.push(Command::Persist {
+                    record: epoch_record(epoch),
+                    durability: Durability::Forced,
+                });
+                out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+                return None;
+            }
+        };
+        self.reserved.insert(txn);
+        while self.reserved.len() > self.limits.max_in_flight {
+            self.reserved.pop_first();
+        }
+        out.push(Command::Reserved { request, txn });
+        Some(txn)
+    }
+
+    /// Drops a reservation whose transaction will not run.
+    pub fn release(&mut self, txn: TxnId) {
+        self.reserved.remove(&txn);
+    }
+
+    /// The lowest reserved sequence of `epoch`, if any: a forget mark must stay at or below it
+    /// (a participant ignores a PREPARE below the mark).
+    pub fn lowest_reserved(&self, epoch: u32) -> Option<u32> {
+        let from = TxnId { coordinator: self.coordinator, epoch, sequence: 0 };
+        self.reserved.range(from..).next().filter(|t| t.epoch == epoch).map(|t| t.sequence)
+    }
+
+    /// Checks a request to run `branches` under reserved `txn`. If it is admitted, emits
+    /// `Begun` and returns them; otherwise it was rejected. Either way the reservation is
+    /// used up: a refused transaction never runs under that id.
+    pub fn admit_reserved<M, R, T>(
+        &mut self,
+        request: RequestId,
+        txn: TxnId,
+        branches: Vec<Branch<C>>,
+        in_flight: usize,
+        out: &mut Vec<Command<M, R, T>>,
+    ) -> Option<(TxnId, Vec<Branch<C>>)> {
+        if !self.reserved.remove(&txn) {
+            out.push(Command::Rejected { request, reason: Rejection::NotReserved });
+            return None;
+        }
+        if let Err(reason) = self.check(&branches, in_flight) {
+            out.push(Command::Rejected { request, reason });
+            return None;
+        }
+        out.push(Command::Begun { request, txn });
+        Some((txn, branches))
+    }
+
+    fn check(&self, branches: &[Branch<C>], in_flight: usize) -> Result<(), Rejection> {
+        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if branches.is_empty()
+            || nodes.len() != branches.len()
+            || branches.len() > self.limits.max_participants
+        {
+            return Err(Rejection::Invalid);
+        }
+        if in_flight >= self.limits.max_in_flight {
+            return Err(Rejection::Overloaded);
+        }
+        Ok(())
+    }
+
     fn clock_mut(&mut self) -> &mut EpochClock {
         self.clock.as_mut().expect("drivers deliver Restart before any other input")
     }
@@ -84,18 +177,8 @@ impl<C> Admission<C> {
         epoch_record: impl Fn(u32) -> R,
         out: &mut Vec<Command<M, R, T>>,
     ) -> Option<(TxnId, Vec<Branch<C>>)> {
-        let mut nodes: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        if branches.is_empty()
-            || nodes.len() != branches.len()
-            || branches.len() > self.limits.max_participants
-        {
-            out.push(Command::Rejected { request, reason: Rejection::Invalid });
-            return None;
-        }
-        if in_flight >= self.limits.max_in_flight {
-            out.push(Command::Rejected { request, reason: Rejection::Overloaded });
+        if let Err(reason) = self.check(&branches, in_flight) {
+            out.push(Command::Rejected { request, reason });
             return None;
         }
         match self.clock_mut().issue() {

@@ -40,7 +40,8 @@ pub mod two_phase;
 
 pub use protocol::{
     backoff_us, Branch, Checkpoint, Command, Core, Durability, Input, MessageKind, NoRole,
-    ParticipantView, Protocol, RecordKind, Rejection, ResourceParticipant, Switches, Topology,
+    ParticipantView, Protocol, RecordKind, Rejection, Reservation, ResourceParticipant, Switches,
+    Topology,
 };
 pub use resource::{Change, Resource};
 

@@ -118,6 +118,7 @@ impl Core for Coordinator {
             }
             Input::Persisted(Record::Applied { .. }) => {}
             Input::Begin { request, branches } => self.begin(request, &branches, out),
+            Input::Reservation(r) => r.refuse(out),
             Input::Message { from, msg: Msg::Applied { txn, decision } } => {
                 let Some((pending, failed)) = self.waiting.get_mut(&txn) else { return };
                 pending.retain(|&p| p != from);
@@ -210,7 +211,8 @@ impl Core for Participant {
             Input::Persisted(Record::EpochStarted { .. })
             | Input::Message { msg: Msg::Applied { .. }, .. }
             | Input::Timer(_)
-            | Input::Begin { .. } => {}
+            | Input::Begin { .. }
+            | Input::Reservation(_) => {}
         }
     }
 }

@@ -30,6 +30,27 @@ pub enum Input<M, R, T, C = Vec<Write>> {
     Persisted(R),
     /// The node (re)starts; `records` is its durable log in order, empty on a first start.
     Restart { records: Vec<R> },
+    /// Ids named before their transactions run ([`Reservation`]); coordinators only.
+    Reservation(Reservation<C>),
+}
+
+/// A transaction id handed to a client *before* its transaction runs, so a client that loses
+/// the commit's reply still knows what to ask `Status` about (a commit can always be named).
+///
+/// * `Reserve` names an id now (`Command::Reserved`), of the current epoch; the coordinator
+///   holds it (bounded) and keeps its forget mark below it.
+/// * `Begin` runs the branches under a held id; an id not held (never reserved, released,
+///   from before a restart) is refused (`Rejection::NotReserved`) and never runs.
+/// * `Release` drops an id whose transaction will not run (its session ended).
+///
+/// Why nothing else is needed: a status query for a reserved id that has not run asks every
+/// participant, each of which (never having seen it) first promises ABORT durably — so if the
+/// commit arrives after all, it aborts, as the status said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reservation<C = Vec<Write>> {
+    Reserve { request: RequestId },
+    Begin { request: RequestId, txn: TxnId, branches: Vec<Branch<C>> },
+    Release { txn: TxnId },
 }
 
 /// Whether the core waits for a record to be durable.
@@ -41,6 +62,18 @@ pub enum Durability {
     Lazy,
 }
 
+impl<C> Reservation<C> {
+    /// For coordinators that offer no reservations (the simulator-only protocols): refuse.
+    pub fn refuse<M, R, T>(self, out: &mut Vec<Command<M, R, T>>) {
+        match self {
+            Reservation::Reserve { request } | Reservation::Begin { request, .. } => {
+                out.push(Command::Rejected { request, reason: Rejection::NotReserved });
+            }
+            Reservation::Release { .. } => {}
+        }
+    }
+}
+
 /// Why a coordinator refused a request before naming a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rejection {
@@ -48,6 +81,9 @@ pub enum Rejection {
     Invalid,
     /// The in-flight transaction limit is reached; the client may retry later.
     Overloaded,
+    /// A reserved id that this coordinator does not hold (never reserved, released, or from
+    /// before its restart): the transaction did not run; reserve a new id.
+    NotReserved,
 }
 
 /// What a core asks its driver to do, in order.
@@ -67,6 +103,11 @@ pub enum Command<M, R, T> {
     },
     /// The coordinator named the client's request.
     Begun {
+        request: RequestId,
+        txn: TxnId,
+    },
+    /// The coordinator reserved `txn` for the request ([`Reservation::Reserve`]).
+    Reserved {
         request: RequestId,
         txn: TxnId,
     },

@@ -158,6 +158,18 @@ impl Transaction {
         }
     }
 
+    /// Takes the snapshot again, at `start_ts`: for a session opened ahead of its transaction
+    /// (its id reserved), whose snapshot belongs to its first operation. Only before anything
+    /// was read or written (what was read at the old snapshot would not be valid at the new).
+    pub fn restart_snapshot(&mut self, start_ts: Timestamp, now_us: u64) {
+        assert!(
+            self.writes.is_empty() && self.reads.is_empty() && self.ranges.is_empty(),
+            "a snapshot is retaken only before the transaction's first operation"
+        );
+        self.start_ts = start_ts;
+        self.began_at_us = now_us;
+    }
+
     /// The transaction's size so far, as [`Limits::max_txn_bytes`] counts it.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -185,6 +197,11 @@ impl Transaction {
         self.bytes = after;
         self.writes.insert(key, value);
         Ok(())
+    }
+
+    /// How long ago the transaction began (its snapshot was taken).
+    pub fn age_us(&self, now_us: u64) -> u64 {
+        now_us.saturating_sub(self.began_at_us)
     }
 
     /// Refuses any operation once the transaction has outlived its limit.

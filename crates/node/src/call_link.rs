@@ -72,10 +72,12 @@ pub enum Method {
     ShardRead = 8,
     /// `RefusalRequest` → `RefusalReply` (gateway → shard)
     ShardRefusal = 9,
+    /// `StatusRequest` → `TransactionInfo` (client → gateway: a transaction's outcome by id)
+    TxnStatus = 10,
 }
 
 impl Method {
-    const ALL: [Method; 9] = [
+    const ALL: [Method; 10] = [
         Method::KvBegin,
         Method::KvGet,
         Method::KvScan,
@@ -85,6 +87,7 @@ impl Method {
         Method::KvAbort,
         Method::ShardRead,
         Method::ShardRefusal,
+        Method::TxnStatus,
     ];
 
     fn from_u8(tag: u8) -> Option<Method> {
@@ -182,6 +185,7 @@ pub(crate) fn decode_calls(bytes: &[u8]) -> Result<usize, String> {
             Some(Method::KvAbort) => decode::<proto::KvAbortRequest>(request).map(drop),
             Some(Method::ShardRead) => decode::<proto::ShardReadRequest>(request).map(drop),
             Some(Method::ShardRefusal) => decode::<proto::RefusalRequest>(request).map(drop),
+            Some(Method::TxnStatus) => decode::<proto::StatusRequest>(request).map(drop),
         };
         if decoded.is_ok() {
             calls += 1;
@@ -434,7 +438,12 @@ mod tests {
                         let get: proto::KvGetRequest = decode(&request)?.into_inner();
                         let delay_ms = u64::from(get.key.first().copied().unwrap_or(0));
                         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                        let reply = proto::KvGetReply { found: true, value: get.key, session: 7 };
+                        let reply = proto::KvGetReply {
+                            found: true,
+                            value: get.key,
+                            session: 7,
+                            txn: String::new(),
+                        };
                         encode(tonic::Response::new(reply))
                     }
                     _ => Err(Status::aborted("echo only gets")),

@@ -61,6 +61,8 @@ pub(crate) struct CoordinatorRole<E: Engine> {
     next_request: u64,
     /// Requests not yet named by the core, with where to answer and what they asked.
     submits: HashMap<RequestId, PendingSubmit<E>>,
+    /// Reservations asked for and not yet answered.
+    reserving: HashMap<RequestId, oneshot::Sender<Result<TxnId, Status>>>,
     waiting: HashMap<TxnId, SubmitReply>,
     table: HashMap<TxnId, Entry>,
     finished: VecDeque<TxnId>,
@@ -84,6 +86,7 @@ impl<E: Engine> CoordinatorRole<E> {
             shards,
             next_request: 0,
             submits: HashMap::new(),
+            reserving: HashMap::new(),
             waiting: HashMap::new(),
             table: HashMap::new(),
             finished: VecDeque::new(),
@@ -186,17 +189,28 @@ impl<E: Engine> CoordinatorRole<E> {
                     self.waiting.insert(txn, reply);
                 }
             }
+            Command::Reserved { request, txn } => {
+                if let Some(reply) = self.reserving.remove(&request) {
+                    let _ = reply.send(Ok(txn));
+                }
+            }
             Command::Rejected { request, reason } => {
-                let Some((reply, _)) = self.submits.remove(&request) else { return };
                 let status = match reason {
                     Rejection::Overloaded => Status::resource_exhausted(
-                        "the coordinator is at its in-flight limit; retry later",
+                        "the coordinator is at its in-flight limit (or starting); retry later",
                     ),
                     Rejection::Invalid => Status::invalid_argument(
                         "the transaction names the same shard twice or too many shards",
                     ),
+                    Rejection::NotReserved => Status::failed_precondition(
+                        "the transaction's reserved id is no longer held (it expired, or the coordinator restarted): it did not run; begin again",
+                    ),
                 };
-                let _ = reply.try_send(Err(status));
+                if let Some(reply) = self.reserving.remove(&request) {
+                    let _ = reply.send(Err(status));
+                } else if let Some((reply, _)) = self.submits.remove(&request) {
+                    let _ = reply.try_send(Err(status));
+                }
             }
             Command::Outcome { txn, decision } => {
                 let state = match decision {
@@ -400,8 +414,14 @@ impl<E: Engine> Node<E> {
         }
     }
 
-    /// Starts a client's transaction; its events go to `reply`.
-    pub(crate) fn submit(&mut self, branches: Vec<Branch<Change<E::Model>>>, reply: SubmitReply) {
+    /// Starts a client's transaction; its events go to `reply`. With `reserved`, it runs under
+    /// that id, reserved earlier ([`Node::reserve`]).
+    pub(crate) fn submit(
+        &mut self,
+        branches: Vec<Branch<Change<E::Model>>>,
+        reserved: Option<TxnId>,
+        reply: SubmitReply,
+    ) {
         let Some(c) = self.coordinator() else {
             let _ = reply.try_send(Err(Status::failed_precondition("this node is a shard")));
             return;
@@ -409,6 +429,32 @@ impl<E: Engine> Node<E> {
         c.next_request += 1;
         let request = RequestId(c.next_request);
         c.submits.insert(request, (reply, branches.clone()));
-        self.step(Input::Begin { request, branches });
+        match reserved {
+            None => self.step(Input::Begin { request, branches }),
+            Some(txn) => {
+                let begin = concord_commit::Reservation::Begin { request, txn, branches };
+                self.step(Input::Reservation(begin));
+            }
+        }
+    }
+
+    /// Reserves a transaction id for a transaction that will run later (the client knows its
+    /// id before it commits: `concord_commit::Reservation`).
+    pub(crate) fn reserve(&mut self, reply: oneshot::Sender<Result<TxnId, Status>>) {
+        let Some(c) = self.coordinator() else {
+            let _ = reply.send(Err(Status::failed_precondition("this node is a shard")));
+            return;
+        };
+        c.next_request += 1;
+        let request = RequestId(c.next_request);
+        c.reserving.insert(request, reply);
+        self.step(Input::Reservation(concord_commit::Reservation::Reserve { request }));
+    }
+
+    /// Gives back a reserved id whose transaction will not run.
+    pub(crate) fn release(&mut self, txn: TxnId) {
+        if self.coordinator().is_some() {
+            self.step(Input::Reservation(concord_commit::Reservation::Release { txn }));
+        }
     }
 }

@@ -156,6 +156,7 @@ impl<E: Engine> Node<E> {
                 }
                 Command::SetTimer { timer, after_us } => self.io.set_timer(timer, after_us),
                 client @ (Command::Begun { .. }
+                | Command::Reserved { .. }
                 | Command::Rejected { .. }
                 | Command::Outcome { .. }) => {
                     if let RoleState::Coordinator(c) = &mut self.role {

@@ -45,8 +45,23 @@ pub(crate) trait KvNode {
     fn inquire_now(&mut self, txn: TxnId);
     /// Why this shard refused `txn`, if it remembers.
     fn refusal(&self, txn: TxnId) -> Option<String>;
-    /// Hands a transaction's branches to the coordinator core.
-    fn submit(&mut self, branches: Vec<Branch<KvChange>>, reply: SubmitReply);
+    /// Hands a transaction's branches to the coordinator core (under `reserved`, if it has one).
+    fn submit(
+        &mut self,
+        branches: Vec<Branch<KvChange>>,
+        reserved: Option<TxnId>,
+        reply: SubmitReply,
+    );
+    /// Reserves a transaction id (the coordinator core's `Reservation`).
+    fn reserve(&mut self, reply: oneshot::Sender<Result<TxnId, Status>>);
+    /// Gives back a reserved id that will not run.
+    fn release(&mut self, txn: TxnId);
+    /// A transaction's status by id (the Client service's `Status`).
+    fn status(
+        &mut self,
+        txn: TxnId,
+        reply: oneshot::Sender<Result<proto::TransactionInfo, Status>>,
+    );
 }
 
 impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
@@ -72,8 +87,34 @@ impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
         }
     }
 
-    fn submit(&mut self, branches: Vec<Branch<KvChange>>, reply: SubmitReply) {
-        Node::submit(self, branches, reply);
+    fn submit(
+        &mut self,
+        branches: Vec<Branch<KvChange>>,
+        reserved: Option<TxnId>,
+        reply: SubmitReply,
+    ) {
+        Node::submit(self, branches, reserved, reply);
+    }
+
+    fn reserve(&mut self, reply: oneshot::Sender<Result<TxnId, Status>>) {
+        Node::reserve(self, reply);
+    }
+
+    fn release(&mut self, txn: TxnId) {
+        Node::release(self, txn);
+    }
+
+    fn status(
+        &mut self,
+        txn: TxnId,
+        reply: oneshot::Sender<Result<proto::TransactionInfo, Status>>,
+    ) {
+        match &mut self.role {
+            RoleState::Coordinator(c) => c.status(txn, reply, &mut self.io),
+            RoleState::Shard(_) | RoleState::Acceptor(_) => {
+                let _ = reply.send(Err(Status::failed_precondition("ask the gateway")));
+            }
+        }
     }
 }
 
@@ -167,13 +208,24 @@ const DEFAULT_SCAN_LIMIT: usize = 100;
 /// Most rows one shard read returns: a gateway asks for a scan's limit plus the transaction's
 /// own deletions in the range, each bounded by `Limits`; anything beyond is refused work.
 const MAX_SHARD_SCAN_ROWS: usize = 20_000;
+/// A session opened ahead (`reserve`) that no operation has used after this long is dropped.
+const AHEAD_UNUSED: Duration = Duration::from_secs(12);
 /// Open transactions a gateway holds at most; beyond, `begin` is refused (RESOURCE_EXHAUSTED).
 const MAX_OPEN_TRANSACTIONS: usize = 100_000;
+
+/// One open transaction at the gateway.
+struct Session {
+    txn: Transaction,
+    /// The id the commit will run under, if the client asked for it ahead (`reserve`).
+    reserved: Option<TxnId>,
+    /// Opened ahead of its transaction: the snapshot is taken at its first operation.
+    fresh: bool,
+}
 
 /// The gateway: open transactions and the way to the shards and the coordinator core.
 pub(crate) struct Gateway {
     handle: KvHandle,
-    sessions: Mutex<HashMap<u64, Transaction>>,
+    sessions: Mutex<HashMap<u64, Session>>,
     next_session: AtomicU64,
     clock: Mutex<Hlc>,
     map: ShardMap,
@@ -221,54 +273,89 @@ impl Gateway {
         self.clock.lock().expect("clock lock").now(physical_now_us())
     }
 
-    /// Runs `f` on open transaction `session`; an expired one is dropped and refused.
-    /// Begins a transaction: its session and snapshot timestamp.
-    fn open(&self, begin: &proto::KvBeginRequest) -> Result<(u64, Timestamp), Status> {
+    /// Begins a transaction: its session and snapshot timestamp, and (`reserve`) the id its
+    /// commit will run under, reserved now so the client knows it before it commits.
+    async fn open(
+        &self,
+        begin: &proto::KvBeginRequest,
+        fresh: bool,
+    ) -> Result<(u64, Timestamp, Option<TxnId>), Status> {
         let isolation = match begin.isolation.as_str() {
             "" => Isolation::default(),
             other => other.parse().map_err(invalid)?,
         };
-        let start = self.now();
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        if sessions.len() >= MAX_OPEN_TRANSACTIONS {
+        if self.sessions.lock().expect("sessions lock").len() >= MAX_OPEN_TRANSACTIONS {
             return Err(Status::resource_exhausted(format!(
                 "{MAX_OPEN_TRANSACTIONS} transactions are open at this gateway; commit or abort some, or retry later"
             )));
         }
-        sessions.insert(session, txn);
-        Ok((session, start))
+        let reserved = if begin.reserve {
+            let (tx, rx) = oneshot::channel();
+            self.handle.ask(move |node| node.reserve(tx)).await?;
+            Some(rx.await.map_err(|_| stopping())??)
+        } else {
+            None
+        };
+        let start = self.now();
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
+        let fresh = fresh && reserved.is_some();
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.insert(session, Session { txn, reserved, fresh });
+        Ok((session, start, reserved))
     }
 
-    /// The request's session, or a new one if it asks to begin.
-    fn session_of(
+    /// The request's session, or a new one if it asks to begin (and the id that one reserved).
+    async fn session_of(
         &self,
         session: u64,
         begin: Option<&proto::KvBeginRequest>,
-    ) -> Result<u64, Status> {
+    ) -> Result<(u64, Option<TxnId>), Status> {
         match begin {
-            Some(begin) => self.open(begin).map(|(session, _)| session),
-            None => Ok(session),
+            Some(begin) => self.open(begin, false).await.map(|(session, _, txn)| (session, txn)),
+            None => Ok((session, None)),
         }
     }
 
+    /// Runs `f` on open transaction `session`; an expired one is dropped and refused. A
+    /// session opened ahead takes its snapshot now, at its first operation.
     fn with<T>(
         &self,
         session: u64,
         f: impl FnOnce(&mut Transaction) -> Result<T, Status>,
     ) -> Result<T, Status> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        let Some(txn) = sessions.get_mut(&session) else {
+        let Some(open) = sessions.get_mut(&session) else {
             return Err(Status::failed_precondition(format!(
                 "no open transaction {session} (committed, aborted, expired, or the gateway restarted)"
             )));
         };
-        if let Err(e) = txn.check_alive(physical_now_us()) {
-            sessions.remove(&session);
+        if open.fresh {
+            open.fresh = false;
+            let now = self.now();
+            open.txn.restart_snapshot(now, physical_now_us());
+        }
+        if let Err(e) = open.txn.check_alive(physical_now_us()) {
+            let reserved = sessions.remove(&session).and_then(|s| s.reserved);
+            drop(sessions);
+            self.release(reserved);
             return Err(Status::failed_precondition(e.to_string()));
         }
-        f(txn)
+        f(&mut open.txn)
+    }
+
+    /// Ends `session` (if open), giving back its reserved id: its transaction will not run.
+    fn end(&self, session: u64) {
+        let reserved =
+            self.sessions.lock().expect("sessions lock").remove(&session).and_then(|s| s.reserved);
+        self.release(reserved);
+    }
+
+    fn release(&self, reserved: Option<TxnId>) {
+        if let Some(txn) = reserved {
+            let handle = self.handle.clone();
+            tokio::spawn(async move { handle.ask(move |node| node.release(txn)).await });
+        }
     }
 
     async fn read(
@@ -318,10 +405,11 @@ impl Gateway {
         &self,
         branches: Vec<Branch<concord_kv::KvChange>>,
         shards: &[usize],
+        reserved: Option<TxnId>,
     ) -> Result<String, Status> {
         let (reply, mut events) = mpsc::channel(4);
-        self.handle.ask(move |node| node.submit(branches, reply)).await?;
-        let mut txn: Option<String> = None;
+        self.handle.ask(move |node| node.submit(branches, reserved, reply)).await?;
+        let mut txn: Option<String> = reserved.map(|t| t.to_string());
         let outcome = tokio::time::timeout(COMMIT_TIMEOUT, async {
             while let Some(event) = events.recv().await {
                 match event?.event {
@@ -396,7 +484,21 @@ async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(gateway) = gateway.upgrade() else { return };
         let now = physical_now_us();
-        gateway.sessions.lock().expect("sessions lock").retain(|_, t| t.check_alive(now).is_ok());
+        let mut expired = Vec::new();
+        gateway.sessions.lock().expect("sessions lock").retain(|_, s| {
+            // A session opened ahead and not used within AHEAD_UNUSED is given up (its client
+            // uses them within 10 s or drops them): its reserved id holds the forget mark.
+            let unused_too_long = s.fresh
+                && s.txn.age_us(now) > u64::try_from(AHEAD_UNUSED.as_micros()).unwrap_or(u64::MAX);
+            let alive = s.txn.check_alive(now).is_ok() && !unused_too_long;
+            if !alive {
+                expired.extend(s.reserved);
+            }
+            alive
+        });
+        for txn in expired {
+            gateway.release(Some(txn));
+        }
     }
 }
 
@@ -406,8 +508,9 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvBeginRequest>,
     ) -> Result<Response<proto::KvBeginReply>, Status> {
-        let (session, start) = self.open(&request.into_inner())?;
-        Ok(Response::new(proto::KvBeginReply { session, start: Some(to_proto(start)) }))
+        let (session, start, reserved) = self.open(&request.into_inner(), true).await?;
+        let txn = reserved.map(|t| t.to_string()).unwrap_or_default();
+        Ok(Response::new(proto::KvBeginReply { session, start: Some(to_proto(start)), txn }))
     }
 
     async fn get(
@@ -416,7 +519,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
     ) -> Result<Response<proto::KvGetReply>, Status> {
         let timeout = shard_timeout(&request);
         let proto::KvGetRequest { session, key, begin } = request.into_inner();
-        let session = self.session_of(session, begin.as_ref())?;
+        let (session, reserved) = self.session_of(session, begin.as_ref()).await?;
         let lookup = self.with(session, |t| {
             if let Some(own) = t.buffered(&key) {
                 return Ok(Lookup::Local(own.cloned()));
@@ -446,6 +549,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             found: value.is_some(),
             value: value.unwrap_or_default(),
             session,
+            txn: reserved.map(|t| t.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -455,7 +559,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
     ) -> Result<Response<proto::KvScanReply>, Status> {
         let timeout = shard_timeout(&request);
         let proto::KvScanRequest { session, range, limit, begin } = request.into_inner();
-        let session = self.session_of(session, begin.as_ref())?;
+        let (session, reserved) = self.session_of(session, begin.as_ref()).await?;
         let range = range_from_proto(range);
         let limit = if limit == 0 { DEFAULT_SCAN_LIMIT } else { limit as usize };
         let at = self.with(session, |t| {
@@ -492,7 +596,8 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             }
         }
         let rows = rows.into_iter().map(|(key, value)| proto::KvPair { key, value }).collect();
-        Ok(Response::new(proto::KvScanReply { rows, more: !complete, session }))
+        let txn = reserved.map(|t| t.to_string()).unwrap_or_default();
+        Ok(Response::new(proto::KvScanReply { rows, more: !complete, session, txn }))
     }
 
     async fn put(
@@ -517,8 +622,8 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvCommitRequest>,
     ) -> Result<Response<proto::KvCommitReply>, Status> {
-        let proto::KvCommitRequest { session, writes, begin } = request.into_inner();
-        let session = self.session_of(session, begin.as_ref())?;
+        let proto::KvCommitRequest { session, writes, begin, reserve_next } = request.into_inner();
+        let (session, _) = self.session_of(session, begin.as_ref()).await?;
         // The client's buffered writes first, exactly as Put/Delete calls would have applied
         // them. Checked (alive) and taken: a commit consumes its session whatever the outcome.
         let applied = self.with(session, |t| {
@@ -529,20 +634,40 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                     t.put(write.key, write.value).map_err(invalid)?;
                 }
             }
-            Ok(())
+            t.check_size().map_err(invalid)
         });
         if let Err(refused) = applied {
-            self.sessions.lock().expect("sessions lock").remove(&session);
+            self.end(session);
             return Err(refused);
         }
-        let txn = self.sessions.lock().expect("sessions lock").remove(&session);
-        let Some(txn) = txn else {
+        let open = self.sessions.lock().expect("sessions lock").remove(&session);
+        let Some(Session { txn, reserved, .. }) = open else {
             return Err(Status::failed_precondition(format!("no open transaction {session}")));
         };
-        txn.check_size().map_err(invalid)?;
+        // The next transaction's session, named now (before this one's outcome, which may take
+        // a while): the client will know its id before it commits.
+        let next = if reserve_next {
+            let ahead =
+                proto::KvBeginRequest { isolation: txn.isolation.to_string(), reserve: true };
+            match self.open(&ahead, true).await {
+                Ok((session, start, id)) => Some(proto::KvBeginReply {
+                    session,
+                    start: Some(to_proto(start)),
+                    txn: id.map(|t| t.to_string()).unwrap_or_default(),
+                }),
+                Err(_) => None, // the client reserves with its next Begin instead
+            }
+        } else {
+            None
+        };
         if txn.is_read_only() {
             // One consistent snapshot: nothing to validate or write.
-            return Ok(Response::new(proto::KvCommitReply { txn: String::new(), commit: None }));
+            self.release(reserved);
+            return Ok(Response::new(proto::KvCommitReply {
+                txn: String::new(),
+                commit: None,
+                next,
+            }));
         }
         let commit = self.now();
         let changes = txn.changes(&self.map, commit);
@@ -551,15 +676,27 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             .into_iter()
             .map(|(s, change)| Branch { node: self.shards[s].0, writes: change })
             .collect();
-        let id = self.commit_branches(branches, &shards).await?;
-        Ok(Response::new(proto::KvCommitReply { txn: id, commit: Some(to_proto(commit)) }))
+        match self.commit_branches(branches, &shards, reserved).await {
+            Ok(id) => {
+                let commit = Some(to_proto(commit));
+                Ok(Response::new(proto::KvCommitReply { txn: id, commit, next }))
+            }
+            Err(status) => {
+                // An error carries no `next`: give its session back rather than leave its
+                // reserved id holding the forget mark until it expires.
+                if let Some(next) = next {
+                    self.end(next.session);
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn abort(
         &self,
         request: Request<proto::KvAbortRequest>,
     ) -> Result<Response<proto::KvAbortReply>, Status> {
-        self.sessions.lock().expect("sessions lock").remove(&request.into_inner().session);
+        self.end(request.into_inner().session);
         Ok(Response::new(proto::KvAbortReply {}))
     }
 }
@@ -578,6 +715,16 @@ impl Serve for Gateway {
                 Method::KvDelete => encode(Kv::delete(&self, decode(&request)?).await?),
                 Method::KvCommit => encode(Kv::commit(&self, decode(&request)?).await?),
                 Method::KvAbort => encode(Kv::abort(&self, decode(&request)?).await?),
+                Method::TxnStatus => {
+                    let request: proto::StatusRequest = decode(&request)?.into_inner();
+                    let txn: TxnId = request
+                        .txn
+                        .parse()
+                        .map_err(|e: concord_types::ParseTxnIdError| invalid(e))?;
+                    let (tx, rx) = oneshot::channel();
+                    self.handle.ask(move |node| node.status(txn, tx)).await?;
+                    Ok(rx.await.map_err(|_| stopping())??.encode_to_vec())
+                }
                 Method::ShardRead | Method::ShardRefusal => {
                     Err(Status::failed_precondition("this node is a gateway, not a shard"))
                 }

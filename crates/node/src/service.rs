@@ -64,7 +64,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
     ) -> Result<Response<SubmitStream>, Status> {
         let branches = E::Model::branches(&self.config, &request.into_inner().writes)?;
         let (reply, events) = mpsc::channel(4);
-        let call: Call<E> = Box::new(move |node| node.submit(branches, reply));
+        let call: Call<E> = Box::new(move |node| node.submit(branches, None, reply));
         self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events);
         Ok(Response::new(Box::pin(stream)))

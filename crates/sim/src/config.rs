@@ -35,6 +35,10 @@ pub struct SimConfig {
     /// run, each once after healing), as a client with an unknown outcome would, and check
     /// every verdict against what was applied (`invariants/status_honesty.rs`).
     pub status_probes: bool,
+    /// Half the transactions reserve their id first and begin under it a moment later (as a
+    /// client that must know its id before committing does), with status probes about some
+    /// reserved ids before they begin.
+    pub reservations: bool,
     /// Hard bound on events processed; a run that needs more is reported, not looped.
     pub max_events: u64,
 }
@@ -173,6 +177,7 @@ impl SimConfig {
             blocked_threshold_us: 200_000,
             record_trace: false,
             status_probes: false,
+            reservations: false,
             max_events: 5_000_000,
         }
     }

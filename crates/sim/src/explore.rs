@@ -323,6 +323,7 @@ where
                     check_verdict(w, decision, &format!("{id} decided"));
                 }
                 Command::Begun { txn, .. } => w.txn = Some(txn),
+                Command::Reserved { .. } => {}
                 Command::Rejected { .. } => {}
             }
         }

@@ -108,6 +108,7 @@ pub fn random_config(seed: u64) -> SimConfig {
     // Status answers from memory (the newest decisions kept) and from none at all.
     config.switches.forgotten_kept = *rng.pick(&[0, 1, 100_000]);
     config.status_probes = true;
+    config.reservations = true;
     config
 }
 

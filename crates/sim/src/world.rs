@@ -63,6 +63,11 @@ enum Event<P: Protocol> {
     StatusProbe {
         txn: TxnId,
     },
+    /// A client runs workload transaction `index` under the id reserved for it.
+    BeginReserved {
+        index: usize,
+        txn: TxnId,
+    },
 }
 
 struct Scheduled<P: Protocol> {
@@ -257,6 +262,18 @@ impl<P: Protocol> Simulation<P> {
                 txn.hash(&mut self.hasher);
                 self.probe(txn);
             }
+            Event::BeginReserved { index, txn } => {
+                7u8.hash(&mut self.hasher);
+                (index, txn).hash(&mut self.hasher);
+                if self.nodes[COORDINATOR.0 as usize].core.is_some() {
+                    let request = RequestId(index as u64);
+                    let branches = self.config.workload[index].branches.clone();
+                    let begin = concord_commit::Reservation::Begin { request, txn, branches };
+                    self.input(COORDINATOR, Input::Reservation(begin), 0);
+                } else {
+                    self.report.txns_not_started += 1;
+                }
+            }
         }
     }
 
@@ -270,6 +287,11 @@ impl<P: Protocol> Simulation<P> {
             return;
         }
         self.submitted_at.insert(request, self.now);
+        if self.config.reservations && self.rng.chance(0.5) {
+            let reserve = concord_commit::Reservation::Reserve { request };
+            self.input(COORDINATOR, Input::Reservation(reserve), 0);
+            return;
+        }
         let branches = self.config.workload[index].branches.clone();
         self.input(COORDINATOR, Input::Begin { request, branches }, 0);
     }
@@ -661,6 +683,17 @@ impl<P: Protocol> Simulation<P> {
                 }
             }
             Command::Rejected { .. } => self.report.txns_not_started += 1,
+            Command::Reserved { request, txn } => {
+                // The client begins under it a moment later — after a status query about it,
+                // now and then (a client that lost the reply asks; the query comes first).
+                let index = usize::try_from(request.0).expect("request ids are workload indexes");
+                if self.config.status_probes && self.rng.chance(0.3) {
+                    let at = self.now + self.rng.range(0, 2_000);
+                    self.schedule(at, Event::StatusProbe { txn });
+                }
+                let at = self.now + self.rng.range(0, 5_000);
+                self.schedule(at, Event::BeginReserved { index, txn });
+            }
             Command::Outcome { txn, decision } => {
                 self.trace(|| TraceEvent::Outcome { node, txn, decision });
                 if node == COORDINATOR {

@@ -185,7 +185,7 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Acceptor<C, S> {
             }
             Input::Persisted(other) => panic!("acceptor {} never forces {other:?}", self.id),
             Input::Timer(timer) => self.leader.on_timer(timer, out),
-            Input::Begin { .. } => {}
+            Input::Begin { .. } | Input::Reservation(_) => {}
             Input::Message { from, msg } => match msg {
                 Msg::Phase2a { txn, ballot, values, leader, participants } => {
                     self.on_phase2a(txn, ballot, values, leader, participants, out);

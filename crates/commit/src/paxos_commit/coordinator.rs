@@ -70,6 +70,28 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         let in_flight = self.in_flight();
         let admitted = self.admission.admit(request, branches, in_flight, epoch_record, out);
         let Some((txn, branches)) = admitted else { return };
+        self.start(txn, branches, out);
+    }
+
+    fn on_reservation(&mut self, reservation: crate::Reservation<C>, out: &mut Out<C, S>) {
+        match reservation {
+            crate::Reservation::Reserve { request } => {
+                let epoch_record = |epoch| Record::EpochStarted { epoch };
+                self.admission.reserve(request, epoch_record, out);
+            }
+            crate::Reservation::Begin { request, txn, branches } => {
+                let in_flight = self.in_flight();
+                let admitted =
+                    self.admission.admit_reserved(request, txn, branches, in_flight, out);
+                if let Some((txn, branches)) = admitted {
+                    self.start(txn, branches, out);
+                }
+            }
+            crate::Reservation::Release { txn } => self.admission.release(txn),
+        }
+    }
+
+    fn start(&mut self, txn: TxnId, branches: Vec<Branch<C>>, out: &mut Out<C, S>) {
         if branches.len() == 1 && self.leader.config().switches.one_phase {
             let branch = branches.into_iter().next().expect("checked: exactly one branch");
             self.send_one_phase(txn, &branch, 0, out);
@@ -187,6 +209,7 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
             }
             Input::Persisted(other) => panic!("coordinator {} never forces {other:?}", self.id),
             Input::Begin { request, branches } => self.begin(request, branches, out),
+            Input::Reservation(reservation) => self.on_reservation(reservation, out),
             Input::Timer(Timer::OnePhaseRetry { txn, attempt }) => {
                 self.on_one_phase_retry(txn, attempt, out);
             }

@@ -459,7 +459,7 @@ impl<R: Resource> Core for Participant<R> {
             Input::Timer(Timer::Inquire { txn, attempt }) => {
                 self.on_inquiry_timer(txn, attempt, out);
             }
-            Input::Timer(_) | Input::Begin { .. } => {}
+            Input::Timer(_) | Input::Begin { .. } | Input::Reservation(_) => {}
             Input::Message { from, msg } => match msg {
                 Msg::Prepare { txn, participants, writes, wide } => {
                     self.on_prepare(txn, participants, writes, wide, out);

@@ -159,6 +159,7 @@ impl Core for Coordinator {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Begin { request, branches } => self.begin(request, branches, out),
+            Input::Reservation(r) => r.refuse(out),
             Input::Persisted(Record::EpochStarted { epoch }) => {
                 for (request, branches) in self.admission.epoch_durable(epoch) {
                     self.begin(request, branches, out);

@@ -521,7 +521,7 @@ impl Core for Participant {
                 self.on_termination_timer(txn, term, out);
             }
             Input::Timer(Timer::Collect { txn, term }) => self.on_collect_timer(txn, term, out),
-            Input::Timer(_) | Input::Begin { .. } => {}
+            Input::Timer(_) | Input::Begin { .. } | Input::Reservation(_) => {}
             Input::Message { from, msg } => match msg {
                 Msg::CanCommit { txn, participants, writes } => {
                     self.on_can_commit(txn, participants, writes, out);

@@ -21,7 +21,7 @@ use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
 use super::{Config, Msg, Record, Timer};
 use crate::admission::{Admission, Limits};
 use crate::backoff_us;
-use crate::{Branch, Change, Command, Core, Durability, Input};
+use crate::{Branch, Change, Command, Core, Durability, Input, Reservation};
 
 type Out<C, S> = Vec<Command<Msg<C>, Record<C, S>, Timer>>;
 
@@ -147,6 +147,24 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         }
     }
 
+    fn on_reservation(&mut self, reservation: Reservation<C>, out: &mut Out<C, S>) {
+        match reservation {
+            Reservation::Reserve { request } => {
+                let epoch_record = |epoch| Record::EpochStarted { epoch };
+                self.admission.reserve(request, epoch_record, out);
+            }
+            Reservation::Begin { request, txn, branches } => {
+                let in_flight = self.txns.len();
+                let admitted =
+                    self.admission.admit_reserved(request, txn, branches, in_flight, out);
+                if let Some((txn, branches)) = admitted {
+                    self.start(txn, branches, out);
+                }
+            }
+            Reservation::Release { txn } => self.admission.release(txn),
+        }
+    }
+
     /// Sends FORGET once the current epoch's low-water mark — every id below it handed out
     /// and no longer running — has moved `forget_every` transactions since the last one.
     fn maybe_forget(&mut self, out: &mut Out<C, S>) {
@@ -155,12 +173,15 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         }
         let Some((epoch, next)) = self.admission.next_id() else { return };
         let epoch_start = TxnId { coordinator: self.id, epoch, sequence: 0 };
-        let low = self
+        let running = self
             .txns
             .range(epoch_start..)
             .next()
             .filter(|(t, _)| t.epoch == epoch)
             .map_or(next, |(t, _)| t.sequence);
+        // A reserved id has not finished either: it may still run (and its PREPARE must not
+        // meet a participant that already forgot it).
+        let low = self.admission.lowest_reserved(epoch).map_or(running, |r| r.min(running));
         // Sequences start at 1: nothing of a new epoch has been forgotten yet.
         let (last_epoch, last_below) = self.forgotten;
         let since = if last_epoch == epoch { last_below } else { 1 };
@@ -489,6 +510,7 @@ impl<C: Change, S: std::fmt::Debug> Core for Coordinator<C, S> {
         match input {
             Input::Restart { records } => self.restart(records, out),
             Input::Begin { request, branches } => self.begin(request, branches, out),
+            Input::Reservation(reservation) => self.on_reservation(reservation, out),
             Input::Persisted(record) => self.on_persisted(record, out),
             Input::Timer(timer) => self.on_timer(timer, out),
             Input::Message { from, msg } => match msg {

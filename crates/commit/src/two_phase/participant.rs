@@ -641,7 +641,7 @@ impl<R: Resource> Core for Participant<R> {
             Input::Timer(Timer::Inquire { txn, attempt }) => {
                 self.on_inquiry_timer(txn, attempt, out);
             }
-            Input::Timer(_) | Input::Begin { .. } => {}
+            Input::Timer(_) | Input::Begin { .. } | Input::Reservation(_) => {}
             Input::Message { from, msg } => match msg {
                 Msg::Prepare { txn, peers, writes, early_ack } => {
                     self.on_prepare(txn, peers, writes, early_ack, out);

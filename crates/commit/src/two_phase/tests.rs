@@ -1224,3 +1224,73 @@ fn the_mark_survives_a_checkpoint_and_a_restart() {
     );
     assert_eq!(restarted.store().value(10), 5, "applied once");
 }
+
+fn reservation(r: crate::Reservation) -> Input<Msg, Record, Timer> {
+    Input::Reservation(r)
+}
+
+#[test]
+fn a_reserved_id_runs_once_and_only_while_held() {
+    use crate::Reservation::{Begin, Release, Reserve};
+    let mut c = ready_coordinator(config());
+    let out = run(&mut c, reservation(Reserve { request: RequestId(1) }));
+    assert_eq!(out, vec![Command::Reserved { request: RequestId(1), txn: txn(1) }]);
+    // The reserved id is the transaction's.
+    let out = run(
+        &mut c,
+        reservation(Begin { request: RequestId(2), txn: txn(1), branches: two_branches() }),
+    );
+    assert_eq!(out[0], Command::Begun { request: RequestId(2), txn: txn(1) });
+    assert!(out.contains(&send(P1, prepare(txn(1), w(10, 5)))));
+    // Used once: a second begin under it is refused, as is an id never reserved.
+    for (request, txn) in [(3, txn(1)), (4, txn(7))] {
+        let out = run(
+            &mut c,
+            reservation(Begin { request: RequestId(request), txn, branches: two_branches() }),
+        );
+        let reason = Rejection::NotReserved;
+        assert_eq!(out, vec![Command::Rejected { request: RequestId(request), reason }]);
+    }
+    // Released: never runs.
+    run(&mut c, reservation(Reserve { request: RequestId(5) }));
+    run(&mut c, reservation(Release { txn: txn(2) }));
+    let out = run(
+        &mut c,
+        reservation(Begin { request: RequestId(6), txn: txn(2), branches: two_branches() }),
+    );
+    assert_eq!(
+        out,
+        vec![Command::Rejected { request: RequestId(6), reason: Rejection::NotReserved }]
+    );
+    // Ids reserved before a restart are not held after it.
+    run(&mut c, reservation(Reserve { request: RequestId(7) }));
+    run(&mut c, Input::Restart { records: vec![Record::EpochStarted { epoch: 1 }] });
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 2 }));
+    let out = run(
+        &mut c,
+        reservation(Begin { request: RequestId(8), txn: txn(3), branches: two_branches() }),
+    );
+    assert_eq!(
+        out,
+        vec![Command::Rejected { request: RequestId(8), reason: Rejection::NotReserved }]
+    );
+}
+
+#[test]
+fn a_reserved_id_holds_the_forget_mark_below_it() {
+    use crate::Reservation::{Begin, Reserve};
+    let mut cfg = config();
+    cfg.forget_every = 1;
+    let mut c = ready_coordinator(cfg);
+    run(&mut c, reservation(Reserve { request: RequestId(1) })); // txn 1, held
+    let t2 = one_phase(&mut c, 2, P1, 2);
+    let out = run(&mut c, msg(P1, Msg::OnePhaseResult { txn: t2, decision: Decision::Commit }));
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Send { msg: Msg::Forget { .. }, .. })),
+        "t2 finished, but reserved t1 may still run: no FORGET past it"
+    );
+    let one = vec![Branch { node: P1, writes: w(1, 1) }];
+    run(&mut c, reservation(Begin { request: RequestId(3), txn: txn(1), branches: one }));
+    let out = run(&mut c, msg(P1, Msg::OnePhaseResult { txn: txn(1), decision: Decision::Commit }));
+    assert!(out.contains(&send(P1, Msg::Forget { epoch: 1, below: 3 })), "{out:?}");
+}

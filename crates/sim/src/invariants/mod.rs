@@ -130,7 +130,12 @@ impl History {
     pub fn decisions_of(&self) -> BTreeMap<TxnId, TxnDecisions> {
         let mut all: BTreeMap<TxnId, TxnDecisions> = BTreeMap::new();
         for (&(node, txn), &(decision, _)) in &self.participant_decisions {
-            all.entry(txn).or_default().participants.push((node, decision));
+            // Decided before the transaction was named (a status query about a reserved id
+            // reached it first): kept only if it turned out to be a branch that took part.
+            let branch = self.branches.get(&txn).is_none_or(|b| b.iter().any(|b| b.node == node));
+            if branch && !self.read_only_votes.contains(&(node, txn)) {
+                all.entry(txn).or_default().participants.push((node, decision));
+            }
         }
         for (&txn, &decision) in &self.logged {
             all.entry(txn).or_default().logged = Some(decision);

@@ -436,6 +436,8 @@ impl<P: KvProtocol> KvWorld<P> {
                         self.finish_client(client, Outcome::Failed("rejected".into()));
                     }
                 }
+                // The simulated gateway begins without reservations.
+                Command::Reserved { .. } => {}
                 Command::Outcome { txn, decision } => {
                     if node != GATEWAY {
                         continue;
