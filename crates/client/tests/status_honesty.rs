@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use concord_client::KvClient;
-use concord_node::proto::{self, client_client, State};
+use concord_node::proto::{self, client_client, node_client, State};
 
 mod common;
 
@@ -54,9 +54,43 @@ async fn status_of_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_never_calls_a_committed_transaction_aborted_across_restarts() {
-    let mut cluster = common::LocalKv::start_with("status-test", 2, |config| {
+    let cluster = common::LocalKv::start_with("status-test", 2, |config| {
         config.log.checkpoint_every = 500;
     });
+    drop(status_stays_honest_across_restarts(cluster).await);
+}
+
+/// The same under Paxos Commit, whose shards and acceptors now forget too (once every shard
+/// has acknowledged a decision): status stays honest, and what every shard and acceptor
+/// remembers stays bounded (before, one decision and one set of instances per transaction,
+/// for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paxos_commit_forgets_and_status_stays_honest_across_restarts() {
+    let cluster = common::LocalKv::start_with("status-paxos-test", 2, |config| {
+        config.log.checkpoint_every = 500;
+        *config = config.clone().with_paxos_commit(3);
+    });
+    let mut nodes: Vec<(String, std::net::SocketAddr)> = Vec::new();
+    for node in &cluster.config.nodes {
+        if node.role != concord_node::config::Role::Coordinator {
+            nodes.push((node.name.clone(), node.listen));
+        }
+    }
+    let _running = status_stays_honest_across_restarts(cluster).await;
+    for (name, listen) in nodes {
+        let mut health = node_client::NodeClient::new(concord_node::channel(listen));
+        let reply = health.health(proto::HealthRequest {}).await.expect("health").into_inner();
+        assert!(
+            reply.decisions_remembered < 1_024 + 200,
+            "after {TRANSACTIONS} transactions {name} remembers {} of them",
+            reply.decisions_remembered
+        );
+    }
+}
+
+/// Commits the transactions, restarts the coordinator, then every node, asking the status of
+/// every id each time. Returns the cluster, still running.
+async fn status_stays_honest_across_restarts(mut cluster: common::LocalKv) -> common::LocalKv {
     let gateway = cluster.config.coordinator().listen;
     let kv = KvClient::connect(gateway);
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -92,11 +126,19 @@ async fn status_never_calls_a_committed_transaction_aborted_across_restarts() {
     eprintln!("after a coordinator restart: {committed} committed, {forgotten} forgotten");
     assert_eq!(forgotten, 0, "every outcome is within what the shards keep for status queries");
 
-    for node in ["shard-1", "shard-2", "coordinator"] {
+    let others: Vec<String> = cluster
+        .config
+        .nodes
+        .iter()
+        .filter(|n| n.name != "coordinator")
+        .map(|n| n.name.clone())
+        .collect();
+    for node in others.iter().map(String::as_str).chain(["coordinator"]) {
         cluster.restart(node).await;
     }
     let mut client = client_client::ClientClient::new(concord_node::channel(gateway));
     let (committed, forgotten) = status_of_all(&mut client, &ids).await;
     eprintln!("after every node restarted: {committed} committed, {forgotten} forgotten");
     assert_eq!(forgotten, 0, "the kept outcomes come back from the shards' checkpoints");
+    cluster
 }

@@ -203,11 +203,13 @@ impl<E: Engine> Node<E> {
         }
     }
 
-    /// Decisions a shard remembers; other roles report none.
+    /// Decisions a shard remembers, or transactions an acceptor keeps instances of; a
+    /// coordinator reports none.
     pub fn decisions_remembered(&self) -> u64 {
         match &self.role {
             RoleState::Shard(p) => p.decided().len() as u64,
-            RoleState::Coordinator(_) | RoleState::Acceptor(_) => 0,
+            RoleState::Acceptor(a) => E::acceptor_remembers(a),
+            RoleState::Coordinator(_) => 0,
         }
     }
 

@@ -12,6 +12,7 @@
 //! | a votes arrives as | the shard's VOTE | the acceptors' bundled 2b |
 //! | committed for the table | every YES voter acknowledged | the decision is chosen |
 //! | status of a forgotten txn | ask every shard (INQUIRE) | the same |
+//! | forgetting (FORGET below the mark) | once every YES voter acknowledged | once every shard acknowledged the decision (acceptors forget too) |
 //! | `early_ack = true` | the client hears COMMIT at the last YES; the decision record is lazy | refused |
 
 use std::marker::PhantomData;
@@ -98,6 +99,8 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     fn snapshot_mut(record: &mut Self::Record) -> Option<&mut Snapshot<Self::Model>>;
 
     fn has_issued(c: &Self::Coordinator, txn: TxnId) -> bool;
+    /// Transactions an acceptor keeps instances of.
+    fn acceptor_remembers(a: &Self::Acceptor) -> u64;
     fn in_flight(c: &Self::Coordinator) -> usize;
     fn seen(from: NodeId, msg: &Self::Msg) -> Seen;
     fn logged(record: &Self::Record) -> Logged;
@@ -151,6 +154,9 @@ impl<M: Model> Engine for TwoPc<M> {
     }
     fn has_issued(c: &Self::Coordinator, txn: TxnId) -> bool {
         c.has_issued(txn)
+    }
+    fn acceptor_remembers(_: &Self::Acceptor) -> u64 {
+        0 // 2PC has no acceptors
     }
     fn in_flight(c: &Self::Coordinator) -> usize {
         c.in_flight()
@@ -225,6 +231,9 @@ impl<M: Model> Engine for PaxosCommit<M> {
     fn has_issued(c: &Self::Coordinator, txn: TxnId) -> bool {
         c.has_issued(txn)
     }
+    fn acceptor_remembers(a: &Self::Acceptor) -> u64 {
+        a.transactions_remembered() as u64
+    }
     fn in_flight(c: &Self::Coordinator) -> usize {
         c.in_flight()
     }
@@ -247,6 +256,7 @@ impl<M: Model> Engine for PaxosCommit<M> {
             paxos_commit::Msg::OnePhaseResult { txn, decision } => {
                 Seen::OnePhase { txn: *txn, decision: *decision }
             }
+            paxos_commit::Msg::Ack { txn, .. } => Seen::Acknowledged { txn: *txn },
             _ => match paxos_commit::status_answer(msg) {
                 Some((txn, answer)) => Seen::Answer { txn, answer },
                 None => Seen::Nothing,

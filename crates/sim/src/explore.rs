@@ -47,7 +47,7 @@ pub struct Bounds {
     pub timeouts: Timeouts,
     /// 2PC's early acknowledgement switch (the other switches keep their defaults).
     pub early_ack: bool,
-    /// 2PC's forgetting switch: FORGET after every finished transaction.
+    /// The forgetting switch (2PC and Paxos Commit): FORGET after every finished transaction.
     pub forget: bool,
     /// The last participant refuses its write (it would take a value below zero), so the
     /// transaction must abort: the NO vote, the one-phase abort and their records explored.

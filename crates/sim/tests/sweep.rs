@@ -43,6 +43,10 @@ fn paxos_commit_survives_fifty_thousand_random_fault_schedules() {
         .collect();
     assert!(failures.is_empty(), "{} failing runs:\n{}", summary.failed_runs, failures.join("\n"));
     assert!(summary.committed > 50_000 && summary.aborted > 5_000);
+    // Forgetting (drawn in half the runs): status queries met transactions every participant
+    // forgot, and every answer agreed with what was applied.
+    assert!(summary.status_probes > summary.txns_begun, "probes {}", summary.status_probes);
+    assert!(summary.status_forgotten > 0, "no status query met a forgotten transaction");
 }
 
 #[test]

@@ -35,11 +35,12 @@ impl LocalKv {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = ClusterConfig::local(name, shards, 0);
         config.kv = Some(KvConfig::default());
+        // Ports last: `adjust` may add nodes (acceptors).
+        adjust(&mut config);
         let ports = free_ports(config.nodes.len());
         for (node, port) in config.nodes.iter_mut().zip(ports) {
             node.listen.set_port(port);
         }
-        adjust(&mut config);
         let mut cluster = LocalKv { config, dir, nodes: HashMap::new() };
         let names: Vec<String> = cluster.config.nodes.iter().map(|n| n.name.clone()).collect();
         for name in names {

@@ -4,12 +4,17 @@
 //! Everything it promises or accepts is durable before it says so. Ballot-0 acceptances are
 //! bundled: each instance's is written lazily as it arrives, and the one that completes the set
 //! (or any `Aborted`) is forced — covering the earlier ones — before one 2b carries them all.
+//!
+//! With switch `forget`, a coordinator's FORGET drops every instance below its mark, and the
+//! acceptor then ignores every message about them: for those instances it is an acceptor that
+//! stopped, which Paxos tolerates (module docs, "Forgetting").
 
 use std::collections::BTreeMap;
 
 use concord_types::{NodeId, TxnId, Write};
 
 use super::leader::Leader;
+use super::marks::Marks;
 use super::{Ballot, Config, Msg, Record, Timer, Value};
 use crate::{Checkpoint, Command, Core, Durability, Input};
 
@@ -28,6 +33,8 @@ pub struct Acceptor<C = Vec<Write>, S = Vec<Write>> {
     /// Replies waiting for their record to be durable: (txn, ballot) → leader.
     awaiting_promise: BTreeMap<(TxnId, Ballot), NodeId>,
     awaiting_accept: BTreeMap<(TxnId, Ballot), NodeId>,
+    /// Coordinators' forget marks: everything below is dropped and ignored.
+    forgotten: Marks,
     leader: Leader,
     change: std::marker::PhantomData<(C, S)>,
 }
@@ -44,8 +51,37 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Acceptor<C, S> {
             participants: BTreeMap::new(),
             awaiting_promise: BTreeMap::new(),
             awaiting_accept: BTreeMap::new(),
+            forgotten: Marks::default(),
             change: std::marker::PhantomData,
         }
+    }
+
+    /// A coordinator's FORGET: every participant below the mark has learned its outcome, so
+    /// no ballot will be needed for those transactions again.
+    /// Returns whether the mark moved.
+    fn on_forget(&mut self, coordinator: NodeId, epoch: u32, below: u32) -> bool {
+        let Some(range) = self.forgotten.raise(coordinator, epoch, below) else { return false };
+        let dropped: Vec<TxnId> = self.promised.range(range.clone()).map(|(&t, _)| t).collect();
+        for txn in dropped {
+            self.promised.remove(&txn);
+        }
+        let dropped: Vec<TxnId> = self.accepted.range(range.clone()).map(|(&t, _)| t).collect();
+        for txn in dropped {
+            self.accepted.remove(&txn);
+        }
+        let dropped: Vec<TxnId> = self.participants.range(range.clone()).map(|(&t, _)| t).collect();
+        for txn in dropped {
+            self.participants.remove(&txn);
+        }
+        self.awaiting_promise.retain(|(t, _), _| !range.contains(t));
+        self.awaiting_accept.retain(|(t, _), _| !range.contains(t));
+        self.leader.forget(range);
+        true
+    }
+
+    /// Transactions whose instances this acceptor keeps (below a forget mark, none).
+    pub fn transactions_remembered(&self) -> usize {
+        self.promised.len()
     }
 
     fn promised(&self, txn: TxnId) -> Ballot {
@@ -58,12 +94,18 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Acceptor<C, S> {
         for record in records {
             match record {
                 Record::EpochStarted { epoch } => highest_epoch = highest_epoch.max(epoch),
+                // Below a mark: dropped (a mark in the log is followed only by what it allows).
+                Record::Promised { txn, .. } | Record::Accepted { txn, .. }
+                    if self.forgotten.covers(txn) => {}
                 Record::Promised { txn, ballot } => {
                     let p = self.promised.entry(txn).or_insert(0);
                     *p = (*p).max(ballot);
                 }
                 Record::Accepted { txn, ballot, values, participants } => {
                     self.accept(txn, ballot, &values, participants);
+                }
+                Record::Forgotten { coordinator, epoch, below } => {
+                    self.on_forget(coordinator, epoch, below);
                 }
                 other => {
                     panic!("acceptor {} found a participant record in its log: {other:?}", self.id)
@@ -186,6 +228,18 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Acceptor<C, S> {
             Input::Persisted(other) => panic!("acceptor {} never forces {other:?}", self.id),
             Input::Timer(timer) => self.leader.on_timer(timer, out),
             Input::Begin { .. } | Input::Reservation(_) => {}
+            // Below a forget mark: nothing to do, nobody waiting. An inquiry (from a branch that
+            // lost its lazy abort) is answered with the mark.
+            Input::Message { from, msg }
+                if msg_txn(&msg).is_some_and(|t| self.forgotten.covers(t)) =>
+            {
+                if let Msg::Inquire { txn, .. } = msg {
+                    if let Some((coordinator, epoch, below)) = self.forgotten.mark_of(txn) {
+                        let msg = Msg::Forget { coordinator, epoch, below };
+                        out.push(Command::Send { to: from, msg });
+                    }
+                }
+            }
             Input::Message { from, msg } => match msg {
                 Msg::Phase2a { txn, ballot, values, leader, participants } => {
                     self.on_phase2a(txn, ballot, values, leader, participants, out);
@@ -202,24 +256,39 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Acceptor<C, S> {
                 Msg::Inquire { txn, participants } => {
                     self.leader.on_inquire(from, txn, participants, out);
                 }
+                Msg::Forget { coordinator, epoch, below } => {
+                    if self.on_forget(coordinator, epoch, below) {
+                        // Lazy: a crash that loses it replays instances — remembering is safe.
+                        out.push(Command::Persist {
+                            record: Record::Forgotten { coordinator, epoch, below },
+                            durability: Durability::Lazy,
+                        });
+                    }
+                }
                 Msg::Prepare { .. }
                 | Msg::Decision { .. }
                 | Msg::CommitOnePhase { .. }
-                | Msg::OnePhaseResult { .. } => {}
+                | Msg::OnePhaseResult { .. }
+                | Msg::Ack { .. }
+                | Msg::Forgotten { .. } => {}
             },
         }
     }
 }
 
 impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Checkpoint for Acceptor<C, S> {
-    /// The epoch, and for every transaction its promise and what it accepted at which ballot:
-    /// an acceptor cannot know when every participant has learned a decision, so it forgets
-    /// nothing (see ARCHITECTURE.md, known limits).
+    /// The epoch, the forget marks, and for every transaction above them its promise and what
+    /// it accepted at which ballot.
     fn live_records(&self) -> Vec<Record<C, S>> {
         let mut live = Vec::new();
         if self.epoch > 0 {
             live.push(Record::EpochStarted { epoch: self.epoch });
         }
+        live.extend(self.forgotten.iter().map(|(coordinator, epoch, below)| Record::Forgotten {
+            coordinator,
+            epoch,
+            below,
+        }));
         for (&txn, &promised) in &self.promised {
             let participants = self.participants.get(&txn).cloned().unwrap_or_default();
             let mut by_ballot: BTreeMap<Ballot, Vec<(NodeId, Value)>> = BTreeMap::new();
@@ -236,5 +305,24 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Checkpoint for Acceptor<C, 
             }
         }
         live
+    }
+}
+
+/// The transaction a message is about (`None` for FORGET, which is about many).
+fn msg_txn<C>(msg: &Msg<C>) -> Option<TxnId> {
+    match *msg {
+        Msg::Prepare { txn, .. }
+        | Msg::Phase2a { txn, .. }
+        | Msg::Phase2b { txn, .. }
+        | Msg::Phase1a { txn, .. }
+        | Msg::Phase1b { txn, .. }
+        | Msg::Reject { txn, .. }
+        | Msg::Decision { txn, .. }
+        | Msg::Inquire { txn, .. }
+        | Msg::CommitOnePhase { txn, .. }
+        | Msg::OnePhaseResult { txn, .. }
+        | Msg::Ack { txn, .. }
+        | Msg::Forgotten { txn } => Some(txn),
+        Msg::Forget { .. } => None,
     }
 }

@@ -6,8 +6,12 @@
 //! participant decides alone, forcing its outcome before it answers (as 2PC's one-phase path).
 //! Nothing here can block it: the participant never waits for anyone, and a coordinator that
 //! crashed meanwhile learns the outcome by the status query like any other.
+//!
+//! With switch `forget` it also keeps each decided transaction until every participant has
+//! acknowledged the decision, resending it, and sends FORGET below the lowest unfinished id
+//! (module docs, "Forgetting").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::{Decision, NodeId, RequestId, TxnId, Write};
 
@@ -33,6 +37,13 @@ pub struct Coordinator<C = Vec<Write>, S = Vec<Write>> {
     wide_from: Option<TxnId>,
     /// Per acceptor, the newest transaction it sent a ballot-0 2b for.
     heard: BTreeMap<NodeId, TxnId>,
+    /// Switch `forget`: decided transactions whose participants have not all acknowledged:
+    /// the decision, who has not, and the resend attempt.
+    unacknowledged: BTreeMap<TxnId, (Decision, BTreeSet<NodeId>, u32)>,
+    /// Every participant of this epoch's transactions: who hears FORGET.
+    participants: BTreeSet<NodeId>,
+    /// The last FORGET sent: (epoch, below).
+    forgotten: (u32, u32),
     snapshot: std::marker::PhantomData<S>,
 }
 
@@ -51,8 +62,121 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
             wide: false,
             wide_from: None,
             heard: BTreeMap::new(),
+            unacknowledged: BTreeMap::new(),
+            participants: BTreeSet::new(),
+            forgotten: (0, 0),
             snapshot: std::marker::PhantomData,
         }
+    }
+
+    fn forgetting(&self) -> bool {
+        self.leader.config().switches.forget
+    }
+
+    /// `txn` was decided here: with forgetting, wait for every participant to acknowledge.
+    fn decided(
+        &mut self,
+        txn: TxnId,
+        decision: Decision,
+        participants: Vec<NodeId>,
+        out: &mut Out<C, S>,
+    ) {
+        out.push(Command::Outcome { txn, decision });
+        if !self.forgetting() {
+            return;
+        }
+        self.unacknowledged.insert(txn, (decision, participants.into_iter().collect(), 0));
+        self.set_decision_timer(txn, 0, out);
+    }
+
+    fn set_decision_timer(&self, txn: TxnId, attempt: u32, out: &mut Out<C, S>) {
+        let config = self.leader.config();
+        let after_us = backoff_us(config.ballot_timeout_us, config.ballot_timeout_max_us, attempt);
+        out.push(Command::SetTimer { timer: Timer::DecisionRetry { txn, attempt }, after_us });
+    }
+
+    fn on_decision_retry(&mut self, txn: TxnId, attempt: u32, out: &mut Out<C, S>) {
+        let Some((decision, waiting, current)) = self.unacknowledged.get_mut(&txn) else {
+            return;
+        };
+        if *current != attempt {
+            return; // a stale timer chain
+        }
+        *current += 1;
+        let (decision, next) = (*decision, *current);
+        for &to in waiting.iter() {
+            out.push(Command::Send { to, msg: Msg::Decision { txn, decision } });
+        }
+        self.set_decision_timer(txn, next, out);
+    }
+
+    /// `from` learned `decision` for `txn`. A transaction still undecided here takes it (it was
+    /// chosen: an acceptor led the ballot that chose it).
+    fn on_ack(&mut self, from: NodeId, txn: TxnId, decision: Decision, out: &mut Out<C, S>) {
+        if !self.forgetting() {
+            return;
+        }
+        if let Some(participants) = self.leader.participants_of(txn).map(<[_]>::to_vec) {
+            if let Some(new) = self.leader.learn(txn, decision, out) {
+                self.decided(txn, new, participants, out);
+            }
+        }
+        let Some((known, waiting, _)) = self.unacknowledged.get_mut(&txn) else { return };
+        // Two decisions for one transaction would be a broken protocol; the simulator's
+        // checkers catch that at its source. Here a contradicting ack only does not count.
+        debug_assert_eq!(*known, decision, "{from} acknowledged {decision} for {txn}");
+        if *known != decision {
+            return;
+        }
+        waiting.remove(&from);
+        if waiting.is_empty() {
+            self.unacknowledged.remove(&txn);
+            self.maybe_forget(out);
+        }
+    }
+
+    /// Sends FORGET once the current epoch's mark — every id below it handed out, decided and
+    /// learned by all its participants — has moved `forget_every` since the last one.
+    fn maybe_forget(&mut self, out: &mut Out<C, S>) {
+        if !self.forgetting() {
+            return;
+        }
+        let Some((epoch, next)) = self.admission.next_id() else { return };
+        let lowest = |map: Option<TxnId>| {
+            map.filter(|t| t.coordinator == self.id && t.epoch == epoch).map(|t| t.sequence)
+        };
+        let start = TxnId { coordinator: self.id, epoch, sequence: 0 };
+        let waiting = lowest(self.unacknowledged.range(start..).next().map(|(&t, _)| t));
+        let one_phase = lowest(self.one_phase.range(start..).next().map(|(&t, _)| t));
+        let low = [
+            Some(next),
+            waiting,
+            one_phase,
+            self.leader.lowest_round(self.id, epoch),
+            self.admission.lowest_reserved(epoch),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("next is always there");
+        let (last_epoch, last_below) = self.forgotten;
+        let since = if last_epoch == epoch { last_below } else { 1 };
+        if low < since.saturating_add(self.leader.config().forget_every) {
+            return;
+        }
+        self.forgotten = (epoch, low);
+        let msg = Msg::Forget { coordinator: self.id, epoch, below: low };
+        let acceptors = self.leader.config().acceptors.clone();
+        for to in self.participants.iter().copied().chain(acceptors) {
+            out.push(Command::Send { to, msg: msg.clone() });
+        }
+    }
+
+    /// Whether `txn` is below the mark this coordinator last sent.
+    fn below_mark(&self, txn: TxnId) -> Option<Msg<C>> {
+        let (epoch, below) = self.forgotten;
+        let covered = txn.coordinator == self.id && txn.epoch == epoch && txn.sequence < below;
+        covered.then_some(Msg::Forget { coordinator: self.id, epoch, below })
     }
 
     /// Transactions whose decision this coordinator is still collecting.
@@ -99,6 +223,9 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
             return;
         }
         let participants: Vec<NodeId> = branches.iter().map(|b| b.node).collect();
+        if self.forgetting() {
+            self.participants.extend(participants.iter().copied());
+        }
         let wide = self.wide;
         if wide && self.wide_from.is_none() {
             self.wide_from = Some(txn);
@@ -160,16 +287,7 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         if self.one_phase.get(&txn).is_some_and(|(branch, _)| branch.node == from) {
             self.one_phase.remove(&txn);
             out.push(Command::Outcome { txn, decision });
-        }
-    }
-
-    fn emit_outcome(
-        out: &mut Out<C, S>,
-        decided: Option<concord_types::Decision>,
-        txn: concord_types::TxnId,
-    ) {
-        if let Some(decision) = decided {
-            out.push(Command::Outcome { txn, decision });
+            self.maybe_forget(out);
         }
     }
 }
@@ -196,6 +314,9 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                 self.wide = false;
                 self.wide_from = None;
                 self.heard.clear();
+                self.unacknowledged.clear();
+                self.participants.clear();
+                self.forgotten = (0, 0);
                 out.push(Command::Persist {
                     record: Record::EpochStarted { epoch },
                     durability: Durability::Forced,
@@ -213,6 +334,9 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
             Input::Timer(Timer::OnePhaseRetry { txn, attempt }) => {
                 self.on_one_phase_retry(txn, attempt, out);
             }
+            Input::Timer(Timer::DecisionRetry { txn, attempt }) => {
+                self.on_decision_retry(txn, attempt, out);
+            }
             Input::Timer(timer) => {
                 if let Timer::BallotZero { txn } = timer {
                     if self.leader.in_ballot_zero(txn) {
@@ -228,24 +352,32 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                     if ballot == 0 {
                         self.heard_from(from, txn);
                     }
-                    let decided = self.leader.on_phase2b(from, txn, ballot, values, out);
-                    Self::emit_outcome(out, decided, txn);
+                    let participants = self.leader.participants_of(txn).map(<[_]>::to_vec);
+                    if let Some(decision) = self.leader.on_phase2b(from, txn, ballot, values, out) {
+                        let participants = participants.expect("a round decided here");
+                        self.decided(txn, decision, participants, out);
+                    }
                 }
                 Msg::Phase1b { txn, ballot, accepted } => {
                     self.leader.on_phase1b(from, txn, ballot, accepted, out);
                 }
                 Msg::Reject { txn, promised } => self.leader.on_reject(txn, promised),
-                Msg::Inquire { txn, participants } => {
-                    self.leader.on_inquire(from, txn, participants, out);
-                }
+                Msg::Inquire { txn, participants } => match self.below_mark(txn) {
+                    // Finished and learned by every participant; this one lost a lazy abort.
+                    Some(mark) => out.push(Command::Send { to: from, msg: mark }),
+                    None => self.leader.on_inquire(from, txn, participants, out),
+                },
                 Msg::OnePhaseResult { txn, decision } => {
                     self.on_one_phase_result(from, txn, decision, out);
                 }
+                Msg::Ack { txn, decision } => self.on_ack(from, txn, decision, out),
                 Msg::Prepare { .. }
                 | Msg::Phase2a { .. }
                 | Msg::Phase1a { .. }
                 | Msg::Decision { .. }
-                | Msg::CommitOnePhase { .. } => {}
+                | Msg::CommitOnePhase { .. }
+                | Msg::Forget { .. }
+                | Msg::Forgotten { .. } => {}
             },
         }
     }

@@ -76,6 +76,49 @@ impl Leader {
         self.rounds.len()
     }
 
+    /// The lowest sequence of `coordinator`'s `epoch` still undecided here.
+    pub(super) fn lowest_round(&self, coordinator: NodeId, epoch: u32) -> Option<u32> {
+        let from = TxnId { coordinator, epoch, sequence: 0 };
+        let (txn, _) = self.rounds.range(from..).next()?;
+        (txn.coordinator == coordinator && txn.epoch == epoch).then_some(txn.sequence)
+    }
+
+    /// The participants of an undecided round.
+    pub(super) fn participants_of(&self, txn: TxnId) -> Option<&[NodeId]> {
+        match self.rounds.get(&txn)? {
+            Round::BallotZero { participants, .. }
+            | Round::Phase1 { participants, .. }
+            | Round::Phase2 { participants, .. } => Some(participants),
+        }
+    }
+
+    /// Transactions in `range` are below a forget mark: nobody waits for them any more.
+    pub(super) fn forget(&mut self, range: std::ops::Range<TxnId>) {
+        let rounds: Vec<TxnId> = self.rounds.range(range.clone()).map(|(&t, _)| t).collect();
+        for txn in rounds {
+            self.rounds.remove(&txn);
+        }
+        let seen: Vec<TxnId> = self.highest_seen.range(range.clone()).map(|(&t, _)| t).collect();
+        for txn in seen {
+            self.highest_seen.remove(&txn);
+        }
+        self.decided_order.retain(|t| !range.contains(t));
+        self.decided.retain(|t, _| !range.contains(t));
+    }
+
+    /// A participant acknowledged `decision` for `txn`: it was chosen (a participant learns
+    /// only chosen decisions), so a round still open here can finish with it. Returns it if
+    /// it is new here.
+    pub(super) fn learn<C, S>(
+        &mut self,
+        txn: TxnId,
+        decision: Decision,
+        out: &mut Out<C, S>,
+    ) -> Option<Decision> {
+        let participants = self.participants_of(txn)?.to_vec();
+        self.decide(txn, &participants, decision, out)
+    }
+
     /// Whether `txn` still waits for its ballot-0 votes.
     pub(super) fn in_ballot_zero(&self, txn: TxnId) -> bool {
         matches!(self.rounds.get(&txn), Some(Round::BallotZero { .. }))
@@ -316,7 +359,7 @@ impl Leader {
                 };
                 self.start_phase1(txn, participants, attempt + 1, out);
             }
-            Timer::Inquire { .. } | Timer::OnePhaseRetry { .. } => {}
+            Timer::Inquire { .. } | Timer::OnePhaseRetry { .. } | Timer::DecisionRetry { .. } => {}
         }
     }
 }

@@ -39,10 +39,40 @@
 //!   the same whichever acceptors receive it.
 //! * **Unique ballots across restarts.** Ballot `((epoch · 2^32 + round) · K) + index + 1` for
 //!   candidate `index` of K, where `epoch` is bumped durably at every start of the node.
+//!
+//! ## Forgetting (switch `forget`)
+//!
+//! Without it, every participant remembers every decision and every acceptor every instance,
+//! forever. With it, memory is bounded as 2PC's is, by a low-water mark per coordinator epoch:
+//!
+//! * A participant that learns a decision **acknowledges** it to the transaction's
+//!   coordinator (a commit once its `committed` record is durable; an abort at once: a
+//!   participant that loses a lazy `aborted` record comes back prepared and is answered by the
+//!   mark, below). The coordinator resends the decision to a participant until it acknowledges.
+//!   An acknowledgement carries the decision, so a coordinator that has not decided yet — an
+//!   acceptor led the ballot — learns it from there.
+//! * Every `forget_every` transactions the coordinator sends FORGET(epoch, below) to its
+//!   participants and to every acceptor, `below` being the lowest id of its epoch that is not
+//!   finished: reserved, undecided, waiting for an acknowledgement, or a one-phase branch
+//!   waiting for its result. Below it, **every participant has learned the decision**.
+//! * An acceptor drops every instance below the mark and then ignores every message about
+//!   them. To the transaction's Paxos instances it is now an acceptor that stopped forever,
+//!   which Paxos tolerates in any number for safety; liveness no longer needs them, since no
+//!   participant below the mark is waiting for an outcome. (A crash before a checkpoint has
+//!   written the mark replays the instances: remembering is always safe.)
+//! * A participant drops its decisions below the mark (keeping the newest `forgotten_kept`
+//!   only to answer status queries), ignores a late PREPARE or COMMIT-ONE-PHASE below it, and
+//!   acknowledges a late decision. A status query below the mark is answered with the kept
+//!   outcome or FORGOTTEN — never a presumed ABORT (`crate::status`).
+//! * A branch still prepared below the mark (its lazy `aborted` record was lost in a crash)
+//!   belongs to an aborted transaction: a committed one was acknowledged by every participant,
+//!   and a commit is acknowledged only once durable. It aborts. A leader candidate asked about
+//!   a transaction below the mark it knows answers with the mark.
 
 mod acceptor;
 mod coordinator;
 mod leader;
+mod marks;
 mod participant;
 #[cfg(test)]
 mod tests;
@@ -106,6 +136,14 @@ pub enum Msg<C = Vec<Write>> {
     CommitOnePhase { txn: TxnId, writes: C },
     /// Participant → coordinator: the one-phase outcome (forced before it is sent).
     OnePhaseResult { txn: TxnId, decision: Decision },
+    /// Participant → coordinator (switch `forget`): learned `decision` (a commit durably).
+    Ack { txn: TxnId, decision: Decision },
+    /// Coordinator → participants and acceptors (switch `forget`): every transaction of
+    /// `coordinator`'s `epoch` below sequence `below` has finished and is learned by all its
+    /// participants. Also a leader candidate's answer to an inquiry below the mark.
+    Forget { coordinator: NodeId, epoch: u32, below: u32 },
+    /// Participant → status asker: finished and below the mark; the outcome is not kept.
+    Forgotten { txn: TxnId },
 }
 
 /// `C` as in [`Msg`]; `S` is a participant resource's applied state as a checkpoint writes it.
@@ -131,6 +169,11 @@ pub enum Record<C = Vec<Write>, S = Vec<Write>> {
     Decisions { committed: Vec<TxnId>, aborted: Vec<TxnId> },
     /// Participant: a one-phase branch committed (forced before the result is sent).
     OnePhaseCommitted { txn: TxnId, writes: C },
+    /// Participant and acceptor, written only by a checkpoint: the coordinator's mark
+    /// (`Msg::Forget`). Written before the records it stands for are dropped.
+    Forgotten { coordinator: NodeId, epoch: u32, below: u32 },
+    /// Participant, written only by a checkpoint: forgotten outcomes kept for status queries.
+    KeptOutcomes { kept: Vec<(TxnId, Decision)> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -143,6 +186,9 @@ pub enum Timer {
     Inquire { txn: TxnId, attempt: u32 },
     /// The coordinator resends COMMIT-ONE-PHASE (doubling, capped).
     OnePhaseRetry { txn: TxnId, attempt: u32 },
+    /// Switch `forget`: the coordinator resends the decision to participants that have not
+    /// acknowledged it (doubling, capped).
+    DecisionRetry { txn: TxnId, attempt: u32 },
 }
 
 /// Timeouts, limits, and where the acceptors are. Times in microseconds.
@@ -160,6 +206,9 @@ pub struct Config {
     pub max_in_flight: usize,
     pub max_queued_begins: usize,
     pub max_participants: usize,
+    /// Switch `forget`: the coordinator sends FORGET once its mark has moved this many
+    /// transactions since the last one.
+    pub forget_every: u32,
 }
 
 impl Config {
@@ -180,6 +229,7 @@ impl Config {
             max_in_flight: 10_000,
             max_queued_begins: 1_024,
             max_participants: 64,
+            forget_every: 1_024,
         }
     }
 
@@ -229,7 +279,9 @@ impl Protocol for PaxosCommit {
         2 * fault_tolerance.max(1) + 1
     }
     fn config(switches: Switches, topology: &Topology) -> Config {
-        Config { switches, ..Config::new(topology.acceptors.clone()) }
+        // Forget after every finished transaction, as 2PC does there: FORGET then races every
+        // late message there is.
+        Config { switches, forget_every: 1, ..Config::new(topology.acceptors.clone()) }
     }
     fn coordinator(id: NodeId, config: &Config) -> Coordinator {
         Coordinator::new(id, config.clone())
@@ -270,7 +322,9 @@ impl Protocol for PaxosCommit {
             | Record::Promised { .. }
             | Record::Accepted { .. }
             | Record::Snapshot { .. }
-            | Record::Decisions { .. } => RecordKind::Other,
+            | Record::Decisions { .. }
+            | Record::Forgotten { .. }
+            | Record::KeptOutcomes { .. } => RecordKind::Other,
         }
     }
 }
@@ -298,6 +352,7 @@ fn values_label(values: &[(NodeId, Value)]) -> String {
 pub fn status_answer<C>(msg: &Msg<C>) -> Option<(TxnId, crate::status::Answer)> {
     match *msg {
         Msg::Decision { txn, decision } => Some((txn, crate::status::Answer::Decided(decision))),
+        Msg::Forgotten { txn } => Some((txn, crate::status::Answer::Forgotten)),
         _ => None,
     }
 }
@@ -320,6 +375,11 @@ impl<C> fmt::Display for Msg<C> {
             Msg::Inquire { txn, .. } => write!(f, "INQUIRE {txn}"),
             Msg::CommitOnePhase { txn, .. } => write!(f, "COMMIT-1PC {txn}"),
             Msg::OnePhaseResult { txn, decision } => write!(f, "1PC {decision} {txn}"),
+            Msg::Ack { txn, decision } => write!(f, "ACK {decision} {txn}"),
+            Msg::Forget { coordinator, epoch, below } => {
+                write!(f, "FORGET {coordinator}/e{epoch} below {below}")
+            }
+            Msg::Forgotten { txn } => write!(f, "FORGOTTEN {txn}"),
         }
     }
 }
@@ -331,6 +391,9 @@ impl fmt::Display for Timer {
             Timer::Ballot { txn, ballot } => write!(f, "ballot b{ballot} timeout {txn}"),
             Timer::Inquire { txn, attempt } => write!(f, "inquiry #{attempt} {txn}"),
             Timer::OnePhaseRetry { txn, attempt } => write!(f, "1pc retry #{attempt} {txn}"),
+            Timer::DecisionRetry { txn, attempt } => {
+                write!(f, "decision resend #{attempt} {txn}")
+            }
         }
     }
 }
@@ -353,6 +416,10 @@ impl<C, S> fmt::Display for Record<C, S> {
                 write!(f, "{} more committed, {} more aborted", committed.len(), aborted.len())
             }
             Record::OnePhaseCommitted { txn, .. } => write!(f, "1pc-committed {txn}"),
+            Record::Forgotten { coordinator, epoch, below } => {
+                write!(f, "forgotten {coordinator}/e{epoch} below {below}")
+            }
+            Record::KeptOutcomes { kept } => write!(f, "{} forgotten outcomes kept", kept.len()),
         }
     }
 }
@@ -446,6 +513,20 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
                 w.txn(*txn);
                 writes.encode(w);
             }
+            Record::Forgotten { coordinator, epoch, below } => {
+                w.u8(10);
+                w.node(*coordinator);
+                w.u32(*epoch);
+                w.u32(*below);
+            }
+            Record::KeptOutcomes { kept } => {
+                w.u8(11);
+                w.sequence_len(kept.len());
+                for &(txn, decision) in kept {
+                    w.txn(txn);
+                    w.decision(decision);
+                }
+            }
         }
     }
 
@@ -471,6 +552,14 @@ impl<C: Encode, S: Encode> Encode for Record<C, S> {
             },
             8 => Record::Decisions { committed: decode_txns(r)?, aborted: decode_txns(r)? },
             9 => Record::OnePhaseCommitted { txn: r.txn()?, writes: C::decode(r)? },
+            10 => Record::Forgotten { coordinator: r.node()?, epoch: r.u32()?, below: r.u32()? },
+            11 => {
+                let len = r.sequence_len()?;
+                let kept = (0..len)
+                    .map(|_| Ok((r.txn()?, r.decision()?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Record::KeptOutcomes { kept }
+            }
             tag => return Err(DecodeError::UnknownTag { what: "paxos-commit record", tag }),
         })
     }
@@ -543,6 +632,21 @@ impl<C: Encode> Encode for Msg<C> {
                 w.txn(*txn);
                 w.decision(*decision);
             }
+            Msg::Ack { txn, decision } => {
+                w.u8(12);
+                w.txn(*txn);
+                w.decision(*decision);
+            }
+            Msg::Forget { coordinator, epoch, below } => {
+                w.u8(13);
+                w.node(*coordinator);
+                w.u32(*epoch);
+                w.u32(*below);
+            }
+            Msg::Forgotten { txn } => {
+                w.u8(14);
+                w.txn(*txn);
+            }
         }
     }
 
@@ -576,6 +680,9 @@ impl<C: Encode> Encode for Msg<C> {
             8 => Msg::Inquire { txn: r.txn()?, participants: r.nodes()? },
             9 => Msg::CommitOnePhase { txn: r.txn()?, writes: C::decode(r)? },
             10 => Msg::OnePhaseResult { txn: r.txn()?, decision: r.decision()? },
+            12 => Msg::Ack { txn: r.txn()?, decision: r.decision()? },
+            13 => Msg::Forget { coordinator: r.node()?, epoch: r.u32()?, below: r.u32()? },
+            14 => Msg::Forgotten { txn: r.txn()? },
             tag => return Err(DecodeError::UnknownTag { what: "paxos-commit message", tag }),
         })
     }

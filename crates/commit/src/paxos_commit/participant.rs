@@ -1,11 +1,13 @@
 //! The Paxos Commit participant (the paper's resource manager). Like a 2PC participant, but it
 //! sends its vote as a ballot-0 phase 2a message to the acceptors, forces its vote either way
-//! first, sends no ACK, and when in doubt asks the leader candidates in turn.
+//! first, and when in doubt asks the leader candidates in turn. It acknowledges decisions only
+//! with switch `forget`, which lets everyone forget them (module docs, "Forgetting").
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::{Decision, NodeId, TxnId};
 
+use super::marks::Marks;
 use super::{Config, Msg, Record, Timer, Value};
 use crate::backoff_us;
 use crate::resource::Refusals;
@@ -59,6 +61,11 @@ pub struct Participant<R: Resource = Store> {
     branches: BTreeMap<TxnId, Branch<R::Change>>,
     committed: BTreeSet<TxnId>,
     aborted: BTreeSet<TxnId>,
+    /// Switch `forget`: per coordinator epoch, below which every decision is forgotten here.
+    forgotten: Marks,
+    /// Forgotten outcomes kept, the newest `switches.forgotten_kept`, only to answer status
+    /// queries (a late PREPARE below the mark is still ignored).
+    kept: BTreeMap<TxnId, Decision>,
     refusals: Refusals<R::Refusal>,
 }
 
@@ -76,7 +83,77 @@ impl<R: Resource> Participant<R> {
             branches: BTreeMap::new(),
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
+            forgotten: Marks::default(),
+            kept: BTreeMap::new(),
             refusals: Refusals::default(),
+        }
+    }
+
+    /// Tells `txn`'s coordinator this participant learned `decision` (switch `forget`).
+    fn acknowledge(&self, txn: TxnId, decision: Decision, out: &mut Out<R>) {
+        if self.config.switches.forget {
+            out.push(Command::Send { to: txn.coordinator, msg: Msg::Ack { txn, decision } });
+        }
+    }
+
+    /// A FORGET: drop the decisions it covers, keeping the newest for status queries. A branch
+    /// still prepared below it lost its lazy ABORTED record in a crash — a committed
+    /// transaction was acknowledged by every participant, and a commit only once durable — so
+    /// it aborts.
+    fn on_forget(&mut self, coordinator: NodeId, epoch: u32, below: u32, out: &mut Out<R>) {
+        let Some(range) = self.forget_decisions(coordinator, epoch, below) else { return };
+        // Lazy: a crash that loses it replays decisions that are remembered again — harmless.
+        out.push(Command::Persist {
+            record: Record::Forgotten { coordinator, epoch, below },
+            durability: Durability::Lazy,
+        });
+        let prepared: Vec<TxnId> = self
+            .branches
+            .range(range)
+            .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
+            .map(|(&t, _)| t)
+            .collect();
+        for txn in prepared {
+            let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) else {
+                unreachable!("listed as prepared just above")
+            };
+            self.abort_prepared(txn, &writes, out);
+            // Its decision is below the mark too: keep it only for status.
+            self.aborted.remove(&txn);
+            self.keep(txn, Decision::Abort);
+        }
+    }
+
+    /// Raises the mark and moves the decisions it covers to the kept outcomes. Returns the
+    /// ids newly covered.
+    fn forget_decisions(
+        &mut self,
+        coordinator: NodeId,
+        epoch: u32,
+        below: u32,
+    ) -> Option<std::ops::Range<TxnId>> {
+        let range = self.forgotten.raise(coordinator, epoch, below)?;
+        let committed: Vec<TxnId> = self.committed.range(range.clone()).copied().collect();
+        for txn in committed {
+            self.committed.remove(&txn);
+            self.keep(txn, Decision::Commit);
+        }
+        let aborted: Vec<TxnId> = self.aborted.range(range.clone()).copied().collect();
+        for txn in aborted {
+            self.aborted.remove(&txn);
+            self.keep(txn, Decision::Abort);
+        }
+        Some(range)
+    }
+
+    fn keep(&mut self, txn: TxnId, decision: Decision) {
+        let bound = self.config.switches.forgotten_kept as usize;
+        if bound == 0 {
+            return;
+        }
+        self.kept.insert(txn, decision);
+        while self.kept.len() > bound {
+            self.kept.pop_first();
         }
     }
 
@@ -162,6 +239,8 @@ impl<R: Resource> Participant<R> {
         self.branches.clear();
         self.committed.clear();
         self.aborted.clear();
+        self.forgotten.clear();
+        self.kept.clear();
         for record in records {
             match record {
                 Record::Snapshot { values, committed, aborted } => {
@@ -187,16 +266,44 @@ impl<R: Resource> Participant<R> {
                     self.committed.insert(txn);
                 }
                 Record::Aborted { txn } => {
-                    if let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) {
-                        self.store.unlock(txn, &writes);
+                    let prepared = self.branches.remove(&txn);
+                    if let Some(Branch::Prepared { writes, .. }) = &prepared {
+                        self.store.unlock(txn, writes);
                     }
-                    self.aborted.insert(txn);
+                    if !self.forgotten.covers(txn) {
+                        self.aborted.insert(txn);
+                    } else if prepared.is_some() {
+                        // The abort of a branch a mark found prepared (`on_forget`).
+                        self.keep(txn, Decision::Abort);
+                    }
                 }
                 Record::OnePhaseCommitted { txn, writes } => {
                     self.store.apply(txn, &writes);
                     self.committed.insert(txn);
                 }
+                Record::Forgotten { coordinator, epoch, below } => {
+                    self.forget_decisions(coordinator, epoch, below);
+                }
+                Record::KeptOutcomes { kept } => {
+                    for (txn, decision) in kept {
+                        self.keep(txn, decision);
+                    }
+                }
                 other => panic!("participant {} found {other:?} in its log", self.id),
+            }
+        }
+        // A branch the log still has prepared below a mark it also has (a crash lost its lazy
+        // ABORTED record after the checkpoint): aborted, by the mark's promise.
+        let stale: Vec<TxnId> =
+            self.branches.keys().copied().filter(|&t| self.forgotten.covers(t)).collect();
+        for txn in stale {
+            if let Some(Branch::Prepared { writes, .. }) = self.branches.remove(&txn) {
+                self.store.unlock(txn, &writes);
+                self.keep(txn, Decision::Abort);
+                out.push(Command::Persist {
+                    record: Record::Aborted { txn },
+                    durability: Durability::Lazy,
+                });
             }
         }
         // Repeat the vote (the same value: it is durable) and ask at once.
@@ -236,6 +343,9 @@ impl<R: Resource> Participant<R> {
         if self.decided(txn).is_some() || self.branches.contains_key(&txn) {
             return; // a duplicate: the vote is already on its way or decided
         }
+        if self.forgotten.covers(txn) {
+            return; // a late duplicate of a finished transaction: it must not prepare again
+        }
         if !self.admit(txn, &writes) {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
@@ -259,8 +369,12 @@ impl<R: Resource> Participant<R> {
     }
 
     fn on_decision(&mut self, txn: TxnId, decision: Decision, out: &mut Out<R>) {
-        if self.decided(txn).is_some() {
-            return; // decisions are final
+        if let Some(known) = self.decided(txn) {
+            // Decisions are final; the coordinator resends until it hears this.
+            return self.acknowledge(txn, known, out);
+        }
+        if self.forgotten.covers(txn) {
+            return self.acknowledge(txn, decision, out); // learned, acknowledged, forgotten
         }
         match (self.branches.remove(&txn), decision) {
             (Some(Branch::Prepared { writes, .. }), Decision::Commit) => {
@@ -280,6 +394,7 @@ impl<R: Resource> Participant<R> {
             }
             (None, Decision::Abort) => {
                 self.aborted.insert(txn);
+                self.acknowledge(txn, Decision::Abort, out);
             }
             (Some(other), _) => {
                 // Committing, voting abort, or COMMIT before our vote was durable (impossible:
@@ -298,6 +413,9 @@ impl<R: Resource> Participant<R> {
         }
         if self.branches.contains_key(&txn) {
             return; // answered once the pending record is durable
+        }
+        if self.forgotten.covers(txn) {
+            return; // the coordinator had the result before it passed the mark
         }
         if !self.admit(txn, &writes) {
             out.push(Command::Persist {
@@ -323,6 +441,7 @@ impl<R: Resource> Participant<R> {
             durability: Durability::Lazy,
         });
         out.push(Command::Outcome { txn, decision: Decision::Abort });
+        self.acknowledge(txn, Decision::Abort, out);
     }
 
     fn on_persisted(&mut self, record: Rec<R>, out: &mut Out<R>) {
@@ -379,6 +498,7 @@ impl<R: Resource> Participant<R> {
                 self.store.apply(txn, &writes);
                 self.committed.insert(txn);
                 out.push(Command::Outcome { txn, decision: Decision::Commit });
+                self.acknowledge(txn, Decision::Commit, out);
             }
             Record::OnePhaseCommitted { txn, .. } => {
                 let Some(Branch::OnePhaseCommitting { writes }) = self.branches.remove(&txn) else {
@@ -408,6 +528,14 @@ impl<R: Resource> Participant<R> {
         }
         if let Some(decision) = self.decided(txn) {
             out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
+        } else if self.forgotten.covers(txn) {
+            // Finished and forgotten: the outcome if it is kept, else say so — never ABORT,
+            // which would misstate a transaction that committed.
+            let msg = match self.kept.get(&txn) {
+                Some(&decision) => Msg::Decision { txn, decision },
+                None => Msg::Forgotten { txn },
+            };
+            out.push(Command::Send { to: from, msg });
         } else if let std::collections::btree_map::Entry::Vacant(entry) = self.branches.entry(txn) {
             entry.insert(Branch::PromisingAbort { to: from });
             out.push(Command::Persist {
@@ -467,6 +595,9 @@ impl<R: Resource> Core for Participant<R> {
                 Msg::Decision { txn, decision } => self.on_decision(txn, decision, out),
                 Msg::Inquire { txn, .. } => self.on_status_inquiry(from, txn, out),
                 Msg::CommitOnePhase { txn, writes } => self.on_commit_one_phase(txn, writes, out),
+                Msg::Forget { coordinator, epoch, below } => {
+                    self.on_forget(coordinator, epoch, below, out);
+                }
                 _ => {}
             },
         }
@@ -492,6 +623,16 @@ impl<R: Resource> Checkpoint for Participant<R> {
             committed: chunk(&committed, i),
             aborted: chunk(&aborted, i),
         }));
+        live.extend(self.forgotten.iter().map(|(coordinator, epoch, below)| Record::Forgotten {
+            coordinator,
+            epoch,
+            below,
+        }));
+        let kept: Vec<(TxnId, Decision)> = self.kept.iter().map(|(&t, &d)| (t, d)).collect();
+        live.extend(
+            kept.chunks(crate::CHECKPOINT_CHUNK)
+                .map(|chunk| Record::KeptOutcomes { kept: chunk.to_vec() }),
+        );
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { participants, writes, .. }

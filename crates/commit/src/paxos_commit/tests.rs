@@ -218,6 +218,11 @@ fn the_leader_commits_once_a_majority_chose_prepared_for_every_instance() {
             send(P1, Msg::Decision { txn: t, decision: Decision::Commit }),
             send(P2, Msg::Decision { txn: t, decision: Decision::Commit }),
             Command::Outcome { txn: t, decision: Decision::Commit },
+            // Forgetting: the decision is resent until every participant acknowledges it.
+            Command::SetTimer {
+                timer: Timer::DecisionRetry { txn: t, attempt: 0 },
+                after_us: config().ballot_timeout_us
+            },
         ],
         "F + 1 = 2 acceptors agree: chosen; no coordinator record is written"
     );
@@ -364,9 +369,17 @@ fn a_checkpoint_rebuilds_the_same_participant_as_the_whole_log() {
     let mut p: Participant = Participant::new(P1, config());
     let (mut log, mut pending) = (Vec::new(), Vec::new());
     let mut voted_prepared: Vec<TxnId> = Vec::new();
+    let mut mark = 1;
     feed(&mut p, Input::Restart { records: vec![] }, &mut log, &mut pending);
     for step in 0..3_000u32 {
         let t = TxnId { sequence: 1 + u32::try_from(next(40)).unwrap(), ..txn() };
+        if next(60) == 0 {
+            // Now and then a FORGET (switch `forget` is on): the log and the checkpoint must
+            // agree on what it dropped, kept and aborted too.
+            mark += u32::try_from(next(4)).unwrap();
+            let forget = Msg::Forget { coordinator: C, epoch: 1, below: mark };
+            feed(&mut p, msg(C, forget), &mut log, &mut pending);
+        }
         let input = match next(6) {
             0 | 1 => {
                 let key = next(6);
@@ -423,9 +436,15 @@ fn a_checkpoint_rebuilds_the_same_acceptor_as_the_whole_log() {
     let mut next = rng(0x9e37_79b9_7f4a_7c15);
     let mut a: Acceptor = Acceptor::new(A1, config());
     let (mut log, mut pending) = (Vec::new(), Vec::new());
+    let mut mark = 1;
     feed(&mut a, Input::Restart { records: vec![] }, &mut log, &mut pending);
     for step in 0..3_000u32 {
         let t = TxnId { sequence: 1 + u32::try_from(next(30)).unwrap(), ..txn() };
+        if next(80) == 0 {
+            mark += u32::try_from(next(3)).unwrap();
+            let forget = Msg::Forget { coordinator: C, epoch: 1, below: mark };
+            feed(&mut a, msg(C, forget), &mut log, &mut pending);
+        }
         let ballot = next(4) * 10;
         let value = if next(5) == 0 { Value::Aborted } else { Value::Prepared };
         let input = match next(5) {
@@ -671,4 +690,145 @@ fn a_wide_prepare_sends_the_vote_to_every_acceptor() {
         })
         .collect();
     assert_eq!(to, vec![A1, A2, A3]);
+}
+
+fn lazy(r: Record) -> Cmd {
+    Command::Persist { record: r, durability: Durability::Lazy }
+}
+
+fn forgetting_config(forgotten_kept: u32) -> Config {
+    let mut cfg = Config { forget_every: 1, ..config() };
+    cfg.switches.forgotten_kept = forgotten_kept;
+    cfg
+}
+
+/// The coordinator keeps a decided transaction until both participants acknowledge it,
+/// resending the decision to the silent one, then sends FORGET to every participant and every
+/// acceptor — and answers an inquiry below its mark with the mark.
+#[test]
+fn the_coordinator_forgets_once_every_participant_acknowledged_the_decision() {
+    let cfg = forgetting_config(0);
+    let mut c = Coordinator::new(C, cfg.clone());
+    run(&mut c, Input::Restart { records: vec![] });
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 1 }));
+    begin(&mut c);
+    let t = txn();
+    let both = vec![(P1, Value::Prepared), (P2, Value::Prepared)];
+    run(&mut c, msg(A1, Msg::Phase2b { txn: t, ballot: 0, values: both.clone() }));
+    let decided = run(&mut c, msg(A2, Msg::Phase2b { txn: t, ballot: 0, values: both }));
+    assert!(decided.contains(&Command::Outcome { txn: t, decision: Decision::Commit }));
+    let ack = |d| Msg::Ack { txn: t, decision: d };
+    assert_eq!(run(&mut c, msg(P1, ack(Decision::Commit))), vec![], "P2 has not acknowledged");
+    let retry = Input::Timer(Timer::DecisionRetry { txn: t, attempt: 0 });
+    let resent = run(&mut c, retry);
+    assert_eq!(resent[0], send(P2, Msg::Decision { txn: t, decision: Decision::Commit }));
+    assert_eq!(resent.len(), 2, "only to the silent participant, and a timer: {resent:?}");
+    let forget = Msg::Forget { coordinator: C, epoch: 1, below: 2 };
+    assert_eq!(
+        run(&mut c, msg(P2, ack(Decision::Commit))),
+        [P1, P2, A1, A2, A3].map(|to| send(to, forget.clone())).to_vec()
+    );
+    let retry = Input::Timer(Timer::DecisionRetry { txn: t, attempt: 1 });
+    assert_eq!(run(&mut c, retry), vec![], "acknowledged: no more resends");
+    let inquiry = Msg::Inquire { txn: t, participants: vec![P1, P2] };
+    assert_eq!(run(&mut c, msg(P1, inquiry)), vec![send(P1, forget)]);
+}
+
+/// An acknowledgement carries a chosen decision: a coordinator whose ballot 0 is still open
+/// (an acceptor led the ballot that chose) finishes with it.
+#[test]
+fn an_acknowledgement_tells_an_undecided_coordinator_the_decision() {
+    let mut c = Coordinator::new(C, forgetting_config(0));
+    run(&mut c, Input::Restart { records: vec![] });
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 1 }));
+    begin(&mut c);
+    let t = txn();
+    let out = run(&mut c, msg(P1, Msg::Ack { txn: t, decision: Decision::Abort }));
+    assert!(out.contains(&Command::Outcome { txn: t, decision: Decision::Abort }), "{out:?}");
+    assert!(out.contains(&send(P2, Msg::Decision { txn: t, decision: Decision::Abort })));
+}
+
+/// A participant acknowledges a commit once it is durable; FORGET drops its decision (kept
+/// for status, or answered FORGOTTEN when none are kept); a late PREPARE below the mark is
+/// ignored and a late decision acknowledged again.
+#[test]
+fn a_participant_forgets_below_the_mark_and_never_answers_abort_for_what_it_forgot() {
+    for kept in [0, 10] {
+        let mut p: Participant = Participant::new(P1, forgetting_config(kept));
+        run(&mut p, Input::Restart { records: vec![] });
+        let t = txn();
+        let prepare = Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false };
+        run(&mut p, msg(C, prepare.clone()));
+        run(
+            &mut p,
+            Input::Persisted(Record::Prepared { txn: t, participants: vec![P1, P2], writes: w() }),
+        );
+        let commit = Msg::Decision { txn: t, decision: Decision::Commit };
+        assert_eq!(run(&mut p, msg(C, commit.clone())), vec![forced(Record::Committed { txn: t })]);
+        let ack = send(C, Msg::Ack { txn: t, decision: Decision::Commit });
+        let durable = run(&mut p, Input::Persisted(Record::Committed { txn: t }));
+        assert_eq!(durable.last(), Some(&ack), "acknowledged once durable: {durable:?}");
+
+        let forget = Msg::Forget { coordinator: C, epoch: 1, below: 2 };
+        assert_eq!(
+            run(&mut p, msg(C, forget)),
+            vec![lazy(Record::Forgotten { coordinator: C, epoch: 1, below: 2 })]
+        );
+        assert_eq!(p.decisions().count(), 0, "the decision is forgotten");
+        let query = Msg::Inquire { txn: t, participants: vec![] };
+        let answer = if kept > 0 {
+            Msg::Decision { txn: t, decision: Decision::Commit }
+        } else {
+            Msg::Forgotten { txn: t }
+        };
+        assert_eq!(run(&mut p, msg(C, query)), vec![send(C, answer)], "kept {kept}");
+        assert_eq!(run(&mut p, msg(C, prepare)), vec![], "a late PREPARE must not prepare again");
+        assert_eq!(run(&mut p, msg(C, commit)), vec![ack], "a late decision: acknowledged");
+    }
+}
+
+/// A branch still prepared below a mark lost its lazy ABORTED record in a crash (a committed
+/// transaction is acknowledged by every participant, and only once durable): it aborts, when
+/// FORGET arrives, when an acceptor answers its inquiry with the mark, or at restart.
+#[test]
+fn a_branch_found_prepared_below_the_mark_aborts() {
+    let t = txn();
+    let prepared = Record::Prepared { txn: t, participants: vec![P1, P2], writes: w() };
+    let mut p: Participant = Participant::new(P1, forgetting_config(10));
+    run(&mut p, Input::Restart { records: vec![prepared.clone()] });
+    assert_eq!(p.in_doubt(), vec![t]);
+    let out = run(&mut p, msg(A1, Msg::Forget { coordinator: C, epoch: 1, below: 2 }));
+    assert!(out.contains(&Command::Outcome { txn: t, decision: Decision::Abort }), "{out:?}");
+    assert!(out.contains(&lazy(Record::Aborted { txn: t })));
+    assert!(p.in_doubt().is_empty());
+    assert_eq!(p.resource().locked_keys(), 0, "its locks are released");
+
+    let mark = Record::Forgotten { coordinator: C, epoch: 1, below: 2 };
+    let mut q: Participant = Participant::new(P1, forgetting_config(10));
+    run(&mut q, Input::Restart { records: vec![mark, prepared] });
+    assert!(q.in_doubt().is_empty(), "aborted at restart");
+}
+
+/// An acceptor drops the instances below a mark, writes the mark, ignores every later message
+/// about them (an acceptor that stopped, for those instances), and answers an inquiry with it.
+#[test]
+fn an_acceptor_forgets_the_instances_below_the_mark_and_ignores_them_after() {
+    use crate::Checkpoint;
+    let t = txn();
+    let mut a: Acceptor = Acceptor::new(A1, forgetting_config(0));
+    run(&mut a, Input::Restart { records: vec![] });
+    run(&mut a, msg(P1, vote(P1, Value::Prepared)));
+    assert!(a.live_records().iter().any(|r| matches!(r, Record::Accepted { .. })));
+    let forget = Msg::Forget { coordinator: C, epoch: 1, below: 2 };
+    let mark = Record::Forgotten { coordinator: C, epoch: 1, below: 2 };
+    assert_eq!(run(&mut a, msg(C, forget.clone())), vec![lazy(mark.clone())]);
+    assert_eq!(a.live_records(), vec![Record::EpochStarted { epoch: 1 }, mark]);
+    assert_eq!(run(&mut a, msg(C, forget.clone())), vec![], "an old mark moves nothing");
+    assert_eq!(run(&mut a, msg(A2, Msg::Phase1a { txn: t, ballot: 7, leader: A2 })), vec![]);
+    assert_eq!(run(&mut a, msg(P2, vote(P2, Value::Prepared))), vec![]);
+    let inquiry = Msg::Inquire { txn: t, participants: vec![P1, P2] };
+    assert_eq!(run(&mut a, msg(P1, inquiry)), vec![send(P1, forget)]);
+    let above = TxnId { sequence: 2, ..t };
+    let later = Msg::Phase1a { txn: above, ballot: 7, leader: A2 };
+    assert_eq!(run(&mut a, msg(A2, later)).len(), 1, "above the mark: business as usual");
 }
