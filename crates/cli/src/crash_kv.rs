@@ -10,6 +10,12 @@
 //! increments its client's own counter key, so durability is checked as well: a counter must
 //! be at least the client's acknowledged commits, and at most those plus its unknown outcomes
 //! (a checkpoint that lost versions would bring counters — and balances — back to zero).
+//!
+//! Status honesty: every transfer has its id before its commit is sent (the client names it
+//! ahead). After the run the coordinator is killed once more and restarted, so its table is
+//! gone, and `Status` of every transfer is asked: an acknowledged one must never read ABORTED,
+//! and the unknown outcomes that read COMMITTED must be exactly what the client's counter holds
+//! beyond its acknowledged commits (FORGOTTEN ones may be either).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +74,18 @@ struct Work {
     failed: u64,
     unknown: u64,
     reads: Vec<BankRead>,
+    /// Ids of the acknowledged commits, and of the commits whose outcome is unknown.
+    committed_ids: Vec<String>,
+    unknown_ids: Vec<String>,
+}
+
+/// One transfer client's record, for the checks after the run.
+struct ClientRecord {
+    client: u32,
+    acknowledged: u64,
+    unknown: u64,
+    committed_ids: Vec<String>,
+    unknown_ids: Vec<String>,
 }
 
 pub(crate) async fn run(cluster: &mut Cluster, options: &Options) -> Result<ExitCode, String> {
@@ -93,6 +111,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         workers.spawn_local(async move {
             let kv = KvClient::connect(gateway);
             let (mut committed, mut failed, mut unknown) = (0u64, 0u64, 0u64);
+            let (mut committed_ids, mut unknown_ids) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 let n = ACCOUNTS as u64;
                 let from = usize::try_from(rng.below(n)).expect("small");
@@ -110,19 +129,27 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
                             v.parse::<u64>().map_err(|_| KvError::Invalid(format!("counter `{v}`")))
                         })?;
                         txn.put(counter(c), (n + 1).to_string()).await?;
-                        Ok(())
+                        // Named before the commit is sent (its first read opened the session).
+                        Ok(txn.id().map(str::to_owned))
                     })
                     .await;
                 match result {
-                    Ok(()) => committed += 1,
-                    Err(KvError::OutcomeUnknown(_)) => unknown += 1,
+                    Ok(id) => {
+                        committed += 1;
+                        committed_ids.extend(id);
+                    }
+                    Err(KvError::OutcomeUnknown(id)) => {
+                        unknown += 1;
+                        unknown_ids.push(id);
+                    }
                     Err(_) => {
                         failed += 1;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
-            Work { client: Some(c), committed, failed, unknown, reads: Vec::new() }
+            let reads = Vec::new();
+            Work { client: Some(c), committed, failed, unknown, reads, committed_ids, unknown_ids }
         });
     }
     {
@@ -138,7 +165,16 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Work { client: None, committed: 0, failed, unknown: 0, reads }
+            let (committed_ids, unknown_ids) = (Vec::new(), Vec::new());
+            Work {
+                client: None,
+                committed: 0,
+                failed,
+                unknown: 0,
+                reads,
+                committed_ids,
+                unknown_ids,
+            }
         });
     }
 
@@ -152,8 +188,14 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         committed += work.committed;
         failed += work.failed;
         reads.extend(work.reads);
-        if let Some(c) = work.client {
-            clients.push((c, work.committed, work.unknown));
+        if let Some(client) = work.client {
+            clients.push(ClientRecord {
+                client,
+                acknowledged: work.committed,
+                unknown: work.unknown,
+                committed_ids: work.committed_ids,
+                unknown_ids: work.unknown_ids,
+            });
         }
     }
     let run_time = started.elapsed();
@@ -177,7 +219,9 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         check_bank(&reads, ACCOUNTS, total).iter().map(|v| format!("{v:?}")).collect();
     // Durability: every acknowledged commit survived the kills (and nothing more than the
     // unknown outcomes was applied on top).
-    for (c, acknowledged, unknown) in clients {
+    let mut counters = Vec::new();
+    for record in &clients {
+        let (c, acknowledged, unknown) = (record.client, record.acknowledged, record.unknown);
         let count = kv
             .transact(async |txn| txn.get_str(counter(c)).await)
             .await
@@ -188,7 +232,9 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
                 "client {c}: counter {count}, but {acknowledged} commits were acknowledged and {unknown} outcomes unknown"
             ));
         }
+        counters.push(count);
     }
+    let honesty = status_honesty(cluster, &clients, &counters, &mut violations).await?;
     println!(
         "crash-test --kv: {} kill/restart cycles in {:.1} s ({}); {committed} transfers committed, {failed} given up after retries; {audits} audits during the run",
         options.cycles,
@@ -198,6 +244,10 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     let final_total: i64 = final_read.balances.values().sum();
     println!(
         "crash-test --kv: final total {final_total} (expected {total}); nothing left prepared"
+    );
+    println!(
+        "crash-test --kv: status after a last coordinator restart: {} committed, {} aborted, {} forgotten, {} unknown — none contradicting what was applied",
+        honesty[0], honesty[1], honesty[2], honesty[3]
     );
     if violations.is_empty() && audits > 0 {
         println!(
@@ -214,4 +264,55 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         println!("crash-test --kv: failed (logs in {})", cluster.dir.display());
         Ok(ExitCode::from(1))
     }
+}
+
+/// Restarts the coordinator (its table gone), then asks `Status` of every transfer the clients
+/// named: an acknowledged commit must not read ABORTED (nor anything but COMMITTED or
+/// FORGOTTEN), and per client, the unknown outcomes that read COMMITTED must account for its
+/// counter beyond the acknowledged commits (FORGOTTEN ones may go either way). Returns how many
+/// answers were COMMITTED, ABORTED, FORGOTTEN and still UNKNOWN.
+async fn status_honesty(
+    cluster: &mut Cluster,
+    clients: &[ClientRecord],
+    counters: &[u64],
+    violations: &mut Vec<String>,
+) -> Result<[u32; 4], String> {
+    use concord_node::proto::State;
+    crate::crash_test::restart_coordinator(cluster).await?;
+    let mut rpc = crate::client::client(cluster.address("coordinator"));
+    let mut counts = [0u32; 4];
+    let mut tally = |state: State| match state {
+        State::Committed | State::Committing => counts[0] += 1,
+        State::Aborted => counts[1] += 1,
+        State::Forgotten => counts[2] += 1,
+        _ => counts[3] += 1,
+    };
+    for (record, &count) in clients.iter().zip(counters) {
+        for id in &record.committed_ids {
+            let state = crate::crash_test::ask_status(&mut rpc, id, violations).await;
+            tally(state);
+            if !matches!(state, State::Committed | State::Committing | State::Forgotten) {
+                violations.push(format!("{id} was acknowledged committed; status says {state:?}"));
+            }
+        }
+        let (mut committed, mut open) = (0u64, 0u64);
+        for id in &record.unknown_ids {
+            let state = crate::crash_test::ask_status(&mut rpc, id, violations).await;
+            tally(state);
+            match state {
+                State::Committed | State::Committing => committed += 1,
+                State::Aborted => {}
+                // Forgotten, or still undecided after the retries: either way.
+                _ => open += 1,
+            }
+        }
+        let low = record.acknowledged + committed;
+        if count < low || count > low + open {
+            violations.push(format!(
+                "client {}: counter {count}, but {} acknowledged + {committed} unknown outcomes whose status says committed (+ up to {open} forgotten or unknown)",
+                record.client, record.acknowledged
+            ));
+        }
+    }
+    Ok(counts)
 }

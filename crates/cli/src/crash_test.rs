@@ -206,28 +206,13 @@ async fn status_honesty(
     applied: &impl Fn(&str, u64) -> i64,
     violations: &mut Vec<String>,
 ) -> Result<[u32; 3], String> {
-    cluster.kill("coordinator")?;
-    cluster.start_node("coordinator")?;
-    cluster.wait_healthy("coordinator").await?;
+    restart_coordinator(cluster).await?;
     let mut rpc = client(cluster.address("coordinator"));
     let mut counts = [0u32; 3];
     for t in transfers {
         let Some(id) = &t.id else { continue };
         let was_applied = applied(&t.to_shard, t.marker) == t.amount;
-        let mut state = State::Unknown;
-        // UNKNOWN means a shard did not answer in time: ask again, a bounded number of times.
-        for _ in 0..20 {
-            match rpc.status(proto::StatusRequest { txn: id.clone() }).await {
-                Ok(info) => {
-                    state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown);
-                }
-                Err(status) => violations.push(format!("status of {id}: {}", status.message())),
-            }
-            if state != State::Unknown {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let state = ask_status(&mut rpc, id, violations).await;
         match (state, was_applied) {
             // A logged decision whose lazy end record was lost reads COMMITTING after a restart.
             (State::Committed | State::Committing, true) => counts[0] += 1,
@@ -242,6 +227,35 @@ async fn status_honesty(
         }
     }
     Ok(counts)
+}
+
+/// Kills and restarts the coordinator, so its table of recent transactions is gone and every
+/// status answer comes from the shards.
+pub(crate) async fn restart_coordinator(cluster: &mut Cluster) -> Result<(), String> {
+    cluster.kill("coordinator")?;
+    cluster.start_node("coordinator")?;
+    cluster.wait_healthy("coordinator").await
+}
+
+/// `Status` of `id`. UNKNOWN means a shard did not answer in time: asked again, a bounded
+/// number of times (then UNKNOWN is the answer).
+pub(crate) async fn ask_status(
+    rpc: &mut proto::client_client::ClientClient<tonic::transport::Channel>,
+    id: &str,
+    violations: &mut Vec<String>,
+) -> State {
+    let mut state = State::Unknown;
+    for _ in 0..20 {
+        match rpc.status(proto::StatusRequest { txn: id.to_string() }).await {
+            Ok(info) => state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown),
+            Err(status) => violations.push(format!("status of {id}: {}", status.message())),
+        }
+        if state != State::Unknown {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    state
 }
 
 /// "coordinator ×3, shard-1 ×2": how often each node was killed.

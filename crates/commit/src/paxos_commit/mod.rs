@@ -302,6 +302,8 @@ impl Protocol for PaxosCommit {
             Msg::Decision { txn, decision } => {
                 MessageKind::Decision { txn: *txn, decision: *decision }
             }
+            Msg::Ack { txn, .. } => MessageKind::Ack { txn: *txn },
+            Msg::Forget { .. } => MessageKind::Housekeeping,
             _ => MessageKind::Other,
         }
     }
