@@ -40,6 +40,7 @@ fn the_kv_bank_keeps_its_total_through_sigkills() {
     let stdout = crash_test("crash-kv", &["--kv", "--clients", "4", "--seed", "11"], "30");
     assert!(stdout.contains("every audit saw the total"), "{stdout}");
     assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+    assert!(stdout.contains("none contradicting what was applied"), "status checked: {stdout}");
 }
 
 /// Both workloads over Paxos Commit: the acceptors (three more processes) are killed like
@@ -54,6 +55,7 @@ fn paxos_commit_keeps_both_workloads_whole_through_sigkills() {
     let stdout = crash_test("crash-paxos-kv", &args, "30");
     assert!(stdout.contains("every audit saw the total"), "{stdout}");
     assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+    assert!(stdout.contains("none contradicting what was applied"), "status checked: {stdout}");
 }
 
 /// Both workloads over 2PC with early acknowledgement: a client hears COMMIT once every
@@ -68,4 +70,5 @@ fn early_acknowledgement_keeps_both_workloads_whole_through_sigkills() {
     let stdout = crash_test("crash-early-ack-kv", &args, "30");
     assert!(stdout.contains("every audit saw the total"), "{stdout}");
     assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+    assert!(stdout.contains("none contradicting what was applied"), "status checked: {stdout}");
 }
