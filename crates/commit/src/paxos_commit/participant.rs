@@ -101,15 +101,18 @@ impl<R: Resource> Participant<R> {
     /// transaction was acknowledged by every participant, and a commit only once durable — so
     /// it aborts.
     fn on_forget(&mut self, coordinator: NodeId, epoch: u32, below: u32, out: &mut Out<R>) {
-        let Some(range) = self.forget_decisions(coordinator, epoch, below) else { return };
-        // Lazy: a crash that loses it replays decisions that are remembered again — harmless.
-        out.push(Command::Persist {
-            record: Record::Forgotten { coordinator, epoch, below },
-            durability: Durability::Lazy,
-        });
+        if self.forget_decisions(coordinator, epoch, below).is_some() {
+            // Lazy: a crash that loses it replays decisions that are remembered again — harmless.
+            out.push(Command::Persist {
+                record: Record::Forgotten { coordinator, epoch, below },
+                durability: Durability::Lazy,
+            });
+        }
+        // Also when the mark did not move: a candidate answering an inquiry repeats it.
+        let from = TxnId { coordinator, epoch, sequence: 0 };
         let prepared: Vec<TxnId> = self
             .branches
-            .range(range)
+            .range(from..TxnId { coordinator, epoch, sequence: below })
             .filter(|(_, b)| matches!(b, Branch::Prepared { .. }))
             .map(|(&t, _)| t)
             .collect();

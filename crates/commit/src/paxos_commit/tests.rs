@@ -805,8 +805,22 @@ fn a_branch_found_prepared_below_the_mark_aborts() {
 
     let mark = Record::Forgotten { coordinator: C, epoch: 1, below: 2 };
     let mut q: Participant = Participant::new(P1, forgetting_config(10));
-    run(&mut q, Input::Restart { records: vec![mark, prepared] });
+    run(&mut q, Input::Restart { records: vec![mark.clone(), prepared.clone()] });
     assert!(q.in_doubt().is_empty(), "aborted at restart");
+
+    // A mark already known, repeated by a candidate, still settles a branch that became
+    // prepared after it arrived (its prepare record was on its way then).
+    let t2 = TxnId { sequence: 2, ..t };
+    let mut r: Participant = Participant::new(P1, forgetting_config(10));
+    run(&mut r, Input::Restart { records: vec![] });
+    let prepare = Msg::Prepare { txn: t2, participants: vec![P1, P2], writes: w(), wide: false };
+    run(&mut r, msg(C, prepare));
+    run(&mut r, msg(C, Msg::Forget { coordinator: C, epoch: 1, below: 3 }));
+    let late = Record::Prepared { txn: t2, participants: vec![P1, P2], writes: w() };
+    run(&mut r, Input::Persisted(late));
+    assert_eq!(r.in_doubt(), vec![t2]);
+    run(&mut r, msg(A2, Msg::Forget { coordinator: C, epoch: 1, below: 3 }));
+    assert!(r.in_doubt().is_empty(), "the repeated mark aborts it");
 }
 
 /// An acceptor drops the instances below a mark, writes the mark, ignores every later message
