@@ -163,3 +163,51 @@ async fn every_kv_limit_holds_at_the_limit_and_is_refused_just_past_it() {
     let mut txn = kv.begin().await.unwrap();
     assert_eq!(txn.get("after").await.unwrap(), Some(b"ok".to_vec()));
 }
+
+/// The transaction lifetime (`txn_lifetime_ms`, 3 s here): a transaction used well within it
+/// works; one used past it is refused as too old, and the gateway keeps serving — including
+/// the Rust client's sessions opened ahead, whose lifetime starts at their first operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_lives_for_its_lifetime_and_is_refused_after_it() {
+    let cluster = common::LocalKv::start_with("lifetime-test", 1, |config| {
+        if let Some(kv) = config.kv.as_mut() {
+            kv.txn_lifetime_ms = 3_000;
+        }
+    });
+    let gateway = cluster.config.coordinator().listen;
+    let kv = KvClient::connect(gateway);
+    first_write(&kv).await; // also leaves a session opened ahead in the client's pool
+    let mut grpc = kv_client::KvClient::new(concord_node::channel(gateway));
+    let within = grpc.begin(proto::KvBeginRequest::default()).await.unwrap().into_inner().session;
+    let past = grpc.begin(proto::KvBeginRequest::default()).await.unwrap().into_inner().session;
+    let put = |session: u64, key: &str| proto::KvPutRequest {
+        session,
+        key: key.as_bytes().to_vec(),
+        value: b"1".to_vec(),
+    };
+    grpc.put(put(within, "within")).await.expect("a put well within the lifetime");
+    grpc.put(put(past, "past")).await.expect("a put well within the lifetime");
+    let commit = |session: u64| proto::KvCommitRequest {
+        session,
+        writes: Vec::new(),
+        begin: None,
+        reserve_next: false,
+    };
+    grpc.commit(commit(within)).await.expect("a commit within the lifetime");
+
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let refused = grpc.commit(commit(past)).await.expect_err("a commit past the lifetime");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let message = refused.message();
+    assert!(message.contains("lifetime") || message.contains("expired"), "{message}");
+
+    // Still serving; the pooled session (opened ahead over 4 s ago) starts its life now.
+    let id = commit_one(&kv).await.expect("a transaction on a session opened ahead");
+    assert!(id.is_some(), "named ahead");
+    let mut txn = kv.begin().await.unwrap();
+    assert_eq!(txn.get("after").await.unwrap(), Some(b"ok".to_vec()));
+}
+
+async fn commit_one(kv: &KvClient) -> Result<Option<String>, KvError> {
+    commit(kv, vec![(b"after".to_vec(), b"ok".to_vec())]).await
+}

@@ -35,6 +35,7 @@
 //!                                # default: even splits of the letters a…z
 //! max_offset_ms = 500            # timestamps further ahead of a node's clock are refused
 //! gc_ttl_ms = 60000              # versions older than this (and superseded) are collected
+//! txn_lifetime_ms = 30000        # a transaction open longer is ended (at most gc_ttl_ms)
 //! ```
 //!
 //! Without `[kv]` the shards hold the delta model (`concord txn submit`, `concord transfer`).
@@ -90,11 +91,18 @@ pub struct KvConfig {
     pub splits: Vec<String>,
     pub max_offset_ms: u64,
     pub gc_ttl_ms: u64,
+    /// How long a transaction may stay open at the gateway, from its first operation.
+    pub txn_lifetime_ms: u64,
 }
 
 impl Default for KvConfig {
     fn default() -> Self {
-        KvConfig { splits: Vec::new(), max_offset_ms: 500, gc_ttl_ms: 60_000 }
+        KvConfig {
+            splits: Vec::new(),
+            max_offset_ms: 500,
+            gc_ttl_ms: 60_000,
+            txn_lifetime_ms: 30_000,
+        }
     }
 }
 
@@ -325,6 +333,9 @@ impl ClusterConfig {
             kv.shard_map(self.shards().count())?;
             check_range("max_offset_ms", kv.max_offset_ms, 1..=60_000).map_err(within)?;
             check_range("gc_ttl_ms", kv.gc_ttl_ms, 1_000..=86_400_000).map_err(within)?;
+            // A transaction's snapshot must not be collected while it may still read.
+            check_range("txn_lifetime_ms", kv.txn_lifetime_ms, 1_000..=kv.gc_ttl_ms)
+                .map_err(|e| within(format!("{e} (at most gc_ttl_ms)")))?;
         }
         Ok(())
     }
@@ -429,10 +440,11 @@ impl ClusterConfig {
         if let Some(kv) = &self.kv {
             let splits: Vec<String> = kv.splits.iter().map(|s| format!("{s:?}")).collect();
             s += &format!(
-                "\n[kv]\nsplits = [{}]\nmax_offset_ms = {}\ngc_ttl_ms = {}\n",
+                "\n[kv]\nsplits = [{}]\nmax_offset_ms = {}\ngc_ttl_ms = {}\ntxn_lifetime_ms = {}\n",
                 splits.join(", "),
                 kv.max_offset_ms,
-                kv.gc_ttl_ms
+                kv.gc_ttl_ms,
+                kv.txn_lifetime_ms
             );
         }
         s
@@ -532,6 +544,17 @@ mod tests {
         kv.kv = Some(KvConfig { splits: vec!["m".repeat(4_097)], ..KvConfig::default() });
         let error = ClusterConfig::parse(&kv.to_toml()).unwrap_err().to_string();
         assert!(error.contains("splits[0]"), "{error}");
+        // A transaction may live as long as its snapshot's versions are kept, no longer.
+        let lifetime =
+            |ms| KvConfig { gc_ttl_ms: 60_000, txn_lifetime_ms: ms, ..KvConfig::default() };
+        kv.kv = Some(lifetime(60_000));
+        assert!(ClusterConfig::parse(&kv.to_toml()).is_ok());
+        kv.kv = Some(lifetime(60_001));
+        let error = ClusterConfig::parse(&kv.to_toml()).unwrap_err().to_string();
+        assert!(error.contains("`txn_lifetime_ms`") && error.contains("gc_ttl_ms"), "{error}");
+        kv.kv = Some(lifetime(999));
+        let error = ClusterConfig::parse(&kv.to_toml()).unwrap_err().to_string();
+        assert!(error.contains("`txn_lifetime_ms`"), "{error}");
     }
 
     #[test]

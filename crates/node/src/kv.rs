@@ -263,7 +263,7 @@ impl Gateway {
             map,
             shards,
             names,
-            limits: Limits::default(),
+            limits: Limits { max_lifetime_us: kv.txn_lifetime_ms * 1_000, ..Limits::default() },
         });
         tokio::spawn(sweep_expired(Arc::downgrade(&gateway)));
         gateway
@@ -490,7 +490,8 @@ async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
             // uses them within 10 s or drops them): its reserved id holds the forget mark.
             let unused_too_long = s.fresh
                 && s.txn.age_us(now) > u64::try_from(AHEAD_UNUSED.as_micros()).unwrap_or(u64::MAX);
-            let alive = s.txn.check_alive(now).is_ok() && !unused_too_long;
+            // Its lifetime starts at its first operation (`with`), not when it was opened.
+            let alive = if s.fresh { !unused_too_long } else { s.txn.check_alive(now).is_ok() };
             if !alive {
                 expired.extend(s.reserved);
             }
