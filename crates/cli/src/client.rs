@@ -173,20 +173,77 @@ pub async fn submit(
     writes: Vec<proto::WriteOp>,
 ) -> (Option<String>, Result<TransactionInfo, tonic::Status>) {
     let mut id = None;
-    let waited =
-        tokio::time::timeout(SUBMIT_DEADLINE, submit_stream(client, writes, &mut id)).await;
+    let waited = tokio::time::timeout(
+        SUBMIT_DEADLINE,
+        submit_stream(client, writes, String::new(), &mut id),
+    )
+    .await;
     match waited {
         Ok(outcome) => (id, outcome),
         Err(_) => (id, Err(tonic::Status::deadline_exceeded("no outcome within 30 s"))),
     }
 }
 
+/// How long a client whose reply was lost asks `Status` before it gives up: past the 12 s after
+/// which an id reserved but never submitted is given back (and then reads ABORTED: it never ran).
+const RESOLVE_FOR: Duration = Duration::from_secs(15);
+
+/// Names the transaction first (`Reserve`), submits under that name, and if the reply is lost
+/// (a dropped connection, a coordinator restart) asks `Status` by the name, bounded, for a
+/// definite outcome. Returns the id and the outcome; an error only when the outcome is unknown
+/// (or the request was refused).
+pub async fn submit_named(
+    client: &mut ClientClient<Channel>,
+    writes: Vec<proto::WriteOp>,
+) -> (Option<String>, Result<TransactionInfo, tonic::Status>) {
+    let id = match client.reserve(proto::ReserveRequest {}).await {
+        Ok(reply) => reply.into_inner().txn,
+        Err(status) => return (None, Err(status)),
+    };
+    let mut begun = None;
+    let waited = tokio::time::timeout(
+        SUBMIT_DEADLINE,
+        submit_stream(client, writes, id.clone(), &mut begun),
+    )
+    .await;
+    let lost = match waited {
+        Ok(Ok(info)) => return (Some(id), Ok(info)),
+        Ok(Err(status)) => status,
+        Err(_) => tonic::Status::deadline_exceeded("no outcome within 30 s"),
+    };
+    if matches!(lost.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) {
+        return (Some(id), Err(lost)); // refused: it never ran
+    }
+    match resolve(client, &id).await {
+        Some(info) => (Some(id), Ok(info)),
+        None => (Some(id), Err(lost)),
+    }
+}
+
+/// Asks `Status` of `id` until it is committed or aborted, for at most [`RESOLVE_FOR`].
+async fn resolve(client: &mut ClientClient<Channel>, id: &str) -> Option<TransactionInfo> {
+    let deadline = std::time::Instant::now() + RESOLVE_FOR;
+    loop {
+        if let Ok(reply) = client.status(proto::StatusRequest { txn: id.to_string() }).await {
+            let info = reply.into_inner();
+            if info.state == State::Committed as i32 || info.state == State::Aborted as i32 {
+                return Some(info);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn submit_stream(
     client: &mut ClientClient<Channel>,
     writes: Vec<proto::WriteOp>,
+    txn: String,
     id: &mut Option<String>,
 ) -> Result<TransactionInfo, tonic::Status> {
-    let mut stream = client.submit(proto::SubmitRequest { writes }).await?.into_inner();
+    let mut stream = client.submit(proto::SubmitRequest { writes, txn }).await?.into_inner();
     loop {
         match stream.message().await? {
             Some(proto::SubmitEvent { event: Some(submit_event::Event::Begun(txn)) }) => {
@@ -219,7 +276,7 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
         match command {
             TxnCommand::Submit { writes, coordinator, json } => {
                 let writes = writes.iter().map(|w| parse_write(w)).collect::<Result<Vec<_>, _>>()?;
-                let (id, outcome) = submit(&mut client(coordinator), writes).await;
+                let (id, outcome) = submit_named(&mut client(coordinator), writes).await;
                 match outcome {
                     Ok(info) => {
                         if json {
@@ -235,7 +292,7 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
                     }
                     Err(status) => Err(match id {
                         Some(id) => format!(
-                            "{}; the transaction is {id}: `concord txn show {id}` gives its outcome",
+                            "{}; outcome unknown: the transaction is {id}, and `concord txn show {id}` will give its outcome",
                             status_error("submit", &status)
                         ),
                         None => status_error("submit", &status),

@@ -30,7 +30,7 @@ use crate::cluster::ProtocolChoice;
 use concord_node::proto::{self, State};
 use concord_sim::rng::{run_seed, Rng};
 
-use crate::client::{client, read_shard, submit};
+use crate::client::{client, read_shard, submit, submit_named};
 use crate::cluster::runtime;
 
 const FUND: i64 = 1_000_000;
@@ -349,7 +349,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
                     proto::WriteOp { shard: shards[a].clone(), key: u64::from(c), delta: -amount },
                     proto::WriteOp { shard: shards[b].clone(), key: marker, delta: amount },
                 ];
-                let (id, outcome) = submit(&mut rpc, writes).await;
+                let (id, outcome) = submit_named(&mut rpc, writes).await;
                 let named = id.clone();
                 let known = match (outcome, id) {
                     (Ok(info), _) if info.state == State::Committed as i32 => Known::Committed,

@@ -48,6 +48,10 @@ impl<E: Engine> Handle<E> {
     }
 }
 
+/// A reserved id not submitted within this long is given back: it holds the coordinator's
+/// forget mark while it is held.
+const RESERVED_FOR: std::time::Duration = std::time::Duration::from_secs(12);
+
 pub(crate) fn stopping() -> Status {
     Status::unavailable("the node is stopping")
 }
@@ -62,9 +66,14 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<SubmitStream>, Status> {
-        let branches = E::Model::branches(&self.config, &request.into_inner().writes)?;
+        let request = request.into_inner();
+        let branches = E::Model::branches(&self.config, &request.writes)?;
+        let reserved = match request.txn.as_str() {
+            "" => None,
+            id => Some(id.parse::<TxnId>().map_err(|e| Status::invalid_argument(e.to_string()))?),
+        };
         let (reply, events) = mpsc::channel(4);
-        let call: Call<E> = Box::new(move |node| node.submit(branches, None, reply));
+        let call: Call<E> = Box::new(move |node| node.submit(branches, reserved, reply));
         self.events.send(Event::Call(call)).await.map_err(|_| stopping())?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events);
         Ok(Response::new(Box::pin(stream)))
@@ -101,6 +110,22 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
             .await?
             .ok_or_else(|| Status::failed_precondition("ask the coordinator"))?;
         Ok(Response::new(proto::ListReply { transactions }))
+    }
+
+    async fn reserve(
+        &self,
+        _: Request<proto::ReserveRequest>,
+    ) -> Result<Response<proto::ReserveReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.ask(move |node| node.reserve(tx)).await?;
+        let txn = rx.await.map_err(|_| stopping())??;
+        let handle = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESERVED_FOR).await;
+            // A no-op if it ran meanwhile: running uses the reservation up.
+            let _ = handle.ask(move |node| node.release(txn)).await;
+        });
+        Ok(Response::new(proto::ReserveReply { txn: txn.to_string() }))
     }
 
     async fn topology(
