@@ -196,9 +196,14 @@ pub async fn submit_named(
     client: &mut ClientClient<Channel>,
     writes: Vec<proto::WriteOp>,
 ) -> (Option<String>, Result<TransactionInfo, tonic::Status>) {
-    let id = match client.reserve(proto::ReserveRequest {}).await {
-        Ok(reply) => reply.into_inner().txn,
-        Err(status) => return (None, Err(status)),
+    let reserve = tokio::time::timeout(SUBMIT_DEADLINE, client.reserve(proto::ReserveRequest {}));
+    let id = match reserve.await {
+        Ok(Ok(reply)) => reply.into_inner().txn,
+        Ok(Err(status)) => return (None, Err(status)),
+        Err(_) => {
+            let status = tonic::Status::deadline_exceeded("no reservation within 30 s");
+            return (None, Err(status)); // nothing was submitted
+        }
     };
     let mut begun = None;
     let waited = tokio::time::timeout(
@@ -211,8 +216,8 @@ pub async fn submit_named(
         Ok(Err(status)) => status,
         Err(_) => tonic::Status::deadline_exceeded("no outcome within 30 s"),
     };
-    if matches!(lost.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) {
-        return (Some(id), Err(lost)); // refused: it never ran
+    if is_refusal(&lost) {
+        return (Some(id), Err(lost)); // it never ran
     }
     match resolve(client, &id).await {
         Some(info) => (Some(id), Ok(info)),
@@ -220,17 +225,25 @@ pub async fn submit_named(
     }
 }
 
+/// A Submit the coordinator refused (malformed, or its reserved id no longer held): it never
+/// ran, so there is no outcome to resolve.
+fn is_refusal(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition)
+}
+
 /// Asks `Status` of `id` until it is committed or aborted, for at most [`RESOLVE_FOR`].
 async fn resolve(client: &mut ClientClient<Channel>, id: &str) -> Option<TransactionInfo> {
-    let deadline = std::time::Instant::now() + RESOLVE_FOR;
+    let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
     loop {
-        if let Ok(reply) = client.status(proto::StatusRequest { txn: id.to_string() }).await {
+        // Each question bounded too: a paused coordinator must not hold the client past it.
+        let asked = client.status(proto::StatusRequest { txn: id.to_string() });
+        if let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, asked).await {
             let info = reply.into_inner();
             if info.state == State::Committed as i32 || info.state == State::Aborted as i32 {
                 return Some(info);
             }
         }
-        if std::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -291,6 +304,8 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
                         })
                     }
                     Err(status) => Err(match id {
+                        // Refused before it ran (`submit_named` resolves everything else).
+                        Some(_) if is_refusal(&status) => status_error("submit", &status),
                         Some(id) => format!(
                             "{}; outcome unknown: the transaction is {id}, and `concord txn show {id}` will give its outcome",
                             status_error("submit", &status)

@@ -246,9 +246,13 @@ pub(crate) async fn ask_status(
 ) -> State {
     let mut state = State::Unknown;
     for _ in 0..20 {
-        match rpc.status(proto::StatusRequest { txn: id.to_string() }).await {
-            Ok(info) => state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown),
-            Err(status) => violations.push(format!("status of {id}: {}", status.message())),
+        let asked = rpc.status(proto::StatusRequest { txn: id.to_string() });
+        match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok(info)) => {
+                state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown);
+            }
+            Ok(Err(status)) => violations.push(format!("status of {id}: {}", status.message())),
+            Err(_) => violations.push(format!("status of {id}: no answer within 10 s")),
         }
         if state != State::Unknown {
             break;

@@ -144,3 +144,39 @@ mod tests {
         assert_eq!(q.answer(NodeId(1), COMMIT), Some(Verdict::Committed), "a memory beats none");
     }
 }
+
+/// Outcomes a participant forgot by the protocol (below its coordinator's forget mark) but
+/// keeps, the newest `bound` of them, for one purpose only: to answer a status query with the
+/// outcome rather than FORGOTTEN. Nothing else may read them (a late PREPARE or COMMIT below
+/// the mark is still ignored). Both protocols' participants keep them the same way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KeptOutcomes {
+    outcomes: std::collections::BTreeMap<concord_types::TxnId, Decision>,
+}
+
+impl KeptOutcomes {
+    /// Keeps `decision` for `txn`, dropping the oldest beyond `bound` (0: keeps nothing).
+    pub fn keep(&mut self, txn: concord_types::TxnId, decision: Decision, bound: u32) {
+        if bound == 0 {
+            return;
+        }
+        self.outcomes.insert(txn, decision);
+        while self.outcomes.len() > bound as usize {
+            self.outcomes.pop_first();
+        }
+    }
+
+    pub fn get(&self, txn: concord_types::TxnId) -> Option<Decision> {
+        self.outcomes.get(&txn).copied()
+    }
+
+    pub fn clear(&mut self) {
+        self.outcomes.clear();
+    }
+
+    /// The kept outcomes in checkpoint-sized chunks, oldest first.
+    pub fn chunks(&self) -> Vec<Vec<(concord_types::TxnId, Decision)>> {
+        let all: Vec<_> = self.outcomes.iter().map(|(&t, &d)| (t, d)).collect();
+        all.chunks(crate::CHECKPOINT_CHUNK).map(<[_]>::to_vec).collect()
+    }
+}

@@ -325,8 +325,7 @@ async fn serve_engine<E: Engine>(
         E::Model::after_restart(p.resource_mut());
     }
 
-    let handle: Handle<E> =
-        Handle { events: external_tx, config: Arc::new(config), me: me.name.clone() };
+    let handle: Handle<E> = Handle::new(external_tx, Arc::new(config), me.name.clone());
     let (gateway, shard_reads) = E::Model::kv_services(&handle, me.role);
     let calls: Option<Arc<dyn call_link::Serve>> = match (&gateway, shard_reads) {
         (Some(gateway), _) => Some(Arc::clone(gateway) as Arc<dyn call_link::Serve>),

@@ -19,11 +19,42 @@ pub(crate) struct Handle<E: Engine> {
     pub events: mpsc::Sender<Event<E>>,
     pub config: std::sync::Arc<ClusterConfig>,
     pub me: String,
+    /// Ids reserved by `Client.Reserve`, each with the moment it is given back unless it ran
+    /// (one task releases them in order; see [`RESERVED_FOR`]).
+    reservations: mpsc::Sender<(tokio::time::Instant, TxnId)>,
+}
+
+impl<E: Engine> Handle<E> {
+    /// A handle on the loop behind `events`, and the task that gives back unused reservations.
+    pub(crate) fn new(
+        events: mpsc::Sender<Event<E>>,
+        config: std::sync::Arc<ClusterConfig>,
+        me: String,
+    ) -> Self {
+        let (reservations, mut due) = mpsc::channel(PENDING_RELEASES);
+        let loop_events = events.clone();
+        tokio::spawn(async move {
+            while let Some((at, txn)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                // A no-op if it ran meanwhile: running uses the reservation up.
+                let call: Call<E> = Box::new(move |node| node.release(txn));
+                if loop_events.send(Event::Call(call)).await.is_err() {
+                    return; // the node stopped
+                }
+            }
+        });
+        Handle { events, config, me, reservations }
+    }
 }
 
 impl<E: Engine> Clone for Handle<E> {
     fn clone(&self) -> Self {
-        Handle { events: self.events.clone(), config: self.config.clone(), me: self.me.clone() }
+        Handle {
+            events: self.events.clone(),
+            config: self.config.clone(),
+            me: self.me.clone(),
+            reservations: self.reservations.clone(),
+        }
     }
 }
 
@@ -51,6 +82,11 @@ impl<E: Engine> Handle<E> {
 /// A reserved id not submitted within this long is given back: it holds the coordinator's
 /// forget mark while it is held.
 const RESERVED_FOR: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// Reservations waiting to be given back: as many as a coordinator core holds reserved (its
+/// `max_in_flight`). Beyond that the core drops the oldest itself, so a reservation that finds
+/// this queue full needs no release.
+const PENDING_RELEASES: usize = 10_000;
 
 pub(crate) fn stopping() -> Status {
     Status::unavailable("the node is stopping")
@@ -119,12 +155,8 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         let (tx, rx) = oneshot::channel();
         self.ask(move |node| node.reserve(tx)).await?;
         let txn = rx.await.map_err(|_| stopping())??;
-        let handle = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(RESERVED_FOR).await;
-            // A no-op if it ran meanwhile: running uses the reservation up.
-            let _ = handle.ask(move |node| node.release(txn)).await;
-        });
+        let due = tokio::time::Instant::now() + RESERVED_FOR;
+        let _ = self.reservations.try_send((due, txn)); // full: see `Handle::new`
         Ok(Response::new(proto::ReserveReply { txn: txn.to_string() }))
     }
 

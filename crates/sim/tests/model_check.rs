@@ -244,5 +244,5 @@ fn paxos_commit_forgetting_keeps_agreement_and_honest_status() {
     };
     assert_safe("paxos-commit forgetting, fail-stop", &explore::<PaxosCommit>(bounds), 31_328);
     let probed = Bounds { crashes: 0, restarts: true, status_probes: 1, ..bounds };
-    assert_safe("paxos-commit forgetting, status", &explore::<PaxosCommit>(probed), 234_152);
+    assert_safe("paxos-commit forgetting, status", &explore::<PaxosCommit>(probed), 318_743);
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use concord_types::{NodeId, TxnId, Write};
 
 use super::leader::Leader;
-use super::marks::Marks;
+use super::marks::{remove_range, Marks};
 use super::{Ballot, Config, Msg, Record, Timer, Value};
 use crate::{Checkpoint, Command, Core, Durability, Input};
 
@@ -61,21 +61,12 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Acceptor<C, S> {
     /// Returns whether the mark moved.
     fn on_forget(&mut self, coordinator: NodeId, epoch: u32, below: u32) -> bool {
         let Some(range) = self.forgotten.raise(coordinator, epoch, below) else { return false };
-        let dropped: Vec<TxnId> = self.promised.range(range.clone()).map(|(&t, _)| t).collect();
-        for txn in dropped {
-            self.promised.remove(&txn);
-        }
-        let dropped: Vec<TxnId> = self.accepted.range(range.clone()).map(|(&t, _)| t).collect();
-        for txn in dropped {
-            self.accepted.remove(&txn);
-        }
-        let dropped: Vec<TxnId> = self.participants.range(range.clone()).map(|(&t, _)| t).collect();
-        for txn in dropped {
-            self.participants.remove(&txn);
-        }
+        remove_range(&mut self.promised, &range);
+        remove_range(&mut self.accepted, &range);
+        remove_range(&mut self.participants, &range);
         self.awaiting_promise.retain(|(t, _), _| !range.contains(t));
         self.awaiting_accept.retain(|(t, _), _| !range.contains(t));
-        self.leader.forget(range);
+        self.leader.forget(&range);
         true
     }
 
@@ -228,12 +219,16 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Acceptor<C, S> {
             Input::Persisted(other) => panic!("acceptor {} never forces {other:?}", self.id),
             Input::Timer(timer) => self.leader.on_timer(timer, out),
             Input::Begin { .. } | Input::Reservation(_) => {}
-            // Below a forget mark: nothing to do, nobody waiting. An inquiry (from a branch that
-            // lost its lazy abort) is answered with the mark.
+            // Below a forget mark: nothing to do, nobody waiting. Whoever still asks — a branch
+            // that lost its lazy abort (INQUIRE), a leader whose ballot started before the mark
+            // or after its own restart (1a, 2a) — is answered with the mark, so it stops too.
             Input::Message { from, msg }
                 if msg_txn(&msg).is_some_and(|t| self.forgotten.covers(t)) =>
             {
-                if let Msg::Inquire { txn, .. } = msg {
+                if let Msg::Inquire { txn, .. }
+                | Msg::Phase1a { txn, .. }
+                | Msg::Phase2a { txn, .. } = msg
+                {
                     if let Some((coordinator, epoch, below)) = self.forgotten.mark_of(txn) {
                         let msg = Msg::Forget { coordinator, epoch, below };
                         out.push(Command::Send { to: from, msg });

@@ -179,9 +179,12 @@ impl<C: Clone + std::fmt::Debug, S> Coordinator<C, S> {
         covered.then_some(Msg::Forget { coordinator: self.id, epoch, below })
     }
 
-    /// Transactions whose decision this coordinator is still collecting.
+    /// Transactions this coordinator is still working on: collecting a decision, or (switch
+    /// `forget`) resending one until every participant acknowledges it. Admission counts them
+    /// all, so a shard that never acknowledges holds back at most `max_in_flight` of them, as
+    /// under 2PC, rather than an unbounded table.
     pub fn in_flight(&self) -> usize {
-        self.leader.in_flight() + self.one_phase.len()
+        self.leader.in_flight() + self.one_phase.len() + self.unacknowledged.len()
     }
 
     /// Whether `txn` is an id this coordinator has handed out.
@@ -371,6 +374,12 @@ impl<C: Clone + std::fmt::Debug, S: std::fmt::Debug> Core for Coordinator<C, S> 
                     self.on_one_phase_result(from, txn, decision, out);
                 }
                 Msg::Ack { txn, decision } => self.on_ack(from, txn, decision, out),
+                // An acceptor's answer to a ballot below a mark of ours — one from before our
+                // restart, started by a late inquiry: nobody waits for those transactions.
+                Msg::Forget { coordinator, epoch, below } if coordinator == self.id => {
+                    let from = TxnId { coordinator, epoch, sequence: 0 };
+                    self.leader.forget(&(from..TxnId { coordinator, epoch, sequence: below }));
+                }
                 Msg::Prepare { .. }
                 | Msg::Phase2a { .. }
                 | Msg::Phase1a { .. }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use concord_types::{Decision, NodeId, TxnId};
 
+use super::marks::remove_range;
 use super::{Ballot, Config, Msg, Record, Timer, Value};
 use crate::backoff_us;
 use crate::Command;
@@ -93,17 +94,11 @@ impl Leader {
     }
 
     /// Transactions in `range` are below a forget mark: nobody waits for them any more.
-    pub(super) fn forget(&mut self, range: std::ops::Range<TxnId>) {
-        let rounds: Vec<TxnId> = self.rounds.range(range.clone()).map(|(&t, _)| t).collect();
-        for txn in rounds {
-            self.rounds.remove(&txn);
-        }
-        let seen: Vec<TxnId> = self.highest_seen.range(range.clone()).map(|(&t, _)| t).collect();
-        for txn in seen {
-            self.highest_seen.remove(&txn);
-        }
+    pub(super) fn forget(&mut self, range: &std::ops::Range<TxnId>) {
+        remove_range(&mut self.rounds, range);
+        remove_range(&mut self.highest_seen, range);
+        remove_range(&mut self.decided, range);
         self.decided_order.retain(|t| !range.contains(t));
-        self.decided.retain(|t, _| !range.contains(t));
     }
 
     /// A participant acknowledged `decision` for `txn`: it was chosen (a participant learns

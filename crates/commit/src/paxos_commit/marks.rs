@@ -50,3 +50,10 @@ impl Marks {
         self.below.clear();
     }
 }
+
+/// Removes every entry of `map` whose transaction is in `range`.
+pub(super) fn remove_range<V>(map: &mut BTreeMap<TxnId, V>, range: &Range<TxnId>) {
+    let mut covered = map.split_off(&range.start);
+    let mut above = covered.split_off(&range.end);
+    map.append(&mut above);
+}

@@ -65,7 +65,7 @@ pub struct Participant<R: Resource = Store> {
     forgotten: Marks,
     /// Forgotten outcomes kept, the newest `switches.forgotten_kept`, only to answer status
     /// queries (a late PREPARE below the mark is still ignored).
-    kept: BTreeMap<TxnId, Decision>,
+    kept: crate::status::KeptOutcomes,
     refusals: Refusals<R::Refusal>,
 }
 
@@ -84,7 +84,7 @@ impl<R: Resource> Participant<R> {
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
             forgotten: Marks::default(),
-            kept: BTreeMap::new(),
+            kept: crate::status::KeptOutcomes::default(),
             refusals: Refusals::default(),
         }
     }
@@ -150,14 +150,7 @@ impl<R: Resource> Participant<R> {
     }
 
     fn keep(&mut self, txn: TxnId, decision: Decision) {
-        let bound = self.config.switches.forgotten_kept as usize;
-        if bound == 0 {
-            return;
-        }
-        self.kept.insert(txn, decision);
-        while self.kept.len() > bound {
-            self.kept.pop_first();
-        }
+        self.kept.keep(txn, decision, self.config.switches.forgotten_kept);
     }
 
     /// The resource, for reads a driver serves outside the protocol.
@@ -534,8 +527,8 @@ impl<R: Resource> Participant<R> {
         } else if self.forgotten.covers(txn) {
             // Finished and forgotten: the outcome if it is kept, else say so — never ABORT,
             // which would misstate a transaction that committed.
-            let msg = match self.kept.get(&txn) {
-                Some(&decision) => Msg::Decision { txn, decision },
+            let msg = match self.kept.get(txn) {
+                Some(decision) => Msg::Decision { txn, decision },
                 None => Msg::Forgotten { txn },
             };
             out.push(Command::Send { to: from, msg });
@@ -631,11 +624,7 @@ impl<R: Resource> Checkpoint for Participant<R> {
             epoch,
             below,
         }));
-        let kept: Vec<(TxnId, Decision)> = self.kept.iter().map(|(&t, &d)| (t, d)).collect();
-        live.extend(
-            kept.chunks(crate::CHECKPOINT_CHUNK)
-                .map(|chunk| Record::KeptOutcomes { kept: chunk.to_vec() }),
-        );
+        live.extend(self.kept.chunks().into_iter().map(|kept| Record::KeptOutcomes { kept }));
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { participants, writes, .. }

@@ -838,11 +838,37 @@ fn an_acceptor_forgets_the_instances_below_the_mark_and_ignores_them_after() {
     assert_eq!(run(&mut a, msg(C, forget.clone())), vec![lazy(mark.clone())]);
     assert_eq!(a.live_records(), vec![Record::EpochStarted { epoch: 1 }, mark]);
     assert_eq!(run(&mut a, msg(C, forget.clone())), vec![], "an old mark moves nothing");
-    assert_eq!(run(&mut a, msg(A2, Msg::Phase1a { txn: t, ballot: 7, leader: A2 })), vec![]);
-    assert_eq!(run(&mut a, msg(P2, vote(P2, Value::Prepared))), vec![]);
+    // Whoever still asks is told the mark (and nothing is promised, accepted or written).
+    let ballot = Msg::Phase1a { txn: t, ballot: 7, leader: A2 };
+    assert_eq!(run(&mut a, msg(A2, ballot)), vec![send(A2, forget.clone())]);
+    assert_eq!(run(&mut a, msg(P2, vote(P2, Value::Prepared))), vec![send(P2, forget.clone())]);
+    assert_eq!(run(&mut a, msg(A2, Msg::Phase2b { txn: t, ballot: 7, values: vec![] })), vec![]);
     let inquiry = Msg::Inquire { txn: t, participants: vec![P1, P2] };
     assert_eq!(run(&mut a, msg(P1, inquiry)), vec![send(P1, forget)]);
+    assert_eq!(a.live_records().len(), 2, "still only the epoch and the mark");
     let above = TxnId { sequence: 2, ..t };
     let later = Msg::Phase1a { txn: above, ballot: 7, leader: A2 };
     assert_eq!(run(&mut a, msg(A2, later)).len(), 1, "above the mark: business as usual");
+}
+
+/// A restarted coordinator asked about a transaction of its earlier epoch starts a ballot; the
+/// acceptors, which forgot it, answer with the mark, and the round ends instead of retrying
+/// its ballot for ever.
+#[test]
+fn a_ballot_below_the_mark_ends_when_an_acceptor_answers_with_the_mark() {
+    let mut c = Coordinator::new(C, forgetting_config(0));
+    run(&mut c, Input::Restart { records: vec![Record::EpochStarted { epoch: 1 }] });
+    run(&mut c, Input::Persisted(Record::EpochStarted { epoch: 2 }));
+    let old = txn(); // epoch 1
+    let inquiry = Msg::Inquire { txn: old, participants: vec![P1, P2] };
+    let out = run(&mut c, msg(P1, inquiry));
+    assert!(out.iter().any(|cmd| matches!(cmd, Command::Send { msg: Msg::Phase1a { .. }, .. })));
+    assert_eq!(c.in_flight(), 1);
+    run(&mut c, msg(A1, Msg::Forget { coordinator: C, epoch: 1, below: 5 }));
+    assert_eq!(c.in_flight(), 0, "the round is gone");
+    let retry = out.iter().find_map(|cmd| match cmd {
+        Command::SetTimer { timer: timer @ Timer::Ballot { .. }, .. } => Some(*timer),
+        _ => None,
+    });
+    assert_eq!(run(&mut c, Input::Timer(retry.expect("a ballot timer"))), vec![], "no retry");
 }

@@ -94,7 +94,7 @@ pub struct Participant<R: Resource = Store> {
     /// Decisions forgotten by the protocol but kept, the newest `switches.forgotten_kept`, for
     /// one purpose: to answer a status query with the outcome rather than FORGOTTEN. Nothing
     /// else reads them (a late PREPARE or COMMIT below the mark is still ignored).
-    kept: BTreeMap<TxnId, Decision>,
+    kept: crate::status::KeptOutcomes,
     /// Why recent NO votes were cast, newest last (bounded), so a driver can tell its client.
     refusals: Refusals<R::Refusal>,
 }
@@ -113,7 +113,7 @@ impl<R: Resource> Participant<R> {
             branches: BTreeMap::new(),
             decided: BTreeMap::new(),
             forgotten: BTreeMap::new(),
-            kept: BTreeMap::new(),
+            kept: crate::status::KeptOutcomes::default(),
             refusals: Refusals::default(),
         }
     }
@@ -158,14 +158,7 @@ impl<R: Resource> Participant<R> {
 
     /// Keeps a forgotten decision for status queries, dropping the oldest beyond the bound.
     fn keep(&mut self, txn: TxnId, decision: Decision) {
-        let bound = self.config.switches.forgotten_kept as usize;
-        if bound == 0 {
-            return;
-        }
-        self.kept.insert(txn, decision);
-        while self.kept.len() > bound {
-            self.kept.pop_first();
-        }
+        self.kept.keep(txn, decision, self.config.switches.forgotten_kept);
     }
 
     /// Transactions this participant voted YES on and has not yet learned the outcome of.
@@ -568,8 +561,8 @@ impl<R: Resource> Participant<R> {
             // Finished and forgotten. The outcome, if it is still kept; otherwise say so — not
             // ABORT: a status query may be asking about a transaction that committed (a peer in
             // doubt reads FORGOTTEN as ABORT itself, by the mark's promise).
-            None if self.is_forgotten(txn) => match self.kept.get(&txn) {
-                Some(&decision) => Self::send(out, from, Msg::Decision { txn, decision }),
+            None if self.is_forgotten(txn) => match self.kept.get(txn) {
+                Some(decision) => Self::send(out, from, Msg::Decision { txn, decision }),
                 None => Self::send(out, from, Msg::Forgotten { txn }),
             },
             None => {
@@ -671,11 +664,7 @@ impl<R: Resource> crate::Checkpoint for Participant<R> {
         live.extend(self.forgotten.iter().map(|(&(coordinator, epoch), &below)| {
             Record::Forgotten { coordinator, epoch, below }
         }));
-        let kept: Vec<(TxnId, Decision)> = self.kept.iter().map(|(&t, &d)| (t, d)).collect();
-        live.extend(
-            kept.chunks(crate::CHECKPOINT_CHUNK)
-                .map(|chunk| Record::KeptOutcomes { kept: chunk.to_vec() }),
-        );
+        live.extend(self.kept.chunks().into_iter().map(|kept| Record::KeptOutcomes { kept }));
         for (&txn, branch) in &self.branches {
             match branch {
                 Branch::Preparing { peers, writes, early_ack, .. }
