@@ -14,6 +14,8 @@
 //!   syncs it, renames it into place (atomic), syncs the directory, then deletes every older
 //!   segment. Recovery starts from the newest checkpoint segment, so a crash anywhere in between
 //!   leaves either the old segments or the checkpoint in force — never both, never neither.
+//! * A new segment appears whole: its header is written under a temporary name, synced and
+//!   renamed into place, as a checkpoint is.
 //! * A directory written by an incompatible version (another magic) is refused, not read.
 
 use std::fs::{self, File, OpenOptions};
@@ -60,10 +62,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Starts segment `id` atomically, as a checkpoint is written: its header goes to a temporary
+/// file, synced, renamed into place, the directory synced. A crash leaves the `.tmp` (removed
+/// by `open`) or the whole header — never a segment without one, which `open` would have to
+/// refuse (a SIGKILL between creating the file and writing its header once did exactly that).
 fn new_segment(dir: &Path, id: u64, kind: u8) -> io::Result<File> {
-    let mut file = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, id))?;
+    let tmp = dir.join(format!("{id:020}.log.tmp"));
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&tmp)?;
     file.write_all(MAGIC)?;
     file.write_all(&[kind])?;
+    file.sync_data()?;
+    fs::rename(&tmp, segment_path(dir, id))?;
+    sync_dir(dir)?;
     Ok(file)
 }
 
@@ -138,8 +148,6 @@ impl FileLog {
             }
             None => {
                 let active = new_segment(dir, 1, KIND_RECORDS)?;
-                active.sync_data()?;
-                sync_dir(dir)?;
                 (vec![1], active, HEADER_LEN)
             }
         };
@@ -189,8 +197,6 @@ impl FileLog {
         self.sync()?;
         let id = self.segments.last().copied().unwrap_or(0) + 1;
         self.active = new_segment(&self.dir, id, KIND_RECORDS)?;
-        self.active.sync_data()?;
-        sync_dir(&self.dir)?;
         self.segments.push(id);
         self.active_len = HEADER_LEN;
         Ok(())
