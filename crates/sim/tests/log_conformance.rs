@@ -32,8 +32,11 @@ struct FileBackend {
 const SEGMENT_LIMIT: u64 = 256;
 
 fn last_segment(dir: &Path) -> PathBuf {
-    let mut v: Vec<PathBuf> =
-        fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
     v.sort();
     v.pop().expect("a log always has a segment")
 }

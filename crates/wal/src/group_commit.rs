@@ -18,13 +18,17 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::file_log::FileLog;
+use crate::file_log::{FileLog, MANIFEST_EVERY};
 
 /// Most records written under one sync.
 pub const MAX_BATCH: usize = 4_096;
 /// Appends waiting for the log thread; an appender blocks when the queue is full.
 pub const MAX_QUEUED: usize = 4 * MAX_BATCH;
+
+/// How long the log must be idle before the manifest records what the last sync made durable.
+const QUIET: Duration = Duration::from_millis(20);
 
 /// Called on the log thread once a submitted record is durable (or the log has failed).
 pub type OnDurable = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -80,7 +84,26 @@ impl GroupCommit {
                 let mut failed: Option<String> = None;
                 // Lazy records written since the last sync: durable with the next one.
                 let mut unsynced = 0u64;
-                while let Ok(first) = requests.recv() {
+                loop {
+                    // While the manifest is behind the last sync, wait only briefly: once the
+                    // log goes quiet, record what is durable so damage below it is detected.
+                    let first = if failed.is_none() && log.manifest_behind() {
+                        match requests.recv_timeout(QUIET) {
+                            Ok(first) => first,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                if let Err(e) = log.refresh_manifest(Duration::ZERO) {
+                                    failed = Some(e.to_string());
+                                }
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match requests.recv() {
+                            Ok(first) => first,
+                            Err(_) => break,
+                        }
+                    };
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match requests.try_recv() {
@@ -127,11 +150,22 @@ impl GroupCommit {
                             Done::Nothing => {}
                         }
                     }
+                    // Under steady load the log never goes quiet: refresh the manifest now
+                    // and then instead, after this batch is acknowledged.
+                    if failed.is_none() {
+                        if let Err(e) = log.refresh_manifest(MANIFEST_EVERY) {
+                            failed = Some(e.to_string());
+                        }
+                    }
                 }
                 // Stopping: what was queued is durable when stop() returns.
                 if unsynced > 0 && failed.is_none() && log.sync().is_ok() {
                     shared.syncs.fetch_add(1, Ordering::Relaxed);
                     shared.appends.fetch_add(unsynced, Ordering::Relaxed);
+                }
+                // A clean stop leaves the manifest exact: any later loss is detected.
+                if failed.is_none() {
+                    let _ = log.refresh_manifest(Duration::ZERO);
                 }
                 log
             })?;

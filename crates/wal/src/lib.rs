@@ -20,9 +20,11 @@ mod data_dir;
 mod file_log;
 mod frame;
 mod group_commit;
+mod manifest;
 
 pub use crc32c::crc32c;
 pub use data_dir::{claim_data_dir, DirLock, IDENTITY_FILE, LOCK_FILE};
-pub use file_log::{FileLog, OpenError, MAGIC};
+pub use file_log::{CheckReport, FileLog, OpenError, SalvageReport, MAGIC, MANIFEST_EVERY};
 pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use group_commit::{GroupCommit, OnDurable};
+pub use manifest::MANIFEST_FILE;

@@ -32,8 +32,13 @@ fn records(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("record {i}").into_bytes()).collect()
 }
 
+/// The segment files (the manifest and leftovers aside).
 fn segments(dir: &PathBuf) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log" || e == "tmp"))
+        .collect();
     v.sort();
     v
 }
@@ -271,4 +276,172 @@ fn lazy_records_wait_for_the_next_forced_sync_and_keep_their_order() {
     let found = FileLog::open(&dir.0, 1 << 20).unwrap().1;
     let found: Vec<String> = found.into_iter().map(|r| String::from_utf8(r).unwrap()).collect();
     assert_eq!(found, ["lazy 0", "lazy 1", "lazy 2", "forced", "lazy after"]);
+}
+
+/// A log written through group commit and stopped cleanly, as a node's is: its manifest is
+/// exact, so every loss below it is refused.
+fn stopped_log(dir: &TempDir, n: usize, segment_limit: u64) {
+    let (log, _) = FileLog::open(&dir.0, segment_limit).unwrap();
+    let group = GroupCommit::start(log).unwrap();
+    for r in records(n) {
+        group.append(r).unwrap();
+    }
+    drop(group.stop());
+}
+
+fn expect_damaged(dir: &TempDir, naming: &str, saying: &str) {
+    match FileLog::open(&dir.0, 1 << 20) {
+        Err(e @ OpenError::Damaged { .. }) | Err(e @ OpenError::Corrupt { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(naming) && text.contains(saying), "{text}");
+        }
+        other => panic!("expected a refusal naming {naming}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_acknowledged_record_is_refused_not_truncated() {
+    let dir = TempDir::new();
+    stopped_log(&dir, 5, 1 << 20);
+    let active = segments(&dir.0).pop().unwrap();
+    let mut bytes = fs::read(&active).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    fs::write(&active, &bytes).unwrap();
+    expect_damaged(&dir, &active.display().to_string(), "acknowledged records lost");
+    assert!(FileLog::check(&dir.0).is_err(), "check reports the same");
+    assert_eq!(fs::read(&active).unwrap(), bytes, "a refusal changes nothing");
+}
+
+#[test]
+fn a_truncated_active_segment_is_refused_mid_record_and_at_a_record_boundary() {
+    let dir = TempDir::new();
+    stopped_log(&dir, 5, 1 << 20);
+    let active = segments(&dir.0).pop().unwrap();
+    let whole = fs::read(&active).unwrap();
+    let frame = 8 + records(1)[0].len();
+    for cut in [whole.len() - 3, whole.len() - frame] {
+        fs::write(&active, &whole[..cut]).unwrap();
+        expect_damaged(&dir, &active.display().to_string(), "acknowledged records lost");
+    }
+    fs::write(&active, &whole).unwrap();
+    assert_eq!(FileLog::open(&dir.0, 1 << 20).unwrap().1, records(5), "put back, it opens");
+}
+
+#[test]
+fn missing_segments_or_manifest_are_refused() {
+    let dir = TempDir::new();
+    stopped_log(&dir, 30, 64);
+    let all = segments(&dir.0);
+    assert!(all.len() > 3);
+    let keep: Vec<(PathBuf, Vec<u8>)> =
+        all.iter().map(|p| (p.clone(), fs::read(p).unwrap())).collect();
+    let restore = || {
+        for (p, b) in &keep {
+            fs::write(p, b).unwrap();
+        }
+    };
+    // The newest, the oldest, one in the middle.
+    for victim in [all.len() - 1, 0, all.len() / 2] {
+        fs::remove_file(&all[victim]).unwrap();
+        expect_damaged(&dir, &all[victim].display().to_string(), "missing");
+        restore();
+    }
+    for p in &all {
+        fs::remove_file(p).unwrap();
+    }
+    expect_damaged(&dir, "MANIFEST", "missing");
+    restore();
+    let manifest = dir.0.join(concord_wal::MANIFEST_FILE);
+    let saved = fs::read(&manifest).unwrap();
+    fs::remove_file(&manifest).unwrap();
+    expect_damaged(&dir, "MANIFEST", "missing");
+    let mut flipped = saved.clone();
+    flipped[10] ^= 1;
+    fs::write(&manifest, &flipped).unwrap();
+    expect_damaged(&dir, "MANIFEST", "checksum mismatch");
+    fs::write(&manifest, &saved).unwrap();
+    // A new log is made only where there was none: a node that ran before must find one.
+    for p in &all {
+        fs::remove_file(p).unwrap();
+    }
+    fs::remove_file(&manifest).unwrap();
+    assert!(matches!(FileLog::open_existing(&dir.0, 64), Err(OpenError::Damaged { .. })));
+    assert!(FileLog::open(&dir.0, 64).unwrap().1.is_empty(), "open makes a new one");
+}
+
+#[test]
+fn a_stale_copy_of_a_segment_put_back_is_refused() {
+    let dir = TempDir::new();
+    let (mut log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    log.append(b"one").unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let active = segments(&dir.0).pop().unwrap();
+    let stale = fs::read(&active).unwrap();
+    stopped_log(&dir, 5, 1 << 20);
+    fs::write(&active, &stale).unwrap();
+    expect_damaged(&dir, &active.display().to_string(), "acknowledged records lost");
+    // A sealed segment grown or shrunk, and one the manifest never listed.
+    let dir = TempDir::new();
+    stopped_log(&dir, 30, 64);
+    let sealed = segments(&dir.0)[1].clone();
+    let mut grown = fs::read(&sealed).unwrap();
+    let last = grown.clone().split_off(grown.len() - 13);
+    grown.extend_from_slice(&last);
+    fs::write(&sealed, &grown).unwrap();
+    expect_damaged(&dir, &sealed.display().to_string(), "sealed");
+    let stranger = dir.0.join(format!("{:020}.log", 999));
+    fs::write(&sealed, &grown[..grown.len() - 13]).unwrap();
+    fs::write(&stranger, b"CNCDLOG1\x00").unwrap();
+    expect_damaged(&dir, &stranger.display().to_string(), "not listed");
+}
+
+#[test]
+fn a_quiet_log_records_what_is_durable_so_a_kill_then_damage_is_detected() {
+    let dir = TempDir::new();
+    let (log, _) = FileLog::open(&dir.0, 1 << 20).unwrap();
+    let group = GroupCommit::start(log).unwrap();
+    for r in records(4) {
+        group.append(r).unwrap();
+    }
+    // Quiet for a while: the manifest catches up, as it would before a SIGKILL.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let active = segments(&dir.0).pop().unwrap();
+    let whole = fs::read(&active).unwrap();
+    fs::write(&active, &whole[..whole.len() - 5]).unwrap();
+    expect_damaged(&dir, &active.display().to_string(), "acknowledged records lost");
+    fs::write(&active, &whole).unwrap();
+    drop(group.stop());
+}
+
+#[test]
+fn check_reports_and_salvage_keeps_the_readable_prefix_setting_originals_aside() {
+    let dir = TempDir::new();
+    stopped_log(&dir, 30, 64);
+    let report = FileLog::check(&dir.0).unwrap();
+    assert_eq!(report.records, 30);
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+    let all = segments(&dir.0);
+    let victim = all.len() / 2;
+    fs::remove_file(&all[victim]).unwrap();
+    let refused = FileLog::check(&dir.0).unwrap_err().to_string();
+    assert!(refused.contains("missing"), "{refused}");
+
+    let (mut log, kept, report) = FileLog::salvage(&dir.0, 64).unwrap();
+    assert!(!kept.is_empty() && kept.len() < 30, "{} kept", kept.len());
+    assert_eq!(kept, records(kept.len()), "a prefix, in order");
+    assert!(report.lost.iter().any(|l| l.contains("missing")), "{:?}", report.lost);
+    let quarantine = report.quarantine.unwrap();
+    assert_eq!(
+        fs::read_dir(&quarantine).unwrap().count(),
+        all.len(),
+        "every original segment and the manifest set aside, minus the deleted one"
+    );
+    log.append(b"after").unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (_, found) = FileLog::open_existing(&dir.0, 64).unwrap();
+    assert_eq!(found, [kept, vec![b"after".to_vec()]].concat());
+    assert!(FileLog::check(&dir.0).is_ok());
 }
