@@ -21,7 +21,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use crate::frame::{append_frame, scan, ScanError, Tail};
 use crate::manifest::{Listed, Manifest};
@@ -52,9 +51,10 @@ fn damaged(path: PathBuf, reason: impl Into<String>) -> OpenError {
     OpenError::Damaged { path, reason: reason.into() }
 }
 
-/// Rewrite the manifest at least this often while appends flow (one manifest write costs two
-/// fsyncs; once a second keeps that far below the group commits' own).
-pub const MANIFEST_EVERY: Duration = Duration::from_secs(1);
+/// Rewrite the manifest at least every this many syncs while appends flow: one manifest write
+/// costs two fsyncs, so this keeps it under 1% of the group commits' own. (A count, not a
+/// clock: this crate takes no time from the system.)
+pub const MANIFEST_EVERY: u64 = 256;
 
 /// A segmented, append-only log in one directory.
 #[derive(Debug)]
@@ -64,7 +64,8 @@ pub struct FileLog {
     /// `length` is what the manifest on disk says is durable.
     listed: Vec<Listed>,
     manifest_sequence: u64,
-    manifest_written: Instant,
+    /// Syncs since the manifest was last written.
+    syncs_since_manifest: u64,
     active: File,
     active_len: u64,
     /// Bytes of the active segment covered by the last sync.
@@ -377,7 +378,7 @@ impl FileLog {
             dir: dir.to_path_buf(),
             listed,
             manifest_sequence,
-            manifest_written: Instant::now(),
+            syncs_since_manifest: 0,
             active,
             active_len,
             synced_len: active_len,
@@ -396,7 +397,7 @@ impl FileLog {
         self.manifest_sequence += 1;
         let manifest = Manifest { sequence: self.manifest_sequence, segments: self.listed.clone() };
         manifest.write(&self.dir)?;
-        self.manifest_written = Instant::now();
+        self.syncs_since_manifest = 0;
         Ok(())
     }
 
@@ -405,10 +406,10 @@ impl FileLog {
         self.listed.last().is_some_and(|active| active.length < self.synced_len)
     }
 
-    /// Rewrites the manifest if it is behind the last sync and was written longer than `age`
-    /// ago; returns whether it did. Zero: whenever it is behind (the log has gone quiet).
-    pub fn refresh_manifest(&mut self, age: Duration) -> io::Result<bool> {
-        if !self.manifest_behind() || self.manifest_written.elapsed() < age {
+    /// Rewrites the manifest if it is behind the last sync and `syncs` syncs have passed since
+    /// it was written; returns whether it did. Zero: whenever it is behind (the log is quiet).
+    pub fn refresh_manifest(&mut self, syncs: u64) -> io::Result<bool> {
+        if !self.manifest_behind() || self.syncs_since_manifest < syncs {
             return Ok(false);
         }
         self.write_manifest()?;
@@ -520,10 +521,10 @@ impl FileLog {
         let quarantine = if originals.is_empty() {
             None
         } else {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let quarantine = dir.join(format!("damaged-{stamp}"));
+            let quarantine = (1u32..)
+                .map(|n| dir.join(format!("damaged-{n}")))
+                .find(|d| !d.exists())
+                .expect("some number is free");
             fs::create_dir_all(&quarantine)?;
             for path in &originals {
                 let name = path.file_name().expect("files in the log directory have names");
@@ -573,6 +574,7 @@ impl FileLog {
         self.active.sync_data()?;
         self.synced_len = self.active_len;
         self.syncs += 1;
+        self.syncs_since_manifest += 1;
         Ok(())
     }
 

@@ -91,7 +91,7 @@ impl GroupCommit {
                         match requests.recv_timeout(QUIET) {
                             Ok(first) => first,
                             Err(mpsc::RecvTimeoutError::Timeout) => {
-                                if let Err(e) = log.refresh_manifest(Duration::ZERO) {
+                                if let Err(e) = log.refresh_manifest(0) {
                                     failed = Some(e.to_string());
                                 }
                                 continue;
@@ -165,7 +165,7 @@ impl GroupCommit {
                 }
                 // A clean stop leaves the manifest exact: any later loss is detected.
                 if failed.is_none() {
-                    let _ = log.refresh_manifest(Duration::ZERO);
+                    let _ = log.refresh_manifest(0);
                 }
                 log
             })?;
