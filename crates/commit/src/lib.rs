@@ -28,6 +28,7 @@
 //! [`status`] (status by id, from the participants when the coordinator no longer knows).
 
 pub mod admission;
+pub mod amnesia;
 pub mod epoch;
 pub mod naive;
 pub mod paxos_commit;

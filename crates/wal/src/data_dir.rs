@@ -15,6 +15,15 @@ pub const LOCK_FILE: &str = "LOCK";
 #[derive(Debug)]
 pub struct DirLock {
     _file: fs::File,
+    new: bool,
+}
+
+impl DirLock {
+    /// Whether the directory was new (its identity written just now): only then may a missing
+    /// log be taken for a new one.
+    pub fn is_new(&self) -> bool {
+        self.new
+    }
 }
 
 /// Takes the directory's lock, or says which process holds it.
@@ -48,7 +57,7 @@ fn lock(dir: &Path) -> Result<DirLock, String> {
     let written =
         file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(me.as_bytes()));
     written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(DirLock { _file: file })
+    Ok(DirLock { _file: file, new: false })
 }
 
 /// Creates `dir` if needed, takes its lock (refusing a directory another process uses) and
@@ -58,16 +67,17 @@ fn lock(dir: &Path) -> Result<DirLock, String> {
 pub fn claim_data_dir(dir: &Path, expected: &str) -> Result<DirLock, String> {
     let text = |e: std::io::Error| e.to_string();
     fs::create_dir_all(dir).map_err(text)?;
-    let lock = lock(dir)?;
-    check_identity(dir, expected)?;
+    let mut lock = lock(dir)?;
+    lock.new = check_identity(dir, expected)?;
     Ok(lock)
 }
 
-fn check_identity(dir: &Path, expected: &str) -> Result<(), String> {
+/// Checks the identity, or writes it in an empty directory: `Ok(true)` when it did.
+fn check_identity(dir: &Path, expected: &str) -> Result<bool, String> {
     let text = |e: std::io::Error| e.to_string();
     let path = dir.join(IDENTITY_FILE);
     match fs::read_to_string(&path) {
-        Ok(found) if found == expected => Ok(()),
+        Ok(found) if found == expected => Ok(false),
         Ok(found) => Err(format!(
             "this directory belongs to another node or version of Concord; refusing to touch it.\n  it holds: {}\n  this node: {}",
             found.trim().replace('\n', ", "),
@@ -84,7 +94,8 @@ fn check_identity(dir: &Path, expected: &str) -> Result<(), String> {
             fs::write(&tmp, expected).map_err(text)?;
             fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(text)?;
             fs::rename(&tmp, &path).map_err(text)?;
-            fs::File::open(dir).and_then(|f| f.sync_all()).map_err(text)
+            fs::File::open(dir).and_then(|f| f.sync_all()).map_err(text)?;
+            Ok(true)
         }
         Err(e) => Err(e.to_string()),
     }

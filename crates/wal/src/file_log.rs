@@ -328,6 +328,16 @@ impl FileLog {
         FileLog::open_with(dir, segment_limit, true)
     }
 
+    /// Opens the log in `dir` under a data directory held by `lock`: a new log only if the data
+    /// directory is new, else [`FileLog::open_existing`].
+    pub fn open_claimed(
+        lock: &crate::DirLock,
+        dir: &Path,
+        segment_limit: u64,
+    ) -> Result<(FileLog, Vec<Vec<u8>>), OpenError> {
+        FileLog::open_with(dir, segment_limit, !lock.is_new())
+    }
+
     fn open_with(
         dir: &Path,
         segment_limit: u64,

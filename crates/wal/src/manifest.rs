@@ -15,8 +15,9 @@
 //! The manifest is replaced whole (written under a temporary name, synced, renamed, the
 //! directory synced), so a crash leaves the old one or the new one, never a mix; its checksum
 //! tells damage from either. It is rewritten when a segment is sealed or a checkpoint replaces
-//! the log, when the log is opened and closed, and while appends flow at most about once a
-//! second or once they pause — never once per group commit, so the hot path keeps one fdatasync.
+//! the log, when the log is opened and closed, once appends pause (20 ms), and while they flow
+//! every `MANIFEST_EVERY` (256) syncs — never once per group commit, so the hot path keeps one
+//! fdatasync.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -80,6 +80,9 @@ enum Branch<C> {
     VotingNo,
 }
 
+/// Lost commits kept for the operator (`Participant::lost_commits`), oldest dropped first.
+const LOST_COMMITS_KEPT: usize = 10_000;
+
 /// A 2PC participant over resource `R` (the simulator's [`Store`] by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Participant<R: Resource = Store> {
@@ -97,6 +100,12 @@ pub struct Participant<R: Resource = Store> {
     kept: crate::status::KeptOutcomes,
     /// Why recent NO votes were cast, newest last (bounded), so a driver can tell its client.
     refusals: Refusals<R::Refusal>,
+    /// Set after an accepted loss of part of the log: what must not be presumed (module
+    /// `amnesia`). Not in the log: the driver sets it from the data directory at every start.
+    amnesia: Option<crate::amnesia::Amnesia>,
+    /// Transactions committed by their coordinator whose prepared writes were lost with the
+    /// data here: applied nowhere on this shard. For the operator (health, logs).
+    lost_commits: Vec<TxnId>,
 }
 
 impl<R: Resource> Participant<R> {
@@ -115,7 +124,34 @@ impl<R: Resource> Participant<R> {
             forgotten: BTreeMap::new(),
             kept: crate::status::KeptOutcomes::default(),
             refusals: Refusals::default(),
+            amnesia: None,
+            lost_commits: Vec::new(),
         }
+    }
+
+    /// After an accepted loss of data: presume nothing about transactions that may have had a
+    /// record here (module `amnesia`).
+    pub fn set_amnesia(&mut self, amnesia: crate::amnesia::Amnesia) {
+        self.amnesia = Some(amnesia);
+    }
+
+    /// The amnesia in force, if any (the driver adds horizons as it learns them).
+    pub fn amnesia_mut(&mut self) -> Option<&mut crate::amnesia::Amnesia> {
+        self.amnesia.as_mut()
+    }
+
+    /// Transactions committed elsewhere whose writes this shard lost (newest last, bounded).
+    pub fn lost_commits(&self) -> &[TxnId] {
+        &self.lost_commits
+    }
+
+    /// No record here, and there may have been one before an accepted loss: presume nothing.
+    /// (Below the coordinator's FORGET mark every participant acknowledged: nothing is owed.)
+    fn possibly_forgotten(&self, txn: TxnId) -> bool {
+        self.amnesia.as_ref().is_some_and(|a| a.may_have_forgotten(txn))
+            && !self.decided.contains_key(&txn)
+            && !self.branches.contains_key(&txn)
+            && !self.is_forgotten(txn)
     }
 
     /// The resource, for reads a driver serves outside the protocol.
@@ -305,6 +341,12 @@ impl<R: Resource> Participant<R> {
             // waits for a vote (a NO would also misstate a transaction that committed).
             return;
         }
+        if self.possibly_forgotten(txn) {
+            // It may have voted before the loss; a second vote could contradict the first. No
+            // vote: the coordinator decides without it (its vote timeout aborts, unless the
+            // lost vote was a YES it already counted).
+            return;
+        }
         let refused = if writes.is_read_only() && self.config.switches.read_only {
             match self.store.finish_read_only(txn, &writes) {
                 Ok(()) => {
@@ -393,6 +435,7 @@ impl<R: Resource> Participant<R> {
             return;
         }
         let forgotten = self.is_forgotten(txn);
+        let amnesiac = self.possibly_forgotten(txn);
         match (self.branches.get_mut(&txn), decision) {
             (Some(Branch::Prepared { .. }), Decision::Commit) => self.commit_prepared(txn, out),
             (Some(Branch::Prepared { .. }), Decision::Abort) => {
@@ -427,6 +470,19 @@ impl<R: Resource> Participant<R> {
                 // PREPARE is answered NO. Volatile is enough: after a crash a late PREPARE would
                 // get YES, and the coordinator, having forgotten the transaction, answers ABORT.
                 self.decided.insert(txn, Decision::Abort);
+            }
+            (None, Decision::Commit) if amnesiac => {
+                // It voted YES before the loss and its coordinator committed: the outcome is
+                // known now, but the writes went with the data. Say so, and acknowledge (the
+                // coordinator must not wait forever for writes nobody has).
+                if from == txn.coordinator {
+                    self.decided.insert(txn, Decision::Commit);
+                    if self.lost_commits.len() >= LOST_COMMITS_KEPT {
+                        self.lost_commits.remove(0);
+                    }
+                    self.lost_commits.push(txn);
+                    Self::send(out, txn.coordinator, Msg::Ack { txn });
+                }
             }
             (None, Decision::Commit) => {
                 // Only a participant that voted YES can be told COMMIT, and a YES vote implies a
@@ -488,6 +544,10 @@ impl<R: Resource> Participant<R> {
         }
         if self.is_forgotten(txn) {
             return; // a late duplicate: applying it would apply it twice; nobody waits for it
+        }
+        if self.possibly_forgotten(txn) {
+            // It may have been applied before the loss: neither apply it again nor refuse it.
+            return;
         }
         // Either outcome is forced before the answer: the coordinator may resend, and the
         // participant must give the same answer every time.
@@ -565,6 +625,9 @@ impl<R: Resource> Participant<R> {
                 Some(decision) => Self::send(out, from, Msg::Decision { txn, decision }),
                 None => Self::send(out, from, Msg::Forgotten { txn }),
             },
+            // It may have voted YES before the loss: no answer, presumed nothing. The asker
+            // asks the coordinator (or the others) instead.
+            None if self.possibly_forgotten(txn) => {}
             None => {
                 // Never voted: we may abort unilaterally — but only once that is durable, or a
                 // crash followed by a late PREPARE could make us vote YES after all.

@@ -1294,3 +1294,43 @@ fn a_reserved_id_holds_the_forget_mark_below_it() {
     let out = run(&mut c, msg(P1, Msg::OnePhaseResult { txn: txn(1), decision: Decision::Commit }));
     assert!(out.contains(&send(P1, Msg::Forget { epoch: 1, below: 3 })), "{out:?}");
 }
+
+/// After an accepted loss of data the participant cannot tell "never voted" from "voted and
+/// lost the record": for a transaction issued before the loss it votes no second time, answers
+/// no inquiry with ABORT, and takes COMMIT from its coordinator (reporting the lost writes).
+/// Transactions at or past the coordinator's horizon run as ever.
+#[test]
+fn a_participant_that_lost_data_presumes_nothing_about_what_it_may_have_forgotten() {
+    let mut p = participant(config());
+    p.set_amnesia(crate::amnesia::Amnesia::default());
+    let old = txn(5);
+    assert_eq!(run(&mut p, msg(C, prepare(old, w(10, 5)))), vec![], "no second vote");
+    assert_eq!(run(&mut p, msg(P2, Msg::Inquire { txn: old })), vec![], "no presumed abort");
+    assert_eq!(
+        run(&mut p, msg(C, Msg::CommitOnePhase { txn: old, writes: w(10, 1) })),
+        vec![],
+        "a one-phase commit that may have been applied is neither applied again nor refused"
+    );
+    assert_eq!(run(&mut p, msg(P2, decision(old, Decision::Commit))), vec![], "only from C");
+    assert_eq!(
+        run(&mut p, msg(C, decision(old, Decision::Commit))),
+        vec![send(C, Msg::Ack { txn: old })]
+    );
+    assert_eq!(p.lost_commits(), &[old]);
+    assert_eq!(p.store().value(10), 0, "nothing to apply: the writes were lost");
+
+    // Until the horizon is learned every id is suspect; after it, new ids vote as ever.
+    let new = txn(9);
+    assert_eq!(run(&mut p, msg(C, prepare(new, w(10, 5)))), vec![]);
+    p.amnesia_mut().unwrap().learn_horizon(txn(8));
+    let record =
+        Record::Prepared { txn: new, peers: vec![P1, P2], writes: w(10, 5), early_ack: false };
+    assert_eq!(run(&mut p, msg(C, prepare(new, w(10, 5)))), vec![forced(record)]);
+    assert_eq!(run(&mut p, msg(C, prepare(txn(7), w(11, 5)))), vec![], "below it: still none");
+    let never = txn(12);
+    assert_eq!(
+        run(&mut p, msg(P2, Msg::Inquire { txn: never })),
+        vec![forced(Record::Aborted { txn: never })],
+        "past the horizon, never voted means never voted"
+    );
+}
