@@ -81,7 +81,12 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
 }
 
 /// `concord serve --config FILE --node NAME`: one node in this process.
-pub fn serve(config: &Path, node: &str, data_dir: Option<PathBuf>) -> Result<ExitCode, String> {
+pub fn serve(
+    config: &Path,
+    node: &str,
+    data_dir: Option<PathBuf>,
+    options: concord_node::StartOptions,
+) -> Result<ExitCode, String> {
     let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
     let me = config.node(node).ok_or_else(|| {
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -92,7 +97,9 @@ pub fn serve(config: &Path, node: &str, data_dir: Option<PathBuf>) -> Result<Exi
     let name = node.to_string();
     runtime()?.block_on(async move {
         let shutdown = shutdown_on_signal();
-        concord_node::serve(config, &name, &data_dir, shutdown).await.map_err(|e| e.to_string())
+        concord_node::serve_with(config, &name, &data_dir, shutdown, options)
+            .await
+            .map_err(|e| e.to_string())
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -115,6 +122,7 @@ pub fn dev(
     shards: u32,
     port: u16,
     protocol: ProtocolChoice,
+    options: concord_node::StartOptions,
 ) -> Result<ExitCode, String> {
     // The key-value store's ports start at --port + 10; Paxos Commit's acceptors follow the
     // shards of each cluster.
@@ -146,7 +154,7 @@ pub fn dev(
                 let (config, name, dir) = (config.clone(), node.name.clone(), dir.join(&node.name));
                 let shutdown = shutdown.clone();
                 nodes.spawn(async move {
-                    concord_node::serve(config, &name, &dir, shutdown)
+                    concord_node::serve_with(config, &name, &dir, shutdown, options)
                         .await
                         .map_err(|e| format!("{name}: {e}"))
                 });

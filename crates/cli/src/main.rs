@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod crash_kv;
 mod crash_test;
+mod data;
 mod databases;
 mod kv;
 mod outbox;
@@ -57,6 +58,11 @@ enum Command {
         /// An existing data directory keeps its own configuration.
         #[arg(long, default_value = "2pc")]
         protocol: cluster::ProtocolChoice,
+        /// Shards whose data is refused as damaged start from what is readable instead, and
+        /// presume nothing about what they may have forgotten (docs/log-format.md). Run
+        /// `concord data check` first.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
     /// One node of a cluster described by a configuration file (see docs/configuration.md).
     Serve {
@@ -68,6 +74,17 @@ enum Command {
         /// Default: ./concord-data/NODE.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// If this shard's data is refused as damaged, start from what is readable, presuming
+        /// nothing about what it may have forgotten (docs/log-format.md). Refused for
+        /// coordinators and acceptors. Run `concord data check` first.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+    /// Data directories: `check` reads everything in one (or every node's under it) and
+    /// reports what a start would refuse, changing nothing.
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
     },
     /// Transactions: submit one, list recent ones, show one by id.
     Txn {
@@ -167,10 +184,15 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev { data_dir, shards, port, protocol } => {
-            cluster::dev(&data_dir, shards, port, protocol)
+        Command::Dev { data_dir, shards, port, protocol, accept_data_loss } => {
+            let options = concord_node::StartOptions { accept_data_loss };
+            cluster::dev(&data_dir, shards, port, protocol, options)
         }
-        Command::Serve { config, node, data_dir } => cluster::serve(&config, &node, data_dir),
+        Command::Serve { config, node, data_dir, accept_data_loss } => {
+            let options = concord_node::StartOptions { accept_data_loss };
+            cluster::serve(&config, &node, data_dir, options)
+        }
+        Command::Data { command } => data::run(command),
         Command::Txn { command } => client::run_txn(command),
         Command::Kv { gateway, isolation, command } => kv::run(gateway, &isolation, command),
         Command::Transfer { from, to, amount, coordinator } => {

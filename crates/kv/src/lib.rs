@@ -22,7 +22,7 @@ pub use change::{Isolation, Key, KeyRange, KvChange, Value};
 pub use hlc::{Hlc, Timestamp};
 pub use session::{LimitError, Limits, ShardMap, Transaction, ENTRY_OVERHEAD_BYTES};
 pub use shard::{
-    decode_versions, encode_versions, KvSnapshot, MvccShard, ReadError, Refusal, Version,
+    decode_versions, encode_versions, KvSnapshot, MvccShard, ReadError, Refusal, StoreSeal, Version,
 };
 
 /// The 2PC participant of a KV shard.

@@ -226,6 +226,18 @@ impl ReadTimestamps {
 pub struct KvSnapshot {
     pub gc_point: Timestamp,
     pub versions: Vec<(Key, Vec<Version>)>,
+    /// Where the versions went to a separate store instead (the runtime's version file): what
+    /// that store must hold, so a missing, emptied, stale or altered one is refused at start.
+    pub store: Option<StoreSeal>,
+}
+
+/// What a checkpoint wrote to a version store: its generation (one more per checkpoint), the
+/// number of keys, and a checksum over every entry. Kept in the log's checkpoint record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StoreSeal {
+    pub generation: u64,
+    pub keys: u64,
+    pub digest: u32,
 }
 
 /// One key's versions, as snapshots and the runtime's version store write them.
@@ -266,6 +278,15 @@ impl Encode for KvSnapshot {
             w.bytes(key);
             encode_versions(versions, w);
         }
+        match self.store {
+            None => w.u8(0),
+            Some(seal) => {
+                w.u8(1);
+                w.u64(seal.generation);
+                w.u64(seal.keys);
+                w.u32(seal.digest);
+            }
+        }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let gc_point = Timestamp::decode(r)?;
@@ -276,7 +297,12 @@ impl Encode for KvSnapshot {
             let key = r.bytes()?.to_vec();
             out.push((key, decode_versions(r)?));
         }
-        Ok(KvSnapshot { gc_point, versions: out })
+        let store = match r.u8()? {
+            0 => None,
+            1 => Some(StoreSeal { generation: r.u64()?, keys: r.u64()?, digest: r.u32()? }),
+            tag => return Err(DecodeError::UnknownTag { what: "store seal", tag }),
+        };
+        Ok(KvSnapshot { gc_point, versions: out, store })
     }
 }
 
@@ -292,6 +318,8 @@ pub struct MvccShard {
     physical_us: u64,
     /// Reads and snapshots below this are refused: older versions may be gone.
     gc_point: Timestamp,
+    /// What the newest checkpoint replayed says the version store holds (`KvSnapshot::store`).
+    expected_store: Option<StoreSeal>,
 }
 
 impl Default for MvccShard {
@@ -309,7 +337,13 @@ impl MvccShard {
             clock: Hlc::new(max_offset_us),
             physical_us: 0,
             gc_point: Timestamp::ZERO,
+            expected_store: None,
         }
+    }
+
+    /// What the version store must hold, as the newest checkpoint replayed says.
+    pub fn expected_store(&self) -> Option<StoreSeal> {
+        self.expected_store
     }
 
     /// The driver's physical clock, before every input (the shard is sans-IO).
@@ -599,11 +633,17 @@ impl Resource for MvccShard {
         KvSnapshot {
             gc_point: self.gc_point,
             versions: self.versions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            store: self.expected_store,
         }
     }
 
     fn restore(&mut self, snapshot: KvSnapshot) {
         self.gc_point = self.gc_point.max(snapshot.gc_point);
+        if let Some(seal) = snapshot.store {
+            if self.expected_store.is_none_or(|known| known.generation < seal.generation) {
+                self.expected_store = Some(seal);
+            }
+        }
         for (key, versions) in snapshot.versions {
             if let Some(last) = versions.last() {
                 self.clock.witness(last.ts);

@@ -75,6 +75,8 @@ pub(crate) struct Io<E: Engine> {
 pub(crate) struct Node<E: Engine> {
     pub role: RoleState<E>,
     pub io: Io<E>,
+    /// A shard running after its operator accepted a loss of data (`data_loss.rs`).
+    pub data_loss_accepted: bool,
 }
 
 /// The instant `after_us` from now, capped a year ahead: `Instant + Duration` panics on
@@ -200,6 +202,14 @@ impl<E: Engine> Node<E> {
             live.and_then(|live| self.io.log.checkpoint(live).map_err(|e| e.to_string()));
         if let Err(error) = checkpointed {
             let _ = self.io.internal.send(Event::LogFailed(error.to_string()));
+        }
+    }
+
+    /// Transactions committed elsewhere whose writes this shard lost (after an accepted loss).
+    pub fn lost_commits(&self) -> u64 {
+        match &self.role {
+            RoleState::Shard(p) => E::lost_commits(p) as u64,
+            RoleState::Acceptor(_) | RoleState::Coordinator(_) => 0,
         }
     }
 

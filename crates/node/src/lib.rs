@@ -12,6 +12,7 @@
 //! See `proto/concord.proto` for the gRPC contract and the call bodies.
 
 pub mod call_link;
+mod check;
 pub mod config;
 
 /// The decoders that bytes from a socket reach, for the fuzzers (`crates/fuzzing`): not an API.
@@ -32,6 +33,7 @@ pub mod fuzzing {
     }
 }
 mod coordinator;
+mod data_loss;
 mod driver;
 mod engine;
 mod kv;
@@ -55,7 +57,7 @@ use std::time::Duration;
 use concord_commit::Input;
 use concord_types::codec::Encode;
 use concord_types::NodeId;
-use concord_wal::{FileLog, GroupCommit};
+use concord_wal::GroupCommit;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -215,6 +217,18 @@ async fn serve_peer<E: Engine>(
     }
 }
 
+pub use check::{check_data, DataReport};
+pub use data_loss::DATA_LOSS_FILE;
+
+/// How a node starts, beyond its configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// A shard whose log is refused as damaged starts from what is readable, and from then on
+    /// presumes nothing about what it may have forgotten (`docs/log-format.md`). Coordinators,
+    /// acceptors and Paxos Commit shards are refused even so.
+    pub accept_data_loss: bool,
+}
+
 /// Runs the node `name` of `config` with its data under `data_dir` until `shutdown` becomes
 /// true. Returns an error if the node cannot start, or if its log fails while running.
 /// A configuration with a `[kv]` section runs the key-value store, otherwise the delta model;
@@ -225,20 +239,31 @@ pub async fn serve(
     data_dir: &Path,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
+    serve_with(config, name, data_dir, shutdown, StartOptions::default()).await
+}
+
+/// [`serve`], with options.
+pub async fn serve_with(
+    config: ClusterConfig,
+    name: &str,
+    data_dir: &Path,
+    shutdown: watch::Receiver<bool>,
+    options: StartOptions,
+) -> Result<(), NodeError> {
     // A configuration built in code (`concord dev`, tests) meets the same checks as a file.
     config.validate().map_err(NodeError::Config)?;
     match (config.kv.is_some(), config.protocol) {
         (true, CommitProtocol::TwoPhase) => {
-            serve_engine::<TwoPc<KvStore>>(config, name, data_dir, shutdown).await
+            serve_engine::<TwoPc<KvStore>>(config, name, data_dir, shutdown, options).await
         }
         (true, CommitProtocol::PaxosCommit) => {
-            serve_engine::<PaxosCommit<KvStore>>(config, name, data_dir, shutdown).await
+            serve_engine::<PaxosCommit<KvStore>>(config, name, data_dir, shutdown, options).await
         }
         (false, CommitProtocol::TwoPhase) => {
-            serve_engine::<TwoPc<Deltas>>(config, name, data_dir, shutdown).await
+            serve_engine::<TwoPc<Deltas>>(config, name, data_dir, shutdown, options).await
         }
         (false, CommitProtocol::PaxosCommit) => {
-            serve_engine::<PaxosCommit<Deltas>>(config, name, data_dir, shutdown).await
+            serve_engine::<PaxosCommit<Deltas>>(config, name, data_dir, shutdown, options).await
         }
     }
 }
@@ -248,15 +273,23 @@ async fn serve_engine<E: Engine>(
     name: &str,
     data_dir: &Path,
     mut shutdown: watch::Receiver<bool>,
+    options: StartOptions,
 ) -> Result<(), NodeError> {
     let me = config.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
     // Held until this function returns: the node's whole life.
-    let _dir_lock = check_data_dir(data_dir, &identity(&config, &me))?;
-    let log_dir = data_dir.join("log");
+    let dir_lock = check_data_dir(data_dir, &identity(&config, &me))?;
     let segment_bytes = config.log.segment_bytes;
-    let (log, raw) = tokio::task::spawn_blocking(move || FileLog::open(&log_dir, segment_bytes))
-        .await
-        .map_err(|e| NodeError::Failed(e.to_string()))??;
+    let (new_dir, role, dir) = (dir_lock.is_new(), me.role, data_dir.to_path_buf());
+    let accept = options.accept_data_loss;
+    let (log, raw) = tokio::task::spawn_blocking(move || {
+        data_loss::open_log::<E>(&dir, segment_bytes, new_dir, accept, role)
+    })
+    .await
+    .map_err(|e| NodeError::Failed(e.to_string()))??;
+    let amnesia = match me.role {
+        Role::Shard => data_loss::amnesia_of(data_dir)?,
+        Role::Coordinator | Role::Acceptor => None,
+    };
     let mut records = Vec::with_capacity(raw.len());
     for (i, bytes) in raw.iter().enumerate() {
         records.push(E::Record::from_bytes(bytes).map_err(|e| NodeError::DataDir {
@@ -271,11 +304,20 @@ async fn serve_engine<E: Engine>(
         .map_err(|source| NodeError::Listen { address: me.listen, source })?;
     let log = Arc::new(GroupCommit::start(log).map_err(|e| NodeError::Failed(e.to_string()))?);
 
+    let mut storage_set_aside = false;
     let storage = match me.role {
-        Role::Shard => Some(
-            E::Model::open_storage(data_dir)
-                .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?,
-        ),
+        Role::Shard => Some(match E::Model::open_storage(data_dir) {
+            Ok(storage) => storage,
+            Err(reason) if options.accept_data_loss => {
+                data_loss::set_aside(data_dir, E::Model::STORAGE_FILE, &reason)?;
+                storage_set_aside = true;
+                E::Model::open_storage(data_dir)
+                    .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?
+            }
+            Err(reason) => {
+                return Err(NodeError::DataDir { path: data_dir.to_path_buf(), reason });
+            }
+        }),
         Role::Coordinator | Role::Acceptor => None,
     };
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -317,15 +359,36 @@ async fn serve_engine<E: Engine>(
         storage,
         timers: concord_types::TimerHeap::default(),
     };
-    let mut node = Node { role, io };
+    let mut node = Node { role, io, data_loss_accepted: amnesia.is_some() };
+    if let (Some(amnesia), RoleState::Shard(p)) = (&amnesia, &mut node.role) {
+        E::set_amnesia(p, amnesia.clone());
+    }
     node.step(Input::Restart { records });
     if let RoleState::Shard(p) = &mut node.role {
-        E::Model::load(node.io.storage.as_ref(), p.resource_mut())
-            .map_err(|reason| NodeError::DataDir { path: data_dir.to_path_buf(), reason })?;
+        match E::Model::load(node.io.storage.as_ref(), p.resource_mut()) {
+            Ok(()) => {}
+            // Set aside once already: what the log expects of it is lost, and accepted.
+            Err(_) if storage_set_aside => {}
+            Err(reason) if options.accept_data_loss => {
+                node.io.storage = None; // closes the file before it is moved
+                data_loss::set_aside(data_dir, E::Model::STORAGE_FILE, &reason)?;
+                node.io.storage = Some(E::Model::open_storage(data_dir).map_err(|reason| {
+                    NodeError::DataDir { path: data_dir.to_path_buf(), reason }
+                })?);
+                storage_set_aside = true;
+            }
+            Err(reason) => return Err(NodeError::DataDir { path: data_dir.to_path_buf(), reason }),
+        }
+        node.data_loss_accepted |= storage_set_aside;
         E::Model::after_restart(p.resource_mut());
     }
 
-    let handle: Handle<E> = Handle::new(external_tx, Arc::new(config), me.name.clone());
+    let handle: Handle<E> = Handle::new(external_tx, Arc::new(config.clone()), me.name.clone());
+    if let Some(amnesia) = amnesia {
+        let learning =
+            data_loss::learn_horizons(handle.clone(), config, data_dir.to_path_buf(), amnesia);
+        tokio::spawn(learning);
+    }
     let (gateway, shard_reads) = E::Model::kv_services(&handle, me.role);
     let calls: Option<Arc<dyn call_link::Serve>> = match (&gateway, shard_reads) {
         (Some(gateway), _) => Some(Arc::clone(gateway) as Arc<dyn call_link::Serve>),

@@ -33,6 +33,10 @@ pub(crate) trait Model: Send + Sync + Sized + 'static {
     /// Durable storage a shard keeps beside its log (`()` when the log is all there is).
     type Storage: Send + 'static;
 
+    /// The storage's file in the data directory, if it has one (set aside after an accepted
+    /// loss).
+    const STORAGE_FILE: Option<&'static str>;
+
     fn open_storage(data_dir: &std::path::Path) -> Result<Self::Storage, String>;
 
     /// After the log was replayed: takes in what the storage holds.
@@ -89,6 +93,7 @@ pub(crate) struct Deltas;
 impl Model for Deltas {
     type Resource = Store;
     type Storage = ();
+    const STORAGE_FILE: Option<&'static str> = None;
 
     fn open_storage(_: &std::path::Path) -> Result<(), String> {
         Ok(())
@@ -155,6 +160,8 @@ impl Model for KvStore {
     type Resource = MvccShard;
     type Storage = crate::versions::VersionStore;
 
+    const STORAGE_FILE: Option<&'static str> = Some("versions.redb");
+
     fn open_storage(data_dir: &std::path::Path) -> Result<Self::Storage, String> {
         crate::versions::VersionStore::open(&data_dir.join("versions.redb"))
     }
@@ -172,8 +179,9 @@ impl Model for KvStore {
         snapshot: &mut KvSnapshot,
     ) -> Result<(), String> {
         let Some(storage) = storage else { return Ok(()) };
-        // The versions go to redb (durably); the log's snapshot keeps the GC point only.
-        storage.save(snapshot)?;
+        // The versions go to redb (durably); the log's snapshot keeps the GC point and the
+        // seal of what redb now holds, so a start can tell a missing or stale redb file.
+        snapshot.store = Some(storage.save(snapshot)?);
         snapshot.versions.clear();
         Ok(())
     }

@@ -199,6 +199,8 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
                     in_flight: u32::try_from(node.in_flight()).unwrap_or(u32::MAX),
                     dropped_sends: node.io.dropped_sends(),
                     decisions_remembered: node.decisions_remembered(),
+                    data_loss_accepted: node.data_loss_accepted,
+                    lost_commits: node.lost_commits(),
                 }
             })
             .await?;

@@ -36,7 +36,7 @@ const fn build_tables() -> [[u32; 256]; 8] {
 }
 
 /// Continues a CRC-32C over `bytes`. Start with `crc32c_update(0, …)` or use [`crc32c`].
-pub(crate) fn crc32c_update(crc: u32, bytes: &[u8]) -> u32 {
+pub fn crc32c_update(crc: u32, bytes: &[u8]) -> u32 {
     let t = &TABLES;
     let mut crc = !crc;
     let mut chunks = bytes.chunks_exact(8);

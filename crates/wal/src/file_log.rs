@@ -118,7 +118,8 @@ struct Plan {
 #[derive(Debug)]
 pub struct CheckReport {
     pub segments: usize,
-    pub records: usize,
+    /// Every record, in order, as `open` would return them.
+    pub records: Vec<Vec<u8>>,
     pub bytes: u64,
     /// Things recovery would tidy (a torn tail above the durable floor, leftovers) — not loss.
     pub notes: Vec<String>,
@@ -432,7 +433,7 @@ impl FileLog {
         let plan = plan(dir, true)?;
         Ok(CheckReport {
             segments: plan.read.len(),
-            records: plan.records.len(),
+            records: plan.records,
             bytes: plan.read.iter().map(|(_, valid)| valid).sum(),
             notes: plan.notes,
         })

@@ -420,7 +420,7 @@ fn check_reports_and_salvage_keeps_the_readable_prefix_setting_originals_aside()
     let dir = TempDir::new();
     stopped_log(&dir, 30, 64);
     let report = FileLog::check(&dir.0).unwrap();
-    assert_eq!(report.records, 30);
+    assert_eq!(report.records, records(30));
     assert!(report.notes.is_empty(), "{:?}", report.notes);
     let all = segments(&dir.0);
     let victim = all.len() / 2;

@@ -1,0 +1,79 @@
+//! What the tests that run `concord dev` and the client commands share.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn concord(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concord")).args(args).output().expect("running concord")
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A free port for `concord dev`: it and the next three (the delta cluster), and 10 to 13 after
+/// it (the key-value store). Below the kernel's ephemeral range (32768 and up here), so a
+/// killed cluster's ports cannot be taken by some connection's source port before it restarts.
+/// Tests run in parallel in one process: each call starts elsewhere (by a counter and the
+/// clock's nanoseconds), or two tests picking in the same second would share a base, and one
+/// dev cluster would fail to bind while its test talked to the other's.
+pub fn free_base_port() -> u16 {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = u64::from(std::process::id())
+        ^ now.as_secs()
+        ^ u64::from(now.subsec_nanos())
+        ^ call.wrapping_mul(0x9e37_79b9);
+    for attempt in 0..1_000u64 {
+        let base = 10_000
+            + u16::try_from((seed.wrapping_mul(7_919) + attempt * 104_729) % 22_000).unwrap();
+        let free = |i: u16| TcpListener::bind(("127.0.0.1", base + i)).is_ok();
+        if (0..4).chain(10..14).all(free) {
+            return base;
+        }
+    }
+    panic!("no free ports for a dev cluster");
+}
+
+pub struct Dev {
+    pub child: Child,
+    pub coordinator: String,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_dev(dir: &Path, port: u16) -> Dev {
+    let child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["dev", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dev = Dev { child, coordinator: format!("127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !concord(&["txn", "ls", "--coordinator", &dev.coordinator]).status.success() {
+        assert!(Instant::now() < deadline, "concord dev did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dev
+}
+
+pub fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("concord-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
