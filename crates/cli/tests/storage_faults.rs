@@ -52,7 +52,7 @@ fn state(port: u16) -> String {
     let coordinator = format!("127.0.0.1:{port}");
     let gateway = format!("127.0.0.1:{}", port + 10);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut ask = |args: &[&str]| loop {
+    let ask = |args: &[&str]| loop {
         let output = concord(args);
         if output.status.success() {
             return String::from_utf8_lossy(&output.stdout).into_owned();
@@ -84,9 +84,8 @@ fn seed(name: &str, kill: bool) -> Seeded {
     let dir = temp(name);
     let port = free_base_port();
     stop(start_dev(&dir, port), false);
-    for (config, checkpoints) in [dir.join("concord.toml"), dir.join("kv/concord.toml")]
-        .into_iter()
-        .zip(CHECKPOINTS)
+    for (config, checkpoints) in
+        [dir.join("concord.toml"), dir.join("kv/concord.toml")].into_iter().zip(CHECKPOINTS)
     {
         let text = std::fs::read_to_string(&config).unwrap();
         let text = text.replace(SEGMENTS.0, SEGMENTS.1).replace(checkpoints.0, checkpoints.1);
@@ -149,8 +148,7 @@ fn durable_len(log: &Path) -> usize {
     let manifest = std::fs::read(log.join("MANIFEST")).unwrap();
     let count = u32::from_le_bytes(manifest[16..20].try_into().unwrap()) as usize;
     let last = 20 + (count - 1) * 18;
-    usize::try_from(u64::from_le_bytes(manifest[last + 10..last + 18].try_into().unwrap()))
-        .unwrap()
+    usize::try_from(u64::from_le_bytes(manifest[last + 10..last + 18].try_into().unwrap())).unwrap()
 }
 
 /// Runs `concord dev` on `dir` with `extra` flags until it exits; `None` if it came up.
@@ -189,7 +187,7 @@ fn refused(seeded: &Seeded, dir: &Path, file: &str, why: &str) {
     assert!(said.contains(file), "check names {file} for `{why}`: {said}");
     match start_outcome(dir, seeded.port, &[]) {
         Ok(stderr) => {
-            assert!(stderr.contains(file), "the refusal names {file} for `{why}`: {stderr}")
+            assert!(stderr.contains(file), "the refusal names {file} for `{why}`: {stderr}");
         }
         Err(dev) => {
             let found = state(seeded.port);
