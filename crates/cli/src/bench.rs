@@ -306,10 +306,12 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             let clients = parse_clients(&clients)?;
             let mut rows = Vec::new();
             for &n in &clients {
-                // Interleaved: the baseline and the group-commit run back to back per client count.
-                for grouped in [false, true] {
+                // Interleaved: the baselines and the group-commit run back to back per client
+                // count — one fdatasync per append, and group commit without keeping the
+                // manifest's durable floor current (what that costs).
+                for mode in [LogMode::SyncEach, LogMode::GroupNoManifest, LogMode::Group] {
                     fresh_dir(&dir)?;
-                    let row = log_run(&dir, n, duration, record_bytes, grouped)
+                    let row = log_run(&dir, n, duration, record_bytes, mode)
                         .map_err(|e| format!("log bench: {e}"))?;
                     rows.push(row);
                 }
@@ -323,12 +325,12 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 );
             } else {
                 println!(
-                    "{:<8} {:<14} {:>12} {:>11} {:>13} {:>10} {:>10}",
+                    "{:<8} {:<19} {:>12} {:>11} {:>13} {:>10} {:>10}",
                     "clients", "mode", "appends/s", "syncs/s", "appends/sync", "p50 µs", "p99 µs"
                 );
                 for r in &rows {
                     println!(
-                        "{:<8} {:<14} {:>12.0} {:>11.0} {:>13.1} {:>10} {:>10}",
+                        "{:<8} {:<19} {:>12.0} {:>11.0} {:>13.1} {:>10} {:>10}",
                         r.clients,
                         r.mode,
                         r.appends_per_s,
@@ -634,16 +636,27 @@ impl LogRow {
     }
 }
 
-/// `clients` writers append for `duration`; with `grouped` through [`GroupCommit`], otherwise
-/// each append takes a shared lock, writes and syncs alone (the baseline).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogMode {
+    /// Each append takes a shared lock, writes and syncs alone.
+    SyncEach,
+    /// Group commit, as nodes run it (the manifest's durable floor kept current).
+    Group,
+    /// Group commit without the manifest refreshes between rolls.
+    GroupNoManifest,
+}
+
+/// `clients` writers append for `duration`, in `mode`.
 fn log_run(
     dir: &Path,
     clients: usize,
     duration: Duration,
     record_bytes: usize,
-    grouped: bool,
+    mode: LogMode,
 ) -> std::io::Result<LogRow> {
     let (log, _) = FileLog::open(dir, 64 << 20).map_err(std::io::Error::other)?;
+    let grouped = mode != LogMode::SyncEach;
+    let log = if mode == LogMode::GroupNoManifest { log.without_manifest_refresh() } else { log };
     let record = vec![0xAB; record_bytes];
     let deadline = Instant::now() + duration;
     let started = Instant::now();
@@ -692,7 +705,11 @@ fn log_run(
     };
     Ok(LogRow {
         clients,
-        mode: if grouped { "group commit" } else { "sync each" },
+        mode: match mode {
+            LogMode::SyncEach => "sync each",
+            LogMode::Group => "group commit",
+            LogMode::GroupNoManifest => "group, no manifest",
+        },
         appends_per_s: appends as f64 / seconds,
         syncs_per_s: syncs as f64 / seconds,
         appends_per_sync: if syncs == 0 { 0.0 } else { appends as f64 / syncs as f64 },
