@@ -25,7 +25,7 @@ fn floor_reports_fsync_and_loopback_quantiles() {
 }
 
 #[test]
-fn log_bench_compares_group_commit_with_a_sync_per_append() {
+fn log_bench_compares_group_commit_with_a_sync_per_append_and_without_the_manifest() {
     let out = concord(&[
         "bench",
         "log",
@@ -40,7 +40,9 @@ fn log_bench_compares_group_commit_with_a_sync_per_append() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let runs = v["runs"].as_array().expect("runs");
-    assert_eq!(runs.len(), 4, "two client counts × two modes");
+    assert_eq!(runs.len(), 6, "two client counts × three modes");
+    let modes: Vec<&str> = runs.iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(&modes[..3], ["sync each", "group, no manifest", "group commit"]);
     assert!(runs.iter().all(|r| r["appends_per_s"].as_f64().is_some_and(|a| a > 0.0)));
     let bad = concord(&["bench", "log", "--clients", "0"]);
     assert_eq!(bad.status.code(), Some(2));

@@ -278,6 +278,26 @@ fn damaged_logs_are_refused_at_start_and_by_data_check_naming_the_file() {
     flip(&active, 2);
     refused(&seeded, &dir, "coordinator/log", "a flipped byte in the coordinator's log");
 
+    // Every record sound, the log as a whole not this node's: refused, not a crashed process.
+    let dir = case(&seeded, "foreign-log");
+    std::fs::remove_dir_all(dir.join("shard-1/log")).unwrap();
+    copy_dir(&seeded.dir.join("coordinator/log"), &dir.join("shard-1/log"));
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["dev", "--port", &seeded.port.to_string(), "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dev.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "started on another node's log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(dev.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("shard-1/log: its records are inconsistent"), "{stderr}");
+
     // And the undamaged copy starts with everything.
     let dir = case(&seeded, "untouched");
     assert!(!refused_or_intact(&seeded, &dir, "-", "nothing damaged"), "undamaged data starts");

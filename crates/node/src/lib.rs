@@ -363,7 +363,24 @@ async fn serve_engine<E: Engine>(
     if let (Some(amnesia), RoleState::Shard(p)) = (&amnesia, &mut node.role) {
         E::set_amnesia(p, amnesia.clone());
     }
-    node.step(Input::Restart { records });
+    // Every record passed its checksum and decoded, but a log can still be inconsistent (a
+    // commit without its prepare, another role's records copied in by hand): the cores assert
+    // such invariants. That is refused as damaged data, naming the log, not a crash of the
+    // whole process (`concord dev` runs every node in one).
+    let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        node.step(Input::Restart { records });
+    }));
+    if let Err(panic) = replayed {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+            .unwrap_or_default();
+        return Err(NodeError::DataDir {
+            path: data_dir.join("log"),
+            reason: format!("its records are inconsistent ({what}); refusing to start"),
+        });
+    }
     if let RoleState::Shard(p) = &mut node.role {
         match E::Model::load(node.io.storage.as_ref(), p.resource_mut()) {
             Ok(()) => {}
