@@ -118,6 +118,15 @@ impl<R: Encode + Clone> Disk<R> {
         records
     }
 
+    /// A checkpoint after recovery: the log is replaced by `live`, all durable.
+    pub fn rewrite(&mut self, live: &[R]) {
+        assert!(self.unsynced.is_empty() && self.pending.is_empty(), "rewrite follows recover");
+        self.durable.clear();
+        for record in live {
+            append_frame(&mut self.durable, &record.to_bytes());
+        }
+    }
+
     /// Bytes that survive any crash.
     pub fn durable_len(&self) -> usize {
         self.durable.len()

@@ -4,8 +4,9 @@
 //! Service `i` runs step `i` of every saga. Calls and replies are delayed, lost and duplicated;
 //! services fail retryably at random, and one step of some sagas fails for good (a business
 //! failure: a declined payment); services go down for a while; the orchestrator crashes,
-//! losing records not yet durable, and restarts from its log (half the time from a checkpoint
-//! of it: the live records only). Then the faults stop and the
+//! losing records not yet durable (on the protocol world's disk, `disk.rs`: the last write may
+//! be torn), and restarts from its log (half the time from a checkpoint of it: the live records
+//! only). Then the faults stop and the
 //! world runs until every saga is finished. Checked, per saga:
 //! * it finished (completed or compensated) — none is stuck;
 //! * completed ⇒ every step's action applied once, no compensation (TCC: every step confirmed);
@@ -15,13 +16,33 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::hash::Hasher as _;
 
 use concord_saga::{
     Barrier, BarrierVerdict, Command, Input, Kind, Orchestrator, Outcome, Phase, Record, SagaDef,
     SagaState, StepDef, StepResult, Timer,
 };
 
+use concord_types::codec::{DecodeError, Encode, Reader, Writer};
+
+use crate::disk::Disk;
 use crate::rng::Rng;
+
+/// The orchestrator's record on the simulated disk, in the form its service logs it (JSON).
+#[derive(Clone, Debug)]
+struct Logged(Record);
+
+impl Encode for Logged {
+    fn encode(&self, w: &mut Writer<'_>) {
+        w.bytes(&serde_json::to_vec(&self.0).expect("records serialize"));
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let bytes = r.bytes()?;
+        serde_json::from_slice(bytes)
+            .map(Logged)
+            .map_err(|_| DecodeError::UnknownTag { what: "saga record", tag: 0 })
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct SagaSimConfig {
@@ -75,15 +96,32 @@ pub struct SagaReport {
     /// Restarts from a checkpoint (live records only) instead of the whole log.
     pub checkpoints: u32,
     pub violations: Vec<String>,
+    /// FNV-1a over every event's time and kind, and the outcome counts: equal for equal seeds.
+    pub trace_hash: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Start(usize),
-    Call { saga: String, step: usize, phase: Phase },
-    Reply { saga: String, step: usize, phase: Phase, result: ResultTag },
-    Timer { incarnation: u32, timer: TimerKey },
-    Durable { incarnation: u32, index: usize },
+    Call {
+        saga: String,
+        step: usize,
+        phase: Phase,
+    },
+    Reply {
+        saga: String,
+        step: usize,
+        phase: Phase,
+        result: ResultTag,
+    },
+    Timer {
+        incarnation: u32,
+        timer: TimerKey,
+    },
+    /// The sync in flight on the orchestrator's disk completes.
+    Durable {
+        incarnation: u32,
+    },
     Crash,
     Recover,
     ServiceDown(usize),
@@ -120,9 +158,9 @@ struct World {
     incarnation: u32,
     /// Timers by key, since `Timer` is not `Ord`.
     timers: BTreeMap<String, Timer>,
-    durable: Vec<Record>,
-    /// Records being synced: index into `pending`.
-    pending: Vec<Option<Record>>,
+    disk: Disk<Logged>,
+    /// Sagas whose Started record is durable: their clients stop repeating the start.
+    started: std::collections::BTreeSet<String>,
     barriers: Vec<Barrier<String>>,
     effects: BTreeMap<(String, usize), StepEffects>,
     /// Per saga, the compensations in the order services applied them.
@@ -132,6 +170,7 @@ struct World {
     fails_at: BTreeMap<String, usize>,
     faults_until: u64,
     report: SagaReport,
+    trace: crate::hash::Fnv1a,
 }
 
 fn saga_name(i: usize) -> String {
@@ -142,6 +181,20 @@ impl World {
     fn schedule(&mut self, after_us: u64, event: Event) {
         self.seq += 1;
         self.queue.push(Reverse((self.now + after_us, self.seq, event)));
+    }
+
+    /// Starts a group-commit sync if a forced record waits and none is in flight.
+    fn start_sync(&mut self) {
+        if self.up && self.disk.start_sync(true) {
+            let after = self.rng.range(50, 500);
+            self.schedule(after, Event::Durable { incarnation: self.incarnation });
+        }
+    }
+
+    fn note_durable(&mut self, record: &Record) {
+        if let Record::Started { saga, .. } = record {
+            self.started.insert(saga.clone());
+        }
     }
 
     fn faulty(&self) -> bool {
@@ -185,11 +238,9 @@ impl World {
                 self.report.calls += 1;
                 self.send(Event::Call { saga, step, phase });
             }
-            Command::Persist { record, .. } => {
-                self.pending.push(Some(record));
-                let index = self.pending.len() - 1;
-                let after = self.rng.range(50, 500);
-                self.schedule(after, Event::Durable { incarnation: self.incarnation, index });
+            Command::Persist { record, durability: concord_saga::Durability::Forced } => {
+                self.disk.append(Logged(record), concord_commit::Durability::Forced, 0);
+                self.start_sync();
             }
             Command::SetTimer { timer, after_us } => {
                 let key = format!("{timer:?}");
@@ -280,9 +331,7 @@ impl World {
                 // A client's start is acknowledged once its Started record is durable; until
                 // then the client repeats it (the orchestrator ignores a start it knows).
                 let saga = saga_name(i);
-                let started =
-                    |r: &Record| matches!(r, Record::Started { saga: s, .. } if *s == saga);
-                if self.durable.iter().any(started) {
+                if self.started.contains(&saga) {
                     return;
                 }
                 let (def, payload) = (self.definition(), format!("{{\"n\":{i}}}"));
@@ -305,12 +354,15 @@ impl World {
                     }
                 }
             }
-            Event::Durable { incarnation, index } => {
-                if incarnation == self.incarnation {
-                    if let Some(record) = self.pending[index].take() {
-                        self.durable.push(record.clone());
-                        self.feed(Input::Persisted(record));
+            Event::Durable { incarnation } => {
+                if incarnation == self.incarnation && self.up {
+                    for (Logged(record), durability, _) in self.disk.complete_sync() {
+                        self.note_durable(&record);
+                        if durability == concord_commit::Durability::Forced {
+                            self.feed(Input::Persisted(record));
+                        }
                     }
+                    self.start_sync();
                 }
             }
             Event::Crash => {
@@ -319,7 +371,7 @@ impl World {
                 }
                 self.up = false;
                 self.incarnation += 1; // unsynced records and armed timers are lost
-                self.pending.clear();
+                self.disk.crash(&mut self.rng, true);
                 self.timers.clear();
                 let after = self.rng.range(10_000, 300_000);
                 self.schedule(after, Event::Recover);
@@ -327,17 +379,25 @@ impl World {
             Event::Recover => {
                 self.up = true;
                 self.incarnation += 1;
+                let mut records: Vec<Record> =
+                    self.disk.recover().into_iter().map(|Logged(r)| r).collect();
                 if self.rng.chance(0.5) {
                     // The log was checkpointed before the crash: only the live records remain.
                     let mut scratch = Orchestrator::new();
-                    let records = std::mem::take(&mut self.durable);
-                    scratch.handle(Input::Restart { records, now_us: self.now }, &mut Vec::new());
-                    self.durable = scratch.live_records();
+                    let all = std::mem::take(&mut records);
+                    scratch
+                        .handle(Input::Restart { records: all, now_us: self.now }, &mut Vec::new());
+                    records = scratch.live_records();
+                    let live: Vec<Logged> = records.iter().cloned().map(Logged).collect();
+                    self.disk.rewrite(&live);
                     self.report.checkpoints += 1;
+                }
+                self.started.clear();
+                for record in &records {
+                    self.note_durable(record);
                 }
                 self.core = Orchestrator::new();
                 self.report.orchestrator_restarts += 1;
-                let records = self.durable.clone();
                 self.feed(Input::Restart { records, now_us: self.now });
             }
             Event::ServiceDown(i) => {
@@ -423,8 +483,8 @@ pub fn simulate_sagas(config: &SagaSimConfig) -> SagaReport {
         up: true,
         incarnation: 0,
         timers: BTreeMap::new(),
-        durable: Vec::new(),
-        pending: Vec::new(),
+        disk: Disk::default(),
+        started: std::collections::BTreeSet::new(),
         barriers: (0..config.steps).map(|_| Barrier::default()).collect(),
         effects: BTreeMap::new(),
         compensation_order: BTreeMap::new(),
@@ -432,6 +492,7 @@ pub fn simulate_sagas(config: &SagaSimConfig) -> SagaReport {
         fails_at,
         faults_until,
         report: SagaReport::default(),
+        trace: crate::hash::Fnv1a::default(),
         config: config.clone(),
     };
     world.feed(Input::Restart { records: Vec::new(), now_us: 0 });
@@ -454,8 +515,13 @@ pub fn simulate_sagas(config: &SagaSimConfig) -> SagaReport {
             break;
         }
         world.now = at;
+        world.trace.write_u64(at);
+        std::hash::Hash::hash(&std::mem::discriminant(&event), &mut world.trace);
         world.step(event);
     }
     world.check();
+    world.trace.write_u64(world.report.completed as u64);
+    world.trace.write_u64(world.report.compensated as u64);
+    world.report.trace_hash = world.trace.finish();
     world.report
 }

@@ -95,3 +95,19 @@ fn paxos_commit_under_the_kv_store_keeps_the_bank_and_serializability() {
     let failures = sweep_paxos(KvWorkload::ListAppend, 0..100);
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The key-value world runs on the protocol world's disk (torn tails included) and is as
+/// deterministic as it: a seed gives one trace, over 2PC and Paxos Commit.
+#[test]
+fn a_kv_run_is_deterministic_in_its_seed_by_trace_hash() {
+    for paxos_commit in [false, true] {
+        let config =
+            |seed| KvSimConfig { paxos_commit, ..KvSimConfig::new(seed, KvWorkload::Bank) };
+        let a = simulate_kv(&config(7));
+        let b = simulate_kv(&config(7));
+        assert_eq!(a.trace_hash, b.trace_hash, "paxos_commit = {paxos_commit}");
+        assert_eq!((a.committed, a.failed, a.crashes), (b.committed, b.failed, b.crashes));
+        assert_ne!(a.trace_hash, simulate_kv(&config(8)).trace_hash, "another seed, another run");
+        assert!(a.crashes > 0, "the run crashed nodes, so their disks tore");
+    }
+}

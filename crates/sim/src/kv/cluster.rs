@@ -1,7 +1,8 @@
 //! The simulated KV cluster: a gateway node (the commit protocol's coordinator core plus the
 //! clients' open transactions), shard nodes (its participant over an MVCC shard), and, for
-//! Paxos Commit, acceptor nodes; an event queue in virtual time, a lossy network, disks that
-//! lose unsynced records in a crash, and a skewed physical clock per node.
+//! Paxos Commit, acceptor nodes; an event queue in virtual time, a lossy network, the protocol
+//! world's simulated disk (`disk.rs`: group commit, unsynced bytes lost in a crash and the last
+//! one torn), and a skewed physical clock per node.
 //!
 //! Node ids: 0 is the gateway, 1..=S the shards, then the acceptors.
 
@@ -16,6 +17,9 @@ use concord_types::{Decision, NodeId, RequestId, TxnId};
 use super::clients::{Clients, Outcome};
 use super::protocol::{KvProtocol, Out};
 use super::{KvRunReport, KvSimConfig};
+use std::hash::Hasher as _;
+
+use crate::disk::Disk;
 use crate::rng::Rng;
 
 pub(super) const GATEWAY: NodeId = NodeId(0);
@@ -46,10 +50,10 @@ enum Event<P: KvProtocol> {
         incarnation: u32,
         timer: P::Timer,
     },
+    /// The sync in flight on `node`'s disk completes.
     Sync {
         node: NodeId,
         incarnation: u32,
-        upto: usize,
     },
     Client {
         client: usize,
@@ -76,26 +80,18 @@ const MAINTENANCE_EVERY_US: u64 = 20_000;
 const GC_BEHIND_US: u64 = 100_000;
 const READS_KEPT_US: u64 = 50_000;
 
-#[derive(Debug)]
-struct LogEntry<R> {
-    record: R,
-    synced: bool,
-    /// A forced record whose `Persisted` has not been delivered yet.
-    awaiting: bool,
-}
-
 /// What every node has besides its core.
 #[derive(Debug)]
 pub(super) struct Host<R> {
     pub up: bool,
     incarnation: u32,
-    log: Vec<LogEntry<R>>,
+    disk: Disk<R>,
     skew_us: i64,
 }
 
 impl<R> Host<R> {
     fn new(skew_us: i64) -> Self {
-        Host { up: true, incarnation: 0, log: Vec::new(), skew_us }
+        Host { up: true, incarnation: 0, disk: Disk::default(), skew_us }
     }
 }
 
@@ -125,6 +121,7 @@ pub struct KvWorld<P: KvProtocol> {
     pub(super) report: KvRunReport,
     pub(super) clients: Option<Clients>,
     outcomes: Vec<(usize, Outcome)>,
+    trace: crate::hash::Fnv1a,
 }
 
 impl<P: KvProtocol> KvWorld<P> {
@@ -167,6 +164,7 @@ impl<P: KvProtocol> KvWorld<P> {
             report: KvRunReport::default(),
             clients: None,
             outcomes: Vec::new(),
+            trace: crate::hash::Fnv1a::default(),
             rng,
             config,
         };
@@ -244,10 +242,17 @@ impl<P: KvProtocol> KvWorld<P> {
             }
             self.now_us = at;
             let event = self.events[index].take().expect("each event runs once");
+            // The trace hash: when each event ran and what kind it was (cheap enough for
+            // sweeps; any divergence of schedule shows).
+            self.trace.write_u64(at);
+            std::hash::Hash::hash(&std::mem::discriminant(&event), &mut self.trace);
             self.dispatch(event);
             self.deliver_outcomes();
         }
         self.final_checks();
+        self.trace.write_u64(self.report.committed);
+        self.trace.write_u64(self.report.failed);
+        self.report.trace_hash = self.trace.finish();
         self.report
     }
 
@@ -297,7 +302,7 @@ impl<P: KvProtocol> KvWorld<P> {
                     self.step(node, Input::Timer(timer));
                 }
             }
-            Event::Sync { node, incarnation, upto } => self.sync(node, incarnation, upto),
+            Event::Sync { node, incarnation } => self.sync(node, incarnation),
             Event::Client { client } => {
                 let mut clients = self.clients.take().expect("clients present");
                 clients.step(self, client);
@@ -343,7 +348,8 @@ impl<P: KvProtocol> KvWorld<P> {
         let host = &mut self.hosts[node.0 as usize];
         host.up = false;
         host.incarnation += 1;
-        host.log.retain(|e| e.synced);
+        // Unsynced bytes are lost, all but a random prefix that may end mid-record (torn).
+        host.disk.crash(&mut self.rng, true);
         if node == GATEWAY {
             // Open transactions die with the gateway; those committing have an unknown outcome.
             let mut clients = self.clients.take().expect("clients present");
@@ -358,7 +364,7 @@ impl<P: KvProtocol> KvWorld<P> {
     fn restart(&mut self, node: NodeId) {
         let host = &mut self.hosts[node.0 as usize];
         host.up = true;
-        let records = host.log.iter().map(|e| e.record.clone()).collect();
+        let records = host.disk.recover();
         self.step(node, Input::Restart { records });
         if let NodeKind::Shard(s) = self.kind(node) {
             let physical = self.physical_us(node);
@@ -368,21 +374,26 @@ impl<P: KvProtocol> KvWorld<P> {
         }
     }
 
-    fn sync(&mut self, node: NodeId, incarnation: u32, upto: usize) {
+    fn sync(&mut self, node: NodeId, incarnation: u32) {
         let host = &mut self.hosts[node.0 as usize];
         if !host.up || host.incarnation != incarnation {
             return;
         }
-        let mut durable = Vec::new();
-        for entry in host.log.iter_mut().take(upto) {
-            entry.synced = true;
-            if entry.awaiting {
-                entry.awaiting = false;
-                durable.push(entry.record.clone());
+        for (record, durability, _) in host.disk.complete_sync() {
+            if durability == Durability::Forced {
+                self.step(node, Input::Persisted(record));
             }
         }
-        for record in durable {
-            self.step(node, Input::Persisted(record));
+        self.start_sync(node);
+    }
+
+    /// Starts a group-commit sync if a forced record waits and none is in flight.
+    fn start_sync(&mut self, node: NodeId) {
+        let host = &mut self.hosts[node.0 as usize];
+        if host.up && host.disk.start_sync(true) {
+            let incarnation = host.incarnation;
+            let fsync = self.rng.range(150, 400);
+            self.schedule(fsync, Event::Sync { node, incarnation });
         }
     }
 
@@ -413,14 +424,8 @@ impl<P: KvProtocol> KvWorld<P> {
             match command {
                 Command::Send { to, msg } => self.send(node, to, &msg),
                 Command::Persist { record, durability } => {
-                    let forced = durability == Durability::Forced;
-                    let host = &mut self.hosts[node.0 as usize];
-                    host.log.push(LogEntry { record, synced: false, awaiting: forced });
-                    let (incarnation, upto) = (host.incarnation, host.log.len());
-                    if forced {
-                        let fsync = self.rng.range(150, 400);
-                        self.schedule(fsync, Event::Sync { node, incarnation, upto });
-                    }
+                    self.hosts[node.0 as usize].disk.append(record, durability, 0);
+                    self.start_sync(node);
                 }
                 Command::SetTimer { timer, after_us } => {
                     let incarnation = self.hosts[node.0 as usize].incarnation;

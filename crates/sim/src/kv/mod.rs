@@ -94,6 +94,8 @@ pub struct KvRunReport {
     pub partitions: u64,
     /// Old versions dropped by garbage collection.
     pub versions_collected: u64,
+    /// FNV-1a over every event's time and kind, and the outcome counts: equal for equal seeds.
+    pub trace_hash: u64,
 }
 
 impl KvRunReport {

@@ -13,7 +13,7 @@ pub(super) type Out<P> =
 pub trait KvProtocol: Sized + 'static {
     const NAME: &'static str;
     type Msg: Clone + Debug;
-    type Record: Clone + Debug;
+    type Record: Clone + Debug + concord_types::codec::Encode;
     type Timer: Clone + Debug;
     type Coordinator: Core<Msg = Self::Msg, Record = Self::Record, Timer = Self::Timer, Change = KvChange>
         + Debug;
