@@ -21,7 +21,13 @@ use concord_types::{NodeId, TxnId};
 pub struct Amnesia {
     /// Per coordinator, the first id known to be issued after the loss.
     horizons: BTreeMap<NodeId, TxnId>,
+    /// Transactions committed by their coordinator whose writes were lost here (newest last,
+    /// the newest [`LOST_KEPT`]): for the operator.
+    lost: Vec<TxnId>,
 }
+
+/// Lost commits kept for the operator, oldest dropped first.
+pub const LOST_KEPT: usize = 10_000;
 
 impl Amnesia {
     /// Whether a transaction with no record here may have had one before the loss.
@@ -33,6 +39,19 @@ impl Amnesia {
     /// first horizon learned counts (a later one would only widen the amnesia).
     pub fn learn_horizon(&mut self, issued: TxnId) {
         self.horizons.entry(issued.coordinator).or_insert(issued);
+    }
+
+    /// `txn` committed, and its writes were lost with the data here.
+    pub fn lost_commit(&mut self, txn: TxnId) {
+        if self.lost.len() >= LOST_KEPT {
+            self.lost.remove(0);
+        }
+        self.lost.push(txn);
+    }
+
+    /// Commits whose writes were lost here, newest last.
+    pub fn lost_commits(&self) -> &[TxnId] {
+        &self.lost
     }
 
     /// Coordinators whose horizon is known.

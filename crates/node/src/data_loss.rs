@@ -10,7 +10,8 @@
 //!
 //! A coordinator or an acceptor is refused even then: a coordinator's log holds decisions that
 //! participants and clients were told, an acceptor's what it promised; one that forgot could
-//! contradict itself. Nor can a Paxos Commit shard (its ballot-0 vote must never change).
+//! contradict itself. Shards of both protocols can (a Paxos Commit shard that may have voted
+//! does not vote again: its coordinator's higher ballot finds the lost vote or chooses ABORT).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,8 +33,8 @@ pub const DATA_LOSS_FILE: &str = "DATA-LOSS-ACCEPTED";
 /// How long to wait between attempts to learn a coordinator's horizon.
 const HORIZON_RETRY: Duration = Duration::from_secs(1);
 
-/// Why `--accept-data-loss` cannot help a node of this role and protocol, if it cannot.
-fn cannot_accept<E: Engine>(role: Role) -> Option<&'static str> {
+/// Why `--accept-data-loss` cannot help a node of this role, if it cannot.
+fn cannot_accept(role: Role) -> Option<&'static str> {
     match role {
         Role::Coordinator => Some(
             "a coordinator's log holds the decisions its participants and clients were told; \
@@ -43,17 +44,13 @@ fn cannot_accept<E: Engine>(role: Role) -> Option<&'static str> {
             "an acceptor that forgot what it accepted could accept a contradicting value. \
              Restore the directory from a backup, or replace the acceptor",
         ),
-        Role::Shard if !E::RUNS_AFTER_DATA_LOSS => Some(
-            "a Paxos Commit participant's vote must never change, and one that lost its log \
-             cannot know what it voted. Restore the directory from a backup",
-        ),
         Role::Shard => None,
     }
 }
 
 /// Opens the node's log: a new one only in a new data directory; after damage only with
 /// `accept_data_loss`, for a role that can run on after it.
-pub(crate) fn open_log<E: Engine>(
+pub(crate) fn open_log(
     data_dir: &Path,
     segment_bytes: u64,
     new_dir: bool,
@@ -74,7 +71,7 @@ pub(crate) fn open_log<E: Engine>(
     if !accept_data_loss {
         return Err(error.into());
     }
-    if let Some(why) = cannot_accept::<E>(role) {
+    if let Some(why) = cannot_accept(role) {
         return Err(NodeError::DataDir {
             path: log_dir,
             reason: format!("{error}\n--accept-data-loss cannot help a {role}: {why}"),

@@ -109,10 +109,8 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// `txn` promises ABORT before it answers).
     fn status_inquiry(txn: TxnId) -> Self::Msg;
 
-    /// Whether a shard of this protocol can run on after an accepted loss of part of its log
-    /// (`--accept-data-loss`), presuming nothing about what it may have forgotten.
-    const RUNS_AFTER_DATA_LOSS: bool;
-    /// Puts the participant into that mode (only called when `RUNS_AFTER_DATA_LOSS`).
+    /// After an accepted loss of part of its log (`--accept-data-loss`): the participant
+    /// presumes nothing about what it may have forgotten.
     fn set_amnesia(p: &mut Self::Participant, amnesia: Amnesia);
     /// A coordinator issued `txn` after the loss: its later ids are new to this shard.
     fn learn_horizon(p: &mut Self::Participant, txn: TxnId);
@@ -196,7 +194,6 @@ impl<M: Model> Engine for TwoPc<M> {
         two_phase::Msg::Inquire { txn }
     }
 
-    const RUNS_AFTER_DATA_LOSS: bool = true;
     fn set_amnesia(p: &mut Self::Participant, amnesia: Amnesia) {
         p.set_amnesia(amnesia);
     }
@@ -294,15 +291,15 @@ impl<M: Model> Engine for PaxosCommit<M> {
         paxos_commit::Msg::Inquire { txn, participants: Vec::new() }
     }
 
-    /// Not yet: a Paxos Commit participant's ballot-0 vote must never change, and one that
-    /// lost its log cannot know it (nor can an acceptor know what it accepted). Refused at
-    /// start, with the reason.
-    const RUNS_AFTER_DATA_LOSS: bool = false;
-    fn set_amnesia(_: &mut Self::Participant, _: Amnesia) {
-        unreachable!("refused at start: RUNS_AFTER_DATA_LOSS is false")
+    fn set_amnesia(p: &mut Self::Participant, amnesia: Amnesia) {
+        p.set_amnesia(amnesia);
     }
-    fn learn_horizon(_: &mut Self::Participant, _: TxnId) {}
-    fn lost_commits(_: &Self::Participant) -> usize {
-        0
+    fn learn_horizon(p: &mut Self::Participant, txn: TxnId) {
+        if let Some(amnesia) = p.amnesia_mut() {
+            amnesia.learn_horizon(txn);
+        }
+    }
+    fn lost_commits(p: &Self::Participant) -> usize {
+        p.lost_commits().len()
     }
 }

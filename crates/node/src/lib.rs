@@ -224,8 +224,8 @@ pub use data_loss::DATA_LOSS_FILE;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StartOptions {
     /// A shard whose log is refused as damaged starts from what is readable, and from then on
-    /// presumes nothing about what it may have forgotten (`docs/log-format.md`). Coordinators,
-    /// acceptors and Paxos Commit shards are refused even so.
+    /// presumes nothing about what it may have forgotten (`docs/log-format.md`). Coordinators
+    /// and acceptors are refused even so.
     pub accept_data_loss: bool,
 }
 
@@ -282,7 +282,7 @@ async fn serve_engine<E: Engine>(
     let (new_dir, role, dir) = (dir_lock.is_new(), me.role, data_dir.to_path_buf());
     let accept = options.accept_data_loss;
     let (log, raw) = tokio::task::spawn_blocking(move || {
-        data_loss::open_log::<E>(&dir, segment_bytes, new_dir, accept, role)
+        data_loss::open_log(&dir, segment_bytes, new_dir, accept, role)
     })
     .await
     .map_err(|e| NodeError::Failed(e.to_string()))??;

@@ -67,6 +67,9 @@ pub struct Participant<R: Resource = Store> {
     /// queries (a late PREPARE below the mark is still ignored).
     kept: crate::status::KeptOutcomes,
     refusals: Refusals<R::Refusal>,
+    /// Set after an accepted loss of part of the log: what must not be presumed (module
+    /// `amnesia`). Not in the log: the driver sets it from the data directory at every start.
+    amnesia: Option<crate::amnesia::Amnesia>,
 }
 
 impl<R: Resource> Participant<R> {
@@ -86,7 +89,35 @@ impl<R: Resource> Participant<R> {
             forgotten: Marks::default(),
             kept: crate::status::KeptOutcomes::default(),
             refusals: Refusals::default(),
+            amnesia: None,
         }
+    }
+
+    /// After an accepted loss of data: presume nothing about transactions that may have had a
+    /// record here (module `amnesia`).
+    pub fn set_amnesia(&mut self, amnesia: crate::amnesia::Amnesia) {
+        self.amnesia = Some(amnesia);
+    }
+
+    /// The amnesia in force, if any (the driver adds horizons as it learns them).
+    pub fn amnesia_mut(&mut self) -> Option<&mut crate::amnesia::Amnesia> {
+        self.amnesia.as_mut()
+    }
+
+    /// Transactions committed elsewhere whose writes this shard lost (newest last, bounded).
+    pub fn lost_commits(&self) -> &[TxnId] {
+        self.amnesia.as_ref().map_or(&[], |a| a.lost_commits())
+    }
+
+    /// No record here, and there may have been one before an accepted loss: presume nothing.
+    /// Its ballot-0 vote may be among the acceptors' already; a second one could differ (two
+    /// values in one ballot), so it does not vote: the leader's higher ballot finds the lost
+    /// vote, or chooses ABORT.
+    fn possibly_forgotten(&self, txn: TxnId) -> bool {
+        self.amnesia.as_ref().is_some_and(|a| a.may_have_forgotten(txn))
+            && self.decided(txn).is_none()
+            && !self.branches.contains_key(&txn)
+            && !self.forgotten.covers(txn)
     }
 
     /// Tells `txn`'s coordinator this participant learned `decision` (switch `forget`).
@@ -342,6 +373,9 @@ impl<R: Resource> Participant<R> {
         if self.forgotten.covers(txn) {
             return; // a late duplicate of a finished transaction: it must not prepare again
         }
+        if self.possibly_forgotten(txn) {
+            return; // no second ballot-0 vote (see `possibly_forgotten`)
+        }
         if !self.admit(txn, &writes) {
             out.push(Command::Persist {
                 record: Record::Aborted { txn },
@@ -371,6 +405,15 @@ impl<R: Resource> Participant<R> {
         }
         if self.forgotten.covers(txn) {
             return self.acknowledge(txn, decision, out); // learned, acknowledged, forgotten
+        }
+        if decision == Decision::Commit && self.possibly_forgotten(txn) {
+            // Its lost vote was YES and the transaction committed: the outcome is known now,
+            // the writes went with the data. Say so, and acknowledge.
+            self.committed.insert(txn);
+            if let Some(amnesia) = &mut self.amnesia {
+                amnesia.lost_commit(txn);
+            }
+            return self.acknowledge(txn, decision, out);
         }
         match (self.branches.remove(&txn), decision) {
             (Some(Branch::Prepared { writes, .. }), Decision::Commit) => {
@@ -412,6 +455,9 @@ impl<R: Resource> Participant<R> {
         }
         if self.forgotten.covers(txn) {
             return; // the coordinator had the result before it passed the mark
+        }
+        if self.possibly_forgotten(txn) {
+            return; // it may have been applied before the loss: neither again nor refused
         }
         if !self.admit(txn, &writes) {
             out.push(Command::Persist {
@@ -532,6 +578,9 @@ impl<R: Resource> Participant<R> {
                 None => Msg::Forgotten { txn },
             };
             out.push(Command::Send { to: from, msg });
+        } else if self.possibly_forgotten(txn) {
+            // It may have voted YES before the loss: no promise of ABORT; the coordinator's
+            // ballots find the outcome without this answer.
         } else if let std::collections::btree_map::Entry::Vacant(entry) = self.branches.entry(txn) {
             entry.insert(Branch::PromisingAbort { to: from });
             out.push(Command::Persist {

@@ -872,3 +872,35 @@ fn a_ballot_below_the_mark_ends_when_an_acceptor_answers_with_the_mark() {
     });
     assert_eq!(run(&mut c, Input::Timer(retry.expect("a ballot timer"))), vec![], "no retry");
 }
+
+/// After an accepted loss of data a Paxos Commit participant casts no second ballot-0 vote for
+/// a transaction it may have voted on (two values in one ballot would break Paxos), promises
+/// no ABORT to a status query, and takes COMMIT, acknowledging it and reporting the writes
+/// lost. Past the coordinator's horizon it votes as ever.
+#[test]
+fn a_participant_that_lost_data_casts_no_second_vote_and_promises_nothing() {
+    let t = txn();
+    let mut p: Participant = Participant::new(P1, config());
+    run(&mut p, Input::Restart { records: vec![] });
+    p.set_amnesia(crate::amnesia::Amnesia::default());
+    let prepare = Msg::Prepare { txn: t, participants: vec![P1, P2], writes: w(), wide: false };
+    assert_eq!(run(&mut p, msg(C, prepare)), vec![], "no second vote");
+    let query = Msg::Inquire { txn: t, participants: vec![] };
+    assert_eq!(run(&mut p, msg(C, query)), vec![], "no promise of ABORT");
+    let one_phase = Msg::CommitOnePhase { txn: t, writes: w() };
+    assert_eq!(run(&mut p, msg(C, one_phase)), vec![], "neither applied again nor refused");
+    let commit = Msg::Decision { txn: t, decision: Decision::Commit };
+    assert_eq!(
+        run(&mut p, msg(C, commit)),
+        vec![send(C, Msg::Ack { txn: t, decision: Decision::Commit })]
+    );
+    assert_eq!(p.lost_commits(), &[t]);
+
+    let new = TxnId { sequence: 5, ..t };
+    p.amnesia_mut().unwrap().learn_horizon(new);
+    let prepare = Msg::Prepare { txn: new, participants: vec![P1, P2], writes: w(), wide: false };
+    assert_eq!(
+        run(&mut p, msg(C, prepare)),
+        vec![forced(Record::Prepared { txn: new, participants: vec![P1, P2], writes: w() })]
+    );
+}

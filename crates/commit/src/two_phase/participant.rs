@@ -80,9 +80,6 @@ enum Branch<C> {
     VotingNo,
 }
 
-/// Lost commits kept for the operator (`Participant::lost_commits`), oldest dropped first.
-const LOST_COMMITS_KEPT: usize = 10_000;
-
 /// A 2PC participant over resource `R` (the simulator's [`Store`] by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Participant<R: Resource = Store> {
@@ -103,9 +100,6 @@ pub struct Participant<R: Resource = Store> {
     /// Set after an accepted loss of part of the log: what must not be presumed (module
     /// `amnesia`). Not in the log: the driver sets it from the data directory at every start.
     amnesia: Option<crate::amnesia::Amnesia>,
-    /// Transactions committed by their coordinator whose prepared writes were lost with the
-    /// data here: applied nowhere on this shard. For the operator (health, logs).
-    lost_commits: Vec<TxnId>,
 }
 
 impl<R: Resource> Participant<R> {
@@ -125,7 +119,6 @@ impl<R: Resource> Participant<R> {
             kept: crate::status::KeptOutcomes::default(),
             refusals: Refusals::default(),
             amnesia: None,
-            lost_commits: Vec::new(),
         }
     }
 
@@ -142,7 +135,7 @@ impl<R: Resource> Participant<R> {
 
     /// Transactions committed elsewhere whose writes this shard lost (newest last, bounded).
     pub fn lost_commits(&self) -> &[TxnId] {
-        &self.lost_commits
+        self.amnesia.as_ref().map_or(&[], |a| a.lost_commits())
     }
 
     /// No record here, and there may have been one before an accepted loss: presume nothing.
@@ -477,10 +470,9 @@ impl<R: Resource> Participant<R> {
                 // coordinator must not wait forever for writes nobody has).
                 if from == txn.coordinator {
                     self.decided.insert(txn, Decision::Commit);
-                    if self.lost_commits.len() >= LOST_COMMITS_KEPT {
-                        self.lost_commits.remove(0);
+                    if let Some(amnesia) = &mut self.amnesia {
+                        amnesia.lost_commit(txn);
                     }
-                    self.lost_commits.push(txn);
                     Self::send(out, txn.coordinator, Msg::Ack { txn });
                 }
             }
