@@ -146,8 +146,8 @@ fn flip_at(path: &Path, at: usize) {
 /// Past it lie only records nobody waited for (lazily written, never synced before a kill).
 fn durable_len(log: &Path) -> usize {
     let manifest = std::fs::read(log.join("MANIFEST")).unwrap();
-    let count = u32::from_le_bytes(manifest[16..20].try_into().unwrap()) as usize;
-    let last = 20 + (count - 1) * 18;
+    let count = u32::from_le_bytes(manifest[17..21].try_into().unwrap()) as usize;
+    let last = 21 + (count - 1) * 18;
     usize::try_from(u64::from_le_bytes(manifest[last + 10..last + 18].try_into().unwrap())).unwrap()
 }
 
@@ -297,6 +297,10 @@ fn damaged_logs_are_refused_at_start_and_by_data_check_naming_the_file() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(dev.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("shard-1/log: its records are inconsistent"), "{stderr}");
+    let check = concord(&["data", "check", dir.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert!(text(&check).contains("inconsistent"), "{}", text(&check));
+    assert!(!text(&check).contains("panicked"), "{}", text(&check));
 
     // And the undamaged copy starts with everything.
     let dir = case(&seeded, "untouched");
@@ -390,6 +394,21 @@ fn accepting_a_loss_starts_a_shard_from_what_is_readable_but_never_a_coordinator
     let check = concord(&["data", "check", dir.join("shard-1").to_str().unwrap()]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(text(&check).contains("accepted a loss of data here before"), "{}", text(&check));
+
+    // The record of the loss deleted by hand: the log's manifest remembers, and it is back.
+    let marker = dir.join("shard-1").join("DATA-LOSS-ACCEPTED");
+    std::fs::remove_file(&marker).unwrap();
+    let dev = match start_outcome(&dir, seeded.port, &[]) {
+        Ok(stderr) => panic!("did not start after the accepted loss: {stderr}"),
+        Err(dev) => dev,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "DATA-LOSS-ACCEPTED not written again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(&marker).unwrap().contains("recreated"));
+    drop(dev);
 }
 
 /// A small tmpfs mounted at a fresh directory, unmounted when dropped. `None` (said loudly)
@@ -410,7 +429,9 @@ impl SmallDisk {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "CI=true: cannot mount a tmpfs for the full-disk and read-only cases (run as root)"
             );
-            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): full-disk and read-only cases");
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here (not root?): full-disk and read-only cases"
+            );
             return None;
         }
         Some(SmallDisk(dir))

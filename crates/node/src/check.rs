@@ -6,8 +6,11 @@ use std::path::Path;
 use concord_types::codec::Encode;
 use concord_wal::FileLog;
 
+use concord_commit::{Core, Input};
+
+use crate::config::ClusterConfig;
 use crate::engine::{Engine, PaxosCommit, TwoPc};
-use crate::model::{Deltas, KvStore, Snapshot};
+use crate::model::{Deltas, KvStore, Model, Snapshot};
 
 /// What a check found in one healthy data directory.
 #[derive(Debug)]
@@ -51,11 +54,13 @@ pub fn check_data(dir: &Path) -> Result<DataReport, String> {
     // version file must hold.
     let raw = report.records;
     let kv = role == "shard" && dir.join("versions.redb").exists();
+    let id = field("id").and_then(|id| id.parse::<u32>().ok()).unwrap_or(0);
+    let node = (role.as_str(), concord_types::NodeId(id));
     let storage = match (paxos, kv) {
-        (false, false) => records::<TwoPc<Deltas>>(&raw).map(|_| None),
-        (true, false) => records::<PaxosCommit<Deltas>>(&raw).map(|_| None),
-        (false, true) => records::<TwoPc<KvStore>>(&raw).map(Some),
-        (true, true) => records::<PaxosCommit<KvStore>>(&raw).map(Some),
+        (false, false) => records::<TwoPc<Deltas>>(&raw, node).map(|_| None),
+        (true, false) => records::<PaxosCommit<Deltas>>(&raw, node).map(|_| None),
+        (false, true) => records::<TwoPc<KvStore>>(&raw, node).map(Some),
+        (true, true) => records::<PaxosCommit<KvStore>>(&raw, node).map(Some),
     }
     .map_err(|e| format!("{}: {e}", log_dir.display()))?;
     if let Some(seals) = storage {
@@ -66,19 +71,52 @@ pub fn check_data(dir: &Path) -> Result<DataReport, String> {
     Ok(DataReport { identity: identity.trim().replace('\n', ", "), lines, data_loss_accepted })
 }
 
-/// Decodes every record as `E`'s, and returns the version-store seals its snapshots carry.
-fn records<E: Engine>(raw: &[Vec<u8>]) -> Result<Vec<Option<concord_kv::StoreSeal>>, String>
+/// Decodes every record as `E`'s and replays them into a core of the node's role, as a start
+/// does (a log can be sound record by record and inconsistent as a whole: another node's, a
+/// commit without its prepare); returns the version-store seals its snapshots carry.
+fn records<E: Engine>(
+    raw: &[Vec<u8>],
+    (role, id): (&str, concord_types::NodeId),
+) -> Result<Vec<Option<concord_kv::StoreSeal>>, String>
 where
     Snapshot<E::Model>: SealOf,
 {
     let mut seals = Vec::new();
+    let mut records = Vec::with_capacity(raw.len());
     for (i, bytes) in raw.iter().enumerate() {
         let mut record = <E::Record as Encode>::from_bytes(bytes)
             .map_err(|e| format!("record {i} cannot be read ({e:?})"))?;
         if let Some(snapshot) = E::snapshot_mut(&mut record) {
             seals.push(snapshot.seal());
         }
+        records.push(record);
     }
+    // Replay needs a configuration only for the cores' timeouts and acceptors: any will do.
+    let config = ClusterConfig::local("check", 1, 1).with_paxos_commit(3);
+    let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let input = Input::Restart { records };
+        let mut out = Vec::new();
+        match role {
+            "coordinator" => E::coordinator(id, &config).handle(input, &mut out),
+            "acceptor" => {
+                if let Some(mut acceptor) = E::acceptor(id, &config) {
+                    acceptor.handle(input, &mut out);
+                }
+            }
+            _ => {
+                let resource = E::Model::resource(&config);
+                E::participant(id, &config, resource).handle(input, &mut out);
+            }
+        }
+    }));
+    replayed.map_err(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+            .unwrap_or_default();
+        format!("its records are inconsistent ({what})")
+    })?;
     Ok(seals)
 }
 

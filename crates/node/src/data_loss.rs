@@ -64,7 +64,10 @@ pub(crate) fn open_log(
         FileLog::open_existing(&log_dir, segment_bytes)
     };
     let error = match opened {
-        Ok(opened) => return Ok(opened),
+        Ok(opened) => {
+            keep_the_record_of_loss(data_dir, &opened.0)?;
+            return Ok(opened);
+        }
         Err(OpenError::Io(e)) => return Err(NodeError::Log(OpenError::Io(e))),
         Err(error) => error,
     };
@@ -122,6 +125,21 @@ pub(crate) fn set_aside(
     let marker = data_dir.join(DATA_LOSS_FILE);
     append_durably(&marker, &note).map_err(|e| failed(&marker, e))?;
     eprintln!("{}: DATA LOSS ACCEPTED by the operator:\n{note}", data_dir.display());
+    Ok(())
+}
+
+/// The log's manifest remembers an accepted loss even if `DATA-LOSS-ACCEPTED` was deleted: the
+/// file is written again (without horizons, so they are learned anew — later ones, which only
+/// widen the shard's caution), never silently dropped.
+fn keep_the_record_of_loss(data_dir: &Path, log: &FileLog) -> Result<(), NodeError> {
+    let marker = data_dir.join(DATA_LOSS_FILE);
+    if log.data_loss_accepted() && !marker.exists() {
+        let note = "recreated: the log's manifest says a loss of data was accepted here, and this \
+                    file was missing; horizons are learned again\n";
+        append_durably(&marker, note)
+            .map_err(|e| NodeError::DataDir { path: marker.clone(), reason: e.to_string() })?;
+        eprintln!("{}: {note}", marker.display());
+    }
     Ok(())
 }
 

@@ -68,6 +68,8 @@ pub struct FileLog {
     syncs_since_manifest: u64,
     /// Off only to measure what keeping the manifest current costs (`concord bench log`).
     refresh_manifest: bool,
+    /// The manifest's flag: a loss of data was accepted in this log.
+    data_loss_accepted: bool,
     active: File,
     active_len: u64,
     /// Bytes of the active segment covered by the last sync.
@@ -112,6 +114,7 @@ struct Plan {
     truncate: Option<(PathBuf, u64)>,
     records: Vec<Vec<u8>>,
     manifest_sequence: u64,
+    data_loss_accepted: bool,
     /// What an operator would want to know: torn tails, superseded leftovers.
     notes: Vec<String>,
 }
@@ -205,6 +208,7 @@ fn plan(dir: &Path, must_exist: bool) -> Result<Plan, OpenError> {
         }
     };
     plan.manifest_sequence = manifest.sequence;
+    plan.data_loss_accepted = manifest.data_loss_accepted;
     let last_listed = manifest.segments.last().map_or(0, |s| s.id);
     // A crash between starting a segment (a roll or a checkpoint) and rewriting the manifest
     // leaves exactly one segment the manifest does not list yet: the next id.
@@ -360,7 +364,8 @@ impl FileLog {
         let log = if plan.fresh {
             let active = new_segment(dir, 1, KIND_RECORDS)?;
             let listed = vec![Listed { id: 1, kind: KIND_RECORDS, sealed: false, length: 0 }];
-            FileLog::started(dir, listed, 0, active, HEADER_LEN, segment_limit)?
+            let accepted = false;
+            FileLog::started(dir, listed, (0, accepted), active, HEADER_LEN, segment_limit)?
         } else {
             let (last, _) = *plan.read.last().expect("a log that is not new has a segment");
             let mut listed: Vec<Listed> = plan
@@ -374,15 +379,18 @@ impl FileLog {
             // A killed process leaves its last writes in the page cache: make them durable
             // before the manifest says they are.
             active.sync_data()?;
-            FileLog::started(dir, listed, plan.manifest_sequence, active, len, segment_limit)?
+            let manifest = (plan.manifest_sequence, plan.data_loss_accepted);
+            FileLog::started(dir, listed, manifest, active, len, segment_limit)?
         };
         Ok((log, records))
     }
 
+    /// A log ready to append to; writes its manifest (`manifest`: the last sequence written and
+    /// the data-loss flag to keep).
     fn started(
         dir: &Path,
         listed: Vec<Listed>,
-        manifest_sequence: u64,
+        (manifest_sequence, data_loss_accepted): (u64, bool),
         active: File,
         active_len: u64,
         segment_limit: u64,
@@ -393,6 +401,7 @@ impl FileLog {
             manifest_sequence,
             syncs_since_manifest: 0,
             refresh_manifest: true,
+            data_loss_accepted,
             active,
             active_len,
             synced_len: active_len,
@@ -409,10 +418,20 @@ impl FileLog {
             active.length = self.synced_len;
         }
         self.manifest_sequence += 1;
-        let manifest = Manifest { sequence: self.manifest_sequence, segments: self.listed.clone() };
+        let manifest = Manifest {
+            sequence: self.manifest_sequence,
+            data_loss_accepted: self.data_loss_accepted,
+            segments: self.listed.clone(),
+        };
         manifest.write(&self.dir)?;
         self.syncs_since_manifest = 0;
         Ok(())
+    }
+
+    /// Whether its operator ever accepted a loss of data in this log (`salvage`): the manifest
+    /// keeps it, so a node can tell if its own record of the loss went missing.
+    pub fn data_loss_accepted(&self) -> bool {
+        self.data_loss_accepted
     }
 
     /// Whether synced records lie above the durable floor the manifest on disk records.
@@ -574,7 +593,7 @@ impl FileLog {
         let len = file.metadata()?.len();
         let listed = vec![Listed { id: next, kind: KIND_CHECKPOINT, sealed: false, length: 0 }];
         let sequence = manifest.map_or(0, |m| m.sequence);
-        let log = FileLog::started(dir, listed, sequence, file, len, segment_limit)?;
+        let log = FileLog::started(dir, listed, (sequence, true), file, len, segment_limit)?;
         let report = SalvageReport { records: records.len(), lost, quarantine };
         Ok((log, records, report))
     }

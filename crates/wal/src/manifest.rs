@@ -1,7 +1,7 @@
 //! The log's manifest: what the directory must contain.
 //!
 //! ```text
-//!  MANIFEST  "CNCDMAN1" · sequence: u64 · count: u32
+//!  MANIFEST  "CNCDMAN1" · sequence: u64 · flags: u8 · count: u32
 //!            count × (segment id: u64 · kind: u8 · sealed: u8 · length: u64)
 //!            crc32c of everything before: u32
 //! ```
@@ -11,6 +11,9 @@
 //! longer. The last, active segment's length is a *durable floor*: at least that many bytes were
 //! synced — and so acknowledged appends may lie below it — when the manifest was written. A torn
 //! tail above the floor can be a crash's unfinished write; below it, it is lost data.
+//!
+//! Flags: bit 0 — its operator accepted a loss of data in this log (`FileLog::salvage`); kept
+//! through every rewrite, so the node can tell that its record of the loss is missing.
 //!
 //! The manifest is replaced whole (written under a temporary name, synced, renamed, the
 //! directory synced), so a crash leaves the old one or the new one, never a mix; its checksum
@@ -46,8 +49,13 @@ pub struct Listed {
 pub struct Manifest {
     /// Incremented at every write: tells a newer manifest from an older copy.
     pub sequence: u64,
+    /// A loss of data was accepted in this log.
+    pub data_loss_accepted: bool,
     pub segments: Vec<Listed>,
 }
+
+/// Header bytes before the entries: magic, sequence, flags, count.
+const HEADER: usize = 8 + 8 + 1 + 4;
 
 impl Manifest {
     pub fn path(dir: &Path) -> PathBuf {
@@ -55,9 +63,10 @@ impl Manifest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24 + self.segments.len() * ENTRY_BYTES);
+        let mut out = Vec::with_capacity(HEADER + 4 + self.segments.len() * ENTRY_BYTES);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.sequence.to_le_bytes());
+        out.push(u8::from(self.data_loss_accepted));
         let count = u32::try_from(self.segments.len()).expect("segment count fits in u32");
         out.extend_from_slice(&count.to_le_bytes());
         for s in &self.segments {
@@ -73,7 +82,7 @@ impl Manifest {
 
     /// Parses a manifest; the error says what is wrong with it.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+        if bytes.len() < HEADER + 4 || &bytes[..8] != MAGIC {
             return Err("not a Concord log manifest (wrong magic or too short)".to_string());
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -83,13 +92,18 @@ impl Manifest {
         }
         let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
         let sequence = u64_at(8);
-        let count = u32::from_le_bytes(body[16..20].try_into().expect("4 bytes"));
-        if count > MAX_SEGMENTS || body.len() != 20 + count as usize * ENTRY_BYTES {
+        let data_loss_accepted = match body[16] {
+            0 => false,
+            1 => true,
+            other => return Err(format!("flags {other:#x}: not written by this version")),
+        };
+        let count = u32::from_le_bytes(body[17..21].try_into().expect("4 bytes"));
+        if count > MAX_SEGMENTS || body.len() != HEADER + count as usize * ENTRY_BYTES {
             return Err(format!("{count} segments do not fit its {} bytes", bytes.len()));
         }
         let mut segments = Vec::with_capacity(count as usize);
         for i in 0..count as usize {
-            let at = 20 + i * ENTRY_BYTES;
+            let at = HEADER + i * ENTRY_BYTES;
             let sealed = match body[at + 9] {
                 0 => false,
                 1 => true,
@@ -108,7 +122,7 @@ impl Manifest {
         if segments.iter().rev().skip(1).any(|s| !s.sealed) {
             return Err("a segment before the last is not sealed".to_string());
         }
-        Ok(Manifest { sequence, segments })
+        Ok(Manifest { sequence, data_loss_accepted, segments })
     }
 
     /// Reads the manifest in `dir`: `Ok(None)` if there is none.
@@ -138,6 +152,7 @@ mod tests {
     fn sample() -> Manifest {
         Manifest {
             sequence: 7,
+            data_loss_accepted: true,
             segments: vec![
                 Listed { id: 3, kind: 1, sealed: true, length: 4096 },
                 Listed { id: 4, kind: 0, sealed: false, length: 9 },
