@@ -53,16 +53,12 @@ fn cannot_accept(role: Role) -> Option<&'static str> {
 pub(crate) fn open_log(
     data_dir: &Path,
     segment_bytes: u64,
-    new_dir: bool,
+    lock: &mut concord_wal::DirLock,
     accept_data_loss: bool,
     role: Role,
 ) -> Result<(FileLog, Vec<Vec<u8>>), NodeError> {
     let log_dir = data_dir.join("log");
-    let opened = if new_dir {
-        FileLog::open(&log_dir, segment_bytes)
-    } else {
-        FileLog::open_existing(&log_dir, segment_bytes)
-    };
+    let opened = FileLog::open_claimed(lock, &log_dir, segment_bytes);
     let error = match opened {
         Ok(opened) => {
             keep_the_record_of_loss(data_dir, &opened.0)?;

@@ -277,12 +277,13 @@ async fn serve_engine<E: Engine>(
 ) -> Result<(), NodeError> {
     let me = config.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
     // Held until this function returns: the node's whole life.
-    let dir_lock = check_data_dir(data_dir, &identity(&config, &me))?;
+    let mut dir_lock = check_data_dir(data_dir, &identity(&config, &me))?;
     let segment_bytes = config.log.segment_bytes;
-    let (new_dir, role, dir) = (dir_lock.is_new(), me.role, data_dir.to_path_buf());
+    let (role, dir) = (me.role, data_dir.to_path_buf());
     let accept = options.accept_data_loss;
-    let (log, raw) = tokio::task::spawn_blocking(move || {
-        data_loss::open_log(&dir, segment_bytes, new_dir, accept, role)
+    let (_dir_lock, log, raw) = tokio::task::spawn_blocking(move || {
+        let (log, raw) = data_loss::open_log(&dir, segment_bytes, &mut dir_lock, accept, role)?;
+        Ok::<_, NodeError>((dir_lock, log, raw))
     })
     .await
     .map_err(|e| NodeError::Failed(e.to_string()))??;

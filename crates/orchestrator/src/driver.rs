@@ -428,13 +428,16 @@ type Unreadable = (usize, Option<String>, String);
 
 async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>, Vec<Unreadable>), String> {
     let dir = &options.data_dir;
-    let dir_lock = concord_wal::claim_data_dir(dir, IDENTITY)
+    let mut dir_lock = concord_wal::claim_data_dir(dir, IDENTITY)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let log_dir: PathBuf = Path::new(dir).join("log");
-    let (log, raw) = tokio::task::spawn_blocking(move || FileLog::open(&log_dir, 64 << 20))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let (dir_lock, log, raw) = tokio::task::spawn_blocking(move || {
+        FileLog::open_claimed(&mut dir_lock, &log_dir, 64 << 20)
+            .map(|(log, raw)| (dir_lock, log, raw))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let mut records = Vec::with_capacity(raw.len());
     let mut unreadable = Vec::new();
     for (i, bytes) in raw.iter().enumerate() {

@@ -241,8 +241,9 @@ impl Coordinator {
         data_dir: &Path,
         fault: Option<Fault>,
     ) -> Result<Arc<Coordinator>, OpenError> {
-        let dir_lock = check_data_dir(data_dir, config)?;
-        let (file_log, payloads) = FileLog::open(&data_dir.join("log"), SEGMENT_BYTES)?;
+        let mut dir_lock = check_data_dir(data_dir, config)?;
+        let (file_log, payloads) =
+            FileLog::open_claimed(&mut dir_lock, &data_dir.join("log"), SEGMENT_BYTES)?;
         let mut records = Vec::with_capacity(payloads.len());
         for (index, payload) in payloads.iter().enumerate() {
             let record = Record::from_bytes(payload)

@@ -15,8 +15,16 @@ pub const LOCK_FILE: &str = "LOCK";
 #[derive(Debug)]
 pub struct DirLock {
     _file: fs::File,
+    dir: std::path::PathBuf,
+    /// The identity as this version writes it (with [`LOG_LINE`]).
+    identity: String,
     new: bool,
+    legacy: bool,
 }
+
+/// The line this version adds to every identity: its log keeps a manifest. A directory whose
+/// identity lacks it (and is otherwise this node's) was written before manifests existed.
+pub const LOG_LINE: &str = "log = manifest\n";
 
 impl DirLock {
     /// Whether the directory was new (its identity written just now): only then may a missing
@@ -24,6 +32,37 @@ impl DirLock {
     pub fn is_new(&self) -> bool {
         self.new
     }
+
+    /// Whether the directory was written by a version without log manifests: its log is adopted
+    /// once (`FileLog::open_claimed`), then [`DirLock::adopted`] marks it.
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// The log now has its manifest: the identity says so, durably.
+    pub fn adopted(&mut self) -> Result<(), String> {
+        write_identity(&self.dir, &self.identity)?;
+        self.legacy = false;
+        Ok(())
+    }
+}
+
+fn write_identity(dir: &Path, identity: &str) -> Result<(), String> {
+    let text = |e: std::io::Error| e.to_string();
+    let tmp = dir.join("IDENTITY.tmp");
+    fs::write(&tmp, identity).map_err(text)?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(text)?;
+    fs::rename(&tmp, dir.join(IDENTITY_FILE)).map_err(text)?;
+    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(text)
+}
+
+/// What the identity check found.
+enum Found {
+    /// The directory was empty: the identity was written just now.
+    New,
+    Same,
+    /// This node's, written before log manifests.
+    Legacy,
 }
 
 /// Takes the directory's lock, or says which process holds it.
@@ -57,7 +96,13 @@ fn lock(dir: &Path) -> Result<DirLock, String> {
     let written =
         file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(me.as_bytes()));
     written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(DirLock { _file: file, new: false })
+    Ok(DirLock {
+        _file: file,
+        dir: dir.to_path_buf(),
+        identity: String::new(),
+        new: false,
+        legacy: false,
+    })
 }
 
 /// Creates `dir` if needed, takes its lock (refusing a directory another process uses) and
@@ -68,16 +113,23 @@ pub fn claim_data_dir(dir: &Path, expected: &str) -> Result<DirLock, String> {
     let text = |e: std::io::Error| e.to_string();
     fs::create_dir_all(dir).map_err(text)?;
     let mut lock = lock(dir)?;
-    lock.new = check_identity(dir, expected)?;
+    lock.identity = format!("{expected}{LOG_LINE}");
+    match check_identity(dir, &lock.identity, expected)? {
+        Found::New => lock.new = true,
+        Found::Same => {}
+        Found::Legacy => lock.legacy = true,
+    }
     Ok(lock)
 }
 
-/// Checks the identity, or writes it in an empty directory: `Ok(true)` when it did.
-fn check_identity(dir: &Path, expected: &str) -> Result<bool, String> {
+/// Checks the identity (`expected`, or `legacy` as versions before log manifests wrote it), or
+/// writes it in an empty directory.
+fn check_identity(dir: &Path, expected: &str, legacy: &str) -> Result<Found, String> {
     let text = |e: std::io::Error| e.to_string();
     let path = dir.join(IDENTITY_FILE);
     match fs::read_to_string(&path) {
-        Ok(found) if found == expected => Ok(false),
+        Ok(found) if found == expected => Ok(Found::Same),
+        Ok(found) if found == legacy => Ok(Found::Legacy),
         Ok(found) => Err(format!(
             "this directory belongs to another node or version of Concord; refusing to touch it.\n  it holds: {}\n  this node: {}",
             found.trim().replace('\n', ", "),
@@ -90,12 +142,8 @@ fn check_identity(dir: &Path, expected: &str) -> Result<bool, String> {
                     "not empty and has no {IDENTITY_FILE} file: not a Concord data directory"
                 ));
             }
-            let tmp = dir.join("IDENTITY.tmp");
-            fs::write(&tmp, expected).map_err(text)?;
-            fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(text)?;
-            fs::rename(&tmp, &path).map_err(text)?;
-            fs::File::open(dir).and_then(|f| f.sync_all()).map_err(text)?;
-            Ok(true)
+            write_identity(dir, expected)?;
+            Ok(Found::New)
         }
         Err(e) => Err(e.to_string()),
     }

@@ -167,8 +167,34 @@ fn list(dir: &Path) -> io::Result<(Vec<PathBuf>, Vec<u64>)> {
     Ok((tmp, ids))
 }
 
+/// The manifest a log written before manifests would have had: its segments from the newest
+/// checkpoint on, which must be consecutive, each sealed at its length but the last.
+fn legacy_manifest(dir: &Path, ids: &[u64]) -> Result<Manifest, OpenError> {
+    let mut kinds = Vec::with_capacity(ids.len());
+    for &id in ids {
+        kinds.push(read_segment(&segment_path(dir, id))?.1);
+    }
+    let start = kinds.iter().rposition(|&kind| kind == KIND_CHECKPOINT).unwrap_or(0);
+    let mut segments = Vec::new();
+    for (index, &id) in ids.iter().enumerate().skip(start) {
+        if let Some(previous) = segments.last().map(|s: &Listed| s.id) {
+            if id != previous + 1 {
+                return Err(damaged(
+                    segment_path(dir, previous + 1),
+                    format!("missing: segments {previous} and {id} are here"),
+                ));
+            }
+        }
+        let last = index + 1 == ids.len();
+        let length = if last { HEADER_LEN } else { fs::metadata(segment_path(dir, id))?.len() };
+        segments.push(Listed { id, kind: kinds[index], sealed: !last, length });
+    }
+    Ok(Manifest { sequence: 0, data_loss_accepted: false, segments })
+}
+
 /// Checks the directory against its manifest and reads every record; changes nothing.
-fn plan(dir: &Path, must_exist: bool) -> Result<Plan, OpenError> {
+/// `legacy`: the directory was written before manifests; its segments stand in for one.
+fn plan(dir: &Path, must_exist: bool, legacy: bool) -> Result<Plan, OpenError> {
     if !dir.exists() {
         if must_exist {
             return Err(damaged(dir.to_path_buf(), "the log directory is missing"));
@@ -187,6 +213,7 @@ fn plan(dir: &Path, must_exist: bool) -> Result<Plan, OpenError> {
     let manifest = match manifest {
         Some(Ok(manifest)) => manifest,
         Some(Err(reason)) => return Err(damaged(Manifest::path(dir), reason)),
+        None if legacy && !ids.is_empty() => legacy_manifest(dir, &ids)?,
         None if ids.is_empty() && !must_exist => {
             plan.fresh = true;
             return Ok(plan);
@@ -323,7 +350,7 @@ impl FileLog {
     /// Segments roll over at about `segment_limit` bytes. An empty or missing directory is a
     /// new log; see [`FileLog::open_existing`] for one that must already be there.
     pub fn open(dir: &Path, segment_limit: u64) -> Result<(FileLog, Vec<Vec<u8>>), OpenError> {
-        FileLog::open_with(dir, segment_limit, false)
+        FileLog::open_with(dir, segment_limit, false, false)
     }
 
     /// Opens a log that must exist (its node has run before): a missing directory, manifest
@@ -332,25 +359,33 @@ impl FileLog {
         dir: &Path,
         segment_limit: u64,
     ) -> Result<(FileLog, Vec<Vec<u8>>), OpenError> {
-        FileLog::open_with(dir, segment_limit, true)
+        FileLog::open_with(dir, segment_limit, true, false)
     }
 
     /// Opens the log in `dir` under a data directory held by `lock`: a new log only if the data
-    /// directory is new, else [`FileLog::open_existing`].
+    /// directory is new, else as [`FileLog::open_existing`]. A directory written before log
+    /// manifests is adopted: its log is read as that version read it (a torn tail cut,
+    /// corruption and gaps refused), given a manifest, and the identity marked.
     pub fn open_claimed(
-        lock: &crate::DirLock,
+        lock: &mut crate::DirLock,
         dir: &Path,
         segment_limit: u64,
     ) -> Result<(FileLog, Vec<Vec<u8>>), OpenError> {
-        FileLog::open_with(dir, segment_limit, !lock.is_new())
+        let legacy = lock.is_legacy();
+        let opened = FileLog::open_with(dir, segment_limit, !lock.is_new(), legacy)?;
+        if legacy {
+            lock.adopted().map_err(|e| OpenError::Io(io::Error::other(e)))?;
+        }
+        Ok(opened)
     }
 
     fn open_with(
         dir: &Path,
         segment_limit: u64,
         must_exist: bool,
+        legacy: bool,
     ) -> Result<(FileLog, Vec<Vec<u8>>), OpenError> {
-        let mut plan = plan(dir, must_exist)?;
+        let mut plan = plan(dir, must_exist, legacy)?;
         fs::create_dir_all(dir)?;
         for path in &plan.remove {
             fs::remove_file(path)?;
@@ -461,7 +496,7 @@ impl FileLog {
     /// Reads and verifies the whole log in `dir` without changing anything: what `open` would
     /// refuse is an error naming the file, what it would tidy is a note.
     pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
-        let plan = plan(dir, true)?;
+        let plan = plan(dir, true, false)?;
         Ok(CheckReport {
             segments: plan.read.len(),
             records: plan.records,

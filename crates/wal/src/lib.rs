@@ -23,7 +23,7 @@ mod group_commit;
 mod manifest;
 
 pub use crc32c::{crc32c, crc32c_update};
-pub use data_dir::{claim_data_dir, DirLock, IDENTITY_FILE, LOCK_FILE};
+pub use data_dir::{claim_data_dir, DirLock, IDENTITY_FILE, LOCK_FILE, LOG_LINE};
 pub use file_log::{CheckReport, FileLog, OpenError, SalvageReport, MAGIC, MANIFEST_EVERY};
 pub use frame::{append_frame, scan, ScanError, Scanned, Tail, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use group_commit::{GroupCommit, OnDurable};

@@ -445,3 +445,55 @@ fn check_reports_and_salvage_keeps_the_readable_prefix_setting_originals_aside()
     assert_eq!(found, [kept, vec![b"after".to_vec()]].concat());
     assert!(FileLog::check(&dir.0).is_ok());
 }
+
+/// A data directory written before log manifests: its identity lacks the line this version
+/// adds and its log has no MANIFEST. It is adopted once — read as that version read it, given
+/// a manifest, its identity marked — and from then on is checked like any other. A gap in its
+/// segments is refused, not adopted.
+#[test]
+fn a_directory_from_before_manifests_is_adopted_once_and_a_gap_is_refused() {
+    let dir = TempDir::new();
+    let log_dir = dir.0.join("log");
+    let (mut log, _) = FileLog::open(&log_dir, 64).unwrap();
+    for r in records(20) {
+        log.append(&r).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    fs::remove_file(log_dir.join(concord_wal::MANIFEST_FILE)).unwrap();
+    fs::write(dir.0.join(concord_wal::IDENTITY_FILE), "node = a\n").unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> =
+        segments(&log_dir).into_iter().map(|p| (p.clone(), fs::read(&p).unwrap())).collect();
+
+    // A gap: refused, naming the missing segment; nothing changes.
+    let (gap, gap_bytes) = before[2].clone();
+    fs::remove_file(&gap).unwrap();
+    let mut lock = concord_wal::claim_data_dir(&dir.0, "node = a\n").unwrap();
+    assert!(lock.is_legacy());
+    match FileLog::open_claimed(&mut lock, &log_dir, 64) {
+        Err(e @ OpenError::Damaged { .. }) => assert!(e.to_string().contains("missing"), "{e}"),
+        other => panic!("a gap was adopted: {other:?}"),
+    }
+    drop(lock);
+    fs::write(&gap, gap_bytes).unwrap();
+
+    let mut lock = concord_wal::claim_data_dir(&dir.0, "node = a\n").unwrap();
+    assert!(lock.is_legacy());
+    let (_, found) = FileLog::open_claimed(&mut lock, &log_dir, 64).unwrap();
+    assert_eq!(found, records(20));
+    assert!(!lock.is_legacy());
+    drop(lock);
+    let identity = fs::read_to_string(dir.0.join(concord_wal::IDENTITY_FILE)).unwrap();
+    assert_eq!(identity, format!("node = a\n{}", concord_wal::LOG_LINE));
+    let mut lock = concord_wal::claim_data_dir(&dir.0, "node = a\n").unwrap();
+    assert!(!lock.is_legacy() && !lock.is_new());
+    assert_eq!(FileLog::open_claimed(&mut lock, &log_dir, 64).unwrap().1, records(20));
+    drop(lock);
+    // Adopted, it is checked like any other: the manifest now guards the newest segment.
+    fs::remove_file(segments(&log_dir).pop().unwrap()).unwrap();
+    let mut lock = concord_wal::claim_data_dir(&dir.0, "node = a\n").unwrap();
+    assert!(matches!(
+        FileLog::open_claimed(&mut lock, &log_dir, 64),
+        Err(OpenError::Damaged { .. })
+    ));
+}
