@@ -60,6 +60,31 @@ impl Amnesia {
     }
 }
 
+/// A participant that can run on after an accepted loss: both protocols' participants keep an
+/// `Option<Amnesia>` and answer these the same way.
+pub trait AfterDataLoss {
+    fn amnesia(&self) -> Option<&Amnesia>;
+    fn amnesia_slot(&mut self) -> &mut Option<Amnesia>;
+
+    /// After an accepted loss of data: presume nothing about transactions that may have had a
+    /// record here.
+    fn set_amnesia(&mut self, amnesia: Amnesia) {
+        *self.amnesia_slot() = Some(amnesia);
+    }
+
+    /// A coordinator issued `txn` after the loss: its later ids are new here.
+    fn learn_horizon(&mut self, txn: TxnId) {
+        if let Some(amnesia) = self.amnesia_slot() {
+            amnesia.learn_horizon(txn);
+        }
+    }
+
+    /// Transactions committed elsewhere whose writes this shard lost (newest last, bounded).
+    fn lost_commits(&self) -> &[TxnId] {
+        self.amnesia().map_or(&[], Amnesia::lost_commits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use concord_commit::amnesia::AfterDataLoss as _;
 use concord_commit::amnesia::Amnesia;
 use concord_types::TxnId;
 use concord_wal::{FileLog, OpenError};
@@ -215,7 +216,7 @@ pub(crate) async fn learn_horizons<E: Engine>(
             if handle
                 .ask(move |node| {
                     if let crate::driver::RoleState::Shard(p) = &mut node.role {
-                        E::learn_horizon(p, txn);
+                        p.learn_horizon(txn);
                     }
                 })
                 .await

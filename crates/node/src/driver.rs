@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_commit::amnesia::AfterDataLoss as _;
 use concord_commit::{Checkpoint, Command, Core, Durability, Input};
 use concord_types::codec::Encode;
 use concord_types::{NodeId, TimerHeap};
@@ -208,7 +209,7 @@ impl<E: Engine> Node<E> {
     /// Transactions committed elsewhere whose writes this shard lost (after an accepted loss).
     pub fn lost_commits(&self) -> u64 {
         match &self.role {
-            RoleState::Shard(p) => E::lost_commits(p) as u64,
+            RoleState::Shard(p) => p.lost_commits().len() as u64,
             RoleState::Acceptor(_) | RoleState::Coordinator(_) => 0,
         }
     }

@@ -17,7 +17,7 @@
 
 use std::marker::PhantomData;
 
-use concord_commit::amnesia::Amnesia;
+use concord_commit::amnesia::AfterDataLoss;
 use concord_commit::{paxos_commit, two_phase, Checkpoint, Core, ResourceParticipant};
 use concord_types::{Decision, NodeId, TxnId, Vote};
 
@@ -75,7 +75,8 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
             Record = Self::Record,
             Timer = Self::Timer,
             Change = Change<Self::Model>,
-        > + Send;
+        > + AfterDataLoss
+        + Send;
     type Acceptor: Core<
             Msg = Self::Msg,
             Record = Self::Record,
@@ -108,14 +109,6 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// The message that asks a shard for `txn`'s outcome (an undecided shard that never saw
     /// `txn` promises ABORT before it answers).
     fn status_inquiry(txn: TxnId) -> Self::Msg;
-
-    /// After an accepted loss of part of its log (`--accept-data-loss`): the participant
-    /// presumes nothing about what it may have forgotten.
-    fn set_amnesia(p: &mut Self::Participant, amnesia: Amnesia);
-    /// A coordinator issued `txn` after the loss: its later ids are new to this shard.
-    fn learn_horizon(p: &mut Self::Participant, txn: TxnId);
-    /// Transactions committed elsewhere whose writes this shard lost.
-    fn lost_commits(p: &Self::Participant) -> usize;
 }
 
 /// Two-phase commit with presumed abort (`protocol = "2pc"`).
@@ -192,18 +185,6 @@ impl<M: Model> Engine for TwoPc<M> {
     }
     fn status_inquiry(txn: TxnId) -> Self::Msg {
         two_phase::Msg::Inquire { txn }
-    }
-
-    fn set_amnesia(p: &mut Self::Participant, amnesia: Amnesia) {
-        p.set_amnesia(amnesia);
-    }
-    fn learn_horizon(p: &mut Self::Participant, txn: TxnId) {
-        if let Some(amnesia) = p.amnesia_mut() {
-            amnesia.learn_horizon(txn);
-        }
-    }
-    fn lost_commits(p: &Self::Participant) -> usize {
-        p.lost_commits().len()
     }
 }
 
@@ -289,17 +270,5 @@ impl<M: Model> Engine for PaxosCommit<M> {
     }
     fn status_inquiry(txn: TxnId) -> Self::Msg {
         paxos_commit::Msg::Inquire { txn, participants: Vec::new() }
-    }
-
-    fn set_amnesia(p: &mut Self::Participant, amnesia: Amnesia) {
-        p.set_amnesia(amnesia);
-    }
-    fn learn_horizon(p: &mut Self::Participant, txn: TxnId) {
-        if let Some(amnesia) = p.amnesia_mut() {
-            amnesia.learn_horizon(txn);
-        }
-    }
-    fn lost_commits(p: &Self::Participant) -> usize {
-        p.lost_commits().len()
     }
 }

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_commit::amnesia::AfterDataLoss as _;
 use concord_commit::Input;
 use concord_types::codec::Encode;
 use concord_types::NodeId;
@@ -362,7 +363,7 @@ async fn serve_engine<E: Engine>(
     };
     let mut node = Node { role, io, data_loss_accepted: amnesia.is_some() };
     if let (Some(amnesia), RoleState::Shard(p)) = (&amnesia, &mut node.role) {
-        E::set_amnesia(p, amnesia.clone());
+        p.set_amnesia(amnesia.clone());
     }
     // Every record passed its checksum and decoded, but a log can still be inconsistent (a
     // commit without its prepare, another role's records copied in by hand): the cores assert

@@ -93,22 +93,6 @@ impl<R: Resource> Participant<R> {
         }
     }
 
-    /// After an accepted loss of data: presume nothing about transactions that may have had a
-    /// record here (module `amnesia`).
-    pub fn set_amnesia(&mut self, amnesia: crate::amnesia::Amnesia) {
-        self.amnesia = Some(amnesia);
-    }
-
-    /// The amnesia in force, if any (the driver adds horizons as it learns them).
-    pub fn amnesia_mut(&mut self) -> Option<&mut crate::amnesia::Amnesia> {
-        self.amnesia.as_mut()
-    }
-
-    /// Transactions committed elsewhere whose writes this shard lost (newest last, bounded).
-    pub fn lost_commits(&self) -> &[TxnId] {
-        self.amnesia.as_ref().map_or(&[], |a| a.lost_commits())
-    }
-
     /// No record here, and there may have been one before an accepted loss: presume nothing.
     /// Its ballot-0 vote may be among the acceptors' already; a second one could differ (two
     /// values in one ballot), so it does not vote: the leader's higher ballot finds the lost
@@ -730,5 +714,14 @@ impl<R: Resource> crate::ResourceParticipant for Participant<R> {
     }
     fn decided(&self) -> Vec<(TxnId, Decision)> {
         self.decisions().collect()
+    }
+}
+
+impl<R: Resource> crate::amnesia::AfterDataLoss for Participant<R> {
+    fn amnesia(&self) -> Option<&crate::amnesia::Amnesia> {
+        self.amnesia.as_ref()
+    }
+    fn amnesia_slot(&mut self) -> &mut Option<crate::amnesia::Amnesia> {
+        &mut self.amnesia
     }
 }

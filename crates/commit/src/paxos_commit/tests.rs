@@ -3,6 +3,7 @@
 use concord_types::{Decision, NodeId, RequestId, TxnId, Write};
 
 use super::{Acceptor, Config, Coordinator, Msg, Participant, Record, Timer, Value};
+use crate::amnesia::AfterDataLoss as _;
 use crate::{Branch, Command, Core, Durability, Input};
 
 type Cmd = Command<Msg, Record, Timer>;
@@ -897,7 +898,7 @@ fn a_participant_that_lost_data_casts_no_second_vote_and_promises_nothing() {
     assert_eq!(p.lost_commits(), &[t]);
 
     let new = TxnId { sequence: 5, ..t };
-    p.amnesia_mut().unwrap().learn_horizon(new);
+    p.learn_horizon(new);
     let prepare = Msg::Prepare { txn: new, participants: vec![P1, P2], writes: w(), wide: false };
     assert_eq!(
         run(&mut p, msg(C, prepare)),

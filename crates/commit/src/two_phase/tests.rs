@@ -3,6 +3,7 @@
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote, Write};
 
 use super::{Config, Coordinator, Msg, Participant, Record, Timer};
+use crate::amnesia::AfterDataLoss as _;
 use crate::{Branch, Command, Core, Durability, Input, ParticipantView, Rejection, Switches};
 
 type Cmd = Command<Msg, Record, Timer>;
@@ -1322,7 +1323,7 @@ fn a_participant_that_lost_data_presumes_nothing_about_what_it_may_have_forgotte
     // Until the horizon is learned every id is suspect; after it, new ids vote as ever.
     let new = txn(9);
     assert_eq!(run(&mut p, msg(C, prepare(new, w(10, 5)))), vec![]);
-    p.amnesia_mut().unwrap().learn_horizon(txn(8));
+    p.learn_horizon(txn(8));
     let record =
         Record::Prepared { txn: new, peers: vec![P1, P2], writes: w(10, 5), early_ack: false };
     assert_eq!(run(&mut p, msg(C, prepare(new, w(10, 5)))), vec![forced(record)]);
