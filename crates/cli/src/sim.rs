@@ -421,19 +421,9 @@ fn replay_output(
     Ok(if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Lanes in a diagram: every node that appears in the trace.
+/// Lanes in a diagram: every node of the run, whatever it did.
 fn node_count(report: &RunReport) -> u32 {
-    let from_trace = report
-        .trace
-        .iter()
-        .flatten()
-        .filter_map(|e| match &e.event {
-            concord_sim::trace::TraceEvent::Deliver { from, to, .. } => Some(from.0.max(to.0)),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
-    (report.participants + 1).max(from_trace + 1)
+    report.nodes.max(report.participants + 1)
 }
 
 fn ms(us: u64) -> String {

@@ -68,9 +68,16 @@ fn note(event: &TraceEvent) -> Option<(Option<NodeId>, char, String)> {
     })
 }
 
-/// Renders the trace as text: a header of lanes, then one line per event.
+/// Every node an event names, so a lane exists for each whatever `nodes` the caller said.
+fn lanes_for(trace: &[TraceEntry], nodes: u32) -> usize {
+    let named = trace.iter().flat_map(|e| e.event.nodes()).map(|n| n.0 + 1).max().unwrap_or(0);
+    nodes.max(named) as usize
+}
+
+/// Renders the trace as text: a header of lanes, then one line per event. `nodes`: the run's
+/// node count (every node gets a lane, and so does any the trace names beyond it).
 pub fn text(trace: &[TraceEntry], nodes: u32, title: &str) -> String {
-    let lanes = nodes as usize;
+    let lanes = lanes_for(trace, nodes);
     let center = |n: NodeId| n.0 as usize * LANE_WIDTH + LANE_WIDTH / 2;
     let width = lanes * LANE_WIDTH;
     let mut up = vec![true; lanes];
@@ -161,6 +168,7 @@ fn escape(s: &str) -> String {
 /// Renders the trace as a standalone SVG: lanes top to bottom, messages as slanted arrows from
 /// the row they were sent in to the row they arrived in.
 pub fn svg(trace: &[TraceEntry], nodes: u32, title: &str) -> String {
+    let nodes = u32::try_from(lanes_for(trace, nodes)).expect("few nodes");
     const ROW: usize = 18;
     const TOP: usize = 70;
     const LEFT: usize = 80;

@@ -20,6 +20,8 @@ pub struct RunReport {
     pub seed: u64,
     pub protocol: &'static str,
     pub participants: u32,
+    /// Every node of the run (coordinator, participants, acceptors): a diagram's lanes.
+    pub nodes: u32,
     /// Transactions the workload tried to submit, and those the coordinator named.
     pub txns_submitted: u64,
     pub txns_begun: u64,

@@ -68,3 +68,23 @@ pub enum TraceEvent {
         verdict: concord_commit::status::Verdict,
     },
 }
+
+impl TraceEvent {
+    /// The nodes this event names.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        match self {
+            TraceEvent::Send { from, to, .. }
+            | TraceEvent::Deliver { from, to, .. }
+            | TraceEvent::Lost { from, to, .. } => vec![*from, *to],
+            TraceEvent::Persist { node, .. }
+            | TraceEvent::Durable { node, .. }
+            | TraceEvent::Outcome { node, .. }
+            | TraceEvent::Crash { node }
+            | TraceEvent::Restart { node, .. } => vec![*node],
+            TraceEvent::Partition { side } => side.clone(),
+            TraceEvent::Submit { .. } | TraceEvent::Heal | TraceEvent::Status { .. } => {
+                vec![crate::config::COORDINATOR]
+            }
+        }
+    }
+}

@@ -154,6 +154,7 @@ impl<P: Protocol> Simulation<P> {
             seed: config.seed,
             protocol: P::NAME,
             participants: config.participants,
+            nodes: last_node + 1,
             ..RunReport::default()
         };
         Simulation {
