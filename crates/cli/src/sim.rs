@@ -63,6 +63,9 @@ pub enum SimCommand {
         /// Print the outcome only.
         #[arg(long)]
         no_diagram: bool,
+        /// Write every event of the run, complete, as JSON to this file (docs/trace-format.md).
+        #[arg(long)]
+        trace_json: Option<std::path::PathBuf>,
     },
     /// Measure each optimisation switch (read-only, one-phase, group commit) on one fault-free
     /// workload: messages and forced log writes per transaction, commit latency.
@@ -159,6 +162,9 @@ pub enum SimCommand {
         svg: Option<std::path::PathBuf>,
         #[arg(long)]
         no_diagram: bool,
+        /// Write every event of the run, complete, as JSON to this file (docs/trace-format.md).
+        #[arg(long)]
+        trace_json: Option<std::path::PathBuf>,
     },
     /// Run many randomized fault schedules; exit non-zero on any violation.
     Sweep {
@@ -248,13 +254,14 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             let options = KvRuns { runs, seed, faults: !no_faults, paxos_commit };
             kv_runs(&workload, &isolation, &options, history.as_deref())
         }
-        SimCommand::Run { protocol, scenario, seed, svg, no_diagram } => {
+        SimCommand::Run { protocol, scenario, seed, svg, no_diagram, trace_json } => {
             check_protocol(&protocol)?;
             let scenario = scenarios::find(&scenario).ok_or_else(|| {
                 format!("unknown scenario '{scenario}' (run `concord sim scenarios` for the list)")
             })?;
             let report =
                 with_protocol!(protocol.as_str(), P => scenarios::run::<P>(scenario, seed, true));
+            write_trace_json(&report, trace_json.as_deref())?;
             run_output(scenario, &report, svg.as_deref(), no_diagram)
         }
         SimCommand::Compare { protocols, scenario, runs, seed, threads, json, svg } => {
@@ -351,12 +358,13 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
-        SimCommand::Replay { protocol, seed, svg, no_diagram } => {
+        SimCommand::Replay { protocol, seed, svg, no_diagram, trace_json } => {
             check_protocol(&protocol)?;
             let mut config = concord_sim::sweep::random_config(seed);
             config.record_trace = true;
             let report = with_protocol!(protocol.as_str(), P => concord_sim::simulate::<P>(config));
             let title = format!("replay · {} · seed {seed:#x}", report.protocol);
+            write_trace_json(&report, trace_json.as_deref())?;
             replay_output(&title, &report, svg.as_deref(), no_diagram)
         }
         SimCommand::Optimizations { protocol, runs, seed, json } => {
@@ -391,6 +399,14 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             Ok(if summary.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// `--trace-json FILE`: the run's every event, as `concord_sim::trace_json` writes it.
+fn write_trace_json(report: &RunReport, path: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let doc = concord_sim::trace_json::to_json(report);
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn replay_output(

@@ -222,3 +222,46 @@ fn kv_histories_are_written_in_elle_json_and_checked_by_concord_check() {
     assert!(stdout(&check).contains("G2"), "{}", stdout(&check));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Paxos Commit replays whose acceptors outside the fast path never spoke used to panic the
+/// diagram (exit 101); they draw now, and `--trace-json` writes the run's every event.
+#[test]
+fn paxos_replays_draw_and_a_run_exports_its_trace_as_json() {
+    for seed in ["2", "15", "38"] {
+        let out = concord(&["sim", "replay", "--protocol", "paxos-commit", "--seed", seed]);
+        assert_eq!(out.status.code(), Some(0), "seed {seed}: {}", stderr(&out));
+        assert!(stdout(&out).contains("violations: none"), "{}", stdout(&out));
+    }
+    let path = std::env::temp_dir().join(format!("concord-trace-{}.json", std::process::id()));
+    let out = concord(&[
+        "sim",
+        "run",
+        "--protocol",
+        "2pc",
+        "--scenario",
+        "coordinator-crash-after-prepare",
+        "--no-diagram",
+        "--trace-json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(doc["format"], "concord-sim-trace");
+    assert_eq!(doc["version"], 1);
+    let events = doc["events"].as_array().unwrap();
+    let crash = events.iter().find(|e| e["event"] == "crash").expect("the coordinator crashes");
+    assert_eq!(crash["lost"][0], "commit-decided 1.1@n0", "what the crash took with it");
+    assert!(events.iter().any(|e| e["event"] == "restart" && e["replayed"][0] == "epoch 1"));
+    let bad = concord(&[
+        "sim",
+        "run",
+        "--protocol",
+        "2pc",
+        "--scenario",
+        "duplicate-commit",
+        "--trace-json",
+        "/nonexistent/dir/t.json",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

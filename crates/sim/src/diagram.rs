@@ -40,11 +40,15 @@ fn note(event: &TraceEvent) -> Option<(Option<NodeId>, char, String)> {
         TraceEvent::Lost { from, to, label, reason, .. } => {
             (Some(*from), '✕', format!("{label} to {to} lost ({reason})"))
         }
-        TraceEvent::Persist { node, label, forced } => {
+        TraceEvent::Persist { node, label, forced, .. } => {
             let how = if *forced { "forces" } else { "writes lazily" };
             (Some(*node), '◇', format!("{node} {how} '{label}'"))
         }
-        TraceEvent::Durable { node, label } => (Some(*node), '◆', format!("'{label}' durable")),
+        TraceEvent::Durable { node, label, forced: true } => {
+            (Some(*node), '◆', format!("'{label}' durable"))
+        }
+        // Lazy records becoming durable are in the JSON trace, not drawn (nobody waits on them).
+        TraceEvent::Durable { forced: false, .. } => return None,
         TraceEvent::Outcome { node, txn, decision } if *node == COORDINATOR => {
             (Some(*node), '●', format!("client told {decision} {txn}"))
         }
@@ -52,8 +56,13 @@ fn note(event: &TraceEvent) -> Option<(Option<NodeId>, char, String)> {
             let mark = if *decision == Decision::Commit { '●' } else { '○' };
             (Some(*node), mark, format!("{node} decides {decision} {txn}"))
         }
-        TraceEvent::Crash { node } => (Some(*node), '✖', format!("{node} CRASHES")),
-        TraceEvent::Restart { node, records } => {
+        TraceEvent::Crash { node, lost } if lost.is_empty() => {
+            (Some(*node), '✖', format!("{node} CRASHES"))
+        }
+        TraceEvent::Crash { node, lost } => {
+            (Some(*node), '✖', format!("{node} CRASHES, losing {} unsynced records", lost.len()))
+        }
+        TraceEvent::Restart { node, records, .. } => {
             (Some(*node), '↻', format!("{node} restarts, replays {records} records"))
         }
         TraceEvent::Partition { side } => {
@@ -64,7 +73,10 @@ fn note(event: &TraceEvent) -> Option<(Option<NodeId>, char, String)> {
         TraceEvent::Status { txn, verdict } => {
             (Some(COORDINATOR), '?', format!("status of {txn} from the participants: {verdict}"))
         }
-        TraceEvent::Send { .. } | TraceEvent::Deliver { .. } => return None,
+        TraceEvent::Send { .. }
+        | TraceEvent::Deliver { .. }
+        | TraceEvent::TimerSet { .. }
+        | TraceEvent::TimerFired { .. } => return None,
     })
 }
 
@@ -149,7 +161,7 @@ pub fn text(trace: &[TraceEntry], nodes: u32, title: &str) -> String {
                 }
                 text_note = words;
                 match event {
-                    TraceEvent::Crash { node } => up[node.0 as usize] = false,
+                    TraceEvent::Crash { node, .. } => up[node.0 as usize] = false,
                     TraceEvent::Restart { node, .. } => up[node.0 as usize] = true,
                     _ => {}
                 }
@@ -210,7 +222,7 @@ pub fn svg(trace: &[TraceEntry], nodes: u32, title: &str) -> String {
         let mut segments = Vec::new();
         for (row, e) in entries.iter().enumerate() {
             let change = match &e.event {
-                TraceEvent::Crash { node: n } if *n == node => Some(false),
+                TraceEvent::Crash { node: n, .. } if *n == node => Some(false),
                 TraceEvent::Restart { node: n, .. } if *n == node => Some(true),
                 _ => None,
             };
@@ -252,7 +264,7 @@ pub fn svg(trace: &[TraceEntry], nodes: u32, title: &str) -> String {
                     y(row)
                 );
             }
-            TraceEvent::Deliver { id, from, to, label } => {
+            TraceEvent::Deliver { id, from, to, label, .. } => {
                 let start = sent_row.get(id).copied().unwrap_or(row);
                 let (x1, y1, x2, y2) = (x(*from), y(start), x(*to), y(row));
                 let color = if label.starts_with("ABORT") || label.contains(" NO ") {

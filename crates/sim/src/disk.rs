@@ -127,6 +127,11 @@ impl<R: Encode + Clone> Disk<R> {
         }
     }
 
+    /// Records written and not yet durable, in log order.
+    pub fn pending(&self) -> impl Iterator<Item = &R> {
+        self.pending.iter().map(|(_, record, ..)| record)
+    }
+
     /// Bytes that survive any crash.
     pub fn durable_len(&self) -> usize {
         self.durable.len()

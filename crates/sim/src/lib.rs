@@ -36,6 +36,7 @@ pub mod saga;
 pub mod scenarios;
 pub mod sweep;
 pub mod trace;
+pub mod trace_json;
 pub mod workload;
 pub mod world;
 

@@ -16,18 +16,21 @@ pub enum TraceEvent {
         request: u64,
         accepted: bool,
     },
-    /// A message left `from`; `id` pairs it with its delivery.
+    /// A message left `from`; `id` pairs it with its delivery. `label` is its short form (the
+    /// diagram's), `detail` its whole contents (every field, as the core's `Debug` prints it).
     Send {
         id: u64,
         from: NodeId,
         to: NodeId,
         label: String,
+        detail: String,
     },
     Deliver {
         id: u64,
         from: NodeId,
         to: NodeId,
         label: String,
+        detail: String,
     },
     /// A message was lost: `reason` is "drop", "partition" or "down".
     Lost {
@@ -35,28 +38,50 @@ pub enum TraceEvent {
         from: NodeId,
         to: NodeId,
         label: String,
+        detail: String,
         reason: &'static str,
     },
+    /// A record written to the node's log; `Durable` follows when a sync covers it, unless a
+    /// crash loses it first (then it is in the crash's `lost`).
     Persist {
         node: NodeId,
         label: String,
         forced: bool,
+        detail: String,
     },
+    /// A sync covered the record: it survives any crash now. `forced`: a record its core waits
+    /// for (lazy ones become durable with the next sync some forced record causes).
     Durable {
         node: NodeId,
         label: String,
+        forced: bool,
     },
     Outcome {
         node: NodeId,
         txn: TxnId,
         decision: Decision,
     },
+    /// `lost`: the records written but not yet durable, gone with the crash (the last of them
+    /// possibly torn mid-write), in log order.
     Crash {
         node: NodeId,
+        lost: Vec<String>,
     },
+    /// `replayed`: every record recovery read back, in order (`records` of them).
     Restart {
         node: NodeId,
         records: usize,
+        replayed: Vec<String>,
+    },
+    /// A core set a timer, to fire `after_us` later (unless its node crashes first).
+    TimerSet {
+        node: NodeId,
+        label: String,
+        after_us: u64,
+    },
+    TimerFired {
+        node: NodeId,
+        label: String,
     },
     Partition {
         side: Vec<NodeId>,
@@ -79,8 +104,10 @@ impl TraceEvent {
             TraceEvent::Persist { node, .. }
             | TraceEvent::Durable { node, .. }
             | TraceEvent::Outcome { node, .. }
-            | TraceEvent::Crash { node }
-            | TraceEvent::Restart { node, .. } => vec![*node],
+            | TraceEvent::Crash { node, .. }
+            | TraceEvent::Restart { node, .. }
+            | TraceEvent::TimerSet { node, .. }
+            | TraceEvent::TimerFired { node, .. } => vec![*node],
             TraceEvent::Partition { side } => side.clone(),
             TraceEvent::Submit { .. } | TraceEvent::Heal | TraceEvent::Status { .. } => {
                 vec![crate::config::COORDINATOR]

@@ -240,6 +240,7 @@ impl<P: Protocol> Simulation<P> {
                 if n.incarnation == incarnation && n.core.is_some() {
                     2u8.hash(&mut self.hasher);
                     (node, &timer).hash(&mut self.hasher);
+                    self.trace(|| TraceEvent::TimerFired { node, label: timer.to_string() });
                     self.input(node, Input::Timer(timer), depth);
                 }
             }
@@ -315,10 +316,23 @@ impl<P: Protocol> Simulation<P> {
         };
         if let Some(reason) = reason {
             self.report.messages_lost += 1;
-            self.trace(|| TraceEvent::Lost { id, from, to, label: msg.to_string(), reason });
+            self.trace(|| TraceEvent::Lost {
+                id,
+                from,
+                to,
+                label: msg.to_string(),
+                detail: format!("{msg:?}"),
+                reason,
+            });
             return;
         }
-        self.trace(|| TraceEvent::Deliver { id, from, to, label: msg.to_string() });
+        self.trace(|| TraceEvent::Deliver {
+            id,
+            from,
+            to,
+            label: msg.to_string(),
+            detail: format!("{msg:?}"),
+        });
         if to == COORDINATOR {
             self.status_answer(from, &msg);
         }
@@ -393,7 +407,13 @@ impl<P: Protocol> Simulation<P> {
         }
         self.next_message_id += 1;
         let id = self.next_message_id;
-        self.trace(|| TraceEvent::Send { id, from, to, label: msg.to_string() });
+        self.trace(|| TraceEvent::Send {
+            id,
+            from,
+            to,
+            label: msg.to_string(),
+            detail: format!("{msg:?}"),
+        });
         if local {
             // Same host: no network, no delay, no loss; and no message delay in the depth.
             let depth = cause_depth;
@@ -405,7 +425,14 @@ impl<P: Protocol> Simulation<P> {
         if self.partitioned(from, to) || dropped {
             self.report.messages_lost += 1;
             let reason = if dropped { "drop" } else { "partition" };
-            self.trace(|| TraceEvent::Lost { id, from, to, label: msg.to_string(), reason });
+            self.trace(|| TraceEvent::Lost {
+                id,
+                from,
+                to,
+                label: msg.to_string(),
+                detail: format!("{msg:?}"),
+                reason,
+            });
             return;
         }
         let delay = self.delay();
@@ -450,11 +477,18 @@ impl<P: Protocol> Simulation<P> {
         self.nodes[index].core = None;
         self.nodes[index].incarnation += 1;
         let torn = self.config.disk.torn_writes;
+        let pending: Vec<String> = if self.config.record_trace {
+            self.nodes[index].disk.pending().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        };
         let survivors = self.nodes[index].disk.crash(&mut self.rng, torn);
         for record in &survivors {
             self.observe_durable(node, record, true);
         }
-        self.trace(|| TraceEvent::Crash { node });
+        // Survivors (whole by luck) are the first of the pending records; the rest are lost.
+        let lost = pending.into_iter().skip(survivors.len()).collect();
+        self.trace(|| TraceEvent::Crash { node, lost });
     }
 
     fn restart(&mut self, node: NodeId) {
@@ -464,7 +498,11 @@ impl<P: Protocol> Simulation<P> {
         }
         let records = self.nodes[index].disk.recover();
         let count = records.len();
-        self.trace(|| TraceEvent::Restart { node, records: count });
+        self.trace(|| TraceEvent::Restart {
+            node,
+            records: count,
+            replayed: records.iter().map(ToString::to_string).collect(),
+        });
         if node == COORDINATOR {
             self.report.locked_keys_at_coordinator_restart = (1..self.nodes.len())
                 .filter_map(|i| match &self.nodes[i].core {
@@ -541,12 +579,23 @@ impl<P: Protocol> Simulation<P> {
         let index = node.0 as usize;
         let done = self.nodes[index].disk.complete_sync();
         // Everything this sync covered is durable now, whatever the cores do next.
-        for (record, ..) in &done {
+        for (record, durability, _) in &done {
             self.observe_durable(node, record, false);
+            if *durability == Durability::Lazy {
+                self.trace(|| TraceEvent::Durable {
+                    node,
+                    label: record.to_string(),
+                    forced: false,
+                });
+            }
         }
         for (record, durability, depth) in done {
             if durability == Durability::Forced {
-                self.trace(|| TraceEvent::Durable { node, label: record.to_string() });
+                self.trace(|| TraceEvent::Durable {
+                    node,
+                    label: record.to_string(),
+                    forced: true,
+                });
                 self.input(node, Input::Persisted(record), depth);
                 if self.nodes[index].core.is_none() {
                     return; // a trigger crashed it
@@ -651,11 +700,17 @@ impl<P: Protocol> Simulation<P> {
             Command::Persist { record, durability } => {
                 self.report.records_written += 1;
                 let forced = durability == Durability::Forced;
-                self.trace(|| TraceEvent::Persist { node, label: record.to_string(), forced });
+                self.trace(|| TraceEvent::Persist {
+                    node,
+                    label: record.to_string(),
+                    forced,
+                    detail: format!("{record:?}"),
+                });
                 self.nodes[node.0 as usize].disk.append(record, durability, depth);
                 self.start_sync(node);
             }
             Command::SetTimer { timer, after_us } => {
+                self.trace(|| TraceEvent::TimerSet { node, label: timer.to_string(), after_us });
                 let incarnation = self.nodes[node.0 as usize].incarnation;
                 self.schedule(
                     self.now + after_us,

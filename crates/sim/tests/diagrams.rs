@@ -53,3 +53,58 @@ fn every_three_phase_and_naive_run_can_be_drawn() {
     every_scenario_and_random_replays::<ThreePhase>(200);
     every_scenario_and_random_replays::<Naive>(100);
 }
+
+/// The JSON trace holds every event with its whole contents, and reads back to the same trace.
+fn round_trip<P: Protocol>(replays: u64) -> Vec<serde_json::Value> {
+    let mut docs = Vec::new();
+    let reports = scenarios::ALL.iter().map(|s| scenarios::run::<P>(s, 1, true)).chain(
+        (1..=replays).map(|seed| {
+            let mut config = sweep::random_config(seed);
+            config.record_trace = true;
+            concord_sim::simulate::<P>(config)
+        }),
+    );
+    for report in reports {
+        let doc = concord_sim::trace_json::to_json(&report);
+        let text = serde_json::to_string(&doc).unwrap();
+        let read: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let back = concord_sim::trace_json::from_json(&read).unwrap();
+        assert_eq!(&back, report.trace.as_ref().unwrap(), "{} seed {}", P::NAME, report.seed);
+        assert_eq!(read["nodes"], report.nodes);
+        docs.push(read);
+    }
+    docs
+}
+
+fn events<'a>(
+    docs: &'a [serde_json::Value],
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    docs.iter().flat_map(|d| d["events"].as_array().unwrap()).filter(move |e| e["event"] == kind)
+}
+
+#[test]
+fn a_json_trace_is_complete_and_reads_back_the_same() {
+    let docs = round_trip::<TwoPhase>(50);
+    // 2PC's PREPARE carries its participant list; persists their records; crashes what they lost.
+    assert!(events(&docs, "send").any(|e| e["label"].as_str().unwrap().starts_with("PREPARE")
+        && e["message"].as_str().unwrap().contains("peers")));
+    assert!(
+        events(&docs, "timer_set").next().is_some()
+            && events(&docs, "timer_fired").next().is_some()
+    );
+    assert!(events(&docs, "crash").any(|e| !e["lost"].as_array().unwrap().is_empty()));
+    assert!(events(&docs, "restart").any(|e| !e["replayed"].as_array().unwrap().is_empty()));
+
+    let docs = round_trip::<PaxosCommit>(50);
+    // Paxos Commit: every 2a/2b with its ballot and every instance's value; 1b with what it
+    // accepted.
+    let phase2 =
+        events(&docs, "send").find(|e| e["label"].as_str().unwrap().starts_with("2a")).unwrap();
+    let message = phase2["message"].as_str().unwrap();
+    assert!(message.contains("ballot") && message.contains("values"), "{message}");
+    assert!(events(&docs, "deliver").any(|e| e["label"].as_str().unwrap().starts_with("1b")
+        && e["message"].as_str().unwrap().contains("accepted")));
+    round_trip::<ThreePhase>(20);
+    round_trip::<Naive>(20);
+}

@@ -102,6 +102,22 @@ pub enum Value {
 /// A ballot number. 0 belongs to each instance's participant; others to leader candidates.
 pub type Ballot = u64;
 
+/// A ballot as people read it: `b0` for the participant's, else `b{high}:{low}` — the 64-bit
+/// number's two halves (a candidate's ballots start at its epoch times the candidate count in
+/// the high half, so `b3:2` is epoch 1's first ballot of candidate 2 of three; each later round
+/// adds the candidate count to the low half). Order is kept: compare high, then low.
+#[derive(Debug, Clone, Copy)]
+pub struct ShowBallot(pub Ballot);
+
+impl fmt::Display for ShowBallot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => write!(f, "b0"),
+            b => write!(f, "b{}:{}", b >> 32, b & 0xFFFF_FFFF),
+        }
+    }
+}
+
 /// `C` is a branch's change, as in the 2PC messages (the simulator's deltas by default).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Msg<C = Vec<Write>> {
@@ -340,13 +356,27 @@ impl fmt::Display for Value {
     }
 }
 
+/// The value of every instance a bundle carries: `n1:Prepared`, `n1:Prepared,n2:Aborted`, or
+/// `3×Prepared` when all agree (the common case, kept short).
 fn values_label(values: &[(NodeId, Value)]) -> String {
-    let all_prepared = values.iter().all(|(_, v)| *v == Value::Prepared);
-    match values {
-        [(node, v)] => format!("{node}:{v}"),
-        _ if all_prepared => format!("{}×Prepared", values.len()),
-        _ => format!("{} values", values.len()),
+    if values.len() > 1 && values.iter().all(|(_, v)| *v == Value::Prepared) {
+        return format!("{}×Prepared", values.len());
     }
+    let each: Vec<String> = values.iter().map(|(node, v)| format!("{node}:{v}")).collect();
+    each.join(",")
+}
+
+/// What a 1b reports accepted, per instance with its ballot: what a reader needs to see why
+/// the leader proposes what it does next.
+fn accepted_label(accepted: &[(NodeId, Ballot, Value)]) -> String {
+    if accepted.is_empty() {
+        return "nothing accepted".to_string();
+    }
+    let each: Vec<String> = accepted
+        .iter()
+        .map(|(node, ballot, v)| format!("{node}:{v}@{}", ShowBallot(*ballot)))
+        .collect();
+    format!("accepted {}", each.join(","))
 }
 
 /// A participant's answer to a status inquiry (an `Inquire` with no participants), as
@@ -365,14 +395,18 @@ impl<C> fmt::Display for Msg<C> {
             Msg::Prepare { txn, wide: false, .. } => write!(f, "PREPARE {txn}"),
             Msg::Prepare { txn, wide: true, .. } => write!(f, "PREPARE-WIDE {txn}"),
             Msg::Phase2a { txn, ballot, values, .. } => {
-                write!(f, "2a b{ballot} {} {txn}", values_label(values))
+                write!(f, "2a {} {} {txn}", ShowBallot(*ballot), values_label(values))
             }
             Msg::Phase2b { txn, ballot, values } => {
-                write!(f, "2b b{ballot} {} {txn}", values_label(values))
+                write!(f, "2b {} {} {txn}", ShowBallot(*ballot), values_label(values))
             }
-            Msg::Phase1a { txn, ballot, .. } => write!(f, "1a b{ballot} {txn}"),
-            Msg::Phase1b { txn, ballot, .. } => write!(f, "1b b{ballot} {txn}"),
-            Msg::Reject { txn, promised } => write!(f, "REJECT <b{promised} {txn}"),
+            Msg::Phase1a { txn, ballot, .. } => write!(f, "1a {} {txn}", ShowBallot(*ballot)),
+            Msg::Phase1b { txn, ballot, accepted } => {
+                write!(f, "1b {} {} {txn}", ShowBallot(*ballot), accepted_label(accepted))
+            }
+            Msg::Reject { txn, promised } => {
+                write!(f, "REJECT <{} {txn}", ShowBallot(*promised))
+            }
             Msg::Decision { txn, decision } => write!(f, "{decision} {txn}"),
             Msg::Inquire { txn, .. } => write!(f, "INQUIRE {txn}"),
             Msg::CommitOnePhase { txn, .. } => write!(f, "COMMIT-1PC {txn}"),
@@ -390,7 +424,9 @@ impl fmt::Display for Timer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Timer::BallotZero { txn } => write!(f, "ballot-0 (vote) timeout {txn}"),
-            Timer::Ballot { txn, ballot } => write!(f, "ballot b{ballot} timeout {txn}"),
+            Timer::Ballot { txn, ballot } => {
+                write!(f, "ballot {} timeout {txn}", ShowBallot(*ballot))
+            }
             Timer::Inquire { txn, attempt } => write!(f, "inquiry #{attempt} {txn}"),
             Timer::OnePhaseRetry { txn, attempt } => write!(f, "1pc retry #{attempt} {txn}"),
             Timer::DecisionRetry { txn, attempt } => {
@@ -407,9 +443,11 @@ impl<C, S> fmt::Display for Record<C, S> {
             Record::Prepared { txn, .. } => write!(f, "prepared {txn}"),
             Record::Committed { txn } => write!(f, "committed {txn}"),
             Record::Aborted { txn } => write!(f, "aborted {txn}"),
-            Record::Promised { txn, ballot } => write!(f, "promised b{ballot} {txn}"),
+            Record::Promised { txn, ballot } => {
+                write!(f, "promised {} {txn}", ShowBallot(*ballot))
+            }
             Record::Accepted { txn, ballot, values, .. } => {
-                write!(f, "accepted b{ballot} {} {txn}", values_label(values))
+                write!(f, "accepted {} {} {txn}", ShowBallot(*ballot), values_label(values))
             }
             Record::Snapshot { committed, aborted, .. } => {
                 write!(f, "snapshot ({} committed, {} aborted)", committed.len(), aborted.len())
