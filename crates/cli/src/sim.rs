@@ -150,6 +150,12 @@ pub enum SimCommand {
         #[arg(long, default_value_t = 20_000_000)]
         max_states: u64,
     },
+    /// Draw a trace written by --trace-json (docs/trace-format.md): the text diagram, and SVG.
+    Draw {
+        trace_json: std::path::PathBuf,
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+    },
     /// Re-run one randomized run of a sweep (a failing seed it printed) with its diagram.
     Replay {
         /// naive, 2pc, 3pc or paxos-commit.
@@ -357,6 +363,30 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        SimCommand::Draw { trace_json, svg } => {
+            let text = std::fs::read_to_string(&trace_json)
+                .map_err(|e| format!("cannot read {}: {e}", trace_json.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: not JSON: {e}", trace_json.display()))?;
+            let trace = concord_sim::trace_json::from_json(&doc)
+                .map_err(|e| format!("{}: {e}", trace_json.display()))?;
+            let nodes = doc["nodes"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+            let title = format!(
+                "{} · {} · seed {} · trace {}",
+                trace_json.display(),
+                doc["protocol"].as_str().unwrap_or("?"),
+                doc["seed"],
+                doc["trace_hash"].as_str().unwrap_or("?")
+            );
+            let mut out = diagram::text(&trace, nodes, &title);
+            if let Some(path) = svg {
+                std::fs::write(&path, diagram::svg(&trace, nodes, &title))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                out += &format!("\ndiagram written to {}\n", path.display());
+            }
+            emit(&out);
+            Ok(ExitCode::SUCCESS)
         }
         SimCommand::Replay { protocol, seed, svg, no_diagram, trace_json } => {
             check_protocol(&protocol)?;

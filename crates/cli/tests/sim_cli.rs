@@ -246,6 +246,15 @@ fn paxos_replays_draw_and_a_run_exports_its_trace_as_json() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    // The diagram drawn from the file is the run's own.
+    let drawn = concord(&["sim", "draw", path.to_str().unwrap()]);
+    assert!(drawn.status.success(), "{}", stderr(&drawn));
+    assert!(stdout(&drawn).contains("n0 CRASHES"), "{}", stdout(&drawn));
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"{\"format\": \"something else\"}").unwrap();
+    let refused = concord(&["sim", "draw", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("not a concord-sim-trace document"), "{}", stderr(&refused));
     std::fs::remove_file(&path).unwrap();
     assert_eq!(doc["format"], "concord-sim-trace");
     assert_eq!(doc["version"], 1);

@@ -60,7 +60,8 @@ fn note(event: &TraceEvent) -> Option<(Option<NodeId>, char, String)> {
             (Some(*node), '✖', format!("{node} CRASHES"))
         }
         TraceEvent::Crash { node, lost } => {
-            (Some(*node), '✖', format!("{node} CRASHES, losing {} unsynced records", lost.len()))
+            let records = if lost.len() == 1 { "record" } else { "records" };
+            (Some(*node), '✖', format!("{node} CRASHES, losing {} unsynced {records}", lost.len()))
         }
         TraceEvent::Restart { node, records, .. } => {
             (Some(*node), '↻', format!("{node} restarts, replays {records} records"))
