@@ -1,6 +1,8 @@
 //! What a run did, event by event, for message-sequence diagrams. Recorded only when asked
 //! (`SimConfig::record_trace`): sweeps keep just the trace hash.
 
+use std::fmt;
+
 use concord_types::{Decision, NodeId, TxnId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,30 @@ pub enum TraceEvent {
 }
 
 impl TraceEvent {
+    pub fn send<M: fmt::Display + fmt::Debug>(id: u64, from: NodeId, to: NodeId, msg: &M) -> Self {
+        TraceEvent::Send { id, from, to, label: msg.to_string(), detail: format!("{msg:?}") }
+    }
+
+    pub fn deliver<M: fmt::Display + fmt::Debug>(
+        id: u64,
+        from: NodeId,
+        to: NodeId,
+        msg: &M,
+    ) -> Self {
+        TraceEvent::Deliver { id, from, to, label: msg.to_string(), detail: format!("{msg:?}") }
+    }
+
+    pub fn lost<M: fmt::Display + fmt::Debug>(
+        id: u64,
+        from: NodeId,
+        to: NodeId,
+        msg: &M,
+        reason: &'static str,
+    ) -> Self {
+        let (label, detail) = (msg.to_string(), format!("{msg:?}"));
+        TraceEvent::Lost { id, from, to, label, detail, reason }
+    }
+
     /// The nodes this event names.
     pub fn nodes(&self) -> Vec<NodeId> {
         match self {

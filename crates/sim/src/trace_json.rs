@@ -129,33 +129,23 @@ fn event(e: &Value) -> Result<TraceEntry, String> {
         "submit" => {
             TraceEvent::Submit { request: u64_of("request")?, accepted: bool_of("accepted")? }
         }
-        "send" => TraceEvent::Send {
-            id: u64_of("id")?,
-            from: node_of("from")?,
-            to: node_of("to")?,
-            label: str_of("label")?,
-            detail: str_of("message")?,
-        },
-        "deliver" => TraceEvent::Deliver {
-            id: u64_of("id")?,
-            from: node_of("from")?,
-            to: node_of("to")?,
-            label: str_of("label")?,
-            detail: str_of("message")?,
-        },
-        "lost" => TraceEvent::Lost {
-            id: u64_of("id")?,
-            from: node_of("from")?,
-            to: node_of("to")?,
-            label: str_of("label")?,
-            detail: str_of("message")?,
-            reason: match str_of("reason")?.as_str() {
-                "drop" => "drop",
-                "partition" => "partition",
-                "down" => "down",
-                other => return Err(format!("unknown loss reason `{other}`")),
-            },
-        },
+        "send" | "deliver" | "lost" => {
+            let (id, from, to) = (u64_of("id")?, node_of("from")?, node_of("to")?);
+            let (label, detail) = (str_of("label")?, str_of("message")?);
+            match kind.as_str() {
+                "send" => TraceEvent::Send { id, from, to, label, detail },
+                "deliver" => TraceEvent::Deliver { id, from, to, label, detail },
+                _ => {
+                    let reason = match str_of("reason")?.as_str() {
+                        "drop" => "drop",
+                        "partition" => "partition",
+                        "down" => "down",
+                        other => return Err(format!("unknown loss reason `{other}`")),
+                    };
+                    TraceEvent::Lost { id, from, to, label, detail, reason }
+                }
+            }
+        }
         "persist" => TraceEvent::Persist {
             node: node_of("node")?,
             label: str_of("label")?,

@@ -316,23 +316,10 @@ impl<P: Protocol> Simulation<P> {
         };
         if let Some(reason) = reason {
             self.report.messages_lost += 1;
-            self.trace(|| TraceEvent::Lost {
-                id,
-                from,
-                to,
-                label: msg.to_string(),
-                detail: format!("{msg:?}"),
-                reason,
-            });
+            self.trace(|| TraceEvent::lost(id, from, to, &msg, reason));
             return;
         }
-        self.trace(|| TraceEvent::Deliver {
-            id,
-            from,
-            to,
-            label: msg.to_string(),
-            detail: format!("{msg:?}"),
-        });
+        self.trace(|| TraceEvent::deliver(id, from, to, &msg));
         if to == COORDINATOR {
             self.status_answer(from, &msg);
         }
@@ -407,13 +394,7 @@ impl<P: Protocol> Simulation<P> {
         }
         self.next_message_id += 1;
         let id = self.next_message_id;
-        self.trace(|| TraceEvent::Send {
-            id,
-            from,
-            to,
-            label: msg.to_string(),
-            detail: format!("{msg:?}"),
-        });
+        self.trace(|| TraceEvent::send(id, from, to, &msg));
         if local {
             // Same host: no network, no delay, no loss; and no message delay in the depth.
             let depth = cause_depth;
@@ -425,14 +406,7 @@ impl<P: Protocol> Simulation<P> {
         if self.partitioned(from, to) || dropped {
             self.report.messages_lost += 1;
             let reason = if dropped { "drop" } else { "partition" };
-            self.trace(|| TraceEvent::Lost {
-                id,
-                from,
-                to,
-                label: msg.to_string(),
-                detail: format!("{msg:?}"),
-                reason,
-            });
+            self.trace(|| TraceEvent::lost(id, from, to, &msg, reason));
             return;
         }
         let delay = self.delay();
