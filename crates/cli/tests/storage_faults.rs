@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, start_dev, temp, text, Dev};
+use common::{concord, free_base_port, start_dev, start_dev_with, temp, text, Dev};
 
 /// Small segments, so the delta cluster's logs have sealed segments after a short workload,
 /// and frequent checkpoints in the key-value store's, so its version files are sealed.
@@ -81,9 +81,14 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn seed(name: &str, kill: bool) -> Seeded {
+    seed_with(name, kill, &[])
+}
+
+/// `extra`: flags for the first `concord dev` (the protocol); later starts keep the directory's.
+fn seed_with(name: &str, kill: bool, extra: &[&str]) -> Seeded {
     let dir = temp(name);
     let port = free_base_port();
-    stop(start_dev(&dir, port), false);
+    stop(start_dev_with(&dir, port, extra), false);
     for (config, checkpoints) in
         [dir.join("concord.toml"), dir.join("kv/concord.toml")].into_iter().zip(CHECKPOINTS)
     {
@@ -516,6 +521,42 @@ fn a_full_disk_loses_no_acknowledged_write_and_a_read_only_directory_is_refused(
             found.len(),
             String::from_utf8_lossy(&get.stderr)
         );
+    }
+    drop(dev);
+}
+
+/// The same path over Paxos Commit: a shard that lost part of its log casts no second ballot-0
+/// vote for what it may have voted on, and new transactions commit once it knows the
+/// coordinator's horizon.
+#[test]
+fn accepting_a_loss_starts_a_paxos_commit_shard_and_new_transactions_commit() {
+    let seeded = seed_with("faults-accept-paxos", true, &["--protocol", "paxos-commit"]);
+    let config = std::fs::read_to_string(seeded.dir.join("concord.toml")).unwrap();
+    assert!(config.contains("protocol = \"paxos-commit\""), "{config}");
+    let dir = case(&seeded, "paxos-flip");
+    let log = dir.join("shard-1/log");
+    let active = segments(&log).pop().unwrap();
+    flip_at(&active, durable_len(&log) - 3);
+    refused(&seeded, &dir, "shard-1/log", "a flipped byte in a Paxos Commit shard's log");
+    let dev = match start_outcome(&dir, seeded.port, &["--accept-data-loss"]) {
+        Ok(stderr) => panic!("--accept-data-loss did not start the shard: {stderr}"),
+        Err(dev) => dev,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let submit = concord(&[
+            "txn",
+            "submit",
+            "--coordinator",
+            &dev.coordinator,
+            "shard-1:900=+1",
+            "shard-2:900=+1",
+        ]);
+        if text(&submit).contains("committed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new transaction commits: {}", text(&submit));
+        std::thread::sleep(Duration::from_millis(200));
     }
     drop(dev);
 }

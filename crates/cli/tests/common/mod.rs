@@ -36,7 +36,8 @@ pub fn free_base_port() -> u16 {
         let base = 10_000
             + u16::try_from((seed.wrapping_mul(7_919) + attempt * 104_729) % 22_000).unwrap();
         let free = |i: u16| TcpListener::bind(("127.0.0.1", base + i)).is_ok();
-        if (0..4).chain(10..14).all(free) {
+        // Room for Paxos Commit's acceptors too (three after the shards in each cluster).
+        if (0..7).chain(10..17).all(free) {
             return base;
         }
     }
@@ -56,9 +57,15 @@ impl Drop for Dev {
 }
 
 pub fn start_dev(dir: &Path, port: u16) -> Dev {
+    start_dev_with(dir, port, &[])
+}
+
+/// `concord dev` with more flags (`--protocol paxos-commit`, say).
+pub fn start_dev_with(dir: &Path, port: u16, extra: &[&str]) -> Dev {
     let child = Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["dev", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
