@@ -86,14 +86,33 @@ pub fn serve(
     node: &str,
     data_dir: Option<PathBuf>,
     options: concord_node::StartOptions,
+    insecure: bool,
 ) -> Result<ExitCode, String> {
     let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
     let me = config.node(node).ok_or_else(|| {
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
         format!("--node {node}: no such node; the configuration has {}", names.join(", "))
     })?;
+    // Every port accepts anyone who can reach it until links are authenticated (TLS, not built
+    // yet): off loopback that is a choice the operator must make out loud.
+    let exposed = !me.listen.ip().is_loopback();
+    if exposed && !insecure {
+        return Err(format!(
+            "refusing to listen on {}: it is not loopback, and links are not yet authenticated \
+             or encrypted (anyone who reaches the port can send protocol messages; \
+             docs/security.md). Listen on 127.0.0.1, or pass --insecure to accept that",
+            me.listen
+        ));
+    }
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("./concord-data").join(&me.name));
-    println!("concord: {} ({}) on {}, data in {}", me.name, me.role, me.listen, data_dir.display());
+    let warning = if exposed { "INSECURE (unauthenticated links off loopback): " } else { "" };
+    println!(
+        "concord: {warning}{} ({}) on {}, data in {}",
+        me.name,
+        me.role,
+        me.listen,
+        data_dir.display()
+    );
     let name = node.to_string();
     runtime()?.block_on(async move {
         let shutdown = shutdown_on_signal();

@@ -79,6 +79,11 @@ enum Command {
         /// coordinators and acceptors. Run `concord data check` first.
         #[arg(long)]
         accept_data_loss: bool,
+        /// Listen on an address other than loopback although every link is unauthenticated
+        /// and unencrypted (TLS is not built yet: docs/security.md). Without it such an address
+        /// is refused.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Data directories: `check` reads everything in one (or every node's under it) and
     /// reports what a start would refuse, changing nothing.
@@ -188,9 +193,9 @@ fn main() -> ExitCode {
             let options = concord_node::StartOptions { accept_data_loss };
             cluster::dev(&data_dir, shards, port, protocol, options)
         }
-        Command::Serve { config, node, data_dir, accept_data_loss } => {
+        Command::Serve { config, node, data_dir, accept_data_loss, insecure } => {
             let options = concord_node::StartOptions { accept_data_loss };
-            cluster::serve(&config, &node, data_dir, options)
+            cluster::serve(&config, &node, data_dir, options, insecure)
         }
         Command::Data { command } => data::run(command),
         Command::Txn { command } => client::run_txn(command),

@@ -182,3 +182,44 @@ fn the_dev_key_value_store_answers_concord_kv_and_keeps_its_data_across_a_kill()
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Until links are authenticated, `concord serve` refuses an address off loopback unless told
+/// `--insecure`, and then says so when it starts.
+#[test]
+fn serve_refuses_a_non_loopback_address_without_insecure() {
+    let dir = temp("insecure");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_base_port();
+    let config = dir.join("concord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"x\"\n[[node]]\nname = \"c\"\nid = 0\nrole = \"coordinator\"\nlisten = \"0.0.0.0:{port}\"\n\
+             [[node]]\nname = \"s\"\nid = 1\nrole = \"shard\"\nlisten = \"127.0.0.1:{}\"\n",
+            port + 1
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let args = ["serve", "--config", config.to_str().unwrap(), "--node", "c", "--data-dir"];
+    let refused = concord(&[&args[..], &[data.to_str().unwrap()]].concat());
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--insecure"), "{}", text(&refused));
+    assert!(!data.exists(), "a refused start touches no data");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .arg(&data)
+        .arg("--insecure")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("INSECURE"), "{first}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
