@@ -337,6 +337,13 @@ pub trait Protocol {
     }
     fn coordinator(id: NodeId, config: &Self::Config) -> Self::Coordinator;
     fn participant(id: NodeId, config: &Self::Config) -> Self::Participant;
+    /// Whether a participant can run on after an accepted loss of its log, presuming nothing
+    /// about what it may have forgotten (`crate::amnesia`).
+    const RUNS_AFTER_DATA_LOSS: bool = false;
+    /// Puts a participant into that mode; only called when `RUNS_AFTER_DATA_LOSS`.
+    fn set_amnesia(_participant: &mut Self::Participant, _amnesia: crate::amnesia::Amnesia) {
+        unreachable!("{} participants cannot run after a data loss", Self::NAME)
+    }
     fn message_kind(msg: &Self::Msg) -> MessageKind;
     fn record_kind(record: &Self::Record) -> RecordKind;
 

@@ -41,6 +41,11 @@ pub struct SimConfig {
     pub reservations: bool,
     /// Hard bound on events processed; a run that needs more is reported, not looped.
     pub max_events: u64,
+    /// The chance that a participant's crash also loses its whole log, after which it restarts
+    /// as an operator's `--accept-data-loss` would start it: presuming nothing about what it may
+    /// have forgotten (`concord_commit::amnesia`), with the coordinator's horizon. Only for
+    /// protocols whose participants can (`Protocol::RUNS_AFTER_DATA_LOSS`).
+    pub log_loss: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +184,7 @@ impl SimConfig {
             status_probes: false,
             reservations: false,
             max_events: 5_000_000,
+            log_loss: 0.0,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct RunReport {
     pub participants: u32,
     /// Every node of the run (coordinator, participants, acceptors): a diagram's lanes.
     pub nodes: u32,
+    /// Participants whose whole log was lost at a crash (`SimConfig::log_loss`).
+    pub logs_lost: u32,
     /// Transactions the workload tried to submit, and those the coordinator named.
     pub txns_submitted: u64,
     pub txns_begun: u64,

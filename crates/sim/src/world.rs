@@ -123,6 +123,13 @@ pub struct Simulation<P: Protocol> {
     duplicate_rate: f64,
     triggers: Vec<(Trigger, bool)>,
     history: History,
+    /// The newest transaction id the coordinator has issued (begun or reserved: a status query
+    /// may have reached a participant about a reserved one): one past it is the horizon a
+    /// participant that lost its log learns, as the runtime's `Reserve` gives it.
+    max_issued: Option<TxnId>,
+    /// Per node, the amnesia it carries after a lost log (as `DATA-LOSS-ACCEPTED` does): set at
+    /// every boot from then on.
+    amnesia: Vec<Option<concord_commit::amnesia::Amnesia>>,
     submitted_at: HashMap<RequestId, u64>,
     txn_submitted_at: HashMap<TxnId, u64>,
     /// Status queries waiting for answers, one per transaction at a time.
@@ -170,6 +177,8 @@ impl<P: Protocol> Simulation<P> {
             duplicate_rate: config.network.duplicate_rate,
             triggers: config.triggers.iter().cloned().map(|t| (t, false)).collect(),
             history: History::default(),
+            max_issued: None,
+            amnesia: vec![None; usize::try_from(last_node + 1).expect("few nodes")],
             submitted_at: HashMap::new(),
             txn_submitted_at: HashMap::new(),
             probes: HashMap::new(),
@@ -435,7 +444,11 @@ impl<P: Protocol> Simulation<P> {
         let role = if id == COORDINATOR {
             Role::Coordinator(P::coordinator(id, &self.protocol_config))
         } else if id.0 <= self.config.participants {
-            Role::Participant(P::participant(id, &self.protocol_config))
+            let mut participant = P::participant(id, &self.protocol_config);
+            if let Some(amnesia) = &self.amnesia[index] {
+                P::set_amnesia(&mut participant, amnesia.clone());
+            }
+            Role::Participant(participant)
         } else {
             Role::Acceptor(P::acceptor(id, &self.protocol_config))
         };
@@ -463,6 +476,29 @@ impl<P: Protocol> Simulation<P> {
         // Survivors (whole by luck) are the first of the pending records; the rest are lost.
         let lost = pending.into_iter().skip(survivors.len()).collect();
         self.trace(|| TraceEvent::Crash { node, lost });
+        let participant = node != COORDINATOR && node.0 <= self.config.participants;
+        if participant
+            && P::RUNS_AFTER_DATA_LOSS
+            && self.config.log_loss > 0.0
+            && self.rng.chance(self.config.log_loss)
+        {
+            self.lose_log(index);
+        }
+    }
+
+    /// The node's whole log is gone, and its operator accepts the loss: it restarts empty,
+    /// presuming nothing about transactions named before now.
+    fn lose_log(&mut self, index: usize) {
+        self.nodes[index].disk = Disk::default();
+        // One past the newest id named: every id named before is smaller (the runtime learns
+        // one by a Reserve). Nothing named yet: every id is new.
+        let first = TxnId { coordinator: COORDINATOR, epoch: 0, sequence: 0 };
+        let horizon = self.max_issued.map_or(first, |t| TxnId { sequence: t.sequence + 1, ..t });
+        let mut amnesia = concord_commit::amnesia::Amnesia::default();
+        amnesia.learn_horizon(horizon);
+        self.amnesia[index] = Some(amnesia);
+        self.history.logs_lost.push((self.nodes[index].id, horizon));
+        self.report.logs_lost += 1;
     }
 
     fn restart(&mut self, node: NodeId) {
@@ -693,6 +729,7 @@ impl<P: Protocol> Simulation<P> {
             }
             Command::Begun { request, txn } => {
                 self.report.txns_begun += 1;
+                self.max_issued = self.max_issued.max(Some(txn));
                 let branches = self.config.workload
                     [usize::try_from(request.0).expect("request ids are workload indexes")]
                 .branches
@@ -714,6 +751,7 @@ impl<P: Protocol> Simulation<P> {
             }
             Command::Rejected { .. } => self.report.txns_not_started += 1,
             Command::Reserved { request, txn } => {
+                self.max_issued = self.max_issued.max(Some(txn));
                 // The client begins under it a moment later — after a status query about it,
                 // now and then (a client that lost the reply asks; the query comes first).
                 let index = usize::try_from(request.0).expect("request ids are workload indexes");

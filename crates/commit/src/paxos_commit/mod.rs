@@ -289,6 +289,11 @@ impl Protocol for PaxosCommit {
     type Config = Config;
     type Coordinator = Coordinator;
     type Participant = Participant;
+
+    const RUNS_AFTER_DATA_LOSS: bool = true;
+    fn set_amnesia(participant: &mut Participant, amnesia: crate::amnesia::Amnesia) {
+        crate::amnesia::AfterDataLoss::set_amnesia(participant, amnesia);
+    }
     type Acceptor = Acceptor;
 
     fn acceptor_count(fault_tolerance: u32) -> u32 {

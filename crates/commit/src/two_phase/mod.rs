@@ -224,6 +224,11 @@ impl Protocol for TwoPhase {
     type Config = Config;
     type Coordinator = Coordinator;
     type Participant = Participant;
+
+    const RUNS_AFTER_DATA_LOSS: bool = true;
+    fn set_amnesia(participant: &mut Participant, amnesia: crate::amnesia::Amnesia) {
+        crate::amnesia::AfterDataLoss::set_amnesia(participant, amnesia);
+    }
     type Acceptor = NoRole<Msg, Record, Timer>;
 
     fn config(switches: Switches, _topology: &Topology) -> Config {

@@ -28,6 +28,14 @@ use std::fmt;
 use concord_commit::Branch;
 use concord_types::{Decision, Key, NodeId, TxnId};
 
+impl History {
+    /// Whether `node` lost its log with `txn` below the horizon it restarted with: what it
+    /// knew of `txn` went with the log, and it presumes nothing since.
+    pub fn forgot(&self, node: NodeId, txn: TxnId) -> bool {
+        self.logs_lost.iter().any(|&(n, horizon)| n == node && txn < horizon)
+    }
+}
+
 /// A broken property: which, when, and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -76,6 +84,9 @@ pub struct History {
     pub early_ack: HashSet<TxnId>,
     /// Every status verdict, and when it was reached.
     pub status_verdicts: Vec<(TxnId, concord_commit::status::Verdict, u64)>,
+    /// Participants that lost their whole log (`SimConfig::log_loss`), with the horizon they
+    /// restarted with.
+    pub logs_lost: Vec<(NodeId, TxnId)>,
     pub violations: Vec<Violation>,
 }
 
