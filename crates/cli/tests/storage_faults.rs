@@ -202,6 +202,23 @@ fn refused(seeded: &Seeded, dir: &Path, file: &str, why: &str) {
     }
 }
 
+/// A transaction across shard-1 and shard-2 commits, within 20 s (a shard that accepted a loss
+/// votes only once it knows its coordinator's horizon).
+fn a_new_transaction_commits(dev: &Dev) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let coordinator = dev.coordinator.as_str();
+        let writes = ["shard-1:900=+1", "shard-2:900=+1"];
+        let submit =
+            concord(&["txn", "submit", "--coordinator", coordinator, writes[0], writes[1]]);
+        if text(&submit).contains("committed") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no new transaction commits: {}", text(&submit));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The directory is refused naming `file`, or starts with everything acknowledged.
 fn refused_or_intact(seeded: &Seeded, dir: &Path, file: &str, why: &str) -> bool {
     match start_outcome(dir, seeded.port, &[]) {
@@ -373,22 +390,7 @@ fn accepting_a_loss_starts_a_shard_from_what_is_readable_but_never_a_coordinator
         "the originals are set aside"
     );
     // New transactions commit on the shard once it has learned the coordinator's horizon.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let submit = concord(&[
-            "txn",
-            "submit",
-            "--coordinator",
-            &dev.coordinator,
-            "shard-1:900=+1",
-            "shard-2:900=+1",
-        ]);
-        if text(&submit).contains("committed") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no new transaction commits: {}", text(&submit));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    a_new_transaction_commits(&dev);
     let health = concord(&["data", "check", dir.to_str().unwrap()]);
     assert!(
         text(&health).contains("in use"),
@@ -542,21 +544,6 @@ fn accepting_a_loss_starts_a_paxos_commit_shard_and_new_transactions_commit() {
         Ok(stderr) => panic!("--accept-data-loss did not start the shard: {stderr}"),
         Err(dev) => dev,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let submit = concord(&[
-            "txn",
-            "submit",
-            "--coordinator",
-            &dev.coordinator,
-            "shard-1:900=+1",
-            "shard-2:900=+1",
-        ]);
-        if text(&submit).contains("committed") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no new transaction commits: {}", text(&submit));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    a_new_transaction_commits(&dev);
     drop(dev);
 }
