@@ -402,9 +402,12 @@ fn accepting_a_loss_starts_a_shard_from_what_is_readable_but_never_a_coordinator
     assert!(check.status.success(), "{}", text(&check));
     assert!(text(&check).contains("accepted a loss of data here before"), "{}", text(&check));
 
-    // The record of the loss deleted by hand: the log's manifest remembers, and it is back.
+    // The record of the loss deleted by hand: the log's manifest remembers (check says so),
+    // and the next start writes it again.
     let marker = dir.join("shard-1").join("DATA-LOSS-ACCEPTED");
     std::fs::remove_file(&marker).unwrap();
+    let check = concord(&["data", "check", dir.join("shard-1").to_str().unwrap()]);
+    assert!(text(&check).contains("accepted a loss of data here before"), "{}", text(&check));
     let dev = match start_outcome(&dir, seeded.port, &[]) {
         Ok(stderr) => panic!("did not start after the accepted loss: {stderr}"),
         Err(dev) => dev,

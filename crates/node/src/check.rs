@@ -49,25 +49,26 @@ pub fn check_data(dir: &Path) -> Result<DataReport, String> {
         report.segments,
         report.bytes
     )];
-    lines.extend(report.notes);
+    lines.extend(report.notes.iter().cloned());
     // The records are decoded as a start decodes them; a key-value shard's also name what its
     // version file must hold.
-    let raw = report.records;
+    let raw = &report.records;
     let kv = role == "shard" && dir.join("versions.redb").exists();
     let id = field("id").and_then(|id| id.parse::<u32>().ok()).unwrap_or(0);
     let node = (role.as_str(), concord_types::NodeId(id));
     let storage = match (paxos, kv) {
-        (false, false) => records::<TwoPc<Deltas>>(&raw, node).map(|_| None),
-        (true, false) => records::<PaxosCommit<Deltas>>(&raw, node).map(|_| None),
-        (false, true) => records::<TwoPc<KvStore>>(&raw, node).map(Some),
-        (true, true) => records::<PaxosCommit<KvStore>>(&raw, node).map(Some),
+        (false, false) => records::<TwoPc<Deltas>>(raw, node).map(|_| None),
+        (true, false) => records::<PaxosCommit<Deltas>>(raw, node).map(|_| None),
+        (false, true) => records::<TwoPc<KvStore>>(raw, node).map(Some),
+        (true, true) => records::<PaxosCommit<KvStore>>(raw, node).map(Some),
     }
     .map_err(|e| format!("{}: {e}", log_dir.display()))?;
     if let Some(seals) = storage {
         let expected = seals.into_iter().flatten().max_by_key(|s| s.generation);
         lines.push(crate::versions::check_file(&dir.join("versions.redb"), expected)?);
     }
-    let data_loss_accepted = dir.join(crate::DATA_LOSS_FILE).exists();
+    // The manifest remembers it even if the file was deleted (the next start writes it again).
+    let data_loss_accepted = dir.join(crate::DATA_LOSS_FILE).exists() || report.data_loss_accepted;
     Ok(DataReport { identity: identity.trim().replace('\n', ", "), lines, data_loss_accepted })
 }
 

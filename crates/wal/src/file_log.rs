@@ -128,6 +128,8 @@ pub struct CheckReport {
     pub bytes: u64,
     /// Things recovery would tidy (a torn tail above the durable floor, leftovers) — not loss.
     pub notes: Vec<String>,
+    /// The manifest says its operator accepted a loss of data in this log.
+    pub data_loss_accepted: bool,
 }
 
 /// What `FileLog::salvage` kept and what it set aside.
@@ -502,6 +504,7 @@ impl FileLog {
             records: plan.records,
             bytes: plan.read.iter().map(|(_, valid)| valid).sum(),
             notes: plan.notes,
+            data_loss_accepted: plan.data_loss_accepted,
         })
     }
 
