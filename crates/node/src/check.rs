@@ -111,12 +111,7 @@ where
         }
     }));
     replayed.map_err(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
-            .unwrap_or_default();
-        format!("its records are inconsistent ({what})")
+        format!("its records are inconsistent ({})", crate::panic_text(panic.as_ref()))
     })?;
     Ok(seals)
 }

@@ -115,6 +115,15 @@ fn check_data_dir(dir: &Path, expected: &str) -> Result<concord_wal::DirLock, No
         .map_err(|reason| NodeError::DataDir { path: dir.to_path_buf(), reason })
 }
 
+/// What a caught panic said (a core's assertion, redb on a damaged file).
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+        .unwrap_or_default()
+}
+
 /// A lazily connected channel to `address` with bounded connect and request times.
 pub fn channel(address: SocketAddr) -> Channel {
     Endpoint::from_shared(format!("http://{address}"))
@@ -373,11 +382,7 @@ async fn serve_engine<E: Engine>(
         node.step(Input::Restart { records });
     }));
     if let Err(panic) = replayed {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
-            .unwrap_or_default();
+        let what = panic_text(panic.as_ref());
         return Err(NodeError::DataDir {
             path: data_dir.join("log"),
             reason: format!("its records are inconsistent ({what}); refusing to start"),

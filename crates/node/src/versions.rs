@@ -74,11 +74,7 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, String>) -> Result<T, S
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result.map_err(|e| format!("{}: {e}", path.display())),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
-                .unwrap_or_default();
+            let what = crate::panic_text(panic.as_ref());
             Err(format!("{}: unreadable (damaged?): {what}", path.display()))
         }
     }

@@ -14,6 +14,9 @@ use crate::trace::{TraceEntry, TraceEvent};
 pub const FORMAT: &str = "concord-sim-trace";
 /// Bumped on any change a reader could notice; readers should refuse versions they do not know.
 pub const VERSION: u64 = 1;
+/// More nodes than any simulated run has: a document naming more is refused (a diagram draws a
+/// lane per node).
+pub const MAX_NODES: u64 = 256;
 
 /// The whole run: what it was, and every event in order.
 pub fn to_json(report: &RunReport) -> Value {
@@ -95,12 +98,21 @@ pub fn from_json(doc: &Value) -> Result<Vec<TraceEntry>, String> {
     if doc["version"] != VERSION {
         return Err(format!("version {} (this reader knows {VERSION})", doc["version"]));
     }
+    let nodes = doc["nodes"].as_u64().ok_or("`nodes` is not a number")?;
+    if nodes > MAX_NODES {
+        return Err(format!("{nodes} nodes: at most {MAX_NODES}"));
+    }
     let events = doc["events"].as_array().ok_or("no events array")?;
-    events
+    let entries: Vec<TraceEntry> = events
         .iter()
         .enumerate()
         .map(|(i, e)| event(e).map_err(|why| format!("event {i}: {why}")))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let named = entries.iter().flat_map(|e| e.event.nodes()).find(|n| u64::from(n.0) >= nodes);
+    if let Some(node) = named {
+        return Err(format!("an event names {node}, but the run has {nodes} nodes"));
+    }
+    Ok(entries)
 }
 
 fn event(e: &Value) -> Result<TraceEntry, String> {

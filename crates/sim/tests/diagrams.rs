@@ -108,3 +108,20 @@ fn a_json_trace_is_complete_and_reads_back_the_same() {
     round_trip::<ThreePhase>(20);
     round_trip::<Naive>(20);
 }
+
+/// A trace file is input: one naming more nodes than a run has, or a node past its count, is
+/// refused rather than drawn with billions of lanes.
+#[test]
+fn a_json_trace_naming_absurd_nodes_is_refused() {
+    let mut config = sweep::random_config(1);
+    config.record_trace = true;
+    let report = concord_sim::simulate::<TwoPhase>(config);
+    let mut doc = concord_sim::trace_json::to_json(&report);
+    doc["nodes"] = serde_json::json!(u32::MAX);
+    assert!(concord_sim::trace_json::from_json(&doc).unwrap_err().contains("at most"));
+    let mut doc = concord_sim::trace_json::to_json(&report);
+    let crash =
+        serde_json::json!({"at_us": 0, "event": "crash", "node": 4_000_000_000u32, "lost": []});
+    doc["events"][0] = crash;
+    assert!(concord_sim::trace_json::from_json(&doc).unwrap_err().contains("names"));
+}

@@ -23,7 +23,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::frame::{append_frame, scan, ScanError, Tail};
-use crate::manifest::{Listed, Manifest};
+use crate::manifest::{Listed, Manifest, MAX_SEGMENT_ID};
 
 /// First bytes of every segment; a different value is another format.
 pub const MAGIC: &[u8; 8] = b"CNCDLOG1";
@@ -162,6 +162,13 @@ fn list(dir: &Path) -> io::Result<(Vec<PathBuf>, Vec<u64>)> {
         if name.ends_with(".tmp") {
             tmp.push(dir.join(name.as_ref()));
         } else if let Some(id) = name.strip_suffix(".log").and_then(|s| s.parse::<u64>().ok()) {
+            if id > MAX_SEGMENT_ID {
+                let reason = "segment id out of range: not a segment this log wrote";
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{name}: {reason}"),
+                ));
+            }
             ids.push(id);
         }
     }

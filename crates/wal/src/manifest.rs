@@ -33,6 +33,11 @@ const MAGIC: &[u8; 8] = b"CNCDMAN1";
 const ENTRY_BYTES: usize = 8 + 1 + 1 + 8;
 /// A log with more segments than this is damage (or a misconfiguration), not a log.
 const MAX_SEGMENTS: u32 = 1 << 20;
+/// Segment ids above this are damage (a log rolls far fewer times in any life), so one past
+/// any id never overflows.
+pub const MAX_SEGMENT_ID: u64 = 1 << 60;
+/// The largest manifest there can be; a bigger file is refused before it is read whole.
+const MAX_BYTES: u64 = 21 + 4 + MAX_SEGMENTS as u64 * ENTRY_BYTES as u64;
 
 /// One segment as the manifest lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +121,9 @@ impl Manifest {
                 length: u64_at(at + 10),
             });
         }
+        if segments.iter().any(|s| s.id > MAX_SEGMENT_ID) {
+            return Err("a segment id out of range".to_string());
+        }
         if segments.windows(2).any(|w| w[0].id >= w[1].id) {
             return Err("segment ids out of order".to_string());
         }
@@ -127,6 +135,14 @@ impl Manifest {
 
     /// Reads the manifest in `dir`: `Ok(None)` if there is none.
     pub fn read(dir: &Path) -> io::Result<Option<Result<Manifest, String>>> {
+        match fs::metadata(Manifest::path(dir)) {
+            Ok(meta) if meta.len() > MAX_BYTES => {
+                return Ok(Some(Err(format!("{} bytes: larger than any manifest", meta.len()))))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
         match fs::read(Manifest::path(dir)) {
             Ok(bytes) => Ok(Some(Manifest::decode(&bytes))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -158,6 +174,13 @@ mod tests {
                 Listed { id: 4, kind: 0, sealed: false, length: 9 },
             ],
         }
+    }
+
+    #[test]
+    fn an_id_out_of_range_is_refused() {
+        let mut m = sample();
+        m.segments[1].id = MAX_SEGMENT_ID + 1;
+        assert!(Manifest::decode(&m.encode()).unwrap_err().contains("out of range"));
     }
 
     #[test]

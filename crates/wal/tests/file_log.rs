@@ -497,3 +497,13 @@ fn a_directory_from_before_manifests_is_adopted_once_and_a_gap_is_refused() {
         Err(OpenError::Damaged { .. })
     ));
 }
+
+/// A segment named with an absurd id is refused at the door (one past it would overflow).
+#[test]
+fn a_segment_id_out_of_range_is_refused() {
+    let dir = TempDir::new();
+    stopped_log(&dir, 2, 1 << 20);
+    fs::write(dir.0.join(format!("{}.log", u64::MAX)), b"CNCDLOG1\x00").unwrap();
+    let error = FileLog::open(&dir.0, 1 << 20).unwrap_err().to_string();
+    assert!(error.contains("out of range"), "{error}");
+}
