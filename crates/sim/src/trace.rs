@@ -121,7 +121,7 @@ impl TraceEvent {
         TraceEvent::Lost { id, from, to, label, detail, reason }
     }
 
-    /// The nodes this event names.
+    /// The nodes this event happens at: each needs a lane in a diagram.
     pub fn nodes(&self) -> Vec<NodeId> {
         match self {
             TraceEvent::Send { from, to, .. }
@@ -134,7 +134,9 @@ impl TraceEvent {
             | TraceEvent::Restart { node, .. }
             | TraceEvent::TimerSet { node, .. }
             | TraceEvent::TimerFired { node, .. } => vec![*node],
-            TraceEvent::Partition { side } => side.clone(),
+            // A partition is drawn across every lane, and its side may name nodes a run does
+            // not have (a random schedule's cut): it needs no lane of its own.
+            TraceEvent::Partition { .. } => Vec::new(),
             TraceEvent::Submit { .. } | TraceEvent::Heal | TraceEvent::Status { .. } => {
                 vec![crate::config::COORDINATOR]
             }
