@@ -219,7 +219,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
 /// One cross-shard commit through, however long the first takes (bounded).
 async fn warm_up_across(gateway: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let kv = KvClient::connect(gateway);
+    let kv = crate::creds::kv_client(gateway);
     loop {
         let attempt = async {
             let mut txn = kv.begin().await?;
@@ -239,7 +239,7 @@ async fn warm_up_across(gateway: SocketAddr) -> Result<(), String> {
 
 async fn wait_up(gateway: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let kv = KvClient::connect(gateway);
+    let kv = crate::creds::kv_client(gateway);
     loop {
         // After a start, shards refuse writes for the maximum clock offset: wait for a write.
         let probe = async {
@@ -319,7 +319,9 @@ async fn measure(
 ) -> Measured {
     let pool: Vec<KvClient> = (0..connections)
         .map(|_| {
-            KvClient::connect(gateway).with_write_buffering(buffered).with_ids_ahead(ids_ahead)
+            crate::creds::kv_client(gateway)
+                .with_write_buffering(buffered)
+                .with_ids_ahead(ids_ahead)
         })
         .collect();
     closed_loop(clients, duration, |c, deadline| {

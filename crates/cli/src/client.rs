@@ -113,7 +113,7 @@ fn status_error(what: &str, status: &tonic::Status) -> String {
 }
 
 pub fn client(address: SocketAddr) -> ClientClient<Channel> {
-    ClientClient::new(concord_node::channel(address))
+    ClientClient::new(crate::creds::channel(address))
         .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES)
 }
 
@@ -406,7 +406,7 @@ pub async fn read_shard(
 ) -> Result<proto::ReadShardReply, String> {
     let mut request = tonic::Request::new(proto::ReadShardRequest { keys });
     request.set_timeout(Duration::from_secs(10));
-    Ok(NodeClient::new(concord_node::channel(address))
+    Ok(NodeClient::new(crate::creds::channel(address))
         .max_decoding_message_size(concord_node::MAX_MESSAGE_BYTES)
         .read_shard(request)
         .await

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_check::bank::{check_bank, BankRead};
-use concord_client::{KvClient, KvError, Txn};
+use concord_client::{KvError, Txn};
 use concord_node::config::KvConfig;
 use concord_sim::rng::{run_seed, Rng};
 
@@ -109,7 +109,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
         let stop = Arc::clone(&stop);
         let mut rng = Rng::new(run_seed(options.seed, u64::from(c) + 1));
         workers.spawn_local(async move {
-            let kv = KvClient::connect(gateway);
+            let kv = crate::creds::kv_client(gateway);
             let (mut committed, mut failed, mut unknown) = (0u64, 0u64, 0u64);
             let (mut committed_ids, mut unknown_ids) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
@@ -155,7 +155,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     {
         let stop = Arc::clone(&stop);
         workers.spawn_local(async move {
-            let kv = KvClient::connect(gateway);
+            let kv = crate::creds::kv_client(gateway);
             let mut reads = Vec::new();
             let mut failed = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -202,7 +202,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     let audits = reads.len();
 
     // Every node is up: a final audit must get through (nothing left prepared) and hold.
-    let kv = KvClient::connect(gateway);
+    let kv = crate::creds::kv_client(gateway);
     let deadline = Instant::now() + Duration::from_secs(30);
     let final_read = loop {
         match kv.transact(async |txn| audit(txn).await).await {

@@ -158,7 +158,7 @@ impl Cluster {
                     return Err(format!("{name} exited with {status}: {}", tail.join(" | ")));
                 }
             }
-            let mut node = proto::node_client::NodeClient::new(concord_node::channel(address));
+            let mut node = proto::node_client::NodeClient::new(crate::creds::channel(address));
             let mut request = tonic::Request::new(proto::HealthRequest {});
             request.set_timeout(Duration::from_millis(500));
             if node.health(request).await.is_ok() {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use concord_client::{Isolation, KvClient, KvError, Txn};
+use concord_client::{Isolation, KvError, Txn};
 
 /// Where `concord dev` serves the key-value store.
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:7710";
@@ -127,7 +127,7 @@ pub fn run(gateway: SocketAddr, isolation: &str, command: KvCommand) -> Result<E
         }
     };
     let result = crate::cluster::runtime()?.block_on(async {
-        let client = KvClient::connect(gateway).with_isolation(isolation);
+        let client = crate::creds::kv_client(gateway).with_isolation(isolation);
         client
             .transact(async |txn| run_ops(txn, &ops).await)
             .await
@@ -154,7 +154,7 @@ fn scan(
     limit: u32,
 ) -> Result<ExitCode, String> {
     let (rows, more) = crate::cluster::runtime()?.block_on(async {
-        let client = KvClient::connect(gateway).with_isolation(isolation);
+        let client = crate::creds::kv_client(gateway).with_isolation(isolation);
         client
             .transact(async |txn| txn.scan(start, end.map(str::as_bytes), limit).await)
             .await

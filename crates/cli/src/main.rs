@@ -7,10 +7,12 @@ mod bench_databases;
 mod bench_kv;
 mod bench_saga;
 mod bench_transfer;
+mod certs;
 mod client;
 mod cluster;
 mod crash_kv;
 mod crash_test;
+mod creds;
 mod data;
 mod databases;
 mod kv;
@@ -37,6 +39,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Distributed transactions that stay all-or-nothing under failure"
 )]
 struct Cli {
+    /// The cluster's CA certificate: client commands then talk TLS to the nodes and check
+    /// they reached one of the cluster's (docs/security.md).
+    #[arg(long, env = "CONCORD_CA", global = true)]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +90,11 @@ enum Command {
         /// is refused.
         #[arg(long)]
         insecure: bool,
+    },
+    /// Certificates for TLS: `init` makes the cluster's CA and each node's certificate.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
     },
     /// Data directories: `check` reads everything in one (or every node's under it) and
     /// reports what a start would refuse, changing nothing.
@@ -188,6 +199,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = creds::init(cli.ca) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Dev { data_dir, shards, port, protocol, accept_data_loss } => {
             let options = concord_node::StartOptions { accept_data_loss };
@@ -197,6 +212,7 @@ fn main() -> ExitCode {
             let options = concord_node::StartOptions { accept_data_loss };
             cluster::serve(&config, &node, data_dir, options, insecure)
         }
+        Command::Certs { command } => certs::run(command),
         Command::Data { command } => data::run(command),
         Command::Txn { command } => client::run_txn(command),
         Command::Kv { gateway, isolation, command } => kv::run(gateway, &isolation, command),

@@ -147,8 +147,20 @@ impl KvClient {
     /// Connects lazily: the first call opens the connection (and the next call after it
     /// breaks opens it again). Call it inside a tokio runtime.
     pub fn connect(gateway: SocketAddr) -> Self {
+        Self::with_client(CallClient::new(gateway))
+    }
+
+    /// [`KvClient::connect`] over TLS, trusting `credentials`' CA.
+    pub fn connect_with(
+        gateway: SocketAddr,
+        credentials: &concord_node::tls::ClientCredentials,
+    ) -> Self {
+        Self::with_client(concord_node::call_client(gateway, credentials))
+    }
+
+    fn with_client(inner: CallClient) -> Self {
         KvClient {
-            inner: CallClient::new(gateway),
+            inner,
             isolation: Isolation::default(),
             buffer_writes: true,
             ahead: Arc::new(Mutex::new(Vec::new())),

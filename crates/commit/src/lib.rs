@@ -41,8 +41,8 @@ pub mod two_phase;
 
 pub use protocol::{
     backoff_us, Branch, Checkpoint, Command, Core, Durability, Input, MessageKind, NoRole,
-    ParticipantView, Protocol, RecordKind, Rejection, Reservation, ResourceParticipant, Switches,
-    Topology,
+    NodeRole, ParticipantView, Protocol, RecordKind, Rejection, Reservation, ResourceParticipant,
+    Switches, Topology,
 };
 pub use resource::{Change, Resource};
 

@@ -301,6 +301,15 @@ impl<M, R, T, C> Checkpoint for NoRole<M, R, T, C> {
     }
 }
 
+/// A node's part in a protocol, as a receiver knows its sender's: by the sender's certificate
+/// in the runtime, by its node in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeRole {
+    Coordinator,
+    Participant,
+    Acceptor,
+}
+
 /// An atomic-commit protocol: its message, record and timer types and its roles.
 pub trait Protocol {
     /// The name on the command line (`--protocol 2pc`).
@@ -345,6 +354,12 @@ pub trait Protocol {
         unreachable!("{} participants cannot run after a data loss", Self::NAME)
     }
     fn message_kind(msg: &Self::Msg) -> MessageKind;
+    /// Whether a node of role `from_role` ever sends `msg` to a node of role `to_role`. The
+    /// runtime refuses a peer's message this says no to (a shard posing as the coordinator);
+    /// the simulator asserts it of every send, so the rule never refuses an honest message.
+    fn may_send(_msg: &Self::Msg, _from: NodeId, _from_role: NodeRole, _to_role: NodeRole) -> bool {
+        true
+    }
     fn record_kind(record: &Self::Record) -> RecordKind;
 
     /// The message that asks a participant for `txn`'s outcome on behalf of a status query

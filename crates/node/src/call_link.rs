@@ -32,9 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
+
+use crate::tls::{Conn, Dial};
 use tokio::sync::{oneshot, Semaphore};
 use tonic::{Code, Status};
 
@@ -215,16 +216,16 @@ fn reply_from(code: u8, body: &[u8]) -> Result<Vec<u8>, Status> {
 /// client sends a frame that is not a call (the connection is dropped), or `stopped` (the
 /// node stops: its clients see the connection close and reconnect to whatever serves next).
 pub(crate) async fn serve_connection(
-    stream: TcpStream,
+    stream: Conn,
     service: Arc<dyn Serve>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    let (mut read_half, mut write_half) = stream.into_split();
+    let (mut read_half, mut write_half) = tokio::io::split(stream);
     let replies = Arc::new(Outbox::default());
     let writer = {
         let replies = Arc::clone(&replies);
         tokio::spawn(async move {
-            link::write_loop(&mut write_half, &replies, None::<&mut OwnedReadHalf>).await
+            link::write_loop(&mut write_half, &replies, None::<&mut ReadHalf<Conn>>).await
         })
     };
     let permits = Arc::new(Semaphore::new(MAX_CALLS_PER_CONNECTION));
@@ -271,6 +272,8 @@ pub struct CallClient {
 #[derive(Debug)]
 struct Shared {
     address: SocketAddr,
+    /// TLS, and the node the server must prove it is (or any node, for clients).
+    dial: Option<Dial>,
     next_id: AtomicU64,
     current: Mutex<Option<Arc<Connection>>>,
 }
@@ -296,9 +299,15 @@ struct Connection {
 impl CallClient {
     /// A client of the node at `address`; nothing is opened until the first call.
     pub fn new(address: SocketAddr) -> Self {
+        Self::with_dial(address, None)
+    }
+
+    /// A client of the node at `address` that dials over TLS with `dial`.
+    pub(crate) fn with_dial(address: SocketAddr, dial: Option<Dial>) -> Self {
         CallClient {
             shared: Arc::new(Shared {
                 address,
+                dial,
                 next_id: AtomicU64::new(1),
                 current: Mutex::new(None),
             }),
@@ -371,7 +380,8 @@ impl CallClient {
             }
         }
         let connection = Arc::new(Connection::default());
-        tokio::spawn(run(self.shared.address, Arc::clone(&connection)));
+        let dial = self.shared.dial.clone();
+        tokio::spawn(run(self.shared.address, dial, Arc::clone(&connection)));
         *current = Some(Arc::clone(&connection));
         connection
     }
@@ -379,15 +389,21 @@ impl CallClient {
 
 /// Opens the connection, then writes calls and hands out replies until it breaks or the client
 /// is dropped; then fails every call still waiting.
-async fn run(address: SocketAddr, connection: Arc<Connection>) {
+async fn run(address: SocketAddr, dial: Option<Dial>, connection: Arc<Connection>) {
     let served = async {
-        let mut stream =
+        let tcp =
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await.ok()?.ok()?;
-        stream.set_nodelay(true).ok()?;
+        tcp.set_nodelay(true).ok()?;
+        let mut stream = match &dial {
+            None => Conn::Plain(tcp),
+            Some(dial) => {
+                tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(tcp)).await.ok()?.ok()?
+            }
+        };
         tokio::time::timeout(link::WRITE_TIMEOUT, stream.write_all(&MAGIC)).await.ok()?.ok()?;
-        let (mut read_half, mut write_half) = stream.into_split();
+        let (mut read_half, mut write_half) = tokio::io::split(stream);
         let writer =
-            link::write_loop(&mut write_half, &connection.outbox, None::<&mut OwnedReadHalf>);
+            link::write_loop(&mut write_half, &connection.outbox, None::<&mut ReadHalf<Conn>>);
         let reader = async {
             let mut buf = Vec::with_capacity(link::READ_CHUNK);
             while link::read_more(&mut read_half, &mut buf).await {
@@ -463,7 +479,7 @@ mod tests {
                 assert_eq!(magic, MAGIC);
                 let (_keep, stopped) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    serve_connection(stream, Arc::new(Echo), stopped).await;
+                    serve_connection(Conn::Plain(stream), Arc::new(Echo), stopped).await;
                     drop(_keep);
                 });
             }

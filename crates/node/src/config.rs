@@ -82,6 +82,18 @@ pub struct ClusterConfig {
     /// Present: the shards are a key-value store.
     #[serde(default)]
     pub kv: Option<KvConfig>,
+    /// Present: every link is TLS, nodes prove who they are by certificate (docs/security.md).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: where the cluster's certificates are (`concord certs init` writes them).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `ca.pem`, and `<node name>.pem` and `.key` for each node; a relative path is taken from
+    /// the configuration file's directory.
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -238,11 +250,17 @@ impl ClusterConfig {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: shown, message },
             ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: shown, message },
             other => other,
-        })
+        })?;
+        if let (Some(tls), Some(parent)) = (&mut config.tls, path.parent()) {
+            if tls.dir.is_relative() {
+                tls.dir = parent.join(&tls.dir);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates; errors say which field is wrong.
@@ -406,6 +424,7 @@ impl ClusterConfig {
             timeouts: Timeouts::default(),
             log: LogConfig::default(),
             kv: None,
+            tls: None,
         }
     }
 

@@ -188,8 +188,9 @@ pub(crate) async fn learn_horizons<E: Engine>(
         .collect();
     for coordinator in coordinators {
         loop {
-            let mut client =
-                crate::proto::client_client::ClientClient::new(crate::channel(coordinator.listen));
+            let to = concord_types::NodeId(coordinator.id);
+            let channel = crate::node_channel(handle.tls.as_deref(), to, coordinator.listen);
+            let mut client = crate::proto::client_client::ClientClient::new(channel);
             let asked = tokio::time::timeout(
                 Duration::from_secs(5),
                 client.reserve(crate::proto::ReserveRequest {}),

@@ -18,10 +18,10 @@
 use std::marker::PhantomData;
 
 use concord_commit::amnesia::AfterDataLoss;
-use concord_commit::{paxos_commit, two_phase, Checkpoint, Core, ResourceParticipant};
+use concord_commit::{paxos_commit, two_phase, Checkpoint, Core, NodeRole, ResourceParticipant};
 use concord_types::{Decision, NodeId, TxnId, Vote};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Role};
 use crate::model::{Change, Model, Snapshot};
 
 pub(crate) type ResourceOf<E> = <<E as Engine>::Model as Model>::Resource;
@@ -109,6 +109,18 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// The message that asks a shard for `txn`'s outcome (an undecided shard that never saw
     /// `txn` promises ABORT before it answers).
     fn status_inquiry(txn: TxnId) -> Self::Msg;
+    /// Whether node `from`, a `from_role`, ever sends `msg` to a `to_role`
+    /// (`concord_commit::Protocol::may_send`).
+    fn may_send(msg: &Self::Msg, from: NodeId, from_role: Role, to_role: Role) -> bool;
+}
+
+/// The protocols' name for a configured role.
+fn node_role(role: Role) -> NodeRole {
+    match role {
+        Role::Coordinator => NodeRole::Coordinator,
+        Role::Shard => NodeRole::Participant,
+        Role::Acceptor => NodeRole::Acceptor,
+    }
 }
 
 /// Two-phase commit with presumed abort (`protocol = "2pc"`).
@@ -185,6 +197,9 @@ impl<M: Model> Engine for TwoPc<M> {
     }
     fn status_inquiry(txn: TxnId) -> Self::Msg {
         two_phase::Msg::Inquire { txn }
+    }
+    fn may_send(msg: &Self::Msg, from: NodeId, from_role: Role, to_role: Role) -> bool {
+        two_phase::may_send(msg, from, node_role(from_role), node_role(to_role))
     }
 }
 
@@ -270,5 +285,8 @@ impl<M: Model> Engine for PaxosCommit<M> {
     }
     fn status_inquiry(txn: TxnId) -> Self::Msg {
         paxos_commit::Msg::Inquire { txn, participants: Vec::new() }
+    }
+    fn may_send(msg: &Self::Msg, from: NodeId, from_role: Role, to_role: Role) -> bool {
+        paxos_commit::may_send(msg, from, node_role(from_role), node_role(to_role))
     }
 }

@@ -248,12 +248,21 @@ enum Lookup<T> {
 }
 
 impl Gateway {
-    pub(crate) fn start(handle: KvHandle, config: &ClusterConfig) -> Arc<Gateway> {
+    pub(crate) fn start(
+        handle: KvHandle,
+        config: &ClusterConfig,
+        tls: Option<&crate::tls::NodeTls>,
+    ) -> Arc<Gateway> {
         let kv = config.kv.clone().expect("a key-value cluster has a [kv] section");
         let shard_nodes = config.shards_by_id();
         let map = kv.shard_map(shard_nodes.len()).expect("validated with the configuration");
-        let shards =
-            shard_nodes.iter().map(|n| (NodeId(n.id), CallClient::new(n.listen))).collect();
+        let shards = shard_nodes
+            .iter()
+            .map(|n| {
+                let dial = tls.map(|tls| tls.dial(NodeId(n.id)));
+                (NodeId(n.id), CallClient::with_dial(n.listen, dial))
+            })
+            .collect();
         let names = shard_nodes.iter().map(|n| n.name.clone()).collect();
         let gateway = Arc::new(Gateway {
             handle,

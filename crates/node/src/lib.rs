@@ -12,8 +12,10 @@
 //! See `proto/concord.proto` for the gRPC contract and the call bodies.
 
 pub mod call_link;
+pub mod certs;
 mod check;
 pub mod config;
+pub mod tls;
 
 /// The decoders that bytes from a socket reach, for the fuzzers (`crates/fuzzing`): not an API.
 #[doc(hidden)]
@@ -59,7 +61,7 @@ use concord_commit::Input;
 use concord_types::codec::Encode;
 use concord_types::NodeId;
 use concord_wal::GroupCommit;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
@@ -124,20 +126,49 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
-/// A lazily connected channel to `address` with bounded connect and request times.
-pub fn channel(address: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{address}"))
+/// A lazily connected channel to `address` with bounded connect and request times, over TLS
+/// when `tls` is given.
+fn channel_with(address: SocketAddr, tls: Option<tonic::transport::ClientTlsConfig>) -> Channel {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .expect("a socket address is a valid URI")
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy()
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).expect("a TLS configuration from valid PEM");
+    }
+    endpoint.connect_lazy()
+}
+
+/// A lazily connected channel to `address` with bounded connect and request times (plain).
+pub fn channel(address: SocketAddr) -> Channel {
+    channel_with(address, None)
+}
+
+/// A TLS channel to the node at `address` for a client trusting `credentials`' CA.
+pub fn client_channel(address: SocketAddr, credentials: &tls::ClientCredentials) -> Channel {
+    channel_with(address, Some(credentials.grpc()))
+}
+
+/// A call-link client of the gateway at `address` for a client holding `credentials`.
+pub fn call_client(
+    address: SocketAddr,
+    credentials: &tls::ClientCredentials,
+) -> call_link::CallClient {
+    call_link::CallClient::with_dial(address, Some(credentials.dial()))
+}
+
+/// A channel from this node to node `to`, presenting this node's certificate under TLS.
+pub(crate) fn node_channel(tls: Option<&tls::NodeTls>, to: NodeId, address: SocketAddr) -> Channel {
+    channel_with(address, tls.map(|tls| tls.grpc(to)))
 }
 
 /// Accepts connections on the node's port until `stopped`: a Concord link (peer or call) is
-/// served here, anything else is handed to the gRPC server.
+/// served here, anything else is handed to the gRPC server. With TLS, the handshake comes
+/// first and ALPN says which; without, the first byte.
 async fn accept_loop<E: Engine>(
     listener: TcpListener,
-    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+    grpc: mpsc::Sender<std::io::Result<tls::GrpcConn>>,
     handle: Handle<E>,
     calls: Option<Arc<dyn call_link::Serve>>,
     mut stopped: watch::Receiver<bool>,
@@ -157,14 +188,43 @@ async fn accept_loop<E: Engine>(
         let (grpc, handle, calls, stopped) =
             (grpc.clone(), handle.clone(), calls.clone(), stopped.clone());
         tokio::spawn(async move {
+            let remote = stream.peer_addr().ok();
+            if let Some(tls) = handle.tls.clone() {
+                let accepted = match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(accepted)) => accepted,
+                    Ok(Err(e)) => {
+                        let from = remote.map_or_else(String::new, |a| format!(" from {a}"));
+                        eprintln!("{}: refused a connection{from}: TLS: {e}", handle.me);
+                        return;
+                    }
+                    Err(_) => return, // silent: dropped
+                };
+                if accepted.grpc {
+                    let node = accepted.cert.as_ref().and_then(|cert| {
+                        handle
+                            .config
+                            .nodes
+                            .iter()
+                            .map(|n| NodeId(n.id))
+                            .find(|&id| tls.is_node(cert, id))
+                    });
+                    let info = tls::ConnInfo { remote, node };
+                    let _ = grpc.send(Ok(tls::GrpcConn { conn: accepted.conn, info })).await;
+                } else {
+                    serve_link(accepted.conn, accepted.cert, handle, calls, stopped).await;
+                }
+                return;
+            }
             let mut first = [0u8; 1];
             let peeked = tokio::time::timeout(HELLO_TIMEOUT, stream.peek(&mut first));
             match peeked.await {
                 Ok(Ok(1)) if first[0] == link::FIRST_BYTE => {
-                    serve_link(stream, handle, calls, stopped).await;
+                    serve_link(tls::Conn::Plain(stream), None, handle, calls, stopped).await;
                 }
                 Ok(Ok(1)) => {
-                    let _ = grpc.send(Ok(stream)).await;
+                    let info = tls::ConnInfo { remote, node: None };
+                    let conn = tls::GrpcConn { conn: tls::Conn::Plain(stream), info };
+                    let _ = grpc.send(Ok(conn)).await;
                 }
                 _ => {} // closed or silent: dropped
             }
@@ -174,7 +234,8 @@ async fn accept_loop<E: Engine>(
 
 /// A connection that opened like a Concord link: its magic says which.
 async fn serve_link<E: Engine>(
-    mut stream: TcpStream,
+    mut stream: tls::Conn,
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
     handle: Handle<E>,
     calls: Option<Arc<dyn call_link::Serve>>,
     stopped: watch::Receiver<bool>,
@@ -188,7 +249,7 @@ async fn serve_link<E: Engine>(
         Err(_) => return,
     };
     match (kind, calls) {
-        (link::LinkKind::Peer, _) => serve_peer(stream, handle, stopped).await,
+        (link::LinkKind::Peer, _) => serve_peer(stream, cert, handle, stopped).await,
         (link::LinkKind::Call, Some(calls)) => {
             call_link::serve_connection(stream, calls, stopped).await;
         }
@@ -198,25 +259,59 @@ async fn serve_link<E: Engine>(
     }
 }
 
-/// One accepted peer link: its hello checked, then its messages into the loop, a batch per read.
+/// One accepted peer link: its hello checked (under TLS, against the dialler's certificate),
+/// then its messages into the loop, a batch per read. A message the sender's role never sends
+/// closes the link, and none of that read's messages reach the core.
 async fn serve_peer<E: Engine>(
-    mut stream: TcpStream,
+    mut stream: tls::Conn,
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
     handle: Handle<E>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let remote = stream.peer_addr().map_or_else(String::new, |a| format!(" from {a}"));
     let hello =
         tokio::time::timeout(HELLO_TIMEOUT, peer_link::read_hello(&mut stream, &handle.config));
     let from = match hello.await {
         Ok(Ok(from)) => from,
         Ok(Err(reason)) => {
-            eprintln!("{}: refused a peer connection: {reason}", handle.me);
+            eprintln!("{}: refused a peer connection{remote}: {reason}", handle.me);
             return;
         }
         Err(_) => return,
     };
-    let deliver = |msgs| {
+    if let Some(tls) = &handle.tls {
+        if !cert.as_ref().is_some_and(|cert| tls.is_node(cert, from)) {
+            eprintln!(
+                "{}: refused a peer connection{remote}: it says it is node {from}, but its certificate does not name that node",
+                handle.me
+            );
+            return;
+        }
+    }
+    let role_of = |id: u32| handle.config.nodes.iter().find(|n| n.id == id).map(|n| n.role);
+    // read_hello checked the sender is configured; this node is.
+    let (Some(from_role), Some(my_role)) =
+        (role_of(from.0), handle.config.node(&handle.me).map(|n| n.role))
+    else {
+        return;
+    };
+    let me = handle.me.clone();
+    let deliver = |msgs: Vec<E::Msg>| {
         let events = handle.events.clone();
-        async move { events.send(Event::Messages { from, msgs }).await.is_ok() }
+        let refused = msgs
+            .iter()
+            .find(|m| !E::may_send(m, from, from_role, my_role))
+            .map(ToString::to_string);
+        let me = me.clone();
+        async move {
+            if let Some(msg) = refused {
+                eprintln!(
+                    "{me}: dropped the peer link from {from} ({from_role}): a {from_role} never sends {msg} to a {my_role}; none of its last read was applied"
+                );
+                return false;
+            }
+            events.send(Event::Messages { from, msgs }).await.is_ok()
+        }
     };
     let received = tokio::select! {
         _ = stopped.wait_for(|stop| *stop) => Ok(()),
@@ -310,6 +405,15 @@ async fn serve_engine<E: Engine>(
             ),
         })?);
     }
+    let tls = match &config.tls {
+        Some(section) => {
+            let files = tls::CertFiles { dir: section.dir.clone() };
+            let loaded = tls::NodeTls::load(&files, &config.cluster, &me.name, NodeId(me.id))
+                .map_err(|reason| NodeError::Config(format!("[tls]: {reason}")))?;
+            Some(Arc::new(loaded))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(me.listen)
         .await
         .map_err(|source| NodeError::Listen { address: me.listen, source })?;
@@ -338,7 +442,8 @@ async fn serve_engine<E: Engine>(
         let outbox = Arc::new(link::Outbox::default());
         outboxes.insert(NodeId(peer.id), peer_link::PeerSender(Arc::clone(&outbox)));
         let cluster = config.cluster.clone();
-        tokio::spawn(peer_link::send_loop(NodeId(me.id), cluster, peer.listen, outbox));
+        let dial = tls.as_ref().map(|tls| tls.dial(NodeId(peer.id)));
+        tokio::spawn(peer_link::send_loop(NodeId(me.id), cluster, peer.listen, dial, outbox));
     }
     let id = NodeId(me.id);
     let role = match me.role {
@@ -407,7 +512,8 @@ async fn serve_engine<E: Engine>(
         E::Model::after_restart(p.resource_mut());
     }
 
-    let handle: Handle<E> = Handle::new(external_tx, Arc::new(config.clone()), me.name.clone());
+    let handle: Handle<E> =
+        Handle::new(external_tx, Arc::new(config.clone()), me.name.clone(), tls);
     if let Some(amnesia) = amnesia {
         let learning =
             data_loss::learn_horizons(handle.clone(), config, data_dir.to_path_buf(), amnesia);

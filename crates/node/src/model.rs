@@ -234,7 +234,9 @@ impl Model for KvStore {
     ) -> (Option<Arc<Gateway>>, Option<KvHandle>) {
         let kv = KvHandle::new(handle);
         match role {
-            Role::Coordinator => (Some(Gateway::start(kv, &handle.config)), None),
+            Role::Coordinator => {
+                (Some(Gateway::start(kv, &handle.config, handle.tls.as_deref())), None)
+            }
             Role::Shard => {
                 let ttl = handle.config.kv.as_ref().map_or(60_000, |kv| kv.gc_ttl_ms);
                 tokio::spawn(crate::kv::collect_garbage(

@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use concord_types::codec::{Encode, Writer};
 use concord_types::NodeId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls::{Conn, Dial};
 
 use crate::config::ClusterConfig;
 use crate::link::{self, Outbox, WriterEnd};
@@ -77,12 +79,19 @@ pub(crate) fn hello(me: NodeId, cluster: &str) -> Vec<u8> {
 /// watches the read side: a read that completes means the peer closed the link (it crashed or
 /// restarted), and the writer reconnects at once instead of losing its next batch to a dead
 /// connection.
-pub(crate) async fn send_loop(me: NodeId, cluster: String, to: SocketAddr, outbox: Arc<Outbox>) {
+/// With `dial`, the link is TLS and the peer must prove it is the node meant.
+pub(crate) async fn send_loop(
+    me: NodeId,
+    cluster: String,
+    to: SocketAddr,
+    dial: Option<Dial>,
+    outbox: Arc<Outbox>,
+) {
     let hello = hello(me, &cluster);
     let mut stale = Vec::new();
     let mut backoff = RECONNECT_MIN;
     while !outbox.is_closed() {
-        let Some(mut stream) = connect(to, &hello).await else {
+        let Some(stream) = connect(to, dial.as_ref(), &hello).await else {
             // What waited for an unreachable peer is stale by the time it answers.
             outbox.take(&mut stale);
             tokio::time::sleep(backoff).await;
@@ -90,7 +99,7 @@ pub(crate) async fn send_loop(me: NodeId, cluster: String, to: SocketAddr, outbo
             continue;
         };
         backoff = RECONNECT_MIN;
-        let (mut read_half, mut write_half) = stream.split();
+        let (mut read_half, mut write_half) = tokio::io::split(stream);
         if link::write_loop(&mut write_half, &outbox, Some(&mut read_half)).await
             == WriterEnd::Closed
         {
@@ -99,11 +108,14 @@ pub(crate) async fn send_loop(me: NodeId, cluster: String, to: SocketAddr, outbo
     }
 }
 
-async fn connect(to: SocketAddr, hello: &[u8]) -> Option<TcpStream> {
-    let mut stream =
-        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await.ok()?.ok()?;
+async fn connect(to: SocketAddr, dial: Option<&Dial>, hello: &[u8]) -> Option<Conn> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await.ok()?.ok()?;
     // Without TCP_NODELAY a lone message waits for the peer's delayed ACK.
-    stream.set_nodelay(true).ok()?;
+    tcp.set_nodelay(true).ok()?;
+    let mut stream = match dial {
+        None => Conn::Plain(tcp),
+        Some(dial) => tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(tcp)).await.ok()?.ok()?,
+    };
     tokio::time::timeout(link::WRITE_TIMEOUT, stream.write_all(hello)).await.ok()?.ok()?;
     Some(stream)
 }
@@ -111,7 +123,7 @@ async fn connect(to: SocketAddr, hello: &[u8]) -> Option<TcpStream> {
 /// Reads and checks the rest of a hello (the magic was read by the router): the sender's id if
 /// it is a node of this cluster.
 pub(crate) async fn read_hello(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     config: &ClusterConfig,
 ) -> Result<NodeId, String> {
     let mut head = [0u8; 6];
@@ -141,7 +153,7 @@ pub(crate) async fn read_hello(
 /// message is malformed (`Err`: the connection is dropped, and that read's messages with it),
 /// or `deliver` says to stop.
 pub(crate) async fn receive_loop<M: Encode, F: Future<Output = bool>>(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + Unpin,
     mut deliver: impl FnMut(Vec<M>) -> F,
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(link::READ_CHUNK);
@@ -208,7 +220,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let outbox = Arc::new(Outbox::default());
         let sender = PeerSender(Arc::clone(&outbox));
-        let writer = tokio::spawn(send_loop(NodeId(1), "c".into(), address, outbox));
+        let writer = tokio::spawn(send_loop(NodeId(1), "c".into(), address, None, outbox));
         let msgs = messages();
         for round in 0..2 {
             // The writer connects at once, and again as soon as the last link closes.

@@ -19,6 +19,8 @@ pub(crate) struct Handle<E: Engine> {
     pub events: mpsc::Sender<Event<E>>,
     pub config: std::sync::Arc<ClusterConfig>,
     pub me: String,
+    /// The node's TLS, when the cluster has `[tls]`: how it dials other nodes.
+    pub tls: Option<std::sync::Arc<crate::tls::NodeTls>>,
     /// Ids reserved by `Client.Reserve`, each with the moment it is given back unless it ran
     /// (one task releases them in order; see [`RESERVED_FOR`]).
     reservations: mpsc::Sender<(tokio::time::Instant, TxnId)>,
@@ -30,6 +32,7 @@ impl<E: Engine> Handle<E> {
         events: mpsc::Sender<Event<E>>,
         config: std::sync::Arc<ClusterConfig>,
         me: String,
+        tls: Option<std::sync::Arc<crate::tls::NodeTls>>,
     ) -> Self {
         let (reservations, mut due) = mpsc::channel(PENDING_RELEASES);
         let loop_events = events.clone();
@@ -43,7 +46,7 @@ impl<E: Engine> Handle<E> {
                 }
             }
         });
-        Handle { events, config, me, reservations }
+        Handle { events, config, me, tls, reservations }
     }
 }
 
@@ -53,6 +56,7 @@ impl<E: Engine> Clone for Handle<E> {
             events: self.events.clone(),
             config: self.config.clone(),
             me: self.me.clone(),
+            tls: self.tls.clone(),
             reservations: self.reservations.clone(),
         }
     }

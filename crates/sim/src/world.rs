@@ -361,7 +361,23 @@ impl<P: Protocol> Simulation<P> {
         }
     }
 
+    /// A node's role: node 0 coordinates, the participants follow, then the acceptors.
+    fn role_of(&self, node: NodeId) -> concord_commit::NodeRole {
+        match node {
+            COORDINATOR => concord_commit::NodeRole::Coordinator,
+            NodeId(i) if i <= self.config.participants => concord_commit::NodeRole::Participant,
+            _ => concord_commit::NodeRole::Acceptor,
+        }
+    }
+
     fn send(&mut self, from: NodeId, to: NodeId, msg: P::Msg, cause_depth: u32) {
+        // The runtime refuses a peer's message the sender's role never sends; a core sending
+        // one would be cut off by its own cluster.
+        let (from_role, to_role) = (self.role_of(from), self.role_of(to));
+        assert!(
+            P::may_send(&msg, from, from_role, to_role),
+            "{from} ({from_role:?}) sent {msg} to {to} ({to_role:?}), which the runtime refuses"
+        );
         let kind = P::message_kind(&msg);
         let logs = P::COORDINATOR_LOGS_DECISION;
         log_before_send::on_send(&mut self.history, from, kind, logs, self.now);

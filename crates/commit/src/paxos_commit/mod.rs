@@ -86,7 +86,7 @@ pub use acceptor::Acceptor;
 pub use coordinator::Coordinator;
 pub use participant::Participant;
 
-use crate::{MessageKind, Protocol, RecordKind, Switches, Topology};
+use crate::{MessageKind, NodeRole, Protocol, RecordKind, Switches, Topology};
 
 /// The Paxos Commit protocol.
 #[derive(Debug, Clone, Copy)]
@@ -280,6 +280,35 @@ impl Config {
     }
 }
 
+/// Who sends what in Paxos Commit ([`Protocol::may_send`]): only a transaction's coordinator
+/// prepares it or commits it in one phase; only acceptors answer phase 1 and 2; a participant
+/// proposes only its own instance's value at ballot 0; ballots above 0 and decisions come from
+/// leaders (the coordinator or an acceptor), and a participant tells a decision only to the
+/// coordinator or an acceptor asking it.
+pub fn may_send<C>(msg: &Msg<C>, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool {
+    use NodeRole::{Acceptor as A, Coordinator as C, Participant as P};
+    let own = |txn: &TxnId| from_role == C && txn.coordinator == from;
+    match msg {
+        Msg::Prepare { txn, .. } | Msg::CommitOnePhase { txn, .. } => own(txn) && to_role == P,
+        Msg::Phase2a { ballot, values, .. } => {
+            to_role == A
+                && match from_role {
+                    P => *ballot == 0 && values.iter().all(|(instance, _)| *instance == from),
+                    C | A => true,
+                }
+        }
+        Msg::Phase1a { .. } => from_role != P && to_role == A,
+        Msg::Phase2b { .. } | Msg::Phase1b { .. } | Msg::Reject { .. } => from_role == A,
+        Msg::Decision { .. } => from_role != P || to_role != P,
+        Msg::Inquire { txn, .. } => (from_role == P && to_role != P) || (own(txn) && to_role == P),
+        Msg::OnePhaseResult { .. } | Msg::Ack { .. } => from_role == P && to_role == C,
+        Msg::Forget { coordinator, .. } => {
+            (from_role == C && *coordinator == from) || from_role == A
+        }
+        Msg::Forgotten { .. } => from_role == P,
+    }
+}
+
 impl Protocol for PaxosCommit {
     const NAME: &'static str = "paxos-commit";
     const COORDINATOR_LOGS_DECISION: bool = false;
@@ -289,6 +318,10 @@ impl Protocol for PaxosCommit {
     type Config = Config;
     type Coordinator = Coordinator;
     type Participant = Participant;
+
+    fn may_send(msg: &Msg, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool {
+        may_send(msg, from, from_role, to_role)
+    }
 
     const RUNS_AFTER_DATA_LOSS: bool = true;
     fn set_amnesia(participant: &mut Participant, amnesia: crate::amnesia::Amnesia) {

@@ -77,7 +77,7 @@ use concord_types::{Decision, NodeId, TxnId, Vote, Write};
 pub use coordinator::Coordinator;
 pub use participant::Participant;
 
-use crate::{MessageKind, NoRole, Protocol, RecordKind, Switches, Topology};
+use crate::{MessageKind, NoRole, NodeRole, Protocol, RecordKind, Switches, Topology};
 
 /// The two-phase commit protocol.
 #[derive(Debug, Clone, Copy)]
@@ -216,6 +216,26 @@ impl Default for Config {
     }
 }
 
+/// Who sends what in 2PC ([`Protocol::may_send`]): only a transaction's coordinator prepares
+/// it, commits it in one phase or decides it, except that a peer participant may answer an
+/// INQUIRE with the decision (cooperative termination) and any participant may answer a
+/// status query; only participants vote (to the coordinator, and under early acknowledgement
+/// to each other) and acknowledge.
+pub fn may_send<C>(msg: &Msg<C>, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool {
+    use NodeRole::{Coordinator as C, Participant as P};
+    let own = |txn: &TxnId| from_role == C && txn.coordinator == from;
+    match msg {
+        Msg::Prepare { txn, .. } | Msg::CommitOnePhase { txn, .. } => own(txn) && to_role == P,
+        Msg::Forget { .. } => from_role == C && to_role == P,
+        Msg::Decision { txn, .. } => (own(txn) && to_role == P) || from_role == P,
+        // Under early acknowledgement a vote also goes to the peer branches.
+        Msg::Vote { .. } => from_role == P,
+        Msg::Ack { .. } | Msg::OnePhaseResult { .. } => from_role == P && to_role == C,
+        Msg::Inquire { txn } => from_role == P || (own(txn) && to_role == P),
+        Msg::Forgotten { .. } => from_role == P,
+    }
+}
+
 impl Protocol for TwoPhase {
     const NAME: &'static str = "2pc";
     type Msg = Msg;
@@ -224,6 +244,10 @@ impl Protocol for TwoPhase {
     type Config = Config;
     type Coordinator = Coordinator;
     type Participant = Participant;
+
+    fn may_send(msg: &Msg, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool {
+        may_send(msg, from, from_role, to_role)
+    }
 
     const RUNS_AFTER_DATA_LOSS: bool = true;
     fn set_amnesia(participant: &mut Participant, amnesia: crate::amnesia::Amnesia) {

@@ -490,6 +490,16 @@ impl<P: KvProtocol> KvWorld<P> {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: &P::Msg) {
+        let role = |kind| match kind {
+            NodeKind::Gateway => concord_commit::NodeRole::Coordinator,
+            NodeKind::Shard(_) => concord_commit::NodeRole::Participant,
+            NodeKind::Acceptor(_) => concord_commit::NodeRole::Acceptor,
+        };
+        let (from_role, to_role) = (role(self.kind(from)), role(self.kind(to)));
+        assert!(
+            P::may_send(msg, from, from_role, to_role),
+            "{from} ({from_role:?}) sent {msg:?} to {to} ({to_role:?}), which the runtime refuses"
+        );
         // Partitions cut a shard off from the gateway (acceptors stay reachable).
         let crosses_partition = |world: &Self, a: NodeId, b: NodeId| {
             let cut = |n: NodeId| match world.kind(n) {

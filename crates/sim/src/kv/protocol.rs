@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use concord_commit::{paxos_commit, two_phase, Command, Core, ResourceParticipant};
+use concord_commit::{paxos_commit, two_phase, Command, Core, NodeRole, ResourceParticipant};
 use concord_kv::{KvChange, KvSnapshot, MvccShard};
 use concord_types::NodeId;
 
@@ -32,6 +32,8 @@ pub trait KvProtocol: Sized + 'static {
     fn coordinator(id: NodeId, acceptors: &[NodeId]) -> Self::Coordinator;
     fn participant(id: NodeId, acceptors: &[NodeId], shard: MvccShard) -> Self::Participant;
     fn acceptor(id: NodeId, acceptors: &[NodeId]) -> Self::Acceptor;
+    /// The runtime's rule for who sends what (`concord_commit::Protocol::may_send`).
+    fn may_send(msg: &Self::Msg, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool;
 }
 
 fn two_phase_config() -> two_phase::Config {
@@ -55,6 +57,10 @@ impl KvProtocol for TwoPc {
     type Coordinator = two_phase::Coordinator<KvChange, KvSnapshot>;
     type Participant = two_phase::Participant<MvccShard>;
     type Acceptor = concord_commit::NoRole<Self::Msg, Self::Record, Self::Timer, KvChange>;
+
+    fn may_send(msg: &Self::Msg, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool {
+        two_phase::may_send(msg, from, from_role, to_role)
+    }
 
     fn acceptor_count() -> usize {
         0
@@ -86,6 +92,10 @@ impl KvProtocol for PaxosCommit {
     type Coordinator = paxos_commit::Coordinator<KvChange, KvSnapshot>;
     type Participant = paxos_commit::Participant<MvccShard>;
     type Acceptor = paxos_commit::Acceptor<KvChange, KvSnapshot>;
+
+    fn may_send(msg: &Self::Msg, from: NodeId, from_role: NodeRole, to_role: NodeRole) -> bool {
+        paxos_commit::may_send(msg, from, from_role, to_role)
+    }
 
     fn acceptor_count() -> usize {
         3

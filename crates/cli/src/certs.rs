@@ -1,0 +1,48 @@
+//! `concord certs init`: the cluster's CA and a certificate for each node (docs/security.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use concord_node::config::ClusterConfig;
+use concord_node::tls::CertFiles;
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Writes, under the configuration's `[tls] dir`, the cluster's CA (if there is none) and
+    /// a certificate and key for every node that has none. Copy each node's files (and
+    /// ca.pem) to its machine; keep ca.key off the nodes.
+    Init {
+        #[arg(long, default_value = "concord.toml")]
+        config: PathBuf,
+        /// Issue every node's certificate again (rotation), signed by the same CA.
+        #[arg(long)]
+        renew: bool,
+    },
+}
+
+pub fn run(command: CertsCommand) -> Result<ExitCode, String> {
+    match command {
+        CertsCommand::Init { config, renew } => {
+            let loaded = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
+            let Some(tls) = &loaded.tls else {
+                return Err(format!(
+                    "{} has no [tls] section: add\n\n[tls]\ndir = \"certs\"\n\nand run this again",
+                    config.display()
+                ));
+            };
+            let files = CertFiles { dir: tls.dir.clone() };
+            let report = concord_node::certs::issue(&loaded, &files, renew)?;
+            if report.is_empty() {
+                println!(
+                    "every node of {} has a certificate (--renew issues them again)",
+                    config.display()
+                );
+            }
+            for line in report {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Under `[tls]`, a peer frame is accepted only from the node it claims to be, and a protocol
+//! message only from a role that sends it. A cluster of a coordinator and two shards runs on
+//! loopback sockets; an attacker then opens peer links to shard-1 and forges a one-phase
+//! commit that would create money (the attack issue 19 found): over plain TCP, with another
+//! cluster's certificate, with a certificate of this cluster's CA naming another cluster's
+//! node, with shard-2's real certificate claiming to be the coordinator, and with shard-2's
+//! certificate as itself (a shard never sends a one-phase commit). Each is refused, and the
+//! shard's balance is exactly what honest transactions made it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_commit::two_phase::Msg;
+use concord_node::config::{ClusterConfig, TlsConfig};
+use concord_node::proto::{self, client_client::ClientClient, node_client::NodeClient};
+use concord_node::tls::{node_name, CertFiles, ClientCredentials};
+use concord_types::codec::Encode;
+use concord_types::{NodeId, TxnId, Write};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KEY: u64 = 7;
+
+/// How an attacker dials: TLS with this configuration and server name, or plain TCP.
+type Dial = Option<(Arc<rustls::ClientConfig>, String)>;
+
+fn free_base_port() -> u16 {
+    for base in (20_000..30_000).step_by(7) {
+        if (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+fn cluster(name: &str, certs: &Path, base: u16) -> ClusterConfig {
+    let mut config = ClusterConfig::local(name, 2, base);
+    config.tls = Some(TlsConfig { dir: certs.to_path_buf() });
+    config
+}
+
+/// A peer link's opening: magic, the claimed node id, the cluster's name.
+fn hello(from: u32, cluster: &str) -> Vec<u8> {
+    let mut bytes = b"CNCRDPL1".to_vec();
+    bytes.extend_from_slice(&from.to_le_bytes());
+    bytes.extend_from_slice(&u16::try_from(cluster.len()).unwrap().to_le_bytes());
+    bytes.extend_from_slice(cluster.as_bytes());
+    bytes
+}
+
+/// A one-phase commit that adds a million to `KEY`: nobody submitted it.
+fn forged_commit(sequence: u32) -> Vec<u8> {
+    let txn = TxnId { coordinator: NodeId(0), epoch: 1, sequence };
+    let msg: Msg = Msg::CommitOnePhase { txn, writes: vec![Write { key: KEY, delta: 1_000_000 }] };
+    let body = msg.to_bytes();
+    let mut frame = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// A TLS client presenting `node`'s certificate from `certs` (trusting `trusted`'s CA), or
+/// none.
+fn attacker(trusted: &CertFiles, certs: Option<(&CertFiles, &str)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(trusted.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match certs {
+        Some((files, node)) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(files.node_cert(node))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(files.node_key(node)).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"concord".to_vec()];
+    Arc::new(config)
+}
+
+/// Sends `bytes` to `to` over `tls` (plain TCP without), then waits for the node to close the
+/// connection: it refused. Returns whether it closed within a few seconds.
+async fn send_and_see_refused(to: SocketAddr, tls: Dial, bytes: &[u8]) -> bool {
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let mut buf = Vec::new();
+    match tls {
+        None => {
+            let mut tcp = tcp;
+            let _ = tcp.write_all(bytes).await;
+            // The node may answer with a TLS alert before it closes: read to the end.
+            let read = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut buf));
+            read.await.is_ok()
+        }
+        Some((config, name)) => {
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let server = ServerName::try_from(name).unwrap();
+            let Ok(mut stream) = connector.connect(server, tcp).await else {
+                return true; // the handshake itself was refused
+            };
+            let _ = stream.write_all(bytes).await;
+            let _ = stream.flush().await;
+            let read = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut buf));
+            read.await.is_ok()
+        }
+    }
+}
+
+async fn balance(shard: SocketAddr, credentials: &ClientCredentials) -> i64 {
+    let mut node = NodeClient::new(concord_node::client_channel(shard, credentials));
+    let reply = node.read_shard(proto::ReadShardRequest { keys: vec![KEY] }).await.unwrap();
+    reply.into_inner().values.iter().find(|kv| kv.key == KEY).map_or(0, |kv| kv.value)
+}
+
+/// Adds 100 to `KEY` on both shards, as an honest client over TLS.
+async fn honest_transfer(coordinator: SocketAddr, credentials: &ClientCredentials) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut client = ClientClient::new(concord_node::client_channel(coordinator, credentials));
+        let request = proto::SubmitRequest {
+            writes: vec![
+                proto::WriteOp { shard: "shard-1".into(), key: KEY, delta: 100 },
+                proto::WriteOp { shard: "shard-2".into(), key: KEY, delta: 100 },
+            ],
+            txn: String::new(),
+        };
+        if let Ok(reply) = client.submit(request).await {
+            let mut events = reply.into_inner();
+            while let Ok(Some(event)) = events.message().await {
+                if let Some(proto::submit_event::Event::Outcome(info)) = event.event {
+                    assert_eq!(info.state, proto::State::Committed as i32, "{info:?}");
+                    return;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster never committed an honest transfer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_peer_frames_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let files = CertFiles { dir: dir.path().join("certs") };
+    let config = cluster("bank", &files.dir, base);
+    concord_node::certs::issue(&config, &files, false).unwrap();
+
+    // Another cluster with its own CA, and another cluster under this cluster's CA.
+    let foreign = CertFiles { dir: dir.path().join("foreign") };
+    concord_node::certs::issue(&cluster("bank", &foreign.dir, base), &foreign, false).unwrap();
+    let sibling = CertFiles { dir: dir.path().join("sibling") };
+    std::fs::create_dir_all(&sibling.dir).unwrap();
+    std::fs::copy(files.ca(), sibling.ca()).unwrap();
+    std::fs::copy(files.ca_key(), sibling.ca_key()).unwrap();
+    concord_node::certs::issue(&cluster("bank-test", &sibling.dir, base), &sibling, false).unwrap();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut nodes = Vec::new();
+    for node in &config.nodes {
+        let data = dir.path().join(&node.name);
+        let (config, name, stopped) = (config.clone(), node.name.clone(), stopped.clone());
+        nodes.push(tokio::spawn(async move {
+            concord_node::serve(config, &name, &data, stopped).await
+        }));
+    }
+    let coordinator = config.node("coordinator").unwrap().listen;
+    let shard_1 = config.node("shard-1").unwrap().listen;
+    let client = ClientCredentials::load(&files.ca()).unwrap();
+
+    honest_transfer(coordinator, &client).await;
+    assert_eq!(balance(shard_1, &client).await, 100);
+
+    let shard_1_name = node_name("bank", NodeId(1));
+    let as_shard_2 = attacker(&files, Some((&files, "shard-2")));
+    let attacks: Vec<(&str, Dial, u32)> = vec![
+        ("plain TCP, claiming the coordinator", None, 0),
+        ("TLS without a certificate", Some((attacker(&files, None), shard_1_name.clone())), 0),
+        (
+            "another cluster's CA",
+            Some((attacker(&files, Some((&foreign, "coordinator"))), shard_1_name.clone())),
+            0,
+        ),
+        (
+            "this CA, another cluster's coordinator",
+            Some((attacker(&files, Some((&sibling, "coordinator"))), shard_1_name.clone())),
+            0,
+        ),
+        ("shard-2 claiming the coordinator", Some((as_shard_2.clone(), shard_1_name.clone())), 0),
+        ("shard-2 as itself", Some((as_shard_2, shard_1_name.clone())), 2),
+    ];
+    for (i, (what, tls, claimed)) in attacks.into_iter().enumerate() {
+        let mut bytes = hello(claimed, "bank");
+        bytes.extend(forged_commit(1_000_000 + u32::try_from(i).unwrap()));
+        assert!(send_and_see_refused(shard_1, tls, &bytes).await, "{what}: not refused");
+        assert_eq!(balance(shard_1, &client).await, 100, "{what}: the forged commit applied");
+    }
+
+    // The cluster still works, and its balance is what honest transactions made it.
+    honest_transfer(coordinator, &client).await;
+    assert_eq!(balance(shard_1, &client).await, 200);
+
+    // A client without the cluster's CA cannot even reach it: the node is not who it trusts.
+    let stranger = ClientCredentials::load(&foreign.ca()).unwrap();
+    let mut node = NodeClient::new(concord_node::client_channel(shard_1, &stranger));
+    let asked = node.read_shard(proto::ReadShardRequest { keys: vec![KEY] }).await;
+    assert!(asked.is_err(), "a client trusting another CA talked to the node");
+
+    stop.send(true).unwrap();
+    for node in nodes {
+        let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
+    }
+}
