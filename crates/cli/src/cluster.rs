@@ -93,21 +93,25 @@ pub fn serve(
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
         format!("--node {node}: no such node; the configuration has {}", names.join(", "))
     })?;
-    // Every port accepts anyone who can reach it until links are authenticated (TLS, not built
-    // yet): off loopback that is a choice the operator must make out loud.
+    // Without [tls] every port accepts anyone who can reach it: off loopback that is a choice
+    // the operator must make out loud.
     let exposed = !me.listen.ip().is_loopback();
-    if exposed && !insecure {
+    let tls = config.tls.is_some();
+    if exposed && !tls && !insecure {
         return Err(format!(
-            "refusing to listen on {}: it is not loopback, and links are not yet authenticated \
-             or encrypted (anyone who reaches the port can send protocol messages; \
-             docs/security.md). Listen on 127.0.0.1, or pass --insecure to accept that",
+            "refusing to listen on {}: it is not loopback, and without a [tls] section links are \
+             neither authenticated nor encrypted (anyone who reaches the port can send protocol \
+             messages; docs/security.md). Add [tls] and run `concord certs init`, listen on \
+             127.0.0.1, or pass --insecure to accept that",
             me.listen
         ));
     }
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("./concord-data").join(&me.name));
-    let warning = if exposed { "INSECURE (unauthenticated links off loopback): " } else { "" };
+    let warning =
+        if exposed && !tls { "INSECURE (unauthenticated links off loopback): " } else { "" };
+    let links = if tls { "TLS" } else { "plain TCP" };
     println!(
-        "concord: {warning}{} ({}) on {}, data in {}",
+        "concord: {warning}{} ({}) on {} ({links}), data in {}",
         me.name,
         me.role,
         me.listen,

@@ -85,9 +85,9 @@ enum Command {
         /// coordinators and acceptors. Run `concord data check` first.
         #[arg(long)]
         accept_data_loss: bool,
-        /// Listen on an address other than loopback although every link is unauthenticated
-        /// and unencrypted (TLS is not built yet: docs/security.md). Without it such an address
-        /// is refused.
+        /// Listen on an address other than loopback without a [tls] section, although every
+        /// link is then unauthenticated and unencrypted (docs/security.md). Without it such an
+        /// address is refused.
         #[arg(long)]
         insecure: bool,
     },

@@ -251,6 +251,18 @@ async fn serve_link<E: Engine>(
     match (kind, calls) {
         (link::LinkKind::Peer, _) => serve_peer(stream, cert, handle, stopped).await,
         (link::LinkKind::Call, Some(calls)) => {
+            // A shard's calls (reads for the gateway) are for the cluster's gateway only.
+            let me = handle.config.node(&handle.me).map(|n| n.role);
+            if let (Some(tls), Some(config::Role::Shard)) = (&handle.tls, me) {
+                let gateway = handle.config.coordinator().id;
+                if !cert.as_ref().is_some_and(|cert| tls.is_node(cert, NodeId(gateway))) {
+                    eprintln!(
+                        "{}: refused a call link: only the gateway (node {gateway}) calls a shard",
+                        handle.me
+                    );
+                    return;
+                }
+            }
             call_link::serve_connection(stream, calls, stopped).await;
         }
         (link::LinkKind::Call, None) => {
