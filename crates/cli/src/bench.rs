@@ -82,6 +82,10 @@ pub enum BenchCommand {
         /// default), none (they do not: the baseline that measures naming's cost).
         #[arg(long, default_value = "ahead")]
         ids: String,
+        /// Comma-separated: plain (TCP), tls (every link TLS, clients trusting the cluster's
+        /// CA). Several: one cluster each, reported against plain.
+        #[arg(long, default_value = "plain")]
+        links: String,
         #[arg(long)]
         json: bool,
     },
@@ -224,8 +228,17 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             rounds,
             down,
             ids,
+            links,
             json,
         } => {
+            let tls = links
+                .split(',')
+                .map(|l| match l.trim() {
+                    "plain" => Ok(false),
+                    "tls" => Ok(true),
+                    other => Err(format!("--links takes plain and tls, not '{other}'")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let ids_ahead = ids
                 .split(',')
                 .map(|i| match i.trim() {
@@ -263,6 +276,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 rounds,
                 down,
                 ids_ahead,
+                tls,
                 json,
             })
         }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use concord_client::{KvClient, KvError};
 use concord_node::config::KvConfig;
+use concord_node::tls::{CertFiles, ClientCredentials};
 
 use crate::cluster::ProtocolChoice;
 
@@ -97,6 +98,8 @@ pub struct Options<'a> {
     /// Whether clients name each transaction before its commit (`true`, the default), or not
     /// (the baseline that measures its cost). Several: interleaved.
     pub ids_ahead: Vec<bool>,
+    /// Links to measure: `false` plain TCP, `true` TLS everywhere (one cluster each).
+    pub tls: Vec<bool>,
     pub json: bool,
 }
 
@@ -105,6 +108,7 @@ struct Row {
     protocol: ProtocolChoice,
     /// The node left down for the run, if any.
     down: Option<String>,
+    tls: bool,
     ids_ahead: bool,
     buffered: bool,
     workload: Workload,
@@ -119,9 +123,10 @@ impl Row {
     /// The protocol, and the node left down if one was.
     fn label(&self) -> String {
         let ids = if self.ids_ahead { "" } else { " no-ids" };
+        let tls = if self.tls { " tls" } else { "" };
         match &self.down {
-            None => format!("{}{ids}", self.protocol),
-            Some(node) => format!("{}{ids} w/o {node}", self.protocol),
+            None => format!("{}{tls}{ids}", self.protocol),
+            Some(node) => format!("{}{tls}{ids} w/o {node}", self.protocol),
         }
     }
 
@@ -147,30 +152,43 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let mut configs = Vec::new();
     for &protocol in &options.protocols {
         for down in &options.down {
-            let name = format!("bench-kv-{protocol}");
-            let mut config = LocalCluster::config(&name, 3, protocol)?;
-            config.kv = Some(KvConfig::default());
-            if let Some(node) = down {
-                if config.node(node).is_none() {
-                    return Err(format!("--down {node}: {protocol}'s cluster has no such node"));
+            for &tls in &options.tls {
+                let name = format!("bench-kv-{protocol}");
+                let mut config = LocalCluster::config(&name, 3, protocol)?;
+                config.kv = Some(KvConfig::default());
+                if let Some(node) = down {
+                    if config.node(node).is_none() {
+                        return Err(format!(
+                            "--down {node}: {protocol}'s cluster has no such node"
+                        ));
+                    }
                 }
+                let i = configs.len();
+                let credentials = if tls {
+                    let files = CertFiles { dir: options.dir.join(format!("certs-{i}")) };
+                    config.tls = Some(concord_node::config::TlsConfig { dir: files.dir.clone() });
+                    concord_node::certs::issue(&config, &files, false)?;
+                    Some(ClientCredentials::load(&files.ca())?)
+                } else {
+                    None
+                };
+                configs.push((protocol, down.clone(), tls, credentials, config));
             }
-            configs.push((protocol, down.clone(), config));
         }
     }
     let rows = runtime()?.block_on(async {
         let mut clusters = Vec::new();
-        for (i, (protocol, down, config)) in configs.iter().enumerate() {
+        for (i, (protocol, down, tls, credentials, config)) in configs.iter().enumerate() {
             let dir = options.dir.join(format!("{protocol}-{i}"));
             let cluster = LocalCluster::start_without(config, &dir, down.as_slice());
             let gateway = config.coordinator().listen;
-            wait_up(gateway).await?;
+            wait_up(gateway, credentials.as_ref()).await?;
             if down.is_some() {
                 // The failure has been noticed (a first cross-shard commit may wait out a
                 // timeout) before anything is measured: the rows are the steady state.
-                warm_up_across(gateway).await?;
+                warm_up_across(gateway, credentials.as_ref()).await?;
             }
-            clusters.push((*protocol, down.clone(), gateway, cluster));
+            clusters.push((*protocol, down.clone(), *tls, credentials.clone(), gateway, cluster));
         }
         let mut rows = Vec::new();
         for round in 1..=options.rounds.max(1) {
@@ -178,11 +196,12 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                 for &n in &options.clients {
                     for &buffered in &options.buffering {
                         for &ids_ahead in &options.ids_ahead {
-                            for (protocol, down, gateway, _) in &clusters {
+                            for (protocol, down, tls, credentials, gateway, _) in &clusters {
                                 let connections = options.connections.unwrap_or(n).clamp(1, n);
                                 let client = (buffered, ids_ahead);
                                 let run = measure(
                                     *gateway,
+                                    credentials.as_ref(),
                                     workload,
                                     n,
                                     connections,
@@ -195,6 +214,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                                     round,
                                     protocol,
                                     down,
+                                    tls: *tls,
                                     ids_ahead,
                                     buffered,
                                     workload,
@@ -206,7 +226,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                 }
             }
         }
-        for (_, _, _, cluster) in clusters {
+        for (.., cluster) in clusters {
             cluster.stop().await;
         }
         Ok::<_, String>(rows)
@@ -217,9 +237,20 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
 }
 
 /// One cross-shard commit through, however long the first takes (bounded).
-async fn warm_up_across(gateway: SocketAddr) -> Result<(), String> {
+/// A client of `gateway`, over TLS when the cluster has credentials.
+fn client_of(gateway: SocketAddr, credentials: Option<&ClientCredentials>) -> KvClient {
+    match credentials {
+        Some(credentials) => KvClient::connect_with(gateway, credentials),
+        None => KvClient::connect(gateway),
+    }
+}
+
+async fn warm_up_across(
+    gateway: SocketAddr,
+    credentials: Option<&ClientCredentials>,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let kv = crate::creds::kv_client(gateway);
+    let kv = client_of(gateway, credentials);
     loop {
         let attempt = async {
             let mut txn = kv.begin().await?;
@@ -237,9 +268,12 @@ async fn warm_up_across(gateway: SocketAddr) -> Result<(), String> {
     }
 }
 
-async fn wait_up(gateway: SocketAddr) -> Result<(), String> {
+async fn wait_up(
+    gateway: SocketAddr,
+    credentials: Option<&ClientCredentials>,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let kv = crate::creds::kv_client(gateway);
+    let kv = client_of(gateway, credentials);
     loop {
         // After a start, shards refuse writes for the maximum clock offset: wait for a write.
         let probe = async {
@@ -311,6 +345,7 @@ async fn transaction(
 
 async fn measure(
     gateway: SocketAddr,
+    credentials: Option<&ClientCredentials>,
     workload: Workload,
     clients: usize,
     connections: usize,
@@ -319,9 +354,7 @@ async fn measure(
 ) -> Measured {
     let pool: Vec<KvClient> = (0..connections)
         .map(|_| {
-            crate::creds::kv_client(gateway)
-                .with_write_buffering(buffered)
-                .with_ids_ahead(ids_ahead)
+            client_of(gateway, credentials).with_write_buffering(buffered).with_ids_ahead(ids_ahead)
         })
         .collect();
     closed_loop(clients, duration, |c, deadline| {
@@ -355,11 +388,20 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             && a.workload == b.workload
             && a.run.clients == b.run.clients
     };
-    let two_pc_of =
-        |r: &Row| rows.iter().find(|o| o.protocol == ProtocolChoice::TWO_PHASE && same_run(o, r));
+    let two_pc_of = |r: &Row| {
+        rows.iter()
+            .find(|o| o.protocol == ProtocolChoice::TWO_PHASE && o.tls == r.tls && same_run(o, r))
+    };
     // A run with a node down against the same protocol with every node up, same round.
     let all_up_of = |r: &Row| {
-        rows.iter().find(|o| o.protocol == r.protocol && o.down.is_none() && same_run(o, r))
+        rows.iter().find(|o| {
+            o.protocol == r.protocol && o.down.is_none() && o.tls == r.tls && same_run(o, r)
+        })
+    };
+    // A run over TLS against the same cluster over plain TCP, same round.
+    let plain_of = |r: &Row| {
+        rows.iter()
+            .find(|o| o.protocol == r.protocol && o.down == r.down && !o.tls && same_run(o, r))
     };
     if options.json {
         let runs: Vec<serde_json::Value> = rows
@@ -367,7 +409,8 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .map(|r| {
                 serde_json::json!({
                     "round": r.round,
-                    "protocol": r.protocol.to_string(), "down": r.down, "ids_ahead": r.ids_ahead,
+                    "protocol": r.protocol.to_string(), "down": r.down, "tls": r.tls,
+                    "ids_ahead": r.ids_ahead,
                     "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
                     "committed": r.run.tally.committed, "aborted": r.run.tally.aborted,
@@ -393,7 +436,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         Some(n) => println!("connections to the gateway: {n}, shared by the clients"),
     }
     println!(
-        "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "round",
         "protocol",
         "writes",
@@ -407,9 +450,18 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         "p99 us",
         "p50/floor",
         "p50/2pc",
-        "tps/up"
+        "tps/up",
+        "tps/plain",
+        "p50/plain"
     );
     for r in rows {
+        let (tps_plain, p50_plain) = match (r.tls, plain_of(r)) {
+            (true, Some(plain)) => (
+                format!("{:.2}x", r.run.tps() / plain.run.tps().max(1e-9)),
+                format!("{:.2}x", r.p50() as f64 / plain.p50().max(1) as f64),
+            ),
+            _ => (String::new(), String::new()),
+        };
         let to_up = match (&r.down, all_up_of(r)) {
             (Some(_), Some(up)) => format!("{:.2}x", r.run.tps() / up.run.tps().max(1e-9)),
             _ => String::new(),
@@ -424,7 +476,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             .floor_us(floor)
             .map_or(String::new(), |f| format!("{:.2}x", r.p50() as f64 / f.max(1) as f64));
         println!(
-            "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10.0} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
             r.round,
             r.label(),
             if r.buffered { "buffered" } else { "per call" },
@@ -439,13 +491,15 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             to_floor,
             ratio,
             to_up,
+            tps_plain,
+            p50_plain,
         );
         if let Some(why) = &r.run.tally.first_failure {
             println!("{:<13} first failure: {why}", "");
         }
     }
     if options.rounds > 1 {
-        summary(rows, floor, &two_pc_of, &all_up_of);
+        summary(rows, floor, &two_pc_of, &all_up_of, &plain_of);
     }
 }
 
@@ -456,13 +510,14 @@ fn summary<'a>(
     floor: &Floor,
     two_pc_of: &dyn Fn(&Row) -> Option<&'a Row>,
     all_up_of: &dyn Fn(&Row) -> Option<&'a Row>,
+    plain_of: &dyn Fn(&Row) -> Option<&'a Row>,
 ) {
     println!(
         "\nover {} rounds: median [lowest - highest]",
         rows.iter().map(|r| r.round).max().unwrap_or(1)
     );
     println!(
-        "{:<26} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24} {:>24}",
+        "{:<26} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24} {:>24} {:>24} {:>24}",
         "protocol",
         "writes",
         "workload",
@@ -471,7 +526,9 @@ fn summary<'a>(
         "p50 us",
         "p50/floor",
         "p50/2pc",
-        "tps/all up"
+        "tps/all up",
+        "tps/plain",
+        "p50/plain"
     );
     let spread = |mut values: Vec<f64>, unit: &str, digits: usize| -> String {
         if values.is_empty() {
@@ -494,6 +551,7 @@ fn summary<'a>(
             .filter(|o| {
                 o.protocol == r.protocol
                     && o.down == r.down
+                    && o.tls == r.tls
                     && o.ids_ahead == r.ids_ahead
                     && o.buffered == r.buffered
                     && o.workload == r.workload
@@ -520,8 +578,22 @@ fn summary<'a>(
                 .filter_map(|o| all_up_of(o).map(|u| o.run.tps() / u.run.tps().max(1e-9)))
                 .collect()
         };
+        let (tps_plain, p50_plain): (Vec<f64>, Vec<f64>) = if r.tls {
+            mine.iter()
+                .filter_map(|o| {
+                    plain_of(o).map(|p| {
+                        (
+                            o.run.tps() / p.run.tps().max(1e-9),
+                            o.p50() as f64 / p.p50().max(1) as f64,
+                        )
+                    })
+                })
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         println!(
-            "{:<26} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24} {:>24}",
+            "{:<26} {:<11} {:<12} {:<8} {:>24} {:>24} {:>24} {:>24} {:>24} {:>24} {:>24}",
             r.label(),
             if r.buffered { "buffered" } else { "per call" },
             r.workload.name(),
@@ -531,6 +603,8 @@ fn summary<'a>(
             spread(to_floor, "x", 2),
             spread(to_2pc, "x", 2),
             spread(to_up, "x", 2),
+            spread(tps_plain, "x", 2),
+            spread(p50_plain, "x", 2),
         );
     }
 }
