@@ -19,10 +19,40 @@ pub enum CertsCommand {
         #[arg(long)]
         renew: bool,
     },
+    /// A new bearer token for a client: writes it to --out (readable by its owner only) and
+    /// prints the `[[token]]` entry to add to every node's configuration.
+    Token {
+        /// Who holds it: named in refusals and audit lines.
+        #[arg(long)]
+        name: String,
+        /// client, operator or monitor (docs/security.md).
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(command: CertsCommand) -> Result<ExitCode, String> {
     match command {
+        CertsCommand::Token { name, role, out } => {
+            if !matches!(role.as_str(), "client" | "operator" | "monitor") {
+                return Err(format!("--role takes client, operator or monitor, not `{role}`"));
+            }
+            concord_types::fields::check_name(
+                "--name",
+                &name,
+                concord_node::config::MAX_NAME_BYTES,
+            )?;
+            let token = concord_node::auth::new_token()?;
+            concord_node::certs::write_secret(&out, &format!("{token}\n"))?;
+            println!("wrote the token to {}; add to every node's configuration:\n", out.display());
+            println!(
+                "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"",
+                concord_node::auth::token_sha256(&token)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         CertsCommand::Init { config, renew } => {
             let loaded = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
             let Some(tls) = &loaded.tls else {

@@ -9,7 +9,7 @@ use concord_node::proto::{
     self, client_client::ClientClient, node_client::NodeClient, submit_event, State,
     TransactionInfo,
 };
-use tonic::transport::Channel;
+use concord_node::ClientChannel as Channel;
 
 use crate::cluster::runtime;
 

@@ -240,7 +240,7 @@ pub(crate) async fn restart_coordinator(cluster: &mut Cluster) -> Result<(), Str
 /// `Status` of `id`. UNKNOWN means a shard did not answer in time: asked again, a bounded
 /// number of times (then UNKNOWN is the answer).
 pub(crate) async fn ask_status(
-    rpc: &mut proto::client_client::ClientClient<tonic::transport::Channel>,
+    rpc: &mut proto::client_client::ClientClient<concord_node::ClientChannel>,
     id: &str,
     violations: &mut Vec<String>,
 ) -> State {

@@ -1,5 +1,6 @@
-//! What client commands trust: the cluster's CA (`--ca`, or `CONCORD_CA`), so they talk TLS to
-//! the nodes and know they reached one. Set once at start.
+//! What client commands present: the cluster's CA (`--ca`, or `CONCORD_CA`), so they talk TLS
+//! to the nodes and know they reached one, and a bearer token (`--token-file`, or
+//! `CONCORD_TOKEN_FILE`). Set once at start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,36 +8,35 @@ use std::sync::OnceLock;
 
 use concord_client::KvClient;
 use concord_node::tls::ClientCredentials;
-use tonic::transport::Channel;
+use concord_node::ClientChannel;
 
-static CREDENTIALS: OnceLock<Option<ClientCredentials>> = OnceLock::new();
+static CREDENTIALS: OnceLock<ClientCredentials> = OnceLock::new();
 
 /// Loads the credentials named on the command line or in the environment.
-pub fn init(ca: Option<PathBuf>) -> Result<(), String> {
-    let credentials = match ca {
-        Some(ca) => Some(ClientCredentials::load(&ca)?),
+pub fn init(ca: Option<PathBuf>, token_file: Option<PathBuf>) -> Result<(), String> {
+    let token = match token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+            Some(text.trim().to_string())
+        }
         None => None,
     };
+    let credentials = ClientCredentials::new(ca.as_deref(), token)?;
     let _ = CREDENTIALS.set(credentials);
     Ok(())
 }
 
-fn get() -> Option<&'static ClientCredentials> {
-    CREDENTIALS.get().and_then(Option::as_ref)
+fn get() -> ClientCredentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
 }
 
-/// A gRPC channel to a node, over TLS when a CA was given.
-pub fn channel(address: SocketAddr) -> Channel {
-    match get() {
-        Some(credentials) => concord_node::client_channel(address, credentials),
-        None => concord_node::channel(address),
-    }
+/// A gRPC channel to a node with the credentials given.
+pub fn channel(address: SocketAddr) -> ClientChannel {
+    concord_node::client_channel(address, &get())
 }
 
-/// A key-value client of the gateway at `address`, over TLS when a CA was given.
+/// A key-value client of the gateway at `address` with the credentials given.
 pub fn kv_client(gateway: SocketAddr) -> KvClient {
-    match get() {
-        Some(credentials) => KvClient::connect_with(gateway, credentials),
-        None => KvClient::connect(gateway),
-    }
+    KvClient::connect_with(gateway, &get())
 }

@@ -43,6 +43,10 @@ struct Cli {
     /// they reached one of the cluster's (docs/security.md).
     #[arg(long, env = "CONCORD_CA", global = true)]
     ca: Option<PathBuf>,
+    /// A file holding the bearer token client commands present (`concord certs token` makes
+    /// one).
+    #[arg(long, env = "CONCORD_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -199,7 +203,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = creds::init(cli.ca) {
+    if let Err(message) = creds::init(cli.ca, cli.token_file) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }

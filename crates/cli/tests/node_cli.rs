@@ -225,9 +225,11 @@ fn serve_refuses_a_non_loopback_address_without_insecure() {
 }
 
 /// A cluster of three `concord serve` processes under `[tls]`: `concord certs init` issues the
-/// CA and node certificates (keys readable by their owner only), the nodes talk TLS to each
-/// other, a client command with `--ca` commits through them, and one without is refused — the
-/// nodes speak nothing but TLS. Issuing again leaves existing certificates alone.
+/// CA and node certificates (keys readable by their owner only), `concord certs token` a
+/// client's token and the entry for the configuration; the nodes talk TLS to each other, a
+/// client command with `--ca` and `--token-file` commits through them; one without the CA is
+/// refused (the nodes speak nothing but TLS), and so is one without the token, and a monitor's
+/// token reads but cannot submit. Issuing again leaves existing certificates alone.
 #[test]
 fn certs_init_then_serve_runs_a_cluster_over_tls() {
     let dir = temp("tls");
@@ -262,6 +264,28 @@ fn certs_init_then_serve_runs_a_cluster_over_tls() {
     }
     let again = concord(&["certs", "init", "--config", config]);
     assert!(text(&again).contains("every node"), "{}", text(&again));
+    let mut tokens = Vec::new();
+    for (name, role) in [("app", "client"), ("watch", "monitor")] {
+        let file = dir.join(format!("{name}.token"));
+        let made = concord(&[
+            "certs",
+            "token",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert!(made.status.success(), "{}", text(&made));
+        let entry = String::from_utf8_lossy(&made.stdout);
+        let entry = &entry[entry.find("[[token]]").expect("the entry to add")..];
+        let mut file_text = std::fs::read_to_string(&config).unwrap();
+        file_text.push_str(entry);
+        std::fs::write(&config, file_text).unwrap();
+        tokens.push(dir.join(format!("{name}.token")));
+    }
+    let (app, watch) = (tokens[0].to_str().unwrap(), tokens[1].to_str().unwrap());
 
     let mut nodes = Vec::new();
     for name in ["coordinator", "shard-1", "shard-2"] {
@@ -281,7 +305,7 @@ fn certs_init_then_serve_runs_a_cluster_over_tls() {
     let submit = ["txn", "submit", "shard-1:4=+5", "shard-2:4=+5", "--coordinator", &coordinator];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = concord(&[&submit[..], &["--ca", ca]].concat());
+        let out = concord(&[&submit[..], &["--ca", ca, "--token-file", app]].concat());
         if out.status.success() {
             assert!(text(&out).contains("committed"), "{}", text(&out));
             break;
@@ -289,12 +313,15 @@ fn certs_init_then_serve_runs_a_cluster_over_tls() {
         assert!(Instant::now() < deadline, "never committed over TLS: {}", text(&out));
         std::thread::sleep(Duration::from_millis(300));
     }
-    let read =
-        concord(&["shard", "read", "shard-1", "4", "--coordinator", &coordinator, "--ca", ca]);
-    let shown = text(&read);
+    let read = ["shard", "read", "shard-1", "4", "--coordinator", &coordinator, "--ca", ca];
+    let shown = text(&concord(&[&read[..], &["--token-file", watch]].concat()));
     assert!(shown.lines().any(|l| l.split_whitespace().eq(["4", "=", "5"])), "{shown}");
-    let plain = concord(&submit);
+    let plain = concord(&[&submit[..], &["--token-file", app]].concat());
     assert!(!plain.status.success(), "a plain client was served: {}", text(&plain));
+    let anonymous = concord(&[&submit[..], &["--ca", ca]].concat());
+    assert!(!anonymous.status.success(), "a client without a token: {}", text(&anonymous));
+    let monitor = concord(&[&submit[..], &["--ca", ca, "--token-file", watch]].concat());
+    assert!(text(&monitor).contains("may not"), "a monitor submitted: {}", text(&monitor));
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }

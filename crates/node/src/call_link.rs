@@ -35,6 +35,7 @@ use prost::Message;
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 
+use crate::auth::Identity;
 use crate::tls::{Conn, Dial};
 use tokio::sync::{oneshot, Semaphore};
 use tonic::{Code, Status};
@@ -42,7 +43,31 @@ use tonic::{Code, Status};
 use crate::link::{self, Outbox};
 
 /// The first bytes of a call link.
-pub(crate) const MAGIC: [u8; 8] = *b"CNCRDCL1";
+pub(crate) const MAGIC: [u8; 8] = *b"CNCRDCL2";
+
+/// What a client writes first: the magic, then its token (`len: u16 LE · bytes`; empty for
+/// none, and for nodes, which prove themselves by certificate).
+pub(crate) fn opener(token: &[u8]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    let length = u16::try_from(token.len()).expect("tokens are validated to be short");
+    bytes.extend_from_slice(&length.to_le_bytes());
+    bytes.extend_from_slice(token);
+    bytes
+}
+
+/// Reads the token of an opener whose magic was read.
+pub(crate) async fn read_token(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt as _;
+    let length = usize::from(reader.read_u16_le().await.map_err(|e| format!("no token: {e}"))?);
+    if length > crate::auth::MAX_TOKEN_BYTES {
+        return Err(format!("a {length}-byte token"));
+    }
+    let mut token = vec![0; length];
+    reader.read_exact(&mut token).await.map_err(|e| format!("short token: {e}"))?;
+    Ok(token)
+}
 /// Calls waiting for their replies on one client connection; more are refused (unavailable).
 pub const MAX_CALLS_IN_FLIGHT: usize = 100_000;
 /// Calls a served connection runs at once; past it, the server stops reading until one ends.
@@ -100,8 +125,18 @@ pub(crate) type Served = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + 
 
 /// A service reachable by calls: a node's gateway or its shard reads.
 pub(crate) trait Serve: Send + Sync + 'static {
-    /// Runs one call; `Ok` is the encoded reply.
-    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>) -> Served;
+    /// Runs one call from `caller` (who opened the link); `Ok` is the encoded reply.
+    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>, caller: Identity) -> Served;
+}
+
+/// A call's request, decoded, carrying who made it for the service's checks.
+pub(crate) fn decode_from<T: Message + Default>(
+    request: &[u8],
+    caller: &Identity,
+) -> Result<tonic::Request<T>, Status> {
+    let mut request = decode(request)?;
+    request.extensions_mut().insert(caller.clone());
+    Ok(request)
 }
 
 /// A call's request, decoded (a malformed one is INVALID_ARGUMENT, as gRPC would say).
@@ -218,6 +253,7 @@ fn reply_from(code: u8, body: &[u8]) -> Result<Vec<u8>, Status> {
 pub(crate) async fn serve_connection(
     stream: Conn,
     service: Arc<dyn Serve>,
+    caller: Identity,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let (mut read_half, mut write_half) = tokio::io::split(stream);
@@ -241,9 +277,10 @@ pub(crate) async fn serve_connection(
                     .await
                     .expect("the semaphore is never closed");
                 let (service, replies) = (Arc::clone(&service), Arc::clone(&replies));
+                let caller = caller.clone();
                 tokio::spawn(async move {
                     let reply = match Method::from_u8(tag) {
-                        Some(method) => service.serve(method, request).await,
+                        Some(method) => service.serve(method, request, caller).await,
                         None => Err(Status::unimplemented(format!("no call method {tag}"))),
                     };
                     push_reply(&replies, id, &reply);
@@ -272,8 +309,8 @@ pub struct CallClient {
 #[derive(Debug)]
 struct Shared {
     address: SocketAddr,
-    /// TLS, and the node the server must prove it is (or any node, for clients).
-    dial: Option<Dial>,
+    /// TLS (and the node the server must prove it is), the token to present.
+    dial: Dial,
     next_id: AtomicU64,
     current: Mutex<Option<Arc<Connection>>>,
 }
@@ -299,11 +336,11 @@ struct Connection {
 impl CallClient {
     /// A client of the node at `address`; nothing is opened until the first call.
     pub fn new(address: SocketAddr) -> Self {
-        Self::with_dial(address, None)
+        Self::with_dial(address, Dial::default())
     }
 
-    /// A client of the node at `address` that dials over TLS with `dial`.
-    pub(crate) fn with_dial(address: SocketAddr, dial: Option<Dial>) -> Self {
+    /// A client of the node at `address` that dials with `dial`.
+    pub(crate) fn with_dial(address: SocketAddr, dial: Dial) -> Self {
         CallClient {
             shared: Arc::new(Shared {
                 address,
@@ -389,18 +426,17 @@ impl CallClient {
 
 /// Opens the connection, then writes calls and hands out replies until it breaks or the client
 /// is dropped; then fails every call still waiting.
-async fn run(address: SocketAddr, dial: Option<Dial>, connection: Arc<Connection>) {
+async fn run(address: SocketAddr, dial: Dial, connection: Arc<Connection>) {
     let served = async {
         let tcp =
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await.ok()?.ok()?;
         tcp.set_nodelay(true).ok()?;
-        let mut stream = match &dial {
-            None => Conn::Plain(tcp),
-            Some(dial) => {
-                tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(tcp)).await.ok()?.ok()?
-            }
-        };
-        tokio::time::timeout(link::WRITE_TIMEOUT, stream.write_all(&MAGIC)).await.ok()?.ok()?;
+        let mut stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(tcp)).await.ok()?.ok()?;
+        tokio::time::timeout(link::WRITE_TIMEOUT, stream.write_all(&opener(dial.token())))
+            .await
+            .ok()?
+            .ok()?;
         let (mut read_half, mut write_half) = tokio::io::split(stream);
         let writer =
             link::write_loop(&mut write_half, &connection.outbox, None::<&mut ReadHalf<Conn>>);
@@ -447,7 +483,7 @@ mod tests {
     struct Echo;
 
     impl Serve for Echo {
-        fn serve(self: Arc<Self>, method: Method, request: Vec<u8>) -> Served {
+        fn serve(self: Arc<Self>, method: Method, request: Vec<u8>, _: Identity) -> Served {
             Box::pin(async move {
                 match method {
                     Method::KvGet => {
@@ -477,9 +513,11 @@ mod tests {
                 let mut magic = [0u8; 8];
                 tokio::io::AsyncReadExt::read_exact(&mut stream, &mut magic).await.unwrap();
                 assert_eq!(magic, MAGIC);
+                assert_eq!(read_token(&mut stream).await.unwrap(), b"");
                 let (_keep, stopped) = tokio::sync::watch::channel(false);
+                let caller = Identity { caller: crate::auth::Caller::Anyone, conn: 1 };
                 tokio::spawn(async move {
-                    serve_connection(Conn::Plain(stream), Arc::new(Echo), stopped).await;
+                    serve_connection(Conn::Plain(stream), Arc::new(Echo), caller, stopped).await;
                     drop(_keep);
                 });
             }

@@ -65,6 +65,11 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), String> {
         .map_err(|e| format!("{shown}: {e}"))
 }
 
+/// Writes `text` to `path`, readable by its owner only (a key, a token).
+pub fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    write_file(path, text, true)
+}
+
 /// Writes the cluster's certificates under `files.dir`: the CA if there is none, and a
 /// certificate for every node of `config` that has none (every node's again with `renew`).
 pub fn issue(config: &ClusterConfig, files: &CertFiles, renew: bool) -> Result<Report, String> {

@@ -85,6 +85,10 @@ pub struct ClusterConfig {
     /// Present: every link is TLS, nodes prove who they are by certificate (docs/security.md).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Clients' bearer tokens, by their SHA-256 (`crate::auth`). With `[tls]` or any token,
+    /// every client must present one.
+    #[serde(rename = "token", default)]
+    pub tokens: Vec<crate::auth::TokenConfig>,
 }
 
 /// `[tls]`: where the cluster's certificates are (`concord certs init` writes them).
@@ -301,6 +305,21 @@ impl ClusterConfig {
                 ));
             }
         }
+        let mut token_names = BTreeSet::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            let at = format!("token[{i}] ({})", token.name);
+            check_name("name", &token.name, MAX_NAME_BYTES).map_err(|e| format!("{at}: {e}"))?;
+            if !token_names.insert(&token.name) {
+                return Err(format!("{at}: field `name` repeats an earlier token's"));
+            }
+            let hex = token.sha256.len() == 64
+                && token.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex {
+                return Err(format!(
+                    "{at}: field `sha256` must be 64 lowercase hex digits (`concord certs token` prints it)"
+                ));
+            }
+        }
         let coordinators = self.nodes.iter().filter(|n| n.role == Role::Coordinator).count();
         if coordinators != 1 {
             return Err(format!(
@@ -425,6 +444,7 @@ impl ClusterConfig {
             log: LogConfig::default(),
             kv: None,
             tls: None,
+            tokens: Vec::new(),
         }
     }
 

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Caller, Identity, Right};
 use crate::call_link::{self, CallClient, Method, Serve, Served};
 use crate::config::ClusterConfig;
 use crate::coordinator::SubmitReply;
@@ -212,9 +212,41 @@ const MAX_SHARD_SCAN_ROWS: usize = 20_000;
 const AHEAD_UNUSED: Duration = Duration::from_secs(12);
 /// Open transactions a gateway holds at most; beyond, `begin` is refused (RESOURCE_EXHAUSTED).
 const MAX_OPEN_TRANSACTIONS: usize = 100_000;
+/// Transactions one caller may have open at once (one connection, when authentication is off
+/// and callers have no names): a tenth of the gateway's, so one cannot lock the others out.
+const MAX_OPEN_PER_CLIENT: usize = MAX_OPEN_TRANSACTIONS / 10;
+
+/// Whose sessions a count is of: a named caller's (all its connections), or, without names, a
+/// connection's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Owner {
+    Named(Arc<str>),
+    Node(NodeId),
+    Connection(u64),
+}
+
+impl Owner {
+    fn of(identity: &Identity) -> Self {
+        match &identity.caller {
+            Caller::Client { name, .. } => Owner::Named(Arc::clone(name)),
+            Caller::Node(id) => Owner::Node(*id),
+            Caller::Anyone => Owner::Connection(identity.conn),
+        }
+    }
+}
+
+/// 64 random bits from the operating system.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the operating system gives randomness");
+    u64::from_le_bytes(bytes)
+}
 
 /// One open transaction at the gateway.
 struct Session {
+    /// Who opened it, on which connection: no one else may use or end it.
+    owner: Identity,
     txn: Transaction,
     /// The id the commit will run under, if the client asked for it ahead (`reserve`).
     reserved: Option<TxnId>,
@@ -226,7 +258,10 @@ struct Session {
 pub(crate) struct Gateway {
     handle: KvHandle,
     sessions: Mutex<HashMap<u64, Session>>,
-    next_session: AtomicU64,
+    /// Open sessions per caller (and per connection, for callers with no name: authentication
+    /// off), so one cannot take every session there is.
+    open_by: Mutex<HashMap<Owner, usize>>,
+    auth: Arc<Auth>,
     clock: Mutex<Hlc>,
     map: ShardMap,
     /// Shard index → (node, its calls).
@@ -252,6 +287,7 @@ impl Gateway {
         handle: KvHandle,
         config: &ClusterConfig,
         tls: Option<&crate::tls::NodeTls>,
+        auth: Arc<Auth>,
     ) -> Arc<Gateway> {
         let kv = config.kv.clone().expect("a key-value cluster has a [kv] section");
         let shard_nodes = config.shards_by_id();
@@ -259,7 +295,7 @@ impl Gateway {
         let shards = shard_nodes
             .iter()
             .map(|n| {
-                let dial = tls.map(|tls| tls.dial(NodeId(n.id)));
+                let dial = tls.map(|tls| tls.dial(NodeId(n.id))).unwrap_or_default();
                 (NodeId(n.id), CallClient::with_dial(n.listen, dial))
             })
             .collect();
@@ -267,7 +303,8 @@ impl Gateway {
         let gateway = Arc::new(Gateway {
             handle,
             sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
+            open_by: Mutex::new(HashMap::new()),
+            auth,
             clock: Mutex::new(Hlc::new(kv.max_offset_ms * 1_000)),
             map,
             shards,
@@ -288,6 +325,7 @@ impl Gateway {
         &self,
         begin: &proto::KvBeginRequest,
         fresh: bool,
+        owner: &Identity,
     ) -> Result<(u64, Timestamp, Option<TxnId>), Status> {
         let isolation = match begin.isolation.as_str() {
             "" => Isolation::default(),
@@ -298,20 +336,73 @@ impl Gateway {
                 "{MAX_OPEN_TRANSACTIONS} transactions are open at this gateway; commit or abort some, or retry later"
             )));
         }
+        // The caller's slot is taken now (and given back if the open fails), so concurrent
+        // Begins cannot all pass the check before any is counted.
+        {
+            let mut open_by = self.open_by.lock().expect("open_by lock");
+            let count = open_by.entry(Owner::of(owner)).or_insert(0);
+            if *count >= MAX_OPEN_PER_CLIENT {
+                return Err(Status::resource_exhausted(format!(
+                    "{MAX_OPEN_PER_CLIENT} transactions of {} are open at this gateway; commit or abort some first",
+                    owner.caller
+                )));
+            }
+            *count += 1;
+        }
         let reserved = if begin.reserve {
-            let (tx, rx) = oneshot::channel();
-            self.handle.ask(move |node| node.reserve(tx)).await?;
-            Some(rx.await.map_err(|_| stopping())??)
+            let reserve = async {
+                let (tx, rx) = oneshot::channel();
+                self.handle.ask(move |node| node.reserve(tx)).await?;
+                rx.await.map_err(|_| stopping())?
+            };
+            match reserve.await {
+                Ok(txn) => Some(txn),
+                Err(status) => {
+                    self.closed(owner);
+                    return Err(status);
+                }
+            }
         } else {
             None
         };
         let start = self.now();
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
         let fresh = fresh && reserved.is_some();
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        sessions.insert(session, Session { txn, reserved, fresh });
+        // Unguessable, so a session cannot be found by counting (it is bound to its owner
+        // besides); never 0, which a request uses for "none".
+        let session = loop {
+            let id = random_u64();
+            if id != 0 && !sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        sessions.insert(session, Session { owner: owner.clone(), txn, reserved, fresh });
         Ok((session, start, reserved))
+    }
+
+    /// Takes `session` out of the table, if `owner` opened it.
+    fn take(&self, session: u64, owner: &Identity) -> Option<Session> {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions.get(&session).is_none_or(|open| open.owner != *owner) {
+            return None;
+        }
+        let taken = sessions.remove(&session);
+        drop(sessions);
+        self.closed(owner);
+        taken
+    }
+
+    /// One session of `owner` fewer.
+    fn closed(&self, owner: &Identity) {
+        let mut open_by = self.open_by.lock().expect("open_by lock");
+        let key = Owner::of(owner);
+        if let Some(count) = open_by.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                open_by.remove(&key);
+            }
+        }
     }
 
     /// The request's session, or a new one if it asks to begin (and the id that one reserved).
@@ -319,9 +410,12 @@ impl Gateway {
         &self,
         session: u64,
         begin: Option<&proto::KvBeginRequest>,
+        owner: &Identity,
     ) -> Result<(u64, Option<TxnId>), Status> {
         match begin {
-            Some(begin) => self.open(begin, false).await.map(|(session, _, txn)| (session, txn)),
+            Some(begin) => {
+                self.open(begin, false, owner).await.map(|(session, _, txn)| (session, txn))
+            }
             None => Ok((session, None)),
         }
     }
@@ -331,12 +425,15 @@ impl Gateway {
     fn with<T>(
         &self,
         session: u64,
+        owner: &Identity,
         f: impl FnOnce(&mut Transaction) -> Result<T, Status>,
     ) -> Result<T, Status> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        let Some(open) = sessions.get_mut(&session) else {
+        // Another caller's session is answered as no session at all: its existence is not
+        // for others to learn.
+        let Some(open) = sessions.get_mut(&session).filter(|open| open.owner == *owner) else {
             return Err(Status::failed_precondition(format!(
-                "no open transaction {session} (committed, aborted, expired, or the gateway restarted)"
+                "no open transaction {session} of yours (committed, aborted, expired, or the gateway restarted)"
             )));
         };
         if open.fresh {
@@ -347,6 +444,7 @@ impl Gateway {
         if let Err(e) = open.txn.check_alive(physical_now_us()) {
             let reserved = sessions.remove(&session).and_then(|s| s.reserved);
             drop(sessions);
+            self.closed(owner);
             self.release(reserved);
             return Err(Status::failed_precondition(e.to_string()));
         }
@@ -354,9 +452,8 @@ impl Gateway {
     }
 
     /// Ends `session` (if open), giving back its reserved id: its transaction will not run.
-    fn end(&self, session: u64) {
-        let reserved =
-            self.sessions.lock().expect("sessions lock").remove(&session).and_then(|s| s.reserved);
+    fn end(&self, session: u64, owner: &Identity) {
+        let reserved = self.take(session, owner).and_then(|s| s.reserved);
         self.release(reserved);
     }
 
@@ -494,6 +591,7 @@ async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
         let Some(gateway) = gateway.upgrade() else { return };
         let now = physical_now_us();
         let mut expired = Vec::new();
+        let mut owners = Vec::new();
         gateway.sessions.lock().expect("sessions lock").retain(|_, s| {
             // A session opened ahead and not used within AHEAD_UNUSED is given up (its client
             // uses them within 10 s or drops them): its reserved id holds the forget mark.
@@ -503,9 +601,13 @@ async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
             let alive = if s.fresh { !unused_too_long } else { s.txn.check_alive(now).is_ok() };
             if !alive {
                 expired.extend(s.reserved);
+                owners.push(s.owner.clone());
             }
             alive
         });
+        for owner in owners {
+            gateway.closed(&owner);
+        }
         for txn in expired {
             gateway.release(Some(txn));
         }
@@ -518,7 +620,8 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvBeginRequest>,
     ) -> Result<Response<proto::KvBeginReply>, Status> {
-        let (session, start, reserved) = self.open(&request.into_inner(), true).await?;
+        let me = self.auth.check(&request, Right::Transact, "begin a transaction")?;
+        let (session, start, reserved) = self.open(&request.into_inner(), true, &me).await?;
         let txn = reserved.map(|t| t.to_string()).unwrap_or_default();
         Ok(Response::new(proto::KvBeginReply { session, start: Some(to_proto(start)), txn }))
     }
@@ -527,10 +630,11 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvGetRequest>,
     ) -> Result<Response<proto::KvGetReply>, Status> {
+        let me = self.auth.check(&request, Right::Transact, "read in a transaction")?;
         let timeout = shard_timeout(&request);
         let proto::KvGetRequest { session, key, begin } = request.into_inner();
-        let (session, reserved) = self.session_of(session, begin.as_ref()).await?;
-        let lookup = self.with(session, |t| {
+        let (session, reserved) = self.session_of(session, begin.as_ref(), &me).await?;
+        let lookup = self.with(session, &me, |t| {
             if let Some(own) = t.buffered(&key) {
                 return Ok(Lookup::Local(own.cloned()));
             }
@@ -548,7 +652,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                     limit: 0,
                 };
                 let reply = self.read(shard, request, timeout).await?;
-                self.with(session, |t| {
+                self.with(session, &me, |t| {
                     t.record_read(&key);
                     Ok(())
                 })?;
@@ -567,12 +671,13 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvScanRequest>,
     ) -> Result<Response<proto::KvScanReply>, Status> {
+        let me = self.auth.check(&request, Right::Transact, "scan in a transaction")?;
         let timeout = shard_timeout(&request);
         let proto::KvScanRequest { session, range, limit, begin } = request.into_inner();
-        let (session, reserved) = self.session_of(session, begin.as_ref()).await?;
+        let (session, reserved) = self.session_of(session, begin.as_ref(), &me).await?;
         let range = range_from_proto(range);
         let limit = if limit == 0 { DEFAULT_SCAN_LIMIT } else { limit as usize };
-        let at = self.with(session, |t| {
+        let at = self.with(session, &me, |t| {
             t.check_scan(limit).map_err(invalid)?;
             Ok(t.start_ts)
         })?;
@@ -586,7 +691,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                 complete = false;
                 break;
             }
-            let fetch = self.with(session, |t| Ok(t.scan_fetch_limit(&piece, remaining)))?;
+            let fetch = self.with(session, &me, |t| Ok(t.scan_fetch_limit(&piece, remaining)))?;
             let request = proto::ShardReadRequest {
                 at: Some(to_proto(at)),
                 key: Vec::new(),
@@ -595,7 +700,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             };
             let reply = self.read(shard, request, timeout).await?;
             let found = reply.rows.into_iter().map(|p| (p.key, p.value)).collect();
-            let (merged, piece_complete) = self.with(session, |t| {
+            let (merged, piece_complete) = self.with(session, &me, |t| {
                 Ok(t.merge_scan(&piece, found, reply.exhausted, remaining, room))
             })?;
             bytes += merged.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -614,8 +719,9 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvPutRequest>,
     ) -> Result<Response<proto::KvWriteReply>, Status> {
+        let me = self.auth.check(&request, Right::Transact, "write in a transaction")?;
         let proto::KvPutRequest { session, key, value } = request.into_inner();
-        self.with(session, |t| t.put(key, value).map_err(invalid))?;
+        self.with(session, &me, |t| t.put(key, value).map_err(invalid))?;
         Ok(Response::new(proto::KvWriteReply {}))
     }
 
@@ -623,8 +729,9 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvDeleteRequest>,
     ) -> Result<Response<proto::KvWriteReply>, Status> {
+        let me = self.auth.check(&request, Right::Transact, "delete in a transaction")?;
         let proto::KvDeleteRequest { session, key } = request.into_inner();
-        self.with(session, |t| t.delete(key).map_err(invalid))?;
+        self.with(session, &me, |t| t.delete(key).map_err(invalid))?;
         Ok(Response::new(proto::KvWriteReply {}))
     }
 
@@ -632,11 +739,12 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvCommitRequest>,
     ) -> Result<Response<proto::KvCommitReply>, Status> {
+        let me = self.auth.check(&request, Right::Transact, "commit a transaction")?;
         let proto::KvCommitRequest { session, writes, begin, reserve_next } = request.into_inner();
-        let (session, _) = self.session_of(session, begin.as_ref()).await?;
+        let (session, _) = self.session_of(session, begin.as_ref(), &me).await?;
         // The client's buffered writes first, exactly as Put/Delete calls would have applied
         // them. Checked (alive) and taken: a commit consumes its session whatever the outcome.
-        let applied = self.with(session, |t| {
+        let applied = self.with(session, &me, |t| {
             for write in writes {
                 if write.delete {
                     t.delete(write.key).map_err(invalid)?;
@@ -647,11 +755,10 @@ impl proto::kv_server::Kv for Arc<Gateway> {
             t.check_size().map_err(invalid)
         });
         if let Err(refused) = applied {
-            self.end(session);
+            self.end(session, &me);
             return Err(refused);
         }
-        let open = self.sessions.lock().expect("sessions lock").remove(&session);
-        let Some(Session { txn, reserved, .. }) = open else {
+        let Some(Session { txn, reserved, .. }) = self.take(session, &me) else {
             return Err(Status::failed_precondition(format!("no open transaction {session}")));
         };
         // The next transaction's session, named now (before this one's outcome, which may take
@@ -659,7 +766,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         let next = if reserve_next {
             let ahead =
                 proto::KvBeginRequest { isolation: txn.isolation.to_string(), reserve: true };
-            match self.open(&ahead, true).await {
+            match self.open(&ahead, true, &me).await {
                 Ok((session, start, id)) => Some(proto::KvBeginReply {
                     session,
                     start: Some(to_proto(start)),
@@ -695,7 +802,7 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                 // An error carries no `next`: give its session back rather than leave its
                 // reserved id holding the forget mark until it expires.
                 if let Some(next) = next {
-                    self.end(next.session);
+                    self.end(next.session, &me);
                 }
                 Err(status)
             }
@@ -706,27 +813,44 @@ impl proto::kv_server::Kv for Arc<Gateway> {
         &self,
         request: Request<proto::KvAbortRequest>,
     ) -> Result<Response<proto::KvAbortReply>, Status> {
-        self.end(request.into_inner().session);
+        let me = self.auth.check(&request, Right::Transact, "abort a transaction")?;
+        self.end(request.into_inner().session, &me);
         Ok(Response::new(proto::KvAbortReply {}))
     }
 }
 
 /// The gateway's methods as calls: the same code as its gRPC service.
 impl Serve for Gateway {
-    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>) -> Served {
-        use call_link::{decode, encode};
+    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>, caller: Identity) -> Served {
+        use call_link::encode;
         use proto::kv_server::Kv;
         Box::pin(async move {
             match method {
-                Method::KvBegin => encode(Kv::begin(&self, decode(&request)?).await?),
-                Method::KvGet => encode(Kv::get(&self, decode(&request)?).await?),
-                Method::KvScan => encode(Kv::scan(&self, decode(&request)?).await?),
-                Method::KvPut => encode(Kv::put(&self, decode(&request)?).await?),
-                Method::KvDelete => encode(Kv::delete(&self, decode(&request)?).await?),
-                Method::KvCommit => encode(Kv::commit(&self, decode(&request)?).await?),
-                Method::KvAbort => encode(Kv::abort(&self, decode(&request)?).await?),
+                Method::KvBegin => {
+                    encode(Kv::begin(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
+                Method::KvGet => {
+                    encode(Kv::get(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
+                Method::KvScan => {
+                    encode(Kv::scan(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
+                Method::KvPut => {
+                    encode(Kv::put(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
+                Method::KvDelete => {
+                    encode(Kv::delete(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
+                Method::KvCommit => {
+                    encode(Kv::commit(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
+                Method::KvAbort => {
+                    encode(Kv::abort(&self, call_link::decode_from(&request, &caller)?).await?)
+                }
                 Method::TxnStatus => {
-                    let request: proto::StatusRequest = decode(&request)?.into_inner();
+                    let request = call_link::decode_from(&request, &caller)?;
+                    self.auth.check(&request, Right::Read, "ask a transaction's status")?;
+                    let request: proto::StatusRequest = request.into_inner();
                     let txn: TxnId = request
                         .txn
                         .parse()
@@ -745,7 +869,8 @@ impl Serve for Gateway {
 
 /// A shard's reads, as calls from its gateway.
 impl Serve for KvHandle {
-    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>) -> Served {
+    /// Only the gateway reaches this (the link checked its certificate, under TLS).
+    fn serve(self: Arc<Self>, method: Method, request: Vec<u8>, _: Identity) -> Served {
         use call_link::decode;
         Box::pin(async move {
             match method {

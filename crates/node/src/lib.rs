@@ -11,6 +11,7 @@
 //!
 //! See `proto/concord.proto` for the gRPC contract and the call bodies.
 
+pub mod auth;
 pub mod call_link;
 pub mod certs;
 mod check;
@@ -145,9 +146,33 @@ pub fn channel(address: SocketAddr) -> Channel {
     channel_with(address, None)
 }
 
-/// A TLS channel to the node at `address` for a client trusting `credentials`' CA.
-pub fn client_channel(address: SocketAddr, credentials: &tls::ClientCredentials) -> Channel {
-    channel_with(address, Some(credentials.grpc()))
+/// A gRPC channel that presents a client's bearer token with every request.
+pub type ClientChannel = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer <token>` to every request (nothing, without a token).
+#[derive(Debug, Clone, Default)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to the node at `address` for a client holding `credentials`: TLS when they trust
+/// a CA, its token on every request.
+pub fn client_channel(address: SocketAddr, credentials: &tls::ClientCredentials) -> ClientChannel {
+    let token = credentials.token().and_then(|token| format!("Bearer {token}").parse().ok());
+    tonic::service::interceptor::InterceptedService::new(
+        channel_with(address, credentials.grpc()),
+        BearerToken(token),
+    )
 }
 
 /// A call-link client of the gateway at `address` for a client holding `credentials`.
@@ -155,7 +180,7 @@ pub fn call_client(
     address: SocketAddr,
     credentials: &tls::ClientCredentials,
 ) -> call_link::CallClient {
-    call_link::CallClient::with_dial(address, Some(credentials.dial()))
+    call_link::CallClient::with_dial(address, credentials.dial())
 }
 
 /// A channel from this node to node `to`, presenting this node's certificate under TLS.
@@ -173,6 +198,7 @@ async fn accept_loop<E: Engine>(
     calls: Option<Arc<dyn call_link::Serve>>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut connections = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => return,
@@ -187,6 +213,8 @@ async fn accept_loop<E: Engine>(
         let _ = stream.set_nodelay(true);
         let (grpc, handle, calls, stopped) =
             (grpc.clone(), handle.clone(), calls.clone(), stopped.clone());
+        connections += 1;
+        let conn = connections;
         tokio::spawn(async move {
             let remote = stream.peer_addr().ok();
             if let Some(tls) = handle.tls.clone() {
@@ -208,10 +236,10 @@ async fn accept_loop<E: Engine>(
                             .map(|n| NodeId(n.id))
                             .find(|&id| tls.is_node(cert, id))
                     });
-                    let info = tls::ConnInfo { remote, node };
+                    let info = tls::ConnInfo { remote, node, conn };
                     let _ = grpc.send(Ok(tls::GrpcConn { conn: accepted.conn, info })).await;
                 } else {
-                    serve_link(accepted.conn, accepted.cert, handle, calls, stopped).await;
+                    serve_link(accepted.conn, accepted.cert, conn, handle, calls, stopped).await;
                 }
                 return;
             }
@@ -219,10 +247,11 @@ async fn accept_loop<E: Engine>(
             let peeked = tokio::time::timeout(HELLO_TIMEOUT, stream.peek(&mut first));
             match peeked.await {
                 Ok(Ok(1)) if first[0] == link::FIRST_BYTE => {
-                    serve_link(tls::Conn::Plain(stream), None, handle, calls, stopped).await;
+                    let stream = tls::Conn::Plain(stream);
+                    serve_link(stream, None, conn, handle, calls, stopped).await;
                 }
                 Ok(Ok(1)) => {
-                    let info = tls::ConnInfo { remote, node: None };
+                    let info = tls::ConnInfo { remote, node: None, conn };
                     let conn = tls::GrpcConn { conn: tls::Conn::Plain(stream), info };
                     let _ = grpc.send(Ok(conn)).await;
                 }
@@ -236,6 +265,7 @@ async fn accept_loop<E: Engine>(
 async fn serve_link<E: Engine>(
     mut stream: tls::Conn,
     cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    conn: u64,
     handle: Handle<E>,
     calls: Option<Arc<dyn call_link::Serve>>,
     stopped: watch::Receiver<bool>,
@@ -251,19 +281,45 @@ async fn serve_link<E: Engine>(
     match (kind, calls) {
         (link::LinkKind::Peer, _) => serve_peer(stream, cert, handle, stopped).await,
         (link::LinkKind::Call, Some(calls)) => {
+            let token = tokio::time::timeout(HELLO_TIMEOUT, call_link::read_token(&mut stream));
+            let token = match token.await {
+                Ok(Ok(token)) => token,
+                Ok(Err(reason)) => {
+                    eprintln!("{}: refused a call link: {reason}", handle.me);
+                    return;
+                }
+                Err(_) => return,
+            };
+            let node = match (&handle.tls, &cert) {
+                (Some(tls), Some(cert)) => handle
+                    .config
+                    .nodes
+                    .iter()
+                    .map(|n| NodeId(n.id))
+                    .find(|&id| tls.is_node(cert, id)),
+                _ => None,
+            };
             // A shard's calls (reads for the gateway) are for the cluster's gateway only.
             let me = handle.config.node(&handle.me).map(|n| n.role);
-            if let (Some(tls), Some(config::Role::Shard)) = (&handle.tls, me) {
-                let gateway = handle.config.coordinator().id;
-                if !cert.as_ref().is_some_and(|cert| tls.is_node(cert, NodeId(gateway))) {
+            if handle.tls.is_some() && me == Some(config::Role::Shard) {
+                let gateway = NodeId(handle.config.coordinator().id);
+                if node != Some(gateway) {
                     eprintln!(
-                        "{}: refused a call link: only the gateway (node {gateway}) calls a shard",
+                        "{}: refused a call link: only the gateway ({gateway}) calls a shard",
                         handle.me
                     );
                     return;
                 }
             }
-            call_link::serve_connection(stream, calls, stopped).await;
+            let caller = match handle.auth.identify(Some(&token), node) {
+                Ok(caller) => caller,
+                Err(reason) => {
+                    eprintln!("{}: refused a call link: {reason}", handle.me);
+                    return;
+                }
+            };
+            let caller = auth::Identity { caller, conn };
+            call_link::serve_connection(stream, calls, caller, stopped).await;
         }
         (link::LinkKind::Call, None) => {
             eprintln!("{}: refused a call link: this node serves no calls", handle.me);
@@ -454,7 +510,7 @@ async fn serve_engine<E: Engine>(
         let outbox = Arc::new(link::Outbox::default());
         outboxes.insert(NodeId(peer.id), peer_link::PeerSender(Arc::clone(&outbox)));
         let cluster = config.cluster.clone();
-        let dial = tls.as_ref().map(|tls| tls.dial(NodeId(peer.id)));
+        let dial = tls.as_ref().map(|tls| tls.dial(NodeId(peer.id))).unwrap_or_default();
         tokio::spawn(peer_link::send_loop(NodeId(me.id), cluster, peer.listen, dial, outbox));
     }
     let id = NodeId(me.id);

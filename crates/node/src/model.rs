@@ -234,9 +234,15 @@ impl Model for KvStore {
     ) -> (Option<Arc<Gateway>>, Option<KvHandle>) {
         let kv = KvHandle::new(handle);
         match role {
-            Role::Coordinator => {
-                (Some(Gateway::start(kv, &handle.config, handle.tls.as_deref())), None)
-            }
+            Role::Coordinator => (
+                Some(Gateway::start(
+                    kv,
+                    &handle.config,
+                    handle.tls.as_deref(),
+                    Arc::clone(&handle.auth),
+                )),
+                None,
+            ),
             Role::Shard => {
                 let ttl = handle.config.kv.as_ref().map_or(60_000, |kv| kv.gc_ttl_ms);
                 tokio::spawn(crate::kv::collect_garbage(

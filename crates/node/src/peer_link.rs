@@ -79,19 +79,19 @@ pub(crate) fn hello(me: NodeId, cluster: &str) -> Vec<u8> {
 /// watches the read side: a read that completes means the peer closed the link (it crashed or
 /// restarted), and the writer reconnects at once instead of losing its next batch to a dead
 /// connection.
-/// With `dial`, the link is TLS and the peer must prove it is the node meant.
+/// Under TLS (`dial`), the peer must prove it is the node meant.
 pub(crate) async fn send_loop(
     me: NodeId,
     cluster: String,
     to: SocketAddr,
-    dial: Option<Dial>,
+    dial: Dial,
     outbox: Arc<Outbox>,
 ) {
     let hello = hello(me, &cluster);
     let mut stale = Vec::new();
     let mut backoff = RECONNECT_MIN;
     while !outbox.is_closed() {
-        let Some(stream) = connect(to, dial.as_ref(), &hello).await else {
+        let Some(stream) = connect(to, &dial, &hello).await else {
             // What waited for an unreachable peer is stale by the time it answers.
             outbox.take(&mut stale);
             tokio::time::sleep(backoff).await;
@@ -108,14 +108,11 @@ pub(crate) async fn send_loop(
     }
 }
 
-async fn connect(to: SocketAddr, dial: Option<&Dial>, hello: &[u8]) -> Option<Conn> {
+async fn connect(to: SocketAddr, dial: &Dial, hello: &[u8]) -> Option<Conn> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await.ok()?.ok()?;
     // Without TCP_NODELAY a lone message waits for the peer's delayed ACK.
     tcp.set_nodelay(true).ok()?;
-    let mut stream = match dial {
-        None => Conn::Plain(tcp),
-        Some(dial) => tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(tcp)).await.ok()?.ok()?,
-    };
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(tcp)).await.ok()?.ok()?;
     tokio::time::timeout(link::WRITE_TIMEOUT, stream.write_all(hello)).await.ok()?.ok()?;
     Some(stream)
 }
@@ -220,7 +217,8 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let outbox = Arc::new(Outbox::default());
         let sender = PeerSender(Arc::clone(&outbox));
-        let writer = tokio::spawn(send_loop(NodeId(1), "c".into(), address, None, outbox));
+        let writer =
+            tokio::spawn(send_loop(NodeId(1), "c".into(), address, Dial::default(), outbox));
         let msgs = messages();
         for round in 0..2 {
             // The writer connects at once, and again as soon as the last link closes.

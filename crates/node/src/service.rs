@@ -14,6 +14,8 @@ use crate::model::Model;
 use crate::proto;
 use concord_commit::ResourceParticipant as _;
 
+use crate::auth::Right;
+
 /// What every service holds: the way into the loop, and the cluster it belongs to.
 pub(crate) struct Handle<E: Engine> {
     pub events: mpsc::Sender<Event<E>>,
@@ -21,6 +23,8 @@ pub(crate) struct Handle<E: Engine> {
     pub me: String,
     /// The node's TLS, when the cluster has `[tls]`: how it dials other nodes.
     pub tls: Option<std::sync::Arc<crate::tls::NodeTls>>,
+    /// Who may call what.
+    pub auth: std::sync::Arc<crate::auth::Auth>,
     /// Ids reserved by `Client.Reserve`, each with the moment it is given back unless it ran
     /// (one task releases them in order; see [`RESERVED_FOR`]).
     reservations: mpsc::Sender<(tokio::time::Instant, TxnId)>,
@@ -46,7 +50,8 @@ impl<E: Engine> Handle<E> {
                 }
             }
         });
-        Handle { events, config, me, tls, reservations }
+        let auth = std::sync::Arc::new(crate::auth::Auth::new(&config));
+        Handle { events, config, me, tls, auth, reservations }
     }
 }
 
@@ -57,6 +62,7 @@ impl<E: Engine> Clone for Handle<E> {
             config: self.config.clone(),
             me: self.me.clone(),
             tls: self.tls.clone(),
+            auth: self.auth.clone(),
             reservations: self.reservations.clone(),
         }
     }
@@ -106,6 +112,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<SubmitStream>, Status> {
+        self.auth.check(&request, Right::Transact, "submit a transaction")?;
         let request = request.into_inner();
         let branches = E::Model::branches(&self.config, &request.writes)?;
         let reserved = match request.txn.as_str() {
@@ -123,6 +130,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::TransactionInfo>, Status> {
+        self.auth.check(&request, Right::Read, "ask a transaction's status")?;
         let txn: TxnId =
             request.into_inner().txn.parse().map_err(|e: concord_types::ParseTxnIdError| {
                 Status::invalid_argument(e.to_string())
@@ -143,6 +151,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListReply>, Status> {
+        self.auth.check(&request, Right::Inspect, "list transactions")?;
         let request = request.into_inner();
         let limit = if request.limit == 0 { 50 } else { request.limit as usize };
         let transactions = self
@@ -154,8 +163,9 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
 
     async fn reserve(
         &self,
-        _: Request<proto::ReserveRequest>,
+        request: Request<proto::ReserveRequest>,
     ) -> Result<Response<proto::ReserveReply>, Status> {
+        self.auth.check(&request, Right::Transact, "reserve a transaction id")?;
         let (tx, rx) = oneshot::channel();
         self.ask(move |node| node.reserve(tx)).await?;
         let txn = rx.await.map_err(|_| stopping())??;
@@ -166,8 +176,9 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
 
     async fn topology(
         &self,
-        _: Request<proto::TopologyRequest>,
+        request: Request<proto::TopologyRequest>,
     ) -> Result<Response<proto::TopologyReply>, Status> {
+        self.auth.check(&request, Right::Read, "read the topology")?;
         let nodes = self
             .config
             .nodes
@@ -187,8 +198,9 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
 impl<E: Engine> proto::node_server::Node for Handle<E> {
     async fn health(
         &self,
-        _: Request<proto::HealthRequest>,
+        request: Request<proto::HealthRequest>,
     ) -> Result<Response<proto::HealthReply>, Status> {
+        self.auth.check(&request, Right::Read, "read health")?;
         let me = self.me.clone();
         let role = self.config.node(&me).map(|n| n.role.to_string()).unwrap_or_default();
         let reply = self
@@ -215,6 +227,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         &self,
         request: Request<proto::ReadShardRequest>,
     ) -> Result<Response<proto::ReadShardReply>, Status> {
+        self.auth.check(&request, Right::Inspect, "read a shard")?;
         let keys = request.into_inner().keys;
         let reply = self
             .ask(move |node| match &node.role {

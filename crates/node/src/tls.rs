@@ -11,8 +11,7 @@
 //! * **One port, told apart by ALPN.** gRPC clients offer `h2`; Concord's links offer
 //!   `concord`. Without TLS the first byte tells them apart (`crate::link`).
 //! * **Clients** need no certificate: they check that they reached a node of the cluster
-//!   (`node.concord` under the cluster's CA). Client authentication (tokens, roles) is not
-//!   built yet (docs/security.md).
+//!   (`node.concord` under the cluster's CA) and present a bearer token (`crate::auth`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -186,7 +185,8 @@ impl NodeTls {
 
     /// How this node dials node `to` on a Concord link: the peer must prove it is `to`.
     pub(crate) fn dial(&self, to: NodeId) -> Dial {
-        Dial { config: Arc::clone(&self.links), name: server_name(&node_name(&self.cluster, to)) }
+        let name = server_name(&node_name(&self.cluster, to));
+        Dial { tls: Some((Arc::clone(&self.links), name)), token: None }
     }
 
     /// How this node calls node `to` over gRPC, presenting its own certificate.
@@ -204,23 +204,57 @@ fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
     cert.verify_is_valid_for_subject_name(&server_name(name)).is_ok()
 }
 
-/// What a client dials with: a TLS configuration and the name the server must prove.
-#[derive(Debug, Clone)]
+/// How a Concord link is dialled: over TLS (a configuration and the name the server must
+/// prove) or plain TCP, and the token a client presents when the link opens.
+#[derive(Debug, Clone, Default)]
 pub struct Dial {
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    token: Option<Arc<str>>,
 }
 
-/// A client's credentials: the cluster's CA, to know it reached a node of the cluster.
-#[derive(Debug, Clone)]
+impl Dial {
+    /// Completes the TLS handshake on a connected `tcp` (nothing, for plain TCP).
+    pub(crate) async fn connect(&self, tcp: TcpStream) -> io::Result<Conn> {
+        let Some((config, name)) = &self.tls else { return Ok(Conn::Plain(tcp)) };
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        let tls = connector.connect(name.clone(), tcp).await?;
+        Ok(Conn::Tls(Box::new(tls.into())))
+    }
+
+    /// The token presented when a call link opens (empty: none).
+    pub(crate) fn token(&self) -> &[u8] {
+        self.token.as_deref().map_or(&[], str::as_bytes)
+    }
+}
+
+/// A client's credentials: the cluster's CA (then it talks TLS, and knows it reached a node
+/// of the cluster) and its bearer token, either or both.
+#[derive(Debug, Clone, Default)]
 pub struct ClientCredentials {
-    links: Arc<ClientConfig>,
-    ca_pem: Arc<str>,
+    tls: Option<(Arc<ClientConfig>, Arc<str>)>,
+    token: Option<Arc<str>>,
 }
 
 impl ClientCredentials {
-    /// From the CA file `ca`.
+    /// Trusting the CA in file `ca` (TLS), presenting `token`.
+    pub fn new(ca: Option<&Path>, token: Option<String>) -> Result<Self, String> {
+        let tls = match ca {
+            Some(ca) => Some(Self::trust(ca)?),
+            None => None,
+        };
+        let max = crate::auth::MAX_TOKEN_BYTES;
+        if token.as_ref().is_some_and(|t| t.is_empty() || t.len() > max) {
+            return Err(format!("a token is 1 to {max} bytes (`concord certs token` makes one)"));
+        }
+        Ok(ClientCredentials { tls, token: token.map(Into::into) })
+    }
+
+    /// Trusting the CA in file `ca`, with no token.
     pub fn load(ca: &Path) -> Result<Self, String> {
+        Self::new(Some(ca), None)
+    }
+
+    fn trust(ca: &Path) -> Result<(Arc<ClientConfig>, Arc<str>), String> {
         let roots = read_roots(ca)?;
         let mut links = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -229,26 +263,26 @@ impl ClientCredentials {
             .with_no_client_auth();
         links.alpn_protocols = vec![ALPN_LINK.to_vec()];
         let ca_pem = std::fs::read_to_string(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-        Ok(ClientCredentials { links: Arc::new(links), ca_pem: ca_pem.into() })
+        Ok((Arc::new(links), ca_pem.into()))
     }
 
     pub(crate) fn dial(&self) -> Dial {
-        Dial { config: Arc::clone(&self.links), name: server_name(ANY_NODE) }
+        Dial {
+            tls: self.tls.as_ref().map(|(links, _)| (Arc::clone(links), server_name(ANY_NODE))),
+            token: self.token.clone(),
+        }
     }
 
-    pub(crate) fn grpc(&self) -> tonic::transport::ClientTlsConfig {
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&*self.ca_pem))
-            .domain_name(ANY_NODE)
+    pub(crate) fn grpc(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.as_ref().map(|(_, ca_pem)| {
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&**ca_pem))
+                .domain_name(ANY_NODE)
+        })
     }
-}
 
-impl Dial {
-    /// Connects to `address` and completes the handshake.
-    pub(crate) async fn connect(&self, tcp: TcpStream) -> io::Result<Conn> {
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
-        let tls = connector.connect(self.name.clone(), tcp).await?;
-        Ok(Conn::Tls(Box::new(tls.into())))
+    pub(crate) fn token(&self) -> Option<Arc<str>> {
+        self.token.clone()
     }
 }
 
@@ -352,6 +386,8 @@ pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// The node the caller proved it is, by its certificate.
     pub node: Option<NodeId>,
+    /// The connection's number on this node, to bind what it opens to it.
+    pub conn: u64,
 }
 
 /// A connection handed to the gRPC server, with what its handshake proved.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_commit::two_phase::Msg;
+use concord_node::auth::{token_sha256, ClientRole, TokenConfig};
 use concord_node::config::{ClusterConfig, TlsConfig};
 use concord_node::proto::{self, client_client::ClientClient, node_client::NodeClient};
 use concord_node::tls::{node_name, CertFiles, ClientCredentials};
@@ -37,9 +38,18 @@ fn free_base_port() -> u16 {
     panic!("no free ports");
 }
 
+/// The honest client's token, and a monitor's (which may look but not transact).
+const CLIENT_TOKEN: &str = "concord_test_client_token";
+const MONITOR_TOKEN: &str = "concord_test_monitor_token";
+
 fn cluster(name: &str, certs: &Path, base: u16) -> ClusterConfig {
     let mut config = ClusterConfig::local(name, 2, base);
     config.tls = Some(TlsConfig { dir: certs.to_path_buf() });
+    for (who, role, token) in
+        [("app", ClientRole::Client, CLIENT_TOKEN), ("watch", ClientRole::Monitor, MONITOR_TOKEN)]
+    {
+        config.tokens.push(TokenConfig { name: who.into(), role, sha256: token_sha256(token) });
+    }
     config
 }
 
@@ -176,10 +186,11 @@ async fn forged_peer_frames_are_refused_and_change_nothing() {
     }
     let coordinator = config.node("coordinator").unwrap().listen;
     let shard_1 = config.node("shard-1").unwrap().listen;
-    let client = ClientCredentials::load(&files.ca()).unwrap();
+    let client = ClientCredentials::new(Some(&files.ca()), Some(CLIENT_TOKEN.into())).unwrap();
+    let monitor = ClientCredentials::new(Some(&files.ca()), Some(MONITOR_TOKEN.into())).unwrap();
 
     honest_transfer(coordinator, &client).await;
-    assert_eq!(balance(shard_1, &client).await, 100);
+    assert_eq!(balance(shard_1, &monitor).await, 100);
 
     let shard_1_name = node_name("bank", NodeId(1));
     let as_shard_2 = attacker(&files, Some((&files, "shard-2")));
@@ -203,12 +214,12 @@ async fn forged_peer_frames_are_refused_and_change_nothing() {
         let mut bytes = hello(claimed, "bank");
         bytes.extend(forged_commit(1_000_000 + u32::try_from(i).unwrap()));
         assert!(send_and_see_refused(shard_1, tls, &bytes).await, "{what}: not refused");
-        assert_eq!(balance(shard_1, &client).await, 100, "{what}: the forged commit applied");
+        assert_eq!(balance(shard_1, &monitor).await, 100, "{what}: the forged commit applied");
     }
 
     // The cluster still works, and its balance is what honest transactions made it.
     honest_transfer(coordinator, &client).await;
-    assert_eq!(balance(shard_1, &client).await, 200);
+    assert_eq!(balance(shard_1, &monitor).await, 200);
 
     // A client without the cluster's CA cannot even reach it: the node is not who it trusts.
     let stranger = ClientCredentials::load(&foreign.ca()).unwrap();
