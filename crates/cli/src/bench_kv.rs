@@ -168,7 +168,14 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                     let files = CertFiles { dir: options.dir.join(format!("certs-{i}")) };
                     config.tls = Some(concord_node::config::TlsConfig { dir: files.dir.clone() });
                     concord_node::certs::issue(&config, &files, false)?;
-                    Some(ClientCredentials::load(&files.ca())?)
+                    // Under TLS clients need a token: the bench's own.
+                    let token = concord_node::auth::new_token()?;
+                    config.tokens.push(concord_node::auth::TokenConfig {
+                        name: "bench".into(),
+                        role: concord_node::auth::ClientRole::Client,
+                        sha256: concord_node::auth::token_sha256(&token),
+                    });
+                    Some(ClientCredentials::new(Some(&files.ca()), Some(token))?)
                 } else {
                     None
                 };

@@ -3,7 +3,7 @@
 //! `CONCORD_TOKEN_FILE`). Set once at start.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use concord_client::KvClient;
@@ -13,16 +13,16 @@ use concord_node::ClientChannel;
 static CREDENTIALS: OnceLock<ClientCredentials> = OnceLock::new();
 
 /// Loads the credentials named on the command line or in the environment.
-pub fn init(ca: Option<PathBuf>, token_file: Option<PathBuf>) -> Result<(), String> {
+pub fn init(ca: Option<&Path>, token_file: Option<&Path>) -> Result<(), String> {
     let token = match token_file {
         Some(path) => {
-            let text = std::fs::read_to_string(&path)
+            let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
             Some(text.trim().to_string())
         }
         None => None,
     };
-    let credentials = ClientCredentials::new(ca.as_deref(), token)?;
+    let credentials = ClientCredentials::new(ca, token)?;
     let _ = CREDENTIALS.set(credentials);
     Ok(())
 }

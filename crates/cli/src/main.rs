@@ -203,7 +203,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = creds::init(cli.ca, cli.token_file) {
+    if let Err(message) = creds::init(cli.ca.as_deref(), cli.token_file.as_deref()) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }

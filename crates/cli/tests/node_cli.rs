@@ -280,9 +280,9 @@ fn certs_init_then_serve_runs_a_cluster_over_tls() {
         assert!(made.status.success(), "{}", text(&made));
         let entry = String::from_utf8_lossy(&made.stdout);
         let entry = &entry[entry.find("[[token]]").expect("the entry to add")..];
-        let mut file_text = std::fs::read_to_string(&config).unwrap();
+        let mut file_text = std::fs::read_to_string(config).unwrap();
         file_text.push_str(entry);
-        std::fs::write(&config, file_text).unwrap();
+        std::fs::write(config, file_text).unwrap();
         tokens.push(dir.join(format!("{name}.token")));
     }
     let (app, watch) = (tokens[0].to_str().unwrap(), tokens[1].to_str().unwrap());

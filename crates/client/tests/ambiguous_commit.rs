@@ -39,7 +39,7 @@ async fn proxy(gateway: SocketAddr, mode: Arc<AtomicU8>) -> SocketAddr {
     address
 }
 
-/// Relays one connection, reading the client's side frame by frame (magic, then
+/// Relays one connection, reading the client's side frame by frame (magic and token, then
 /// `[length u32][id u64][method u8][body]`) so it can act on a commit.
 async fn relay(client: TcpStream, server: TcpStream, mode: Arc<AtomicU8>) {
     let (mut client_read, mut client_write) = client.into_split();
@@ -47,11 +47,18 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<AtomicU8>) {
     let back = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
     });
-    let mut magic = [0u8; 8];
-    if client_read.read_exact(&mut magic).await.is_err() {
+    // The opener: the magic, and the token (`len: u16 LE`, then its bytes).
+    let mut opener = [0u8; 10];
+    if client_read.read_exact(&mut opener).await.is_err() {
         return;
     }
-    if server_write.write_all(&magic).await.is_err() {
+    let mut token = vec![0u8; usize::from(u16::from_le_bytes([opener[8], opener[9]]))];
+    if client_read.read_exact(&mut token).await.is_err() {
+        return;
+    }
+    if server_write.write_all(&opener).await.is_err()
+        || server_write.write_all(&token).await.is_err()
+    {
         return;
     }
     loop {

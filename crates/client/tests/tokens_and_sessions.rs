@@ -94,7 +94,7 @@ async fn roles_sessions_and_a_begin_flood_are_bounded_per_client() {
     let list = proto::ListRequest { limit: 5, running_only: false };
     let mut as_monitor =
         ClientClient::new(concord_node::client_channel(gateway, &credentials(Some(WATCH))));
-    assert!(as_monitor.list(list.clone()).await.is_ok());
+    assert!(as_monitor.list(list).await.is_ok());
     let mut as_client =
         ClientClient::new(concord_node::client_channel(gateway, &credentials(Some(ALICE))));
     assert!(refused(Code::PermissionDenied)(as_client.list(list).await));
