@@ -89,6 +89,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// An honest client's throughput while another floods the gateway (transactions opened
+    /// without end, idle connections, frames begun and never finished), against the client
+    /// alone; TLS and tokens, as in production.
+    Flood {
+        #[arg(long, default_value = "./concord-data/bench-flood")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Comma-separated, run together: begins, connections, frames.
+        #[arg(long, default_value = "begins,connections,frames")]
+        floods: String,
+    },
     /// The coordinator's tax over real databases: transfers across two PostgreSQL databases and
     /// across PostgreSQL + MariaDB through Concord, against the databases' own PREPARE/COMMIT
     /// PREPARED (or XA) driven directly, interleaved. Run scripts/setup-databases.sh first.
@@ -215,6 +231,15 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 clients: parse_clients(&clients)?,
                 duration,
                 json,
+            })
+        }
+        BenchCommand::Flood { dir, clients, duration, rounds, floods } => {
+            crate::bench_flood::run(&crate::bench_flood::Options {
+                dir: &dir,
+                clients,
+                duration,
+                rounds,
+                floods: crate::bench_flood::Floods::parse(&floods)?,
             })
         }
         BenchCommand::Kv {

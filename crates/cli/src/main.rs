@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_databases;
+mod bench_flood;
 mod bench_kv;
 mod bench_saga;
 mod bench_transfer;

@@ -254,6 +254,7 @@ pub(crate) async fn serve_connection(
     stream: Conn,
     service: Arc<dyn Serve>,
     caller: Identity,
+    budget: link::FrameBudget,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let (mut read_half, mut write_half) = tokio::io::split(stream);
@@ -267,7 +268,8 @@ pub(crate) async fn serve_connection(
     let permits = Arc::new(Semaphore::new(MAX_CALLS_PER_CONNECTION));
     let mut buf = Vec::with_capacity(link::READ_CHUNK);
     let reading = async {
-        'reading: while link::read_more(&mut read_half, &mut buf).await {
+        let mut inbound = link::Inbound::new(budget);
+        'reading: while let Ok(true) = inbound.read_more(&mut read_half, &mut buf).await {
             let Ok((frames, used)) = link::complete_frames(&buf) else { break };
             for frame in frames {
                 let Ok((id, tag, request)) = split_frame(&buf[frame]) else { break 'reading };
@@ -517,7 +519,9 @@ mod tests {
                 let (_keep, stopped) = tokio::sync::watch::channel(false);
                 let caller = Identity { caller: crate::auth::Caller::Anyone, conn: 1 };
                 tokio::spawn(async move {
-                    serve_connection(Conn::Plain(stream), Arc::new(Echo), caller, stopped).await;
+                    let budget = link::FrameBudget::default();
+                    serve_connection(Conn::Plain(stream), Arc::new(Echo), caller, budget, stopped)
+                        .await;
                     drop(_keep);
                 });
             }

@@ -216,6 +216,29 @@ const MAX_OPEN_TRANSACTIONS: usize = 100_000;
 /// and callers have no names): a tenth of the gateway's, so one cannot lock the others out.
 const MAX_OPEN_PER_CLIENT: usize = MAX_OPEN_TRANSACTIONS / 10;
 
+/// How long a Begin past the caller's share waits before it is refused.
+const REFUSAL_DELAY: Duration = Duration::from_millis(50);
+
+/// Key and value bytes one caller's open transactions may buffer at the gateway, all together.
+const MAX_BUFFERED_PER_CLIENT: usize = 256 << 20;
+/// Key and value bytes every open transaction together may buffer at the gateway.
+const MAX_BUFFERED: usize = 2 << 30;
+
+/// What the callers hold at the gateway.
+#[derive(Debug, Default)]
+struct Shares {
+    by_owner: HashMap<Owner, Share>,
+    /// Buffered bytes of every open transaction.
+    bytes: usize,
+}
+
+/// What one caller holds: open transactions, and the bytes they buffer.
+#[derive(Debug, Default, Clone, Copy)]
+struct Share {
+    open: usize,
+    bytes: usize,
+}
+
 /// Whose sessions a count is of: a named caller's (all its connections), or, without names, a
 /// connection's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -258,9 +281,9 @@ struct Session {
 pub(crate) struct Gateway {
     handle: KvHandle,
     sessions: Mutex<HashMap<u64, Session>>,
-    /// Open sessions per caller (and per connection, for callers with no name: authentication
-    /// off), so one cannot take every session there is.
-    open_by: Mutex<HashMap<Owner, usize>>,
+    /// Open sessions and their buffered bytes per caller (per connection, for callers with no
+    /// name: authentication off), so one cannot take every session or all the memory there is.
+    shares: Mutex<Shares>,
     auth: Arc<Auth>,
     clock: Mutex<Hlc>,
     map: ShardMap,
@@ -303,7 +326,7 @@ impl Gateway {
         let gateway = Arc::new(Gateway {
             handle,
             sessions: Mutex::new(HashMap::new()),
-            open_by: Mutex::new(HashMap::new()),
+            shares: Mutex::new(Shares::default()),
             auth,
             clock: Mutex::new(Hlc::new(kv.max_offset_ms * 1_000)),
             map,
@@ -338,16 +361,23 @@ impl Gateway {
         }
         // The caller's slot is taken now (and given back if the open fails), so concurrent
         // Begins cannot all pass the check before any is counted.
-        {
-            let mut open_by = self.open_by.lock().expect("open_by lock");
-            let count = open_by.entry(Owner::of(owner)).or_insert(0);
-            if *count >= MAX_OPEN_PER_CLIENT {
-                return Err(Status::resource_exhausted(format!(
-                    "{MAX_OPEN_PER_CLIENT} transactions of {} are open at this gateway; commit or abort some first",
-                    owner.caller
-                )));
+        let over_share = {
+            let mut shares = self.shares.lock().expect("shares lock");
+            let share = shares.by_owner.entry(Owner::of(owner)).or_default();
+            let over = share.open >= MAX_OPEN_PER_CLIENT;
+            if !over {
+                share.open += 1;
             }
-            *count += 1;
+            over
+        };
+        if over_share {
+            // Answered late: a caller that keeps asking past its share gets its refusals at a
+            // pace that costs the gateway timers, not the CPU others' transactions need.
+            tokio::time::sleep(REFUSAL_DELAY).await;
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_OPEN_PER_CLIENT} transactions of {} are open at this gateway; commit or abort some first",
+                owner.caller
+            )));
         }
         let reserved = if begin.reserve {
             let reserve = async {
@@ -358,7 +388,7 @@ impl Gateway {
             match reserve.await {
                 Ok(txn) => Some(txn),
                 Err(status) => {
-                    self.closed(owner);
+                    self.closed(owner, 0);
                     return Err(status);
                 }
             }
@@ -389,18 +419,20 @@ impl Gateway {
         }
         let taken = sessions.remove(&session);
         drop(sessions);
-        self.closed(owner);
+        self.closed(owner, taken.as_ref().map_or(0, |s| s.txn.bytes()));
         taken
     }
 
-    /// One session of `owner` fewer.
-    fn closed(&self, owner: &Identity) {
-        let mut open_by = self.open_by.lock().expect("open_by lock");
+    /// One session of `owner` fewer, which buffered `bytes`.
+    fn closed(&self, owner: &Identity, bytes: usize) {
+        let mut shares = self.shares.lock().expect("shares lock");
+        shares.bytes -= bytes;
         let key = Owner::of(owner);
-        if let Some(count) = open_by.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                open_by.remove(&key);
+        if let Some(share) = shares.by_owner.get_mut(&key) {
+            share.open -= 1;
+            share.bytes -= bytes;
+            if share.open == 0 {
+                shares.by_owner.remove(&key);
             }
         }
     }
@@ -442,13 +474,41 @@ impl Gateway {
             open.txn.restart_snapshot(now, physical_now_us());
         }
         if let Err(e) = open.txn.check_alive(physical_now_us()) {
+            let bytes = open.txn.bytes();
             let reserved = sessions.remove(&session).and_then(|s| s.reserved);
             drop(sessions);
-            self.closed(owner);
+            self.closed(owner, bytes);
             self.release(reserved);
             return Err(Status::failed_precondition(e.to_string()));
         }
-        f(&mut open.txn)
+        let before = open.txn.bytes();
+        let done = f(&mut open.txn);
+        let after = open.txn.bytes();
+        if after == before {
+            return done;
+        }
+        let over = {
+            let mut shares = self.shares.lock().expect("shares lock");
+            shares.bytes = shares.bytes + after - before;
+            let share = shares.by_owner.entry(Owner::of(owner)).or_default();
+            share.bytes = share.bytes + after - before;
+            let mine = share.bytes;
+            let over_mine = after > before && mine > MAX_BUFFERED_PER_CLIENT;
+            (over_mine || (after > before && shares.bytes > MAX_BUFFERED)).then_some(mine)
+        };
+        if let Some(mine) = over {
+            // The write that went over ends its transaction: what the caller buffered is the
+            // gateway's memory, and it is full for this caller (or for everyone).
+            let reserved = sessions.remove(&session).and_then(|s| s.reserved);
+            drop(sessions);
+            self.closed(owner, after);
+            self.release(reserved);
+            return Err(Status::resource_exhausted(format!(
+                "{}'s open transactions buffer {mine} bytes at this gateway, over its {MAX_BUFFERED_PER_CLIENT} (or the gateway's {MAX_BUFFERED} are spent); this transaction is ended",
+                owner.caller
+            )));
+        }
+        done
     }
 
     /// Ends `session` (if open), giving back its reserved id: its transaction will not run.
@@ -591,7 +651,7 @@ async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
         let Some(gateway) = gateway.upgrade() else { return };
         let now = physical_now_us();
         let mut expired = Vec::new();
-        let mut owners = Vec::new();
+        let mut owners: Vec<(Identity, usize)> = Vec::new();
         gateway.sessions.lock().expect("sessions lock").retain(|_, s| {
             // A session opened ahead and not used within AHEAD_UNUSED is given up (its client
             // uses them within 10 s or drops them): its reserved id holds the forget mark.
@@ -601,12 +661,12 @@ async fn sweep_expired(gateway: std::sync::Weak<Gateway>) {
             let alive = if s.fresh { !unused_too_long } else { s.txn.check_alive(now).is_ok() };
             if !alive {
                 expired.extend(s.reserved);
-                owners.push(s.owner.clone());
+                owners.push((s.owner.clone(), s.txn.bytes()));
             }
             alive
         });
-        for owner in owners {
-            gateway.closed(&owner);
+        for (owner, bytes) in owners {
+            gateway.closed(&owner, bytes);
         }
         for txn in expired {
             gateway.release(Some(txn));

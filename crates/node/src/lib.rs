@@ -16,6 +16,7 @@ pub mod call_link;
 pub mod certs;
 mod check;
 pub mod config;
+mod connections;
 pub mod tls;
 
 /// The decoders that bytes from a socket reach, for the fuzzers (`crates/fuzzing`): not an API.
@@ -54,6 +55,7 @@ pub mod proto {
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +82,12 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 const ACCEPT_QUEUE: usize = 64;
 /// An accepted connection must say what it is (its first bytes, a peer's hello) within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one gRPC connection may have in flight at once.
+const GRPC_STREAMS_PER_CONNECTION: u32 = 256;
+/// Largest header block a gRPC request may send.
+const GRPC_MAX_HEADER_BYTES: u32 = 16 << 10;
+/// A gRPC connection is closed (gracefully: its requests finish) after this long.
+const GRPC_CONNECTION_AGE: Duration = Duration::from_secs(1_800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -199,20 +207,32 @@ async fn accept_loop<E: Engine>(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut connections = 0u64;
+    let open = connections::Connections::default();
+    let failed_handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let accepted = tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, from)) = accepted else {
             // Out of descriptors, say: do not spin; connections wait in the backlog.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
+        };
+        let slot = match open.admit(from.ip()) {
+            Ok(slot) => slot,
+            Err((why, say)) => {
+                if say {
+                    eprintln!("{}: refused a connection from {from}: {why}", handle.me);
+                }
+                continue; // dropped: closed at once
+            }
         };
         // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per commit).
         let _ = stream.set_nodelay(true);
         let (grpc, handle, calls, stopped) =
             (grpc.clone(), handle.clone(), calls.clone(), stopped.clone());
+        let failed_handshakes = Arc::clone(&failed_handshakes);
         connections += 1;
         let conn = connections;
         tokio::spawn(async move {
@@ -221,8 +241,16 @@ async fn accept_loop<E: Engine>(
                 let accepted = match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
                     Ok(Ok(accepted)) => accepted,
                     Ok(Err(e)) => {
-                        let from = remote.map_or_else(String::new, |a| format!(" from {a}"));
-                        eprintln!("{}: refused a connection{from}: TLS: {e}", handle.me);
+                        // Every failed handshake would flood the log under a flood of them:
+                        // the first, then every thousandth, with the count.
+                        let failed = failed_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+                        if failed % 1_000 == 1 {
+                            let from = remote.map_or_else(String::new, |a| format!(" from {a}"));
+                            eprintln!(
+                                "{}: refused a connection{from}: TLS: {e} ({failed} failed handshakes so far)",
+                                handle.me
+                            );
+                        }
                         return;
                     }
                     Err(_) => return, // silent: dropped
@@ -237,9 +265,11 @@ async fn accept_loop<E: Engine>(
                             .find(|&id| tls.is_node(cert, id))
                     });
                     let info = tls::ConnInfo { remote, node, conn };
-                    let _ = grpc.send(Ok(tls::GrpcConn { conn: accepted.conn, info })).await;
+                    let conn = tls::GrpcConn { conn: accepted.conn, info, _slot: slot };
+                    let _ = grpc.send(Ok(conn)).await;
                 } else {
                     serve_link(accepted.conn, accepted.cert, conn, handle, calls, stopped).await;
+                    drop(slot);
                 }
                 return;
             }
@@ -249,10 +279,11 @@ async fn accept_loop<E: Engine>(
                 Ok(Ok(1)) if first[0] == link::FIRST_BYTE => {
                     let stream = tls::Conn::Plain(stream);
                     serve_link(stream, None, conn, handle, calls, stopped).await;
+                    drop(slot);
                 }
                 Ok(Ok(1)) => {
                     let info = tls::ConnInfo { remote, node: None, conn };
-                    let conn = tls::GrpcConn { conn: tls::Conn::Plain(stream), info };
+                    let conn = tls::GrpcConn { conn: tls::Conn::Plain(stream), info, _slot: slot };
                     let _ = grpc.send(Ok(conn)).await;
                 }
                 _ => {} // closed or silent: dropped
@@ -319,7 +350,8 @@ async fn serve_link<E: Engine>(
                 }
             };
             let caller = auth::Identity { caller, conn };
-            call_link::serve_connection(stream, calls, caller, stopped).await;
+            let budget = handle.frames.clone();
+            call_link::serve_connection(stream, calls, caller, budget, stopped).await;
         }
         (link::LinkKind::Call, None) => {
             eprintln!("{}: refused a call link: this node serves no calls", handle.me);
@@ -381,9 +413,10 @@ async fn serve_peer<E: Engine>(
             events.send(Event::Messages { from, msgs }).await.is_ok()
         }
     };
+    let inbound = link::Inbound::new(handle.frames.clone());
     let received = tokio::select! {
         _ = stopped.wait_for(|stop| *stop) => Ok(()),
-        received = peer_link::receive_loop::<E::Msg, _>(stream, deliver) => received,
+        received = peer_link::receive_loop::<E::Msg, _>(stream, inbound, deliver) => received,
     };
     if let Err(reason) = received {
         eprintln!("{}: dropped the peer link from {from}: {reason}", handle.me);
@@ -600,6 +633,13 @@ async fn serve_engine<E: Engine>(
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let server = tonic::transport::Server::builder()
+        // Bounds per gRPC connection: streams at once, header bytes, and a life after which it
+        // is closed gracefully (clients reconnect), so an idle one is not held for ever.
+        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
+        .max_connection_age(GRPC_CONNECTION_AGE)
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
             proto::client_server::ClientServer::new(handle.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -178,8 +178,104 @@ pub(crate) async fn write_loop(
     }
 }
 
+/// A node's budget for what it holds of partly received frames, all connections together:
+/// a frame may be 16 MiB, and a peer that sends most of one and stops (on many connections)
+/// would otherwise hold that much each.
+pub(crate) const PARTIAL_FRAMES_BUDGET: usize = 256 << 20;
+/// A connection that sends nothing for this long is closed (a client's calls are bounded far
+/// below it; a quiet peer link is opened again by its writer when it has something to send).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection waits for the budget before it is closed.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+/// The budget's unit.
+const KIB: usize = 1 << 10;
+
+/// The node-wide budget ([`PARTIAL_FRAMES_BUDGET`]), shared by every inbound connection.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameBudget(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for FrameBudget {
+    fn default() -> Self {
+        FrameBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(PARTIAL_FRAMES_BUDGET / KIB)))
+    }
+}
+
+impl FrameBudget {
+    #[cfg(test)]
+    fn with_bytes(bytes: usize) -> Self {
+        FrameBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(bytes / KIB)))
+    }
+}
+
+/// The read side of an accepted connection: closed when idle past [`IDLE_TIMEOUT`], and its
+/// buffer held above one [`READ_CHUNK`] only against the node's [`FrameBudget`].
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    budget: FrameBudget,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    idle: Duration,
+}
+
+impl Inbound {
+    pub(crate) fn new(budget: FrameBudget) -> Self {
+        Inbound { budget, held: None, idle: IDLE_TIMEOUT }
+    }
+
+    /// Reads into `buf`: `Ok(false)` once the connection is closed or broken, `Err` when it
+    /// must be closed (idle, or holding more than the budget grants).
+    pub(crate) async fn read_more(
+        &mut self,
+        reader: &mut (impl AsyncRead + Unpin),
+        buf: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        // What was consumed gives its memory back: a buffer grown for one large frame is not
+        // kept at that size for the connection's life.
+        if buf.len() <= READ_CHUNK && buf.capacity() > 2 * READ_CHUNK {
+            buf.shrink_to(2 * READ_CHUNK);
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        self.cover(buf.capacity()).await?;
+        match tokio::time::timeout(self.idle, reader.read_buf(buf)).await {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(format!("nothing received for {} s", self.idle.as_secs())),
+        }
+    }
+
+    /// Holds budget for a buffer of `capacity` bytes beyond the first two chunks (every
+    /// connection may hold those).
+    async fn cover(&mut self, capacity: usize) -> Result<(), String> {
+        let need = capacity.saturating_sub(2 * READ_CHUNK).div_ceil(KIB);
+        let held = self.held.as_ref().map_or(0, tokio::sync::OwnedSemaphorePermit::num_permits);
+        if need <= held {
+            if need == 0 {
+                self.held = None;
+            }
+            return Ok(());
+        }
+        let more = u32::try_from(need - held).map_err(|_| "an oversized buffer".to_string())?;
+        let semaphore = std::sync::Arc::clone(&self.budget.0);
+        let granted = tokio::time::timeout(BUDGET_WAIT, semaphore.acquire_many_owned(more)).await;
+        match granted {
+            Ok(Ok(permit)) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "the node's {} MiB for partly received frames is spent",
+                PARTIAL_FRAMES_BUDGET >> 20
+            )),
+        }
+    }
+}
+
 /// Reads into `buf` (at least [`READ_CHUNK`] of room); `false` once the connection is closed
-/// or broken.
+/// or broken. For a client's side of a connection; a node's accepted ones use [`Inbound`].
 pub(crate) async fn read_more(reader: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> bool {
     if buf.capacity() - buf.len() < READ_CHUNK {
         buf.reserve(READ_CHUNK);
@@ -246,6 +342,40 @@ mod tests {
         assert_ne!(FIRST_BYTE, b'P', "HTTP/2's preface starts with P");
         let error = read_magic(&mut &b"PRI * HTTP/2.0"[..]).await.unwrap_err();
         assert!(error.contains("not a Concord link"), "{error}");
+    }
+
+    /// Two connections each send most of a large frame and stop: the first holds the budget,
+    /// the second is refused instead of growing the node's memory; once the first completes
+    /// its frame, the budget is free again.
+    #[tokio::test]
+    async fn partly_received_frames_share_a_budget_and_idle_links_close() {
+        let budget = FrameBudget::with_bytes(1 << 20);
+        let frame = framed(&[&vec![5u8; 900 << 10]]);
+        let (mut first, mut second) = (Inbound::new(budget.clone()), Inbound::new(budget.clone()));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut reader_a, mut reader_b) = (&frame[..frame.len() - 10], &frame[..frame.len() - 10]);
+        while !reader_a.is_empty() {
+            assert_eq!(first.read_more(&mut reader_a, &mut a).await, Ok(true));
+        }
+        let mut refused = None;
+        while refused.is_none() && !reader_b.is_empty() {
+            refused = second.read_more(&mut reader_b, &mut b).await.err();
+        }
+        let refused = refused.expect("the second connection is refused");
+        assert!(refused.contains("partly received frames"), "{refused}");
+        // The first completes its frame and consumes it: its budget goes back.
+        a.extend_from_slice(&frame[frame.len() - 10..]);
+        let (bodies, used) = complete_frames(&a).unwrap();
+        assert_eq!(bodies.len(), 1);
+        a.drain(..used);
+        assert_eq!(first.read_more(&mut &b"x"[..], &mut a).await, Ok(true));
+        assert!(first.held.is_none(), "a drained buffer holds no budget");
+
+        let mut idle = Inbound::new(budget);
+        idle.idle = Duration::from_millis(20);
+        let (mut silent, _keep) = tokio::io::duplex(64);
+        let closed = idle.read_more(&mut silent, &mut Vec::new()).await.unwrap_err();
+        assert!(closed.contains("nothing received"), "{closed}");
     }
 
     #[test]

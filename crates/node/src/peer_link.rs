@@ -151,10 +151,11 @@ pub(crate) async fn read_hello(
 /// or `deliver` says to stop.
 pub(crate) async fn receive_loop<M: Encode, F: Future<Output = bool>>(
     mut stream: impl AsyncRead + Unpin,
+    mut inbound: link::Inbound,
     mut deliver: impl FnMut(Vec<M>) -> F,
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(link::READ_CHUNK);
-    while link::read_more(&mut stream, &mut buf).await {
+    while inbound.read_more(&mut stream, &mut buf).await? {
         let (messages, used) = decode_complete::<M>(&buf)?;
         buf.drain(..used);
         if !messages.is_empty() && !deliver(messages).await {
@@ -231,7 +232,8 @@ mod tests {
                 sender.send(m);
             }
             let mut got = Vec::new();
-            let received = receive_loop::<Msg, _>(stream, |batch| {
+            let inbound = link::Inbound::new(link::FrameBudget::default());
+            let received = receive_loop::<Msg, _>(stream, inbound, |batch| {
                 got.extend(batch);
                 let done = got.len() >= msgs.len();
                 async move { !done }

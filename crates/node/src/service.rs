@@ -25,6 +25,8 @@ pub(crate) struct Handle<E: Engine> {
     pub tls: Option<std::sync::Arc<crate::tls::NodeTls>>,
     /// Who may call what.
     pub auth: std::sync::Arc<crate::auth::Auth>,
+    /// What the node's accepted links may hold of partly received frames.
+    pub frames: crate::link::FrameBudget,
     /// Ids reserved by `Client.Reserve`, each with the moment it is given back unless it ran
     /// (one task releases them in order; see [`RESERVED_FOR`]).
     reservations: mpsc::Sender<(tokio::time::Instant, TxnId)>,
@@ -51,7 +53,8 @@ impl<E: Engine> Handle<E> {
             }
         });
         let auth = std::sync::Arc::new(crate::auth::Auth::new(&config));
-        Handle { events, config, me, tls, auth, reservations }
+        let frames = crate::link::FrameBudget::default();
+        Handle { events, config, me, tls, auth, frames, reservations }
     }
 }
 
@@ -63,6 +66,7 @@ impl<E: Engine> Clone for Handle<E> {
             me: self.me.clone(),
             tls: self.tls.clone(),
             auth: self.auth.clone(),
+            frames: self.frames.clone(),
             reservations: self.reservations.clone(),
         }
     }

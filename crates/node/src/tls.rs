@@ -286,6 +286,18 @@ impl ClientCredentials {
     }
 }
 
+/// Opens a call link on a connected `tcp` as a client holding `credentials` (the handshake,
+/// then the opener with the token), for tools that write the link's frames themselves
+/// (`concord bench flood`). Not an API.
+#[doc(hidden)]
+pub async fn dial_call_link(credentials: &ClientCredentials, tcp: TcpStream) -> io::Result<Conn> {
+    use tokio::io::AsyncWriteExt as _;
+    let dial = credentials.dial();
+    let mut conn = dial.connect(tcp).await?;
+    conn.write_all(&crate::call_link::opener(dial.token())).await?;
+    Ok(conn)
+}
+
 /// How a node accepts: the handshake, then what the dialler proved.
 pub(crate) struct Accepted {
     pub conn: Conn,
@@ -390,11 +402,14 @@ pub struct ConnInfo {
     pub conn: u64,
 }
 
-/// A connection handed to the gRPC server, with what its handshake proved.
+/// A connection handed to the gRPC server, with what its handshake proved and its place in
+/// the node's count of connections (given back when the server drops it).
 #[derive(Debug)]
 pub(crate) struct GrpcConn {
     pub conn: Conn,
     pub info: ConnInfo,
+    /// Held, not read: dropping it gives the slot back.
+    pub _slot: crate::connections::Slot,
 }
 
 impl tonic::transport::server::Connected for GrpcConn {
