@@ -95,6 +95,9 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
             data_dir: data_dir.clone(),
             checkpoint_every: 10_000,
             postgres: None,
+            // The step server takes a port of the moment.
+            step_hosts: concord_orchestrator::StepHosts::Any,
+            tokens: Vec::new(),
         };
         let task = tokio::spawn(concord_orchestrator::serve(orchestrator, stopped));
         let deadline = Instant::now() + Duration::from_secs(10);

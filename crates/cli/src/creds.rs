@@ -27,6 +27,11 @@ pub fn init(ca: Option<&Path>, token_file: Option<&Path>) -> Result<(), String> 
     Ok(())
 }
 
+/// The token given (`--token-file`), for the HTTP services.
+pub fn token() -> Option<String> {
+    get().token_text()
+}
+
 fn get() -> ClientCredentials {
     CREDENTIALS.get().cloned().unwrap_or_default()
 }

@@ -62,6 +62,15 @@ fn serve(
     fault: Option<FaultPoint>,
 ) -> Result<ExitCode, String> {
     let config = DatabasesConfig::load(config_path).map_err(|e| e.to_string())?;
+    // Without tokens the API runs statements and resolves transactions for anyone who reaches
+    // it: only on loopback.
+    if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {}: it is not loopback and {} has no [[token]] entries, so anyone who reaches it could run statements and resolve transactions (docs/security.md). Add tokens (`concord certs token`), or listen on 127.0.0.1",
+            config.listen,
+            config_path.display()
+        ));
+    }
     let data_dir = data_dir
         .unwrap_or_else(|| PathBuf::from("./concord-data").join(format!("db-n{}", config.node_id)));
     let fault = fault.map(|point| Fault { point, resume_file: data_dir.join("RESUME") });
@@ -92,8 +101,9 @@ fn serve(
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         println!("concord: ready");
+        let tokens = concord_types::tokens::TokenTable::new(&config.tokens);
         tokio::select! {
-            () = http::serve(Arc::clone(&coordinator), listener) => {}
+            () = http::serve(Arc::clone(&coordinator), listener, tokens) => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok::<_, String>(())
@@ -108,7 +118,9 @@ fn call(
     body: Option<&Value>,
 ) -> Result<(u16, Value), String> {
     let body = body.map(Value::to_string);
-    let (status, text) = http::request(address, method, path, body.as_deref(), REQUEST_TIMEOUT)?;
+    let token = crate::creds::token();
+    let (status, text) =
+        http::request(address, method, path, body.as_deref(), token.as_deref(), REQUEST_TIMEOUT)?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| format!("unreadable answer ({status}): {e}: {text}"))?;
     Ok((status, value))

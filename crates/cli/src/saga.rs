@@ -32,6 +32,14 @@ pub enum SagaCommand {
         /// How long a saga stays with an orchestrator that stopped renewing it.
         #[arg(long, default_value_t = 10_000)]
         lease_ms: u64,
+        /// Comma-separated host:port the steps may call (e.g. 127.0.0.1:9000,pay.internal:443);
+        /// a saga naming any other is refused. None given: every saga is refused.
+        #[arg(long, value_delimiter = ',')]
+        step_hosts: Vec<String>,
+        /// A TOML file of `[[token]]` entries (as in concord.toml): with any, every request
+        /// but /health needs a token (docs/security.md).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
     },
     /// Start a saga described by a JSON file (or - for standard input); see docs/sagas.md.
     Start {
@@ -64,7 +72,28 @@ pub enum SagaCommand {
 
 pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
     match command {
-        SagaCommand::Serve { listen, data_dir, checkpoint_every, postgres, instance, lease_ms } => {
+        SagaCommand::Serve {
+            listen,
+            data_dir,
+            checkpoint_every,
+            postgres,
+            instance,
+            lease_ms,
+            step_hosts,
+            tokens,
+        } => {
+            let tokens = match tokens {
+                Some(path) => load_tokens(&path)?,
+                None => Vec::new(),
+            };
+            if tokens.is_empty() && !listen.ip().is_loopback() {
+                return Err(format!(
+                    "refusing to listen on {listen}: it is not loopback and no --tokens are given, so anyone who reaches it could start sagas (docs/security.md)"
+                ));
+            }
+            if step_hosts.is_empty() {
+                eprintln!("concord: no --step-hosts: every saga will be refused");
+            }
             match &postgres {
                 Some(url) => println!("concord: saga orchestrator {instance} on {listen}, sagas in PostgreSQL ({url})"),
                 None => println!("concord: saga orchestrator on {listen}, data in {}", data_dir.display()),
@@ -74,8 +103,14 @@ pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
                 instance,
                 lease: Duration::from_millis(lease_ms.max(100)),
             });
-            let options =
-                concord_orchestrator::Options { postgres, listen, data_dir, checkpoint_every };
+            let options = concord_orchestrator::Options {
+                postgres,
+                listen,
+                data_dir,
+                checkpoint_every,
+                step_hosts: concord_orchestrator::StepHosts::Only(step_hosts),
+                tokens,
+            };
             runtime()?.block_on(async move {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
@@ -164,8 +199,12 @@ fn call(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<Value, String> {
-    let (status, body) = concord_http::request(orchestrator, method, path, body, timeout)
-        .map_err(|e| format!("saga orchestrator: {e} (is `concord saga serve` running?)"))?;
+    let bearer = crate::creds::token().map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> =
+        bearer.as_deref().map(|b| ("Authorization", b)).into_iter().collect();
+    let (status, body) =
+        concord_http::request_with(orchestrator, method, path, &headers, body, timeout)
+            .map_err(|e| format!("saga orchestrator: {e} (is `concord saga serve` running?)"))?;
     let value: Value = serde_json::from_str(&body)
         .map_err(|_| format!("saga orchestrator answered {status}: {body}"))?;
     if !(200..300).contains(&status) {
@@ -198,4 +237,19 @@ fn print_saga(saga: &Value) {
             entry["result"].as_str().unwrap_or("")
         );
     }
+}
+
+/// `[[token]]` entries from a TOML file (the same form as in `concord.toml`).
+fn load_tokens(path: &std::path::Path) -> Result<Vec<concord_types::tokens::TokenConfig>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(rename = "token", default)]
+        tokens: Vec<concord_types::tokens::TokenConfig>,
+    }
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let file: File = toml::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+    concord_types::tokens::validate_all(&file.tokens).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(file.tokens)
 }

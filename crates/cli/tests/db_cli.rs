@@ -69,6 +69,8 @@ struct World {
     dir: PathBuf,
     port: u16,
     interval_ms: u64,
+    /// Appended to the configuration (tokens, say).
+    extra: String,
 }
 
 struct Server {
@@ -132,7 +134,15 @@ impl World {
         maria(&format!(
             "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, balance bigint NOT NULL, CHECK (balance >= 0)) ENGINE=InnoDB; INSERT INTO {table} VALUES (1, 100), (2, 100);"
         ));
-        World { cluster, node_id, table, dir, port: free_port(), interval_ms: 300 }
+        World {
+            cluster,
+            node_id,
+            table,
+            dir,
+            port: free_port(),
+            interval_ms: 300,
+            extra: String::new(),
+        }
     }
 
     fn address(&self) -> String {
@@ -160,11 +170,12 @@ interval_ms = {}
 grace_ms = 8000
 [timeouts]
 statement_ms = 2000
-"#,
+{}"#,
                 self.cluster,
                 self.node_id,
                 self.address(),
-                self.interval_ms
+                self.interval_ms,
+                self.extra
             ),
         )
         .expect("write config");
@@ -524,6 +535,80 @@ fn an_operator_resolves_an_undecided_branch_only_the_presumed_way_unless_forced(
     assert_eq!(world.balances(), (100, 100));
     let shown = stdout(&world.concord(&["txn", "show", &txn, "--json"]));
     assert!(shown.contains("\"decided_by\":\"operator\""), "{shown}");
+    world.assert_nothing_prepared();
+    drop(server);
+}
+
+/// With tokens configured, the API serves each role its rights only, runs data statements
+/// only (no schema change, no second statement smuggled after a `;`), and writes an audit line
+/// naming the operator who resolved a transaction.
+#[test]
+fn the_api_runs_only_data_statements_and_only_for_the_roles_allowed() {
+    if !databases_ready() {
+        return;
+    }
+    let _serial = serial();
+    let mut world = World::new("access", 9);
+    let mut tokens = Vec::new();
+    for (name, role) in [("app", "client"), ("ops", "operator"), ("watch", "monitor")] {
+        let file = world.dir.join(format!("{name}.token"));
+        let made = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["certs", "token", "--name", name, "--role", role, "--out"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let printed = stdout(&made);
+        world.extra.push_str(&printed[printed.find("[[token]]").unwrap()..]);
+        tokens.push(file.to_str().unwrap().to_string());
+    }
+    let (app, ops, watch) = (&tokens[0], &tokens[1], &tokens[2]);
+    let server = world.start(None);
+    let t = world.table.clone();
+    let run = |token: Option<&str>, sql: &str| {
+        let mut args =
+            vec!["db".to_string(), "exec".into(), "--json".into(), format!("ledger={sql}")];
+        if let Some(token) = token {
+            args.extend(["--token-file".into(), token.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        world.concord(&args)
+    };
+    let both = |out: &Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let update = format!("UPDATE {t} SET balance = balance - 1 WHERE id = 1");
+
+    let anonymous = run(None, &update);
+    assert!(both(&anonymous).contains("no credentials"), "{}", both(&anonymous));
+    let monitor = run(Some(watch), &update);
+    assert!(both(&monitor).contains("may not"), "{}", both(&monitor));
+    let done = run(Some(app), &update);
+    assert!(both(&done).contains("committed"), "{}", both(&done));
+    assert_eq!(world.balances().0, 99);
+    for sql in [
+        format!("DROP TABLE {t}"),
+        format!("CREATE TABLE {t}_x (id int)"),
+        format!("{update}; DROP TABLE {t}"),
+        "COMMIT".to_string(),
+        format!("COPY {t} TO PROGRAM 'true'"),
+    ] {
+        let refused = run(Some(app), &sql);
+        assert!(!refused.status.success(), "{sql}: {}", both(&refused));
+        assert!(!both(&refused).contains("committed"), "{sql}: {}", both(&refused));
+    }
+    assert_eq!(world.balances().0, 99, "nothing refused ran");
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2", "the table is still there");
+
+    // Resolving is an operator's, and is audited with its name.
+    let txn = format!("1.999@n{}", world.node_id);
+    let as_client =
+        world.concord(&["txn", "resolve", &txn, "--abort", "--token-file", app.as_str()]);
+    assert!(both(&as_client).contains("may not"), "{}", both(&as_client));
+    let as_operator =
+        world.concord(&["txn", "resolve", &txn, "--abort", "--token-file", ops.as_str()]);
+    assert!(!both(&as_operator).contains("may not"), "{}", both(&as_operator));
+    server.wait_for(&format!("audit: ops (operator) resolved {txn} as abort"));
     world.assert_nothing_prepared();
     drop(server);
 }

@@ -55,10 +55,12 @@ impl Drop for Orchestrator {
     }
 }
 
-fn serve(address: SocketAddr, dir: &Path) -> Orchestrator {
+fn serve(address: SocketAddr, dir: &Path, step_hosts: &[SocketAddr]) -> Orchestrator {
+    let hosts: Vec<String> = step_hosts.iter().map(ToString::to_string).collect();
     let child = Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["saga", "serve", "--listen", &address.to_string(), "--data-dir"])
         .arg(dir)
+        .args(["--step-hosts", &hosts.join(",")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -105,7 +107,7 @@ fn a_sigkilled_orchestrator_finishes_its_saga_after_a_restart() {
     let orchestrator_dir = dir.join("orchestrator");
     let at = address.to_string();
 
-    let mut orchestrator = serve(address, &orchestrator_dir);
+    let mut orchestrator = serve(address, &orchestrator_dir, &addresses);
     let started =
         stdout(&concord(&["saga", "start", file.to_str().unwrap(), "--orchestrator", &at]));
     assert_eq!(started, "order-1 running\n");
@@ -114,7 +116,7 @@ fn a_sigkilled_orchestrator_finishes_its_saga_after_a_restart() {
     orchestrator.0.wait().unwrap();
     drop(orchestrator);
     services[1].lock().unwrap().delay_ms = 0;
-    let _orchestrator = serve(address, &orchestrator_dir);
+    let _orchestrator = serve(address, &orchestrator_dir, &addresses);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -140,5 +142,19 @@ fn a_sigkilled_orchestrator_finishes_its_saga_after_a_restart() {
     let show = stdout(&concord(&["saga", "show", "order-1", "--orchestrator", &at]));
     assert!(show.starts_with("order-1 checkout [saga] completed"), "{show}");
     assert!(show.contains("step2") && show.contains("action"), "{show}");
+
+    // A saga whose step names a host the orchestrator was not given is refused, whole: a step
+    // cannot be pointed at another service's API (the database coordinator's, say).
+    let elsewhere = serde_json::json!({ "id": "order-2", "name": "checkout", "steps": [
+        { "name": "pay", "action": format!("http://{}/do", addresses[0]) },
+        { "name": "sneak", "action": "http://127.0.0.1:7800/v1/recover" } ] });
+    let file = dir.join("elsewhere.json");
+    std::fs::write(&file, elsewhere.to_string()).unwrap();
+    let refused = concord(&["saga", "start", file.to_str().unwrap(), "--orchestrator", &at]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("127.0.0.1:7800") && said.contains("not allowed"), "{said}");
+    let list = stdout(&concord(&["saga", "ls", "--orchestrator", &at]));
+    assert!(!list.contains("order-2"), "the refused saga was started: {list}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,7 +22,9 @@ async fn first_write(kv: &KvClient) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = async {
+            // A key on each shard: each refuses writes for a moment after it starts.
             let mut txn = kv.begin().await?;
+            txn.put("a-warm", "up").await?;
             txn.put("warm", "up").await?;
             txn.commit().await
         };

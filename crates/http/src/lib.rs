@@ -349,12 +349,24 @@ pub fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    request_with(address, method, path, &[], body, timeout)
+}
+
+/// [`request`] with extra headers (`Authorization`, say).
+pub fn request_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let unreachable = |e: std::io::Error| format!("{address} is unreachable: {e}");
     let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(unreachable)?;
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
     let body = body.unwrap_or("");
-    let head = request_head(address, method, path, &[], body, false);
+    let head = request_head(address, method, path, headers, body, false);
     stream.write_all(head.as_bytes()).map_err(unreachable)?;
     stream.write_all(body.as_bytes()).map_err(unreachable)?;
     let mut response = Vec::new();

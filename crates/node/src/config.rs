@@ -305,21 +305,7 @@ impl ClusterConfig {
                 ));
             }
         }
-        let mut token_names = BTreeSet::new();
-        for (i, token) in self.tokens.iter().enumerate() {
-            let at = format!("token[{i}] ({})", token.name);
-            check_name("name", &token.name, MAX_NAME_BYTES).map_err(|e| format!("{at}: {e}"))?;
-            if !token_names.insert(&token.name) {
-                return Err(format!("{at}: field `name` repeats an earlier token's"));
-            }
-            let hex = token.sha256.len() == 64
-                && token.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !hex {
-                return Err(format!(
-                    "{at}: field `sha256` must be 64 lowercase hex digits (`concord certs token` prints it)"
-                ));
-            }
-        }
+        concord_types::tokens::validate_all(&self.tokens)?;
         let coordinators = self.nodes.iter().filter(|n| n.role == Role::Coordinator).count();
         if coordinators != 1 {
             return Err(format!(

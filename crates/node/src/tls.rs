@@ -284,6 +284,11 @@ impl ClientCredentials {
     pub(crate) fn token(&self) -> Option<Arc<str>> {
         self.token.clone()
     }
+
+    /// The token's text, for HTTP services (the database coordinator, the orchestrator).
+    pub fn token_text(&self) -> Option<String> {
+        self.token.as_deref().map(ToString::to_string)
+    }
 }
 
 /// Opens a call link on a connected `tcp` as a client holding `credentials` (the handshake,

@@ -32,6 +32,46 @@ pub struct Options {
     pub checkpoint_every: u64,
     /// Keep saga state in PostgreSQL instead of the log, shared with other orchestrators.
     pub postgres: Option<PostgresOptions>,
+    /// The hosts a saga's steps may call.
+    pub step_hosts: StepHosts,
+    /// Clients' bearer tokens (by SHA-256); with any, every route but `/health` needs one.
+    pub tokens: Vec<concord_types::tokens::TokenConfig>,
+}
+
+/// The `host:port`s a saga's steps may call: the orchestrator refuses a saga naming any other
+/// (issue 19: a step could call any address it named, the database coordinator's API
+/// included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepHosts {
+    /// These, and only these (host names compared without case).
+    Only(Vec<String>),
+    /// Any host: for tests and benchmarks that start step servers on ports of the moment.
+    Any,
+}
+
+impl StepHosts {
+    /// Whether a step may call `endpoint` (a `http://host:port/path`).
+    pub fn allow(&self, endpoint: &str) -> Result<(), String> {
+        let (host, _) = parse_endpoint(endpoint)?;
+        match self {
+            StepHosts::Any => Ok(()),
+            StepHosts::Only(hosts) if hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) => Ok(()),
+            StepHosts::Only(hosts) if hosts.is_empty() => Err(format!(
+                "step host `{host}` is not allowed: this orchestrator allows none (saga serve --step-hosts)"
+            )),
+            StepHosts::Only(hosts) => Err(format!(
+                "step host `{host}` is not allowed here (allowed: {})",
+                hosts.join(", ")
+            )),
+        }
+    }
+}
+
+/// Who may use the API, and where steps may go.
+#[derive(Debug)]
+struct Access {
+    tokens: concord_types::tokens::TokenTable,
+    step_hosts: StepHosts,
 }
 
 #[derive(Debug, Clone)]
@@ -392,12 +432,56 @@ fn encode(record: &Record) -> Vec<u8> {
     serde_json::to_vec(record).expect("records serialise")
 }
 
-async fn route(api: mpsc::Sender<Event>, request: Request) -> Response {
+/// Whether `request` may do what it asks: 401 without a known token (once tokens are
+/// configured), 403 outside its role (starting a saga takes a `client`; reading, a `client`,
+/// `monitor` or `operator`).
+fn authorize(access: &Access, request: &Request) -> Result<(), Response> {
+    use concord_types::tokens::ClientRole;
+    let allowed: &[ClientRole] = match (request.method.as_str(), request.segments().as_slice()) {
+        ("GET", ["health"]) => return Ok(()),
+        ("POST", ["v1", "sagas"]) => &[ClientRole::Client],
+        ("GET", ["v1", "sagas", ..]) => {
+            &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator]
+        }
+        _ => &[ClientRole::Operator],
+    };
+    if access.tokens.is_empty() {
+        return Ok(());
+    }
+    let (name, role) =
+        access.tokens.find_bearer(request.header("authorization")).map_err(|why| {
+            eprintln!("refused {} {}: {why}", request.method, request.target);
+            Response::error(401, &why)
+        })?;
+    if !allowed.contains(&role) {
+        eprintln!("refused {} {} to {name} ({role})", request.method, request.target);
+        return Err(Response::error(
+            403,
+            &format!("{name} ({role}) may not {} {}", request.method, request.target),
+        ));
+    }
+    Ok(())
+}
+
+async fn route(api: mpsc::Sender<Event>, access: Arc<Access>, request: Request) -> Response {
+    if let Err(refused) = authorize(&access, &request) {
+        return refused;
+    }
     let (tx, rx) = oneshot::channel();
     let event = match (request.method.as_str(), request.segments().as_slice()) {
         ("GET", ["health"]) => return Response::json(200, &json!({ "ok": true })),
         ("POST", ["v1", "sagas"]) => match serde_json::from_str::<StartRequest>(&request.body) {
-            Ok(start) => Event::Start { request: start, answer: tx },
+            Ok(start) => {
+                let endpoints = start.steps.iter().flat_map(|s| {
+                    std::iter::once(&s.action).chain(s.compensation.iter()).chain(s.confirm.iter())
+                });
+                for endpoint in endpoints {
+                    if let Err(why) = access.step_hosts.allow(endpoint) {
+                        return Response::error(400, &format!("invalid saga: {why}"));
+                    }
+                }
+                Event::Start { request: start, answer: tx }
+            }
             Err(e) => return Response::error(400, &format!("invalid saga: {e}")),
         },
         ("GET", ["v1", "sagas"]) => {
@@ -520,8 +604,12 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
     }
     // Aborted when this function returns or its future is dropped (a killed task must not
     // leave its listener answering for a loop that is gone).
+    let access = Arc::new(Access {
+        tokens: concord_types::tokens::TokenTable::new(&options.tokens),
+        step_hosts: options.step_hosts.clone(),
+    });
     let _server = AbortOnDrop(tokio::spawn(concord_http::serve(listener, move |request| {
-        route(api.clone(), request)
+        route(api.clone(), Arc::clone(&access), request)
     })));
     loop {
         let next = state.next_deadline();

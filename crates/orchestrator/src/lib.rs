@@ -19,4 +19,4 @@ mod pg_store;
 mod timeline;
 
 pub use api::{StartRequest, StepRequest};
-pub use driver::{serve, Options, PostgresOptions};
+pub use driver::{serve, Options, PostgresOptions, StepHosts};

@@ -21,7 +21,15 @@
 //!
 //! [timeouts]                       # optional; milliseconds
 //! statement_ms = 5000              # every database call (connect, statement, prepare, commit)
+//!
+//! [[token]]                        # optional, one per client (docs/security.md); with any,
+//! name = "payments-api"            # every request but /health needs one
+//! role = "client"                  # client | operator | monitor
+//! sha256 = "…"                     # `concord certs token` prints the entry
 //! ```
+//!
+//! A `[[database]]` runs data statements only (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, …) unless
+//! it says `schema_changes = true` (`crate::statements`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -45,6 +53,9 @@ pub struct DatabasesConfig {
     pub recovery: RecoveryConfig,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
+    /// Clients' bearer tokens (by SHA-256); with any, the API demands one.
+    #[serde(rename = "token", default)]
+    pub tokens: Vec<concord_types::tokens::TokenConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -62,6 +73,9 @@ pub struct DatabaseConfig {
     /// PostgreSQL: a libpq-style string (`host=… user=… dbname=…`) or URL;
     /// MariaDB/MySQL: `mysql://user:password@host:port/database`.
     pub url: String,
+    /// Whether the API may run schema statements (`CREATE`, `ALTER`, `DROP`, …) here.
+    #[serde(default)]
+    pub schema_changes: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -142,6 +156,7 @@ impl DatabasesConfig {
                 return Err(format!("database `{}` is configured twice", db.name));
             }
         }
+        concord_types::tokens::validate_all(&self.tokens)?;
         check_range("timeouts.statement_ms", self.timeouts.statement_ms, 1..=600_000)?;
         check_range("recovery.interval_ms", self.recovery.interval_ms, 10..=3_600_000)?;
         check_range("recovery.grace_ms", self.recovery.grace_ms, 1..=86_400_000)?;

@@ -216,6 +216,8 @@ pub struct Coordinator {
     node: NodeId,
     grace_ms: u64,
     databases: Vec<Database>,
+    /// The databases whose configuration allows schema statements through `run`.
+    schema_changes: std::collections::BTreeSet<String>,
     log: GroupCommit,
     state: Mutex<State>,
     metrics: Metrics,
@@ -265,6 +267,12 @@ impl Coordinator {
             node,
             grace_ms: config.recovery.grace_ms,
             databases,
+            schema_changes: config
+                .databases
+                .iter()
+                .filter(|d| d.schema_changes)
+                .map(|d| d.name.clone())
+                .collect(),
             log,
             state: Mutex::new(State {
                 ledger,
@@ -435,8 +443,27 @@ impl Coordinator {
         }
     }
 
-    /// Runs `statements` in each named database as one atomic transaction.
+    /// Runs `statements` in each named database as one atomic transaction. Each statement must
+    /// be one data statement, or one schema statement where the database allows them
+    /// (`crate::statements`); otherwise nothing runs.
     pub async fn run(&self, branches: &[(String, Vec<String>)]) -> Result<TxnView, RunError> {
+        for (name, statements) in branches {
+            for sql in statements {
+                let refused = |why: String| {
+                    let shown: String = sql.chars().take(60).collect();
+                    RunError::Begin(BeginError::Invalid(format!("{name}: `{shown}`: {why}")))
+                };
+                match crate::statements::classify(sql).map_err(refused)? {
+                    crate::statements::Kind::Data => {}
+                    crate::statements::Kind::Schema if self.schema_changes.contains(name) => {}
+                    crate::statements::Kind::Schema => {
+                        return Err(refused(
+                            "schema statements are not run here (schema_changes = true in its [[database]] allows them)".into(),
+                        ));
+                    }
+                }
+            }
+        }
         let names: Vec<&str> = branches.iter().map(|(name, _)| name.as_str()).collect();
         let mut transaction = self.begin(&names).await?;
         for (name, statements) in branches {

@@ -10,12 +10,19 @@
 //!   GET  /metrics                        Prometheus text format
 //!   GET  /health
 //! ```
+//!
+//! With `[[token]]` entries in its configuration every route but `/health` needs
+//! `Authorization: Bearer <token>` of a role allowed there: running a transaction takes a
+//! `client`; reading transactions a `client`, `monitor` or `operator`; `/metrics` a `monitor` or
+//! `operator`; `resolve` and `recover` an `operator`, and each is written to stderr as an audit
+//! line naming who did it (docs/security.md).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use concord_http::{Request, Response};
+use concord_types::tokens::{ClientRole, TokenTable};
 use concord_types::{Decision, TxnId};
 use serde::Deserialize;
 use serde_json::json;
@@ -59,13 +66,48 @@ fn error(status: u16, message: &str) -> Response {
     Response::error(status, message)
 }
 
-/// Serves until the listener fails; each connection on its own task.
-pub async fn serve(coordinator: Arc<Coordinator>, listener: TcpListener) {
+/// Serves until the listener fails; each connection on its own task. With `tokens`, every
+/// route but `/health` needs a token of a role allowed there.
+pub async fn serve(coordinator: Arc<Coordinator>, listener: TcpListener, tokens: TokenTable) {
+    let tokens = Arc::new(tokens);
     concord_http::serve(listener, move |request: Request| {
-        let coordinator = Arc::clone(&coordinator);
-        async move { route(&coordinator, &request.method, &request.target, &request.body).await }
+        let (coordinator, tokens) = (Arc::clone(&coordinator), Arc::clone(&tokens));
+        async move {
+            let who = match authorize(&tokens, &request) {
+                Ok(who) => who,
+                Err(response) => return response,
+            };
+            route(&coordinator, &request.method, &request.target, &request.body, &who).await
+        }
     })
     .await;
+}
+
+/// Whose request this is, if it may do what it asks; else 401 or 403.
+fn authorize(tokens: &TokenTable, request: &Request) -> Result<String, Response> {
+    let path = request.target.split('?').next().unwrap_or("");
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let allowed: &[ClientRole] = match (request.method.as_str(), segments.as_slice()) {
+        ("GET", ["health"]) => return Ok("anyone".into()),
+        ("GET", ["metrics"]) => &[ClientRole::Monitor, ClientRole::Operator],
+        ("POST", ["v1", "transactions"]) => &[ClientRole::Client],
+        ("GET", ["v1", "transactions", ..]) => {
+            &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator]
+        }
+        _ => &[ClientRole::Operator], // resolve, recover, and what is not a route
+    };
+    if tokens.is_empty() {
+        return Ok("an unauthenticated caller (no [[token]] configured)".into());
+    }
+    let (name, role) = tokens.find_bearer(request.header("authorization")).map_err(|why| {
+        eprintln!("refused {} {path}: {why}", request.method);
+        error(401, &why)
+    })?;
+    if !allowed.contains(&role) {
+        eprintln!("refused {} {path} to {name} ({role}): not its role's right", request.method);
+        return Err(error(403, &format!("{name} ({role}) may not {} {path}", request.method)));
+    }
+    Ok(format!("{name} ({role})"))
 }
 
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, Response> {
@@ -75,7 +117,13 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, R
     serde_json::from_str(body).map_err(|e| error(400, &format!("invalid JSON body: {e}")))
 }
 
-async fn route(coordinator: &Coordinator, method: &str, target: &str, body: &str) -> Response {
+async fn route(
+    coordinator: &Coordinator,
+    method: &str,
+    target: &str,
+    body: &str,
+    who: &str,
+) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let flag = |name: &str| query.split('&').any(|kv| kv == format!("{name}=true") || kv == name);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -132,7 +180,17 @@ async fn route(coordinator: &Coordinator, method: &str, target: &str, body: &str
                 "abort" => Decision::Abort,
                 other => return error(400, &format!("decision `{other}`: commit or abort")),
             };
-            match coordinator.resolve(txn, decision, request.force).await {
+            let outcome = coordinator.resolve(txn, decision, request.force).await;
+            let result = match &outcome {
+                Ok(actions) => format!("{} actions", actions.len()),
+                Err(e) => format!("refused: {e}"),
+            };
+            eprintln!(
+                "audit: {who} resolved {txn} as {}{}: {result}",
+                request.decision,
+                if request.force { " (forced: a heuristic outcome if it contradicts)" } else { "" }
+            );
+            match outcome {
                 Ok(actions) => json_response(200, &json!({ "actions": actions })),
                 Err(e @ (ResolveError::Contradicts { .. } | ResolveError::Running(_))) => {
                     error(409, &e.to_string())
@@ -148,20 +206,30 @@ async fn route(coordinator: &Coordinator, method: &str, target: &str, body: &str
                 Ok(r) => r,
                 Err(response) => return response,
             };
-            json_response(200, &json!(coordinator.reconcile(request.dry_run).await))
+            let report = coordinator.reconcile(request.dry_run).await;
+            eprintln!(
+                "audit: {who} ran recovery{}",
+                if request.dry_run { " (dry run)" } else { "" }
+            );
+            json_response(200, &json!(report))
         }
         _ => error(404, &format!("no route for {method} {path}")),
     }
 }
 
-/// A blocking HTTP/1.1 request, for the CLI and tests. Returns the status and body.
+/// A blocking HTTP/1.1 request, for the CLI and tests, presenting `token` if given. Returns
+/// the status and body.
 pub fn request(
     address: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&str>,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    concord_http::request(address, method, path, body, timeout)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> =
+        bearer.as_deref().map(|b| ("Authorization", b)).into_iter().collect();
+    concord_http::request_with(address, method, path, &headers, body, timeout)
         .map_err(|e| format!("database coordinator: {e}"))
 }

@@ -28,3 +28,4 @@ pub mod metrics;
 pub mod outbox;
 mod postgres;
 pub mod reconcile;
+pub mod statements;

@@ -13,6 +13,7 @@ pub mod fields;
 mod ids;
 mod outcome;
 mod timer_heap;
+pub mod tokens;
 
 pub use ids::{NodeId, ParseTxnIdError, RequestId, TxnId};
 pub use outcome::{Decision, Key, Vote, Write};

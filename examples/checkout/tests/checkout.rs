@@ -153,6 +153,9 @@ async fn orchestrator_on(
         listen: address,
         data_dir: dir.to_path_buf(),
         checkpoint_every: 100,
+        // The services take ports of the moment.
+        step_hosts: concord_orchestrator::StepHosts::Any,
+        tokens: Vec::new(),
     };
     let task = tokio::spawn(concord_orchestrator::serve(options, stopped));
     let deadline = Instant::now() + Duration::from_secs(10);
