@@ -140,12 +140,64 @@ fn dev_config(path: &Path, new: impl FnOnce() -> ClusterConfig) -> Result<Cluste
 }
 
 /// `concord dev`: a coordinator and shards on loopback, in this process.
+/// Where `concord dev --tls` put what clients need.
+struct DevTls {
+    ca: PathBuf,
+    client: PathBuf,
+    monitor: PathBuf,
+}
+
+/// TLS for both dev clusters under `DATA/certs`: one CA (its certificate and key copied into
+/// each cluster's directory), node certificates, and a client and a monitor token, all made
+/// once and reused by later starts.
+fn dev_tls(
+    data_dir: &Path,
+    config: &mut ClusterConfig,
+    kv_config: &mut ClusterConfig,
+) -> Result<DevTls, String> {
+    use concord_node::auth::{new_token, token_sha256, ClientRole, TokenConfig};
+    use concord_node::tls::CertFiles;
+    let certs = data_dir.join("certs");
+    let delta = CertFiles { dir: certs.join(&config.cluster) };
+    let kv = CertFiles { dir: certs.join(&kv_config.cluster) };
+    concord_node::certs::issue(config, &delta, false)?;
+    std::fs::create_dir_all(&kv.dir).map_err(|e| format!("{}: {e}", kv.dir.display()))?;
+    for (from, to) in [(delta.ca(), kv.ca()), (delta.ca_key(), kv.ca_key())] {
+        if !to.exists() {
+            std::fs::copy(&from, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+    }
+    concord_node::certs::issue(kv_config, &kv, false)?;
+    config.tls = Some(concord_node::config::TlsConfig { dir: delta.dir.clone() });
+    kv_config.tls = Some(concord_node::config::TlsConfig { dir: kv.dir.clone() });
+    let mut files = Vec::new();
+    for (name, role) in [("client", ClientRole::Client), ("monitor", ClientRole::Monitor)] {
+        let file = certs.join(format!("{name}.token"));
+        let token = match std::fs::read_to_string(&file) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => {
+                let token = new_token()?;
+                concord_node::certs::write_secret(&file, &format!("{token}\n"))?;
+                token
+            }
+        };
+        let entry = TokenConfig { name: format!("dev-{name}"), role, sha256: token_sha256(&token) };
+        config.tokens.push(entry.clone());
+        kv_config.tokens.push(entry);
+        files.push(file);
+    }
+    let monitor = files.pop().expect("two tokens");
+    let client = files.pop().expect("two tokens");
+    Ok(DevTls { ca: delta.ca(), client, monitor })
+}
+
 pub fn dev(
     data_dir: &Path,
     shards: u32,
     port: u16,
     protocol: ProtocolChoice,
     options: concord_node::StartOptions,
+    tls: bool,
 ) -> Result<ExitCode, String> {
     // The key-value store's ports start at --port + 10; Paxos Commit's acceptors follow the
     // shards of each cluster.
@@ -167,6 +219,8 @@ pub fn dev(
         config.kv = Some(concord_node::config::KvConfig::default());
         on_protocol(config)
     })?;
+    let (mut config, mut kv_config) = (config, kv_config);
+    let secured = if tls { Some(dev_tls(data_dir, &mut config, &mut kv_config)?) } else { None };
     let coordinator = config.coordinator().listen;
     let gateway = kv_config.coordinator().listen;
     runtime()?.block_on(async move {
@@ -203,6 +257,11 @@ pub fn dev(
         println!("  concord bench transfer --shards 3 --clients 1,16 --duration 5s");
         println!("  concord kv put greeting hello       # add --gateway {gateway} if you changed the port");
         println!("  concord kv txn 'get greeting; put counter 1; scan'");
+        if let Some(secured) = &secured {
+            println!("\nEvery link is TLS and clients need a token; for the commands above:");
+            println!("  export CONCORD_CA={} CONCORD_TOKEN_FILE={}", secured.ca.display(), secured.client.display());
+            println!("  (txn ls and shard read are a monitor's: CONCORD_TOKEN_FILE={})", secured.monitor.display());
+        }
         println!("\nCtrl-C stops the cluster; its data stays in {}.", data_dir.display());
         while let Some(ended) = nodes.join_next().await {
             match ended {

@@ -74,6 +74,11 @@ enum Command {
         /// `concord data check` first.
         #[arg(long)]
         accept_data_loss: bool,
+        /// Every link TLS, with a CA, node certificates and client tokens made under
+        /// DATA/certs (once; later starts reuse them). Client commands then need --ca and
+        /// --token-file, which the start prints.
+        #[arg(long)]
+        tls: bool,
     },
     /// One node of a cluster described by a configuration file (see docs/configuration.md).
     Serve {
@@ -209,9 +214,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Dev { data_dir, shards, port, protocol, accept_data_loss } => {
+        Command::Dev { data_dir, shards, port, protocol, accept_data_loss, tls } => {
             let options = concord_node::StartOptions { accept_data_loss };
-            cluster::dev(&data_dir, shards, port, protocol, options)
+            cluster::dev(&data_dir, shards, port, protocol, options, tls)
         }
         Command::Serve { config, node, data_dir, accept_data_loss, insecure } => {
             let options = concord_node::StartOptions { accept_data_loss };

@@ -325,3 +325,52 @@ fn certs_init_then_serve_runs_a_cluster_over_tls() {
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `concord dev --tls`: both dev clusters under one CA made in DATA/certs, with a client and a
+/// monitor token; the client commands work with the CA and the right token, and not without.
+#[test]
+fn dev_with_tls_makes_its_certificates_and_tokens_and_serves_only_tls() {
+    let dir = temp("dev-tls");
+    let port = free_base_port();
+    let _dev = common::Killed(
+        Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["dev", "--tls", "--port", &port.to_string(), "--data-dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let certs = dir.join("certs");
+    let (ca, client, monitor) =
+        (certs.join("dev").join("ca.pem"), certs.join("client.token"), certs.join("monitor.token"));
+    let coordinator = format!("127.0.0.1:{port}");
+    let gateway = format!("127.0.0.1:{}", port + 10);
+    let with = |token: &std::path::Path, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--ca", ca.to_str().unwrap(), "--token-file", token.to_str().unwrap()]);
+        concord(&all)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !with(&monitor, &["txn", "ls", "--coordinator", &coordinator]).status.success() {
+        assert!(Instant::now() < deadline, "concord dev --tls did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let submit = ["txn", "submit", "shard-1:3=+7", "--coordinator", &coordinator];
+    let done = with(&client, &submit);
+    assert!(text(&done).contains("committed"), "{}", text(&done));
+    let listed = with(&monitor, &["txn", "ls", "--coordinator", &coordinator]);
+    assert!(text(&listed).contains("committed"), "{}", text(&listed));
+    let put = loop {
+        let put = with(&client, &["kv", "--gateway", &gateway, "put", "greeting", "hello"]);
+        if put.status.success() || Instant::now() > deadline {
+            break put;
+        }
+        std::thread::sleep(Duration::from_millis(200)); // shards refuse writes just after start
+    };
+    assert!(put.status.success(), "{}", text(&put));
+    assert!(!concord(&submit).status.success(), "a plain client was served");
+    let as_monitor = with(&monitor, &submit);
+    assert!(text(&as_monitor).contains("may not"), "{}", text(&as_monitor));
+    let _ = std::fs::remove_dir_all(&dir);
+}
