@@ -98,15 +98,24 @@ fn free_address() -> SocketAddr {
 }
 
 async fn start_orchestrator(dir: &Path, address: SocketAddr) -> Orchestrator {
+    // The step servers take ports of the moment.
+    start_orchestrator_with(dir, address, concord_orchestrator::StepHosts::Any, Vec::new()).await
+}
+
+async fn start_orchestrator_with(
+    dir: &Path,
+    address: SocketAddr,
+    step_hosts: concord_orchestrator::StepHosts,
+    tokens: Vec<concord_types::tokens::TokenConfig>,
+) -> Orchestrator {
     let (stop, stopped) = watch::channel(false);
     let options = concord_orchestrator::Options {
         postgres: None,
         listen: address,
         data_dir: dir.to_path_buf(),
         checkpoint_every: 5,
-        // The step servers take ports of the moment.
-        step_hosts: concord_orchestrator::StepHosts::Any,
-        tokens: Vec::new(),
+        step_hosts,
+        tokens,
     };
     let task = tokio::spawn(concord_orchestrator::serve(options, stopped));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -298,4 +307,50 @@ async fn an_orchestrator_stopped_mid_saga_finishes_it_after_a_restart() {
         assert_eq!(applied(s), vec![format!("o4:step{i}:action")], "step {i} applied once");
     }
     orchestrator.stop().await;
+}
+
+/// With tokens, starting a saga takes a client's and reading one a client's, monitor's or
+/// operator's; without a known token nothing but /health is served. And a saga naming a step
+/// host the orchestrator was not given is refused whole, before anything runs.
+#[tokio::test]
+async fn tokens_and_step_hosts_are_checked_before_a_saga_starts() {
+    use concord_types::tokens::{token_sha256, ClientRole, TokenConfig};
+    let dir = temp("access");
+    let (shared, addresses) = services(2).await;
+    let tokens = vec![
+        TokenConfig { name: "shop".into(), role: ClientRole::Client, sha256: token_sha256("c") },
+        TokenConfig { name: "watch".into(), role: ClientRole::Monitor, sha256: token_sha256("m") },
+    ];
+    let allowed = addresses.iter().map(ToString::to_string).collect();
+    let hosts = concord_orchestrator::StepHosts::Only(allowed);
+    let orchestrator = start_orchestrator_with(&dir, free_address(), hosts, tokens).await;
+    let call = |method: &'static str, path: String, token: Option<&'static str>, body: String| {
+        let address = orchestrator.address;
+        async move {
+            let bearer = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                bearer.as_deref().map(|b| ("Authorization", b)).into_iter().collect();
+            concord_http::call(address, method, &path, &headers, &body, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let start = saga("s-1", &addresses, false).to_string();
+    assert_eq!(call("POST", "/v1/sagas".into(), None, start.clone()).await, 401);
+    assert_eq!(call("POST", "/v1/sagas".into(), Some("wrong"), start.clone()).await, 401);
+    assert_eq!(call("POST", "/v1/sagas".into(), Some("m"), start.clone()).await, 403);
+    assert_eq!(call("GET", "/v1/sagas".into(), None, String::new()).await, 401);
+    assert_eq!(call("GET", "/health".into(), None, String::new()).await, 200);
+    assert!(applied(&shared[0]).is_empty(), "nothing ran for a refused start");
+
+    let elsewhere = saga("s-2", &[addresses[0], free_address()], false).to_string();
+    assert_eq!(call("POST", "/v1/sagas".into(), Some("c"), elsewhere).await, 400);
+    assert!(applied(&shared[0]).is_empty(), "a refused saga runs none of its steps");
+
+    assert_eq!(call("POST", "/v1/sagas".into(), Some("c"), start).await, 200);
+    assert_eq!(call("GET", "/v1/sagas/s-1".into(), Some("m"), String::new()).await, 200);
+    assert_eq!(applied(&shared[0]).len(), 1);
+    orchestrator.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
