@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("saga_start", saga_start),
     ("http_request", http_request),
     ("participant_messages", participant_messages),
+    ("access", access),
 ];
 
 type KvMsg2pc = two_phase::Msg<KvChange>;
@@ -115,6 +116,21 @@ pub fn http_request(data: &[u8]) {
         .expect("a current-thread runtime");
     let mut stream = data;
     let _ = runtime.block_on(concord_http::read_request(&mut stream));
+}
+
+/// What a caller of the HTTP services controls at the door: a statement for the database
+/// coordinator (classified before any database sees it) and an `Authorization` header (looked
+/// up in a token table).
+pub fn access(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = concord_participants::statements::classify(&text);
+    let table = concord_types::tokens::TokenTable::new(&[concord_types::tokens::TokenConfig {
+        name: "app".into(),
+        role: concord_types::tokens::ClientRole::Client,
+        sha256: concord_types::tokens::token_sha256("concord_fuzz"),
+    }]);
+    let _ = table.find_bearer(Some(&text));
+    let _ = table.find(data);
 }
 
 /// Whatever a forged or buggy peer could send, fed to the protocol cores: a 2PC participant
