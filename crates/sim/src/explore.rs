@@ -276,6 +276,24 @@ where
         for command in out {
             match command {
                 Command::Send { to, msg } => {
+                    // The runtime refuses a message the sender's role never sends to the
+                    // receiver's (`Protocol::may_send`): every send must pass the rule.
+                    let role_of = |n: usize| {
+                        w.nodes[n].as_ref().map(|role| match role {
+                            Role::Coordinator(_) => concord_commit::NodeRole::Coordinator,
+                            Role::Participant(_) => concord_commit::NodeRole::Participant,
+                            Role::Acceptor(_) => concord_commit::NodeRole::Acceptor,
+                        })
+                    };
+                    if let (Some(from_role), Some(to_role)) =
+                        (role_of(node), role_of(to.0 as usize))
+                    {
+                        if !P::may_send(&msg, id, from_role, to_role) {
+                            w.violation.get_or_insert(format!(
+                                "role rule: {id} ({from_role:?}) sent {msg} to {to} ({to_role:?}), which the runtime refuses"
+                            ));
+                        }
+                    }
                     if w.cut.as_ref().is_some_and(|side| side[node] != side[to.0 as usize]) {
                         continue; // across the partition: lost
                     }
