@@ -87,7 +87,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let rows = runtime()?.block_on(async {
         let cluster = LocalCluster::start(&config, &options.dir.join("data"));
         let kv = KvClient::connect_with(gateway, &honest);
-        wait_for_a_commit(&kv).await?;
+        crate::bench_kv::warm_up_across(gateway, Some(&honest)).await?;
         let mut rows = Vec::new();
         for round in 1..=options.rounds.max(1) {
             let alone = measure(&kv, options.clients, options.duration).await;
@@ -155,25 +155,6 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     ratios.sort_by(f64::total_cmp);
     println!("median flooded/alone: {:.2}x", ratios[ratios.len() / 2]);
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-async fn wait_for_a_commit(kv: &KvClient) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = async {
-            let mut txn = kv.begin().await?;
-            txn.put("a/warm", "1").await?;
-            txn.put("z/warm", "1").await?;
-            txn.commit().await
-        };
-        if attempt.await.is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err("the bench cluster did not commit within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn measure(kv: &KvClient, clients: usize, duration: Duration) -> Measured {

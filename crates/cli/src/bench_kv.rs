@@ -252,7 +252,7 @@ fn client_of(gateway: SocketAddr, credentials: Option<&ClientCredentials>) -> Kv
     }
 }
 
-async fn warm_up_across(
+pub(crate) async fn warm_up_across(
     gateway: SocketAddr,
     credentials: Option<&ClientCredentials>,
 ) -> Result<(), String> {

@@ -125,6 +125,9 @@ struct Ahead {
     session: u64,
     txn: String,
     opened: Instant,
+    /// The connection it was opened on: the gateway binds a session to its connection, so one
+    /// from a connection since broken is no longer there.
+    connection: Option<u64>,
 }
 
 /// A connection to a key-value cluster's gateway (its coordinator), shared by every clone and
@@ -197,8 +200,11 @@ impl KvClient {
     /// taken then. Without, it begins at once (the baseline the benchmark keeps).
     pub async fn begin(&self) -> Result<Txn, KvError> {
         let ahead = {
+            let live = self.inner.live_connection();
             let mut pool = self.ahead.lock().expect("no code panics holding the pool");
-            pool.retain(|a| a.opened.elapsed() < AHEAD_MAX_AGE);
+            pool.retain(|a| {
+                a.opened.elapsed() < AHEAD_MAX_AGE && a.connection.is_some() && a.connection == live
+            });
             // Oldest first: a reserved id holds its coordinator's forget mark until it runs
             // or is given back, so none may linger at the bottom of the pool.
             (!pool.is_empty()).then(|| pool.remove(0))
@@ -510,7 +516,12 @@ impl Txn {
         match reply {
             Ok(proto::KvCommitReply { txn, next, .. }) => {
                 if let Some(next) = next.filter(|n| !n.txn.is_empty()) {
-                    let ahead = Ahead { session: next.session, txn: next.txn, opened: Instant::now() };
+                    let ahead = Ahead {
+                        session: next.session,
+                        txn: next.txn,
+                        opened: Instant::now(),
+                        connection: self.inner.live_connection(),
+                    };
                     self.ahead.lock().expect("no code panics holding the pool").push(ahead);
                 }
                 Ok((!txn.is_empty()).then_some(txn))

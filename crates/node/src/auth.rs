@@ -95,6 +95,9 @@ pub struct Identity {
 pub struct Auth {
     required: bool,
     tokens: TokenTable,
+    /// Refusals so far: the first is logged, then every thousandth, so a flood of refused
+    /// requests does not flood the log.
+    refusals: std::sync::atomic::AtomicU64,
 }
 
 impl Auth {
@@ -102,6 +105,7 @@ impl Auth {
         Auth {
             required: config.tls.is_some() || !config.tokens.is_empty(),
             tokens: TokenTable::new(&config.tokens),
+            refusals: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -120,6 +124,14 @@ impl Auth {
         }
         let (name, role) = self.tokens.find(token)?;
         Ok(Caller::Client { name, role })
+    }
+
+    /// Writes a refusal to stderr: the first, then every thousandth, with the count.
+    fn log_refusal(&self, line: &str) {
+        let n = self.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n % 1_000 == 1 {
+            eprintln!("{line} ({n} refused so far)");
+        }
     }
 
     /// The caller of a gRPC request (or of a call, whose link put its identity in the
@@ -144,14 +156,17 @@ impl Auth {
                     let from = info
                         .and_then(|i| i.remote)
                         .map_or_else(String::new, |a| format!(" from {a}"));
-                    eprintln!("refused {what}{from}: {why}");
+                    self.log_refusal(&format!("refused {what}{from}: {why}"));
                     Status::unauthenticated(why)
                 })?;
                 Identity { caller, conn: info.map_or(0, |i| i.conn) }
             }
         };
         if !identity.caller.may(right) {
-            eprintln!("refused {what} to {}: not its role's right", identity.caller);
+            self.log_refusal(&format!(
+                "refused {what} to {}: not its role's right",
+                identity.caller
+            ));
             return Err(Status::permission_denied(format!(
                 "{} may not {what} (docs/security.md lists each role's rights)",
                 identity.caller

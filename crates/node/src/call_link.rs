@@ -314,6 +314,8 @@ struct Shared {
     /// TLS (and the node the server must prove it is), the token to present.
     dial: Dial,
     next_id: AtomicU64,
+    /// Connections opened so far: each one's number.
+    opened: AtomicU64,
     current: Mutex<Option<Arc<Connection>>>,
 }
 
@@ -330,6 +332,8 @@ type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, Status>>>;
 
 #[derive(Debug, Default)]
 struct Connection {
+    /// Which of this client's connections it is (from 1).
+    number: u64,
     outbox: Outbox,
     waiting: Mutex<Waiting>,
     broken: AtomicBool,
@@ -348,6 +352,7 @@ impl CallClient {
                 address,
                 dial,
                 next_id: AtomicU64::new(1),
+                opened: AtomicU64::new(0),
                 current: Mutex::new(None),
             }),
         }
@@ -355,6 +360,13 @@ impl CallClient {
 
     pub fn address(&self) -> SocketAddr {
         self.shared.address
+    }
+
+    /// The number of the connection calls go on now, if it is open and not broken. What the
+    /// server binds to a connection (a key-value session) is valid only while this is the same.
+    pub fn live_connection(&self) -> Option<u64> {
+        let current = self.shared.current.lock().expect("not poisoned");
+        current.as_ref().filter(|c| !c.broken.load(Ordering::Acquire)).map(|c| c.number)
     }
 
     /// Calls `method` with `request` and waits at most `timeout` for its reply. A connection
@@ -418,7 +430,8 @@ impl CallClient {
                 return Arc::clone(connection);
             }
         }
-        let connection = Arc::new(Connection::default());
+        let number = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let connection = Arc::new(Connection { number, ..Connection::default() });
         let dial = self.shared.dial.clone();
         tokio::spawn(run(self.shared.address, dial, Arc::clone(&connection)));
         *current = Some(Arc::clone(&connection));

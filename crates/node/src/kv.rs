@@ -425,12 +425,14 @@ impl Gateway {
 
     /// One session of `owner` fewer, which buffered `bytes`.
     fn closed(&self, owner: &Identity, bytes: usize) {
+        // Saturating: the counts are kept exactly (every change of a session's bytes goes
+        // through `with`), but a slip in bookkeeping must not become a crash of the gateway.
         let mut shares = self.shares.lock().expect("shares lock");
-        shares.bytes -= bytes;
+        shares.bytes = shares.bytes.saturating_sub(bytes);
         let key = Owner::of(owner);
         if let Some(share) = shares.by_owner.get_mut(&key) {
-            share.open -= 1;
-            share.bytes -= bytes;
+            share.open = share.open.saturating_sub(1);
+            share.bytes = share.bytes.saturating_sub(bytes);
             if share.open == 0 {
                 shares.by_owner.remove(&key);
             }

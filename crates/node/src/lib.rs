@@ -256,14 +256,8 @@ async fn accept_loop<E: Engine>(
                     Err(_) => return, // silent: dropped
                 };
                 if accepted.grpc {
-                    let node = accepted.cert.as_ref().and_then(|cert| {
-                        handle
-                            .config
-                            .nodes
-                            .iter()
-                            .map(|n| NodeId(n.id))
-                            .find(|&id| tls.is_node(cert, id))
-                    });
+                    let node =
+                        accepted.cert.as_ref().and_then(|cert| tls.node_of(cert, &handle.config));
                     let info = tls::ConnInfo { remote, node, conn };
                     let conn = tls::GrpcConn { conn: accepted.conn, info, _slot: slot };
                     let _ = grpc.send(Ok(conn)).await;
@@ -322,12 +316,7 @@ async fn serve_link<E: Engine>(
                 Err(_) => return,
             };
             let node = match (&handle.tls, &cert) {
-                (Some(tls), Some(cert)) => handle
-                    .config
-                    .nodes
-                    .iter()
-                    .map(|n| NodeId(n.id))
-                    .find(|&id| tls.is_node(cert, id)),
+                (Some(tls), Some(cert)) => tls.node_of(cert, &handle.config),
                 _ => None,
             };
             // A shard's calls (reads for the gateway) are for the cluster's gateway only.

@@ -183,6 +183,15 @@ impl NodeTls {
         names(cert, &node_name(&self.cluster, id))
     }
 
+    /// Which configured node a verified peer certificate names, if any.
+    pub(crate) fn node_of(
+        &self,
+        cert: &CertificateDer<'_>,
+        config: &crate::config::ClusterConfig,
+    ) -> Option<NodeId> {
+        config.nodes.iter().map(|n| NodeId(n.id)).find(|&id| self.is_node(cert, id))
+    }
+
     /// How this node dials node `to` on a Concord link: the peer must prove it is `to`.
     pub(crate) fn dial(&self, to: NodeId) -> Dial {
         let name = server_name(&node_name(&self.cluster, to));
