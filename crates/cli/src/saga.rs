@@ -50,11 +50,34 @@ pub enum SagaCommand {
         #[arg(long, default_value = DEFAULT_ORCHESTRATOR)]
         orchestrator: SocketAddr,
     },
-    /// Sagas the orchestrator remembers, newest id last.
+    /// Sagas, newest first, a page at a time; with --postgres on the orchestrator, every saga
+    /// in the shared store (any instance's, finished ones included).
     Ls {
-        /// Only those still running, compensating or confirming.
+        /// Only those not finished (running, compensating, confirming or failed-to-drive).
         #[arg(long)]
         running: bool,
+        /// Only these states, comma-separated: running, compensating, confirming, completed,
+        /// compensated, failed-to-drive, unfinished, finished.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only sagas started longer ago than this (90s, 15m, 2h, 7d).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Only sagas started within this (90s, 15m, 2h, 7d).
+        #[arg(long)]
+        newer_than: Option<String>,
+        /// Only sagas held by this orchestrator instance (a shared PostgreSQL store).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Sagas per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue after this cursor (printed at the end of the page before).
+        #[arg(long)]
+        after: Option<String>,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
         #[arg(long, default_value = DEFAULT_ORCHESTRATOR)]
         orchestrator: SocketAddr,
         #[arg(long)]
@@ -148,29 +171,60 @@ pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SagaCommand::Ls { running, orchestrator, json } => {
-            let path = if running { "/v1/sagas?running" } else { "/v1/sagas" };
-            let answer = call(orchestrator, "GET", path, None, Duration::from_secs(10))?;
-            if json {
-                println!("{answer}");
-                return Ok(ExitCode::SUCCESS);
+        SagaCommand::Ls {
+            running,
+            state,
+            older_than,
+            newer_than,
+            instance,
+            limit,
+            after,
+            all,
+            orchestrator,
+            json,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            if running {
+                query.push("running".into());
             }
-            println!("{:<32} {:<14} {:<13} NOW", "SAGA", "NAME", "STATE");
-            for saga in answer["sagas"].as_array().into_iter().flatten() {
-                let now = saga["current"].as_object().map_or(String::new(), |c| {
-                    format!(
-                        "{} {} #{}",
-                        c["step"].as_str().unwrap_or(""),
-                        c["phase"].as_str().unwrap_or(""),
-                        c["attempt"]
-                    )
-                });
+            for (name, value) in [
+                ("state", state),
+                ("older_than", older_than),
+                ("newer_than", newer_than),
+                ("instance", instance),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("{name}={value}"));
+                }
+            }
+            let mut after = after;
+            if !json {
                 println!(
-                    "{:<32} {:<14} {:<13} {now}",
-                    saga["id"].as_str().unwrap_or(""),
-                    saga["name"].as_str().unwrap_or(""),
-                    saga["state"].as_str().unwrap_or("")
+                    "{:<32} {:<14} {:<15} {:<19} {:<14} NOW",
+                    "SAGA", "NAME", "STATE", "STARTED (UTC)", "INSTANCE"
                 );
+            }
+            loop {
+                let mut page = query.clone();
+                page.extend(after.as_ref().map(|a| format!("after={a}")));
+                let path = format!("/v1/sagas?{}", page.join("&"));
+                let answer = call(orchestrator, "GET", &path, None, Duration::from_secs(30))?;
+                let next = answer["next"].as_str().map(str::to_string);
+                if json {
+                    println!("{answer}");
+                } else {
+                    print_listing(&answer);
+                }
+                match next {
+                    Some(next) if all => after = Some(next),
+                    Some(next) => {
+                        if !json {
+                            println!("(more: --after {next}, or --all)");
+                        }
+                        break;
+                    }
+                    None => break,
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -213,14 +267,62 @@ fn call(
     Ok(value)
 }
 
+fn print_listing(answer: &Value) {
+    for saga in answer["sagas"].as_array().into_iter().flatten() {
+        let now = saga["current"].as_object().map_or(String::new(), |c| {
+            format!(
+                "{} {} #{}",
+                c["step"].as_str().unwrap_or(""),
+                c["phase"].as_str().unwrap_or(""),
+                c["attempt"]
+            )
+        });
+        let started = saga["started_unix_ms"].as_u64().map_or("?".to_string(), utc);
+        println!(
+            "{:<32} {:<14} {:<15} {:<19} {:<14} {now}",
+            saga["id"].as_str().unwrap_or(""),
+            saga["name"].as_str().unwrap_or(""),
+            saga["state"].as_str().unwrap_or(""),
+            started,
+            saga["instance"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
 fn print_saga(saga: &Value) {
     let reason = saga["reason"]
         .as_str()
         .filter(|r| !r.is_empty())
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
+    let started = saga["started_unix_ms"]
+        .as_u64()
+        .map_or(String::new(), |ms| format!(", started {} UTC", utc(ms)));
+    let held = saga["instance"].as_str().map_or(String::new(), |i| format!(", held by {i}"));
     println!(
-        "{} {} [{}] {}{reason}",
+        "{} {} [{}] {}{reason}{started}{held}",
         saga["id"].as_str().unwrap_or(""),
         saga["name"].as_str().unwrap_or(""),
         saga["kind"].as_str().unwrap_or(""),
@@ -229,12 +331,13 @@ fn print_saga(saga: &Value) {
     for entry in saga["timeline"].as_array().into_iter().flatten() {
         let took = entry["took_ms"].as_u64().map_or(String::new(), |ms| format!(" in {ms} ms"));
         println!(
-            "  +{:>6} ms  {:<16} {:<13} #{:<3} {}{took}",
+            "  +{:>6} ms  {:<16} {:<13} #{:<3} {}{took}  [{}]",
             entry["at_ms"].as_u64().unwrap_or(0),
             entry["step"].as_str().unwrap_or(""),
             entry["phase"].as_str().unwrap_or(""),
             entry["attempt"].as_u64().unwrap_or(0),
-            entry["result"].as_str().unwrap_or("")
+            entry["result"].as_str().unwrap_or(""),
+            entry["instance"].as_str().unwrap_or("")
         );
     }
 }
@@ -252,4 +355,15 @@ fn load_tokens(path: &std::path::Path) -> Result<Vec<concord_types::tokens::Toke
     let file: File = toml::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
     concord_types::tokens::validate_all(&file.tokens).map_err(|e| format!("{shown}: {e}"))?;
     Ok(file.tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_milliseconds_print_as_utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_700_000_000_999), "2023-11-14 22:13:20");
+        assert_eq!(super::utc(4_107_542_399_000), "2100-02-28 23:59:59");
+    }
 }

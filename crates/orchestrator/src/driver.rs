@@ -14,14 +14,21 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api::{state_json, view_json, StartRequest};
+use crate::api::{state_json, view_json, Listing, StartRequest};
 use crate::pg_store::{PgStore, Written};
-use crate::timeline::Timelines;
+use crate::timeline::{Call, Change, Timelines};
 
 /// What the data directory was made for.
 const IDENTITY: &str = "format = 1\nkind = saga-orchestrator\n";
 /// Requests waiting for the loop.
 const API_CAPACITY: usize = 4_096;
+/// Timeline changes waiting for the PostgreSQL writer; past this they are dropped (and
+/// counted): a timeline is what operators read, never what a saga waits for.
+const CALLS_CAPACITY: usize = 65_536;
+/// The timeline writer's batch.
+const CALLS_BATCH: usize = 4_096;
+/// The orchestrator's name in timelines when it keeps its own log.
+const LOCAL_INSTANCE: &str = "local";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -104,7 +111,8 @@ enum Event {
         answer: Answer,
     },
     List {
-        running_only: bool,
+        /// The request's target, whose query is the listing's filters and page.
+        target: String,
         answer: Answer,
     },
     Show {
@@ -125,7 +133,15 @@ enum Event {
     Lost(String),
     /// The sweeper's turn: renew our leases, claim stuck sagas.
     Sweep,
-    Adopt(Vec<Record>),
+    /// Sagas the sweeper claimed: their records, and their timelines so far.
+    Adopt(Vec<Record>, Vec<Call>),
+}
+
+/// A timeline entry in the log, beside the core's records (told apart by its tag: a record's
+/// is `Started`, `StepDone`, `Compensating` or `Ended`).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Frame {
+    Call(Call),
 }
 
 /// `http://host:port/path` → (address, path). Host names are resolved at call time.
@@ -191,6 +207,11 @@ struct Loop {
     storage: Storage,
     internal: mpsc::UnboundedSender<Event>,
     timelines: Timelines,
+    /// This orchestrator's name in the shared store (or [`LOCAL_INSTANCE`]).
+    instance: String,
+    /// Timeline changes for the PostgreSQL writer (the log takes them directly).
+    calls_out: Option<mpsc::Sender<Change>>,
+    calls_dropped: u64,
     /// Starts waiting for their `Started` record, or (wait = true) for the end.
     acks: HashMap<String, Vec<Answer>>,
     finishes: HashMap<String, Vec<Answer>>,
@@ -218,18 +239,77 @@ impl Loop {
         if let Storage::Log { log, since_checkpoint, checkpoint_every, .. } = &mut self.storage {
             if *since_checkpoint >= *checkpoint_every {
                 *since_checkpoint = 0;
-                let live = self.core.live_records().iter().map(encode).collect();
+                let records = self.core.live_records();
+                // The timelines of the sagas the checkpoint keeps go with them.
+                let sagas: std::collections::BTreeSet<&String> =
+                    records.iter().map(Record::saga).collect();
+                let calls = sagas
+                    .into_iter()
+                    .flat_map(|saga| self.timelines.calls(saga))
+                    .map(|call| encode_frame(&Frame::Call(call)));
+                let live = records.iter().map(encode).chain(calls).collect();
                 log.checkpoint(live).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
     }
 
+    /// Stores timeline changes: in the log (lazily, riding the next group commit), or through
+    /// the PostgreSQL writer.
+    fn store_calls(&mut self, changes: Vec<Change>) -> Result<(), String> {
+        match (&mut self.storage, &self.calls_out) {
+            (Storage::Log { log, since_checkpoint, .. }, _) => {
+                for change in changes {
+                    // A dropped entry leaves the log at the next checkpoint.
+                    if let Change::Put(call) = change {
+                        log.submit(encode_frame(&Frame::Call(call)), None)
+                            .map_err(|e| e.to_string())?;
+                        *since_checkpoint += 1;
+                    }
+                }
+            }
+            (Storage::Postgres(_), Some(out)) => {
+                for change in changes {
+                    if out.try_send(change).is_err() {
+                        self.calls_dropped += 1;
+                        if self.calls_dropped.is_power_of_two() {
+                            eprintln!(
+                                "concord saga: the timeline writer is behind; {} timeline entries not stored",
+                                self.calls_dropped
+                            );
+                        }
+                    }
+                }
+            }
+            (Storage::Postgres(_), None) => {}
+        }
+        Ok(())
+    }
+
+    /// Sagas just replayed or adopted that the core set aside: the store says so too, so
+    /// every instance's listing shows them failed-to-drive.
+    fn report_parked(&self, records: &[Record]) {
+        let Storage::Postgres(store) = &self.storage else { return };
+        for record in records {
+            let Record::Started { saga, .. } = record else { continue };
+            let Some(view) = self.core.view(saga) else { continue };
+            if let concord_saga::SagaState::FailedToDrive { reason } = view.state {
+                let (store, saga) = (Arc::clone(store), saga.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = store.park(&saga, &reason).await {
+                        eprintln!("concord saga: marking {saga} failed-to-drive: {e}");
+                    }
+                });
+            }
+        }
+    }
+
     fn carry_out(&mut self, command: Command) -> Result<(), String> {
         match command {
             Command::Call { saga, step, phase, attempt, key, endpoint, payload, timeout_us } => {
                 let name = self.core.view(&saga).map(|v| v.steps[step].clone()).unwrap_or_default();
-                self.timelines.called(&saga, &name, phase, attempt);
+                let changes = self.timelines.called(&saga, &name, phase, attempt, now_us());
+                self.store_calls(changes)?;
                 let internal = self.internal.clone();
                 tokio::spawn(async move {
                     let timeout = Duration::from_micros(timeout_us);
@@ -253,8 +333,12 @@ impl Loop {
                 }
                 Storage::Postgres(store) => {
                     let (store, internal) = (Arc::clone(store), self.internal.clone());
+                    let state = self
+                        .core
+                        .state_after(&record)
+                        .map_or("running", |state| state_json(&state).0);
                     tokio::spawn(async move {
-                        let _ = internal.send(write_with_retries(&store, record).await);
+                        let _ = internal.send(write_with_retries(&store, record, state).await);
                     });
                 }
             },
@@ -282,10 +366,77 @@ impl Loop {
             Some(view) => {
                 let mut value = view_json(&view);
                 value["timeline"] = self.timelines.json(saga);
+                value["instance"] = json!(self.instance);
                 Response::json(200, &value)
             }
             None => Response::error(404, &format!("no saga `{saga}`")),
         }
+    }
+
+    /// `GET /v1/sagas/ID`: from the core if this orchestrator holds the saga (it knows the
+    /// call in flight); else, with a shared store, from the store.
+    fn show_anywhere(&self, saga: String, answer: Answer) {
+        let store = match &self.storage {
+            Storage::Postgres(store) if self.core.view(&saga).is_none() => Arc::clone(store),
+            _ => {
+                let _ = answer.send(self.show(&saga));
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let response = match store.show(&saga).await {
+                Ok(Some((view, owner, calls))) => {
+                    let mut value = view_json(&view);
+                    // No instance here awaits its calls: an unanswered one was left by its
+                    // owner, which may still be waiting for it.
+                    value["timeline"] = crate::timeline::json_of(&calls, |_| false);
+                    value["instance"] = json!(owner);
+                    Response::json(200, &value)
+                }
+                Ok(None) => Response::error(404, &format!("no saga `{saga}`")),
+                Err(e) => Response::error(503, &format!("the saga store: {e}")),
+            };
+            let _ = answer.send(response);
+        });
+    }
+
+    /// `GET /v1/sagas?…`: one page, from the shared store or from this orchestrator's memory.
+    fn list(&self, target: &str, answer: Answer) {
+        let listing = match Listing::parse(target, now_us()) {
+            Ok(listing) => listing,
+            Err(e) => {
+                let _ = answer.send(Response::error(400, &e));
+                return;
+            }
+        };
+        let Storage::Postgres(store) = &self.storage else {
+            if listing.instance.is_some() {
+                let why = "instance: this orchestrator keeps its own log; instances share sagas only through a PostgreSQL store (saga serve --postgres)";
+                let _ = answer.send(Response::error(400, why));
+                return;
+            }
+            let page = crate::api::page(&listing, self.core.list(), &self.instance);
+            let _ = answer.send(Response::json(200, &page));
+            return;
+        };
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            let response = match store.list(&listing).await {
+                Ok((sagas, next)) => {
+                    let sagas: Vec<Value> = sagas
+                        .iter()
+                        .map(|(view, owner)| {
+                            let mut value = view_json(view);
+                            value["instance"] = json!(owner);
+                            value
+                        })
+                        .collect();
+                    Response::json(200, &json!({ "sagas": sagas, "next": next }))
+                }
+                Err(e) => Response::error(503, &format!("the saga store: {e}")),
+            };
+            let _ = answer.send(response);
+        });
     }
 
     fn start(&mut self, request: &StartRequest, answer: Answer) -> Result<(), String> {
@@ -321,24 +472,14 @@ impl Loop {
     fn on_event(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Start { request, answer } => self.start(&request, answer)?,
-            Event::List { running_only, answer } => {
-                let sagas: Vec<Value> = self
-                    .core
-                    .list()
-                    .iter()
-                    .filter(|v| {
-                        !running_only
-                            || !matches!(state_json(&v.state).0, "completed" | "compensated")
-                    })
-                    .map(view_json)
-                    .collect();
-                let _ = answer.send(Response::json(200, &json!({ "sagas": sagas })));
-            }
-            Event::Show { saga, answer } => {
-                let _ = answer.send(self.show(&saga));
-            }
+            Event::List { target, answer } => self.list(&target, answer),
+            Event::Show { saga, answer } => self.show_anywhere(saga, answer),
             Event::Reply { saga, step, phase, attempt, result, shown } => {
-                self.timelines.answered(&saga, phase, attempt, shown);
+                if let Some(change) =
+                    self.timelines.answered(&saga, phase, attempt, shown, now_us())
+                {
+                    self.store_calls(vec![change])?;
+                }
                 self.feed(Input::Reply { saga, step, phase, result })?;
             }
             Event::Persisted(record) => {
@@ -377,7 +518,14 @@ impl Loop {
                         }
                         match store.claim_stuck(100).await {
                             Ok(records) if !records.is_empty() => {
-                                let _ = internal.send(Event::Adopt(records));
+                                let sagas: Vec<String> =
+                                    records.iter().map(|r| r.saga().clone()).collect();
+                                // Without its timeline the saga still goes on.
+                                let calls = store.calls(&sagas).await.unwrap_or_else(|e| {
+                                    eprintln!("concord: reading adopted sagas' timelines: {e}");
+                                    Vec::new()
+                                });
+                                let _ = internal.send(Event::Adopt(records, calls));
                             }
                             Ok(_) => {}
                             Err(e) => eprintln!("concord: sweeping stuck sagas: {e}"),
@@ -385,7 +533,17 @@ impl Loop {
                     });
                 }
             }
-            Event::Adopt(records) => self.feed(Input::Adopt { records, now_us: now_us() })?,
+            Event::Adopt(records, calls) => {
+                let changes = self.timelines.load(calls);
+                self.store_calls(changes)?;
+                let started: Vec<Record> = records
+                    .iter()
+                    .filter(|r| matches!(r, Record::Started { .. }))
+                    .cloned()
+                    .collect();
+                self.feed(Input::Adopt { records, now_us: now_us() })?;
+                self.report_parked(&started);
+            }
         }
         Ok(())
     }
@@ -394,11 +552,11 @@ impl Loop {
 /// A record written to PostgreSQL, retried while the database is unreachable (bounded: after
 /// that the saga is released here, and a sweeper — maybe this one — adopts it once its lease
 /// runs out).
-async fn write_with_retries(store: &PgStore, record: Record) -> Event {
+async fn write_with_retries(store: &PgStore, record: Record, state: &str) -> Event {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store.write(&record).await {
+        match store.write(&record, state).await {
             Ok(Written::Durable) => return Event::Persisted(record),
             Ok(Written::NotOurs) => return Event::Lost(record.saga().clone()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
@@ -430,6 +588,27 @@ impl Loop {
 
 fn encode(record: &Record) -> Vec<u8> {
     serde_json::to_vec(record).expect("records serialise")
+}
+
+fn encode_frame(frame: &Frame) -> Vec<u8> {
+    serde_json::to_vec(frame).expect("timeline entries serialise")
+}
+
+/// The PostgreSQL timeline writer: takes changes as they come and writes what has gathered
+/// while the previous batch was being written (one statement per batch, not per call).
+async fn write_timelines(store: Arc<PgStore>, mut changes: mpsc::Receiver<Change>) {
+    while let Some(first) = changes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < CALLS_BATCH {
+            match changes.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.write_calls(batch).await {
+            eprintln!("concord saga: writing timelines: {e}");
+        }
+    }
 }
 
 /// Whether `request` may do what it asks: 401 without a known token (once tokens are
@@ -484,9 +663,7 @@ async fn route(api: mpsc::Sender<Event>, access: Arc<Access>, request: Request) 
             }
             Err(e) => return Response::error(400, &format!("invalid saga: {e}")),
         },
-        ("GET", ["v1", "sagas"]) => {
-            Event::List { running_only: request.flag("running"), answer: tx }
-        }
+        ("GET", ["v1", "sagas"]) => Event::List { target: request.target.clone(), answer: tx },
         ("GET", ["v1", "sagas", id]) => Event::Show { saga: (*id).to_string(), answer: tx },
         (method, _) => {
             return Response::error(404, &format!("no route for {method} {}", request.target))
@@ -510,7 +687,10 @@ fn deadline_after_us(after_us: u64) -> tokio::time::Instant {
 /// read), and why. Set aside and reported; the other records replay.
 type Unreadable = (usize, Option<String>, String);
 
-async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>, Vec<Unreadable>), String> {
+/// What the log held: the core's records, timeline entries, and what could not be read.
+type Replay = (Storage, Vec<Record>, Vec<Call>, Vec<Unreadable>);
+
+async fn open_log(options: &Options) -> Result<Replay, String> {
     let dir = &options.data_dir;
     let mut dir_lock = concord_wal::claim_data_dir(dir, IDENTITY)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -523,10 +703,16 @@ async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>, Vec<Unread
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     let mut records = Vec::with_capacity(raw.len());
-    let mut unreadable = Vec::new();
+    let (mut calls, mut unreadable) = (Vec::new(), Vec::new());
     for (i, bytes) in raw.iter().enumerate() {
         match serde_json::from_slice::<Record>(bytes) {
             Ok(record) => records.push(record),
+            Err(_) if serde_json::from_slice::<Frame>(bytes).is_ok() => {
+                let Ok(Frame::Call(call)) = serde_json::from_slice::<Frame>(bytes) else {
+                    unreachable!("just parsed")
+                };
+                calls.push(call);
+            }
             Err(e) => {
                 // The frame's checksum held, so these are the bytes that were written: a record
                 // of another version, or one a bug wrote. Its saga is set aside, not guessed at.
@@ -552,16 +738,22 @@ async fn open_log(options: &Options) -> Result<(Storage, Vec<Record>, Vec<Unread
         checkpoint_every: options.checkpoint_every.max(1),
         _dir_lock: dir_lock,
     };
-    Ok((storage, records, unreadable))
+    Ok((storage, records, calls, unreadable))
 }
 
 /// Runs the orchestrator until `shutdown` turns true (or its log fails).
 pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let (storage, records, unreadable) = match &options.postgres {
+    let (storage, records, calls, unreadable) = match &options.postgres {
         Some(pg) => {
             let store = PgStore::connect(&pg.url, &pg.instance, pg.lease).await?;
             let records = store.own().await?;
-            (Storage::Postgres(Arc::new(store)), records, Vec::new())
+            let sagas: Vec<String> = records
+                .iter()
+                .filter(|r| matches!(r, Record::Started { .. }))
+                .map(|r| r.saga().clone())
+                .collect();
+            let calls = store.calls(&sagas).await?;
+            (Storage::Postgres(Arc::new(store)), records, calls, Vec::new())
         }
         None => open_log(&options).await?,
     };
@@ -581,11 +773,24 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
             }
         });
     }
+    let instance =
+        options.postgres.as_ref().map_or(LOCAL_INSTANCE.to_string(), |pg| pg.instance.clone());
+    let calls_out = match &storage {
+        Storage::Postgres(store) => {
+            let (out, changes) = mpsc::channel(CALLS_CAPACITY);
+            tokio::spawn(write_timelines(Arc::clone(store), changes));
+            Some(out)
+        }
+        Storage::Log { .. } => None,
+    };
     let mut state = Loop {
         core: Orchestrator::new(),
         storage,
         internal,
-        timelines: Timelines::default(),
+        timelines: Timelines::new(&instance, now_us()),
+        instance,
+        calls_out,
+        calls_dropped: 0,
         acks: HashMap::new(),
         finishes: HashMap::new(),
         next_id: 0,
@@ -595,8 +800,14 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
     // repeat or skip what the lost record said): it is set aside whole.
     let set_aside: std::collections::HashSet<&String> =
         unreadable.iter().filter_map(|(_, saga, _)| saga.as_ref()).collect();
-    let records = records.into_iter().filter(|r| !set_aside.contains(r.saga())).collect();
+    let records: Vec<Record> =
+        records.into_iter().filter(|r| !set_aside.contains(r.saga())).collect();
+    let started: Vec<Record> =
+        records.iter().filter(|r| matches!(r, Record::Started { .. })).cloned().collect();
+    let changes = state.timelines.load(calls);
+    state.store_calls(changes)?;
     state.feed(Input::Restart { records, now_us: now_us() })?;
+    state.report_parked(&started);
     for (index, saga, reason) in unreadable {
         if let Some(saga) = saga {
             state.core.set_aside(saga, format!("its log record {index} cannot be read: {reason}"));

@@ -24,6 +24,7 @@ pub mod orchestrator;
 
 pub use barrier::{Barrier, BarrierVerdict};
 pub use definition::{Kind, Phase, Retry, SagaDef, StepDef};
+pub use orchestrator::view_of_records;
 pub use orchestrator::{
     Command, Durability, Input, Orchestrator, Outcome, Record, SagaId, SagaState, SagaView,
     StepResult, Timer,

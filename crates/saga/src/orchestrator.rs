@@ -204,6 +204,9 @@ pub struct SagaView {
     /// The call it is on: step index, phase, attempt.
     pub current: Option<(usize, Phase, u32)>,
     pub steps: Vec<String>,
+    /// When it started (wall clock, microseconds since the Unix epoch); 0 when unknown (a
+    /// saga set aside before its start could be read).
+    pub started_at_us: u64,
 }
 
 /// The call a saga is on, and whether it waits for a reply or for its retry timer.
@@ -324,17 +327,18 @@ impl Orchestrator {
                 state: SagaState::FailedToDrive { reason: reason.clone() },
                 current: None,
                 steps: Vec::new(),
+                started_at_us: 0,
             });
         }
-        let i = self.sagas.get(saga)?;
-        Some(SagaView {
-            saga: saga.to_string(),
-            name: i.def.name.clone(),
-            kind: i.def.kind,
-            state: i.state.clone(),
-            current: i.current.map(|c| (c.step, c.phase, c.attempt)),
-            steps: i.def.steps.iter().map(|s| s.name.clone()).collect(),
-        })
+        self.sagas.get(saga).map(|i| i.view(saga))
+    }
+
+    /// The state `record` leads its saga to, once durable (for stores that index sagas by
+    /// state); `None` for a saga this orchestrator does not drive.
+    pub fn state_after(&self, record: &Record) -> Option<SagaState> {
+        let mut instance = self.sagas.get(record.saga())?.clone();
+        instance.apply(record);
+        Some(instance.state)
     }
 
     /// Every saga this orchestrator remembers, by id (those it could not drive included).
@@ -557,7 +561,46 @@ impl Orchestrator {
     }
 }
 
+/// A saga's view from its durable records alone (its `Started` first), without driving it:
+/// what a store shows of a saga no orchestrator here holds. Records that do not fit the saga
+/// (or an invalid definition) show it as failed-to-drive, as an orchestrator would set it aside.
+pub fn view_of_records(records: &[Record]) -> Option<SagaView> {
+    let Some(Record::Started { saga, def, payload, deadline_at_us }) = records.first() else {
+        return None;
+    };
+    let mut instance = Instance::new(def.clone(), payload.clone(), *deadline_at_us);
+    let mut problem = check_saga_id(saga)
+        .and_then(|()| def.validate())
+        .err()
+        .map(|e| format!("its definition is invalid: {e}"));
+    for record in &records[1..] {
+        if problem.is_some() {
+            break;
+        }
+        match instance.fits(record) {
+            Ok(()) => instance.apply(record),
+            Err(why) => problem = Some(format!("a record does not fit it: {why}")),
+        }
+    }
+    if let Some(reason) = problem {
+        instance.state = SagaState::FailedToDrive { reason };
+    }
+    Some(instance.view(saga))
+}
+
 impl Instance {
+    fn view(&self, saga: &str) -> SagaView {
+        SagaView {
+            saga: saga.to_string(),
+            name: self.def.name.clone(),
+            kind: self.def.kind,
+            state: self.state.clone(),
+            current: self.current.map(|c| (c.step, c.phase, c.attempt)),
+            steps: self.def.steps.iter().map(|s| s.name.clone()).collect(),
+            started_at_us: self.deadline_at_us.saturating_sub(self.def.deadline_us),
+        }
+    }
+
     fn new(def: SagaDef, payload: String, deadline_at_us: u64) -> Self {
         Instance {
             def,
