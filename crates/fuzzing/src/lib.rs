@@ -103,6 +103,13 @@ pub fn saga_start(data: &[u8]) {
             _ => None,
         })
         .collect();
+    // What a store shows of it, from the records alone, is what the core shows.
+    if !records.is_empty() {
+        let stored = concord_saga::view_of_records(&records).expect("a started saga has a view");
+        let mut live = core.view(&stored.saga).expect("the core drives it");
+        live.current = None;
+        assert_eq!(stored, live, "the store's view differs from the core's");
+    }
     let mut replayed = Orchestrator::new();
     replayed.handle(SagaInput::Restart { records, now_us: u64::MAX - 1 }, &mut Vec::new());
 }
@@ -115,7 +122,11 @@ pub fn http_request(data: &[u8]) {
         .build()
         .expect("a current-thread runtime");
     let mut stream = data;
-    let _ = runtime.block_on(concord_http::read_request(&mut stream));
+    if let Ok(request) = runtime.block_on(concord_http::read_request(&mut stream)) {
+        // A saga listing's filters and cursor, whatever the target holds.
+        let _ = concord_orchestrator::check_listing(&request.target, u64::MAX / 3);
+        let _ = concord_orchestrator::check_listing(&request.target, 0);
+    }
 }
 
 /// What a caller of the HTTP services controls at the door: a statement for the database

@@ -219,15 +219,14 @@ impl Listing {
                                 "failed-to-drive",
                             ]),
                             "finished" => states.extend(["completed", "compensated"]),
-                            _ => {
-                                states
-                                    .push(STATES.iter().find(|s| **s == want).ok_or_else(|| {
+                            _ => states.push(STATES.iter().find(|s| **s == want).ok_or_else(
+                                || {
                                     format!(
                                         "state: `{shown}` is not one of {}, unfinished, finished",
                                         STATES.join(", ")
                                     )
-                                })?)
-                            }
+                                },
+                            )?),
                         }
                     }
                     listing.states = Some(states);

@@ -20,3 +20,9 @@ mod timeline;
 
 pub use api::{StartRequest, StepRequest};
 pub use driver::{serve, Options, PostgresOptions, StepHosts};
+
+/// Checks a listing's query (`/v1/sagas?…`) as the API does: for the fuzz targets.
+#[doc(hidden)]
+pub fn check_listing(target: &str, now_us: u64) -> Result<(), String> {
+    api::Listing::parse(target, now_us).map(|_| ())
+}

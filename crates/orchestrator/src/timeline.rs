@@ -220,7 +220,7 @@ mod tests {
     fn a_timeline_is_bounded_and_its_dropped_entries_leave_the_store_too() {
         let mut timelines = Timelines::new("a", 1);
         let mut changes = Vec::new();
-        for attempt in 1..=(ENTRIES_PER_SAGA as u32 + 3) {
+        for attempt in 1..=u32::try_from(ENTRIES_PER_SAGA + 3).unwrap() {
             changes.extend(timelines.called(
                 "s",
                 "pay",

@@ -306,6 +306,25 @@ async fn an_orchestrator_stopped_mid_saga_finishes_it_after_a_restart() {
     for (i, s) in shared.iter().enumerate() {
         assert_eq!(applied(s), vec![format!("o4:step{i}:action")], "step {i} applied once");
     }
+    // The timeline survived the restart: the calls before it, the one it cut off, and after.
+    let calls: Vec<(String, String)> = done["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["step"].as_str().unwrap().into(), e["result"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls[0], ("step0".into(), "200".into()));
+    assert!(calls[1].0 == "step1" && calls[1].1.starts_with("(no answer recorded"), "{calls:?}");
+    assert_eq!(calls[2..], [("step1".into(), "200".into()), ("step2".into(), "200".into())]);
+    // Listings filter by state; an instance filter needs a shared store.
+    let completed = orchestrator.get("/v1/sagas?state=completed").await;
+    assert_eq!(completed["sagas"][0]["id"], "o4", "{completed}");
+    assert!(completed["sagas"][0]["started_unix_ms"].as_u64().unwrap() > 0);
+    let running = orchestrator.get("/v1/sagas?running").await;
+    assert!(running["sagas"].as_array().unwrap().is_empty(), "{running}");
+    let refused = orchestrator.get("/v1/sagas?instance=other").await;
+    assert!(refused["error"].as_str().unwrap().contains("instance"), "{refused}");
     orchestrator.stop().await;
 }
 
