@@ -476,7 +476,7 @@ async fn serve_engine<E: Engine>(
     let segment_bytes = config.log.segment_bytes;
     let (role, dir) = (me.role, data_dir.to_path_buf());
     let accept = options.accept_data_loss;
-    let (_dir_lock, log, raw) = tokio::task::spawn_blocking(move || {
+    let (dir_lock, log, raw) = tokio::task::spawn_blocking(move || {
         let (log, raw) = data_loss::open_log(&dir, segment_bytes, &mut dir_lock, accept, role)?;
         Ok::<_, NodeError>((dir_lock, log, raw))
     })
@@ -507,7 +507,10 @@ async fn serve_engine<E: Engine>(
     let listener = tokio::net::TcpListener::bind(me.listen)
         .await
         .map_err(|source| NodeError::Listen { address: me.listen, source })?;
-    let log = Arc::new(GroupCommit::start(log).map_err(|e| NodeError::Failed(e.to_string()))?);
+    // The log thread holds the directory's lock until it has written all it was given.
+    let log = Arc::new(
+        GroupCommit::start_holding(log, dir_lock).map_err(|e| NodeError::Failed(e.to_string()))?,
+    );
 
     let mut storage_set_aside = false;
     let storage = match me.role {

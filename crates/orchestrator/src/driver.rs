@@ -93,13 +93,7 @@ pub struct PostgresOptions {
 
 /// Where the core's records go.
 enum Storage {
-    Log {
-        log: Arc<GroupCommit>,
-        since_checkpoint: u64,
-        checkpoint_every: u64,
-        /// The data directory's lock, held while the log is in use.
-        _dir_lock: concord_wal::DirLock,
-    },
+    Log { log: Arc<GroupCommit>, since_checkpoint: u64, checkpoint_every: u64 },
     Postgres(Arc<PgStore>),
 }
 
@@ -733,12 +727,12 @@ async fn open_log(options: &Options) -> Result<Replay, String> {
             }
         }
     }
-    let log = Arc::new(GroupCommit::start(log).map_err(|e| e.to_string())?);
+    // The log thread holds the directory's lock until it has written all it was given.
+    let log = Arc::new(GroupCommit::start_holding(log, dir_lock).map_err(|e| e.to_string())?);
     let storage = Storage::Log {
         log,
         since_checkpoint: 0,
         checkpoint_every: options.checkpoint_every.max(1),
-        _dir_lock: dir_lock,
     };
     Ok((storage, records, calls, unreadable))
 }

@@ -65,6 +65,9 @@ enum Found {
     Legacy,
 }
 
+/// How long a directory held by this same process is waited for.
+const SAME_PROCESS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Takes the directory's lock, or says which process holds it.
 fn lock(dir: &Path) -> Result<DirLock, String> {
     let path = dir.join(LOCK_FILE);
@@ -75,24 +78,33 @@ fn lock(dir: &Path) -> Result<DirLock, String> {
         .truncate(false)
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let holder = if holder.is_empty() { "another process" } else { holder };
-            return Err(format!(
-                "in use by {holder} (it holds {}); stop it first, or point this one at another directory",
-                path.display()
-            ));
-        }
-        Err(fs::TryLockError::Error(e)) => {
-            return Err(format!("cannot lock {}: {e}", path.display()))
+    let me = format!("process {}", std::process::id());
+    // A holder in this very process is a predecessor (an in-process restart) whose log thread
+    // is finishing what it was given; it lets go when done, so wait for it, bounded.
+    let waited_since = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.rewind().and_then(|()| file.read_to_string(&mut holder));
+                let holder = holder.trim();
+                if holder == me && waited_since.elapsed() < SAME_PROCESS_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                let holder = if holder.is_empty() { "another process" } else { holder };
+                return Err(format!(
+                    "in use by {holder} (it holds {}); stop it first, or point this one at another directory",
+                    path.display()
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()))
+            }
         }
     }
     // Who holds it, for the message a second process prints. Not synced: it is a hint.
-    let me = format!("process {}", std::process::id());
     let written =
         file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(me.as_bytes()));
     written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -159,15 +171,25 @@ mod tests {
         dir
     }
 
+    /// (Another process is refused at once, naming its holder: `cli/tests/storage_faults.rs`.)
     #[test]
-    fn a_directory_in_use_is_refused_naming_its_holder_until_released() {
+    fn a_directory_held_in_this_process_is_waited_for_until_released() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
         let dir = scratch("lock");
         let held = claim_data_dir(&dir, "node = a\n").unwrap();
-        let error = claim_data_dir(&dir, "node = a\n").unwrap_err();
-        let me = format!("process {}", std::process::id());
-        assert!(error.contains(&me) && error.contains("LOCK"), "{error}");
-        drop(held);
+        let releasing = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&releasing);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+            drop(held);
+        });
         let again = claim_data_dir(&dir, "node = a\n").unwrap();
+        assert!(releasing.load(Ordering::SeqCst), "claimed while the holder still held it");
+        releaser.join().unwrap();
+        let holder = fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
+        assert_eq!(holder, format!("process {}", std::process::id()));
         drop(again);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -75,7 +75,15 @@ impl std::fmt::Debug for Request {
 }
 
 impl GroupCommit {
-    pub fn start(mut log: FileLog) -> io::Result<Self> {
+    pub fn start(log: FileLog) -> io::Result<Self> {
+        Self::start_holding(log, ())
+    }
+
+    /// Starts the log thread holding `guard` (the data directory's lock) until the thread has
+    /// written everything queued and ended. Dropped with its owner, a `GroupCommit` lets its
+    /// thread finish the queue on its own; a lock released at the drop instead would let a
+    /// new opener (an in-process restart) read and rewrite the log under that thread.
+    pub fn start_holding<G: Send + 'static>(mut log: FileLog, guard: G) -> io::Result<Self> {
         let (queue, requests) = mpsc::sync_channel::<Request>(MAX_QUEUED);
         let counters = Arc::new(Counters::default());
         let shared = Arc::clone(&counters);
@@ -167,6 +175,7 @@ impl GroupCommit {
                 if failed.is_none() {
                     let _ = log.refresh_manifest(0);
                 }
+                drop(guard);
                 log
             })?;
         Ok(GroupCommit { queue: Some(queue), thread: Some(thread), counters })

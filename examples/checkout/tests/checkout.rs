@@ -157,12 +157,15 @@ async fn orchestrator_on(
         step_hosts: concord_orchestrator::StepHosts::Any,
         tokens: Vec::new(),
     };
-    let task = tokio::spawn(concord_orchestrator::serve(options, stopped));
+    let mut task = tokio::spawn(concord_orchestrator::serve(options, stopped));
     let deadline = Instant::now() + Duration::from_secs(10);
     while concord_http::call(address, "GET", "/health", &[], "", Duration::from_secs(1))
         .await
         .is_err()
     {
+        if task.is_finished() {
+            panic!("the orchestrator stopped: {:?}", (&mut task).await);
+        }
         assert!(Instant::now() < deadline, "the orchestrator did not come up");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
