@@ -15,6 +15,11 @@
 //! kind = "mariadb"                 # MariaDB or MySQL, InnoDB tables
 //! url = "mysql://root@127.0.0.1:3306/wallet"
 //!
+//! [[database]]
+//! name = "points"
+//! kind = "redis"                   # appendonly yes, appendfsync always, noeviction
+//! url = "redis://127.0.0.1:6379/0"
+//!
 //! [recovery]                       # optional; milliseconds
 //! interval_ms = 5000               # how often prepared branches are reconciled with the log
 //! grace_ms = 30000                 # an undecided branch of this run is rolled back after this
@@ -63,6 +68,9 @@ pub struct DatabasesConfig {
 pub enum Kind {
     Postgres,
     Mariadb,
+    /// Writes staged and prepared by Lua scripts (`crate::redis`); needs AOF with
+    /// `appendfsync always` and `maxmemory-policy noeviction` to vote YES.
+    Redis,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -71,7 +79,8 @@ pub struct DatabaseConfig {
     pub name: String,
     pub kind: Kind,
     /// PostgreSQL: a libpq-style string (`host=… user=… dbname=…`) or URL;
-    /// MariaDB/MySQL: `mysql://user:password@host:port/database`.
+    /// MariaDB/MySQL: `mysql://user:password@host:port/database`;
+    /// Redis: `redis://[user:password@]host:port/db`.
     pub url: String,
     /// Whether the API may run schema statements (`CREATE`, `ALTER`, `DROP`, …) here.
     #[serde(default)]

@@ -222,8 +222,6 @@ pub struct Coordinator {
     state: Mutex<State>,
     metrics: Metrics,
     fault: Option<Fault>,
-    /// The data directory's lock, held for as long as this coordinator exists.
-    _dir_lock: concord_wal::DirLock,
 }
 
 fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<concord_wal::DirLock, OpenError> {
@@ -255,7 +253,9 @@ impl Coordinator {
         let ledger = Ledger::replay(records);
         let node = NodeId(config.node_id);
         let (clock, epoch) = EpochClock::recover(node, ledger.epoch());
-        let log = GroupCommit::start(file_log).map_err(|e| OpenError::LogWrite(e.to_string()))?;
+        // The log thread holds the directory's lock until it has written all it was given.
+        let log = GroupCommit::start_holding(file_log, dir_lock)
+            .map_err(|e| OpenError::LogWrite(e.to_string()))?;
         let timeout = Duration::from_millis(config.timeouts.statement_ms);
         let databases = config
             .databases
@@ -285,7 +285,6 @@ impl Coordinator {
             }),
             metrics: Metrics::default(),
             fault,
-            _dir_lock: dir_lock,
         };
         coordinator.persist(Record::Epoch(epoch), true).await.map_err(OpenError::LogWrite)?;
         coordinator.state().clock.on_persisted(epoch);
@@ -453,14 +452,9 @@ impl Coordinator {
                     let shown: String = sql.chars().take(60).collect();
                     RunError::Begin(BeginError::Invalid(format!("{name}: `{shown}`: {why}")))
                 };
-                match crate::statements::classify(sql).map_err(refused)? {
-                    crate::statements::Kind::Data => {}
-                    crate::statements::Kind::Schema if self.schema_changes.contains(name) => {}
-                    crate::statements::Kind::Schema => {
-                        return Err(refused(
-                            "schema statements are not run here (schema_changes = true in its [[database]] allows them)".into(),
-                        ));
-                    }
+                // An unknown database is refused by `begin`, naming it.
+                if let Some(db) = self.databases.iter().find(|d| &d.name == name) {
+                    db.check_statement(sql, self.schema_changes.contains(name)).map_err(refused)?;
                 }
             }
         }

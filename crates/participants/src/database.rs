@@ -22,7 +22,7 @@ use concord_types::Decision;
 
 use crate::config::{DatabaseConfig, Kind};
 use crate::gid::Gid;
-use crate::{mariadb, postgres};
+use crate::{mariadb, postgres, redis};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DbError {
@@ -110,6 +110,7 @@ pub struct ListedBranch {
 pub(crate) enum Connection {
     Postgres(tokio_postgres::Client),
     Mariadb(mysql_async::Conn),
+    Redis(redis::RedisConnection),
 }
 
 /// Idle connections kept for reuse. Enough for every concurrently running branch of a busy
@@ -130,6 +131,7 @@ pub struct Database {
 enum Backend {
     Postgres(postgres::Postgres),
     Mariadb(mariadb::Mariadb),
+    Redis(redis::Redis),
 }
 
 impl Database {
@@ -140,6 +142,10 @@ impl Database {
                 mariadb::Mariadb::new(&config.url)
                     .map_err(|reason| DbError::Config { database: config.name.clone(), reason })?,
             ),
+            Kind::Redis => Backend::Redis(
+                redis::Redis::new(&config.url)
+                    .map_err(|reason| DbError::Config { database: config.name.clone(), reason })?,
+            ),
         };
         Ok(Database {
             name: config.name.clone(),
@@ -148,6 +154,27 @@ impl Database {
             backend,
             idle: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The bound on every call to this database.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Checks a statement for this database before any branch opens: SQL must be one data
+    /// statement (or one schema statement where `schema_changes` allows it); Redis takes its
+    /// four writes (`crate::redis::parse`).
+    pub fn check_statement(&self, statement: &str, schema_changes: bool) -> Result<(), String> {
+        if self.kind == Kind::Redis {
+            return redis::parse(statement).map(|_| ());
+        }
+        match crate::statements::classify(statement)? {
+            crate::statements::Kind::Data => Ok(()),
+            crate::statements::Kind::Schema if schema_changes => Ok(()),
+            crate::statements::Kind::Schema => Err(
+                "schema statements are not run here (schema_changes = true in its [[database]] allows them)".into(),
+            ),
+        }
     }
 
     /// Runs `fut` with this database's timeout, naming the database and the step on failure.
@@ -182,15 +209,17 @@ impl Database {
         match &self.backend {
             Backend::Postgres(pg) => pg.connect(self).await.map(Connection::Postgres),
             Backend::Mariadb(maria) => maria.connect(self).await.map(Connection::Mariadb),
+            Backend::Redis(r) => r.connect(self).await.map(Connection::Redis),
         }
     }
 
     /// Returns a healthy connection for reuse. Callers drop connections that saw an error.
-    pub(crate) fn release(&self, connection: Connection) {
-        if let Connection::Postgres(client) = &connection {
-            if client.is_closed() {
-                return;
-            }
+    pub(crate) fn release(&self, mut connection: Connection) {
+        match &mut connection {
+            Connection::Postgres(client) if client.is_closed() => return,
+            // A connection comes back without a branch's staged writes.
+            Connection::Redis(redis) => redis.staged.clear(),
+            _ => {}
         }
         let mut idle = self.idle.lock().expect("the idle list's holders do not panic");
         if idle.len() < IDLE_CONNECTIONS {
@@ -204,6 +233,12 @@ impl Database {
         match &mut connection {
             Connection::Postgres(client) => postgres::ensure_schema(self, client).await?,
             Connection::Mariadb(conn) => mariadb::ensure_schema(self, conn).await?,
+            // Nothing to create; say at once if this Redis cannot promise a prepare.
+            Connection::Redis(redis) => {
+                if let Some(problem) = redis::durability_problem(self, &mut redis.conn).await? {
+                    eprintln!("concord: {}: {problem}", self.name);
+                }
+            }
         }
         self.release(connection);
         Ok(())
@@ -217,6 +252,7 @@ impl Database {
         match &mut connection {
             Connection::Postgres(client) => postgres::begin(self, client).await?,
             Connection::Mariadb(conn) => mariadb::begin(self, conn, &gid).await?,
+            Connection::Redis(_) => {} // writes are staged until the prepare
         }
         Ok(OpenBranch { database: self, gid, connection })
     }
@@ -249,6 +285,7 @@ impl Database {
         let result = match &mut connection {
             Connection::Postgres(client) => postgres::finish(self, client, gid, decision).await,
             Connection::Mariadb(conn) => mariadb::finish(self, conn, gid, decision).await,
+            Connection::Redis(redis) => redis::finish(self, redis, gid, decision).await,
         };
         if result.is_ok() {
             self.release(connection);
@@ -262,6 +299,7 @@ impl Database {
         let state = match &mut connection {
             Connection::Postgres(client) => postgres::branch_state(self, client, gid).await?,
             Connection::Mariadb(conn) => mariadb::branch_state(self, conn, gid).await?,
+            Connection::Redis(redis) => redis::branch_state(self, redis, gid).await?,
         };
         self.release(connection);
         Ok(state)
@@ -273,6 +311,7 @@ impl Database {
         let listed = match &mut connection {
             Connection::Postgres(client) => postgres::list_prepared(self, client).await?,
             Connection::Mariadb(conn) => mariadb::list_prepared(self, conn).await?,
+            Connection::Redis(redis) => redis::list_prepared(self, redis).await?,
         };
         self.release(connection);
         Ok(listed)
@@ -289,6 +328,8 @@ impl Database {
             Connection::Mariadb(conn) => {
                 mariadb::forget_markers(self, conn, keep, older_than_s).await?
             }
+            // Redis's commit markers expire on their own after the retention.
+            Connection::Redis(_) => 0,
         };
         self.release(connection);
         Ok(deleted)
@@ -319,6 +360,15 @@ impl OpenBranch<'_> {
                 self.database.bounded("statement", client.execute(sql, &[])).await
             }
             Connection::Mariadb(conn) => mariadb::execute(self.database, conn, sql).await,
+            Connection::Redis(redis) => {
+                let op = redis::parse(sql).map_err(|reason| DbError::Failed {
+                    database: self.database.name.clone(),
+                    what: "statement",
+                    reason,
+                })?;
+                redis.staged.push(op);
+                Ok(1)
+            }
         }
     }
 
@@ -326,7 +376,7 @@ impl OpenBranch<'_> {
     pub fn postgres(&self) -> Option<&tokio_postgres::Client> {
         match &self.connection {
             Connection::Postgres(client) => Some(client),
-            Connection::Mariadb(_) => None,
+            Connection::Mariadb(_) | Connection::Redis(_) => None,
         }
     }
 
@@ -334,7 +384,7 @@ impl OpenBranch<'_> {
     pub fn mariadb(&mut self) -> Option<&mut mysql_async::Conn> {
         match &mut self.connection {
             Connection::Mariadb(conn) => Some(conn),
-            Connection::Postgres(_) => None,
+            Connection::Postgres(_) | Connection::Redis(_) => None,
         }
     }
 
@@ -344,6 +394,7 @@ impl OpenBranch<'_> {
         let result = match &mut connection {
             Connection::Postgres(client) => postgres::prepare(database, client, &gid).await,
             Connection::Mariadb(conn) => mariadb::prepare(database, conn, &gid).await,
+            Connection::Redis(redis) => redis::prepare(database, redis, &gid).await,
         };
         match result {
             Ok(()) => Vote::Yes(PreparedBranch { gid, connection: Some(connection) }),

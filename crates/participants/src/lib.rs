@@ -2,13 +2,15 @@
 //!
 //! ```text
 //!   application ──run(branches)──► Coordinator ──begin/execute/prepare──► PostgreSQL (PREPARE TRANSACTION)
-//!                                   │    ▲                             └► MariaDB/MySQL (XA)
+//!                                   │    ▲                             ├► MariaDB/MySQL (XA)
+//!                                   │    │                             └► Redis (Lua: staged writes, locks)
 //!                 forced COMMIT ────┘    │ reconcile: list prepared branches, compare with the log
 //!                 record (log/)          └ (reconcile.rs, pure), act, detect heuristic outcomes
 //! ```
 //!
 //! * [`gid`] — branch names carrying cluster, coordinator node, epoch and sequence.
-//! * [`database`] with [`postgres`] and [`mariadb`] — one adapter per kind, every call bounded.
+//! * [`database`] with `postgres`, `mariadb` and `redis` — one adapter per kind, every call
+//!   bounded.
 //! * [`log`] — the coordinator's records (presumed abort) and the ledger they rebuild.
 //! * [`reconcile`] — what to do with each listed branch; pure, so `recover --dry-run` is exact.
 //! * [`coordinator`] — the running coordinator: transactions, recovery, operator actions.
@@ -28,4 +30,5 @@ pub mod metrics;
 pub mod outbox;
 mod postgres;
 pub mod reconcile;
+mod redis;
 pub mod statements;

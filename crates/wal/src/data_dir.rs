@@ -65,8 +65,9 @@ enum Found {
     Legacy,
 }
 
-/// How long a directory held by this same process is waited for.
-const SAME_PROCESS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often (every 5 ms, so about 10 s in all) a directory held by this same process is
+/// tried again.
+const SAME_PROCESS_WAITS: u32 = 2_000;
 
 /// Takes the directory's lock, or says which process holds it.
 fn lock(dir: &Path) -> Result<DirLock, String> {
@@ -81,7 +82,7 @@ fn lock(dir: &Path) -> Result<DirLock, String> {
     let me = format!("process {}", std::process::id());
     // A holder in this very process is a predecessor (an in-process restart) whose log thread
     // is finishing what it was given; it lets go when done, so wait for it, bounded.
-    let waited_since = std::time::Instant::now();
+    let mut waits = 0u32;
     loop {
         match file.try_lock() {
             Ok(()) => break,
@@ -89,7 +90,8 @@ fn lock(dir: &Path) -> Result<DirLock, String> {
                 let mut holder = String::new();
                 let _ = file.rewind().and_then(|()| file.read_to_string(&mut holder));
                 let holder = holder.trim();
-                if holder == me && waited_since.elapsed() < SAME_PROCESS_WAIT {
+                if holder == me && waits < SAME_PROCESS_WAITS {
+                    waits += 1;
                     std::thread::sleep(std::time::Duration::from_millis(5));
                     continue;
                 }
