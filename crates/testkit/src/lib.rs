@@ -1,8 +1,8 @@
 //! What Concord's tests share.
 //!
 //! [`servers_ready`] runs the project's setup scripts (`scripts/setup-databases.sh`,
-//! `scripts/setup-nats.sh`), which start the local PostgreSQL, MariaDB or NATS when they are
-//! stopped. When a server cannot be made ready, the test **fails**, saying why and how to skip:
+//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`), which start the local PostgreSQL,
+//! MariaDB or NATS when they are stopped (and make sure `redis-server` is installed). When a server cannot be made ready, the test **fails**, saying why and how to skip:
 //! a skip would pass silently in cargo's summary (its output is captured). Only when asked
 //! (`CONCORD_SKIP_SERVICES=1`) does such a test return early, with a line on stderr — and never
 //! under `CI=true`, so CI cannot pass by skipping.
@@ -19,6 +19,8 @@ pub enum Server {
     Databases,
     /// NATS with JetStream.
     Nats,
+    /// The `redis-server` binary (tests start their own servers).
+    Redis,
 }
 
 impl Server {
@@ -26,6 +28,7 @@ impl Server {
         match self {
             Server::Databases => "setup-databases.sh",
             Server::Nats => "setup-nats.sh",
+            Server::Redis => "setup-redis.sh",
         }
     }
 }
