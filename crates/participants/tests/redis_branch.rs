@@ -46,7 +46,7 @@ fn scratch(name: &str) -> PathBuf {
 /// Starts `redis-server` on `port` with its files in `dir` and `settings` (waits until it
 /// answers).
 fn start_redis(dir: &Path, port: u16, settings: &[&str]) -> RedisServer {
-    let child = Command::new("redis-server")
+    let server = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
         .arg(dir)
@@ -54,16 +54,18 @@ fn start_redis(dir: &Path, port: u16, settings: &[&str]) -> RedisServer {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(|child| RedisServer { child, port, dir: dir.to_path_buf() })
         .expect("starting redis-server");
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     for _ in 0..200 {
         if let Ok(mut conn) = client.get_connection() {
             if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                return RedisServer { child, port, dir: dir.to_path_buf() };
+                return server;
             }
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    drop(server); // killed and waited for
     panic!("redis-server did not come up on {port}");
 }
 
