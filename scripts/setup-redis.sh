@@ -9,5 +9,7 @@ if ! command -v redis-server >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
   fi
 fi
-command -v redis-server >/dev/null || { echo "setup-redis: redis-server is not installed" >&2; exit 1; }
+for tool in redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "setup-redis: $tool is not installed" >&2; exit 1; }
+done
 echo "setup-redis: $(redis-server --version | head -c 60)"
