@@ -135,6 +135,16 @@ pub fn http_request(data: &[u8]) {
 pub fn access(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = concord_participants::statements::classify(&text);
+    // A Redis branch's statements (a configured database; nothing connects to it).
+    let redis = concord_participants::config::DatabaseConfig {
+        name: "points".into(),
+        kind: concord_participants::config::Kind::Redis,
+        url: "redis://127.0.0.1:1/0".into(),
+        schema_changes: false,
+    };
+    let redis = concord_participants::database::Database::new(&redis, std::time::Duration::ZERO)
+        .expect("a Redis database");
+    let _ = redis.check_statement(&text, false);
     let table = concord_types::tokens::TokenTable::new(&[concord_types::tokens::TokenConfig {
         name: "app".into(),
         role: concord_types::tokens::ClientRole::Client,

@@ -172,8 +172,8 @@ local function check(ops)
     elseif op.op == 'incrby' then
       local base = 0
       if value then
-        if not string.match(value, '^-?%d+$') or string.len(value) > 16 then
-          return 'key ' .. op.key .. ' does not hold an integer'
+        if not string.match(value, '^-?%d+$') or string.len(value) > 17 then
+          return 'key ' .. op.key .. ' does not hold an integer within 2^53'
         end
         base = tonumber(value)
       end

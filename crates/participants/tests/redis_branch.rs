@@ -177,6 +177,12 @@ async fn prepare_holds_the_keys_and_commit_or_rollback_apply_once() {
     assert!(refused.contains("word does not hold an integer"), "{refused}");
     // A SET earlier in the same branch counts.
     yes(prepare(&db, 5, &["SET word 7", "INCRBY word 1"]).await);
+    // The edges of exact integers: -(2^53 - 1) takes an increment; 2^53 - 1 takes none.
+    run(port, &["SET", "low", "-9007199254740991"]);
+    run(port, &["SET", "high", "9007199254740991"]);
+    yes(prepare(&db, 8, &["INCRBY low 1"]).await);
+    let over = no(prepare(&db, 9, &["INCRBY high 1"]).await);
+    assert!(over.contains("2^53"), "{over}");
 
     // Someone writes a locked key behind Concord's back: the commit applies nothing, leaves
     // the branch prepared and says why; once the key is mended, the commit goes through.
