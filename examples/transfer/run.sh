@@ -113,6 +113,14 @@ expect 70 30
 wait_for "no branch left prepared" nothing_prepared
 kill -9 "$coordinator"; wait "$coordinator" 2>/dev/null || true
 
+say "2b. transfer 10 while alice's points are not a number: Redis votes NO, so PostgreSQL is not debited"
+rcli SET points:alice thirty >/dev/null
+transfer 10 || true
+[ "$(sql "SELECT balance FROM $TABLE WHERE id = 'alice'")" = 70 ] || fail "PostgreSQL was debited"
+[ "$(rcli GET points:alice)" = thirty ] || fail "Redis changed"
+rcli SET points:alice 30 >/dev/null
+expect 70 30
+
 say "3. transfer 20, coordinator killed (kill -9) after the COMMIT decision is logged"
 serve --fault pause-after-decision
 transfer 20 >"$WORK/client-3.log" 2>&1 &

@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_participants::config::DatabasesConfig;
-use concord_participants::coordinator::Coordinator;
+use concord_db_coordinator::config::DatabasesConfig;
+use concord_db_coordinator::coordinator::Coordinator;
 use serde_json::json;
 use tokio_postgres::NoTls;
 

@@ -2,7 +2,7 @@
 //! `concord txn ls --in-doubt`, `txn show --db`, `txn resolve`, `concord recover`.
 //!
 //! The database coordinator is its own process (`concord db serve --config databases.toml`);
-//! these commands speak its small HTTP API (see `concord_participants::http`).
+//! these commands speak its small HTTP API (see `concord_db_coordinator::http`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
-use concord_participants::config::DatabasesConfig;
-use concord_participants::coordinator::{Coordinator, Fault, FaultPoint};
-use concord_participants::http;
+use concord_db_coordinator::config::DatabasesConfig;
+use concord_db_coordinator::coordinator::{Coordinator, Fault, FaultPoint};
+use concord_db_coordinator::http;
 use serde_json::{json, Value};
 
 use crate::cluster::runtime;

@@ -79,7 +79,7 @@ pub fn config(data: &[u8]) {
         let again = concord_node::config::ClusterConfig::parse(&config.to_toml());
         assert_eq!(again.ok().as_ref(), Some(&config), "concord.toml did not survive to_toml");
     }
-    let _ = concord_participants::config::DatabasesConfig::parse(text);
+    let _ = concord_db_coordinator::config::DatabasesConfig::parse(text);
 }
 
 /// A saga start request (the body of `POST /v1/sagas`): parsed, checked, and if accepted,

@@ -113,6 +113,10 @@ pub(crate) enum Connection {
     Redis(redis::RedisConnection),
 }
 
+/// Commit markers (SQL marker rows, Redis `concord:done:` keys) are kept this long, unless
+/// their transaction is unfinished: long enough for any recovery to read a branch's outcome.
+pub const MARKER_RETENTION_S: u64 = 24 * 3600;
+
 /// Idle connections kept for reuse. Enough for every concurrently running branch of a busy
 /// coordinator: with 8, sixteen concurrent transactions closed and reopened connections (a
 /// new PostgreSQL backend process each) on every other transaction.

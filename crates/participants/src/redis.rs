@@ -347,7 +347,7 @@ pub(crate) async fn finish(
         Decision::Commit => {
             let script = script(COMMIT_LUA);
             let mut invocation = script.key(record_key(gid));
-            invocation.key(done_key(gid)).arg(gid).arg(crate::coordinator::MARKER_RETENTION_S);
+            invocation.key(done_key(gid)).arg(gid).arg(crate::database::MARKER_RETENTION_S);
             tokio::time::timeout(db.timeout(), invocation.invoke_async(&mut conn.conn)).await
         }
         Decision::Abort => {

@@ -2,16 +2,16 @@
 //! a directory of its own): a prepare is invisible until the commit and holds off other
 //! branches on its keys; commit and rollback are idempotent; a write that no longer applies
 //! at commit leaves the branch prepared instead of applying half; a prepared branch survives
-//! a kill -9 of Redis; a Redis that cannot keep a prepare votes NO saying why; and a transfer
-//! across PostgreSQL and Redis through the coordinator commits or aborts whole.
-//! `redis-server` is made ready by `scripts/setup-redis.sh` (and PostgreSQL by
-//! `scripts/setup-databases.sh`); without them the tests skip loudly, except under `CI=true`.
+//! a kill -9 of Redis; and a Redis that cannot keep a prepare votes NO saying why. (A transfer
+//! across PostgreSQL and Redis through the coordinator: `examples/transfer`, run by
+//! `cli/tests/transfer_example.rs`.) `redis-server` is made ready by `scripts/setup-redis.sh`;
+//! without it the tests skip loudly, except under `CI=true`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use concord_participants::config::{DatabaseConfig, DatabasesConfig, Kind};
+use concord_participants::config::{DatabaseConfig, Kind};
 use concord_participants::database::{BranchState, Database, Finish, PreparedBranch, Vote};
 use concord_participants::gid::Gid;
 use concord_testkit::{servers_ready, Server};
@@ -257,78 +257,5 @@ async fn a_prepared_branch_survives_a_kill_9_of_redis() {
     let finished = db.finish(PreparedBranch::named(&branch.gid), Decision::Commit).await.unwrap();
     assert_eq!(finished, Finish::Done);
     assert_eq!((get(port, "balance"), get(port, "memo")), (Some("25".into()), Some("paid".into())));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The seed's transfer: debit in PostgreSQL, credit in Redis, as one transaction through the
-/// coordinator; a credit that cannot apply aborts the debit too.
-#[tokio::test]
-async fn a_transfer_across_postgres_and_redis_commits_or_aborts_whole() {
-    if !redis_ready() || !servers_ready(&[Server::Databases], "the PostgreSQL + Redis transfer") {
-        return;
-    }
-    let server = start_redis(&scratch("transfer"), spare_port(), &DURABLE);
-    let port = server.port;
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let table = format!("redis_transfer_{}_{}", std::process::id(), nanos % 1_000_000_000);
-    let url = "host=127.0.0.1 user=postgres dbname=concord_test";
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
-             INSERT INTO {table} VALUES ('alice', 100)"
-        ))
-        .await
-        .unwrap();
-    let cluster = format!("rt{}", std::process::id() % 100_000);
-    let config = DatabasesConfig::parse(&format!(
-        "cluster = \"{cluster}\"\nnode_id = 1\nlisten = \"127.0.0.1:7899\"\n\
-         [[database]]\nname = \"bank\"\nkind = \"postgres\"\nurl = \"{url}\"\n\
-         [[database]]\nname = \"points\"\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\n"
-    ))
-    .unwrap();
-    let dir = scratch("transfer-coordinator");
-    let coordinator =
-        concord_participants::coordinator::Coordinator::open(&config, &dir, None).await.unwrap();
-    let transfer = |amount: i64| {
-        vec![
-            (
-                "bank".to_string(),
-                vec![format!("UPDATE {table} SET balance = balance - {amount} WHERE id = 'alice'")],
-            ),
-            ("points".to_string(), vec![format!("INCRBY points:alice {amount}")]),
-        ]
-    };
-    let balance = || async {
-        let row = client
-            .query_one(&format!("SELECT balance FROM {table} WHERE id = 'alice'"), &[])
-            .await
-            .unwrap();
-        row.get::<_, i64>(0)
-    };
-    let view = coordinator.run(&transfer(30)).await.unwrap();
-    assert_eq!(view.state, "committed", "{view:?}");
-    assert_eq!((balance().await, get(port, "points:alice")), (70, Some("30".into())));
-
-    // The credit cannot apply (not an integer): the debit is rolled back with it.
-    run(port, &["SET", "points:alice", "thirty"]);
-    let view = coordinator.run(&transfer(20)).await.unwrap();
-    assert_eq!(view.state, "aborted", "{view:?}");
-    assert!(view.reason.as_deref().unwrap_or("").contains("integer"), "{view:?}");
-    assert_eq!((balance().await, get(port, "points:alice")), (70, Some("thirty".into())));
-
-    // The debit cannot apply (the CHECK): nothing is credited.
-    run(port, &["SET", "points:alice", "30"]);
-    let view = coordinator.run(&transfer(500)).await.unwrap();
-    assert_eq!(view.state, "aborted", "{view:?}");
-    assert_eq!((balance().await, get(port, "points:alice")), (70, Some("30".into())));
-
-    // A statement Redis does not take is refused before anything runs.
-    let bad = vec![("points".to_string(), vec!["FLUSHALL".to_string()])];
-    let refused = coordinator.run(&bad).await.unwrap_err().to_string();
-    assert!(refused.contains("not run here"), "{refused}");
-    client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,18 +34,20 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::config::DatabasesConfig;
-use crate::database::{BranchState, Database, DbError, Finish, OpenBranch, PreparedBranch, Vote};
-use crate::gid::Gid;
 use crate::log::{BranchRef, DecisionSource, Ledger, Record};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::reconcile::{plan, Action, Knowledge, Listed};
+use concord_participants::database::{
+    BranchState, Database, DbError, Finish, OpenBranch, PreparedBranch, Vote,
+};
+use concord_participants::gid::Gid;
 
 /// Log records appended between checkpoints.
 pub const CHECKPOINT_EVERY: u64 = 10_000;
 /// Log segment size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Marker rows are kept this long (unless their transaction is unfinished).
-pub const MARKER_RETENTION_S: u64 = 24 * 3600;
+pub use concord_participants::database::MARKER_RETENTION_S;
 /// Most branches (databases) one transaction may span.
 pub const MAX_BRANCHES: usize = crate::config::MAX_DATABASES;
 /// Longest a `begin` waits for another task to make a new epoch durable.
@@ -444,7 +446,7 @@ impl Coordinator {
 
     /// Runs `statements` in each named database as one atomic transaction. Each statement must
     /// be one data statement, or one schema statement where the database allows them
-    /// (`crate::statements`); otherwise nothing runs.
+    /// (`concord_participants::statements`); otherwise nothing runs.
     pub async fn run(&self, branches: &[(String, Vec<String>)]) -> Result<TxnView, RunError> {
         for (name, statements) in branches {
             for sql in statements {

@@ -24,8 +24,8 @@ use std::fmt;
 
 use concord_types::{Decision, NodeId, TxnId};
 
-use crate::gid::Gid;
 use crate::log::{BranchRef, Ledger};
+use concord_participants::gid::Gid;
 
 /// A prepared branch as a database lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

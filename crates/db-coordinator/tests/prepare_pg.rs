@@ -6,8 +6,8 @@
 //! (`scripts/setup-databases.sh`, run here); without it the tests skip loudly, except under
 //! `CI=true`, where they fail.
 
-use concord_participants::config::DatabasesConfig;
-use concord_participants::coordinator::Coordinator;
+use concord_db_coordinator::config::DatabasesConfig;
+use concord_db_coordinator::coordinator::Coordinator;
 use concord_testkit::{servers_ready, Server};
 use tokio_postgres::NoTls;
 

@@ -1,0 +1,203 @@
+//! The database coordinator's configuration file (`databases.toml`).
+//!
+//! ```toml
+//! cluster = "prod"                 # part of every gid; letters, digits, - and _, ≤ 16
+//! node_id = 9                      # part of every transaction id; unique per coordinator
+//! listen = "127.0.0.1:7800"        # HTTP: the API the CLI uses, and Prometheus /metrics
+//!
+//! [[database]]
+//! name = "ledger"
+//! kind = "postgres"                # needs max_prepared_transactions > 0
+//! url = "host=127.0.0.1 user=postgres dbname=bank"
+//!
+//! [[database]]
+//! name = "wallet"
+//! kind = "mariadb"                 # MariaDB or MySQL, InnoDB tables
+//! url = "mysql://root@127.0.0.1:3306/wallet"
+//!
+//! [[database]]
+//! name = "points"
+//! kind = "redis"                   # appendonly yes, appendfsync always, noeviction
+//! url = "redis://127.0.0.1:6379/0"
+//!
+//! [recovery]                       # optional; milliseconds
+//! interval_ms = 5000               # how often prepared branches are reconciled with the log
+//! grace_ms = 30000                 # an undecided branch of this run is rolled back after this
+//!
+//! [timeouts]                       # optional; milliseconds
+//! statement_ms = 5000              # every database call (connect, statement, prepare, commit)
+//!
+//! [[token]]                        # optional, one per client (docs/security.md); with any,
+//! name = "payments-api"            # every request but /health needs one
+//! role = "client"                  # client | operator | monitor
+//! sha256 = "…"                     # `concord certs token` prints the entry
+//! ```
+//!
+//! A `[[database]]` runs data statements only (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, …) unless
+//! it says `schema_changes = true` (`concord_participants::statements`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use concord_types::fields::{check_name, check_range};
+
+pub use concord_participants::config::{
+    DatabaseConfig, Kind, MAX_DATABASES, MAX_DATABASE_NAME, MAX_URL_BYTES,
+};
+use concord_participants::gid::{valid_cluster_name, MAX_CLUSTER_NAME};
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabasesConfig {
+    pub cluster: String,
+    pub node_id: u32,
+    pub listen: SocketAddr,
+    #[serde(rename = "database")]
+    pub databases: Vec<DatabaseConfig>,
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// Clients' bearer tokens (by SHA-256); with any, the API demands one.
+    #[serde(rename = "token", default)]
+    pub tokens: Vec<concord_types::tokens::TokenConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    pub interval_ms: u64,
+    pub grace_ms: u64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig { interval_ms: 5_000, grace_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    pub statement_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig { statement_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl DatabasesConfig {
+    pub fn load(path: &Path) -> Result<DatabasesConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: shown.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError { path: shown, message })
+    }
+
+    pub fn parse(text: &str) -> Result<DatabasesConfig, String> {
+        let config: DatabasesConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !valid_cluster_name(&self.cluster) {
+            return Err(format!(
+                "cluster `{}`: use 1 to {MAX_CLUSTER_NAME} letters, digits, `-` or `_` (it is part of every gid)",
+                self.cluster
+            ));
+        }
+        if self.databases.is_empty() {
+            return Err("no [[database]] entries: the coordinator has nothing to drive".into());
+        }
+        if self.databases.len() > MAX_DATABASES {
+            return Err(format!("{} databases; at most {MAX_DATABASES}", self.databases.len()));
+        }
+        check_range("listen (port)", self.listen.port(), 1..=u16::MAX)?;
+        let mut names = BTreeSet::new();
+        for (i, db) in self.databases.iter().enumerate() {
+            let within = |e: String| format!("database[{i}]: {e}");
+            check_name("name", &db.name, MAX_DATABASE_NAME).map_err(within)?;
+            check_range("url (bytes)", db.url.len(), 1..=MAX_URL_BYTES).map_err(within)?;
+            if !names.insert(db.name.as_str()) {
+                return Err(format!("database `{}` is configured twice", db.name));
+            }
+        }
+        concord_types::tokens::validate_all(&self.tokens)?;
+        check_range("timeouts.statement_ms", self.timeouts.statement_ms, 1..=600_000)?;
+        check_range("recovery.interval_ms", self.recovery.interval_ms, 10..=3_600_000)?;
+        check_range("recovery.grace_ms", self.recovery.grace_ms, 1..=86_400_000)?;
+        // A branch of this run may sit prepared while its siblings prepare and the decision is
+        // forced; rolling it back in that window would turn a commit into a heuristic outcome.
+        if self.recovery.grace_ms < 4 * self.timeouts.statement_ms {
+            return Err(format!(
+                "recovery.grace_ms ({}) must be at least 4 × timeouts.statement_ms ({}): an undecided branch younger than a transaction's longest prepare phase may still be committed",
+                self.recovery.grace_ms, self.timeouts.statement_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "t"
+node_id = 9
+listen = "127.0.0.1:7800"
+[[database]]
+name = "ledger"
+kind = "postgres"
+url = "host=127.0.0.1 user=postgres dbname=test"
+[[database]]
+name = "wallet"
+kind = "mariadb"
+url = "mysql://root@127.0.0.1:3306/test"
+"#;
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let config = DatabasesConfig::parse(GOOD).unwrap();
+        assert_eq!(config.databases.len(), 2);
+        assert_eq!(config.databases[1].kind, Kind::Mariadb);
+        assert_eq!(config.recovery, RecoveryConfig::default());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (GOOD.replace("kind = \"postgres\"", "kind = \"oracle\""), "oracle"),
+            (GOOD.replace("node_id", "nodeid"), "nodeid"),
+            (GOOD.replace("cluster = \"t\"", "cluster = \"a'b\""), "cluster `a'b`"),
+            (GOOD.replace("name = \"wallet\"", "name = \"ledger\""), "configured twice"),
+            (format!("{GOOD}[recovery]\ngrace_ms = 100\n"), "grace_ms"),
+            (format!("{GOOD}[timeouts]\nstatement_ms = 18446744073709551615\n"), "statement_ms"),
+            (format!("{GOOD}[timeouts]\nstatement_ms = 600001\n"), "statement_ms"),
+            (format!("{GOOD}[recovery]\ninterval_ms = 0\n"), "interval_ms"),
+            (GOOD.replace("127.0.0.1:7800", "127.0.0.1:0"), "listen (port)"),
+            (GOOD.replace("node_id = 9", "node_id = 4294967296"), "node_id"),
+            (GOOD.replace("name = \"wallet\"", "name = \"wal let\""), "`name`"),
+            (GOOD.replace("url = \"mysql://root@127.0.0.1:3306/test\"", "url = \"\""), "url"),
+        ];
+        for (text, expected) in cases {
+            let error = DatabasesConfig::parse(&text).unwrap_err();
+            assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+    }
+}
