@@ -280,15 +280,17 @@ pub(crate) async fn durability_problem(
     db: &Database,
     conn: &mut MultiplexedConnection,
 ) -> Result<Option<String>, DbError> {
-    let mut settings = Vec::new();
+    // One round trip for the three settings (CONFIG GET takes one pattern before Redis 7).
+    let mut pipe = ::redis::pipe();
     for name in ["appendonly", "appendfsync", "maxmemory-policy"] {
-        let got: Vec<String> = db
-            .bounded(
-                "CONFIG GET (durability check)",
-                ::redis::cmd("CONFIG").arg("GET").arg(name).query_async(conn),
-            )
-            .await?;
-        settings.push(got.get(1).cloned().unwrap_or_default());
+        pipe.cmd("CONFIG").arg("GET").arg(name);
+    }
+    let answers: Vec<Vec<String>> =
+        db.bounded("CONFIG GET (durability check)", pipe.query_async(conn)).await?;
+    let settings: Vec<String> =
+        answers.iter().map(|pair| pair.get(1).cloned().unwrap_or_default()).collect();
+    if settings.len() != 3 {
+        return Ok(Some(format!("CONFIG GET answered {answers:?}")));
     }
     let problem = match (settings[0].as_str(), settings[1].as_str(), settings[2].as_str()) {
         ("yes", "always", "noeviction") => return Ok(None),
