@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{state_json, view_json, Listing, StartRequest};
 use crate::pg_store::{PgStore, Written};
-use crate::timeline::{Call, Change, Timelines};
+use crate::timeline::{Call, CallId, Change, Timelines};
 
 /// What the data directory was made for.
 const IDENTITY: &str = "format = 1\nkind = saga-orchestrator\n";
@@ -117,7 +117,8 @@ enum Event {
         saga: String,
         step: usize,
         phase: Phase,
-        attempt: u32,
+        /// The call's entry in the saga's timeline.
+        call: CallId,
         result: StepResult,
         shown: String,
     },
@@ -304,14 +305,13 @@ impl Loop {
         match command {
             Command::Call { saga, step, phase, attempt, key, endpoint, payload, timeout_us } => {
                 let name = self.core.view(&saga).map(|v| v.steps[step].clone()).unwrap_or_default();
-                let changes = self.timelines.called(&saga, &name, phase, attempt, now_us());
+                let (call, changes) = self.timelines.called(&saga, &name, phase, attempt, now_us());
                 self.store_calls(changes)?;
                 let internal = self.internal.clone();
                 tokio::spawn(async move {
                     let timeout = Duration::from_micros(timeout_us);
                     let (result, shown) = call_step(&endpoint, &key, &payload, timeout).await;
-                    let _ =
-                        internal.send(Event::Reply { saga, step, phase, attempt, result, shown });
+                    let _ = internal.send(Event::Reply { saga, step, phase, call, result, shown });
                 });
             }
             Command::Persist { record, .. } => match &mut self.storage {
@@ -470,10 +470,8 @@ impl Loop {
             Event::Start { request, answer } => self.start(&request, answer)?,
             Event::List { target, answer } => self.list(&target, answer),
             Event::Show { saga, answer } => self.show_anywhere(saga, answer),
-            Event::Reply { saga, step, phase, attempt, result, shown } => {
-                if let Some(change) =
-                    self.timelines.answered(&saga, phase, attempt, shown, now_us())
-                {
+            Event::Reply { saga, step, phase, call, result, shown } => {
+                if let Some(change) = self.timelines.answered(&saga, &call, shown, now_us()) {
                     self.store_calls(vec![change])?;
                 }
                 self.feed(Input::Reply { saga, step, phase, result })?;

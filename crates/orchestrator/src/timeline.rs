@@ -108,7 +108,8 @@ impl Timelines {
         }
     }
 
-    /// A call went out at `at_us`.
+    /// A call went out at `at_us`: its id (to name it when its answer comes) and what the store
+    /// should do.
     pub(crate) fn called(
         &mut self,
         saga: &str,
@@ -116,7 +117,7 @@ impl Timelines {
         phase: Phase,
         attempt: u32,
         at_us: u64,
-    ) -> Vec<Change> {
+    ) -> (CallId, Vec<Change>) {
         self.next_seq += 1;
         let id = CallId { instance: self.instance.clone(), run: self.run, seq: self.next_seq };
         let call = Call {
@@ -129,28 +130,22 @@ impl Timelines {
             result: None,
             took_ms: None,
         };
+        let id = call.id.clone();
         let mut changes = vec![Change::Put(call.clone())];
         self.add(call, &mut changes);
-        changes
+        (id, changes)
     }
 
-    /// The answer to this run's latest unanswered call of (`phase`, `attempt`) came at `now_us`.
+    /// The answer to call `id` came at `now_us` (named by id: a late answer to an earlier call
+    /// must not be taken for the answer to the call now out).
     pub(crate) fn answered(
         &mut self,
         saga: &str,
-        phase: Phase,
-        attempt: u32,
+        id: &CallId,
         result: String,
         now_us: u64,
     ) -> Option<Change> {
-        let (instance, run) = (&self.instance, self.run);
-        let entry = self.sagas.get_mut(saga)?.iter_mut().rev().find(|e| {
-            e.phase == phase
-                && e.attempt == attempt
-                && e.result.is_none()
-                && e.id.run == run
-                && &e.id.instance == instance
-        })?;
+        let entry = self.sagas.get_mut(saga)?.iter_mut().find(|e| &e.id == id)?;
         entry.result = Some(truncated(result));
         entry.took_ms = Some(now_us.saturating_sub(entry.at_us) / 1_000);
         Some(Change::Put(entry.clone()))
@@ -221,14 +216,9 @@ mod tests {
         let mut timelines = Timelines::new("a", 1);
         let mut changes = Vec::new();
         for attempt in 1..=u32::try_from(ENTRIES_PER_SAGA + 3).unwrap() {
-            changes.extend(timelines.called(
-                "s",
-                "pay",
-                Phase::Action,
-                attempt,
-                u64::from(attempt),
-            ));
-            changes.extend(timelines.answered("s", Phase::Action, attempt, "503".into(), 9_999));
+            let (id, called) = timelines.called("s", "pay", Phase::Action, attempt, attempt.into());
+            changes.extend(called);
+            changes.extend(timelines.answered("s", &id, "503".into(), 9_999));
         }
         assert_eq!(timelines.calls("s").len(), ENTRIES_PER_SAGA);
         let drops: Vec<u64> = changes
@@ -245,9 +235,9 @@ mod tests {
     #[test]
     fn loaded_entries_merge_in_time_order_and_an_answer_replaces_its_call() {
         let mut before = Timelines::new("a", 1);
-        before.called("s", "pay", Phase::Action, 1, 10);
+        let (id, _) = before.called("s", "pay", Phase::Action, 1, 10);
         let out = before.calls("s");
-        before.answered("s", Phase::Action, 1, "200".into(), 5_010);
+        before.answered("s", &id, "200".into(), 5_010);
         let answered = before.calls("s");
         let mut after = Timelines::new("b", 2);
         after.called("s", "pay", Phase::Action, 1, 20);
@@ -263,15 +253,33 @@ mod tests {
         let mut other = Timelines::new("c", 3);
         other.load(vec![calls[1].clone()]);
         assert!(other.json("s")[0]["result"].as_str().unwrap().starts_with("(no answer recorded"));
-        // an answer never matches another run's call
-        assert!(other.answered("s", Phase::Action, 1, "200".into(), 30).is_none());
+        // an answer names its call: a call this timeline does not hold takes none
+        let stranger = CallId { instance: "c".into(), run: 3, seq: 99 };
+        assert!(other.answered("s", &stranger, "200".into(), 30).is_none());
+    }
+
+    /// Step `pay` timed out and the saga moved on to `ship`; `pay`'s answer arrives late.
+    #[test]
+    fn a_late_answer_goes_to_its_own_call_not_to_the_call_now_out() {
+        let mut timelines = Timelines::new("a", 1);
+        let (pay, _) = timelines.called("s", "pay", Phase::Action, 1, 0);
+        let (ship, _) = timelines.called("s", "ship", Phase::Action, 1, 1_000);
+        timelines.answered("s", &pay, "200 (late)".into(), 9_000);
+        let calls = timelines.calls("s");
+        assert_eq!(
+            (calls[0].step.as_str(), calls[0].result.as_deref()),
+            ("pay", Some("200 (late)"))
+        );
+        assert_eq!((calls[1].step.as_str(), calls[1].result.as_deref()), ("ship", None));
+        timelines.answered("s", &ship, "200".into(), 9_500);
+        assert_eq!(timelines.calls("s")[1].result.as_deref(), Some("200"));
     }
 
     #[test]
     fn a_long_answer_is_cut() {
         let mut timelines = Timelines::new("a", 1);
-        timelines.called("s", "pay", Phase::Action, 1, 0);
-        let change = timelines.answered("s", Phase::Action, 1, "é".repeat(10_000), 0);
+        let (id, _) = timelines.called("s", "pay", Phase::Action, 1, 0);
+        let change = timelines.answered("s", &id, "é".repeat(10_000), 0);
         let Some(Change::Put(call)) = change else { panic!("{change:?}") };
         assert_eq!(call.result.unwrap().chars().count(), RESULT_CHARS + 1);
     }
