@@ -202,6 +202,10 @@ pub struct NodeConfig {
     pub id: u32,
     pub role: Role,
     pub listen: SocketAddr,
+    /// Where the node answers `GET /metrics` (Prometheus text) and `GET /health`, over plain
+    /// HTTP without tokens: counts only, no data. None: not served.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -304,6 +308,14 @@ impl ClusterConfig {
                     node.listen
                 ));
             }
+            if let Some(metrics) = node.metrics {
+                check_range("metrics (port)", metrics.port(), 1..=u16::MAX).map_err(within)?;
+                if !addresses.insert(metrics) {
+                    return Err(format!(
+                        "{at}: field `metrics` {metrics} repeats an address already in use"
+                    ));
+                }
+            }
         }
         concord_types::tokens::validate_all(&self.tokens)?;
         let coordinators = self.nodes.iter().filter(|n| n.role == Role::Coordinator).count();
@@ -396,6 +408,7 @@ impl ClusterConfig {
                     [127, 0, 0, 1],
                     next_port + u16::try_from(i).expect("a handful of local acceptors"),
                 )),
+                metrics: None,
             });
         }
         self.protocol = CommitProtocol::PaxosCommit;
@@ -409,6 +422,7 @@ impl ClusterConfig {
             id: 0,
             role: Role::Coordinator,
             listen: SocketAddr::from(([127, 0, 0, 1], base_port)),
+            metrics: None,
         }];
         for i in 1..=shards {
             nodes.push(NodeConfig {
@@ -419,6 +433,7 @@ impl ClusterConfig {
                     [127, 0, 0, 1],
                     base_port + u16::try_from(i).expect("a handful of local shards"),
                 )),
+                metrics: None,
             });
         }
         ClusterConfig {
@@ -452,6 +467,9 @@ impl ClusterConfig {
                 "\n[[node]]\nname = \"{}\"\nid = {}\nrole = \"{}\"\nlisten = \"{}\"\n",
                 n.name, n.id, n.role, n.listen
             );
+            if let Some(metrics) = n.metrics {
+                s += &format!("metrics = \"{metrics}\"\n");
+            }
         }
         let t = &self.timeouts;
         s += &format!(

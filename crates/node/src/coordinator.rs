@@ -67,6 +67,8 @@ pub(crate) struct CoordinatorRole<E: Engine> {
     table: HashMap<TxnId, Entry>,
     finished: VecDeque<TxnId>,
     resolving: HashMap<TxnId, Resolver>,
+    /// Outcomes since this node started, for `/metrics`.
+    pub(crate) outcomes: crate::metrics::Outcomes,
 }
 
 fn vote_name(vote: Option<Vote>) -> &'static str {
@@ -90,6 +92,7 @@ impl<E: Engine> CoordinatorRole<E> {
             waiting: HashMap::new(),
             table: HashMap::new(),
             finished: VecDeque::new(),
+            outcomes: crate::metrics::Outcomes::default(),
             resolving: HashMap::new(),
         }
     }
@@ -213,6 +216,8 @@ impl<E: Engine> CoordinatorRole<E> {
                 }
             }
             Command::Outcome { txn, decision } => {
+                let took = self.table.get(&txn).map(|e| e.started.elapsed());
+                self.outcomes.record(decision, took);
                 let state = match decision {
                     Decision::Abort => State::Aborted,
                     // Without acknowledgements (Paxos Commit) a chosen decision is the end.

@@ -224,6 +224,27 @@ impl<E: Engine> Node<E> {
         }
     }
 
+    /// A reading for `/metrics` (taken on the loop: one consistent moment).
+    pub fn sample(&mut self) -> crate::metrics::Sample {
+        let (log_records, log_syncs) = self.io.log.counts();
+        let shard = matches!(self.role, RoleState::Shard(_));
+        crate::metrics::Sample {
+            log_records,
+            log_syncs,
+            checkpoints: self.io.log.checkpoints(),
+            in_flight: self.in_flight() as u64,
+            dropped_sends: self.io.dropped_sends(),
+            decisions_remembered: self.decisions_remembered(),
+            in_doubt: shard.then(|| self.in_flight() as u64),
+            lost_commits: shard.then(|| self.lost_commits()),
+            data_loss_accepted: self.data_loss_accepted,
+            outcomes: match &self.role {
+                RoleState::Coordinator(c) => Some(c.outcomes.clone()),
+                RoleState::Shard(_) | RoleState::Acceptor(_) => None,
+            },
+        }
+    }
+
     /// Transactions the core is working on (coordinator) or holding prepared (shard); an
     /// acceptor reports none.
     pub fn in_flight(&self) -> usize {

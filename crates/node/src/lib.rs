@@ -42,6 +42,7 @@ mod driver;
 mod engine;
 mod kv;
 mod link;
+mod metrics;
 mod model;
 mod peer_link;
 mod service;
@@ -619,6 +620,13 @@ async fn serve_engine<E: Engine>(
         (None, None) => None,
     };
     let (stop_loop, loop_stopped) = watch::channel(false);
+    if let Some(address) = me.metrics {
+        let metrics = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| NodeError::Listen { address, source })?;
+        let role = me.role.to_string();
+        tokio::spawn(metrics::serve(metrics, handle.clone(), role, loop_stopped.clone()));
+    }
     let (grpc_tx, grpc_rx) = mpsc::channel(ACCEPT_QUEUE);
     let accepting = accept_loop(listener, grpc_tx, handle.clone(), calls, loop_stopped.clone());
     tokio::spawn(accepting);

@@ -79,6 +79,11 @@ impl<E: Engine> std::fmt::Debug for Handle<E> {
 }
 
 impl<E: Engine> Handle<E> {
+    /// This node's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.me
+    }
+
     /// Runs `f` on the node and waits for its answer.
     pub(crate) async fn ask<T: Send + 'static>(
         &self,

@@ -1,0 +1,141 @@
+//! Every node serves Prometheus text on its `metrics` address. A cluster of a coordinator and
+//! two shards runs in-process on loopback; after two transfers the coordinator reports two
+//! commits and their latencies, each shard its log records, and every node `/health`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use concord_node::config::ClusterConfig;
+use concord_node::proto::{self, client_client::ClientClient};
+use concord_node::tls::ClientCredentials;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_base_port() -> u16 {
+    for base in (30_000..40_000).step_by(7) {
+        if (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+/// Submits a transfer until it commits (a shard votes NO while an earlier transfer still holds
+/// the key); returns how many attempts aborted.
+async fn transfer(coordinator: SocketAddr) -> u32 {
+    let credentials = ClientCredentials::new(None, None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut aborted = 0;
+    loop {
+        let mut client = ClientClient::new(concord_node::client_channel(coordinator, &credentials));
+        let request = proto::SubmitRequest {
+            writes: vec![
+                proto::WriteOp { shard: "shard-1".into(), key: 1, delta: 5 },
+                proto::WriteOp { shard: "shard-2".into(), key: 1, delta: 5 },
+            ],
+            txn: String::new(),
+        };
+        if let Ok(reply) = client.submit(request).await {
+            let mut events = reply.into_inner();
+            while let Ok(Some(event)) = events.message().await {
+                if let Some(proto::submit_event::Event::Outcome(info)) = event.event {
+                    if info.state == proto::State::Committed as i32 {
+                        return aborted;
+                    }
+                    assert_eq!(info.state, proto::State::Aborted as i32, "{info:?}");
+                    aborted += 1;
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster never committed a transfer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    concord_http::call(address, "GET", path, &[], "", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"))
+}
+
+/// The value of the series `name{labels…}` (its line starting with `name{`, containing `has`).
+fn value(text: &str, name: &str, has: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(has))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} with {has} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reports_its_metrics_and_the_coordinator_its_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClusterConfig::local("metrics", 2, free_base_port());
+    for node in &mut config.nodes {
+        node.metrics = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    }
+    let again = ClusterConfig::parse(&config.to_toml()).unwrap();
+    assert_eq!(again, config, "the metrics addresses survive the file form");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut nodes = Vec::new();
+    for node in &config.nodes {
+        let data = dir.path().join(&node.name);
+        let (config, name, stopped) = (config.clone(), node.name.clone(), stopped.clone());
+        nodes.push(tokio::spawn(async move {
+            concord_node::serve(config, &name, &data, stopped).await
+        }));
+    }
+    let coordinator = config.node("coordinator").unwrap();
+    let aborted = transfer(coordinator.listen).await + transfer(coordinator.listen).await;
+    let decided = f64::from(2 + aborted);
+
+    let (status, text) = get(coordinator.metrics.unwrap(), "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let me = "node=\"coordinator\",role=\"coordinator\"";
+    assert_eq!(value(&text, "concord_transactions_total", "outcome=\"committed\""), 2.0);
+    let aborted_total = value(&text, "concord_transactions_total", "outcome=\"aborted\"");
+    assert_eq!(aborted_total, f64::from(aborted));
+    assert_eq!(value(&text, "concord_transaction_seconds_count", me), decided);
+    assert_eq!(value(&text, "concord_transaction_seconds_bucket", "le=\"+Inf\""), decided);
+    assert!(value(&text, "concord_log_records_total", me) >= 2.0, "{text}");
+    for shard in ["shard-1", "shard-2"] {
+        let address = config.node(shard).unwrap().metrics.unwrap();
+        let (status, text) = get(address, "/metrics").await;
+        assert_eq!(status, 200);
+        let labels = format!("node=\"{shard}\",role=\"shard\"");
+        assert!(value(&text, "concord_log_records_total", &labels) >= 2.0, "{text}");
+        assert_eq!(value(&text, "concord_in_doubt_branches", &labels), 0.0);
+        assert!(!text.contains("concord_transactions_total"), "a shard decides nothing");
+        let (status, health) = get(address, "/health").await;
+        assert_eq!(status, 200);
+        let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+        assert_eq!(
+            (health["node"].as_str(), health["role"].as_str()),
+            (Some(shard), Some("shard"))
+        );
+    }
+    let (status, _) = get(coordinator.metrics.unwrap(), "/nothing").await;
+    assert_eq!(status, 404);
+
+    stop.send(true).unwrap();
+    for node in nodes {
+        node.await.unwrap().unwrap();
+    }
+}
+
+#[test]
+fn a_metrics_address_may_not_repeat_a_node_address() {
+    let mut config = ClusterConfig::local("metrics", 1, 7700);
+    let shard_listen = config.nodes[1].listen;
+    config.nodes[0].metrics = Some(shard_listen);
+    let error = config.validate().unwrap_err();
+    assert!(error.contains("repeats"), "{error}");
+    let mut config = ClusterConfig::local("metrics", 1, 7700);
+    config.nodes[1].metrics = Some(config.nodes[0].listen);
+    let error = config.validate().unwrap_err();
+    assert!(error.contains("field `metrics`"), "{error}");
+    config.nodes[1].metrics = Some("127.0.0.1:0".parse().unwrap());
+    assert!(config.validate().unwrap_err().contains("metrics (port)"));
+}
