@@ -139,6 +139,18 @@ fn dev_config(path: &Path, new: impl FnOnce() -> ClusterConfig) -> Result<Cluste
     Ok(config)
 }
 
+/// Each node of a new dev cluster serves `/metrics` on loopback, from `base` on (in node order).
+fn with_metrics(mut config: ClusterConfig, base: u16) -> ClusterConfig {
+    for (port, node) in (base..).zip(config.nodes.iter_mut()) {
+        node.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    config
+}
+
+fn shown_metrics(node: &concord_node::config::NodeConfig) -> String {
+    node.metrics.map_or(String::new(), |m| format!("   metrics http://{m}/metrics"))
+}
+
 /// `concord dev`: a coordinator and shards on loopback, in this process.
 /// Where `concord dev --tls` put what clients need.
 struct DevTls {
@@ -209,7 +221,7 @@ pub fn dev(
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let config = dev_config(&data_dir.join("concord.toml"), || {
-        on_protocol(ClusterConfig::local("dev", shards, port))
+        with_metrics(on_protocol(ClusterConfig::local("dev", shards, port)), port + 200)
     })?;
     let kv_dir = data_dir.join("kv");
     std::fs::create_dir_all(&kv_dir)
@@ -217,7 +229,7 @@ pub fn dev(
     let kv_config = dev_config(&kv_dir.join("concord.toml"), || {
         let mut config = ClusterConfig::local("dev-kv", shards, port + 10);
         config.kv = Some(concord_node::config::KvConfig::default());
-        on_protocol(config)
+        with_metrics(on_protocol(config), port + 210)
     })?;
     let (mut config, mut kv_config) = (config, kv_config);
     let secured = if tls { Some(dev_tls(data_dir, &mut config, &mut kv_config)?) } else { None };
@@ -239,12 +251,12 @@ pub fn dev(
         }
         println!("Concord dev cluster `{}` ({}, durable logs under {})", config.cluster, config.protocol, data_dir.display());
         for node in &config.nodes {
-            println!("  {:<12} {:<12} {}", node.name, node.role.to_string(), node.listen);
+            println!("  {:<12} {:<12} {}{}", node.name, node.role.to_string(), node.listen, shown_metrics(node));
         }
         println!("Key-value store `{}` (MVCC shards, serializable, {}; data under {})", kv_config.cluster, kv_config.protocol, kv_dir.display());
         for node in &kv_config.nodes {
             let role = if node.role == concord_node::config::Role::Coordinator { "gateway".to_string() } else { node.role.to_string() };
-            println!("  {:<12} {:<12} {}", node.name, role, node.listen);
+            println!("  {:<12} {:<12} {}{}", node.name, role, node.listen, shown_metrics(node));
         }
         let first = config.shards().next().map_or("shard-1", |n| n.name.as_str()).to_string();
         let second = config.shards().nth(1).map_or(first.as_str(), |n| n.name.as_str()).to_string();

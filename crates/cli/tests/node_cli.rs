@@ -38,6 +38,19 @@ fn a_dev_cluster_runs_transfers_lists_them_and_answers_status_after_a_kill() {
     assert!(show.contains("committed") && show.contains("shard-2"), "{show}");
     let read = text(&run(&["shard", "read", "shard-2", "--json"]));
     assert!(read.contains("\"5\":30"), "{read}");
+    // Every node of the dev clusters serves /metrics: the coordinator counts the transfer,
+    // the deposit and the overdraft; the key-value gateway's and a shard's answer too.
+    let scrape = |port: u16| {
+        let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        concord_http::request(address, "GET", "/metrics", None, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("metrics on {port}: {e}"))
+            .1
+    };
+    let metrics = scrape(port + 200);
+    assert!(metrics.contains("outcome=\"committed\"} 2"), "{metrics}");
+    assert!(metrics.contains("outcome=\"aborted\"} 1"), "{metrics}");
+    assert!(scrape(port + 201).contains("concord_in_doubt_branches{node=\"shard-1\""));
+    assert!(scrape(port + 210).contains("role=\"coordinator\""));
 
     // Bad input gets one clear line each.
     let unknown = text(&run(&["txn", "submit", "shard-9:1=+1"]));

@@ -18,8 +18,8 @@ pub fn text(output: &Output) -> String {
     )
 }
 
-/// A free port for `concord dev`: it and the next three (the delta cluster), and 10 to 13 after
-/// it (the key-value store). Below the kernel's ephemeral range (32768 and up here), so a
+/// A free port for `concord dev`: it and the next three (the delta cluster), 10 to 13 after
+/// it (the key-value store), and 200 and 210 on (their metrics endpoints). Below the kernel's ephemeral range (32768 and up here), so a
 /// killed cluster's ports cannot be taken by some connection's source port before it restarts.
 /// Tests run in parallel in one process: each call starts elsewhere (by a counter and the
 /// clock's nanoseconds), or two tests picking in the same second would share a base, and one
@@ -36,8 +36,9 @@ pub fn free_base_port() -> u16 {
         let base = 10_000
             + u16::try_from((seed.wrapping_mul(7_919) + attempt * 104_729) % 22_000).unwrap();
         let free = |i: u16| TcpListener::bind(("127.0.0.1", base + i)).is_ok();
-        // Room for Paxos Commit's acceptors too (three after the shards in each cluster).
-        if (0..7).chain(10..17).all(free) {
+        // Room for Paxos Commit's acceptors too (three after the shards in each cluster), and
+        // for every node's metrics endpoint (200 and 210 after).
+        if (0..7).chain(10..17).chain(200..207).chain(210..217).all(free) {
             return base;
         }
     }
