@@ -9,13 +9,13 @@ use concord_node::config::ClusterConfig;
 use concord_node::proto::{self, client_client::ClientClient};
 use concord_node::tls::ClientCredentials;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// Three node ports from the base, and their metrics ports 100 after: below the kernel's
+/// ephemeral range, so no connection's source port takes one meanwhile.
 fn free_base_port() -> u16 {
-    for base in (30_000..40_000).step_by(7) {
-        if (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+    let offset = u16::try_from(std::process::id() % 500).unwrap() * 3;
+    for base in (30_000 + offset..32_500).chain(30_000..30_000 + offset).step_by(3) {
+        let free = |i: u16| TcpListener::bind(("127.0.0.1", base + i)).is_ok();
+        if (0..3).chain(100..103).all(free) {
             return base;
         }
     }
@@ -72,9 +72,10 @@ fn value(text: &str, name: &str, has: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_reports_its_metrics_and_the_coordinator_its_outcomes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClusterConfig::local("metrics", 2, free_base_port());
-    for node in &mut config.nodes {
-        node.metrics = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let base = free_base_port();
+    let mut config = ClusterConfig::local("metrics", 2, base);
+    for (port, node) in (base + 100..).zip(config.nodes.iter_mut()) {
+        node.metrics = Some(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     let again = ClusterConfig::parse(&config.to_toml()).unwrap();
     assert_eq!(again, config, "the metrics addresses survive the file form");

@@ -82,8 +82,27 @@ impl Drop for LocalKv {
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
-    // Held together until all are chosen, so no port is handed out twice.
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+    // Below the kernel's ephemeral range (32768 and up here): a node stopped for a restart must
+    // find its port free again, and an ephemeral port can be taken meanwhile as some
+    // connection's source port (an acceptor's restart failed so, "Address already in use").
+    // Spread by process, clock and a counter, as tests run in parallel; held together until all
+    // are chosen, so no port is handed out twice.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = u64::from(std::process::id())
+        ^ u64::from(now.subsec_nanos())
+        ^ call.wrapping_mul(0x9e37_79b9);
+    let mut held = Vec::new();
+    for attempt in 0..100_000u64 {
+        if held.len() == n {
+            break;
+        }
+        let port = 10_000 + u16::try_from((seed.wrapping_add(attempt * 7_919)) % 22_000).unwrap();
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports below the ephemeral range");
+    held.iter().map(|l| l.local_addr().expect("bound").port()).collect()
 }
