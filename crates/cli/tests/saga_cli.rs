@@ -91,6 +91,18 @@ fn serve_with(
     Orchestrator(child)
 }
 
+/// One step per service: `/do`, undone by `/undo`.
+fn steps(services: &[SocketAddr]) -> Vec<serde_json::Value> {
+    services
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            serde_json::json!({ "name": format!("step{i}"), "action": format!("http://{a}/do"),
+                                "compensation": format!("http://{a}/undo"), "timeout_ms": 5000 })
+        })
+        .collect()
+}
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("concord-saga-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -110,14 +122,7 @@ fn a_sigkilled_orchestrator_finishes_its_saga_after_a_restart() {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let steps: Vec<serde_json::Value> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            serde_json::json!({ "name": format!("step{i}"), "action": format!("http://{a}/do"),
-                                "compensation": format!("http://{a}/undo"), "timeout_ms": 5000 })
-        })
-        .collect();
+    let steps = steps(&addresses);
     let definition = serde_json::json!({ "id": "order-1", "name": "checkout", "steps": steps,
                                          "payload": { "order": 1 } });
     let file = dir.join("saga.json");
@@ -257,16 +262,8 @@ fn with_a_shared_store_any_orchestrator_lists_and_shows_every_saga() {
         vec!["--postgres", url.as_str(), "--instance", instance, "--lease-ms", "1000"]
     };
     let start = |at: &str, id: &str| {
-        let steps: Vec<serde_json::Value> = addresses
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                serde_json::json!({ "name": format!("step{i}"), "action": format!("http://{a}/do"),
-                                    "compensation": format!("http://{a}/undo"), "timeout_ms": 5000 })
-            })
-            .collect();
-        let definition =
-            serde_json::json!({ "id": id, "name": "checkout", "steps": steps, "payload": {} });
+        let definition = serde_json::json!({ "id": id, "name": "checkout",
+                                             "steps": steps(&addresses), "payload": {} });
         let file = dir.join(format!("{id}.json"));
         std::fs::write(&file, definition.to_string()).unwrap();
         stdout(&concord(&["saga", "start", file.to_str().unwrap(), "--orchestrator", at]));

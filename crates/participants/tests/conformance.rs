@@ -12,14 +12,12 @@
 //! Needs the local PostgreSQL and MariaDB (`scripts/setup-databases.sh`) and `redis-server`
 //! (`scripts/setup-redis.sh`); without them the tests skip loudly, except under `CI=true`.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use concord_participants::config::{DatabaseConfig, Kind};
 use concord_participants::database::{BranchState, Database, Finish, PreparedBranch, Vote};
 use concord_participants::gid::Gid;
-use concord_testkit::{servers_ready, Server};
+use concord_testkit::{servers_ready, RedisServer, Server, REDIS_DURABLE};
 use concord_types::{Decision, NodeId, TxnId};
 use mysql_async::prelude::Queryable;
 
@@ -160,47 +158,14 @@ async fn mariadb_conforms() {
     pool.disconnect().await.unwrap();
 }
 
-struct RedisServer(Child, PathBuf);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
 #[tokio::test]
 async fn redis_conforms() {
     if !servers_ready(&[Server::Redis], "the Redis conformance suite") {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(cluster("concord-redis-conformance"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
-        .args(["--maxmemory-policy", "noeviction", "--dir"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(|child| RedisServer(child, dir.clone()))
-        .expect("starting redis-server");
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let server = RedisServer::start("conformance", &REDIS_DURABLE);
+    let (url, server_dir) = (server.url(), server.dir.clone());
     let client = redis::Client::open(url.as_str()).unwrap();
-    let mut up = false;
-    for _ in 0..200 {
-        if let Ok(mut conn) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                up = true;
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    assert!(up, "redis-server did not come up on {port}");
     let db = database("points", Kind::Redis, &url);
     conformance(&db, &cluster("rd"), |n| format!("SET key{n} {n}")).await;
     let mut conn = client.get_connection().unwrap();
@@ -209,4 +174,5 @@ async fn redis_conforms() {
     keys.sort();
     assert_eq!(keys, ["key1", "key3"], "the two committed branches' writes, and only theirs");
     drop(server);
+    let _ = std::fs::remove_dir_all(&server_dir);
 }

@@ -7,70 +7,13 @@
 //! `cli/tests/transfer_example.rs`.) `redis-server` is made ready by `scripts/setup-redis.sh`;
 //! without it the tests skip loudly, except under `CI=true`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use concord_participants::config::{DatabaseConfig, Kind};
 use concord_participants::database::{BranchState, Database, Finish, PreparedBranch, Vote};
 use concord_participants::gid::Gid;
-use concord_testkit::{servers_ready, Server};
+use concord_testkit::{servers_ready, RedisServer, Server, REDIS_DURABLE};
 use concord_types::{Decision, NodeId, TxnId};
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let dir =
-        std::env::temp_dir().join(format!("concord-redis-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts `redis-server` on `port` with its files in `dir` and `settings` (waits until it
-/// answers).
-fn start_redis(dir: &Path, port: u16, settings: &[&str]) -> RedisServer {
-    let server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .arg("--dir")
-        .arg(dir)
-        .args(settings)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(|child| RedisServer { child, port, dir: dir.to_path_buf() })
-        .expect("starting redis-server");
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    for _ in 0..200 {
-        if let Ok(mut conn) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                return server;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    drop(server); // killed and waited for
-    panic!("redis-server did not come up on {port}");
-}
-
-const DURABLE: [&str; 6] =
-    ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"];
 
 fn redis_ready() -> bool {
     servers_ready(&[Server::Redis], "the Redis participant tests")
@@ -132,7 +75,7 @@ async fn prepare_holds_the_keys_and_commit_or_rollback_apply_once() {
     if !redis_ready() {
         return;
     }
-    let server = start_redis(&scratch("life"), spare_port(), &DURABLE);
+    let server = RedisServer::start("life", &REDIS_DURABLE);
     let (db, port) = (database(server.port), server.port);
 
     let a = yes(prepare(&db, 1, &["SET name alice", "INCRBY balance 10"]).await);
@@ -217,7 +160,7 @@ async fn a_redis_that_cannot_keep_a_prepare_votes_no_saying_why() {
     if !redis_ready() {
         return;
     }
-    let server = start_redis(&scratch("weak"), spare_port(), &["--appendonly", "no"]);
+    let server = RedisServer::start("weak", &["--appendonly", "no"]);
     let (db, port) = (database(server.port), server.port);
     let why = no(prepare(&db, 1, &["SET k v"]).await);
     assert!(why.contains("appendonly is `no`"), "{why}");
@@ -240,15 +183,12 @@ async fn a_prepared_branch_survives_a_kill_9_of_redis() {
     if !redis_ready() {
         return;
     }
-    let dir = scratch("kill");
-    let port = spare_port();
-    let mut server = start_redis(&dir, port, &DURABLE);
+    let server = RedisServer::start("kill", &REDIS_DURABLE);
+    let (dir, port) = (server.dir.clone(), server.port);
     let db = database(port);
     let branch = yes(prepare(&db, 1, &["INCRBY balance 25", "SET memo paid"]).await);
-    server.child.kill().unwrap(); // SIGKILL, right after the YES
-    server.child.wait().unwrap();
-    drop(server);
-    let _server = start_redis(&dir, port, &DURABLE);
+    server.kill(); // SIGKILL, right after the YES
+    let _server = RedisServer::start_in(&dir, port, &REDIS_DURABLE);
     let db = database(port); // the old connections died with the server
     let listed = db.list_prepared().await.unwrap();
     assert_eq!(listed.iter().map(|b| b.gid.as_str()).collect::<Vec<_>>(), [branch.gid.as_str()]);

@@ -79,3 +79,86 @@ pub fn servers_ready(servers: &[Server], what: &str) -> bool {
     }
     true
 }
+
+/// A `redis-server` of a test's own: loopback, a port and a directory given or chosen, its
+/// settings from `settings`; killed (SIGKILL) and waited for when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+}
+
+/// Redis settings under which Concord lets a Redis vote YES.
+pub const REDIS_DURABLE: [&str; 6] =
+    ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"];
+
+impl RedisServer {
+    /// Starts one on a spare port in a new directory under the system's temporary one.
+    pub fn start(name: &str, settings: &[&str]) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a spare port")
+            .port();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir()
+            .join(format!("concord-redis-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+        Self::start_in(&dir, port, settings)
+    }
+
+    /// Starts one on `port` with its files in `dir` (again after a kill: its AOF is there), and
+    /// waits (up to 5 s) until it answers PING.
+    pub fn start_in(dir: &Path, port: u16, settings: &[&str]) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(dir)
+            .args(settings)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let server = RedisServer { child, port, dir: dir.to_path_buf() };
+        for _ in 0..200 {
+            if server.answers_ping() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        drop(server); // killed and waited for
+        panic!("redis-server did not come up on {port}");
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// `redis://127.0.0.1:PORT/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// SIGKILL, and wait for it (its files stay).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
