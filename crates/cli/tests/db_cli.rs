@@ -167,7 +167,6 @@ kind = "mariadb"
 url = "mysql://root@127.0.0.1:3306/concord_test"
 [recovery]
 interval_ms = {}
-grace_ms = 8000
 [timeouts]
 statement_ms = 2000
 {}"#,
@@ -510,7 +509,7 @@ fn an_operator_resolves_an_undecided_branch_only_the_presumed_way_unless_forced(
     let mut world = World::new("resolve", 8);
     world.interval_ms = 600_000;
     let server = world.start(None);
-    // A branch of this run that no transaction of its own owns, within the grace period.
+    // A branch of this run's epoch that no transaction of its own owns.
     let t = &world.table;
     let health = Command::new("curl")
         .args(["-s", &format!("http://{}/health", world.address())])

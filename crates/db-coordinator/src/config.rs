@@ -22,7 +22,6 @@
 //!
 //! [recovery]                       # optional; milliseconds
 //! interval_ms = 5000               # how often prepared branches are reconciled with the log
-//! grace_ms = 30000                 # an undecided branch of this run is rolled back after this
 //!
 //! [timeouts]                       # optional; milliseconds
 //! statement_ms = 5000              # every database call (connect, statement, prepare, commit)
@@ -70,12 +69,23 @@ pub struct DatabasesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RecoveryConfig {
     pub interval_ms: u64,
-    pub grace_ms: u64,
+    /// Accepted from earlier versions' files and ignored (see [`RecoveryConfig::ignored`]): the
+    /// 2PC core answers for every branch, so no undecided branch waits out a grace period.
+    pub grace_ms: Option<u64>,
+}
+
+impl RecoveryConfig {
+    /// A warning for a setting this version reads but no longer uses.
+    pub fn ignored(&self) -> Option<String> {
+        self.grace_ms.map(|_| {
+            "recovery.grace_ms is no longer used and is ignored: an undecided branch is rolled back as soon as the coordinator has no record of its transaction".to_string()
+        })
+    }
 }
 
 impl Default for RecoveryConfig {
     fn default() -> Self {
-        RecoveryConfig { interval_ms: 5_000, grace_ms: 30_000 }
+        RecoveryConfig { interval_ms: 5_000, grace_ms: None }
     }
 }
 
@@ -140,15 +150,6 @@ impl DatabasesConfig {
         concord_types::tokens::validate_all(&self.tokens)?;
         check_range("timeouts.statement_ms", self.timeouts.statement_ms, 1..=600_000)?;
         check_range("recovery.interval_ms", self.recovery.interval_ms, 10..=3_600_000)?;
-        check_range("recovery.grace_ms", self.recovery.grace_ms, 1..=86_400_000)?;
-        // A branch of this run may sit prepared while its siblings prepare and the decision is
-        // forced; rolling it back in that window would turn a commit into a heuristic outcome.
-        if self.recovery.grace_ms < 4 * self.timeouts.statement_ms {
-            return Err(format!(
-                "recovery.grace_ms ({}) must be at least 4 × timeouts.statement_ms ({}): an undecided branch younger than a transaction's longest prepare phase may still be committed",
-                self.recovery.grace_ms, self.timeouts.statement_ms
-            ));
-        }
         Ok(())
     }
 }
@@ -177,6 +178,9 @@ url = "mysql://root@127.0.0.1:3306/test"
         assert_eq!(config.databases.len(), 2);
         assert_eq!(config.databases[1].kind, Kind::Mariadb);
         assert_eq!(config.recovery, RecoveryConfig::default());
+        assert_eq!(config.recovery.ignored(), None);
+        let old = DatabasesConfig::parse(&format!("{GOOD}[recovery]\ngrace_ms = 100\n")).unwrap();
+        assert!(old.recovery.ignored().unwrap().contains("grace_ms"));
     }
 
     #[test]
@@ -186,7 +190,6 @@ url = "mysql://root@127.0.0.1:3306/test"
             (GOOD.replace("node_id", "nodeid"), "nodeid"),
             (GOOD.replace("cluster = \"t\"", "cluster = \"a'b\""), "cluster `a'b`"),
             (GOOD.replace("name = \"wallet\"", "name = \"ledger\""), "configured twice"),
-            (format!("{GOOD}[recovery]\ngrace_ms = 100\n"), "grace_ms"),
             (format!("{GOOD}[timeouts]\nstatement_ms = 18446744073709551615\n"), "statement_ms"),
             (format!("{GOOD}[timeouts]\nstatement_ms = 600001\n"), "statement_ms"),
             (format!("{GOOD}[recovery]\ninterval_ms = 0\n"), "interval_ms"),

@@ -1,44 +1,44 @@
 //! The database coordinator: two-phase commit over real databases, recovery, operator actions.
 //!
-//! A transaction ([`Coordinator::begin`] → statements → [`Transaction::commit`]):
+//! The protocol is the 2PC core's (`concord_commit::two_phase`), driven by [`crate::engine`];
+//! this module is the supervisor around it — what the core does not know:
 //!
 //! ```text
-//!   begin      issue txn id (epoch durable), open one branch per database (marker row written)
-//!   prepare    every branch in parallel; YES only once the database holds it prepared
-//!   decide     all YES ⇒ force Decided{COMMIT} to the log            ← nothing commits before this
-//!              any NO  ⇒ roll back every branch tried; nothing logged (presumed abort)
-//!   complete   COMMIT PREPARED each branch; "not prepared" ⇒ read its marker: committed, or a
-//!              heuristic rollback, recorded and counted; all done ⇒ Finished (lazy)
+//!   begin      reserve a txn id from the core (its epoch durable), open one branch per
+//!              database under gid concord:CLUSTER:TXN:NODE (statements run on them)
+//!   commit     hand the open branches to the engine: the core prepares (or commits one
+//!              branch in one phase), decides, and drives the decision; the answer comes once
+//!              every branch has settled
+//!   reconcile  list the databases' prepared branches; each of ours is an inquiry the core
+//!              answers (reconcile.rs), and the answer is carried out here
+//!   operators  views of transactions (the ledger, a read model of the log, and the
+//!              databases' listings), resolve with the core's answer as the log's word,
+//!              heuristic outcomes recorded and counted
 //! ```
 //!
-//! Reconciliation ([`Coordinator::reconcile`]) runs at start and periodically: it lists the
-//! databases' prepared branches, asks [`crate::reconcile::plan`] what to do, and does it. A
-//! transaction this process is running is never touched by it (the `running` set), and an
-//! undecided branch of this run is only presumed aborted after the grace period.
-//!
-//! The ledger reflects records as they are queued to the log, so a checkpoint (which replaces
-//! the log with the ledger's live records, queued behind them) never drops one. A queued but not
-//! yet durable decision is only ever acted on by the transaction that wrote it, which waits for
-//! durability first: reconciliation leaves running transactions alone.
+//! Every record goes through [`Shared::submit`], which applies it to the ledger in queue order;
+//! checkpoints are taken by the engine (it alone knows the core's live records), so no record
+//! is queued between a checkpoint's snapshot and its place in the log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use concord_commit::epoch::{EpochClock, Issue};
 use concord_types::codec::Encode;
 use concord_types::{Decision, NodeId, TxnId};
 use concord_wal::{FileLog, GroupCommit, OnDurable};
 use futures_util::future::join_all;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::DatabasesConfig;
-use crate::log::{BranchRef, DecisionSource, Ledger, Record};
+use crate::engine::{Engine, Request, Settled};
+use crate::log::{BranchRef, CoreRecord, DecisionSource, Ledger, Record, MAX_DATABASE_NODES};
 use crate::metrics::{Gauges, Metrics, Outcome};
-use crate::reconcile::{plan, Action, Knowledge, Listed};
+use crate::reconcile::{Action, Listed};
 use concord_participants::database::{
-    BranchState, Database, DbError, Finish, OpenBranch, PreparedBranch, Vote,
+    BranchState, Database, DbError, Finish, OpenBranch, PreparedBranch,
 };
 use concord_participants::gid::Gid;
 
@@ -50,12 +50,12 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 pub use concord_participants::database::MARKER_RETENTION_S;
 /// Most branches (databases) one transaction may span.
 pub const MAX_BRANCHES: usize = crate::config::MAX_DATABASES;
-/// Longest a `begin` waits for another task to make a new epoch durable.
-const EPOCH_WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// Longest a start waits for the core's epoch to be durable.
+const READY_LIMIT: Duration = Duration::from_secs(30);
 /// Longest a fault-injection pause waits for its resume file.
 const FAULT_PAUSE_LIMIT: Duration = Duration::from_secs(120);
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
@@ -116,6 +116,8 @@ pub enum BeginError {
     Invalid(String),
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error("{0}")]
+    Refused(String),
     #[error("the log failed: {0}")]
     Log(String),
 }
@@ -138,6 +140,8 @@ pub enum ResolveError {
     Contradicts { txn: TxnId, logged: Decision, presumed: bool, requested: Decision },
     #[error("{0}: no decision logged and no prepared branch found")]
     Unknown(TxnId),
+    #[error("the coordinator is not running: {0}")]
+    Stopped(String),
     #[error("the log failed: {0}")]
     Log(String),
 }
@@ -147,8 +151,9 @@ pub enum ResolveError {
 pub struct BranchView {
     pub database: String,
     pub gid: String,
-    /// "prepared", "committed", "rolled-back", "not-prepared" (not listed; not checked),
-    /// "unknown" (the database did not answer), or for a running vote: "voted-no".
+    /// "prepared", "committed", "rolled-back", "read-only" (wrote nothing: ended without
+    /// PREPARE), "not-prepared" (not listed; not checked), or "unknown" (the database did not
+    /// answer).
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<u64>,
@@ -200,156 +205,95 @@ pub struct ActionReport {
     pub result: String,
 }
 
+/// How completing one branch the decided way came out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Completion {
+    Done,
+    /// The branch went the other way (someone finished it by hand): recorded and counted.
+    Heuristic(Decision),
+    StillPrepared,
+    Failed(String),
+}
+
+/// The read model and bookkeeping shared by the engine, its tasks and the operator calls.
 #[derive(Debug)]
-struct State {
-    ledger: Ledger,
-    clock: EpochClock,
-    /// Transactions begun by this process and not yet over, with their start time.
-    running: HashMap<TxnId, u64>,
+pub(crate) struct State {
+    pub ledger: Ledger,
+    /// Transactions reserved by a client of this run and not yet over, with their start time.
+    pub running: HashMap<TxnId, u64>,
     /// When reconciliation first saw each gid listed as prepared.
-    first_seen: HashMap<String, u64>,
+    pub first_seen: HashMap<String, u64>,
     appended_since_checkpoint: u64,
     markers_forgotten_at_ms: u64,
 }
 
+/// What the engine's tasks and the public calls share.
 #[derive(Debug)]
-pub struct Coordinator {
-    cluster: String,
-    node: NodeId,
-    grace_ms: u64,
-    databases: Vec<Database>,
-    /// The databases whose configuration allows schema statements through `run`.
-    schema_changes: std::collections::BTreeSet<String>,
+pub(crate) struct Shared {
+    pub cluster: String,
+    pub node: NodeId,
+    /// The configured databases by branch node.
+    pub databases: BTreeMap<NodeId, Arc<Database>>,
     log: GroupCommit,
     state: Mutex<State>,
-    metrics: Metrics,
+    pub metrics: Metrics,
     fault: Option<Fault>,
 }
 
-fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<concord_wal::DirLock, OpenError> {
-    let expected = format!(
-        "format = 1\nrole = database-coordinator\ncluster = {}\nnode_id = {}\n",
-        config.cluster, config.node_id
-    );
-    concord_wal::claim_data_dir(dir, &expected)
-        .map_err(|reason| OpenError::DataDir { path: dir.to_path_buf(), reason })
-}
-
-impl Coordinator {
-    /// Opens the log in `data_dir`, makes a new epoch durable, and connects to the databases
-    /// (a database that is down now is retried by each reconciliation pass).
-    pub async fn open(
-        config: &DatabasesConfig,
-        data_dir: &Path,
-        fault: Option<Fault>,
-    ) -> Result<Arc<Coordinator>, OpenError> {
-        let mut dir_lock = check_data_dir(data_dir, config)?;
-        let (file_log, payloads) =
-            FileLog::open_claimed(&mut dir_lock, &data_dir.join("log"), SEGMENT_BYTES)?;
-        let mut records = Vec::with_capacity(payloads.len());
-        for (index, payload) in payloads.iter().enumerate() {
-            let record = Record::from_bytes(payload)
-                .map_err(|e| OpenError::Record { index, reason: e.to_string() })?;
-            records.push(record);
-        }
-        let ledger = Ledger::replay(records);
-        let node = NodeId(config.node_id);
-        let (clock, epoch) = EpochClock::recover(node, ledger.epoch());
-        // The log thread holds the directory's lock until it has written all it was given.
-        let log = GroupCommit::start_holding(file_log, dir_lock)
-            .map_err(|e| OpenError::LogWrite(e.to_string()))?;
-        let timeout = Duration::from_millis(config.timeouts.statement_ms);
-        let databases = config
-            .databases
-            .iter()
-            .map(|d| Database::new(d, timeout))
-            .collect::<Result<Vec<_>, _>>()?;
-        let coordinator = Coordinator {
-            cluster: config.cluster.clone(),
-            node,
-            grace_ms: config.recovery.grace_ms,
-            databases,
-            schema_changes: config
-                .databases
-                .iter()
-                .filter(|d| d.schema_changes)
-                .map(|d| d.name.clone())
-                .collect(),
-            log,
-            state: Mutex::new(State {
-                ledger,
-                clock,
-                running: HashMap::new(),
-                first_seen: HashMap::new(),
-                appended_since_checkpoint: 0,
-                // The first clean-up waits an interval: nothing is old right after a start.
-                markers_forgotten_at_ms: now_ms(),
-            }),
-            metrics: Metrics::default(),
-            fault,
-        };
-        coordinator.persist(Record::Epoch(epoch), true).await.map_err(OpenError::LogWrite)?;
-        coordinator.state().clock.on_persisted(epoch);
-        for db in &coordinator.databases {
-            if let Err(e) = db.ensure_schema().await {
-                eprintln!("concord: {e}; retried at each reconciliation");
-            }
-        }
-        Ok(Arc::new(coordinator))
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("state holders do not panic")
     }
 
-    pub fn node(&self) -> NodeId {
-        self.node
+    pub fn gid(&self, txn: TxnId, node: NodeId) -> String {
+        let index = u16::try_from(node.0).expect("database nodes fit a gid's branch number");
+        Gid::new(&self.cluster, txn, index).to_string()
     }
 
-    pub fn epoch(&self) -> u32 {
-        self.state().clock.epoch()
+    pub fn database_name(&self, node: NodeId) -> String {
+        self.databases.get(&node).map_or_else(|| format!("node {node}"), |d| d.name.clone())
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    pub fn database_names(&self) -> Vec<String> {
-        self.databases.iter().map(|d| d.name.clone()).collect()
-    }
-
-    fn database(&self, name: &str) -> Option<&Database> {
-        self.databases.iter().find(|d| d.name == name)
-    }
-
-    /// Queues `record` (applying it to the ledger in queue order) and, if `forced`, waits
-    /// until it is durable.
-    async fn persist(&self, record: Record, forced: bool) -> Result<(), String> {
-        let durable = {
-            let mut state = self.state();
-            state.ledger.apply(&record);
-            let (done, durable) = tokio::sync::oneshot::channel();
-            let callback: Option<OnDurable> = forced.then(|| {
-                Box::new(move |result: Result<(), String>| {
-                    let _ = done.send(result);
-                }) as OnDurable
-            });
-            self.log.submit(record.to_bytes(), callback).map_err(|e| e.to_string())?;
-            state.appended_since_checkpoint += 1;
-            if state.appended_since_checkpoint >= CHECKPOINT_EVERY {
-                let live = state.ledger.live_records().iter().map(Encode::to_bytes).collect();
-                self.log.checkpoint(live).map_err(|e| e.to_string())?;
-                state.appended_since_checkpoint = 0;
-            }
-            durable
-        };
-        if forced {
-            durable.await.map_err(|_| "the log thread stopped".to_string())??;
-        }
+    /// Queues `record`, applying it to the ledger in queue order.
+    pub fn submit(&self, record: &Record, on_durable: Option<OnDurable>) -> Result<(), String> {
+        let mut state = self.state();
+        state.ledger.apply(record);
+        self.log.submit(record.to_bytes(), on_durable).map_err(|e| e.to_string())?;
+        state.appended_since_checkpoint += 1;
         Ok(())
     }
 
-    async fn pause(&self, point: FaultPoint, txn: TxnId) {
+    /// Queues `record` and waits until it is durable.
+    pub async fn persist(&self, record: Record) -> Result<(), String> {
+        let (done, durable) = oneshot::channel();
+        let callback: OnDurable = Box::new(move |result: Result<(), String>| {
+            let _ = done.send(result);
+        });
+        self.submit(&record, Some(callback))?;
+        durable.await.map_err(|_| "the log thread stopped".to_string())?
+    }
+
+    /// Replaces the log with the live records once enough were appended: the supervisor's,
+    /// then the core's (`core_live`), under the lock that orders every submission.
+    pub fn checkpoint_if_due(&self, core_live: impl FnOnce() -> Vec<CoreRecord>) {
+        let mut state = self.state();
+        if state.appended_since_checkpoint < CHECKPOINT_EVERY {
+            return;
+        }
+        let mut live: Vec<Vec<u8>> =
+            state.ledger.live_records().iter().map(Encode::to_bytes).collect();
+        live.extend(core_live().into_iter().map(|r| Record::Core(r).to_bytes()));
+        match self.log.checkpoint(live) {
+            Ok(()) => state.appended_since_checkpoint = 0,
+            Err(e) => eprintln!("concord: checkpoint not queued: {e}"),
+        }
+    }
+
+    pub fn fault_at(&self, point: FaultPoint) -> bool {
+        self.fault.as_ref().is_some_and(|f| f.point == point)
+    }
+
+    pub async fn pause(&self, point: FaultPoint, txn: TxnId) {
         let Some(fault) = &self.fault else { return };
         if fault.point != point {
             return;
@@ -367,6 +311,236 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         eprintln!("concord: fault: no resume file after {FAULT_PAUSE_LIMIT:?}; going on");
+    }
+
+    /// Records a heuristic outcome (once per branch and direction) and counts it.
+    async fn record_heuristic(
+        &self,
+        txn: TxnId,
+        node: NodeId,
+        logged: Decision,
+        actual: Decision,
+        forced: bool,
+    ) -> Result<(), String> {
+        let gid = self.gid(txn, node);
+        let known = self.state().ledger.get(txn).is_some_and(|d| {
+            d.heuristics.iter().any(|h| h.branch.gid == gid && h.actual == actual)
+        });
+        if known {
+            return Ok(());
+        }
+        eprintln!(
+            "concord: HEURISTIC outcome: {txn} branch {gid} in {} is {} but the log says {}",
+            self.database_name(node),
+            decision_name(actual),
+            decision_name(logged)
+        );
+        self.metrics.record_heuristic(forced);
+        let at_ms = now_ms();
+        self.persist(Record::Heuristic { txn, branch: node, logged, actual, forced, at_ms })
+            .await?;
+        let count = self.state().ledger.heuristic_count() as u64;
+        self.metrics.set_heuristic_transactions(count);
+        Ok(())
+    }
+
+    /// Completes one branch the decided way: COMMIT/ROLLBACK PREPARED, and when the database
+    /// says it is not prepared, its marker tells how it ended — a contradiction is a heuristic
+    /// outcome, recorded before this returns.
+    pub async fn complete_branch(
+        &self,
+        txn: TxnId,
+        node: NodeId,
+        branch: PreparedBranch,
+        decision: Decision,
+    ) -> Completion {
+        let Some(db) = self.databases.get(&node) else {
+            return Completion::Failed(format!("no database is configured for branch node {node}"));
+        };
+        let gid = branch.gid.clone();
+        match db.finish(branch, decision).await {
+            Ok(Finish::Done) => Completion::Done,
+            Ok(Finish::NotPrepared) => {
+                let actual = match db.branch_state(&gid).await {
+                    Ok(BranchState::Prepared) => return Completion::StillPrepared,
+                    Ok(BranchState::Committed) => Decision::Commit,
+                    Ok(BranchState::Absent) => Decision::Abort,
+                    Err(e) => return Completion::Failed(e.to_string()),
+                };
+                if actual == decision {
+                    return Completion::Done;
+                }
+                match self.record_heuristic(txn, node, decision, actual, false).await {
+                    Ok(()) => Completion::Heuristic(actual),
+                    Err(e) => Completion::Failed(format!("the log failed: {e}")),
+                }
+            }
+            Err(e) => Completion::Failed(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+    /// The databases whose configuration allows schema statements through `run`.
+    schema_changes: std::collections::BTreeSet<String>,
+}
+
+fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<concord_wal::DirLock, OpenError> {
+    // Format 2: the records of the 2PC core, branches named by database node.
+    let expected = format!(
+        "format = 2\nrole = database-coordinator\ncluster = {}\nnode_id = {}\n",
+        config.cluster, config.node_id
+    );
+    concord_wal::claim_data_dir(dir, &expected)
+        .map_err(|reason| OpenError::DataDir { path: dir.to_path_buf(), reason })
+}
+
+impl Coordinator {
+    /// Opens the log in `data_dir`, starts the 2PC core on it, waits for its new epoch to be
+    /// durable, and connects to the databases (a database that is down now is retried by each
+    /// reconciliation pass).
+    pub async fn open(
+        config: &DatabasesConfig,
+        data_dir: &Path,
+        fault: Option<Fault>,
+    ) -> Result<Arc<Coordinator>, OpenError> {
+        if let Some(warning) = config.recovery.ignored() {
+            eprintln!("concord: {warning}");
+        }
+        let mut dir_lock = check_data_dir(data_dir, config)?;
+        let (file_log, payloads) =
+            FileLog::open_claimed(&mut dir_lock, &data_dir.join("log"), SEGMENT_BYTES)?;
+        let mut records = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.iter().enumerate() {
+            let record = Record::from_bytes(payload)
+                .map_err(|e| OpenError::Record { index, reason: e.to_string() })?;
+            records.push(record);
+        }
+        let core_records: Vec<CoreRecord> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Core(core) => Some(core.clone()),
+                _ => None,
+            })
+            .collect();
+        let ledger = Ledger::replay(&config.cluster, records);
+        // Each database keeps its branch node for ever; a new name gets the next one.
+        let mut next_node = ledger.nodes().keys().map(|n| n.0).max().unwrap_or(0) + 1;
+        let mut new_nodes = Vec::new();
+        let mut databases = BTreeMap::new();
+        let timeout = Duration::from_millis(config.timeouts.statement_ms);
+        for d in &config.databases {
+            let node = match ledger.node_of(&d.name) {
+                Some(node) => node,
+                None => {
+                    if next_node > MAX_DATABASE_NODES {
+                        return Err(OpenError::LogWrite(format!(
+                            "no branch node left for database `{}`: {MAX_DATABASE_NODES} were allocated",
+                            d.name
+                        )));
+                    }
+                    let node = NodeId(next_node);
+                    next_node += 1;
+                    new_nodes.push(Record::Database { node, name: d.name.clone() });
+                    node
+                }
+            };
+            databases.insert(node, Arc::new(Database::new(d, timeout)?));
+        }
+        // The log thread holds the directory's lock until it has written all it was given.
+        let log = GroupCommit::start_holding(file_log, dir_lock)
+            .map_err(|e| OpenError::LogWrite(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            cluster: config.cluster.clone(),
+            node: NodeId(config.node_id),
+            databases,
+            log,
+            state: Mutex::new(State {
+                ledger,
+                running: HashMap::new(),
+                first_seen: HashMap::new(),
+                appended_since_checkpoint: 0,
+                // The first clean-up waits an interval: nothing is old right after a start.
+                markers_forgotten_at_ms: now_ms(),
+            }),
+            metrics: Metrics::default(),
+            fault,
+        });
+        // A node's name is durable before any gid carries it.
+        for record in new_nodes {
+            shared.persist(record).await.map_err(OpenError::LogWrite)?;
+        }
+        let core = crate::engine::core_config(
+            timeout,
+            Duration::from_millis(config.recovery.interval_ms),
+            MAX_BRANCHES,
+        );
+        let requests = Engine::start(Arc::clone(&shared), core, core_records);
+        let (ready, is_ready) = oneshot::channel();
+        let _ = requests.send(Request::Ready(ready)).await;
+        match tokio::time::timeout(READY_LIMIT, is_ready).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(OpenError::LogWrite(e)),
+            Ok(Err(_)) => return Err(OpenError::LogWrite("the engine stopped".into())),
+            Err(_) => {
+                return Err(OpenError::LogWrite(format!(
+                    "the new epoch is not durable after {READY_LIMIT:?}"
+                )))
+            }
+        }
+        let coordinator = Coordinator {
+            shared,
+            requests,
+            schema_changes: config
+                .databases
+                .iter()
+                .filter(|d| d.schema_changes)
+                .map(|d| d.name.clone())
+                .collect(),
+        };
+        for db in coordinator.shared.databases.values() {
+            if let Err(e) = db.ensure_schema().await {
+                eprintln!("concord: {e}; retried at each reconciliation");
+            }
+        }
+        Ok(Arc::new(coordinator))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.shared.node
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.state().ledger.epoch().unwrap_or(0)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn database_names(&self) -> Vec<String> {
+        self.shared.databases.values().map(|d| d.name.clone()).collect()
+    }
+
+    fn database(&self, name: &str) -> Option<(NodeId, &Arc<Database>)> {
+        self.shared.databases.iter().find(|(_, d)| d.name == name).map(|(n, d)| (*n, d))
+    }
+
+    /// Sends `request` to the engine and waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(request(reply)).await.map_err(|_| "the engine stopped".to_string())?;
+        answer.await.map_err(|_| "the engine stopped".to_string())
     }
 
     /// Starts a transaction with one branch in each named database.
@@ -389,59 +563,36 @@ impl Coordinator {
             }
             chosen.push(db);
         }
-        let txn = self.issue().await?;
         let started = Instant::now();
-        // Owns the id from here: whatever happens next, dropping it ends "running".
-        let mut transaction = Transaction { coordinator: self, txn, started, branches: Vec::new() };
-        let opened = join_all(chosen.iter().enumerate().map(|(index, db)| {
-            let index = u16::try_from(index).expect("at most MAX_BRANCHES branches");
-            let gid = Gid::new(&self.cluster, txn, index);
-            async move { db.begin(&gid).await }
+        let txn = self
+            .ask(Request::Reserve)
+            .await
+            .map_err(BeginError::Log)?
+            .map_err(BeginError::Refused)?;
+        // Owns the id from here: however it ends, the engine hears of it.
+        let mut transaction = Transaction {
+            coordinator: self,
+            txn,
+            started,
+            branches: Vec::new(),
+            handed_over: false,
+        };
+        let opened = join_all(chosen.iter().map(|(node, db)| {
+            let index = u16::try_from(node.0).expect("database nodes fit a gid's branch number");
+            let gid = Gid::new(&self.shared.cluster, txn, index);
+            async move { (*node, db.begin(&gid).await) }
         }))
         .await;
-        let mut branches = Vec::with_capacity(opened.len());
-        for branch in opened {
+        for (node, branch) in opened {
             match branch {
-                Ok(open) => branches.push(open),
+                Ok(open) => transaction.branches.push((node, open)),
                 Err(e) => {
-                    let latency = elapsed_us(started);
-                    self.metrics.record_transaction(Outcome::Aborted, latency);
+                    self.shared.metrics.record_transaction(Outcome::Aborted, elapsed_us(started));
                     return Err(BeginError::Database(e));
                 }
             }
         }
-        transaction.branches = branches;
         Ok(transaction)
-    }
-
-    async fn issue(&self) -> Result<TxnId, BeginError> {
-        let deadline = Instant::now() + EPOCH_WAIT_LIMIT;
-        loop {
-            let issued = {
-                let mut state = self.state();
-                let issued = state.clock.issue();
-                if let Issue::Txn(txn) = issued {
-                    state.running.insert(txn, now_ms());
-                }
-                issued
-            };
-            match issued {
-                Issue::Txn(txn) => return Ok(txn),
-                Issue::PersistEpoch(epoch) => {
-                    self.persist(Record::Epoch(epoch), true).await.map_err(BeginError::Log)?;
-                    self.state().clock.on_persisted(epoch);
-                }
-                // Another task is making the new epoch durable.
-                Issue::Wait if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Issue::Wait => {
-                    return Err(BeginError::Log(format!(
-                        "the new epoch is not durable after {EPOCH_WAIT_LIMIT:?}"
-                    )))
-                }
-            }
-        }
     }
 
     /// Runs `statements` in each named database as one atomic transaction. Each statement must
@@ -455,7 +606,7 @@ impl Coordinator {
                     RunError::Begin(BeginError::Invalid(format!("{name}: `{shown}`: {why}")))
                 };
                 // An unknown database is refused by `begin`, naming it.
-                if let Some(db) = self.databases.iter().find(|d| &d.name == name) {
+                if let Some((_, db)) = self.database(name) {
                     db.check_statement(sql, self.schema_changes.contains(name)).map_err(refused)?;
                 }
             }
@@ -473,86 +624,11 @@ impl Coordinator {
         Ok(transaction.commit().await?)
     }
 
-    /// Records a heuristic outcome (once per branch) and counts it.
-    async fn record_heuristic(
-        &self,
-        txn: TxnId,
-        branch: &BranchRef,
-        logged: Decision,
-        actual: Decision,
-        forced: bool,
-    ) -> Result<(), String> {
-        let known = self.state().ledger.get(txn).is_some_and(|d| {
-            d.heuristics.iter().any(|h| h.branch == *branch && h.actual == actual)
-        });
-        if known {
-            return Ok(());
-        }
-        eprintln!(
-            "concord: HEURISTIC outcome: {txn} branch {} in {} is {} but the log says {}",
-            branch.gid,
-            branch.database,
-            decision_name(actual),
-            decision_name(logged)
-        );
-        self.metrics.record_heuristic(forced);
-        let record = Record::Heuristic {
-            txn,
-            branch: branch.clone(),
-            logged,
-            actual,
-            forced,
-            at_ms: now_ms(),
-        };
-        self.persist(record, true).await?;
-        let count = self.state().ledger.heuristic_count() as u64;
-        self.metrics.set_heuristic_transactions(count);
-        Ok(())
-    }
-
-    /// After a branch of a decided transaction was found not prepared: was it finished the
-    /// decided way? Records a heuristic outcome if not. `Ok(true)`: the branch is complete.
-    async fn verify(
-        &self,
-        txn: TxnId,
-        branch: &BranchRef,
-        expected: Decision,
-    ) -> Result<bool, String> {
-        let db = self
-            .database(&branch.database)
-            .ok_or_else(|| format!("database `{}` is no longer configured", branch.database))?;
-        let actual = match db.branch_state(&branch.gid).await.map_err(|e| e.to_string())? {
-            BranchState::Prepared => return Ok(false),
-            BranchState::Committed => Decision::Commit,
-            BranchState::Absent => Decision::Abort,
-        };
-        if actual != expected {
-            self.record_heuristic(txn, branch, expected, actual, false).await?;
-        }
-        Ok(true)
-    }
-
-    /// Finishes one branch of a decided transaction the decided way. `Ok(true)`: complete.
-    async fn drive(
-        &self,
-        txn: TxnId,
-        branch: &BranchRef,
-        decision: Decision,
-        prepared: PreparedBranch,
-    ) -> Result<bool, String> {
-        let db = self
-            .database(&branch.database)
-            .ok_or_else(|| format!("database `{}` is no longer configured", branch.database))?;
-        match db.finish(prepared, decision).await.map_err(|e| e.to_string())? {
-            Finish::Done => Ok(true),
-            Finish::NotPrepared => self.verify(txn, branch, decision).await,
-        }
-    }
-
-    /// One reconciliation pass. `dry_run`: plan only.
+    /// One reconciliation pass: every prepared branch of ours the databases list is an
+    /// inquiry; the core's answer is carried out. `dry_run`: plan only.
     pub async fn reconcile(&self, dry_run: bool) -> RecoveryReport {
         let mut report = RecoveryReport { dry_run, ..RecoveryReport::default() };
-        let listings = join_all(self.databases.iter().map(|db| async move {
+        let listings = join_all(self.shared.databases.values().map(|db| async move {
             if !dry_run {
                 // A database that was down at start gets its marker table now.
                 let _ = db.ensure_schema().await;
@@ -562,14 +638,12 @@ impl Coordinator {
         .await;
         let now = now_ms();
         let mut listed = Vec::new();
-        let mut listed_databases = HashSet::new();
         let mut ages: HashMap<String, Option<u64>> = HashMap::new();
         let mut up = BTreeMap::new();
         for (db, listing) in listings {
             up.insert(db.name.clone(), listing.is_ok());
             match listing {
                 Ok(branches) => {
-                    listed_databases.insert(db.name.clone());
                     for b in branches {
                         ages.insert(b.gid.clone(), b.age_ms);
                         listed.push(Listed { database: db.name.clone(), gid: b.gid });
@@ -578,114 +652,84 @@ impl Coordinator {
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
-        let actions = {
+        if !dry_run {
             let mut state = self.state();
-            if !dry_run {
-                let still: HashSet<&str> = listed.iter().map(|l| l.gid.as_str()).collect();
-                state.first_seen.retain(|gid, _| still.contains(gid.as_str()));
-                for l in &listed {
-                    state.first_seen.entry(l.gid.clone()).or_insert(now);
-                }
+            let still: HashSet<&str> = listed.iter().map(|l| l.gid.as_str()).collect();
+            state.first_seen.retain(|gid, _| still.contains(gid.as_str()));
+            for l in &listed {
+                state.first_seen.entry(l.gid.clone()).or_insert(now);
             }
-            let running: HashSet<TxnId> = state.running.keys().copied().collect();
-            let know = Knowledge {
-                node: self.node,
-                cluster: &self.cluster,
-                epoch: state.clock.epoch(),
-                ledger: &state.ledger,
-                running: &running,
-                listed_databases: &listed_databases,
-            };
-            let actions = plan(&know, &listed, &state.first_seen, now, self.grace_ms);
-            if !dry_run {
-                self.update_gauges(&state, &listed, &ages, up, now);
+            self.update_gauges(&state, &listed, &ages, up, now);
+        }
+        let actions = match self.ask(|reply| Request::Plan { listed, reply }).await {
+            Ok(actions) => actions,
+            Err(e) => {
+                report.errors.push(e);
+                return report;
             }
-            actions
         };
-        // Per decided transaction: did every branch this pass looked at complete?
-        let mut complete: BTreeMap<TxnId, bool> = BTreeMap::new();
         for action in &actions {
             let txn = action.txn().map(|t| t.to_string());
-            if dry_run {
-                if !matches!(action, Action::Leave { .. }) {
-                    report.actions.push(ActionReport {
-                        txn,
-                        action: action.to_string(),
-                        result: "would do".into(),
-                    });
+            let (txn_id, node, branch, decision) = match action {
+                Action::Leave { .. } => continue,
+                Action::Commit { txn, node, branch, .. } => (*txn, *node, branch, Decision::Commit),
+                Action::Rollback { txn, node, branch, .. } => {
+                    (*txn, *node, branch, Decision::Abort)
                 }
+            };
+            if dry_run {
+                report.actions.push(ActionReport {
+                    txn,
+                    action: action.to_string(),
+                    result: "would do".into(),
+                });
                 continue;
             }
-            let result = match action {
-                Action::Leave { .. } => continue,
-                Action::Commit { txn, branch, .. } | Action::Rollback { txn, branch, .. } => {
-                    let commit = matches!(action, Action::Commit { .. });
-                    let decision = if commit { Decision::Commit } else { Decision::Abort };
-                    let decided = self.state().ledger.get(*txn).is_some();
-                    let result = if decided {
-                        self.drive(*txn, branch, decision, PreparedBranch::named(&branch.gid)).await
-                    } else {
-                        // Presumed abort: no decision, so "not prepared" needs no checking.
-                        let db = self
-                            .database(&branch.database)
-                            .expect("listed by a configured database");
-                        db.finish(PreparedBranch::named(&branch.gid), Decision::Abort)
-                            .await
-                            .map(|_| true)
-                            .map_err(|e| e.to_string())
-                    };
-                    if result.is_ok() {
-                        self.metrics.record_recovery(commit);
-                    }
-                    if decided {
-                        let entry = complete.entry(*txn).or_insert(true);
-                        *entry &= result.as_ref().is_ok_and(|done| *done);
-                    }
-                    result
-                }
-                Action::Verify { txn, branch, expected } => {
-                    let result = self.verify(*txn, branch, *expected).await;
-                    let entry = complete.entry(*txn).or_insert(true);
-                    *entry &= result.as_ref().is_ok_and(|done| *done);
-                    result
-                }
-            };
-            let result = match result {
-                Ok(true) => "done".to_string(),
-                Ok(false) => "still prepared; next pass".to_string(),
-                Err(e) => format!("failed: {e}"),
-            };
+            let result = self.carry_out(txn_id, node, branch, decision).await;
             report.actions.push(ActionReport { txn, action: action.to_string(), result });
         }
         if !dry_run {
-            for (txn, done) in complete {
-                let covers_all = {
-                    let state = self.state();
-                    state.ledger.get(txn).is_some_and(|d| !d.finished)
-                        && Self::all_branches_seen(&state.ledger, txn, &actions)
-                };
-                if done && covers_all {
-                    if let Err(e) = self.persist(Record::Finished { txn }, false).await {
-                        report.errors.push(format!("log: {e}"));
-                    }
-                }
-            }
             self.forget_markers_if_due().await;
         }
         report
     }
 
-    /// Whether this pass acted on or verified every branch of `txn`.
-    fn all_branches_seen(ledger: &Ledger, txn: TxnId, actions: &[Action]) -> bool {
-        let Some(decided) = ledger.get(txn) else { return false };
-        decided.branches.iter().all(|b| {
-            actions.iter().any(|a| match a {
-                Action::Commit { branch, .. }
-                | Action::Rollback { branch, .. }
-                | Action::Verify { branch, .. } => branch.gid == b.gid,
-                Action::Leave { .. } => false,
-            })
-        })
+    /// Finishes a listed branch the way the core answered, through the database that listed it.
+    async fn carry_out(
+        &self,
+        txn: TxnId,
+        node: NodeId,
+        branch: &BranchRef,
+        decision: Decision,
+    ) -> String {
+        let Some((listed_node, db)) = self.database(&branch.database) else {
+            return format!("failed: database `{}` is not configured", branch.database);
+        };
+        let finished = db.finish(PreparedBranch::named(&branch.gid), decision).await;
+        let completion = match finished {
+            Ok(Finish::Done) => Completion::Done,
+            // Not prepared any more: whoever finished it, its own database's marker tells how.
+            Ok(Finish::NotPrepared) if listed_node == node => {
+                self.shared
+                    .complete_branch(txn, node, PreparedBranch::named(&branch.gid), decision)
+                    .await
+            }
+            Ok(Finish::NotPrepared) => Completion::Done,
+            Err(e) => Completion::Failed(e.to_string()),
+        };
+        let done = matches!(completion, Completion::Done | Completion::Heuristic(_));
+        if done {
+            self.shared.metrics.record_recovery(decision == Decision::Commit);
+            if decision == Decision::Commit {
+                let _ = self.requests.send(Request::Acked { txn, node }).await;
+            }
+        }
+        match completion {
+            Completion::Done => "done".into(),
+            Completion::Heuristic(_) => "done (heuristic outcome recorded)".into(),
+            Completion::StillPrepared => "still prepared; next pass".into(),
+            Completion::Failed(e) => format!("failed: {e}"),
+        }
     }
 
     fn update_gauges(
@@ -697,11 +741,11 @@ impl Coordinator {
         now: u64,
     ) {
         let mut prepared: BTreeMap<String, (u64, f64)> =
-            self.databases.iter().map(|d| (d.name.clone(), (0, 0.0))).collect();
+            self.shared.databases.values().map(|d| (d.name.clone(), (0, 0.0))).collect();
         let mut in_doubt: HashSet<TxnId> = state.ledger.unfinished().map(|(t, _)| t).collect();
         for l in listed {
             let Some(gid) = Gid::parse(&l.gid) else { continue };
-            if gid.cluster != self.cluster || gid.txn.coordinator != self.node {
+            if gid.cluster != self.shared.cluster || gid.txn.coordinator != self.shared.node {
                 continue;
             }
             in_doubt.insert(gid.txn);
@@ -714,7 +758,7 @@ impl Coordinator {
             let age_s = age_ms as f64 / 1000.0;
             entry.1 = entry.1.max(age_s);
         }
-        self.metrics.set_gauges(Gauges {
+        self.shared.metrics.set_gauges(Gauges {
             prepared,
             in_doubt_transactions: in_doubt.len() as u64,
             heuristic_transactions: state.ledger.heuristic_count() as u64,
@@ -738,18 +782,18 @@ impl Coordinator {
             keep.extend(state.first_seen.keys().cloned());
             keep
         };
-        for db in &self.databases {
+        for db in self.shared.databases.values() {
             if let Err(e) = db.forget_markers(&keep, MARKER_RETENTION_S).await {
                 eprintln!("concord: {e}");
             }
         }
     }
-
     /// Lists every database's prepared branches that belong to this coordinator, by transaction.
     async fn own_prepared(&self) -> (BTreeMap<TxnId, Vec<BranchView>>, Vec<String>) {
-        let listings =
-            join_all(self.databases.iter().map(|db| async move { (db, db.list_prepared().await) }))
-                .await;
+        let listings = join_all(
+            self.shared.databases.values().map(|db| async move { (db, db.list_prepared().await) }),
+        )
+        .await;
         let mut by_txn: BTreeMap<TxnId, Vec<BranchView>> = BTreeMap::new();
         let mut errors = Vec::new();
         let first_seen = self.state().first_seen.clone();
@@ -760,8 +804,8 @@ impl Coordinator {
                 Ok(branches) => {
                     for b in branches {
                         let Some(gid) = Gid::parse(&b.gid) else { continue };
-                        if gid.cluster != self.cluster
-                            || gid.txn.coordinator != self.node
+                        if gid.cluster != self.shared.cluster
+                            || gid.txn.coordinator != self.shared.node
                             || !seen_gids.insert(b.gid.clone())
                         {
                             continue;
@@ -835,7 +879,8 @@ impl Coordinator {
             None => ("aborted".to_string(), None, None, Vec::new()),
         };
         let reason = (label == "undecided").then(|| {
-            "no decision logged: presumed abort; reconciliation rolls it back (older epoch at once, this epoch after the grace period)".to_string()
+            "no decision logged: presumed abort; reconciliation rolls it back at its next pass"
+                .to_string()
         });
         TxnView {
             txn: txn.to_string(),
@@ -882,7 +927,7 @@ impl Coordinator {
                 continue;
             }
             match self.database(&branch.database) {
-                Some(db) => match db.branch_state(&branch.gid).await {
+                Some((_, db)) => match db.branch_state(&branch.gid).await {
                     Ok(state) => branch.state = state.name().into(),
                     Err(e) => {
                         branch.state = "unknown".into();
@@ -892,24 +937,35 @@ impl Coordinator {
                 None => branch.state = "unknown".into(),
             }
         }
+        // Every branch committed in its database: whatever acknowledgement is still on its
+        // way, the transaction is committed.
+        if view.state == "committing"
+            && !view.branches.is_empty()
+            && view.branches.iter().all(|b| b.state == "committed")
+        {
+            view.state = "committed".into();
+        }
         view
     }
 
-    /// An operator's decision for an in-doubt transaction. Refuses to contradict the log
-    /// (a logged decision, or presumed abort) unless `force`, which records a heuristic outcome
-    /// on every branch it finishes the other way.
+    /// An operator's decision for an in-doubt transaction. The log's word is the ledger's
+    /// decision or, with none, the core's answer (presumed abort). Refuses to contradict it
+    /// unless `force`, which records a heuristic outcome on every branch it finishes the other
+    /// way; refuses a transaction still undecided (running).
     pub async fn resolve(
         &self,
         txn: TxnId,
         requested: Decision,
         force: bool,
     ) -> Result<Vec<ActionReport>, ResolveError> {
-        if txn.coordinator != self.node {
+        if txn.coordinator != self.shared.node {
             return Err(ResolveError::NotOurs(txn));
         }
-        if self.state().running.contains_key(&txn) {
-            return Err(ResolveError::Running(txn));
-        }
+        let answer = self
+            .ask(|reply| Request::Answer { txn, reply })
+            .await
+            .map_err(ResolveError::Stopped)?;
+        let Some(answer) = answer else { return Err(ResolveError::Running(txn)) };
         let (prepared, _) = self.own_prepared().await;
         let prepared: Vec<BranchRef> = prepared
             .get(&txn)
@@ -924,7 +980,7 @@ impl Coordinator {
         if logged.is_none() && prepared.is_empty() {
             return Err(ResolveError::Unknown(txn));
         }
-        let effective = logged.as_ref().map_or(Decision::Abort, |(d, _, _)| *d);
+        let effective = logged.as_ref().map_or(answer, |(d, _, _)| *d);
         if requested != effective && !force {
             return Err(ResolveError::Contradicts {
                 txn,
@@ -933,32 +989,35 @@ impl Coordinator {
                 requested,
             });
         }
+        let node_of =
+            |b: &BranchRef| Gid::parse(&b.gid).map_or(NodeId(0), |g| NodeId(u32::from(g.branch)));
         if logged.is_none() && requested == Decision::Abort {
-            let record = Record::Decided {
+            let record = Record::OperatorAborted {
                 txn,
-                decision: Decision::Abort,
-                source: DecisionSource::Operator,
                 at_ms: now_ms(),
-                branches: prepared.clone(),
+                branches: prepared.iter().map(node_of).collect(),
             };
-            self.persist(record, true).await.map_err(ResolveError::Log)?;
+            self.shared.persist(record).await.map_err(ResolveError::Log)?;
         }
         let mut reports = Vec::new();
-        let mut all_done = true;
         for branch in &prepared {
-            let db = self.database(&branch.database).expect("listed by a configured database");
+            let (_, db) = self.database(&branch.database).expect("listed by a configured database");
+            let node = node_of(branch);
             let result = match db.finish(PreparedBranch::named(&branch.gid), requested).await {
                 Ok(Finish::Done) if requested != effective => self
-                    .record_heuristic(txn, branch, effective, requested, true)
+                    .shared
+                    .record_heuristic(txn, node, effective, requested, true)
                     .await
                     .map(|()| "done (recorded as a heuristic outcome)".to_string())
                     .map_err(ResolveError::Log)?,
-                Ok(Finish::Done) => "done".to_string(),
-                Ok(Finish::NotPrepared) => "no longer prepared".to_string(),
-                Err(e) => {
-                    all_done = false;
-                    format!("failed: {e}")
+                Ok(Finish::Done) => {
+                    if requested == Decision::Commit {
+                        let _ = self.requests.send(Request::Acked { txn, node }).await;
+                    }
+                    "done".to_string()
                 }
+                Ok(Finish::NotPrepared) => "no longer prepared".to_string(),
+                Err(e) => format!("failed: {e}"),
             };
             let verb = if requested == Decision::Commit { "commit" } else { "rollback" };
             reports.push(ActionReport {
@@ -967,19 +1026,20 @@ impl Coordinator {
                 result,
             });
         }
-        // Branches the log names that were not prepared: check how they ended.
+        // Branches of a logged decision that are not prepared any more: check how they ended.
         if let Some((decision, branches, false)) = &logged {
             for branch in branches.iter().filter(|b| !prepared.contains(b)) {
-                let result = match self.verify(txn, branch, *decision).await {
-                    Ok(true) => "verified".to_string(),
-                    Ok(false) => {
-                        all_done = false;
-                        "still prepared".to_string()
+                let node = node_of(branch);
+                let named = PreparedBranch::named(&branch.gid);
+                let result = match self.shared.complete_branch(txn, node, named, *decision).await {
+                    Completion::Done | Completion::Heuristic(_) => {
+                        if *decision == Decision::Commit {
+                            let _ = self.requests.send(Request::Acked { txn, node }).await;
+                        }
+                        "verified".to_string()
                     }
-                    Err(e) => {
-                        all_done = false;
-                        format!("failed: {e}")
-                    }
+                    Completion::StillPrepared => "still prepared".to_string(),
+                    Completion::Failed(e) => format!("failed: {e}"),
                 };
                 reports.push(ActionReport {
                     txn: Some(txn.to_string()),
@@ -987,10 +1047,6 @@ impl Coordinator {
                     result,
                 });
             }
-        }
-        let unfinished = self.state().ledger.get(txn).is_some_and(|d| !d.finished);
-        if all_done && unfinished {
-            self.persist(Record::Finished { txn }, false).await.map_err(ResolveError::Log)?;
         }
         Ok(reports)
     }
@@ -1029,25 +1085,30 @@ pub struct Transaction<'c> {
     coordinator: &'c Coordinator,
     txn: TxnId,
     started: Instant,
-    branches: Vec<OpenBranch<'c>>,
+    branches: Vec<(NodeId, OpenBranch)>,
+    /// The engine has the transaction (commit): it ends it.
+    handed_over: bool,
 }
 
 impl Drop for Transaction<'_> {
-    /// However the transaction ends (commit, abort, or dropped midway), it is no longer
-    /// running; dropped open branches roll back with their connections.
+    /// Ended before commit (aborted, or dropped midway): the reserved id will not run. Dropped
+    /// open branches roll back with their connections.
     fn drop(&mut self) {
-        self.coordinator.state().running.remove(&self.txn);
+        if !self.handed_over {
+            // A full queue drops the release: the core forgets its oldest reservations anyway.
+            let _ = self.coordinator.requests.try_send(Request::Release(self.txn));
+        }
     }
 }
 
-impl<'c> Transaction<'c> {
+impl Transaction<'_> {
     pub fn id(&self) -> TxnId {
         self.txn
     }
 
     /// The open branch in `database`, to run statements on.
-    pub fn branch(&mut self, database: &str) -> Option<&mut OpenBranch<'c>> {
-        self.branches.iter_mut().find(|b| b.database().name == database)
+    pub fn branch(&mut self, database: &str) -> Option<&mut OpenBranch> {
+        self.branches.iter_mut().map(|(_, b)| b).find(|b| b.database().name == database)
     }
 
     /// Abandons every branch before prepare.
@@ -1055,7 +1116,7 @@ impl<'c> Transaction<'c> {
         let branches = std::mem::take(&mut self.branches);
         let views = branches
             .into_iter()
-            .map(|b| {
+            .map(|(_, b)| {
                 let view = BranchView {
                     database: b.database().name.clone(),
                     gid: b.gid().to_string(),
@@ -1067,7 +1128,10 @@ impl<'c> Transaction<'c> {
                 view
             })
             .collect();
-        self.coordinator.metrics.record_transaction(Outcome::Aborted, elapsed_us(self.started));
+        self.coordinator
+            .shared
+            .metrics
+            .record_transaction(Outcome::Aborted, elapsed_us(self.started));
         TxnView {
             txn: self.txn.to_string(),
             state: "aborted".into(),
@@ -1079,115 +1143,60 @@ impl<'c> Transaction<'c> {
         }
     }
 
-    /// Prepares every branch, decides, and completes. The answer is the decision; a branch
-    /// that could not be completed now is completed by reconciliation.
+    /// Hands the branches to the 2PC core, which prepares them (or commits the only one in one
+    /// phase), decides and completes. The answer is the decision once every branch has
+    /// settled; a branch that could not be completed now is completed by the core's resends.
     pub async fn commit(mut self) -> Result<TxnView, OutcomeUnknown> {
         let c = self.coordinator;
         let txn = self.txn;
         let branches = std::mem::take(&mut self.branches);
-        let refs: Vec<BranchRef> = branches
+        let names: BTreeMap<NodeId, (String, String)> = branches
             .iter()
-            .map(|b| BranchRef { database: b.database().name.clone(), gid: b.gid().to_string() })
+            .map(|(node, b)| (*node, (b.database().name.clone(), b.gid().to_string())))
             .collect();
-        let votes = join_all(branches.into_iter().map(OpenBranch::prepare)).await;
-        c.pause(FaultPoint::AfterPrepare, txn).await;
-        let no = votes.iter().zip(&refs).find_map(|(v, r)| match v {
-            Vote::No(reason) => Some(format!("{} voted NO: {reason}", r.database)),
-            Vote::Yes(_) => None,
-        });
-        if let Some(reason) = no {
-            return Ok(self.roll_back(refs, votes, reason).await);
-        }
-        let record = Record::Decided {
-            txn,
-            decision: Decision::Commit,
-            source: DecisionSource::Protocol,
-            at_ms: now_ms(),
-            branches: refs.clone(),
+        self.handed_over = true;
+        let answer = c.ask(|reply| Request::Commit { txn, branches, reply }).await;
+        let settled: Settled = match answer {
+            Ok(Ok(settled)) => settled,
+            Ok(Err(reason)) | Err(reason) => {
+                c.shared.metrics.record_transaction(Outcome::Unknown, elapsed_us(self.started));
+                return Err(OutcomeUnknown { txn, reason });
+            }
         };
-        if let Err(reason) = c.persist(record, true).await {
-            c.metrics.record_transaction(Outcome::Unknown, elapsed_us(self.started));
-            return Err(OutcomeUnknown { txn, reason });
-        }
-        c.pause(FaultPoint::AfterDecision, txn).await;
-        let results = join_all(votes.into_iter().zip(&refs).map(|(vote, branch)| async move {
-            let Vote::Yes(prepared) = vote else { unreachable!("every vote is YES here") };
-            c.drive(txn, branch, Decision::Commit, prepared).await
-        }))
-        .await;
-        let mut views = Vec::with_capacity(refs.len());
-        let mut all_done = true;
-        for (branch, result) in refs.iter().zip(results) {
-            let (state, detail) = match result {
-                Ok(true) => ("committed", None),
-                Ok(false) => {
-                    ("prepared", Some("still prepared; reconciliation completes it".to_string()))
-                }
-                Err(e) => ("prepared", Some(format!("{e}; reconciliation completes it"))),
-            };
-            all_done &= state == "committed";
-            views.push(BranchView {
-                database: branch.database.clone(),
-                gid: branch.gid.clone(),
-                state: state.into(),
-                age_ms: None,
-                detail,
-            });
-        }
-        if all_done {
-            // Lazy: if lost, reconciliation finds the branches done and writes it again.
-            let _ = c.persist(Record::Finished { txn }, false).await;
-        }
-        c.metrics.record_transaction(Outcome::Committed, elapsed_us(self.started));
+        let outcome = match settled.decision {
+            Decision::Commit => Outcome::Committed,
+            Decision::Abort => Outcome::Aborted,
+        };
+        c.shared.metrics.record_transaction(outcome, elapsed_us(self.started));
         let mut view = {
             let state = c.state();
             Coordinator::view_of(&state, txn, &[], now_ms())
         };
-        // The ledger's branches are `refs`, in order; show what completing them found.
-        view.branches = views;
-        if view.heuristics.is_empty() {
-            view.state = "committed".into();
-        }
-        Ok(view)
-    }
-
-    async fn roll_back(&self, refs: Vec<BranchRef>, votes: Vec<Vote>, reason: String) -> TxnView {
-        let c = self.coordinator;
-        let results = join_all(votes.into_iter().zip(&refs).map(|(vote, branch)| async move {
-            let db = c.database(&branch.database).expect("branches name configured databases");
-            // A NO voter's PREPARE may still have reached the database: roll back by name too.
-            let prepared = match vote {
-                Vote::Yes(prepared) => prepared,
-                Vote::No(_) => PreparedBranch::named(&branch.gid),
-            };
-            db.finish(prepared, Decision::Abort).await
-        }))
-        .await;
-        let branches = refs
+        view.branches = settled
+            .branches
             .into_iter()
-            .zip(results)
-            .map(|(branch, result)| {
-                let detail = result
-                    .err()
-                    .map(|e| format!("{e}; reconciliation rolls it back after the grace period"));
+            .map(|end| {
+                let (database, gid) = names.get(&end.node).cloned().unwrap_or_default();
                 BranchView {
-                    database: branch.database,
-                    gid: branch.gid,
-                    state: "rolled-back".into(),
+                    database,
+                    gid,
+                    state: end.state.into(),
                     age_ms: None,
-                    detail,
+                    detail: end.detail,
                 }
             })
             .collect();
-        c.metrics.record_transaction(Outcome::Aborted, elapsed_us(self.started));
-        TxnView {
-            txn: self.txn.to_string(),
-            state: "aborted".into(),
-            decided_by: Some("protocol".into()),
-            age_ms: None,
-            reason: Some(reason),
-            branches,
-            heuristics: Vec::new(),
+        if view.heuristics.is_empty() {
+            view.state = match settled.decision {
+                Decision::Commit => "committed",
+                Decision::Abort => "aborted",
+            }
+            .into();
+            if settled.decision == Decision::Abort {
+                view.decided_by = Some("protocol".into());
+            }
         }
+        view.reason = settled.reason;
+        Ok(view)
     }
 }

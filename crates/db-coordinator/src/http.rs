@@ -198,7 +198,9 @@ async fn route(
                 Err(e @ (ResolveError::NotOurs(_) | ResolveError::Unknown(_))) => {
                     error(404, &e.to_string())
                 }
-                Err(e @ ResolveError::Log(_)) => error(500, &e.to_string()),
+                Err(e @ (ResolveError::Log(_) | ResolveError::Stopped(_))) => {
+                    error(500, &e.to_string())
+                }
             }
         }
         ("POST", ["v1", "recover"]) => {

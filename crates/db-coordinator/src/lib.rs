@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod coordinator;
+mod engine;
 pub mod http;
 pub mod log;
 pub mod metrics;

@@ -1,8 +1,10 @@
-//! A PostgreSQL branch votes YES only when `PREPARE TRANSACTION` really prepared it. The
-//! statement reports success in two cases where it prepares nothing the application did: the
-//! transaction had already failed (an error the application swallowed), and no transaction is
-//! open any more (the application ended it on the branch's connection). Both must vote NO and
-//! leave nothing prepared. Needs PostgreSQL on its standard loopback port
+//! A PostgreSQL branch votes YES only when `PREPARE TRANSACTION` really prepared it, and a
+//! one-phase commit reports COMMIT only when `COMMIT` really committed it. Both statements
+//! report success in two cases where nothing the application did is kept: the transaction had
+//! already failed (an error the application swallowed), and no transaction is open any more (the
+//! application ended it on the branch's connection). Both must end the transaction aborted and
+//! leave nothing prepared — on the one-phase path (one database) and on the two-phase path (a
+//! second, read-only branch makes it two). Needs PostgreSQL on its standard loopback port
 //! (`scripts/setup-databases.sh`, run here); without it the tests skip loudly, except under
 //! `CI=true`, where they fail.
 
@@ -27,7 +29,8 @@ fn unique(test: &str) -> String {
 async fn coordinator(dir: &std::path::Path, cluster: &str) -> std::sync::Arc<Coordinator> {
     let config = DatabasesConfig::parse(&format!(
         "cluster = \"{cluster}\"\nnode_id = 1\nlisten = \"127.0.0.1:7899\"\n\
-         [[database]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{URL}\"\n"
+         [[database]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{URL}\"\n\
+         [[database]]\nname = \"pg2\"\nkind = \"postgres\"\nurl = \"{URL}\"\n"
     ))
     .expect("a valid config");
     Coordinator::open(&config, dir, None).await.expect("the coordinator opens")
@@ -39,15 +42,21 @@ async fn psql(sql: &str) -> Vec<tokio_postgres::Row> {
     client.query(sql, &[]).await.expect(sql)
 }
 
-/// Runs `misuse` on a branch that inserted a row into a fresh table, commits through Concord,
-/// and returns the outcome's state and reason, checking that no branch is left prepared.
-async fn commit_after(test: &str, misuse: &str) -> (String, String, i64) {
+/// Runs `misuse` on a branch that inserted a row into a fresh table, commits through Concord
+/// (with `two_phase`, beside a second branch that only reads), and returns the outcome's state
+/// and reason, checking that no branch is left prepared.
+async fn commit_after(test: &str, misuse: &str, two_phase: bool) -> (String, String, i64) {
     let table = unique(test);
     psql(&format!("CREATE TABLE {table} (id int PRIMARY KEY)")).await;
     let dir = std::env::temp_dir().join(unique("concord-prepare-pg"));
-    let cluster = format!("{}{}", &test[..3], std::process::id() % 100_000);
+    let cluster = format!("{}{}{}", &test[..3], u8::from(two_phase), std::process::id() % 100_000);
     let coordinator = coordinator(&dir, &cluster).await;
-    let mut txn = coordinator.begin(&["pg"]).await.expect("begin");
+    let databases: &[&str] = if two_phase { &["pg", "pg2"] } else { &["pg"] };
+    let mut txn = coordinator.begin(databases).await.expect("begin");
+    if two_phase {
+        let reader = txn.branch("pg2").expect("the second branch");
+        reader.execute("SELECT 1").await.expect("a read");
+    }
     let branch = txn.branch("pg").expect("the branch");
     branch.execute(&format!("INSERT INTO {table} VALUES (1)")).await.expect("insert");
     // The application's mistake: an error it ignores, or a statement that ends the transaction.
@@ -62,6 +71,10 @@ async fn commit_after(test: &str, misuse: &str) -> (String, String, i64) {
     psql(&format!("DROP TABLE {table}")).await;
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(prepared, 0, "nothing may be left prepared: {view:?}");
+    if two_phase && view.state == "committed" {
+        let reader = view.branches.iter().find(|b| b.database == "pg2").expect("pg2");
+        assert_eq!(reader.state, "read-only", "{view:?}");
+    }
     (view.state, view.reason.unwrap_or_default(), rows)
 }
 
@@ -70,8 +83,10 @@ async fn a_healthy_branch_commits() {
     if !postgres_ready() {
         return;
     }
-    let (state, reason, rows) = commit_after("healthy", "SELECT 1").await;
-    assert_eq!((state.as_str(), rows), ("committed", 1), "{reason}");
+    for two_phase in [false, true] {
+        let (state, reason, rows) = commit_after("healthy", "SELECT 1", two_phase).await;
+        assert_eq!((state.as_str(), rows), ("committed", 1), "{reason}");
+    }
 }
 
 #[tokio::test]
@@ -79,10 +94,12 @@ async fn a_branch_whose_transaction_failed_votes_no() {
     if !postgres_ready() {
         return;
     }
-    let (state, reason, rows) = commit_after("failed", "SELECT 1/0").await;
-    assert_eq!(state, "aborted");
-    assert!(reason.contains("current transaction is aborted"), "{reason}");
-    assert_eq!(rows, 0, "the failed transaction's insert is rolled back");
+    for two_phase in [false, true] {
+        let (state, reason, rows) = commit_after("failed", "SELECT 1/0", two_phase).await;
+        assert_eq!(state, "aborted");
+        assert!(reason.contains("current transaction is aborted"), "{reason}");
+        assert_eq!(rows, 0, "the failed transaction's insert is rolled back");
+    }
 }
 
 #[tokio::test]
@@ -90,10 +107,12 @@ async fn a_branch_whose_transaction_was_ended_outside_concord_votes_no() {
     if !postgres_ready() {
         return;
     }
-    let (state, reason, rows) = commit_after("ended", "COMMIT").await;
-    assert_eq!(state, "aborted");
-    assert!(reason.contains("no transaction is open"), "{reason}");
-    // The application committed its insert itself, outside the protocol: Concord cannot undo
-    // that, but it must not report the branch prepared.
-    assert_eq!(rows, 1);
+    for two_phase in [false, true] {
+        let (state, reason, rows) = commit_after("ended", "COMMIT", two_phase).await;
+        assert_eq!(state, "aborted");
+        assert!(reason.contains("no transaction is open"), "{reason}");
+        // The application committed its insert itself, outside the protocol: Concord cannot
+        // undo that, but it must not report the branch prepared.
+        assert_eq!(rows, 1);
+    }
 }

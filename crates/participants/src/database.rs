@@ -15,7 +15,7 @@
 //! Every call is bounded by the configured statement timeout.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_types::Decision;
@@ -35,7 +35,7 @@ pub enum DbError {
 }
 
 /// An error with its causes: tokio-postgres says only "db error" at the top level.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -50,6 +50,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[derive(Debug)]
 pub enum Vote {
     Yes(PreparedBranch),
+    /// The branch wrote nothing: its transaction was ended, nothing is prepared, and it needs
+    /// no decision.
+    ReadOnly,
     /// The branch is not prepared (a statement failed, the database refused, the connection was
     /// lost). It may still have reached the database as prepared if the connection broke during
     /// PREPARE, so an aborting coordinator rolls back every gid it tried.
@@ -68,6 +71,17 @@ impl PreparedBranch {
     pub fn named(gid: &str) -> PreparedBranch {
         PreparedBranch { gid: gid.to_string(), connection: None }
     }
+}
+
+/// What a one-phase commit (no PREPARE: the transaction's only branch) came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnePhase {
+    Committed,
+    /// Nothing of the branch is applied (the database refused, or rolled back).
+    RolledBack(String),
+    /// The connection failed or timed out during the commit: the marker row will tell, once
+    /// the database has settled ([`Database::settle_one_phase`]).
+    Unknown(String),
 }
 
 /// What COMMIT PREPARED / ROLLBACK PREPARED found.
@@ -249,8 +263,8 @@ impl Database {
     }
 
     /// Opens branch `gid`: a local transaction (MariaDB: with the marker row written;
-    /// PostgreSQL writes it with the prepare).
-    pub async fn begin(&self, gid: &Gid) -> Result<OpenBranch<'_>, DbError> {
+    /// PostgreSQL writes it with the prepare or the one-phase commit).
+    pub async fn begin(self: &Arc<Self>, gid: &Gid) -> Result<OpenBranch, DbError> {
         let gid = gid.to_string();
         let mut connection = self.connection().await?;
         match &mut connection {
@@ -258,7 +272,23 @@ impl Database {
             Connection::Mariadb(conn) => mariadb::begin(self, conn, &gid).await?,
             Connection::Redis(_) => {} // writes are staged until the prepare
         }
-        Ok(OpenBranch { database: self, gid, connection })
+        Ok(OpenBranch { database: Arc::clone(self), gid, connection, may_be_read_only: true })
+    }
+
+    /// The outcome of a one-phase commit whose answer was lost: waits out twice the statement
+    /// timeout (a commit the database had received by the time the connection was dropped has
+    /// landed by then), then reads the branch's marker. A branch found prepared (Redis, whose
+    /// one-phase commit is a prepare and a commit) is rolled back: nobody has decided it.
+    pub async fn settle_one_phase(&self, gid: &str) -> Result<Decision, DbError> {
+        tokio::time::sleep(self.timeout * 2).await;
+        match self.branch_state(gid).await? {
+            BranchState::Committed => Ok(Decision::Commit),
+            BranchState::Absent => Ok(Decision::Abort),
+            BranchState::Prepared => {
+                self.finish(PreparedBranch::named(gid), Decision::Abort).await?;
+                Ok(Decision::Abort)
+            }
+        }
     }
 
     /// Commits or rolls back a prepared branch, on the connection that prepared it if the
@@ -342,68 +372,150 @@ impl Database {
 
 /// A branch between `begin` and `prepare`: run the application's statements on it.
 #[derive(Debug)]
-pub struct OpenBranch<'a> {
-    database: &'a Database,
+pub struct OpenBranch {
+    database: Arc<Database>,
     gid: String,
     connection: Connection,
+    /// No statement that may write has run (only reads through [`OpenBranch::execute`], and
+    /// the raw connection never handed out). The database itself has the last word at prepare.
+    may_be_read_only: bool,
 }
 
-impl OpenBranch<'_> {
+/// A statement that only reads, as far as its text says (a function it calls may still write:
+/// the database is asked before a branch is treated as read-only).
+fn reads_only(sql: &str) -> bool {
+    let text = sql.trim_start().to_ascii_lowercase();
+    text.starts_with("select") && !text.contains(" into ")
+}
+
+impl OpenBranch {
     pub fn gid(&self) -> &str {
         &self.gid
     }
 
     pub fn database(&self) -> &Database {
-        self.database
+        &self.database
+    }
+
+    /// Whether nothing run on the branch so far may have written (see the field).
+    pub fn may_be_read_only(&self) -> bool {
+        self.may_be_read_only
     }
 
     /// Runs one statement; returns the rows it affected.
     pub async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
+        let database = &*self.database;
         match &mut self.connection {
             Connection::Postgres(client) => {
-                self.database.bounded("statement", client.execute(sql, &[])).await
+                self.may_be_read_only &= reads_only(sql);
+                database.bounded("statement", client.execute(sql, &[])).await
             }
-            Connection::Mariadb(conn) => mariadb::execute(self.database, conn, sql).await,
+            Connection::Mariadb(conn) => {
+                self.may_be_read_only &= reads_only(sql);
+                mariadb::execute(database, conn, sql).await
+            }
             Connection::Redis(redis) => {
                 let op = redis::parse(sql).map_err(|reason| DbError::Failed {
-                    database: self.database.name.clone(),
+                    database: database.name.clone(),
                     what: "statement",
                     reason,
                 })?;
+                self.may_be_read_only = false;
                 redis.staged.push(op);
                 Ok(1)
             }
         }
     }
 
-    /// The PostgreSQL connection, for statements with parameters or queries.
-    pub fn postgres(&self) -> Option<&tokio_postgres::Client> {
+    /// The PostgreSQL connection, for statements with parameters or queries. What runs on it is
+    /// not seen, so the branch is no longer taken as read-only.
+    pub fn postgres(&mut self) -> Option<&tokio_postgres::Client> {
         match &self.connection {
-            Connection::Postgres(client) => Some(client),
+            Connection::Postgres(client) => {
+                self.may_be_read_only = false;
+                Some(client)
+            }
             Connection::Mariadb(_) | Connection::Redis(_) => None,
         }
     }
 
-    /// The MariaDB/MySQL connection, for statements with parameters or queries.
+    /// The MariaDB/MySQL connection, for statements with parameters or queries (as
+    /// [`OpenBranch::postgres`]).
     pub fn mariadb(&mut self) -> Option<&mut mysql_async::Conn> {
         match &mut self.connection {
-            Connection::Mariadb(conn) => Some(conn),
+            Connection::Mariadb(conn) => {
+                self.may_be_read_only = false;
+                Some(conn)
+            }
             Connection::Postgres(_) | Connection::Redis(_) => None,
         }
     }
 
-    /// Prepares the branch and votes. YES only once the database has the branch prepared.
+    /// Prepares the branch and votes. YES only once the database has the branch prepared;
+    /// READ-ONLY (the local transaction ended, nothing prepared) when the database confirms the
+    /// branch wrote nothing.
     pub async fn prepare(self) -> Vote {
-        let OpenBranch { database, gid, mut connection } = self;
+        let OpenBranch { database, gid, mut connection, may_be_read_only } = self;
+        if may_be_read_only {
+            let read_only = match &mut connection {
+                Connection::Postgres(client) => postgres::end_if_read_only(&database, client).await,
+                Connection::Mariadb(conn) => mariadb::end_if_read_only(&database, conn, &gid).await,
+                Connection::Redis(redis) => Ok(redis.staged.is_empty()),
+            };
+            match read_only {
+                Ok(true) => {
+                    database.release(connection);
+                    return Vote::ReadOnly;
+                }
+                Ok(false) => {}
+                Err(e) => return Vote::No(e.to_string()),
+            }
+        }
         let result = match &mut connection {
-            Connection::Postgres(client) => postgres::prepare(database, client, &gid).await,
-            Connection::Mariadb(conn) => mariadb::prepare(database, conn, &gid).await,
-            Connection::Redis(redis) => redis::prepare(database, redis, &gid).await,
+            Connection::Postgres(client) => postgres::prepare(&database, client, &gid).await,
+            Connection::Mariadb(conn) => mariadb::prepare(&database, conn, &gid).await,
+            Connection::Redis(redis) => redis::prepare(&database, redis, &gid).await,
         };
         match result {
             Ok(()) => Vote::Yes(PreparedBranch { gid, connection: Some(connection) }),
             Err(e) => Vote::No(e.to_string()),
         }
+    }
+
+    /// Commits the transaction's only branch without PREPARE. Its marker row commits with it,
+    /// so a lost answer can be settled ([`Database::settle_one_phase`]). Redis has no plain
+    /// commit of staged writes: there it is a prepare and a commit.
+    pub async fn commit_one_phase(self) -> OnePhase {
+        let OpenBranch { database, gid, mut connection, .. } = self;
+        let outcome = match &mut connection {
+            Connection::Postgres(client) => {
+                postgres::commit_one_phase(&database, client, &gid).await
+            }
+            Connection::Mariadb(conn) => mariadb::commit_one_phase(&database, conn, &gid).await,
+            Connection::Redis(redis) => {
+                if let Err(e) = redis::prepare(&database, redis, &gid).await {
+                    // The prepare script may have run before its answer was lost: rolling back
+                    // by name makes "nothing applied" certain.
+                    let named = PreparedBranch::named(&gid);
+                    return match database.finish(named, Decision::Abort).await {
+                        Ok(_) => OnePhase::RolledBack(e.to_string()),
+                        Err(_) => OnePhase::Unknown(e.to_string()),
+                    };
+                }
+                match redis::finish(&database, redis, &gid, Decision::Commit).await {
+                    Ok(Finish::Done) => OnePhase::Committed,
+                    Ok(Finish::NotPrepared) => OnePhase::Unknown(format!(
+                        "{}: the prepared record vanished before its commit",
+                        database.name
+                    )),
+                    Err(e) => OnePhase::Unknown(e.to_string()),
+                }
+            }
+        };
+        if outcome == OnePhase::Committed {
+            database.release(connection);
+        }
+        outcome
     }
 
     /// Abandons the branch before prepare (the connection is dropped, which rolls it back).

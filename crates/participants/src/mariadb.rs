@@ -13,7 +13,7 @@ use concord_types::Decision;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, Row};
 
-use crate::database::{BranchState, Database, DbError, Finish, ListedBranch};
+use crate::database::{BranchState, Database, DbError, Finish, ListedBranch, OnePhase};
 use crate::gid::Gid;
 
 /// "XAER_NOTA: Unknown XID".
@@ -66,6 +66,53 @@ pub(crate) async fn prepare(db: &Database, conn: &mut Conn, gid: &str) -> Result
     let gid = literal(gid);
     db.bounded("xa end and prepare", conn.query_drop(format!("XA END {gid}; XA PREPARE {gid}")))
         .await
+}
+
+/// The one-phase commit of a branch that is the transaction's only one: `XA END` and
+/// `XA COMMIT … ONE PHASE` in one message (the marker row was written at `XA START`). A server
+/// error means nothing committed; a lost connection or a timeout leaves it to the marker row.
+pub(crate) async fn commit_one_phase(db: &Database, conn: &mut Conn, gid: &str) -> OnePhase {
+    let gid = literal(gid);
+    let statement = format!("XA END {gid}; XA COMMIT {gid} ONE PHASE");
+    match tokio::time::timeout(db.timeout(), conn.query_drop(statement)).await {
+        Ok(Ok(())) => OnePhase::Committed,
+        Ok(Err(mysql_async::Error::Server(e))) => {
+            OnePhase::RolledBack(format!("{}: xa commit one phase: {e}", db.name))
+        }
+        Ok(Err(e)) => OnePhase::Unknown(format!("{}: xa commit one phase: {e}", db.name)),
+        Err(_) => OnePhase::Unknown(format!(
+            "{}: xa commit one phase: no answer within {} ms",
+            db.name,
+            db.timeout().as_millis()
+        )),
+    }
+}
+
+/// Whether the branch wrote nothing but its marker row (InnoDB counts the rows a transaction
+/// modified, whatever statement or routine did it); if so it is rolled back, which releases its
+/// locks, and the branch votes READ-ONLY. A server that will not say is taken to have written.
+pub(crate) async fn end_if_read_only(
+    db: &Database,
+    conn: &mut Conn,
+    gid: &str,
+) -> Result<bool, DbError> {
+    let modified: Option<Option<u64>> = db
+        .bounded(
+            "check for writes",
+            conn.query_first(
+                "SELECT trx_rows_modified FROM information_schema.innodb_trx \
+                 WHERE trx_mysql_thread_id = CONNECTION_ID()",
+            ),
+        )
+        .await
+        .unwrap_or(None);
+    if modified.flatten().is_none_or(|rows| rows > 1) {
+        return Ok(false);
+    }
+    let gid = literal(gid);
+    db.bounded("rollback read-only", conn.query_drop(format!("XA END {gid}; XA ROLLBACK {gid}")))
+        .await?;
+    Ok(true)
 }
 
 pub(crate) async fn finish(

@@ -11,7 +11,7 @@ use concord_types::Decision;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use crate::database::{BranchState, Database, DbError, Finish, ListedBranch};
+use crate::database::{BranchState, Database, DbError, Finish, ListedBranch, OnePhase};
 use crate::gid::Gid;
 
 #[derive(Debug)]
@@ -91,6 +91,55 @@ pub(crate) async fn prepare(db: &Database, client: &Client, gid: &str) -> Result
                     .into(),
         })
     }
+}
+
+/// The one-phase commit of a branch that is the transaction's only one: the marker row (with the
+/// same guard as [`prepare`]) and `COMMIT` in one message. A server error means nothing
+/// committed (a failed statement skips the rest of the message; a failed `COMMIT` rolls back);
+/// a lost connection or a timeout leaves the outcome to the marker row.
+pub(crate) async fn commit_one_phase(db: &Database, client: &Client, gid: &str) -> OnePhase {
+    let gid = literal(gid);
+    let statement = format!(
+        "INSERT INTO concord_branch (gid) VALUES (CASE WHEN now() <> statement_timestamp() THEN {gid} END); \
+         COMMIT"
+    );
+    match tokio::time::timeout(db.timeout(), client.batch_execute(&statement)).await {
+        Ok(Ok(())) => OnePhase::Committed,
+        Ok(Err(e)) if e.code() == Some(&SqlState::NOT_NULL_VIOLATION) => OnePhase::RolledBack(
+            "no transaction is open on the branch's connection (it was ended outside Concord)"
+                .into(),
+        ),
+        Ok(Err(e)) if e.as_db_error().is_some() => OnePhase::RolledBack(format!(
+            "{}: commit: {}",
+            db.name,
+            crate::database::error_chain(&e)
+        )),
+        Ok(Err(e)) => {
+            OnePhase::Unknown(format!("{}: commit: {}", db.name, crate::database::error_chain(&e)))
+        }
+        Err(_) => OnePhase::Unknown(format!(
+            "{}: commit: no answer within {} ms",
+            db.name,
+            db.timeout().as_millis()
+        )),
+    }
+}
+
+/// Whether the branch's transaction wrote nothing (PostgreSQL assigns a transaction id at the
+/// first write, whatever statement or function made it); if so it is rolled back, which
+/// releases its locks, and the branch votes READ-ONLY.
+pub(crate) async fn end_if_read_only(db: &Database, client: &Client) -> Result<bool, DbError> {
+    let row = db
+        .bounded(
+            "check for writes",
+            client.query_one("SELECT pg_current_xact_id_if_assigned() IS NULL", &[]),
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(false);
+    }
+    db.bounded("rollback read-only", client.batch_execute("ROLLBACK")).await?;
+    Ok(true)
 }
 
 async fn is_prepared(db: &Database, client: &Client, gid: &str) -> Result<bool, DbError> {

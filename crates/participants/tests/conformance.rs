@@ -7,15 +7,21 @@
 //! * after the fact, a branch reads as committed or as rolled back (never prepared);
 //! * a branch is finished by name from a fresh connection (a coordinator after a restart);
 //! * a gid that was never prepared finishes as "not prepared" and reads as rolled back;
-//! * a gid is never prepared twice: reusing a finished one votes NO.
+//! * a gid is never prepared twice: reusing a finished one votes NO;
+//! * a branch that wrote nothing votes READ-ONLY and leaves nothing prepared or marked;
+//! * a one-phase commit (the transaction's only branch, no PREPARE) applies and reads as
+//!   committed, so a lost answer can be settled from the marker.
 //!
 //! Needs the local PostgreSQL and MariaDB (`scripts/setup-databases.sh`) and `redis-server`
 //! (`scripts/setup-redis.sh`); without them the tests skip loudly, except under `CI=true`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use concord_participants::config::{DatabaseConfig, Kind};
-use concord_participants::database::{BranchState, Database, Finish, PreparedBranch, Vote};
+use concord_participants::database::{
+    BranchState, Database, Finish, OnePhase, PreparedBranch, Vote,
+};
 use concord_participants::gid::Gid;
 use concord_testkit::{servers_ready, RedisServer, Server, REDIS_DURABLE};
 use concord_types::{Decision, NodeId, TxnId};
@@ -35,7 +41,7 @@ fn gid(cluster: &str, sequence: u32) -> Gid {
     Gid::new(cluster, TxnId { coordinator: NodeId(5), epoch: 1, sequence }, 0)
 }
 
-async fn prepare(db: &Database, gid: &Gid, statement: &str) -> Vote {
+async fn prepare(db: &Arc<Database>, gid: &Gid, statement: &str) -> Vote {
     let mut branch = db.begin(gid).await.expect("begin");
     branch.execute(statement).await.expect(statement);
     branch.prepare().await
@@ -44,6 +50,7 @@ async fn prepare(db: &Database, gid: &Gid, statement: &str) -> Vote {
 fn yes(vote: Vote) -> PreparedBranch {
     match vote {
         Vote::Yes(branch) => branch,
+        Vote::ReadOnly => panic!("voted READ-ONLY"),
         Vote::No(why) => panic!("voted NO: {why}"),
     }
 }
@@ -53,8 +60,14 @@ async fn listed(db: &Database, gid: &Gid) -> bool {
     db.list_prepared().await.expect("listing").iter().any(|b| b.gid == text)
 }
 
-/// The suite. `write(n)` is a statement of this kind that writes something new.
-async fn conformance(db: &Database, cluster: &str, write: impl Fn(u32) -> String) {
+/// The suite. `write(n)` is a statement of this kind that writes something new; `read` one
+/// that only reads (none: a branch with no statement at all).
+async fn conformance(
+    db: &Arc<Database>,
+    cluster: &str,
+    write: impl Fn(u32) -> String,
+    read: Option<&str>,
+) {
     db.ensure_schema().await.expect("the marker table");
     // Commit: listed while prepared, then committed, idempotently.
     let g1 = gid(cluster, 1);
@@ -112,11 +125,31 @@ async fn conformance(db: &Database, cluster: &str, write: impl Fn(u32) -> String
         }
     }
     assert!(!listed(db, &g1).await);
+
+    // Read-only: nothing prepared, nothing marked.
+    let g6 = gid(cluster, 6);
+    let mut branch = db.begin(&g6).await.expect("begin");
+    if let Some(read) = read {
+        branch.execute(read).await.expect(read);
+    }
+    assert!(branch.may_be_read_only());
+    assert!(matches!(branch.prepare().await, Vote::ReadOnly), "a branch that only read");
+    assert!(!listed(db, &g6).await);
+    assert_eq!(db.branch_state(&g6.to_string()).await.unwrap(), BranchState::Absent);
+
+    // One phase: committed without PREPARE, and its marker says so.
+    let g7 = gid(cluster, 7);
+    let mut branch = db.begin(&g7).await.expect("begin");
+    branch.execute(&write(7)).await.expect("a write");
+    assert!(!branch.may_be_read_only());
+    assert_eq!(branch.commit_one_phase().await, OnePhase::Committed);
+    assert!(!listed(db, &g7).await);
+    assert_eq!(db.branch_state(&g7.to_string()).await.unwrap(), BranchState::Committed);
 }
 
-fn database(name: &str, kind: Kind, url: &str) -> Database {
+fn database(name: &str, kind: Kind, url: &str) -> Arc<Database> {
     let config = DatabaseConfig { name: name.into(), kind, url: url.into(), schema_changes: false };
-    Database::new(&config, Duration::from_secs(5)).expect("a database")
+    Arc::new(Database::new(&config, Duration::from_secs(5)).expect("a database"))
 }
 
 #[tokio::test]
@@ -130,10 +163,12 @@ async fn postgres_conforms() {
     tokio::spawn(connection);
     client.batch_execute(&format!("CREATE TABLE {table} (n int PRIMARY KEY)")).await.unwrap();
     let db = database("pg", Kind::Postgres, PG_URL);
-    conformance(&db, &cluster("pg"), |n| format!("INSERT INTO {table} VALUES ({n})")).await;
+    let read = format!("SELECT count(*) FROM {table}");
+    let write = |n| format!("INSERT INTO {table} VALUES ({n})");
+    conformance(&db, &cluster("pg"), write, Some(&read)).await;
     let rows: i64 =
         client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
-    assert_eq!(rows, 2, "the two committed branches' rows, and only theirs");
+    assert_eq!(rows, 3, "the three committed branches' rows, and only theirs");
     client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
 }
 
@@ -149,10 +184,12 @@ async fn mariadb_conforms() {
         .await
         .unwrap();
     let db = database("maria", Kind::Mariadb, MARIA_URL);
-    conformance(&db, &cluster("my"), |n| format!("INSERT INTO {table} VALUES ({n})")).await;
+    let read = format!("SELECT count(*) FROM {table}");
+    let write = |n| format!("INSERT INTO {table} VALUES ({n})");
+    conformance(&db, &cluster("my"), write, Some(&read)).await;
     let rows: Option<i64> =
         conn.query_first(format!("SELECT count(*) FROM {table}")).await.unwrap();
-    assert_eq!(rows, Some(2), "the two committed branches' rows, and only theirs");
+    assert_eq!(rows, Some(3), "the three committed branches' rows, and only theirs");
     conn.query_drop(format!("DROP TABLE {table}")).await.unwrap();
     drop(conn);
     pool.disconnect().await.unwrap();
@@ -167,12 +204,12 @@ async fn redis_conforms() {
     let (url, server_dir) = (server.url(), server.dir.clone());
     let client = redis::Client::open(url.as_str()).unwrap();
     let db = database("points", Kind::Redis, &url);
-    conformance(&db, &cluster("rd"), |n| format!("SET key{n} {n}")).await;
+    conformance(&db, &cluster("rd"), |n| format!("SET key{n} {n}"), None).await;
     let mut conn = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("key*").query(&mut conn).unwrap();
     let mut keys = keys;
     keys.sort();
-    assert_eq!(keys, ["key1", "key3"], "the two committed branches' writes, and only theirs");
+    assert_eq!(keys, ["key1", "key3", "key7"], "the committed branches' writes, and only theirs");
     drop(server);
     let _ = std::fs::remove_dir_all(&server_dir);
 }

@@ -19,14 +19,14 @@ fn redis_ready() -> bool {
     servers_ready(&[Server::Redis], "the Redis participant tests")
 }
 
-fn database(port: u16) -> Database {
+fn database(port: u16) -> std::sync::Arc<Database> {
     let config = DatabaseConfig {
         name: "points".into(),
         kind: Kind::Redis,
         url: format!("redis://127.0.0.1:{port}/0"),
         schema_changes: false,
     };
-    Database::new(&config, Duration::from_secs(5)).unwrap()
+    std::sync::Arc::new(Database::new(&config, Duration::from_secs(5)).unwrap())
 }
 
 fn gid(sequence: u32) -> Gid {
@@ -34,7 +34,7 @@ fn gid(sequence: u32) -> Gid {
     Gid::new("redistest", txn, 0)
 }
 
-async fn prepare(db: &Database, sequence: u32, statements: &[&str]) -> Vote {
+async fn prepare(db: &std::sync::Arc<Database>, sequence: u32, statements: &[&str]) -> Vote {
     let mut branch = db.begin(&gid(sequence)).await.expect("begin");
     for statement in statements {
         branch.execute(statement).await.expect(statement);
@@ -45,6 +45,7 @@ async fn prepare(db: &Database, sequence: u32, statements: &[&str]) -> Vote {
 fn yes(vote: Vote) -> PreparedBranch {
     match vote {
         Vote::Yes(branch) => branch,
+        Vote::ReadOnly => panic!("voted READ-ONLY"),
         Vote::No(why) => panic!("voted NO: {why}"),
     }
 }
@@ -52,6 +53,7 @@ fn yes(vote: Vote) -> PreparedBranch {
 fn no(vote: Vote) -> String {
     match vote {
         Vote::Yes(branch) => panic!("voted YES: {}", branch.gid),
+        Vote::ReadOnly => panic!("voted READ-ONLY"),
         Vote::No(why) => why,
     }
 }

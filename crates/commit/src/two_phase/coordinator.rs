@@ -89,6 +89,11 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         self.txns.len()
     }
 
+    /// The epoch this incarnation issues ids in (`None` before its first restart).
+    pub fn epoch(&self) -> Option<u32> {
+        self.admission.epoch()
+    }
+
     /// Whether `txn` is an id this coordinator has handed out (in this or an earlier epoch).
     pub fn has_issued(&self, txn: TxnId) -> bool {
         self.admission.has_issued(txn)
@@ -375,21 +380,28 @@ impl<C: Change, S: std::fmt::Debug> Coordinator<C, S> {
         }
     }
 
-    fn on_inquire(&self, from: NodeId, txn: TxnId, out: &mut Out<C, S>) {
+    /// What an INQUIRE about `txn` is answered now: COMMIT once the decision is durable, ABORT
+    /// for a transaction with no record (presumed abort), nothing while it is undecided (the
+    /// participant asks again later) or when it is not this coordinator's. Drivers that speak
+    /// for participants which never ask (databases' prepared branches) ask this on their behalf.
+    pub fn inquiry_answer(&self, txn: TxnId) -> Option<Decision> {
         if txn.coordinator != self.id {
-            return;
+            return None;
         }
-        let decision = match self.txns.get(&txn) {
-            Some(Txn::Committing { .. }) => Decision::Commit,
-            // Not decided yet (or decided but not durable): the participant asks again later.
-            Some(Txn::Collecting { .. } | Txn::ForcingCommit { .. } | Txn::OnePhase { .. }) => {
-                return
-            }
+        match self.txns.get(&txn) {
+            Some(Txn::Committing { .. }) => Some(Decision::Commit),
+            // Not decided yet (or decided but not durable).
+            Some(Txn::Collecting { .. } | Txn::ForcingCommit { .. } | Txn::OnePhase { .. }) => None,
             // Presumed abort. Safe under early acknowledgement too: its participants never ask
             // the coordinator (they ask each other), so whoever asks is in a classic transaction.
-            None => Decision::Abort,
-        };
-        out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
+            None => Some(Decision::Abort),
+        }
+    }
+
+    fn on_inquire(&self, from: NodeId, txn: TxnId, out: &mut Out<C, S>) {
+        if let Some(decision) = self.inquiry_answer(txn) {
+            out.push(Command::Send { to: from, msg: Msg::Decision { txn, decision } });
+        }
     }
 
     fn on_one_phase_result(
