@@ -107,12 +107,13 @@ pub enum BenchCommand {
     },
     /// The coordinator's tax over real databases: transfers across two PostgreSQL databases and
     /// across PostgreSQL + MariaDB through Concord, against the databases' own PREPARE/COMMIT
-    /// PREPARED (or XA) driven directly, interleaved. Run scripts/setup-databases.sh first.
+    /// PREPARED (or XA) driven directly, and one database alone (Concord's one-phase path)
+    /// against a plain COMMIT, interleaved. Run scripts/setup-databases.sh first.
     Databases {
         #[arg(long, default_value = "./concord-data/bench")]
         dir: PathBuf,
-        /// Comma-separated: pg-pg, pg-mariadb.
-        #[arg(long, default_value = "pg-pg,pg-mariadb")]
+        /// Comma-separated: pg-pg, pg-mariadb, pg (one database: one phase).
+        #[arg(long, default_value = "pg-pg,pg-mariadb,pg")]
         pairs: String,
         /// Comma-separated client counts (each client holds a connection per database).
         #[arg(long, default_value = "1,4,16,32")]

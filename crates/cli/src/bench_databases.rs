@@ -14,6 +14,10 @@
 //!   branch, the check that a PostgreSQL branch really is prepared, and the forced decision
 //!   record in its own log (group commit) before the second phase.
 //!
+//! A third pair, `pg`, is one database alone: direct is `BEGIN`, the statement, `COMMIT`;
+//! Concord runs it as a one-phase transaction (no PREPARE, no decision record: the marker row
+//! and `COMMIT` in one message).
+//!
 //! Clients never share rows, so this is the commit path, not lock contention.
 
 use std::path::Path;
@@ -40,6 +44,8 @@ const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Pair {
     PgPg,
     PgMariadb,
+    /// One PostgreSQL database: the one-phase path.
+    Pg,
 }
 
 impl Pair {
@@ -48,7 +54,8 @@ impl Pair {
             .map(|p| match p.trim() {
                 "pg-pg" => Ok(Pair::PgPg),
                 "pg-mariadb" => Ok(Pair::PgMariadb),
-                other => Err(format!("--pairs takes pg-pg and pg-mariadb, not '{other}'")),
+                "pg" => Ok(Pair::Pg),
+                other => Err(format!("--pairs takes pg-pg, pg-mariadb and pg, not '{other}'")),
             })
             .collect()
     }
@@ -57,6 +64,7 @@ impl Pair {
         match self {
             Pair::PgPg => "pg-pg",
             Pair::PgMariadb => "pg-mariadb",
+            Pair::Pg => "pg",
         }
     }
 
@@ -66,6 +74,7 @@ impl Pair {
         match self {
             Pair::PgPg => "bench-pg-pg",
             Pair::PgMariadb => "bench-pg-maria",
+            Pair::Pg => "bench-pg",
         }
     }
 }
@@ -108,11 +117,12 @@ impl Target {
     }
 }
 
-fn targets(pair: Pair, options: &Options<'_>) -> [Target; 2] {
+fn targets(pair: Pair, options: &Options<'_>) -> Vec<Target> {
     let pg = |db: &str| Target::Postgres(format!("{} dbname={db}", options.postgres));
     match pair {
-        Pair::PgPg => [pg(PG_DATABASES[0]), pg(PG_DATABASES[1])],
-        Pair::PgMariadb => [
+        Pair::PgPg => vec![pg(PG_DATABASES[0]), pg(PG_DATABASES[1])],
+        Pair::Pg => vec![pg(PG_DATABASES[0])],
+        Pair::PgMariadb => vec![
             pg(PG_DATABASES[0]),
             Target::Mariadb(format!(
                 "{}/{MARIADB_DATABASE}",
@@ -310,18 +320,29 @@ async fn direct_transfer(
     x.and(y)
 }
 
+/// One direct transaction on a single database: `BEGIN`, the statement, `COMMIT`.
+async fn direct_single(a: &mut Connection, client: usize) -> Result<(), String> {
+    a.run("BEGIN").await?;
+    a.statement(&debit(client)).await?;
+    a.run("COMMIT").await
+}
+
 async fn measure_direct(
-    targets: &[Target; 2],
+    targets: &[Target],
     clients: usize,
     duration: Duration,
 ) -> Result<Measured, String> {
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
-        connections.push((connect(&targets[0]).await?, connect(&targets[1]).await?));
+        let mut pair = Vec::with_capacity(targets.len());
+        for target in targets {
+            pair.push(connect(target).await?);
+        }
+        connections.push(pair);
     }
     let mut connections = connections.into_iter();
     let measured = closed_loop(clients, duration, |client, deadline| {
-        let (mut a, mut b) = connections.next().expect("a pair of connections per client");
+        let mut held = connections.next().expect("connections per client");
         async move {
             let mut tally = Tally::default();
             let mut sequence = 0u64;
@@ -329,7 +350,13 @@ async fn measure_direct(
                 sequence += 1;
                 let txn = format!("direct-{client}-{sequence}");
                 let t0 = Instant::now();
-                let transfer = direct_transfer(&mut a, &mut b, client, &txn);
+                let transfer = async {
+                    match held.as_mut_slice() {
+                        [a, b] => direct_transfer(a, b, client, &txn).await,
+                        [a] => direct_single(a, client).await,
+                        _ => unreachable!("one or two targets"),
+                    }
+                };
                 // Bounded like Concord's database calls (its default statement timeout).
                 let outcome = tokio::time::timeout(DIRECT_TIMEOUT, transfer)
                     .await
@@ -353,9 +380,10 @@ async fn measure_direct(
     Ok(measured)
 }
 
-fn coordinator_config(pair: Pair, targets: &[Target; 2]) -> Result<DatabasesConfig, String> {
+fn coordinator_config(pair: Pair, targets: &[Target]) -> Result<DatabasesConfig, String> {
     let mut text =
-        format!("cluster = \"{}\"\nnode_id = 1\nlisten = \"127.0.0.1:0\"\n", pair.cluster());
+        // `listen` is required but unused: the bench calls the coordinator in-process.
+        format!("cluster = \"{}\"\nnode_id = 1\nlisten = \"127.0.0.1:7899\"\n", pair.cluster());
     for (name, target) in ["a", "b"].iter().zip(targets) {
         text.push_str(&format!(
             "[[database]]\nname = \"{name}\"\nkind = \"{}\"\nurl = \"{}\"\n",
@@ -368,6 +396,7 @@ fn coordinator_config(pair: Pair, targets: &[Target; 2]) -> Result<DatabasesConf
 
 async fn measure_concord(
     coordinator: &Arc<Coordinator>,
+    databases: usize,
     clients: usize,
     duration: Duration,
 ) -> Measured {
@@ -375,8 +404,11 @@ async fn measure_concord(
         let coordinator = Arc::clone(coordinator);
         async move {
             let mut tally = Tally::default();
-            let branches =
-                [("a".to_string(), vec![debit(client)]), ("b".to_string(), vec![credit(client)])];
+            let mut branches = vec![
+                ("a".to_string(), vec![debit(client)]),
+                ("b".to_string(), vec![credit(client)]),
+            ];
+            branches.truncate(databases);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match coordinator.run(&branches).await {
@@ -432,7 +464,8 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                     rows.push(Row { pair, concord: false, measured: direct });
                 }
                 if options.concord {
-                    let concord = measure_concord(&coordinator, n, options.duration).await;
+                    let concord =
+                        measure_concord(&coordinator, targets.len(), n, options.duration).await;
                     rows.push(Row { pair, concord: true, measured: concord });
                 }
             }

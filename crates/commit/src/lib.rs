@@ -38,6 +38,7 @@ pub mod status;
 pub mod store;
 pub mod three_phase;
 pub mod two_phase;
+pub mod xa;
 
 pub use protocol::{
     backoff_us, Branch, Checkpoint, Command, Core, Durability, Input, MessageKind, NoRole,

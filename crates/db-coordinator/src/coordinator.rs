@@ -37,6 +37,7 @@ use crate::engine::{Engine, Request, Settled};
 use crate::log::{BranchRef, CoreRecord, DecisionSource, Ledger, Record, MAX_DATABASE_NODES};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::reconcile::{Action, Listed};
+use concord_commit::xa::Completion;
 use concord_participants::database::{
     BranchState, Database, DbError, Finish, OpenBranch, PreparedBranch,
 };
@@ -203,16 +204,6 @@ pub struct ActionReport {
     pub txn: Option<String>,
     pub action: String,
     pub result: String,
-}
-
-/// How completing one branch the decided way came out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Completion {
-    Done,
-    /// The branch went the other way (someone finished it by hand): recorded and counted.
-    Heuristic(Decision),
-    StillPrepared,
-    Failed(String),
 }
 
 /// The read model and bookkeeping shared by the engine, its tasks and the operator calls.

@@ -2,17 +2,19 @@
 //! adapters are `concord_participants::database`.
 //!
 //! ```text
-//!   application ──run(branches)──► Coordinator ──begin/execute/prepare──► PostgreSQL (PREPARE TRANSACTION)
-//!                                   │    ▲                             ├► MariaDB/MySQL (XA)
-//!                                   │    │                             └► Redis (Lua: staged writes, locks)
-//!                 forced COMMIT ────┘    │ reconcile: list prepared branches, compare with the log
-//!                 record (log/)          └ (reconcile.rs, pure), act, detect heuristic outcomes
+//!   application ──begin/statements/commit──► Coordinator (supervisor) ──► engine: one task owning
+//!                                             │  reserve ids, views,       the 2PC core; each database
+//!                                             │  resolve, heuristics       is a participant it speaks
+//!                                             └─ reconcile: listed          for (PREPARE / XA / Lua →
+//!                                                branches are inquiries     votes, decisions → acks)
+//!                                                the core answers
 //! ```
 //!
 //! * [`config`] — `databases.toml`.
-//! * [`log`] — the coordinator's records (presumed abort) and the ledger they rebuild.
+//! * [`log`] — the core's records and the supervisor's, and the ledger (a read model) they rebuild.
+//! * `engine` — drives `concord_commit::two_phase::Coordinator` over the databases.
 //! * [`reconcile`] — what to do with each listed branch; pure, so `recover --dry-run` is exact.
-//! * [`coordinator`] — the running coordinator: transactions, recovery, operator actions.
+//! * [`coordinator`] — the supervisor: transactions, recovery, operator actions.
 //! * [`metrics`] and [`http`] — Prometheus text and the small HTTP API the CLI speaks.
 
 pub mod config;

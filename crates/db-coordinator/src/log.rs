@@ -12,42 +12,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use concord_commit::two_phase;
-use concord_commit::Change;
 use concord_types::codec::{DecodeError, Encode, Reader, Writer};
 use concord_types::{Decision, NodeId, TxnId};
 
 use concord_participants::gid::Gid;
 
-/// What a database branch changes, as the core sees it: whether it may have written. A branch
-/// that may not votes READ-ONLY if its database confirms it wrote nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Work {
-    pub wrote: bool,
-}
-
-impl Encode for Work {
-    fn encode(&self, w: &mut Writer<'_>) {
-        w.u8(u8::from(self.wrote));
-    }
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        match r.u8()? {
-            0 => Ok(Work { wrote: false }),
-            1 => Ok(Work { wrote: true }),
-            tag => Err(DecodeError::UnknownTag { what: "branch work", tag }),
-        }
-    }
-}
-
-impl Change for Work {
-    fn write_count(&self) -> usize {
-        usize::from(self.wrote)
-    }
-}
-
-/// The core's records, as this coordinator's log holds them (the snapshot type is unused: a
-/// coordinator never writes one).
-pub type CoreRecord = two_phase::Record<Work, Work>;
+pub use concord_commit::xa::{Record as CoreRecord, Work};
 
 /// One branch of a transaction: the configured database name and the branch's gid.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
