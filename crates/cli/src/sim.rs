@@ -172,6 +172,15 @@ pub enum SimCommand {
         #[arg(long)]
         trace_json: Option<std::path::PathBuf>,
     },
+    /// The database path (`db serve`'s protocol) against simulated SQL/XA databases under
+    /// faults: coordinator crashes, database restarts, dropped connections, branches finished
+    /// by hand. Exit non-zero on any violation.
+    Databases {
+        #[arg(long, default_value_t = 10_000)]
+        runs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run many randomized fault schedules; exit non-zero on any violation.
     Sweep {
         /// naive, 2pc, 3pc or paxos-commit.
@@ -408,6 +417,40 @@ pub fn run(command: SimCommand) -> Result<ExitCode, String> {
             emit(&optimizations_output(&protocol, runs, seed, &results, json));
             let broken = results.iter().any(|(_, s)| s.failed_runs > 0);
             Ok(if broken { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        SimCommand::Databases { runs, seed } => {
+            if runs == 0 {
+                return Err("--runs must be at least 1".to_string());
+            }
+            let started = Instant::now();
+            let total = concord_sim::databases::sweep_databases(seed, runs);
+            let seconds = started.elapsed().as_secs_f64();
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            let per_minute = total.transactions as f64 / seconds * 60.0;
+            println!(
+                "database path: {runs} runs (seed {seed}) in {seconds:.1} s, one thread\n\
+                 transactions {} (committed {}, aborted {}, unanswered after a coordinator crash {})\n\
+                 one-phase {}, read-only votes {}, calls {}, coordinator restarts {} ({} from a checkpoint)\n\
+                 branches finished by hand {}, heuristic outcomes detected {}\n\
+                 {per_minute:.0} simulated transactions per minute\n\
+                 violations {}",
+                total.transactions,
+                total.committed,
+                total.aborted,
+                total.unanswered,
+                total.one_phase,
+                total.read_only_votes,
+                total.calls,
+                total.coordinator_restarts,
+                total.checkpoints,
+                total.heuristics_injected,
+                total.heuristics_detected,
+                total.violations.len()
+            );
+            for violation in total.violations.iter().take(20) {
+                println!("  {violation}");
+            }
+            Ok(if total.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         SimCommand::Sweep { protocol, runs, seed, threads, json } => {
             check_protocol(&protocol)?;

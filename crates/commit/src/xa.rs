@@ -317,6 +317,16 @@ impl Coordinator {
         self.core.live_records()
     }
 
+    /// Where a held transaction's branches stand, for a failure report.
+    pub fn debug_txn(&self, txn: TxnId) -> String {
+        format!(
+            "{:?}; busy {:?}; core running: {}",
+            self.txns.get(&txn),
+            self.busy.iter().filter(|((t, _), _)| *t == txn).collect::<Vec<_>>(),
+            self.core.is_running(txn)
+        )
+    }
+
     /// Whether a client holds `txn` (reserved, or begun and not answered).
     pub fn is_held(&self, txn: TxnId) -> bool {
         self.txns.contains_key(&txn) || self.reserved.contains(&txn)
@@ -345,6 +355,16 @@ impl Coordinator {
 
     /// A resource manager answered a call.
     pub fn answer(&mut self, txn: TxnId, node: NodeId, answer: Answer) -> Vec<Effect> {
+        let mut effects = self.on_answer(txn, node, answer);
+        // The outcome may have been known before this branch settled (a NO elsewhere aborted
+        // the transaction while this one was still preparing): its answer may be the last.
+        if !effects.iter().any(|e| matches!(e, Effect::Settled { txn: t, .. } if *t == txn)) {
+            effects.extend(self.settle(txn));
+        }
+        effects
+    }
+
+    fn on_answer(&mut self, txn: TxnId, node: NodeId, answer: Answer) -> Vec<Effect> {
         match answer {
             Answer::Voted { vote, reason } => self.on_voted(txn, node, vote, reason),
             Answer::OnePhase(Ok((decision, reason))) => {
@@ -687,6 +707,19 @@ mod tests {
         });
         assert_eq!(settled(&effects), Some((Decision::Abort, vec!["rolled-back", "rolled-back"])));
         assert_eq!(reason.as_deref(), Some("full"));
+    }
+
+    #[test]
+    fn an_abort_is_answered_when_the_last_branch_settles_even_without_news_for_the_core() {
+        let mut c = ready();
+        let txn = reserve(&mut c);
+        c.begin(txn, vec![(A, WROTE), (B, WROTE)]);
+        let no = || Answer::Voted { vote: Vote::No, reason: Some("refused".into()) };
+        // A's NO aborts the transaction while B is still preparing; B's NO then tells the core
+        // nothing new, but it is the last branch to settle.
+        assert!(settled(&c.answer(txn, A, no())).is_none());
+        let effects = c.answer(txn, B, no());
+        assert_eq!(settled(&effects), Some((Decision::Abort, vec!["rolled-back", "rolled-back"])));
     }
 
     #[test]

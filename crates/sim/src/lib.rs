@@ -21,6 +21,7 @@
 
 pub mod compare;
 pub mod config;
+pub mod databases;
 pub mod diagram;
 pub mod disk;
 pub mod explore;
