@@ -25,6 +25,7 @@ pub mod databases;
 pub mod diagram;
 pub mod disk;
 pub mod explore;
+pub mod explore_databases;
 pub mod happy_path;
 pub mod hash;
 pub mod histogram;
