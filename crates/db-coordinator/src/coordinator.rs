@@ -928,6 +928,12 @@ impl Coordinator {
                 None => branch.state = "unknown".into(),
             }
         }
+        if view.state == "aborted"
+            && view.branches.is_empty()
+            && txn.coordinator == self.shared.node
+        {
+            self.one_phase_outcome(txn, &mut view).await;
+        }
         // Every branch committed in its database: whatever acknowledgement is still on its
         // way, the transaction is committed.
         if view.state == "committing"
@@ -937,6 +943,38 @@ impl Coordinator {
             view.state = "committed".into();
         }
         view
+    }
+
+    /// A transaction the log knows nothing of is aborted — unless it committed in one phase,
+    /// which logs nothing: its only branch's marker says so. Every configured database is
+    /// asked for its marker of the transaction.
+    async fn one_phase_outcome(&self, txn: TxnId, view: &mut TxnView) {
+        for (node, db) in &self.shared.databases {
+            let gid = self.shared.gid(txn, *node);
+            match db.branch_state(&gid).await {
+                Ok(BranchState::Committed) => {
+                    view.state = "committed".into();
+                    view.decided_by = Some("protocol".into());
+                    view.reason = Some("one phase: committed in its only database".into());
+                    view.branches = vec![BranchView {
+                        database: db.name.clone(),
+                        gid,
+                        state: "committed".into(),
+                        age_ms: None,
+                        detail: None,
+                    }];
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => view.branches.push(BranchView {
+                    database: db.name.clone(),
+                    gid,
+                    state: "unknown".into(),
+                    age_ms: None,
+                    detail: Some(e.to_string()),
+                }),
+            }
+        }
     }
 
     /// An operator's decision for an in-doubt transaction. The log's word is the ledger's

@@ -62,6 +62,9 @@ async fn commit_after(test: &str, misuse: &str, two_phase: bool) -> (String, Str
     // The application's mistake: an error it ignores, or a statement that ends the transaction.
     let _ = branch.postgres().expect("a PostgreSQL branch").batch_execute(misuse).await;
     let view = txn.commit().await.expect("an outcome");
+    // What operators are shown afterwards agrees (one phase logs nothing: the marker tells).
+    let shown = coordinator.show(view.txn.parse().expect("a transaction id")).await;
+    assert_eq!(shown.state, view.state, "{shown:?}");
     let prepared = psql(&format!(
         "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'concord:{cluster}:%'"
     ))
