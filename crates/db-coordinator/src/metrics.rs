@@ -248,4 +248,36 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }
     }
+
+    /// The alert rules and the dashboard in `deploy/` name only database-coordinator metrics
+    /// that `render` writes.
+    #[test]
+    fn every_database_metric_of_the_deploy_files_is_rendered() {
+        let metrics = Metrics::default();
+        let mut gauges = Gauges::default();
+        gauges.prepared.insert("ledger".into(), (1, 1.0));
+        gauges.database_up.insert("ledger".into(), true);
+        metrics.set_gauges(gauges);
+        let text = metrics.render();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let mut checked = 0;
+        for file in ["prometheus/concord-alerts.yml", "grafana/concord-dashboard.json"] {
+            let source = std::fs::read_to_string(deploy.join(file)).expect("a deploy file");
+            let mut rest = source.as_str();
+            while let Some(at) = rest.find("concord_db_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                let rendered = text
+                    .lines()
+                    .any(|line| line.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' '])));
+                assert!(rendered, "{file} names `{name}`, which the coordinator does not render");
+                checked += 1;
+                rest = &tail[end..];
+            }
+        }
+        assert!(checked >= 10, "the deploy files name database metrics: {checked}");
+    }
 }

@@ -94,6 +94,7 @@ async fn every_node_reports_its_metrics_and_the_coordinator_its_outcomes() {
 
     let (status, text) = get(coordinator.metrics.unwrap(), "/metrics").await;
     assert_eq!(status, 200, "{text}");
+    let mut scraped = text.clone();
     let me = "node=\"coordinator\",role=\"coordinator\"";
     assert_eq!(value(&text, "concord_transactions_total", "outcome=\"committed\""), 2.0);
     let aborted_total = value(&text, "concord_transactions_total", "outcome=\"aborted\"");
@@ -105,6 +106,7 @@ async fn every_node_reports_its_metrics_and_the_coordinator_its_outcomes() {
         let address = config.node(shard).unwrap().metrics.unwrap();
         let (status, text) = get(address, "/metrics").await;
         assert_eq!(status, 200);
+        scraped.push_str(&text);
         let labels = format!("node=\"{shard}\",role=\"shard\"");
         assert!(value(&text, "concord_log_records_total", &labels) >= 2.0, "{text}");
         assert_eq!(value(&text, "concord_in_doubt_branches", &labels), 0.0);
@@ -119,6 +121,7 @@ async fn every_node_reports_its_metrics_and_the_coordinator_its_outcomes() {
     }
     let (status, _) = get(coordinator.metrics.unwrap(), "/nothing").await;
     assert_eq!(status, 404);
+    every_node_metric_of_the_deploy_files_is_served(&scraped);
 
     stop.send(true).unwrap();
     for node in nodes {
@@ -139,4 +142,35 @@ fn a_metrics_address_may_not_repeat_a_node_address() {
     assert!(error.contains("field `metrics`"), "{error}");
     config.nodes[1].metrics = Some("127.0.0.1:0".parse().unwrap());
     assert!(config.validate().unwrap_err().contains("metrics (port)"));
+}
+
+/// The alert rules and the dashboard in `deploy/` name only metrics the nodes serve (the
+/// database coordinator's, `concord_db_*`, are checked by its own unit test).
+fn every_node_metric_of_the_deploy_files_is_served(scraped: &str) {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut checked = 0;
+    for file in ["prometheus/concord-alerts.yml", "grafana/concord-dashboard.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).expect("a deploy file");
+        for name in metric_names(&text).into_iter().filter(|n| !n.starts_with("concord_db_")) {
+            let served = scraped.lines().any(|line| {
+                line.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with(['{', ' ']))
+            });
+            assert!(served, "{file} names `{name}`, which no node serves");
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "the deploy files name node metrics: {checked}");
+}
+
+/// Every `concord_…` identifier in a text.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("concord_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }
