@@ -1,6 +1,8 @@
 //! One suite of participant behaviours, run against every kind of database Concord drives as a
-//! 2PC participant — PostgreSQL, MariaDB and Redis — through the same `Database` interface the
-//! coordinator uses. What the coordinator's recovery and heuristic detection rely on:
+//! 2PC participant — PostgreSQL, MariaDB and Redis, through the same `Database` interface the
+//! coordinator uses — and against the model of them the simulator and the model checker run
+//! (`concord_commit::xa::model`). What the coordinator's recovery and heuristic detection rely
+//! on:
 //!
 //! * a YES branch is listed as prepared until it is finished, and only then;
 //! * commit and rollback are idempotent: the second finds the branch not prepared;
@@ -15,16 +17,18 @@
 //! Needs the local PostgreSQL and MariaDB (`scripts/setup-databases.sh`) and `redis-server`
 //! (`scripts/setup-redis.sh`); without them the tests skip loudly, except under `CI=true`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use concord_commit::xa::model;
 use concord_participants::config::{DatabaseConfig, Kind};
 use concord_participants::database::{
-    BranchState, Database, Finish, OnePhase, PreparedBranch, Vote,
+    BranchState, Database, Finish, OnePhase, PreparedBranch, Vote as DbVote,
 };
 use concord_participants::gid::Gid;
 use concord_testkit::{servers_ready, RedisServer, Server, REDIS_DURABLE};
-use concord_types::{Decision, NodeId, TxnId};
+use concord_types::{Decision, NodeId, TxnId, Vote};
 use mysql_async::prelude::Queryable;
 
 const PG_URL: &str = "host=127.0.0.1 user=postgres dbname=concord_test";
@@ -41,110 +45,225 @@ fn gid(cluster: &str, sequence: u32) -> Gid {
     Gid::new(cluster, TxnId { coordinator: NodeId(5), epoch: 1, sequence }, 0)
 }
 
-async fn prepare(db: &Arc<Database>, gid: &Gid, statement: &str) -> Vote {
-    let mut branch = db.begin(gid).await.expect("begin");
-    branch.execute(statement).await.expect(statement);
-    branch.prepare().await
+/// What the suite asks of a participant.
+trait Participant {
+    async fn ensure_schema(&self);
+    /// Opens `gid`, runs `statement` (none: no statement at all) and prepares; `Err`: refused
+    /// at the open. A YES keeps the connection that prepared the branch.
+    async fn prepare(&self, gid: &Gid, statement: Option<&str>) -> Result<Vote, String>;
+    /// Opens `gid`, runs `statement` and commits without PREPARE.
+    async fn commit_one_phase(&self, gid: &Gid, statement: &str) -> OnePhase;
+    /// On the connection that prepared it if `own` (and it still has one), else by name.
+    async fn finish(&self, gid: &Gid, decision: Decision, own: bool) -> Finish;
+    async fn state(&self, gid: &Gid) -> BranchState;
+    async fn listed(&self, gid: &Gid) -> bool;
+    /// The connection that prepared `gid` goes away.
+    fn drop_connection(&self, gid: &Gid);
 }
 
-fn yes(vote: Vote) -> PreparedBranch {
-    match vote {
-        Vote::Yes(branch) => branch,
-        Vote::ReadOnly => panic!("voted READ-ONLY"),
-        Vote::No(why) => panic!("voted NO: {why}"),
+/// A real database through the coordinator's `Database`.
+struct Real {
+    db: Arc<Database>,
+    held: Mutex<HashMap<String, PreparedBranch>>,
+}
+
+impl Participant for Real {
+    async fn ensure_schema(&self) {
+        self.db.ensure_schema().await.expect("the marker table");
+    }
+
+    async fn prepare(&self, gid: &Gid, statement: Option<&str>) -> Result<Vote, String> {
+        let mut branch = self.db.begin(gid).await.map_err(|e| e.to_string())?;
+        if let Some(statement) = statement {
+            branch.execute(statement).await.expect(statement);
+        }
+        Ok(match branch.prepare().await {
+            DbVote::Yes(prepared) => {
+                self.held.lock().unwrap().insert(gid.to_string(), prepared);
+                Vote::Yes
+            }
+            DbVote::ReadOnly => Vote::ReadOnly,
+            DbVote::No(_) => Vote::No,
+        })
+    }
+
+    async fn commit_one_phase(&self, gid: &Gid, statement: &str) -> OnePhase {
+        let mut branch = self.db.begin(gid).await.expect("begin");
+        branch.execute(statement).await.expect(statement);
+        assert!(!branch.may_be_read_only());
+        branch.commit_one_phase().await
+    }
+
+    async fn finish(&self, gid: &Gid, decision: Decision, own: bool) -> Finish {
+        let held = if own { self.held.lock().unwrap().remove(&gid.to_string()) } else { None };
+        if let Some(prepared) = held {
+            return self.db.finish(prepared, decision).await.expect("finish");
+        }
+        // MariaDB notices a closed session a moment later, and until then refuses another
+        // session the branch (the coordinator retries it at its next pass): retry, bounded.
+        let mut tries = 0;
+        loop {
+            match self.db.finish(PreparedBranch::named(&gid.to_string()), decision).await {
+                Err(e) if tries < 100 && e.to_string().contains("still held") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other.expect("finish by name"),
+            }
+        }
+    }
+
+    async fn state(&self, gid: &Gid) -> BranchState {
+        self.db.branch_state(&gid.to_string()).await.expect("branch state")
+    }
+
+    async fn listed(&self, gid: &Gid) -> bool {
+        let text = gid.to_string();
+        self.db.list_prepared().await.expect("listing").iter().any(|b| b.gid == text)
+    }
+
+    fn drop_connection(&self, gid: &Gid) {
+        self.held.lock().unwrap().remove(&gid.to_string());
     }
 }
 
-async fn listed(db: &Database, gid: &Gid) -> bool {
-    let text = gid.to_string();
-    db.list_prepared().await.expect("listing").iter().any(|b| b.gid == text)
+/// The simulator's model of a SQL/XA database.
+#[derive(Default)]
+struct Model(Mutex<model::ResourceManager<String>>);
+
+impl Model {
+    /// A plain `SELECT` reads; anything else writes.
+    fn writes(statement: &str) -> bool {
+        !statement.trim_start().to_ascii_lowercase().starts_with("select")
+    }
+}
+
+impl Participant for Model {
+    async fn ensure_schema(&self) {}
+
+    async fn prepare(&self, gid: &Gid, statement: Option<&str>) -> Result<Vote, String> {
+        let mut rm = self.0.lock().unwrap();
+        let name = gid.to_string();
+        rm.begin(&name)?;
+        if let Some(statement) = statement {
+            rm.execute(&name, Self::writes(statement))?;
+        }
+        Ok(rm.prepare(&name, false))
+    }
+
+    async fn commit_one_phase(&self, gid: &Gid, statement: &str) -> OnePhase {
+        let mut rm = self.0.lock().unwrap();
+        let name = gid.to_string();
+        rm.begin(&name).expect("begin");
+        rm.execute(&name, Self::writes(statement)).expect("open");
+        match rm.commit_one_phase(&name, false) {
+            Decision::Commit => OnePhase::Committed,
+            Decision::Abort => OnePhase::RolledBack("refused".into()),
+        }
+    }
+
+    async fn finish(&self, gid: &Gid, decision: Decision, _own: bool) -> Finish {
+        match self.0.lock().unwrap().finish(&gid.to_string(), decision) {
+            model::Finish::Done => Finish::Done,
+            model::Finish::NotPrepared => Finish::NotPrepared,
+        }
+    }
+
+    async fn state(&self, gid: &Gid) -> BranchState {
+        match self.0.lock().unwrap().state(&gid.to_string()) {
+            model::BranchState::Prepared => BranchState::Prepared,
+            model::BranchState::Committed => BranchState::Committed,
+            model::BranchState::Absent => BranchState::Absent,
+        }
+    }
+
+    async fn listed(&self, gid: &Gid) -> bool {
+        let name = gid.to_string();
+        self.0.lock().unwrap().listed().any(|g| *g == name)
+    }
+
+    fn drop_connection(&self, _gid: &Gid) {}
 }
 
 /// The suite. `write(n)` is a statement of this kind that writes something new; `read` one
 /// that only reads (none: a branch with no statement at all).
 async fn conformance(
-    db: &Arc<Database>,
+    p: &impl Participant,
     cluster: &str,
     write: impl Fn(u32) -> String,
     read: Option<&str>,
 ) {
-    db.ensure_schema().await.expect("the marker table");
+    p.ensure_schema().await;
     // Commit: listed while prepared, then committed, idempotently.
     let g1 = gid(cluster, 1);
-    let branch = yes(prepare(db, &g1, &write(1)).await);
-    assert!(listed(db, &g1).await, "a YES branch is listed as prepared");
-    assert_eq!(db.branch_state(&g1.to_string()).await.unwrap(), BranchState::Prepared);
-    assert_eq!(db.finish(branch, Decision::Commit).await.unwrap(), Finish::Done);
-    assert!(!listed(db, &g1).await, "a committed branch is no longer listed");
-    let again = db.finish(PreparedBranch::named(&g1.to_string()), Decision::Commit).await;
-    assert_eq!(again.unwrap(), Finish::NotPrepared, "a second commit is a no-op");
-    assert_eq!(db.branch_state(&g1.to_string()).await.unwrap(), BranchState::Committed);
+    assert_eq!(p.prepare(&g1, Some(&write(1))).await, Ok(Vote::Yes));
+    assert!(p.listed(&g1).await, "a YES branch is listed as prepared");
+    assert_eq!(p.state(&g1).await, BranchState::Prepared);
+    assert_eq!(p.finish(&g1, Decision::Commit, true).await, Finish::Done);
+    assert!(!p.listed(&g1).await, "a committed branch is no longer listed");
+    let again = p.finish(&g1, Decision::Commit, false).await;
+    assert_eq!(again, Finish::NotPrepared, "a second commit is a no-op");
+    assert_eq!(p.state(&g1).await, BranchState::Committed);
 
     // Rollback: the same, ending rolled back.
     let g2 = gid(cluster, 2);
-    let branch = yes(prepare(db, &g2, &write(2)).await);
-    assert_eq!(db.finish(branch, Decision::Abort).await.unwrap(), Finish::Done);
-    let again = db.finish(PreparedBranch::named(&g2.to_string()), Decision::Abort).await;
-    assert_eq!(again.unwrap(), Finish::NotPrepared, "a second rollback is a no-op");
-    assert_eq!(db.branch_state(&g2.to_string()).await.unwrap(), BranchState::Absent);
-    assert!(!listed(db, &g2).await);
+    assert_eq!(p.prepare(&g2, Some(&write(2))).await, Ok(Vote::Yes));
+    assert_eq!(p.finish(&g2, Decision::Abort, true).await, Finish::Done);
+    let again = p.finish(&g2, Decision::Abort, false).await;
+    assert_eq!(again, Finish::NotPrepared, "a second rollback is a no-op");
+    assert_eq!(p.state(&g2).await, BranchState::Absent);
+    assert!(!p.listed(&g2).await);
 
     // Finished by name from a fresh connection, as after a coordinator restart (the
     // preparing connection is gone: MariaDB hands a branch over only then).
     let g3 = gid(cluster, 3);
-    drop(yes(prepare(db, &g3, &write(3)).await));
-    assert!(listed(db, &g3).await, "a prepared branch outlives its connection");
-    // MariaDB notices the closed session a moment later, and until then refuses another
-    // session the branch (the coordinator retries it at its next pass): retry, bounded.
-    let mut tries = 0;
-    let by_name = loop {
-        match db.finish(PreparedBranch::named(&g3.to_string()), Decision::Commit).await {
-            Err(e) if tries < 100 && e.to_string().contains("still held") => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => break other,
-        }
-    };
-    assert_eq!(by_name.unwrap(), Finish::Done);
-    assert_eq!(db.branch_state(&g3.to_string()).await.unwrap(), BranchState::Committed);
+    assert_eq!(p.prepare(&g3, Some(&write(3))).await, Ok(Vote::Yes));
+    p.drop_connection(&g3);
+    assert!(p.listed(&g3).await, "a prepared branch outlives its connection");
+    assert_eq!(p.finish(&g3, Decision::Commit, false).await, Finish::Done);
+    assert_eq!(p.state(&g3).await, BranchState::Committed);
 
     // Never prepared.
     let g4 = gid(cluster, 4);
-    let never = db.finish(PreparedBranch::named(&g4.to_string()), Decision::Commit).await;
-    assert_eq!(never.unwrap(), Finish::NotPrepared);
-    assert_eq!(db.branch_state(&g4.to_string()).await.unwrap(), BranchState::Absent);
+    assert_eq!(p.finish(&g4, Decision::Commit, false).await, Finish::NotPrepared);
+    assert_eq!(p.state(&g4).await, BranchState::Absent);
 
-    // A finished gid is never prepared again: refused at the begin (MariaDB writes its marker
+    // A finished gid is never prepared again: refused at the open (MariaDB writes its marker
     // row there) or voted NO at the prepare.
-    if let Ok(mut branch) = db.begin(&g1).await {
-        branch.execute(&write(5)).await.expect("a fresh write");
-        if let Vote::Yes(branch) = branch.prepare().await {
-            let _ = db.finish(branch, Decision::Abort).await;
-            panic!("{g1} was prepared a second time");
-        }
+    if let Ok(Vote::Yes) = p.prepare(&g1, Some(&write(5))).await {
+        let _ = p.finish(&g1, Decision::Abort, true).await;
+        panic!("{g1} was prepared a second time");
     }
-    assert!(!listed(db, &g1).await);
+    assert!(!p.listed(&g1).await);
 
     // Read-only: nothing prepared, nothing marked.
     let g6 = gid(cluster, 6);
-    let mut branch = db.begin(&g6).await.expect("begin");
-    if let Some(read) = read {
-        branch.execute(read).await.expect(read);
-    }
-    assert!(branch.may_be_read_only());
-    assert!(matches!(branch.prepare().await, Vote::ReadOnly), "a branch that only read");
-    assert!(!listed(db, &g6).await);
-    assert_eq!(db.branch_state(&g6.to_string()).await.unwrap(), BranchState::Absent);
+    assert_eq!(p.prepare(&g6, read).await, Ok(Vote::ReadOnly), "a branch that only read");
+    assert!(!p.listed(&g6).await);
+    assert_eq!(p.state(&g6).await, BranchState::Absent);
 
     // One phase: committed without PREPARE, and its marker says so.
     let g7 = gid(cluster, 7);
-    let mut branch = db.begin(&g7).await.expect("begin");
-    branch.execute(&write(7)).await.expect("a write");
-    assert!(!branch.may_be_read_only());
-    assert_eq!(branch.commit_one_phase().await, OnePhase::Committed);
-    assert!(!listed(db, &g7).await);
-    assert_eq!(db.branch_state(&g7.to_string()).await.unwrap(), BranchState::Committed);
+    assert_eq!(p.commit_one_phase(&g7, &write(7)).await, OnePhase::Committed);
+    assert!(!p.listed(&g7).await);
+    assert_eq!(p.state(&g7).await, BranchState::Committed);
+}
+
+fn real(db: Arc<Database>) -> Real {
+    Real { db, held: Mutex::new(HashMap::new()) }
+}
+
+#[tokio::test]
+async fn the_simulators_model_conforms() {
+    let model = Model::default();
+    conformance(&model, "model", |n| format!("INSERT {n}"), Some("SELECT 1")).await;
+    let committed: Vec<u32> = (1..=7)
+        .filter(|n| {
+            model.0.lock().unwrap().state(&gid("model", *n).to_string())
+                == model::BranchState::Committed
+        })
+        .collect();
+    assert_eq!(committed, [1, 3, 7], "the committed branches, and only those");
 }
 
 fn database(name: &str, kind: Kind, url: &str) -> Arc<Database> {
@@ -162,7 +281,7 @@ async fn postgres_conforms() {
         tokio_postgres::connect(PG_URL, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     client.batch_execute(&format!("CREATE TABLE {table} (n int PRIMARY KEY)")).await.unwrap();
-    let db = database("pg", Kind::Postgres, PG_URL);
+    let db = real(database("pg", Kind::Postgres, PG_URL));
     let read = format!("SELECT count(*) FROM {table}");
     let write = |n| format!("INSERT INTO {table} VALUES ({n})");
     conformance(&db, &cluster("pg"), write, Some(&read)).await;
@@ -183,7 +302,7 @@ async fn mariadb_conforms() {
     conn.query_drop(format!("CREATE TABLE {table} (n int PRIMARY KEY) ENGINE=InnoDB"))
         .await
         .unwrap();
-    let db = database("maria", Kind::Mariadb, MARIA_URL);
+    let db = real(database("maria", Kind::Mariadb, MARIA_URL));
     let read = format!("SELECT count(*) FROM {table}");
     let write = |n| format!("INSERT INTO {table} VALUES ({n})");
     conformance(&db, &cluster("my"), write, Some(&read)).await;
@@ -203,7 +322,7 @@ async fn redis_conforms() {
     let server = RedisServer::start("conformance", &REDIS_DURABLE);
     let (url, server_dir) = (server.url(), server.dir.clone());
     let client = redis::Client::open(url.as_str()).unwrap();
-    let db = database("points", Kind::Redis, &url);
+    let db = real(database("points", Kind::Redis, &url));
     conformance(&db, &cluster("rd"), |n| format!("SET key{n} {n}"), None).await;
     let mut conn = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("key*").query(&mut conn).unwrap();

@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::Hasher as _;
 
 use concord_commit::two_phase::Timer;
+use concord_commit::xa::model::{BranchState, Finish, ResourceManager};
 use concord_commit::xa::{self, Answer, Call, Completion, Effect, Record, Work};
 use concord_commit::Durability;
 use concord_types::{Decision, NodeId, RequestId, TxnId, Vote};
@@ -171,16 +172,18 @@ impl Event {
     }
 }
 
-/// A simulated SQL/XA database.
+/// A simulated SQL/XA database: the model the conformance suite holds to the real ones'
+/// behaviours (`concord_commit::xa::model`), and whether it is down.
 #[derive(Debug, Default)]
 struct Database {
-    /// Open local transactions: whether each wrote.
-    open: BTreeMap<TxnId, bool>,
-    /// Prepared branches (durable).
-    prepared: BTreeSet<TxnId>,
-    /// Committed branches (their marker rows; durable).
-    committed: BTreeSet<TxnId>,
+    rm: ResourceManager<TxnId>,
     down: bool,
+}
+
+impl Database {
+    fn committed(&self, txn: &TxnId) -> bool {
+        self.rm.state(txn) == BranchState::Committed
+    }
 }
 
 /// One client's transaction.
@@ -305,12 +308,13 @@ impl World {
                 let effects = self.xa.release(txn);
                 self.execute(effects);
                 for (n, _) in &branches {
-                    self.databases.get_mut(n).expect("configured").open.remove(&txn);
+                    self.databases.get_mut(n).expect("configured").rm.drop_connections();
                 }
                 self.schedule(100_000, Event::Start(index));
                 return;
             }
-            db.open.insert(txn, *wrote);
+            db.rm.begin(&txn).expect("a new transaction's name");
+            db.rm.execute(&txn, *wrote).expect("just opened");
         }
         let incarnation = self.incarnation;
         self.clients.insert(txn, ClientTxn { branches, incarnation, begun: false, answer: None });
@@ -329,24 +333,12 @@ impl World {
         let down = db.down;
         match call {
             Call::Prepare => {
-                let vote = if down || !runs {
-                    None
-                } else {
-                    match db.open.remove(&txn) {
-                        None => Some(Vote::No),
-                        Some(false) => Some(Vote::ReadOnly),
-                        Some(true) if refuse => Some(Vote::No),
-                        Some(true) => {
-                            db.prepared.insert(txn);
-                            Some(Vote::Yes)
-                        }
-                    }
-                };
+                let vote = (!down && runs).then(|| db.rm.prepare(&txn, refuse));
                 if dropped || down {
                     // The engine votes NO and rolls the branch back by name, which may fail
                     // as well (reconciliation finds what it leaves).
                     if !down && rollback_by_name_works {
-                        db.prepared.remove(&txn);
+                        db.rm.finish(&txn, Decision::Abort);
                     }
                     return Answer::Voted {
                         vote: Vote::No,
@@ -360,27 +352,21 @@ impl World {
                 Answer::Voted { vote, reason: None }
             }
             Call::CommitOnePhase => {
-                if !down && runs {
-                    if let Some(wrote) = db.open.remove(&txn) {
-                        if !(wrote && refuse) {
-                            db.committed.insert(txn);
-                        }
-                    }
-                }
                 if down {
                     return Answer::OnePhase(Err("database down".into()));
                 }
+                if runs {
+                    db.rm.commit_one_phase(&txn, refuse);
+                }
                 // A lost answer is settled from the marker by the engine, at once.
-                let decision =
-                    if db.committed.contains(&txn) { Decision::Commit } else { Decision::Abort };
+                let decision = if db.committed(&txn) { Decision::Commit } else { Decision::Abort };
                 Answer::OnePhase(Ok((decision, None)))
             }
             Call::SettleOnePhase => {
                 if down || dropped {
                     return Answer::OnePhase(Err("database unreachable".into()));
                 }
-                let decision =
-                    if db.committed.contains(&txn) { Decision::Commit } else { Decision::Abort };
+                let decision = if db.committed(&txn) { Decision::Commit } else { Decision::Abort };
                 Answer::OnePhase(Ok((decision, None)))
             }
             Call::Finish(decision) => {
@@ -389,17 +375,11 @@ impl World {
                 }
                 let completion = if !runs {
                     Completion::Failed("connection lost".into())
-                } else if db.prepared.remove(&txn) {
-                    if decision == Decision::Commit {
-                        db.committed.insert(txn);
-                    }
+                } else if db.rm.finish(&txn, decision) == Finish::Done {
                     Completion::Done
                 } else {
-                    let actual = if db.committed.contains(&txn) {
-                        Decision::Commit
-                    } else {
-                        Decision::Abort
-                    };
+                    let actual =
+                        if db.committed(&txn) { Decision::Commit } else { Decision::Abort };
                     if actual == decision {
                         Completion::Done
                     } else {
@@ -495,7 +475,7 @@ impl World {
                     .databases
                     .iter()
                     .filter(|(_, db)| !db.down)
-                    .flat_map(|(node, db)| db.prepared.iter().map(move |t| (*node, *t)))
+                    .flat_map(|(node, db)| db.rm.listed().map(move |t| (*node, *t)))
                     .collect();
                 for (node, txn) in listed {
                     if let Some(decision) = self.xa.inquiry_answer(txn) {
@@ -513,7 +493,7 @@ impl World {
                 self.disk.crash(&mut self.rng, true);
                 // Its connections die with it: open transactions roll back.
                 for db in self.databases.values_mut() {
-                    db.open.clear();
+                    db.rm.drop_connections();
                 }
                 let after = self.rng.range(10_000, 300_000);
                 self.schedule(after, Event::Recover);
@@ -544,7 +524,7 @@ impl World {
             Event::DatabaseDown(node) => {
                 let db = self.databases.get_mut(&node).expect("configured");
                 db.down = true;
-                db.open.clear();
+                db.rm.drop_connections();
                 let after = self.rng.range(10_000, 400_000);
                 self.schedule(after, Event::DatabaseUp(node));
             }
@@ -555,7 +535,7 @@ impl World {
                 let prepared: Vec<(NodeId, TxnId)> = self
                     .databases
                     .iter()
-                    .flat_map(|(node, db)| db.prepared.iter().map(move |t| (*node, *t)))
+                    .flat_map(|(node, db)| db.rm.listed().map(move |t| (*node, *t)))
                     .collect();
                 if prepared.is_empty() {
                     if self.faulty() {
@@ -566,11 +546,8 @@ impl World {
                 let (node, txn) = *self.rng.pick(&prepared);
                 let decision =
                     if self.rng.chance(0.5) { Decision::Commit } else { Decision::Abort };
-                let db = self.databases.get_mut(&node).expect("configured");
-                db.prepared.remove(&txn);
-                if decision == Decision::Commit {
-                    db.committed.insert(txn);
-                }
+                // COMMIT PREPARED or ROLLBACK PREPARED, typed by hand.
+                self.databases.get_mut(&node).expect("configured").rm.finish(&txn, decision);
                 self.injected.insert((txn, node), decision);
                 self.report.heuristics_injected += 1;
             }
@@ -580,7 +557,7 @@ impl World {
     fn check(&mut self) {
         let mut fail = Vec::new();
         for (node, db) in &self.databases {
-            for txn in &db.prepared {
+            for txn in db.rm.listed() {
                 fail.push(format!("{txn}: left prepared in database {node}"));
             }
         }
@@ -591,7 +568,7 @@ impl World {
             self.report.transactions += 1;
             let writers: Vec<NodeId> =
                 client.branches.iter().filter(|(_, w)| *w).map(|(n, _)| *n).collect();
-            let committed = |n: &NodeId| self.databases[n].committed.contains(txn);
+            let committed = |n: &NodeId| self.databases[n].committed(txn);
             let by_hand = |n: &NodeId| self.injected.get(&(*txn, *n)).copied();
             let untouched: Vec<&NodeId> = writers.iter().filter(|n| by_hand(n).is_none()).collect();
             let all = untouched.iter().all(|n| committed(n));
@@ -639,10 +616,9 @@ impl World {
                         .map(|(n, w)| {
                             let db = &self.databases[n];
                             format!(
-                                "{n} wrote={w} open={} prepared={} committed={}",
-                                db.open.contains_key(txn),
-                                db.prepared.contains(txn),
-                                db.committed.contains(txn)
+                                "{n} wrote={w} open={} {:?}",
+                                db.rm.is_open(txn),
+                                db.rm.state(txn)
                             )
                         })
                         .collect();
@@ -752,7 +728,7 @@ impl World {
     /// Nothing left to do: no prepared branch, every client of the running coordinator answered.
     fn settled(&self) -> bool {
         self.up
-            && self.databases.values().all(|db| db.prepared.is_empty() && !db.down)
+            && self.databases.values().all(|db| db.rm.listed().next().is_none() && !db.down)
             && self
                 .clients
                 .values()

@@ -27,6 +27,8 @@
 //! its first attempt (committed, rolled back, read-only, or left prepared for the core's
 //! resends) — so an answer can say where each branch stands.
 
+pub mod model;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use concord_types::codec::{DecodeError, Encode, Reader, Writer};
