@@ -1,5 +1,6 @@
 //! Exhaustive model checking of the database path: the real `concord_commit::xa::Coordinator`
-//! against model SQL/XA databases, for one transaction over a few branches.
+//! against model SQL/XA databases (`concord_commit::xa::model`, which the conformance suite
+//! holds to what PostgreSQL, MariaDB and Redis do), for one transaction over a few branches.
 //!
 //! A depth-first search over every interleaving of: reserving and beginning the transaction;
 //! delivering any call to its database (which may refuse a prepare, and whose connection may
@@ -23,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 
 use concord_commit::two_phase::Timer;
+use concord_commit::xa::model::{BranchState, Finish, ResourceManager};
 use concord_commit::xa::{self, Answer, Call, Completion, Effect, Record, Work};
 use concord_commit::Durability;
 use concord_types::{Decision, NodeId, TxnId, Vote};
@@ -54,15 +56,26 @@ pub struct DbExploration {
     pub violations: Vec<String>,
 }
 
+/// A database: the simulator's resource-manager model (held by the conformance suite to what
+/// the real ones do) and what the checks need to know of its history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct Db {
-    open: Option<bool>,
-    prepared: bool,
-    committed: bool,
+    rm: ResourceManager<()>,
+    /// The client's branch writes.
+    wrote: bool,
     /// The coordinator (or its rollback by name) ended a prepared branch the ABORT way.
     rolled_back_prepared: bool,
     /// An operator finished it by hand, which way.
     by_hand: Option<Decision>,
+}
+
+impl Db {
+    fn committed(&self) -> bool {
+        self.rm.state(&()) == BranchState::Committed
+    }
+    fn prepared(&self) -> bool {
+        self.rm.state(&()) == BranchState::Prepared
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -125,19 +138,7 @@ impl State {
         let db = self.dbs.get_mut(&node).expect("a branch's database");
         match call {
             Call::Prepare => {
-                let vote = if ran {
-                    match db.open.take() {
-                        None => Vote::No,
-                        Some(false) => Vote::ReadOnly,
-                        Some(true) if refuse => Vote::No,
-                        Some(true) => {
-                            db.prepared = true;
-                            Vote::Yes
-                        }
-                    }
-                } else {
-                    Vote::No
-                };
+                let vote = if ran { db.rm.prepare(&(), refuse) } else { Vote::No };
                 if drop {
                     // The engine votes NO and rolls back by name (assume it fails: the worse
                     // case; reconciliation finds the branch).
@@ -147,35 +148,29 @@ impl State {
             }
             Call::CommitOnePhase => {
                 if ran {
-                    if let Some(wrote) = db.open.take() {
-                        if !(wrote && refuse) {
-                            db.committed = true;
-                        }
-                    }
+                    db.rm.commit_one_phase(&(), refuse);
                 }
                 // A lost answer is settled from the marker; drop just delays it.
-                let d = if db.committed { Decision::Commit } else { Decision::Abort };
                 if drop {
                     return Answer::OnePhase(Err("dropped".into()));
                 }
+                let d = if db.committed() { Decision::Commit } else { Decision::Abort };
                 Answer::OnePhase(Ok((d, None)))
             }
             Call::SettleOnePhase => {
-                let d = if db.committed { Decision::Commit } else { Decision::Abort };
+                let d = if db.committed() { Decision::Commit } else { Decision::Abort };
                 Answer::OnePhase(Ok((d, None)))
             }
             Call::Finish(decision) => {
                 let completion = if !ran {
                     Completion::Failed("dropped".into())
-                } else if db.prepared {
-                    db.prepared = false;
-                    match decision {
-                        Decision::Commit => db.committed = true,
-                        Decision::Abort => db.rolled_back_prepared = true,
+                } else if db.rm.finish(&(), decision) == Finish::Done {
+                    if decision == Decision::Abort {
+                        db.rolled_back_prepared = true;
                     }
                     Completion::Done
                 } else {
-                    let actual = if db.committed { Decision::Commit } else { Decision::Abort };
+                    let actual = if db.committed() { Decision::Commit } else { Decision::Abort };
                     if actual == decision {
                         Completion::Done
                     } else {
@@ -192,7 +187,7 @@ impl State {
 
     fn check(&self, bounds: &DbBounds, out: &mut Vec<String>) {
         let multi = bounds.branches > 1;
-        let coordinator_committed = self.dbs.values().any(|d| d.committed && d.by_hand.is_none());
+        let coordinator_committed = self.dbs.values().any(|d| d.committed() && d.by_hand.is_none());
         if multi && coordinator_committed && !self.decided_durable {
             out.push(format!("a branch committed before the decision was durable: {self:?}"));
         }
@@ -217,8 +212,8 @@ impl State {
             for (node, d) in &self.dbs {
                 // Committed, or still prepared (the budget of timer firings stopped the
                 // core's resends), or read-only, or finished by hand: anything else was lost.
-                let fine = d.committed
-                    || d.prepared
+                let fine = d.committed()
+                    || d.prepared()
                     || d.by_hand.is_some()
                     || self.read_only_votes.contains(node);
                 if !fine {
@@ -229,7 +224,7 @@ impl State {
         if !self.decided_durable || !self.up {
             return;
         }
-        let others_done = self.dbs.values().all(|d| !d.prepared);
+        let others_done = self.dbs.values().all(|d| !d.prepared());
         for (node, db) in &self.dbs {
             if db.by_hand == Some(Decision::Abort)
                 && others_done
@@ -259,7 +254,10 @@ fn successors(s: &State, b: &DbBounds) -> Vec<State> {
                 let _ = txn;
                 for (i, node) in nodes.iter().enumerate() {
                     let wrote = !(b.read_only_last && i + 1 == nodes.len() && nodes.len() > 1);
-                    n.dbs.get_mut(node).expect("configured").open = Some(wrote);
+                    let db = n.dbs.get_mut(node).expect("configured");
+                    db.rm.begin(&()).expect("one transaction");
+                    db.rm.execute(&(), wrote).expect("just opened");
+                    db.wrote = wrote;
                 }
             }
             next.push(n);
@@ -267,10 +265,8 @@ fn successors(s: &State, b: &DbBounds) -> Vec<State> {
         if let (Some(txn), false) = (s.txn, s.begun) {
             let mut n = s.clone();
             n.begun = true;
-            let work = nodes
-                .iter()
-                .map(|node| (*node, Work { wrote: s.dbs[node].open != Some(false) }))
-                .collect();
+            let work =
+                nodes.iter().map(|node| (*node, Work { wrote: s.dbs[node].wrote })).collect();
             let (_, effects) = n.xa.begin(txn, work);
             n.apply(effects);
             next.push(n);
@@ -334,7 +330,7 @@ fn successors(s: &State, b: &DbBounds) -> Vec<State> {
                 *lost = true;
             }
             for db in n.dbs.values_mut() {
-                db.open = None;
+                db.rm.drop_connections();
             }
             next.push(n);
         }
@@ -343,7 +339,7 @@ fn successors(s: &State, b: &DbBounds) -> Vec<State> {
                 let mut n = s.clone();
                 n.reconciles += 1;
                 for node in &nodes {
-                    if n.dbs[node].prepared {
+                    if n.dbs[node].prepared() {
                         if let Some(decision) = n.xa.inquiry_answer(txn) {
                             n.calls.push((*node, Call::Finish(decision), false, true));
                         }
@@ -388,13 +384,12 @@ fn successors(s: &State, b: &DbBounds) -> Vec<State> {
     }
     if s.hand < b.hand_resolves {
         for node in &nodes {
-            if s.dbs[node].prepared {
+            if s.dbs[node].prepared() {
                 for decision in [Decision::Commit, Decision::Abort] {
                     let mut n = s.clone();
                     n.hand += 1;
                     let db = n.dbs.get_mut(node).expect("configured");
-                    db.prepared = false;
-                    db.committed = decision == Decision::Commit;
+                    db.rm.finish(&(), decision);
                     db.by_hand = Some(decision);
                     next.push(n);
                 }
