@@ -145,13 +145,15 @@ fn a_metrics_address_may_not_repeat_a_node_address() {
 }
 
 /// The alert rules and the dashboard in `deploy/` name only metrics the nodes serve (the
-/// database coordinator's, `concord_db_*`, are checked by its own unit test).
+/// database coordinator's, `concord_db_*`, and the saga orchestrator's, `concord_saga_*`, are
+/// checked by their own tests).
 fn every_node_metric_of_the_deploy_files_is_served(scraped: &str) {
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let mut checked = 0;
     for file in ["prometheus/concord-alerts.yml", "grafana/concord-dashboard.json"] {
         let text = std::fs::read_to_string(deploy.join(file)).expect("a deploy file");
-        for name in metric_names(&text).into_iter().filter(|n| !n.starts_with("concord_db_")) {
+        let others = |n: &String| n.starts_with("concord_db_") || n.starts_with("concord_saga_");
+        for name in metric_names(&text).into_iter().filter(|n| !others(n)) {
             let served = scraped.lines().any(|line| {
                 line.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with(['{', ' ']))
             });

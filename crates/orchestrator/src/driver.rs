@@ -113,6 +113,10 @@ enum Event {
         saga: String,
         answer: Answer,
     },
+    /// Prometheus text for `/metrics`.
+    Metrics {
+        answer: Answer,
+    },
     Reply {
         saga: String,
         step: usize,
@@ -207,6 +211,8 @@ struct Loop {
     /// Timeline changes for the PostgreSQL writer (the log takes them directly).
     calls_out: Option<mpsc::Sender<Change>>,
     calls_dropped: u64,
+    /// Counted since this process started, for `/metrics`.
+    counters: Counters,
     /// Starts waiting for their `Started` record, or (wait = true) for the end.
     acks: HashMap<String, Vec<Answer>>,
     finishes: HashMap<String, Vec<Answer>>,
@@ -215,6 +221,14 @@ struct Loop {
     /// timer: every saga arms a deadline and a timeout per call, hundreds of thousands at a
     /// time under load.
     timers: concord_types::TimerHeap<tokio::time::Instant, Timer>,
+}
+
+/// What `/metrics` counts since the process started.
+#[derive(Debug, Default)]
+struct Counters {
+    calls: u64,
+    completed: u64,
+    compensated: u64,
 }
 
 fn now_us() -> u64 {
@@ -304,6 +318,7 @@ impl Loop {
     fn carry_out(&mut self, command: Command) -> Result<(), String> {
         match command {
             Command::Call { saga, step, phase, attempt, key, endpoint, payload, timeout_us } => {
+                self.counters.calls += 1;
                 let name = self.core.view(&saga).map(|v| v.steps[step].clone()).unwrap_or_default();
                 let (call, changes) = self.timelines.called(&saga, &name, phase, attempt, now_us());
                 self.store_calls(changes)?;
@@ -342,7 +357,11 @@ impl Loop {
                 let at = deadline_after_us(after_us);
                 self.timers.push(at, timer);
             }
-            Command::Finished { saga, .. } => {
+            Command::Finished { saga, outcome } => {
+                match outcome {
+                    concord_saga::Outcome::Completed => self.counters.completed += 1,
+                    concord_saga::Outcome::Compensated { .. } => self.counters.compensated += 1,
+                }
                 let response = self.show(&saga);
                 for answer in self.finishes.remove(&saga).unwrap_or_default() {
                     let _ = answer.send(response.clone());
@@ -355,6 +374,54 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// Prometheus text: sagas running now, finished and calls made since this process
+    /// started, timers armed, timeline entries dropped.
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let instance = &self.instance;
+        let mut metric = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in series {
+                let _ = writeln!(out, "{name}{{instance=\"{instance}\"{labels}}} {value}");
+            }
+        };
+        metric(
+            "concord_saga_running",
+            "gauge",
+            "Sagas this orchestrator is driving (not finished).",
+            &[("", self.core.running() as u64)],
+        );
+        metric(
+            "concord_saga_finished_total",
+            "counter",
+            "Sagas finished here since the process started, by outcome.",
+            &[
+                (",outcome=\"completed\"", self.counters.completed),
+                (",outcome=\"compensated\"", self.counters.compensated),
+            ],
+        );
+        metric(
+            "concord_saga_calls_total",
+            "counter",
+            "Step calls made (actions, compensations, confirmations; retries included).",
+            &[("", self.counters.calls)],
+        );
+        metric(
+            "concord_saga_timers",
+            "gauge",
+            "Timers armed (deadlines, call timeouts, retries).",
+            &[("", self.timers.len() as u64)],
+        );
+        metric(
+            "concord_saga_timeline_entries_dropped_total",
+            "counter",
+            "Timeline entries the PostgreSQL writer could not keep up with.",
+            &[("", self.calls_dropped)],
+        );
+        out
     }
 
     fn show(&self, saga: &str) -> Response {
@@ -470,6 +537,13 @@ impl Loop {
             Event::Start { request, answer } => self.start(&request, answer)?,
             Event::List { target, answer } => self.list(&target, answer),
             Event::Show { saga, answer } => self.show_anywhere(saga, answer),
+            Event::Metrics { answer } => {
+                let _ = answer.send(Response {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    body: self.metrics(),
+                });
+            }
             Event::Reply { saga, step, phase, call, result, shown } => {
                 if let Some(change) = self.timelines.answered(&saga, &call, shown, now_us()) {
                     self.store_calls(vec![change])?;
@@ -612,6 +686,7 @@ fn authorize(access: &Access, request: &Request) -> Result<(), Response> {
     use concord_types::tokens::ClientRole;
     let allowed: &[ClientRole] = match (request.method.as_str(), request.segments().as_slice()) {
         ("GET", ["health"]) => return Ok(()),
+        ("GET", ["metrics"]) => &[ClientRole::Monitor, ClientRole::Operator],
         ("POST", ["v1", "sagas"]) => &[ClientRole::Client],
         ("GET", ["v1", "sagas", ..]) => {
             &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator]
@@ -659,6 +734,7 @@ async fn route(api: mpsc::Sender<Event>, access: Arc<Access>, request: Request) 
         },
         ("GET", ["v1", "sagas"]) => Event::List { target: request.target.clone(), answer: tx },
         ("GET", ["v1", "sagas", id]) => Event::Show { saga: (*id).to_string(), answer: tx },
+        ("GET", ["metrics"]) => Event::Metrics { answer: tx },
         (method, _) => {
             return Response::error(404, &format!("no route for {method} {}", request.target))
         }
@@ -785,6 +861,7 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         instance,
         calls_out,
         calls_dropped: 0,
+        counters: Counters::default(),
         acks: HashMap::new(),
         finishes: HashMap::new(),
         next_id: 0,

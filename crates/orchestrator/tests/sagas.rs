@@ -243,6 +243,40 @@ async fn a_declined_step_compensates_the_earlier_ones_last_first() {
     let undo1 = order.iter().position(|e| *e == ("step1", "compensation")).unwrap();
     let undo0 = order.iter().position(|e| *e == ("step0", "compensation")).unwrap();
     assert!(undo1 < undo0, "{order:?}");
+    // /metrics counts it: compensated, none running, five calls (three actions, two undos).
+    let (status, text) = concord_http::call(
+        orchestrator.address,
+        "GET",
+        "/metrics",
+        &[],
+        "",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let value = |series: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("concord_saga_finished_total{instance=\"local\",outcome=\"compensated\"}"), 1);
+    assert_eq!(value("concord_saga_finished_total{instance=\"local\",outcome=\"completed\"}"), 0);
+    assert_eq!(value("concord_saga_running{"), 0);
+    assert_eq!(value("concord_saga_calls_total{"), 5);
+    // The dashboard in deploy/ names only saga metrics served here.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/concord-dashboard.json"),
+    )
+    .unwrap();
+    let mut named = 0;
+    for (at, _) in dashboard.match_indices("concord_saga_") {
+        let tail = &dashboard[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap();
+        let name = &tail[..end];
+        assert!(text.lines().any(|l| l.starts_with(&format!("{name}{{"))), "{name} not served");
+        named += 1;
+    }
+    assert!(named >= 4, "the dashboard shows sagas");
     orchestrator.stop().await;
 }
 
