@@ -362,8 +362,9 @@ async fn an_orchestrator_stopped_mid_saga_finishes_it_after_a_restart() {
     orchestrator.stop().await;
 }
 
-/// With tokens, starting a saga takes a client's and reading one a client's, monitor's or
-/// operator's; without a known token nothing but /health is served. And a saga naming a step
+/// With tokens, starting a saga takes a client's, reading one a client's, monitor's or
+/// operator's, and the metrics a monitor's or operator's; without a known token nothing but
+/// /health is served. And a saga naming a step
 /// host the orchestrator was not given is refused whole, before anything runs.
 #[tokio::test]
 async fn tokens_and_step_hosts_are_checked_before_a_saga_starts() {
@@ -404,6 +405,10 @@ async fn tokens_and_step_hosts_are_checked_before_a_saga_starts() {
     assert_eq!(call("POST", "/v1/sagas".into(), Some("c"), start).await, 200);
     assert_eq!(call("GET", "/v1/sagas/s-1".into(), Some("m"), String::new()).await, 200);
     assert_eq!(applied(&shared[0]).len(), 1);
+    // Metrics are for monitors and operators.
+    assert_eq!(call("GET", "/metrics".into(), None, String::new()).await, 401);
+    assert_eq!(call("GET", "/metrics".into(), Some("c"), String::new()).await, 403);
+    assert_eq!(call("GET", "/metrics".into(), Some("m"), String::new()).await, 200);
     orchestrator.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
