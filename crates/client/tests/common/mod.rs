@@ -86,8 +86,13 @@ fn free_ports(n: usize) -> Vec<u16> {
     // find its port free again, and an ephemeral port can be taken meanwhile as some
     // connection's source port (an acceptor's restart failed so, "Address already in use").
     // Spread by process, clock and a counter, as tests run in parallel; held together until all
-    // are chosen, so no port is handed out twice.
+    // are chosen, and never handed out twice in one process: a port a test's stopped node will
+    // bind again on its restart probes free meanwhile, and another test took it so once
+    // ("acceptor-2: cannot listen … Address already in use").
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let seed = u64::from(std::process::id())
@@ -99,10 +104,15 @@ fn free_ports(n: usize) -> Vec<u16> {
             break;
         }
         let port = 10_000 + u16::try_from((seed.wrapping_add(attempt * 7_919)) % 22_000).unwrap();
+        if given.contains(&port) {
+            continue;
+        }
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             held.push(listener);
         }
     }
     assert_eq!(held.len(), n, "no {n} free ports below the ephemeral range");
-    held.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().expect("bound").port()).collect();
+    given.extend(&ports);
+    ports
 }
