@@ -259,23 +259,13 @@ mod tests {
         gauges.database_up.insert("ledger".into(), true);
         metrics.set_gauges(gauges);
         let text = metrics.render();
-        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
         let mut checked = 0;
-        for file in ["prometheus/concord-alerts.yml", "grafana/concord-dashboard.json"] {
-            let source = std::fs::read_to_string(deploy.join(file)).expect("a deploy file");
-            let mut rest = source.as_str();
-            while let Some(at) = rest.find("concord_db_") {
-                let tail = &rest[at..];
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-                    .unwrap_or(tail.len());
-                let name = &tail[..end];
-                let rendered = text
-                    .lines()
-                    .any(|line| line.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' '])));
+        for (file, source) in concord_testkit::deploy_files() {
+            let names = concord_testkit::metric_names(&source);
+            for name in names.into_iter().filter(|n| n.starts_with("concord_db_")) {
+                let rendered = concord_testkit::serves_metric(&text, name);
                 assert!(rendered, "{file} names `{name}`, which the coordinator does not render");
                 checked += 1;
-                rest = &tail[end..];
             }
         }
         assert!(checked >= 10, "the deploy files name database metrics: {checked}");

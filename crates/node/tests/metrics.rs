@@ -148,31 +148,14 @@ fn a_metrics_address_may_not_repeat_a_node_address() {
 /// database coordinator's, `concord_db_*`, and the saga orchestrator's, `concord_saga_*`, are
 /// checked by their own tests).
 fn every_node_metric_of_the_deploy_files_is_served(scraped: &str) {
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let mut checked = 0;
-    for file in ["prometheus/concord-alerts.yml", "grafana/concord-dashboard.json"] {
-        let text = std::fs::read_to_string(deploy.join(file)).expect("a deploy file");
-        let others = |n: &String| n.starts_with("concord_db_") || n.starts_with("concord_saga_");
-        for name in metric_names(&text).into_iter().filter(|n| !others(n)) {
-            let served = scraped.lines().any(|line| {
-                line.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with(['{', ' ']))
-            });
+    for (file, text) in concord_testkit::deploy_files() {
+        let others = |n: &&str| n.starts_with("concord_db_") || n.starts_with("concord_saga_");
+        for name in concord_testkit::metric_names(&text).into_iter().filter(|n| !others(n)) {
+            let served = concord_testkit::serves_metric(scraped, name);
             assert!(served, "{file} names `{name}`, which no node serves");
             checked += 1;
         }
     }
     assert!(checked > 10, "the deploy files name node metrics: {checked}");
-}
-
-/// Every `concord_…` identifier in a text.
-fn metric_names(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("concord_") {
-        let tail = &rest[at..];
-        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
-        names.push(tail[..end].to_string());
-        rest = &tail[end..];
-    }
-    names
 }

@@ -162,3 +162,38 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// Every `concord_…` metric name a text mentions (alert rules, a dashboard), in order: what
+/// tests compare with what a service's `/metrics` serves, so `deploy/` cannot name a metric
+/// nobody renders.
+pub fn metric_names(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("concord_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
+        names.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Whether Prometheus text `scraped` has a series named exactly `name`.
+pub fn serves_metric(scraped: &str, name: &str) -> bool {
+    scraped
+        .lines()
+        .any(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+}
+
+/// The files in `deploy/` that name metrics, read from the workspace root.
+pub fn deploy_files() -> Vec<(&'static str, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    ["prometheus/concord-alerts.yml", "grafana/concord-dashboard.json"]
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(root.join(file))
+                .unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
+            (file, text)
+        })
+        .collect()
+}
