@@ -377,6 +377,10 @@ pub struct Coordinator {
     requests: mpsc::Sender<Request>,
     /// The databases whose configuration allows schema statements through `run`.
     schema_changes: std::collections::BTreeSet<String>,
+    /// Longest a client waits for its transaction's outcome: the vote timeout, a commit and a
+    /// lost one-phase answer's settling, each bounded by the statement timeout, with room to
+    /// spare. Past it the answer is "unknown" (`txn show` tells later), never a guess.
+    answer_limit: Duration,
 }
 
 fn check_data_dir(dir: &Path, config: &DatabasesConfig) -> Result<concord_wal::DirLock, OpenError> {
@@ -485,6 +489,7 @@ impl Coordinator {
         let coordinator = Coordinator {
             shared,
             requests,
+            answer_limit: timeout * 6 + Duration::from_secs(5),
             schema_changes: config
                 .databases
                 .iter()
@@ -1184,7 +1189,10 @@ impl Transaction<'_> {
             .map(|(node, b)| (*node, (b.database().name.clone(), b.gid().to_string())))
             .collect();
         self.handed_over = true;
-        let answer = c.ask(|reply| Request::Commit { txn, branches, reply }).await;
+        let commit = c.ask(|reply| Request::Commit { txn, branches, reply });
+        let answer = tokio::time::timeout(c.answer_limit, commit).await.unwrap_or_else(|_| {
+            Err(format!("no outcome within {:?} (a database does not answer)", c.answer_limit))
+        });
         let settled: Settled = match answer {
             Ok(Ok(settled)) => settled,
             Ok(Err(reason)) | Err(reason) => {
