@@ -26,6 +26,10 @@
 //! [timeouts]                       # optional; milliseconds
 //! statement_ms = 5000              # every database call (connect, statement, prepare, commit)
 //!
+//! [console]                        # optional: the web console at /ui
+//! recent_transactions = 100000     # how many recent transactions it keeps timelines of
+//! sample_ms = 10000                # how often its charts sample the metrics (an hour kept)
+//!
 //! [[token]]                        # optional, one per client (docs/security.md); with any,
 //! name = "payments-api"            # every request but /health needs one
 //! role = "client"                  # client | operator | monitor
@@ -60,6 +64,8 @@ pub struct DatabasesConfig {
     pub recovery: RecoveryConfig,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Clients' bearer tokens (by SHA-256); with any, the API demands one.
     #[serde(rename = "token", default)]
     pub tokens: Vec<concord_types::tokens::TokenConfig>,
@@ -98,6 +104,23 @@ pub struct TimeoutConfig {
 impl Default for TimeoutConfig {
     fn default() -> Self {
         TimeoutConfig { statement_ms: 5_000 }
+    }
+}
+
+/// The web console's memory: recent transactions' timelines and the charts' samples.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub recent_transactions: usize,
+    pub sample_ms: u64,
+}
+
+/// The most recent transactions the console may be asked to keep (about 2 KB each).
+pub const MAX_RECENT_TRANSACTIONS: usize = 1_000_000;
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { recent_transactions: crate::trace::DEFAULT_CAPACITY, sample_ms: 10_000 }
     }
 }
 
@@ -150,6 +173,12 @@ impl DatabasesConfig {
         concord_types::tokens::validate_all(&self.tokens)?;
         check_range("timeouts.statement_ms", self.timeouts.statement_ms, 1..=600_000)?;
         check_range("recovery.interval_ms", self.recovery.interval_ms, 10..=3_600_000)?;
+        check_range(
+            "console.recent_transactions",
+            self.console.recent_transactions,
+            1..=MAX_RECENT_TRANSACTIONS,
+        )?;
+        check_range("console.sample_ms", self.console.sample_ms, 100..=600_000)?;
         Ok(())
     }
 }
@@ -193,6 +222,10 @@ url = "mysql://root@127.0.0.1:3306/test"
             (format!("{GOOD}[timeouts]\nstatement_ms = 18446744073709551615\n"), "statement_ms"),
             (format!("{GOOD}[timeouts]\nstatement_ms = 600001\n"), "statement_ms"),
             (format!("{GOOD}[recovery]\ninterval_ms = 0\n"), "interval_ms"),
+            (format!("{GOOD}[console]\nrecent_transactions = 0\n"), "recent_transactions"),
+            (format!("{GOOD}[console]\nrecent_transactions = 1000001\n"), "recent_transactions"),
+            (format!("{GOOD}[console]\nsample_ms = 99\n"), "sample_ms"),
+            (format!("{GOOD}[console]\nsamples = 1\n"), "samples"),
             (GOOD.replace("127.0.0.1:7800", "127.0.0.1:0"), "listen (port)"),
             (GOOD.replace("node_id = 9", "node_id = 4294967296"), "node_id"),
             (GOOD.replace("name = \"wallet\"", "name = \"wal let\""), "`name`"),

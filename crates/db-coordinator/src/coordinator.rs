@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_types::codec::Encode;
@@ -37,7 +37,9 @@ use crate::engine::{Engine, Request, Settled};
 use crate::log::{BranchRef, CoreRecord, DecisionSource, Ledger, Record, MAX_DATABASE_NODES};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::reconcile::{Action, Listed};
+use crate::trace::{Filter, Step, Traces};
 use concord_commit::xa::Completion;
+use concord_console::History;
 use concord_participants::database::{
     BranchState, Database, DbError, Finish, OpenBranch, PreparedBranch,
 };
@@ -229,9 +231,20 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     pub metrics: Metrics,
     fault: Option<Fault>,
+    /// Recent transactions' timelines, for the console.
+    pub traces: Mutex<Traces>,
+    /// The last hour of the metrics, for the console's charts.
+    pub history: Arc<History>,
+    pub data_dir: PathBuf,
+    pub started_ms: u64,
 }
 
 impl Shared {
+    /// Records a step of a transaction's timeline (a short lock; never awaited under).
+    pub fn trace(&self, step: impl FnOnce(&mut Traces, u64)) {
+        step(&mut self.traces.lock().unwrap_or_else(PoisonError::into_inner), now_ms());
+    }
+
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("state holders do not panic")
     }
@@ -339,6 +352,31 @@ impl Shared {
     /// says it is not prepared, its marker tells how it ended — a contradiction is a heuristic
     /// outcome, recorded before this returns.
     pub async fn complete_branch(
+        &self,
+        txn: TxnId,
+        node: NodeId,
+        branch: PreparedBranch,
+        decision: Decision,
+    ) -> Completion {
+        self.trace(|t, now| t.step(txn, Some(node), now, Step::DecisionSent(decision), None));
+        let completion = self.finish_branch(txn, node, branch, decision).await;
+        let (step, detail) = match &completion {
+            Completion::Done => (Step::Applied(decision), None),
+            Completion::Heuristic(actual) => {
+                let actual = match actual {
+                    Decision::Commit => "committed",
+                    Decision::Abort => "rolled back",
+                };
+                (Step::Heuristic, Some(format!("found {actual} in its database")))
+            }
+            Completion::StillPrepared => (Step::NotApplied, Some("still prepared".to_string())),
+            Completion::Failed(e) => (Step::NotApplied, Some(e.clone())),
+        };
+        self.trace(|t, now| t.step(txn, Some(node), now, step, detail.as_deref()));
+        completion
+    }
+
+    async fn finish_branch(
         &self,
         txn: TxnId,
         node: NodeId,
@@ -463,6 +501,13 @@ impl Coordinator {
             }),
             metrics: Metrics::default(),
             fault,
+            traces: Mutex::new(Traces::new(config.console.recent_transactions)),
+            history: History::new(
+                Duration::from_millis(config.console.sample_ms),
+                crate::metrics::charts(),
+            ),
+            data_dir: data_dir.to_path_buf(),
+            started_ms: now_ms(),
         });
         // A node's name is durable before any gid carries it.
         for record in new_nodes {
@@ -502,7 +547,107 @@ impl Coordinator {
                 eprintln!("concord: {e}; retried at each reconciliation");
             }
         }
-        Ok(Arc::new(coordinator))
+        let coordinator = Arc::new(coordinator);
+        coordinator.spawn_history();
+        Ok(coordinator)
+    }
+
+    /// Samples the metrics for the console's charts until the coordinator is dropped.
+    fn spawn_history(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let mut before = self.shared.metrics.snapshot();
+        self.shared.history.spawn_sampler(move |since| {
+            let Some(shared) = weak.upgrade() else { return Vec::new() };
+            let after = shared.metrics.snapshot();
+            let gauges = shared.metrics.gauges();
+            let values =
+                crate::metrics::chart_values(&before, &after, since.as_secs_f64(), &gauges);
+            before = after;
+            values
+        });
+    }
+
+    /// `GET /v1/history`: the charts' samples.
+    pub fn history(&self) -> serde_json::Value {
+        self.shared.history.json()
+    }
+
+    /// One page of recent transactions, newest first (see [`crate::trace`]).
+    pub fn recent(&self, filter: &Filter, before: Option<u64>, limit: usize) -> serde_json::Value {
+        let traces = self.shared.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        let name_of = |node: NodeId| self.shared.database_name(node);
+        let (page, next) = traces.page(filter, before, limit, &name_of);
+        serde_json::json!({
+            "transactions": page,
+            "next": next.map(|n| n.to_string()),
+            "kept": traces.len(),
+            "capacity": traces.capacity(),
+            "traced_since_start": traces.traced(),
+        })
+    }
+
+    /// The branch node of a configured database.
+    pub fn database_node(&self, name: &str) -> Option<NodeId> {
+        self.database(name).map(|(node, _)| node)
+    }
+
+    /// A transaction's timeline and each branch's milestones, if it is among the recent ones.
+    pub fn timeline(&self, txn: TxnId) -> Option<serde_json::Value> {
+        let traces = self.shared.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        traces.detail(txn, &|node| self.shared.database_name(node))
+    }
+
+    /// `GET /v1/cluster`: this node, its log, its databases, what it is doing.
+    pub fn cluster(&self) -> serde_json::Value {
+        let gauges = self.shared.metrics.gauges();
+        let databases: Vec<serde_json::Value> = self
+            .shared
+            .databases
+            .iter()
+            .map(|(node, db)| {
+                let (prepared, oldest) = gauges.prepared.get(&db.name).copied().unwrap_or((0, 0.0));
+                serde_json::json!({
+                    "name": db.name,
+                    "kind": format!("{:?}", db.kind).to_lowercase(),
+                    "branch_node": node.0,
+                    "up": gauges.database_up.get(&db.name),
+                    "prepared_branches": prepared,
+                    "oldest_prepared_s": oldest,
+                })
+            })
+            .collect();
+        let log_files = log_files(&self.shared.data_dir.join("log"));
+        let log_bytes: u64 = log_files.iter().map(|(_, size)| size).sum();
+        let (running, epoch) = {
+            let state = self.state();
+            (state.running.len(), state.ledger.epoch().unwrap_or(0))
+        };
+        let (kept, capacity) = {
+            let traces = self.shared.traces.lock().unwrap_or_else(PoisonError::into_inner);
+            (traces.len(), traces.capacity())
+        };
+        let now = now_ms();
+        serde_json::json!({
+            "role": "database-coordinator",
+            "cluster": self.shared.cluster,
+            "node": self.shared.node.to_string(),
+            "epoch": epoch,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_unix_ms": self.shared.started_ms,
+            "uptime_s": now.saturating_sub(self.shared.started_ms) / 1_000,
+            "data_dir": self.shared.data_dir.display().to_string(),
+            "log_bytes": log_bytes,
+            "log_files": log_files.iter().map(|(name, size)| serde_json::json!({ "name": name, "bytes": size })).collect::<Vec<_>>(),
+            "checkpoint_every_records": CHECKPOINT_EVERY,
+            "transactions_running": running,
+            "in_doubt_transactions": gauges.in_doubt_transactions,
+            "heuristic_transactions": gauges.heuristic_transactions,
+            "recent_transactions_kept": kept,
+            "recent_transactions_capacity": capacity,
+            "databases": databases,
+            // One coordinator holds the decisions: no replica, no leader to show.
+            "replication": serde_json::Value::Null,
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -565,6 +710,8 @@ impl Coordinator {
             .await
             .map_err(BeginError::Log)?
             .map_err(BeginError::Refused)?;
+        let nodes: Vec<NodeId> = chosen.iter().map(|(node, _)| *node).collect();
+        self.shared.trace(|t, now| t.opened(txn, now, nodes));
         // Owns the id from here: however it ends, the engine hears of it.
         let mut transaction = Transaction {
             coordinator: self,
@@ -584,6 +731,9 @@ impl Coordinator {
                 Ok(open) => transaction.branches.push((node, open)),
                 Err(e) => {
                     self.shared.metrics.record_transaction(Outcome::Aborted, elapsed_us(started));
+                    self.shared.metrics.record_abort("begin-failed");
+                    let why = format!("a branch could not begin: {e}");
+                    self.shared.trace(|t, now| t.abandoned(txn, now, &why));
                     return Err(BeginError::Database(e));
                 }
             }
@@ -701,7 +851,19 @@ impl Coordinator {
         let Some((listed_node, db)) = self.database(&branch.database) else {
             return format!("failed: database `{}` is not configured", branch.database);
         };
+        let shared = &self.shared;
+        let by = Some("by reconciliation");
+        shared.trace(|t, now| t.step(txn, Some(node), now, Step::DecisionSent(decision), by));
         let finished = db.finish(PreparedBranch::named(&branch.gid), decision).await;
+        match &finished {
+            Ok(Finish::Done) => {
+                shared.trace(|t, now| t.step(txn, Some(node), now, Step::Applied(decision), by));
+            }
+            Err(e) => shared.trace(|t, now| {
+                t.step(txn, Some(node), now, Step::NotApplied, Some(&e.to_string()));
+            }),
+            Ok(Finish::NotPrepared) => {}
+        }
         let completion = match finished {
             Ok(Finish::Done) => Completion::Done,
             // Not prepared any more: whoever finished it, its own database's marker tells how.
@@ -1101,6 +1263,34 @@ impl Coordinator {
     }
 }
 
+/// The class of an abort the core settled, for `concord_db_aborts_total{reason}`.
+fn abort_reason(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some(r) if r.contains("voted NO") => "voted-no",
+        // A one-phase commit its database rolled back (a constraint, a serialization failure).
+        Some(_) => "database-refused",
+        // The core aborts without a reason when votes did not come in time.
+        None => "vote-timeout",
+    }
+}
+
+/// The log directory's files and their sizes, by name.
+fn log_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let size = e.metadata().ok().filter(std::fs::Metadata::is_file)?.len();
+                    Some((e.file_name().to_string_lossy().into_owned(), size))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 fn elapsed_us(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
@@ -1162,10 +1352,10 @@ impl Transaction<'_> {
                 view
             })
             .collect();
-        self.coordinator
-            .shared
-            .metrics
-            .record_transaction(Outcome::Aborted, elapsed_us(self.started));
+        let shared = &self.coordinator.shared;
+        shared.metrics.record_transaction(Outcome::Aborted, elapsed_us(self.started));
+        shared.metrics.record_abort("abandoned");
+        shared.trace(|t, now| t.abandoned(self.txn, now, reason));
         TxnView {
             txn: self.txn.to_string(),
             state: "aborted".into(),
@@ -1197,6 +1387,9 @@ impl Transaction<'_> {
             Ok(Ok(settled)) => settled,
             Ok(Err(reason)) | Err(reason) => {
                 c.shared.metrics.record_transaction(Outcome::Unknown, elapsed_us(self.started));
+                c.shared.trace(|t, now| {
+                    t.step(txn, None, now, Step::AnsweredUnknown, Some(&reason));
+                });
                 return Err(OutcomeUnknown { txn, reason });
             }
         };
@@ -1205,6 +1398,9 @@ impl Transaction<'_> {
             Decision::Abort => Outcome::Aborted,
         };
         c.shared.metrics.record_transaction(outcome, elapsed_us(self.started));
+        if settled.decision == Decision::Abort {
+            c.shared.metrics.record_abort(abort_reason(settled.reason.as_deref()));
+        }
         let mut view = {
             let state = c.state();
             Coordinator::view_of(&state, txn, &[], now_ms())

@@ -36,6 +36,7 @@ use concord_participants::database::{OnePhase, OpenBranch, PreparedBranch, Vote}
 use crate::coordinator::{now_ms, FaultPoint, Shared};
 use crate::log::{CoreRecord, Record, Work};
 use crate::reconcile::{plan, Action, Knowledge, Listed};
+use crate::trace::Step;
 
 /// Client requests waiting for the engine.
 pub(crate) const REQUEST_QUEUE: usize = 1_024;
@@ -262,6 +263,12 @@ impl Engine {
         let effects = match event {
             Event::Timer(timer) => self.xa.timer(timer),
             Event::Durable(record, Ok(())) => {
+                if let CoreRecord::CommitDecided { txn, .. } = &record {
+                    let txn = *txn;
+                    self.shared.trace(|t, now| {
+                        t.step(txn, None, now, Step::DecisionLogged(Decision::Commit), None);
+                    });
+                }
                 if matches!(record, CoreRecord::CommitDecided { .. })
                     && self.shared.fault_at(FaultPoint::AfterDecision)
                 {
@@ -282,6 +289,14 @@ impl Engine {
                 return;
             }
             Event::Voted { txn, node, vote } => {
+                let (said, why) = match &vote {
+                    Vote::Yes(_) => ("yes", None),
+                    Vote::ReadOnly => ("read-only", None),
+                    Vote::No(reason) => ("no", Some(reason.to_string())),
+                };
+                self.shared.trace(|t, now| {
+                    t.step(txn, Some(node), now, Step::Voted(said), why.as_deref());
+                });
                 let answer = match vote {
                     Vote::Yes(prepared) => {
                         self.prepared.insert((txn, node), prepared);
@@ -299,7 +314,26 @@ impl Engine {
                 }
                 self.xa.answer(txn, node, answer)
             }
-            Event::Answered { txn, node, answer } => self.xa.answer(txn, node, answer),
+            Event::Answered { txn, node, answer } => {
+                match &answer {
+                    Answer::OnePhase(Ok((decision, reason))) => self.shared.trace(|t, now| {
+                        t.step(
+                            txn,
+                            Some(node),
+                            now,
+                            Step::OnePhaseEnded(*decision),
+                            reason.as_deref(),
+                        );
+                    }),
+                    Answer::Finished(Completion::Done | Completion::Heuristic(_)) => {
+                        self.shared.trace(|t, now| {
+                            t.step(txn, Some(node), now, Step::Acknowledged, None);
+                        });
+                    }
+                    _ => {}
+                }
+                self.xa.answer(txn, node, answer)
+            }
             Event::Released(txn, votes) => {
                 let mut effects = Vec::new();
                 for (node, answer) in votes {
@@ -361,6 +395,7 @@ impl Engine {
                 Effect::Rejected { request, reason } => self.rejected(request, reason),
                 Effect::Settled { txn, decision, reason, branches } => {
                     self.shared.state().running.remove(&txn);
+                    self.shared.trace(|t, now| t.ended(txn, now, decision, reason.as_deref()));
                     // Whatever the calls left behind (a prepared branch of an aborted
                     // transaction whose vote came too late) is reconciliation's.
                     self.open.retain(|(t, _), _| *t != txn);
@@ -461,6 +496,16 @@ impl Engine {
 
     /// Makes one call to a database, in a task; its answer comes back as an event.
     fn call(&mut self, txn: TxnId, node: NodeId, call: Call) {
+        let sent = match call {
+            Call::Prepare => Some(Step::PrepareSent),
+            Call::CommitOnePhase => Some(Step::OnePhaseSent),
+            Call::SettleOnePhase => None,
+            // Traced by `complete_branch`, which reconciliation and operators call too.
+            Call::Finish(_) => None,
+        };
+        if let Some(step) = sent {
+            self.shared.trace(|t, now| t.step(txn, Some(node), now, step, None));
+        }
         let internal = self.internal.clone();
         let shared = Arc::clone(&self.shared);
         let answered = move |answer: Answer| {

@@ -4,7 +4,13 @@
 //! ```text
 //!   POST /v1/transactions                {"branches":[{"database":"ledger","statements":["…"]}]}
 //!   GET  /v1/transactions?in_doubt=true[&heuristic=true]
-//!   GET  /v1/transactions/ID
+//!   GET  /v1/transactions?recent=true[&state=S][&database=D][&q=TEXT][&limit=N][&before=CURSOR]
+//!                                        recent transactions, newest first, one page
+//!   GET  /v1/transactions/ID             with its timeline, branch by branch, if recent
+//!   GET  /v1/cluster                     this node, its log, its databases
+//!   GET  /v1/history                     the last hour of the metrics, for charts
+//!   GET  /v1/console                     what the console at /ui offers, and who is asking
+//!   GET  /ui                             the web console (docs/console.md)
 //!   POST /v1/transactions/ID/resolve     {"decision":"commit"|"abort","force":false}
 //!   POST /v1/recover                     {"dry_run":true}
 //!   GET  /metrics                        Prometheus text format
@@ -13,8 +19,9 @@
 //!
 //! With `[[token]]` entries in its configuration every route but `/health` needs
 //! `Authorization: Bearer <token>` of a role allowed there: running a transaction takes a
-//! `client`; reading transactions a `client`, `monitor` or `operator`; `/metrics` a `monitor` or
-//! `operator`; `resolve` and `recover` an `operator`, and each is written to stderr as an audit
+//! `client`; reading transactions a `client`, `monitor` or `operator`; `/metrics`, `/v1/cluster`
+//! and `/v1/history` a `monitor` or `operator`; the console's pages (`/ui`) anyone (they hold no
+//! data: what they show comes from these routes, with the token typed into them); `resolve` and `recover` an `operator`, and each is written to stderr as an audit
 //! line naming who did it (docs/security.md).
 
 use std::net::SocketAddr;
@@ -29,6 +36,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::coordinator::{BeginError, Coordinator, ResolveError, RunError};
+use crate::trace::{Filter, MAX_PAGE, STATES};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,27 +85,40 @@ pub async fn serve(coordinator: Arc<Coordinator>, listener: TcpListener, tokens:
                 Ok(who) => who,
                 Err(response) => return response,
             };
-            route(&coordinator, &request.method, &request.target, &request.body, &who).await
+            route(&coordinator, &request, &who).await
         }
     })
     .await;
 }
 
+/// Who is asking: a name for the audit line, and the token's role (none without tokens).
+#[derive(Debug)]
+struct Caller {
+    label: String,
+    name: Option<String>,
+    role: Option<ClientRole>,
+}
+
 /// Whose request this is, if it may do what it asks; else 401 or 403.
-fn authorize(tokens: &TokenTable, request: &Request) -> Result<String, Response> {
+fn authorize(tokens: &TokenTable, request: &Request) -> Result<Caller, Response> {
     let path = request.target.split('?').next().unwrap_or("");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let anyone = |label: &str| Caller { label: label.into(), name: None, role: None };
+    if concord_console::is_asset(&request.method, &segments) {
+        return Ok(anyone("anyone"));
+    }
+    let readers = &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator];
     let allowed: &[ClientRole] = match (request.method.as_str(), segments.as_slice()) {
-        ("GET", ["health"]) => return Ok("anyone".into()),
-        ("GET", ["metrics"]) => &[ClientRole::Monitor, ClientRole::Operator],
-        ("POST", ["v1", "transactions"]) => &[ClientRole::Client],
-        ("GET", ["v1", "transactions", ..]) => {
-            &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator]
+        ("GET", ["health"]) => return Ok(anyone("anyone")),
+        ("GET", ["metrics"] | ["v1", "cluster" | "history"]) => {
+            &[ClientRole::Monitor, ClientRole::Operator]
         }
+        ("POST", ["v1", "transactions"]) => &[ClientRole::Client],
+        ("GET", ["v1", "transactions", ..] | ["v1", "console"]) => readers,
         _ => &[ClientRole::Operator], // resolve, recover, and what is not a route
     };
     if tokens.is_empty() {
-        return Ok("an unauthenticated caller (no [[token]] configured)".into());
+        return Ok(anyone("an unauthenticated caller (no [[token]] configured)"));
     }
     let (name, role) = tokens.find_bearer(request.header("authorization")).map_err(|why| {
         eprintln!("refused {} {path}: {why}", request.method);
@@ -107,7 +128,63 @@ fn authorize(tokens: &TokenTable, request: &Request) -> Result<String, Response>
         eprintln!("refused {} {path} to {name} ({role}): not its role's right", request.method);
         return Err(error(403, &format!("{name} ({role}) may not {} {path}", request.method)));
     }
-    Ok(format!("{name} ({role})"))
+    Ok(Caller { label: format!("{name} ({role})"), name: Some(name.to_string()), role: Some(role) })
+}
+
+/// The query of `GET /v1/transactions?recent=true…`: filters, cursor, page size. Every
+/// parameter is checked; an unknown one is refused, naming it.
+fn recent_query(
+    coordinator: &Coordinator,
+    query: &str,
+) -> Result<(Filter, Option<u64>, usize), String> {
+    let mut filter = Filter::default();
+    let (mut before, mut limit) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = concord_http::percent_decode(value)
+            .ok_or_else(|| format!("{}: malformed %-escape", concord_console::shorten(name)))?;
+        let value = value.as_str();
+        let shown = concord_console::shorten(value);
+        match name {
+            "recent" => {}
+            "state" if value.is_empty() || value == "all" => {}
+            "state" => {
+                let known = STATES.iter().find(|s| **s == value);
+                let state = known.ok_or_else(|| {
+                    format!("state: `{shown}` is not one of {}", STATES.join(", "))
+                })?;
+                filter.state = Some((*state).to_string());
+            }
+            "database" if value.is_empty() => {}
+            "database" => {
+                let node = coordinator.database_node(value);
+                filter.database =
+                    Some(node.ok_or_else(|| format!("database: no database `{shown}`"))?);
+            }
+            "q" if value.is_empty() => {}
+            "q" => {
+                if value.len() > 64
+                    || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"@.".contains(&b))
+                {
+                    return Err(format!("q: `{shown}` is not part of a transaction id"));
+                }
+                filter.text = Some(value.to_string());
+            }
+            "limit" => limit = Some(value.to_string()),
+            "before" => {
+                before =
+                    Some(value.parse().map_err(|_| format!("before: `{shown}` is not a cursor"))?);
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{}` (recent, state, database, q, limit, before)",
+                    concord_console::shorten(other)
+                ))
+            }
+        }
+    }
+    let limit = concord_console::page_limit(limit.as_deref(), 50, MAX_PAGE)?;
+    Ok((filter, before, limit))
 }
 
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, Response> {
@@ -117,17 +194,47 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, R
     serde_json::from_str(body).map_err(|e| error(400, &format!("invalid JSON body: {e}")))
 }
 
-async fn route(
-    coordinator: &Coordinator,
-    method: &str,
-    target: &str,
-    body: &str,
-    who: &str,
-) -> Response {
+async fn route(coordinator: &Coordinator, request: &Request, caller: &Caller) -> Response {
+    let (method, target, body) =
+        (request.method.as_str(), request.target.as_str(), request.body.as_str());
+    let who = caller.label.as_str();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let flag = |name: &str| query.split('&').any(|kv| kv == format!("{name}=true") || kv == name);
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let Some(decoded) =
+        path.split('/').map(concord_http::percent_decode).collect::<Option<Vec<_>>>()
+    else {
+        return error(400, "malformed %-escape in the path");
+    };
+    let segments: Vec<&str> =
+        decoded.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    if let Some(page) = concord_console::asset(&segments) {
+        return page;
+    }
     match (method, segments.as_slice()) {
+        ("GET", ["v1", "console"]) => {
+            let manifest = concord_console::Manifest {
+                service: "database-coordinator",
+                name: format!("database coordinator {}", coordinator.node()),
+                pages: vec!["transactions", "in-doubt", "cluster", "charts"],
+            };
+            let mut value = manifest.json();
+            value["who"] = json!({
+                "name": caller.name,
+                "role": caller.role.map(|r| r.to_string()),
+                "tokens_configured": caller.role.is_some(),
+            });
+            json_response(200, &value)
+        }
+        ("GET", ["v1", "cluster"]) => json_response(200, &coordinator.cluster()),
+        ("GET", ["v1", "history"]) => json_response(200, &coordinator.history()),
+        ("GET", ["v1", "transactions"]) if flag("recent") => {
+            match recent_query(coordinator, query) {
+                Ok((filter, before, limit)) => {
+                    json_response(200, &coordinator.recent(&filter, before, limit))
+                }
+                Err(e) => error(400, &e),
+            }
+        }
         ("GET", ["metrics"]) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4",
@@ -163,7 +270,23 @@ async fn route(
             json_response(200, &json!({ "transactions": views, "errors": errors }))
         }
         ("GET", ["v1", "transactions", id]) => match id.parse::<TxnId>() {
-            Ok(txn) => json_response(200, &json!(coordinator.show(txn).await)),
+            Ok(txn) => {
+                let mut value = json!(coordinator.show(txn).await);
+                if let Some(timeline) = coordinator.timeline(txn) {
+                    for field in [
+                        "protocol",
+                        "started_unix_ms",
+                        "duration_ms",
+                        "recovered",
+                        "branch_steps",
+                        "timeline",
+                        "timeline_events_lost",
+                    ] {
+                        value[field] = timeline[field].clone();
+                    }
+                }
+                json_response(200, &value)
+            }
             Err(e) => error(400, &format!("`{id}`: {e}")),
         },
         ("POST", ["v1", "transactions", id, "resolve"]) => {

@@ -16,6 +16,7 @@
 //! * [`reconcile`] — what to do with each listed branch; pure, so `recover --dry-run` is exact.
 //! * [`coordinator`] — the supervisor: transactions, recovery, operator actions.
 //! * [`metrics`] and [`http`] — Prometheus text and the small HTTP API the CLI speaks.
+//! * [`trace`] — recent transactions' timelines, branch by branch, for the console at `/ui`.
 
 pub mod config;
 pub mod coordinator;
@@ -24,3 +25,4 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod reconcile;
+pub mod trace;

@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
+
+use concord_console::Chart;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 pub const LATENCY_BUCKETS_S: [f64; 12] =
@@ -28,7 +30,82 @@ pub struct Metrics {
     heuristic_forced: AtomicU64,
     recovery_commits: AtomicU64,
     recovery_rollbacks: AtomicU64,
+    /// Aborts by their reason's class (a handful of fixed names).
+    aborts: Mutex<BTreeMap<&'static str, u64>>,
     gauges: Mutex<Gauges>,
+}
+
+/// The counters at one moment, for the console's charts (rates come from two of them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub committed: u64,
+    pub aborted: u64,
+    pub unknown: u64,
+    pub latency_buckets: Vec<u64>,
+    pub latency_count: u64,
+    pub aborts: BTreeMap<&'static str, u64>,
+}
+
+/// The console's charts of the database coordinator.
+pub fn charts() -> Vec<Chart> {
+    let chart = |title, unit, series: &[&'static str], prefix| Chart {
+        title,
+        unit,
+        series: series.to_vec(),
+        prefix,
+    };
+    vec![
+        chart("Throughput", "txn/s", &["committed_per_s", "aborted_per_s", "unknown_per_s"], None),
+        chart("Commit latency", "ms", &["p50_ms", "p99_ms"], None),
+        chart("Aborts by reason", "/s", &[], Some("aborts_per_s.")),
+        chart("In doubt", "transactions", &["in_doubt", "heuristic"], None),
+        chart("Oldest prepared branch", "s", &["oldest_prepared_s"], None),
+    ]
+}
+
+/// The chart values for the interval between two snapshots `seconds` apart.
+pub fn chart_values(
+    before: &Snapshot,
+    after: &Snapshot,
+    seconds: f64,
+    gauges: &Gauges,
+) -> Vec<(String, f64)> {
+    #[allow(clippy::cast_precision_loss)] // counts per interval, far below 2^52
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds.max(0.001);
+    let mut values = vec![
+        ("committed_per_s".to_string(), rate(before.committed, after.committed)),
+        ("aborted_per_s".to_string(), rate(before.aborted, after.aborted)),
+        ("unknown_per_s".to_string(), rate(before.unknown, after.unknown)),
+    ];
+    let count = after.latency_count.saturating_sub(before.latency_count);
+    for (name, q) in [("p50_ms", 0.5), ("p99_ms", 0.99)] {
+        let bound = concord_console::quantile(
+            &LATENCY_BUCKETS_S,
+            &before.latency_buckets,
+            &after.latency_buckets,
+            count,
+            q,
+        );
+        if let Some(bound) = bound.filter(|b| b.is_finite()) {
+            values.push((name.to_string(), bound * 1_000.0));
+        } else if bound.is_some() {
+            // Past the last bucket: shown at the top bound, the chart says "≥".
+            values
+                .push((name.to_string(), LATENCY_BUCKETS_S[LATENCY_BUCKETS_S.len() - 1] * 1_000.0));
+        }
+    }
+    for (reason, total) in &after.aborts {
+        let was = before.aborts.get(reason).copied().unwrap_or(0);
+        values.push((format!("aborts_per_s.{reason}"), rate(was, *total)));
+    }
+    #[allow(clippy::cast_precision_loss)] // gauge counts
+    {
+        values.push(("in_doubt".into(), gauges.in_doubt_transactions as f64));
+        values.push(("heuristic".into(), gauges.heuristic_transactions as f64));
+    }
+    let oldest = gauges.prepared.values().map(|(_, age)| *age).fold(0.0, f64::max);
+    values.push(("oldest_prepared_s".into(), oldest));
+    values
 }
 
 /// What the last reconciliation pass saw.
@@ -66,6 +143,24 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(latency_us, Ordering::Relaxed);
+    }
+
+    /// An abort's reason class (`voted-no`, `vote-timeout`, `database-refused`, `abandoned`,
+    /// `begin-failed`).
+    pub fn record_abort(&self, reason: &'static str) {
+        *self.aborts.lock().unwrap_or_else(PoisonError::into_inner).entry(reason).or_insert(0) += 1;
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            committed: load(&self.committed),
+            aborted: load(&self.aborted),
+            unknown: load(&self.unknown),
+            latency_buckets: self.latency_buckets.iter().map(load).collect(),
+            latency_count: load(&self.latency_count),
+            aborts: self.aborts.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
     }
 
     pub fn record_heuristic(&self, forced: bool) {
@@ -135,6 +230,15 @@ impl Metrics {
             w,
             "concord_db_transaction_duration_seconds_count{{protocol=\"2pc\"}} {count}"
         );
+        help(
+            w,
+            "concord_db_aborts_total",
+            "counter",
+            "Aborted transactions by the class of their reason.",
+        );
+        for (reason, count) in self.aborts.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let _ = writeln!(w, "concord_db_aborts_total{{reason=\"{reason}\"}} {count}");
+        }
         help(
             w,
             "concord_db_heuristic_outcomes_total",
@@ -247,6 +351,37 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }
+    }
+
+    #[test]
+    fn chart_values_are_rates_and_percentiles_of_the_interval() {
+        let metrics = Metrics::default();
+        let before = metrics.snapshot();
+        for _ in 0..9 {
+            metrics.record_transaction(Outcome::Committed, 4_000); // ≤ 5 ms
+        }
+        metrics.record_transaction(Outcome::Aborted, 150_000); // ≤ 200 ms
+        metrics.record_abort("voted-no");
+        let after = metrics.snapshot();
+        let mut gauges = Gauges::default();
+        gauges.prepared.insert("a".into(), (1, 3.0));
+        gauges.prepared.insert("b".into(), (1, 70.0));
+        gauges.in_doubt_transactions = 2;
+        let values: BTreeMap<String, f64> =
+            chart_values(&before, &after, 2.0, &gauges).into_iter().collect();
+        assert_eq!(values["committed_per_s"], 4.5);
+        assert_eq!(values["aborted_per_s"], 0.5);
+        assert_eq!(values["p50_ms"], 5.0);
+        assert_eq!(values["p99_ms"], 200.0);
+        assert_eq!(values["aborts_per_s.voted-no"], 0.5);
+        assert_eq!(values["in_doubt"], 2.0);
+        assert_eq!(values["oldest_prepared_s"], 70.0);
+        // A quiet interval has no percentile to show.
+        let quiet: BTreeMap<String, f64> =
+            chart_values(&after, &after, 2.0, &gauges).into_iter().collect();
+        assert!(!quiet.contains_key("p50_ms"));
+        assert_eq!(quiet["committed_per_s"], 0.0);
+        assert!(metrics.render().contains("concord_db_aborts_total{reason=\"voted-no\"} 1"));
     }
 
     /// The alert rules and the dashboard in `deploy/` name only database-coordinator metrics

@@ -59,6 +59,25 @@ impl Request {
     }
 }
 
+/// A path segment or query value with its `%XX` escapes decoded (browsers escape `@`, say);
+/// `None` if an escape is malformed or the result is not UTF-8. `+` stays `+`.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -163,6 +182,12 @@ pub async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<Req
     Ok(Request { method, target, headers, body })
 }
 
+/// Sent with every response. The console's pages (`/ui`) load only their own script and style
+/// (no inline code to inject into), may not be framed by another site (click-jacking of the
+/// resolve button), and nothing — a transaction listing included — is cached or leaks a
+/// referrer.
+const SECURITY_HEADERS: &str = "Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'\r\nX-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-store\r\n";
+
 /// Writes a response; false when the connection is no good any more.
 async fn write_response<S: AsyncWriteExt + Unpin>(
     stream: &mut S,
@@ -171,7 +196,7 @@ async fn write_response<S: AsyncWriteExt + Unpin>(
 ) -> bool {
     let connection = if close { "close" } else { "keep-alive" };
     let mut bytes = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{SECURITY_HEADERS}\r\n",
         response.status,
         response.reason(),
         response.content_type,
@@ -416,6 +441,16 @@ mod tests {
             assert_eq!(v["segments"], serde_json::json!(["v1", "sagas", "s1"]));
             assert_eq!((v["flag"].as_bool(), v["limit"].as_str()), (Some(true), Some("5")));
         });
+    }
+
+    #[test]
+    fn escapes_are_decoded_and_bad_ones_refused() {
+        assert_eq!(percent_decode("1.1%40n3").as_deref(), Some("1.1@n3"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%e2%9c%93").as_deref(), Some("\u{2713}"));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
     }
 
     #[test]

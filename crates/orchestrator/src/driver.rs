@@ -684,11 +684,15 @@ async fn write_timelines(store: Arc<PgStore>, mut changes: mpsc::Receiver<Change
 /// `monitor` or `operator`).
 fn authorize(access: &Access, request: &Request) -> Result<(), Response> {
     use concord_types::tokens::ClientRole;
-    let allowed: &[ClientRole] = match (request.method.as_str(), request.segments().as_slice()) {
+    let segments = request.segments();
+    if concord_console::is_asset(&request.method, &segments) {
+        return Ok(()); // the console's pages hold no data
+    }
+    let allowed: &[ClientRole] = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["health"]) => return Ok(()),
         ("GET", ["metrics"]) => &[ClientRole::Monitor, ClientRole::Operator],
         ("POST", ["v1", "sagas"]) => &[ClientRole::Client],
-        ("GET", ["v1", "sagas", ..]) => {
+        ("GET", ["v1", "sagas", ..] | ["v1", "console"]) => {
             &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator]
         }
         _ => &[ClientRole::Operator],
@@ -715,9 +719,27 @@ async fn route(api: mpsc::Sender<Event>, access: Arc<Access>, request: Request) 
     if let Err(refused) = authorize(&access, &request) {
         return refused;
     }
+    if let Some(page) = concord_console::asset(&request.segments()) {
+        return page;
+    }
     let (tx, rx) = oneshot::channel();
     let event = match (request.method.as_str(), request.segments().as_slice()) {
         ("GET", ["health"]) => return Response::json(200, &json!({ "ok": true })),
+        ("GET", ["v1", "console"]) => {
+            let manifest = concord_console::Manifest {
+                service: "saga-orchestrator",
+                name: "saga orchestrator".into(),
+                pages: vec!["sagas"],
+            };
+            let mut value = manifest.json();
+            let caller = access.tokens.find_bearer(request.header("authorization")).ok();
+            value["who"] = json!({
+                "name": caller.as_ref().map(|(name, _)| name.to_string()),
+                "role": caller.as_ref().map(|(_, role)| role.to_string()),
+                "tokens_configured": !access.tokens.is_empty(),
+            });
+            return Response::json(200, &value);
+        }
         ("POST", ["v1", "sagas"]) => match serde_json::from_str::<StartRequest>(&request.body) {
             Ok(start) => {
                 let endpoints = start.steps.iter().flat_map(|s| {

@@ -1,11 +1,13 @@
 //! What Concord's tests share.
 //!
 //! [`servers_ready`] runs the project's setup scripts (`scripts/setup-databases.sh`,
-//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`), which start the local PostgreSQL,
+//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`, `scripts/setup-browser.sh`), which start the local PostgreSQL,
 //! MariaDB or NATS when they are stopped (and make sure `redis-server` is installed). When a server cannot be made ready, the test **fails**, saying why and how to skip:
 //! a skip would pass silently in cargo's summary (its output is captured). Only when asked
 //! (`CONCORD_SKIP_SERVICES=1`) does such a test return early, with a line on stderr — and never
 //! under `CI=true`, so CI cannot pass by skipping.
+
+pub mod browser;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +23,8 @@ pub enum Server {
     Nats,
     /// The `redis-server` binary (tests start their own servers).
     Redis,
+    /// Chromium and chromedriver, for the console's browser tests ([`browser`]).
+    Browser,
 }
 
 impl Server {
@@ -29,6 +33,7 @@ impl Server {
             Server::Databases => "setup-databases.sh",
             Server::Nats => "setup-nats.sh",
             Server::Redis => "setup-redis.sh",
+            Server::Browser => "setup-browser.sh",
         }
     }
 }
