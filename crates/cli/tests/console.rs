@@ -3,7 +3,8 @@
 //! transaction submitted during the test appears with each branch's steps; a coordinator
 //! SIGKILLed after prepare shows its branches in doubt with a growing age; a resolve by a
 //! monitor is refused and by an operator done; a saga's compensation is on its timeline. Each
-//! page's screenshot is written to `docs/console/` (the README shows them).
+//! page's screenshot is saved (`docs/console/`, which the README shows, with
+//! `CONCORD_UPDATE_SCREENSHOTS=1`).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -21,8 +22,16 @@ fn ready(what: &str) -> bool {
     servers_ready(&[Server::Databases, Server::Browser], what)
 }
 
+/// Where the screenshots go: `docs/console/` when asked (`CONCORD_UPDATE_SCREENSHOTS=1`, how
+/// the committed ones were made), else the build directory, so a test run changes nothing
+/// tracked.
 fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if std::env::var("CONCORD_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        root.join("docs/console")
+    } else {
+        root.join("target/console-screenshots")
+    }
 }
 
 fn tool(program: &str, args: &[&str]) -> String {
