@@ -148,7 +148,11 @@ fn with_metrics(mut config: ClusterConfig, base: u16) -> ClusterConfig {
 }
 
 fn shown_metrics(node: &concord_node::config::NodeConfig) -> String {
-    node.metrics.map_or(String::new(), |m| format!("   metrics http://{m}/metrics"))
+    let console = node.role == concord_node::config::Role::Coordinator;
+    node.metrics.map_or(String::new(), |m| {
+        let ui = if console { format!("   console http://{m}/ui") } else { String::new() };
+        format!("   metrics http://{m}/metrics{ui}")
+    })
 }
 
 /// `concord dev`: a coordinator and shards on loopback, in this process.

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,16 +22,8 @@ fn ready(what: &str) -> bool {
     servers_ready(&[Server::Databases, Server::Browser], what)
 }
 
-/// Where the screenshots go: `docs/console/` when asked (`CONCORD_UPDATE_SCREENSHOTS=1`, how
-/// the committed ones were made), else the build directory, so a test run changes nothing
-/// tracked.
 fn screenshots() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    if std::env::var("CONCORD_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
-        root.join("docs/console")
-    } else {
-        root.join("target/console-screenshots")
-    }
+    Browser::screenshot_dir()
 }
 
 fn tool(program: &str, args: &[&str]) -> String {
@@ -226,15 +218,7 @@ fn use_token(browser: &Browser, token: &str) {
 }
 
 fn go(browser: &Browser, hash: &str, page: &str) {
-    browser.run(&format!(
-        "delete document.body.dataset.loaded; location.hash = {}; return true;",
-        serde_json::json!(hash)
-    ));
-    browser.wait_until(
-        &format!("the {page} page is drawn"),
-        &format!("return document.body.dataset.loaded === {};", serde_json::json!(page)),
-        WAIT,
-    );
+    browser.show_page(hash, page, WAIT);
 }
 
 /// The age shown for the in-doubt transaction, in seconds.

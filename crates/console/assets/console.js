@@ -99,6 +99,17 @@ function query(params) {
 
 // ---- pages --------------------------------------------------------------------------------
 
+// What a branch is where this console runs: a database (db serve) or a shard (the coordinator).
+function branchLabel() {
+  return (state.manifest && state.manifest.branch_label) || "Database";
+}
+
+// Whether this service lets an operator resolve an in-doubt branch (db serve does; a node
+// cluster's shards are only ever finished by the protocol).
+function canResolve() {
+  return !state.manifest || state.manifest.resolve !== false;
+}
+
 const TITLES = { transactions: "Transactions", "in-doubt": "In doubt", sagas: "Sagas", cluster: "Cluster", charts: "Charts" };
 
 function filtersFromHash() {
@@ -112,7 +123,7 @@ async function transactionsPage() {
   const data = await api("/v1/transactions?" + query({ recent: "true", limit: PAGE_SIZE, before: cursor, state: filters.state, database: filters.database, q: filters.q }));
   const stateSelect = el("select", { id: "filter-state" },
     ["", "in-flight", "running", "committing", "aborting", "committed", "aborted", "heuristic", "unknown"].map(s => el("option", { value: s, selected: s === filters.state }, s || "any state")));
-  const databaseInput = el("input", { id: "filter-database", placeholder: "database", value: filters.database, size: 12 });
+  const databaseInput = el("input", { id: "filter-database", placeholder: branchLabel().toLowerCase(), value: filters.database, size: 12 });
   const textInput = el("input", { id: "filter-q", placeholder: "transaction id contains", value: filters.q, size: 22 });
   const apply = () => {
     state.cursors = [];
@@ -150,7 +161,7 @@ async function txnPage(id) {
   const live = new Map((t.branches || []).map(b => [b.database, b]));
   const steps = t.branch_steps || [];
   const milestones = el("table", { id: "branch-steps" },
-    el("thead", {}, el("tr", {}, ["Database", "Now (asked of the database)", "Prepare sent", "Vote", "Prepared (durable in its database)", "Decision logged (durable)", "Decision sent", "Applied", "Acknowledged"].map(h => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, [branchLabel(), "Now", "Prepare sent", "Vote", "Prepared (durable where it lives)", "Decision logged (durable)", "Decision sent", "Applied", "Acknowledged"].map(h => el("th", {}, h)))),
     el("tbody", {}, steps.map(b => el("tr", { class: b.heuristic ? "heuristic-row" : "", "data-database": b.database },
       el("td", {}, b.database),
       el("td", {}, badge((live.get(b.database) || {}).state || b.state)),
@@ -162,7 +173,7 @@ async function txnPage(id) {
       el("td", {}, b.heuristic ? badge("heuristic") : offset(b.applied_ms)),
       el("td", {}, offset(b.acknowledged_ms))))));
   const branches = el("table", { id: "branches" },
-    el("thead", {}, el("tr", {}, ["Database", "Global id", "State in its database", "Age", "Detail"].map(h => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, [branchLabel(), "Global id", "State now", "Age", "Detail"].map(h => el("th", {}, h)))),
     el("tbody", {}, (t.branches || []).map(b => el("tr", {}, el("td", {}, b.database), el("td", { class: "mono" }, b.gid), el("td", {}, badge(b.state)), el("td", {}, ago(b.age_ms)), el("td", {}, b.detail || "")))));
   const heuristics = (t.heuristics || []).map(h => el("li", { class: "heuristic-row" }, `${h.database}: logged ${h.logged}, found ${h.actual}${h.forced_by_operator ? " (forced by an operator)" : ""}`));
   const timeline = el("ol", { class: "timeline", id: "timeline" }, (t.timeline || []).map(e => el("li", {},
@@ -203,14 +214,18 @@ async function inDoubtPage() {
       el("td", { class: "age" }, ago(t.age_ms)),
       el("td", {}, (t.branches || []).map(b => el("div", { class: "branch" }, b.database + " ", el("span", { class: "mono" }, b.gid), " ", badge(b.state), " ", ago(b.age_ms), b.detail ? " — " + b.detail : ""))),
       el("td", {}, (t.heuristics || []).map(h => el("div", {}, `${h.database}: logged ${h.logged}, found ${h.actual}`))),
-      el("td", {}, actions)));
+      canResolve() ? el("td", {}, actions) : null));
   }
+  const headings = ["Transaction", "State", "Age", `Branches (${branchLabel().toLowerCase()}, gid, state, age)`, "Heuristic"].concat(canResolve() ? ["Resolve"] : []);
+  const explanation = canResolve()
+    ? "Every prepared branch the databases list for this coordinator, and every decision not yet applied everywhere; heuristic outcomes in red. Resolving needs an operator's token and is refused where it would contradict the log, unless forced."
+    : "Every transaction with a branch prepared at its shard (voted YES) that has not acknowledged the outcome: waiting for the other votes, for the decision, or for the decision to arrive. Nobody resolves these by hand: the protocol finishes each (a shard asks until it hears). Each shard's own count is on the Cluster page.";
   main(el("h1", {}, "In doubt"),
-    el("p", { class: "note" }, "Every prepared branch the databases list for this coordinator, and every decision not yet applied everywhere; heuristic outcomes in red. Resolving needs an operator's token and is refused where it would contradict the log, unless forced."),
+    el("p", { class: "note" }, explanation),
     data.errors && data.errors.length ? el("div", { class: "message error" }, "Not listed: " + data.errors.join("; ")) : null,
     el("table", { id: "in-doubt" },
-      el("thead", {}, el("tr", {}, ["Transaction", "State", "Age", "Branches (database, gid, state, age)", "Heuristic", "Resolve"].map(h => el("th", {}, h)))),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 6, id: "nothing-in-doubt" }, "Nothing in doubt.")))));
+      el("thead", {}, el("tr", {}, headings.map(h => el("th", {}, h)))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: headings.length, id: "nothing-in-doubt" }, "Nothing in doubt.")))));
 }
 
 async function sagasPage() {
@@ -264,8 +279,17 @@ async function clusterPage() {
     parts.push(el("h2", {}, "Databases"), el("table", { id: "databases" },
       el("thead", {}, el("tr", {}, ["Name", "Kind", "Branch node", "Up", "Prepared branches", "Oldest prepared"].map(h => el("th", {}, h)))),
       el("tbody", {}, c.databases.map(d => el("tr", {}, el("td", {}, d.name), el("td", {}, d.kind), el("td", {}, d.branch_node),
-        el("td", {}, d.up === null || d.up === undefined ? "not listed yet" : badge(d.up ? "applied" : "unknown"), d.up === false ? " down" : d.up ? " up" : ""),
+        el("td", {}, d.up === null || d.up === undefined ? "not listed yet" : badge(d.up ? "up" : "down")),
         el("td", {}, d.prepared_branches), el("td", {}, d.oldest_prepared_s ? d.oldest_prepared_s.toFixed(1) + " s" : "—"))))));
+  }
+  if (Array.isArray(c.nodes)) {
+    const count = v => v === undefined || v === null ? "—" : v;
+    parts.push(el("h2", {}, "Nodes"), el("table", { id: "nodes" },
+      el("thead", {}, el("tr", {}, ["Name", "Role", "Id", "Address", "Up", "In flight", "Prepared branches (in doubt)", "Log records", "Detail"].map(h => el("th", {}, h)))),
+      el("tbody", {}, c.nodes.map(n => el("tr", { "data-node": n.name }, el("td", {}, n.name), el("td", {}, n.role), el("td", {}, n.id), el("td", { class: "mono" }, n.address),
+        el("td", { class: "up" }, n.up === null || n.up === undefined ? "no metrics address" : badge(n.up ? "up" : "down")),
+        el("td", {}, count(n.in_flight)), el("td", {}, count(n.in_doubt_branches)), el("td", {}, count(n.log_records)),
+        el("td", {}, (n.error || "") + (n.data_loss_accepted ? " data loss accepted" : "")))))));
   }
   if (Array.isArray(c.log_files)) {
     parts.push(el("h2", {}, "Log"), el("table", {}, el("tbody", {}, c.log_files.map(f => el("tr", {}, el("td", { class: "mono" }, f.name), el("td", {}, f.bytes + " bytes"))))));

@@ -11,8 +11,11 @@
 //! * `GET /v1/console` — [`Manifest`]: which pages the service has.
 //! * `GET /v1/history` — [`History`]: the last hour of the service's own metrics, sampled in
 //!   process, for the charts (no Prometheus needed at 02:14).
+//! * `GET /v1/transactions?recent=true` — [`trace::Traces`]: the coordinators' recent
+//!   transactions, branch by branch, paged on the server.
 
 mod history;
+pub mod trace;
 
 pub use history::{quantile, Chart, History, Sample, HISTORY_INTERVAL, HISTORY_SAMPLES};
 

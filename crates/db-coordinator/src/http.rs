@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::coordinator::{BeginError, Coordinator, ResolveError, RunError};
-use crate::trace::{Filter, MAX_PAGE, STATES};
+use crate::trace::Filter;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,60 +131,12 @@ fn authorize(tokens: &TokenTable, request: &Request) -> Result<Caller, Response>
     Ok(Caller { label: format!("{name} ({role})"), name: Some(name.to_string()), role: Some(role) })
 }
 
-/// The query of `GET /v1/transactions?recent=true…`: filters, cursor, page size. Every
-/// parameter is checked; an unknown one is refused, naming it.
+/// The query of `GET /v1/transactions?recent=true…` (`concord_console::trace::recent_query`).
 fn recent_query(
     coordinator: &Coordinator,
     query: &str,
 ) -> Result<(Filter, Option<u64>, usize), String> {
-    let mut filter = Filter::default();
-    let (mut before, mut limit) = (None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = concord_http::percent_decode(value)
-            .ok_or_else(|| format!("{}: malformed %-escape", concord_console::shorten(name)))?;
-        let value = value.as_str();
-        let shown = concord_console::shorten(value);
-        match name {
-            "recent" => {}
-            "state" if value.is_empty() || value == "all" => {}
-            "state" => {
-                let known = STATES.iter().find(|s| **s == value);
-                let state = known.ok_or_else(|| {
-                    format!("state: `{shown}` is not one of {}", STATES.join(", "))
-                })?;
-                filter.state = Some((*state).to_string());
-            }
-            "database" if value.is_empty() => {}
-            "database" => {
-                let node = coordinator.database_node(value);
-                filter.database =
-                    Some(node.ok_or_else(|| format!("database: no database `{shown}`"))?);
-            }
-            "q" if value.is_empty() => {}
-            "q" => {
-                if value.len() > 64
-                    || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"@.".contains(&b))
-                {
-                    return Err(format!("q: `{shown}` is not part of a transaction id"));
-                }
-                filter.text = Some(value.to_string());
-            }
-            "limit" => limit = Some(value.to_string()),
-            "before" => {
-                before =
-                    Some(value.parse().map_err(|_| format!("before: `{shown}` is not a cursor"))?);
-            }
-            other => {
-                return Err(format!(
-                    "unknown parameter `{}` (recent, state, database, q, limit, before)",
-                    concord_console::shorten(other)
-                ))
-            }
-        }
-    }
-    let limit = concord_console::page_limit(limit.as_deref(), 50, MAX_PAGE)?;
-    Ok((filter, before, limit))
+    concord_console::trace::recent_query(query, &|name| coordinator.database_node(name))
 }
 
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, Response> {

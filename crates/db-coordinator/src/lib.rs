@@ -25,4 +25,4 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod reconcile;
-pub mod trace;
+pub use concord_console::trace;

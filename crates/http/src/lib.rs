@@ -186,7 +186,16 @@ pub async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<Req
 /// (no inline code to inject into), may not be framed by another site (click-jacking of the
 /// resolve button), and nothing — a transaction listing included — is cached or leaks a
 /// referrer.
-const SECURITY_HEADERS: &str = "Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'\r\nX-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-store\r\n";
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+];
 
 /// Writes a response; false when the connection is no good any more.
 async fn write_response<S: AsyncWriteExt + Unpin>(
@@ -195,14 +204,21 @@ async fn write_response<S: AsyncWriteExt + Unpin>(
     close: bool,
 ) -> bool {
     let connection = if close { "close" } else { "keep-alive" };
-    let mut bytes = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{SECURITY_HEADERS}\r\n",
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
         response.status,
         response.reason(),
         response.content_type,
         response.body.len()
-    )
-    .into_bytes();
+    );
+    for (name, value) in SECURITY_HEADERS {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
     bytes.extend_from_slice(response.body.as_bytes());
     stream.write_all(&bytes).await.is_ok()
 }

@@ -89,6 +89,23 @@ pub struct ClusterConfig {
     /// every client must present one.
     #[serde(rename = "token", default)]
     pub tokens: Vec<crate::auth::TokenConfig>,
+    /// The coordinator's web console (`/ui` on its `metrics` address).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: how often the coordinator samples its own metrics for the console's charts
+/// (one hour of samples is kept).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub sample_ms: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { sample_ms: 10_000 }
+    }
 }
 
 /// `[tls]`: where the cluster's certificates are (`concord certs init` writes them).
@@ -203,7 +220,8 @@ pub struct NodeConfig {
     pub role: Role,
     pub listen: SocketAddr,
     /// Where the node answers `GET /metrics` (Prometheus text) and `GET /health`, over plain
-    /// HTTP without tokens: counts only, no data. None: not served.
+    /// HTTP without tokens: counts only, no data; the coordinator serves its console here too
+    /// (`/ui`, whose APIs take the cluster's tokens). None: not served.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
 }
@@ -356,6 +374,8 @@ impl ClusterConfig {
         check_range("inquiry_base_ms", t.inquiry_base_ms, 1..=MAX_TIMEOUT_MS).map_err(timeouts)?;
         check_range("inquiry_max_ms", t.inquiry_max_ms, t.inquiry_base_ms..=MAX_TIMEOUT_MS)
             .map_err(timeouts)?;
+        check_range("sample_ms", self.console.sample_ms, 100..=600_000)
+            .map_err(|e| format!("console: {e}"))?;
         let log = |e: String| format!("log: {e}");
         check_range("checkpoint_every", self.log.checkpoint_every, 1..=100_000_000).map_err(log)?;
         check_range("segment_bytes", self.log.segment_bytes, 4_096..=1 << 30).map_err(log)?;
@@ -446,6 +466,7 @@ impl ClusterConfig {
             kv: None,
             tls: None,
             tokens: Vec::new(),
+            console: ConsoleConfig::default(),
         }
     }
 
@@ -480,6 +501,9 @@ impl ClusterConfig {
             "\n[log]\nsegment_bytes = {}\ncheckpoint_every = {}\n",
             self.log.segment_bytes, self.log.checkpoint_every
         );
+        if self.console != ConsoleConfig::default() {
+            s += &format!("\n[console]\nsample_ms = {}\n", self.console.sample_ms);
+        }
         if let Some(kv) = &self.kv {
             let splits: Vec<String> = kv.splits.iter().map(|s| format!("{s:?}")).collect();
             s += &format!(
@@ -512,6 +536,14 @@ mod tests {
         assert_eq!(paxos.acceptors(), vec![4, 5, 6]);
         let early = ClusterConfig { early_ack: true, ..ClusterConfig::local("dev", 3, 7700) };
         assert_eq!(ClusterConfig::parse(&early.to_toml()).unwrap(), early);
+        let mut sampled = ClusterConfig::local("dev", 2, 7700);
+        sampled.console.sample_ms = 500;
+        assert_eq!(ClusterConfig::parse(&sampled.to_toml()).unwrap(), sampled);
+        for (bad, why) in [(99, "sample_ms"), (600_001, "sample_ms")] {
+            sampled.console.sample_ms = bad;
+            let error = ClusterConfig::parse(&sampled.to_toml()).unwrap_err().to_string();
+            assert!(error.contains(why) && error.contains("console"), "{error}");
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   transactions (which the coordinator never logs) answerable.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use concord_console::trace::{Step, Traces};
 
 use concord_commit::status::{Answer, StatusQuery, Verdict};
 use concord_commit::{Branch, Change as _, Command, Input, Rejection};
@@ -23,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::driver::{Event, Io, Node, RoleState};
-use crate::engine::{Engine, Logged, Seen};
+use crate::engine::{Engine, Logged, Seen, Sent};
 use crate::model::Change;
 use crate::proto::{self, submit_event, State, TransactionInfo};
 
@@ -47,6 +49,22 @@ struct Entry {
     state: State,
     branches: Vec<BranchEntry>,
     source: &'static str,
+    /// The outcome, once the core gave it.
+    decision: Option<Decision>,
+}
+
+impl Entry {
+    /// Why an aborted transaction aborted, read from its votes: a branch voted NO, or some
+    /// branch never voted before the vote timeout (its shard down, slow or partitioned).
+    fn abort_reason(&self) -> &'static str {
+        if self.branches.iter().any(|b| b.vote == Some(Vote::No)) {
+            "voted-no"
+        } else if self.branches.iter().any(|b| b.vote.is_none()) {
+            "vote-timeout"
+        } else {
+            "aborted"
+        }
+    }
 }
 
 struct Resolver {
@@ -69,6 +87,36 @@ pub(crate) struct CoordinatorRole<E: Engine> {
     resolving: HashMap<TxnId, Resolver>,
     /// Outcomes since this node started, for `/metrics`.
     pub(crate) outcomes: crate::metrics::Outcomes,
+    /// Recent transactions step by step, for the console (`/ui`, `GET /v1/transactions`).
+    pub(crate) traces: Traces,
+}
+
+/// Wall-clock milliseconds, for the console's timelines.
+fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A state as the console's JSON names it.
+pub(crate) fn state_word(state: State) -> &'static str {
+    match state {
+        State::Unspecified => "unknown",
+        State::CollectingVotes => "collecting-votes",
+        State::Deciding => "deciding",
+        State::Committing => "committing",
+        State::Committed => "committed",
+        State::Aborted => "aborted",
+        State::Unknown => "unknown",
+        State::Forgotten => "forgotten",
+    }
+}
+
+fn vote_word(vote: Vote) -> &'static str {
+    match vote {
+        Vote::Yes => "yes",
+        Vote::No => "no",
+        Vote::ReadOnly => "read-only",
+    }
 }
 
 fn vote_name(vote: Option<Vote>) -> &'static str {
@@ -94,6 +142,7 @@ impl<E: Engine> CoordinatorRole<E> {
             finished: VecDeque::new(),
             outcomes: crate::metrics::Outcomes::default(),
             resolving: HashMap::new(),
+            traces: Traces::new(FINISHED_KEPT),
         }
     }
 
@@ -116,8 +165,13 @@ impl<E: Engine> CoordinatorRole<E> {
                         state: State::Committing,
                         branches,
                         source: "log",
+                        decision: Some(Decision::Commit),
                     };
                     self.table.insert(txn, entry);
+                    let at = now_ms();
+                    self.traces.recovered(txn, at, participants.clone());
+                    let found = Some("found in the log at start; the decision is sent again");
+                    self.traces.step(txn, None, at, Step::DecisionLogged(Decision::Commit), found);
                 }
                 Logged::Ended { txn } => {
                     // Ended is written once every participant acknowledged.
@@ -125,6 +179,7 @@ impl<E: Engine> CoordinatorRole<E> {
                         entry.state = State::Committed;
                         entry.branches.iter_mut().for_each(|b| b.acknowledged = true);
                         self.finished.push_back(txn);
+                        self.traces.settled(txn, now_ms(), Decision::Commit, None);
                     }
                 }
                 Logged::Nothing => {}
@@ -158,6 +213,11 @@ impl<E: Engine> CoordinatorRole<E> {
         entry.state = state;
         if !was_finished {
             self.finished.push_back(txn);
+            let (decision, reason) = match state {
+                State::Aborted => (Decision::Abort, Some(entry.abort_reason())),
+                _ => (Decision::Commit, None),
+            };
+            self.traces.settled(txn, now_ms(), decision, reason);
         }
         while self.finished.len() > FINISHED_KEPT {
             if let Some(old) = self.finished.pop_front() {
@@ -184,7 +244,10 @@ impl<E: Engine> CoordinatorRole<E> {
                         })
                         .collect(),
                     source: "coordinator",
+                    decision: None,
                 };
+                let nodes = entry.branches.iter().map(|b| b.node).collect();
+                self.traces.opened(txn, now_ms(), nodes);
                 self.table.insert(txn, entry);
                 let begun =
                     proto::SubmitEvent { event: Some(submit_event::Event::Begun(txn.to_string())) };
@@ -218,6 +281,14 @@ impl<E: Engine> CoordinatorRole<E> {
             Command::Outcome { txn, decision } => {
                 let took = self.table.get(&txn).map(|e| e.started.elapsed());
                 self.outcomes.record(decision, took);
+                if decision == Decision::Abort {
+                    let reason = self.table.get(&txn).map_or("aborted", Entry::abort_reason);
+                    self.outcomes.record_abort(reason);
+                }
+                if let Some(entry) = self.table.get_mut(&txn) {
+                    entry.decision = Some(decision);
+                }
+                self.traces.answered(txn, now_ms(), decision);
                 let state = match decision {
                     Decision::Abort => State::Aborted,
                     // Without acknowledgements (Paxos Commit) a chosen decision is the end.
@@ -261,9 +332,21 @@ impl<E: Engine> CoordinatorRole<E> {
         }
     }
 
-    pub fn observe_record(&mut self, record: &E::Record) {
+    /// A record the core asked to persist (`forced`: the core waits for it to be durable,
+    /// [`CoordinatorRole::observe_durable`] follows).
+    pub fn observe_record(&mut self, record: &E::Record, forced: bool) {
         match E::logged(record) {
             Logged::CommitDecided { txn, .. } => {
+                if !forced {
+                    let lazy = Some("written lazily: under early acknowledgement the prepares decided, the record only saves resending");
+                    self.traces.step(
+                        txn,
+                        None,
+                        now_ms(),
+                        Step::DecisionLogged(Decision::Commit),
+                        lazy,
+                    );
+                }
                 // Under early acknowledgement the record follows the outcome (and is lazy):
                 // the transaction is committing already, not deciding.
                 if let Some(entry) = self.table.get_mut(&txn) {
@@ -277,20 +360,76 @@ impl<E: Engine> CoordinatorRole<E> {
         }
     }
 
+    /// A forced record is durable: for a commit decision, the moment it counts.
+    pub fn observe_durable(&mut self, record: &E::Record) {
+        if let Logged::CommitDecided { txn, .. } = E::logged(record) {
+            self.traces.step(txn, None, now_ms(), Step::DecisionLogged(Decision::Commit), None);
+        }
+    }
+
+    /// A message the core sends to `to`: prepares, one-phase commits and decisions are steps
+    /// of their branch (resends included: the timeline shows each).
+    pub fn observe_sent(&mut self, to: NodeId, msg: &E::Msg) {
+        let (txn, step) = match E::sent(msg) {
+            Sent::Prepare { txn } => (txn, Step::PrepareSent),
+            Sent::OnePhase { txn } => (txn, Step::OnePhaseSent),
+            Sent::Decision { txn, decision } => (txn, Step::DecisionSent(decision)),
+            Sent::Nothing => return,
+        };
+        // A decision answering an old transaction's inquiry is not worth a timeline of its own.
+        if self.traces.contains(txn) {
+            self.traces.step(txn, Some(to), now_ms(), step, None);
+        }
+    }
+
     pub fn observe_message(&mut self, from: NodeId, msg: &E::Msg) {
         match E::seen(from, msg) {
             Seen::Votes { txn, votes } => {
                 for (node, vote) in votes {
-                    self.with_branch(txn, node, |b| b.vote = Some(vote));
+                    // Under Paxos Commit each acceptor relays the votes: trace the first.
+                    let mut first = false;
+                    self.with_branch(txn, node, |b| {
+                        first = b.vote.is_none();
+                        b.vote = Some(vote);
+                    });
+                    if first {
+                        let step = Step::Voted(vote_word(vote));
+                        self.traces.step(txn, Some(node), now_ms(), step, None);
+                    }
                 }
             }
             Seen::Acknowledged { txn } => {
-                self.with_branch(txn, from, |b| b.acknowledged = true);
+                let mut first = false;
+                self.with_branch(txn, from, |b| {
+                    first = !b.acknowledged;
+                    b.acknowledged = true;
+                });
+                if first {
+                    // A shard acknowledges a decision once it is durable in its own log and
+                    // applied to its store: "applied" and "acknowledged" are one moment here.
+                    let at = now_ms();
+                    let decision = self.table.get(&txn).and_then(|e| e.decision);
+                    if let Some(decision) = decision {
+                        self.traces.step(txn, Some(from), at, Step::Applied(decision), None);
+                    }
+                    self.traces.step(txn, Some(from), at, Step::Acknowledged, None);
+                }
             }
-            Seen::OnePhase { txn, decision } => self.with_branch(txn, from, |b| {
-                b.vote = Some(if decision == Decision::Commit { Vote::Yes } else { Vote::No });
-                b.acknowledged = true;
-            }),
+            Seen::OnePhase { txn, decision } => {
+                self.with_branch(txn, from, |b| {
+                    b.vote = Some(if decision == Decision::Commit { Vote::Yes } else { Vote::No });
+                    b.acknowledged = true;
+                });
+                if self.traces.contains(txn) {
+                    self.traces.step(
+                        txn,
+                        Some(from),
+                        now_ms(),
+                        Step::OnePhaseEnded(decision),
+                        None,
+                    );
+                }
+            }
             Seen::Answer { txn, answer } => self.on_shard_answer(from, txn, answer),
             Seen::Nothing => {}
         }
@@ -362,8 +501,14 @@ impl<E: Engine> CoordinatorRole<E> {
         };
         // A forgotten outcome is not cached: a later question gets the shards' answer afresh.
         if state != State::Forgotten {
-            let entry =
-                Entry { started: Instant::now(), state, branches: Vec::new(), source: "shards" };
+            let decision = (state == State::Committed).then_some(Decision::Commit);
+            let entry = Entry {
+                started: Instant::now(),
+                state,
+                branches: Vec::new(),
+                source: "shards",
+                decision: decision.or((state == State::Aborted).then_some(Decision::Abort)),
+            };
             self.table.insert(txn, entry);
             self.finished.push_back(txn);
         }
@@ -397,6 +542,116 @@ impl<E: Engine> CoordinatorRole<E> {
         for waiter in resolver.waiters {
             let _ = waiter.send(Ok(info.clone()));
         }
+    }
+
+    /// `GET /v1/transactions?recent=true`: one page of the recent transactions, newest first.
+    pub fn console_page(
+        &self,
+        filter: &concord_console::trace::Filter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> serde_json::Value {
+        let name_of = |node: NodeId| self.name(node).to_string();
+        let (transactions, next) = self.traces.page(filter, before, limit, &name_of);
+        serde_json::json!({
+            "transactions": transactions,
+            "next": next,
+            "kept": self.traces.len(),
+            "capacity": self.traces.capacity(),
+            "traced_since_start": self.traces.traced(),
+        })
+    }
+
+    /// `GET /v1/transactions/ID`: the transaction's branch steps and timeline, if it is among
+    /// the recent ones; else what the table holds; else `None` (ask the shards).
+    pub fn console_detail(&self, txn: TxnId) -> Option<serde_json::Value> {
+        let name_of = |node: NodeId| self.name(node).to_string();
+        if let Some(mut detail) = self.traces.detail(txn, &name_of) {
+            if let Some(entry) = self.table.get(&txn) {
+                detail["branches"] = serde_json::json!(self.branches_now(txn, entry));
+            }
+            return Some(detail);
+        }
+        let entry = self.table.get(&txn)?;
+        Some(serde_json::json!({
+            "txn": txn.to_string(),
+            "state": state_word(entry.state),
+            "branches": self.branches_now(txn, entry),
+            "reason": (entry.state == State::Aborted).then(|| entry.abort_reason()),
+        }))
+    }
+
+    /// Each branch as the coordinator knows it now.
+    fn branches_now(&self, txn: TxnId, entry: &Entry) -> Vec<serde_json::Value> {
+        let age_ms = u64::try_from(entry.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        entry
+            .branches
+            .iter()
+            .map(|b| {
+                let state = match (b.vote, b.acknowledged, entry.decision) {
+                    (_, true, Some(Decision::Commit)) => "committed",
+                    // Prepared, decided, the decision on its way or its acknowledgement.
+                    (Some(Vote::Yes), false, Some(Decision::Commit)) => "commit-sent",
+                    (Some(Vote::Yes), false, Some(Decision::Abort)) => "abort-sent",
+                    (Some(Vote::Yes), false, None) => "prepared",
+                    (Some(Vote::No), ..) => "voted-no",
+                    (Some(Vote::ReadOnly), ..) => "read-only",
+                    (None, _, Some(Decision::Abort)) => "rolled-back",
+                    _ => "preparing",
+                };
+                serde_json::json!({
+                    "database": self.name(b.node),
+                    "gid": txn.to_string(),
+                    "state": state,
+                    "age_ms": age_ms,
+                    "detail": format!("{} write(s)", b.writes),
+                })
+            })
+            .collect()
+    }
+
+    /// `GET /v1/transactions?in_doubt=true`: every transaction with a branch prepared at its
+    /// shard (voted YES) that has not acknowledged the outcome: waiting for the other votes,
+    /// for the decision to be durable, or for the decision to reach it. Oldest first.
+    /// A shard's own count is its `concord_in_doubt_branches` (the cluster page shows it).
+    pub fn in_doubt(&self) -> Vec<serde_json::Value> {
+        let mut waiting: Vec<(&TxnId, &Entry)> = self
+            .table
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, State::Committed | State::Aborted))
+            .filter(|(_, e)| {
+                e.branches.iter().any(|b| b.vote == Some(Vote::Yes) && !b.acknowledged)
+            })
+            .collect();
+        waiting.sort_by_key(|(_, e)| e.started);
+        waiting
+            .into_iter()
+            .map(|(&txn, entry)| {
+                let branches: Vec<serde_json::Value> = self
+                    .branches_now(txn, entry)
+                    .into_iter()
+                    .filter(|b| {
+                        matches!(b["state"].as_str(), Some("prepared" | "commit-sent" | "abort-sent"))
+                    })
+                    .collect();
+                serde_json::json!({
+                    "txn": txn.to_string(),
+                    "state": state_word(entry.state),
+                    "age_ms": u64::try_from(entry.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "branches": branches,
+                    "heuristics": [],
+                })
+            })
+            .collect()
+    }
+
+    /// For the charts: transactions with a branch in doubt, and the oldest one's age.
+    pub fn in_doubt_summary(&self) -> (usize, Duration) {
+        self.table
+            .values()
+            .filter(|e| !matches!(e.state, State::Committed | State::Aborted))
+            .filter(|e| e.branches.iter().any(|b| b.vote == Some(Vote::Yes) && !b.acknowledged))
+            .fold((0, Duration::ZERO), |(n, oldest), e| (n + 1, oldest.max(e.started.elapsed())))
     }
 
     /// Newest first.

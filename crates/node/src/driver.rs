@@ -150,10 +150,15 @@ impl<E: Engine> Node<E> {
     pub fn carry_out(&mut self, out: Vec<Command<Msg<E>, Record<E>, Timer<E>>>) {
         for command in out {
             match command {
-                Command::Send { to, msg } => self.io.send(to, &msg),
+                Command::Send { to, msg } => {
+                    if let RoleState::Coordinator(c) = &mut self.role {
+                        c.observe_sent(to, &msg);
+                    }
+                    self.io.send(to, &msg);
+                }
                 Command::Persist { record, durability } => {
                     if let RoleState::Coordinator(c) = &mut self.role {
-                        c.observe_record(&record);
+                        c.observe_record(&record, durability == Durability::Forced);
                     }
                     self.io.persist(record, durability);
                 }
@@ -296,7 +301,12 @@ pub(crate) async fn run<E: Engine>(
                     node.on_message(from, msg);
                 }
             }
-            Event::Persisted(record) => node.step(Input::Persisted(record)),
+            Event::Persisted(record) => {
+                if let RoleState::Coordinator(c) = &mut node.role {
+                    c.observe_durable(&record);
+                }
+                node.step(Input::Persisted(record));
+            }
             Event::LogFailed(error) => return Err(format!("the log failed: {error}")),
             Event::Call(call) => call(&mut node),
         }

@@ -50,6 +50,24 @@ pub(crate) enum Seen {
     Nothing,
 }
 
+/// What a message the coordinator sends tells its console's trace (`concord_console::trace`).
+pub(crate) enum Sent {
+    /// PREPARE (a branch with writes is asked to vote).
+    Prepare {
+        txn: TxnId,
+    },
+    /// A single branch is asked to commit alone.
+    OnePhase {
+        txn: TxnId,
+    },
+    /// The decision, to a branch.
+    Decision {
+        txn: TxnId,
+        decision: Decision,
+    },
+    Nothing,
+}
+
 /// What a coordinator record tells the transaction table (also when replayed at start).
 pub(crate) enum Logged {
     CommitDecided { txn: TxnId, participants: Vec<NodeId> },
@@ -105,6 +123,7 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     fn acceptor_remembers(a: &Self::Acceptor) -> u64;
     fn in_flight(c: &Self::Coordinator) -> usize;
     fn seen(from: NodeId, msg: &Self::Msg) -> Seen;
+    fn sent(msg: &Self::Msg) -> Sent;
     fn logged(record: &Self::Record) -> Logged;
     /// The message that asks a shard for `txn`'s outcome (an undecided shard that never saw
     /// `txn` promises ABORT before it answers).
@@ -184,6 +203,14 @@ impl<M: Model> Engine for TwoPc<M> {
                 Some((txn, answer)) => Seen::Answer { txn, answer },
                 None => Seen::Nothing,
             },
+        }
+    }
+    fn sent(msg: &Self::Msg) -> Sent {
+        match *msg {
+            two_phase::Msg::Prepare { txn, .. } => Sent::Prepare { txn },
+            two_phase::Msg::CommitOnePhase { txn, .. } => Sent::OnePhase { txn },
+            two_phase::Msg::Decision { txn, decision } => Sent::Decision { txn, decision },
+            _ => Sent::Nothing,
         }
     }
     fn logged(record: &Self::Record) -> Logged {
@@ -278,6 +305,14 @@ impl<M: Model> Engine for PaxosCommit<M> {
                 Some((txn, answer)) => Seen::Answer { txn, answer },
                 None => Seen::Nothing,
             },
+        }
+    }
+    fn sent(msg: &Self::Msg) -> Sent {
+        match *msg {
+            paxos_commit::Msg::Prepare { txn, .. } => Sent::Prepare { txn },
+            paxos_commit::Msg::CommitOnePhase { txn, .. } => Sent::OnePhase { txn },
+            paxos_commit::Msg::Decision { txn, decision } => Sent::Decision { txn, decision },
+            _ => Sent::Nothing,
         }
     }
     fn logged(_: &Self::Record) -> Logged {

@@ -36,6 +36,7 @@ pub mod fuzzing {
         crate::call_link::decode_calls(bytes)
     }
 }
+mod console;
 mod coordinator;
 mod data_loss;
 mod driver;
@@ -620,16 +621,19 @@ async fn serve_engine<E: Engine>(
         (None, None) => None,
     };
     let (stop_loop, loop_stopped) = watch::channel(false);
+    let mut metrics_server = None;
     if let Some(address) = me.metrics {
         let metrics = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| NodeError::Listen { address, source })?;
         let role = me.role.to_string();
-        tokio::spawn(metrics::serve(metrics, handle.clone(), role, loop_stopped.clone()));
+        let dir = data_dir.to_path_buf();
+        let served = metrics::serve(metrics, handle.clone(), role, dir, loop_stopped.clone());
+        metrics_server = Some(tokio::spawn(served));
     }
     let (grpc_tx, grpc_rx) = mpsc::channel(ACCEPT_QUEUE);
     let accepting = accept_loop(listener, grpc_tx, handle.clone(), calls, loop_stopped.clone());
-    tokio::spawn(accepting);
+    let accepting = tokio::spawn(accepting);
     let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let server = tonic::transport::Server::builder()
@@ -674,6 +678,12 @@ async fn serve_engine<E: Engine>(
     }
     if let Ok(log) = Arc::try_unwrap(log) {
         let _ = tokio::task::spawn_blocking(move || drop(log.stop())).await;
+    }
+    // The listeners are closed before `serve` returns, so a node started again at once on the
+    // same addresses (in the same process, in tests) finds them free.
+    let _ = tokio::time::timeout(Duration::from_secs(5), accepting).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     }
     result
 }

@@ -7,9 +7,11 @@
 //! accepted data loss cost it; a coordinator adds its outcomes (committed, aborted) and how
 //! long each transaction took from its start to its outcome. Every sample is taken on the
 //! node's own loop, like `concord` status answers, so a reading is one consistent moment.
-//! The endpoint carries counts only — no keys, values or ids — and needs no token: bind it to
-//! loopback or a monitoring network.
+//! `/metrics` and `/health` carry counts only — no keys, values or ids — and need no token: bind
+//! the address to loopback or a monitoring network. The coordinator also serves its console
+//! there (`/ui` and the JSON APIs of `crate::console`), whose APIs take the cluster's tokens.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use crate::engine::Engine;
 use crate::service::Handle;
 
 /// Upper bounds (seconds) of the commit-latency histogram's buckets.
-const LATENCY_BUCKETS_S: [f64; 12] =
+pub(crate) const LATENCY_BUCKETS_S: [f64; 12] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// A coordinator's outcomes since its start.
@@ -30,9 +32,11 @@ pub(crate) struct Outcomes {
     pub(crate) committed: u64,
     pub(crate) aborted: u64,
     /// Per bucket of [`LATENCY_BUCKETS_S`] (not cumulative), then the overflow.
-    latency_buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
+    pub(crate) latency_buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
     latency_sum_s: f64,
-    latency_count: u64,
+    pub(crate) latency_count: u64,
+    /// Aborts by why: `voted-no`, `vote-timeout` (a branch never voted), `aborted`.
+    pub(crate) aborts: BTreeMap<&'static str, u64>,
 }
 
 impl Outcomes {
@@ -53,6 +57,11 @@ impl Outcomes {
             self.latency_sum_s += seconds;
             self.latency_count += 1;
         }
+    }
+
+    /// Why an aborted transaction aborted (after [`Outcomes::record`]).
+    pub(crate) fn record_abort(&mut self, reason: &'static str) {
+        *self.aborts.entry(reason).or_default() += 1;
     }
 }
 
@@ -149,6 +158,14 @@ pub(crate) fn render(node: &str, role: &str, sample: &Sample) -> String {
              concord_transactions_total{{{labels},outcome=\"aborted\"}} {}",
             outcomes.committed, outcomes.aborted
         );
+        let name = "concord_aborts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Transactions this coordinator aborted, by reason (voted-no, vote-timeout: a branch never voted).\n# TYPE {name} counter"
+        );
+        for (reason, count) in &outcomes.aborts {
+            let _ = writeln!(out, "{name}{{{labels},reason=\"{reason}\"}} {count}");
+        }
         let name = "concord_transaction_seconds";
         let _ = writeln!(
             out,
@@ -166,16 +183,19 @@ pub(crate) fn render(node: &str, role: &str, sample: &Sample) -> String {
     out
 }
 
-/// Serves `/metrics` and `/health` on `listener` until `stopped` turns true.
+/// Serves `/metrics` and `/health` on `listener` until `stopped` turns true; a coordinator
+/// serves its console there too (`crate::console`), its log under `data_dir`.
 pub(crate) async fn serve<E: Engine>(
     listener: TcpListener,
     handle: Handle<E>,
     role: String,
+    data_dir: std::path::PathBuf,
     mut stopped: watch::Receiver<bool>,
 ) {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let node = handle.name().to_string();
+    let coordinator = role == crate::config::Role::Coordinator.to_string();
     let metrics = {
         let (handle, node, role) = (handle.clone(), node.clone(), role.clone());
         move || {
@@ -200,7 +220,10 @@ pub(crate) async fn serve<E: Engine>(
         let (node, role) = (node.clone(), role.clone());
         async move { axum::Json(serde_json::json!({ "ok": true, "node": node, "role": role })) }
     };
-    let app = axum::Router::new().route("/metrics", get(metrics)).route("/health", get(health));
+    let mut app = axum::Router::new().route("/metrics", get(metrics)).route("/health", get(health));
+    if coordinator {
+        app = app.merge(crate::console::router(handle.clone(), data_dir));
+    }
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
@@ -219,6 +242,7 @@ mod tests {
         outcomes.record(Decision::Commit, Some(Duration::from_micros(300)));
         outcomes.record(Decision::Commit, Some(Duration::from_millis(7)));
         outcomes.record(Decision::Abort, Some(Duration::from_secs(9)));
+        outcomes.record_abort("voted-no");
         outcomes.record(Decision::Commit, None);
         let sample = Sample { outcomes: Some(outcomes), in_doubt: Some(2), ..Sample::default() };
         let text = render("coordinator", "coordinator", &sample);
@@ -242,6 +266,9 @@ mod tests {
             .ends_with(" 3"));
         assert!(line(&format!("concord_transaction_seconds_count{{{labels}}}")).ends_with(" 3"));
         assert!(line(&format!("concord_in_doubt_branches{{{labels}}}")).ends_with(" 2"));
+        assert!(
+            line(&format!("concord_aborts_total{{{labels},reason=\"voted-no\"}}")).ends_with(" 1")
+        );
         assert!(!text.contains("concord_lost_commits_total"), "a coordinator has no lost commits");
         // Every series has its HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

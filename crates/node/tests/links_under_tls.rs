@@ -132,6 +132,21 @@ async fn balance(shard: SocketAddr, credentials: &ClientCredentials) -> i64 {
     reply.into_inner().values.iter().find(|kv| kv.key == KEY).map_or(0, |kv| kv.value)
 }
 
+/// Waits (bounded) until `KEY` on `shard` reads `expected`: a client hears COMMIT once the
+/// decision is durable at the coordinator, and the shard applies it when the decision reaches
+/// it, a moment later.
+async fn balance_becomes(shard: SocketAddr, credentials: &ClientCredentials, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = balance(shard, credentials).await;
+        if now == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{shard} holds {now}, never {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Adds 100 to `KEY` on both shards, as an honest client over TLS.
 async fn honest_transfer(coordinator: SocketAddr, credentials: &ClientCredentials) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -190,7 +205,7 @@ async fn forged_peer_frames_are_refused_and_change_nothing() {
     let monitor = ClientCredentials::new(Some(&files.ca()), Some(MONITOR_TOKEN.into())).unwrap();
 
     honest_transfer(coordinator, &client).await;
-    assert_eq!(balance(shard_1, &monitor).await, 100);
+    balance_becomes(shard_1, &monitor, 100).await;
 
     let shard_1_name = node_name("bank", NodeId(1));
     let as_shard_2 = attacker(&files, Some((&files, "shard-2")));
@@ -219,7 +234,7 @@ async fn forged_peer_frames_are_refused_and_change_nothing() {
 
     // The cluster still works, and its balance is what honest transactions made it.
     honest_transfer(coordinator, &client).await;
-    assert_eq!(balance(shard_1, &monitor).await, 200);
+    balance_becomes(shard_1, &monitor, 200).await;
 
     // A client without the cluster's CA cannot even reach it: the node is not who it trusts.
     let stranger = ClientCredentials::load(&foreign.ca()).unwrap();

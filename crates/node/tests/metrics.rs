@@ -10,12 +10,17 @@ use concord_node::proto::{self, client_client::ClientClient};
 use concord_node::tls::ClientCredentials;
 
 /// Three node ports from the base, and their metrics ports 100 after: below the kernel's
-/// ephemeral range, so no connection's source port takes one meanwhile.
+/// ephemeral range, so no connection's source port takes one meanwhile. The tests of this file
+/// run at once in one process: a base is never handed out twice (a port probed free is not
+/// taken until its cluster starts).
 fn free_base_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
     let offset = u16::try_from(std::process::id() % 500).unwrap() * 3;
     for base in (30_000 + offset..32_500).chain(30_000..30_000 + offset).step_by(3) {
         let free = |i: u16| TcpListener::bind(("127.0.0.1", base + i)).is_ok();
-        if (0..3).chain(100..103).all(free) {
+        if !given.contains(&base) && (0..3).chain(100..103).all(free) {
+            given.push(base);
             return base;
         }
     }
@@ -158,4 +163,87 @@ fn every_node_metric_of_the_deploy_files_is_served(scraped: &str) {
         }
     }
     assert!(checked > 10, "the deploy files name node metrics: {checked}");
+}
+
+/// The coordinator's console (`/ui` on its metrics address): the pages to anyone, with the
+/// security headers; its APIs to the roles that may list transactions, once tokens exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinators_console_takes_the_clusters_tokens() {
+    use concord_node::auth::{token_sha256, ClientRole, TokenConfig};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let mut config = ClusterConfig::local("console-auth", 1, base);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], base + 100));
+    config.nodes[0].metrics = Some(metrics);
+    for (name, role) in [("app", ClientRole::Client), ("watch", ClientRole::Monitor)] {
+        let sha256 = token_sha256(&format!("token-of-{name}"));
+        config.tokens.push(TokenConfig { name: name.into(), role, sha256 });
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let data = dir.path().join("coordinator");
+    let serving =
+        tokio::spawn(
+            async move { concord_node::serve(config, "coordinator", &data, stopped).await },
+        );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while concord_http::call(metrics, "GET", "/health", &[], "", Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the coordinator did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = |path: &'static str, token: Option<&'static str>| async move {
+        let bearer = token.map(|t| format!("Bearer token-of-{t}"));
+        let headers: Vec<(&str, &str)> =
+            bearer.as_deref().map(|b| vec![("Authorization", b)]).unwrap_or_default();
+        concord_http::call(metrics, "GET", path, &headers, "", Duration::from_secs(5))
+            .await
+            .unwrap()
+    };
+    // The page itself: to anyone, never framed, only its own script.
+    let mut raw = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    raw.write_all(b"GET /ui HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    raw.read_to_string(&mut page).await.unwrap();
+    let lower = page.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{page}");
+    assert!(lower.contains("content-security-policy: default-src 'self'"), "{page}");
+    assert!(lower.contains("x-frame-options: deny"), "{page}");
+    assert!(page.contains("/ui/console.js"), "{page}");
+
+    let recent = "/v1/transactions?recent=true";
+    assert_eq!(call(recent, None).await.0, 401, "no token");
+    let (status, body) = call(recent, Some("nobody")).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = call(recent, Some("app")).await;
+    assert_eq!(status, 403, "a client may not list: {body}");
+    let (status, body) = call(recent, Some("watch")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"transactions\":[]"), "{body}");
+    let (status, body) = call("/v1/console", Some("app")).await;
+    assert_eq!(status, 200, "{body}");
+    let manifest: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(manifest["who"]["role"], "client", "{manifest}");
+    assert_eq!(manifest["resolve"], false, "{manifest}");
+    assert_eq!(call("/v1/cluster", Some("app")).await.0, 403);
+    assert_eq!(call("/v1/history", Some("watch")).await.0, 200);
+    let (status, _) = concord_http::call(
+        metrics,
+        "POST",
+        "/v1/console",
+        &[("Authorization", "Bearer token-of-watch")],
+        "{}",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 405, "the coordinator's console only reads");
+    // `/metrics` stays open: counts only.
+    assert_eq!(call("/metrics", None).await.0, 200);
+
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
 }

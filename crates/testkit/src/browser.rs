@@ -141,6 +141,32 @@ impl Browser {
         self.wait_until(&format!("the page shows `{text}`"), &script, limit);
     }
 
+    /// Moves the console to `hash` (`#/in-doubt`) and waits (up to `limit`) until it has drawn
+    /// `page` (the console marks `body[data-loaded]` when a page is drawn).
+    pub fn show_page(&self, hash: &str, page: &str, limit: Duration) {
+        self.run(&format!(
+            "delete document.body.dataset.loaded; location.hash = {}; return true;",
+            json!(hash)
+        ));
+        self.wait_until(
+            &format!("the {page} page is drawn"),
+            &format!("return document.body.dataset.loaded === {};", json!(page)),
+            limit,
+        );
+    }
+
+    /// Where a console test saves its screenshots: `docs/console/` when asked
+    /// (`CONCORD_UPDATE_SCREENSHOTS=1`, how the committed ones were made), else the build
+    /// directory, so a test run changes nothing tracked.
+    pub fn screenshot_dir() -> std::path::PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        if std::env::var("CONCORD_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+            root.join("docs/console")
+        } else {
+            root.join("target/console-screenshots")
+        }
+    }
+
     /// Saves a PNG of the window at `path`.
     pub fn screenshot(&self, path: &Path) {
         let encoded = self.command("GET", "/screenshot", None).expect("screenshot");

@@ -1,12 +1,17 @@
 //! What the console and `GET /v1/transactions?recent=true` show of recent transactions: each
 //! transaction's timeline, branch by branch — prepare sent, vote, decision logged, decision
-//! sent, applied in the database, acknowledged to the core — so that "every branch voted YES"
-//! and "every branch committed" are two different lines on the page, never one.
+//! sent, applied where the branch lives, acknowledged to the core — so that "every branch voted
+//! YES" and "every branch committed" are two different lines on the page, never one.
+//!
+//! Shared by the services that coordinate: `concord db serve` (a branch is a database) and the
+//! node coordinator of `concord serve` (a branch is a shard). A branch is named by its node id;
+//! the service says what that name is (`name_of`). In the JSON a branch's name is its
+//! `database` field in both (for a shard, the shard's name), so one page draws both.
 //!
 //! Kept in memory, newest [`Traces::capacity`] transactions of this run (oldest dropped first),
-//! each with at most [`EVENTS_PER_TXN`] events: bounded whatever the load or a database that
+//! each with at most [`EVENTS_PER_TXN`] events: bounded whatever the load or a participant that
 //! keeps refusing a decision. The log, not this, is the record of what was decided; after a
-//! restart the in-doubt listing reads the log and the databases, and the transactions
+//! restart the in-doubt listing reads the log and the participants, and the transactions
 //! recovery re-drives get a timeline again from that moment ("recovered").
 
 use std::collections::{BTreeMap, HashMap};
@@ -319,6 +324,63 @@ impl Filter {
     }
 }
 
+/// The query of `GET /v1/transactions?recent=true…`: filters, cursor, page size. Every
+/// parameter is checked; an unknown one is refused, naming it. `node_named` finds a branch's
+/// node by the name the service gives it (a database's, a shard's).
+pub fn recent_query(
+    query: &str,
+    node_named: &dyn Fn(&str) -> Option<NodeId>,
+) -> Result<(Filter, Option<u64>, usize), String> {
+    let mut filter = Filter::default();
+    let (mut before, mut limit) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = concord_http::percent_decode(value)
+            .ok_or_else(|| format!("{}: malformed %-escape", crate::shorten(name)))?;
+        let value = value.as_str();
+        let shown = crate::shorten(value);
+        match name {
+            "recent" => {}
+            "state" if value.is_empty() || value == "all" => {}
+            "state" => {
+                let known = STATES.iter().find(|s| **s == value);
+                let state = known.ok_or_else(|| {
+                    format!("state: `{shown}` is not one of {}", STATES.join(", "))
+                })?;
+                filter.state = Some((*state).to_string());
+            }
+            "database" if value.is_empty() => {}
+            "database" => {
+                let node = node_named(value);
+                filter.database =
+                    Some(node.ok_or_else(|| format!("database: no database or shard `{shown}`"))?);
+            }
+            "q" if value.is_empty() => {}
+            "q" => {
+                if value.len() > 64
+                    || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"@.".contains(&b))
+                {
+                    return Err(format!("q: `{shown}` is not part of a transaction id"));
+                }
+                filter.text = Some(value.to_string());
+            }
+            "limit" => limit = Some(value.to_string()),
+            "before" => {
+                before =
+                    Some(value.parse().map_err(|_| format!("before: `{shown}` is not a cursor"))?);
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{}` (recent, state, database, q, limit, before)",
+                    crate::shorten(other)
+                ))
+            }
+        }
+    }
+    let limit = crate::page_limit(limit.as_deref(), 50, MAX_PAGE)?;
+    Ok((filter, before, limit))
+}
+
 /// The recent transactions, newest last; see the module's comment.
 #[derive(Debug)]
 pub struct Traces {
@@ -408,6 +470,32 @@ impl Traces {
         trace.push(Event { at_ms, branch: None, step: Step::Answered(decision), detail: None });
     }
 
+    /// The client heard the outcome, before every branch settled (the node coordinator answers
+    /// once the decision is durable; [`Traces::settled`] follows when every branch has it).
+    pub fn answered(&mut self, txn: TxnId, at_ms: u64, decision: Decision) {
+        let trace = self.trace(txn, at_ms);
+        trace.decision = Some(decision);
+        trace.push(Event { at_ms, branch: None, step: Step::Answered(decision), detail: None });
+    }
+
+    /// Every branch has the outcome (committed: each acknowledged it; aborted: nothing more
+    /// will be done), after [`Traces::answered`].
+    pub fn settled(&mut self, txn: TxnId, at_ms: u64, decision: Decision, reason: Option<&str>) {
+        let trace = self.trace(txn, at_ms);
+        trace.decision.get_or_insert(decision);
+        trace.ended_ms.get_or_insert(at_ms);
+        if trace.reason.is_none() {
+            trace.reason = reason.map(str::to_string);
+        }
+    }
+
+    /// A transaction found in the log at start (its branches known), not begun in this run.
+    pub fn recovered(&mut self, txn: TxnId, at_ms: u64, branches: Vec<NodeId>) {
+        if !self.seq_of.contains_key(&txn) {
+            self.insert(Trace::new(txn, at_ms, branches, true));
+        }
+    }
+
     /// Ended before prepare, with why.
     pub fn abandoned(&mut self, txn: TxnId, at_ms: u64, reason: &str) {
         let trace = self.trace(txn, at_ms);
@@ -479,6 +567,62 @@ mod tests {
         }
         traces.step(t, Some(a), 120, Step::Applied(Decision::Commit), None);
         traces.step(t, Some(a), 120, Step::Acknowledged, None);
+    }
+
+    #[test]
+    fn a_listing_query_is_checked_parameter_by_parameter() {
+        let named = |name: &str| (name == "ledger").then_some(NodeId(3));
+        let (filter, before, limit) = recent_query(
+            "recent=true&state=aborted&database=ledger&q=1.2&limit=10&before=99",
+            &named,
+        )
+        .unwrap();
+        assert_eq!(filter.state.as_deref(), Some("aborted"));
+        assert_eq!(filter.database, Some(NodeId(3)));
+        assert_eq!(filter.text.as_deref(), Some("1.2"));
+        assert_eq!((before, limit), (Some(99), 10));
+        for (bad, says) in [
+            ("state=bogus", "state"),
+            ("database=nowhere", "nowhere"),
+            ("q=%3Cscript%3E", "q:"),
+            ("limit=501", "limit"),
+            ("before=x", "before"),
+            ("sort=asc", "unknown parameter `sort`"),
+            ("q=%zz", "malformed"),
+        ] {
+            let error = recent_query(bad, &named).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        assert_eq!(recent_query("", &named).unwrap(), (Filter::default(), None, 50));
+    }
+
+    #[test]
+    fn answered_is_not_settled_and_recovery_keeps_the_branches() {
+        let mut traces = Traces::new(10);
+        let t = txn(1);
+        two_phase_commit(&mut traces, t);
+        traces.answered(t, 118, Decision::Commit);
+        let summary = |traces: &Traces| traces.page(&Filter::default(), None, 10, &name).0;
+        assert_eq!(summary(&traces)[0]["state"], "committing", "answered, one branch to go");
+        assert!(summary(&traces)[0]["duration_ms"].is_null());
+        traces.step(t, Some(NodeId(11)), 130, Step::Applied(Decision::Commit), None);
+        traces.settled(t, 130, Decision::Commit, None);
+        assert_eq!(summary(&traces)[0]["state"], "committed");
+        assert_eq!(summary(&traces)[0]["duration_ms"], 30);
+
+        let old = txn(2);
+        traces.recovered(old, 200, vec![NodeId(10), NodeId(11)]);
+        traces.recovered(old, 300, vec![]); // once only
+        traces.step(old, None, 201, Step::DecisionLogged(Decision::Commit), Some("in the log"));
+        let detail = traces.detail(old, &name).unwrap();
+        assert_eq!(detail["recovered"], true);
+        assert_eq!(detail["started_unix_ms"], 200);
+        assert_eq!(detail["branches"].as_array().unwrap().len(), 2);
+        assert_eq!(detail["state"], "committing");
+        traces.settled(old, 250, Decision::Abort, Some("a reason"));
+        let detail = traces.detail(old, &name).unwrap();
+        assert_eq!(detail["state"], "committed", "settled keeps a decision already seen");
+        assert_eq!(detail["reason"], "a reason");
     }
 
     #[test]
