@@ -736,7 +736,7 @@ mod tests {
     /// What the console's listing costs at full memory: 100,000 traced two-branch
     /// transactions, then the first page, a page deep in the list, and a filter that matches
     /// one transaction in a thousand (the worst case: the whole list is walked). Run by name:
-    /// `cargo test --release -p concord-db-coordinator -- --ignored --nocapture paging_100k`
+    /// `cargo test --release -p concord-console --lib -- --ignored --nocapture paging_100k`
     /// (BENCHMARKS.md, "The console's listing").
     #[test]
     #[ignore = "a measurement, run by name"]
