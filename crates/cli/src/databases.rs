@@ -261,6 +261,19 @@ pub fn ls_in_doubt(address: SocketAddr, heuristic: bool, json: bool) -> Result<E
             age(&shown_age),
             branches.join(" ")
         );
+        // What each prepared branch holds locked while it waits (where its database says).
+        for b in t["branches"].as_array().into_iter().flatten() {
+            let locks: Vec<&str> =
+                b["locks"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if !locks.is_empty() {
+                println!(
+                    "{:>20} {} holds {}",
+                    "",
+                    b["database"].as_str().unwrap_or(""),
+                    locks.join(", ")
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

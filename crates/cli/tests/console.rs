@@ -307,6 +307,9 @@ fn the_console_shows_each_branch_then_the_in_doubt_ones_and_lets_only_an_operato
         browser.run("return document.querySelector('#in-doubt tbody tr[data-txn]').dataset.txn;");
     let stuck = stuck.as_str().expect("a txn id").to_string();
     assert!(browser.text_of("#in-doubt").contains("prepared"), "{}", browser.text());
+    // The locks each waits with: PostgreSQL names the table (MariaDB does not say).
+    let holds = format!("holds RowExclusiveLock on {}", setup.table);
+    browser.wait_for_text(&holds, WAIT);
     let first = age_shown(&browser);
     std::thread::sleep(Duration::from_millis(2_500));
     let later = age_shown(&browser);

@@ -174,7 +174,8 @@ async function txnPage(id) {
       el("td", {}, offset(b.acknowledged_ms))))));
   const branches = el("table", { id: "branches" },
     el("thead", {}, el("tr", {}, [branchLabel(), "Global id", "State now", "Age", "Detail"].map(h => el("th", {}, h)))),
-    el("tbody", {}, (t.branches || []).map(b => el("tr", {}, el("td", {}, b.database), el("td", { class: "mono" }, b.gid), el("td", {}, badge(b.state)), el("td", {}, ago(b.age_ms)), el("td", {}, b.detail || "")))));
+    el("tbody", {}, (t.branches || []).map(b => el("tr", {}, el("td", {}, b.database), el("td", { class: "mono" }, b.gid), el("td", {}, badge(b.state)), el("td", {}, ago(b.age_ms)),
+      el("td", {}, b.detail || "", b.locks && b.locks.length ? el("div", { class: "note locks" }, "holds " + b.locks.join(", ")) : null)))));
   const heuristics = (t.heuristics || []).map(h => el("li", { class: "heuristic-row" }, `${h.database}: logged ${h.logged}, found ${h.actual}${h.forced_by_operator ? " (forced by an operator)" : ""}`));
   const timeline = el("ol", { class: "timeline", id: "timeline" }, (t.timeline || []).map(e => el("li", {},
     el("span", { class: "at" }, "+" + e.at_ms + " ms"), (e.database ? e.database + ": " : ""), e.step, e.detail ? " — " + e.detail : "")));
@@ -212,7 +213,8 @@ async function inDoubtPage() {
       el("td", { class: "mono" }, el("a", { href: "#/txn/" + encodeURIComponent(t.txn) }, t.txn)),
       el("td", {}, badge(t.state), undecided ? el("div", { class: "note" }, "no decision logged: presumed abort") : null),
       el("td", { class: "age" }, ago(t.age_ms)),
-      el("td", {}, (t.branches || []).map(b => el("div", { class: "branch" }, b.database + " ", el("span", { class: "mono" }, b.gid), " ", badge(b.state), " ", ago(b.age_ms), b.detail ? " — " + b.detail : ""))),
+      el("td", {}, (t.branches || []).map(b => el("div", { class: "branch" }, b.database + " ", el("span", { class: "mono" }, b.gid), " ", badge(b.state), " ", ago(b.age_ms), b.detail ? " — " + b.detail : "",
+        b.locks && b.locks.length ? el("div", { class: "note locks" }, "holds " + b.locks.join(", ")) : null))),
       el("td", {}, (t.heuristics || []).map(h => el("div", {}, `${h.database}: logged ${h.logged}, found ${h.actual}`))),
       canResolve() ? el("td", {}, actions) : null));
   }

@@ -162,6 +162,12 @@ pub struct BranchView {
     pub age_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A prepared branch's locks, as its database tells them: PostgreSQL the tables and lock
+    /// modes (`RowExclusiveLock on accounts`; the rows it wrote stay locked in the rows
+    /// themselves), Redis the keys; `None` where the database does not say (MariaDB does not
+    /// tie a lock to an XA branch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -977,6 +983,7 @@ impl Coordinator {
                             state: "prepared".into(),
                             age_ms,
                             detail: None,
+                            locks: b.locks,
                         });
                     }
                 }
@@ -998,6 +1005,7 @@ impl Coordinator {
                             state: "not-prepared".into(),
                             age_ms: None,
                             detail: None,
+                            locks: None,
                         });
                     }
                 }
@@ -1129,6 +1137,7 @@ impl Coordinator {
                         state: "committed".into(),
                         age_ms: None,
                         detail: None,
+                        locks: None,
                     }];
                     return;
                 }
@@ -1139,6 +1148,7 @@ impl Coordinator {
                     state: "unknown".into(),
                     age_ms: None,
                     detail: Some(e.to_string()),
+                    locks: None,
                 }),
             }
         }
@@ -1347,6 +1357,7 @@ impl Transaction<'_> {
                     state: "rolled-back".into(),
                     age_ms: None,
                     detail: None,
+                    locks: None,
                 };
                 b.abandon();
                 view
@@ -1416,6 +1427,7 @@ impl Transaction<'_> {
                     state: end.state.into(),
                     age_ms: None,
                     detail: end.detail,
+                    locks: None,
                 }
             })
             .collect();

@@ -117,6 +117,10 @@ pub struct ListedBranch {
     pub gid: String,
     /// Known for PostgreSQL (`pg_prepared_xacts.prepared`); MariaDB does not say.
     pub age_ms: Option<u64>,
+    /// What the branch holds locked while it waits: PostgreSQL's table locks (`RowExclusiveLock
+    /// on accounts`, from `pg_locks`; row locks live in the rows and are not listed), Redis's
+    /// keys. `None`: the database does not say (MariaDB ties no lock to an XA branch).
+    pub locks: Option<Vec<String>>,
 }
 
 /// A connection of either kind.

@@ -185,7 +185,11 @@ pub(crate) async fn list_prepared(
     db: &Database,
     conn: &mut Conn,
 ) -> Result<Vec<ListedBranch>, DbError> {
-    Ok(recover(db, conn).await?.into_iter().map(|gid| ListedBranch { gid, age_ms: None }).collect())
+    Ok(recover(db, conn)
+        .await?
+        .into_iter()
+        .map(|gid| ListedBranch { gid, age_ms: None, locks: None })
+        .collect())
 }
 
 pub(crate) async fn forget_markers(

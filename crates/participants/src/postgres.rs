@@ -201,8 +201,19 @@ pub(crate) async fn list_prepared(
         .bounded(
             "read pg_prepared_xacts",
             client.query(
-                "SELECT gid, (extract(epoch FROM now() - prepared) * 1000)::bigint
-                   FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared",
+                // A prepared transaction's locks keep their virtual transaction with no
+                // backend (pid NULL): found through its transaction-id lock.
+                "SELECT p.gid, (extract(epoch FROM now() - p.prepared) * 1000)::bigint,
+                        ARRAY(SELECT DISTINCT l.mode || ' on ' || c.relname
+                                FROM pg_locks x
+                                JOIN pg_locks l ON l.virtualtransaction = x.virtualtransaction
+                                               AND l.pid IS NULL AND l.locktype = 'relation'
+                                JOIN pg_class c ON c.oid = l.relation AND c.relkind IN ('r', 'p')
+                               WHERE x.locktype = 'transactionid' AND x.pid IS NULL
+                                 AND x.transactionid = p.transaction
+                               ORDER BY 1)
+                   FROM pg_prepared_xacts p WHERE p.database = current_database()
+                  ORDER BY p.prepared",
                 &[],
             ),
         )
@@ -212,6 +223,7 @@ pub(crate) async fn list_prepared(
         .map(|row| ListedBranch {
             gid: row.get(0),
             age_ms: Some(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
+            locks: Some(row.get(2)),
         })
         .collect())
 }

@@ -416,14 +416,19 @@ pub(crate) async fn list_prepared(
             )
             .await?;
         for key in keys {
-            let at_ms: Option<u64> = db
+            let (at_ms, ops): (Option<u64>, Option<String>) = db
                 .bounded(
                     "prepared branch",
-                    ::redis::cmd("HGET").arg(&key).arg("at_ms").query_async(&mut conn.conn),
+                    ::redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("at_ms")
+                        .arg("ops")
+                        .query_async(&mut conn.conn),
                 )
                 .await?;
             let gid = key[prefix.len()..].to_string();
-            listed.push(ListedBranch { gid, age_ms: at_ms.map(|at| now_ms.saturating_sub(at)) });
+            let age_ms = at_ms.map(|at| now_ms.saturating_sub(at));
+            listed.push(ListedBranch { gid, age_ms, locks: ops.map(|ops| locked_keys(&ops)) });
         }
         if next == 0 {
             return Ok(listed);
@@ -432,9 +437,31 @@ pub(crate) async fn list_prepared(
     }
 }
 
+/// The keys a prepared record's writes lock (`concord:lock:{key}` each), from its `ops`.
+fn locked_keys(ops: &str) -> Vec<String> {
+    let ops: Vec<serde_json::Value> = serde_json::from_str(ops).unwrap_or_default();
+    let mut keys: Vec<String> =
+        ops.iter().filter_map(|op| Some(format!("key {}", op["key"].as_str()?))).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prepared_records_locks_are_its_keys() {
+        let ops = vec![
+            Op { op: "set", key: "b".into(), arg: "1".into() },
+            Op { op: "incrby", key: "a".into(), arg: "2".into() },
+            Op { op: "del", key: "b".into(), arg: String::new() },
+        ];
+        let json = serde_json::to_string(&ops).unwrap();
+        assert_eq!(locked_keys(&json), ["key a", "key b"]);
+        assert!(locked_keys("not json").is_empty());
+    }
 
     #[test]
     fn statements_are_the_four_writes_and_nothing_else() {

@@ -119,7 +119,14 @@ impl Participant for Real {
 
     async fn listed(&self, gid: &Gid) -> bool {
         let text = gid.to_string();
-        self.db.list_prepared().await.expect("listing").iter().any(|b| b.gid == text)
+        let listing = self.db.list_prepared().await.expect("listing");
+        let Some(branch) = listing.iter().find(|b| b.gid == text) else { return false };
+        // Every branch the suite prepares wrote: where the database tells locks (PostgreSQL
+        // its table's, Redis its keys), it holds at least one.
+        if let Some(locks) = &branch.locks {
+            assert!(!locks.is_empty(), "{text} is prepared after a write but holds no lock");
+        }
+        true
     }
 
     fn drop_connection(&self, gid: &Gid) {
