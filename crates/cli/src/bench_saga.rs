@@ -98,6 +98,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
             // The step server takes a port of the moment.
             step_hosts: concord_orchestrator::StepHosts::Any,
             tokens: Vec::new(),
+            console_sample: std::time::Duration::from_secs(10),
         };
         let task = tokio::spawn(concord_orchestrator::serve(orchestrator, stopped));
         let deadline = Instant::now() + Duration::from_secs(10);

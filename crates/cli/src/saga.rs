@@ -40,6 +40,9 @@ pub enum SagaCommand {
         /// but /health needs a token (docs/security.md).
         #[arg(long)]
         tokens: Option<PathBuf>,
+        /// How often the console's charts (/ui) sample the counters; an hour is kept.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+        console_sample_ms: u64,
     },
     /// Start a saga described by a JSON file (or - for standard input); see docs/sagas.md.
     Start {
@@ -104,6 +107,7 @@ pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
             lease_ms,
             step_hosts,
             tokens,
+            console_sample_ms,
         } => {
             let tokens = match tokens {
                 Some(path) => load_tokens(&path)?,
@@ -133,6 +137,7 @@ pub fn run(command: SagaCommand) -> Result<ExitCode, String> {
                 checkpoint_every,
                 step_hosts: concord_orchestrator::StepHosts::Only(step_hosts),
                 tokens,
+                console_sample: Duration::from_millis(console_sample_ms),
             };
             runtime()?.block_on(async move {
                 let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -400,7 +400,7 @@ fn the_console_shows_a_sagas_compensation_on_its_timeline() {
     let mut orchestrator = Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["saga", "serve", "--listen", &address.to_string(), "--data-dir"])
         .arg(&dir)
-        .args(["--step-hosts", &service.to_string()])
+        .args(["--step-hosts", &service.to_string(), "--console-sample-ms", "200"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -444,6 +444,27 @@ fn the_console_shows_a_sagas_compensation_on_its_timeline() {
     }
     assert!(browser.text_of("#saga-state").contains("compensated"));
     browser.screenshot(&screenshots().join("saga.png"));
+
+    // The orchestrator's own cluster and charts pages: where its sagas are kept, its log, the
+    // compensated saga and the calls counted.
+    go(&browser, "#/cluster", "cluster");
+    let cluster = browser.text();
+    for expected in ["store", "log", "compensated since start", "availability"] {
+        assert!(cluster.contains(expected), "`{expected}` on the cluster page:\n{cluster}");
+    }
+    assert!(
+        browser.run("return document.querySelectorAll('#main table').length;").as_u64() >= Some(2),
+        "the instance and its log files:\n{cluster}"
+    );
+    wait_until("the charts have samples", || {
+        let (_, history) =
+            concord_http::request(address, "GET", "/v1/history", None, Duration::from_secs(5))
+                .expect("history");
+        let history: serde_json::Value = serde_json::from_str(&history).expect("json");
+        history["samples"].as_array().is_some_and(|s| s.len() >= 2)
+    });
+    go(&browser, "#/charts", "charts");
+    assert_eq!(browser.run("return document.querySelectorAll('#charts .chart').length;"), 4);
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }

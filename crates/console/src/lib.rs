@@ -76,6 +76,31 @@ pub fn page_limit(query: Option<&str>, default: usize, max: usize) -> Result<usi
     }
 }
 
+/// A log directory's files and their sizes, by name, for the cluster pages.
+pub fn log_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let size = e.metadata().ok().filter(std::fs::Metadata::is_file)?.len();
+                    Some((e.file_name().to_string_lossy().into_owned(), size))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// [`log_files`] as the cluster pages' JSON: `[{"name", "bytes"}]`.
+pub fn log_files_json(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    log_files(dir)
+        .into_iter()
+        .map(|(name, bytes)| serde_json::json!({ "name": name, "bytes": bytes }))
+        .collect()
+}
+
 /// At most 40 characters of a client's text, for error messages.
 pub fn shorten(text: &str) -> String {
     text.chars().take(40).collect()

@@ -622,7 +622,7 @@ impl Coordinator {
                 })
             })
             .collect();
-        let log_files = log_files(&self.shared.data_dir.join("log"));
+        let log_files = concord_console::log_files(&self.shared.data_dir.join("log"));
         let log_bytes: u64 = log_files.iter().map(|(_, size)| size).sum();
         let (running, epoch) = {
             let state = self.state();
@@ -1282,23 +1282,6 @@ fn abort_reason(reason: Option<&str>) -> &'static str {
         // The core aborts without a reason when votes did not come in time.
         None => "vote-timeout",
     }
-}
-
-/// The log directory's files and their sizes, by name.
-fn log_files(dir: &Path) -> Vec<(String, u64)> {
-    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| {
-                    let size = e.metadata().ok().filter(std::fs::Metadata::is_file)?.len();
-                    Some((e.file_name().to_string_lossy().into_owned(), size))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
 }
 
 fn elapsed_us(started: Instant) -> u64 {

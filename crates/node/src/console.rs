@@ -289,7 +289,7 @@ impl<E: Engine> Console<E> {
             }
             nodes.push(entry);
         }
-        let log_files = log_files(&self.data_dir.join("log"));
+        let log_files = concord_console::log_files_json(&self.data_dir.join("log"));
         let body = json!({
             "cluster": config.cluster,
             "node": me,
@@ -341,20 +341,6 @@ async fn scrape(address: SocketAddr) -> Result<HashMap<String, f64>, String> {
         }
     }
     Ok(values)
-}
-
-/// The log's files and their sizes (the coordinator's own log: epochs, decisions, ends).
-fn log_files(dir: &std::path::Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<(String, u64)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let bytes = e.metadata().ok().filter(std::fs::Metadata::is_file)?.len();
-            Some((e.file_name().to_string_lossy().into_owned(), bytes))
-        })
-        .collect();
-    files.sort();
-    files.into_iter().map(|(name, bytes)| json!({ "name": name, "bytes": bytes })).collect()
 }
 
 /// The charts: the same as `concord db serve`'s, from this coordinator's own counters.

@@ -43,6 +43,8 @@ pub struct Options {
     pub step_hosts: StepHosts,
     /// Clients' bearer tokens (by SHA-256); with any, every route but `/health` needs one.
     pub tokens: Vec<concord_types::tokens::TokenConfig>,
+    /// How often the console's charts sample the counters (an hour of samples is kept).
+    pub console_sample: Duration,
 }
 
 /// The `host:port`s a saga's steps may call: the orchestrator refuses a saga naming any other
@@ -79,6 +81,8 @@ impl StepHosts {
 struct Access {
     tokens: concord_types::tokens::TokenTable,
     step_hosts: StepHosts,
+    /// The console's charts (`GET /v1/history`).
+    history: Arc<concord_console::History>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,14 @@ enum Event {
     /// Prometheus text for `/metrics`.
     Metrics {
         answer: Answer,
+    },
+    /// The console's cluster page (`GET /v1/cluster`).
+    Cluster {
+        answer: Answer,
+    },
+    /// The counters, for the console's charts.
+    Reading {
+        answer: oneshot::Sender<Reading>,
     },
     Reply {
         saga: String,
@@ -221,14 +233,83 @@ struct Loop {
     /// timer: every saga arms a deadline and a timeout per call, hundreds of thousands at a
     /// time under load.
     timers: concord_types::TimerHeap<tokio::time::Instant, Timer>,
+    /// The log's directory (log storage), for the console's cluster page.
+    log_dir: Option<PathBuf>,
 }
 
 /// What `/metrics` counts since the process started.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     calls: u64,
     completed: u64,
     compensated: u64,
+}
+
+/// One reading for the console's charts: the counters and the gauges of one moment.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    counters: Counters,
+    running: u64,
+    timers: u64,
+}
+
+/// The console's charts for the orchestrator.
+fn charts() -> Vec<concord_console::Chart> {
+    let chart = |title, unit, series: &[&'static str]| concord_console::Chart {
+        title,
+        unit,
+        series: series.to_vec(),
+        prefix: None,
+    };
+    vec![
+        chart("Sagas finished", "/s", &["completed_per_s", "compensated_per_s"]),
+        chart("Step calls", "/s", &["calls_per_s"]),
+        chart("Running", "sagas", &["running"]),
+        chart("Timers armed", "timers", &["timers"]),
+    ]
+}
+
+/// The chart values between two readings `seconds` apart.
+fn chart_values(before: &Reading, after: &Reading, seconds: f64) -> Vec<(String, f64)> {
+    #[allow(clippy::cast_precision_loss)] // counts per interval, far below 2^52
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds.max(0.001);
+    let (b, a) = (before.counters, after.counters);
+    #[allow(clippy::cast_precision_loss)] // gauges
+    let gauges = [("running", after.running as f64), ("timers", after.timers as f64)];
+    [
+        ("completed_per_s", rate(b.completed, a.completed)),
+        ("compensated_per_s", rate(b.compensated, a.compensated)),
+        ("calls_per_s", rate(b.calls, a.calls)),
+    ]
+    .into_iter()
+    .chain(gauges)
+    .map(|(name, value)| (name.to_string(), value))
+    .collect()
+}
+
+/// Samples the loop's counters for the charts every interval until the loop is gone.
+async fn sample_history(
+    internal: mpsc::UnboundedSender<Event>,
+    history: Arc<concord_console::History>,
+) {
+    let mut ticks = tokio::time::interval(history.interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(tokio::time::Instant, Reading)> = None;
+    loop {
+        ticks.tick().await;
+        let (answer, reading) = oneshot::channel();
+        if internal.send(Event::Reading { answer }).is_err() {
+            return;
+        }
+        let Ok(reading) = reading.await else { return };
+        let now = tokio::time::Instant::now();
+        if let Some((at, before)) = &last {
+            let values = chart_values(before, &reading, (now - *at).as_secs_f64());
+            let at_ms = now_us() / 1_000;
+            history.push(concord_console::Sample { at_ms, values });
+        }
+        last = Some((now, reading));
+    }
 }
 
 fn now_us() -> u64 {
@@ -374,6 +455,35 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// The console's cluster page: this instance, where its sagas are kept, what it holds.
+    fn cluster(&self) -> Value {
+        let (store, log_files, note) = match &self.storage {
+            Storage::Log { .. } => (
+                "log",
+                self.log_dir.as_deref().map(concord_console::log_files_json).unwrap_or_default(),
+                "One orchestrator with its own log: while it is down its sagas wait for it.",
+            ),
+            Storage::Postgres(_) => (
+                "postgres",
+                Vec::new(),
+                "Sagas in PostgreSQL, shared: another instance on the same store adopts the sagas of one that stopped renewing its lease (the sweeper).",
+            ),
+        };
+        json!({
+            "instance": self.instance,
+            "store": store,
+            "running": self.core.running(),
+            "timers": self.timers.len(),
+            "calls_since_start": self.counters.calls,
+            "completed_since_start": self.counters.completed,
+            "compensated_since_start": self.counters.compensated,
+            "timeline_entries_dropped": self.calls_dropped,
+            "log_files": log_files,
+            "availability": note,
+            "replication": null,
+        })
     }
 
     /// Prometheus text: sagas running now, finished and calls made since this process
@@ -544,6 +654,16 @@ impl Loop {
                     body: self.metrics(),
                 });
             }
+            Event::Cluster { answer } => {
+                let _ = answer.send(Response::json(200, &self.cluster()));
+            }
+            Event::Reading { answer } => {
+                let _ = answer.send(Reading {
+                    counters: self.counters,
+                    running: self.core.running() as u64,
+                    timers: self.timers.len() as u64,
+                });
+            }
             Event::Reply { saga, step, phase, call, result, shown } => {
                 if let Some(change) = self.timelines.answered(&saga, &call, shown, now_us()) {
                     self.store_calls(vec![change])?;
@@ -690,7 +810,9 @@ fn authorize(access: &Access, request: &Request) -> Result<(), Response> {
     }
     let allowed: &[ClientRole] = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["health"]) => return Ok(()),
-        ("GET", ["metrics"]) => &[ClientRole::Monitor, ClientRole::Operator],
+        ("GET", ["metrics"] | ["v1", "cluster"] | ["v1", "history"]) => {
+            &[ClientRole::Monitor, ClientRole::Operator]
+        }
         ("POST", ["v1", "sagas"]) => &[ClientRole::Client],
         ("GET", ["v1", "sagas", ..] | ["v1", "console"]) => {
             &[ClientRole::Client, ClientRole::Monitor, ClientRole::Operator]
@@ -729,7 +851,7 @@ async fn route(api: mpsc::Sender<Event>, access: Arc<Access>, request: Request) 
             let manifest = concord_console::Manifest {
                 service: "saga-orchestrator",
                 name: "saga orchestrator".into(),
-                pages: vec!["sagas"],
+                pages: vec!["sagas", "cluster", "charts"],
             };
             let mut value = manifest.json();
             let caller = access.tokens.find_bearer(request.header("authorization")).ok();
@@ -757,6 +879,8 @@ async fn route(api: mpsc::Sender<Event>, access: Arc<Access>, request: Request) 
         ("GET", ["v1", "sagas"]) => Event::List { target: request.target.clone(), answer: tx },
         ("GET", ["v1", "sagas", id]) => Event::Show { saga: (*id).to_string(), answer: tx },
         ("GET", ["metrics"]) => Event::Metrics { answer: tx },
+        ("GET", ["v1", "cluster"]) => Event::Cluster { answer: tx },
+        ("GET", ["v1", "history"]) => return Response::json(200, &access.history.json()),
         (method, _) => {
             return Response::error(404, &format!("no route for {method} {}", request.target))
         }
@@ -888,6 +1012,7 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
         finishes: HashMap::new(),
         next_id: 0,
         timers: concord_types::TimerHeap::default(),
+        log_dir: options.postgres.is_none().then(|| Path::new(&options.data_dir).join("log")),
     };
     // A saga with an unreadable record is not driven from the rest of its records (that could
     // repeat or skip what the lost record said): it is set aside whole.
@@ -908,9 +1033,12 @@ pub async fn serve(options: Options, mut shutdown: watch::Receiver<bool>) -> Res
     }
     // Aborted when this function returns or its future is dropped (a killed task must not
     // leave its listener answering for a loop that is gone).
+    let history = concord_console::History::new(options.console_sample, charts());
+    tokio::spawn(sample_history(state.internal.clone(), Arc::clone(&history)));
     let access = Arc::new(Access {
         tokens: concord_types::tokens::TokenTable::new(&options.tokens),
         step_hosts: options.step_hosts.clone(),
+        history,
     });
     let _server = AbortOnDrop(tokio::spawn(concord_http::serve(listener, move |request| {
         route(api.clone(), Arc::clone(&access), request)
@@ -946,5 +1074,33 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_values_are_rates_over_the_interval_and_gauges_now() {
+        let before = Reading {
+            counters: Counters { calls: 10, completed: 4, compensated: 1 },
+            running: 9,
+            timers: 20,
+        };
+        let after = Reading {
+            counters: Counters { calls: 30, completed: 8, compensated: 2 },
+            running: 3,
+            timers: 6,
+        };
+        let values: HashMap<String, f64> = chart_values(&before, &after, 2.0).into_iter().collect();
+        assert_eq!(values["calls_per_s"], 10.0);
+        assert_eq!(values["completed_per_s"], 2.0);
+        assert_eq!(values["compensated_per_s"], 0.5);
+        assert_eq!(values["running"], 3.0);
+        assert_eq!(values["timers"], 6.0);
+        // Every value is drawn by a chart.
+        let drawn: Vec<&str> = charts().iter().flat_map(|c| c.series.clone()).collect();
+        assert!(values.keys().all(|k| drawn.contains(&k.as_str())), "{values:?}");
     }
 }

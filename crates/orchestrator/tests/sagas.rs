@@ -116,6 +116,7 @@ async fn start_orchestrator_with(
         checkpoint_every: 5,
         step_hosts,
         tokens,
+        console_sample: concord_console::HISTORY_INTERVAL,
     };
     let task = tokio::spawn(concord_orchestrator::serve(options, stopped));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -405,6 +406,12 @@ async fn tokens_and_step_hosts_are_checked_before_a_saga_starts() {
     assert_eq!(call("GET", "/metrics".into(), None, String::new()).await, 401);
     assert_eq!(call("GET", "/metrics".into(), Some("c"), String::new()).await, 403);
     assert_eq!(call("GET", "/metrics".into(), Some("m"), String::new()).await, 200);
+    // The console's cluster and charts are the monitor's and operator's, like /metrics.
+    for path in ["/v1/cluster", "/v1/history"] {
+        assert_eq!(call("GET", path.into(), None, String::new()).await, 401);
+        assert_eq!(call("GET", path.into(), Some("c"), String::new()).await, 403);
+        assert_eq!(call("GET", path.into(), Some("m"), String::new()).await, 200);
+    }
     orchestrator.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -156,6 +156,7 @@ async fn orchestrator_on(
         // The services take ports of the moment.
         step_hosts: concord_orchestrator::StepHosts::Any,
         tokens: Vec::new(),
+        console_sample: Duration::from_secs(10),
     };
     let mut task = tokio::spawn(concord_orchestrator::serve(options, stopped));
     let deadline = Instant::now() + Duration::from_secs(10);
