@@ -648,6 +648,7 @@ fn sweep_output(
             "aborted": s.aborted,
             "outcome_unknown": s.outcome_unknown,
             "split_transactions": s.split_txns,
+            "coordinator_elections": s.coordinator_elections,
             "messages_per_txn": s.messages_per_txn(),
             "forced_writes_per_txn": s.forced_writes_per_txn(),
             "commit_latency_p50_us": s.commit_latency_us.quantile(0.5),
@@ -676,6 +677,11 @@ fn sweep_output(
         s.txns_begun, s.committed, s.aborted, s.outcome_unknown
     );
     outln!(out, "split transactions    {}", s.split_txns);
+    outln!(
+        out,
+        "coordinator elections {} (runs with the coordinator's log on 3 or 5 replicas)",
+        s.coordinator_elections
+    );
     outln!(out, "messages / txn        {:.2}", s.messages_per_txn());
     outln!(out, "forced writes / txn   {:.2}", s.forced_writes_per_txn());
     outln!(

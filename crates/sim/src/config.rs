@@ -46,6 +46,10 @@ pub struct SimConfig {
     /// have forgotten (`concord_commit::amnesia`), with the coordinator's horizon. Only for
     /// protocols whose participants can (`Protocol::RUNS_AFTER_DATA_LOSS`).
     pub log_loss: f64,
+    /// The coordinator's log on this many machines (issue 21, `crate::replicated`): 1 is one
+    /// machine's disk; 3 or 5 a replicated log whose majority commit makes a record durable, and
+    /// a crashed coordinator is replaced by an elected replica, not by its own disk.
+    pub coordinator_replicas: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +189,7 @@ impl SimConfig {
             reservations: false,
             max_events: 5_000_000,
             log_loss: 0.0,
+            coordinator_replicas: 1,
         }
     }
 

@@ -32,6 +32,7 @@ pub mod histogram;
 pub mod invariants;
 pub mod kv;
 pub mod optimizations;
+pub mod replicated;
 pub mod report;
 pub mod rng;
 pub mod saga;

@@ -24,6 +24,8 @@ pub struct RunReport {
     pub nodes: u32,
     /// Participants whose whole log was lost at a crash (`SimConfig::log_loss`).
     pub logs_lost: u32,
+    /// Coordinator leaders elected after a crash (a replicated coordinator log only).
+    pub coordinator_elections: u32,
     /// Transactions the workload tried to submit, and those the coordinator named.
     pub txns_submitted: u64,
     pub txns_begun: u64,

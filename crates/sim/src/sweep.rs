@@ -109,6 +109,10 @@ pub fn random_config(seed: u64) -> SimConfig {
     config.switches.forgotten_kept = *rng.pick(&[0, 1, 100_000]);
     config.status_probes = true;
     config.reservations = true;
+    // Half the runs put the coordinator's log on replicas (issue 21): a crashed coordinator is
+    // replaced by an elected replica with the majority-committed log. Drawn last, so the rest of
+    // every seed's schedule is as before.
+    config.coordinator_replicas = *rng.pick(&[1, 1, 3, 5]);
     config
 }
 
@@ -132,6 +136,8 @@ pub struct SweepSummary {
     /// Status queries sent by the prober, and the verdicts that were FORGOTTEN.
     pub status_probes: u64,
     pub status_forgotten: u64,
+    /// Leaders elected after a coordinator crash, in runs with a replicated coordinator log.
+    pub coordinator_elections: u64,
     pub commit_latency_us: Histogram,
     pub in_doubt_us: Histogram,
 }
@@ -156,6 +162,7 @@ impl SweepSummary {
         self.events += report.events;
         self.status_probes += report.status_probes;
         self.status_forgotten += report.status_forgotten;
+        self.coordinator_elections += u64::from(report.coordinator_elections);
         for &l in &report.commit_latency_us {
             self.commit_latency_us.record(l);
         }
@@ -181,6 +188,7 @@ impl SweepSummary {
         self.events += other.events;
         self.status_probes += other.status_probes;
         self.status_forgotten += other.status_forgotten;
+        self.coordinator_elections += other.coordinator_elections;
         self.commit_latency_us.merge(&other.commit_latency_us);
         self.in_doubt_us.merge(&other.in_doubt_us);
     }

@@ -28,6 +28,7 @@ use crate::config::{
 use crate::disk::Disk;
 use crate::hash::Fnv1a;
 use crate::invariants::{self, log_before_send, DecisionSource, History, ParticipantEnd};
+use crate::replicated::{CatchUp, Committed, ReplicatedLog};
 use crate::report::{InDoubt, RunReport};
 use crate::rng::Rng;
 use crate::trace::{TraceEntry, TraceEvent};
@@ -67,6 +68,15 @@ enum Event<P: Protocol> {
     BeginReserved {
         index: usize,
         txn: TxnId,
+    },
+    /// A replica of the coordinator's log (in life `life` of its machine) has its first `upto`
+    /// entries on disk, and its acknowledgement reached the leader (`id`: the entry at
+    /// `upto - 1` then).
+    ReplicaAck {
+        replica: usize,
+        life: u32,
+        upto: usize,
+        id: u64,
     },
 }
 
@@ -135,6 +145,11 @@ pub struct Simulation<P: Protocol> {
     /// Status queries waiting for answers, one per transaction at a time.
     probes: HashMap<TxnId, StatusQuery>,
     report: RunReport,
+    /// The coordinator's log when it is replicated (`SimConfig::coordinator_replicas` > 1);
+    /// `None`: node 0's own disk.
+    replicated: Option<ReplicatedLog<P::Record>>,
+    /// A newly elected leader's log, waiting to be committed before its core starts from it.
+    leader_waiting: Option<Vec<P::Record>>,
     next_message_id: u64,
     hasher: Fnv1a,
     trace: Option<Vec<TraceEntry>>,
@@ -183,6 +198,9 @@ impl<P: Protocol> Simulation<P> {
             txn_submitted_at: HashMap::new(),
             probes: HashMap::new(),
             report,
+            replicated: (config.coordinator_replicas > 1)
+                .then(|| ReplicatedLog::new(config.coordinator_replicas as usize)),
+            leader_waiting: None,
             next_message_id: 0,
             hasher: Fnv1a::default(),
             trace: config.record_trace.then(Vec::new),
@@ -284,6 +302,11 @@ impl<P: Protocol> Simulation<P> {
                 } else {
                     self.report.txns_not_started += 1;
                 }
+            }
+            Event::ReplicaAck { replica, life, upto, id } => {
+                8u8.hash(&mut self.hasher);
+                (replica, life, upto, id).hash(&mut self.hasher);
+                self.replica_ack(replica, life, upto, id);
             }
         }
     }
@@ -479,6 +502,14 @@ impl<P: Protocol> Simulation<P> {
         }
         self.nodes[index].core = None;
         self.nodes[index].incarnation += 1;
+        if node == COORDINATOR {
+            if let Some(replicated) = self.replicated.as_mut() {
+                // The leader's machine is gone; the log lives on in the other replicas.
+                replicated.leader_crashed();
+                self.trace(|| TraceEvent::Crash { node, lost: Vec::new() });
+                return;
+            }
+        }
         let torn = self.config.disk.torn_writes;
         let pending: Vec<String> = if self.config.record_trace {
             self.nodes[index].disk.pending().map(ToString::to_string).collect()
@@ -522,7 +553,40 @@ impl<P: Protocol> Simulation<P> {
         if index >= self.nodes.len() || self.nodes[index].core.is_some() {
             return;
         }
+        if node == COORDINATOR && self.replicated.is_some() {
+            self.elect_leader();
+            return;
+        }
         let records = self.nodes[index].disk.recover();
+        self.start_from(index, records);
+    }
+
+    /// Another replica of the coordinator's log is elected. It sends its log to the replicas
+    /// that lack part of it, and its core starts once that log is committed.
+    fn elect_leader(&mut self) {
+        let fsync_us = self.config.disk.fsync_us;
+        let replicated = self.replicated.as_mut().expect("a replicated coordinator");
+        let election = replicated.elect(&mut self.rng);
+        self.report.coordinator_elections += 1;
+        for catch_up in election.catch_up {
+            let at = self.now + self.delay() + self.delay() + fsync_us;
+            let CatchUp { replica, life, upto, id } = catch_up;
+            self.schedule(at, Event::ReplicaAck { replica, life, upto, id });
+        }
+        self.leader_waiting = Some(election.records);
+        self.start_leader_if_committed();
+    }
+
+    fn start_leader_if_committed(&mut self) {
+        let Some(replicated) = &self.replicated else { return };
+        if self.leader_waiting.as_ref().is_some_and(|log| replicated.committed() >= log.len()) {
+            let records = self.leader_waiting.take().expect("checked");
+            self.start_from(COORDINATOR.0 as usize, records);
+        }
+    }
+
+    fn start_from(&mut self, index: usize, records: Vec<P::Record>) {
+        let node = self.nodes[index].id;
         let count = records.len();
         self.trace(|| TraceEvent::Restart {
             node,
@@ -538,6 +602,48 @@ impl<P: Protocol> Simulation<P> {
                 .collect();
         }
         self.boot(index, records);
+    }
+
+    /// The coordinator writes a record to its replicated log: the leader's own fsync, and each
+    /// follower's (the entry's way there, its fsync, the acknowledgement's way back).
+    fn persist_replicated(&mut self, record: P::Record, durability: Durability, depth: u32) {
+        let incarnation = self.nodes[COORDINATOR.0 as usize].incarnation;
+        let fsync_us = self.config.disk.fsync_us;
+        let replicated = self.replicated.as_mut().expect("called for a replicated log");
+        let (upto, id) = replicated.append(record, durability, depth, incarnation);
+        let (leader, replicas) = (replicated.leader(), replicated.replicas());
+        let lives: Vec<u32> = (0..replicas).map(|r| replicated.life(r)).collect();
+        self.report.syncs += 1;
+        for (replica, life) in lives.into_iter().enumerate() {
+            let travel = if replica == leader { 0 } else { self.delay() + self.delay() };
+            let ack = Event::ReplicaAck { replica, life, upto, id };
+            self.schedule(self.now + travel + fsync_us, ack);
+        }
+    }
+
+    fn replica_ack(&mut self, replica: usize, life: u32, upto: usize, id: u64) {
+        let Some(replicated) = self.replicated.as_mut() else { return };
+        for entry in replicated.acknowledged(replica, life, upto, id) {
+            self.replicated_durable(entry);
+        }
+        self.start_leader_if_committed();
+    }
+
+    /// A coordinator record the replicated log committed: durable now, for the invariants; the
+    /// core that wrote it, if it still runs, gets `Persisted` (a successor started from the log
+    /// and needs none).
+    fn replicated_durable(&mut self, entry: Committed<P::Record>) {
+        self.observe_durable(COORDINATOR, &entry.record, false);
+        let forced = entry.durability == Durability::Forced;
+        self.trace(|| TraceEvent::Durable {
+            node: COORDINATOR,
+            label: entry.record.to_string(),
+            forced,
+        });
+        let coordinator = &self.nodes[COORDINATOR.0 as usize];
+        if forced && coordinator.core.is_some() && coordinator.incarnation == entry.incarnation {
+            self.input(COORDINATOR, Input::Persisted(entry.record), entry.depth);
+        }
     }
 
     fn fault(&mut self, action: &FaultAction) {
@@ -732,8 +838,12 @@ impl<P: Protocol> Simulation<P> {
                     forced,
                     detail: format!("{record:?}"),
                 });
-                self.nodes[node.0 as usize].disk.append(record, durability, depth);
-                self.start_sync(node);
+                if node == COORDINATOR && self.replicated.is_some() {
+                    self.persist_replicated(record, durability, depth);
+                } else {
+                    self.nodes[node.0 as usize].disk.append(record, durability, depth);
+                    self.start_sync(node);
+                }
             }
             Command::SetTimer { timer, after_us } => {
                 self.trace(|| TraceEvent::TimerSet { node, label: timer.to_string(), after_us });

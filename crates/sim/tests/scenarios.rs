@@ -32,6 +32,13 @@ fn coordinator_crash_after_decision_is_recovered_from_the_log() {
     assert_expected::<TwoPhase>("coordinator-crash-after-decision");
 }
 
+/// Issue 21: with the coordinator's log on three replicas, the decision committed there
+/// outlives the leader's machine; the participants commit within an election.
+#[test]
+fn coordinator_leader_crash_after_decision_is_finished_by_an_elected_replica() {
+    assert_expected::<TwoPhase>("coordinator-leader-crash-after-decision");
+}
+
 #[test]
 fn participant_crash_after_yes_recovers_its_prepared_branch() {
     assert_expected::<TwoPhase>("participant-crash-after-yes");
@@ -95,6 +102,7 @@ fn every_scenario_has_a_test_above() {
     let tested = [
         "coordinator-crash-after-prepare",
         "coordinator-crash-after-decision",
+        "coordinator-leader-crash-after-decision",
         "participant-crash-after-yes",
         "participant-crash-before-vote",
         "partition-during-commit",

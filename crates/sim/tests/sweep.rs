@@ -31,6 +31,9 @@ fn two_phase_commit_survives_a_hundred_thousand_random_fault_schedules() {
     // Status queries asked, and some of them about transactions every participant forgot.
     assert!(summary.status_probes > summary.txns_begun, "probes {}", summary.status_probes);
     assert!(summary.status_forgotten > 0, "no status query met a forgotten transaction");
+    // Half the runs replicate the coordinator's log: crashed leaders were replaced by elected
+    // replicas, many times.
+    assert!(summary.coordinator_elections > 1_000, "elections {}", summary.coordinator_elections);
 }
 
 #[test]

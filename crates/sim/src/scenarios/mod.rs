@@ -7,6 +7,7 @@
 mod coordinator_crash_after_decision;
 mod coordinator_crash_after_precommit;
 mod coordinator_crash_after_prepare;
+mod coordinator_leader_crash_after_decision;
 mod duplicate_commit;
 mod early_ack_coordinator_crash_after_outcome;
 mod naive_partial_failure;
@@ -49,6 +50,7 @@ pub struct Scenario {
 pub const ALL: &[Scenario] = &[
     coordinator_crash_after_prepare::SCENARIO,
     coordinator_crash_after_decision::SCENARIO,
+    coordinator_leader_crash_after_decision::SCENARIO,
     participant_crash_after_yes::SCENARIO,
     participant_crash_before_vote::SCENARIO,
     partition_during_commit::SCENARIO,
