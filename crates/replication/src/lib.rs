@@ -1,0 +1,287 @@
+//! The coordinator's replicated log (issue 21): so that no single machine holds a commit
+//! decision.
+//!
+//! Consensus is openraft's (a well-tested library), not ours: the protocol cores (2PC, Paxos
+//! Commit) are the subject of this project, its consensus layer is not. This crate gives
+//! openraft what it asks its user for, in Concord's terms:
+//!
+//! * **storage** (`store`): openraft's log, vote and snapshots as records in Concord's own
+//!   durable log — checksummed frames, group commit, checkpoints, a manifest that refuses
+//!   damage — so a replica's disk gets the same integrity checks as every other node's;
+//! * **network** (`network`): openraft's RPCs in a small binary codec (`codec`, fuzzed and
+//!   bounded) over a [`Wire`] the runtime provides;
+//! * **the state machine** is the user's [`Machine`]: committed commands in log order, and a
+//!   snapshot of what they built.
+//!
+//! A command is *durable* — what a protocol core's `Persisted` means — once [`Replica::write`]
+//! returns: a majority of the replicas has it on disk. That is the only change the cores see.
+
+pub mod codec;
+pub mod network;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+
+pub use network::{Router, RouterWire, Wire};
+pub use store::OpenStoreError;
+
+openraft::declare_raft_types!(
+    /// openraft's types for Concord: commands are opaque bytes (a coordinator's encoded
+    /// record), replicas are numbered, a snapshot is the machine's own bytes.
+    pub TypeConfig:
+        D = Vec<u8>,
+        R = (),
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Vec<u8>,
+);
+
+/// What the replicated log drives: committed commands, in log order, on every replica.
+pub trait Machine: Send + Sync + 'static {
+    /// Applies the command committed at `index`. Called once per index, in order, on every
+    /// replica (again after a restart, for commands after the last snapshot).
+    fn apply(&mut self, index: u64, command: &[u8]);
+    /// Everything applied so far, as bytes that [`Machine::restore`] takes back.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot's (from this replica's disk, or the leader's).
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+}
+
+/// How a replica is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Names the cluster: a data directory of another cluster is refused.
+    pub cluster: String,
+    pub id: u64,
+    pub dir: PathBuf,
+    /// Every voting replica, itself included: id → address.
+    pub members: BTreeMap<u64, String>,
+    /// A leader tells its followers it lives this often.
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a random time in this range stands for election.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many entries, and older entries are dropped.
+    pub snapshot_every: u64,
+}
+
+impl Options {
+    /// Timing for replicas on one network: a lost leader is replaced in well under a second.
+    pub fn new(
+        cluster: impl Into<String>,
+        id: u64,
+        dir: impl Into<PathBuf>,
+        members: BTreeMap<u64, String>,
+    ) -> Self {
+        Options {
+            cluster: cluster.into(),
+            id,
+            dir: dir.into(),
+            members,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// Why a replica did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is wrong: which replica, and why.
+    Config(String),
+    Store(OpenStoreError),
+    Raft(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(why) => write!(f, "{why}"),
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Raft(e) => write!(f, "replication: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why a write was not made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// This replica is not the leader; the leader it knows of, if any (id, address). The write
+    /// was not made: the caller goes there.
+    NotLeader(Option<(u64, String)>),
+    /// The replica is stopping or its disk failed; whether the write will be committed is not
+    /// known (a new leader may commit it). The caller must treat it as in doubt.
+    Unknown(String),
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::NotLeader(Some((id, addr))) => {
+                write!(f, "not the leader: replica {id} at {addr} is")
+            }
+            WriteError::NotLeader(None) => write!(f, "not the leader, and no leader is known"),
+            WriteError::Unknown(why) => write!(f, "outcome unknown: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Who leads, as one replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    /// The last index this replica has in its log, and the last it has applied.
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// On the leader: each replica's matched index (how far its log agrees with the leader's).
+    pub matched: BTreeMap<u64, Option<u64>>,
+}
+
+/// One replica of the replicated log, running.
+pub struct Replica<M> {
+    raft: Raft<TypeConfig>,
+    machine: Arc<Mutex<M>>,
+    id: u64,
+}
+
+impl<M> fmt::Debug for Replica<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// An odd number of voters, at least one, this replica among them, no address twice.
+pub fn check_members(id: u64, members: &BTreeMap<u64, String>) -> Result<(), String> {
+    if members.is_empty() || members.len().is_multiple_of(2) {
+        return Err(format!(
+            "{} coordinator replicas configured: there must be an odd number (1, 3 or 5), or a \
+             split vote could leave no majority",
+            members.len()
+        ));
+    }
+    if !members.contains_key(&id) {
+        let known: Vec<String> = members.keys().map(u64::to_string).collect();
+        return Err(format!(
+            "replica {id} is not in the configuration (its replicas are {})",
+            known.join(", ")
+        ));
+    }
+    let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+    for (member, addr) in members {
+        if let Some(other) = seen.insert(addr, *member) {
+            return Err(format!("replicas {other} and {member} both claim address {addr}"));
+        }
+    }
+    Ok(())
+}
+
+impl<M: Machine> Replica<M> {
+    /// Opens the replica's directory (refusing one of another replica or cluster), starts its
+    /// Raft, and on a new directory proposes the configured membership (every replica does the
+    /// same on its first start; openraft takes the same proposal from several).
+    pub async fn start<W: Wire>(options: Options, machine: M, wire: W) -> Result<Self, StartError> {
+        check_members(options.id, &options.members).map_err(StartError::Config)?;
+        let (log, state_machine) = store::open(&options.dir, &options.cluster, options.id, machine)
+            .map_err(StartError::Store)?;
+        let machine = state_machine.machine();
+        let config = openraft::Config {
+            cluster_name: options.cluster.clone(),
+            heartbeat_interval: millis(options.heartbeat),
+            election_timeout_min: millis(options.election_timeout.0),
+            election_timeout_max: millis(options.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let network = network::Network { wire };
+        let raft = Raft::new(options.id, Arc::new(config), network, log, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let members: BTreeMap<u64, BasicNode> = options
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(StartError::Raft(e.to_string())),
+        }
+        Ok(Replica { raft, machine, id: options.id })
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    pub fn machine(&self) -> Arc<Mutex<M>> {
+        Arc::clone(&self.machine)
+    }
+
+    /// Appends `command`; returns its index once a majority has it on disk and it is applied
+    /// here. Only the leader takes writes.
+    pub async fn write(&self, command: Vec<u8>) -> Result<u64, WriteError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.log_id.index),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(WriteError::NotLeader(
+                    forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
+                ))
+            }
+            Err(e) => Err(WriteError::Unknown(e.to_string())),
+        }
+    }
+
+    /// Answers a peer's request (bytes from the wire).
+    pub async fn serve(&self, request: &[u8]) -> Vec<u8> {
+        network::serve(&self.raft, request).await
+    }
+
+    pub fn status(&self) -> Status {
+        let metrics = self.raft.metrics().borrow().clone();
+        let matched = metrics
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, log_id)| (*id, log_id.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        Status {
+            id: self.id,
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            is_leader: metrics.state == ServerState::Leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|l| l.index),
+            matched,
+        }
+    }
+
+    /// The voting replicas in the committed configuration.
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Stops the replica: what was written is on disk; nothing more is answered.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

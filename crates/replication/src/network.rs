@@ -1,0 +1,263 @@
+//! How replicas reach each other: openraft's RPCs as bytes (`codec`) over a [`Wire`].
+//!
+//! The wire is the only part that knows about sockets: the runtime puts it on its links, the
+//! tests on an in-process [`Router`] that can cut replicas off. Either way every RPC crosses
+//! the codec, so what the tests run is what the network carries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, Raft, Snapshot, Vote};
+
+use crate::codec::{self, Reply, Request};
+use crate::TypeConfig;
+
+/// Carries one request's bytes to replica `target` at `addr` and brings back its reply's.
+pub trait Wire: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        target: u64,
+        addr: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+}
+
+/// What a replica does with a request's bytes: decode, hand to its Raft, encode the answer.
+/// Malformed bytes are refused with a reason, never passed on.
+pub async fn serve(raft: &Raft<TypeConfig>, request: &[u8]) -> Vec<u8> {
+    let reply = match codec::decode_request(request) {
+        Err(e) => Reply::Refused(e.to_string()),
+        Ok(Request::Append(rpc)) => match raft.append_entries(rpc).await {
+            Ok(response) => Reply::Append(response),
+            Err(e) => Reply::Refused(e.to_string()),
+        },
+        Ok(Request::Vote(rpc)) => match raft.vote(rpc).await {
+            Ok(response) => Reply::Vote(response),
+            Err(e) => Reply::Refused(e.to_string()),
+        },
+        Ok(Request::Snapshot { vote, meta, data }) => {
+            let snapshot = Snapshot { meta, snapshot: Box::new(data) };
+            match raft.install_full_snapshot(vote, snapshot).await {
+                Ok(response) => Reply::Snapshot(response),
+                Err(e) => Reply::Refused(e.to_string()),
+            }
+        }
+    };
+    codec::encode_reply(&reply)
+}
+
+/// Makes a [`Client`] per peer.
+#[derive(Debug, Clone)]
+pub struct Network<W> {
+    pub wire: W,
+}
+
+impl<W: Wire> RaftNetworkFactory<TypeConfig> for Network<W> {
+    type Network = Client<W>;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Client<W> {
+        Client { wire: self.wire.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+/// One peer as openraft sees it.
+#[derive(Debug)]
+pub struct Client<W> {
+    wire: W,
+    target: u64,
+    addr: String,
+}
+
+/// Why an RPC got no usable answer, before openraft's error types are chosen.
+enum Failed {
+    /// Nothing came back: back off before trying again.
+    Unreachable(io::Error),
+    /// Something came back that is not an answer: retry.
+    Garbled(String),
+}
+
+impl<W: Wire> Client<W> {
+    async fn call(&self, request: &Request, timeout: Duration) -> Result<Reply, Failed> {
+        let bytes = codec::encode_request(request);
+        let reply = self
+            .wire
+            .call(self.target, &self.addr, bytes, timeout)
+            .await
+            .map_err(Failed::Unreachable)?;
+        match codec::decode_reply(&reply) {
+            Ok(Reply::Refused(why)) => Err(Failed::Garbled(format!("refused: {why}"))),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(Failed::Garbled(e.to_string())),
+        }
+    }
+}
+
+fn rpc_error<E: std::error::Error>(failed: Failed) -> RPCError<u64, BasicNode, E> {
+    match failed {
+        Failed::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+        Failed::Garbled(why) => RPCError::Network(NetworkError::new(&io::Error::other(why))),
+    }
+}
+
+fn mismatched() -> Failed {
+    Failed::Garbled("a reply of another kind".into())
+}
+
+impl<W: Wire> RaftNetwork<TypeConfig> for Client<W> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call(&Request::Append(rpc), option.hard_ttl()).await {
+            Ok(Reply::Append(response)) => Ok(response),
+            Ok(_) => Err(rpc_error(mismatched())),
+            Err(failed) => Err(rpc_error(failed)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call(&Request::Vote(rpc), option.hard_ttl()).await {
+            Ok(Reply::Vote(response)) => Ok(response),
+            Ok(_) => Err(rpc_error(mismatched())),
+            Err(failed) => Err(rpc_error(failed)),
+        }
+    }
+
+    #[allow(deprecated)]
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        unreachable!("with generic snapshot data openraft sends snapshots with full_snapshot")
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let request = Request::Snapshot { vote, meta: snapshot.meta, data: *snapshot.snapshot };
+        let answer = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            answer = self.call(&request, option.hard_ttl()) => answer,
+        };
+        match answer {
+            Ok(Reply::Snapshot(response)) => Ok(response),
+            Ok(_) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(
+                "a reply of another kind",
+            )))),
+            Err(Failed::Unreachable(e)) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            Err(Failed::Garbled(why)) => {
+                Err(StreamingError::Network(NetworkError::new(&io::Error::other(why))))
+            }
+        }
+    }
+}
+
+/// Replicas in one process, for tests: requests go straight to the target's Raft, through the
+/// codec, unless the two are cut off from each other.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    inner: Arc<Mutex<RouterInner>>,
+}
+
+#[derive(Default)]
+struct RouterInner {
+    replicas: HashMap<u64, Raft<TypeConfig>>,
+    /// Pairs that cannot reach each other (both directions), smaller id first.
+    cut: BTreeSet<(u64, u64)>,
+}
+
+impl std::fmt::Debug for RouterInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterInner")
+            .field("replicas", &self.replicas.keys().collect::<Vec<_>>())
+            .field("cut", &self.cut)
+            .finish()
+    }
+}
+
+impl Router {
+    pub fn add(&self, id: u64, raft: Raft<TypeConfig>) {
+        self.inner.lock().expect("not poisoned").replicas.insert(id, raft);
+    }
+
+    /// The replica is gone (its process died): calls to it fail.
+    pub fn remove(&self, id: u64) {
+        self.inner.lock().expect("not poisoned").replicas.remove(&id);
+    }
+
+    /// Cuts `id` off from every other replica.
+    pub fn isolate(&self, id: u64, others: impl IntoIterator<Item = u64>) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        for other in others {
+            inner.cut.insert((id.min(other), id.max(other)));
+        }
+    }
+
+    pub fn heal(&self) {
+        self.inner.lock().expect("not poisoned").cut.clear();
+    }
+
+    /// A wire for replica `from`.
+    pub fn wire(&self, from: u64) -> RouterWire {
+        RouterWire { router: self.clone(), from }
+    }
+}
+
+/// [`Router`]'s [`Wire`] for one sender.
+#[derive(Debug, Clone)]
+pub struct RouterWire {
+    router: Router,
+    from: u64,
+}
+
+impl Wire for RouterWire {
+    async fn call(
+        &self,
+        target: u64,
+        _addr: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> io::Result<Vec<u8>> {
+        let raft = {
+            let inner = self.router.inner.lock().expect("not poisoned");
+            let pair = (self.from.min(target), self.from.max(target));
+            if inner.cut.contains(&pair) {
+                None
+            } else {
+                inner.replicas.get(&target).cloned()
+            }
+        };
+        let Some(raft) = raft else {
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "unreachable"));
+        };
+        tokio::time::timeout(timeout, serve(&raft, &request))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply in time"))
+    }
+}
