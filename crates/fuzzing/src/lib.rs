@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("participant_messages", participant_messages),
     ("access", access),
+    ("replica_link", replica_link),
 ];
 
 type KvMsg2pc = two_phase::Msg<KvChange>;
@@ -38,6 +39,22 @@ pub fn peer_frames(data: &[u8]) {
     let _ = concord_node::fuzzing::peer_frames::<two_phase::Msg>(data);
     let _ = concord_node::fuzzing::peer_frames::<KvMsgPaxos>(data);
     let _ = concord_node::fuzzing::peer_frames::<paxos_commit::Msg>(data);
+}
+
+/// A replica link's request or reply (after the hello, one frame's bytes): decoded as each,
+/// and what decodes must encode to bytes that decode and encode to the same bytes again.
+pub fn replica_link(data: &[u8]) {
+    use concord_replication::codec;
+    if let Ok(request) = codec::decode_request(data) {
+        let once = codec::encode_request(&request);
+        let again = codec::decode_request(&once).expect("what was encoded decodes");
+        assert_eq!(codec::encode_request(&again), once, "a request changed through the codec");
+    }
+    if let Ok(reply) = codec::decode_reply(data) {
+        let once = codec::encode_reply(&reply);
+        let again = codec::decode_reply(&once).expect("what was encoded decodes");
+        assert_eq!(codec::encode_reply(&again), once, "a reply changed through the codec");
+    }
 }
 
 /// Call-link bytes (after the magic): frames, their headers and every request body.

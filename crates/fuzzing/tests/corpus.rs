@@ -232,6 +232,15 @@ fn write_seed_corpus() {
     step(&mut racing, 0, &two_pc[2].to_bytes());
     racing.push(255);
     write("participant_messages", "decision-while-preparing", &racing);
+
+    // Replica links: one of every request and reply, a frame's bytes each.
+    use concord_replication::codec;
+    for (i, request) in codec::examples::requests().iter().enumerate() {
+        write("replica_link", &format!("request-{i}"), &codec::encode_request(request));
+    }
+    for (i, reply) in codec::examples::replies().iter().enumerate() {
+        write("replica_link", &format!("reply-{i}"), &codec::encode_reply(reply));
+    }
 }
 
 /// A KvGetRequest's protobuf bytes, written by hand (field 1 session = 3, field 2 key = "k"),

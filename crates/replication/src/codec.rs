@@ -393,8 +393,9 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply> {
     Ok(reply)
 }
 
-#[cfg(test)]
-mod tests {
+/// One of every request and reply, for the tests and the fuzzers' seed corpus: not an API.
+#[doc(hidden)]
+pub mod examples {
     use super::*;
 
     fn log_id(term: u64, node: u64, index: u64) -> LogId<u64> {
@@ -408,7 +409,7 @@ mod tests {
         Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
     }
 
-    fn requests() -> Vec<Request> {
+    pub fn requests() -> Vec<Request> {
         let vote = Vote::new_committed(4, 2);
         vec![
             Request::Append(AppendEntriesRequest {
@@ -437,7 +438,7 @@ mod tests {
         ]
     }
 
-    fn replies() -> Vec<Reply> {
+    pub fn replies() -> Vec<Reply> {
         vec![
             Reply::Append(AppendEntriesResponse::Success),
             Reply::Append(AppendEntriesResponse::PartialSuccess(Some(log_id(1, 1, 1)))),
@@ -452,6 +453,12 @@ mod tests {
             Reply::Refused("shutting down".into()),
         ]
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::examples::{replies, requests};
+    use super::*;
 
     #[test]
     fn every_request_and_reply_survives_the_trip() {

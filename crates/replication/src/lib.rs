@@ -9,7 +9,7 @@
 //!   durable log — checksummed frames, group commit, checkpoints, a manifest that refuses
 //!   damage — so a replica's disk gets the same integrity checks as every other node's;
 //! * **network** (`network`): openraft's RPCs in a small binary codec (`codec`, fuzzed and
-//!   bounded) over a [`Wire`] the runtime provides;
+//!   bounded) over a [`Wire`]: TCP between processes (`tcp`), an in-process router in tests;
 //! * **the state machine** is the user's [`Machine`]: committed commands in log order, and a
 //!   snapshot of what they built.
 //!
@@ -19,6 +19,7 @@
 pub mod codec;
 pub mod network;
 pub mod store;
+pub mod tcp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -31,6 +32,7 @@ use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 
 pub use network::{Router, RouterWire, Wire};
 pub use store::OpenStoreError;
+pub use tcp::TcpWire;
 
 openraft::declare_raft_types!(
     /// openraft's types for Concord: commands are opaque bytes (a coordinator's encoded
@@ -70,6 +72,12 @@ pub struct Options {
     pub election_timeout: (Duration, Duration),
     /// A snapshot is taken after this many entries, and older entries are dropped.
     pub snapshot_every: u64,
+    /// On an empty directory, propose `members` as the cluster's first configuration: every
+    /// replica of a new cluster does. A replica joining a running cluster (a new one, or one
+    /// whose directory was lost and wiped) must not: it waits, voting for no one, until the
+    /// leader adds it ([`Replica::add_voter`]). A replica that came back with an empty
+    /// directory and voted at once could vote twice in a term it already voted in.
+    pub bootstrap: bool,
 }
 
 impl Options {
@@ -88,6 +96,7 @@ impl Options {
             heartbeat: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
             snapshot_every: 10_000,
+            bootstrap: true,
         }
     }
 }
@@ -138,6 +147,42 @@ impl fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// Why a change of the configuration was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipError {
+    /// Only the leader changes the configuration; the leader this replica knows of.
+    NotLeader(Option<(u64, String)>),
+    /// The change cannot be made (another change is under way, the replica is unknown...).
+    Refused(String),
+}
+
+impl MembershipError {
+    fn from_raft(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Self {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                MembershipError::NotLeader(
+                    forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
+                )
+            }
+            other => MembershipError::Refused(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MembershipError::NotLeader(Some((id, addr))) => {
+                write!(f, "not the leader: replica {id} at {addr} is")
+            }
+            MembershipError::NotLeader(None) => write!(f, "not the leader, and no leader is known"),
+            MembershipError::Refused(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for MembershipError {}
+
 /// Who leads, as one replica sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -157,6 +202,7 @@ pub struct Replica<M> {
     raft: Raft<TypeConfig>,
     machine: Arc<Mutex<M>>,
     id: u64,
+    released: store::Released,
 }
 
 impl<M> fmt::Debug for Replica<M> {
@@ -199,6 +245,7 @@ impl<M: Machine> Replica<M> {
         let (log, state_machine) = store::open(&options.dir, &options.cluster, options.id, machine)
             .map_err(StartError::Store)?;
         let machine = state_machine.machine();
+        let released = log.released();
         let config = openraft::Config {
             cluster_name: options.cluster.clone(),
             heartbeat_interval: millis(options.heartbeat),
@@ -219,11 +266,13 @@ impl<M: Machine> Replica<M> {
             .iter()
             .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
             .collect();
-        match raft.initialize(members).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(StartError::Raft(e.to_string())),
+        if options.bootstrap {
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
         }
-        Ok(Replica { raft, machine, id: options.id })
+        Ok(Replica { raft, machine, id: options.id, released })
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
@@ -246,6 +295,35 @@ impl<M: Machine> Replica<M> {
             }
             Err(e) => Err(WriteError::Unknown(e.to_string())),
         }
+    }
+
+    /// Makes replica `id` (at `addr`) a voter, on the leader: first a learner, replicated to
+    /// until it has caught up (by snapshot if the entries it needs were purged), then a member
+    /// of the configuration (openraft's joint consensus). Returns once the new configuration
+    /// is committed.
+    pub async fn add_voter(&self, id: u64, addr: String) -> Result<(), MembershipError> {
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(MembershipError::from_raft)?;
+        let mut voters = self.voters();
+        voters.insert(id);
+        self.raft.change_membership(voters, false).await.map_err(MembershipError::from_raft)?;
+        Ok(())
+    }
+
+    /// Takes replica `id` out of the configuration, on the leader: it is no longer replicated
+    /// to and its vote no longer counts. Refused if it would leave no voter.
+    pub async fn remove_voter(&self, id: u64) -> Result<(), MembershipError> {
+        let mut voters = self.voters();
+        if !voters.remove(&id) {
+            return Err(MembershipError::Refused(format!("replica {id} is not a voter")));
+        }
+        if voters.is_empty() {
+            return Err(MembershipError::Refused(format!("replica {id} is the last voter")));
+        }
+        self.raft.change_membership(voters, false).await.map_err(MembershipError::from_raft)?;
+        Ok(())
     }
 
     /// Answers a peer's request (bytes from the wire).
@@ -276,9 +354,16 @@ impl<M: Machine> Replica<M> {
         self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
     }
 
-    /// Stops the replica: what was written is on disk; nothing more is answered.
+    /// Stops the replica: nothing more is answered, what was written is on disk, and the
+    /// directory is let go (waited for, at most five seconds).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        for _ in 0..500 {
+            if self.released.is_released() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -157,21 +157,46 @@ impl std::error::Error for OpenStoreError {}
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    log: GroupCommit,
+    log: Option<GroupCommit>,
+}
+
+impl Drop for Shared {
+    /// The last of openraft's stores is gone: the log thread finishes what was queued and lets
+    /// go of the directory before this returns, so a replica started again at once on the same
+    /// directory (in the same process) finds it free, and a stopped replica's files are still.
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            drop(log.stop());
+        }
+    }
+}
+
+/// Says when a replica's store has been dropped and its log thread has stopped.
+#[derive(Debug, Clone)]
+pub struct Released(std::sync::Weak<Shared>);
+
+impl Released {
+    pub fn is_released(&self) -> bool {
+        self.0.strong_count() == 0
+    }
 }
 
 impl Shared {
+    fn log(&self) -> &GroupCommit {
+        self.log.as_ref().expect("the log lives until the store is dropped")
+    }
+
     /// Queues `bytes` (with `state` already updated under the same lock, so a checkpoint
     /// computed later includes it) and returns at once.
     fn write(&self, bytes: Vec<u8>, on_durable: Option<OnDurable>) -> std::io::Result<()> {
-        self.log.submit(bytes, on_durable)
+        self.log().submit(bytes, on_durable)
     }
 
     /// Queues `bytes` and waits until they are on disk.
     async fn write_durable(&self, bytes: Vec<u8>) -> std::io::Result<()> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let callback: OnDurable = Box::new(move |result| drop(done.send(result)));
-        self.log.submit(bytes, Some(callback))?;
+        self.log().submit(bytes, Some(callback))?;
         wait.await
             .map_err(|_| std::io::Error::other("the log stopped"))?
             .map_err(std::io::Error::other)
@@ -207,7 +232,7 @@ pub fn open<M: Machine>(
     // The log thread holds the directory until it has written everything queued.
     let log = GroupCommit::start_holding(file_log, lock)
         .map_err(|e| OpenStoreError::Log(OpenError::Io(e)))?;
-    let shared = Arc::new(Shared { state: Mutex::new(state), log });
+    let shared = Arc::new(Shared { state: Mutex::new(state), log: Some(log) });
     let machine = Arc::new(Mutex::new(machine));
     Ok((
         LogStore { shared: Arc::clone(&shared) },
@@ -223,6 +248,13 @@ fn io_error(e: impl std::fmt::Display) -> std::io::Error {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
+}
+
+impl LogStore {
+    /// Tells when this store (and every clone openraft holds) is gone.
+    pub fn released(&self) -> Released {
+        Released(Arc::downgrade(&self.shared))
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -328,7 +360,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         state.purge(upto);
         self.shared
             .write(purge_record(&upto), None)
-            .and_then(|()| self.shared.log.checkpoint(state.live()))
+            .and_then(|()| self.shared.log().checkpoint(state.live()))
             .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))
     }
 }

@@ -6,53 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod common;
+
+use common::{commands, Ledger};
 use concord_replication::{
-    Machine, OpenStoreError, Options, Replica, Router, StartError, WriteError,
+    MembershipError, OpenStoreError, Options, Replica, Router, StartError, WriteError,
 };
-
-/// Every command applied, in order: what each replica's machine must agree on.
-#[derive(Debug, Default)]
-struct Ledger {
-    applied: Vec<(u64, Vec<u8>)>,
-}
-
-impl Machine for Ledger {
-    fn apply(&mut self, index: u64, command: &[u8]) {
-        if let Some((last, _)) = self.applied.last() {
-            assert!(index > *last, "applied in log order: {index} after {last}");
-        }
-        self.applied.push((index, command.to_vec()));
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for (index, command) in &self.applied {
-            bytes.extend_from_slice(&index.to_le_bytes());
-            bytes.extend_from_slice(&u32::try_from(command.len()).unwrap().to_le_bytes());
-            bytes.extend_from_slice(command);
-        }
-        bytes
-    }
-
-    fn restore(&mut self, mut bytes: &[u8]) -> Result<(), String> {
-        self.applied.clear();
-        while !bytes.is_empty() {
-            if bytes.len() < 12 {
-                return Err("a torn snapshot".into());
-            }
-            let index = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-            let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-            let command = bytes.get(12..12 + len).ok_or("a torn snapshot")?;
-            self.applied.push((index, command.to_vec()));
-            bytes = &bytes[12 + len..];
-        }
-        Ok(())
-    }
-}
-
-fn commands(ledger: &Ledger) -> Vec<Vec<u8>> {
-    ledger.applied.iter().map(|(_, c)| c.clone()).collect()
-}
 
 struct Cluster {
     router: Router,
@@ -87,8 +46,12 @@ impl Cluster {
     }
 
     async fn start_replica(&mut self, id: u64) -> Result<(), StartError> {
-        let replica =
-            Replica::start(self.options(id), Ledger::default(), self.router.wire(id)).await?;
+        self.start_with(self.options(id)).await
+    }
+
+    async fn start_with(&mut self, options: Options) -> Result<(), StartError> {
+        let id = options.id;
+        let replica = Replica::start(options, Ledger::default(), self.router.wire(id)).await?;
         self.router.add(id, replica.raft().clone());
         self.replicas.insert(id, replica);
         Ok(())
@@ -137,6 +100,18 @@ impl Cluster {
         }
         panic!("the replicas did not converge in 10 s");
     }
+}
+
+/// The snapshot a replica holds, waited for (bounded): its metrics follow an install a moment
+/// after its machine does.
+async fn installed_snapshot(replica: &Replica<Ledger>) -> Option<openraft::LogId<u64>> {
+    for _ in 0..100 {
+        if let Some(snapshot) = replica.raft().metrics().borrow().snapshot {
+            return Some(snapshot);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 fn command(i: usize) -> Vec<u8> {
@@ -246,7 +221,7 @@ async fn a_replica_behind_the_purged_log_catches_up_by_snapshot() {
     cluster.all_applied(&expected).await;
     let ledger = cluster.replicas[&behind].machine();
     assert_eq!(commands(&ledger.lock().unwrap()), expected);
-    let installed = cluster.replicas[&behind].raft().metrics().borrow().snapshot;
+    let installed = installed_snapshot(&cluster.replicas[&behind]).await;
     assert!(
         installed.is_some_and(|s| s.index >= 150),
         "it was brought up by the leader's snapshot, not by entries: {installed:?}"
@@ -313,4 +288,99 @@ async fn configurations_that_cannot_work_are_refused_naming_the_replica() {
     let claimed = start(1, twice).await.unwrap_err().to_string();
     assert!(claimed.contains("replicas 2 and 3 both claim"), "{claimed}");
     assert!(!root.path().join("r1").exists(), "nothing was created");
+}
+
+/// The largest file of a replica's log: flipping a byte in its middle is damage no crash makes.
+fn damage_log(dir: &std::path::Path) -> std::path::PathBuf {
+    let log = dir.join("log");
+    let segment = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&segment, bytes).unwrap();
+    segment
+}
+
+/// The repair the operator's guide documents (docs/replication.md): a replica whose log is
+/// refused as damaged is taken out of the configuration, its directory wiped, and it is
+/// started as a joiner and added back; the leader brings it up by snapshot. Never a plain
+/// restart on an empty directory, which would forget whom it voted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_damaged_log_is_refused_and_rejoins_from_the_leader() {
+    let mut cluster = Cluster::start(3, 20).await;
+    let mut expected = Vec::new();
+    for i in 0..100 {
+        cluster.write(&command(i)).await;
+        expected.push(command(i));
+    }
+    cluster.all_applied(&expected).await;
+    let leader = cluster.leader().await;
+    let victim = cluster.replicas.keys().copied().find(|id| *id != leader).unwrap();
+    cluster.kill(victim).await;
+    let dir = cluster.options(victim).dir;
+    let segment = damage_log(&dir);
+    let damaged = std::fs::read(&segment).unwrap();
+    let refused = cluster.start_replica(victim).await.unwrap_err();
+    assert!(matches!(refused, StartError::Store(_)), "refused as damaged: {refused}");
+    assert_eq!(std::fs::read(&segment).unwrap(), damaged, "the damaged log is left as it was");
+
+    // Only the leader changes the configuration.
+    let follower = cluster.replicas.keys().copied().find(|id| *id != leader).unwrap();
+    let answer = cluster.replicas[&follower].remove_voter(victim).await;
+    assert!(matches!(answer, Err(MembershipError::NotLeader(Some((l, _)))) if l == leader));
+
+    cluster.replicas[&leader].remove_voter(victim).await.expect("removed");
+    assert!(!cluster.replicas[&leader].voters().contains(&victim));
+    for i in 100..150 {
+        cluster.write(&command(i)).await;
+        expected.push(command(i));
+    }
+
+    // The leader's log no longer reaches back to the start: the joiner needs a snapshot.
+    let raft = cluster.replicas[&leader].raft().clone();
+    raft.trigger().snapshot().await.unwrap();
+    let mut snapshot = None;
+    for _ in 0..250 {
+        snapshot = raft.metrics().borrow().snapshot;
+        if snapshot.is_some_and(|s| s.index >= 140) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = snapshot.expect("the leader took a snapshot");
+    raft.trigger().purge_log(snapshot.index).await.unwrap();
+    for _ in 0..250 {
+        if raft.metrics().borrow().purged.is_some_and(|p| p.index >= snapshot.index) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut joining = cluster.options(victim);
+    joining.bootstrap = false;
+    cluster.start_with(joining).await.expect("a joiner starts on an empty directory");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cluster.replicas[&victim].status().term, 0, "a joiner stands for nothing");
+    let address = cluster.members[&victim].clone();
+    cluster.replicas[&leader].add_voter(victim, address).await.expect("added back");
+    assert_eq!(cluster.replicas[&leader].voters().len(), 3);
+    cluster.all_applied(&expected).await;
+    let installed = installed_snapshot(&cluster.replicas[&victim]).await;
+    assert!(
+        installed.is_some_and(|s| s.index >= snapshot.index),
+        "brought up by the leader's snapshot: {installed:?}, the leader's {snapshot:?}"
+    );
+
+    // It counts again: with the old leader gone, the two left elect and commit.
+    cluster.kill(leader).await;
+    let new = cluster.leader().await;
+    assert_ne!(new, leader);
+    cluster.write(b"after the repair").await;
+    expected.push(b"after the repair".to_vec());
+    cluster.all_applied(&expected).await;
 }

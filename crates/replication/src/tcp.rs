@@ -1,0 +1,227 @@
+//! Replicas over TCP: a [`Wire`] that dials peers, and the server that answers them.
+//!
+//! A connection opens with a hello — [`MAGIC`], then the cluster's name — which the server
+//! answers with one byte (accepted or not), so replicas of two clusters on one network never
+//! take each other's votes. After it, each request is one frame (`len u32 LE ‖ bytes`) and
+//! its reply one frame, in turn. Every length is checked against [`MAX_FRAME`] before anything
+//! is allocated; every wait is bounded (the caller's timeout, the server's idle limit); the
+//! server holds at most [`MAX_CONNECTIONS`] connections. Malformed requests reach only the
+//! codec, which refuses them (`codec.rs`, fuzzed).
+//!
+//! The magic starts with `C`, as the node's other links do, so the runtime can serve this on
+//! the node's one port beside peer and call links.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::Raft;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::{network, TypeConfig, Wire};
+
+/// The first bytes of a replica link.
+pub const MAGIC: [u8; 8] = *b"CRAFT01\n";
+/// The largest request or reply: a snapshot is sent whole, so this bounds a coordinator's live
+/// state too (its records at a checkpoint, far smaller in practice).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Connections a replica serves at once (its peers need one or two each).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest cluster name a hello carries.
+const MAX_CLUSTER_NAME: usize = 255;
+/// A connection must say its hello within this, and is closed after this long without a
+/// request.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per peer for the next request.
+const IDLE_PER_PEER: usize = 4;
+
+const ACCEPTED: u8 = 1;
+const REFUSED: u8 = 0;
+
+fn invalid(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
+}
+
+async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    if bytes.len() > MAX_FRAME {
+        return Err(invalid(format!("a frame of {} bytes (at most {MAX_FRAME})", bytes.len())));
+    }
+    let len = u32::try_from(bytes.len()).expect("MAX_FRAME fits in u32");
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Reads one frame; a length over [`MAX_FRAME`] is refused before anything is allocated.
+async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(invalid(format!("a frame of {len} bytes announced (at most {MAX_FRAME})")));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+fn hello(cluster: &str) -> Vec<u8> {
+    let name = &cluster.as_bytes()[..cluster.len().min(MAX_CLUSTER_NAME)];
+    let mut out = MAGIC.to_vec();
+    out.push(u8::try_from(name.len()).expect("bounded above"));
+    out.extend_from_slice(name);
+    out
+}
+
+/// Reads a dialler's hello and answers it: accepted only for a replica of `cluster`.
+async fn accept_hello(stream: &mut TcpStream, cluster: &str) -> io::Result<()> {
+    let mut magic = [0u8; 8];
+    stream.read_exact(&mut magic).await?;
+    if magic != MAGIC {
+        return Err(invalid("not a replica link"));
+    }
+    let mut len = [0u8; 1];
+    stream.read_exact(&mut len).await?;
+    let mut name = vec![0u8; usize::from(len[0])];
+    stream.read_exact(&mut name).await?;
+    let ours = hello(cluster);
+    if name != ours[MAGIC.len() + 1..] {
+        let _ = stream.write_all(&[REFUSED]).await;
+        return Err(invalid(format!(
+            "a replica of cluster `{}`, not `{cluster}`",
+            String::from_utf8_lossy(&name)
+        )));
+    }
+    stream.write_all(&[ACCEPTED]).await
+}
+
+/// Dials peers, keeping a few connections to each for the next request.
+#[derive(Debug, Clone)]
+pub struct TcpWire {
+    cluster: Arc<str>,
+    idle: Arc<Mutex<HashMap<String, Vec<TcpStream>>>>,
+}
+
+impl TcpWire {
+    pub fn new(cluster: &str) -> Self {
+        TcpWire { cluster: cluster.into(), idle: Arc::default() }
+    }
+
+    async fn dial(&self, addr: &str) -> io::Result<TcpStream> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&hello(&self.cluster)).await?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await?;
+        if answer[0] != ACCEPTED {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{addr} is not a replica of cluster `{}`", self.cluster),
+            ));
+        }
+        Ok(stream)
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
+        self.idle.lock().expect("not poisoned").get_mut(addr).and_then(Vec::pop)
+    }
+
+    fn put_idle(&self, addr: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        let streams = idle.entry(addr.to_string()).or_default();
+        if streams.len() < IDLE_PER_PEER {
+            streams.push(stream);
+        }
+    }
+
+    async fn exchange(&self, addr: &str, request: &[u8]) -> io::Result<Vec<u8>> {
+        // An idle connection may have been closed by the peer (restarted, idle limit): one
+        // failure on it is retried on a fresh connection. Requests are idempotent in Raft.
+        if let Some(mut stream) = self.take_idle(addr) {
+            if write_frame(&mut stream, request).await.is_ok() {
+                if let Ok(reply) = read_frame(&mut stream).await {
+                    self.put_idle(addr, stream);
+                    return Ok(reply);
+                }
+            }
+        }
+        let mut stream = self.dial(addr).await?;
+        write_frame(&mut stream, request).await?;
+        let reply = read_frame(&mut stream).await?;
+        self.put_idle(addr, stream);
+        Ok(reply)
+    }
+}
+
+impl Wire for TcpWire {
+    async fn call(
+        &self,
+        _target: u64,
+        addr: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> io::Result<Vec<u8>> {
+        match tokio::time::timeout(timeout, self.exchange(addr, &request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: no answer"))),
+        }
+    }
+}
+
+/// Serves peers' requests to `raft` on `listener` until `stopped` turns true. Connections over
+/// [`MAX_CONNECTIONS`] are closed at once; a bad hello or frame closes its connection only.
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    cluster: String,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let cluster: Arc<str> = cluster.into();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, say: do not spin; connections wait in the backlog.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue; // dropped: closed at once
+        };
+        let (raft, cluster, mut stopped) = (raft.clone(), Arc::clone(&cluster), stopped.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => {}
+                () = serve_connection(stream, &raft, &cluster) => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>, cluster: &str) {
+    let _ = stream.set_nodelay(true);
+    let Ok(Ok(())) = tokio::time::timeout(HELLO_TIMEOUT, accept_hello(&mut stream, cluster)).await
+    else {
+        return;
+    };
+    loop {
+        let Ok(Ok(request)) = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)).await
+        else {
+            return;
+        };
+        let reply = network::serve(raft, &request).await;
+        if write_frame(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
