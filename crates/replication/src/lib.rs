@@ -18,7 +18,9 @@
 
 pub mod codec;
 pub mod network;
+pub mod records;
 pub mod store;
+pub mod submit;
 pub mod tcp;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +33,9 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 
 pub use network::{Router, RouterWire, Wire};
+pub use records::RecordLog;
 pub use store::OpenStoreError;
+pub use submit::{OnCommitted, Submitter};
 pub use tcp::TcpWire;
 
 openraft::declare_raft_types!(
@@ -324,6 +328,11 @@ impl<M: Machine> Replica<M> {
         }
         self.raft.change_membership(voters, false).await.map_err(MembershipError::from_raft)?;
         Ok(())
+    }
+
+    /// A queue that appends commands in the order they are given, without waiting for them.
+    pub fn submitter(&self) -> Submitter {
+        Submitter::start(self.raft.clone())
     }
 
     /// Answers a peer's request (bytes from the wire).

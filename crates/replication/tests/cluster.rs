@@ -42,6 +42,7 @@ impl Cluster {
         let dir = self.root.path().join(format!("replica-{id}"));
         let mut options = Options::new("test-cluster", id, dir, self.members.clone());
         options.snapshot_every = self.snapshot_every;
+        common::patient(&mut options);
         options
     }
 
@@ -66,7 +67,7 @@ impl Cluster {
 
     /// Waits (bounded) until the running replicas agree on one leader, and returns it.
     async fn leader(&self) -> u64 {
-        for _ in 0..300 {
+        for _ in 0..750 {
             let leaders: Vec<Option<u64>> =
                 self.replicas.values().map(|r| r.status().leader).collect();
             if let Some(Some(leader)) = leaders.first() {
@@ -78,7 +79,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("no leader agreed on in 6 s");
+        panic!("no leader agreed on in 15 s");
     }
 
     async fn write(&self, command: &[u8]) -> u64 {
@@ -171,7 +172,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_nothing_diverges() {
     // The majority side elects a leader and goes on.
     let majority = {
         let mut new = None;
-        for _ in 0..300 {
+        for _ in 0..750 {
             let leaders: Vec<Option<u64>> =
                 others.iter().map(|id| cluster.replicas[id].status().leader).collect();
             if let Some(Some(l)) = leaders.first() {

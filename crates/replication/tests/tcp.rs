@@ -54,7 +54,8 @@ impl Cluster {
 
     async fn start_replica(&mut self, id: u64) {
         let dir = self.root.path().join(format!("replica-{id}"));
-        let options = Options::new(CLUSTER, id, dir, self.members.clone());
+        let mut options = Options::new(CLUSTER, id, dir, self.members.clone());
+        common::patient(&mut options);
         // The port was just let go by a stopped replica, or by free_addresses: bind it again
         // (bounded) before anyone is told to call it.
         let mut listener = None;
@@ -84,7 +85,7 @@ impl Cluster {
     }
 
     async fn leader(&self) -> u64 {
-        for _ in 0..300 {
+        for _ in 0..750 {
             let leaders: Vec<Option<u64>> =
                 self.running.values().map(|r| r.replica.status().leader).collect();
             if let Some(Some(leader)) = leaders.first() {
@@ -96,7 +97,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("no leader agreed on in 6 s");
+        panic!("no leader agreed on in 15 s");
     }
 
     async fn write(&self, command: Vec<u8>) {

@@ -1,6 +1,16 @@
 //! What the replication tests share: a machine that records every command it applies.
 
-use concord_replication::Machine;
+use std::time::Duration;
+
+use concord_replication::{Machine, Options};
+
+/// Elections only after a second of silence: on a loaded machine (two cores running the whole
+/// test suite) a 50 ms heartbeat can be late enough to depose a leader in mid-test, and a test
+/// that expects its writes to commit would fail for a reason it does not test.
+pub fn patient(options: &mut Options) {
+    options.heartbeat = Duration::from_millis(100);
+    options.election_timeout = (Duration::from_secs(1), Duration::from_secs(2));
+}
 
 /// Every command applied, in order: what each replica's machine must agree on.
 #[derive(Debug, Default)]
