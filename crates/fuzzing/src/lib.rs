@@ -41,7 +41,8 @@ pub fn peer_frames(data: &[u8]) {
     let _ = concord_node::fuzzing::peer_frames::<paxos_commit::Msg>(data);
 }
 
-/// A replica link's request or reply (after the hello, one frame's bytes): decoded as each,
+/// A replica link's request or reply (after the hello, one frame's bytes), or a log entry's
+/// batch of commands: decoded as each,
 /// and what decodes must encode to bytes that decode and encode to the same bytes again.
 pub fn replica_link(data: &[u8]) {
     use concord_replication::codec;
@@ -49,6 +50,11 @@ pub fn replica_link(data: &[u8]) {
         let once = codec::encode_request(&request);
         let again = codec::decode_request(&once).expect("what was encoded decodes");
         assert_eq!(codec::encode_request(&again), once, "a request changed through the codec");
+    }
+    // A log entry's payload, as a state machine unpacks it.
+    if let Ok(commands) = codec::decode_batch(data) {
+        let owned: Vec<Vec<u8>> = commands.iter().map(|c| c.to_vec()).collect();
+        assert_eq!(codec::encode_batch(&owned), data, "a batch is exactly its encoding");
     }
     if let Ok(reply) = codec::decode_reply(data) {
         let once = codec::encode_reply(&reply);

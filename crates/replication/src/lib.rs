@@ -52,8 +52,9 @@ openraft::declare_raft_types!(
 
 /// What the replicated log drives: committed commands, in log order, on every replica.
 pub trait Machine: Send + Sync + 'static {
-    /// Applies the command committed at `index`. Called once per index, in order, on every
-    /// replica (again after a restart, for commands after the last snapshot).
+    /// Applies a command committed at `index`. Called for every command in log order, on every
+    /// replica (again after a restart, for commands after the last snapshot); the commands of
+    /// one entry (a batch) share its index.
     fn apply(&mut self, index: u64, command: &[u8]);
     /// Everything applied so far, as bytes that [`Machine::restore`] takes back.
     fn snapshot(&self) -> Vec<u8>;
@@ -290,7 +291,7 @@ impl<M: Machine> Replica<M> {
     /// Appends `command`; returns its index once a majority has it on disk and it is applied
     /// here. Only the leader takes writes.
     pub async fn write(&self, command: Vec<u8>) -> Result<u64, WriteError> {
-        match self.raft.client_write(command).await {
+        match self.raft.client_write(codec::encode_batch(&[command])).await {
             Ok(response) => Ok(response.log_id.index),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(WriteError::NotLeader(

@@ -84,7 +84,11 @@ impl RecordLog {
 
 impl Machine for RecordLog {
     fn apply(&mut self, index: u64, command: &[u8]) {
-        assert!(index > self.last_index, "applied in log order: {index} after {}", self.last_index);
+        assert!(
+            index >= self.last_index,
+            "applied in log order: {index} after {}",
+            self.last_index
+        );
         self.last_index = index;
         match decode(command) {
             Ok(Command::Record(record)) => self.records.push(record),

@@ -431,7 +431,17 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
         for entry in entries {
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => machine.apply(entry.log_id.index, command),
+                EntryPayload::Normal(batch) => match codec::decode_batch(batch) {
+                    Ok(commands) => {
+                        commands.into_iter().for_each(|c| machine.apply(entry.log_id.index, c));
+                    }
+                    // Only a replica of this cluster writes entries, always as batches: an
+                    // entry that is not one is applied as nothing, on every replica alike.
+                    Err(e) => eprintln!(
+                        "replica: entry {} is not a batch of commands ({}); applied as nothing",
+                        entry.log_id.index, e.0
+                    ),
+                },
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 }
