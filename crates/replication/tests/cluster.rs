@@ -306,7 +306,7 @@ fn damage_log(dir: &std::path::Path) -> std::path::PathBuf {
     segment
 }
 
-/// The repair the operator's guide documents (docs/replication.md): a replica whose log is
+/// The repair ARCHITECTURE.md describes (the replicated coordinator log): a replica whose log is
 /// refused as damaged is taken out of the configuration, its directory wiped, and it is
 /// started as a joiner and added back; the leader brings it up by snapshot. Never a plain
 /// restart on an empty directory, which would forget whom it voted for.
