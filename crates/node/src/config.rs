@@ -336,11 +336,32 @@ impl ClusterConfig {
             }
         }
         concord_types::tokens::validate_all(&self.tokens)?;
-        let coordinators = self.nodes.iter().filter(|n| n.role == Role::Coordinator).count();
-        if coordinators != 1 {
+        let coordinators = self.coordinators().count();
+        if coordinators == 0 || coordinators.is_multiple_of(2) || coordinators > 5 {
             return Err(format!(
-                "exactly one node must have role = \"coordinator\" (found {coordinators})"
+                "1, 3 or 5 nodes must have role = \"coordinator\" (found {coordinators}): \
+                 replicas of the coordinator decide by majority, and an even number could \
+                 split with no majority"
             ));
+        }
+        if coordinators > 1 {
+            // The replicated coordinator runs the delta model over 2PC, without TLS, for now
+            // (ARCHITECTURE.md, the replicated coordinator log).
+            let not_yet = if self.kv.is_some() {
+                Some("the key-value store ([kv])")
+            } else if self.protocol != CommitProtocol::TwoPhase {
+                Some("protocol = \"paxos-commit\"")
+            } else if self.tls.is_some() {
+                Some("[tls]")
+            } else {
+                None
+            };
+            if let Some(what) = not_yet {
+                return Err(format!(
+                    "{coordinators} coordinators: a replicated coordinator does not run {what} yet; \
+                     configure one coordinator"
+                ));
+            }
         }
         if !self.nodes.iter().any(|n| n.role == Role::Shard) {
             return Err("at least one node must have role = \"shard\"".into());
@@ -399,8 +420,20 @@ impl ClusterConfig {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The coordinator: with several (replicas), the first one listed, whose id every replica's
+    /// core takes, so shards see one coordinator whichever replica leads.
     pub fn coordinator(&self) -> &NodeConfig {
-        self.nodes.iter().find(|n| n.role == Role::Coordinator).expect("validated: one coordinator")
+        self.coordinators().next().expect("validated: a coordinator")
+    }
+
+    /// Every node with role = "coordinator": one, or the 3 or 5 replicas of a replicated one.
+    pub fn coordinators(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| n.role == Role::Coordinator)
+    }
+
+    /// Whether the coordinator is replicated (several coordinator nodes).
+    pub fn replicated_coordinator(&self) -> bool {
+        self.coordinators().nth(1).is_some()
     }
 
     pub fn shards(&self) -> impl Iterator<Item = &NodeConfig> {
@@ -641,6 +674,44 @@ mod tests {
             .to_toml()
             .replace("\"coordinator\"\nlisten", "\"shard\"\nlisten");
         let error = ClusterConfig::parse(&text).unwrap_err().to_string();
-        assert!(error.contains("exactly one node"), "{error}");
+        assert!(
+            error.contains("1, 3 or 5 nodes must have role = \"coordinator\" (found 0)"),
+            "{error}"
+        );
+    }
+
+    fn with_coordinators(mut config: ClusterConfig, extra: u32) -> ClusterConfig {
+        for i in 0..extra {
+            config.nodes.push(NodeConfig {
+                name: format!("coordinator-{i}"),
+                id: 50 + i,
+                role: Role::Coordinator,
+                listen: SocketAddr::from(([127, 0, 0, 1], 7750 + u16::try_from(i).unwrap())),
+                metrics: None,
+            });
+        }
+        config
+    }
+
+    /// Replicas decide by majority: an even count could split with none. What a replicated
+    /// coordinator does not run yet is refused by name, not started half-working.
+    #[test]
+    fn a_replicated_coordinator_has_an_odd_count_and_says_what_it_cannot_run_yet() {
+        let base = ClusterConfig::local("dev", 2, 7700);
+        assert!(with_coordinators(base.clone(), 2).validate().is_ok());
+        assert!(with_coordinators(base.clone(), 4).validate().is_ok());
+        for extra in [1, 3, 5] {
+            let error = with_coordinators(base.clone(), extra).validate().unwrap_err();
+            assert!(error.contains(&format!("(found {})", extra + 1)), "{error}");
+        }
+        let three = with_coordinators(base.clone(), 2);
+        assert_eq!(three.coordinator().name, "coordinator", "the first listed speaks for all");
+        assert!(three.replicated_coordinator() && !base.replicated_coordinator());
+        let error = with_coordinators(base.clone().with_paxos_commit(3), 2).validate().unwrap_err();
+        assert!(error.contains("paxos-commit") && error.contains("not run"), "{error}");
+        let mut kv = with_coordinators(base, 2);
+        kv.kv = Some(KvConfig::default());
+        let error = kv.validate().unwrap_err();
+        assert!(error.contains("[kv]"), "{error}");
     }
 }

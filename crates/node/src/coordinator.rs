@@ -670,7 +670,7 @@ impl<E: Engine> Node<E> {
     pub(crate) fn coordinator(&mut self) -> Option<&mut CoordinatorRole<E>> {
         match &mut self.role {
             RoleState::Coordinator(c) => Some(c),
-            RoleState::Shard(_) | RoleState::Acceptor(_) => None,
+            RoleState::Shard(_) | RoleState::Acceptor(_) | RoleState::Standby => None,
         }
     }
 

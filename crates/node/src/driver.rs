@@ -46,6 +46,12 @@ pub(crate) enum Event<E: Engine> {
         msgs: Vec<Msg<E>>,
     },
     Persisted(Record<E>),
+    /// A record the replicated log has committed, written by the core that led in `term`: only
+    /// that core may hear of it (a later leader's core did not write it).
+    ReplicaPersisted {
+        term: u64,
+        record: Record<E>,
+    },
     LogFailed(String),
     /// Run a closure on the node inside the loop: queries and client requests.
     Call(Call<E>),
@@ -56,6 +62,16 @@ pub(crate) enum RoleState<E: Engine> {
     Shard(Box<E::Participant>),
     /// Paxos Commit's acceptor (also a leader candidate that can finish a transaction).
     Acceptor(Box<E::Acceptor>),
+    /// A coordinator replica that does not lead: no core runs; clients are sent to the leader
+    /// and shards' links go there (`replicated.rs`).
+    Standby,
+}
+
+/// Where a replicated coordinator's records go instead of its local log.
+pub(crate) struct ReplicatedIo {
+    pub submitter: concord_replication::Submitter,
+    /// The term this replica leads in, while its core runs.
+    pub term: u64,
 }
 
 /// What the core's commands act on.
@@ -71,6 +87,8 @@ pub(crate) struct Io<E: Engine> {
     /// The core's armed timers: one heap the loop watches rather than a sleeping task each
     /// (a task per timer cost an allocation, a wake-up and a channel send, stale or not).
     pub timers: TimerHeap<tokio::time::Instant, Timer<E>>,
+    /// A replicated coordinator's log (`replicated.rs`); None: the local log takes the records.
+    pub replicated: Option<ReplicatedIo>,
 }
 
 pub(crate) struct Node<E: Engine> {
@@ -105,6 +123,26 @@ impl<E: Engine> Io<E> {
 
     fn persist(&mut self, record: Record<E>, durability: Durability) {
         let bytes = record.to_bytes();
+        if let Some(replicated) = &self.replicated {
+            // Durable once a majority of the replicas has it: only then may the core hear so.
+            let on_committed: Option<concord_replication::OnCommitted> = match durability {
+                Durability::Lazy => None,
+                Durability::Forced => {
+                    let (internal, term) = (self.internal.clone(), replicated.term);
+                    Some(Box::new(move |result| {
+                        // An error is no failure of this node: it no longer leads, and the
+                        // leadership watcher stands its core down (`replicated.rs`).
+                        if result.is_ok() {
+                            let _ = internal.send(Event::ReplicaPersisted { term, record });
+                        }
+                    }))
+                }
+            };
+            let command = concord_replication::records::record_command(&bytes);
+            replicated.submitter.submit(command, on_committed);
+            self.records_since_checkpoint += 1;
+            return;
+        }
         let notify: Option<OnDurable> = match durability {
             Durability::Lazy => None,
             Durability::Forced => {
@@ -142,6 +180,7 @@ impl<E: Engine> Node<E> {
                 p.handle(input, &mut out);
             }
             RoleState::Acceptor(a) => a.handle(input, &mut out),
+            RoleState::Standby => {} // no core: what reaches a standby is for the leader
         }
         self.carry_out(out);
     }
@@ -203,7 +242,14 @@ impl<E: Engine> Node<E> {
                     .map(|()| live.iter().map(Encode::to_bytes).collect())
             }
             RoleState::Acceptor(a) => Ok(a.live_records().iter().map(Encode::to_bytes).collect()),
+            RoleState::Standby => return,
         };
+        if let (Some(replicated), Ok(live)) = (&self.io.replicated, &live) {
+            // Behind every record submitted before it, as on the local log.
+            let command = concord_replication::records::checkpoint_command(live);
+            replicated.submitter.submit(command, None);
+            return;
+        }
         let checkpointed =
             live.and_then(|live| self.io.log.checkpoint(live).map_err(|e| e.to_string()));
         if let Err(error) = checkpointed {
@@ -215,7 +261,7 @@ impl<E: Engine> Node<E> {
     pub fn lost_commits(&self) -> u64 {
         match &self.role {
             RoleState::Shard(p) => p.lost_commits().len() as u64,
-            RoleState::Acceptor(_) | RoleState::Coordinator(_) => 0,
+            RoleState::Acceptor(_) | RoleState::Coordinator(_) | RoleState::Standby => 0,
         }
     }
 
@@ -225,7 +271,7 @@ impl<E: Engine> Node<E> {
         match &self.role {
             RoleState::Shard(p) => p.decided().len() as u64,
             RoleState::Acceptor(a) => E::acceptor_remembers(a),
-            RoleState::Coordinator(_) => 0,
+            RoleState::Coordinator(_) | RoleState::Standby => 0,
         }
     }
 
@@ -245,7 +291,7 @@ impl<E: Engine> Node<E> {
             data_loss_accepted: self.data_loss_accepted,
             outcomes: match &self.role {
                 RoleState::Coordinator(c) => Some(c.outcomes.clone()),
-                RoleState::Shard(_) | RoleState::Acceptor(_) => None,
+                RoleState::Shard(_) | RoleState::Acceptor(_) | RoleState::Standby => None,
             },
         }
     }
@@ -256,7 +302,7 @@ impl<E: Engine> Node<E> {
         match &self.role {
             RoleState::Coordinator(c) => E::in_flight(&c.core),
             RoleState::Shard(p) => p.in_doubt().len(),
-            RoleState::Acceptor(_) => 0,
+            RoleState::Acceptor(_) | RoleState::Standby => 0,
         }
     }
 }
@@ -306,6 +352,15 @@ pub(crate) async fn run<E: Engine>(
                     c.observe_durable(&record);
                 }
                 node.step(Input::Persisted(record));
+            }
+            Event::ReplicaPersisted { term, record } => {
+                let current = node.io.replicated.as_ref().map(|r| r.term);
+                if let (RoleState::Coordinator(c), Some(current)) = (&mut node.role, current) {
+                    if current == term {
+                        c.observe_durable(&record);
+                        node.step(Input::Persisted(record));
+                    }
+                }
             }
             Event::LogFailed(error) => return Err(format!("the log failed: {error}")),
             Event::Call(call) => call(&mut node),

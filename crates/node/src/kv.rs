@@ -83,7 +83,7 @@ impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
     fn refusal(&self, txn: TxnId) -> Option<String> {
         match &self.role {
             RoleState::Shard(p) => p.refusal(txn).map(ToString::to_string),
-            RoleState::Coordinator(_) | RoleState::Acceptor(_) => None,
+            RoleState::Coordinator(_) | RoleState::Acceptor(_) | RoleState::Standby => None,
         }
     }
 
@@ -111,7 +111,7 @@ impl<E: Engine<Model = KvStore>> KvNode for Node<E> {
     ) {
         match &mut self.role {
             RoleState::Coordinator(c) => c.status(txn, reply, &mut self.io),
-            RoleState::Shard(_) | RoleState::Acceptor(_) => {
+            RoleState::Shard(_) | RoleState::Acceptor(_) | RoleState::Standby => {
                 let _ = reply.send(Err(Status::failed_precondition("ask the gateway")));
             }
         }

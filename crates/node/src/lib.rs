@@ -46,6 +46,7 @@ mod link;
 mod metrics;
 mod model;
 mod peer_link;
+mod replicated;
 mod service;
 mod versions;
 
@@ -66,6 +67,7 @@ use concord_commit::Input;
 use concord_types::codec::Encode;
 use concord_types::NodeId;
 use concord_wal::GroupCommit;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -347,6 +349,15 @@ async fn serve_link<E: Engine>(
         (link::LinkKind::Call, None) => {
             eprintln!("{}: refused a call link: this node serves no calls", handle.me);
         }
+        (link::LinkKind::Replica, _) => match &handle.replication {
+            Some(r) => {
+                concord_replication::tcp::serve_link(stream, r.replica.raft(), &r.cluster).await;
+            }
+            None => eprintln!(
+                "{}: refused a replica link: this node is no coordinator replica",
+                handle.me
+            ),
+        },
     }
 }
 
@@ -386,15 +397,32 @@ async fn serve_peer<E: Engine>(
     else {
         return;
     };
+    // A coordinator replica takes shards' links only while it leads: refused, their senders try
+    // the next replica; when it stops leading, its links are dropped the same way.
+    let leading = || handle.replication.as_ref().is_none_or(|r| r.leading.load(Ordering::Acquire));
+    if !leading() {
+        return;
+    }
+    if handle.replication.is_some() {
+        // The sender waits for this before it sends anything (`peer_link::send_loop`).
+        let accepted = stream.write_all(&[peer_link::LEADER_ACCEPTS]);
+        if !matches!(tokio::time::timeout(HELLO_TIMEOUT, accepted).await, Ok(Ok(()))) {
+            return;
+        }
+    }
     let me = handle.me.clone();
     let deliver = |msgs: Vec<E::Msg>| {
         let events = handle.events.clone();
+        let still_leading = leading();
         let refused = msgs
             .iter()
             .find(|m| !E::may_send(m, from, from_role, my_role))
             .map(ToString::to_string);
         let me = me.clone();
         async move {
+            if !still_leading {
+                return false;
+            }
             if let Some(msg) = refused {
                 eprintln!(
                     "{me}: dropped the peer link from {from} ({from_role}): a {from_role} never sends {msg} to a {my_role}; none of its last read was applied"
@@ -416,6 +444,7 @@ async fn serve_peer<E: Engine>(
 
 pub use check::{check_data, DataReport};
 pub use data_loss::DATA_LOSS_FILE;
+pub use replicated::LEADER_METADATA;
 
 /// How a node starts, beyond its configuration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -497,6 +526,44 @@ async fn serve_engine<E: Engine>(
             ),
         })?);
     }
+    // A replicated coordinator keeps its records on the replicated log (`replicated.rs`), in
+    // its own directory beside the node's; the node's local log stays empty.
+    let replicated = me.role == Role::Coordinator && config.replicated_coordinator();
+    if replicated && !records.is_empty() {
+        return Err(NodeError::DataDir {
+            path: data_dir.join("log"),
+            reason: format!(
+                "this coordinator's local log holds {} records, and a replicated coordinator \
+                 starts from the replicated log alone: finish its transactions with one \
+                 coordinator configured first",
+                records.len()
+            ),
+        });
+    }
+    let replica = if replicated {
+        let options = concord_replication::Options::new(
+            config.cluster.clone(),
+            u64::from(me.id),
+            data_dir.join("replica"),
+            replicated::members(&config),
+        );
+        let wire = concord_replication::TcpWire::new(&config.cluster);
+        let replica = concord_replication::Replica::start(
+            options,
+            concord_replication::RecordLog::default(),
+            wire,
+        )
+        .await
+        .map_err(|e| match e {
+            concord_replication::StartError::Config(why) => NodeError::Config(why),
+            other => {
+                NodeError::DataDir { path: data_dir.join("replica"), reason: other.to_string() }
+            }
+        })?;
+        Some(replica)
+    } else {
+        None
+    };
     let tls = match &config.tls {
         Some(section) => {
             let files = tls::CertFiles { dir: section.dir.clone() };
@@ -533,15 +600,29 @@ async fn serve_engine<E: Engine>(
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
     let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
     let mut outboxes = HashMap::new();
-    for peer in config.nodes.iter().filter(|n| n.id != me.id) {
+    // With a replicated coordinator, every replica speaks as the coordinator (the first one's
+    // id), and a link to the coordinator goes to whichever replica leads.
+    let coordinator = config.coordinator().id;
+    let speak_as = if replicated { coordinator } else { me.id };
+    let coordinator_replica = |n: &NodeConfig| n.role == Role::Coordinator && n.id != coordinator;
+    for peer in config.nodes.iter().filter(|n| n.id != me.id && !coordinator_replica(n)) {
+        if replicated && peer.role == Role::Coordinator {
+            continue; // replicas talk over the replicated log, not peer links
+        }
         let outbox = Arc::new(link::Outbox::default());
         outboxes.insert(NodeId(peer.id), peer_link::PeerSender(Arc::clone(&outbox)));
         let cluster = config.cluster.clone();
         let dial = tls.as_ref().map(|tls| tls.dial(NodeId(peer.id))).unwrap_or_default();
-        tokio::spawn(peer_link::send_loop(NodeId(me.id), cluster, peer.listen, dial, outbox));
+        let to = if peer.id == coordinator {
+            config.coordinators().map(|n| n.listen).collect()
+        } else {
+            vec![peer.listen]
+        };
+        tokio::spawn(peer_link::send_loop(NodeId(speak_as), cluster, to, dial, outbox));
     }
     let id = NodeId(me.id);
     let role = match me.role {
+        Role::Coordinator if replicated => RoleState::Standby,
         Role::Coordinator => {
             let shards: BTreeMap<NodeId, String> =
                 config.shards().map(|n| (NodeId(n.id), n.name.clone())).collect();
@@ -569,6 +650,9 @@ async fn serve_engine<E: Engine>(
         dropped_sends: 0,
         storage,
         timers: concord_types::TimerHeap::default(),
+        replicated: replica
+            .as_ref()
+            .map(|r| driver::ReplicatedIo { submitter: r.submitter(), term: 0 }),
     };
     let mut node = Node { role, io, data_loss_accepted: amnesia.is_some() };
     if let (Some(amnesia), RoleState::Shard(p)) = (&amnesia, &mut node.role) {
@@ -607,8 +691,17 @@ async fn serve_engine<E: Engine>(
         E::Model::after_restart(p.resource_mut());
     }
 
-    let handle: Handle<E> =
+    let mut handle: Handle<E> =
         Handle::new(external_tx, Arc::new(config.clone()), me.name.clone(), tls);
+    let replication = replica.map(|replica| {
+        Arc::new(replicated::Replication {
+            replica,
+            cluster: config.cluster.clone(),
+            leading: std::sync::atomic::AtomicBool::new(false),
+            addresses: config.coordinators().map(|n| (u64::from(n.id), n.listen)).collect(),
+        })
+    });
+    handle.replication.clone_from(&replication);
     if let Some(amnesia) = amnesia {
         let learning =
             data_loss::learn_horizons(handle.clone(), config, data_dir.to_path_buf(), amnesia);
@@ -634,7 +727,12 @@ async fn serve_engine<E: Engine>(
     let (grpc_tx, grpc_rx) = mpsc::channel(ACCEPT_QUEUE);
     let accepting = accept_loop(listener, grpc_tx, handle.clone(), calls, loop_stopped.clone());
     let accepting = tokio::spawn(accepting);
-    let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped));
+    let node_loop = tokio::spawn(driver::run(node, internal_rx, external_rx, loop_stopped.clone()));
+    if let Some(replication) = &replication {
+        let watching =
+            replicated::watch_leadership(Arc::clone(replication), handle.clone(), loop_stopped);
+        tokio::spawn(watching);
+    }
     let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let server = tonic::transport::Server::builder()
         // Bounds per gRPC connection: streams at once, header bytes, and a life after which it
@@ -675,6 +773,9 @@ async fn serve_engine<E: Engine>(
     let _ = stop_loop.send(true);
     if !loop_ended {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut node_loop).await;
+    }
+    if let Some(replication) = &replication {
+        replication.replica.shutdown().await;
     }
     if let Ok(log) = Arc::try_unwrap(log) {
         let _ = tokio::task::spawn_blocking(move || drop(log.stop())).await;

@@ -33,6 +33,8 @@ pub(crate) const FIRST_BYTE: u8 = b'C';
 pub(crate) enum LinkKind {
     Peer,
     Call,
+    /// A coordinator replica's replicated log (`concord_replication::tcp`).
+    Replica,
 }
 
 /// Reads a connection's 8-byte magic: which link it is.
@@ -42,6 +44,7 @@ pub(crate) async fn read_magic(reader: &mut (impl AsyncRead + Unpin)) -> Result<
     match magic {
         crate::peer_link::MAGIC => Ok(LinkKind::Peer),
         crate::call_link::MAGIC => Ok(LinkKind::Call),
+        concord_replication::tcp::MAGIC => Ok(LinkKind::Replica),
         _ => Err(format!("not a Concord link (magic {magic:02x?})")),
     }
 }
@@ -333,9 +336,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_magic_names_the_link_and_every_magic_starts_unlike_http2() {
-        for (magic, kind) in
-            [(crate::peer_link::MAGIC, LinkKind::Peer), (crate::call_link::MAGIC, LinkKind::Call)]
-        {
+        for (magic, kind) in [
+            (crate::peer_link::MAGIC, LinkKind::Peer),
+            (crate::call_link::MAGIC, LinkKind::Call),
+            (concord_replication::tcp::MAGIC, LinkKind::Replica),
+        ] {
             assert_eq!(magic[0], FIRST_BYTE);
             assert_eq!(read_magic(&mut &magic[..]).await, Ok(kind));
         }

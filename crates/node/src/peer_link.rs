@@ -37,6 +37,10 @@ const MAX_CLUSTER_NAME: usize = 1_024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// The longest pause between rounds of a replicated coordinator's replicas: during an election
+/// every replica refuses, and a longer pause would outlast the election (a round is a few
+/// connections, cheap).
+const RECONNECT_MAX_REPLICAS: Duration = Duration::from_millis(50);
 
 /// The node loop's handle on one peer's outbox; dropping it stops the peer's writer.
 #[derive(Debug)]
@@ -79,25 +83,45 @@ pub(crate) fn hello(me: NodeId, cluster: &str) -> Vec<u8> {
 /// watches the read side: a read that completes means the peer closed the link (it crashed or
 /// restarted), and the writer reconnects at once instead of losing its next batch to a dead
 /// connection.
+/// `to` holds one address, or a replicated coordinator's replicas. Those answer the hello
+/// with one byte, [`LEADER_ACCEPTS`], only while they lead, and close the link otherwise; the
+/// writer waits for it before sending anything (a message written to a standby would be lost)
+/// and tries the next replica, pausing only after a round of refusals.
 /// Under TLS (`dial`), the peer must prove it is the node meant.
 pub(crate) async fn send_loop(
     me: NodeId,
     cluster: String,
-    to: SocketAddr,
+    to: Vec<SocketAddr>,
     dial: Dial,
     outbox: Arc<Outbox>,
 ) {
+    assert!(!to.is_empty(), "a peer has an address");
+    let replicas = to.len() > 1;
     let hello = hello(me, &cluster);
     let mut stale = Vec::new();
     let mut backoff = RECONNECT_MIN;
+    let max_backoff = if replicas { RECONNECT_MAX_REPLICAS } else { RECONNECT_MAX };
+    let mut next = 0;
+    let mut failed_in_a_row = 0;
     while !outbox.is_closed() {
-        let Some(stream) = connect(to, &dial, &hello).await else {
-            // What waited for an unreachable peer is stale by the time it answers.
-            outbox.take(&mut stale);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECONNECT_MAX);
+        let address = to[next % to.len()];
+        next += 1;
+        let connected = match connect(address, &dial, &hello).await {
+            Some(stream) if replicas => accepted_by_leader(stream).await,
+            other => other,
+        };
+        let Some(stream) = connected else {
+            failed_in_a_row += 1;
+            if failed_in_a_row >= to.len() {
+                // What waited for an unreachable peer is stale by the time it answers.
+                outbox.take(&mut stale);
+                failed_in_a_row = 0;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
             continue;
         };
+        failed_in_a_row = 0;
         backoff = RECONNECT_MIN;
         let (mut read_half, mut write_half) = tokio::io::split(stream);
         if link::write_loop(&mut write_half, &outbox, Some(&mut read_half)).await
@@ -105,7 +129,18 @@ pub(crate) async fn send_loop(
         {
             return;
         }
+        next -= 1; // the link worked: the same replica first
     }
+}
+
+/// What a leading coordinator replica answers a peer's hello with.
+pub(crate) const LEADER_ACCEPTS: u8 = 1;
+
+/// Waits (bounded) for a coordinator replica's answer to the hello: the link if it leads.
+async fn accepted_by_leader(mut stream: Conn) -> Option<Conn> {
+    let mut answer = [0u8; 1];
+    let read = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_exact(&mut answer)).await;
+    matches!(read, Ok(Ok(_)) if answer[0] == LEADER_ACCEPTS).then_some(stream)
 }
 
 async fn connect(to: SocketAddr, dial: &Dial, hello: &[u8]) -> Option<Conn> {
@@ -219,7 +254,7 @@ mod tests {
         let outbox = Arc::new(Outbox::default());
         let sender = PeerSender(Arc::clone(&outbox));
         let writer =
-            tokio::spawn(send_loop(NodeId(1), "c".into(), address, Dial::default(), outbox));
+            tokio::spawn(send_loop(NodeId(1), "c".into(), vec![address], Dial::default(), outbox));
         let msgs = messages();
         for round in 0..2 {
             // The writer connects at once, and again as soon as the last link closes.

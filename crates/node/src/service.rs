@@ -30,6 +30,8 @@ pub(crate) struct Handle<E: Engine> {
     /// Ids reserved by `Client.Reserve`, each with the moment it is given back unless it ran
     /// (one task releases them in order; see [`RESERVED_FOR`]).
     reservations: mpsc::Sender<(tokio::time::Instant, TxnId)>,
+    /// A replicated coordinator's log and leadership (`replicated.rs`); None otherwise.
+    pub replication: Option<std::sync::Arc<crate::replicated::Replication>>,
 }
 
 impl<E: Engine> Handle<E> {
@@ -54,7 +56,7 @@ impl<E: Engine> Handle<E> {
         });
         let auth = std::sync::Arc::new(crate::auth::Auth::new(&config));
         let frames = crate::link::FrameBudget::default();
-        Handle { events, config, me, tls, auth, frames, reservations }
+        Handle { events, config, me, tls, auth, frames, reservations, replication: None }
     }
 }
 
@@ -68,6 +70,7 @@ impl<E: Engine> Clone for Handle<E> {
             auth: self.auth.clone(),
             frames: self.frames.clone(),
             reservations: self.reservations.clone(),
+            replication: self.replication.clone(),
         }
     }
 }
@@ -79,6 +82,11 @@ impl<E: Engine> std::fmt::Debug for Handle<E> {
 }
 
 impl<E: Engine> Handle<E> {
+    /// At a coordinator replica that does not lead, the refusal that names the leader.
+    pub(crate) fn redirect(&self) -> Result<(), Status> {
+        self.replication.as_ref().map_or(Ok(()), |r| r.redirect())
+    }
+
     /// This node's name.
     pub(crate) fn name(&self) -> &str {
         &self.me
@@ -122,6 +130,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<SubmitStream>, Status> {
         self.auth.check(&request, Right::Transact, "submit a transaction")?;
+        self.redirect()?;
         let request = request.into_inner();
         let branches = E::Model::branches(&self.config, &request.writes)?;
         let reserved = match request.txn.as_str() {
@@ -140,6 +149,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::TransactionInfo>, Status> {
         self.auth.check(&request, Right::Read, "ask a transaction's status")?;
+        self.redirect()?;
         let txn: TxnId =
             request.into_inner().txn.parse().map_err(|e: concord_types::ParseTxnIdError| {
                 Status::invalid_argument(e.to_string())
@@ -147,7 +157,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         let (tx, rx) = oneshot::channel();
         self.ask(move |node| match &mut node.role {
             RoleState::Coordinator(c) => c.status(txn, tx, &mut node.io),
-            RoleState::Shard(_) | RoleState::Acceptor(_) => {
+            RoleState::Shard(_) | RoleState::Acceptor(_) | RoleState::Standby => {
                 let _ = tx.send(Err(Status::failed_precondition("ask the coordinator")));
             }
         })
@@ -161,6 +171,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListReply>, Status> {
         self.auth.check(&request, Right::Inspect, "list transactions")?;
+        self.redirect()?;
         let request = request.into_inner();
         let limit = if request.limit == 0 { 50 } else { request.limit as usize };
         let transactions = self
@@ -175,6 +186,7 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
         request: Request<proto::ReserveRequest>,
     ) -> Result<Response<proto::ReserveReply>, Status> {
         self.auth.check(&request, Right::Transact, "reserve a transaction id")?;
+        self.redirect()?;
         let (tx, rx) = oneshot::channel();
         self.ask(move |node| node.reserve(tx)).await?;
         let txn = rx.await.map_err(|_| stopping())??;
@@ -241,7 +253,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         let reply = self
             .ask(move |node| match &node.role {
                 RoleState::Shard(p) => E::Model::read_shard(p.resource(), p.in_doubt(), &keys),
-                RoleState::Coordinator(_) | RoleState::Acceptor(_) => {
+                RoleState::Coordinator(_) | RoleState::Acceptor(_) | RoleState::Standby => {
                     Err(Status::failed_precondition("this node is not a shard"))
                 }
             })

@@ -79,13 +79,12 @@ fn hello(cluster: &str) -> Vec<u8> {
     out
 }
 
-/// Reads a dialler's hello and answers it: accepted only for a replica of `cluster`.
-async fn accept_hello(stream: &mut TcpStream, cluster: &str) -> io::Result<()> {
-    let mut magic = [0u8; 8];
-    stream.read_exact(&mut magic).await?;
-    if magic != MAGIC {
-        return Err(invalid("not a replica link"));
-    }
+/// Reads the rest of a dialler's hello (after the magic) and answers it: accepted only for a
+/// replica of `cluster`.
+async fn accept_hello_rest(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    cluster: &str,
+) -> io::Result<()> {
     let mut len = [0u8; 1];
     stream.read_exact(&mut len).await?;
     let mut name = vec![0u8; usize::from(len[0])];
@@ -210,7 +209,24 @@ pub async fn serve(
 
 async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>, cluster: &str) {
     let _ = stream.set_nodelay(true);
-    let Ok(Ok(())) = tokio::time::timeout(HELLO_TIMEOUT, accept_hello(&mut stream, cluster)).await
+    let mut magic = [0u8; 8];
+    let read = tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut magic)).await;
+    if !matches!(read, Ok(Ok(_))) || magic != MAGIC {
+        return; // not a replica link
+    }
+    serve_link(stream, raft, cluster).await;
+}
+
+/// Serves one replica link whose [`MAGIC`] has been read (by [`serve`], or by a node's port,
+/// which tells its kinds of link apart by their magic): the rest of the hello, then requests
+/// until the peer closes, a frame is malformed, or it has been idle too long.
+pub async fn serve_link(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    raft: &Raft<TypeConfig>,
+    cluster: &str,
+) {
+    let Ok(Ok(())) =
+        tokio::time::timeout(HELLO_TIMEOUT, accept_hello_rest(&mut stream, cluster)).await
     else {
         return;
     };

@@ -1,0 +1,170 @@
+//! A coordinator replicated on 3 or 5 nodes (issue 21): no single machine holds a decision.
+//!
+//! Every coordinator replica runs the replicated log (`concord_replication`, openraft over
+//! Concord's durable log). Only the leader runs the protocol core, and it runs it as *the*
+//! coordinator — the first coordinator's id — so shards see one coordinator whichever replica
+//! leads, and transaction ids keep naming it. Its records go to the replicated log instead of
+//! a local one; a record is durable, and the core hears `Persisted`, once a majority has it.
+//!
+//! ```text
+//!  raft metrics ──► watch_leadership ──(leads, log applied)──► Node::lead: a new core from
+//!                                                              the committed records (a
+//!                                                              restart: new epoch, re-drives
+//!                                                              decisions, presumes abort)
+//!                                   ──(no longer leads)──────► Node::stand_by: the core is
+//!                                                              dropped; late commits of its
+//!                                                              records are ignored (by term)
+//! ```
+//!
+//! A standby answers clients with the leader's address and closes shards' peer links, whose
+//! senders then try the next coordinator replica (`peer_link::send_loop`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use concord_commit::Input;
+use concord_replication::{RecordLog, Replica};
+use concord_types::codec::Encode;
+use concord_types::NodeId;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::config::ClusterConfig;
+use crate::coordinator::CoordinatorRole;
+use crate::driver::{Event, Node, RoleState};
+use crate::engine::Engine;
+use crate::service::Handle;
+
+/// The metadata key a standby's refusal carries the leader's address in.
+pub const LEADER_METADATA: &str = "concord-leader";
+
+/// What a coordinator replica's services need of the replicated log.
+#[derive(Debug)]
+pub(crate) struct Replication {
+    pub replica: Replica<RecordLog>,
+    pub cluster: String,
+    /// Whether this replica's core runs (it leads, and has recovered from the log).
+    pub leading: AtomicBool,
+    /// Replica id → the node's client address, to name the leader to clients.
+    pub addresses: BTreeMap<u64, SocketAddr>,
+}
+
+impl Replication {
+    /// Refuses a client's call at a standby: UNAVAILABLE with the leader's address (message
+    /// and `concord-leader` metadata) when one is known. Never an outcome: a standby knows none.
+    pub fn redirect(&self) -> Result<(), Status> {
+        if self.leading.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let leader = self.replica.status().leader.and_then(|id| self.addresses.get(&id));
+        let mut status = match leader {
+            Some(address) => Status::unavailable(format!(
+                "this coordinator replica does not lead; the leader is at {address}"
+            )),
+            None => Status::unavailable(
+                "this coordinator replica does not lead, and no leader is known (an election \
+                 is under way): retry",
+            ),
+        };
+        if let Some(value) = leader.and_then(|a| a.to_string().parse().ok()) {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+        Err(status)
+    }
+}
+
+/// The replicas of `config`'s coordinator: raft id (the node id) → address.
+pub(crate) fn members(config: &ClusterConfig) -> BTreeMap<u64, String> {
+    config.coordinators().map(|n| (u64::from(n.id), n.listen.to_string())).collect()
+}
+
+/// Follows this replica's leadership until `stopped`: when it leads (and has applied every
+/// entry committed before its term), its core starts from the log; when it stops leading, the
+/// core stops.
+pub(crate) async fn watch_leadership<E: Engine>(
+    replication: Arc<Replication>,
+    handle: Handle<E>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let raft = replication.replica.raft().clone();
+    let mut metrics = raft.metrics();
+    let mut led_in: Option<u64> = None;
+    loop {
+        let (leads, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state.is_leader(), m.current_term)
+        };
+        if led_in.is_some_and(|t| !leads || t != term) {
+            replication.leading.store(false, Ordering::Release);
+            led_in = None;
+            let call: crate::driver::Call<E> = Box::new(Node::stand_by);
+            if handle.events.send(Event::Call(call)).await.is_err() {
+                return;
+            }
+        }
+        if leads && led_in.is_none() {
+            // Waits until this leader's first entry is committed and applied: then the machine
+            // holds every record any earlier leader had committed.
+            if raft.ensure_linearizable().await.is_ok() {
+                let records =
+                    replication.replica.machine().lock().expect("not poisoned").records().to_vec();
+                led_in = Some(term);
+                let config = Arc::clone(&handle.config);
+                let leading = Arc::clone(&replication);
+                let call: crate::driver::Call<E> = Box::new(move |node| {
+                    node.lead(&config, term, &records);
+                    leading.leading.store(true, Ordering::Release);
+                });
+                if handle.events.send(Event::Call(call)).await.is_err() {
+                    return;
+                }
+                continue; // look again at once: leadership may have moved meanwhile
+            }
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl<E: Engine> Node<E> {
+    /// Starts the core as the leader of `term`, from the records the replicated log committed:
+    /// exactly a coordinator's restart (a new epoch, logged decisions re-driven, the undecided
+    /// presumed aborted).
+    pub(crate) fn lead(&mut self, config: &ClusterConfig, term: u64, raw: &[Vec<u8>]) {
+        let mut records = Vec::with_capacity(raw.len());
+        for (i, bytes) in raw.iter().enumerate() {
+            match E::Record::from_bytes(bytes) {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    let error = format!("replicated record {i} cannot be read ({e:?})");
+                    let _ = self.io.internal.send(Event::LogFailed(error));
+                    return;
+                }
+            }
+        }
+        let id = NodeId(config.coordinator().id);
+        let shards: BTreeMap<NodeId, String> =
+            config.shards().map(|n| (NodeId(n.id), n.name.clone())).collect();
+        let mut role = CoordinatorRole::<E>::new(id, E::coordinator(id, config), shards);
+        role.recovered(&records);
+        self.role = RoleState::Coordinator(Box::new(role));
+        self.io.timers = concord_types::TimerHeap::default();
+        self.io.records_since_checkpoint = 0;
+        if let Some(replicated) = &mut self.io.replicated {
+            replicated.term = term;
+        }
+        self.step(Input::Restart { records });
+    }
+
+    /// Stops the core: this replica no longer leads. Clients waiting on it lose their answer
+    /// (their outcome is unknown: they ask the new leader); records it submitted may still be
+    /// committed, and the new leader's core recovers them.
+    pub(crate) fn stand_by(&mut self) {
+        self.role = RoleState::Standby;
+        self.io.timers = concord_types::TimerHeap::default();
+    }
+}
