@@ -225,11 +225,22 @@ pub async fn submit_named(
     }
 }
 
-/// A Submit the coordinator refused (malformed, or its reserved id no longer held): it never
-/// ran, so there is no outcome to resolve.
+/// A Submit the coordinator refused (malformed, or its reserved id no longer held, or sent to
+/// a coordinator replica that does not lead): it never ran, so there is no outcome to resolve.
 fn is_refusal(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition)
+        || leader_named(status).is_some()
 }
+
+/// The leader a standby coordinator replica named in its refusal.
+pub fn leader_named(status: &tonic::Status) -> Option<SocketAddr> {
+    let named = status.metadata().get(concord_node::LEADER_METADATA)?;
+    named.to_str().ok()?.parse().ok()
+}
+
+/// Redirects a client follows at most, one call: a leader named by one replica may have lost
+/// its leadership by the time the client gets there, but not over and over.
+pub const MAX_REDIRECTS: usize = 3;
 
 /// Asks `Status` of `id` until it is committed or aborted, for at most [`RESOLVE_FOR`].
 async fn resolve(client: &mut ClientClient<Channel>, id: &str) -> Option<TransactionInfo> {
@@ -289,7 +300,17 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
         match command {
             TxnCommand::Submit { writes, coordinator, json } => {
                 let writes = writes.iter().map(|w| parse_write(w)).collect::<Result<Vec<_>, _>>()?;
-                let (id, outcome) = submit_named(&mut client(coordinator), writes).await;
+                let mut at = coordinator;
+                let (mut id, mut outcome) = submit_named(&mut client(at), writes.clone()).await;
+                // A standby replica refuses before anything runs, naming the leader.
+                for _ in 0..MAX_REDIRECTS {
+                    let Some(leader) = outcome.as_ref().err().and_then(leader_named) else { break };
+                    if leader == at {
+                        break;
+                    }
+                    at = leader;
+                    (id, outcome) = submit_named(&mut client(at), writes.clone()).await;
+                }
                 match outcome {
                     Ok(info) => {
                         if json {

@@ -207,6 +207,26 @@ fn dev_tls(
     Ok(DevTls { ca: delta.ca(), client, monitor })
 }
 
+/// `replicas - 1` more coordinator nodes, on the ports after the cluster's other nodes: a
+/// replicated coordinator.
+fn with_coordinator_replicas(mut config: ClusterConfig, replicas: u32, port: u16) -> ClusterConfig {
+    let next_id = config.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    let next_port = port + u16::try_from(config.nodes.len()).expect("a handful of dev nodes");
+    for i in 1..replicas {
+        config.nodes.push(concord_node::config::NodeConfig {
+            name: format!("coordinator-{}", i + 1),
+            id: next_id + i - 1,
+            role: concord_node::config::Role::Coordinator,
+            listen: std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                next_port + u16::try_from(i - 1).expect("at most five replicas"),
+            )),
+            metrics: None,
+        });
+    }
+    config
+}
+
 pub fn dev(
     data_dir: &Path,
     shards: u32,
@@ -214,19 +234,37 @@ pub fn dev(
     protocol: ProtocolChoice,
     options: concord_node::StartOptions,
     tls: bool,
+    coordinators: u32,
 ) -> Result<ExitCode, String> {
     // The key-value store's ports start at --port + 10; Paxos Commit's acceptors follow the
-    // shards of each cluster.
+    // shards of each cluster, and coordinator replicas follow them.
     let acceptors = protocol.acceptors();
-    if shards < 1 || shards + acceptors > 9 {
-        return Err(format!("--shards must be between 1 and {} with {protocol}", 9 - acceptors));
+    if !matches!(coordinators, 1 | 3 | 5) {
+        return Err(format!(
+            "--coordinators {coordinators}: 1, 3 or 5 (replicas decide by majority)"
+        ));
+    }
+    let extra = coordinators - 1;
+    if shards < 1 || shards + acceptors + extra > 9 {
+        return Err(format!(
+            "--shards must be between 1 and {} with {protocol} and {coordinators} coordinators",
+            9 - acceptors - extra
+        ));
     }
     let on_protocol = |config: ClusterConfig| protocol.apply(config);
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let config = dev_config(&data_dir.join("concord.toml"), || {
-        with_metrics(on_protocol(ClusterConfig::local("dev", shards, port)), port + 200)
+        let config = on_protocol(ClusterConfig::local("dev", shards, port));
+        with_metrics(with_coordinator_replicas(config, coordinators, port), port + 200)
     })?;
+    if config.coordinators().count() != coordinators as usize && coordinators != 1 {
+        return Err(format!(
+            "{} holds a cluster with {} coordinator(s); --coordinators applies to a new data directory",
+            data_dir.display(),
+            config.coordinators().count()
+        ));
+    }
     let kv_dir = data_dir.join("kv");
     std::fs::create_dir_all(&kv_dir)
         .map_err(|e| format!("cannot create {}: {e}", kv_dir.display()))?;

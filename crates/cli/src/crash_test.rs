@@ -30,7 +30,7 @@ use crate::cluster::ProtocolChoice;
 use concord_node::proto::{self, State};
 use concord_sim::rng::{run_seed, Rng};
 
-use crate::client::{client, read_shard, submit, submit_named};
+use crate::client::{client, read_shard, submit_named};
 use crate::cluster::runtime;
 
 const FUND: i64 = 1_000_000;
@@ -45,6 +45,8 @@ pub struct Options {
     /// Run the key-value store's bank workload instead of the delta transfers.
     pub kv: bool,
     pub protocol: ProtocolChoice,
+    /// Coordinator replicas (1, 3 or 5).
+    pub coordinators: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +147,14 @@ impl Cluster {
         self.config.node(name).expect("a configured node").listen
     }
 
+    /// The coordinator's replicas' addresses (one, without replication).
+    pub fn coordinators(&self) -> Coordinators {
+        Coordinators {
+            addresses: self.config.coordinators().map(|n| n.listen).collect(),
+            current: 0,
+        }
+    }
+
     /// Waits (bounded) until `name` answers its health check; fails if it exited.
     pub async fn wait_healthy(&mut self, name: &str) -> Result<(), String> {
         let address = self.address(name);
@@ -183,17 +193,42 @@ impl Cluster {
     ) -> Result<BTreeMap<String, u32>, String> {
         let mut rng = Rng::new(seed);
         let mut kills: BTreeMap<String, u32> = BTreeMap::new();
+        let replicated = self.config.replicated_coordinator();
         for cycle in 0..cycles {
             tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
-            let victim =
+            let mut victim =
                 names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
+            // A replicated coordinator: half the kills aimed at the replica that leads.
+            if replicated && rng.below(2) == 0 {
+                if let Some(leader) = self.leader().await {
+                    victim = leader;
+                }
+            }
             self.kill(&victim)?;
             *kills.entry(victim.clone()).or_default() += 1;
-            tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+            // A replica back within the election timeout resumes its term; one down longer is
+            // replaced: both, at random.
+            let replica = replicated && self.config.coordinators().any(|n| n.name == victim);
+            let down = if replica { rng.below(800) } else { rng.below(150) };
+            tokio::time::sleep(Duration::from_millis(down)).await;
             self.start_node(&victim)?;
             self.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
         }
         Ok(kills)
+    }
+}
+
+impl Cluster {
+    /// The coordinator replica that leads now, if one answers as leader (a standby refuses).
+    pub async fn leader(&self) -> Option<String> {
+        for node in self.config.coordinators() {
+            let mut rpc = client(node.listen);
+            let asked = rpc.list(proto::ListRequest { limit: 1, running_only: true });
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
+                return Some(node.name.clone());
+            }
+        }
+        None
     }
 }
 
@@ -207,12 +242,18 @@ async fn status_honesty(
     violations: &mut Vec<String>,
 ) -> Result<[u32; 3], String> {
     restart_coordinator(cluster).await?;
-    let mut rpc = client(cluster.address("coordinator"));
+    let mut coordinators = cluster.coordinators();
     let mut counts = [0u32; 3];
     for t in transfers {
         let Some(id) = &t.id else { continue };
         let was_applied = applied(&t.to_shard, t.marker) == t.amount;
-        let state = ask_status(&mut rpc, id, violations).await;
+        let state = match coordinators.status(id, |s| s != State::Unknown).await {
+            Ok(state) => state,
+            Err(why) => {
+                violations.push(format!("status of {id}: {why}"));
+                State::Unknown
+            }
+        };
         match (state, was_applied) {
             // A logged decision whose lazy end record was lost reads COMMITTING after a restart.
             (State::Committed | State::Committing, true) => counts[0] += 1,
@@ -231,10 +272,19 @@ async fn status_honesty(
 
 /// Kills and restarts the coordinator, so its table of recent transactions is gone and every
 /// status answer comes from the shards.
+/// A replicated coordinator's replicas all go: its next leader's table starts from the log.
 pub(crate) async fn restart_coordinator(cluster: &mut Cluster) -> Result<(), String> {
-    cluster.kill("coordinator")?;
-    cluster.start_node("coordinator")?;
-    cluster.wait_healthy("coordinator").await
+    let replicas: Vec<String> = cluster.config.coordinators().map(|n| n.name.clone()).collect();
+    for name in &replicas {
+        cluster.kill(name)?;
+    }
+    for name in &replicas {
+        cluster.start_node(name)?;
+    }
+    for name in &replicas {
+        cluster.wait_healthy(name).await?;
+    }
+    Ok(())
 }
 
 /// `Status` of `id`. UNKNOWN means a shard did not answer in time: asked again, a bounded
@@ -262,6 +312,82 @@ pub(crate) async fn ask_status(
     state
 }
 
+/// Where a client finds the coordinator: one address, or a replicated coordinator's replicas,
+/// of which it follows the one that leads.
+#[derive(Debug, Clone)]
+pub(crate) struct Coordinators {
+    addresses: Vec<SocketAddr>,
+    current: usize,
+}
+
+impl Coordinators {
+    pub fn address(&self) -> SocketAddr {
+        self.addresses[self.current % self.addresses.len()]
+    }
+
+    /// After a call failed at [`Self::address`]: the leader its refusal named, or else the next
+    /// replica. Returns whether there is another replica to try.
+    pub fn moved(&mut self, status: &tonic::Status) -> bool {
+        if self.addresses.len() == 1 {
+            return false;
+        }
+        match crate::client::leader_named(status)
+            .and_then(|l| self.addresses.iter().position(|a| *a == l))
+        {
+            Some(leader) => self.current = leader,
+            None => self.current += 1,
+        }
+        true
+    }
+
+    /// `submit_named` through the leader: a call that never ran (refused by a standby, or no
+    /// reservation from a replica that is down) is tried again at the leader, bounded.
+    pub async fn submit_named(
+        &mut self,
+        writes: Vec<proto::WriteOp>,
+    ) -> (Option<String>, Result<proto::TransactionInfo, tonic::Status>) {
+        let mut tries = 0;
+        loop {
+            let (id, outcome) = submit_named(&mut client(self.address()), writes.clone()).await;
+            let never_ran = match &outcome {
+                Err(status) => id.is_none() || crate::client::leader_named(status).is_some(),
+                Ok(_) => false,
+            };
+            tries += 1;
+            if !never_ran || tries > 50 || !self.moved(outcome.as_ref().expect_err("failed")) {
+                return (id, outcome);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `Status` of `id` at the leader, asked until `done` says the answer will do, bounded;
+    /// the last answer, or why there was none.
+    pub async fn status(&mut self, id: &str, done: fn(State) -> bool) -> Result<State, String> {
+        let mut last = Err(String::from("no answer"));
+        for _ in 0..60 {
+            let mut rpc = client(self.address());
+            let asked = rpc.status(proto::StatusRequest { txn: id.to_string() });
+            match tokio::time::timeout(Duration::from_secs(10), asked).await {
+                Ok(Ok(info)) => {
+                    let state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown);
+                    last = Ok(state);
+                    if done(state) {
+                        return last;
+                    }
+                }
+                Ok(Err(status)) => {
+                    last = Err(status.message().to_string());
+                    self.moved(&status);
+                }
+                Err(_) => last = Err("no answer within 10 s".into()),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        last
+    }
+}
+
 /// "coordinator ×3, shard-1 ×2": how often each node was killed.
 pub fn kills_summary(kills: &BTreeMap<String, u32>) -> String {
     kills.iter().map(|(n, k)| format!("{n} ×{k}")).collect::<Vec<_>>().join(", ")
@@ -283,7 +409,20 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
     let _ = std::fs::remove_dir_all(&options.dir);
     std::fs::create_dir_all(&options.dir)
         .map_err(|e| format!("cannot create {}: {e}", options.dir.display()))?;
+    if !matches!(options.coordinators, 1 | 3 | 5) {
+        return Err(format!("--coordinators {}: 1, 3 or 5", options.coordinators));
+    }
     let mut config = options.protocol.apply(ClusterConfig::local("crash-test", 3, 0));
+    for i in 1..options.coordinators {
+        let id = config.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        config.nodes.push(concord_node::config::NodeConfig {
+            name: format!("coordinator-{}", i + 1),
+            id,
+            role: concord_node::config::Role::Coordinator,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
+        });
+    }
     let ports = free_ports(config.nodes.len())?;
     if options.kv {
         config.kv = Some(crate::crash_kv::kv_config());
@@ -300,6 +439,7 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
         inquiry_max_ms: 500,
     };
     config.log = LogConfig { segment_bytes: 4_096, checkpoint_every: 64 };
+    config.validate()?;
     let config_path = options.dir.join("concord.toml");
     std::fs::write(&config_path, config.to_toml()).map_err(|e| e.to_string())?;
     let mut cluster =
@@ -319,12 +459,12 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
     for name in &names {
         cluster.wait_healthy(name).await?;
     }
-    let coordinator = cluster.address("coordinator");
+    let coordinators = cluster.coordinators();
     // Fund every client's account on every shard (one-phase each), before any fault.
     for c in 0..options.clients {
         for shard in &shards {
             let op = proto::WriteOp { shard: shard.clone(), key: u64::from(c), delta: FUND };
-            let (_, outcome) = submit(&mut client(coordinator), vec![op]).await;
+            let (_, outcome) = coordinators.clone().submit_named(vec![op]).await;
             match outcome {
                 Ok(info) if info.state == State::Committed as i32 => {}
                 other => return Err(format!("funding {shard}:{c} failed: {other:?}")),
@@ -337,9 +477,9 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
     for c in 0..options.clients {
         let (stop, shards) = (Arc::clone(&stop), shards.clone());
         let mut rng = Rng::new(run_seed(options.seed, u64::from(c) + 1));
+        let mut coordinators = coordinators.clone();
         workers.spawn(async move {
             let mut done = Vec::new();
-            let mut rpc = client(coordinator);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let a = usize::try_from(rng.below(shards.len() as u64)).expect("small");
@@ -353,7 +493,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
                     proto::WriteOp { shard: shards[a].clone(), key: u64::from(c), delta: -amount },
                     proto::WriteOp { shard: shards[b].clone(), key: marker, delta: amount },
                 ];
-                let (id, outcome) = submit_named(&mut rpc, writes).await;
+                let (id, outcome) = coordinators.submit_named(writes).await;
                 let named = id.clone();
                 let known = match (outcome, id) {
                     (Ok(info), _) if info.state == State::Committed as i32 => Known::Committed,
@@ -433,34 +573,24 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
 
     let mut violations = Vec::new();
     let mut resolved = 0u32;
-    let mut rpc = client(coordinator);
+    let mut asking = coordinators.clone();
     for t in &mut transfers {
         if let Known::Lost(id) = &t.known {
             let id = id.clone();
-            let mut answer = None;
-            for _ in 0..20 {
-                match rpc.status(proto::StatusRequest { txn: id.clone() }).await {
-                    Ok(info) => {
-                        let info = info.into_inner();
-                        if info.state == State::Committed as i32 {
-                            answer = Some(Known::Committed);
-                        } else if info.state == State::Aborted as i32 {
-                            answer = Some(Known::Aborted);
-                        }
-                    }
-                    Err(status) => violations.push(format!("status of {id}: {}", status.message())),
-                }
-                if answer.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            match answer {
-                Some(known) => {
+            let definite = |s: State| matches!(s, State::Committed | State::Aborted);
+            match asking.status(&id, definite).await {
+                Ok(State::Committed) => {
                     resolved += 1;
-                    t.known = known;
+                    t.known = Known::Committed;
                 }
-                None => violations.push(format!("{id}: no definite status once every node is up")),
+                Ok(State::Aborted) => {
+                    resolved += 1;
+                    t.known = Known::Aborted;
+                }
+                Ok(other) => violations
+                    .push(format!("{id}: {other:?}, not a definite status once every node is up")),
+                Err(why) => violations
+                    .push(format!("{id}: no definite status once every node is up ({why})")),
             }
         }
     }

@@ -79,6 +79,11 @@ enum Command {
         /// --token-file, which the start prints.
         #[arg(long)]
         tls: bool,
+        /// Coordinator replicas of the delta cluster: 1 (one coordinator, the default) or 3
+        /// or 5 (a replicated coordinator: one leads, any one may be lost; ports after the
+        /// shards). A new data directory only; 2pc without --tls for now.
+        #[arg(long, default_value_t = 1)]
+        coordinators: u32,
     },
     /// One node of a cluster described by a configuration file (see docs/configuration.md).
     Serve {
@@ -160,6 +165,10 @@ enum Command {
         /// others).
         #[arg(long, default_value = "2pc")]
         protocol: cluster::ProtocolChoice,
+        /// Coordinator replicas: 1, or 3 or 5 (a replicated coordinator; its replicas, the
+        /// leader included, are killed like the others). The delta workload over 2PC.
+        #[arg(long, default_value_t = 1)]
+        coordinators: u32,
     },
     /// Real databases (PostgreSQL, MariaDB/MySQL) as 2PC participants: run the database
     /// coordinator, run a transaction across databases.
@@ -214,9 +223,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Dev { data_dir, shards, port, protocol, accept_data_loss, tls } => {
+        Command::Dev { data_dir, shards, port, protocol, accept_data_loss, tls, coordinators } => {
             let options = concord_node::StartOptions { accept_data_loss };
-            cluster::dev(&data_dir, shards, port, protocol, options, tls)
+            cluster::dev(&data_dir, shards, port, protocol, options, tls, coordinators)
         }
         Command::Serve { config, node, data_dir, accept_data_loss, insecure } => {
             let options = concord_node::StartOptions { accept_data_loss };
@@ -234,10 +243,12 @@ fn main() -> ExitCode {
         Command::Outbox { command } => outbox::run(command),
         Command::Db { command } => databases::run(command),
         Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
-        Command::CrashTest { cycles, soak, clients, seed, dir, kv, protocol } => {
+        Command::CrashTest { cycles, soak, clients, seed, dir, kv, protocol, coordinators } => {
             let cycles = if soak && cycles == 50 { 1_000 } else { cycles };
             let dir = dir.unwrap_or_else(crash_test::default_dir);
-            crash_test::run(&crash_test::Options { cycles, clients, seed, dir, kv, protocol })
+            let options =
+                crash_test::Options { cycles, clients, seed, dir, kv, protocol, coordinators };
+            crash_test::run(&options)
         }
         Command::Sim { command } => sim::run(command),
         Command::Check { history } => check_history(&history),

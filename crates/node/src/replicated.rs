@@ -98,6 +98,11 @@ pub(crate) async fn watch_leadership<E: Engine>(
         };
         if led_in.is_some_and(|t| !leads || t != term) {
             replication.leading.store(false, Ordering::Release);
+            eprintln!(
+                "{}: no longer leads the coordinator (led in term {})",
+                handle.me,
+                led_in.unwrap_or(0)
+            );
             led_in = None;
             let call: crate::driver::Call<E> = Box::new(Node::stand_by);
             if handle.events.send(Event::Call(call)).await.is_err() {
@@ -105,12 +110,21 @@ pub(crate) async fn watch_leadership<E: Engine>(
             }
         }
         if leads && led_in.is_none() {
-            // Waits until this leader's first entry is committed and applied: then the machine
-            // holds every record any earlier leader had committed.
-            if raft.ensure_linearizable().await.is_ok() {
+            // Waits until every entry in this leader's log is committed and applied: then the
+            // machine holds every record any earlier leader had committed *and* every record
+            // that may yet be committed — its log's uncommitted tail, which it will commit. The
+            // committed prefix alone let a new core presume abort for a transaction whose COMMIT
+            // record committed just after (`crash-test --coordinators 3` found it: status said
+            // COMMITTING for transfers the shards had aborted).
+            if replication.replica.whole_log_applied().await {
                 let records =
                     replication.replica.machine().lock().expect("not poisoned").records().to_vec();
                 led_in = Some(term);
+                eprintln!(
+                    "{}: leads the coordinator in term {term}, from {} replicated records",
+                    handle.me,
+                    records.len()
+                );
                 let config = Arc::clone(&handle.config);
                 let leading = Arc::clone(&replication);
                 let call: crate::driver::Call<E> = Box::new(move |node| {

@@ -331,6 +331,39 @@ impl<M: Machine> Replica<M> {
         Ok(())
     }
 
+    /// Whether this replica, leading, has committed and applied every entry its log held when
+    /// it began to lead; false as soon as it stops leading. What a protocol core recovering
+    /// from the machine must wait for.
+    ///
+    /// The committed prefix is not enough: a leader restarted within its term (openraft
+    /// resumes a term whose vote was committed) or elected with entries no majority had yet
+    /// holds records of the previous core — a COMMIT decision, say — that commit only later,
+    /// behind what it reads now. A core started before them would presume abort for that
+    /// transaction, and a later leader, finding the COMMIT, would re-drive it: a split. (The
+    /// simulator's model has the same rule: a new leader's core starts only once its whole log
+    /// is committed.)
+    pub async fn whole_log_applied(&self) -> bool {
+        if self.raft.ensure_linearizable().await.is_err() {
+            return false;
+        }
+        let mut metrics = self.raft.metrics();
+        let target = metrics.borrow().last_log_index;
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader {
+                    return false;
+                }
+                if m.last_applied.map(|applied| applied.index) >= target {
+                    return true;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// A queue that appends commands in the order they are given, without waiting for them.
     pub fn submitter(&self) -> Submitter {
         Submitter::start(self.raft.clone())
