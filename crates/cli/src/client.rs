@@ -248,11 +248,17 @@ async fn resolve(client: &mut ClientClient<Channel>, id: &str) -> Option<Transac
     loop {
         // Each question bounded too: a paused coordinator must not hold the client past it.
         let asked = client.status(proto::StatusRequest { txn: id.to_string() });
-        if let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, asked).await {
-            let info = reply.into_inner();
-            if info.state == State::Committed as i32 || info.state == State::Aborted as i32 {
-                return Some(info);
+        match tokio::time::timeout_at(deadline, asked).await {
+            Ok(Ok(reply)) => {
+                let info = reply.into_inner();
+                if info.state == State::Committed as i32 || info.state == State::Aborted as i32 {
+                    return Some(info);
+                }
             }
+            // A coordinator replica that no longer leads: the answer is at the leader, which
+            // this client (bound to one address) cannot ask; its caller can.
+            Ok(Err(status)) if leader_named(&status).is_some() => return None,
+            _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return None;

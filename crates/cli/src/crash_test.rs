@@ -109,6 +109,12 @@ pub(crate) struct Cluster {
     pub config_path: PathBuf,
     pub dir: PathBuf,
     pub children: BTreeMap<String, Child>,
+    /// Transfers acknowledged committed so far (the workers count them): how `kill_cycles`
+    /// times a failover.
+    pub commits: Arc<std::sync::atomic::AtomicU64>,
+    /// From each SIGKILL of a replicated coordinator's leader to the next commit any client
+    /// heard, and how long the leader stayed down.
+    pub failovers: Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>,
 }
 
 impl Cluster {
@@ -199,17 +205,37 @@ impl Cluster {
             let mut victim =
                 names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
             // A replicated coordinator: half the kills aimed at the replica that leads.
+            let mut leader = None;
             if replicated && rng.below(2) == 0 {
-                if let Some(leader) = self.leader().await {
-                    victim = leader;
+                leader = self.leader().await;
+                if let Some(leader) = &leader {
+                    victim.clone_from(leader);
                 }
             }
-            self.kill(&victim)?;
-            *kills.entry(victim.clone()).or_default() += 1;
-            // A replica back within the election timeout resumes its term; one down longer is
-            // replaced: both, at random.
             let replica = replicated && self.config.coordinators().any(|n| n.name == victim);
             let down = if replica { rng.below(800) } else { rng.below(150) };
+            let (before, killed_at) = (self.commits.load(Ordering::Relaxed), Instant::now());
+            self.kill(&victim)?;
+            *kills.entry(victim.clone()).or_default() += 1;
+            if leader.is_some() {
+                // Timed in the background while the cycle goes on: bounded by the run.
+                let (commits, failovers) = (Arc::clone(&self.commits), Arc::clone(&self.failovers));
+                let down = Duration::from_millis(down);
+                tokio::spawn(async move {
+                    while killed_at.elapsed() < Duration::from_secs(30) {
+                        if commits.load(Ordering::Relaxed) > before {
+                            failovers
+                                .lock()
+                                .expect("not poisoned")
+                                .push((killed_at.elapsed(), down));
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            }
+            // A replica back within the election timeout resumes its term; one down longer is
+            // replaced: both, at random.
             tokio::time::sleep(Duration::from_millis(down)).await;
             self.start_node(&victim)?;
             self.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
@@ -354,6 +380,22 @@ impl Coordinators {
                 Ok(_) => false,
             };
             tries += 1;
+            if let (Err(_), Some(named), false) = (&outcome, &id, never_ran) {
+                if self.addresses.len() > 1 {
+                    // Its coordinator replica went away with it in flight: the leader knows.
+                    let definite = |s: State| matches!(s, State::Committed | State::Aborted);
+                    if let Ok(state) = self.status(named, definite).await {
+                        if definite(state) {
+                            let info = proto::TransactionInfo {
+                                txn: named.clone(),
+                                state: state as i32,
+                                ..Default::default()
+                            };
+                            return (id, Ok(info));
+                        }
+                    }
+                }
+            }
             if !never_ran || tries > 50 || !self.moved(outcome.as_ref().expect_err("failed")) {
                 return (id, outcome);
             }
@@ -442,8 +484,14 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
     config.validate()?;
     let config_path = options.dir.join("concord.toml");
     std::fs::write(&config_path, config.to_toml()).map_err(|e| e.to_string())?;
-    let mut cluster =
-        Cluster { config, config_path, dir: options.dir.clone(), children: BTreeMap::new() };
+    let mut cluster = Cluster {
+        config,
+        config_path,
+        dir: options.dir.clone(),
+        children: BTreeMap::new(),
+        commits: Arc::default(),
+        failovers: Arc::default(),
+    };
     if options.kv {
         return runtime()?.block_on(crate::crash_kv::run(&mut cluster, options));
     }
@@ -478,6 +526,7 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
         let (stop, shards) = (Arc::clone(&stop), shards.clone());
         let mut rng = Rng::new(run_seed(options.seed, u64::from(c) + 1));
         let mut coordinators = coordinators.clone();
+        let commits = Arc::clone(&cluster.commits);
         workers.spawn(async move {
             let mut done = Vec::new();
             let mut n = 0u64;
@@ -496,7 +545,10 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
                 let (id, outcome) = coordinators.submit_named(writes).await;
                 let named = id.clone();
                 let known = match (outcome, id) {
-                    (Ok(info), _) if info.state == State::Committed as i32 => Known::Committed,
+                    (Ok(info), _) if info.state == State::Committed as i32 => {
+                        commits.fetch_add(1, Ordering::Relaxed);
+                        Known::Committed
+                    }
                     (Ok(_), _) => Known::Aborted,
                     // Refused before it began (e.g. overloaded). A transport failure or a timeout
                     // may have come after the coordinator began it: that one stays unnamed.
@@ -668,6 +720,10 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
         "crash-test: status after a last coordinator restart: {} committed, {} aborted, {} forgotten — none contradicting what was applied",
         honesty[0], honesty[1], honesty[2]
     );
+    let failovers = cluster.failovers.lock().expect("not poisoned").clone();
+    if !failovers.is_empty() {
+        println!("crash-test: {}", failover_summary(&failovers));
+    }
     if violations.is_empty() {
         println!("crash-test: OK — every check held");
         Ok(ExitCode::SUCCESS)
@@ -678,6 +734,35 @@ async fn run_cluster(cluster: &mut Cluster, options: &Options) -> Result<ExitCod
         println!("crash-test: {} violations (logs in {})", violations.len(), cluster.dir.display());
         Ok(ExitCode::from(1))
     }
+}
+
+/// "leader SIGKILL to the next commit: …": p50 and max of all leader kills, and of those whose
+/// leader stayed down past the election timeout (a new leader took over) and the rest (it came
+/// back and resumed its term).
+fn failover_summary(failovers: &[(Duration, Duration)]) -> String {
+    let stats = |mut times: Vec<Duration>| -> String {
+        if times.is_empty() {
+            return "none".into();
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1_000.0;
+        format!(
+            "{} kills, p50 {:.0} ms, max {:.0} ms",
+            times.len(),
+            ms(times[(times.len() - 1) / 2]),
+            ms(times[times.len() - 1])
+        )
+    };
+    let replaced = Duration::from_millis(300);
+    let all = failovers.iter().map(|f| f.0).collect();
+    let long = failovers.iter().filter(|f| f.1 >= replaced).map(|f| f.0).collect();
+    let short = failovers.iter().filter(|f| f.1 < replaced).map(|f| f.0).collect();
+    format!(
+        "leader SIGKILL to the next commit a client heard: {} (leader down ≥ 300 ms: {}; back sooner: {})",
+        stats(all),
+        stats(long),
+        stats(short)
+    )
 }
 
 pub fn default_dir() -> PathBuf {

@@ -18,6 +18,7 @@ mod data;
 mod databases;
 mod kv;
 mod outbox;
+mod replicas;
 mod saga;
 mod sim;
 
@@ -196,6 +197,11 @@ enum Command {
         #[command(subcommand)]
         command: outbox::OutboxCommand,
     },
+    /// A replicated coordinator's replicas: `status`, `transfer-leader NODE`.
+    Cluster {
+        #[command(subcommand)]
+        command: replicas::ClusterCommand,
+    },
     /// Read a shard's values.
     Shard {
         #[command(subcommand)]
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
             client::run_transfer(&from, &to, amount, coordinator)
         }
         Command::Shard { command } => client::run_shard(command),
+        Command::Cluster { command } => replicas::run(command),
         Command::Saga { command } => saga::run(command),
         Command::Outbox { command } => outbox::run(command),
         Command::Db { command } => databases::run(command),

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, start_dev, temp, text};
+use common::{concord, free_base_port, start_dev, temp, text, Killed};
 
 #[test]
 fn a_dev_cluster_runs_transfers_lists_them_and_answers_status_after_a_kill() {
@@ -385,5 +385,73 @@ fn dev_with_tls_makes_its_certificates_and_tokens_and_serves_only_tls() {
     assert!(!concord(&submit).status.success(), "a plain client was served");
     let as_monitor = with(&monitor, &submit);
     assert!(text(&as_monitor).contains("may not"), "{}", text(&as_monitor));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `concord dev --coordinators 3`: three coordinator replicas, one leading. `cluster status`
+/// shows every replica and the leader; a client pointed at a standby is redirected and hears
+/// the true outcome; `cluster transfer-leader` moves the leadership, and the committed values
+/// stay; an even count is refused by name.
+#[test]
+fn a_dev_cluster_with_three_coordinators_redirects_and_moves_its_leader() {
+    let dir = temp("dev-replicated");
+    let port = free_base_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["dev", "--coordinators", "3", "--port", &port.to_string(), "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _dev = Killed(child);
+    let config = dir.join("concord.toml");
+    let config = config.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = concord(&["cluster", "status", "--config", config]);
+        if status.status.success() {
+            break text(&status);
+        }
+        assert!(Instant::now() < deadline, "no leader in 30 s: {}", text(&status));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.contains("coordinator-2")
+            && status.contains("coordinator-3")
+            && status.contains("leader "),
+        "{status}"
+    );
+    let leader = status
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a replica in state leader")
+        .to_string();
+
+    // Every replica's address works for a client: a standby redirects, never answers.
+    for replica in [port, port + 4, port + 5] {
+        let at = format!("127.0.0.1:{replica}");
+        let out = concord(&["txn", "submit", "shard-1:1=+10", "--coordinator", &at]);
+        assert!(out.status.success() && text(&out).contains("committed"), "{}", text(&out));
+    }
+
+    let target = ["coordinator", "coordinator-2", "coordinator-3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    let moved = concord(&["cluster", "transfer-leader", target, "--config", config]);
+    assert!(moved.status.success(), "{}", text(&moved));
+    assert!(text(&moved).contains(&format!("{target} leads")), "{}", text(&moved));
+    let again = concord(&["cluster", "transfer-leader", target, "--config", config]);
+    assert!(text(&again).contains("already leads"), "{}", text(&again));
+
+    let at = format!("127.0.0.1:{port}");
+    let out = concord(&["txn", "submit", "shard-1:1=+10", "--coordinator", &at]);
+    assert!(out.status.success(), "{}", text(&out));
+    let read = text(&concord(&["shard", "read", "shard-1", "1", "--coordinator", &at]));
+    assert!(read.contains("= 40"), "three deposits before the move, one after: {read}");
+
+    let even = text(&concord(&["dev", "--coordinators", "2", "--data-dir", "/nonexistent"]));
+    assert!(even.contains("1, 3 or 5"), "{even}");
     let _ = std::fs::remove_dir_all(&dir);
 }

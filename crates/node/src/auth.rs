@@ -15,6 +15,7 @@
 //! | transact: submit, reserve, the key-value methods | yes | | | yes |
 //! | read: status by id, topology, health | yes | yes | yes | yes |
 //! | inspect: list transactions, read a shard | | yes | yes | yes |
+//! | operate: move a replicated coordinator's leadership | | | yes | yes |
 
 use std::sync::Arc;
 
@@ -66,6 +67,7 @@ pub enum Right {
     Transact,
     Read,
     Inspect,
+    Operate,
 }
 
 impl Caller {
@@ -75,7 +77,10 @@ impl Caller {
             Caller::Client { role: ClientRole::Client, .. } => {
                 matches!(right, Right::Transact | Right::Read)
             }
-            Caller::Client { role: ClientRole::Operator | ClientRole::Monitor, .. } => {
+            Caller::Client { role: ClientRole::Operator, .. } => {
+                matches!(right, Right::Read | Right::Inspect | Right::Operate)
+            }
+            Caller::Client { role: ClientRole::Monitor, .. } => {
                 matches!(right, Right::Read | Right::Inspect)
             }
         }

@@ -202,11 +202,18 @@ pub(crate) async fn serve<E: Engine>(
             let (handle, node, role) = (handle.clone(), node.clone(), role.clone());
             async move {
                 match handle.ask(crate::driver::Node::sample).await {
-                    Ok(sample) => (
-                        StatusCode::OK,
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        render(&node, &role, &sample),
-                    ),
+                    Ok(sample) => {
+                        let mut text = render(&node, &role, &sample);
+                        if let Some(replication) = &handle.replication {
+                            text +=
+                                &replication.metrics(&format!("node=\"{node}\",role=\"{role}\""));
+                        }
+                        (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            text,
+                        )
+                    }
                     Err(status) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

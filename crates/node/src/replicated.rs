@@ -75,6 +75,103 @@ impl Replication {
     }
 }
 
+impl Replication {
+    /// This replica's view, for `Node.Health` (`concord cluster status`).
+    pub fn health(&self) -> crate::proto::ReplicaHealth {
+        let stats = self.replica.stats();
+        let id = |raft_id: u64| u32::try_from(raft_id).unwrap_or(u32::MAX);
+        crate::proto::ReplicaHealth {
+            term: stats.status.term,
+            leader: stats.status.leader.map(id),
+            leading: self.leading.load(Ordering::Acquire),
+            last_log_index: stats.status.last_log_index.unwrap_or(0),
+            applied_index: stats.status.applied_index.unwrap_or(0),
+            matched: stats
+                .status
+                .matched
+                .iter()
+                .map(|(replica, matched)| crate::proto::ReplicaMatch {
+                    replica: id(*replica),
+                    matched: *matched,
+                })
+                .collect(),
+            leader_changes: stats.leader_changes,
+            quorum_ack_ms: stats.quorum_ack_ms,
+        }
+    }
+
+    /// Prometheus text of the replicated log, labelled like the node's other series.
+    pub fn metrics(&self, labels: &str) -> String {
+        use std::fmt::Write as _;
+        let stats = self.replica.stats();
+        let status = &stats.status;
+        let mut out = String::new();
+        let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}"
+            );
+        };
+        gauge(
+            "concord_replica_term",
+            "gauge",
+            "The replicated log's current term.",
+            status.term.to_string(),
+        );
+        gauge(
+            "concord_replica_leading",
+            "gauge",
+            "1 if this coordinator replica leads and its core runs.",
+            u8::from(self.leading.load(Ordering::Acquire)).to_string(),
+        );
+        gauge(
+            "concord_replica_leader_changes_total",
+            "counter",
+            "Leader changes this replica saw since it started.",
+            stats.leader_changes.to_string(),
+        );
+        gauge(
+            "concord_replica_last_log_index",
+            "gauge",
+            "The last entry in this replica's log.",
+            status.last_log_index.unwrap_or(0).to_string(),
+        );
+        gauge(
+            "concord_replica_applied_index",
+            "gauge",
+            "The last entry this replica applied (committed).",
+            status.applied_index.unwrap_or(0).to_string(),
+        );
+        if status.is_leader {
+            let name = "concord_replica_lag_entries";
+            let _ = writeln!(
+                out,
+                "# HELP {name} On the leader: entries each replica's log is behind the leader's.\n# TYPE {name} gauge"
+            );
+            let last = status.last_log_index.unwrap_or(0);
+            for (replica, matched) in &status.matched {
+                let lag = last.saturating_sub(matched.unwrap_or(0));
+                let _ = writeln!(out, "{name}{{{labels},replica=\"{replica}\"}} {lag}");
+            }
+        }
+        let latency = &stats.commit_latency;
+        let name = "concord_replica_commit_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From an entry's submission to its commit on a majority, while leading.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (le, count) in concord_replication::COMMIT_BUCKETS_S.iter().zip(latency.buckets) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", latency.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", latency.sum_s);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", latency.count);
+        out
+    }
+}
+
 /// The replicas of `config`'s coordinator: raft id (the node id) → address.
 pub(crate) fn members(config: &ClusterConfig) -> BTreeMap<u64, String> {
     config.coordinators().map(|n| (u64::from(n.id), n.listen.to_string())).collect()

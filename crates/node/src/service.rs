@@ -217,6 +217,18 @@ impl<E: Engine> proto::client_server::Client for Handle<E> {
 
 #[tonic::async_trait]
 impl<E: Engine> proto::node_server::Node for Handle<E> {
+    async fn stand_for_leader(
+        &self,
+        request: Request<proto::StandForLeaderRequest>,
+    ) -> Result<Response<proto::StandForLeaderReply>, Status> {
+        self.auth.check(&request, Right::Operate, "move the coordinator's leadership")?;
+        let Some(replication) = &self.replication else {
+            return Err(Status::failed_precondition("this node is no coordinator replica"));
+        };
+        replication.replica.stand_for_leader().await.map_err(Status::unavailable)?;
+        Ok(Response::new(proto::StandForLeaderReply {}))
+    }
+
     async fn health(
         &self,
         request: Request<proto::HealthRequest>,
@@ -224,6 +236,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         self.auth.check(&request, Right::Read, "read health")?;
         let me = self.me.clone();
         let role = self.config.node(&me).map(|n| n.role.to_string()).unwrap_or_default();
+        let replica = self.replication.as_ref().map(|r| r.health());
         let reply = self
             .ask(move |node| {
                 let (appends, syncs) = node.io.log.counts();
@@ -238,6 +251,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
                     decisions_remembered: node.decisions_remembered(),
                     data_loss_accepted: node.data_loss_accepted,
                     lost_commits: node.lost_commits(),
+                    replica,
                 }
             })
             .await?;

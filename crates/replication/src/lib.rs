@@ -202,12 +202,50 @@ pub struct Status {
     pub matched: BTreeMap<u64, Option<u64>>,
 }
 
+/// Upper bounds (seconds) of the commit-latency histogram's buckets.
+pub const COMMIT_BUCKETS_S: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// How long entries took from submission to commit (a majority on disk), on this replica
+/// while it led: per bucket of [`COMMIT_BUCKETS_S`] (not cumulative), then the overflow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitLatency {
+    pub buckets: [u64; COMMIT_BUCKETS_S.len() + 1],
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl CommitLatency {
+    pub(crate) fn record(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket =
+            COMMIT_BUCKETS_S.iter().position(|&le| seconds <= le).unwrap_or(COMMIT_BUCKETS_S.len());
+        self.buckets[bucket] += 1;
+        self.sum_s += seconds;
+        self.count += 1;
+    }
+}
+
+/// What a replica tells its operator: [`Status`], how often the leader changed as it saw it,
+/// and how long commits took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub status: Status,
+    pub leader_changes: u64,
+    pub commit_latency: CommitLatency,
+    /// On the leader: how long ago a majority last acknowledged it (its last contact with a
+    /// quorum; openraft 0.9 keeps no per-replica time).
+    pub quorum_ack_ms: Option<u64>,
+}
+
 /// One replica of the replicated log, running.
 pub struct Replica<M> {
     raft: Raft<TypeConfig>,
     machine: Arc<Mutex<M>>,
     id: u64,
     released: store::Released,
+    latency: Arc<Mutex<CommitLatency>>,
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<M> fmt::Debug for Replica<M> {
@@ -277,7 +315,21 @@ impl<M: Machine> Replica<M> {
                 Err(e) => return Err(StartError::Raft(e.to_string())),
             }
         }
-        Ok(Replica { raft, machine, id: options.id, released })
+        // Counts leader changes as this replica sees them; ends when the Raft stops.
+        let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (mut metrics, changes) = (raft.metrics(), Arc::clone(&leader_changes));
+        tokio::spawn(async move {
+            let mut leader = metrics.borrow().current_leader;
+            while metrics.changed().await.is_ok() {
+                let now = metrics.borrow().current_leader;
+                if now.is_some() && now != leader {
+                    changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                leader = now;
+            }
+        });
+        let latency = Arc::default();
+        Ok(Replica { raft, machine, id: options.id, released, latency, leader_changes })
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
@@ -366,7 +418,7 @@ impl<M: Machine> Replica<M> {
 
     /// A queue that appends commands in the order they are given, without waiting for them.
     pub fn submitter(&self) -> Submitter {
-        Submitter::start(self.raft.clone())
+        Submitter::start(self.raft.clone(), Arc::clone(&self.latency))
     }
 
     /// Answers a peer's request (bytes from the wire).
@@ -389,6 +441,27 @@ impl<M: Machine> Replica<M> {
             last_log_index: metrics.last_log_index,
             applied_index: metrics.last_applied.map(|l| l.index),
             matched,
+        }
+    }
+
+    /// Stands for election now (openraft 0.9 has no leadership transfer): this replica wins
+    /// if its log is as complete as a majority's, and the old leader, seeing the higher term,
+    /// steps down either way. Refused at the leader, which would only disturb itself.
+    pub async fn stand_for_leader(&self) -> Result<(), String> {
+        if self.status().is_leader {
+            return Err(format!("replica {} already leads", self.id));
+        }
+        self.raft.trigger().elect().await.map_err(|e| e.to_string())
+    }
+
+    /// [`Status`] and the counters an operator watches.
+    pub fn stats(&self) -> Stats {
+        let quorum_ack_ms = self.raft.metrics().borrow().millis_since_quorum_ack;
+        Stats {
+            status: self.status(),
+            leader_changes: self.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
+            commit_latency: self.latency.lock().expect("not poisoned").clone(),
+            quorum_ack_ms,
         }
     }
 

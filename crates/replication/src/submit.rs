@@ -37,7 +37,10 @@ pub struct Submitter {
 impl Submitter {
     /// Starts the task that hands commands to `raft`; it ends when every `Submitter` clone is
     /// dropped. Must be called inside a tokio runtime.
-    pub(crate) fn start(raft: Raft<TypeConfig>) -> Self {
+    pub(crate) fn start(
+        raft: Raft<TypeConfig>,
+        latency: std::sync::Arc<std::sync::Mutex<crate::CommitLatency>>,
+    ) -> Self {
         let (queue, mut commands) = mpsc::unbounded_channel::<(Vec<u8>, Option<OnCommitted>)>();
         tokio::spawn(async move {
             while let Some(first) = commands.recv().await {
@@ -52,6 +55,7 @@ impl Submitter {
                 let (batch, callbacks): (Vec<Vec<u8>>, Vec<Option<OnCommitted>>) =
                     batch.into_iter().unzip();
                 let callbacks: Vec<OnCommitted> = callbacks.into_iter().flatten().collect();
+                let submitted = std::time::Instant::now();
                 let receiver = match raft.client_write_ff(codec::encode_batch(&batch)).await {
                     Ok(receiver) => receiver,
                     Err(fatal) => {
@@ -60,12 +64,13 @@ impl Submitter {
                         continue;
                     }
                 };
-                if callbacks.is_empty() {
-                    continue;
-                }
+                let latency = std::sync::Arc::clone(&latency);
                 tokio::spawn(async move {
                     let result = match receiver.await {
-                        Ok(Ok(response)) => Ok(response.log_id.index),
+                        Ok(Ok(response)) => {
+                            latency.lock().expect("not poisoned").record(submitted.elapsed());
+                            Ok(response.log_id.index)
+                        }
                         Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
                             Err(WriteError::NotLeader(
                                 forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
