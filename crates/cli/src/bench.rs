@@ -145,6 +145,10 @@ pub enum BenchCommand {
         duration: Duration,
         #[arg(long)]
         json: bool,
+        /// Comma-separated coordinator replica counts to compare, e.g. 1,3: each client count
+        /// on a fresh cluster per count, back to back (the price of replication).
+        #[arg(long, default_value = "1")]
+        coordinators: String,
     },
     /// Durable appends per second with group commit against one fdatasync per append.
     Log {
@@ -332,14 +336,19 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 json,
             })
         }
-        BenchCommand::Transfer { dir, shards, clients, duration, json } => {
+        BenchCommand::Transfer { dir, shards, clients, duration, json, coordinators } => {
             let clients = parse_clients(&clients)?;
+            let coordinators = parse_clients(&coordinators)?
+                .into_iter()
+                .map(|n| u32::try_from(n).map_err(|_| format!("--coordinators: {n}")))
+                .collect::<Result<Vec<u32>, String>>()?;
             crate::bench_transfer::run(&crate::bench_transfer::Options {
                 dir: &dir,
                 shards,
                 clients,
                 duration,
                 json,
+                coordinators,
             })
         }
         BenchCommand::Log { dir, clients, duration, record_bytes, json } => {

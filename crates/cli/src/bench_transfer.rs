@@ -30,6 +30,9 @@ pub struct Options<'a> {
     pub clients: Vec<usize>,
     pub duration: Duration,
     pub json: bool,
+    /// Coordinator replicas to compare (e.g. [1, 3]): each client count is measured on a
+    /// fresh cluster per count, back to back. [1] alone: one cluster for every client count.
+    pub coordinators: Vec<u32>,
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
@@ -38,6 +41,9 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     }
     // The floor first, on the same disk, before the cluster loads the machine.
     let floor = Floor::measure(options.dir)?;
+    if options.coordinators != [1] {
+        return run_replicated(options, &floor);
+    }
     let config =
         LocalCluster::config("bench", options.shards, crate::cluster::ProtocolChoice::TWO_PHASE)?;
     let max_clients = options.clients.iter().copied().max().unwrap_or(1);
@@ -70,6 +76,134 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let _ = std::fs::remove_dir_all(options.dir);
     report(options, &rows, &floor);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The price of a replicated coordinator: for each client count, a fresh cluster per
+/// coordinator count (1, 3, …), measured back to back, so the machine's drift hits each alike.
+fn run_replicated(options: &Options<'_>, floor: &Floor) -> Result<std::process::ExitCode, String> {
+    for &n in &options.coordinators {
+        if !matches!(n, 1 | 3 | 5) {
+            return Err(format!("--coordinators: {n} is not 1, 3 or 5"));
+        }
+    }
+    let mut rows: Vec<(u32, Measured)> = Vec::new();
+    for &clients in &options.clients {
+        for &replicas in &options.coordinators {
+            let config = LocalCluster::config(
+                "bench",
+                options.shards,
+                crate::cluster::ProtocolChoice::TWO_PHASE,
+            )?;
+            let config = with_replicas(config, replicas)?;
+            let dir = options.dir.join(format!("c{replicas}-n{clients}"));
+            let measured = runtime()?.block_on(async {
+                let mut cluster = LocalCluster::start(&config, &dir);
+                let first = config.coordinator().listen;
+                wait_up(first, &mut cluster.nodes).await?;
+                let coordinator = leader(&config).await?;
+                let shards: Vec<String> = config.shards().map(|n| n.name.clone()).collect();
+                fund(coordinator, &shards, clients).await?;
+                let measured = measure(coordinator, &shards, clients, options.duration).await;
+                cluster.stop().await;
+                Ok::<_, String>(measured)
+            })?;
+            let _ = std::fs::remove_dir_all(&dir);
+            rows.push((replicas, measured));
+        }
+    }
+    let _ = std::fs::remove_dir_all(options.dir);
+    println!("{}", floor.describe(options.dir));
+    println!(
+        "{:<8} {:>12} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>14}",
+        "clients",
+        "coordinators",
+        "tps",
+        "committed",
+        "aborted",
+        "failed",
+        "p50 µs",
+        "p99 µs",
+        "tps vs one"
+    );
+    for (replicas, r) in &rows {
+        let one =
+            rows.iter().find(|(c, m)| *c == 1 && m.clients == r.clients).map(|(_, m)| m.tps());
+        println!(
+            "{:<8} {:>12} {:>10.0} {:>10} {:>8} {:>8} {:>10} {:>10} {:>14}",
+            r.clients,
+            replicas,
+            r.tps(),
+            r.tally.committed,
+            r.tally.aborted,
+            r.tally.failed,
+            r.tally.latency.quantile(0.5),
+            r.tally.latency.quantile(0.99),
+            one.map_or_else(|| "-".into(), |one| format!("{:.2}x", r.tps() / one.max(1.0)))
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `config` with `replicas - 1` more coordinator nodes on free ports.
+fn with_replicas(
+    mut config: concord_node::config::ClusterConfig,
+    replicas: u32,
+) -> Result<concord_node::config::ClusterConfig, String> {
+    let ports = crate::crash_test::free_ports(replicas as usize)?;
+    let first_id = config.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    for (i, port) in (1..replicas).zip(ports) {
+        config.nodes.push(concord_node::config::NodeConfig {
+            name: format!("coordinator-{}", i + 1),
+            id: first_id + i - 1,
+            role: concord_node::config::Role::Coordinator,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            metrics: None,
+        });
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// The coordinator replica that leads (the only one that answers a listing), waited for.
+async fn leader(
+    config: &concord_node::config::ClusterConfig,
+) -> Result<std::net::SocketAddr, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for node in config.coordinators() {
+            let listed =
+                client(node.listen).list(proto::ListRequest { limit: 1, running_only: true }).await;
+            if listed.is_ok() {
+                return Ok(node.listen);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("no coordinator replica led within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every client's accounts on every shard, one transaction per chunk of keys.
+async fn fund(
+    coordinator: std::net::SocketAddr,
+    shards: &[String],
+    clients: usize,
+) -> Result<(), String> {
+    let keys: Vec<u64> = (0..(clients * KEYS_PER_CLIENT) as u64).collect();
+    for shard in shards {
+        for chunk in keys.chunks(concord_node::config::MAX_WRITES_PER_TXN) {
+            let writes = chunk
+                .iter()
+                .map(|&key| proto::WriteOp { shard: shard.clone(), key, delta: FUND })
+                .collect();
+            let (_, outcome) = submit(&mut client(coordinator), writes).await;
+            if !matches!(&outcome, Ok(info) if info.state == State::Committed as i32) {
+                return Err(format!("funding {shard} failed: {outcome:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn wait_up(
