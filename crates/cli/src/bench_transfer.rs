@@ -252,7 +252,14 @@ async fn measure(
                         tally.commit(t0);
                     }
                     Ok(_) => tally.aborted += 1,
-                    Err(_) => tally.failed += 1,
+                    Err(status) => {
+                        // A replicated coordinator's leader moved (an election at start, say):
+                        // counted as a failure, and the next one goes to the new leader.
+                        if let Some(leader) = crate::client::leader_named(&status) {
+                            rpc = client(leader);
+                        }
+                        tally.failed += 1;
+                    }
                 }
             }
             tally
