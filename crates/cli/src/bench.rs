@@ -149,6 +149,10 @@ pub enum BenchCommand {
         /// on a fresh cluster per count, back to back (the price of replication).
         #[arg(long, default_value = "1")]
         coordinators: String,
+        /// With --coordinators: 2pc, or 2pc-early-ack (the client hears COMMIT once every
+        /// prepare is durable, without waiting for the coordinator's decision record).
+        #[arg(long, default_value = "2pc")]
+        protocol: crate::cluster::ProtocolChoice,
     },
     /// Durable appends per second with group commit against one fdatasync per append.
     Log {
@@ -336,7 +340,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 json,
             })
         }
-        BenchCommand::Transfer { dir, shards, clients, duration, json, coordinators } => {
+        BenchCommand::Transfer { dir, shards, clients, duration, json, coordinators, protocol } => {
             let clients = parse_clients(&clients)?;
             let coordinators = parse_clients(&coordinators)?
                 .into_iter()
@@ -349,6 +353,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 duration,
                 json,
                 coordinators,
+                protocol,
             })
         }
         BenchCommand::Log { dir, clients, duration, record_bytes, json } => {

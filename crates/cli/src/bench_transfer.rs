@@ -33,6 +33,8 @@ pub struct Options<'a> {
     /// Coordinator replicas to compare (e.g. [1, 3]): each client count is measured on a
     /// fresh cluster per count, back to back. [1] alone: one cluster for every client count.
     pub coordinators: Vec<u32>,
+    /// 2pc or 2pc-early-ack (with `coordinators` other than [1]).
+    pub protocol: crate::cluster::ProtocolChoice,
 }
 
 pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
@@ -44,8 +46,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     if options.coordinators != [1] {
         return run_replicated(options, &floor);
     }
-    let config =
-        LocalCluster::config("bench", options.shards, crate::cluster::ProtocolChoice::TWO_PHASE)?;
+    let config = LocalCluster::config("bench", options.shards, options.protocol)?;
     let max_clients = options.clients.iter().copied().max().unwrap_or(1);
     let rows = runtime()?.block_on(async {
         let mut cluster = LocalCluster::start(&config, options.dir);
@@ -89,11 +90,7 @@ fn run_replicated(options: &Options<'_>, floor: &Floor) -> Result<std::process::
     let mut rows: Vec<(u32, Measured)> = Vec::new();
     for &clients in &options.clients {
         for &replicas in &options.coordinators {
-            let config = LocalCluster::config(
-                "bench",
-                options.shards,
-                crate::cluster::ProtocolChoice::TWO_PHASE,
-            )?;
+            let config = LocalCluster::config("bench", options.shards, options.protocol)?;
             let config = with_replicas(config, replicas)?;
             let dir = options.dir.join(format!("c{replicas}-n{clients}"));
             let measured = runtime()?.block_on(async {
