@@ -92,6 +92,28 @@ pub struct ClusterConfig {
     /// The coordinator's web console (`/ui` on its `metrics` address).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// A replicated coordinator's timing (several coordinator nodes).
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// `[replication]`: how fast a replicated coordinator notices a lost leader. A follower that
+/// hears nothing for a random time between the two election bounds stands for election; the
+/// leader says it lives every `heartbeat_ms`. Shorter: faster failover; too short for the
+/// machine or network: healthy leaders deposed (each change restarts the core: transactions in
+/// flight abort or wait).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300 }
+    }
 }
 
 /// `[console]`: how often the coordinator samples its own metrics for the console's charts
@@ -395,6 +417,14 @@ impl ClusterConfig {
         check_range("inquiry_base_ms", t.inquiry_base_ms, 1..=MAX_TIMEOUT_MS).map_err(timeouts)?;
         check_range("inquiry_max_ms", t.inquiry_max_ms, t.inquiry_base_ms..=MAX_TIMEOUT_MS)
             .map_err(timeouts)?;
+        let r = &self.replication;
+        let replication = |e: String| format!("replication: {e}");
+        check_range("heartbeat_ms", r.heartbeat_ms, 10..=10_000).map_err(replication)?;
+        // openraft wants the election timeout above the heartbeat, with room for a lost one.
+        check_range("election_min_ms", r.election_min_ms, 2 * r.heartbeat_ms..=60_000)
+            .map_err(|e| replication(format!("{e} (at least twice heartbeat_ms)")))?;
+        check_range("election_max_ms", r.election_max_ms, r.election_min_ms + 1..=60_000)
+            .map_err(|e| replication(format!("{e} (above election_min_ms)")))?;
         check_range("sample_ms", self.console.sample_ms, 100..=600_000)
             .map_err(|e| format!("console: {e}"))?;
         let log = |e: String| format!("log: {e}");
@@ -500,6 +530,7 @@ impl ClusterConfig {
             tls: None,
             tokens: Vec::new(),
             console: ConsoleConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 
@@ -534,6 +565,13 @@ impl ClusterConfig {
             "\n[log]\nsegment_bytes = {}\ncheckpoint_every = {}\n",
             self.log.segment_bytes, self.log.checkpoint_every
         );
+        if self.replication != ReplicationConfig::default() {
+            let r = &self.replication;
+            s += &format!(
+                "\n[replication]\nheartbeat_ms = {}\nelection_min_ms = {}\nelection_max_ms = {}\n",
+                r.heartbeat_ms, r.election_min_ms, r.election_max_ms
+            );
+        }
         if self.console != ConsoleConfig::default() {
             s += &format!("\n[console]\nsample_ms = {}\n", self.console.sample_ms);
         }
@@ -691,6 +729,30 @@ mod tests {
             });
         }
         config
+    }
+
+    #[test]
+    fn replication_timing_round_trips_and_is_checked() {
+        let mut config = ClusterConfig::local("dev", 2, 7700);
+        config.replication =
+            ReplicationConfig { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1_000 };
+        let again = ClusterConfig::parse(&config.to_toml()).unwrap();
+        assert_eq!(again.replication, config.replication);
+        for (bad, why) in [
+            (ReplicationConfig { heartbeat_ms: 5, ..config.replication }, "heartbeat_ms"),
+            (
+                ReplicationConfig { election_min_ms: 150, ..config.replication },
+                "twice heartbeat_ms",
+            ),
+            (
+                ReplicationConfig { election_max_ms: 500, ..config.replication },
+                "above election_min_ms",
+            ),
+        ] {
+            config.replication = bad;
+            let error = config.validate().unwrap_err();
+            assert!(error.contains(why), "{error}");
+        }
     }
 
     /// Replicas decide by majority: an even count could split with none. What a replicated

@@ -541,11 +541,17 @@ async fn serve_engine<E: Engine>(
         });
     }
     let replica = if replicated {
-        let options = concord_replication::Options::new(
+        let mut options = concord_replication::Options::new(
             config.cluster.clone(),
             u64::from(me.id),
             data_dir.join("replica"),
             replicated::members(&config),
+        );
+        let timing = &config.replication;
+        options.heartbeat = Duration::from_millis(timing.heartbeat_ms);
+        options.election_timeout = (
+            Duration::from_millis(timing.election_min_ms),
+            Duration::from_millis(timing.election_max_ms),
         );
         let wire = concord_replication::TcpWire::new(&config.cluster);
         let replica = concord_replication::Replica::start(
