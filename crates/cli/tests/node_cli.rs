@@ -451,6 +451,34 @@ fn a_dev_cluster_with_three_coordinators_redirects_and_moves_its_leader() {
     let read = text(&concord(&["shard", "read", "shard-1", "1", "--coordinator", &at]));
     assert!(read.contains("= 40"), "three deposits before the move, one after: {read}");
 
+    // The console's cluster page says who leads, and the leader every replica's lag.
+    let cluster = |metrics_port: u16| {
+        let address: std::net::SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+        let (code, body) =
+            concord_http::request(address, "GET", "/v1/cluster", None, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("/v1/cluster on {metrics_port}: {e}"));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    // Metrics ports follow the nodes' order: coordinator, three shards, the two replicas.
+    let index = |name: &str| match name {
+        "coordinator" => 0,
+        "coordinator-2" => 4,
+        _ => 5,
+    };
+    let seen = cluster(port + 200 + index(target));
+    let replication = &seen["replication"];
+    assert_eq!(replication["leader"], target, "{seen}");
+    assert_eq!(replication["this_replica_leads"], true, "{seen}");
+    let replicas = replication["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{seen}");
+    assert!(
+        replicas.iter().all(|r| r["lag_entries"].is_u64()),
+        "the leader knows every lag: {seen}"
+    );
+    let follower = cluster(port + 200 + index(&leader));
+    assert_eq!(follower["replication"]["this_replica_leads"], false, "{follower}");
+
     let even = text(&concord(&["dev", "--coordinators", "2", "--data-dir", "/nonexistent"]));
     assert!(even.contains("1, 3 or 5"), "{even}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -19,7 +19,7 @@ fn scenarios_are_listed_one_per_line() {
     let out = concord(&["sim", "scenarios"]);
     assert!(out.status.success());
     let text = stdout(&out);
-    assert_eq!(text.lines().count(), 12, "{text}");
+    assert_eq!(text.lines().count(), 13, "{text}");
     assert!(text.lines().any(|l| l.starts_with("coordinator-crash-after-prepare ")));
 }
 

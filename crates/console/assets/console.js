@@ -296,7 +296,21 @@ async function clusterPage() {
   if (Array.isArray(c.log_files)) {
     parts.push(el("h2", {}, "Log"), el("table", {}, el("tbody", {}, c.log_files.map(f => el("tr", {}, el("td", { class: "mono" }, f.name), el("td", {}, f.bytes + " bytes"))))));
   }
-  parts.push(el("h2", {}, "Replication"), el("p", { id: "replication" }, c.replication ? JSON.stringify(c.replication) : "None: this coordinator is the only one (no replica, no leader election)."));
+  parts.push(el("h2", {}, "Replication"));
+  const r = c.replication;
+  if (!r) {
+    parts.push(el("p", { id: "replication" }, "None: this coordinator is the only one (no replica, no leader election)."));
+  } else {
+    const ack = r.quorum_ack_ms === null || r.quorum_ack_ms === undefined ? "—" : r.quorum_ack_ms + " ms ago";
+    parts.push(el("p", { id: "replication" },
+      `Leader: ${r.leader || "none known (an election is under way)"} · term ${r.term} · this replica ${r.this_replica_leads ? "leads" : "follows"} · log ${r.last_log_index}, applied ${r.applied_index} · leader changes seen ${r.leader_changes} · a majority acknowledged the leader ${ack}`));
+    const dash = v => v === null || v === undefined ? "—" : v;
+    parts.push(el("table", { id: "replicas" },
+      el("thead", {}, el("tr", {}, ["Replica", "Id", "Address", "Role", "Match index", "Lag (entries)"].map(h => el("th", {}, h)))),
+      el("tbody", {}, r.replicas.map(p => el("tr", { "data-replica": p.name }, el("td", {}, p.name), el("td", {}, p.id), el("td", { class: "mono" }, p.address),
+        el("td", {}, p.leader ? badge("leader") : "follower"), el("td", {}, dash(p.match_index)), el("td", {}, dash(p.lag_entries)))))));
+    if (!r.this_replica_leads) parts.push(el("p", {}, "Match indexes are known to the leader: open the leader's console for them."));
+  }
   main(parts);
 }
 

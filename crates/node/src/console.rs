@@ -301,7 +301,7 @@ impl<E: Engine> Console<E> {
             "data_dir": self.data_dir.display().to_string(),
             "nodes": nodes,
             "log_files": log_files,
-            "replication": null,
+            "replication": self.handle.replication.as_ref().map(|r| r.console_json(&config)),
         });
         json_reply(StatusCode::OK, &body)
     }

@@ -100,6 +100,38 @@ impl Replication {
         }
     }
 
+    /// The console's cluster page: who leads, in which term, and how far each replica is
+    /// behind (as this replica sees it; the leader knows every replica's match index).
+    pub fn console_json(&self, config: &ClusterConfig) -> serde_json::Value {
+        let health = self.health();
+        let name = |id: u32| config.nodes.iter().find(|n| n.id == id).map(|n| n.name.clone());
+        let replicas: Vec<serde_json::Value> = config
+            .coordinators()
+            .map(|node| {
+                let matched =
+                    health.matched.iter().find(|m| m.replica == node.id).and_then(|m| m.matched);
+                serde_json::json!({
+                    "name": node.name,
+                    "id": node.id,
+                    "address": node.listen.to_string(),
+                    "leader": health.leader == Some(node.id),
+                    "match_index": matched,
+                    "lag_entries": matched.map(|m| health.last_log_index.saturating_sub(m)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "term": health.term,
+            "leader": health.leader.and_then(name),
+            "this_replica_leads": health.leading,
+            "last_log_index": health.last_log_index,
+            "applied_index": health.applied_index,
+            "leader_changes": health.leader_changes,
+            "quorum_ack_ms": health.quorum_ack_ms,
+            "replicas": replicas,
+        })
+    }
+
     /// Prometheus text of the replicated log, labelled like the node's other series.
     pub fn metrics(&self, labels: &str) -> String {
         use std::fmt::Write as _;
