@@ -46,10 +46,10 @@ pub(crate) enum Event<E: Engine> {
         msgs: Vec<Msg<E>>,
     },
     Persisted(Record<E>),
-    /// A record the replicated log has committed, written by the core that led in `term`: only
-    /// that core may hear of it (a later leader's core did not write it).
+    /// A record the replicated log has committed, written by this replica's core of
+    /// `incarnation`: only that core may hear of it (a later one did not write it).
     ReplicaPersisted {
-        term: u64,
+        incarnation: u64,
         record: Record<E>,
     },
     LogFailed(String),
@@ -70,8 +70,9 @@ pub(crate) enum RoleState<E: Engine> {
 /// Where a replicated coordinator's records go instead of its local log.
 pub(crate) struct ReplicatedIo {
     pub submitter: concord_replication::Submitter,
-    /// The term this replica leads in, while its core runs.
-    pub term: u64,
+    /// Which of this replica's cores runs (one more each time it starts to lead: a replica
+    /// may lead twice in one term, after standing down without a majority).
+    pub incarnation: u64,
 }
 
 /// What the core's commands act on.
@@ -128,12 +129,13 @@ impl<E: Engine> Io<E> {
             let on_committed: Option<concord_replication::OnCommitted> = match durability {
                 Durability::Lazy => None,
                 Durability::Forced => {
-                    let (internal, term) = (self.internal.clone(), replicated.term);
+                    let (internal, incarnation) = (self.internal.clone(), replicated.incarnation);
                     Some(Box::new(move |result| {
                         // An error is no failure of this node: it no longer leads, and the
                         // leadership watcher stands its core down (`replicated.rs`).
                         if result.is_ok() {
-                            let _ = internal.send(Event::ReplicaPersisted { term, record });
+                            let event = Event::ReplicaPersisted { incarnation, record };
+                            let _ = internal.send(event);
                         }
                     }))
                 }
@@ -353,10 +355,10 @@ pub(crate) async fn run<E: Engine>(
                 }
                 node.step(Input::Persisted(record));
             }
-            Event::ReplicaPersisted { term, record } => {
-                let current = node.io.replicated.as_ref().map(|r| r.term);
+            Event::ReplicaPersisted { incarnation, record } => {
+                let current = node.io.replicated.as_ref().map(|r| r.incarnation);
                 if let (RoleState::Coordinator(c), Some(current)) = (&mut node.role, current) {
-                    if current == term {
+                    if current == incarnation {
                         c.observe_durable(&record);
                         node.step(Input::Persisted(record));
                     }

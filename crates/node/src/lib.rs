@@ -603,6 +603,7 @@ async fn serve_engine<E: Engine>(
         }),
         Role::Coordinator | Role::Acceptor => None,
     };
+    let submitter = replica.as_ref().map(concord_replication::Replica::submitter);
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
     let (external_tx, external_rx) = mpsc::channel(driver::EXTERNAL_CAPACITY);
     let mut outboxes = HashMap::new();
@@ -656,9 +657,11 @@ async fn serve_engine<E: Engine>(
         dropped_sends: 0,
         storage,
         timers: concord_types::TimerHeap::default(),
-        replicated: replica
+        // One submitter for every core this replica runs and for the leadership watcher's
+        // barriers: its queue keeps them in one order.
+        replicated: submitter
             .as_ref()
-            .map(|r| driver::ReplicatedIo { submitter: r.submitter(), term: 0 }),
+            .map(|s| driver::ReplicatedIo { submitter: s.clone(), incarnation: 0 }),
     };
     let mut node = Node { role, io, data_loss_accepted: amnesia.is_some() };
     if let (Some(amnesia), RoleState::Shard(p)) = (&amnesia, &mut node.role) {
@@ -699,9 +702,10 @@ async fn serve_engine<E: Engine>(
 
     let mut handle: Handle<E> =
         Handle::new(external_tx, Arc::new(config.clone()), me.name.clone(), tls);
-    let replication = replica.map(|replica| {
+    let replication = replica.zip(submitter).map(|(replica, submitter)| {
         Arc::new(replicated::Replication {
             replica,
+            submitter,
             cluster: config.cluster.clone(),
             leading: std::sync::atomic::AtomicBool::new(false),
             addresses: config.coordinators().map(|n| (u64::from(n.id), n.listen)).collect(),

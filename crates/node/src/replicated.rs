@@ -11,9 +11,10 @@
 //!                                                              the committed records (a
 //!                                                              restart: new epoch, re-drives
 //!                                                              decisions, presumes abort)
-//!                                   ──(no longer leads)──────► Node::stand_by: the core is
-//!                                                              dropped; late commits of its
-//!                                                              records are ignored (by term)
+//!                                   ──(no longer leads, or no   ► Node::stand_by: the core is
+//!                                       majority heard)         dropped; late commits of its
+//!                                                              records are ignored (by
+//!                                                              incarnation)
 //! ```
 //!
 //! A standby answers clients with the leader's address and closes shards' peer links, whose
@@ -44,6 +45,8 @@ pub const LEADER_METADATA: &str = "concord-leader";
 #[derive(Debug)]
 pub(crate) struct Replication {
     pub replica: Replica<RecordLog>,
+    /// The queue every core of this replica writes through (and the watcher's barriers).
+    pub submitter: concord_replication::Submitter,
     pub cluster: String,
     /// Whether this replica's core runs (it leads, and has recovered from the log).
     pub leading: AtomicBool,
@@ -209,9 +212,14 @@ pub(crate) fn members(config: &ClusterConfig) -> BTreeMap<u64, String> {
     config.coordinators().map(|n| (u64::from(n.id), n.listen.to_string())).collect()
 }
 
-/// Follows this replica's leadership until `stopped`: when it leads (and has applied every
-/// entry committed before its term), its core starts from the log; when it stops leading, the
-/// core stops.
+/// Follows this replica's leadership until `stopped`: when it is in charge, its core starts
+/// from the log; when it is no longer, the core stops.
+///
+/// In charge means: openraft says it leads *and* a majority acknowledged it within the longest
+/// election timeout. A leader cut off from the others cannot commit, but until it hears a
+/// higher term it still calls itself leader — and it would keep the shards' links, so the
+/// majority's new leader would never hear their votes. Standing down closes those links (a
+/// standby refuses them) and the shards find the new leader.
 pub(crate) async fn watch_leadership<E: Engine>(
     replication: Arc<Replication>,
     handle: Handle<E>,
@@ -219,16 +227,24 @@ pub(crate) async fn watch_leadership<E: Engine>(
 ) {
     let raft = replication.replica.raft().clone();
     let mut metrics = raft.metrics();
+    let lease_ms = handle.config.replication.election_max_ms;
+    // Metrics change on events; a leader cut off has few, so look every heartbeat as well.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+        handle.config.replication.heartbeat_ms,
+    ));
     let mut led_in: Option<u64> = None;
     loop {
-        let (leads, term) = {
+        let (leads, term, majority_heard) = {
             let m = metrics.borrow_and_update();
-            (m.state.is_leader(), m.current_term)
+            let heard = m.millis_since_quorum_ack.is_none_or(|ms| ms <= lease_ms);
+            (m.state.is_leader(), m.current_term, heard)
         };
-        if led_in.is_some_and(|t| !leads || t != term) {
+        let in_charge = leads && majority_heard;
+        if led_in.is_some_and(|t| !in_charge || t != term) {
             replication.leading.store(false, Ordering::Release);
+            let why = if leads { ": no majority heard from it" } else { "" };
             eprintln!(
-                "{}: no longer leads the coordinator (led in term {})",
+                "{}: no longer leads the coordinator (led in term {}){why}",
                 handle.me,
                 led_in.unwrap_or(0)
             );
@@ -238,14 +254,18 @@ pub(crate) async fn watch_leadership<E: Engine>(
                 return;
             }
         }
-        if leads && led_in.is_none() {
-            // Waits until every entry in this leader's log is committed and applied: then the
-            // machine holds every record any earlier leader had committed *and* every record
-            // that may yet be committed — its log's uncommitted tail, which it will commit. The
-            // committed prefix alone let a new core presume abort for a transaction whose COMMIT
-            // record committed just after (`crash-test --coordinators 3` found it: status said
-            // COMMITTING for transfers the shards had aborted).
-            if replication.replica.whole_log_applied().await {
+        if in_charge && led_in.is_none() {
+            // First a barrier through the one submitter: whatever an earlier core of this
+            // replica queued is then in the log ahead of it (or refused). Then wait until every
+            // entry of the log is applied: the machine holds every record any earlier leader
+            // committed *and* every record that may yet commit — the log's uncommitted tail,
+            // which this leader will commit. The committed prefix alone let a new core presume
+            // abort for a transaction whose COMMIT record committed just after
+            // (`crash-test --coordinators 3` found it: status said COMMITTING for transfers the
+            // shards had aborted).
+            if barrier(&replication.submitter).await
+                && replication.replica.whole_log_applied().await
+            {
                 let records =
                     replication.replica.machine().lock().expect("not poisoned").records().to_vec();
                 led_in = Some(term);
@@ -257,7 +277,7 @@ pub(crate) async fn watch_leadership<E: Engine>(
                 let config = Arc::clone(&handle.config);
                 let leading = Arc::clone(&replication);
                 let call: crate::driver::Call<E> = Box::new(move |node| {
-                    node.lead(&config, term, &records);
+                    node.lead(&config, &records);
                     leading.leading.store(true, Ordering::Release);
                 });
                 if handle.events.send(Event::Call(call)).await.is_err() {
@@ -269,15 +289,27 @@ pub(crate) async fn watch_leadership<E: Engine>(
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => return,
             changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }
 
+/// Commits a barrier behind everything queued on `submitter`; false if this replica could not
+/// (it does not lead).
+async fn barrier(submitter: &concord_replication::Submitter) -> bool {
+    let (done, committed) = tokio::sync::oneshot::channel();
+    let callback: concord_replication::OnCommitted = Box::new(move |result| {
+        let _ = done.send(result.is_ok());
+    });
+    submitter.submit(concord_replication::records::barrier_command(), Some(callback));
+    committed.await.unwrap_or(false)
+}
+
 impl<E: Engine> Node<E> {
-    /// Starts the core as the leader of `term`, from the records the replicated log committed:
-    /// exactly a coordinator's restart (a new epoch, logged decisions re-driven, the undecided
-    /// presumed aborted).
-    pub(crate) fn lead(&mut self, config: &ClusterConfig, term: u64, raw: &[Vec<u8>]) {
+    /// Starts a core as the leader, from the records the replicated log committed: exactly a
+    /// coordinator's restart (a new epoch, logged decisions re-driven, the undecided presumed
+    /// aborted).
+    pub(crate) fn lead(&mut self, config: &ClusterConfig, raw: &[Vec<u8>]) {
         let mut records = Vec::with_capacity(raw.len());
         for (i, bytes) in raw.iter().enumerate() {
             match E::Record::from_bytes(bytes) {
@@ -298,7 +330,7 @@ impl<E: Engine> Node<E> {
         self.io.timers = concord_types::TimerHeap::default();
         self.io.records_since_checkpoint = 0;
         if let Some(replicated) = &mut self.io.replicated {
-            replicated.term = term;
+            replicated.incarnation += 1;
         }
         self.step(Input::Restart { records });
     }

@@ -14,6 +14,7 @@ use crate::Machine;
 
 const RECORD: u8 = 1;
 const CHECKPOINT: u8 = 2;
+const BARRIER: u8 = 3;
 
 /// A command carrying one record.
 pub fn record_command(record: &[u8]) -> Vec<u8> {
@@ -32,9 +33,16 @@ pub fn checkpoint_command(live: &[Vec<u8>]) -> Vec<u8> {
     w.bytes
 }
 
+/// A command that changes nothing: committed behind everything submitted before it, so a
+/// replica that sees it applied knows all of that is applied too (or was refused).
+pub fn barrier_command() -> Vec<u8> {
+    vec![BARRIER]
+}
+
 enum Command {
     Record(Vec<u8>),
     Checkpoint(Vec<Vec<u8>>),
+    Barrier,
 }
 
 fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
@@ -50,6 +58,7 @@ fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
             }
             Command::Checkpoint(live)
         }
+        BARRIER => Command::Barrier,
         other => return Err(DecodeError(format!("command kind {other}"))),
     };
     r.end()?;
@@ -93,6 +102,7 @@ impl Machine for RecordLog {
         match decode(command) {
             Ok(Command::Record(record)) => self.records.push(record),
             Ok(Command::Checkpoint(live)) => self.records = live,
+            Ok(Command::Barrier) => {}
             Err(_) => self.malformed += 1,
         }
     }
@@ -114,7 +124,9 @@ impl Machine for RecordLog {
                 self.last_index = u64::from_le_bytes(*index);
                 Ok(())
             }
-            Ok(Command::Record(_)) => Err("a snapshot holding a record, not a checkpoint".into()),
+            Ok(Command::Record(_) | Command::Barrier) => {
+                Err("a snapshot holding a command, not a checkpoint".into())
+            }
             Err(e) => Err(format!("a snapshot that does not decode: {}", e.0)),
         }
     }
@@ -136,7 +148,9 @@ mod tests {
         log.apply(3, &record_command(b"committed t1"));
         log.apply(4, &checkpoint_command(&[r("epoch 1")]));
         log.apply(5, &record_command(b"prepared t2"));
+        log.apply(5, &barrier_command());
         assert_eq!(log.records(), &[r("epoch 1"), r("prepared t2")]);
+        assert_eq!(log.malformed(), 0, "a barrier is no malformed command");
 
         let mut copy = RecordLog::default();
         copy.restore(&log.snapshot()).unwrap();

@@ -1,0 +1,134 @@
+//! A replicated coordinator on real processes (`concord serve`, three coordinator replicas
+//! and two shards): a leader that loses its majority — its two followers frozen with SIGSTOP,
+//! so nothing it sends is answered — acknowledges nothing and stands down; once they thaw,
+//! the cluster elects and commits again, and the shards agree on what was applied.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{concord, free_base_port, temp, text, Killed};
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {name} {pid}");
+}
+
+#[test]
+fn a_leader_without_its_majority_acknowledges_nothing_and_stands_down() {
+    let dir = temp("replicated-serve");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_base_port();
+    let config = dir.join("concord.toml");
+    let names = ["coordinator", "coordinator-b", "coordinator-c", "shard-1", "shard-2"];
+    let mut file = String::from("cluster = \"replicated\"\n");
+    for (i, name) in names.iter().enumerate() {
+        let role = if name.starts_with("coordinator") { "coordinator" } else { "shard" };
+        let port = port + u16::try_from(i).unwrap();
+        file += &format!(
+            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+    }
+    std::fs::write(&config, file).unwrap();
+    let config = config.to_str().unwrap();
+    let mut nodes = Vec::new();
+    for name in names {
+        let child = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["serve", "--config", config, "--node", name, "--data-dir"])
+            .arg(dir.join(name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        nodes.push((name, Killed(child)));
+    }
+    let submit = |at: u16| {
+        let at = format!("127.0.0.1:{}", port + at);
+        concord(&["txn", "submit", "shard-1:1=+5", "shard-2:1=+5", "--coordinator", &at])
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = submit(0);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never committed: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = text(&concord(&["cluster", "status", "--config", config]));
+    let leader = status
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("a leader: {status}"))
+        .to_string();
+    let leader_index = names.iter().position(|n| *n == leader).unwrap();
+
+    // Freeze both followers: the leader hears no majority.
+    let followers: Vec<u32> = nodes
+        .iter()
+        .filter(|(n, _)| n.starts_with("coordinator") && **n != leader)
+        .map(|(_, child)| child.0.id())
+        .collect();
+    for pid in &followers {
+        signal(*pid, "-STOP");
+    }
+    let cut_off = Instant::now();
+    let port_index = u16::try_from(leader_index).unwrap();
+    let out = submit(port_index);
+    assert!(!out.status.success(), "committed without a majority: {}", text(&out));
+    assert!(!text(&out).contains(" committed"), "{}", text(&out));
+    // It stands down: a standby refuses at once, naming no leader it could reach.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = text(&concord(&["cluster", "status", "--config", config]));
+        let line =
+            status.lines().find(|l| l.starts_with(leader.as_str())).unwrap_or_default().to_string();
+        if !line.contains(" leader ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still leading with no majority: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stood down {:?} after its followers froze", cut_off.elapsed());
+
+    for pid in &followers {
+        signal(*pid, "-CONT");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = submit(port_index);
+        if out.status.success() {
+            assert!(text(&out).contains("committed"), "{}", text(&out));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no commit after the thaw: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The shards agree: whatever the frozen time left (the refused transfer may have been
+    // prepared and then aborted, never half-applied), both hold the same sum, nothing prepared.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let read = |shard: &str| {
+            let at = format!("127.0.0.1:{port}");
+            text(&concord(&["shard", "read", shard, "--json", "--coordinator", &at]))
+        };
+        let (one, two) = (read("shard-1"), read("shard-2"));
+        let value = |json: &str| {
+            let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+            (v["values"]["1"].as_i64(), v["in_doubt"].as_array().map_or(0, Vec::len))
+        };
+        let ((a, da), (b, db)) = (value(&one), value(&two));
+        if let (0, 0, Some(a), Some(b)) = (da, db, a, b) {
+            if a == b {
+                assert!(a >= 10, "both committed transfers applied: {one} {two}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "shards disagree or stay in doubt: {one} / {two}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
