@@ -94,6 +94,11 @@ fn the_coordinators_console_shows_each_shards_steps_and_a_branch_in_doubt_while_
     assert!(transfer.status.success(), "{}", text(&transfer));
     let id = text(&transfer).split_whitespace().next().expect("the transfer's id").to_string();
 
+    // The client hears COMMIT before the shards' acknowledgements are in: until then the
+    // coordinator says committing.
+    wait_until("the transfer is acknowledged by both shards", || {
+        get(console, &format!("/v1/transactions/{id}"))["state"] == "committed"
+    });
     let detail = get(console, &format!("/v1/transactions/{id}"));
     assert_eq!(detail["state"], "committed", "{detail}");
     assert_eq!(detail["protocol"], "two-phase", "{detail}");
@@ -188,7 +193,12 @@ fn the_coordinators_console_shows_each_shards_steps_and_a_branch_in_doubt_while_
     // Resumed, shard-2 votes; the transfer commits and nothing is in doubt.
     signal(nodes[2].0.id(), "-CONT");
     let outcome = waiting.wait_with_output().expect("the transfer's answer");
-    assert!(outcome.status.success(), "{}", text(&outcome));
+    if !outcome.status.success() {
+        // Say why, from the coordinator's own record of the transaction.
+        let id = text(&outcome).split_whitespace().next().unwrap_or_default().to_string();
+        let detail = get(console, &format!("/v1/transactions/{id}"));
+        panic!("{}\n{detail}", text(&outcome));
+    }
     wait_until("nothing is in doubt", || {
         in_doubt()["transactions"].as_array().is_some_and(Vec::is_empty)
     });
