@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target in fuzz/ for a bounded time (FUZZ_SECONDS each, 20 by default:
-# about two and a half minutes for the seven targets, after the build), starting from the
+# about three minutes for the nine targets, after the build), starting from the
 # checked-in seed corpus. A crash fails the run and leaves its input in
 # fuzz/regressions/<target>/, where crates/fuzzing/tests/corpus.rs replays it in every
 # `cargo test` from then on (commit it with the fix).
