@@ -129,12 +129,41 @@ async fn transfer_leader(config: &ClusterConfig, name: &str) -> Result<ExitCode,
             config.cluster
         ));
     }
-    let mut client = NodeClient::new(crate::creds::channel(node.listen));
-    let asked = client.stand_for_leader(proto::StandForLeaderRequest {});
-    match tokio::time::timeout(Duration::from_secs(5), asked).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(status)) => return Err(format!("{name}: {}", status.message())),
-        Err(_) => return Err(format!("{name} did not answer within 5 s")),
+    if ask(node).await.is_some_and(|h| h.leading) {
+        return Err(format!("{name} already leads"));
+    }
+    // openraft refuses votes while a replica has heard its leader within the lease, and has
+    // no transfer: every other replica holds back (no heartbeats, no candidacy) for a moment,
+    // the leases run out, and the target stands. Tried a few times: another may still win.
+    let lease = Duration::from_millis(config.replication.election_max_ms + 100);
+    let hold = u32::try_from((lease * 4).as_millis()).unwrap_or(u32::MAX);
+    for _attempt in 0..3 {
+        for other in config.coordinators().filter(|n| n.name != name) {
+            let mut client = NodeClient::new(crate::creds::channel(other.listen));
+            let asked =
+                client.stand_for_leader(proto::StandForLeaderRequest { hold_back_ms: hold });
+            // A replica that is down holds nothing back, and needs not.
+            let _ = tokio::time::timeout(Duration::from_secs(2), asked).await;
+        }
+        tokio::time::sleep(lease).await;
+        let mut client = NodeClient::new(crate::creds::channel(node.listen));
+        let asked = client.stand_for_leader(proto::StandForLeaderRequest { hold_back_ms: 0 });
+        match tokio::time::timeout(Duration::from_secs(5), asked).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) if status.message().contains("already leads") => break,
+            Ok(Err(status)) => return Err(format!("{name}: {}", status.message())),
+            Err(_) => return Err(format!("{name} did not answer within 5 s")),
+        }
+        let settle = Instant::now() + lease * 3;
+        while Instant::now() < settle {
+            if ask(node).await.is_some_and(|h| h.leading) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if ask(node).await.is_some_and(|h| h.leading) {
+            break;
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

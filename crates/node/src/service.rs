@@ -225,6 +225,12 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         let Some(replication) = &self.replication else {
             return Err(Status::failed_precondition("this node is no coordinator replica"));
         };
+        let hold_back_ms = request.into_inner().hold_back_ms;
+        if hold_back_ms > 0 {
+            let hold = std::time::Duration::from_millis(u64::from(hold_back_ms.min(10_000)));
+            replication.replica.hold_back(hold);
+            return Ok(Response::new(proto::StandForLeaderReply {}));
+        }
         replication.replica.stand_for_leader().await.map_err(Status::unavailable)?;
         Ok(Response::new(proto::StandForLeaderReply {}))
     }

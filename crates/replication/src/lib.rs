@@ -444,14 +444,30 @@ impl<M: Machine> Replica<M> {
         }
     }
 
-    /// Stands for election now (openraft 0.9 has no leadership transfer): this replica wins
-    /// if its log is as complete as a majority's, and the old leader, seeing the higher term,
-    /// steps down either way. Refused at the leader, which would only disturb itself.
+    /// Stands for election now: this replica wins if its log is as complete as a majority's
+    /// and the others' leader leases have run out (openraft refuses votes while a replica has
+    /// heard its leader within the lease: see [`Replica::hold_back`]). Refused at the leader,
+    /// which would only disturb itself.
     pub async fn stand_for_leader(&self) -> Result<(), String> {
         if self.status().is_leader {
             return Err(format!("replica {} already leads", self.id));
         }
         self.raft.trigger().elect().await.map_err(|e| e.to_string())
+    }
+
+    /// For `hold` (bounded by the caller), this replica neither stands for election nor, if
+    /// it leads, sends heartbeats: the other replicas' leader leases run out and one chosen
+    /// replica can win the election it stands for. openraft 0.9 has no leadership transfer;
+    /// this is one made of its runtime switches. Afterwards both switches are on again.
+    pub fn hold_back(&self, hold: Duration) {
+        self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            raft.runtime_config().heartbeat(true);
+            raft.runtime_config().elect(true);
+        });
     }
 
     /// [`Status`] and the counters an operator watches.
