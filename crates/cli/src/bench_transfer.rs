@@ -53,20 +53,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
         let coordinator = config.coordinator().listen;
         let shards: Vec<String> = config.shards().map(|n| n.name.clone()).collect();
         wait_up(coordinator, &mut cluster.nodes).await?;
-        // Every client's account on every shard, one transaction per shard.
-        let keys: Vec<u64> = (0..(max_clients * KEYS_PER_CLIENT) as u64).collect();
-        for shard in &shards {
-            for chunk in keys.chunks(concord_node::config::MAX_WRITES_PER_TXN) {
-                let writes = chunk
-                    .iter()
-                    .map(|&key| proto::WriteOp { shard: shard.clone(), key, delta: FUND })
-                    .collect();
-                let (_, outcome) = submit(&mut client(coordinator), writes).await;
-                if !matches!(&outcome, Ok(info) if info.state == State::Committed as i32) {
-                    return Err(format!("funding {shard} failed: {outcome:?}"));
-                }
-            }
-        }
+        fund(coordinator, &shards, max_clients).await?;
         let mut rows = Vec::new();
         for &n in &options.clients {
             rows.push(measure(coordinator, &shards, n, options.duration).await);

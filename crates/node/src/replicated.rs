@@ -190,19 +190,15 @@ impl Replication {
             }
         }
         let latency = &stats.commit_latency;
-        let name = "concord_replica_commit_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From an entry's submission to its commit on a majority, while leading.\n# TYPE {name} histogram"
+        crate::metrics::write_histogram(
+            &mut out,
+            "concord_replica_commit_seconds",
+            "From an entry's submission to its commit on a majority, while leading.",
+            labels,
+            (&concord_replication::COMMIT_BUCKETS_S, &latency.buckets),
+            latency.sum_s,
+            latency.count,
         );
-        let mut cumulative = 0;
-        for (le, count) in concord_replication::COMMIT_BUCKETS_S.iter().zip(latency.buckets) {
-            cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", latency.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", latency.sum_s);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", latency.count);
         out
     }
 }
@@ -263,9 +259,13 @@ pub(crate) async fn watch_leadership<E: Engine>(
             // abort for a transaction whose COMMIT record committed just after
             // (`crash-test --coordinators 3` found it: status said COMMITTING for transfers the
             // shards had aborted).
-            if barrier(&replication.submitter).await
-                && replication.replica.whole_log_applied().await
-            {
+            // Bounded: a leader that cannot commit (no majority) tries again on the next look.
+            let ready = async {
+                barrier(&replication.submitter).await
+                    && replication.replica.whole_log_applied().await
+            };
+            let recovering = std::time::Duration::from_millis(10 * lease_ms);
+            if tokio::time::timeout(recovering, ready).await.unwrap_or(false) {
                 let records =
                     replication.replica.machine().lock().expect("not poisoned").records().to_vec();
                 led_in = Some(term);
@@ -332,7 +332,16 @@ impl<E: Engine> Node<E> {
         if let Some(replicated) = &mut self.io.replicated {
             replicated.incarnation += 1;
         }
-        self.step(Input::Restart { records });
+        // Records that decode but contradict each other trip the core's assertions: the node
+        // stops naming the replicated log, as a local log so damaged is refused at start.
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.step(Input::Restart { records });
+        }));
+        if let Err(panic) = replayed {
+            let what = crate::panic_text(panic.as_ref());
+            let error = format!("the replicated records are inconsistent ({what})");
+            let _ = self.io.internal.send(Event::LogFailed(error));
+        }
     }
 
     /// Stops the core: this replica no longer leads. Clients waiting on it lose their answer
