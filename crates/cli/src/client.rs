@@ -105,6 +105,7 @@ pub fn parse_write(text: &str) -> Result<proto::WriteOp, String> {
 
 fn status_error(what: &str, status: &tonic::Status) -> String {
     match status.code() {
+        tonic::Code::Unavailable if standby(status) => format!("{what}: {}", status.message()),
         tonic::Code::Unavailable => {
             format!("{what}: the node is unreachable ({})", status.message())
         }
@@ -229,6 +230,13 @@ pub async fn submit_named(
 /// a coordinator replica that does not lead): it never ran, so there is no outcome to resolve.
 fn is_refusal(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition)
+        || standby(status)
+}
+
+/// A coordinator replica that does not lead refused the call (it ran nothing, and knows no
+/// outcome), whether or not it could name the leader.
+pub fn standby(status: &tonic::Status) -> bool {
+    status.metadata().get(concord_node::STANDBY_METADATA).is_some()
         || leader_named(status).is_some()
 }
 
@@ -241,6 +249,43 @@ pub fn leader_named(status: &tonic::Status) -> Option<SocketAddr> {
 /// Redirects a client follows at most, one call: a leader named by one replica may have lost
 /// its leadership by the time the client gets there, but not over and over.
 pub const MAX_REDIRECTS: usize = 3;
+
+/// Asks every coordinator replica in turn (as the topology at `at` lists them) for `id`'s
+/// outcome until one gives it, for at most [`RESOLVE_FOR`]: the replica that took the
+/// transaction may have lost its leadership, or be cut off from the others, and only the
+/// leader knows the outcome. None if no replica gave one, or the coordinator is not replicated.
+pub async fn resolve_at_replicas(at: SocketAddr, id: &str) -> Option<TransactionInfo> {
+    let mut first = client(at);
+    let asked = first.topology(proto::TopologyRequest {});
+    let nodes =
+        tokio::time::timeout(Duration::from_secs(2), asked).await.ok()?.ok()?.into_inner().nodes;
+    let replicas: Vec<SocketAddr> = nodes
+        .iter()
+        .filter(|n| n.role == "coordinator")
+        .filter_map(|n| n.address.parse().ok())
+        .collect();
+    if replicas.len() < 2 {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
+    loop {
+        for &replica in &replicas {
+            let mut replica = client(replica);
+            let asked = replica.status(proto::StatusRequest { txn: id.to_string() });
+            let bounded = tokio::time::Instant::now() + Duration::from_secs(1);
+            if let Ok(Ok(reply)) = tokio::time::timeout_at(bounded.min(deadline), asked).await {
+                let info = reply.into_inner();
+                if info.state == State::Committed as i32 || info.state == State::Aborted as i32 {
+                    return Some(info);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// Asks `Status` of `id` until it is committed or aborted, for at most [`RESOLVE_FOR`].
 async fn resolve(client: &mut ClientClient<Channel>, id: &str) -> Option<TransactionInfo> {
@@ -256,8 +301,9 @@ async fn resolve(client: &mut ClientClient<Channel>, id: &str) -> Option<Transac
                 }
             }
             // A coordinator replica that no longer leads: the answer is at the leader, which
-            // this client (bound to one address) cannot ask; its caller can.
-            Ok(Err(status)) if leader_named(&status).is_some() => return None,
+            // this client (bound to one address) cannot ask; its caller can
+            // ([`resolve_at_replicas`]).
+            Ok(Err(status)) if standby(&status) => return None,
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
@@ -316,6 +362,14 @@ pub fn run_txn(command: TxnCommand) -> Result<ExitCode, String> {
                     }
                     at = leader;
                     (id, outcome) = submit_named(&mut client(at), writes.clone()).await;
+                }
+                // Ran, outcome not heard from the replica that took it: ask the others.
+                if let (Err(status), Some(txn)) = (&outcome, &id) {
+                    if !is_refusal(status) {
+                        if let Some(info) = resolve_at_replicas(at, txn).await {
+                            outcome = Ok(info);
+                        }
+                    }
                 }
                 match outcome {
                     Ok(info) => {

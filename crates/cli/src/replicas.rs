@@ -80,7 +80,14 @@ async fn status(config: &ClusterConfig) -> Result<ExitCode, String> {
                     leader = Some((node.name.clone(), health.clone()));
                     "leader"
                 } else if health.leader == Some(node.id) {
-                    "starting" // elected, its core not yet recovered
+                    // Elected, its core not running: it hears no majority (cut off, and it
+                    // stood down), or it is still recovering from the log.
+                    let lease = config.replication.election_max_ms;
+                    if health.quorum_ack_ms.is_none_or(|ms| ms > lease) {
+                        "no-quorum"
+                    } else {
+                        "starting"
+                    }
                 } else {
                     "follower"
                 };

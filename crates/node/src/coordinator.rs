@@ -33,6 +33,11 @@ use crate::proto::{self, submit_event, State, TransactionInfo};
 const FINISHED_KEPT: usize = 100_000;
 /// How long a status query waits for the shards.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a status query asks its silent shards again. A prepared shard stays silent until
+/// it knows the outcome, and does not remember it was asked: once its own inquiry is answered
+/// (after a failover, say, by the new leader's presumed abort) only a new question gets the
+/// outcome out of it before the query times out.
+const RESOLVE_AGAIN: Duration = Duration::from_millis(250);
 
 pub(crate) type SubmitReply = mpsc::Sender<Result<proto::SubmitEvent, Status>>;
 type PendingSubmit<E> = (SubmitReply, Vec<Branch<Change<<E as Engine>::Model>>>);
@@ -473,7 +478,19 @@ impl<E: Engine> CoordinatorRole<E> {
         self.resolving.insert(txn, Resolver { query, waiters: vec![reply] });
         let internal = io.internal.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(RESOLVE_TIMEOUT).await;
+            let started = tokio::time::Instant::now();
+            while started.elapsed() + RESOLVE_AGAIN < RESOLVE_TIMEOUT {
+                tokio::time::sleep(RESOLVE_AGAIN).await;
+                let call: crate::driver::Call<E> = Box::new(move |node: &mut Node<E>| {
+                    if let RoleState::Coordinator(c) = &mut node.role {
+                        c.ask_silent_again(txn, &mut node.io);
+                    }
+                });
+                if internal.send(Event::Call(call)).is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(RESOLVE_TIMEOUT.saturating_sub(started.elapsed())).await;
             let call: crate::driver::Call<E> = Box::new(move |node: &mut Node<E>| {
                 if let RoleState::Coordinator(c) = &mut node.role {
                     c.resolve_timed_out(txn);
@@ -481,6 +498,15 @@ impl<E: Engine> CoordinatorRole<E> {
             });
             let _ = internal.send(Event::Call(call));
         });
+    }
+
+    /// A status query still open: its silent shards are asked again.
+    fn ask_silent_again(&mut self, txn: TxnId, io: &mut Io<E>) {
+        let Some(resolver) = self.resolving.get(&txn) else { return };
+        let inquiry = E::status_inquiry(txn);
+        for shard in resolver.query.silent() {
+            io.send(shard, &inquiry);
+        }
     }
 
     fn on_shard_answer(&mut self, from: NodeId, txn: TxnId, answer: Answer) {

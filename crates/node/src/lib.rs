@@ -400,6 +400,8 @@ async fn serve_peer<E: Engine>(
     // A coordinator replica takes shards' links only while it leads: refused, their senders try
     // the next replica; when it stops leading, its links are dropped the same way.
     let leading = || handle.replication.as_ref().is_none_or(|r| r.leading.load(Ordering::Acquire));
+    // Subscribed before the check: a stand-down after it is seen below.
+    let mut stand_downs = handle.replication.as_ref().map(|r| r.stand_downs.subscribe());
     if !leading() {
         return;
     }
@@ -433,8 +435,17 @@ async fn serve_peer<E: Engine>(
         }
     };
     let inbound = link::Inbound::new(handle.frames.clone());
+    let stood_down = async {
+        match &mut stand_downs {
+            Some(changes) => {
+                let _ = changes.changed().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let received = tokio::select! {
         _ = stopped.wait_for(|stop| *stop) => Ok(()),
+        () = stood_down => Ok(()),
         received = peer_link::receive_loop::<E::Msg, _>(stream, inbound, deliver) => received,
     };
     if let Err(reason) = received {
@@ -444,7 +455,7 @@ async fn serve_peer<E: Engine>(
 
 pub use check::{check_data, DataReport};
 pub use data_loss::DATA_LOSS_FILE;
-pub use replicated::LEADER_METADATA;
+pub use replicated::{LEADER_METADATA, STANDBY_METADATA};
 
 /// How a node starts, beyond its configuration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -708,6 +719,7 @@ async fn serve_engine<E: Engine>(
             submitter,
             cluster: config.cluster.clone(),
             leading: std::sync::atomic::AtomicBool::new(false),
+            stand_downs: tokio::sync::watch::Sender::new(0),
             addresses: config.coordinators().map(|n| (u64::from(n.id), n.listen)).collect(),
         })
     });

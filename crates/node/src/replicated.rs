@@ -40,6 +40,9 @@ use crate::service::Handle;
 
 /// The metadata key a standby's refusal carries the leader's address in.
 pub const LEADER_METADATA: &str = "concord-leader";
+/// The metadata key every standby's refusal carries (with or without a leader to name): the
+/// call did not run, and this replica knows no outcome; ask another.
+pub const STANDBY_METADATA: &str = "concord-standby";
 
 /// What a coordinator replica's services need of the replicated log.
 #[derive(Debug)]
@@ -50,6 +53,11 @@ pub(crate) struct Replication {
     pub cluster: String,
     /// Whether this replica's core runs (it leads, and has recovered from the log).
     pub leading: AtomicBool,
+    /// Counts this replica's stand-downs: the shards' peer links it took while leading watch
+    /// it and close at once, so their next message goes to the new leader (waiting for the
+    /// next message to find the link refused would lose that message: a vote, say, and the
+    /// new leader's transaction would wait out its vote timeout).
+    pub stand_downs: watch::Sender<u64>,
     /// Replica id → the node's client address, to name the leader to clients.
     pub addresses: BTreeMap<u64, SocketAddr>,
 }
@@ -61,11 +69,21 @@ impl Replication {
         if self.leading.load(Ordering::Acquire) {
             return Ok(());
         }
-        let leader = self.replica.status().leader.and_then(|id| self.addresses.get(&id));
+        let status = self.replica.status();
+        // openraft may call this replica leader while its core does not run: it is still
+        // recovering, or it stood down for want of a majority. Naming itself would send the
+        // client straight back.
+        let myself = status.leader == Some(status.id);
+        let leader = status.leader.filter(|_| !myself).and_then(|id| self.addresses.get(&id));
         let mut status = match leader {
             Some(address) => Status::unavailable(format!(
                 "this coordinator replica does not lead; the leader is at {address}"
             )),
+            None if myself => Status::unavailable(
+                "this coordinator replica was elected but does not lead yet: it is recovering \
+                 from the log, or it hears no majority (a partition): retry, or ask another \
+                 replica",
+            ),
             None => Status::unavailable(
                 "this coordinator replica does not lead, and no leader is known (an election \
                  is under way): retry",
@@ -74,6 +92,9 @@ impl Replication {
         if let Some(value) = leader.and_then(|a| a.to_string().parse().ok()) {
             status.metadata_mut().insert(LEADER_METADATA, value);
         }
+        status
+            .metadata_mut()
+            .insert(STANDBY_METADATA, tonic::metadata::MetadataValue::from_static("1"));
         Err(status)
     }
 }
@@ -238,6 +259,7 @@ pub(crate) async fn watch_leadership<E: Engine>(
         let in_charge = leads && majority_heard;
         if led_in.is_some_and(|t| !in_charge || t != term) {
             replication.leading.store(false, Ordering::Release);
+            replication.stand_downs.send_modify(|n| *n += 1);
             let why = if leads { ": no majority heard from it" } else { "" };
             eprintln!(
                 "{}: no longer leads the coordinator (led in term {}){why}",

@@ -1,7 +1,7 @@
 //! What Concord's tests share.
 //!
 //! [`servers_ready`] runs the project's setup scripts (`scripts/setup-databases.sh`,
-//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`, `scripts/setup-browser.sh`), which start the local PostgreSQL,
+//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`, `scripts/setup-browser.sh`, `scripts/setup-network.sh`), which start the local PostgreSQL,
 //! MariaDB or NATS when they are stopped (and make sure `redis-server` is installed). When a server cannot be made ready, the test **fails**, saying why and how to skip:
 //! a skip would pass silently in cargo's summary (its output is captured). Only when asked
 //! (`CONCORD_SKIP_SERVICES=1`) does such a test return early, with a line on stderr — and never
@@ -25,6 +25,8 @@ pub enum Server {
     Redis,
     /// Chromium and chromedriver, for the console's browser tests ([`browser`]).
     Browser,
+    /// Network namespaces, veth and tc (root and iproute2), for partition tests.
+    Network,
 }
 
 impl Server {
@@ -34,6 +36,7 @@ impl Server {
             Server::Nats => "setup-nats.sh",
             Server::Redis => "setup-redis.sh",
             Server::Browser => "setup-browser.sh",
+            Server::Network => "setup-network.sh",
         }
     }
 }
