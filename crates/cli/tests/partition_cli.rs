@@ -240,7 +240,8 @@ fn a_leader_cut_off_from_its_majority_decides_nothing_and_the_majority_goes_on()
             Command::new(env!("CARGO_BIN_EXE_concord"))
         };
         let child = command
-            // Not loopback, and [tls] is not yet for a replicated coordinator: links in the clear.
+            // Not loopback: links in the clear, by choice (this test is about the partition;
+            // node/tests/links_under_tls.rs runs replicas over mutual TLS).
             .args(["serve", "--insecure", "--config", &config, "--node", name, "--data-dir"])
             .arg(dir.join(name))
             .stdout(Stdio::null())

@@ -367,14 +367,12 @@ impl ClusterConfig {
             ));
         }
         if coordinators > 1 {
-            // The replicated coordinator runs the delta model over 2PC, without TLS, for now
+            // The replicated coordinator runs the delta model over 2PC for now
             // (ARCHITECTURE.md, the replicated coordinator log).
             let not_yet = if self.kv.is_some() {
                 Some("the key-value store ([kv])")
             } else if self.protocol != CommitProtocol::TwoPhase {
                 Some("protocol = \"paxos-commit\"")
-            } else if self.tls.is_some() {
-                Some("[tls]")
             } else {
                 None
             };
@@ -771,6 +769,9 @@ mod tests {
         assert!(three.replicated_coordinator() && !base.replicated_coordinator());
         let error = with_coordinators(base.clone().with_paxos_commit(3), 2).validate().unwrap_err();
         assert!(error.contains("paxos-commit") && error.contains("not run"), "{error}");
+        let mut tls = with_coordinators(base.clone(), 2);
+        tls.tls = Some(TlsConfig { dir: "certs".into() });
+        assert!(tls.validate().is_ok(), "replicas run under [tls]");
         let mut kv = with_coordinators(base, 2);
         kv.kv = Some(KvConfig::default());
         let error = kv.validate().unwrap_err();

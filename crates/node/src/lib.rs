@@ -350,6 +350,19 @@ async fn serve_link<E: Engine>(
             eprintln!("{}: refused a call link: this node serves no calls", handle.me);
         }
         (link::LinkKind::Replica, _) => match &handle.replication {
+            Some(_)
+                if !replicated::may_open_replica_link(
+                    handle.tls.as_deref(),
+                    cert.as_ref(),
+                    &handle.config,
+                ) =>
+            {
+                let remote = stream.peer_addr().map_or_else(String::new, |a| format!(" from {a}"));
+                eprintln!(
+                    "{}: refused a replica link{remote}: its certificate names no coordinator replica",
+                    handle.me
+                );
+            }
             Some(r) => {
                 concord_replication::tcp::serve_link(stream, r.replica.raft(), &r.cluster).await;
             }
@@ -382,7 +395,14 @@ async fn serve_peer<E: Engine>(
         Err(_) => return,
     };
     if let Some(tls) = &handle.tls {
-        if !cert.as_ref().is_some_and(|cert| tls.is_node(cert, from)) {
+        // Every coordinator replica speaks as the coordinator (the first one's id), each with
+        // its own certificate.
+        let speaks_as_coordinator = |cert: &rustls::pki_types::CertificateDer<'static>| {
+            from.0 == handle.config.coordinator().id
+                && handle.config.coordinators().any(|n| tls.is_node(cert, NodeId(n.id)))
+        };
+        if !cert.as_ref().is_some_and(|cert| tls.is_node(cert, from) || speaks_as_coordinator(cert))
+        {
             eprintln!(
                 "{}: refused a peer connection{remote}: it says it is node {from}, but its certificate does not name that node",
                 handle.me
@@ -551,6 +571,15 @@ async fn serve_engine<E: Engine>(
             ),
         });
     }
+    let tls = match &config.tls {
+        Some(section) => {
+            let files = tls::CertFiles { dir: section.dir.clone() };
+            let loaded = tls::NodeTls::load(&files, &config.cluster, &me.name, NodeId(me.id))
+                .map_err(|reason| NodeError::Config(format!("[tls]: {reason}")))?;
+            Some(Arc::new(loaded))
+        }
+        None => None,
+    };
     let replica = if replicated {
         let mut options = concord_replication::Options::new(
             config.cluster.clone(),
@@ -564,7 +593,13 @@ async fn serve_engine<E: Engine>(
             Duration::from_millis(timing.election_min_ms),
             Duration::from_millis(timing.election_max_ms),
         );
-        let wire = concord_replication::TcpWire::new(&config.cluster);
+        let wire = match &tls {
+            Some(tls) => concord_replication::TcpWire::with_connect(
+                &config.cluster,
+                replicated::ReplicaTls(Arc::clone(tls)),
+            ),
+            None => concord_replication::TcpWire::new(&config.cluster),
+        };
         let replica = concord_replication::Replica::start(
             options,
             concord_replication::RecordLog::default(),
@@ -580,15 +615,6 @@ async fn serve_engine<E: Engine>(
         Some(replica)
     } else {
         None
-    };
-    let tls = match &config.tls {
-        Some(section) => {
-            let files = tls::CertFiles { dir: section.dir.clone() };
-            let loaded = tls::NodeTls::load(&files, &config.cluster, &me.name, NodeId(me.id))
-                .map_err(|reason| NodeError::Config(format!("[tls]: {reason}")))?;
-            Some(Arc::new(loaded))
-        }
-        None => None,
     };
     let listener = tokio::net::TcpListener::bind(me.listen)
         .await
@@ -630,13 +656,16 @@ async fn serve_engine<E: Engine>(
         let outbox = Arc::new(link::Outbox::default());
         outboxes.insert(NodeId(peer.id), peer_link::PeerSender(Arc::clone(&outbox)));
         let cluster = config.cluster.clone();
-        let dial = tls.as_ref().map(|tls| tls.dial(NodeId(peer.id))).unwrap_or_default();
+        // Each address with the node its certificate must name: the coordinator's replicas
+        // each prove their own.
+        let dial =
+            |n: &NodeConfig| tls.as_ref().map(|tls| tls.dial(NodeId(n.id))).unwrap_or_default();
         let to = if peer.id == coordinator {
-            config.coordinators().map(|n| n.listen).collect()
+            config.coordinators().map(|n| (n.listen, dial(n))).collect()
         } else {
-            vec![peer.listen]
+            vec![(peer.listen, dial(peer))]
         };
-        tokio::spawn(peer_link::send_loop(NodeId(speak_as), cluster, to, dial, outbox));
+        tokio::spawn(peer_link::send_loop(NodeId(speak_as), cluster, to, outbox));
     }
     let id = NodeId(me.id);
     let role = match me.role {

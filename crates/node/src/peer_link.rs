@@ -83,16 +83,15 @@ pub(crate) fn hello(me: NodeId, cluster: &str) -> Vec<u8> {
 /// watches the read side: a read that completes means the peer closed the link (it crashed or
 /// restarted), and the writer reconnects at once instead of losing its next batch to a dead
 /// connection.
-/// `to` holds one address, or a replicated coordinator's replicas. Those answer the hello
+/// `to` holds one address, or a replicated coordinator's replicas (each with how it is dialled). Those answer the hello
 /// with one byte, [`LEADER_ACCEPTS`], only while they lead, and close the link otherwise; the
 /// writer waits for it before sending anything (a message written to a standby would be lost)
 /// and tries the next replica, pausing only after a round of refusals.
-/// Under TLS (`dial`), the peer must prove it is the node meant.
+/// Under TLS (each address's `Dial`), the peer must prove it is the node meant.
 pub(crate) async fn send_loop(
     me: NodeId,
     cluster: String,
-    to: Vec<SocketAddr>,
-    dial: Dial,
+    to: Vec<(SocketAddr, Dial)>,
     outbox: Arc<Outbox>,
 ) {
     assert!(!to.is_empty(), "a peer has an address");
@@ -104,9 +103,9 @@ pub(crate) async fn send_loop(
     let mut next = 0;
     let mut failed_in_a_row = 0;
     while !outbox.is_closed() {
-        let address = to[next % to.len()];
+        let (address, dial) = &to[next % to.len()];
         next += 1;
-        let connected = match connect(address, &dial, &hello).await {
+        let connected = match connect(*address, dial, &hello).await {
             Some(stream) if replicas => accepted_by_leader(stream).await,
             other => other,
         };
@@ -253,8 +252,12 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let outbox = Arc::new(Outbox::default());
         let sender = PeerSender(Arc::clone(&outbox));
-        let writer =
-            tokio::spawn(send_loop(NodeId(1), "c".into(), vec![address], Dial::default(), outbox));
+        let writer = tokio::spawn(send_loop(
+            NodeId(1),
+            "c".into(),
+            vec![(address, Dial::default())],
+            outbox,
+        ));
         let msgs = messages();
         for round in 0..2 {
             // The writer connects at once, and again as soon as the last link closes.

@@ -247,3 +247,137 @@ async fn forged_peer_frames_are_refused_and_change_nothing() {
         let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
     }
 }
+
+/// Opens a replica link (its magic and the cluster's name) to `to` over `tls`; whether the
+/// replica answered ACCEPTED rather than closing.
+async fn replica_link_accepted(
+    to: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    name: String,
+) -> bool {
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let Ok(mut stream) = connector.connect(ServerName::try_from(name).unwrap(), tcp).await else {
+        return false;
+    };
+    let mut hello = concord_replication::tcp::MAGIC.to_vec();
+    hello.push(4);
+    hello.extend_from_slice(b"bank");
+    if stream.write_all(&hello).await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(8), stream.read_exact(&mut answer)).await;
+    matches!(read, Ok(Ok(_))) && answer[0] == 1
+}
+
+/// Which of `replicas` leads (its core running), asked over TLS.
+async fn leader_of(replicas: &[SocketAddr], credentials: &ClientCredentials) -> Option<SocketAddr> {
+    for &replica in replicas {
+        let mut node = NodeClient::new(concord_node::client_channel(replica, credentials));
+        let asked = node.health(proto::HealthRequest {});
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+            if reply.into_inner().replica.is_some_and(|r| r.leading) {
+                return Some(replica);
+            }
+        }
+    }
+    None
+}
+
+/// Adds 100 to `KEY` on both shards through whichever replica leads.
+async fn honest_transfer_replicated(replicas: &[SocketAddr], credentials: &ClientCredentials) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(leader) = leader_of(replicas, credentials).await {
+            let transfer = honest_transfer(leader, credentials);
+            if tokio::time::timeout(Duration::from_secs(10), transfer).await.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica led and committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A coordinator replicated on three nodes under `[tls]`: the replicas' links (openraft's
+/// AppendEntries and votes) and the shards' links to whichever replica leads run over mutual
+/// TLS, each replica proving itself with its own certificate while it speaks as the
+/// coordinator. A shard's certificate — the cluster's own — cannot open a replica link (a
+/// forged AppendEntries from it would rewrite the coordinator's decisions); a replica's can.
+/// The leader stops, another takes over, and the balance is what the honest transfers made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_coordinator_runs_over_mutual_tls_and_refuses_replica_links_from_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = (21_000..31_000)
+        .step_by(11)
+        .find(|b| (0..5).all(|i| TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
+        .expect("free ports");
+    let files = CertFiles { dir: dir.path().join("certs") };
+    let mut config = cluster("bank", &files.dir, base);
+    for (i, name) in [(3u16, "coordinator-b"), (4, "coordinator-c")] {
+        config.nodes.push(concord_node::config::NodeConfig {
+            name: name.into(),
+            id: u32::from(i) + 10,
+            role: concord_node::config::Role::Coordinator,
+            listen: SocketAddr::from(([127, 0, 0, 1], base + i)),
+            metrics: None,
+        });
+    }
+    config.validate().expect("a replicated coordinator under [tls]");
+    concord_node::certs::issue(&config, &files, false).unwrap();
+
+    let mut nodes = Vec::new();
+    for node in &config.nodes {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let data = dir.path().join(&node.name);
+        let (config, name) = (config.clone(), node.name.clone());
+        let task =
+            tokio::spawn(async move { concord_node::serve(config, &name, &data, stopped).await });
+        nodes.push((node.listen, stop, task));
+    }
+    let replicas: Vec<SocketAddr> = config.coordinators().map(|n| n.listen).collect();
+    let shard_1 = config.node("shard-1").unwrap().listen;
+    let client = ClientCredentials::new(Some(&files.ca()), Some(CLIENT_TOKEN.into())).unwrap();
+    let monitor = ClientCredentials::new(Some(&files.ca()), Some(MONITOR_TOKEN.into())).unwrap();
+    honest_transfer_replicated(&replicas, &client).await;
+    balance_becomes(shard_1, &monitor, 100).await;
+
+    // At every replica: a shard's certificate is refused a replica link, a replica's is not.
+    for (replica, node) in replicas.iter().zip(config.coordinators()) {
+        let name = node_name("bank", NodeId(node.id));
+        let as_shard = attacker(&files, Some((&files, "shard-2")));
+        assert!(
+            !replica_link_accepted(*replica, as_shard, name.clone()).await,
+            "{}: took a replica link from shard-2's certificate",
+            node.name
+        );
+        let other = config.coordinators().find(|n| n.id != node.id).unwrap();
+        let as_replica = attacker(&files, Some((&files, other.name.as_str())));
+        assert!(
+            replica_link_accepted(*replica, as_replica, name).await,
+            "{}: refused {}'s replica link",
+            node.name,
+            other.name
+        );
+        let mut plain = concord_replication::tcp::MAGIC.to_vec();
+        plain.extend_from_slice(b"\x04bank");
+        assert!(send_and_see_refused(*replica, None, &plain).await, "{}: plain TCP", node.name);
+    }
+
+    // The leader stops; the others elect over TLS and go on.
+    let leader = leader_of(&replicas, &monitor).await.expect("a leader");
+    let at = nodes.iter().position(|(listen, ..)| *listen == leader).unwrap();
+    let (_, stop, task) = nodes.remove(at);
+    stop.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let others: Vec<SocketAddr> = replicas.iter().copied().filter(|r| *r != leader).collect();
+    honest_transfer_replicated(&others, &client).await;
+    balance_becomes(shard_1, &monitor, 200).await;
+    assert_eq!(balance(config.node("shard-2").unwrap().listen, &monitor).await, 200);
+
+    for (_, stop, task) in nodes {
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+}

@@ -9,10 +9,14 @@
 //! codec, which refuses them (`codec.rs`, fuzzed).
 //!
 //! The magic starts with `C`, as the node's other links do, so the runtime can serve this on
-//! the node's one port beside peer and call links.
+//! the node's one port beside peer and call links. Under the node's `[tls]`, the connection
+//! under the link is mutual TLS: the node gives [`TcpWire::with_connect`] its dialler and
+//! checks the certificate of whoever opens a link before [`serve_link`] sees a byte.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,21 +104,63 @@ async fn accept_hello_rest(
     stream.write_all(&[ACCEPTED]).await
 }
 
+/// A connection under a replica link: TCP, or TLS over it.
+pub trait Link: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link for T {}
+
+/// What [`Connect::connect`] returns.
+pub type Connecting<'a> = Pin<Box<dyn Future<Output = io::Result<Box<dyn Link>>> + Send + 'a>>;
+
+/// Opens the connection a replica link runs on, to replica `target` at `addr`. The node wraps
+/// TCP in mutual TLS, checking that the peer's certificate names `target`.
+pub trait Connect: Send + Sync + 'static {
+    fn connect<'a>(&'a self, target: u64, addr: &'a str) -> Connecting<'a>;
+}
+
+/// Plain TCP (loopback, or a network the operator trusts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainTcp;
+
+impl Connect for PlainTcp {
+    fn connect<'a>(&'a self, _target: u64, addr: &'a str) -> Connecting<'a> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Link>)
+        })
+    }
+}
+
+/// Connections kept for the next request, by peer address.
+type IdleLinks = Arc<Mutex<HashMap<String, Vec<Box<dyn Link>>>>>;
+
 /// Dials peers, keeping a few connections to each for the next request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TcpWire {
     cluster: Arc<str>,
-    idle: Arc<Mutex<HashMap<String, Vec<TcpStream>>>>,
+    connect: Arc<dyn Connect>,
+    idle: IdleLinks,
+}
+
+impl std::fmt::Debug for TcpWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpWire").field("cluster", &self.cluster).finish_non_exhaustive()
+    }
 }
 
 impl TcpWire {
+    /// Over plain TCP.
     pub fn new(cluster: &str) -> Self {
-        TcpWire { cluster: cluster.into(), idle: Arc::default() }
+        Self::with_connect(cluster, PlainTcp)
     }
 
-    async fn dial(&self, addr: &str) -> io::Result<TcpStream> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    /// Over the connections `connect` opens (TLS, say).
+    pub fn with_connect(cluster: &str, connect: impl Connect) -> Self {
+        TcpWire { cluster: cluster.into(), connect: Arc::new(connect), idle: Arc::default() }
+    }
+
+    async fn dial(&self, target: u64, addr: &str) -> io::Result<Box<dyn Link>> {
+        let mut stream = self.connect.connect(target, addr).await?;
         stream.write_all(&hello(&self.cluster)).await?;
         let mut answer = [0u8; 1];
         stream.read_exact(&mut answer).await?;
@@ -127,11 +173,11 @@ impl TcpWire {
         Ok(stream)
     }
 
-    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
+    fn take_idle(&self, addr: &str) -> Option<Box<dyn Link>> {
         self.idle.lock().expect("not poisoned").get_mut(addr).and_then(Vec::pop)
     }
 
-    fn put_idle(&self, addr: &str, stream: TcpStream) {
+    fn put_idle(&self, addr: &str, stream: Box<dyn Link>) {
         let mut idle = self.idle.lock().expect("not poisoned");
         let streams = idle.entry(addr.to_string()).or_default();
         if streams.len() < IDLE_PER_PEER {
@@ -139,7 +185,7 @@ impl TcpWire {
         }
     }
 
-    async fn exchange(&self, addr: &str, request: &[u8]) -> io::Result<Vec<u8>> {
+    async fn exchange(&self, target: u64, addr: &str, request: &[u8]) -> io::Result<Vec<u8>> {
         // An idle connection may have been closed by the peer (restarted, idle limit): one
         // failure on it is retried on a fresh connection. Requests are idempotent in Raft.
         if let Some(mut stream) = self.take_idle(addr) {
@@ -150,7 +196,7 @@ impl TcpWire {
                 }
             }
         }
-        let mut stream = self.dial(addr).await?;
+        let mut stream = self.dial(target, addr).await?;
         write_frame(&mut stream, request).await?;
         let reply = read_frame(&mut stream).await?;
         self.put_idle(addr, stream);
@@ -161,12 +207,12 @@ impl TcpWire {
 impl Wire for TcpWire {
     async fn call(
         &self,
-        _target: u64,
+        target: u64,
         addr: &str,
         request: Vec<u8>,
         timeout: Duration,
     ) -> io::Result<Vec<u8>> {
-        match tokio::time::timeout(timeout, self.exchange(addr, &request)).await {
+        match tokio::time::timeout(timeout, self.exchange(target, addr, &request)).await {
             Ok(answer) => answer,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: no answer"))),
         }
