@@ -271,8 +271,16 @@ pub fn dev(
     let kv_config = dev_config(&kv_dir.join("concord.toml"), || {
         let mut config = ClusterConfig::local("dev-kv", shards, port + 10);
         config.kv = Some(concord_node::config::KvConfig::default());
-        with_metrics(on_protocol(config), port + 210)
+        let config = with_coordinator_replicas(on_protocol(config), coordinators, port + 10);
+        with_metrics(config, port + 210)
     })?;
+    if kv_config.coordinators().count() != coordinators as usize && coordinators != 1 {
+        return Err(format!(
+            "{} holds a key-value cluster with {} coordinator(s); --coordinators applies to a new data directory",
+            kv_dir.display(),
+            kv_config.coordinators().count()
+        ));
+    }
     let (mut config, mut kv_config) = (config, kv_config);
     let secured = if tls { Some(dev_tls(data_dir, &mut config, &mut kv_config)?) } else { None };
     let coordinator = config.coordinator().listen;

@@ -279,7 +279,7 @@ async fn status_honesty(
 ) -> Result<[u32; 4], String> {
     use concord_node::proto::State;
     crate::crash_test::restart_coordinator(cluster).await?;
-    let mut rpc = crate::client::client(cluster.address("coordinator"));
+    let mut rpc = cluster.coordinators();
     let mut counts = [0u32; 4];
     let mut tally = |state: State| match state {
         State::Committed | State::Committing => counts[0] += 1,

@@ -313,29 +313,20 @@ pub(crate) async fn restart_coordinator(cluster: &mut Cluster) -> Result<(), Str
     Ok(())
 }
 
-/// `Status` of `id`. UNKNOWN means a shard did not answer in time: asked again, a bounded
-/// number of times (then UNKNOWN is the answer).
+/// `Status` of `id` at the coordinator (its leader, if replicated), asked until it is known,
+/// bounded; a failure to get any answer is a violation.
 pub(crate) async fn ask_status(
-    rpc: &mut proto::client_client::ClientClient<concord_node::ClientChannel>,
+    coordinators: &mut Coordinators,
     id: &str,
     violations: &mut Vec<String>,
 ) -> State {
-    let mut state = State::Unknown;
-    for _ in 0..20 {
-        let asked = rpc.status(proto::StatusRequest { txn: id.to_string() });
-        match tokio::time::timeout(Duration::from_secs(10), asked).await {
-            Ok(Ok(info)) => {
-                state = State::try_from(info.into_inner().state).unwrap_or(State::Unknown);
-            }
-            Ok(Err(status)) => violations.push(format!("status of {id}: {}", status.message())),
-            Err(_) => violations.push(format!("status of {id}: no answer within 10 s")),
+    match coordinators.status(id, |s| s != State::Unknown).await {
+        Ok(state) => state,
+        Err(why) => {
+            violations.push(format!("status of {id}: {why}"));
+            State::Unknown
         }
-        if state != State::Unknown {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    state
 }
 
 /// Where a client finds the coordinator: one address, or a replicated coordinator's replicas,

@@ -80,9 +80,9 @@ enum Command {
         /// --token-file, which the start prints.
         #[arg(long)]
         tls: bool,
-        /// Coordinator replicas of the delta cluster: 1 (one coordinator, the default) or 3
-        /// or 5 (a replicated coordinator: one leads, any one may be lost; ports after the
-        /// shards). A new data directory only; 2pc without --tls for now.
+        /// Coordinator replicas of both clusters: 1 (one coordinator, the default) or 3 or 5
+        /// (a replicated coordinator and key-value gateway: one leads, any one may be lost;
+        /// ports after the shards). A new data directory only; not with paxos-commit yet.
         #[arg(long, default_value_t = 1)]
         coordinators: u32,
     },
@@ -167,7 +167,7 @@ enum Command {
         #[arg(long, default_value = "2pc")]
         protocol: cluster::ProtocolChoice,
         /// Coordinator replicas: 1, or 3 or 5 (a replicated coordinator; its replicas, the
-        /// leader included, are killed like the others). The delta workload over 2PC.
+        /// leader included, are killed like the others). Either workload, over 2PC.
         #[arg(long, default_value_t = 1)]
         coordinators: u32,
     },

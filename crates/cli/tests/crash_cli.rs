@@ -86,3 +86,16 @@ fn a_replicated_coordinator_loses_nothing_through_sigkills_of_its_leaders() {
     assert!(stdout.contains("coordinator-2 ×"), "replicas were among the victims: {stdout}");
     assert!(stdout.contains("every check held"), "{stdout}");
 }
+
+/// The key-value bank on a replicated coordinator: its gateway is whichever replica leads (the
+/// clients follow the refusals that name it), timestamps stay below the bound the log holds,
+/// and replicas, leaders included, are SIGKILLed at random with the shards.
+#[test]
+fn the_kv_bank_on_a_replicated_coordinator_keeps_its_total_through_sigkills() {
+    let args = ["--kv", "--coordinators", "3", "--clients", "4", "--seed", "23"];
+    let stdout = crash_test("crash-replicated-kv", &args, "50");
+    assert!(stdout.contains("coordinator-2 ×"), "replicas were among the victims: {stdout}");
+    assert!(stdout.contains("every audit saw the total"), "{stdout}");
+    assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+    assert!(stdout.contains("none contradicting what was applied"), "status checked: {stdout}");
+}

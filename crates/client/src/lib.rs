@@ -26,6 +26,12 @@
 //! client asks the gateway for its status, for up to [`RESOLVE_FOR`], and answers what
 //! happened — committed, or aborted (retryable: nothing was applied) — before it gives up with
 //! [`KvError::OutcomeUnknown`] naming the id.
+//!
+//! **A replicated coordinator's gateway is its leader.** A replica that does not lead refuses
+//! a call before it runs, naming the leader; the client then sends this and every later call
+//! there (a call that begins its transaction is sent again at once, at most
+//! [`MAX_REDIRECTS`] times; one on a session the old leader held fails retryable, as its
+//! session is gone).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,6 +125,50 @@ pub const RESOLVE_FOR: Duration = Duration::from_secs(10);
 const AHEAD_KEPT: usize = 16;
 const AHEAD_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// Redirects one call follows at most: a leader named by one replica may have lost its
+/// leadership by the time the call gets there, but not over and over.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// A coordinator replica that does not lead refused the call: it did not run.
+fn standby(status: &Status) -> bool {
+    status.metadata().get(concord_node::STANDBY_METADATA).is_some()
+}
+
+/// The leader a refusing replica named.
+fn leader_named(status: &Status) -> Option<SocketAddr> {
+    status.metadata().get(concord_node::LEADER_METADATA)?.to_str().ok()?.parse().ok()
+}
+
+/// Where calls go, shared by a client's clones and transactions: the gateway it was given, or
+/// the leader a coordinator replica named since.
+#[derive(Clone)]
+struct Gateway {
+    current: Arc<Mutex<CallClient>>,
+    dial: Arc<dyn Fn(SocketAddr) -> CallClient + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gateway({})", self.client().address())
+    }
+}
+
+impl Gateway {
+    fn client(&self) -> CallClient {
+        self.current.lock().expect("no code panics holding the gateway").clone()
+    }
+
+    /// `from` refused, naming `leader`: calls go there from now on (unless another call moved
+    /// them meanwhile). The client to use.
+    fn follow(&self, from: &CallClient, leader: SocketAddr) -> CallClient {
+        let mut current = self.current.lock().expect("no code panics holding the gateway");
+        if current.address() == from.address() && leader != from.address() {
+            *current = (self.dial)(leader);
+        }
+        current.clone()
+    }
+}
+
 /// A session the gateway opened ahead for a future transaction, and the id reserved for it.
 #[derive(Debug)]
 struct Ahead {
@@ -136,7 +186,7 @@ struct Ahead {
 /// languages).
 #[derive(Clone, Debug)]
 pub struct KvClient {
-    inner: CallClient,
+    gateway: Gateway,
     isolation: Isolation,
     buffer_writes: bool,
     /// Sessions opened ahead, newest last, shared by every clone.
@@ -150,7 +200,7 @@ impl KvClient {
     /// Connects lazily: the first call opens the connection (and the next call after it
     /// breaks opens it again). Call it inside a tokio runtime.
     pub fn connect(gateway: SocketAddr) -> Self {
-        Self::with_client(CallClient::new(gateway))
+        Self::with_dial(gateway, Arc::new(CallClient::new))
     }
 
     /// [`KvClient::connect`] over TLS, trusting `credentials`' CA.
@@ -158,12 +208,20 @@ impl KvClient {
         gateway: SocketAddr,
         credentials: &concord_node::tls::ClientCredentials,
     ) -> Self {
-        Self::with_client(concord_node::call_client(gateway, credentials))
+        let credentials = credentials.clone();
+        Self::with_dial(
+            gateway,
+            Arc::new(move |address| concord_node::call_client(address, &credentials)),
+        )
     }
 
-    fn with_client(inner: CallClient) -> Self {
+    fn with_dial(
+        gateway: SocketAddr,
+        dial: Arc<dyn Fn(SocketAddr) -> CallClient + Send + Sync>,
+    ) -> Self {
+        let current = Arc::new(Mutex::new(dial(gateway)));
         KvClient {
-            inner,
+            gateway: Gateway { current, dial },
             isolation: Isolation::default(),
             buffer_writes: true,
             ahead: Arc::new(Mutex::new(Vec::new())),
@@ -200,7 +258,7 @@ impl KvClient {
     /// taken then. Without, it begins at once (the baseline the benchmark keeps).
     pub async fn begin(&self) -> Result<Txn, KvError> {
         let ahead = {
-            let live = self.inner.live_connection();
+            let live = self.gateway.client().live_connection();
             let mut pool = self.ahead.lock().expect("no code panics holding the pool");
             pool.retain(|a| {
                 a.opened.elapsed() < AHEAD_MAX_AGE && a.connection.is_some() && a.connection == live
@@ -210,7 +268,8 @@ impl KvClient {
             (!pool.is_empty()).then(|| pool.remove(0))
         };
         let mut txn = Txn {
-            inner: self.inner.clone(),
+            inner: self.gateway.client(),
+            gateway: self.gateway.clone(),
             session: ahead.as_ref().map(|a| a.session),
             id: ahead.map(|a| a.txn),
             isolation: self.isolation,
@@ -290,6 +349,7 @@ impl KvClient {
 #[derive(Debug)]
 pub struct Txn {
     inner: CallClient,
+    gateway: Gateway,
     /// The gateway's session, once a call has begun the transaction there (or one opened
     /// ahead was taken).
     session: Option<u64>,
@@ -329,6 +389,32 @@ impl Txn {
         }
     }
 
+    /// One call at the gateway. A replica that does not lead refused it (it did not run):
+    /// later calls go to the leader it named, and this one too if it begins the transaction
+    /// (a session the refusing replica held is gone with its leadership).
+    async fn call<Rep: prost::Message + Default>(
+        &mut self,
+        method: Method,
+        request: &impl prost::Message,
+        timeout: Duration,
+    ) -> Result<Rep, Status> {
+        let mut redirects = 0;
+        loop {
+            let begins = self.session.is_none();
+            match self.inner.call(method, request, timeout).await {
+                Err(status) if standby(&status) => {
+                    let Some(leader) = leader_named(&status) else { return Err(status) };
+                    self.inner = self.gateway.follow(&self.inner, leader);
+                    if !begins || redirects >= MAX_REDIRECTS {
+                        return Err(status);
+                    }
+                    redirects += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// Records what a call that may have begun the transaction said about it.
     fn begun(&mut self, session: u64, txn: String) {
         self.session = Some(session);
@@ -344,8 +430,7 @@ impl Txn {
             return Ok(session);
         }
         let begin = self.begin_request();
-        let reply: proto::KvBeginReply =
-            self.inner.call(Method::KvBegin, &begin, CALL_TIMEOUT).await?;
+        let reply: proto::KvBeginReply = self.call(Method::KvBegin, &begin, CALL_TIMEOUT).await?;
         self.begun(reply.session, reply.txn);
         Ok(reply.session)
     }
@@ -357,7 +442,7 @@ impl Txn {
         }
         let (session, begin) = self.session_or_begin();
         let get = proto::KvGetRequest { session, key: key.to_vec(), begin };
-        let reply: proto::KvGetReply = self.inner.call(Method::KvGet, &get, CALL_TIMEOUT).await?;
+        let reply: proto::KvGetReply = self.call(Method::KvGet, &get, CALL_TIMEOUT).await?;
         self.begun(reply.session, reply.txn);
         Ok(reply.found.then_some(reply.value))
     }
@@ -452,12 +537,12 @@ impl Txn {
                 Some(value) => {
                     let put = proto::KvPutRequest { session, key, value };
                     let _: proto::KvWriteReply =
-                        self.inner.call(Method::KvPut, &put, CALL_TIMEOUT).await?;
+                        self.call(Method::KvPut, &put, CALL_TIMEOUT).await?;
                 }
                 None => {
                     let delete = proto::KvDeleteRequest { session, key };
                     let _: proto::KvWriteReply =
-                        self.inner.call(Method::KvDelete, &delete, CALL_TIMEOUT).await?;
+                        self.call(Method::KvDelete, &delete, CALL_TIMEOUT).await?;
                 }
             }
         }
@@ -480,8 +565,7 @@ impl Txn {
         };
         let (session, begin) = self.session_or_begin();
         let scan = proto::KvScanRequest { session, range: Some(range), limit, begin };
-        let reply: proto::KvScanReply =
-            self.inner.call(Method::KvScan, &scan, CALL_TIMEOUT).await?;
+        let reply: proto::KvScanReply = self.call(Method::KvScan, &scan, CALL_TIMEOUT).await?;
         self.begun(reply.session, reply.txn);
         Ok((reply.rows.into_iter().map(|p| (p.key, p.value)).collect(), reply.more))
     }
@@ -512,7 +596,13 @@ impl Txn {
         let reserve_next = self.name_ahead
             && self.ahead.lock().expect("no code panics holding the pool").len() < AHEAD_KEPT;
         let commit = proto::KvCommitRequest { session, writes, begin, reserve_next };
-        let reply = self.inner.call(Method::KvCommit, &commit, COMMIT_TIMEOUT).await;
+        let reply = self.call(Method::KvCommit, &commit, COMMIT_TIMEOUT).await;
+        if let Err(status) = &reply {
+            if standby(status) {
+                // Refused before it ran: the session died with the old leader's leadership.
+                return Err(KvError::Unavailable(status.message().to_string()));
+            }
+        }
         match reply {
             Ok(proto::KvCommitReply { txn, next, .. }) => {
                 if let Some(next) = next.filter(|n| !n.txn.is_empty()) {
@@ -535,7 +625,7 @@ impl Txn {
                 ) =>
             {
                 match self.id.clone() {
-                    Some(id) => resolve(&self.inner, &id, status.message()).await,
+                    Some(id) => resolve(&self.gateway, &self.inner, &id, status.message()).await,
                     None => Err(KvError::OutcomeUnknown(format!(
                         "the gateway did not answer the commit ({}), and the transaction had no id yet",
                         status.message()
@@ -548,23 +638,33 @@ impl Txn {
 
     /// Ends the transaction at the gateway (a session opened ahead included: its reserved id
     /// is given back).
-    pub async fn abort(self) -> Result<(), KvError> {
+    pub async fn abort(mut self) -> Result<(), KvError> {
         let Some(session) = self.session else { return Ok(()) };
         let abort = proto::KvAbortRequest { session };
-        let _: proto::KvAbortReply = self.inner.call(Method::KvAbort, &abort, CALL_TIMEOUT).await?;
+        let _: proto::KvAbortReply = self.call(Method::KvAbort, &abort, CALL_TIMEOUT).await?;
         Ok(())
     }
 }
 
 /// Finds out what happened to commit `id` whose reply was lost (`why`), asking the gateway for
 /// its status until it is known or [`RESOLVE_FOR`] has passed.
-async fn resolve(inner: &CallClient, id: &str, why: &str) -> Result<Option<String>, KvError> {
+async fn resolve(
+    gateway: &Gateway,
+    inner: &CallClient,
+    id: &str,
+    why: &str,
+) -> Result<Option<String>, KvError> {
     use proto::State;
     let deadline = Instant::now() + RESOLVE_FOR;
+    let mut inner = inner.clone();
     loop {
         let asked = proto::StatusRequest { txn: id.to_string() };
         let answer: Result<proto::TransactionInfo, Status> =
             inner.call(Method::TxnStatus, &asked, CALL_TIMEOUT).await;
+        // The replica that took the commit no longer leads: the leader knows the outcome.
+        if let Some(leader) = answer.as_ref().err().and_then(leader_named) {
+            inner = gateway.follow(&inner, leader);
+        }
         let last = match answer.map(|info| (State::try_from(info.state), info)) {
             Ok((Ok(State::Committed | State::Committing), _)) => return Ok(Some(id.to_string())),
             Ok((Ok(State::Aborted), _)) => {

@@ -16,8 +16,9 @@
 //!
 //! Frames (`crate::link`): a call is `id: u64 · method: u8 · request`; its reply is
 //! `id: u64 · code: u8 · reply` where code 0 is success and any other is the gRPC status code,
-//! the body then being the error message (UTF-8). Ids are the client's; a reply may come in any
-//! order.
+//! the body then being the error message (UTF-8) — and, from a coordinator replica that does
+//! not lead, [`STANDBY_LINE`] and the leader's address after it if known (gRPC carries these
+//! as the `concord-standby` and `concord-leader` metadata). Ids are the client's; a reply may come in any order.
 //!
 //! Bounds: calls in flight per client connection ([`MAX_CALLS_IN_FLIGHT`]) and per served
 //! connection ([`MAX_CALLS_PER_CONNECTION`], after which reading pauses); every call has the
@@ -196,6 +197,14 @@ fn push_reply_once(
                 };
                 buf.push(u8::try_from(i32::from(code)).expect("gRPC codes are 0..=16"));
                 buf.extend_from_slice(status.message().as_bytes());
+                // A coordinator replica's refusal says so, and names the leader if it knows
+                // one, as gRPC metadata does.
+                if status.metadata().get(crate::STANDBY_METADATA).is_some() {
+                    buf.extend_from_slice(STANDBY_LINE.as_bytes());
+                    if let Some(leader) = status.metadata().get(crate::LEADER_METADATA) {
+                        buf.extend_from_slice(leader.as_bytes());
+                    }
+                }
             }
         }
     })
@@ -239,12 +248,27 @@ fn split_frame(frame: &[u8]) -> Result<(u64, u8, &[u8]), String> {
     Ok((id, frame[8], &frame[9..]))
 }
 
+/// What follows an error's message from a coordinator replica that does not lead (the call
+/// did not run): this, then the leader's address if it knows one, to the end of the body.
+pub const STANDBY_LINE: &str = "\nconcord-standby=";
+
 fn reply_from(code: u8, body: &[u8]) -> Result<Vec<u8>, Status> {
     if code == 0 {
         return Ok(body.to_vec());
     }
-    let message = String::from_utf8_lossy(body).into_owned();
-    Err(Status::new(Code::from_i32(i32::from(code)), message))
+    let text = String::from_utf8_lossy(body).into_owned();
+    let Some((message, leader)) = text.rsplit_once(STANDBY_LINE) else {
+        return Err(Status::new(Code::from_i32(i32::from(code)), text));
+    };
+    let mut status = Status::new(Code::from_i32(i32::from(code)), message.to_string());
+    status
+        .metadata_mut()
+        .insert(crate::STANDBY_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(value) = leader.parse::<SocketAddr>().ok().and_then(|a| a.to_string().parse().ok())
+    {
+        status.metadata_mut().insert(crate::LEADER_METADATA, value);
+    }
+    Err(status)
 }
 
 /// Serves calls on an accepted connection (its magic already read) until it closes, the

@@ -286,6 +286,10 @@ pub(crate) struct Gateway {
     shares: Mutex<Shares>,
     auth: Arc<Auth>,
     clock: Mutex<Hlc>,
+    /// On a replicated coordinator: timestamps only below a bound the log has committed, and
+    /// this replica's standby refusals.
+    replicated:
+        Option<(Arc<crate::replicated::Replication>, crate::timestamp_lease::TimestampLease)>,
     map: ShardMap,
     /// Shard index → (node, its calls).
     shards: Vec<(NodeId, CallClient)>,
@@ -311,6 +315,7 @@ impl Gateway {
         config: &ClusterConfig,
         tls: Option<&crate::tls::NodeTls>,
         auth: Arc<Auth>,
+        replication: Option<Arc<crate::replicated::Replication>>,
     ) -> Arc<Gateway> {
         let kv = config.kv.clone().expect("a key-value cluster has a [kv] section");
         let shard_nodes = config.shards_by_id();
@@ -329,6 +334,13 @@ impl Gateway {
             shares: Mutex::new(Shares::default()),
             auth,
             clock: Mutex::new(Hlc::new(kv.max_offset_ms * 1_000)),
+            replicated: replication.map(|r| {
+                let lease = crate::timestamp_lease::TimestampLease::new(
+                    Arc::clone(&r),
+                    kv.max_offset_ms * 1_000,
+                );
+                (r, lease)
+            }),
             map,
             shards,
             names,
@@ -338,8 +350,18 @@ impl Gateway {
         gateway
     }
 
-    fn now(&self) -> Timestamp {
-        self.clock.lock().expect("clock lock").now(physical_now_us())
+    /// A timestamp for a snapshot or a commit (replicated: below the log's committed bound).
+    async fn now(&self) -> Result<Timestamp, Status> {
+        match &self.replicated {
+            Some((_, lease)) => lease.issue(&self.clock).await,
+            None => Ok(self.clock.lock().expect("clock lock").now(physical_now_us())),
+        }
+    }
+
+    /// At a coordinator replica that does not lead: the refusal naming the leader. Sessions
+    /// live at the leader's gateway only.
+    fn redirect(&self) -> Result<(), Status> {
+        self.replicated.as_ref().map_or(Ok(()), |(r, _)| r.redirect())
     }
 
     /// Begins a transaction: its session and snapshot timestamp, and (`reserve`) the id its
@@ -350,6 +372,7 @@ impl Gateway {
         fresh: bool,
         owner: &Identity,
     ) -> Result<(u64, Timestamp, Option<TxnId>), Status> {
+        self.redirect()?;
         let isolation = match begin.isolation.as_str() {
             "" => Isolation::default(),
             other => other.parse().map_err(invalid)?,
@@ -395,7 +418,14 @@ impl Gateway {
         } else {
             None
         };
-        let start = self.now();
+        let start = match self.now().await {
+            Ok(start) => start,
+            Err(status) => {
+                self.closed(owner, 0);
+                self.release(reserved);
+                return Err(status);
+            }
+        };
         let txn = Transaction::new(start, isolation, physical_now_us(), self.limits);
         let fresh = fresh && reserved.is_some();
         let mut sessions = self.sessions.lock().expect("sessions lock");
@@ -446,12 +476,34 @@ impl Gateway {
         begin: Option<&proto::KvBeginRequest>,
         owner: &Identity,
     ) -> Result<(u64, Option<TxnId>), Status> {
+        self.redirect()?;
         match begin {
             Some(begin) => {
                 self.open(begin, false, owner).await.map(|(session, _, txn)| (session, txn))
             }
-            None => Ok((session, None)),
+            None => {
+                self.snapshot_if_fresh(session, owner).await?;
+                Ok((session, None))
+            }
         }
+    }
+
+    /// A session opened ahead takes its snapshot at its first operation: now.
+    async fn snapshot_if_fresh(&self, session: u64, owner: &Identity) -> Result<(), Status> {
+        let fresh = |sessions: &HashMap<u64, Session>| {
+            sessions.get(&session).is_some_and(|open| open.fresh && open.owner == *owner)
+        };
+        if !fresh(&self.sessions.lock().expect("sessions lock")) {
+            return Ok(());
+        }
+        let now = self.now().await?;
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if fresh(&sessions) {
+            let open = sessions.get_mut(&session).expect("just found");
+            open.fresh = false;
+            open.txn.restart_snapshot(now, physical_now_us());
+        }
+        Ok(())
     }
 
     /// Runs `f` on open transaction `session`; an expired one is dropped and refused. A
@@ -470,11 +522,7 @@ impl Gateway {
                 "no open transaction {session} of yours (committed, aborted, expired, or the gateway restarted)"
             )));
         };
-        if open.fresh {
-            open.fresh = false;
-            let now = self.now();
-            open.txn.restart_snapshot(now, physical_now_us());
-        }
+        debug_assert!(!open.fresh, "session_of took the snapshot of a session opened ahead");
         if let Err(e) = open.txn.check_alive(physical_now_us()) {
             let bytes = open.txn.bytes();
             let reserved = sessions.remove(&session).and_then(|s| s.reserved);
@@ -848,7 +896,16 @@ impl proto::kv_server::Kv for Arc<Gateway> {
                 next,
             }));
         }
-        let commit = self.now();
+        let commit = match self.now().await {
+            Ok(commit) => commit,
+            Err(status) => {
+                self.release(reserved);
+                if let Some(next) = next {
+                    self.end(next.session, &me);
+                }
+                return Err(status);
+            }
+        };
         let changes = txn.changes(&self.map, commit);
         let shards: Vec<usize> = changes.iter().map(|(s, _)| *s).collect();
         let branches = changes
@@ -912,6 +969,7 @@ impl Serve for Gateway {
                 Method::TxnStatus => {
                     let request = call_link::decode_from(&request, &caller)?;
                     self.auth.check(&request, Right::Read, "ask a transaction's status")?;
+                    self.redirect()?;
                     let request: proto::StatusRequest = request.into_inner();
                     let txn: TxnId = request
                         .txn

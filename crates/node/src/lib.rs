@@ -48,6 +48,7 @@ mod model;
 mod peer_link;
 mod replicated;
 mod service;
+mod timestamp_lease;
 mod versions;
 
 pub mod proto {
@@ -326,10 +327,12 @@ async fn serve_link<E: Engine>(
             // A shard's calls (reads for the gateway) are for the cluster's gateway only.
             let me = handle.config.node(&handle.me).map(|n| n.role);
             if handle.tls.is_some() && me == Some(config::Role::Shard) {
-                let gateway = NodeId(handle.config.coordinator().id);
-                if node != Some(gateway) {
+                // The gateway: the coordinator, or any replica of a replicated one.
+                let gateway = handle.config.coordinator().id;
+                let is_gateway = |id: NodeId| handle.config.coordinators().any(|n| n.id == id.0);
+                if !node.is_some_and(is_gateway) {
                     eprintln!(
-                        "{}: refused a call link: only the gateway ({gateway}) calls a shard",
+                        "{}: refused a call link: only the gateway (node {gateway} or its replicas) calls a shard",
                         handle.me
                     );
                     return;

@@ -240,6 +240,7 @@ impl Model for KvStore {
                     &handle.config,
                     handle.tls.as_deref(),
                     Arc::clone(&handle.auth),
+                    handle.replication.clone(),
                 )),
                 None,
             ),

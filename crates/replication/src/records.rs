@@ -8,6 +8,12 @@
 //! carries that to every replica: the same rule as the local log's checkpoint (`concord_wal`).
 //! A replica never builds a core to compact its own records — a core replayed outside the
 //! leader would decide things (presume abort) the leader has not.
+//!
+//! Beside the records the machine keeps one number, the **timestamp bound**: the highest
+//! timestamp (wall-clock microseconds) any leader's key-value gateway may have issued. A
+//! gateway issues a timestamp only below a bound the log has committed, and a new leader's
+//! gateway starts its clock above the bound it finds, so a transaction that begins after
+//! another was acknowledged reads above its commit timestamp whichever replica led either.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::Machine;
@@ -15,6 +21,7 @@ use crate::Machine;
 const RECORD: u8 = 1;
 const CHECKPOINT: u8 = 2;
 const BARRIER: u8 = 3;
+const TIMESTAMP_BOUND: u8 = 4;
 
 /// A command carrying one record.
 pub fn record_command(record: &[u8]) -> Vec<u8> {
@@ -39,14 +46,29 @@ pub fn barrier_command() -> Vec<u8> {
     vec![BARRIER]
 }
 
+/// A command raising the timestamp bound to `wall_us` (a lower one changes nothing).
+pub fn timestamp_bound_command(wall_us: u64) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(TIMESTAMP_BOUND);
+    w.u64(wall_us);
+    w.bytes
+}
+
 enum Command {
     Record(Vec<u8>),
     Checkpoint(Vec<Vec<u8>>),
     Barrier,
+    TimestampBound(u64),
 }
 
 fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
     let mut r = Reader::new(bytes);
+    let command = decode_one(&mut r)?;
+    r.end()?;
+    Ok(command)
+}
+
+fn decode_one(r: &mut Reader) -> Result<Command, DecodeError> {
     let command = match r.u8()? {
         RECORD => Command::Record(r.bytes()?.to_vec()),
         CHECKPOINT => {
@@ -59,9 +81,9 @@ fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
             Command::Checkpoint(live)
         }
         BARRIER => Command::Barrier,
+        TIMESTAMP_BOUND => Command::TimestampBound(r.u64()?),
         other => return Err(DecodeError(format!("command kind {other}"))),
     };
-    r.end()?;
     Ok(command)
 }
 
@@ -71,12 +93,18 @@ pub struct RecordLog {
     records: Vec<Vec<u8>>,
     last_index: u64,
     malformed: u64,
+    timestamp_bound: u64,
 }
 
 impl RecordLog {
     /// The records a coordinator recovers from, in order.
     pub fn records(&self) -> &[Vec<u8>] {
         &self.records
+    }
+
+    /// The highest timestamp bound committed (0: none yet).
+    pub fn timestamp_bound(&self) -> u64 {
+        self.timestamp_bound
     }
 
     /// The index of the last command applied.
@@ -103,32 +131,42 @@ impl Machine for RecordLog {
             Ok(Command::Record(record)) => self.records.push(record),
             Ok(Command::Checkpoint(live)) => self.records = live,
             Ok(Command::Barrier) => {}
+            Ok(Command::TimestampBound(wall_us)) => {
+                self.timestamp_bound = self.timestamp_bound.max(wall_us);
+            }
             Err(_) => self.malformed += 1,
         }
     }
 
+    /// The last index, the records as a checkpoint, then the timestamp bound as its command.
     fn snapshot(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u64(self.last_index);
         w.bytes.extend_from_slice(&checkpoint_command(&self.records));
+        w.bytes.extend_from_slice(&timestamp_bound_command(self.timestamp_bound));
         w.bytes
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let Some((index, command)) = snapshot.split_first_chunk::<8>() else {
+        let Some((index, commands)) = snapshot.split_first_chunk::<8>() else {
             return Err("a snapshot shorter than its header".into());
         };
-        match decode(command) {
-            Ok(Command::Checkpoint(live)) => {
-                self.records = live;
-                self.last_index = u64::from_le_bytes(*index);
-                Ok(())
-            }
-            Ok(Command::Record(_) | Command::Barrier) => {
-                Err("a snapshot holding a command, not a checkpoint".into())
-            }
-            Err(e) => Err(format!("a snapshot that does not decode: {}", e.0)),
+        let mut r = Reader::new(commands);
+        let undecodable = |e: DecodeError| format!("a snapshot that does not decode: {}", e.0);
+        let Command::Checkpoint(live) = decode_one(&mut r).map_err(undecodable)? else {
+            return Err("a snapshot holding a command, not a checkpoint".into());
+        };
+        if r.end().is_ok() {
+            return Err("a snapshot without its timestamp bound".into());
         }
+        let Command::TimestampBound(bound) = decode_one(&mut r).map_err(undecodable)? else {
+            return Err("a snapshot without its timestamp bound".into());
+        };
+        r.end().map_err(undecodable)?;
+        self.records = live;
+        self.timestamp_bound = bound;
+        self.last_index = u64::from_le_bytes(*index);
+        Ok(())
     }
 }
 
@@ -149,14 +187,18 @@ mod tests {
         log.apply(4, &checkpoint_command(&[r("epoch 1")]));
         log.apply(5, &record_command(b"prepared t2"));
         log.apply(5, &barrier_command());
+        log.apply(6, &timestamp_bound_command(9_000));
+        log.apply(7, &timestamp_bound_command(8_000));
         assert_eq!(log.records(), &[r("epoch 1"), r("prepared t2")]);
         assert_eq!(log.malformed(), 0, "a barrier is no malformed command");
+        assert_eq!(log.timestamp_bound(), 9_000, "a bound only rises");
 
         let mut copy = RecordLog::default();
         copy.restore(&log.snapshot()).unwrap();
         assert_eq!(copy.records(), log.records());
-        assert_eq!(copy.last_index(), 5);
-        copy.apply(6, &record_command(b"committed t2"));
+        assert_eq!(copy.last_index(), 7);
+        assert_eq!(copy.timestamp_bound(), 9_000, "a snapshot keeps the bound");
+        copy.apply(8, &record_command(b"committed t2"));
         assert_eq!(copy.records().len(), 3);
     }
 
@@ -180,6 +222,9 @@ mod tests {
         let mut wrong = 7u64.to_le_bytes().to_vec();
         wrong.extend_from_slice(&record_command(b"x"));
         assert!(other.restore(&wrong).is_err());
+        let mut unbounded = 7u64.to_le_bytes().to_vec();
+        unbounded.extend_from_slice(&checkpoint_command(&[r("x")]));
+        assert!(other.restore(&unbounded).unwrap_err().contains("timestamp bound"));
         assert!(other.records().is_empty(), "a refused snapshot changes nothing");
     }
 }
