@@ -1,7 +1,7 @@
 //! What Concord's tests share.
 //!
 //! [`servers_ready`] runs the project's setup scripts (`scripts/setup-databases.sh`,
-//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`, `scripts/setup-browser.sh`, `scripts/setup-network.sh`), which start the local PostgreSQL,
+//! `scripts/setup-nats.sh`, `scripts/setup-redis.sh`, `scripts/setup-browser.sh`, `scripts/setup-network.sh`, `scripts/setup-faketime.sh`), which start the local PostgreSQL,
 //! MariaDB or NATS when they are stopped (and make sure `redis-server` is installed). When a server cannot be made ready, the test **fails**, saying why and how to skip:
 //! a skip would pass silently in cargo's summary (its output is captured). Only when asked
 //! (`CONCORD_SKIP_SERVICES=1`) does such a test return early, with a line on stderr — and never
@@ -25,9 +25,14 @@ pub enum Server {
     Redis,
     /// Chromium and chromedriver, for the console's browser tests ([`browser`]).
     Browser,
-    /// Network namespaces, veth and tc (root and iproute2), for partition tests.
+    /// Network namespaces, veth and nftables (root, iproute2, nftables), for partition tests.
     Network,
+    /// libfaketime, for clock-skew tests ([`FAKETIME_LIB`]).
+    Faketime,
 }
+
+/// The libfaketime a clock-skew test preloads (`scripts/setup-faketime.sh` installs it).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 impl Server {
     fn script(self) -> &'static str {
@@ -37,6 +42,7 @@ impl Server {
             Server::Redis => "setup-redis.sh",
             Server::Browser => "setup-browser.sh",
             Server::Network => "setup-network.sh",
+            Server::Faketime => "setup-faketime.sh",
         }
     }
 }
