@@ -106,6 +106,11 @@ enum Command {
         /// address is refused.
         #[arg(long)]
         insecure: bool,
+        /// A coordinator replica joining a running replicated coordinator (a new machine, or
+        /// one whose data was lost): it waits to be added (`concord cluster add-replica NODE`)
+        /// instead of starting a cluster of its own (docs/configuration.md).
+        #[arg(long)]
+        join: bool,
     },
     /// Certificates for TLS: `init` makes the cluster's CA and each node's certificate.
     Certs {
@@ -230,11 +235,11 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Dev { data_dir, shards, port, protocol, accept_data_loss, tls, coordinators } => {
-            let options = concord_node::StartOptions { accept_data_loss };
+            let options = concord_node::StartOptions { accept_data_loss, join: false };
             cluster::dev(&data_dir, shards, port, protocol, options, tls, coordinators)
         }
-        Command::Serve { config, node, data_dir, accept_data_loss, insecure } => {
-            let options = concord_node::StartOptions { accept_data_loss };
+        Command::Serve { config, node, data_dir, accept_data_loss, insecure, join } => {
+            let options = concord_node::StartOptions { accept_data_loss, join };
             cluster::serve(&config, &node, data_dir, options, insecure)
         }
         Command::Certs { command } => certs::run(command),

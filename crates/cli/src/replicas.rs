@@ -27,6 +27,19 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "concord.toml")]
         config: PathBuf,
     },
+    /// Makes NODE (a coordinator in the configuration, running — started with `serve --join`
+    /// if its directory is new) a voting replica: the leader catches it up, then adds it.
+    AddReplica {
+        node: String,
+        #[arg(long, default_value = "concord.toml")]
+        config: PathBuf,
+    },
+    /// Takes NODE out of the voting replicas (to replace its machine, or shrink 5 to 3).
+    RemoveReplica {
+        node: String,
+        #[arg(long, default_value = "concord.toml")]
+        config: PathBuf,
+    },
 }
 
 /// What one replica answered (None: it did not answer within 2 s).
@@ -56,6 +69,14 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode, String> {
         ClusterCommand::TransferLeader { node, config } => {
             let config = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
             runtime()?.block_on(transfer_leader(&config, &node))
+        }
+        ClusterCommand::AddReplica { node, config } => {
+            let config = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
+            runtime()?.block_on(change_replicas(&config, &node, true))
+        }
+        ClusterCommand::RemoveReplica { node, config } => {
+            let config = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
+            runtime()?.block_on(change_replicas(&config, &node, false))
         }
     }
 }
@@ -92,6 +113,13 @@ async fn status(config: &ClusterConfig) -> Result<ExitCode, String> {
                     "follower"
                 };
                 let knows = health.leader.map_or_else(|| "-".to_string(), |id| name_of(config, id));
+                // A configured coordinator outside the configuration the log holds: removed,
+                // or waiting to be added.
+                let state = if health.voters.is_empty() || health.voters.contains(&node.id) {
+                    state
+                } else {
+                    "not-voter"
+                };
                 println!(
                     "{:<16} {:<21} {:<9} {:>6} {:>9} {:>9} {:>8}  {knows}",
                     node.name,
@@ -190,4 +218,43 @@ async fn transfer_leader(config: &ClusterConfig, name: &str) -> Result<ExitCode,
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Asks the leader to add or remove replica `name`; says the voters afterwards.
+async fn change_replicas(
+    config: &ClusterConfig,
+    name: &str,
+    add: bool,
+) -> Result<ExitCode, String> {
+    let node = config.coordinators().find(|n| n.name == name).ok_or_else(|| {
+        format!(
+            "`{name}` is not a coordinator of cluster `{}`: add it to concord.toml on every node first",
+            config.cluster
+        )
+    })?;
+    if !config.replicated_coordinator() {
+        return Err(format!(
+            "cluster `{}` has one coordinator: nothing is replicated",
+            config.cluster
+        ));
+    }
+    let mut leader = None;
+    for replica in config.coordinators() {
+        if ask(replica).await.is_some_and(|h| h.leading) {
+            leader = Some(replica);
+            break;
+        }
+    }
+    let leader = leader.ok_or("no replica leads: see `concord cluster status`")?;
+    let mut client = NodeClient::new(crate::creds::channel(leader.listen));
+    let asked = client.change_replicas(proto::ChangeReplicasRequest { node: node.id, add });
+    let reply = match tokio::time::timeout(Duration::from_secs(40), asked).await {
+        Ok(Ok(reply)) => reply.into_inner(),
+        Ok(Err(status)) => return Err(format!("{}: {}", leader.name, status.message())),
+        Err(_) => return Err(format!("{} did not answer within 40 s", leader.name)),
+    };
+    let voters: Vec<String> = reply.voters.iter().map(|id| name_of(config, *id)).collect();
+    let done = if add { "added" } else { "removed" };
+    println!("{name} {done}; the voting replicas are now {}", voters.join(", "));
+    Ok(ExitCode::SUCCESS)
 }

@@ -132,3 +132,112 @@ fn a_leader_without_its_majority_acknowledges_nothing_and_stands_down() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Replacing a replica's machine by the documented procedure (docs/configuration.md): take it
+/// out (`cluster remove-replica`), wipe its directory, start it again with `serve --join`,
+/// add it back (`cluster add-replica`: the leader catches it up by snapshot or entries). The
+/// cluster commits throughout, and afterwards the replica's vote counts: with the leader
+/// killed, the other two elect and go on.
+#[test]
+fn a_replica_is_replaced_by_remove_wipe_join_and_add() {
+    let dir = temp("replace-replica");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_base_port();
+    let config = dir.join("concord.toml");
+    let names = ["coordinator", "coordinator-b", "coordinator-c", "shard-1", "shard-2"];
+    let mut file = String::from("cluster = \"replace\"\n");
+    for (i, name) in names.iter().enumerate() {
+        let role = if name.starts_with("coordinator") { "coordinator" } else { "shard" };
+        let port = port + u16::try_from(i).unwrap();
+        file += &format!(
+            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+    }
+    std::fs::write(&config, file).unwrap();
+    let config = config.to_str().unwrap();
+    let start = |name: &str, join: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+        command.args(["serve", "--config", config, "--node", name, "--data-dir"]);
+        command.arg(dir.join(name));
+        if join {
+            command.arg("--join");
+        }
+        Killed(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    };
+    let mut nodes: Vec<(&str, Killed)> = names.iter().map(|n| (*n, start(n, false))).collect();
+    let commit = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let at = format!("127.0.0.1:{}", port + u16::try_from(nodes_up(config)).unwrap_or(0));
+            let out =
+                concord(&["txn", "submit", "shard-1:1=+1", "shard-2:1=+1", "--coordinator", &at]);
+            if out.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: no commit: {}", text(&out));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    commit("at the start");
+    let leader = leader_name(config).expect("a leader");
+    let victim = if leader == "coordinator-c" { "coordinator-b" } else { "coordinator-c" };
+
+    let refused = concord(&["cluster", "add-replica", "shard-1", "--config", config]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("not a coordinator"),
+        "{}",
+        text(&refused)
+    );
+
+    let out = concord(&["cluster", "remove-replica", victim, "--config", config]);
+    assert!(out.status.success(), "{}", text(&out));
+    let voters = text(&out).split("are now").nth(1).unwrap_or_default().to_string();
+    assert!(!voters.contains(victim), "{}", text(&out));
+    eprintln!("{}", text(&out).trim());
+    let at = nodes.iter().position(|(n, _)| *n == victim).unwrap();
+    drop(nodes.remove(at).1); // its machine is gone
+    std::fs::remove_dir_all(dir.join(victim)).unwrap();
+    commit("with two voters");
+
+    nodes.push((victim, start(victim, true)));
+    let out = concord(&["cluster", "add-replica", victim, "--config", config]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(victim), "the voters name it: {}", text(&out));
+    eprintln!("{}", text(&out).trim());
+    let status = text(&concord(&["cluster", "status", "--config", config]));
+    eprintln!("{status}");
+    commit("with the replica back");
+
+    // Its vote counts: without the leader, the other two (the rejoined one included) elect.
+    let leader = leader_name(config).expect("a leader");
+    let at = nodes.iter().position(|(n, _)| *n == leader).unwrap();
+    drop(nodes.remove(at).1);
+    commit("after the leader was killed");
+    let now = leader_name(config).expect("a new leader");
+    assert_ne!(now, leader);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The replica `concord cluster status` calls leader.
+fn leader_name(config: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = text(&concord(&["cluster", "status", "--config", config]));
+        let leader = status
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .find(|l| l.split_whitespace().nth(2) == Some("leader"))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string);
+        if leader.is_some() || Instant::now() > deadline {
+            return leader;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The index of the leading replica's address (its node index), for a client to start at.
+fn nodes_up(config: &str) -> usize {
+    let names = ["coordinator", "coordinator-b", "coordinator-c"];
+    leader_name(config).and_then(|l| names.iter().position(|n| *n == l)).unwrap_or(0)
+}

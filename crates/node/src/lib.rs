@@ -487,6 +487,11 @@ pub struct StartOptions {
     /// presumes nothing about what it may have forgotten (`docs/log-format.md`). Coordinators
     /// and acceptors are refused even so.
     pub accept_data_loss: bool,
+    /// A coordinator replica joining a running replicated coordinator (a new one, or one
+    /// whose data was lost): with an empty directory it does not propose the configured
+    /// replicas as a new cluster, but waits until the leader adds it
+    /// (`concord cluster add-replica`).
+    pub join: bool,
 }
 
 /// Runs the node `name` of `config` with its data under `data_dir` until `shutdown` becomes
@@ -541,6 +546,7 @@ async fn serve_engine<E: Engine>(
     let segment_bytes = config.log.segment_bytes;
     let (role, dir) = (me.role, data_dir.to_path_buf());
     let accept = options.accept_data_loss;
+    let options_join = options.join;
     let (dir_lock, log, raw) = tokio::task::spawn_blocking(move || {
         let (log, raw) = data_loss::open_log(&dir, segment_bytes, &mut dir_lock, accept, role)?;
         Ok::<_, NodeError>((dir_lock, log, raw))
@@ -590,6 +596,7 @@ async fn serve_engine<E: Engine>(
             data_dir.join("replica"),
             replicated::members(&config),
         );
+        options.bootstrap = !options_join;
         let timing = &config.replication;
         options.heartbeat = Duration::from_millis(timing.heartbeat_ms);
         options.election_timeout = (

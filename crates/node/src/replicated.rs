@@ -121,6 +121,7 @@ impl Replication {
                 .collect(),
             leader_changes: stats.leader_changes,
             quorum_ack_ms: stats.quorum_ack_ms,
+            voters: self.replica.voters().into_iter().map(id).collect(),
         }
     }
 

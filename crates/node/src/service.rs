@@ -17,6 +17,9 @@ use concord_commit::ResourceParticipant as _;
 use crate::auth::Right;
 
 /// What every service holds: the way into the loop, and the cluster it belongs to.
+/// How long adding a replica may wait for it to catch up.
+const CHANGE_REPLICAS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(crate) struct Handle<E: Engine> {
     pub events: mpsc::Sender<Event<E>>,
     pub config: std::sync::Arc<ClusterConfig>,
@@ -233,6 +236,45 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         }
         replication.replica.stand_for_leader().await.map_err(Status::unavailable)?;
         Ok(Response::new(proto::StandForLeaderReply {}))
+    }
+
+    async fn change_replicas(
+        &self,
+        request: Request<proto::ChangeReplicasRequest>,
+    ) -> Result<Response<proto::ChangeReplicasReply>, Status> {
+        self.auth.check(&request, Right::Operate, "change the coordinator's replicas")?;
+        let Some(replication) = &self.replication else {
+            return Err(Status::failed_precondition("this node is no coordinator replica"));
+        };
+        replication.redirect()?;
+        let proto::ChangeReplicasRequest { node, add } = request.into_inner();
+        let Some(replica) = self.config.coordinators().find(|n| n.id == node) else {
+            return Err(Status::invalid_argument(format!(
+                "node {node} is not a coordinator of cluster `{}`: add it to concord.toml on \
+                 every node first",
+                self.config.cluster
+            )));
+        };
+        let changed = if add {
+            // Blocks until the new replica has caught up: bounded, as it may not be running.
+            let adding = replication.replica.add_voter(u64::from(node), replica.listen.to_string());
+            match tokio::time::timeout(CHANGE_REPLICAS_TIMEOUT, adding).await {
+                Ok(changed) => changed,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "{} did not catch up within {} s: is it running, started with --join?",
+                        replica.name,
+                        CHANGE_REPLICAS_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        } else {
+            replication.replica.remove_voter(u64::from(node)).await
+        };
+        changed.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let voters = replication.replica.voters().into_iter();
+        let voters = voters.filter_map(|id| u32::try_from(id).ok()).collect();
+        Ok(Response::new(proto::ChangeReplicasReply { voters }))
     }
 
     async fn health(
