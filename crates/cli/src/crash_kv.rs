@@ -102,14 +102,18 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     for name in &names {
         cluster.wait_healthy(name).await?;
     }
-    let gateway = cluster.address("coordinator");
+    // Every replica of a replicated coordinator: the clients follow the leader, and move on
+    // when the one they use is down.
+    let gateways: Arc<[std::net::SocketAddr]> =
+        cluster.config.coordinators().map(|n| n.listen).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
     for c in 0..options.clients {
         let stop = Arc::clone(&stop);
         let mut rng = Rng::new(run_seed(options.seed, u64::from(c) + 1));
+        let gateways = Arc::clone(&gateways);
         workers.spawn_local(async move {
-            let kv = crate::creds::kv_client(gateway);
+            let kv = crate::creds::kv_client_replicas(&gateways);
             let (mut committed, mut failed, mut unknown) = (0u64, 0u64, 0u64);
             let (mut committed_ids, mut unknown_ids) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
@@ -154,8 +158,9 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     }
     {
         let stop = Arc::clone(&stop);
+        let gateways = Arc::clone(&gateways);
         workers.spawn_local(async move {
-            let kv = crate::creds::kv_client(gateway);
+            let kv = crate::creds::kv_client_replicas(&gateways);
             let mut reads = Vec::new();
             let mut failed = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -202,7 +207,7 @@ async fn run_local(cluster: &mut Cluster, options: &Options) -> Result<ExitCode,
     let audits = reads.len();
 
     // Every node is up: a final audit must get through (nothing left prepared) and hold.
-    let kv = crate::creds::kv_client(gateway);
+    let kv = crate::creds::kv_client_replicas(&gateways);
     let deadline = Instant::now() + Duration::from_secs(30);
     let final_read = loop {
         match kv.transact(async |txn| audit(txn).await).await {

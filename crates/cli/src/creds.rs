@@ -45,3 +45,8 @@ pub fn channel(address: SocketAddr) -> ClientChannel {
 pub fn kv_client(gateway: SocketAddr) -> KvClient {
     KvClient::connect_with(gateway, &get())
 }
+
+/// A key-value client for a replicated coordinator's gateways, with the user's credentials.
+pub fn kv_client_replicas(gateways: &[SocketAddr]) -> KvClient {
+    KvClient::connect_replicas_with(gateways, &get())
+}

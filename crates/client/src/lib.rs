@@ -140,11 +140,14 @@ fn leader_named(status: &Status) -> Option<SocketAddr> {
 }
 
 /// Where calls go, shared by a client's clones and transactions: the gateway it was given, or
-/// the leader a coordinator replica named since.
+/// the leader a coordinator replica named since, or — when it knows several replicas and the
+/// one it uses cannot be reached — the next of them.
 #[derive(Clone)]
 struct Gateway {
     current: Arc<Mutex<CallClient>>,
     dial: Arc<dyn Fn(SocketAddr) -> CallClient + Send + Sync>,
+    /// Every replica's address (one: the gateway given).
+    replicas: Arc<[SocketAddr]>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -167,6 +170,26 @@ impl Gateway {
         }
         current.clone()
     }
+
+    /// `from` could not be reached: calls go to the next replica (if there are several). The
+    /// client to use.
+    fn next(&self, from: &CallClient) -> CallClient {
+        let mut current = self.current.lock().expect("no code panics holding the gateway");
+        if current.address() == from.address() && self.replicas.len() > 1 {
+            let at = self.replicas.iter().position(|a| *a == from.address()).unwrap_or(0);
+            *current = (self.dial)(self.replicas[(at + 1) % self.replicas.len()]);
+        }
+        current.clone()
+    }
+}
+
+/// A call that failed before reaching a gateway that could answer it: no connection, or it
+/// broke. (A gateway's own UNAVAILABLE answers — a shard down — are not this: they name it.)
+fn unreachable(status: &Status) -> bool {
+    let message = status.message();
+    status.code() == Code::Unavailable
+        && !standby(status)
+        && (message.contains("connection broke") || message.contains("connection closed"))
 }
 
 /// A session the gateway opened ahead for a future transaction, and the id reserved for it.
@@ -200,7 +223,26 @@ impl KvClient {
     /// Connects lazily: the first call opens the connection (and the next call after it
     /// breaks opens it again). Call it inside a tokio runtime.
     pub fn connect(gateway: SocketAddr) -> Self {
-        Self::with_dial(gateway, Arc::new(CallClient::new))
+        Self::with_dial(&[gateway], Arc::new(CallClient::new))
+    }
+
+    /// A replicated coordinator's gateways (its replicas, any order): calls go to the first,
+    /// follow the leader a refusing replica names, and move to the next replica when the one
+    /// in use cannot be reached. Panics if `gateways` is empty.
+    pub fn connect_replicas(gateways: &[SocketAddr]) -> Self {
+        Self::with_dial(gateways, Arc::new(CallClient::new))
+    }
+
+    /// [`KvClient::connect_replicas`] over TLS, trusting `credentials`' CA.
+    pub fn connect_replicas_with(
+        gateways: &[SocketAddr],
+        credentials: &concord_node::tls::ClientCredentials,
+    ) -> Self {
+        let credentials = credentials.clone();
+        Self::with_dial(
+            gateways,
+            Arc::new(move |address| concord_node::call_client(address, &credentials)),
+        )
     }
 
     /// [`KvClient::connect`] over TLS, trusting `credentials`' CA.
@@ -208,20 +250,17 @@ impl KvClient {
         gateway: SocketAddr,
         credentials: &concord_node::tls::ClientCredentials,
     ) -> Self {
-        let credentials = credentials.clone();
-        Self::with_dial(
-            gateway,
-            Arc::new(move |address| concord_node::call_client(address, &credentials)),
-        )
+        Self::connect_replicas_with(&[gateway], credentials)
     }
 
     fn with_dial(
-        gateway: SocketAddr,
+        gateways: &[SocketAddr],
         dial: Arc<dyn Fn(SocketAddr) -> CallClient + Send + Sync>,
     ) -> Self {
-        let current = Arc::new(Mutex::new(dial(gateway)));
+        assert!(!gateways.is_empty(), "a client needs a gateway's address");
+        let current = Arc::new(Mutex::new(dial(gateways[0])));
         KvClient {
-            gateway: Gateway { current, dial },
+            gateway: Gateway { current, dial, replicas: gateways.into() },
             isolation: Isolation::default(),
             buffer_writes: true,
             ahead: Arc::new(Mutex::new(Vec::new())),
@@ -398,7 +437,7 @@ impl Txn {
         request: &impl prost::Message,
         timeout: Duration,
     ) -> Result<Rep, Status> {
-        let mut redirects = 0;
+        let (mut redirects, mut moves) = (0, 0);
         loop {
             let begins = self.session.is_none();
             match self.inner.call(method, request, timeout).await {
@@ -409,6 +448,16 @@ impl Txn {
                         return Err(status);
                     }
                     redirects += 1;
+                }
+                // Only a call that begins its transaction may go to another replica: one on
+                // a session needs the gateway that holds it. (Begun twice at worst: a session
+                // opened where the connection broke expires unused.)
+                Err(status) if unreachable(&status) => {
+                    self.inner = self.gateway.next(&self.inner);
+                    if !begins || moves + 1 >= self.gateway.replicas.len() {
+                        return Err(status);
+                    }
+                    moves += 1;
                 }
                 answer => return answer,
             }
