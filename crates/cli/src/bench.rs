@@ -86,6 +86,10 @@ pub enum BenchCommand {
         /// CA). Several: one cluster each, reported against plain.
         #[arg(long, default_value = "plain")]
         links: String,
+        /// Comma-separated coordinator replica counts (1, 3, 5): one cluster each, reported
+        /// against one coordinator (the price of a replicated coordinator and gateway).
+        #[arg(long, default_value = "1")]
+        coordinators: String,
         #[arg(long)]
         json: bool,
     },
@@ -263,6 +267,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
             down,
             ids,
             links,
+            coordinators,
             json,
         } => {
             let tls = links
@@ -311,6 +316,10 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, String> {
                 down,
                 ids_ahead,
                 tls,
+                coordinators: parse_clients(&coordinators)?
+                    .into_iter()
+                    .map(|n| u32::try_from(n).map_err(|_| format!("--coordinators: {n}")))
+                    .collect::<Result<_, _>>()?,
                 json,
             })
         }

@@ -87,7 +87,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let rows = runtime()?.block_on(async {
         let cluster = LocalCluster::start(&config, &options.dir.join("data"));
         let kv = KvClient::connect_with(gateway, &honest);
-        crate::bench_kv::warm_up_across(gateway, Some(&honest)).await?;
+        crate::bench_kv::warm_up_across(&[gateway], Some(&honest)).await?;
         let mut rows = Vec::new();
         for round in 1..=options.rounds.max(1) {
             let alone = measure(&kv, options.clients, options.duration).await;

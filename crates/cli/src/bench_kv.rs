@@ -100,6 +100,9 @@ pub struct Options<'a> {
     pub ids_ahead: Vec<bool>,
     /// Links to measure: `false` plain TCP, `true` TLS everywhere (one cluster each).
     pub tls: Vec<bool>,
+    /// Coordinator replicas to measure (1, 3, 5; one cluster each): the price of a replicated
+    /// coordinator and gateway, against one.
+    pub coordinators: Vec<u32>,
     pub json: bool,
 }
 
@@ -109,6 +112,7 @@ struct Row {
     /// The node left down for the run, if any.
     down: Option<String>,
     tls: bool,
+    coordinators: u32,
     ids_ahead: bool,
     buffered: bool,
     workload: Workload,
@@ -124,9 +128,11 @@ impl Row {
     fn label(&self) -> String {
         let ids = if self.ids_ahead { "" } else { " no-ids" };
         let tls = if self.tls { " tls" } else { "" };
+        let replicas =
+            if self.coordinators > 1 { format!(" x{}", self.coordinators) } else { String::new() };
         match &self.down {
-            None => format!("{}{tls}{ids}", self.protocol),
-            Some(node) => format!("{}{tls}{ids} w/o {node}", self.protocol),
+            None => format!("{}{replicas}{tls}{ids}", self.protocol),
+            Some(node) => format!("{}{replicas}{tls}{ids} w/o {node}", self.protocol),
         }
     }
 
@@ -152,10 +158,16 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
     let mut configs = Vec::new();
     for &protocol in &options.protocols {
         for down in &options.down {
-            for &tls in &options.tls {
+            for (&tls, &replicas) in
+                options.tls.iter().flat_map(|t| options.coordinators.iter().map(move |c| (t, c)))
+            {
+                if !matches!(replicas, 1 | 3 | 5) {
+                    return Err(format!("--coordinators: {replicas} is not 1, 3 or 5"));
+                }
                 let name = format!("bench-kv-{protocol}");
                 let mut config = LocalCluster::config(&name, 3, protocol)?;
                 config.kv = Some(KvConfig::default());
+                let mut config = crate::bench_transfer::with_replicas(config, replicas)?;
                 if let Some(node) = down {
                     if config.node(node).is_none() {
                         return Err(format!(
@@ -179,7 +191,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                 } else {
                     None
                 };
-                configs.push((protocol, down.clone(), tls, credentials, config));
+                configs.push((protocol, down.clone(), (tls, replicas), credentials, config));
             }
         }
     }
@@ -188,14 +200,15 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
         for (i, (protocol, down, tls, credentials, config)) in configs.iter().enumerate() {
             let dir = options.dir.join(format!("{protocol}-{i}"));
             let cluster = LocalCluster::start_without(config, &dir, down.as_slice());
-            let gateway = config.coordinator().listen;
-            wait_up(gateway, credentials.as_ref()).await?;
+            // Every replica's gateway: the clients find the one that leads.
+            let gateways: Vec<SocketAddr> = config.coordinators().map(|n| n.listen).collect();
+            wait_up(&gateways, credentials.as_ref()).await?;
             if down.is_some() {
                 // The failure has been noticed (a first cross-shard commit may wait out a
                 // timeout) before anything is measured: the rows are the steady state.
-                warm_up_across(gateway, credentials.as_ref()).await?;
+                warm_up_across(&gateways, credentials.as_ref()).await?;
             }
-            clusters.push((*protocol, down.clone(), *tls, credentials.clone(), gateway, cluster));
+            clusters.push((*protocol, down.clone(), *tls, credentials.clone(), gateways, cluster));
         }
         let mut rows = Vec::new();
         for round in 1..=options.rounds.max(1) {
@@ -203,11 +216,13 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                 for &n in &options.clients {
                     for &buffered in &options.buffering {
                         for &ids_ahead in &options.ids_ahead {
-                            for (protocol, down, tls, credentials, gateway, _) in &clusters {
+                            for (protocol, down, (tls, replicas), credentials, gateways, _) in
+                                &clusters
+                            {
                                 let connections = options.connections.unwrap_or(n).clamp(1, n);
                                 let client = (buffered, ids_ahead);
                                 let run = measure(
-                                    *gateway,
+                                    gateways,
                                     credentials.as_ref(),
                                     workload,
                                     n,
@@ -222,6 +237,7 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
                                     protocol,
                                     down,
                                     tls: *tls,
+                                    coordinators: *replicas,
                                     ids_ahead,
                                     buffered,
                                     workload,
@@ -244,20 +260,21 @@ pub fn run(options: &Options<'_>) -> Result<std::process::ExitCode, String> {
 }
 
 /// One cross-shard commit through, however long the first takes (bounded).
-/// A client of `gateway`, over TLS when the cluster has credentials.
-fn client_of(gateway: SocketAddr, credentials: Option<&ClientCredentials>) -> KvClient {
+/// A client of `gateways` (a replicated coordinator's, or the one), over TLS when the cluster
+/// has credentials.
+fn client_of(gateways: &[SocketAddr], credentials: Option<&ClientCredentials>) -> KvClient {
     match credentials {
-        Some(credentials) => KvClient::connect_with(gateway, credentials),
-        None => KvClient::connect(gateway),
+        Some(credentials) => KvClient::connect_replicas_with(gateways, credentials),
+        None => KvClient::connect_replicas(gateways),
     }
 }
 
 pub(crate) async fn warm_up_across(
-    gateway: SocketAddr,
+    gateways: &[SocketAddr],
     credentials: Option<&ClientCredentials>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let kv = client_of(gateway, credentials);
+    let kv = client_of(gateways, credentials);
     loop {
         let attempt = async {
             let mut txn = kv.begin().await?;
@@ -276,11 +293,11 @@ pub(crate) async fn warm_up_across(
 }
 
 async fn wait_up(
-    gateway: SocketAddr,
+    gateways: &[SocketAddr],
     credentials: Option<&ClientCredentials>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let kv = client_of(gateway, credentials);
+    let kv = client_of(gateways, credentials);
     loop {
         // After a start, shards refuse writes for the maximum clock offset: wait for a write.
         let probe = async {
@@ -351,7 +368,7 @@ async fn transaction(
 }
 
 async fn measure(
-    gateway: SocketAddr,
+    gateways: &[SocketAddr],
     credentials: Option<&ClientCredentials>,
     workload: Workload,
     clients: usize,
@@ -361,7 +378,9 @@ async fn measure(
 ) -> Measured {
     let pool: Vec<KvClient> = (0..connections)
         .map(|_| {
-            client_of(gateway, credentials).with_write_buffering(buffered).with_ids_ahead(ids_ahead)
+            client_of(gateways, credentials)
+                .with_write_buffering(buffered)
+                .with_ids_ahead(ids_ahead)
         })
         .collect();
     closed_loop(clients, duration, |c, deadline| {
@@ -396,20 +415,35 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
             && a.run.clients == b.run.clients
     };
     let two_pc_of = |r: &Row| {
-        rows.iter()
-            .find(|o| o.protocol == ProtocolChoice::TWO_PHASE && o.tls == r.tls && same_run(o, r))
+        rows.iter().find(|o| {
+            o.protocol == ProtocolChoice::TWO_PHASE
+                && o.tls == r.tls
+                && o.coordinators == r.coordinators
+                && same_run(o, r)
+        })
     };
     // A run with a node down against the same protocol with every node up, same round.
     let all_up_of = |r: &Row| {
         rows.iter().find(|o| {
-            o.protocol == r.protocol && o.down.is_none() && o.tls == r.tls && same_run(o, r)
+            o.protocol == r.protocol
+                && o.down.is_none()
+                && o.tls == r.tls
+                && o.coordinators == r.coordinators
+                && same_run(o, r)
         })
     };
-    // A run over TLS against the same cluster over plain TCP, same round.
+    // The baseline: a run over TLS or with replicated coordinators against the same cluster
+    // over plain TCP with one coordinator, same round.
     let plain_of = |r: &Row| {
-        rows.iter()
-            .find(|o| o.protocol == r.protocol && o.down == r.down && !o.tls && same_run(o, r))
+        rows.iter().find(|o| {
+            o.protocol == r.protocol
+                && o.down == r.down
+                && !o.tls
+                && o.coordinators == 1
+                && same_run(o, r)
+        })
     };
+    let has_base = |r: &Row| r.tls || r.coordinators > 1;
     if options.json {
         let runs: Vec<serde_json::Value> = rows
             .iter()
@@ -417,6 +451,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
                 serde_json::json!({
                     "round": r.round,
                     "protocol": r.protocol.to_string(), "down": r.down, "tls": r.tls,
+                    "coordinators": r.coordinators,
                     "ids_ahead": r.ids_ahead,
                     "writes_buffered": r.buffered,
                     "workload": r.workload.name(), "clients": r.run.clients, "tps": r.run.tps(),
@@ -442,6 +477,7 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         None => println!("connections to the gateway: one per client"),
         Some(n) => println!("connections to the gateway: {n}, shared by the clients"),
     }
+    println!("base: the same protocol over plain TCP with one coordinator (for tls and xN rows)");
     println!(
         "{:>5} {:<26} {:<11} {:<12} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "round",
@@ -458,11 +494,11 @@ fn report(options: &Options<'_>, rows: &[Row], floor: &Floor) {
         "p50/floor",
         "p50/2pc",
         "tps/up",
-        "tps/plain",
-        "p50/plain"
+        "tps/base",
+        "p50/base"
     );
     for r in rows {
-        let (tps_plain, p50_plain) = match (r.tls, plain_of(r)) {
+        let (tps_plain, p50_plain) = match (has_base(r), plain_of(r)) {
             (true, Some(plain)) => (
                 format!("{:.2}x", r.run.tps() / plain.run.tps().max(1e-9)),
                 format!("{:.2}x", r.p50() as f64 / plain.p50().max(1) as f64),
@@ -534,8 +570,8 @@ fn summary<'a>(
         "p50/floor",
         "p50/2pc",
         "tps/all up",
-        "tps/plain",
-        "p50/plain"
+        "tps/base",
+        "p50/base"
     );
     let spread = |mut values: Vec<f64>, unit: &str, digits: usize| -> String {
         if values.is_empty() {
@@ -559,6 +595,7 @@ fn summary<'a>(
                 o.protocol == r.protocol
                     && o.down == r.down
                     && o.tls == r.tls
+                    && o.coordinators == r.coordinators
                     && o.ids_ahead == r.ids_ahead
                     && o.buffered == r.buffered
                     && o.workload == r.workload
@@ -585,7 +622,7 @@ fn summary<'a>(
                 .filter_map(|o| all_up_of(o).map(|u| o.run.tps() / u.run.tps().max(1e-9)))
                 .collect()
         };
-        let (tps_plain, p50_plain): (Vec<f64>, Vec<f64>) = if r.tls {
+        let (tps_plain, p50_plain): (Vec<f64>, Vec<f64>) = if r.tls || r.coordinators > 1 {
             mine.iter()
                 .filter_map(|o| {
                     plain_of(o).map(|p| {

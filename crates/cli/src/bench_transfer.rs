@@ -129,7 +129,7 @@ fn run_replicated(options: &Options<'_>, floor: &Floor) -> Result<std::process::
 }
 
 /// `config` with `replicas - 1` more coordinator nodes on free ports.
-fn with_replicas(
+pub(crate) fn with_replicas(
     mut config: concord_node::config::ClusterConfig,
     replicas: u32,
 ) -> Result<concord_node::config::ClusterConfig, String> {

@@ -73,8 +73,42 @@ async fn the_gateway_follows_the_leader_of_a_replicated_coordinator() {
     let kv = KvClient::connect_replicas(&addresses);
     put(&kv, "a", "1").await;
 
-    // A standby refuses over gRPC before anything runs, naming the leader.
+    // Many clients at once: the timestamp bound is raised under them as they go, and the
+    // leader's clock must stay within the maximum offset of real time (a bound raised by
+    // every caller queued behind a raise once ran it minutes ahead, and every shard refused).
+    let mut load = tokio::task::JoinSet::new();
+    for c in 0..32 {
+        let kv = kv.clone();
+        load.spawn(async move {
+            for i in 0..20 {
+                let key = format!("load-{c}-{i}");
+                let written = async {
+                    let mut txn = kv.begin().await?;
+                    txn.put(&key, "x").await?;
+                    txn.put(format!("z-{key}"), "x").await?;
+                    txn.commit().await
+                };
+                written.await.map_err(|e| format!("{key}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(done) = load.join_next().await {
+        done.unwrap().unwrap();
+    }
     let first = leader(&replicas).await;
+    let mut grpc = kv_client::KvClient::new(concord_node::channel(first));
+    let begun = grpc.begin(proto::KvBeginRequest::default()).await.unwrap().into_inner();
+    let start = begun.start.expect("a start timestamp").wall;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let max_offset_us = 500_000;
+    assert!(
+        start <= u64::try_from(now.as_micros()).unwrap() + max_offset_us,
+        "the leader's clock ran {} us ahead of real time",
+        start.saturating_sub(u64::try_from(now.as_micros()).unwrap())
+    );
+
+    // A standby refuses over gRPC before anything runs, naming the leader.
     let standby = replicas.iter().copied().find(|r| *r != first).unwrap();
     let mut grpc = kv_client::KvClient::new(concord_node::channel(standby));
     let refused = grpc.begin(proto::KvBeginRequest::default()).await.unwrap_err();

@@ -77,27 +77,36 @@ impl TimestampLease {
             if ts.wall < granted {
                 return Ok(ts);
             }
-            self.raise(clock).await?;
+            self.raise(clock, ts.wall).await?;
         }
         Err(Status::unavailable("the gateway's timestamp bound could not keep up: retry"))
     }
 
-    /// Raises the bound to a window past the clock: first the clock past every earlier
-    /// leader's bound, then a bound command committed through the log.
-    async fn raise(&self, clock: &Mutex<Hlc>) -> Result<(), Status> {
+    /// Raises the bound past `needed` (a timestamp's wall the bound did not cover), to a
+    /// window past the clock. On the first raise of a leadership, the clock first moves past
+    /// the bound the log holds: every timestamp an earlier leader issued is below it. Only
+    /// then — moving the clock to this leadership's own bound at each raise would push it a
+    /// window ahead every time, and callers queued behind a raise ran it away (`concord bench
+    /// kv --coordinators 3` found the clock 7 minutes ahead, and every shard refusing it).
+    async fn raise(&self, clock: &Mutex<Hlc>, needed: u64) -> Result<(), Status> {
         let _one = self.raising.lock().await;
+        if self.granted_now() > needed {
+            return Ok(()); // raised meanwhile by the caller ahead in the queue
+        }
         let generation = *self.replication.stand_downs.borrow();
-        let logged =
-            self.replication.replica.machine().lock().expect("not poisoned").timestamp_bound();
+        let taken_over = {
+            let (bound, granted_in) = *self.granted.lock().expect("not poisoned");
+            bound > 0 && granted_in == generation
+        };
         let floor = {
             let mut clock = clock.lock().expect("clock lock");
-            // Every timestamp an earlier leader (or this one, earlier) issued is below it.
-            clock.witness(Timestamp::new(logged, 0));
-            clock.last().wall.max(physical_now_us())
+            if !taken_over {
+                let machine = self.replication.replica.machine();
+                let logged = machine.lock().expect("not poisoned").timestamp_bound();
+                clock.witness(Timestamp::new(logged, 0));
+            }
+            clock.last().wall.max(physical_now_us()).max(needed)
         };
-        if floor < self.granted_now() {
-            return Ok(()); // raised meanwhile by another caller
-        }
         let want = floor + self.window_us;
         let (done, committed) = tokio::sync::oneshot::channel();
         let callback: concord_replication::OnCommitted = Box::new(move |result| {
