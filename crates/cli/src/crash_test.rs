@@ -47,6 +47,9 @@ pub struct Options {
     pub protocol: ProtocolChoice,
     /// Coordinator replicas (1, 3 or 5).
     pub coordinators: u32,
+    /// Arm `concord_node::failpoint` in every coordinator process: it aborts right before
+    /// sending a COMMIT decision that is already durable (after a random 20 to 80 of them).
+    pub failpoints: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +118,9 @@ pub(crate) struct Cluster {
     /// From each SIGKILL of a replicated coordinator's leader to the next commit any client
     /// heard, and how long the leader stayed down.
     pub failovers: Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>,
+    /// While the kill cycles run with `--failpoints`: how many decisions each coordinator
+    /// process started sends before it aborts (drawn at its start).
+    pub failpoints: Option<Rng>,
 }
 
 impl Cluster {
@@ -124,7 +130,15 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("{name}.out")))
             .map_err(|e| e.to_string())?;
-        let child = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        let mut command =
+            std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        let coordinator = self.config.coordinators().any(|n| n.name == name);
+        if let (Some(rng), true) = (&mut self.failpoints, coordinator) {
+            let after = 20 + rng.below(61);
+            let armed = format!("abort-before-commit-send:{after}");
+            command.env(concord_node::failpoint::VARIABLE, armed);
+        }
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -202,6 +216,7 @@ impl Cluster {
         let replicated = self.config.replicated_coordinator();
         for cycle in 0..cycles {
             tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
+            self.restart_aborted(&mut kills).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
             let mut victim =
                 names[usize::try_from(rng.below(names.len() as u64)).expect("small")].clone();
             // A replicated coordinator: half the kills aimed at the replica that leads.
@@ -240,7 +255,44 @@ impl Cluster {
             self.start_node(&victim)?;
             self.wait_healthy(&victim).await.map_err(|e| format!("cycle {cycle}: {e}"))?;
         }
+        if self.failpoints.is_some() {
+            // The checks after the run need coordinators that stay up: each is restarted
+            // unarmed, one at a time (a majority of replicas stays up).
+            self.failpoints = None;
+            self.restart_aborted(&mut kills).await?;
+            let coordinators: Vec<String> =
+                self.config.coordinators().map(|n| n.name.clone()).collect();
+            for name in coordinators {
+                self.kill(&name)?;
+                self.start_node(&name)?;
+                self.wait_healthy(&name).await?;
+            }
+        }
         Ok(kills)
+    }
+
+    /// Restarts every node that exited on its own (a coordinator at its failpoint), counting
+    /// each as `NAME@failpoint` in `kills`; any other exit is an error.
+    async fn restart_aborted(&mut self, kills: &mut BTreeMap<String, u32>) -> Result<(), String> {
+        let mut exited = Vec::new();
+        for (name, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((name.clone(), status));
+            }
+        }
+        for (name, status) in exited {
+            let coordinator = self.config.coordinators().any(|n| n.name == name);
+            // SIGABRT: 6 (the failpoint's abort).
+            let aborted = std::os::unix::process::ExitStatusExt::signal(&status) == Some(6);
+            if !(coordinator && aborted) {
+                return Err(format!("{name} exited on its own ({status}); see {name}.out"));
+            }
+            *kills.entry(format!("{name}@failpoint")).or_default() += 1;
+            self.children.remove(&name);
+            self.start_node(&name)?;
+            self.wait_healthy(&name).await?;
+        }
+        Ok(())
     }
 }
 
@@ -482,6 +534,7 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
         children: BTreeMap::new(),
         commits: Arc::default(),
         failovers: Arc::default(),
+        failpoints: options.failpoints.then(|| Rng::new(run_seed(options.seed, 0xfa11))),
     };
     if options.kv {
         return runtime()?.block_on(crate::crash_kv::run(&mut cluster, options));

@@ -175,6 +175,11 @@ enum Command {
         /// leader included, are killed like the others). Either workload, over 2PC.
         #[arg(long, default_value_t = 1)]
         coordinators: u32,
+        /// Also let each coordinator process abort on its own right before sending a COMMIT
+        /// decision that is already durable (after a random 20 to 80 of them; restarted like a
+        /// killed node): the window between a decision's commit and its delivery.
+        #[arg(long)]
+        failpoints: bool,
     },
     /// Real databases (PostgreSQL, MariaDB/MySQL) as 2PC participants: run the database
     /// coordinator, run a transaction across databases.
@@ -255,11 +260,29 @@ fn main() -> ExitCode {
         Command::Outbox { command } => outbox::run(command),
         Command::Db { command } => databases::run(command),
         Command::Recover { dry_run, db, json } => databases::recover(db, dry_run, json),
-        Command::CrashTest { cycles, soak, clients, seed, dir, kv, protocol, coordinators } => {
+        Command::CrashTest {
+            cycles,
+            soak,
+            clients,
+            seed,
+            dir,
+            kv,
+            protocol,
+            coordinators,
+            failpoints,
+        } => {
             let cycles = if soak && cycles == 50 { 1_000 } else { cycles };
             let dir = dir.unwrap_or_else(crash_test::default_dir);
-            let options =
-                crash_test::Options { cycles, clients, seed, dir, kv, protocol, coordinators };
+            let options = crash_test::Options {
+                cycles,
+                clients,
+                seed,
+                dir,
+                kv,
+                protocol,
+                coordinators,
+                failpoints,
+            };
             crash_test::run(&options)
         }
         Command::Sim { command } => sim::run(command),

@@ -75,15 +75,19 @@ fn early_acknowledgement_keeps_both_workloads_whole_through_sigkills() {
 
 /// A replicated coordinator (three replicas) under the same kills: half of them aimed at the
 /// replica that leads, replicas down long enough for an election or back within their term,
-/// at random. Every check of the single-coordinator run holds; the status-honesty pass
+/// at random, and every coordinator process also aborts on its own right before sending a
+/// COMMIT decision a majority already holds (`--failpoints`: the window between a decision's
+/// commit and its delivery). Every check of the single-coordinator run holds; the status-honesty pass
 /// restarts all three replicas, so every answer comes from a new leader's replicated log.
 /// (With the new leader's core started from the committed prefix only, this found transfers
 /// the shards had aborted whose COMMIT record committed later: status said COMMITTING.)
 #[test]
 fn a_replicated_coordinator_loses_nothing_through_sigkills_of_its_leaders() {
-    let args = ["--coordinators", "3", "--clients", "4", "--seed", "9"];
+    let args = ["--coordinators", "3", "--failpoints", "--clients", "4", "--seed", "9"];
     let stdout = crash_test("crash-replicated", &args, "50");
     assert!(stdout.contains("coordinator-2 ×"), "replicas were among the victims: {stdout}");
+    // And coordinators aborted between a durable COMMIT decision and its delivery.
+    assert!(stdout.contains("@failpoint ×"), "the failpoint fired: {stdout}");
     assert!(stdout.contains("every check held"), "{stdout}");
 }
 
@@ -92,9 +96,10 @@ fn a_replicated_coordinator_loses_nothing_through_sigkills_of_its_leaders() {
 /// and replicas, leaders included, are SIGKILLed at random with the shards.
 #[test]
 fn the_kv_bank_on_a_replicated_coordinator_keeps_its_total_through_sigkills() {
-    let args = ["--kv", "--coordinators", "3", "--clients", "4", "--seed", "23"];
+    let args = ["--kv", "--coordinators", "3", "--failpoints", "--clients", "4", "--seed", "23"];
     let stdout = crash_test("crash-replicated-kv", &args, "50");
     assert!(stdout.contains("coordinator-2 ×"), "replicas were among the victims: {stdout}");
+    assert!(stdout.contains("@failpoint ×"), "the failpoint fired: {stdout}");
     assert!(stdout.contains("every audit saw the total"), "{stdout}");
     assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
     assert!(stdout.contains("none contradicting what was applied"), "status checked: {stdout}");

@@ -20,12 +20,12 @@ use std::time::Duration;
 use concord_commit::amnesia::AfterDataLoss as _;
 use concord_commit::{Checkpoint, Command, Core, Durability, Input};
 use concord_types::codec::Encode;
-use concord_types::{NodeId, TimerHeap};
+use concord_types::{Decision, NodeId, TimerHeap};
 use concord_wal::{GroupCommit, OnDurable};
 use tokio::sync::mpsc;
 
 use crate::coordinator::CoordinatorRole;
-use crate::engine::Engine;
+use crate::engine::{Engine, Sent};
 use crate::model::{Change, Model};
 use crate::peer_link::PeerSender;
 use concord_commit::ResourceParticipant as _;
@@ -193,6 +193,9 @@ impl<E: Engine> Node<E> {
             match command {
                 Command::Send { to, msg } => {
                     if let RoleState::Coordinator(c) = &mut self.role {
+                        if let Sent::Decision { decision: Decision::Commit, .. } = E::sent(&msg) {
+                            crate::failpoint::before_commit_send();
+                        }
                         c.observe_sent(to, &msg);
                     }
                     self.io.send(to, &msg);

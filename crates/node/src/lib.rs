@@ -41,6 +41,7 @@ mod coordinator;
 mod data_loss;
 mod driver;
 mod engine;
+pub mod failpoint;
 mod kv;
 mod link;
 mod metrics;
