@@ -82,7 +82,7 @@ enum Command {
         tls: bool,
         /// Coordinator replicas of both clusters: 1 (one coordinator, the default) or 3 or 5
         /// (a replicated coordinator and key-value gateway: one leads, any one may be lost;
-        /// ports after the shards). A new data directory only; not with paxos-commit yet.
+        /// ports after the shards). A new data directory only.
         #[arg(long, default_value_t = 1)]
         coordinators: u32,
     },
@@ -172,7 +172,7 @@ enum Command {
         #[arg(long, default_value = "2pc")]
         protocol: cluster::ProtocolChoice,
         /// Coordinator replicas: 1, or 3 or 5 (a replicated coordinator; its replicas, the
-        /// leader included, are killed like the others). Either workload, over 2PC.
+        /// leader included, are killed like the others). Either workload, either protocol.
         #[arg(long, default_value_t = 1)]
         coordinators: u32,
         /// Also let each coordinator process abort on its own right before sending a COMMIT

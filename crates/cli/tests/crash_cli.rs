@@ -91,6 +91,25 @@ fn a_replicated_coordinator_loses_nothing_through_sigkills_of_its_leaders() {
     assert!(stdout.contains("every check held"), "{stdout}");
 }
 
+/// Paxos Commit on a replicated coordinator, both workloads: the coordinator's epochs come
+/// from the replicated log and every ballot carries its epoch, so a deposed leader that has
+/// not noticed yet proposes only ballots below the new leader's. Acceptors, shards and
+/// replicas (leaders too, and at the failpoint) are killed.
+#[test]
+fn paxos_commit_on_a_replicated_coordinator_keeps_both_workloads_whole() {
+    let args = ["--protocol", "paxos-commit", "--coordinators", "3", "--failpoints"];
+    let stdout =
+        crash_test("crash-replicated-paxos", &[&args[..], &["--seed", "5"]].concat(), "50");
+    assert!(stdout.contains("acceptor-"), "acceptors were among the victims: {stdout}");
+    assert!(stdout.contains("@failpoint ×"), "the failpoint fired: {stdout}");
+    assert!(stdout.contains("every check held"), "{stdout}");
+    let kv = [&["--kv"][..], &args[..], &["--seed", "13"]].concat();
+    let stdout = crash_test("crash-replicated-paxos-kv", &kv, "50");
+    assert!(stdout.contains("every audit saw the total"), "{stdout}");
+    assert!(stdout.contains("every acknowledged commit survived"), "{stdout}");
+    assert!(stdout.contains("none contradicting what was applied"), "status checked: {stdout}");
+}
+
 /// The key-value bank on a replicated coordinator: its gateway is whichever replica leads (the
 /// clients follow the refusals that name it), timestamps stay below the bound the log holds,
 /// and replicas, leaders included, are SIGKILLed at random with the shards.

@@ -366,21 +366,6 @@ impl ClusterConfig {
                  split with no majority"
             ));
         }
-        if coordinators > 1 {
-            // The replicated coordinator runs the delta model over 2PC for now
-            // (ARCHITECTURE.md, the replicated coordinator log).
-            let not_yet = if self.protocol != CommitProtocol::TwoPhase {
-                Some("protocol = \"paxos-commit\"")
-            } else {
-                None
-            };
-            if let Some(what) = not_yet {
-                return Err(format!(
-                    "{coordinators} coordinators: a replicated coordinator does not run {what} yet; \
-                     configure one coordinator"
-                ));
-            }
-        }
         if !self.nodes.iter().any(|n| n.role == Role::Shard) {
             return Err("at least one node must have role = \"shard\"".into());
         }
@@ -754,7 +739,7 @@ mod tests {
     /// Replicas decide by majority: an even count could split with none. What a replicated
     /// coordinator does not run yet is refused by name, not started half-working.
     #[test]
-    fn a_replicated_coordinator_has_an_odd_count_and_says_what_it_cannot_run_yet() {
+    fn a_replicated_coordinator_has_an_odd_count_and_runs_every_protocol_model_and_tls() {
         let base = ClusterConfig::local("dev", 2, 7700);
         assert!(with_coordinators(base.clone(), 2).validate().is_ok());
         assert!(with_coordinators(base.clone(), 4).validate().is_ok());
@@ -765,8 +750,8 @@ mod tests {
         let three = with_coordinators(base.clone(), 2);
         assert_eq!(three.coordinator().name, "coordinator", "the first listed speaks for all");
         assert!(three.replicated_coordinator() && !base.replicated_coordinator());
-        let error = with_coordinators(base.clone().with_paxos_commit(3), 2).validate().unwrap_err();
-        assert!(error.contains("paxos-commit") && error.contains("not run"), "{error}");
+        let paxos = with_coordinators(base.clone().with_paxos_commit(3), 2);
+        assert!(paxos.validate().is_ok(), "replicas run Paxos Commit's coordinator");
         let mut tls = with_coordinators(base.clone(), 2);
         tls.tls = Some(TlsConfig { dir: "certs".into() });
         assert!(tls.validate().is_ok(), "replicas run under [tls]");
