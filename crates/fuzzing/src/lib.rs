@@ -61,6 +61,20 @@ pub fn replica_link(data: &[u8]) {
         let again = codec::decode_reply(&once).expect("what was encoded decodes");
         assert_eq!(codec::encode_reply(&again), once, "a reply changed through the codec");
     }
+    // The coordinator's record machine: any command applies or is counted malformed, never
+    // half; any snapshot restores whole or is refused, and what restored snapshots again.
+    use concord_replication::{Machine as _, RecordLog};
+    let mut log = RecordLog::default();
+    log.apply(1, data);
+    assert!(log.malformed() <= 1);
+    let mut restored = RecordLog::default();
+    if restored.restore(data).is_ok() {
+        let mut again = RecordLog::default();
+        again.restore(&restored.snapshot()).expect("a snapshot taken restores");
+        assert_eq!(again.records(), restored.records(), "records changed through a snapshot");
+        assert_eq!(again.timestamp_bound(), restored.timestamp_bound());
+        assert_eq!(again.last_index(), restored.last_index());
+    }
 }
 
 /// Call-link bytes (after the magic): frames, their headers and every request body.
