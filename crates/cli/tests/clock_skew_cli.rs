@@ -14,7 +14,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, temp, text, Killed};
+use common::{concord, free_base_port, temp, text, write_config, Killed};
 use concord_testkit::{servers_ready, Server, FAKETIME_LIB};
 
 /// The clock skew of the replica that leads first, and the maximum offset that lets the
@@ -43,18 +43,9 @@ fn a_write_acknowledged_by_a_leader_whose_clock_runs_ahead_is_seen_after_it_dies
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_base_port();
     let names = ["coordinator", "coordinator-b", "coordinator-c", "shard-1", "shard-2"];
-    let mut file = String::from("cluster = \"skewed\"\n");
-    for (i, name) in names.iter().enumerate() {
-        let role = if name.starts_with("coordinator") { "coordinator" } else { "shard" };
-        let port = port + u16::try_from(i).unwrap();
-        file += &format!(
-            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"127.0.0.1:{port}\"\n"
-        );
-    }
-    file += &format!("[kv]\nsplits = [\"m\"]\nmax_offset_ms = {MAX_OFFSET_MS}\n");
-    let config = dir.join("concord.toml");
-    std::fs::write(&config, file).unwrap();
-    let config = config.to_str().unwrap().to_string();
+    let listen = |i: usize| format!("127.0.0.1:{}", port + u16::try_from(i).unwrap());
+    let kv = format!("[kv]\nsplits = [\"m\"]\nmax_offset_ms = {MAX_OFFSET_MS}\n");
+    let config = write_config(&dir, "skewed", &names, listen, &kv);
     let address = |name: &str| {
         let i = names.iter().position(|n| *n == name).unwrap();
         format!("127.0.0.1:{}", port + u16::try_from(i).unwrap())

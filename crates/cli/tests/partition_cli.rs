@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, temp, text, Killed};
+use common::{concord, free_base_port, temp, text, write_config, Killed};
 use concord_testkit::{servers_ready, Server};
 
 /// Hosts on one machine: a bridge on the test's own host (address `.1`), and one network
@@ -218,17 +218,7 @@ fn a_leader_cut_off_from_its_majority_decides_nothing_and_the_majority_goes_on()
         0..=2 => format!("{}:{port}", network.hosts[i].address),
         _ => format!("{}:{}", network.outside(), port + u16::try_from(i).unwrap()),
     };
-    let mut file = String::from("cluster = \"partition\"\n");
-    for (i, name) in names.iter().enumerate() {
-        let role = if i < 3 { "coordinator" } else { "shard" };
-        file += &format!(
-            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"{}\"\n",
-            listen(i)
-        );
-    }
-    let config = dir.join("concord.toml");
-    std::fs::write(&config, file).unwrap();
-    let config = config.to_str().unwrap().to_string();
+    let config = write_config(&dir, "partition", &names, listen, "");
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut command = if i < 3 {

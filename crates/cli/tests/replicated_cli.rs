@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, temp, text, Killed};
+use common::{concord, free_base_port, temp, text, write_config, Killed};
 
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
@@ -20,18 +20,10 @@ fn a_leader_without_its_majority_acknowledges_nothing_and_stands_down() {
     let dir = temp("replicated-serve");
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_base_port();
-    let config = dir.join("concord.toml");
     let names = ["coordinator", "coordinator-b", "coordinator-c", "shard-1", "shard-2"];
-    let mut file = String::from("cluster = \"replicated\"\n");
-    for (i, name) in names.iter().enumerate() {
-        let role = if name.starts_with("coordinator") { "coordinator" } else { "shard" };
-        let port = port + u16::try_from(i).unwrap();
-        file += &format!(
-            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"127.0.0.1:{port}\"\n"
-        );
-    }
-    std::fs::write(&config, file).unwrap();
-    let config = config.to_str().unwrap();
+    let listen = |i: usize| format!("127.0.0.1:{}", port + u16::try_from(i).unwrap());
+    let config = write_config(&dir, "replicated", &names, listen, "");
+    let config = config.as_str();
     let mut nodes = Vec::new();
     for name in names {
         let child = Command::new(env!("CARGO_BIN_EXE_concord"))
@@ -143,18 +135,10 @@ fn a_replica_is_replaced_by_remove_wipe_join_and_add() {
     let dir = temp("replace-replica");
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_base_port();
-    let config = dir.join("concord.toml");
     let names = ["coordinator", "coordinator-b", "coordinator-c", "shard-1", "shard-2"];
-    let mut file = String::from("cluster = \"replace\"\n");
-    for (i, name) in names.iter().enumerate() {
-        let role = if name.starts_with("coordinator") { "coordinator" } else { "shard" };
-        let port = port + u16::try_from(i).unwrap();
-        file += &format!(
-            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"127.0.0.1:{port}\"\n"
-        );
-    }
-    std::fs::write(&config, file).unwrap();
-    let config = config.to_str().unwrap();
+    let listen = |i: usize| format!("127.0.0.1:{}", port + u16::try_from(i).unwrap());
+    let config = write_config(&dir, "replace", &names, listen, "");
+    let config = config.as_str();
     let start = |name: &str, join: bool| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
         command.args(["serve", "--config", config, "--node", name, "--data-dir"]);

@@ -10,6 +10,30 @@ pub fn concord(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_concord")).args(args).output().expect("running concord")
 }
 
+/// Writes `dir/concord.toml` for cluster `cluster`: node `i` of `names` has id `i`, listens on
+/// `listen(i)`, and is a coordinator if its name starts with `coordinator` (a shard otherwise);
+/// `extra` (sections such as `[kv]`) follows. Returns the file's path.
+pub fn write_config(
+    dir: &Path,
+    cluster: &str,
+    names: &[&str],
+    listen: impl Fn(usize) -> String,
+    extra: &str,
+) -> String {
+    let mut file = format!("cluster = \"{cluster}\"\n");
+    for (i, name) in names.iter().enumerate() {
+        let role = if name.starts_with("coordinator") { "coordinator" } else { "shard" };
+        file += &format!(
+            "[[node]]\nname = \"{name}\"\nid = {i}\nrole = \"{role}\"\nlisten = \"{}\"\n",
+            listen(i)
+        );
+    }
+    file += extra;
+    let path = dir.join("concord.toml");
+    std::fs::write(&path, file).expect("writing concord.toml");
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",

@@ -72,12 +72,7 @@ impl LocalKv {
 
     /// Stops node `name` (waiting until it has let go of its data) and starts it again.
     pub async fn restart(&mut self, name: &str) {
-        let running = self.nodes.remove(name).expect("a node of this cluster");
-        let _ = running.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(30), running.served)
-            .await
-            .expect("the node stops within 30 s")
-            .expect("the node's task does not panic");
+        self.stop(name).await;
         self.run(name);
     }
 }
