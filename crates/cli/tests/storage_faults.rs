@@ -167,6 +167,14 @@ fn start_outcome(dir: &Path, port: u16, extra: &[&str]) -> Result<String, Dev> {
         .spawn()
         .unwrap();
     let coordinator = format!("127.0.0.1:{port}");
+    let gateway = format!("127.0.0.1:{}", port + 10);
+    // Started means both clusters serve, shards included: a key-value shard that finds its
+    // version file damaged refuses (and the process exits) after the delta coordinator may
+    // already answer.
+    let serving = || {
+        concord(&["txn", "ls", "--coordinator", &coordinator]).status.success()
+            && concord(&["kv", "--gateway", &gateway, "get", "started-probe"]).status.success()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -176,7 +184,7 @@ fn start_outcome(dir: &Path, port: u16, extra: &[&str]) -> Result<String, Dev> {
             assert!(!stderr.contains("panicked"), "refused with a panic: {stderr}");
             return Ok(stderr);
         }
-        if concord(&["txn", "ls", "--coordinator", &coordinator]).status.success() {
+        if serving() {
             return Err(Dev { child, coordinator });
         }
         assert!(Instant::now() < deadline, "concord dev neither started nor stopped");
