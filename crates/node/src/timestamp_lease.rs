@@ -21,7 +21,6 @@
 //! maximum offset ahead of theirs). It costs one log commit per window while transactions run:
 //! four a second at the default 500 ms offset.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use concord_kv::{Hlc, Timestamp};
@@ -44,8 +43,6 @@ pub(crate) struct TimestampLease {
     granted: Mutex<(u64, u64)>,
     /// One raise at a time.
     raising: tokio::sync::Mutex<()>,
-    /// Raises committed, for tests and metrics.
-    raises: AtomicU64,
 }
 
 impl TimestampLease {
@@ -55,7 +52,6 @@ impl TimestampLease {
             window_us: (max_offset_us / 4).max(1_000),
             granted: Mutex::new((0, 0)),
             raising: tokio::sync::Mutex::new(()),
-            raises: AtomicU64::new(0),
         }
     }
 
@@ -121,7 +117,6 @@ impl TimestampLease {
             ));
         }
         *self.granted.lock().expect("not poisoned") = (want, generation);
-        self.raises.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
