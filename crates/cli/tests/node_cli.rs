@@ -219,6 +219,12 @@ fn serve_refuses_a_non_loopback_address_without_insecure() {
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(text(&refused).contains("--insecure"), "{}", text(&refused));
     assert!(!data.exists(), "a refused start touches no data");
+    // --join is for a replica of a replicated coordinator only.
+    let shard = ["serve", "--config", config.to_str().unwrap(), "--node", "s", "--join"];
+    let refused = concord(&[&shard[..], &["--data-dir", data.to_str().unwrap()]].concat());
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--join: `s` is not a replica"), "{}", text(&refused));
+    assert!(!data.exists(), "a refused start touches no data");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(args)

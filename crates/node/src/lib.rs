@@ -518,6 +518,17 @@ pub async fn serve_with(
 ) -> Result<(), NodeError> {
     // A configuration built in code (`concord dev`, tests) meets the same checks as a file.
     config.validate().map_err(NodeError::Config)?;
+    if options.join {
+        let replica = config
+            .node(name)
+            .is_some_and(|n| n.role == Role::Coordinator && config.replicated_coordinator());
+        if !replica {
+            return Err(NodeError::Config(format!(
+                "--join: `{name}` is not a replica of a replicated coordinator (only a coordinator \
+                 of a cluster with 3 or 5 of them joins; shards and a lone coordinator just start)"
+            )));
+        }
+    }
     match (config.kv.is_some(), config.protocol) {
         (true, CommitProtocol::TwoPhase) => {
             serve_engine::<TwoPc<KvStore>>(config, name, data_dir, shutdown, options).await
