@@ -188,6 +188,13 @@ impl Replication {
             stats.leader_changes.to_string(),
         );
         gauge(
+            "concord_replica_voters",
+            "gauge",
+            "Voting replicas in the configuration this replica knows (fewer than configured: \
+             one was removed, or a joining one not yet added).",
+            self.replica.voters().len().to_string(),
+        );
+        gauge(
             "concord_replica_last_log_index",
             "gauge",
             "The last entry in this replica's log.",

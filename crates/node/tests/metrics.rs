@@ -150,12 +150,17 @@ fn a_metrics_address_may_not_repeat_a_node_address() {
 }
 
 /// The alert rules and the dashboard in `deploy/` name only metrics the nodes serve (the
-/// database coordinator's, `concord_db_*`, and the saga orchestrator's, `concord_saga_*`, are
-/// checked by their own tests).
+/// database coordinator's, `concord_db_*`, the saga orchestrator's, `concord_saga_*`, and a
+/// replicated coordinator's, `concord_replica_*`, are checked by their own tests).
 fn every_node_metric_of_the_deploy_files_is_served(scraped: &str) {
     let mut checked = 0;
     for (file, text) in concord_testkit::deploy_files() {
-        let others = |n: &&str| n.starts_with("concord_db_") || n.starts_with("concord_saga_");
+        // A replicated coordinator's `concord_replica_*`: replicated_coordinator.rs.
+        let others = |n: &&str| {
+            n.starts_with("concord_db_")
+                || n.starts_with("concord_saga_")
+                || n.starts_with("concord_replica_")
+        };
         for name in concord_testkit::metric_names(&text).into_iter().filter(|n| !others(n)) {
             let served = concord_testkit::serves_metric(scraped, name);
             assert!(served, "{file} names `{name}`, which no node serves");

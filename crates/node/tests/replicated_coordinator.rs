@@ -31,7 +31,7 @@ fn config(base: u16) -> ClusterConfig {
             id: 10 + u32::from(i),
             role: Role::Coordinator,
             listen: SocketAddr::from(([127, 0, 0, 1], base + i)),
-            metrics: None,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], base + 100 + i))),
         });
     }
     config
@@ -160,6 +160,26 @@ async fn a_replicated_coordinator_survives_its_leader_and_applies_every_commit_o
     for _ in 0..10 {
         leader = commit_one(&coordinators, &mut tally).await;
     }
+
+    // The leader's metrics: its replicated log's series, every one the deploy files name.
+    let metrics = config.nodes.iter().find(|n| n.listen == leader).unwrap().metrics.unwrap();
+    let scraped = concord_http::call(metrics, "GET", "/metrics", &[], "", Duration::from_secs(5))
+        .await
+        .expect("the leader serves /metrics")
+        .1;
+    assert!(scraped.contains("concord_replica_leading{") && scraped.contains("} 1\n"), "{scraped}");
+    let voters = scraped.lines().find(|l| l.starts_with("concord_replica_voters{"));
+    assert!(voters.is_some_and(|l| l.ends_with(" 3")), "three voters: {scraped}");
+    let mut named = 0;
+    for (file, text) in concord_testkit::deploy_files() {
+        for name in concord_testkit::metric_names(&text) {
+            if name.starts_with("concord_replica_") {
+                assert!(concord_testkit::serves_metric(&scraped, name), "{file} names `{name}`");
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 3, "the alert rules watch the replicated log: {named}");
 
     // A standby refuses, naming the leader: never an outcome.
     let standby = *coordinators.iter().find(|c| **c != leader).unwrap();
