@@ -831,6 +831,9 @@ impl proto::kv_server::Kv for Arc<Gateway> {
     ) -> Result<Response<proto::KvWriteReply>, Status> {
         let me = self.auth.check(&request, Right::Transact, "write in a transaction")?;
         let proto::KvPutRequest { session, key, value } = request.into_inner();
+        // Through `session_of` like every call on a session: a standby refuses, and a session
+        // opened ahead takes its snapshot at this, its first operation.
+        let (session, _) = self.session_of(session, None, &me).await?;
         self.with(session, &me, |t| t.put(key, value).map_err(invalid))?;
         Ok(Response::new(proto::KvWriteReply {}))
     }
@@ -841,6 +844,9 @@ impl proto::kv_server::Kv for Arc<Gateway> {
     ) -> Result<Response<proto::KvWriteReply>, Status> {
         let me = self.auth.check(&request, Right::Transact, "delete in a transaction")?;
         let proto::KvDeleteRequest { session, key } = request.into_inner();
+        // Through `session_of` like every call on a session: a standby refuses, and a session
+        // opened ahead takes its snapshot at this, its first operation.
+        let (session, _) = self.session_of(session, None, &me).await?;
         self.with(session, &me, |t| t.delete(key).map_err(invalid))?;
         Ok(Response::new(proto::KvWriteReply {}))
     }
