@@ -184,12 +184,9 @@ impl Gateway {
 }
 
 /// A call that failed before reaching a gateway that could answer it: no connection, or it
-/// broke. (A gateway's own UNAVAILABLE answers — a shard down — are not this: they name it.)
+/// broke. (A gateway's own UNAVAILABLE answers — a shard down — are not this.)
 fn unreachable(status: &Status) -> bool {
-    let message = status.message();
-    status.code() == Code::Unavailable
-        && !standby(status)
-        && (message.contains("connection broke") || message.contains("connection closed"))
+    status.metadata().get(concord_node::call_link::CONNECTION_LOST_METADATA).is_some()
 }
 
 /// A session the gateway opened ahead for a future transaction, and the id reserved for it.

@@ -248,6 +248,18 @@ fn split_frame(frame: &[u8]) -> Result<(u64, u8, &[u8]), String> {
     Ok((id, frame[8], &frame[9..]))
 }
 
+/// The metadata key of a call's failure because its connection could not be opened or broke
+/// (the server may not have seen it, or may have acted on it): a client that knows other
+/// gateways may begin its next transaction at one of them.
+pub const CONNECTION_LOST_METADATA: &str = "concord-connection-lost";
+
+fn lost(mut status: Status) -> Status {
+    status
+        .metadata_mut()
+        .insert(CONNECTION_LOST_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}
+
 /// What follows an error's message from a coordinator replica that does not lead (the call
 /// did not run): this, then the leader's address if it knows one, to the end of the body.
 pub const STANDBY_LINE: &str = "\nconcord-standby=";
@@ -409,7 +421,7 @@ impl CallClient {
             let mut waiting = connection.waiting.lock().expect("not poisoned");
             // Checked under the lock the failure sweep takes, so no call is left waiting.
             if connection.broken.load(Ordering::Acquire) {
-                return Err(self.unavailable("the connection broke"));
+                return Err(lost(self.unavailable("the connection broke")));
             }
             if waiting.len() >= MAX_CALLS_IN_FLIGHT {
                 return Err(self.unavailable("too many calls in flight on this connection"));
@@ -430,7 +442,7 @@ impl CallClient {
             Ok(Ok(Ok(body))) => Rep::decode(body.as_slice())
                 .map_err(|e| Status::internal(format!("malformed reply: {e}"))),
             Ok(Ok(Err(status))) => Err(status),
-            Ok(Err(_)) => Err(self.unavailable("the connection closed")),
+            Ok(Err(_)) => Err(lost(self.unavailable("the connection closed"))),
             Err(_) => {
                 connection.waiting.lock().expect("not poisoned").remove(&id);
                 Err(Status::deadline_exceeded(format!(
@@ -507,7 +519,7 @@ async fn run(address: SocketAddr, dial: Dial, connection: Arc<Connection>) {
         std::mem::take(&mut *waiting)
     };
     for (_, waiter) in waiting {
-        let status = Status::unavailable(format!("the connection to {address} broke"));
+        let status = lost(Status::unavailable(format!("the connection to {address} broke")));
         let _ = waiter.send(Err(status));
     }
     connection.outbox.close();

@@ -85,6 +85,13 @@ impl<E: Engine> std::fmt::Debug for Handle<E> {
 }
 
 impl<E: Engine> Handle<E> {
+    /// This node's replicated log, refused on a node that is no coordinator replica.
+    fn replica(&self) -> Result<&std::sync::Arc<crate::replicated::Replication>, Status> {
+        self.replication
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node is no coordinator replica"))
+    }
+
     /// At a coordinator replica that does not lead, the refusal that names the leader.
     pub(crate) fn redirect(&self) -> Result<(), Status> {
         self.replication.as_ref().map_or(Ok(()), |r| r.redirect())
@@ -225,9 +232,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         request: Request<proto::StandForLeaderRequest>,
     ) -> Result<Response<proto::StandForLeaderReply>, Status> {
         self.auth.check(&request, Right::Operate, "move the coordinator's leadership")?;
-        let Some(replication) = &self.replication else {
-            return Err(Status::failed_precondition("this node is no coordinator replica"));
-        };
+        let replication = self.replica()?;
         let hold_back_ms = request.into_inner().hold_back_ms;
         if hold_back_ms > 0 {
             let hold = std::time::Duration::from_millis(u64::from(hold_back_ms.min(10_000)));
@@ -243,9 +248,7 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
         request: Request<proto::ChangeReplicasRequest>,
     ) -> Result<Response<proto::ChangeReplicasReply>, Status> {
         self.auth.check(&request, Right::Operate, "change the coordinator's replicas")?;
-        let Some(replication) = &self.replication else {
-            return Err(Status::failed_precondition("this node is no coordinator replica"));
-        };
+        let replication = self.replica()?;
         replication.redirect()?;
         let proto::ChangeReplicasRequest { node, add } = request.into_inner();
         let Some(replica) = self.config.coordinators().find(|n| n.id == node) else {
@@ -269,7 +272,14 @@ impl<E: Engine> proto::node_server::Node for Handle<E> {
                 }
             }
         } else {
-            replication.replica.remove_voter(u64::from(node)).await
+            let removing = replication.replica.remove_voter(u64::from(node));
+            tokio::time::timeout(CHANGE_REPLICAS_TIMEOUT, removing).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "removing {} was not committed within {} s: is a majority up?",
+                    replica.name,
+                    CHANGE_REPLICAS_TIMEOUT.as_secs()
+                ))
+            })?
         };
         changed.map_err(|e| Status::failed_precondition(e.to_string()))?;
         let voters = replication.replica.voters().into_iter();

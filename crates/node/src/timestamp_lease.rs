@@ -29,6 +29,10 @@ use tonic::Status;
 use crate::kv::physical_now_us;
 use crate::replicated::Replication;
 
+/// How long a raise may wait for its bound to commit before the caller is told to retry
+/// (the longest election timeout is 10 s; a leader still in charge commits in milliseconds).
+const RAISE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Times a timestamp is asked for while the bound is being raised before the caller is told
 /// to retry (another raise can be needed only if the clock jumped past the new bound at once).
 const ATTEMPTS: usize = 3;
@@ -103,14 +107,17 @@ impl TimestampLease {
             }
             clock.last().wall.max(physical_now_us()).max(needed)
         };
-        let want = floor + self.window_us;
+        // Saturating: a bound in the log is only as trustworthy as whoever could write it.
+        let want = floor.saturating_add(self.window_us);
         let (done, committed) = tokio::sync::oneshot::channel();
         let callback: concord_replication::OnCommitted = Box::new(move |result| {
             let _ = done.send(result.is_ok());
         });
         let command = concord_replication::records::timestamp_bound_command(want);
         self.replication.submitter.submit(command, Some(callback));
-        if !committed.await.unwrap_or(false) {
+        // Bounded: a leader cut off from its majority may neither commit nor hear why.
+        let committed = tokio::time::timeout(RAISE_TIMEOUT, committed).await;
+        if !matches!(committed, Ok(Ok(true))) {
             return Err(Status::unavailable(
                 "this coordinator replica could not commit its timestamp bound (it is losing \
                  its leadership): retry",
