@@ -14,7 +14,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, temp, text, write_config, Killed};
+use common::{concord, free_base_port, leader, temp, text, write_config, Killed};
 use concord_testkit::{servers_ready, Server, FAKETIME_LIB};
 
 /// The clock skew of the replica that leads first, and the maximum offset that lets the
@@ -23,16 +23,6 @@ use concord_testkit::{servers_ready, Server, FAKETIME_LIB};
 /// snapshot taken by the new leader's own clock would be below the write.
 const SKEW: &str = "+5s";
 const MAX_OFFSET_MS: u64 = 10_000;
-
-fn leader(config: &str) -> Option<String> {
-    let status = text(&concord(&["cluster", "status", "--config", config]));
-    status
-        .lines()
-        .take_while(|l| !l.is_empty())
-        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
-        .and_then(|l| l.split_whitespace().next())
-        .map(str::to_string)
-}
 
 #[test]
 fn a_write_acknowledged_by_a_leader_whose_clock_runs_ahead_is_seen_after_it_dies() {

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, free_base_port, temp, text, write_config, Killed};
+use common::{concord, free_base_port, leader, temp, text, write_config, Killed};
 
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
@@ -48,13 +48,9 @@ fn a_leader_without_its_majority_acknowledges_nothing_and_stands_down() {
         assert!(Instant::now() < deadline, "never committed: {}", text(&out));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = text(&concord(&["cluster", "status", "--config", config]));
-    let leader = status
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("a leader: {status}"))
-        .to_string();
+    let leader = leader(config).unwrap_or_else(|| {
+        panic!("a leader: {}", text(&concord(&["cluster", "status", "--config", config])))
+    });
     let leader_index = names.iter().position(|n| *n == leader).unwrap();
 
     // Freeze both followers: the leader hears no majority.
@@ -206,13 +202,7 @@ fn a_replica_is_replaced_by_remove_wipe_join_and_add() {
 fn leader_name(config: &str) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = text(&concord(&["cluster", "status", "--config", config]));
-        let leader = status
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .find(|l| l.split_whitespace().nth(2) == Some("leader"))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_string);
+        let leader = leader(config);
         if leader.is_some() || Instant::now() > deadline {
             return leader;
         }

@@ -34,6 +34,18 @@ pub fn write_config(
     path.to_str().expect("a UTF-8 path").to_string()
 }
 
+/// The replica `concord cluster status --config CONFIG` calls leader, if any (its table ends at
+/// the first empty line; the leader's match indexes follow).
+pub fn leader(config: &str) -> Option<String> {
+    let status = text(&concord(&["cluster", "status", "--config", config]));
+    status
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find(|l| l.split_whitespace().nth(2) == Some("leader"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
