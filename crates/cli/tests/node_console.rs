@@ -228,6 +228,10 @@ fn the_coordinators_console_shows_each_shards_steps_and_a_branch_in_doubt_while_
     let refusals = 1 + u8::from(paused_aborted);
     assert!(metrics.contains(&format!("reason=\"voted-no\"}} {refusals}")), "{metrics}");
 
+    // One more commit now, so a sample taken from here on holds one whatever the earlier
+    // samples caught (on a loaded machine the sampler may have run late around the first).
+    let again = run(&["transfer", "--from", "shard-2:2", "--to", "shard-1:1", "--amount", "1"]);
+    assert!(again.status.success(), "{}", text(&again));
     wait_until("the charts have a sample with the commits", || {
         get(console, "/v1/history")["samples"]
             .as_array()
