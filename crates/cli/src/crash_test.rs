@@ -121,6 +121,10 @@ pub(crate) struct Cluster {
     /// While the kill cycles run with `--failpoints`: how many decisions each coordinator
     /// process started sends before it aborts (drawn at its start).
     pub failpoints: Option<Rng>,
+    /// The port of each node that is down, bound here until it starts again: other tests on
+    /// this machine pick free ports in the same range, and one took a killed replica's port
+    /// while it was down ("address already in use" at its restart).
+    pub held_ports: BTreeMap<String, TcpListener>,
 }
 
 impl Cluster {
@@ -130,6 +134,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("{name}.out")))
             .map_err(|e| e.to_string())?;
+        self.held_ports.remove(name); // let go just before the node binds it
         let mut command =
             std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
         let coordinator = self.config.coordinators().any(|n| n.name == name);
@@ -159,8 +164,17 @@ impl Cluster {
         if let Some(mut child) = self.children.remove(name) {
             child.kill().map_err(|e| format!("SIGKILL {name}: {e}"))?; // SIGKILL on Unix
             child.wait().map_err(|e| e.to_string())?;
+            self.hold_port(name);
         }
         Ok(())
+    }
+
+    /// Binds the port of `name`, which is down, until `start_node` starts it again (best
+    /// effort: a port already taken is left to the restart's own error).
+    fn hold_port(&mut self, name: &str) {
+        if let Ok(listener) = TcpListener::bind(self.address(name)) {
+            self.held_ports.insert(name.to_string(), listener);
+        }
     }
 
     pub fn address(&self, name: &str) -> SocketAddr {
@@ -535,6 +549,7 @@ pub fn run(options: &Options) -> Result<ExitCode, String> {
         commits: Arc::default(),
         failovers: Arc::default(),
         failpoints: options.failpoints.then(|| Rng::new(run_seed(options.seed, 0xfa11))),
+        held_ports: BTreeMap::new(),
     };
     if options.kv {
         return runtime()?.block_on(crate::crash_kv::run(&mut cluster, options));
