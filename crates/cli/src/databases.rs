@@ -14,6 +14,7 @@ use clap::Subcommand;
 use concord_db_coordinator::config::DatabasesConfig;
 use concord_db_coordinator::coordinator::{Coordinator, Fault, FaultPoint};
 use concord_db_coordinator::http;
+use concord_db_coordinator::replicated::ReplicatedCoordinator;
 use serde_json::{json, Value};
 
 use crate::cluster::runtime;
@@ -21,6 +22,10 @@ use crate::cluster::runtime;
 pub const DEFAULT_DB_COORDINATOR: &str = "127.0.0.1:7800";
 /// Operator calls list and read every database; a transaction waits for its prepares.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Redirects and retries one call follows before giving up (a leader changing meanwhile).
+const MAX_REDIRECTS: usize = 50;
+/// How long one call waits for a replicated coordinator to elect a leader.
+const ELECTION_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -36,6 +41,11 @@ pub enum DbCommand {
         /// that point until DATA_DIR/RESUME exists.
         #[arg(long, hide = true)]
         fault: Option<FaultPoint>,
+        /// Run as this replica of a replicated coordinator (the configuration's `[[replica]]`
+        /// entries): the replicas elect a leader, which runs the coordinator; the others
+        /// redirect clients to it. Default data directory: ./concord-data/db-nNODE_ID-rID.
+        #[arg(long)]
+        replica: Option<u32>,
     },
     /// Run statements atomically across databases: each argument is DATABASE=STATEMENT,
     /// e.g. ledger="UPDATE accounts SET balance = balance - 10 WHERE id = 1".
@@ -51,7 +61,9 @@ pub enum DbCommand {
 
 pub fn run(command: DbCommand) -> Result<ExitCode, String> {
     match command {
-        DbCommand::Serve { config, data_dir, fault } => serve(&config, data_dir, fault),
+        DbCommand::Serve { config, data_dir, fault, replica } => {
+            serve(&config, data_dir, fault, replica)
+        }
         DbCommand::Exec { statements, db, json } => exec(&statements, db, json),
     }
 }
@@ -60,57 +72,110 @@ fn serve(
     config_path: &Path,
     data_dir: Option<PathBuf>,
     fault: Option<FaultPoint>,
+    replica: Option<u32>,
 ) -> Result<ExitCode, String> {
     let config = DatabasesConfig::load(config_path).map_err(|e| e.to_string())?;
+    let listen = config.listen_of(replica)?;
     // Without tokens the API runs statements and resolves transactions for anyone who reaches
     // it: only on loopback.
-    if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
+    if config.tokens.is_empty() && !listen.ip().is_loopback() {
         return Err(format!(
-            "refusing to listen on {}: it is not loopback and {} has no [[token]] entries, so anyone who reaches it could run statements and resolve transactions (docs/security.md). Add tokens (`concord certs token`), or listen on 127.0.0.1",
-            config.listen,
+            "refusing to listen on {listen}: it is not loopback and {} has no [[token]] entries, so anyone who reaches it could run statements and resolve transactions (docs/security.md). Add tokens (`concord certs token`), or listen on 127.0.0.1",
             config_path.display()
         ));
     }
-    let data_dir = data_dir
-        .unwrap_or_else(|| PathBuf::from("./concord-data").join(format!("db-n{}", config.node_id)));
+    let data_dir = data_dir.unwrap_or_else(|| {
+        let name = match replica {
+            Some(id) => format!("db-n{}-r{id}", config.node_id),
+            None => format!("db-n{}", config.node_id),
+        };
+        PathBuf::from("./concord-data").join(name)
+    });
     let fault = fault.map(|point| Fault { point, resume_file: data_dir.join("RESUME") });
-    runtime()?.block_on(async move {
-        let coordinator =
-            Coordinator::open(&config, &data_dir, fault).await.map_err(|e| e.to_string())?;
-        println!(
-            "concord: database coordinator n{} (cluster {}, epoch {}) on {}, data in {}",
-            config.node_id,
-            config.cluster,
-            coordinator.epoch(),
-            config.listen,
-            data_dir.display()
-        );
-        for db in &config.databases {
-            println!("  {:<12} {:?}", db.name, db.kind);
+    let tokens = concord_types::tokens::TokenTable::new(&config.tokens);
+    match replica {
+        Some(id) => {
+            runtime()?.block_on(serve_replica(config, id, listen, &data_dir, fault, tokens))
         }
-        let report = coordinator.reconcile(false).await;
-        for error in &report.errors {
-            eprintln!("concord: recovery: {error}");
-        }
-        for action in &report.actions {
-            println!("concord: recovery: {} — {}", action.action, action.result);
-        }
-        let _recovery =
-            coordinator.spawn_recovery(Duration::from_millis(config.recovery.interval_ms));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        println!("concord: ready");
-        let tokens = concord_types::tokens::TokenTable::new(&config.tokens);
-        tokio::select! {
-            () = http::serve(Arc::clone(&coordinator), listener, tokens) => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        Ok::<_, String>(())
-    })?;
+        None => runtime()?.block_on(serve_single(config, listen, &data_dir, fault, tokens)),
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 
+async fn serve_single(
+    config: DatabasesConfig,
+    listen: SocketAddr,
+    data_dir: &Path,
+    fault: Option<Fault>,
+    tokens: concord_types::tokens::TokenTable,
+) -> Result<(), String> {
+    let coordinator =
+        Coordinator::open(&config, data_dir, fault).await.map_err(|e| e.to_string())?;
+    println!(
+        "concord: database coordinator n{} (cluster {}, epoch {}) on {listen}, data in {}",
+        config.node_id,
+        config.cluster,
+        coordinator.epoch(),
+        data_dir.display()
+    );
+    for db in &config.databases {
+        println!("  {:<12} {:?}", db.name, db.kind);
+    }
+    let report = coordinator.reconcile(false).await;
+    for error in &report.errors {
+        eprintln!("concord: recovery: {error}");
+    }
+    for action in &report.actions {
+        println!("concord: recovery: {} — {}", action.action, action.result);
+    }
+    let _recovery = coordinator.spawn_recovery(Duration::from_millis(config.recovery.interval_ms));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("concord: ready");
+    tokio::select! {
+        () = http::serve(Arc::clone(&coordinator), listener, tokens) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+/// One replica of a replicated coordinator: its replica link, its HTTP API, and the loop that
+/// starts the coordinator whenever it leads.
+async fn serve_replica(
+    config: DatabasesConfig,
+    id: u32,
+    listen: SocketAddr,
+    data_dir: &Path,
+    fault: Option<Fault>,
+    tokens: concord_types::tokens::TokenTable,
+) -> Result<(), String> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (node_id, cluster) = (config.node_id, config.cluster.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("replica {id}: cannot listen on {listen}: {e}"))?;
+    let replica =
+        ReplicatedCoordinator::start(config, id, data_dir, fault, stopped.clone()).await?;
+    println!(
+        "concord: database coordinator n{node_id} (cluster {cluster}), replica {id} on {listen}, data in {}",
+        data_dir.display()
+    );
+    let following = tokio::spawn(Arc::clone(&replica).follow(stopped));
+    println!("concord: ready");
+    tokio::select! {
+        () = http::serve_replica(Arc::clone(&replica), listener, tokens) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop.send(true);
+    let _ = following.await;
+    replica.shutdown().await;
+    Ok(())
+}
+
+/// Calls the database coordinator at `address`, following a standby replica's redirect to
+/// the leader (307) and waiting out an election (503 from a standby), bounded: a standby ran
+/// nothing, so the same request goes on.
 fn call(
     address: SocketAddr,
     method: &str,
@@ -119,11 +184,34 @@ fn call(
 ) -> Result<(u16, Value), String> {
     let body = body.map(Value::to_string);
     let token = crate::creds::token();
-    let (status, text) =
-        http::request(address, method, path, body.as_deref(), token.as_deref(), REQUEST_TIMEOUT)?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("unreadable answer ({status}): {e}: {text}"))?;
-    Ok((status, value))
+    let mut address = address;
+    let deadline = std::time::Instant::now() + ELECTION_WAIT;
+    for _ in 0..MAX_REDIRECTS {
+        let (status, text) = http::request(
+            address,
+            method,
+            path,
+            body.as_deref(),
+            token.as_deref(),
+            REQUEST_TIMEOUT,
+        )?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("unreadable answer ({status}): {e}: {text}"))?;
+        let standby = value["standby"] == true;
+        match status {
+            307 if standby => {
+                address = value["leader"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| format!("a redirect without a leader's address: {value}"))?;
+            }
+            503 if standby && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            _ => return Ok((status, value)),
+        }
+    }
+    Err(format!("no leader answered after {MAX_REDIRECTS} redirects (last asked {address})"))
 }
 
 fn refused(status: u16, value: &Value) -> Option<String> {

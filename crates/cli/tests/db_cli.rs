@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use concord_testkit::servers_ready;
 
+mod common;
+use common::databases::{maria, prepared, psql, run_tool};
+
 /// The tests share two databases and one restarts PostgreSQL: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -26,24 +29,6 @@ fn databases_ready() -> bool {
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn run_tool(program: &str, args: &[&str]) -> String {
-    let out =
-        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn psql(sql: &str) -> String {
-    run_tool("psql", &["-h", "127.0.0.1", "-U", "postgres", "-d", "concord_test", "-Atqc", sql])
-}
-
-fn maria(sql: &str) -> String {
-    run_tool(
-        "mariadb",
-        &["-h", "127.0.0.1", "-P", "3306", "-uroot", "-N", "-B", "concord_test", "-e", sql],
-    )
 }
 
 fn free_port() -> u16 {
@@ -115,25 +100,7 @@ impl World {
         let dir = std::env::temp_dir().join(format!("concord-db-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
-        // Branches an earlier, interrupted run of this test left prepared would hold locks on
-        // its tables; this run's own checks start from none.
-        let prefix = format!("concord:{cluster}:");
-        for gid in
-            psql(&format!("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE '{prefix}%'")).lines()
-        {
-            psql(&format!("ROLLBACK PREPARED '{gid}'"));
-        }
-        for row in maria("XA RECOVER").lines() {
-            if let Some(gid) = row.split('\t').nth(3).filter(|g| g.starts_with(&prefix)) {
-                maria(&format!("XA ROLLBACK '{gid}'"));
-            }
-        }
-        psql(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0)); INSERT INTO {table} VALUES (1, 100), (2, 100);"
-        ));
-        maria(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, balance bigint NOT NULL, CHECK (balance >= 0)) ENGINE=InnoDB; INSERT INTO {table} VALUES (1, 100), (2, 100);"
-        ));
+        common::databases::fresh_accounts(&cluster, &table);
         World {
             cluster,
             node_id,
@@ -157,15 +124,7 @@ impl World {
                 r#"cluster = "{}"
 node_id = {}
 listen = "{}"
-[[database]]
-name = "ledger"
-kind = "postgres"
-url = "host=127.0.0.1 user=postgres dbname=concord_test"
-[[database]]
-name = "wallet"
-kind = "mariadb"
-url = "mysql://root@127.0.0.1:3306/concord_test"
-[recovery]
+{}[recovery]
 interval_ms = {}
 [timeouts]
 statement_ms = 2000
@@ -173,6 +132,7 @@ statement_ms = 2000
                 self.cluster,
                 self.node_id,
                 self.address(),
+                common::databases::LEDGER_AND_WALLET,
                 self.interval_ms,
                 self.extra
             ),
@@ -215,14 +175,7 @@ statement_ms = 2000
     /// Debit PostgreSQL's account 1 and credit MariaDB's account 2 (a negative amount moves
     /// money the other way).
     fn transfer_args(&self, amount: i64) -> Vec<String> {
-        let t = &self.table;
-        vec![
-            "db".into(),
-            "exec".into(),
-            "--json".into(),
-            format!("ledger=UPDATE {t} SET balance = balance - ({amount}) WHERE id = 1"),
-            format!("wallet=UPDATE {t} SET balance = balance + ({amount}) WHERE id = 2"),
-        ]
+        common::databases::transfer_args(&self.table, amount)
     }
 
     fn transfer(&self, amount: i64) -> serde_json::Value {
@@ -250,27 +203,12 @@ statement_ms = 2000
 
     /// (PostgreSQL account 1, MariaDB account 2).
     fn balances(&self) -> (i64, i64) {
-        let pg = psql(&format!("SELECT balance FROM {} WHERE id = 1", self.table));
-        let my = maria(&format!("SELECT balance FROM {} WHERE id = 2", self.table));
-        (pg.parse().expect("pg balance"), my.parse().expect("maria balance"))
+        common::databases::balances(&self.table)
     }
 
     /// This test's prepared branches: (PostgreSQL gids, MariaDB gids).
     fn prepared(&self) -> (Vec<String>, Vec<String>) {
-        let prefix = format!("concord:{}:", self.cluster);
-        let pg = psql(&format!(
-            "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE '{prefix}%' ORDER BY gid"
-        ));
-        let my = maria("XA RECOVER");
-        let lines = |text: &str| -> Vec<String> {
-            text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
-        };
-        let my: Vec<String> = lines(&my)
-            .into_iter()
-            .filter_map(|row| row.split('\t').nth(3).map(str::to_string))
-            .filter(|gid| gid.starts_with(&prefix))
-            .collect();
-        (lines(&pg), my)
+        prepared(&self.cluster)
     }
 
     fn assert_nothing_prepared(&self) {

@@ -34,7 +34,7 @@ pub fn asset(segments: &[&str]) -> Option<Response> {
         ["ui", "console.css"] => ("text/css; charset=utf-8", CONSOLE_CSS),
         _ => return None,
     };
-    Some(Response { status: 200, content_type, body: body.to_string() })
+    Some(Response::text(200, content_type, body.to_string()))
 }
 
 /// Whether a request is for the console's files: served to anyone (they hold no data).

@@ -36,6 +36,16 @@
 //! sha256 = "…"                     # `concord certs token` prints the entry
 //! ```
 //!
+//! A replicated coordinator (3 or 5 machines, none of which holds a decision alone) replaces
+//! `listen` by one `[[replica]]` per machine; each runs `concord db serve --replica ID`:
+//!
+//! ```toml
+//! [[replica]]
+//! id = 1                           # 1..=255, unique
+//! listen = "10.0.0.1:7800"         # its HTTP API (a standby redirects to the leader's)
+//! raft = "10.0.0.1:7900"           # its replica link (openraft), for the other replicas
+//! ```
+//!
 //! A `[[database]]` runs data statements only (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, …) unless
 //! it says `schema_changes = true` (`concord_participants::statements`).
 
@@ -57,7 +67,12 @@ use concord_participants::gid::{valid_cluster_name, MAX_CLUSTER_NAME};
 pub struct DatabasesConfig {
     pub cluster: String,
     pub node_id: u32,
-    pub listen: SocketAddr,
+    /// The HTTP API's address; absent when `[[replica]]` entries give one per replica.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The replicas of a replicated coordinator (none: one process, its own log).
+    #[serde(rename = "replica", default)]
+    pub replicas: Vec<ReplicaConfig>,
     #[serde(rename = "database")]
     pub databases: Vec<DatabaseConfig>,
     #[serde(default)]
@@ -70,6 +85,20 @@ pub struct DatabasesConfig {
     #[serde(rename = "token", default)]
     pub tokens: Vec<concord_types::tokens::TokenConfig>,
 }
+
+/// One replica of a replicated database coordinator.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    pub id: u32,
+    /// Its HTTP API.
+    pub listen: SocketAddr,
+    /// Its replica link, which only the other replicas dial.
+    pub raft: SocketAddr,
+}
+
+/// Replica ids are small: they name replicas in operators' output and in openraft.
+pub const MAX_REPLICA_ID: u32 = 255;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -160,7 +189,18 @@ impl DatabasesConfig {
         if self.databases.len() > MAX_DATABASES {
             return Err(format!("{} databases; at most {MAX_DATABASES}", self.databases.len()));
         }
-        check_range("listen (port)", self.listen.port(), 1..=u16::MAX)?;
+        match (self.listen, self.replicas.is_empty()) {
+            (Some(listen), true) => check_range("listen (port)", listen.port(), 1..=u16::MAX)?,
+            (None, true) => {
+                return Err("no `listen` address (or `[[replica]]` entries, one per replica)".into())
+            }
+            (Some(_), false) => {
+                return Err("`listen` and `[[replica]]` both given: with replicas, each \
+                            `[[replica]]` names its own `listen` address"
+                    .into())
+            }
+            (None, false) => self.validate_replicas()?,
+        }
         let mut names = BTreeSet::new();
         for (i, db) in self.databases.iter().enumerate() {
             let within = |e: String| format!("database[{i}]: {e}");
@@ -180,6 +220,59 @@ impl DatabasesConfig {
         )?;
         check_range("console.sample_ms", self.console.sample_ms, 100..=600_000)?;
         Ok(())
+    }
+
+    fn validate_replicas(&self) -> Result<(), String> {
+        let count = self.replicas.len();
+        if ![3, 5].contains(&count) {
+            return Err(format!(
+                "{count} [[replica]] entries: a replicated coordinator has 3 or 5 (an even \
+                 number tolerates no more failures than one fewer, and one needs no [[replica]])"
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for replica in &self.replicas {
+            let within = |e: String| format!("replica {}: {e}", replica.id);
+            check_range("id", replica.id, 1..=MAX_REPLICA_ID).map_err(within)?;
+            check_range("listen (port)", replica.listen.port(), 1..=u16::MAX).map_err(within)?;
+            check_range("raft (port)", replica.raft.port(), 1..=u16::MAX).map_err(within)?;
+            if !ids.insert(replica.id) {
+                return Err(format!("two [[replica]] entries claim id {}", replica.id));
+            }
+            for address in [replica.listen, replica.raft] {
+                if !addresses.insert(address) {
+                    return Err(format!("replica {}: address {address} is used twice", replica.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The replica `id`, or an error naming it and the configured ones.
+    pub fn replica(&self, id: u32) -> Result<&ReplicaConfig, String> {
+        self.replicas.iter().find(|r| r.id == id).ok_or_else(|| {
+            let known: Vec<String> = self.replicas.iter().map(|r| r.id.to_string()).collect();
+            if known.is_empty() {
+                format!("--replica {id}: the configuration has no [[replica]] entries")
+            } else {
+                format!(
+                    "--replica {id} is not in the configuration (replicas: {})",
+                    known.join(", ")
+                )
+            }
+        })
+    }
+
+    /// The HTTP address this process serves on: `listen`, or the replica's own.
+    pub fn listen_of(&self, replica: Option<u32>) -> Result<SocketAddr, String> {
+        match (replica, self.listen) {
+            (None, Some(listen)) => Ok(listen),
+            (None, None) => Err("this configuration has [[replica]] entries: start each \
+                                 replica with --replica ID"
+                .into()),
+            (Some(id), _) => self.replica(id).map(|r| r.listen),
+        }
     }
 }
 
@@ -230,6 +323,47 @@ url = "mysql://root@127.0.0.1:3306/test"
             (GOOD.replace("node_id = 9", "node_id = 4294967296"), "node_id"),
             (GOOD.replace("name = \"wallet\"", "name = \"wal let\""), "`name`"),
             (GOOD.replace("url = \"mysql://root@127.0.0.1:3306/test\"", "url = \"\""), "url"),
+        ];
+        for (text, expected) in cases {
+            let error = DatabasesConfig::parse(&text).unwrap_err();
+            assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+    }
+
+    fn replicas(ids: &[u32]) -> String {
+        let base = GOOD.replace("listen = \"127.0.0.1:7800\"\n", "");
+        let entries: String = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                format!(
+                    "[[replica]]\nid = {id}\nlisten = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\n",
+                    7801 + i,
+                    7901 + i
+                )
+            })
+            .collect();
+        format!("{base}{entries}")
+    }
+
+    #[test]
+    fn replicas_are_three_or_five_with_unique_ids_and_addresses() {
+        let three = DatabasesConfig::parse(&replicas(&[1, 2, 3])).unwrap();
+        assert_eq!(three.listen_of(Some(2)).unwrap().port(), 7802);
+        assert!(three.listen_of(None).unwrap_err().contains("--replica"));
+        assert!(three.replica(4).unwrap_err().contains("replicas: 1, 2, 3"));
+        assert!(DatabasesConfig::parse(&replicas(&[1, 2, 3, 4, 5])).is_ok());
+        let single = DatabasesConfig::parse(GOOD).unwrap();
+        assert!(single.listen_of(Some(1)).unwrap_err().contains("no [[replica]]"));
+        let cases = [
+            (replicas(&[1, 2]), "2 [[replica]] entries"),
+            (replicas(&[1, 2, 3, 4]), "4 [[replica]] entries"),
+            (replicas(&[1, 2, 2]), "two [[replica]] entries claim id 2"),
+            (replicas(&[1, 2, 256]), "replica 256: `id`"),
+            (replicas(&[0, 1, 2]), "replica 0"),
+            (replicas(&[1, 2, 3]).replace("7902", "7801"), "127.0.0.1:7801 is used twice"),
+            (format!("listen = \"127.0.0.1:7800\"\n{}", replicas(&[1, 2, 3])), "both given"),
+            (GOOD.replace("listen = \"127.0.0.1:7800\"\n", ""), "no `listen`"),
         ];
         for (text, expected) in cases {
             let error = DatabasesConfig::parse(&text).unwrap_err();

@@ -214,6 +214,58 @@ pub struct ActionReport {
     pub result: String,
 }
 
+/// Where the coordinator's records go: its own log, or — on the leader of a replicated
+/// coordinator — the replicated log, where a record is durable once a majority has it.
+#[derive(Debug)]
+pub(crate) enum RecordSink {
+    Local(GroupCommit),
+    Replicated(ReplicatedSink),
+}
+
+/// The leader's way into the replicated log, refused once it stops leading.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicatedSink {
+    pub submitter: concord_replication::Submitter,
+    /// Set when this replica stops leading: its coordinator may still be running down, and a
+    /// record of its queued after the next leader's barrier would contradict that leader.
+    pub retired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RecordSink {
+    fn submit(&self, record: Vec<u8>, on_durable: Option<OnDurable>) -> Result<(), String> {
+        match self {
+            RecordSink::Local(log) => log.submit(record, on_durable).map_err(|e| e.to_string()),
+            RecordSink::Replicated(sink) => {
+                if sink.retired.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err("this replica no longer leads the coordinator".into());
+                }
+                let on_committed = on_durable.map(|on_durable| {
+                    Box::new(move |result: Result<u64, concord_replication::WriteError>| {
+                        on_durable(result.map(|_| ()).map_err(|e| e.to_string()));
+                    }) as concord_replication::OnCommitted
+                });
+                let command = concord_replication::records::record_command(&record);
+                sink.submitter.submit(command, on_committed);
+                Ok(())
+            }
+        }
+    }
+
+    fn checkpoint(&self, live: Vec<Vec<u8>>) -> Result<(), String> {
+        match self {
+            RecordSink::Local(log) => log.checkpoint(live).map_err(|e| e.to_string()),
+            RecordSink::Replicated(sink) => {
+                if sink.retired.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err("this replica no longer leads the coordinator".into());
+                }
+                let command = concord_replication::records::checkpoint_command(&live);
+                sink.submitter.submit(command, None);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The read model and bookkeeping shared by the engine, its tasks and the operator calls.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -233,7 +285,7 @@ pub(crate) struct Shared {
     pub node: NodeId,
     /// The configured databases by branch node.
     pub databases: BTreeMap<NodeId, Arc<Database>>,
-    log: GroupCommit,
+    log: RecordSink,
     state: Mutex<State>,
     pub metrics: Metrics,
     fault: Option<Fault>,
@@ -267,10 +319,20 @@ impl Shared {
     /// Queues `record`, applying it to the ledger in queue order.
     pub fn submit(&self, record: &Record, on_durable: Option<OnDurable>) -> Result<(), String> {
         let mut state = self.state();
+        self.log.submit(record.to_bytes(), on_durable)?;
         state.ledger.apply(record);
-        self.log.submit(record.to_bytes(), on_durable).map_err(|e| e.to_string())?;
         state.appended_since_checkpoint += 1;
         Ok(())
+    }
+
+    /// This coordinator writes nothing more (a replica that stopped leading): every later
+    /// submission is refused. Under the lock that orders submissions, so a record is either
+    /// queued before the next leader's barrier or never.
+    pub fn retire(&self) {
+        let _state = self.state();
+        if let RecordSink::Replicated(sink) = &self.log {
+            sink.retired.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Queues `record` and waits until it is durable.
@@ -446,12 +508,38 @@ impl Coordinator {
         data_dir: &Path,
         fault: Option<Fault>,
     ) -> Result<Arc<Coordinator>, OpenError> {
-        if let Some(warning) = config.recovery.ignored() {
-            eprintln!("concord: {warning}");
-        }
         let mut dir_lock = check_data_dir(data_dir, config)?;
         let (file_log, payloads) =
             FileLog::open_claimed(&mut dir_lock, &data_dir.join("log"), SEGMENT_BYTES)?;
+        // The log thread holds the directory's lock until it has written all it was given.
+        let log = GroupCommit::start_holding(file_log, dir_lock)
+            .map_err(|e| OpenError::LogWrite(e.to_string()))?;
+        Self::start(config, &payloads, RecordSink::Local(log), data_dir, fault).await
+    }
+
+    /// Starts the 2PC core as the leader of a replicated coordinator, on the records the
+    /// replicated log holds (`records`, in log order), writing through `sink`: exactly a
+    /// restart — a new epoch, logged decisions re-driven, the undecided presumed aborted.
+    pub(crate) async fn lead(
+        config: &DatabasesConfig,
+        records: &[Vec<u8>],
+        sink: ReplicatedSink,
+        data_dir: &Path,
+        fault: Option<Fault>,
+    ) -> Result<Arc<Coordinator>, OpenError> {
+        Self::start(config, records, RecordSink::Replicated(sink), data_dir, fault).await
+    }
+
+    async fn start(
+        config: &DatabasesConfig,
+        payloads: &[Vec<u8>],
+        log: RecordSink,
+        data_dir: &Path,
+        fault: Option<Fault>,
+    ) -> Result<Arc<Coordinator>, OpenError> {
+        if let Some(warning) = config.recovery.ignored() {
+            eprintln!("concord: {warning}");
+        }
         let mut records = Vec::with_capacity(payloads.len());
         for (index, payload) in payloads.iter().enumerate() {
             let record = Record::from_bytes(payload)
@@ -489,9 +577,6 @@ impl Coordinator {
             };
             databases.insert(node, Arc::new(Database::new(d, timeout)?));
         }
-        // The log thread holds the directory's lock until it has written all it was given.
-        let log = GroupCommit::start_holding(file_log, dir_lock)
-            .map_err(|e| OpenError::LogWrite(e.to_string()))?;
         let shared = Arc::new(Shared {
             cluster: config.cluster.clone(),
             node: NodeId(config.node_id),
@@ -556,6 +641,15 @@ impl Coordinator {
         let coordinator = Arc::new(coordinator);
         coordinator.spawn_history();
         Ok(coordinator)
+    }
+
+    /// Stops this coordinator: its replica no longer leads. Nothing more is written; clients
+    /// waiting for an outcome are told it is unknown here (the new leader knows it).
+    pub(crate) async fn stand_down(&self) {
+        self.shared.retire();
+        let reason = "this coordinator replica stopped leading; ask the leader for the \
+                      transaction's outcome (concord txn show ID)";
+        let _ = self.requests.send(Request::Stop(reason.into())).await;
     }
 
     /// Samples the metrics for the console's charts until the coordinator is dropped.

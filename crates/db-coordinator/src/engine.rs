@@ -77,6 +77,9 @@ pub(crate) enum Request {
         txn: TxnId,
         node: NodeId,
     },
+    /// This replica no longer leads: tell every waiting client its outcome is unknown here,
+    /// and end (the new leader recovers what the log holds).
+    Stop(String),
 }
 
 enum Event {
@@ -172,6 +175,10 @@ impl Engine {
                 biased;
                 Some(event) = internal.recv() => self.on_event(event),
                 request = requests.recv() => match request {
+                    Some(Request::Stop(reason)) => {
+                        self.end_all(&reason);
+                        return;
+                    }
                     Some(request) => self.on_request(request),
                     // The coordinator is gone; work in flight ends with the process.
                     None => return,
@@ -242,12 +249,25 @@ impl Engine {
                 let effects = self.xa.acked(txn, node);
                 self.execute(effects);
             }
+            Request::Stop(_) => unreachable!("the run loop ends on Stop"),
         }
     }
 
     fn plan(&self, listed: &[Listed]) -> Vec<Action> {
-        let nodes = self.shared.state().ledger.nodes().clone();
-        let answer = |txn: TxnId| self.xa.inquiry_answer(txn);
+        let state = self.shared.state();
+        let nodes = state.ledger.nodes().clone();
+        // The listing was taken before this plan: a branch listed as prepared may have been
+        // committed since, its transaction acknowledged and forgotten by the core, which now
+        // presumes abort. The ledger still knows the COMMIT (it keeps finished transactions a
+        // while), and a COMMIT PREPARED of a committed branch finds it done. Without this, a
+        // new leader re-driving a decision raced its own first reconciliation into a
+        // heuristic rollback (`db_replicated_cli.rs` caught it).
+        let logged_commit =
+            |txn: TxnId| state.ledger.get(txn).is_some_and(|d| d.decision == Decision::Commit);
+        let answer = |txn: TxnId| match self.xa.inquiry_answer(txn) {
+            Some(Decision::Abort) if logged_commit(txn) => Some(Decision::Commit),
+            answer => answer,
+        };
         let database_of = |node: NodeId| nodes.get(&node).cloned();
         let know = Knowledge {
             node: self.shared.node,
@@ -366,7 +386,13 @@ impl Engine {
     /// can be decided. Every waiting client is told its outcome is unknown.
     fn log_failed(&mut self, reason: &str) {
         eprintln!("concord: the log failed: {reason}; no transaction can be decided any more");
-        let failure = format!("the log failed: {reason}");
+        self.end_all(&format!("the log failed: {reason}"));
+    }
+
+    /// Answers everyone waiting with `failure` (an outcome unknown, never a guess), and every
+    /// later request too.
+    fn end_all(&mut self, failure: &str) {
+        let failure = failure.to_string();
         for waiter in self.ready_waiters.drain(..) {
             let _ = waiter.send(Err(failure.clone()));
         }

@@ -36,6 +36,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::coordinator::{BeginError, Coordinator, ResolveError, RunError};
+use crate::replicated::{Redirect, ReplicatedCoordinator};
 use crate::trace::Filter;
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +90,73 @@ pub async fn serve(coordinator: Arc<Coordinator>, listener: TcpListener, tokens:
         }
     })
     .await;
+}
+
+/// Serves one replica of a replicated coordinator: the leader as [`serve`] does (with the
+/// replicated log's status in `/v1/cluster` and its series in `/metrics`); a standby answers
+/// `/health`, `/metrics` and `/v1/cluster` for itself and redirects every other request to the
+/// leader (`307`), or asks the client to retry (`503`) while no leader is known.
+pub async fn serve_replica(
+    replica: Arc<ReplicatedCoordinator>,
+    listener: TcpListener,
+    tokens: TokenTable,
+) {
+    let tokens = Arc::new(tokens);
+    concord_http::serve(listener, move |request: Request| {
+        let (replica, tokens) = (Arc::clone(&replica), Arc::clone(&tokens));
+        async move {
+            let who = match authorize(&tokens, &request) {
+                Ok(who) => who,
+                Err(response) => return response,
+            };
+            let path = request.target.split('?').next().unwrap_or("");
+            let leader = replica.coordinator();
+            match (request.method.as_str(), path.trim_end_matches('/'), leader) {
+                ("GET", "/metrics", leader) => {
+                    let mut text = replica.metrics();
+                    if let Some(coordinator) = leader {
+                        text.push_str(&coordinator.metrics().render());
+                    }
+                    Response::text(200, "text/plain; version=0.0.4", text)
+                }
+                ("GET", "/health", None) => json_response(
+                    200,
+                    &json!({ "replica": replica.status_json()["replica"], "leads": false }),
+                ),
+                ("GET", "/v1/cluster", None) => json_response(200, &replica.standby_cluster_json()),
+                ("GET", "/v1/cluster", Some(coordinator)) => {
+                    let mut value = coordinator.cluster();
+                    value["leads"] = json!(true);
+                    value["replication"] = replica.status_json();
+                    json_response(200, &value)
+                }
+                (_, _, Some(coordinator)) => route(&coordinator, &request, &who).await,
+                (_, _, None) => redirect(&replica.redirect(), &request.target),
+            }
+        }
+    })
+    .await;
+}
+
+/// A standby's answer: it ran nothing, so the client may send the same request on.
+fn redirect(redirect: &Redirect, target: &str) -> Response {
+    match redirect {
+        Redirect::Leader(address) => error_with(
+            307,
+            &format!("this coordinator replica does not lead; the leader is at {address}"),
+            json!({ "leader": address.to_string(), "standby": true }),
+        )
+        .with_header("Location", format!("http://{address}{target}")),
+        Redirect::NoLeader(why) => {
+            error_with(503, why, json!({ "standby": true })).with_header("Retry-After", "1".into())
+        }
+    }
+}
+
+/// `{"error": message, …extra}` with `status`.
+fn error_with(status: u16, message: &str, mut extra: serde_json::Value) -> Response {
+    extra["error"] = json!(message);
+    json_response(status, &extra)
 }
 
 /// Who is asking: a name for the audit line, and the token's role (none without tokens).
@@ -187,11 +255,9 @@ async fn route(coordinator: &Coordinator, request: &Request, caller: &Caller) ->
                 Err(e) => error(400, &e),
             }
         }
-        ("GET", ["metrics"]) => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: coordinator.metrics().render(),
-        },
+        ("GET", ["metrics"]) => {
+            Response::text(200, "text/plain; version=0.0.4", coordinator.metrics().render())
+        }
         ("GET", ["health"]) => json_response(
             200,
             &json!({ "node": coordinator.node().to_string(), "epoch": coordinator.epoch(), "databases": coordinator.database_names() }),

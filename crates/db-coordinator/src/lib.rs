@@ -15,6 +15,7 @@
 //! * `engine` — drives `concord_commit::two_phase::Coordinator` over the databases.
 //! * [`reconcile`] — what to do with each listed branch; pure, so `recover --dry-run` is exact.
 //! * [`coordinator`] — the supervisor: transactions, recovery, operator actions.
+//! * [`replicated`] — 3 or 5 replicas on openraft; the leader runs the coordinator.
 //! * [`metrics`] and [`http`] — Prometheus text and the small HTTP API the CLI speaks.
 //! * [`trace`] — recent transactions' timelines, branch by branch, for the console at `/ui`.
 
@@ -25,4 +26,5 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod reconcile;
+pub mod replicated;
 pub use concord_console::trace;

@@ -15,7 +15,10 @@
 //!   newer epoch than this run's             │ leave it (another process uses this node id)
 //!   the core answers nothing (undecided)    │ leave it (its transaction is running)
 //!   the core answers COMMIT                 │ COMMIT PREPARED
-//!   the core answers ABORT                  │ ROLLBACK PREPARED
+//!   the core answers ABORT                  │ ROLLBACK PREPARED — unless the ledger holds a
+//!                                           │ COMMIT: then the core forgot a finished
+//!                                           │ transaction after the listing was taken, and
+//!                                           │ COMMIT PREPARED finds the branch done
 //! ```
 //!
 //! No grace period is needed: a branch is only prepared after the core began its transaction,

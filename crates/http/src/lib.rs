@@ -83,11 +83,31 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+    /// More header lines (`Location`, `Retry-After`). A value with a line break is not
+    /// written (it would smuggle a header in).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Response { status, content_type: "application/json", body: value.to_string() }
+        Response {
+            status,
+            content_type: "application/json",
+            body: value.to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// `text` with `status` and `content_type`.
+    pub fn text(status: u16, content_type: &'static str, text: String) -> Self {
+        Response { status, content_type, body: text, headers: Vec::new() }
+    }
+
+    /// Adds a header line.
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// `{"error": message}` with `status`.
@@ -100,10 +120,12 @@ impl Response {
             200 => "OK",
             201 => "Created",
             202 => "Accepted",
+            307 => "Temporary Redirect",
             400 => "Bad Request",
             404 => "Not Found",
             408 => "Request Timeout",
             409 => "Conflict",
+            421 => "Misdirected Request",
             422 => "Unprocessable Entity",
             503 => "Service Unavailable",
             _ => "Error",
@@ -211,7 +233,11 @@ async fn write_response<S: AsyncWriteExt + Unpin>(
         response.content_type,
         response.body.len()
     );
-    for (name, value) in SECURITY_HEADERS {
+    let extra = response.headers.iter().map(|(name, value)| (*name, value.as_str()));
+    for (name, value) in SECURITY_HEADERS.into_iter().chain(extra) {
+        if value.contains(['\r', '\n']) {
+            continue;
+        }
         head.push_str(name);
         head.push_str(": ");
         head.push_str(value);

@@ -166,7 +166,7 @@ pub(crate) fn render(node: &str, role: &str, sample: &Sample) -> String {
         for (reason, count) in &outcomes.aborts {
             let _ = writeln!(out, "{name}{{{labels},reason=\"{reason}\"}} {count}");
         }
-        write_histogram(
+        concord_replication::prometheus::write_histogram(
             &mut out,
             "concord_transaction_seconds",
             "From a transaction's start to its outcome at the coordinator.",
@@ -177,28 +177,6 @@ pub(crate) fn render(node: &str, role: &str, sample: &Sample) -> String {
         );
     }
     out
-}
-
-/// A Prometheus histogram: `buckets` holds a count per bound of `bounds` (not cumulative), the
-/// overflow last.
-pub(crate) fn write_histogram(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    labels: &str,
-    (bounds, buckets): (&[f64], &[u64]),
-    sum: f64,
-    count: u64,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let mut cumulative = 0;
-    for (le, n) in bounds.iter().zip(buckets) {
-        cumulative += n;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// Serves `/metrics` and `/health` on `listener` until `stopped` turns true; a coordinator

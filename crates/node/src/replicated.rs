@@ -159,76 +159,7 @@ impl Replication {
 
     /// Prometheus text of the replicated log, labelled like the node's other series.
     pub fn metrics(&self, labels: &str) -> String {
-        use std::fmt::Write as _;
-        let stats = self.replica.stats();
-        let status = &stats.status;
-        let mut out = String::new();
-        let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}"
-            );
-        };
-        gauge(
-            "concord_replica_term",
-            "gauge",
-            "The replicated log's current term.",
-            status.term.to_string(),
-        );
-        gauge(
-            "concord_replica_leading",
-            "gauge",
-            "1 if this coordinator replica leads and its core runs.",
-            u8::from(self.leading.load(Ordering::Acquire)).to_string(),
-        );
-        gauge(
-            "concord_replica_leader_changes_total",
-            "counter",
-            "Leader changes this replica saw since it started.",
-            stats.leader_changes.to_string(),
-        );
-        gauge(
-            "concord_replica_voters",
-            "gauge",
-            "Voting replicas in the configuration this replica knows (fewer than configured: \
-             one was removed, or a joining one not yet added).",
-            self.replica.voters().len().to_string(),
-        );
-        gauge(
-            "concord_replica_last_log_index",
-            "gauge",
-            "The last entry in this replica's log.",
-            status.last_log_index.unwrap_or(0).to_string(),
-        );
-        gauge(
-            "concord_replica_applied_index",
-            "gauge",
-            "The last entry this replica applied (committed).",
-            status.applied_index.unwrap_or(0).to_string(),
-        );
-        if status.is_leader {
-            let name = "concord_replica_lag_entries";
-            let _ = writeln!(
-                out,
-                "# HELP {name} On the leader: entries each replica's log is behind the leader's.\n# TYPE {name} gauge"
-            );
-            let last = status.last_log_index.unwrap_or(0);
-            for (replica, matched) in &status.matched {
-                let lag = last.saturating_sub(matched.unwrap_or(0));
-                let _ = writeln!(out, "{name}{{{labels},replica=\"{replica}\"}} {lag}");
-            }
-        }
-        let latency = &stats.commit_latency;
-        crate::metrics::write_histogram(
-            &mut out,
-            "concord_replica_commit_seconds",
-            "From an entry's submission to its commit on a majority, while leading.",
-            labels,
-            (&concord_replication::COMMIT_BUCKETS_S, &latency.buckets),
-            latency.sum_s,
-            latency.count,
-        );
-        out
+        self.replica.prometheus(labels, self.leading.load(Ordering::Acquire))
     }
 }
 
@@ -323,7 +254,7 @@ pub(crate) async fn watch_leadership<E: Engine>(
             // shards had aborted).
             // Bounded: a leader that cannot commit (no majority) tries again on the next look.
             let ready = async {
-                barrier(&replication.submitter).await
+                replication.submitter.barrier().await
                     && replication.replica.whole_log_applied().await
             };
             let recovering = std::time::Duration::from_millis(10 * lease_ms);
@@ -354,17 +285,6 @@ pub(crate) async fn watch_leadership<E: Engine>(
             _ = tick.tick() => {}
         }
     }
-}
-
-/// Commits a barrier behind everything queued on `submitter`; false if this replica could not
-/// (it does not lead).
-async fn barrier(submitter: &concord_replication::Submitter) -> bool {
-    let (done, committed) = tokio::sync::oneshot::channel();
-    let callback: concord_replication::OnCommitted = Box::new(move |result| {
-        let _ = done.send(result.is_ok());
-    });
-    submitter.submit(concord_replication::records::barrier_command(), Some(callback));
-    committed.await.unwrap_or(false)
 }
 
 impl<E: Engine> Node<E> {

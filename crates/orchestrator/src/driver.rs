@@ -648,11 +648,8 @@ impl Loop {
             Event::List { target, answer } => self.list(&target, answer),
             Event::Show { saga, answer } => self.show_anywhere(saga, answer),
             Event::Metrics { answer } => {
-                let _ = answer.send(Response {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4",
-                    body: self.metrics(),
-                });
+                let _ =
+                    answer.send(Response::text(200, "text/plain; version=0.0.4", self.metrics()));
             }
             Event::Cluster { answer } => {
                 let _ = answer.send(Response::json(200, &self.cluster()));

@@ -18,6 +18,7 @@
 
 pub mod codec;
 pub mod network;
+pub mod prometheus;
 pub mod records;
 pub mod store;
 pub mod submit;

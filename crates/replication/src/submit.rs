@@ -97,4 +97,16 @@ impl Submitter {
             callback(Err(WriteError::Unknown("the replica stopped".into())));
         }
     }
+
+    /// Commits a barrier behind everything submitted before it: true once it is committed
+    /// (everything ahead of it is in the log, or was refused), false if this replica does not
+    /// lead.
+    pub async fn barrier(&self) -> bool {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let callback: OnCommitted = Box::new(move |result| {
+            let _ = done.send(result.is_ok());
+        });
+        self.submit(crate::records::barrier_command(), Some(callback));
+        committed.await.unwrap_or(false)
+    }
 }

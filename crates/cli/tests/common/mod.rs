@@ -1,6 +1,8 @@
 //! What the tests that run `concord dev` and the client commands share.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod databases;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,372 @@
+//! A replicated database coordinator on real processes: three `concord db serve --replica`
+//! replicas over PostgreSQL and MariaDB. The leader is SIGKILLed at the protocol's worst
+//! moments — after the COMMIT decision is replicated and before any branch hears it, and after
+//! both branches are prepared with nothing decided — and the next leader must finish what the
+//! log says: commit both, or roll both back, with nothing left prepared. Standbys redirect
+//! clients to the leader and never answer for it.
+//!
+//! Needs PostgreSQL and MariaDB (`scripts/setup-databases.sh`, run by the first test); without
+//! them the tests skip loudly, except under `CI=true`, where they fail.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use concord_testkit::servers_ready;
+use serde_json::Value;
+
+mod common;
+use common::databases::{balances, fresh_accounts, prepared, transfer_args, LEDGER_AND_WALLET};
+
+/// The tests share two databases: one at a time (with `db_cli.rs`'s, they use their own
+/// cluster names and tables).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn databases_ready() -> bool {
+    servers_ready(
+        &[concord_testkit::Server::Databases],
+        "the replicated database coordinator tests",
+    )
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+struct Replica {
+    id: u32,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Replica {
+    fn output(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    fn wait_for(&self, text: &str) {
+        wait_until(&format!("replica {} prints `{text}`", self.id), || {
+            self.output().contains(text)
+        });
+    }
+
+    /// SIGKILL: no destructor, no flush, no goodbye.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("a running replica");
+        child.kill().expect("SIGKILL the replica");
+        child.wait().expect("reap the replica");
+    }
+}
+
+/// Three replicas of one database coordinator, each with its own data directory.
+struct World {
+    cluster: String,
+    table: String,
+    dir: PathBuf,
+    /// Replica `i + 1`'s HTTP port is `base + i`, its replica link `base + 10 + i`.
+    base: u16,
+    config: PathBuf,
+}
+
+impl World {
+    fn new(name: &str, node: u32) -> World {
+        let node_id = 200_000 + (std::process::id() % 10_000) * 16 + node;
+        let cluster = format!("r-{name}");
+        let table = format!("racct_{}", name.replace('-', "_"));
+        let dir = std::env::temp_dir().join(format!("concord-dbr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        fresh_accounts(&cluster, &table);
+        let base = common::free_base_port();
+        let replicas = replica_entries(base, 3);
+        let config = dir.join("databases.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster = \"{cluster}\"\nnode_id = {node_id}\n{replicas}{LEDGER_AND_WALLET}[recovery]\ninterval_ms = 300\n[timeouts]\nstatement_ms = 2000\n"
+            ),
+        )
+        .expect("write config");
+        World { cluster, table, dir, base, config }
+    }
+
+    fn address(&self, id: u32) -> String {
+        format!("127.0.0.1:{}", self.base + u16::try_from(id - 1).expect("small"))
+    }
+
+    fn data_dir(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("replica-{id}"))
+    }
+
+    fn start(&self, id: u32, fault: Option<&str>) -> Replica {
+        let starts = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
+        let log = self.dir.join(format!("replica-{id}-{starts}.log"));
+        let out = File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+        command
+            .args(["db", "serve", "--replica", &id.to_string(), "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir(id));
+        if let Some(fault) = fault {
+            command.args(["--fault", fault]);
+        }
+        let child = command
+            .stdout(Stdio::from(out.try_clone().expect("clone log")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start concord db serve --replica");
+        let replica = Replica { id, child: Some(child), log };
+        replica.wait_for("concord: ready");
+        replica
+    }
+
+    fn start_all(&self, fault: Option<&str>) -> Vec<Replica> {
+        (1..=3).map(|id| self.start(id, fault)).collect()
+    }
+
+    /// `GET /v1/cluster` of replica `id` (None if it does not answer).
+    fn cluster(&self, id: u32) -> Option<Value> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", &format!("http://{}/v1/cluster", self.address(id))])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until one of `among` leads (its coordinator runs) and returns its id.
+    fn leader(&self, among: &[u32]) -> u32 {
+        let mut leader = None;
+        wait_until("a replica leads", || {
+            leader = among.iter().copied().find(|&id| {
+                self.cluster(id).is_some_and(|c| c["leads"] == true && c["epoch"].is_u64())
+            });
+            leader.is_some()
+        });
+        leader.expect("found")
+    }
+
+    fn concord(&self, args: &[String], via: u32) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(args)
+            .args(["--db", &self.address(via)])
+            .output()
+            .expect("run concord")
+    }
+
+    fn spawn_transfer(&self, amount: i64, via: u32) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(transfer_args(&self.table, amount))
+            .args(["--db", &self.address(via)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run concord db exec")
+    }
+
+    fn assert_nothing_prepared(&self) {
+        wait_until("no branch of this test is prepared in either database", || {
+            prepared(&self.cluster) == (vec![], vec![])
+        });
+    }
+
+    fn state_of(&self, txn: &str, via: u32) -> String {
+        let shown = self.concord(&["txn".into(), "show".into(), txn.into(), "--json".into()], via);
+        let value: Value = serde_json::from_slice(&shown.stdout)
+            .unwrap_or_else(|_| panic!("txn show: {}", text(&shown)));
+        value["state"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// `count` `[[replica]]` entries: replica `i + 1` serves HTTP on `base + i` and its replica
+/// link on `base + 10 + i`.
+fn replica_entries(base: u16, count: u16) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "[[replica]]\nid = {}\nlisten = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\n",
+                i + 1,
+                base + i,
+                base + 10 + i
+            )
+        })
+        .collect()
+}
+
+/// The transaction id in a gid `concord:CLUSTER:TXN:NODE`.
+fn txn_of(gid: &str) -> String {
+    gid.split(':').nth(2).expect("a Concord gid").to_string()
+}
+
+#[test]
+fn a_leader_killed_after_the_decision_leaves_it_to_the_next_which_commits_both() {
+    if !databases_ready() {
+        return;
+    }
+    let _serial = serial();
+    let world = World::new("decided", 1);
+    // Whoever leads pauses once a COMMIT decision is replicated, before any branch hears it.
+    let mut replicas = world.start_all(Some("pause-after-decision"));
+    let leader = world.leader(&[1, 2, 3]);
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+
+    // A standby refuses with the leader's address: 307 and Location, and it ran nothing.
+    let raw = Command::new("curl")
+        .args(["-s", "-i", "-X", "POST", "-d", "{\"branches\":[]}"])
+        .arg(format!("http://{}/v1/transactions", world.address(follower)))
+        .output()
+        .expect("curl");
+    let raw = String::from_utf8_lossy(&raw.stdout).to_string();
+    assert!(raw.starts_with("HTTP/1.1 307"), "{raw}");
+    let location = format!("location: http://{}/v1/transactions", world.address(leader));
+    assert!(raw.to_lowercase().contains(&location), "{raw}");
+
+    // The CLI, pointed at the follower, follows the redirect to the leader.
+    let client = world.spawn_transfer(25, follower);
+    let paused = &replicas[leader as usize - 1];
+    paused.wait_for("paused AfterDecision");
+    let (pg, my) = prepared(&world.cluster);
+    assert_eq!((pg.len(), my.len()), (1, 1), "both branches prepared before the kill");
+    assert_eq!(balances(&world.table), (100, 100), "nothing committed before the kill");
+    replicas[leader as usize - 1].kill();
+    let answered = client.wait_with_output().expect("the client ends");
+    let answered = text(&answered);
+    assert!(!answered.contains("\"state\":\"aborted\""), "never a false outcome: {answered}");
+
+    let survivors: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    let next = world.leader(&survivors);
+    world.assert_nothing_prepared();
+    assert_eq!(balances(&world.table), (75, 125), "the replicated COMMIT is finished");
+    let txn = txn_of(&pg[0]);
+    let other = survivors.iter().copied().find(|&id| id != next).expect("two survivors");
+    assert_eq!(world.state_of(&txn, other), "committed", "asked through the standby");
+    let recovered = replicas[next as usize - 1].output();
+    assert!(recovered.contains("recovery: commit"), "{recovered}");
+    assert!(!recovered.contains("HEURISTIC"), "re-driving raced reconciliation: {recovered}");
+
+    // The new leader takes transactions (it pauses after its decision too: resume it).
+    let client = world.spawn_transfer(10, other);
+    replicas[next as usize - 1].wait_for("paused AfterDecision");
+    std::fs::write(world.data_dir(next).join("RESUME"), b"").expect("resume file");
+    let answered = client.wait_with_output().expect("the client ends");
+    assert!(text(&answered).contains("\"state\":\"committed\""), "{}", text(&answered));
+    assert_eq!(balances(&world.table), (65, 135));
+
+    // The killed replica comes back as a standby and catches up.
+    replicas[leader as usize - 1] = world.start(leader, None);
+    wait_until("the restarted replica has the leader's log", || {
+        let (Some(back), Some(lead)) = (world.cluster(leader), world.cluster(next)) else {
+            return false;
+        };
+        back["leads"] == false
+            && back["replication"]["applied_index"] == lead["replication"]["applied_index"]
+    });
+    world.assert_nothing_prepared();
+}
+
+#[test]
+fn a_leader_killed_after_prepare_leaves_the_next_to_presume_abort() {
+    if !databases_ready() {
+        return;
+    }
+    let _serial = serial();
+    let world = World::new("prepared", 2);
+    let mut replicas = world.start_all(Some("pause-after-prepare"));
+    let leader = world.leader(&[1, 2, 3]);
+    let client = world.spawn_transfer(25, leader);
+    replicas[leader as usize - 1].wait_for("paused AfterPrepare");
+    let (pg, my) = prepared(&world.cluster);
+    assert_eq!((pg.len(), my.len()), (1, 1), "both branches prepared before the kill");
+    replicas[leader as usize - 1].kill();
+    let answered = text(&client.wait_with_output().expect("the client ends"));
+    assert!(!answered.contains("\"state\":\"committed\""), "never a false outcome: {answered}");
+
+    let survivors: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    let next = world.leader(&survivors);
+    world.assert_nothing_prepared();
+    assert_eq!(balances(&world.table), (100, 100), "presumed abort: nothing applied");
+    assert_eq!(world.state_of(&txn_of(&pg[0]), next), "aborted");
+    drop(replicas);
+}
+
+#[test]
+fn a_replica_refuses_a_configuration_it_is_not_in_and_another_replicas_data() {
+    let world_dir = common::temp("dbr-misuse");
+    std::fs::create_dir_all(&world_dir).expect("test dir");
+    let base = common::free_base_port();
+    let config = world_dir.join("databases.toml");
+    let file = |count: u16| {
+        let replicas = replica_entries(base, count);
+        format!("cluster = \"misuse\"\nnode_id = 7\n{replicas}{LEDGER_AND_WALLET}")
+    };
+    std::fs::write(&config, file(3)).expect("config");
+    let serve = |replica: &str, data: &str| {
+        Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["db", "serve", "--replica", replica, "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(world_dir.join(data))
+            .output()
+            .expect("run concord")
+    };
+    let out = serve("4", "r4");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--replica 4 is not in the configuration"), "{}", text(&out));
+
+    // Replica 1 makes its directory its own (it waits for peers; none come), then stops.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["db", "serve", "--replica", "1", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(world_dir.join("r1"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start replica 1");
+    wait_until("replica 1 claims its directory", || world_dir.join("r1").read_dir().is_ok());
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().expect("stop replica 1");
+    first.wait().expect("reap replica 1");
+    let out = serve("2", "r1");
+    assert!(!out.status.success(), "replica 2 on replica 1's data: {}", text(&out));
+    assert!(text(&out).contains("replica"), "{}", text(&out));
+
+    // Two replicas, or an even count, are refused before anything starts.
+    for count in [2, 4] {
+        std::fs::write(&config, file(count)).expect("config");
+        let out = serve("1", "r1");
+        assert!(!out.status.success());
+        assert!(text(&out).contains("3 or 5"), "{}", text(&out));
+    }
+}
