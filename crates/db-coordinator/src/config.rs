@@ -359,7 +359,7 @@ url = "mysql://root@127.0.0.1:3306/test"
             (replicas(&[1, 2]), "2 [[replica]] entries"),
             (replicas(&[1, 2, 3, 4]), "4 [[replica]] entries"),
             (replicas(&[1, 2, 2]), "two [[replica]] entries claim id 2"),
-            (replicas(&[1, 2, 256]), "replica 256: `id`"),
+            (replicas(&[1, 2, 256]), "replica 256: field `id`"),
             (replicas(&[0, 1, 2]), "replica 0"),
             (replicas(&[1, 2, 3]).replace("7902", "7801"), "127.0.0.1:7801 is used twice"),
             (format!("listen = \"127.0.0.1:7800\"\n{}", replicas(&[1, 2, 3])), "both given"),
