@@ -321,6 +321,49 @@ fn a_leader_killed_after_prepare_leaves_the_next_to_presume_abort() {
 }
 
 #[test]
+fn a_paused_leader_that_wakes_up_deposed_decides_nothing() {
+    if !databases_ready() {
+        return;
+    }
+    let _serial = serial();
+    let world = World::new("deposed", 3);
+    let replicas = world.start_all(Some("pause-after-prepare"));
+    let leader = world.leader(&[1, 2, 3]);
+    let client = world.spawn_transfer(25, leader);
+    let old = &replicas[leader as usize - 1];
+    old.wait_for("paused AfterPrepare");
+    let pid = old.child.as_ref().expect("running").id().to_string();
+    let signal = |name: &str| {
+        let out = Command::new("kill").args([name, &pid]).output().expect("kill");
+        assert!(out.status.success(), "kill {name}: {}", text(&out));
+    };
+    // The leader freezes with both branches prepared and every vote YES in hand.
+    signal("-STOP");
+    let survivors: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    let next = world.leader(&survivors);
+    // The new leader presumes abort. PostgreSQL's branch rolls back at once; MariaDB keeps an
+    // XA branch for the session that prepared it, the frozen leader's, until it lets go.
+    wait_until("the new leader rolls back PostgreSQL's branch", || {
+        prepared(&world.cluster).0.is_empty()
+    });
+    assert_eq!(prepared(&world.cluster).1.len(), 1, "MariaDB's is held by the frozen session");
+
+    // It wakes up, lets the votes go, and its core decides COMMIT: that record cannot become
+    // durable (the others have moved to a newer term), so nothing is committed and its client
+    // is not told "committed".
+    std::fs::write(world.data_dir(leader).join("RESUME"), b"").expect("resume file");
+    signal("-CONT");
+    let answered = text(&client.wait_with_output().expect("the client ends"));
+    assert!(!answered.contains("\"state\":\"committed\""), "a deposed leader answered: {answered}");
+    old.wait_for("no longer leads the coordinator");
+    std::thread::sleep(Duration::from_millis(500));
+    world.assert_nothing_prepared();
+    assert_eq!(balances(&world.table), (100, 100));
+    let txn = world.cluster(next).expect("the leader answers");
+    assert_eq!(txn["leads"], true);
+}
+
+#[test]
 fn a_replica_refuses_a_configuration_it_is_not_in_and_another_replicas_data() {
     let world_dir = common::temp("dbr-misuse");
     std::fs::create_dir_all(&world_dir).expect("test dir");
