@@ -240,6 +240,16 @@ fn a_leader_killed_after_the_decision_leaves_it_to_the_next_which_commits_both()
     let mut replicas = world.start_all(Some("pause-after-decision"));
     let leader = world.leader(&[1, 2, 3]);
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let view = world.cluster(leader).expect("the leader answers");
+    assert_eq!(view["replication"]["leader"], format!("replica {leader}"), "{view}");
+    assert_eq!(view["replication"]["replicas"].as_array().map(Vec::len), Some(3), "{view}");
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("http://{}/metrics", world.address(follower))])
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let standby = format!("concord_replica_leading{{replica=\"{follower}\"}} 0");
+    assert!(metrics.contains(&standby), "a standby's own series: {metrics}");
 
     // A standby refuses with the leader's address: 307 and Location, and it ran nothing.
     let raw = Command::new("curl")

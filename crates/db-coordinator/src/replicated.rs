@@ -171,8 +171,9 @@ impl ReplicatedCoordinator {
             .map(|r| {
                 let matched = status.matched.get(&u64::from(r.id)).copied().flatten();
                 serde_json::json!({
+                    "name": format!("replica {}", r.id),
                     "id": r.id,
-                    "listen": r.listen.to_string(),
+                    "address": r.listen.to_string(),
                     "raft": r.raft.to_string(),
                     "leader": status.leader == Some(u64::from(r.id)),
                     "match_index": matched,
@@ -183,7 +184,8 @@ impl ReplicatedCoordinator {
         serde_json::json!({
             "replica": self.me,
             "term": status.term,
-            "leader": status.leader,
+            "leader": status.leader.map(|id| format!("replica {id}")),
+            "leader_id": status.leader,
             "this_replica_leads": self.coordinator().is_some(),
             "last_log_index": status.last_log_index,
             "applied_index": status.applied_index,
