@@ -301,7 +301,7 @@ impl<M: Machine> Replica<M> {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let network = network::Network { wire };
+        let network = network::Network { wire, retry_after: options.heartbeat };
         let raft = Raft::new(options.id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
