@@ -28,10 +28,18 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// this replica will not say so.
 pub type OnCommitted = Box<dyn FnOnce(Result<u64, WriteError>) + Send>;
 
+/// Commands queued and not yet handed to openraft, at most. The producers bound themselves —
+/// a protocol core admits a bounded number of transactions, each with a bounded number of
+/// records — so this is far above what they can queue; reaching it means a producer lost its
+/// own bound, and the command is refused (its callback hears so) instead of memory growing.
+pub const MAX_QUEUED: usize = 1 << 20;
+
 /// Queues commands for the replicated log in the order they are submitted.
 #[derive(Debug, Clone)]
 pub struct Submitter {
     queue: mpsc::UnboundedSender<(Vec<u8>, Option<OnCommitted>)>,
+    /// Commands in `queue`.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Submitter {
@@ -42,6 +50,8 @@ impl Submitter {
         latency: std::sync::Arc<std::sync::Mutex<crate::CommitLatency>>,
     ) -> Self {
         let (queue, mut commands) = mpsc::unbounded_channel::<(Vec<u8>, Option<OnCommitted>)>();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let taken = std::sync::Arc::clone(&queued);
         tokio::spawn(async move {
             while let Some(first) = commands.recv().await {
                 // Everything already waiting goes into the same entry (bounded).
@@ -52,6 +62,7 @@ impl Submitter {
                     bytes += next.0.len();
                     batch.push(next);
                 }
+                taken.fetch_sub(batch.len(), std::sync::atomic::Ordering::AcqRel);
                 let (batch, callbacks): (Vec<Vec<u8>>, Vec<Option<OnCommitted>>) =
                     batch.into_iter().unzip();
                 let callbacks: Vec<OnCommitted> = callbacks.into_iter().flatten().collect();
@@ -83,14 +94,23 @@ impl Submitter {
                 });
             }
         });
-        Submitter { queue }
+        Submitter { queue, queued }
     }
 
     /// Queues `command` behind every command submitted before it; returns at once. Without a
     /// callback nobody hears of its commit (a record whose loss is safe, as a core's lazy
-    /// records are). The queue is unbounded because its producer, a protocol core, bounds
-    /// what it has in flight itself.
+    /// records are). Past [`MAX_QUEUED`] the command is refused: its callback hears so.
     pub fn submit(&self, command: Vec<u8>, on_committed: Option<OnCommitted>) {
+        let before = self.queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if before >= MAX_QUEUED {
+            self.queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            let why = format!("the replicated log's queue holds {MAX_QUEUED} commands: refused");
+            match on_committed {
+                Some(callback) => callback(Err(WriteError::Unknown(why))),
+                None => eprintln!("concord: a lazy record is lost: {why}"),
+            }
+            return;
+        }
         if let Err(mpsc::error::SendError((_, Some(callback)))) =
             self.queue.send((command, on_committed))
         {
@@ -108,5 +128,26 @@ impl Submitter {
         });
         self.submit(crate::records::barrier_command(), Some(callback));
         committed.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_the_bound_is_refused_to_its_callback() {
+        let (queue, _undrained) = mpsc::unbounded_channel();
+        let submitter = Submitter { queue, queued: std::sync::Arc::default() };
+        for _ in 0..MAX_QUEUED {
+            submitter.submit(Vec::new(), None);
+        }
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let into = std::sync::Arc::clone(&heard);
+        submitter
+            .submit(Vec::new(), Some(Box::new(move |result| *into.lock().unwrap() = Some(result))));
+        let heard = heard.lock().unwrap().take().expect("the callback ran at once");
+        assert!(matches!(heard, Err(WriteError::Unknown(why)) if why.contains("refused")));
+        assert_eq!(submitter.queued.load(std::sync::atomic::Ordering::Acquire), MAX_QUEUED);
     }
 }
