@@ -63,7 +63,7 @@ async fn proxy(backend: SocketAddr, faults: Arc<Faults>) -> SocketAddr {
                 forward().await
             };
             match answer {
-                Ok((status, body)) => Response { status, content_type: "application/json", body },
+                Ok((status, body)) => Response::text(status, "application/json", body),
                 Err(e) => Response::error(503, &e),
             }
         }
