@@ -16,6 +16,9 @@ use concord_http::{Request, Response};
 use concord_testkit::browser::Browser;
 use concord_testkit::{servers_ready, Server};
 
+mod common;
+use common::databases::LEDGER_AND_WALLET;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn ready(what: &str) -> bool {
@@ -116,15 +119,7 @@ impl Setup {
                 r#"cluster = "{cluster}"
 node_id = {node_id}
 listen = "{address}"
-[[database]]
-name = "ledger"
-kind = "postgres"
-url = "host=127.0.0.1 user=postgres dbname=concord_test"
-[[database]]
-name = "wallet"
-kind = "mariadb"
-url = "mysql://root@127.0.0.1:3306/concord_test"
-[recovery]
+{LEDGER_AND_WALLET}[recovery]
 interval_ms = 600000
 [timeouts]
 statement_ms = 2000

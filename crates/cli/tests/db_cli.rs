@@ -7,18 +7,15 @@
 //! (run by the first test) starts them and sets `max_prepared_transactions`. Without them the
 //! tests skip loudly — except under `CI=true`, where they fail.
 
-use std::fs::File;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use concord_testkit::servers_ready;
 
 mod common;
-use common::databases::{maria, prepared, psql, run_tool};
+use common::databases::{maria, prepared, psql, run_tool, wait_until, Serving as Server};
 
 /// The tests share two databases and one restarts PostgreSQL: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -35,17 +32,6 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("bound").port()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}");
-}
-
 /// One test's world: its own cluster name (so its gids are its own), node id, tables, port.
 struct World {
     cluster: String,
@@ -56,38 +42,6 @@ struct World {
     interval_ms: u64,
     /// Appended to the configuration (tokens, say).
     extra: String,
-}
-
-struct Server {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn output(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(&self.log) {
-            let _ = file.read_to_string(&mut text);
-        }
-        text
-    }
-
-    fn wait_for(&self, text: &str) {
-        wait_until(&format!("the coordinator prints `{text}`"), || self.output().contains(text));
-    }
-
-    /// SIGKILL: no destructor, no flush, no goodbye.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the coordinator");
-        self.child.wait().expect("reap the coordinator");
-    }
 }
 
 impl World {
@@ -140,7 +94,6 @@ statement_ms = 2000
         .expect("write config");
         let starts = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
         let log = self.dir.join(format!("serve-{starts}.log"));
-        let out = File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
         command
             .args(["db", "serve", "--config"])
@@ -150,14 +103,7 @@ statement_ms = 2000
         if let Some(fault) = fault {
             command.args(["--fault", fault]);
         }
-        let child = command
-            .stdout(Stdio::from(out.try_clone().expect("clone log")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start concord db serve");
-        let server = Server { child, log };
-        server.wait_for("concord: ready");
-        server
+        Server::start(&mut command, log)
     }
 
     fn resume(&self) {
@@ -276,7 +222,7 @@ fn a_coordinator_killed_after_prepare_rolls_both_back_on_restart() {
     }
     let _serial = serial();
     let world = World::new("kill-prepared", 2);
-    let server = world.start(Some("pause-after-prepare"));
+    let mut server = world.start(Some("pause-after-prepare"));
     let mut client = world.spawn_transfer(25);
     server.wait_for("paused AfterPrepare");
     let (pg, my) = world.prepared();
@@ -299,7 +245,7 @@ fn a_coordinator_killed_after_the_decision_commits_both_on_restart() {
     }
     let _serial = serial();
     let world = World::new("kill-decided", 3);
-    let server = world.start(Some("pause-after-decision"));
+    let mut server = world.start(Some("pause-after-decision"));
     let mut client = world.spawn_transfer(25);
     server.wait_for("paused AfterDecision");
     let (pg, my) = world.prepared();

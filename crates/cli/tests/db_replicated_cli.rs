@@ -8,8 +8,6 @@
 //! Needs PostgreSQL and MariaDB (`scripts/setup-databases.sh`, run by the first test); without
 //! them the tests skip loudly, except under `CI=true`, where they fail.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -19,7 +17,10 @@ use concord_testkit::servers_ready;
 use serde_json::Value;
 
 mod common;
-use common::databases::{balances, fresh_accounts, prepared, transfer_args, LEDGER_AND_WALLET};
+use common::databases::{
+    balances, fresh_accounts, prepared, transfer_args, wait_until, Serving as Replica,
+    LEDGER_AND_WALLET,
+};
 
 /// The tests share two databases: one at a time (with `db_cli.rs`'s, they use their own
 /// cluster names and tables).
@@ -36,57 +37,8 @@ fn databases_ready() -> bool {
     )
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}");
-}
-
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-struct Replica {
-    id: u32,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Replica {
-    fn output(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(&self.log) {
-            let _ = file.read_to_string(&mut text);
-        }
-        text
-    }
-
-    fn wait_for(&self, text: &str) {
-        wait_until(&format!("replica {} prints `{text}`", self.id), || {
-            self.output().contains(text)
-        });
-    }
-
-    /// SIGKILL: no destructor, no flush, no goodbye.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("a running replica");
-        child.kill().expect("SIGKILL the replica");
-        child.wait().expect("reap the replica");
-    }
 }
 
 /// Three replicas of one database coordinator, each with its own data directory.
@@ -132,7 +84,6 @@ impl World {
     fn start(&self, id: u32, fault: Option<&str>) -> Replica {
         let starts = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
         let log = self.dir.join(format!("replica-{id}-{starts}.log"));
-        let out = File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
         command
             .args(["db", "serve", "--replica", &id.to_string(), "--config"])
@@ -142,14 +93,7 @@ impl World {
         if let Some(fault) = fault {
             command.args(["--fault", fault]);
         }
-        let child = command
-            .stdout(Stdio::from(out.try_clone().expect("clone log")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start concord db serve --replica");
-        let replica = Replica { id, child: Some(child), log };
-        replica.wait_for("concord: ready");
-        replica
+        Replica::start(&mut command, log)
     }
 
     fn start_all(&self, fault: Option<&str>) -> Vec<Replica> {
@@ -342,7 +286,7 @@ fn a_paused_leader_that_wakes_up_deposed_decides_nothing() {
     let client = world.spawn_transfer(25, leader);
     let old = &replicas[leader as usize - 1];
     old.wait_for("paused AfterPrepare");
-    let pid = old.child.as_ref().expect("running").id().to_string();
+    let pid = old.pid().to_string();
     let signal = |name: &str| {
         let out = Command::new("kill").args([name, &pid]).output().expect("kill");
         assert!(out.status.success(), "kill {name}: {}", text(&out));

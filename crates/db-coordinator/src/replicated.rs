@@ -225,12 +225,8 @@ impl ReplicatedCoordinator {
         // A leader cut off hears few events: look every heartbeat as well.
         let mut tick = tokio::time::interval(self.heartbeat);
         loop {
-            let (leads, term, majority_heard) = {
-                let m = metrics.borrow_and_update();
-                let heard = m.millis_since_quorum_ack.is_none_or(|ms| ms <= lease_ms);
-                (m.state.is_leader(), m.current_term, heard)
-            };
-            let in_charge = leads && majority_heard;
+            let charge = concord_replication::Charge::of(&metrics.borrow_and_update(), lease_ms);
+            let (leads, term, in_charge) = (charge.leads, charge.term, charge.in_charge());
             let led_in = self.leading.lock().expect("not poisoned").as_ref().map(|l| l.term);
             if led_in.is_some_and(|t| !in_charge || t != term) {
                 let why = if leads { ": no majority heard from it" } else { "" };

@@ -222,12 +222,8 @@ pub(crate) async fn watch_leadership<E: Engine>(
     ));
     let mut led_in: Option<u64> = None;
     loop {
-        let (leads, term, majority_heard) = {
-            let m = metrics.borrow_and_update();
-            let heard = m.millis_since_quorum_ack.is_none_or(|ms| ms <= lease_ms);
-            (m.state.is_leader(), m.current_term, heard)
-        };
-        let in_charge = leads && majority_heard;
+        let charge = concord_replication::Charge::of(&metrics.borrow_and_update(), lease_ms);
+        let (leads, term, in_charge) = (charge.leads, charge.term, charge.in_charge());
         if led_in.is_some_and(|t| !in_charge || t != term) {
             replication.leading.store(false, Ordering::Release);
             replication.stand_downs.send_modify(|n| *n += 1);

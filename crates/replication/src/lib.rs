@@ -239,6 +239,32 @@ pub struct Stats {
     pub quorum_ack_ms: Option<u64>,
 }
 
+/// What a leadership watcher decides on (the node's and the database coordinator's): whether
+/// openraft says this replica leads, in which term, and whether a majority acknowledged it
+/// within the lease. A leader cut off from the others cannot commit, but until it hears a
+/// higher term it still calls itself leader: only both together put it in charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub leads: bool,
+    pub term: u64,
+    pub majority_heard: bool,
+}
+
+impl Charge {
+    /// From openraft's metrics; `lease_ms` is the longest election timeout.
+    pub fn of(metrics: &openraft::RaftMetrics<u64, BasicNode>, lease_ms: u64) -> Charge {
+        Charge {
+            leads: metrics.state.is_leader(),
+            term: metrics.current_term,
+            majority_heard: metrics.millis_since_quorum_ack.is_none_or(|ms| ms <= lease_ms),
+        }
+    }
+
+    pub fn in_charge(&self) -> bool {
+        self.leads && self.majority_heard
+    }
+}
+
 /// One replica of the replicated log, running.
 pub struct Replica<M> {
     raft: Raft<TypeConfig>,

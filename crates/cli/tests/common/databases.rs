@@ -87,3 +87,68 @@ name = "wallet"
 kind = "mariadb"
 url = "mysql://root@127.0.0.1:3306/concord_test"
 "#;
+
+/// Waits until `done`, for at most a minute.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A `concord db serve` process with its output in a file; killed (SIGKILL) when dropped.
+pub struct Serving {
+    pub child: Option<std::process::Child>,
+    pub log: std::path::PathBuf,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Serving {
+    /// Starts `command` with its stdout and stderr in `log`, and waits until it is ready.
+    pub fn start(command: &mut Command, log: std::path::PathBuf) -> Serving {
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdout(std::process::Stdio::from(out.try_clone().expect("clone log")))
+            .stderr(std::process::Stdio::from(out))
+            .spawn()
+            .expect("start concord db serve");
+        let serving = Serving { child: Some(child), log };
+        serving.wait_for("concord: ready");
+        serving
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_for(&self, text: &str) {
+        wait_until(&format!("{} prints `{text}`", self.log.display()), || {
+            self.output().contains(text)
+        });
+    }
+
+    /// SIGKILL: no destructor, no flush, no goodbye.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("a running process");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+}
