@@ -46,6 +46,25 @@ pub enum DbCommand {
         /// redirect clients to it. Default data directory: ./concord-data/db-nNODE_ID-rID.
         #[arg(long)]
         replica: Option<u32>,
+        /// With --replica, on an empty data directory: join the running replicas instead of
+        /// starting a new cluster. The replica votes for no one until the leader adds it
+        /// (`concord db add-replica ID`). How a replica whose directory was lost comes back.
+        #[arg(long, requires = "replica")]
+        join: bool,
+    },
+    /// Add replica ID (a `[[replica]]` of the configuration, started with `--join`) to a
+    /// replicated coordinator's voters: the leader catches it up, then adds it.
+    AddReplica {
+        id: u32,
+        #[arg(long, default_value = DEFAULT_DB_COORDINATOR)]
+        db: SocketAddr,
+    },
+    /// Take replica ID out of a replicated coordinator's voters (before replacing a replica
+    /// whose directory was lost, say).
+    RemoveReplica {
+        id: u32,
+        #[arg(long, default_value = DEFAULT_DB_COORDINATOR)]
+        db: SocketAddr,
     },
     /// Run statements atomically across databases: each argument is DATABASE=STATEMENT,
     /// e.g. ledger="UPDATE accounts SET balance = balance - 10 WHERE id = 1".
@@ -61,9 +80,11 @@ pub enum DbCommand {
 
 pub fn run(command: DbCommand) -> Result<ExitCode, String> {
     match command {
-        DbCommand::Serve { config, data_dir, fault, replica } => {
-            serve(&config, data_dir, fault, replica)
+        DbCommand::Serve { config, data_dir, fault, replica, join } => {
+            serve(&config, data_dir, fault, replica.map(|id| (id, join)))
         }
+        DbCommand::AddReplica { id, db } => change_replicas(db, id, "add"),
+        DbCommand::RemoveReplica { id, db } => change_replicas(db, id, "remove"),
         DbCommand::Exec { statements, db, json } => exec(&statements, db, json),
     }
 }
@@ -72,10 +93,10 @@ fn serve(
     config_path: &Path,
     data_dir: Option<PathBuf>,
     fault: Option<FaultPoint>,
-    replica: Option<u32>,
+    replica: Option<(u32, bool)>,
 ) -> Result<ExitCode, String> {
     let config = DatabasesConfig::load(config_path).map_err(|e| e.to_string())?;
-    let listen = config.listen_of(replica)?;
+    let listen = config.listen_of(replica.map(|(id, _)| id))?;
     // Without tokens the API runs statements and resolves transactions for anyone who reaches
     // it: only on loopback.
     if config.tokens.is_empty() && !listen.ip().is_loopback() {
@@ -86,7 +107,7 @@ fn serve(
     }
     let data_dir = data_dir.unwrap_or_else(|| {
         let name = match replica {
-            Some(id) => format!("db-n{}-r{id}", config.node_id),
+            Some((id, _)) => format!("db-n{}-r{id}", config.node_id),
             None => format!("db-n{}", config.node_id),
         };
         PathBuf::from("./concord-data").join(name)
@@ -94,8 +115,9 @@ fn serve(
     let fault = fault.map(|point| Fault { point, resume_file: data_dir.join("RESUME") });
     let tokens = concord_types::tokens::TokenTable::new(&config.tokens);
     match replica {
-        Some(id) => {
-            runtime()?.block_on(serve_replica(config, id, listen, &data_dir, fault, tokens))
+        Some((id, join)) => {
+            let replica = Replicated { id, join, fault };
+            runtime()?.block_on(serve_replica(config, replica, listen, &data_dir, tokens))
         }
         None => runtime()?.block_on(serve_single(config, listen, &data_dir, fault, tokens)),
     }?;
@@ -142,21 +164,30 @@ async fn serve_single(
 
 /// One replica of a replicated coordinator: its replica link, its HTTP API, and the loop that
 /// starts the coordinator whenever it leads.
+/// Which replica this process is, and how it starts.
+struct Replicated {
+    id: u32,
+    /// Join running replicas (an empty directory, waiting to be added) instead of starting a
+    /// new cluster.
+    join: bool,
+    fault: Option<Fault>,
+}
+
 async fn serve_replica(
     config: DatabasesConfig,
-    id: u32,
+    replica: Replicated,
     listen: SocketAddr,
     data_dir: &Path,
-    fault: Option<Fault>,
     tokens: concord_types::tokens::TokenTable,
 ) -> Result<(), String> {
+    let Replicated { id, join, fault } = replica;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (node_id, cluster) = (config.node_id, config.cluster.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("replica {id}: cannot listen on {listen}: {e}"))?;
     let replica =
-        ReplicatedCoordinator::start(config, id, data_dir, fault, stopped.clone()).await?;
+        ReplicatedCoordinator::start(config, id, join, data_dir, fault, stopped.clone()).await?;
     println!(
         "concord: database coordinator n{node_id} (cluster {cluster}), replica {id} on {listen}, data in {}",
         data_dir.display()
@@ -399,6 +430,23 @@ pub fn resolve(
     } else {
         print_actions(&value["actions"]);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the leader (found by following redirects from `address`) to add or remove replica
+/// `id`; says the voters afterwards.
+fn change_replicas(address: SocketAddr, id: u32, change: &str) -> Result<ExitCode, String> {
+    let body = json!({ "id": id });
+    let (status, value) = call(address, "POST", &format!("/v1/replicas/{change}"), Some(&body))?;
+    if let Some(error) = refused(status, &value) {
+        return Err(error);
+    }
+    let voters: Vec<String> = value["voters"]
+        .as_array()
+        .map(|v| v.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let done = if change == "add" { "added" } else { "removed" };
+    println!("replica {id} {done}; the voting replicas are now {}", voters.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -82,6 +82,10 @@ impl World {
     }
 
     fn start(&self, id: u32, fault: Option<&str>) -> Replica {
+        self.start_with(id, fault, &[])
+    }
+
+    fn start_with(&self, id: u32, fault: Option<&str>, extra: &[&str]) -> Replica {
         let starts = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
         let log = self.dir.join(format!("replica-{id}-{starts}.log"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
@@ -93,6 +97,7 @@ impl World {
         if let Some(fault) = fault {
             command.args(["--fault", fault]);
         }
+        command.args(extra);
         Replica::start(&mut command, log)
     }
 
@@ -315,6 +320,49 @@ fn a_paused_leader_that_wakes_up_deposed_decides_nothing() {
     assert_eq!(balances(&world.table), (100, 100));
     let txn = world.cluster(next).expect("the leader answers");
     assert_eq!(txn["leads"], true);
+}
+
+#[test]
+fn a_replica_whose_directory_is_lost_is_replaced_and_votes_again() {
+    if !databases_ready() {
+        return;
+    }
+    let _serial = serial();
+    let world = World::new("replaced", 5);
+    let mut replicas = world.start_all(None);
+    let leader = world.leader(&[1, 2, 3]);
+    let lost = (1..=3).find(|&id| id != leader).expect("a follower");
+    let out = world.concord(&transfer_args(&world.table, 5), leader);
+    assert!(text(&out).contains("\"state\":\"committed\""), "{}", text(&out));
+
+    // Its disk is gone. Restarted plainly on an empty directory it would have forgotten whom
+    // it voted for: it is removed, started as a joiner, and added back.
+    replicas[lost as usize - 1].kill();
+    std::fs::remove_dir_all(world.data_dir(lost)).expect("wipe the lost replica's directory");
+    let change = |what: &str| {
+        let out = world.concord(&["db".into(), what.into(), lost.to_string()], leader);
+        assert!(out.status.success(), "db {what} {lost}: {}", text(&out));
+        text(&out)
+    };
+    assert!(change("remove-replica").contains("removed"));
+    replicas[lost as usize - 1] = world.start_with(lost, None, &["--join"]);
+    assert!(change("add-replica").contains("added"));
+    wait_until("the replaced replica has the leader's log", || {
+        let (Some(back), Some(lead)) = (world.cluster(lost), world.cluster(leader)) else {
+            return false;
+        };
+        back["replication"]["applied_index"] == lead["replication"]["applied_index"]
+    });
+
+    // The leader goes: no majority of the two left exists without the replaced replica.
+    replicas[leader as usize - 1].kill();
+    let survivors: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    let next = world.leader(&survivors);
+    let out = world.concord(&transfer_args(&world.table, 5), lost);
+    assert!(text(&out).contains("\"state\":\"committed\""), "via {lost}: {}", text(&out));
+    assert_eq!(balances(&world.table), (90, 110));
+    assert!(world.cluster(next).is_some_and(|c| c["leads"] == true));
+    world.assert_nothing_prepared();
 }
 
 #[test]

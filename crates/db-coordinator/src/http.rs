@@ -130,12 +130,51 @@ pub async fn serve_replica(
                     value["replication"] = replica.status_json();
                     json_response(200, &value)
                 }
+                ("POST", "/v1/replicas/add" | "/v1/replicas/remove", Some(_)) => {
+                    change_replicas(&replica, path, &request.body, &who).await
+                }
                 (_, _, Some(coordinator)) => route(&coordinator, &request, &who).await,
                 (_, _, None) => redirect(&replica.redirect(), &request.target),
             }
         }
     })
     .await;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaRequest {
+    id: u32,
+}
+
+/// `POST /v1/replicas/add|remove {"id": N}` on the leader (operators only): a membership
+/// change, written to the audit log.
+async fn change_replicas(
+    replica: &ReplicatedCoordinator,
+    path: &str,
+    body: &str,
+    caller: &Caller,
+) -> Response {
+    let request: ReplicaRequest = match serde_json::from_str(body) {
+        Ok(r) => r,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    let add = path.ends_with("/add");
+    let changed = if add {
+        replica.add_replica(request.id).await
+    } else {
+        replica.remove_replica(request.id).await
+    };
+    let verb = if add { "added" } else { "removed" };
+    let result = match &changed {
+        Ok(voters) => format!("done; voters {voters:?}"),
+        Err(e) => format!("refused: {e}"),
+    };
+    eprintln!("audit: {} {verb} replica {}: {result}", caller.label, request.id);
+    match changed {
+        Ok(voters) => json_response(200, &json!({ "voters": voters })),
+        Err(e) => error(409, &e),
+    }
 }
 
 /// A standby's answer: it ran nothing, so the client may send the same request on.

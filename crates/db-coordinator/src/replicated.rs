@@ -43,6 +43,9 @@ use tokio::sync::watch;
 use crate::config::DatabasesConfig;
 use crate::coordinator::{Coordinator, Fault, ReplicatedSink};
 
+/// How long adding or removing a replica may take (catching a new one up included).
+const MEMBERSHIP_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long a new leader may take to apply the log and start its coordinator (its epoch
 /// durable, its databases' schema checked) before it gives up and looks again.
 const LEAD_LIMIT: Duration = Duration::from_secs(15);
@@ -92,10 +95,12 @@ fn raft_cluster(config: &DatabasesConfig) -> String {
 impl ReplicatedCoordinator {
     /// Starts replica `me` of `config`'s replicated coordinator: its store in `data_dir` (a
     /// directory of another replica or cluster is refused), its replica link on its `raft`
-    /// address. Leading comes later, by election ([`ReplicatedCoordinator::follow`]).
+    /// address; with `join`, an empty directory waits to be added instead of starting a new
+    /// cluster. Leading comes later, by election ([`ReplicatedCoordinator::follow`]).
     pub async fn start(
         config: DatabasesConfig,
         me: u32,
+        join: bool,
         data_dir: &Path,
         fault: Option<Fault>,
         stopped: watch::Receiver<bool>,
@@ -104,8 +109,12 @@ impl ReplicatedCoordinator {
         let members: BTreeMap<u64, String> =
             config.replicas.iter().map(|r| (u64::from(r.id), r.raft.to_string())).collect();
         let cluster = raft_cluster(&config);
-        let options =
+        let mut options =
             concord_replication::Options::new(cluster.clone(), u64::from(me), data_dir, members);
+        // A new cluster's replicas all propose the configuration on their empty directories; a
+        // joiner (a replacement for a replica whose directory was lost) proposes nothing and
+        // votes for no one until the leader adds it.
+        options.bootstrap = !join;
         let (lease, heartbeat) = (options.election_timeout.1, options.heartbeat);
         let listener = tokio::net::TcpListener::bind(this.raft)
             .await
@@ -191,6 +200,7 @@ impl ReplicatedCoordinator {
             "applied_index": status.applied_index,
             "leader_changes": stats.leader_changes,
             "quorum_ack_ms": stats.quorum_ack_ms,
+            "voters": self.replica.voters(),
             "replicas": replicas,
         })
     }
@@ -308,6 +318,32 @@ impl ReplicatedCoordinator {
         let Some(leading) = self.leading.lock().expect("not poisoned").take() else { return };
         leading.recovery.abort();
         leading.coordinator.stand_down().await;
+    }
+
+    /// On the leader: makes configured replica `id` a voter — a learner first, caught up (by
+    /// snapshot if need be), then a member. Returns the voters.
+    pub async fn add_replica(&self, id: u32) -> Result<Vec<u64>, String> {
+        let raft = self.config.replica(id)?.raft.to_string();
+        let added = self.replica.add_voter(u64::from(id), raft);
+        match tokio::time::timeout(MEMBERSHIP_LIMIT, added).await {
+            Ok(Ok(())) => Ok(self.replica.voters().into_iter().collect()),
+            Ok(Err(e)) => Err(format!("replica {id}: {e}")),
+            Err(_) => Err(format!(
+                "replica {id} was not added within {MEMBERSHIP_LIMIT:?}: is it up, started \
+                 with --join, and reachable at its raft address?"
+            )),
+        }
+    }
+
+    /// On the leader: takes replica `id` out of the voters. Returns the voters.
+    pub async fn remove_replica(&self, id: u32) -> Result<Vec<u64>, String> {
+        self.config.replica(id)?;
+        let removed = self.replica.remove_voter(u64::from(id));
+        match tokio::time::timeout(MEMBERSHIP_LIMIT, removed).await {
+            Ok(Ok(())) => Ok(self.replica.voters().into_iter().collect()),
+            Ok(Err(e)) => Err(format!("replica {id}: {e}")),
+            Err(_) => Err(format!("replica {id} was not removed within {MEMBERSHIP_LIMIT:?}")),
+        }
     }
 
     /// Stops the replicated log (the process is ending).
