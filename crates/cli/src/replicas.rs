@@ -143,12 +143,22 @@ async fn status(config: &ClusterConfig) -> Result<ExitCode, String> {
     println!("\nleader {name}, term {}; a majority acknowledged it {acknowledged}", health.term);
     for m in &health.matched {
         let replica = name_of(config, m.replica);
+        // The leader's own row has no contact: it is the one asking.
+        let contact = match (m.replica == health.leader.unwrap_or(u32::MAX), m.last_contact_ms) {
+            (true, _) => String::new(),
+            (false, Some(ms)) => format!("   last contact {ms} ms ago"),
+            (false, None) => "   never answered".to_string(),
+        };
         match m.matched {
             Some(matched) => println!(
-                "  {replica:<16} match index {matched:>9}   lag {} entries",
+                "  {replica:<16} match index {matched:>9}   lag {} entries{contact}",
                 health.last_log_index.saturating_sub(matched)
             ),
-            None => println!("  {replica:<16} match index         -   (nothing replicated yet)"),
+            None => {
+                println!(
+                    "  {replica:<16} match index         -   (nothing replicated yet){contact}"
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

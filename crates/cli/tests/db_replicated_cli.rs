@@ -192,6 +192,16 @@ fn a_leader_killed_after_the_decision_leaves_it_to_the_next_which_commits_both()
     let view = world.cluster(leader).expect("the leader answers");
     assert_eq!(view["replication"]["leader"], format!("replica {leader}"), "{view}");
     assert_eq!(view["replication"]["replicas"].as_array().map(Vec::len), Some(3), "{view}");
+    // The leader says when each follower last answered it (bounded wait: a follower may not
+    // have answered its first heartbeat yet).
+    let followers_heard = |view: &Value| {
+        view["replication"]["replicas"].as_array().is_some_and(|replicas| {
+            replicas.iter().filter(|r| r["leader"] == false).all(|r| r["last_contact_ms"].is_u64())
+        })
+    };
+    wait_until("the leader hears both followers", || {
+        world.cluster(leader).is_some_and(|v| followers_heard(&v))
+    });
     let metrics = Command::new("curl")
         .args(["-s", &format!("http://{}/metrics", world.address(follower))])
         .output()

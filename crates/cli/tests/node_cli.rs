@@ -415,10 +415,11 @@ fn a_dev_cluster_with_three_coordinators_redirects_and_moves_its_leader() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         let status = concord(&["cluster", "status", "--config", config]);
-        if status.status.success() {
+        // A leader, and both followers have answered it (their last contact is shown).
+        if status.status.success() && text(&status).matches("last contact").count() == 2 {
             break text(&status);
         }
-        assert!(Instant::now() < deadline, "no leader in 30 s: {}", text(&status));
+        assert!(Instant::now() < deadline, "no leader heard by all in 30 s: {}", text(&status));
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
@@ -481,6 +482,10 @@ fn a_dev_cluster_with_three_coordinators_redirects_and_moves_its_leader() {
     assert!(
         replicas.iter().all(|r| r["lag_entries"].is_u64()),
         "the leader knows every lag: {seen}"
+    );
+    assert!(
+        replicas.iter().filter(|r| r["leader"] == false).all(|r| r["last_contact_ms"].is_u64()),
+        "and when each follower last answered it: {seen}"
     );
     let follower = cluster(port + 200 + index(&leader));
     assert_eq!(follower["replication"]["this_replica_leads"], false, "{follower}");

@@ -306,9 +306,10 @@ async function clusterPage() {
       `Leader: ${r.leader || "none known (an election is under way)"} · term ${r.term} · this replica ${r.this_replica_leads ? "leads" : "follows"} · log ${r.last_log_index}, applied ${r.applied_index} · leader changes seen ${r.leader_changes} · a majority acknowledged the leader ${ack}`));
     const dash = v => v === null || v === undefined ? "—" : v;
     parts.push(el("table", { id: "replicas" },
-      el("thead", {}, el("tr", {}, ["Replica", "Id", "Address", "Role", "Match index", "Lag (entries)"].map(h => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["Replica", "Id", "Address", "Role", "Match index", "Lag (entries)", "Last contact"].map(h => el("th", {}, h)))),
       el("tbody", {}, r.replicas.map(p => el("tr", { "data-replica": p.name }, el("td", {}, p.name), el("td", {}, p.id), el("td", { class: "mono" }, p.address),
-        el("td", {}, p.leader ? badge("leader") : "follower"), el("td", {}, dash(p.match_index)), el("td", {}, dash(p.lag_entries)))))));
+        el("td", {}, p.leader ? badge("leader") : "follower"), el("td", {}, dash(p.match_index)), el("td", {}, dash(p.lag_entries)),
+        el("td", {}, p.leader || p.last_contact_ms === null || p.last_contact_ms === undefined ? "—" : p.last_contact_ms + " ms ago"))))));
     if (!r.this_replica_leads) parts.push(el("p", {}, "Match indexes are known to the leader: open the leader's console for them."));
   }
   main(parts);

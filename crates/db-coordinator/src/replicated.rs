@@ -187,6 +187,7 @@ impl ReplicatedCoordinator {
                     "leader": status.leader == Some(u64::from(r.id)),
                     "match_index": matched,
                     "lag_entries": matched.map(|m| last.saturating_sub(m)),
+                    "last_contact_ms": stats.last_contact_ms.get(&u64::from(r.id)),
                 })
             })
             .collect();

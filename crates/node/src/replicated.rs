@@ -117,6 +117,7 @@ impl Replication {
                 .map(|(replica, matched)| crate::proto::ReplicaMatch {
                     replica: id(*replica),
                     matched: *matched,
+                    last_contact_ms: stats.last_contact_ms.get(replica).copied(),
                 })
                 .collect(),
             leader_changes: stats.leader_changes,
@@ -133,8 +134,8 @@ impl Replication {
         let replicas: Vec<serde_json::Value> = config
             .coordinators()
             .map(|node| {
-                let matched =
-                    health.matched.iter().find(|m| m.replica == node.id).and_then(|m| m.matched);
+                let replica = health.matched.iter().find(|m| m.replica == node.id);
+                let matched = replica.and_then(|m| m.matched);
                 serde_json::json!({
                     "name": node.name,
                     "id": node.id,
@@ -142,6 +143,7 @@ impl Replication {
                     "leader": health.leader == Some(node.id),
                     "match_index": matched,
                     "lag_entries": matched.map(|m| health.last_log_index.saturating_sub(m)),
+                    "last_contact_ms": replica.and_then(|m| m.last_contact_ms),
                 })
             })
             .collect();

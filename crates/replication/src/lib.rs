@@ -235,8 +235,12 @@ pub struct Stats {
     pub leader_changes: u64,
     pub commit_latency: CommitLatency,
     /// On the leader: how long ago a majority last acknowledged it (its last contact with a
-    /// quorum; openraft 0.9 keeps no per-replica time).
+    /// quorum).
     pub quorum_ack_ms: Option<u64>,
+    /// Milliseconds since each other replica last answered this one (absent: never). On the
+    /// leader every replica is called each heartbeat, so this is each one's last contact; on
+    /// a follower it says only when it last asked for votes.
+    pub last_contact_ms: BTreeMap<u64, u64>,
 }
 
 /// What a leadership watcher decides on (the node's and the database coordinator's): whether
@@ -273,6 +277,7 @@ pub struct Replica<M> {
     released: store::Released,
     latency: Arc<Mutex<CommitLatency>>,
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    contacts: network::Contacts,
 }
 
 impl<M> fmt::Debug for Replica<M> {
@@ -327,7 +332,9 @@ impl<M: Machine> Replica<M> {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let network = network::Network { wire, retry_after: options.heartbeat };
+        let contacts = network::Contacts::default();
+        let network =
+            network::Network { wire, retry_after: options.heartbeat, contacts: contacts.clone() };
         let raft = Raft::new(options.id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -356,7 +363,7 @@ impl<M: Machine> Replica<M> {
             }
         });
         let latency = Arc::default();
-        Ok(Replica { raft, machine, id: options.id, released, latency, leader_changes })
+        Ok(Replica { raft, machine, id: options.id, released, latency, leader_changes, contacts })
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
@@ -505,6 +512,7 @@ impl<M: Machine> Replica<M> {
             leader_changes: self.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
             commit_latency: self.latency.lock().expect("not poisoned").clone(),
             quorum_ack_ms,
+            last_contact_ms: self.contacts.millis_since(),
         }
     }
 

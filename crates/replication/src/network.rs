@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, ReplicationClosed,
@@ -59,12 +59,38 @@ pub async fn serve(raft: &Raft<TypeConfig>, request: &[u8]) -> Vec<u8> {
     codec::encode_reply(&reply)
 }
 
+/// When each peer last answered this replica (any reply at all: the peer is up and the link
+/// carries). openraft 0.9 keeps no per-replica time, and an operator asking "is replica 3
+/// alive?" wants one; on the leader, heartbeats keep it within a heartbeat interval.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Contacts(Arc<Mutex<HashMap<u64, Instant>>>);
+
+impl Contacts {
+    fn heard(&self, peer: u64) {
+        self.0.lock().expect("not poisoned").insert(peer, Instant::now());
+    }
+
+    /// Milliseconds since each peer that ever answered last did.
+    pub(crate) fn millis_since(&self) -> std::collections::BTreeMap<u64, u64> {
+        let now = Instant::now();
+        let heard = self.0.lock().expect("not poisoned");
+        heard
+            .iter()
+            .map(|(peer, at)| {
+                let ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
+                (*peer, ms)
+            })
+            .collect()
+    }
+}
+
 /// Makes a [`Client`] per peer.
 #[derive(Debug, Clone)]
-pub struct Network<W> {
+pub(crate) struct Network<W> {
     pub wire: W,
     /// How long openraft waits before it calls an unreachable peer again.
     pub retry_after: Duration,
+    pub contacts: Contacts,
 }
 
 impl<W: Wire> RaftNetworkFactory<TypeConfig> for Network<W> {
@@ -76,17 +102,19 @@ impl<W: Wire> RaftNetworkFactory<TypeConfig> for Network<W> {
             target,
             addr: node.addr.clone(),
             retry_after: self.retry_after,
+            contacts: self.contacts.clone(),
         }
     }
 }
 
 /// One peer as openraft sees it.
 #[derive(Debug)]
-pub struct Client<W> {
+pub(crate) struct Client<W> {
     wire: W,
     target: u64,
     addr: String,
     retry_after: Duration,
+    contacts: Contacts,
 }
 
 /// Why an RPC got no usable answer, before openraft's error types are chosen.
@@ -105,6 +133,7 @@ impl<W: Wire> Client<W> {
             .call(self.target, &self.addr, bytes, timeout)
             .await
             .map_err(Failed::Unreachable)?;
+        self.contacts.heard(self.target);
         match codec::decode_reply(&reply) {
             Ok(Reply::Refused(why)) => Err(Failed::Garbled(format!("refused: {why}"))),
             Ok(reply) => Ok(reply),

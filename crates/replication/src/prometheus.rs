@@ -90,6 +90,15 @@ impl<M: crate::Machine> Replica<M> {
                 let lag = last.saturating_sub(matched.unwrap_or(0));
                 let _ = writeln!(out, "{name}{{{labels},replica=\"{replica}\"}} {lag}");
             }
+            let name = "concord_replica_last_contact_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} On the leader: seconds since each other replica last answered it (absent: never since it started).\n# TYPE {name} gauge"
+            );
+            for (replica, ms) in &stats.last_contact_ms {
+                let seconds = *ms as f64 / 1000.0;
+                let _ = writeln!(out, "{name}{{{labels},replica=\"{replica}\"}} {seconds}");
+            }
         }
         let latency = &stats.commit_latency;
         write_histogram(

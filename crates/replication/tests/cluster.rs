@@ -157,6 +157,42 @@ async fn a_follower_names_the_leader_and_takes_no_write() {
     cluster.all_applied(&[b"at the leader".to_vec()]).await;
 }
 
+/// The leader knows when each replica last answered it (openraft keeps no such time; the
+/// network layer notes every reply): a replica that died stops answering and its last contact
+/// grows, while a live one is heard each heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_reports_each_replicas_last_contact() {
+    let mut cluster = Cluster::start(3, 10_000).await;
+    cluster.write(b"first").await;
+    let leader = cluster.leader().await;
+    let followers: Vec<u64> = cluster.replicas.keys().copied().filter(|id| *id != leader).collect();
+    let contact = |cluster: &Cluster| cluster.replicas[&leader].stats().last_contact_ms;
+    let heard = contact(&cluster);
+    assert!(followers.iter().all(|f| heard.contains_key(f)), "both followers answered: {heard:?}");
+    assert!(!heard.contains_key(&leader), "no contact with itself: {heard:?}");
+
+    let (dead, live) = (followers[0], followers[1]);
+    cluster.kill(dead).await;
+    // Ten heartbeats without an answer from the dead one; the live one answers every beat.
+    let mut seen = BTreeMap::new();
+    for _ in 0..500 {
+        seen = contact(&cluster);
+        if seen[&dead] >= 1_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen[&dead] >= 1_000, "the dead replica's last contact grows: {seen:?}");
+    assert!(seen[&live] < seen[&dead], "the live one is heard since: {seen:?}");
+    let text = cluster.replicas[&leader].prometheus("node=\"t\"", true);
+    assert!(
+        text.contains(&format!(
+            "concord_replica_last_contact_seconds{{node=\"t\",replica=\"{dead}\"}}"
+        )),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_acknowledges_nothing_and_nothing_diverges() {
     let mut cluster = Cluster::start(3, 10_000).await;
