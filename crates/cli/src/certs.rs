@@ -15,6 +15,11 @@ pub enum CertsCommand {
     Init {
         #[arg(long, default_value = "concord.toml")]
         config: PathBuf,
+        /// Instead of a cluster's nodes, a replicated database coordinator's replicas: the
+        /// `[tls] dir` of this databases.toml gets the CA (if none) and `replica-ID.pem` /
+        /// `.key` for each `[[replica]]`, for their replica links.
+        #[arg(long, conflicts_with = "config")]
+        db: Option<PathBuf>,
         /// Issue every node's certificate again (rotation), signed by the same CA.
         #[arg(long)]
         renew: bool,
@@ -53,7 +58,43 @@ pub fn run(command: CertsCommand) -> Result<ExitCode, String> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CertsCommand::Init { config, renew } => {
+        CertsCommand::Init { db: Some(path), renew, .. } => {
+            let loaded = concord_db_coordinator::config::DatabasesConfig::load(&path)
+                .map_err(|e| e.to_string())?;
+            let Some(tls) = &loaded.tls else {
+                return Err(format!(
+                    "{} has no [tls] section: add\n\n[tls]\ndir = \"certs\"\n\nand run this again",
+                    path.display()
+                ));
+            };
+            let subjects: Vec<concord_node::certs::Subject> = loaded
+                .replicas
+                .iter()
+                .map(|r| concord_node::certs::Subject {
+                    file: concord_db_coordinator::config::DatabasesConfig::replica_cert_name(r.id),
+                    id: concord_types::NodeId(r.id),
+                    about: format!("database coordinator replica {}", r.id),
+                })
+                .collect();
+            let files = CertFiles { dir: tls.dir.clone() };
+            let report = concord_node::certs::issue_for(
+                &loaded.replica_cluster(),
+                &subjects,
+                &files,
+                renew,
+            )?;
+            if report.is_empty() {
+                println!(
+                    "every replica of {} has a certificate (--renew issues them again)",
+                    path.display()
+                );
+            }
+            for line in report {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Init { config, renew, db: None } => {
             let loaded = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
             let Some(tls) = &loaded.tls else {
                 return Err(format!(

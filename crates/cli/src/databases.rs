@@ -51,6 +51,10 @@ pub enum DbCommand {
         /// (`concord db add-replica ID`). How a replica whose directory was lost comes back.
         #[arg(long, requires = "replica")]
         join: bool,
+        /// With --replica and no `[tls]`: allow replica links on addresses other than
+        /// loopback, as plain TCP (anyone who reaches them could rewrite decisions).
+        #[arg(long, requires = "replica")]
+        insecure: bool,
     },
     /// Add replica ID (a `[[replica]]` of the configuration, started with `--join`) to a
     /// replicated coordinator's voters: the leader catches it up, then adds it.
@@ -80,8 +84,9 @@ pub enum DbCommand {
 
 pub fn run(command: DbCommand) -> Result<ExitCode, String> {
     match command {
-        DbCommand::Serve { config, data_dir, fault, replica, join } => {
-            serve(&config, data_dir, fault, replica.map(|id| (id, join)))
+        DbCommand::Serve { config, data_dir, fault, replica, join, insecure } => {
+            let replica = replica.map(|id| Replicated { id, join, insecure, fault: None });
+            serve(&config, data_dir, fault, replica)
         }
         DbCommand::AddReplica { id, db } => change_replicas(db, id, "add"),
         DbCommand::RemoveReplica { id, db } => change_replicas(db, id, "remove"),
@@ -93,10 +98,10 @@ fn serve(
     config_path: &Path,
     data_dir: Option<PathBuf>,
     fault: Option<FaultPoint>,
-    replica: Option<(u32, bool)>,
+    replica: Option<Replicated>,
 ) -> Result<ExitCode, String> {
     let config = DatabasesConfig::load(config_path).map_err(|e| e.to_string())?;
-    let listen = config.listen_of(replica.map(|(id, _)| id))?;
+    let listen = config.listen_of(replica.as_ref().map(|r| r.id))?;
     // Without tokens the API runs statements and resolves transactions for anyone who reaches
     // it: only on loopback.
     if config.tokens.is_empty() && !listen.ip().is_loopback() {
@@ -106,8 +111,8 @@ fn serve(
         ));
     }
     let data_dir = data_dir.unwrap_or_else(|| {
-        let name = match replica {
-            Some((id, _)) => format!("db-n{}-r{id}", config.node_id),
+        let name = match &replica {
+            Some(r) => format!("db-n{}-r{}", config.node_id, r.id),
             None => format!("db-n{}", config.node_id),
         };
         PathBuf::from("./concord-data").join(name)
@@ -115,8 +120,8 @@ fn serve(
     let fault = fault.map(|point| Fault { point, resume_file: data_dir.join("RESUME") });
     let tokens = concord_types::tokens::TokenTable::new(&config.tokens);
     match replica {
-        Some((id, join)) => {
-            let replica = Replicated { id, join, fault };
+        Some(replica) => {
+            let replica = Replicated { fault, ..replica };
             runtime()?.block_on(serve_replica(config, replica, listen, &data_dir, tokens))
         }
         None => runtime()?.block_on(serve_single(config, listen, &data_dir, fault, tokens)),
@@ -170,7 +175,42 @@ struct Replicated {
     /// Join running replicas (an empty directory, waiting to be added) instead of starting a
     /// new cluster.
     join: bool,
+    /// Plain replica links off loopback allowed (no `[tls]`).
+    insecure: bool,
     fault: Option<Fault>,
+}
+
+/// How replica `id`'s links are dialled and let in: mutual TLS under `[tls]` (only the
+/// configured replicas' certificates); otherwise plain TCP, refused on any address but
+/// loopback unless `insecure` — whoever reaches a replica link can vote and append entries.
+fn replica_links(
+    config: &DatabasesConfig,
+    id: u32,
+    insecure: bool,
+) -> Result<Option<concord_node::tls::ReplicaLinks>, String> {
+    let Some(tls) = &config.tls else {
+        let exposed = config.replicas.iter().find(|r| !r.raft.ip().is_loopback());
+        if let (Some(exposed), false) = (exposed, insecure) {
+            return Err(format!(
+                "replica {}'s replica link {} is not loopback and there is no [tls]: anyone who \
+                 reaches it could vote and rewrite decisions. Add [tls] (`concord certs init \
+                 --db CONFIG`), keep the links on 127.0.0.1, or pass --insecure to accept that",
+                exposed.id, exposed.raft
+            ));
+        }
+        return Ok(None);
+    };
+    let files = concord_node::tls::CertFiles { dir: tls.dir.clone() };
+    let name = DatabasesConfig::replica_cert_name(id);
+    let loaded = concord_node::tls::NodeTls::load(
+        &files,
+        &config.replica_cluster(),
+        &name,
+        concord_types::NodeId(id),
+    )
+    .map_err(|why| format!("[tls]: {why}"))?;
+    let replicas = config.replicas.iter().map(|r| concord_types::NodeId(r.id));
+    Ok(Some(concord_node::tls::ReplicaLinks::new(Arc::new(loaded), replicas)))
 }
 
 async fn serve_replica(
@@ -180,14 +220,24 @@ async fn serve_replica(
     data_dir: &Path,
     tokens: concord_types::tokens::TokenTable,
 ) -> Result<(), String> {
-    let Replicated { id, join, fault } = replica;
+    let Replicated { id, join, insecure, fault } = replica;
+    config.replica(id)?;
+    let links = replica_links(&config, id, insecure)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (node_id, cluster) = (config.node_id, config.cluster.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("replica {id}: cannot listen on {listen}: {e}"))?;
-    let replica =
-        ReplicatedCoordinator::start(config, id, join, data_dir, fault, stopped.clone()).await?;
+    let watch = stopped.clone();
+    let replica = match links {
+        Some(tls) => {
+            ReplicatedCoordinator::start(config, id, join, data_dir, (fault, tls), watch).await?
+        }
+        None => {
+            let plain = concord_replication::PlainTcp;
+            ReplicatedCoordinator::start(config, id, join, data_dir, (fault, plain), watch).await?
+        }
+    };
     println!(
         "concord: database coordinator n{node_id} (cluster {cluster}), replica {id} on {listen}, data in {}",
         data_dir.display()

@@ -375,6 +375,107 @@ fn a_replica_whose_directory_is_lost_is_replaced_and_votes_again() {
     world.assert_nothing_prepared();
 }
 
+/// Under `[tls]` the replicas' links are mutual TLS with certificates `concord certs init --db`
+/// issued: the replicas elect and commit across a leader's death, and a replica link lets in
+/// only a configured replica's certificate — not plain TCP, and not a certificate of the same
+/// CA and cluster for an id that is no replica (a forged AppendEntries would rewrite
+/// decisions).
+#[test]
+fn under_tls_the_replica_links_let_in_only_the_replicas() {
+    if !databases_ready() {
+        return;
+    }
+    let _serial = serial();
+    let world = World::new("tls", 6);
+    let mut config = std::fs::read_to_string(&world.config).expect("config");
+    config.push_str("[tls]\ndir = \"certs\"\n");
+    std::fs::write(&world.config, config).expect("config");
+    let issued = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["certs", "init", "--db"])
+        .arg(&world.config)
+        .output()
+        .expect("run concord certs init");
+    assert!(issued.status.success(), "{}", text(&issued));
+    let certs = world.dir.join("certs");
+    for id in 1..=3 {
+        assert!(certs.join(format!("replica-{id}.pem")).exists(), "{}", text(&issued));
+    }
+
+    let mut replicas = world.start_all(None);
+    let leader = world.leader(&[1, 2, 3]);
+    let out = world.concord(&transfer_args(&world.table, 5), leader);
+    assert!(text(&out).contains("\"state\":\"committed\""), "{}", text(&out));
+    replicas[leader as usize - 1].kill();
+    let survivors: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    let next = world.leader(&survivors);
+    let out = world.concord(&transfer_args(&world.table, 5), next);
+    assert!(text(&out).contains("\"state\":\"committed\""), "after the kill: {}", text(&out));
+
+    // Knock on a live replica's link three ways.
+    let loaded =
+        concord_db_coordinator::config::DatabasesConfig::load(&world.config).expect("config");
+    let cluster = loaded.replica_cluster();
+    let target = survivors[0];
+    let raft = loaded.replica(target).expect("configured").raft.to_string();
+    let links = |files: &std::path::Path, id: u32| {
+        let tls = concord_node::tls::NodeTls::load(
+            &concord_node::tls::CertFiles { dir: files.to_path_buf() },
+            &cluster,
+            &format!("replica-{id}"),
+            concord_types::NodeId(id),
+        )
+        .expect("certificate");
+        let replicas = (1..=3).map(concord_types::NodeId);
+        concord_replication::TcpWire::with_connect(
+            &cluster,
+            concord_node::tls::ReplicaLinks::new(std::sync::Arc::new(tls), replicas),
+        )
+    };
+    // A certificate of the same CA and cluster, for id 9, which is no replica.
+    let stranger = world.dir.join("stranger");
+    std::fs::create_dir_all(&stranger).expect("dir");
+    for file in ["ca.pem", "ca.key"] {
+        std::fs::copy(certs.join(file), stranger.join(file)).expect("copy the CA");
+    }
+    let subject = concord_node::certs::Subject {
+        file: "replica-9".into(),
+        id: concord_types::NodeId(9),
+        about: "not a replica".into(),
+    };
+    concord_node::certs::issue_for(
+        &cluster,
+        &[subject],
+        &concord_node::tls::CertFiles { dir: stranger.clone() },
+        false,
+    )
+    .expect("issue the stranger's certificate");
+    let other = survivors[1];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use concord_replication::Wire as _;
+        let knock = |wire: concord_replication::TcpWire| {
+            let raft = raft.clone();
+            async move {
+                wire.call(
+                    u64::from(target),
+                    &raft,
+                    b"not a request".to_vec(),
+                    Duration::from_secs(5),
+                )
+                .await
+            }
+        };
+        let replica = knock(links(&certs, other)).await;
+        assert!(replica.is_ok(), "a replica's certificate gets an answer: {replica:?}");
+        let plain = knock(concord_replication::TcpWire::new(&cluster)).await;
+        assert!(plain.is_err(), "plain TCP is turned away: {plain:?}");
+        let forged = knock(links(&stranger, 9)).await;
+        assert!(forged.is_err(), "a non-replica certificate is turned away: {forged:?}");
+    });
+    assert_eq!(balances(&world.table), (90, 110));
+    world.assert_nothing_prepared();
+}
+
 #[test]
 fn a_replica_refuses_a_configuration_it_is_not_in_and_another_replicas_data() {
     let world_dir = common::temp("dbr-misuse");
@@ -398,6 +499,30 @@ fn a_replica_refuses_a_configuration_it_is_not_in_and_another_replicas_data() {
     let out = serve("4", "r4");
     assert!(!out.status.success());
     assert!(text(&out).contains("--replica 4 is not in the configuration"), "{}", text(&out));
+
+    // Replica links off loopback without [tls] would let anyone vote: refused, naming it.
+    let exposed = world_dir.join("exposed.toml");
+    let text_of = file(3).replacen(
+        &format!("raft = \"127.0.0.1:{}\"", base + 11),
+        "raft = \"10.255.0.2:7900\"",
+        1,
+    );
+    assert!(text_of.contains("10.255.0.2"), "{text_of}");
+    std::fs::write(&exposed, text_of).expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["db", "serve", "--replica", "1", "--config"])
+        .arg(&exposed)
+        .arg("--data-dir")
+        .arg(world_dir.join("exposed"))
+        .output()
+        .expect("run concord");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("replica 2's replica link 10.255.0.2:7900 is not loopback"),
+        "{}",
+        text(&out)
+    );
+    assert!(!world_dir.join("exposed").exists(), "nothing started, nothing written");
 
     // Replica 1 makes its directory its own (it waits for peers; none come), then stops.
     let mut first = Command::new(env!("CARGO_BIN_EXE_concord"))

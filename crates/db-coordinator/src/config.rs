@@ -44,6 +44,9 @@
 //! id = 1                           # 1..=255, unique
 //! listen = "10.0.0.1:7800"         # its HTTP API (a standby redirects to the leader's)
 //! raft = "10.0.0.1:7900"           # its replica link (openraft), for the other replicas
+//!
+//! [tls]                            # mutual TLS on the replica links; needed off loopback
+//! dir = "certs"                    # `concord certs init --db databases.toml` writes them
 //! ```
 //!
 //! A `[[database]]` runs data statements only (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, …) unless
@@ -84,6 +87,17 @@ pub struct DatabasesConfig {
     /// Clients' bearer tokens (by SHA-256); with any, the API demands one.
     #[serde(rename = "token", default)]
     pub tokens: Vec<concord_types::tokens::TokenConfig>,
+    /// Mutual TLS on the replicas' replica links.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]`: the directory of the replicas' certificates (`ca.pem`, and `replica-ID.pem` /
+/// `replica-ID.key` for each replica). Relative to the configuration file's directory.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub dir: std::path::PathBuf,
 }
 
 /// One replica of a replicated database coordinator.
@@ -167,7 +181,25 @@ impl DatabasesConfig {
             path: shown.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text).map_err(|message| ConfigError { path: shown, message })
+        let mut config =
+            Self::parse(&text).map_err(|message| ConfigError { path: shown, message })?;
+        if let (Some(tls), Some(parent)) = (&mut config.tls, path.parent()) {
+            if tls.dir.is_relative() {
+                tls.dir = parent.join(&tls.dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The name the replicas' log and links carry (openraft's cluster name, and the cluster
+    /// their certificates name): never a node cluster's, nor another database coordinator's.
+    pub fn replica_cluster(&self) -> String {
+        format!("db-{}-n{}", self.cluster, self.node_id)
+    }
+
+    /// The file name (without `.pem` / `.key`) of replica `id`'s certificate and key.
+    pub fn replica_cert_name(id: u32) -> String {
+        format!("replica-{id}")
     }
 
     pub fn parse(text: &str) -> Result<DatabasesConfig, String> {
@@ -200,6 +232,12 @@ impl DatabasesConfig {
                     .into())
             }
             (None, false) => self.validate_replicas()?,
+        }
+        if self.tls.is_some() && self.replicas.is_empty() {
+            return Err("[tls] covers the replica links of [[replica]] entries, and this \
+                        configuration has none (the HTTP API is plain HTTP: keep it on loopback \
+                        or behind a TLS proxy, with tokens)"
+                .into());
         }
         let mut names = BTreeSet::new();
         for (i, db) in self.databases.iter().enumerate() {
@@ -319,6 +357,7 @@ url = "mysql://root@127.0.0.1:3306/test"
             (format!("{GOOD}[console]\nrecent_transactions = 1000001\n"), "recent_transactions"),
             (format!("{GOOD}[console]\nsample_ms = 99\n"), "sample_ms"),
             (format!("{GOOD}[console]\nsamples = 1\n"), "samples"),
+            (format!("{GOOD}[tls]\ndir = \"certs\"\n"), "[tls] covers the replica links"),
             (GOOD.replace("127.0.0.1:7800", "127.0.0.1:0"), "listen (port)"),
             (GOOD.replace("node_id = 9", "node_id = 4294967296"), "node_id"),
             (GOOD.replace("name = \"wallet\"", "name = \"wal let\""), "`name`"),

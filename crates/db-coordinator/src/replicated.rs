@@ -86,29 +86,27 @@ pub enum Redirect {
     NoLeader(&'static str),
 }
 
-/// The openraft cluster name of a database coordinator's replicas: its replica links and data
-/// directories never mix with a node cluster's, or with another database coordinator's.
-fn raft_cluster(config: &DatabasesConfig) -> String {
-    format!("db-{}-n{}", config.cluster, config.node_id)
-}
-
 impl ReplicatedCoordinator {
     /// Starts replica `me` of `config`'s replicated coordinator: its store in `data_dir` (a
     /// directory of another replica or cluster is refused), its replica link on its `raft`
-    /// address; with `join`, an empty directory waits to be added instead of starting a new
-    /// cluster. Leading comes later, by election ([`ReplicatedCoordinator::follow`]).
-    pub async fn start(
+    /// address, dialled and let in by `links` (plain TCP, or mutual TLS); with `join`, an empty
+    /// directory waits to be added instead of starting a new cluster. Leading comes later, by
+    /// election ([`ReplicatedCoordinator::follow`]).
+    pub async fn start<L>(
         config: DatabasesConfig,
         me: u32,
         join: bool,
         data_dir: &Path,
-        fault: Option<Fault>,
+        (fault, links): (Option<Fault>, L),
         stopped: watch::Receiver<bool>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, String>
+    where
+        L: concord_replication::Connect + concord_replication::Accept + Clone,
+    {
         let this = *config.replica(me)?;
         let members: BTreeMap<u64, String> =
             config.replicas.iter().map(|r| (u64::from(r.id), r.raft.to_string())).collect();
-        let cluster = raft_cluster(&config);
+        let cluster = config.replica_cluster();
         let mut options =
             concord_replication::Options::new(cluster.clone(), u64::from(me), data_dir, members);
         // A new cluster's replicas all propose the configuration on their empty directories; a
@@ -119,15 +117,16 @@ impl ReplicatedCoordinator {
         let listener = tokio::net::TcpListener::bind(this.raft)
             .await
             .map_err(|e| format!("replica {me}: cannot listen on {} (raft): {e}", this.raft))?;
-        let wire = concord_replication::TcpWire::new(&cluster);
+        let wire = concord_replication::TcpWire::with_connect(&cluster, links.clone());
         let replica = Replica::start(options, RecordLog::default(), wire)
             .await
             .map_err(|e| format!("replica {me}: {e}"))?;
-        tokio::spawn(concord_replication::tcp::serve(
+        tokio::spawn(concord_replication::tcp::serve_with(
             listener,
             replica.raft().clone(),
             cluster,
             stopped,
+            Arc::new(links),
         ));
         Ok(Arc::new(ReplicatedCoordinator {
             submitter: replica.submitter(),

@@ -70,9 +70,38 @@ pub fn write_secret(path: &Path, text: &str) -> Result<(), String> {
     write_file(path, text, true)
 }
 
+/// Whom a certificate is for: its files' name (`<file>.pem`, `<file>.key`), the id it names
+/// (as [`node_name`] writes it), and what its common name says of it.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub file: String,
+    pub id: NodeId,
+    pub about: String,
+}
+
 /// Writes the cluster's certificates under `files.dir`: the CA if there is none, and a
 /// certificate for every node of `config` that has none (every node's again with `renew`).
 pub fn issue(config: &ClusterConfig, files: &CertFiles, renew: bool) -> Result<Report, String> {
+    let subjects: Vec<Subject> = config
+        .nodes
+        .iter()
+        .map(|node| Subject {
+            file: node.name.clone(),
+            id: NodeId(node.id),
+            about: format!("{} ({} {})", node.name, node.role, node.id),
+        })
+        .collect();
+    issue_for(&config.cluster, &subjects, files, renew)
+}
+
+/// [`issue`] for any set of subjects of `cluster` (the database coordinator's replicas, say):
+/// the CA if `files` has none, then each subject's certificate if it has none (or `renew`).
+pub fn issue_for(
+    cluster: &str,
+    subjects: &[Subject],
+    files: &CertFiles,
+    renew: bool,
+) -> Result<Report, String> {
     let mut report = Vec::new();
     std::fs::create_dir_all(&files.dir).map_err(|e| format!("{}: {e}", files.dir.display()))?;
     let issuer = if files.ca_key().exists() {
@@ -92,7 +121,7 @@ pub fn issue(config: &ClusterConfig, files: &CertFiles, renew: bool) -> Result<R
         ));
     } else {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
-        let params = ca_params(&config.cluster)?;
+        let params = ca_params(cluster)?;
         let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
         write_file(&files.ca_key(), &key.serialize_pem(), true)?;
         write_file(&files.ca(), &cert.pem(), false)?;
@@ -103,19 +132,18 @@ pub fn issue(config: &ClusterConfig, files: &CertFiles, renew: bool) -> Result<R
         ));
         Issuer::new(params, key)
     };
-    for node in &config.nodes {
-        let cert_path = files.node_cert(&node.name);
+    for subject in subjects {
+        let cert_path = files.node_cert(&subject.file);
         if cert_path.exists() && !renew {
             continue;
         }
-        let name = node_name(&config.cluster, NodeId(node.id));
+        let name = node_name(cluster, subject.id);
         let mut params = CertificateParams::new(vec![name.clone(), ANY_NODE.to_string()])
             .map_err(|e| e.to_string())?;
         params.distinguished_name.push(DnType::OrganizationName, "Concord");
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("{} ({} {}) of cluster {}", node.name, node.role, node.id, config.cluster),
-        );
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{} of cluster {cluster}", subject.about));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -123,7 +151,7 @@ pub fn issue(config: &ClusterConfig, files: &CertFiles, renew: bool) -> Result<R
         params.not_after = at(days(NODE_CERT_DAYS));
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
-        write_file(&files.node_key(&node.name), &key.serialize_pem(), true)?;
+        write_file(&files.node_key(&subject.file), &key.serialize_pem(), true)?;
         write_file(&cert_path, &cert.pem(), false)?;
         report.push(format!("wrote {} ({name})", cert_path.display()));
     }

@@ -618,7 +618,10 @@ async fn serve_engine<E: Engine>(
         let wire = match &tls {
             Some(tls) => concord_replication::TcpWire::with_connect(
                 &config.cluster,
-                replicated::ReplicaTls(Arc::clone(tls)),
+                tls::ReplicaLinks::new(
+                    Arc::clone(tls),
+                    config.coordinators().map(|n| NodeId(n.id)),
+                ),
             ),
             None => concord_replication::TcpWire::new(&config.cluster),
         };

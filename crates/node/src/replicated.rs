@@ -165,25 +165,6 @@ impl Replication {
     }
 }
 
-/// Replica links under `[tls]`: TCP, then the node's mutual TLS, the peer proving by its
-/// certificate that it is the replica meant (and this node presenting its own, which the
-/// peer checks names a coordinator replica: `lib.rs`, the replica link's door).
-pub(crate) struct ReplicaTls(pub Arc<crate::tls::NodeTls>);
-
-impl concord_replication::Connect for ReplicaTls {
-    fn connect<'a>(&'a self, target: u64, addr: &'a str) -> concord_replication::Connecting<'a> {
-        Box::pin(async move {
-            let id = u32::try_from(target).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "a replica id is a node id")
-            })?;
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let conn = self.0.dial(NodeId(id)).connect(tcp).await?;
-            Ok(Box::new(conn) as Box<dyn concord_replication::Link>)
-        })
-    }
-}
-
 /// Whether a peer that proved `cert` may open a replica link: under `[tls]`, only a
 /// coordinator replica of this cluster (a shard's certificate is the cluster's too, and a
 /// forged AppendEntries from it would rewrite decisions); without TLS, anyone who knows the

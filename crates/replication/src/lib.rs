@@ -37,7 +37,7 @@ pub use network::{Router, RouterWire, Wire};
 pub use records::RecordLog;
 pub use store::OpenStoreError;
 pub use submit::{OnCommitted, Submitter};
-pub use tcp::{Connect, Connecting, Link, PlainTcp, TcpWire};
+pub use tcp::{Accept, Accepting, Connect, Connecting, Link, PlainTcp, TcpWire};
 
 openraft::declare_raft_types!(
     /// openraft's types for Concord: commands are opaque bytes (a coordinator's encoded

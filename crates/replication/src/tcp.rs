@@ -117,9 +117,25 @@ pub trait Connect: Send + Sync + 'static {
     fn connect<'a>(&'a self, target: u64, addr: &'a str) -> Connecting<'a>;
 }
 
+/// What [`Accept::accept`] returns: the link to serve, or why the dialler was turned away.
+pub type Accepting = Pin<Box<dyn Future<Output = io::Result<Box<dyn Link>>> + Send>>;
+
+/// The door of a replica link on its own listener ([`serve_with`]): plain TCP takes anyone who
+/// says the cluster's name; under TLS the dialler must prove by its certificate that it is one
+/// of the replicas. An error closes the connection before a byte reaches the codec.
+pub trait Accept: Send + Sync + 'static {
+    fn accept(&self, tcp: TcpStream) -> Accepting;
+}
+
 /// Plain TCP (loopback, or a network the operator trusts).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainTcp;
+
+impl Accept for PlainTcp {
+    fn accept(&self, tcp: TcpStream) -> Accepting {
+        Box::pin(async move { Ok(Box::new(tcp) as Box<dyn Link>) })
+    }
+}
 
 impl Connect for PlainTcp {
     fn connect<'a>(&'a self, _target: u64, addr: &'a str) -> Connecting<'a> {
@@ -219,13 +235,26 @@ impl Wire for TcpWire {
     }
 }
 
-/// Serves peers' requests to `raft` on `listener` until `stopped` turns true. Connections over
-/// [`MAX_CONNECTIONS`] are closed at once; a bad hello or frame closes its connection only.
+/// Serves peers' requests to `raft` on `listener` over plain TCP until `stopped` turns true.
+/// Connections over [`MAX_CONNECTIONS`] are closed at once; a bad hello or frame closes its
+/// connection only.
 pub async fn serve(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
     cluster: String,
+    stopped: watch::Receiver<bool>,
+) {
+    serve_with(listener, raft, cluster, stopped, Arc::new(PlainTcp)).await;
+}
+
+/// [`serve`], each connection first through `door` (a TLS handshake and a check of the
+/// dialler's certificate, say), bounded by the hello's timeout.
+pub async fn serve_with(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    cluster: String,
     mut stopped: watch::Receiver<bool>,
+    door: Arc<dyn Accept>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let cluster: Arc<str> = cluster.into();
@@ -243,18 +272,27 @@ pub async fn serve(
             continue; // dropped: closed at once
         };
         let (raft, cluster, mut stopped) = (raft.clone(), Arc::clone(&cluster), stopped.clone());
+        let door = Arc::clone(&door);
         tokio::spawn(async move {
             tokio::select! {
                 _ = stopped.wait_for(|stop| *stop) => {}
-                () = serve_connection(stream, &raft, &cluster) => {}
+                () = serve_connection(stream, &raft, &cluster, door.as_ref()) => {}
             }
             drop(slot);
         });
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>, cluster: &str) {
+async fn serve_connection(
+    stream: TcpStream,
+    raft: &Raft<TypeConfig>,
+    cluster: &str,
+    door: &dyn Accept,
+) {
     let _ = stream.set_nodelay(true);
+    let Ok(Ok(mut stream)) = tokio::time::timeout(HELLO_TIMEOUT, door.accept(stream)).await else {
+        return; // not let in: no certificate of a replica, a failed handshake, too slow
+    };
     let mut magic = [0u8; 8];
     let read = tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut magic)).await;
     if !matches!(read, Ok(Ok(_))) || magic != MAGIC {
