@@ -349,6 +349,22 @@ fn a_replica_whose_directory_is_lost_is_replaced_and_votes_again() {
     // it voted for: it is removed, started as a joiner, and added back.
     replicas[lost as usize - 1].kill();
     std::fs::remove_dir_all(world.data_dir(lost)).expect("wipe the lost replica's directory");
+    // Started plainly it would propose a new cluster: the leader remembers its log, so the
+    // start is refused, naming the leader, and nothing is written.
+    let plain = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["db", "serve", "--replica", &lost.to_string(), "--config"])
+        .arg(&world.config)
+        .arg("--data-dir")
+        .arg(world.data_dir(lost))
+        .output()
+        .expect("run concord db serve");
+    assert!(!plain.status.success(), "{}", text(&plain));
+    assert!(
+        text(&plain).contains("were lost") && text(&plain).contains(&format!("replica {leader}")),
+        "{}",
+        text(&plain)
+    );
+    assert!(!world.data_dir(lost).exists(), "nothing written");
     let change = |what: &str| {
         let out = world.concord(&["db".into(), what.into(), lost.to_string()], leader);
         assert!(out.status.success(), "db {what} {lost}: {}", text(&out));

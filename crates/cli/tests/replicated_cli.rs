@@ -169,14 +169,25 @@ fn a_replica_is_replaced_by_remove_wipe_join_and_add() {
         text(&refused)
     );
 
+    let at = nodes.iter().position(|(n, _)| *n == victim).unwrap();
+    drop(nodes.remove(at).1); // its machine is gone
+    std::fs::remove_dir_all(dir.join(victim)).unwrap();
+    // Started plainly on the empty directory it would propose a new cluster and could vote
+    // twice in a term: the leader has matched entries on its log, so it is refused.
+    let plain = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--config", config, "--node", victim, "--data-dir"])
+        .arg(dir.join(victim))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "{}", text(&plain));
+    assert!(text(&plain).contains("were lost"), "{}", text(&plain));
+    assert!(!dir.join(victim).join("replica").exists(), "no replica log written");
+
     let out = concord(&["cluster", "remove-replica", victim, "--config", config]);
     assert!(out.status.success(), "{}", text(&out));
     let voters = text(&out).split("are now").nth(1).unwrap_or_default().to_string();
     assert!(!voters.contains(victim), "{}", text(&out));
     eprintln!("{}", text(&out).trim());
-    let at = nodes.iter().position(|(n, _)| *n == victim).unwrap();
-    drop(nodes.remove(at).1); // its machine is gone
-    std::fs::remove_dir_all(dir.join(victim)).unwrap();
     commit("with two voters");
 
     nodes.push((victim, start(victim, true)));

@@ -287,6 +287,21 @@ pub enum Request {
         meta: SnapshotMeta<u64, BasicNode>,
         data: Vec<u8>,
     },
+    /// Replica `from` starts on an empty directory and asks whether it held the log before
+    /// (`network::lost_log`): outside openraft, answered from the receiver's metrics.
+    Probe {
+        from: u64,
+    },
+}
+
+/// What a replica answers a [`Request::Probe`]: its term, whether it leads, and — leading —
+/// the index it has matched on the asker's log, which it can have only if the asker once held
+/// entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeAnswer {
+    pub term: u64,
+    pub leads: bool,
+    pub matched: Option<u64>,
 }
 
 /// Its answer. `Refused` carries a receiver's reason for not handling it (it is shutting down,
@@ -297,6 +312,7 @@ pub enum Reply {
     Vote(VoteResponse<u64>),
     Snapshot(SnapshotResponse<u64>),
     Refused(String),
+    Probe(ProbeAnswer),
 }
 
 pub fn encode_request(request: &Request) -> Vec<u8> {
@@ -320,6 +336,10 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
             put_vote(&mut w, vote);
             put_snapshot_meta(&mut w, meta);
             w.bytes(data);
+        }
+        Request::Probe { from } => {
+            w.u8(4);
+            w.u64(*from);
         }
     }
     w.bytes
@@ -348,6 +368,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request> {
             let meta = get_snapshot_meta(&mut r)?;
             Request::Snapshot { vote, meta, data: r.bytes()?.to_vec() }
         }
+        4 => Request::Probe { from: r.u64()? },
         other => return bad(format!("request kind {other}")),
     };
     r.end()?;
@@ -386,6 +407,18 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
             w.u8(4);
             w.bytes(why.as_bytes());
         }
+        Reply::Probe(answer) => {
+            w.u8(5);
+            w.u64(answer.term);
+            w.bool(answer.leads);
+            match answer.matched {
+                None => w.u8(0),
+                Some(index) => {
+                    w.u8(1);
+                    w.u64(index);
+                }
+            }
+        }
     }
     w.bytes
 }
@@ -408,6 +441,16 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply> {
         }
         3 => Reply::Snapshot(SnapshotResponse { vote: get_vote(&mut r)? }),
         4 => Reply::Refused(r.string()?),
+        5 => {
+            let term = r.u64()?;
+            let leads = r.bool()?;
+            let matched = match r.u8()? {
+                0 => None,
+                1 => Some(r.u64()?),
+                other => return bad(format!("probe answer's matched tag {other}")),
+            };
+            Reply::Probe(ProbeAnswer { term, leads, matched })
+        }
         other => return bad(format!("reply kind {other}")),
     };
     r.end()?;
@@ -456,6 +499,7 @@ pub mod examples {
                 },
                 data: b"state".to_vec(),
             },
+            Request::Probe { from: 3 },
         ]
     }
 
@@ -472,6 +516,8 @@ pub mod examples {
             }),
             Reply::Snapshot(SnapshotResponse { vote: Vote::new_committed(2, 2) }),
             Reply::Refused("shutting down".into()),
+            Reply::Probe(ProbeAnswer { term: 7, leads: true, matched: Some(41) }),
+            Reply::Probe(ProbeAnswer { term: 2, leads: false, matched: None }),
         ]
     }
 }

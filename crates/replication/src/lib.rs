@@ -317,6 +317,25 @@ impl<M: Machine> Replica<M> {
     /// same on its first start; openraft takes the same proposal from several).
     pub async fn start<W: Wire>(options: Options, machine: M, wire: W) -> Result<Self, StartError> {
         check_members(options.id, &options.members).map_err(StartError::Config)?;
+        // An empty directory about to propose a new cluster: unless a leader remembers this
+        // replica's log (then it was lost), refused before anything is written.
+        let empty = std::fs::read_dir(&options.dir).map_or(true, |mut d| d.next().is_none());
+        if options.bootstrap && empty {
+            let ask = options.election_timeout.0;
+            if let Some((leader, term, matched)) =
+                network::lost_log(&wire, options.id, &options.members, ask).await
+            {
+                return Err(StartError::Config(format!(
+                    "replica {} starts on an empty directory ({}), but replica {leader}, leading \
+                     in term {term}, has entries up to {matched} on this replica's log: its log \
+                     and its vote were lost. Started as new it could vote twice in one term. \
+                     Replace it instead: take it out of the configuration at the leader, start \
+                     it joining (it then votes for no one), and add it back",
+                    options.id,
+                    options.dir.display()
+                )));
+            }
+        }
         let (log, state_machine) = store::open(&options.dir, &options.cluster, options.id, machine)
             .map_err(StartError::Store)?;
         let machine = state_machine.machine();

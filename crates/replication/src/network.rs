@@ -55,8 +55,58 @@ pub async fn serve(raft: &Raft<TypeConfig>, request: &[u8]) -> Vec<u8> {
                 Err(e) => Reply::Refused(e.to_string()),
             }
         }
+        Ok(Request::Probe { from }) => {
+            let metrics = raft.metrics().borrow().clone();
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|progress| progress.get(&from).copied().flatten())
+                .map(|log_id| log_id.index);
+            Reply::Probe(codec::ProbeAnswer {
+                term: metrics.current_term,
+                leads: metrics.state.is_leader(),
+                matched,
+            })
+        }
     };
     codec::encode_reply(&reply)
+}
+
+/// Whether replica `me`, about to start on an empty directory, held the log before: asks
+/// every other member at once (each bounded by `timeout`). A leader that has matched entries
+/// on `me`'s log remembers that `me` acknowledged them, so `me` lost its log — and its vote:
+/// started as new it could vote twice in a term, and the leader, finding the log it matched
+/// gone, cannot replicate to it. Returns that leader's id, term and matched index.
+///
+/// Best effort, by design: with no leader reachable, or a leader elected while `me` was down
+/// (it matched nothing yet), nothing is found, exactly as for a new cluster's replica that
+/// starts late — which is why this cannot refuse more.
+pub(crate) async fn lost_log<W: Wire>(
+    wire: &W,
+    me: u64,
+    members: &std::collections::BTreeMap<u64, String>,
+    timeout: Duration,
+) -> Option<(u64, u64, u64)> {
+    let request = codec::encode_request(&Request::Probe { from: me });
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in members.iter().filter(|(id, _)| **id != me) {
+        let (wire, id, addr, request) = (wire.clone(), *id, addr.clone(), request.clone());
+        asks.spawn(async move {
+            let reply = wire.call(id, &addr, request, timeout).await.ok()?;
+            match codec::decode_reply(&reply).ok()? {
+                Reply::Probe(answer) if answer.leads => {
+                    answer.matched.filter(|index| *index > 0).map(|index| (id, answer.term, index))
+                }
+                _ => None,
+            }
+        });
+    }
+    while let Some(answer) = asks.join_next().await {
+        if let Ok(Some(found)) = answer {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// When each peer last answered this replica (any reply at all: the peer is up and the link

@@ -157,6 +157,31 @@ async fn a_follower_names_the_leader_and_takes_no_write() {
     cluster.all_applied(&[b"at the leader".to_vec()]).await;
 }
 
+/// A new cluster's replica that starts late, on an empty directory, is not mistaken for one
+/// that lost its log: no leader has matched anything on it, so it proposes the same first
+/// configuration as the others did, and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_clusters_replica_that_starts_late_joins_as_new() {
+    let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("replica-{id}"))).collect();
+    let mut cluster = Cluster {
+        router: Router::default(),
+        root: tempfile::tempdir().unwrap(),
+        replicas: BTreeMap::new(),
+        members,
+        snapshot_every: 10_000,
+    };
+    for id in 1..=2 {
+        cluster.start_replica(id).await.unwrap();
+    }
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        cluster.write(&command(i)).await;
+        expected.push(command(i));
+    }
+    cluster.start_replica(3).await.expect("the late replica starts");
+    cluster.all_applied(&expected).await;
+}
+
 /// The leader knows when each replica last answered it (openraft keeps no such time; the
 /// network layer notes every reply): a replica that died stops answering and its last contact
 /// grows, while a live one is heard each heartbeat.
@@ -365,6 +390,16 @@ async fn a_replica_with_a_damaged_log_is_refused_and_rejoins_from_the_leader() {
     assert!(matches!(refused, StartError::Store(_)), "refused as damaged: {refused}");
     assert_eq!(std::fs::read(&segment).unwrap(), damaged, "the damaged log is left as it was");
 
+    // Wiped and started plainly, it would propose a new cluster and could vote twice in a
+    // term: the leader has matched entries on its log, so it is refused, nothing written.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let lost = cluster.start_replica(victim).await.unwrap_err();
+    assert!(
+        matches!(&lost, StartError::Config(why) if why.contains("were lost") && why.contains(&format!("replica {leader}"))),
+        "refused as a lost log: {lost}"
+    );
+    assert!(!dir.exists(), "nothing written: {:?}", std::fs::read_dir(&dir).map(Iterator::count));
+
     // Only the leader changes the configuration.
     let follower = cluster.replicas.keys().copied().find(|id| *id != leader).unwrap();
     let answer = cluster.replicas[&follower].remove_voter(victim).await;
@@ -397,7 +432,6 @@ async fn a_replica_with_a_damaged_log_is_refused_and_rejoins_from_the_leader() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    std::fs::remove_dir_all(&dir).unwrap();
     let mut joining = cluster.options(victim);
     joining.bootstrap = false;
     cluster.start_with(joining).await.expect("a joiner starts on an empty directory");
