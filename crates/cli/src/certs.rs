@@ -1,6 +1,6 @@
 //! `concord certs init`: the cluster's CA and a certificate for each node (docs/security.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -61,12 +61,7 @@ pub fn run(command: CertsCommand) -> Result<ExitCode, String> {
         CertsCommand::Init { db: Some(path), renew, .. } => {
             let loaded = concord_db_coordinator::config::DatabasesConfig::load(&path)
                 .map_err(|e| e.to_string())?;
-            let Some(tls) = &loaded.tls else {
-                return Err(format!(
-                    "{} has no [tls] section: add\n\n[tls]\ndir = \"certs\"\n\nand run this again",
-                    path.display()
-                ));
-            };
+            let dir = tls_dir(&path, loaded.tls.as_ref().map(|t| &t.dir))?;
             let subjects: Vec<concord_node::certs::Subject> = loaded
                 .replicas
                 .iter()
@@ -76,44 +71,37 @@ pub fn run(command: CertsCommand) -> Result<ExitCode, String> {
                     about: format!("database coordinator replica {}", r.id),
                 })
                 .collect();
-            let files = CertFiles { dir: tls.dir.clone() };
-            let report = concord_node::certs::issue_for(
-                &loaded.replica_cluster(),
-                &subjects,
-                &files,
-                renew,
-            )?;
-            if report.is_empty() {
-                println!(
-                    "every replica of {} has a certificate (--renew issues them again)",
-                    path.display()
-                );
-            }
-            for line in report {
-                println!("{line}");
-            }
-            Ok(ExitCode::SUCCESS)
+            let cluster = loaded.replica_cluster();
+            let report = concord_node::certs::issue_for(&cluster, &subjects, &dir, renew)?;
+            Ok(said(report, "replica", &path))
         }
         CertsCommand::Init { config, renew, db: None } => {
             let loaded = ClusterConfig::load(&config).map_err(|e| e.to_string())?;
-            let Some(tls) = &loaded.tls else {
-                return Err(format!(
-                    "{} has no [tls] section: add\n\n[tls]\ndir = \"certs\"\n\nand run this again",
-                    config.display()
-                ));
-            };
-            let files = CertFiles { dir: tls.dir.clone() };
-            let report = concord_node::certs::issue(&loaded, &files, renew)?;
-            if report.is_empty() {
-                println!(
-                    "every node of {} has a certificate (--renew issues them again)",
-                    config.display()
-                );
-            }
-            for line in report {
-                println!("{line}");
-            }
-            Ok(ExitCode::SUCCESS)
+            let dir = tls_dir(&config, loaded.tls.as_ref().map(|t| &t.dir))?;
+            let report = concord_node::certs::issue(&loaded, &dir, renew)?;
+            Ok(said(report, "node", &config))
         }
     }
+}
+
+/// The `[tls] dir` of the configuration at `path`, or how to add one.
+fn tls_dir(path: &Path, dir: Option<&PathBuf>) -> Result<CertFiles, String> {
+    let dir = dir.ok_or_else(|| {
+        format!(
+            "{} has no [tls] section: add\n\n[tls]\ndir = \"certs\"\n\nand run this again",
+            path.display()
+        )
+    })?;
+    Ok(CertFiles { dir: dir.clone() })
+}
+
+/// Prints what was issued (or that every `who` of `path` already has a certificate).
+fn said(report: concord_node::certs::Report, who: &str, path: &Path) -> ExitCode {
+    if report.is_empty() {
+        println!("every {who} of {} has a certificate (--renew issues them again)", path.display());
+    }
+    for line in report {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
