@@ -17,9 +17,11 @@
 //! call that takes them.
 //!
 //! Channels: client requests come through a bounded queue (back-pressure); the answers to the
-//! engine's own work (database calls, timers, log syncs) through an unbounded one, bounded by
+//! engine's own work (database calls, log syncs) through an unbounded one, bounded by
 //! construction — each answers something a transaction admitted by the core (at most
-//! `max_in_flight`) started — and drained first.
+//! `max_in_flight`) started — and drained first. The core's timers (two per two-phase
+//! transaction, one per one-phase) wait in the engine's own queue under one sleep, not as a
+//! task each: a spawned task per timer was a measurable share of the coordinator's CPU.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use std::time::Duration;
 use concord_commit::two_phase::Timer;
 use concord_commit::xa::{self, Answer, BranchEnd, Call, Completion, Effect};
 use concord_commit::{Durability, Rejection};
-use concord_types::{Decision, NodeId, RequestId, TxnId, Vote as CoreVote};
+use concord_types::{Decision, NodeId, RequestId, TimerHeap, TxnId, Vote as CoreVote};
 use tokio::sync::{mpsc, oneshot};
 
 use concord_participants::database::{OnePhase, OpenBranch, PreparedBranch, Vote};
@@ -83,7 +85,6 @@ pub(crate) enum Request {
 }
 
 enum Event {
-    Timer(Timer),
     /// A forced record is durable (or the log failed).
     Durable(CoreRecord, Result<(), String>),
     /// A PREPARE came back; a YES brings the connection that prepared the branch.
@@ -135,6 +136,9 @@ pub(crate) struct Engine {
     held_votes: HashMap<TxnId, (usize, Vec<(NodeId, Answer)>)>,
     ready: Option<Result<(), String>>,
     ready_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// The core's timers, soonest first; bounded like the internal channel (each was set by a
+    /// transaction the core admitted, and fires within the core's longest timeout).
+    timers: TimerHeap<tokio::time::Instant, Timer>,
 }
 
 impl Engine {
@@ -158,6 +162,7 @@ impl Engine {
             held_votes: HashMap::new(),
             ready: None,
             ready_waiters: Vec::new(),
+            timers: TimerHeap::default(),
         };
         let effects = engine.xa.restart(records);
         engine.execute(effects);
@@ -170,10 +175,27 @@ impl Engine {
         mut requests: mpsc::Receiver<Request>,
         mut internal: mpsc::UnboundedReceiver<Event>,
     ) {
+        // One sleep for every timer, moved to the earliest; idle (and never polled) when none
+        // is set.
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
         loop {
+            let earliest = self.timers.next_deadline();
+            if let Some(at) = earliest {
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
                 Some(event) = internal.recv() => self.on_event(event),
+                () = &mut sleep, if earliest.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    while let Some(timer) = self.timers.pop_due(now) {
+                        let effects = self.xa.timer(timer);
+                        self.execute(effects);
+                    }
+                }
                 request = requests.recv() => match request {
                     Some(Request::Stop(reason)) => {
                         self.end_all(&reason);
@@ -281,7 +303,6 @@ impl Engine {
 
     fn on_event(&mut self, event: Event) {
         let effects = match event {
-            Event::Timer(timer) => self.xa.timer(timer),
             Event::Durable(record, Ok(())) => {
                 if let CoreRecord::CommitDecided { txn, .. } = &record {
                     let txn = *txn;
@@ -411,11 +432,8 @@ impl Engine {
                 Effect::Call { txn, node, call } => self.call(txn, node, call),
                 Effect::Persist { record, durability } => self.persist(record, durability),
                 Effect::SetTimer { timer, after_us } => {
-                    let internal = self.internal.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_micros(after_us)).await;
-                        let _ = internal.send(Event::Timer(timer));
-                    });
+                    let at = tokio::time::Instant::now() + Duration::from_micros(after_us);
+                    self.timers.push(at, timer);
                 }
                 Effect::Reserved { request, txn } => self.reserved(request, txn),
                 Effect::Rejected { request, reason } => self.rejected(request, reason),

@@ -60,7 +60,8 @@ async fn commit_after(test: &str, misuse: &str, two_phase: bool) -> (String, Str
     let branch = txn.branch("pg").expect("the branch");
     branch.execute(&format!("INSERT INTO {table} VALUES (1)")).await.expect("insert");
     // The application's mistake: an error it ignores, or a statement that ends the transaction.
-    let _ = branch.postgres().expect("a PostgreSQL branch").batch_execute(misuse).await;
+    let client = branch.postgres().await.expect("begun").expect("a PostgreSQL branch");
+    let _ = client.batch_execute(misuse).await;
     let view = txn.commit().await.expect("an outcome");
     // What operators are shown afterwards agrees (one phase logs nothing: the marker tells).
     let shown = coordinator.show(view.txn.parse().expect("a transaction id")).await;
@@ -118,4 +119,55 @@ async fn a_branch_whose_transaction_was_ended_outside_concord_votes_no() {
         // undo that, but it must not report the branch prepared.
         assert_eq!(rows, 1);
     }
+}
+
+/// A PostgreSQL branch sends its `BEGIN` with its first statement, in one flight: that
+/// statement must still run inside the branch's transaction (unseen by others until the commit,
+/// gone with an abort), and a branch that ran nothing must still end cleanly.
+#[tokio::test]
+async fn the_first_statement_sent_with_begin_is_inside_the_transaction() {
+    if !postgres_ready() {
+        return;
+    }
+    let table = unique("first");
+    psql(&format!("CREATE TABLE {table} (id int PRIMARY KEY)")).await;
+    let dir = std::env::temp_dir().join(unique("concord-first-statement"));
+    let cluster = format!("fst{}", std::process::id() % 100_000);
+    let coordinator = coordinator(&dir, &cluster).await;
+    let count =
+        || async { psql(&format!("SELECT count(*) FROM {table}")).await[0].get::<_, i64>(0) };
+
+    let mut txn = coordinator.begin(&["pg"]).await.expect("begin");
+    let branch = txn.branch("pg").expect("the branch");
+    assert_eq!(branch.execute(&format!("INSERT INTO {table} VALUES (1)")).await, Ok(1));
+    assert_eq!(count().await, 0, "an open branch's first write is not committed on its own");
+    let view = txn.abort("the test aborts").await;
+    assert_eq!(view.state, "aborted");
+    assert_eq!(count().await, 0, "the aborted branch's first write is gone");
+
+    // Two branches, each with one statement sent with its BEGIN: both commit together.
+    let mut txn = coordinator.begin(&["pg", "pg2"]).await.expect("begin");
+    for (name, id) in [("pg", 2), ("pg2", 3)] {
+        let branch = txn.branch(name).expect("a branch");
+        branch.execute(&format!("INSERT INTO {table} VALUES ({id})")).await.expect("insert");
+    }
+    assert_eq!(count().await, 0);
+    let view = txn.commit().await.expect("an outcome");
+    assert_eq!(view.state, "committed", "{view:?}");
+    assert_eq!(count().await, 2);
+
+    // Branches that ran nothing: one alone commits (one phase); beside a writer it is read-only.
+    let txn = coordinator.begin(&["pg"]).await.expect("begin");
+    assert_eq!(txn.commit().await.expect("an outcome").state, "committed");
+    let mut txn = coordinator.begin(&["pg", "pg2"]).await.expect("begin");
+    let branch = txn.branch("pg").expect("a branch");
+    branch.execute(&format!("INSERT INTO {table} VALUES (4)")).await.expect("insert");
+    let view = txn.commit().await.expect("an outcome");
+    assert_eq!(view.state, "committed", "{view:?}");
+    let idle = view.branches.iter().find(|b| b.database == "pg2").expect("pg2");
+    assert_eq!(idle.state, "read-only", "{view:?}");
+    assert_eq!(count().await, 3);
+
+    psql(&format!("DROP TABLE {table}")).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,18 @@ const MARKER_TABLE: &str = "CREATE TABLE IF NOT EXISTS concord_branch (
     gid text PRIMARY KEY,
     created_at timestamptz NOT NULL DEFAULT now())";
 
+/// The marker insert, parsed and planned once per connection (SQL `PREPARE`, not the
+/// protocol's: `EXECUTE` can share one simple-query message with `COMMIT` or `PREPARE
+/// TRANSACTION`, which keeps [`prepare`]'s guard and one round trip). Planning it per
+/// transaction was most of the marker's cost: about a fifth of PostgreSQL's throughput at
+/// saturation on the one-phase path (BENCHMARKS.md).
+///
+/// The guard: in the branch's own transaction `now()` is the earlier `BEGIN`'s time; in a
+/// transaction begun by this very message `now()` equals `statement_timestamp()` (PostgreSQL
+/// documents the two as equal exactly then), the gid is NULL and the insert fails.
+const PREPARE_MARKER: &str = "PREPARE concord_marker (text) AS \
+    INSERT INTO concord_branch (gid) VALUES (CASE WHEN now() <> statement_timestamp() THEN $1 END)";
+
 fn literal(gid: &str) -> String {
     assert!(Gid::parse(gid).is_some(), "only Concord gids are spliced into SQL: {gid:?}");
     format!("'{gid}'")
@@ -41,6 +53,19 @@ impl Postgres {
         tokio::spawn(async move {
             let _ = connection.await;
         });
+        let planned = db
+            .bounded("plan marker insert", async {
+                match client.batch_execute(PREPARE_MARKER).await {
+                    // A database that was down when the coordinator started: its table comes now.
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(false),
+                    other => other.map(|()| true),
+                }
+            })
+            .await?;
+        if !planned {
+            ensure_schema(db, &client).await?;
+            db.bounded("plan marker insert", client.batch_execute(PREPARE_MARKER)).await?;
+        }
         Ok(client)
     }
 }
@@ -53,25 +78,34 @@ pub(crate) async fn begin(db: &Database, client: &Client) -> Result<(), DbError>
     db.bounded("begin", client.batch_execute("BEGIN")).await
 }
 
-/// The marker row and `PREPARE TRANSACTION` in one message: one round trip, no statement to
-/// parse twice, and no query afterwards to check that the branch really is prepared. That check
-/// is built into the message instead, covering both ways `PREPARE TRANSACTION` reports success
-/// without preparing the branch:
+/// `BEGIN` and the branch's first statement pipelined: both requests leave before either
+/// answer comes back, and the server runs them in order. A `BEGIN` that failed would leave the
+/// statement outside the transaction; a plain `BEGIN` fails only with its session (then the
+/// statement never runs), and either failure fails the statement, which abandons the branch.
+pub(crate) async fn begin_with(db: &Database, client: &Client, sql: &str) -> Result<u64, DbError> {
+    db.bounded("statement", async {
+        // `join!` polls in order, and each request is queued on its first poll.
+        let (begun, done) = tokio::join!(client.batch_execute("BEGIN"), client.execute(sql, &[]));
+        begun?;
+        done
+    })
+    .await
+}
+
+/// The marker row and `PREPARE TRANSACTION` in one message: one round trip, and no query
+/// afterwards to check that the branch really is prepared. That check is built into the
+/// message instead, covering both ways `PREPARE TRANSACTION` reports success without preparing
+/// the branch:
 ///
 /// * the transaction had already failed (it then acts as `ROLLBACK`): the insert fails first
 ///   with "current transaction is aborted", and the rest of the message is skipped;
 /// * no transaction is open any more (the application ended it on the branch's connection): the
 ///   message would run in an implicit transaction of its own, which `PREPARE TRANSACTION` would
-///   prepare. The insert is that transaction's first command, where `now()` (the transaction's
-///   start) equals `statement_timestamp()` (this message's) — PostgreSQL documents the two as
-///   equal exactly then — so the gid it inserts is NULL, the primary key refuses it, and the
-///   message stops. In the branch's own transaction `now()` is the earlier `BEGIN`'s time.
+///   prepare. The insert is that transaction's first command, so its guard
+///   ([`PREPARE_MARKER`]) makes the gid NULL, the primary key refuses it, and the message stops.
 pub(crate) async fn prepare(db: &Database, client: &Client, gid: &str) -> Result<(), DbError> {
     let gid = literal(gid);
-    let statement = format!(
-        "INSERT INTO concord_branch (gid) VALUES (CASE WHEN now() <> statement_timestamp() THEN {gid} END); \
-         PREPARE TRANSACTION {gid}"
-    );
+    let statement = format!("EXECUTE concord_marker ({gid}); PREPARE TRANSACTION {gid}");
     let prepared = db
         .bounded("write marker and prepare", async {
             match client.batch_execute(&statement).await {
@@ -99,10 +133,7 @@ pub(crate) async fn prepare(db: &Database, client: &Client, gid: &str) -> Result
 /// a lost connection or a timeout leaves the outcome to the marker row.
 pub(crate) async fn commit_one_phase(db: &Database, client: &Client, gid: &str) -> OnePhase {
     let gid = literal(gid);
-    let statement = format!(
-        "INSERT INTO concord_branch (gid) VALUES (CASE WHEN now() <> statement_timestamp() THEN {gid} END); \
-         COMMIT"
-    );
+    let statement = format!("EXECUTE concord_marker ({gid}); COMMIT");
     match tokio::time::timeout(db.timeout(), client.batch_execute(&statement)).await {
         Ok(Ok(())) => OnePhase::Committed,
         Ok(Err(e)) if e.code() == Some(&SqlState::NOT_NULL_VIOLATION) => OnePhase::RolledBack(
