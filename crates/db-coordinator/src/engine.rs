@@ -136,8 +136,10 @@ pub(crate) struct Engine {
     held_votes: HashMap<TxnId, (usize, Vec<(NodeId, Answer)>)>,
     ready: Option<Result<(), String>>,
     ready_waiters: Vec<oneshot::Sender<Result<(), String>>>,
-    /// The core's timers, soonest first; bounded like the internal channel (each was set by a
-    /// transaction the core admitted, and fires within the core's longest timeout).
+    /// The core's timers, soonest first. Bounded by time, not by `max_in_flight`: a timer
+    /// stays until due even after its transaction ended (the core then ignores it), so it
+    /// holds at most the transactions of the last vote timeout (about 2 × the statement
+    /// timeout + 1 s), a few words each — what the sleeping task per timer it replaces held.
     timers: TimerHeap<tokio::time::Instant, Timer>,
 }
 
